@@ -1,0 +1,126 @@
+//! Test support: a throw-away Debian `etcd` server on free loopback ports with a temporary data
+//! directory, killed on drop. Enabled by the `testing` feature.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::etcd::{EtcdConfig, EtcdStore};
+use crate::store::Store;
+
+/// How long a starting etcd may take to answer.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A single-member etcd cluster for one test.
+pub struct EtcdServer {
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// A free TCP port on 127.0.0.1 (free when this returns; tests may race for it, rarely).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The etcd binary: `$BRINDLE_ETCD_BIN` or `etcd` from `PATH`.
+fn etcd_binary() -> PathBuf {
+    std::env::var_os("BRINDLE_ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from)
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it serves requests.
+    pub async fn start() -> std::io::Result<Self> {
+        let mut server = Self {
+            dir: tempfile::Builder::new().prefix("brindle-test-etcd-").tempdir()?,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            child: None,
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    /// The client URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Client configuration for this server, with short timeouts suited to tests.
+    pub fn config(&self) -> EtcdConfig {
+        let mut config = EtcdConfig::new(vec![self.endpoint()]);
+        config.request_timeout = Duration::from_secs(3);
+        config.connect_timeout = Duration::from_secs(2);
+        config.keepalive_interval = Duration::from_secs(1);
+        config.keepalive_timeout = Duration::from_secs(2);
+        config
+    }
+
+    /// Kills etcd with SIGKILL (no clean shutdown).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills etcd with SIGKILL and starts it again on the same data directory and ports.
+    pub async fn restart(&mut self) -> std::io::Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+
+    async fn spawn(&mut self) -> std::io::Result<()> {
+        let client_url = self.endpoint();
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))?;
+        let child = Command::new(etcd_binary())
+            .arg("--name=brindle-test")
+            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=brindle-test={peer_url}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> std::io::Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    return Err(std::io::Error::other(format!(
+                        "etcd exited with {status} while starting; log: {}",
+                        self.dir.path().join("etcd.log").display()
+                    )));
+                }
+            }
+            if let Ok(store) = EtcdStore::connect(&self.config()).await {
+                if store.revision().await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("etcd did not become ready in time"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,19 @@
+//! Compiles brindle's `.proto` files with protoc and writes the file descriptor set for reflection.
+
+use std::path::PathBuf;
+
+const PROTOS: &[&str] = &[
+    "proto/brindle/common/v1/common.proto",
+    "proto/brindle/ipam/v1/ipam.proto",
+    "proto/brindle/route/v1/route.proto",
+    "proto/brindle/policy/v1/policy.proto",
+    "proto/brindle/agent/v1/cni.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out_dir.join("brindle_descriptor.bin"))
+        .compile_protos(PROTOS, &["proto"])?;
+    Ok(())
+}
