@@ -51,7 +51,11 @@ mod tests {
         let delays: Vec<_> = (0..6).map(|_| backoff.next_delay()).collect();
         for (i, d) in delays.iter().enumerate() {
             let cap = Duration::from_millis(100 << i.min(3));
-            assert!(*d >= cap / 2 && *d <= cap, "delay {i} = {d:?} outside [{:?}, {cap:?}]", cap / 2);
+            assert!(
+                *d >= cap / 2 && *d <= cap,
+                "delay {i} = {d:?} outside [{:?}, {cap:?}]",
+                cap / 2
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));

@@ -25,6 +25,6 @@ pub use error::StoreError;
 pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
 pub use store::{Store, WatchStream};
 pub use types::{
-    Compare, EventKind, KeyValue, LeaseId, ListResult, MAX_REQUEST_BYTES, MAX_TXN_OPS, Op,
-    Revision, Txn, WatchBatch, WatchEvent, prefix_end,
+    Compare, EventKind, KeyValue, LeaseId, ListResult, MAX_REQUEST_BYTES, MAX_TXN_OPS, Op, Revision, Txn,
+    WatchBatch, WatchEvent, prefix_end,
 };

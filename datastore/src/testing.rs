@@ -98,18 +98,18 @@ impl EtcdServer {
     async fn wait_ready(&mut self) -> std::io::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    return Err(std::io::Error::other(format!(
-                        "etcd exited with {status} while starting; log: {}",
-                        self.dir.path().join("etcd.log").display()
-                    )));
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                return Err(std::io::Error::other(format!(
+                    "etcd exited with {status} while starting; log: {}",
+                    self.dir.path().join("etcd.log").display()
+                )));
             }
-            if let Ok(store) = EtcdStore::connect(&self.config()).await {
-                if store.revision().await.is_ok() {
-                    return Ok(());
-                }
+            if let Ok(store) = EtcdStore::connect(&self.config()).await
+                && store.revision().await.is_ok()
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(std::io::Error::other("etcd did not become ready in time"));

@@ -321,10 +321,34 @@ mod tests {
             version: 2,
             lease: None,
         };
-        assert!(Compare::ModRevision { key: "k".into(), revision: 0 }.holds(None));
-        assert!(Compare::ModRevision { key: "k".into(), revision: 5 }.holds(Some(&kv)));
-        assert!(!Compare::Value { key: "k".into(), value: vec![] }.holds(None));
-        assert!(Compare::Value { key: "k".into(), value: b"v".to_vec() }.holds(Some(&kv)));
+        assert!(
+            Compare::ModRevision {
+                key: "k".into(),
+                revision: 0
+            }
+            .holds(None)
+        );
+        assert!(
+            Compare::ModRevision {
+                key: "k".into(),
+                revision: 5
+            }
+            .holds(Some(&kv))
+        );
+        assert!(
+            !Compare::Value {
+                key: "k".into(),
+                value: vec![]
+            }
+            .holds(None)
+        );
+        assert!(
+            Compare::Value {
+                key: "k".into(),
+                value: b"v".to_vec()
+            }
+            .holds(Some(&kv))
+        );
         assert!(!Compare::Absent { key: "k".into() }.holds(Some(&kv)));
     }
 }

@@ -61,7 +61,13 @@ async fn crash_with_sigkill_keeps_every_acknowledged_txn() {
     let mut last_acked_revision = 0;
     for (round, kill_after) in [150usize, 400, 900].into_iter().enumerate() {
         let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args(["crash_writer_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                "crash_writer_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_DB, &db)
             .env(CHILD_ROUND, round.to_string())
             .stdout(Stdio::piped())
@@ -72,7 +78,9 @@ async fn crash_with_sigkill_keeps_every_acknowledged_txn() {
         let mut acks = 0;
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("line");
-            let Some(ack) = line.strip_prefix("ACK ") else { continue };
+            let Some(ack) = line.strip_prefix("ACK ") else {
+                continue;
+            };
             let fields: Vec<u64> = ack.split(' ').map(|f| f.parse().expect("field")).collect();
             acked.insert(fields[0] as usize, fields[1]);
             last_acked_revision = last_acked_revision.max(fields[2]);
@@ -90,24 +98,44 @@ async fn crash_with_sigkill_keeps_every_acknowledged_txn() {
             for writer in 0..WRITERS {
                 let counter = store.get(&key(previous, writer, "counter")).await.expect("get");
                 let mirror = store.get(&key(previous, writer, "mirror")).await.expect("get");
-                let items = store.list(&key(previous, writer, "item/")).await.expect("list").kvs;
+                let items = store
+                    .list(&key(previous, writer, "item/"))
+                    .await
+                    .expect("list")
+                    .kvs;
                 let Some(counter) = counter else {
                     assert!(mirror.is_none() && items.is_empty(), "half-applied first txn");
-                    assert!(previous != round || !acked.contains_key(&writer), "acknowledged txn lost");
+                    assert!(
+                        previous != round || !acked.contains_key(&writer),
+                        "acknowledged txn lost"
+                    );
                     continue;
                 };
                 let committed = number(&counter.value);
-                assert_eq!(number(&mirror.expect("mirror").value), committed, "txn half-applied");
+                assert_eq!(
+                    number(&mirror.expect("mirror").value),
+                    committed,
+                    "txn half-applied"
+                );
                 assert_eq!(items.len() as u64, committed + 1, "items 0..={committed} exactly");
-                if previous == round {
-                    if let Some(acked_i) = acked.get(&writer) {
-                        assert!(committed >= *acked_i, "writer {writer}: acked {acked_i}, found {committed}");
-                    }
+                if previous == round
+                    && let Some(acked_i) = acked.get(&writer)
+                {
+                    assert!(
+                        committed >= *acked_i,
+                        "writer {writer}: acked {acked_i}, found {committed}"
+                    );
                 }
             }
         }
-        let next = store.txn(Txn::new().put("/crash/after", round.to_string())).await.expect("write after reopen");
-        assert!(next > last_acked_revision, "revision {next} after restart must exceed {last_acked_revision}");
+        let next = store
+            .txn(Txn::new().put("/crash/after", round.to_string()))
+            .await
+            .expect("write after reopen");
+        assert!(
+            next > last_acked_revision,
+            "revision {next} after restart must exceed {last_acked_revision}"
+        );
         last_acked_revision = next;
         eprintln!("round {round}: killed after {acks} acks; all present, none half-applied");
     }
@@ -120,10 +148,16 @@ async fn revisions_and_leases_survive_a_clean_restart() {
     let (before, lease) = {
         let store = EmbeddedStore::open(&path).await.expect("open");
         for n in 0..5 {
-            store.txn(Txn::new().put(format!("/k/{n}"), "v")).await.expect("put");
+            store
+                .txn(Txn::new().put(format!("/k/{n}"), "v"))
+                .await
+                .expect("put");
         }
         let lease = store.grant_lease(Duration::from_secs(30)).await.expect("grant");
-        store.txn(Txn::new().put_with_lease("/leased", "v", lease)).await.expect("put");
+        store
+            .txn(Txn::new().put_with_lease("/leased", "v", lease))
+            .await
+            .expect("put");
         (store.revision().await.expect("revision"), lease)
     };
     let store = EmbeddedStore::open(&path).await.expect("reopen");
@@ -132,7 +166,10 @@ async fn revisions_and_leases_survive_a_clean_restart() {
     // The lease is still known (its deadline restarted) and still owns its key.
     assert!(store.keep_alive(lease).await.is_ok());
     let mut old = store.watch("/k/", before - 3);
-    assert!(matches!(old.next().await, Some(Err(StoreError::Compacted { .. }))), "history before a restart is gone");
+    assert!(
+        matches!(old.next().await, Some(Err(StoreError::Compacted { .. }))),
+        "history before a restart is gone"
+    );
     let mut current = store.watch("/", before);
     store.revoke_lease(lease).await.expect("revoke");
     let batch = current.next().await.expect("event").expect("batch");

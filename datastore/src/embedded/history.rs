@@ -53,7 +53,9 @@ impl WatchHub {
     }
 
     fn lock(&self) -> MutexGuard<'_, History> {
-        self.history.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a committed batch and sends it to live subscribers (called in revision order).
@@ -64,7 +66,9 @@ impl WatchHub {
         history.bytes += batch_bytes(&batch);
         history.batches.push_back(Arc::clone(&batch));
         while history.batches.len() > MAX_HISTORY_BATCHES || history.bytes > MAX_HISTORY_BYTES {
-            let Some(oldest) = history.batches.pop_front() else { break };
+            let Some(oldest) = history.batches.pop_front() else {
+                break;
+            };
             history.bytes -= batch_bytes(&oldest);
             history.earliest = oldest.revision + 1;
         }
@@ -159,10 +163,10 @@ async fn follow(
             match live.recv().await {
                 Ok(batch) if batch.revision > last => {
                     last = batch.revision;
-                    if let Some(batch) = filter(&batch, prefix) {
-                        if out.send(Ok(batch)).await.is_err() {
-                            return Ok(());
-                        }
+                    if let Some(batch) = filter(&batch, prefix)
+                        && out.send(Ok(batch)).await.is_err()
+                    {
+                        return Ok(());
                     }
                 }
                 Ok(_) => {}

@@ -23,14 +23,19 @@ pub(super) struct LeaseTable {
 impl LeaseTable {
     pub(super) fn new(stored: Vec<(LeaseId, Duration)>) -> Self {
         let now = Instant::now();
-        let leases = stored.into_iter().map(|(id, ttl)| (id, (ttl, now + ttl))).collect();
+        let leases = stored
+            .into_iter()
+            .map(|(id, ttl)| (id, (ttl, now + ttl)))
+            .collect();
         Self {
             leases: Mutex::new(leases),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<LeaseId, (Duration, Instant)>> {
-        self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(super) fn insert(&self, id: LeaseId, ttl: Duration) {
@@ -72,7 +77,9 @@ pub(super) fn spawn_reaper(store: Weak<Inner>) -> Result<(), StoreError> {
             loop {
                 std::thread::sleep(REAP_INTERVAL);
                 let Some(inner) = store.upgrade() else { return };
-                let Some(writer) = inner.writer.as_ref() else { return };
+                let Some(writer) = inner.writer.as_ref() else {
+                    return;
+                };
                 for lease in inner.leases.take_expired() {
                     tracing::debug!(lease, "lease expired");
                     // The answer is not awaited: expiry has no caller.

@@ -48,8 +48,7 @@ impl EmbeddedStore {
 
     fn open_blocking(path: &Path) -> Result<Self, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .context("creating the store directory")?;
+            std::fs::create_dir_all(parent).context("creating the store directory")?;
         }
         let db = Database::create(path).context("opening redb file")?;
         let db = Arc::new(db);
@@ -132,9 +131,7 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().context("begin read")?;
             let revision = tables::read_revision(&txn)?;
             let kv = txn.open_table(tables::KV).context("open kv")?;
-            let range = kv
-                .range::<&str>(prefix.as_str()..)
-                .context("range")?;
+            let range = kv.range::<&str>(prefix.as_str()..).context("range")?;
             let mut kvs = Vec::new();
             for entry in range {
                 let (key, value) = entry.context("range")?;
@@ -171,7 +168,9 @@ impl Store for EmbeddedStore {
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let ttl = ttl.max(Duration::from_secs(1));
-        let id = self.submit(|reply| WriteRequest::GrantLease { ttl, reply }).await?;
+        let id = self
+            .submit(|reply| WriteRequest::GrantLease { ttl, reply })
+            .await?;
         self.inner.leases.insert(id, ttl);
         Ok(id)
     }

@@ -29,8 +29,7 @@ pub(super) fn initialize(db: &Database) -> Result<(Revision, Vec<(LeaseId, Durat
     let mut leases = Vec::new();
     {
         txn.open_table(KV).context("create kv table")?;
-        txn.open_table(LEASE_KEYS)
-            .context("create lease_keys table")?;
+        txn.open_table(LEASE_KEYS).context("create lease_keys table")?;
         let meta = txn.open_table(META).context("create meta table")?;
         revision = meta
             .get(REVISION_KEY)
@@ -75,7 +74,10 @@ pub(super) fn decode(key: &str, record: &[u8]) -> Result<KeyValue, StoreError> {
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
             .ok_or_else(|| {
-                StoreError::backend("decoding a stored record", format!("record of key {key:?} is truncated"))
+                StoreError::backend(
+                    "decoding a stored record",
+                    format!("record of key {key:?} is truncated"),
+                )
             })
     };
     let lease = field(3)?;

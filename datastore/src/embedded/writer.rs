@@ -8,9 +8,9 @@ use std::time::Duration;
 use redb::{Database, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
+use super::Context;
 use super::history::WatchHub;
 use super::tables::{self, KV, LEASE_KEYS, LEASES, META, REVISION_KEY};
-use super::Context;
 use crate::error::StoreError;
 use crate::random::random_u64;
 use crate::types::{EventKind, KeyValue, LeaseId, Op, Revision, Txn, WatchBatch, WatchEvent};
@@ -34,7 +34,9 @@ pub(super) enum WriteRequest {
 impl WriteRequest {
     fn into_reply(self) -> Reply {
         match self {
-            Self::Txn { reply, .. } | Self::GrantLease { reply, .. } | Self::RevokeLease { reply, .. } => reply,
+            Self::Txn { reply, .. } | Self::GrantLease { reply, .. } | Self::RevokeLease { reply, .. } => {
+                reply
+            }
         }
     }
 }
@@ -91,7 +93,11 @@ type Answers = (Vec<Result<u64, StoreError>>, Vec<WatchBatch>);
 
 /// Applies every write of the group in one redb transaction. The outer error is a storage failure
 /// (nothing committed); inner errors are per-write refusals (that write changed nothing).
-fn apply_group(db: &Database, group: &[WriteRequest], revision: &mut Revision) -> Result<Answers, StoreError> {
+fn apply_group(
+    db: &Database,
+    group: &[WriteRequest],
+    revision: &mut Revision,
+) -> Result<Answers, StoreError> {
     let txn = db.begin_write().context("begin write")?;
     let mut answers = Vec::with_capacity(group.len());
     let mut batches = Vec::new();
@@ -158,10 +164,12 @@ impl<'txn> WriteState<'txn> {
             }
         }
         for op in &txn.ops {
-            if let Op::Put { lease: Some(lease), .. } = op {
-                if !self.lease_exists(*lease)? {
-                    return Ok(Err(StoreError::LeaseNotFound(*lease)));
-                }
+            if let Op::Put {
+                lease: Some(lease), ..
+            } = op
+                && !self.lease_exists(*lease)?
+            {
+                return Ok(Err(StoreError::LeaseNotFound(*lease)));
             }
         }
         let next = self.revision + 1;
@@ -215,7 +223,12 @@ impl<'txn> WriteState<'txn> {
     }
 
     fn unlink_lease(&mut self, previous: Option<&KeyValue>) -> Result<(), StoreError> {
-        if let Some(KeyValue { key, lease: Some(lease), .. }) = previous {
+        if let Some(KeyValue {
+            key,
+            lease: Some(lease),
+            ..
+        }) = previous
+        {
             self.lease_keys
                 .remove((*lease, key.as_str()))
                 .context("unlink lease")?;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions,
-    GetOptions, Identity, PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse,
+    Certificate, Client, CompactionOptions, Compare as EtcdCompare, CompareOp, ConnectOptions, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn as EtcdTxn, TxnOp, TxnOpResponse,
 };
 
 use crate::error::StoreError;
@@ -69,9 +69,8 @@ pub struct EtcdStore {
 }
 
 fn read_pem(path: &PathBuf, what: &'static str) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|e| {
-        StoreError::InvalidRequest(format!("cannot read etcd {what} {}: {e}", path.display()))
-    })
+    std::fs::read(path)
+        .map_err(|e| StoreError::InvalidRequest(format!("cannot read etcd {what} {}: {e}", path.display())))
 }
 
 impl EtcdStore {
@@ -93,8 +92,10 @@ impl EtcdStore {
             }
             match (&tls.cert, &tls.key) {
                 (Some(cert), Some(key)) => {
-                    let identity =
-                        Identity::from_pem(read_pem(cert, "client certificate")?, read_pem(key, "client key")?);
+                    let identity = Identity::from_pem(
+                        read_pem(cert, "client certificate")?,
+                        read_pem(key, "client key")?,
+                    );
                     tls_options = tls_options.identity(identity);
                 }
                 (None, None) => {}
@@ -126,7 +127,10 @@ fn map_error(error: etcd_client::Error) -> StoreError {
                 }
             } else if matches!(
                 status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown | tonic::Code::Cancelled
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
             ) || message.contains("no leader")
             {
                 StoreError::Unavailable(message.to_owned())
@@ -158,7 +162,8 @@ fn to_revision(revision: i64) -> Revision {
 }
 
 fn to_etcd_revision(revision: Revision) -> Result<i64, StoreError> {
-    i64::try_from(revision).map_err(|_| StoreError::InvalidRequest(format!("revision {revision} out of range")))
+    i64::try_from(revision)
+        .map_err(|_| StoreError::InvalidRequest(format!("revision {revision} out of range")))
 }
 
 fn convert_kv(kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
@@ -202,13 +207,19 @@ fn convert_op(op: &Op) -> Result<TxnOp, StoreError> {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let response = kv.get(key, None).await.map_err(map_error)?;
         response.kvs().first().map(convert_kv).transpose()
     }
 
     async fn list(&self, prefix: &str) -> Result<ListResult, StoreError> {
-        let mut client = self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut client = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let end = prefix_end(prefix).unwrap_or_else(|| vec![0]);
         let mut start = prefix.as_bytes().to_vec();
         let mut result = ListResult::default();
@@ -217,7 +228,10 @@ impl Store for EtcdStore {
             if result.revision > 0 {
                 options = options.with_revision(to_etcd_revision(result.revision)?);
             }
-            let response = client.get(start.clone(), Some(options)).await.map_err(map_error)?;
+            let response = client
+                .get(start.clone(), Some(options))
+                .await
+                .map_err(map_error)?;
             if result.revision == 0 {
                 result.revision = to_revision(response.header().map_or(0, |h| h.revision()));
             }
@@ -243,12 +257,19 @@ impl Store for EtcdStore {
 
     async fn txn(&self, txn: Txn) -> Result<Revision, StoreError> {
         txn.validate()?;
-        let compares = txn.compares.iter().map(convert_compare).collect::<Result<Vec<_>, _>>()?;
+        let compares = txn
+            .compares
+            .iter()
+            .map(convert_compare)
+            .collect::<Result<Vec<_>, _>>()?;
         let ops = txn.ops.iter().map(convert_op).collect::<Result<Vec<_>, _>>()?;
         // On failure, read every compared key back to name the compare that failed.
         let reads: Vec<_> = txn.compares.iter().map(|c| TxnOp::get(c.key(), None)).collect();
         let request = EtcdTxn::new().when(compares).and_then(ops).or_else(reads);
-        let mut kv = self.client.kv_client().max_decoding_message_size(MAX_RESPONSE_BYTES);
+        let mut kv = self
+            .client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
         let lease = txn.ops.iter().find_map(|op| match op {
             Op::Put { lease, .. } => *lease,
             Op::Delete { .. } => None,
@@ -274,7 +295,11 @@ impl Store for EtcdStore {
         }
         // Every compare holds on re-read: the conflicting write was undone in between.
         Err(StoreError::Conflict {
-            key: txn.compares.first().map(|c| c.key().to_owned()).unwrap_or_default(),
+            key: txn
+                .compares
+                .first()
+                .map(|c| c.key().to_owned())
+                .unwrap_or_default(),
         })
     }
 
@@ -288,7 +313,11 @@ impl Store for EtcdStore {
         match kv.compact(to_etcd_revision(revision)?, Some(options)).await {
             Ok(_) => Ok(()),
             // Compacting at or below an earlier compaction is a no-op, as on the embedded store.
-            Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("has been compacted") => Ok(()),
+            Err(etcd_client::Error::GRpcStatus(status))
+                if status.message().contains("has been compacted") =>
+            {
+                Ok(())
+            }
             Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("future revision") => {
                 Err(StoreError::InvalidRequest(format!(
                     "cannot compact at revision {revision}: it is in the future"

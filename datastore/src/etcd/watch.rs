@@ -74,7 +74,9 @@ async fn attempt(
         .with_range(end)
         .with_start_revision(start)
         .with_progress_notify();
-    let mut watch_client = client.watch_client().max_decoding_message_size(MAX_WATCH_RESPONSE_BYTES);
+    let mut watch_client = client
+        .watch_client()
+        .max_decoding_message_size(MAX_WATCH_RESPONSE_BYTES);
     let mut stream = tokio::select! {
         stream = watch_client.watch(prefix, Some(options)) => {
             stream.map_err(|e| AttemptError::Retryable(map_error(e)))?
@@ -109,7 +111,9 @@ async fn attempt(
                 continue;
             }
             *last = batch.revision;
-            out.send(Ok(batch)).await.map_err(|_| AttemptError::ConsumerGone)?;
+            out.send(Ok(batch))
+                .await
+                .map_err(|_| AttemptError::ConsumerGone)?;
         }
     }
 }
@@ -127,7 +131,11 @@ fn group_by_revision(events: &[etcd_client::Event]) -> Result<Vec<WatchBatch>, S
         let watch_event = WatchEvent {
             kind,
             key: kv.key,
-            value: if kind == EventKind::Put { kv.value } else { Vec::new() },
+            value: if kind == EventKind::Put {
+                kv.value
+            } else {
+                Vec::new()
+            },
         };
         match batches.last_mut() {
             Some(batch) if batch.revision == kv.mod_revision => batch.events.push(watch_event),

