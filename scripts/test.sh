@@ -6,4 +6,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/install-deps.sh
 
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+log="$(mktemp /tmp/brindle-test-XXXXXX.log)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line over every test binary (cargo prints one result line per binary).
+awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
+     END { printf "\ntests: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::etcd::{EtcdConfig, EtcdStore};
+use crate::etcd::{EtcdConfig, EtcdStore, EtcdTls};
 use crate::store::Store;
 
 /// How long a starting etcd may take to answer.
@@ -17,7 +17,19 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    tls: Option<(ServerTls, EtcdTls)>,
     child: Option<Child>,
+}
+
+/// PEM files etcd serves client TLS with; clients must present a certificate signed by `ca`.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// CA that signed the server certificate and the accepted client certificates.
+    pub ca: PathBuf,
+    /// Server certificate (with 127.0.0.1 as a subject alternative name).
+    pub cert: PathBuf,
+    /// Server private key.
+    pub key: PathBuf,
 }
 
 /// A free TCP port on 127.0.0.1 (free when this returns; tests may race for it, rarely).
@@ -33,10 +45,21 @@ fn etcd_binary() -> PathBuf {
 impl EtcdServer {
     /// Starts etcd and waits until it serves requests.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving clients over TLS with client-certificate authentication; `client` is
+    /// what [`config`](Self::config) hands to clients.
+    pub async fn start_tls(server: ServerTls, client: EtcdTls) -> std::io::Result<Self> {
+        Self::start_with(Some((server, client))).await
+    }
+
+    async fn start_with(tls: Option<(ServerTls, EtcdTls)>) -> std::io::Result<Self> {
         let mut server = Self {
             dir: tempfile::Builder::new().prefix("brindle-test-etcd-").tempdir()?,
             client_port: free_port()?,
             peer_port: free_port()?,
+            tls,
             child: None,
         };
         server.spawn().await?;
@@ -45,12 +68,14 @@ impl EtcdServer {
 
     /// The client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     /// Client configuration for this server, with short timeouts suited to tests.
     pub fn config(&self) -> EtcdConfig {
         let mut config = EtcdConfig::new(vec![self.endpoint()]);
+        config.tls = self.tls.as_ref().map(|(_, client)| client.clone());
         config.request_timeout = Duration::from_secs(3);
         config.connect_timeout = Duration::from_secs(2);
         config.keepalive_interval = Duration::from_secs(1);
@@ -79,7 +104,15 @@ impl EtcdServer {
             .create(true)
             .append(true)
             .open(self.dir.path().join("etcd.log"))?;
-        let child = Command::new(etcd_binary())
+        let mut command = Command::new(etcd_binary());
+        if let Some((tls, _)) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.cert.display()))
+                .arg(format!("--key-file={}", tls.key.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=brindle-test")
             .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
             .arg(format!("--listen-client-urls={client_url}"))
