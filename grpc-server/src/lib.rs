@@ -1,0 +1,118 @@
+//! What every brindle gRPC server shares: `grpc.health.v1` reporting NOT_SERVING while the datastore
+//! is unreachable, server reflection (v1 and v1alpha) limited to the services actually served, and
+//! shutdown on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_datastore::Store;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+/// How often the datastore is probed for the health status.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The reflection service could not be built from the descriptor sets.
+    #[error("building the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// Binding or serving on the address failed.
+    #[error("serving gRPC on {address}: {source}")]
+    Transport {
+        /// Listen address.
+        address: SocketAddr,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// Serves `routes` (named `service_names`, fully qualified) on `address` with health and
+/// reflection until SIGINT or SIGTERM.
+pub async fn serve(
+    address: SocketAddr,
+    routes: RoutesBuilder,
+    service_names: &[&str],
+    store: Arc<dyn Store>,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let names: Vec<&str> = service_names
+        .iter()
+        .copied()
+        .chain([
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ])
+        .collect();
+    let reflection = || {
+        names.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(brindle_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, name| builder.with_service_name(*name),
+        )
+    };
+    // Both reflection versions: grpcurl before 1.8.8 only speaks v1alpha.
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let probe = tokio::spawn(probe_datastore(
+        store,
+        health,
+        service_names.iter().map(|s| (*s).to_owned()).collect(),
+    ));
+    let mut routes = routes;
+    routes
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    tracing::info!(%address, services = ?service_names, "serving gRPC");
+    let served = tonic::transport::Server::builder()
+        .add_routes(routes.routes())
+        .serve_with_shutdown(address, shutdown_signal())
+        .await;
+    probe.abort();
+    served.map_err(|source| ServeError::Transport { address, source })
+}
+
+/// Reports SERVING (overall and per service) while the datastore answers, NOT_SERVING otherwise.
+async fn probe_datastore(store: Arc<dyn Store>, health: HealthReporter, services: Vec<String>) {
+    let mut reported = None;
+    loop {
+        let status = match store.revision().await {
+            Ok(_) => ServingStatus::Serving,
+            Err(error) => {
+                tracing::warn!(%error, "datastore unreachable");
+                ServingStatus::NotServing
+            }
+        };
+        if reported != Some(status) {
+            health.set_service_status("", status).await;
+            for service in &services {
+                health.set_service_status(service, status).await;
+            }
+            reported = Some(status);
+        }
+        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGTERM");
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate.recv() => {}
+    }
+}
