@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use brindle_datastore::{EtcdConfig, EtcdTls, StoreConfig};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
 
 /// brindle: container networking with routable pod IPs, no NAT between pods, and network policy.
 #[derive(Debug, Parser)]
@@ -102,14 +101,7 @@ pub struct Logging {
 
 impl Logging {
     pub fn init(&self) -> anyhow::Result<()> {
-        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        match self.log_format {
-            LogFormat::Text => builder.try_init(),
-            LogFormat::Json => builder.json().try_init(),
-        }
-        .map_err(|e| anyhow::anyhow!("initialising logging: {e}"))
+        brindle_grpc_server::init_logging(matches!(self.log_format, LogFormat::Json))
+            .map_err(anyhow::Error::msg)
     }
 }

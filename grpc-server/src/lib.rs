@@ -31,6 +31,21 @@ pub enum ServeError {
     },
 }
 
+/// Sets up `tracing` logs on stderr: filter from `RUST_LOG` (default `info`), JSON lines when `json`.
+pub fn init_logging(json: bool) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().try_init()
+    } else {
+        logs.try_init()
+    }
+    .map_err(|e| format!("initialising logging: {e}"))
+}
+
 /// Serves `routes` (named `service_names`, fully qualified) on `address` with health and
 /// reflection until SIGINT or SIGTERM.
 pub async fn serve(
