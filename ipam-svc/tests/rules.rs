@@ -373,6 +373,49 @@ async fn stale_release_by_ip_cannot_free_a_reused_address(store: Arc<dyn Store>)
     assert_clean(&ipam, None).await;
 }
 
+async fn stale_release_cannot_match_a_recreated_block(store: Arc<dyn Store>) {
+    let ipam = ipam_with_clock(&store, &TestClock::new());
+    ipam.create_pool(pool("p", "10.51.0.0/24", 26))
+        .await
+        .expect("pool");
+    let old = ipam
+        .auto_assign(request("net.old", "n1", 1, 0))
+        .await
+        .expect("assign")
+        .allocations[0]
+        .clone();
+    ipam.delete_node("n1").await.expect("node gone: block deleted");
+    assert!(
+        ipam.show(&ShowOptions {
+            blocks: true,
+            ..ShowOptions::default()
+        })
+        .await
+        .expect("show")
+        .blocks
+        .is_empty()
+    );
+    let new = ipam
+        .assign_ip(AssignIpRequest {
+            handle_id: "net.new".into(),
+            ip: old.ip,
+            node: "n2".into(),
+            attributes: Default::default(),
+        })
+        .await
+        .expect("same address from a re-created block");
+    assert!(
+        new.sequence > old.sequence,
+        "sequences keep growing across block re-creation"
+    );
+    let (released, skipped) = ipam
+        .release_ips(&[(old.ip, old.sequence)])
+        .await
+        .expect("stale release");
+    assert_eq!((released, skipped), (vec![], vec![old.ip]));
+    assert_clean(&ipam, None).await;
+}
+
 async fn deleted_nodes_give_everything_back(store: Arc<dyn Store>) {
     let ipam = ipam_with_clock(&store, &TestClock::new());
     ipam.create_pool(pool("p", "10.60.0.0/28", 30))
@@ -658,6 +701,7 @@ scenarios!(
     specific_addresses_follow_the_rules,
     release_is_idempotent_and_cooldown_defers_reuse,
     stale_release_by_ip_cannot_free_a_reused_address,
+    stale_release_cannot_match_a_recreated_block,
     deleted_nodes_give_everything_back,
     empty_blocks_of_departed_nodes_are_reclaimed,
     gc_releases_only_stale_handles_of_the_node,

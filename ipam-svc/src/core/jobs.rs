@@ -374,7 +374,10 @@ async fn claim_block(plan: &mut Plan, pools: &[Pool]) -> Result<bool, IpamError>
     let node = plan.node.clone();
     for pool in pools {
         if let Some(cidr) = free_block(pool, &all, &node) {
-            plan.set_block(cidr, Some(Block::new(cidr, &pool.name, Some(&node))));
+            plan.set_block(
+                cidr,
+                Some(Block::new(cidr, &pool.name, Some(&node), plan.first_sequence)),
+            );
             plan.set_affinity(&node, cidr, true).await?;
             return Ok(true);
         }
@@ -482,7 +485,12 @@ async fn assign_ip(plan: &mut Plan, request: &AssignIpRequest) -> Result<Allocat
             if affine {
                 plan.set_affinity(&node, cidr, true).await?;
             }
-            Block::new(cidr, &pool.name, affine.then_some(node.as_str()))
+            Block::new(
+                cidr,
+                &pool.name,
+                affine.then_some(node.as_str()),
+                plan.first_sequence,
+            )
         }
     };
     if config.strict_affinity

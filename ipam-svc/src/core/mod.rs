@@ -232,6 +232,8 @@ impl Ipam {
     pub async fn assign_ip(&self, request: AssignIpRequest) -> Result<Allocated, IpamError> {
         validate::handle_id(&request.handle_id)?;
         validate::name("node", &request.node)?;
+        let mut request = request;
+        owner_node(&mut request.attributes, &request.node)?;
         let node = request.node.clone();
         match self.submit(&node, Work::AssignIp(request)).await? {
             Outcome::AssignedIp(allocated) => Ok(allocated),
@@ -365,6 +367,19 @@ impl Ipam {
         }
         Ok(handles)
     }
+}
+
+/// A handle belongs to the node that allocated it: fills `attributes.node`, refuses another node.
+fn owner_node(attributes: &mut model::HandleAttributes, node: &str) -> Result<(), IpamError> {
+    if attributes.node.is_empty() {
+        attributes.node = node.to_owned();
+    } else if attributes.node != node {
+        return Err(IpamError::invalid(
+            "attributes.node",
+            format!("{:?} differs from the requesting node {node:?}", attributes.node),
+        ));
+    }
+    Ok(())
 }
 
 fn unexpected(outcome: Outcome) -> IpamError {

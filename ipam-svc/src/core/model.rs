@@ -183,9 +183,18 @@ pub struct Block {
     pub next_sequence: u64,
 }
 
+/// Sequence numbers of a block created after revision `revision` start at `(revision + 1) << 16`.
+/// A block never allocates more than 2^16 addresses in one transaction and every transaction
+/// advances the revision, so every sequence of a deleted block is below the first sequence of any
+/// block created after its deletion: a stale release by IP and sequence can never match a new
+/// allocation, even when the block was deleted and re-created in between.
+pub fn first_sequence_after(revision: u64) -> u64 {
+    revision.saturating_add(1).saturating_mul(1 << 16)
+}
+
 impl Block {
-    /// A new empty block.
-    pub fn new(cidr: IpNet, pool: &str, affinity: Option<&str>) -> Self {
+    /// A new empty block whose first allocation gets `first_sequence`.
+    pub fn new(cidr: IpNet, pool: &str, affinity: Option<&str>, first_sequence: u64) -> Self {
         let size = block_size(&cidr);
         Self {
             cidr,
@@ -194,7 +203,7 @@ impl Block {
             unallocated: (0..size).collect(),
             allocations: BTreeMap::new(),
             cooldown: BTreeMap::new(),
-            next_sequence: 1,
+            next_sequence: first_sequence,
         }
     }
 
@@ -339,7 +348,7 @@ mod tests {
 
     #[test]
     fn allocation_is_fifo_and_released_addresses_go_last() {
-        let mut block = Block::new(net("10.0.0.0/30"), "p", Some("n1"));
+        let mut block = Block::new(net("10.0.0.0/30"), "p", Some("n1"), 1);
         let none = ReservationSet::default();
         let (a, seq_a) = block.allocate("h1", "n1", &none, 0).expect("a");
         let (b, _) = block.allocate("h2", "n1", &none, 0).expect("b");
@@ -367,7 +376,7 @@ mod tests {
 
     #[test]
     fn stale_release_does_not_free_a_reused_address() {
-        let mut block = Block::new(net("10.0.0.0/31"), "p", Some("n1"));
+        let mut block = Block::new(net("10.0.0.0/31"), "p", Some("n1"), 1);
         let none = ReservationSet::default();
         let (ip, first) = block.allocate("h1", "n1", &none, 0).expect("first");
         assert!(block.release(ip, first, 0));
@@ -382,7 +391,7 @@ mod tests {
 
     #[test]
     fn reserved_addresses_are_skipped() {
-        let mut block = Block::new(net("10.0.0.0/30"), "p", None);
+        let mut block = Block::new(net("10.0.0.0/30"), "p", None, 1);
         let reserved = ReservationSet {
             reservations: vec![Reservation {
                 name: "r".into(),
@@ -398,7 +407,7 @@ mod tests {
 
     #[test]
     fn ipv6_ordinals() {
-        let block = Block::new(net("fd00::40/122"), "p", None);
+        let block = Block::new(net("fd00::40/122"), "p", None, 1);
         assert_eq!(block.size(), 64);
         assert_eq!(block.ip_at(3).to_string(), "fd00::43");
         assert_eq!(block.ordinal_of("fd00::7f".parse().expect("ip")), Some(63));

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::IpamError;
 use super::keys;
-use super::model::{Affinity, Block, Handle, NodeRecord, decode, encode};
+use super::model::{Affinity, Block, Handle, NodeRecord, decode, encode, first_sequence_after};
 use super::settings::{self, Settings};
 
 /// Operations a batch may add before the rest of its jobs wait for the next transaction.
@@ -56,6 +56,8 @@ pub struct Plan {
     pub node_labels: BTreeMap<String, String>,
     /// Current time, unix ms.
     pub now_ms: u64,
+    /// First sequence number of blocks this batch creates.
+    pub first_sequence: u64,
     blocks: BTreeMap<IpNet, Read<Block>>,
     handles: BTreeMap<String, Read<Handle>>,
     affinity_revisions: BTreeMap<String, Revision>,
@@ -95,6 +97,7 @@ impl Plan {
             settings,
             node_labels,
             now_ms,
+            first_sequence: first_sequence_after(affinities.revision),
             blocks: BTreeMap::new(),
             handles: BTreeMap::new(),
             affinity_revisions: BTreeMap::new(),
