@@ -6,10 +6,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use brindle_datastore::testing::EtcdServer;
+use brindle_datastore::testing::{EtcdServer, free_port};
 use brindle_datastore::{EmbeddedStore, EtcdStore, Store};
+use brindle_proto::ipam::v1::ipam_client::IpamClient;
 use ipam_svc::core::model::{AllowedUse, EncapMode, HandleAttributes, Pool};
 use ipam_svc::core::{AssignRequest, Clock, Ipam};
+use tonic::transport::Channel;
 
 /// A backend kept alive for a test.
 pub enum Backend {
@@ -90,4 +92,54 @@ pub async fn assert_clean(ipam: &Ipam, live: Option<&HashSet<String>>) {
         "IPAM check found problems: {:#?}",
         report.problems
     );
+}
+
+/// An `ipam-svc` process, killed on drop.
+pub struct IpamProcess {
+    pub child: std::process::Child,
+    pub address: String,
+}
+
+impl IpamProcess {
+    /// Starts the binary with `args` (plus `--listen`) and waits until it answers.
+    pub async fn start(args: &[&str], log: &std::path::Path) -> Self {
+        let address = format!("127.0.0.1:{}", free_port().expect("port"));
+        let log = std::fs::File::create(log).expect("log");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-svc"))
+            .args(["--listen", &address])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start ipam-svc");
+        let process = Self { child, address };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(mut client) = process.client().await
+                && client
+                    .list_pools(brindle_proto::ipam::v1::ListPoolsRequest {})
+                    .await
+                    .is_ok()
+            {
+                return process;
+            }
+            assert!(std::time::Instant::now() < deadline, "ipam-svc did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn client(&self) -> Result<IpamClient<Channel>, tonic::transport::Error> {
+        IpamClient::connect(format!("http://{}", self.address)).await
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for IpamProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
