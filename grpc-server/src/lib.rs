@@ -1,6 +1,8 @@
-//! What every brindle gRPC server shares: `grpc.health.v1` reporting NOT_SERVING while the datastore
-//! is unreachable, server reflection (v1 and v1alpha) limited to the services actually served, and
-//! shutdown on SIGINT/SIGTERM.
+//! What every brindle gRPC server shares: datastore flags, logging setup, `grpc.health.v1`
+//! reporting NOT_SERVING while the datastore is unreachable, server reflection (v1 and v1alpha)
+//! limited to the services actually served, and shutdown on SIGINT/SIGTERM.
+
+mod store_args;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,6 +12,8 @@ use brindle_datastore::Store;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+pub use store_args::StoreArgs;
 
 /// How often the datastore is probed for the health status.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);

@@ -252,7 +252,16 @@ async fn run_sequence(seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_sequences_keep_ipam_consistent() {
-    for seed in [0x5eed_0001, 0xdead_beef, 0x0bad_cafe, 42] {
+    for seed in [
+        0x5eed_0001,
+        0xdead_beef,
+        0x0bad_cafe,
+        42,
+        7,
+        1_000_003,
+        0xfeed_f00d,
+        0x1234_5678,
+    ] {
         run_sequence(seed).await;
     }
 }

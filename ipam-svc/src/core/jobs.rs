@@ -94,7 +94,13 @@ pub enum Work {
 }
 
 impl Work {
-    /// The handle this work reads, for prefetching.
+    /// Whether the work creates its handle: the handle is then assumed absent rather than read
+    /// (a retried ADD whose handle exists makes the batch conflict and re-read everything).
+    pub fn creates_handle(&self) -> bool {
+        matches!(self, Self::Assign(_))
+    }
+
+    /// The handle this work reads.
     pub fn handle_id(&self) -> Option<&str> {
         match self {
             Self::Assign(request) => Some(&request.handle_id),
@@ -374,9 +380,10 @@ async fn claim_block(plan: &mut Plan, pools: &[Pool]) -> Result<bool, IpamError>
     let node = plan.node.clone();
     for pool in pools {
         if let Some(cidr) = free_block(pool, &all, &node) {
+            let first_sequence = plan.first_sequence().await?;
             plan.set_block(
                 cidr,
-                Some(Block::new(cidr, &pool.name, Some(&node), plan.first_sequence)),
+                Some(Block::new(cidr, &pool.name, Some(&node), first_sequence)),
             );
             plan.set_affinity(&node, cidr, true).await?;
             return Ok(true);
@@ -489,7 +496,7 @@ async fn assign_ip(plan: &mut Plan, request: &AssignIpRequest) -> Result<Allocat
                 cidr,
                 &pool.name,
                 affine.then_some(node.as_str()),
-                plan.first_sequence,
+                plan.first_sequence().await?,
             )
         }
     };

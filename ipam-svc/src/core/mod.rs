@@ -27,7 +27,7 @@ pub use report::{
 
 use jobs::{Outcome, Work};
 use model::{Block, Handle, IpamConfig, Pool, Reservation, decode};
-use plan::Plan;
+use plan::{HandleReads, NodeCache, Plan};
 
 /// Jobs of one node committed together at most.
 const MAX_BATCH_JOBS: usize = 64;
@@ -390,6 +390,7 @@ fn unexpected(outcome: Outcome) -> IpamError {
 
 /// One node's writer: takes every job queued meanwhile and commits them as one batch.
 async fn node_writer(engine: Arc<Engine>, node: String, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let mut cache = None;
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_JOBS {
@@ -398,19 +399,35 @@ async fn node_writer(engine: Arc<Engine>, node: String, mut jobs: mpsc::Unbounde
                 Err(_) => break,
             }
         }
-        engine.commit_batch(&node, batch).await;
+        engine.commit_batch(&node, batch, &mut cache).await;
     }
 }
 
 impl Engine {
-    async fn commit_batch(&self, node: &str, mut pending: Vec<Job>) {
+    /// Plans and commits `pending` jobs in as few transactions as possible. With a `cache` from
+    /// the previous batch, new handles are assumed absent and nothing else is read; after a
+    /// conflict or an error everything is read again.
+    async fn commit_batch(&self, node: &str, mut pending: Vec<Job>, cache: &mut Option<NodeCache>) {
         let mut backoff = Backoff::new(Duration::from_millis(2), Duration::from_millis(100));
         let mut conflicts = 0;
         while !pending.is_empty() {
-            let handle_ids: BTreeSet<&str> = pending.iter().filter_map(|j| j.work.handle_id()).collect();
-            let handle_ids: Vec<&str> = handle_ids.into_iter().collect();
-            let mut plan = match Plan::load(Arc::clone(&self.store), node, &handle_ids, (self.clock)()).await
-            {
+            let trusted = cache.take();
+            let used_cache = trusted.is_some();
+            let mut prefetch = BTreeSet::new();
+            let mut assume_absent = BTreeSet::new();
+            for job in &pending {
+                match job.work.handle_id() {
+                    Some(id) if trusted.is_some() && job.work.creates_handle() => assume_absent.insert(id),
+                    Some(id) => prefetch.insert(id),
+                    None => false,
+                };
+            }
+            let handles = HandleReads {
+                prefetch: prefetch.into_iter().collect(),
+                assume_absent: assume_absent.into_iter().collect(),
+            };
+            let now = (self.clock)();
+            let mut plan = match Plan::load(Arc::clone(&self.store), node, handles, now, trusted).await {
                 Ok(plan) => plan,
                 Err(error) => {
                     for job in pending {
@@ -421,6 +438,7 @@ impl Engine {
             };
             let mut planned = Vec::new();
             let mut deferred = Vec::new();
+            let mut refused = Vec::new();
             for job in pending {
                 if !plan.has_room() {
                     deferred.push(job);
@@ -433,19 +451,30 @@ impl Engine {
                     }
                     Err(error) => {
                         plan.reject_job();
-                        let _ = job.reply.send(Err(error));
+                        refused.push((job, error));
                     }
                 }
             }
-            let committed = if plan.is_empty() {
-                Ok(0)
-            } else {
-                self.store.txn(plan.transaction()).await
+            if used_cache && !refused.is_empty() {
+                // A refusal may come from a stale cache (a pool added meanwhile): decide again
+                // from fresh reads before answering.
+                pending = planned.into_iter().map(|(job, _)| job).collect();
+                pending.extend(refused.into_iter().map(|(job, _)| job));
+                pending.extend(deferred);
+                continue;
+            }
+            for (job, error) in refused {
+                let _ = job.reply.send(Err(error));
+            }
+            let committed = match plan.transaction() {
+                Some(txn) => self.store.txn(txn).await,
+                None => Ok(0),
             };
             pending = deferred;
             match committed {
-                Ok(_) => {
+                Ok(revision) => {
                     backoff.reset();
+                    *cache = Some(plan.into_cache(revision));
                     for (job, outcome) in planned {
                         let _ = job.reply.send(Ok(outcome));
                     }

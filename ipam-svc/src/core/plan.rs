@@ -45,6 +45,27 @@ impl Changes {
     }
 }
 
+/// What a node's writer remembers between batches: the records it read or wrote, with their
+/// revisions. Every transaction compares the revisions of what it writes, so a stale cache only
+/// costs a conflict and a full re-read, never a wrong write.
+#[derive(Debug, Clone)]
+pub struct NodeCache {
+    settings: Settings,
+    node_labels: BTreeMap<String, String>,
+    node_revision: Revision,
+    affinity_revisions: BTreeMap<String, Revision>,
+    node_blocks: BTreeSet<IpNet>,
+    blocks: BTreeMap<IpNet, Read<Block>>,
+}
+
+/// Which handles a batch reads: the rest are assumed absent (new pods) and compared as absent.
+pub struct HandleReads<'a> {
+    /// Read before planning.
+    pub prefetch: Vec<&'a str>,
+    /// Assumed absent without a read.
+    pub assume_absent: Vec<&'a str>,
+}
+
 /// State read for one batch of one node's jobs.
 pub struct Plan {
     store: Arc<dyn Store>,
@@ -54,11 +75,15 @@ pub struct Plan {
     pub settings: Settings,
     /// The node's labels (empty when it is not registered).
     pub node_labels: BTreeMap<String, String>,
+    node_revision: Revision,
     /// Current time, unix ms.
     pub now_ms: u64,
-    /// First sequence number of blocks this batch creates.
-    pub first_sequence: u64,
     blocks: BTreeMap<IpNet, Read<Block>>,
+    /// Blocks that came from the node cache rather than a read in this batch.
+    cached_blocks: BTreeSet<IpNet>,
+    /// Cached blocks a job looked at: the transaction compares them, so a decision taken on a
+    /// stale copy (even one that wrote nothing) fails and is re-planned from fresh reads.
+    relied_on: BTreeSet<IpNet>,
     handles: BTreeMap<String, Read<Handle>>,
     affinity_revisions: BTreeMap<String, Revision>,
     node_blocks: BTreeSet<IpNet>,
@@ -70,59 +95,98 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Reads what every job of a batch for `node` needs, plus the given handles.
+    /// Prepares a batch for `node`: from `cache` when given, otherwise by reading settings, the
+    /// node's record, its affinities and its blocks; then reads the handles to prefetch.
     pub async fn load(
         store: Arc<dyn Store>,
         node: &str,
-        handle_ids: &[&str],
+        handles: HandleReads<'_>,
         now_ms: u64,
+        cache: Option<NodeCache>,
     ) -> Result<Self, IpamError> {
-        let settings = settings::load(store.as_ref());
-        let (node_key, affinities_prefix) = (keys::node(node), keys::node_affinities(node));
-        let node_record = store.get(&node_key);
-        let affinities = store.list(&affinities_prefix);
-        let (settings, node_record, affinities) = futures_util::future::try_join3(
-            settings,
-            async { node_record.await.map_err(IpamError::from) },
-            async { affinities.await.map_err(IpamError::from) },
+        let (cache, cached_blocks) = match cache {
+            Some(cache) => {
+                let cached = cache.blocks.keys().copied().collect();
+                (cache, cached)
+            }
+            None => (read_node(store.as_ref(), node).await?, BTreeSet::new()),
+        };
+        let handle_reads = futures_util::future::try_join_all(
+            handles.prefetch.iter().map(|id| read_handle(store.as_ref(), id)),
         )
         .await?;
-        let node_labels = match node_record {
-            Some(kv) => decode::<NodeRecord>(&kv.key, &kv.value)?.labels,
-            None => BTreeMap::new(),
-        };
-        let mut plan = Self {
+        let mut read: BTreeMap<String, Read<Handle>> = handles
+            .prefetch
+            .iter()
+            .map(|id| (*id).to_owned())
+            .zip(handle_reads)
+            .collect();
+        for id in handles.assume_absent {
+            read.entry(id.to_owned()).or_insert(Read {
+                value: None,
+                revision: 0,
+            });
+        }
+        Ok(Self {
             store,
             node: node.to_owned(),
-            settings,
-            node_labels,
+            settings: cache.settings,
+            node_labels: cache.node_labels,
+            node_revision: cache.node_revision,
             now_ms,
-            first_sequence: first_sequence_after(affinities.revision),
-            blocks: BTreeMap::new(),
-            handles: BTreeMap::new(),
-            affinity_revisions: BTreeMap::new(),
-            node_blocks: BTreeSet::new(),
+            blocks: cache.blocks,
+            cached_blocks,
+            relied_on: BTreeSet::new(),
+            handles: read,
+            affinity_revisions: cache.affinity_revisions,
+            node_blocks: cache.node_blocks,
             all_blocks_loaded: false,
             registered_nodes: BTreeMap::new(),
             committed: Changes::default(),
             job: Changes::default(),
-        };
-        for kv in &affinities.kvs {
-            let affinity: Affinity = decode(&kv.key, &kv.value)?;
-            plan.affinity_revisions.insert(kv.key.clone(), kv.mod_revision);
-            plan.node_blocks.insert(affinity.block);
+        })
+    }
+
+    /// What the node's writer keeps after this batch committed at `revision`.
+    pub fn into_cache(self, revision: Revision) -> NodeCache {
+        let node_blocks = self.node_blocks();
+        let mut blocks = self.blocks;
+        for (cidr, block) in self.committed.blocks {
+            match block {
+                Some(block) => blocks.insert(
+                    cidr,
+                    Read {
+                        value: Some(block),
+                        revision,
+                    },
+                ),
+                None => blocks.remove(&cidr),
+            };
         }
-        let blocks: Vec<IpNet> = plan.node_blocks.iter().copied().collect();
-        let store = Arc::clone(&plan.store);
-        let (block_reads, handle_reads) = futures_util::future::try_join(
-            futures_util::future::try_join_all(blocks.iter().map(|cidr| read_block(store.as_ref(), *cidr))),
-            futures_util::future::try_join_all(handle_ids.iter().map(|id| read_handle(store.as_ref(), id))),
-        )
-        .await?;
-        plan.blocks.extend(blocks.into_iter().zip(block_reads));
-        plan.handles
-            .extend(handle_ids.iter().map(|id| (*id).to_owned()).zip(handle_reads));
-        Ok(plan)
+        blocks.retain(|cidr, _| node_blocks.contains(cidr));
+        let mut affinity_revisions = self.affinity_revisions;
+        let prefix = keys::node_affinities(&self.node);
+        for (key, block) in self.committed.affinities {
+            match block {
+                Some(_) => affinity_revisions.insert(key, revision),
+                None => affinity_revisions.remove(&key),
+            };
+        }
+        affinity_revisions.retain(|key, _| key.starts_with(&prefix));
+        NodeCache {
+            settings: self.settings,
+            node_labels: self.node_labels,
+            node_revision: self.node_revision,
+            affinity_revisions,
+            node_blocks,
+            blocks,
+        }
+    }
+
+    /// The first sequence number for a block created now: derived from the current store
+    /// revision, which is past the deletion of any earlier block with the same CIDR.
+    pub async fn first_sequence(&self) -> Result<u64, IpamError> {
+        Ok(first_sequence_after(self.store.revision().await?))
     }
 
     /// A block as this job sees it.
@@ -138,6 +202,9 @@ impl Plan {
         if !self.blocks.contains_key(&cidr) {
             let read = read_block(self.store.as_ref(), cidr).await?;
             self.blocks.insert(cidr, read);
+        }
+        if self.cached_blocks.contains(&cidr) {
+            self.relied_on.insert(cidr);
         }
         Ok(self.blocks.get(&cidr).and_then(|r| r.value.clone()))
     }
@@ -249,15 +316,26 @@ impl Plan {
         self.committed.len() < BATCH_OP_BUDGET
     }
 
-    /// Whether the batch changed anything.
-    pub fn is_empty(&self) -> bool {
-        self.committed.len() == 0
-    }
-
-    /// The transaction committing every accepted job: each changed record is compared with the
-    /// revision it was read at; the settings are compared too.
-    pub fn transaction(&self) -> Txn {
-        let mut txn = self.settings.guard(Txn::new());
+    /// The transaction committing every accepted job, or `None` when there is nothing to write
+    /// or validate. Each changed record is compared with the revision it was read at; so are the
+    /// settings, the node's record and every cached block a decision relied on.
+    pub fn transaction(&self) -> Option<Txn> {
+        let unchanged_relied_on: Vec<&IpNet> = self
+            .relied_on
+            .iter()
+            .filter(|cidr| !self.committed.blocks.contains_key(cidr))
+            .collect();
+        if self.committed.len() == 0 && unchanged_relied_on.is_empty() {
+            return None;
+        }
+        let mut txn = self
+            .settings
+            .guard(Txn::new())
+            .if_mod_revision(keys::node(&self.node), self.node_revision);
+        for cidr in unchanged_relied_on {
+            let revision = self.blocks.get(cidr).map_or(0, |r| r.revision);
+            txn = txn.if_mod_revision(keys::block(cidr), revision);
+        }
         for (cidr, block) in &self.committed.blocks {
             let key = keys::block(cidr);
             let revision = self.blocks.get(cidr).map_or(0, |r| r.revision);
@@ -284,8 +362,40 @@ impl Plan {
                 None => txn.delete(key.clone()),
             };
         }
-        txn
+        Some(txn)
     }
+}
+
+/// Reads settings, the node's labels, its affinities and its blocks.
+async fn read_node(store: &dyn Store, node: &str) -> Result<NodeCache, IpamError> {
+    let (node_key, affinities_prefix) = (keys::node(node), keys::node_affinities(node));
+    let (settings, node_record, affinities) = futures_util::future::try_join3(
+        settings::load(store),
+        async { store.get(&node_key).await.map_err(IpamError::from) },
+        async { store.list(&affinities_prefix).await.map_err(IpamError::from) },
+    )
+    .await?;
+    let (node_labels, node_revision) = match node_record {
+        Some(kv) => (decode::<NodeRecord>(&kv.key, &kv.value)?.labels, kv.mod_revision),
+        None => (BTreeMap::new(), 0),
+    };
+    let mut affinity_revisions = BTreeMap::new();
+    let mut node_blocks = BTreeSet::new();
+    for kv in &affinities.kvs {
+        let affinity: Affinity = decode(&kv.key, &kv.value)?;
+        affinity_revisions.insert(kv.key.clone(), kv.mod_revision);
+        node_blocks.insert(affinity.block);
+    }
+    let reads =
+        futures_util::future::try_join_all(node_blocks.iter().map(|cidr| read_block(store, *cidr))).await?;
+    Ok(NodeCache {
+        settings,
+        node_labels,
+        node_revision,
+        affinity_revisions,
+        blocks: node_blocks.iter().copied().zip(reads).collect(),
+        node_blocks,
+    })
 }
 
 async fn read_block(store: &dyn Store, cidr: IpNet) -> Result<Read<Block>, IpamError> {
