@@ -1,6 +1,10 @@
-//! `brindle server`: opens the datastore and serves the control plane's gRPC endpoint.
+//! `brindle server`: opens the datastore and serves the control plane's services on one port.
+
+use std::sync::Arc;
 
 use anyhow::Context;
+use ipam_svc::core::Ipam;
+use ipam_svc::grpc::IpamService;
 use tonic::service::RoutesBuilder;
 
 use crate::cli::ServerArgs;
@@ -10,7 +14,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let store = brindle_datastore::open(&config)
         .await
         .with_context(|| format!("opening the datastore ({config:?})"))?;
-    brindle_grpc_server::serve(args.listen, RoutesBuilder::default(), &[], store).await?;
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(IpamService::new(Arc::new(Ipam::new(Arc::clone(&store)))).into_server());
+    brindle_grpc_server::serve(args.listen, routes, &[ipam_svc::grpc::SERVICE_NAME], store).await?;
     tracing::info!("brindle server stopped");
     Ok(())
 }

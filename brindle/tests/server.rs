@@ -1,4 +1,4 @@
-//! `brindle server` answers the real `grpcurl` (reflection + health) on the embedded store and on
+//! `brindle server` answers the real `grpcurl` (reflection, health, IPAM) on the embedded store and on
 //! etcd, and reports NOT_SERVING while etcd is down.
 
 use std::path::Path;
@@ -78,7 +78,11 @@ fn grpcurl_lists_and_describes_on_the_embedded_store() {
     let list = server.grpcurl(&["list"]);
     assert!(list.status.success(), "grpcurl list failed: {list:?}");
     let services = String::from_utf8_lossy(&list.stdout);
-    for service in ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"] {
+    for service in [
+        "brindle.ipam.v1.Ipam",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
         assert!(
             services.lines().any(|l| l == service),
             "{service} missing from:\n{services}"

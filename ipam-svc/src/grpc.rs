@@ -329,22 +329,11 @@ impl pb::ipam_server::Ipam for IpamService {
             .handle(&request.into_inner().handle_id)
             .await
             .map_err(status)?;
-        let allocations = handle
-            .ips
-            .iter()
-            .map(|ip| pb::Allocation {
-                ip: ip.ip.to_string(),
-                block: ip.block.to_string(),
-                pool: String::new(),
-                sequence: ip.sequence,
-                borrowed: false,
-                handle_id: handle.id.clone(),
-            })
-            .collect();
+        let allocations = self.ipam.allocations_of(&handle).await.map_err(status)?;
         Ok(Response::new(pb::Handle {
             id: handle.id,
             attributes: Some(attributes_to(handle.attributes)),
-            allocations,
+            allocations: allocations.into_iter().map(allocation_to).collect(),
         }))
     }
 

@@ -174,18 +174,23 @@ fn allocated(block: &Block, ip: IpAddr, sequence: u64, handle_id: &str, node: &s
     }
 }
 
+/// One of a handle's addresses as an [`Allocated`], given its block (if it still exists).
+pub fn held(handle: &Handle, hip: &HandleIp, block: Option<&Block>) -> Allocated {
+    Allocated {
+        ip: hip.ip,
+        block: hip.block,
+        pool: block.map(|b| b.pool.clone()).unwrap_or_default(),
+        sequence: hip.sequence,
+        borrowed: block.is_none_or(|b| b.affinity.as_deref() != Some(handle.attributes.node.as_str())),
+        handle_id: handle.id.clone(),
+    }
+}
+
 async fn handle_allocations(plan: &mut Plan, handle: &Handle) -> Result<Vec<Allocated>, IpamError> {
     let mut allocations = Vec::with_capacity(handle.ips.len());
     for hip in &handle.ips {
         let block = plan.block(hip.block).await?;
-        allocations.push(Allocated {
-            ip: hip.ip,
-            block: hip.block,
-            pool: block.as_ref().map(|b| b.pool.clone()).unwrap_or_default(),
-            sequence: hip.sequence,
-            borrowed: block.is_none_or(|b| b.affinity.as_deref() != Some(handle.attributes.node.as_str())),
-            handle_id: handle.id.clone(),
-        });
+        allocations.push(held(handle, hip, block.as_ref()));
     }
     Ok(allocations)
 }

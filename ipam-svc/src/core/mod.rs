@@ -221,6 +221,8 @@ impl Ipam {
                 "ask for at least one IPv4 or IPv6 address",
             ));
         }
+        let mut request = request;
+        owner_node(&mut request.attributes, &request.node)?;
         let node = request.node.clone();
         match self.submit(&node, Work::Assign(request)).await? {
             Outcome::Assigned(result) => Ok(result),
@@ -307,6 +309,20 @@ impl Ipam {
             .await?
             .ok_or_else(|| IpamError::NotFound(format!("handle {handle_id:?}")))?;
         decode(&key, &kv.value)
+    }
+
+    /// The addresses of a handle with their pools, and whether each is borrowed.
+    pub async fn allocations_of(&self, handle: &Handle) -> Result<Vec<Allocated>, IpamError> {
+        let mut allocations = Vec::with_capacity(handle.ips.len());
+        for hip in &handle.ips {
+            let key = keys::block(&hip.block);
+            let block: Option<Block> = match self.store().get(&key).await? {
+                Some(kv) => Some(decode(&key, &kv.value)?),
+                None => None,
+            };
+            allocations.push(jobs::held(handle, hip, block.as_ref()));
+        }
+        Ok(allocations)
     }
 
     /// Usage per pool and block, borrowed addresses, one address's details.

@@ -77,10 +77,7 @@ pub fn request(handle: &str, node: &str, ipv4: u32, ipv6: u32) -> AssignRequest 
         ipv4_pools: Vec::new(),
         ipv6_pools: Vec::new(),
         use_: AllowedUse::Workload,
-        attributes: HandleAttributes {
-            node: node.into(),
-            ..HandleAttributes::default()
-        },
+        attributes: HandleAttributes::default(),
     }
 }
 
