@@ -1,1 +1,4 @@
-//! node-agent: CNI endpoint, attachment records and the kernel dataplane (filled by the node-agent issue).
+//! node-agent: the per-node agent — CNI endpoint on a unix socket for the brindle-cni shim,
+//! attachment records, and the kernel dataplane (veths, addresses, routes, sysctls) behind traits.
+
+pub mod dataplane;

@@ -1,0 +1,134 @@
+//! Kernel access behind small traits: [`Netlink`] (links, addresses, routes, neighbours, in the
+//! agent's namespace or a pod's) and [`Sysctl`]. [`RtNetlink`] and [`ProcSysctl`] talk to the
+//! kernel; [`RecordingKernel`] is an in-memory kernel that records every call, for unit tests.
+
+mod error;
+mod netlink;
+mod recording;
+mod sysctl;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::IpNet;
+
+pub use error::DataplaneError;
+pub use netlink::RtNetlink;
+pub use recording::{Call, RecordingKernel};
+pub use sysctl::ProcSysctl;
+
+/// The route protocol number brindle's routes carry (`ip route … proto 80`), so they can be told
+/// apart from everyone else's.
+pub const ROUTE_PROTOCOL: u8 = 80;
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// What the kernel says about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkState {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub index: u32,
+    /// Hardware address.
+    pub mac: Mac,
+    /// MTU.
+    pub mtu: u32,
+    /// Administratively up.
+    pub up: bool,
+}
+
+/// Unicast or blackhole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteKind {
+    /// Forward.
+    Unicast,
+    /// Drop.
+    Blackhole,
+}
+
+/// A route in the main table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Destination network.
+    pub destination: IpNet,
+    /// Next hop.
+    pub gateway: Option<IpAddr>,
+    /// Output device.
+    pub device: Option<String>,
+    /// Link scope (directly reachable on the device).
+    pub scope_link: bool,
+    /// Unicast or blackhole.
+    pub kind: RouteKind,
+}
+
+/// The pod side of a workload interface: addresses and the routes through the fake gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodConfig {
+    /// Addresses (`<ip>/32`, `<ip>/128`).
+    pub addresses: Vec<IpNet>,
+    /// Gateway address routed on-link (169.254.1.1).
+    pub gateway: IpAddr,
+    /// The gateway's MAC (the host side of the veth), installed as a permanent neighbour.
+    pub gateway_mac: Mac,
+}
+
+/// What CHECK finds inside a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodState {
+    /// The interface.
+    pub link: LinkState,
+    /// Its addresses.
+    pub addresses: Vec<IpNet>,
+    /// The routes through it.
+    pub routes: Vec<Route>,
+}
+
+/// Links, addresses, routes and neighbours. Host-side calls act in the agent's own network
+/// namespace; pod-side calls open a netlink socket inside the pod's namespace for that call.
+#[async_trait::async_trait]
+pub trait Netlink: Send + Sync {
+    /// Creates a veth pair whose pod end is created directly inside `pod_netns` as `pod_name`.
+    async fn create_veth(
+        &self,
+        host_name: &str,
+        host_mac: Mac,
+        pod_name: &str,
+        pod_netns: &Path,
+        mtu: u32,
+    ) -> Result<(), DataplaneError>;
+    /// A host link by name.
+    async fn link(&self, name: &str) -> Result<Option<LinkState>, DataplaneError>;
+    /// Every host link.
+    async fn links(&self) -> Result<Vec<LinkState>, DataplaneError>;
+    /// Brings a host link up.
+    async fn set_up(&self, name: &str) -> Result<(), DataplaneError>;
+    /// Deletes a host link (a veth takes its peer along); `false` when it did not exist.
+    async fn delete_link(&self, name: &str) -> Result<bool, DataplaneError>;
+    /// Adds or replaces a host route carrying [`ROUTE_PROTOCOL`].
+    async fn replace_route(&self, route: &Route) -> Result<(), DataplaneError>;
+    /// Deletes a host route; `false` when it did not exist.
+    async fn delete_route(&self, route: &Route) -> Result<bool, DataplaneError>;
+    /// Host routes carrying [`ROUTE_PROTOCOL`].
+    async fn routes(&self) -> Result<Vec<Route>, DataplaneError>;
+    /// Configures the pod end: up, addresses, on-link gateway route, default routes, permanent
+    /// neighbour for the gateway. Returns the pod interface as configured.
+    async fn configure_pod(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        config: &PodConfig,
+    ) -> Result<LinkState, DataplaneError>;
+    /// The pod interface, its addresses and routes; `None` when it does not exist.
+    async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError>;
+}
+
+/// Kernel parameters under `/proc/sys` of the agent's namespace.
+pub trait Sysctl: Send + Sync {
+    /// Writes `value` to `key`, a path under /proc/sys such as `net/ipv4/conf/brd1/proxy_arp`
+    /// (slashes, so interface names with dots stay intact).
+    fn set(&self, key: &str, value: &str) -> Result<(), DataplaneError>;
+    /// Reads `key`.
+    fn get(&self, key: &str) -> Result<String, DataplaneError>;
+}

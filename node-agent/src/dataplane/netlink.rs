@@ -1,0 +1,412 @@
+//! The real [`Netlink`]: rtnetlink on a socket in the agent's namespace, plus a socket opened in a
+//! pod's namespace (on a helper thread that `setns`'d into it) for each pod-side call. The pod
+//! socket is closed after the call, so brindle never keeps a pod's namespace alive.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures_util::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::neighbour::NeighbourState;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use super::error::errno;
+use super::{DataplaneError, LinkState, Mac, Netlink, PodConfig, PodState, ROUTE_PROTOCOL, Route, RouteKind};
+
+/// Netlink in the agent's namespace.
+#[derive(Clone)]
+pub struct RtNetlink {
+    host: Handle,
+}
+
+impl RtNetlink {
+    /// Opens a netlink socket in the current namespace (call inside a tokio runtime).
+    pub fn new() -> Result<Self, DataplaneError> {
+        let (connection, host, _) = rtnetlink::new_connection().map_err(|source| DataplaneError::Io {
+            what: "opening a netlink socket".into(),
+            source,
+        })?;
+        tokio::spawn(connection);
+        Ok(Self { host })
+    }
+}
+
+/// Opens a netlink socket inside the namespace at `netns`: a helper thread enters the namespace,
+/// creates the socket (sockets stay in the namespace they were created in) and hands it back.
+async fn handle_in(netns: &Path) -> Result<Handle, DataplaneError> {
+    let path = netns.to_owned();
+    let runtime = tokio::runtime::Handle::current();
+    let opened = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        // This blocking-pool thread enters the pod namespace; it is a fresh thread so no other
+        // task ever runs in the wrong namespace.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| e.to_string())?;
+                    let _entered = runtime.enter();
+                    rtnetlink::new_connection().map_err(|e| e.to_string())
+                })
+                .join()
+                .map_err(|_| "netns helper thread panicked".to_owned())?
+        })
+    })
+    .await
+    .map_err(|e| DataplaneError::Netns {
+        path: netns.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let (connection, handle, _) = opened.map_err(|reason| DataplaneError::Netns {
+        path: netns.to_owned(),
+        reason,
+    })?;
+    tokio::spawn(connection);
+    Ok(handle)
+}
+
+fn link_state(message: &LinkMessage) -> LinkState {
+    let mut state = LinkState {
+        name: String::new(),
+        index: message.header.index,
+        mac: [0; 6],
+        mtu: 0,
+        up: message.header.flags.contains(LinkFlags::Up),
+    };
+    for attribute in &message.attributes {
+        match attribute {
+            LinkAttribute::IfName(name) => state.name.clone_from(name),
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => state.mac.copy_from_slice(bytes),
+            LinkAttribute::Mtu(mtu) => state.mtu = *mtu,
+            _ => {}
+        }
+    }
+    state
+}
+
+async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkState>, DataplaneError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    match links.try_next().await {
+        Ok(Some(message)) => Ok(Some(link_state(&message))),
+        Ok(None) => Ok(None),
+        Err(e) if errno(&e) == Some(nix::errno::Errno::ENODEV as i32) => Ok(None),
+        Err(e) => Err(DataplaneError::netlink(format!("get link {name}"), e)),
+    }
+}
+
+async fn require_link(handle: &Handle, name: &str) -> Result<LinkState, DataplaneError> {
+    find_link(handle, name)
+        .await?
+        .ok_or_else(|| DataplaneError::Missing(format!("link {name}")))
+}
+
+async fn set_link_up(handle: &Handle, link: &LinkState) -> Result<(), DataplaneError> {
+    let message = LinkUnspec::new_with_index(link.index).up().build();
+    handle
+        .link()
+        .set(message)
+        .execute()
+        .await
+        .map_err(|e| DataplaneError::netlink(format!("set {} up", link.name), e))
+}
+
+fn invalid_route(route: &Route, error: &dyn std::fmt::Display) -> DataplaneError {
+    DataplaneError::Missing(format!("a valid route for {route:?} ({error})"))
+}
+
+fn route_message(route: &Route, device_index: Option<u32>) -> Result<RouteMessage, DataplaneError> {
+    let mut builder = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(route.destination.network(), route.destination.prefix_len())
+        .map_err(|e| invalid_route(route, &e))?
+        .protocol(RouteProtocol::Other(ROUTE_PROTOCOL));
+    if let Some(gateway) = route.gateway {
+        builder = builder.gateway(gateway).map_err(|e| invalid_route(route, &e))?;
+    }
+    if let Some(index) = device_index {
+        builder = builder.output_interface(index);
+    }
+    if route.scope_link {
+        builder = builder.scope(RouteScope::Link);
+    }
+    if route.kind == RouteKind::Blackhole {
+        builder = builder.kind(RouteType::BlackHole);
+    }
+    Ok(builder.build())
+}
+
+fn route_address(address: &RouteAddress) -> Option<IpAddr> {
+    match address {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// Routes of one family in the main table, with device names resolved from `links`.
+async fn list_routes(
+    handle: &Handle,
+    ipv6: bool,
+    links: &[LinkState],
+    ours_only: bool,
+) -> Result<Vec<Route>, DataplaneError> {
+    let filter = if ipv6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
+    let mut messages = handle.route().get(filter).execute();
+    let mut routes = Vec::new();
+    while let Some(message) = messages
+        .try_next()
+        .await
+        .map_err(|e| DataplaneError::netlink("list routes", e))?
+    {
+        if message.header.table != 254
+            || (ours_only && message.header.protocol != RouteProtocol::Other(ROUTE_PROTOCOL))
+        {
+            continue;
+        }
+        let mut destination = None;
+        let mut gateway = None;
+        let mut device = None;
+        for attribute in &message.attributes {
+            match attribute {
+                RouteAttribute::Destination(address) => destination = route_address(address),
+                RouteAttribute::Gateway(address) => gateway = route_address(address),
+                RouteAttribute::Oif(index) => {
+                    device = links.iter().find(|l| l.index == *index).map(|l| l.name.clone())
+                }
+                _ => {}
+            }
+        }
+        let unspecified = if ipv6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        };
+        let Ok(destination) = IpNet::new(
+            destination.unwrap_or(unspecified),
+            message.header.destination_prefix_length,
+        ) else {
+            continue;
+        };
+        routes.push(Route {
+            destination,
+            gateway,
+            device,
+            scope_link: message.header.scope == RouteScope::Link,
+            kind: if message.header.kind == RouteType::BlackHole {
+                RouteKind::Blackhole
+            } else {
+                RouteKind::Unicast
+            },
+        });
+    }
+    Ok(routes)
+}
+
+async fn all_links(handle: &Handle) -> Result<Vec<LinkState>, DataplaneError> {
+    handle
+        .link()
+        .get()
+        .execute()
+        .map_ok(|m| link_state(&m))
+        .try_collect()
+        .await
+        .map_err(|e| DataplaneError::netlink("list links", e))
+}
+
+#[async_trait::async_trait]
+impl Netlink for RtNetlink {
+    async fn create_veth(
+        &self,
+        host_name: &str,
+        host_mac: Mac,
+        pod_name: &str,
+        pod_netns: &Path,
+        mtu: u32,
+    ) -> Result<(), DataplaneError> {
+        let netns = std::fs::File::open(pod_netns).map_err(|e| DataplaneError::Netns {
+            path: pod_netns.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(pod_name.to_owned())
+            .mtu(mtu)
+            .setns_by_fd(netns.as_raw_fd())
+            .build();
+        let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(host_name.to_owned())
+            .mtu(mtu)
+            .address(host_mac.to_vec())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        self.host.link().add(message).execute().await.map_err(|e| {
+            DataplaneError::netlink(
+                format!("create veth {host_name} ↔ {pod_name} in {}", pod_netns.display()),
+                e,
+            )
+        })
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<LinkState>, DataplaneError> {
+        find_link(&self.host, name).await
+    }
+
+    async fn links(&self) -> Result<Vec<LinkState>, DataplaneError> {
+        all_links(&self.host).await
+    }
+
+    async fn set_up(&self, name: &str) -> Result<(), DataplaneError> {
+        let link = require_link(&self.host, name).await?;
+        set_link_up(&self.host, &link).await
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<bool, DataplaneError> {
+        let Some(link) = find_link(&self.host, name).await? else {
+            return Ok(false);
+        };
+        match self.host.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(nix::errno::Errno::ENODEV as i32) => Ok(false),
+            Err(e) => Err(DataplaneError::netlink(format!("delete link {name}"), e)),
+        }
+    }
+
+    async fn replace_route(&self, route: &Route) -> Result<(), DataplaneError> {
+        let index = match &route.device {
+            Some(device) => Some(require_link(&self.host, device).await?.index),
+            None => None,
+        };
+        self.host
+            .route()
+            .add(route_message(route, index)?)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("replace route {}", route.destination), e))
+    }
+
+    async fn delete_route(&self, route: &Route) -> Result<bool, DataplaneError> {
+        let index = match &route.device {
+            Some(device) => match find_link(&self.host, device).await? {
+                Some(link) => Some(link.index),
+                None => return Ok(false),
+            },
+            None => None,
+        };
+        match self
+            .host
+            .route()
+            .del(route_message(route, index)?)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(nix::errno::Errno::ESRCH as i32) => Ok(false),
+            Err(e) => Err(DataplaneError::netlink(
+                format!("delete route {}", route.destination),
+                e,
+            )),
+        }
+    }
+
+    async fn routes(&self) -> Result<Vec<Route>, DataplaneError> {
+        let links = all_links(&self.host).await?;
+        let mut routes = list_routes(&self.host, false, &links, true).await?;
+        routes.extend(list_routes(&self.host, true, &links, true).await?);
+        Ok(routes)
+    }
+
+    async fn configure_pod(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        config: &PodConfig,
+    ) -> Result<LinkState, DataplaneError> {
+        let pod = handle_in(netns).await?;
+        let link = require_link(&pod, ifname).await?;
+        set_link_up(&pod, &link).await?;
+        for address in &config.addresses {
+            pod.address()
+                .add(link.index, address.addr(), address.prefix_len())
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("add {address} to {ifname}"), e))?;
+        }
+        let on_link = Route {
+            destination: IpNet::from(config.gateway),
+            gateway: None,
+            device: Some(ifname.to_owned()),
+            scope_link: true,
+            kind: RouteKind::Unicast,
+        };
+        let unspecified = match config.gateway {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let default = Route {
+            destination: IpNet::new(unspecified, 0).map_err(|e| DataplaneError::Missing(e.to_string()))?,
+            gateway: Some(config.gateway),
+            device: Some(ifname.to_owned()),
+            scope_link: false,
+            kind: RouteKind::Unicast,
+        };
+        for route in [&on_link, &default] {
+            pod.route()
+                .add(route_message(route, Some(link.index))?)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| {
+                    DataplaneError::netlink(format!("add route {} in the pod", route.destination), e)
+                })?;
+        }
+        pod.neighbours()
+            .add(link.index, config.gateway)
+            .link_layer_address(&config.gateway_mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink("add the gateway neighbour in the pod", e))?;
+        require_link(&pod, ifname).await
+    }
+
+    async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError> {
+        let pod = handle_in(netns).await?;
+        let Some(link) = find_link(&pod, ifname).await? else {
+            return Ok(None);
+        };
+        let mut addresses = Vec::new();
+        let mut messages = pod.address().get().set_link_index_filter(link.index).execute();
+        while let Some(message) = messages
+            .try_next()
+            .await
+            .map_err(|e| DataplaneError::netlink("list pod addresses", e))?
+        {
+            for attribute in &message.attributes {
+                if let AddressAttribute::Address(ip) = attribute
+                    && let Ok(net) = IpNet::new(*ip, message.header.prefix_len)
+                {
+                    addresses.push(net);
+                }
+            }
+        }
+        let links = vec![link.clone()];
+        let mut routes: Vec<Route> = list_routes(&pod, false, &links, false).await?;
+        routes.extend(list_routes(&pod, true, &links, false).await?);
+        routes.retain(|r| r.device.as_deref() == Some(ifname));
+        Ok(Some(PodState {
+            link,
+            addresses,
+            routes,
+        }))
+    }
+}

@@ -1,0 +1,246 @@
+//! An in-memory kernel for unit tests: implements [`Netlink`] and [`Sysctl`], keeps the state a
+//! real kernel would, records every call, and can be told to fail a call.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use super::{DataplaneError, LinkState, Mac, Netlink, PodConfig, PodState, Route, Sysctl};
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `create_veth(host, pod, netns)`.
+    CreateVeth(String, String, PathBuf),
+    /// `set_up(name)`.
+    SetUp(String),
+    /// `delete_link(name)`.
+    DeleteLink(String),
+    /// `replace_route(route)`.
+    ReplaceRoute(Route),
+    /// `delete_route(route)`.
+    DeleteRoute(Route),
+    /// `configure_pod(netns, ifname)`.
+    ConfigurePod(PathBuf, String),
+    /// `sysctl set(key, value)`.
+    Sysctl(String, String),
+}
+
+#[derive(Default)]
+struct State {
+    calls: Vec<Call>,
+    host_links: BTreeMap<String, LinkState>,
+    /// Pod links keyed by (netns, ifname), with the host peer's name.
+    pod_links: BTreeMap<(PathBuf, String), (PodState, String)>,
+    routes: Vec<Route>,
+    sysctls: BTreeMap<String, String>,
+    next_index: u32,
+    fail_on: Option<String>,
+}
+
+/// The fake kernel.
+#[derive(Default)]
+pub struct RecordingKernel {
+    state: Mutex<State>,
+}
+
+impl RecordingKernel {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Makes the next call whose `Debug` text contains `needle` fail.
+    pub fn fail_on(&self, needle: &str) {
+        self.lock().fail_on = Some(needle.to_owned());
+    }
+
+    /// Current host routes.
+    pub fn current_routes(&self) -> Vec<Route> {
+        self.lock().routes.clone()
+    }
+
+    /// Current host link names.
+    pub fn host_link_names(&self) -> Vec<String> {
+        self.lock().host_links.keys().cloned().collect()
+    }
+
+    /// Whether a pod interface exists.
+    pub fn pod_link_exists(&self, netns: &Path, ifname: &str) -> bool {
+        self.lock()
+            .pod_links
+            .contains_key(&(netns.to_owned(), ifname.to_owned()))
+    }
+
+    /// Removes a pod interface behind the agent's back (as a user running `ip link del` would).
+    pub fn remove_pod_link_out_of_band(&self, netns: &Path, ifname: &str) {
+        let mut state = self.lock();
+        if let Some((_, host)) = state.pod_links.remove(&(netns.to_owned(), ifname.to_owned())) {
+            state.host_links.remove(&host);
+        }
+    }
+
+    fn record(&self, call: Call) -> Result<MutexGuard<'_, State>, DataplaneError> {
+        let mut state = self.lock();
+        let text = format!("{call:?}");
+        if let Some(needle) = state.fail_on.clone()
+            && text.contains(&needle)
+        {
+            state.fail_on = None;
+            return Err(DataplaneError::Missing(format!("injected failure on {text}")));
+        }
+        state.calls.push(call);
+        Ok(state)
+    }
+}
+
+#[async_trait::async_trait]
+impl Netlink for RecordingKernel {
+    async fn create_veth(
+        &self,
+        host_name: &str,
+        host_mac: Mac,
+        pod_name: &str,
+        pod_netns: &Path,
+        mtu: u32,
+    ) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::CreateVeth(
+            host_name.into(),
+            pod_name.into(),
+            pod_netns.into(),
+        ))?;
+        let key = (pod_netns.to_owned(), pod_name.to_owned());
+        if state.host_links.contains_key(host_name) || state.pod_links.contains_key(&key) {
+            return Err(DataplaneError::Exists(format!("link {host_name} or {pod_name}")));
+        }
+        state.next_index += 2;
+        let index = state.next_index;
+        let host = LinkState {
+            name: host_name.into(),
+            index,
+            mac: host_mac,
+            mtu,
+            up: false,
+        };
+        let pod = LinkState {
+            name: pod_name.into(),
+            index: index + 1,
+            mac: [0x0a, 0x58, 0, 0, 0, index as u8],
+            mtu,
+            up: false,
+        };
+        state.host_links.insert(host_name.into(), host);
+        state.pod_links.insert(
+            key,
+            (
+                PodState {
+                    link: pod,
+                    addresses: Vec::new(),
+                    routes: Vec::new(),
+                },
+                host_name.into(),
+            ),
+        );
+        Ok(())
+    }
+
+    async fn link(&self, name: &str) -> Result<Option<LinkState>, DataplaneError> {
+        Ok(self.lock().host_links.get(name).cloned())
+    }
+
+    async fn links(&self) -> Result<Vec<LinkState>, DataplaneError> {
+        Ok(self.lock().host_links.values().cloned().collect())
+    }
+
+    async fn set_up(&self, name: &str) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::SetUp(name.into()))?;
+        let link = state
+            .host_links
+            .get_mut(name)
+            .ok_or_else(|| DataplaneError::Missing(format!("link {name}")))?;
+        link.up = true;
+        Ok(())
+    }
+
+    async fn delete_link(&self, name: &str) -> Result<bool, DataplaneError> {
+        let mut state = self.record(Call::DeleteLink(name.into()))?;
+        let existed = state.host_links.remove(name).is_some();
+        state.pod_links.retain(|_, (_, host)| host != name);
+        state.routes.retain(|r| r.device.as_deref() != Some(name));
+        Ok(existed)
+    }
+
+    async fn replace_route(&self, route: &Route) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::ReplaceRoute(route.clone()))?;
+        if let Some(device) = &route.device
+            && !state.host_links.contains_key(device)
+        {
+            return Err(DataplaneError::Missing(format!("link {device}")));
+        }
+        state.routes.retain(|r| r.destination != route.destination);
+        state.routes.push(route.clone());
+        Ok(())
+    }
+
+    async fn delete_route(&self, route: &Route) -> Result<bool, DataplaneError> {
+        let mut state = self.record(Call::DeleteRoute(route.clone()))?;
+        let before = state.routes.len();
+        state.routes.retain(|r| r != route);
+        Ok(state.routes.len() != before)
+    }
+
+    async fn routes(&self) -> Result<Vec<Route>, DataplaneError> {
+        Ok(self.lock().routes.clone())
+    }
+
+    async fn configure_pod(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        config: &PodConfig,
+    ) -> Result<LinkState, DataplaneError> {
+        let mut state = self.record(Call::ConfigurePod(netns.into(), ifname.into()))?;
+        let (pod, _) = state
+            .pod_links
+            .get_mut(&(netns.to_owned(), ifname.to_owned()))
+            .ok_or_else(|| DataplaneError::Missing(format!("link {ifname} in {}", netns.display())))?;
+        pod.link.up = true;
+        pod.addresses.clone_from(&config.addresses);
+        pod.routes = vec![Route {
+            destination: config.gateway.into(),
+            gateway: None,
+            device: Some(ifname.into()),
+            scope_link: true,
+            kind: super::RouteKind::Unicast,
+        }];
+        Ok(pod.link.clone())
+    }
+
+    async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError> {
+        Ok(self
+            .lock()
+            .pod_links
+            .get(&(netns.to_owned(), ifname.to_owned()))
+            .map(|(pod, _)| pod.clone()))
+    }
+}
+
+impl Sysctl for RecordingKernel {
+    fn set(&self, key: &str, value: &str) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::Sysctl(key.into(), value.into()))?;
+        state.sysctls.insert(key.into(), value.into());
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<String, DataplaneError> {
+        self.lock()
+            .sysctls
+            .get(key)
+            .cloned()
+            .ok_or_else(|| DataplaneError::Missing(format!("sysctl {key}")))
+    }
+}

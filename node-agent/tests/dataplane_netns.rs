@@ -1,0 +1,182 @@
+//! The real netlink dataplane in network namespaces made for the test: the pod end of a veth is
+//! born inside the pod namespace, the pod is wired Calico-style (/32 address, on-link 169.254.1.1,
+//! default route, permanent neighbour), traffic flows, and brindle's routes are told apart.
+
+mod support;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use node_agent::dataplane::{
+    DataplaneError, Netlink, PodConfig, ProcSysctl, Route, RouteKind, RtNetlink, Sysctl,
+};
+use support::Netns;
+
+const HOST_MAC: [u8; 6] = [0xee; 6];
+
+fn net(text: &str) -> IpNet {
+    text.parse().expect("net")
+}
+
+#[test]
+fn veth_is_born_in_the_pod_and_traffic_flows() {
+    let node = Netns::new("node");
+    let pod = Netns::new("pod");
+    node.exec(&["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"]);
+    let pod_path = pod.path();
+    node.run(move || async move {
+        let kernel = RtNetlink::new().expect("netlink in the node namespace");
+        kernel
+            .create_veth("brdtest0", HOST_MAC, "eth0", &pod_path, 1450)
+            .await
+            .expect("create veth");
+        let host = kernel
+            .link("brdtest0")
+            .await
+            .expect("get")
+            .expect("host end exists in the node");
+        assert_eq!((host.mac, host.mtu), (HOST_MAC, 1450));
+        kernel.set_up("brdtest0").await.expect("up");
+        ProcSysctl
+            .set("net/ipv4/conf/brdtest0/proxy_arp", "1")
+            .expect("proxy_arp");
+        assert_eq!(
+            ProcSysctl.get("net/ipv4/conf/brdtest0/proxy_arp").expect("read"),
+            "1"
+        );
+        let host_route = Route {
+            destination: net("10.244.0.5/32"),
+            gateway: None,
+            device: Some("brdtest0".into()),
+            scope_link: true,
+            kind: RouteKind::Unicast,
+        };
+        kernel.replace_route(&host_route).await.expect("host route");
+        kernel
+            .replace_route(&host_route)
+            .await
+            .expect("replacing is idempotent");
+        let blackhole = Route {
+            destination: net("10.244.0.0/26"),
+            gateway: None,
+            device: None,
+            scope_link: false,
+            kind: RouteKind::Blackhole,
+        };
+        kernel.replace_route(&blackhole).await.expect("blackhole");
+        let config = PodConfig {
+            addresses: vec![net("10.244.0.5/32")],
+            gateway: "169.254.1.1".parse::<IpAddr>().expect("ip"),
+            gateway_mac: HOST_MAC,
+        };
+        let pod_link = kernel
+            .configure_pod(&pod_path, "eth0", &config)
+            .await
+            .expect("configure pod");
+        assert!(pod_link.up);
+        let state = kernel
+            .inspect_pod(&pod_path, "eth0")
+            .await
+            .expect("inspect")
+            .expect("pod link");
+        let ipv4: Vec<_> = state
+            .addresses
+            .iter()
+            .filter(|a| matches!(a, IpNet::V4(_)))
+            .collect();
+        assert_eq!(
+            ipv4,
+            vec![&net("10.244.0.5/32")],
+            "the pod has exactly its /32 (plus the kernel's IPv6 link-local)"
+        );
+        assert!(
+            state.routes.iter().any(|r| r.destination == net("0.0.0.0/0")
+                && r.gateway == Some("169.254.1.1".parse().expect("ip")))
+        );
+        assert!(
+            state
+                .routes
+                .iter()
+                .any(|r| r.destination == net("169.254.1.1/32") && r.scope_link)
+        );
+
+        let ours = kernel.routes().await.expect("routes");
+        assert!(
+            ours.contains(&host_route) && ours.contains(&blackhole),
+            "{ours:?}"
+        );
+        assert_eq!(
+            ours.len(),
+            2,
+            "only brindle's routes (protocol 80) are listed: {ours:?}"
+        );
+
+        let again = kernel
+            .create_veth("brdtest0", HOST_MAC, "eth1", &pod_path, 1450)
+            .await;
+        assert!(matches!(again, Err(DataplaneError::Exists(_))), "{again:?}");
+        let same_ifname = kernel
+            .create_veth("brdtest1", HOST_MAC, "eth0", &pod_path, 1450)
+            .await;
+        assert!(
+            same_ifname.is_err(),
+            "an ifname that exists in the pod is refused"
+        );
+        assert!(
+            kernel.link("brdtest1").await.expect("get").is_none(),
+            "the failed create left nothing"
+        );
+    });
+    assert!(
+        pod.try_exec(&["ping", "-c", "1", "-W", "2", "192.0.2.1"]),
+        "pod reaches the node through 169.254.1.1"
+    );
+    let neighbours = pod.exec(&["ip", "neigh", "show", "169.254.1.1"]);
+    assert!(
+        neighbours.contains("ee:ee:ee:ee:ee:ee") && neighbours.contains("PERMANENT"),
+        "{neighbours}"
+    );
+
+    let pod_path = pod.path();
+    node.run(move || async move {
+        let kernel = RtNetlink::new().expect("netlink");
+        assert!(kernel.delete_link("brdtest0").await.expect("delete"));
+        assert!(
+            kernel
+                .inspect_pod(&pod_path, "eth0")
+                .await
+                .expect("inspect")
+                .is_none(),
+            "peer went with it"
+        );
+        assert!(
+            !kernel.delete_link("brdtest0").await.expect("delete again"),
+            "deleting twice is not an error"
+        );
+        let left = kernel.routes().await.expect("routes");
+        assert_eq!(
+            left.len(),
+            1,
+            "the device route went with the link, the blackhole stays: {left:?}"
+        );
+        assert!(kernel.delete_route(&left[0]).await.expect("delete blackhole"));
+        assert!(!kernel.delete_route(&left[0]).await.expect("delete again"));
+    });
+}
+
+#[test]
+fn pod_namespace_that_does_not_exist_is_named() {
+    let node = Netns::new("node");
+    node.run(|| async {
+        let kernel = RtNetlink::new().expect("netlink");
+        let missing = std::path::Path::new("/run/netns/brindle-no-such-netns");
+        let error = kernel
+            .create_veth("brdtest2", HOST_MAC, "eth0", missing, 1500)
+            .await
+            .expect_err("no netns");
+        assert!(error.to_string().contains("brindle-no-such-netns"), "{error}");
+        assert!(kernel.link("brdtest2").await.expect("get").is_none());
+        let error = kernel.inspect_pod(missing, "eth0").await.expect_err("no netns");
+        assert!(matches!(error, DataplaneError::Netns { .. }), "{error}");
+    });
+}
