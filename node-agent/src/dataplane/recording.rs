@@ -210,13 +210,28 @@ impl Netlink for RecordingKernel {
             .ok_or_else(|| DataplaneError::Missing(format!("link {ifname} in {}", netns.display())))?;
         pod.link.up = true;
         pod.addresses.clone_from(&config.addresses);
-        pod.routes = vec![Route {
-            destination: config.gateway.into(),
-            gateway: None,
-            device: Some(ifname.into()),
-            scope_link: true,
-            kind: super::RouteKind::Unicast,
-        }];
+        let default = match config.gateway {
+            std::net::IpAddr::V4(_) => "0.0.0.0/0",
+            std::net::IpAddr::V6(_) => "::/0",
+        };
+        pod.routes = vec![
+            Route {
+                destination: config.gateway.into(),
+                gateway: None,
+                device: Some(ifname.into()),
+                scope_link: true,
+                kind: super::RouteKind::Unicast,
+            },
+            Route {
+                destination: default
+                    .parse()
+                    .map_err(|_| DataplaneError::Missing("default route".into()))?,
+                gateway: Some(config.gateway),
+                device: Some(ifname.into()),
+                scope_link: false,
+                kind: super::RouteKind::Unicast,
+            },
+        ];
         Ok(pod.link.clone())
     }
 

@@ -1,0 +1,210 @@
+//! Durable attachment records under the agent's state directory (one JSON file per attachment,
+//! written to a temporary file, fsync'd and renamed in), so DEL, CHECK and GC work after an agent
+//! restart and the agent can reconcile records, kernel and IPAM on start.
+
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::wiring::AttachmentKey;
+
+/// Why a record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// A file operation failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record does not decode.
+    #[error("attachment record {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The decoding error.
+        reason: String,
+    },
+}
+
+/// Where an attachment is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// ADD started: addresses may be allocated and the veth may exist; not yet answered.
+    Adding,
+    /// ADD succeeded.
+    Ready,
+}
+
+/// One attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// (network, container id, ifname).
+    pub key: AttachmentKey,
+    /// The pod's network namespace as given at ADD.
+    pub netns: String,
+    /// IPAM handle holding its addresses.
+    pub handle_id: String,
+    /// Host-side interface.
+    pub host_ifname: String,
+    /// Addresses (`/32`, `/128`).
+    pub addresses: Vec<IpNet>,
+    /// Pod labels and identity from CNI_ARGS (namespace, pod name).
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Life phase.
+    pub phase: Phase,
+}
+
+/// The records on disk.
+#[derive(Debug, Clone)]
+pub struct AttachmentStore {
+    dir: PathBuf,
+}
+
+impl AttachmentStore {
+    /// Records under `dir` (created if missing).
+    pub fn open(dir: &Path) -> Result<Self, RecordError> {
+        std::fs::create_dir_all(dir).map_err(|source| RecordError::Io {
+            what: "creating",
+            path: dir.to_owned(),
+            source,
+        })?;
+        Ok(Self { dir: dir.to_owned() })
+    }
+
+    fn path(&self, key: &AttachmentKey) -> PathBuf {
+        // The host interface name is a hash of the key: short, unique, safe as a file name.
+        self.dir.join(format!("{}.json", key.host_ifname()))
+    }
+
+    /// Writes (or replaces) a record durably.
+    pub fn save(&self, attachment: &Attachment) -> Result<(), RecordError> {
+        let path = self.path(&attachment.key);
+        let temporary = path.with_extension("json.tmp");
+        let io = |what, source| RecordError::Io {
+            what,
+            path: temporary.clone(),
+            source,
+        };
+        let bytes = serde_json::to_vec_pretty(attachment).map_err(|e| RecordError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let file = std::fs::File::create(&temporary).map_err(|e| io("creating", e))?;
+        std::io::Write::write_all(&mut &file, &bytes).map_err(|e| io("writing", e))?;
+        file.sync_all().map_err(|e| io("syncing", e))?;
+        std::fs::rename(&temporary, &path).map_err(|e| io("renaming", e))?;
+        if let Ok(dir) = std::fs::File::open(&self.dir) {
+            // Makes the rename itself durable.
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Reads the record of `key`.
+    pub fn load(&self, key: &AttachmentKey) -> Result<Option<Attachment>, RecordError> {
+        let path = self.path(key);
+        match std::fs::read(&path) {
+            Ok(bytes) => decode(&path, &bytes).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(RecordError::Io {
+                what: "reading",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Removes the record of `key`; absent is fine.
+    pub fn remove(&self, key: &AttachmentKey) -> Result<(), RecordError> {
+        let path = self.path(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RecordError::Io {
+                what: "removing",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Every record.
+    pub fn list(&self) -> Result<Vec<Attachment>, RecordError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| RecordError::Io {
+            what: "listing",
+            path: self.dir.clone(),
+            source,
+        })?;
+        let mut attachments = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                let bytes = std::fs::read(&path).map_err(|source| RecordError::Io {
+                    what: "reading",
+                    path: path.clone(),
+                    source,
+                })?;
+                attachments.push(decode(&path, &bytes)?);
+            }
+        }
+        attachments.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(attachments)
+    }
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<Attachment, RecordError> {
+    serde_json::from_slice(bytes).map_err(|e| RecordError::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attachment(container: &str) -> Attachment {
+        let key = AttachmentKey {
+            network: "net".into(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        };
+        Attachment {
+            host_ifname: key.host_ifname(),
+            key,
+            netns: "/proc/1/ns/net".into(),
+            handle_id: format!("net.{container}"),
+            addresses: vec!["10.244.0.5/32".parse().expect("net")],
+            namespace: "default".into(),
+            pod: "web".into(),
+            phase: Phase::Ready,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_survive_reopen() {
+        let dir = std::env::temp_dir().join(format!("brindle-records-{}", std::process::id()));
+        let store = AttachmentStore::open(&dir).expect("open");
+        store.save(&attachment("a")).expect("save");
+        store.save(&attachment("b")).expect("save");
+        let reopened = AttachmentStore::open(&dir).expect("reopen");
+        assert_eq!(
+            reopened.load(&attachment("a").key).expect("load"),
+            Some(attachment("a"))
+        );
+        assert_eq!(reopened.list().expect("list").len(), 2);
+        reopened.remove(&attachment("a").key).expect("remove");
+        reopened.remove(&attachment("a").key).expect("remove twice");
+        assert_eq!(reopened.list().expect("list"), vec![attachment("b")]);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}

@@ -1,0 +1,6 @@
+//! The agent's logic over the dataplane traits and an IPAM client, with no gRPC server and no
+//! direct kernel access: wiring a workload's veth, durable attachment records, and the CNI
+//! operations built from them.
+
+pub mod attachments;
+pub mod wiring;

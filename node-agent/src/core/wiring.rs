@@ -1,0 +1,326 @@
+//! Wiring one workload interface Calico-style: a veth whose pod end is born in the pod namespace,
+//! host end `brd<11 hex>` with MAC ee:ee:ee:ee:ee:ee, proxy ARP and forwarding on, `<ip>/32` in the
+//! pod with 169.254.1.1 on-link as its gateway, and a `/32` host route per address. A failed
+//! attach removes what it created.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+
+use crate::dataplane::{DataplaneError, LinkState, Mac, Netlink, PodConfig, Route, RouteKind, Sysctl};
+
+/// MAC of every host-side veth (as Calico).
+pub const HOST_MAC: Mac = [0xee; 6];
+/// The fake gateway every pod routes through.
+pub const GATEWAY_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1));
+/// Prefix of host-side interfaces brindle owns.
+pub const HOST_PREFIX: &str = "brd";
+
+/// Why wiring failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    /// The requested interface name is taken inside the pod.
+    #[error("interface {ifname} already exists in {netns}")]
+    InterfaceExists {
+        /// CNI_IFNAME.
+        ifname: String,
+        /// The pod namespace.
+        netns: String,
+    },
+    /// A kernel operation failed.
+    #[error(transparent)]
+    Kernel(#[from] DataplaneError),
+}
+
+/// Identity of an attachment: CNI's (network, container id, ifname).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct AttachmentKey {
+    /// Network name from the configuration.
+    pub network: String,
+    /// CNI_CONTAINERID.
+    pub container_id: String,
+    /// CNI_IFNAME.
+    pub ifname: String,
+}
+
+impl AttachmentKey {
+    /// The host-side interface name: `brd` + the first 11 hex digits of the key's SHA-1.
+    pub fn host_ifname(&self) -> String {
+        let digest = sha1_smol::Sha1::from(format!("{}/{}/{}", self.network, self.container_id, self.ifname))
+            .digest()
+            .to_string();
+        format!("{HOST_PREFIX}{}", &digest[..11])
+    }
+}
+
+/// What to wire.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Which attachment.
+    pub key: AttachmentKey,
+    /// The pod's network namespace.
+    pub netns: PathBuf,
+    /// The pod's addresses (`/32`, `/128`).
+    pub addresses: Vec<IpNet>,
+    /// Local blocks to blackhole (those the addresses came from, when affine to this node).
+    pub blackholes: Vec<IpNet>,
+    /// Interface MTU.
+    pub mtu: u32,
+}
+
+/// The wired interface pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wired {
+    /// Host-side interface name.
+    pub host_ifname: String,
+    /// The pod interface.
+    pub pod: LinkState,
+}
+
+fn host_route(address: IpNet, host_ifname: &str) -> Route {
+    Route {
+        destination: address,
+        gateway: None,
+        device: Some(host_ifname.to_owned()),
+        scope_link: true,
+        kind: RouteKind::Unicast,
+    }
+}
+
+fn blackhole(block: IpNet) -> Route {
+    Route {
+        destination: block,
+        gateway: None,
+        device: None,
+        scope_link: false,
+        kind: RouteKind::Blackhole,
+    }
+}
+
+/// Wires workloads with a [`Netlink`] and a [`Sysctl`].
+pub struct Wiring<'a> {
+    netlink: &'a dyn Netlink,
+    sysctl: &'a dyn Sysctl,
+}
+
+impl<'a> Wiring<'a> {
+    /// Wiring through these kernel interfaces.
+    pub fn new(netlink: &'a dyn Netlink, sysctl: &'a dyn Sysctl) -> Self {
+        Self { netlink, sysctl }
+    }
+
+    /// Creates and configures both ends; on failure removes the veth again (its routes go with it).
+    pub async fn attach(&self, workload: &Workload) -> Result<Wired, WiringError> {
+        let host_ifname = workload.key.host_ifname();
+        self.netlink
+            .create_veth(
+                &host_ifname,
+                HOST_MAC,
+                &workload.key.ifname,
+                &workload.netns,
+                workload.mtu,
+            )
+            .await
+            .map_err(|e| match e {
+                DataplaneError::Exists(_) => WiringError::InterfaceExists {
+                    ifname: workload.key.ifname.clone(),
+                    netns: workload.netns.display().to_string(),
+                },
+                other => WiringError::Kernel(other),
+            })?;
+        match self.configure(workload, &host_ifname).await {
+            Ok(pod) => Ok(Wired { host_ifname, pod }),
+            Err(error) => {
+                if let Err(cleanup) = self.netlink.delete_link(&host_ifname).await {
+                    tracing::warn!(%host_ifname, error = %cleanup, "removing the veth of a failed attach");
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    async fn configure(&self, workload: &Workload, host_ifname: &str) -> Result<LinkState, DataplaneError> {
+        for (key, value) in [
+            (format!("net/ipv4/conf/{host_ifname}/proxy_arp"), "1"),
+            (format!("net/ipv4/neigh/{host_ifname}/proxy_delay"), "0"),
+            (format!("net/ipv4/conf/{host_ifname}/forwarding"), "1"),
+        ] {
+            self.sysctl.set(&key, value)?;
+        }
+        self.netlink.set_up(host_ifname).await?;
+        let config = PodConfig {
+            addresses: workload.addresses.clone(),
+            gateway: GATEWAY_V4,
+            gateway_mac: HOST_MAC,
+        };
+        let pod = self
+            .netlink
+            .configure_pod(&workload.netns, &workload.key.ifname, &config)
+            .await?;
+        for address in &workload.addresses {
+            self.netlink
+                .replace_route(&host_route(*address, host_ifname))
+                .await?;
+        }
+        for block in &workload.blackholes {
+            self.netlink.replace_route(&blackhole(*block)).await?;
+        }
+        Ok(pod)
+    }
+
+    /// Removes the host veth (the pod end and the host routes go with it); absent is fine.
+    pub async fn detach(&self, host_ifname: &str) -> Result<bool, DataplaneError> {
+        self.netlink.delete_link(host_ifname).await
+    }
+
+    /// What is missing or wrong for `workload`, as sentences; empty when all is in place.
+    pub async fn check(&self, workload: &Workload) -> Result<Vec<String>, DataplaneError> {
+        let host_ifname = workload.key.host_ifname();
+        let mut problems = Vec::new();
+        match self.netlink.link(&host_ifname).await? {
+            None => problems.push(format!("host interface {host_ifname} is missing")),
+            Some(link) if !link.up => problems.push(format!("host interface {host_ifname} is down")),
+            Some(_) => {}
+        }
+        let routes = self.netlink.routes().await?;
+        for address in &workload.addresses {
+            if !routes.contains(&host_route(*address, &host_ifname)) {
+                problems.push(format!("host route {address} dev {host_ifname} is missing"));
+            }
+        }
+        match self.pod_state(workload).await? {
+            None => problems.push(format!(
+                "interface {} is missing in {}",
+                workload.key.ifname,
+                workload.netns.display()
+            )),
+            Some(pod) => {
+                for address in &workload.addresses {
+                    if !pod.addresses.contains(address) {
+                        problems.push(format!("address {address} is missing on {}", workload.key.ifname));
+                    }
+                }
+                let has_default = pod
+                    .routes
+                    .iter()
+                    .any(|r| r.destination.prefix_len() == 0 && r.gateway == Some(GATEWAY_V4));
+                if !has_default {
+                    problems.push(format!("default route via {GATEWAY_V4} is missing in the pod"));
+                }
+            }
+        }
+        Ok(problems)
+    }
+
+    async fn pod_state(
+        &self,
+        workload: &Workload,
+    ) -> Result<Option<crate::dataplane::PodState>, DataplaneError> {
+        if !Path::new(&workload.netns).exists() {
+            return Ok(None);
+        }
+        self.netlink
+            .inspect_pod(&workload.netns, &workload.key.ifname)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{Call, RecordingKernel};
+
+    fn workload() -> Workload {
+        Workload {
+            key: AttachmentKey {
+                network: "k8s-pod-network".into(),
+                container_id: "c0ffee".into(),
+                ifname: "eth0".into(),
+            },
+            netns: PathBuf::from("/"),
+            addresses: vec!["10.244.0.5/32".parse().expect("net")],
+            blackholes: vec!["10.244.0.0/26".parse().expect("net")],
+            mtu: 1450,
+        }
+    }
+
+    #[test]
+    fn host_names_are_brd_and_11_hex_digits() {
+        let name = workload().key.host_ifname();
+        assert_eq!(name.len(), 14);
+        assert!(name.starts_with("brd") && name[3..].chars().all(|c| c.is_ascii_hexdigit()));
+        let mut other = workload().key;
+        other.ifname = "net1".into();
+        assert_ne!(other.host_ifname(), name, "another ifname is another attachment");
+    }
+
+    #[tokio::test]
+    async fn attach_wires_both_ends_then_check_is_clean() {
+        let kernel = RecordingKernel::default();
+        let wiring = Wiring::new(&kernel, &kernel);
+        let wired = wiring.attach(&workload()).await.expect("attach");
+        let host = wired.host_ifname.clone();
+        let calls = kernel.calls();
+        assert_eq!(
+            calls[0],
+            Call::CreateVeth(host.clone(), "eth0".into(), "/".into())
+        );
+        assert!(calls.contains(&Call::Sysctl(
+            format!("net/ipv4/conf/{host}/proxy_arp"),
+            "1".into()
+        )));
+        assert!(calls.contains(&Call::ConfigurePod("/".into(), "eth0".into())));
+        assert!(
+            kernel
+                .current_routes()
+                .iter()
+                .any(|r| r.kind == RouteKind::Blackhole)
+        );
+        let problems = wiring.check(&workload()).await.expect("check");
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[tokio::test]
+    async fn failed_attach_leaves_nothing_behind() {
+        let kernel = RecordingKernel::default();
+        kernel.fail_on("ConfigurePod");
+        let wiring = Wiring::new(&kernel, &kernel);
+        assert!(wiring.attach(&workload()).await.is_err());
+        assert!(kernel.host_link_names().is_empty(), "veth removed");
+        assert!(kernel.current_routes().is_empty());
+        assert!(
+            kernel
+                .calls()
+                .contains(&Call::DeleteLink(workload().key.host_ifname()))
+        );
+    }
+
+    #[tokio::test]
+    async fn existing_pod_interface_is_a_clear_error() {
+        let kernel = RecordingKernel::default();
+        let wiring = Wiring::new(&kernel, &kernel);
+        wiring.attach(&workload()).await.expect("first");
+        let mut second = workload();
+        second.key.container_id = "other".into();
+        let error = wiring.attach(&second).await.expect_err("eth0 taken");
+        assert!(matches!(error, WiringError::InterfaceExists { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn check_names_what_was_removed_out_of_band() {
+        let kernel = RecordingKernel::default();
+        let wiring = Wiring::new(&kernel, &kernel);
+        wiring.attach(&workload()).await.expect("attach");
+        kernel.remove_pod_link_out_of_band(Path::new("/"), "eth0");
+        let problems = wiring.check(&workload()).await.expect("check");
+        assert!(
+            problems.iter().any(|p| p.contains("eth0 is missing")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("host interface")),
+            "{problems:?}"
+        );
+    }
+}
