@@ -6,6 +6,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/install-deps.sh
 
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# End-to-end tests execute other packages' binaries (brindle-cni, node-agent): build them all first.
+cargo build --workspace --bins --locked
 log="$(mktemp /tmp/brindle-test-XXXXXX.log)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

@@ -50,14 +50,12 @@ pub fn init_logging(json: bool) -> Result<(), String> {
     .map_err(|e| format!("initialising logging: {e}"))
 }
 
-/// Serves `routes` (named `service_names`, fully qualified) on `address` with health and
-/// reflection until SIGINT or SIGTERM.
-pub async fn serve(
-    address: SocketAddr,
-    routes: RoutesBuilder,
+/// Adds `grpc.health.v1` and server reflection (v1 and v1alpha, limited to `service_names` and
+/// themselves) to `routes`; returns the health reporter.
+pub fn add_health_and_reflection(
+    routes: &mut RoutesBuilder,
     service_names: &[&str],
-    store: Arc<dyn Store>,
-) -> Result<(), ServeError> {
+) -> Result<HealthReporter, ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let names: Vec<&str> = service_names
         .iter()
@@ -77,18 +75,28 @@ pub async fn serve(
         )
     };
     // Both reflection versions: grpcurl before 1.8.8 only speaks v1alpha.
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    Ok(health)
+}
+
+/// Serves `routes` (named `service_names`, fully qualified) on `address` with health (tied to the
+/// datastore) and reflection until SIGINT or SIGTERM.
+pub async fn serve(
+    address: SocketAddr,
+    routes: RoutesBuilder,
+    service_names: &[&str],
+    store: Arc<dyn Store>,
+) -> Result<(), ServeError> {
+    let mut routes = routes;
+    let health = add_health_and_reflection(&mut routes, service_names)?;
     let probe = tokio::spawn(probe_datastore(
         store,
         health,
         service_names.iter().map(|s| (*s).to_owned()).collect(),
     ));
-    let mut routes = routes;
-    routes
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
     tracing::info!(%address, services = ?service_names, "serving gRPC");
     let served = tonic::transport::Server::builder()
         .add_routes(routes.routes())
@@ -120,7 +128,8 @@ async fn probe_datastore(store: Arc<dyn Store>, health: HealthReporter, services
     }
 }
 
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(signal) => signal,

@@ -559,6 +559,18 @@ async fn gc_releases_only_stale_handles_of_the_node(store: Arc<dyn Store>) {
         "only the other node's pod handle is unknown: {leaks:?}"
     );
     assert_eq!(leaks[0].handle_id.as_deref(), Some("net.other-node"));
+    let everything = ipam
+        .garbage_collect("n1", &valid, "", Duration::ZERO)
+        .await
+        .expect("gc without prefix");
+    assert!(
+        everything
+            .released_handle_ids
+            .iter()
+            .all(|h| h != "vxlan-tunnel-addr-n1"),
+        "tunnel addresses survive a pod GC: {everything:?}"
+    );
+    assert!(ipam.handle("vxlan-tunnel-addr-n1").await.is_ok());
 }
 
 async fn show_reports_usage(store: Arc<dyn Store>) {

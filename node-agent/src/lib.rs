@@ -3,3 +3,5 @@
 
 pub mod core;
 pub mod dataplane;
+pub mod grpc;
+pub mod runtime;

@@ -349,7 +349,11 @@ impl Ipam {
         let mut result = GcResult::default();
         for handle in self.handles_of(node).await? {
             let old_enough = now.saturating_sub(handle.created_unix_ms) >= min_age_ms;
-            if handle.id.starts_with(prefix) && !valid.contains(&handle.id) && old_enough {
+            if handle.id.starts_with(prefix)
+                && !valid.contains(&handle.id)
+                && old_enough
+                && !model::is_tunnel_handle(&handle.id)
+            {
                 let released = self.release_handle(&handle.id).await?;
                 result.released_ips += released.len() as u64;
                 result.released_handle_ids.push(handle.id);

@@ -324,6 +324,12 @@ pub struct Affinity {
     pub block: IpNet,
 }
 
+/// Handles of node infrastructure (tunnel addresses): never pods' leaks, never released by a
+/// pod GC (DeleteNode releases them).
+pub fn is_tunnel_handle(id: &str) -> bool {
+    id.starts_with("vxlan-tunnel-addr-") || id.starts_with("ipip-tunnel-addr-")
+}
+
 /// Decodes a stored record.
 pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, IpamError> {
     serde_json::from_slice(bytes).map_err(|e| IpamError::Corrupt {

@@ -9,7 +9,9 @@ use ipnet::IpNet;
 
 use super::error::IpamError;
 use super::keys;
-use super::model::{Affinity, Block, Handle, HandleAttributes, PoolSet, ReservationSet, decode};
+use super::model::{
+    Affinity, Block, Handle, HandleAttributes, PoolSet, ReservationSet, decode, is_tunnel_handle,
+};
 
 /// What `show` includes besides pool usage.
 #[derive(Debug, Clone, Default)]
@@ -282,11 +284,6 @@ impl CheckReport {
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
     }
-}
-
-/// Handles of infrastructure (tunnel addresses), never reported as leaks of pods.
-fn is_tunnel_handle(id: &str) -> bool {
-    id.starts_with("vxlan-tunnel-addr-") || id.starts_with("ipip-tunnel-addr-")
 }
 
 /// Consistency report at one revision.

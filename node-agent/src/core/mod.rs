@@ -3,4 +3,6 @@
 //! operations built from them.
 
 pub mod attachments;
+pub mod cni;
+pub mod ipam;
 pub mod wiring;

@@ -81,7 +81,7 @@ pub struct PodState {
     pub link: LinkState,
     /// Its addresses.
     pub addresses: Vec<IpNet>,
-    /// The routes through it.
+    /// Every route of the pod (all its interfaces).
     pub routes: Vec<Route>,
 }
 
@@ -112,15 +112,16 @@ pub trait Netlink: Send + Sync {
     async fn delete_route(&self, route: &Route) -> Result<bool, DataplaneError>;
     /// Host routes carrying [`ROUTE_PROTOCOL`].
     async fn routes(&self) -> Result<Vec<Route>, DataplaneError>;
-    /// Configures the pod end: up, addresses, on-link gateway route, default routes, permanent
-    /// neighbour for the gateway. Returns the pod interface as configured.
+    /// Configures the pod end: up, addresses, on-link gateway route and default route (unless the
+    /// pod has them already through an earlier brindle interface), permanent neighbour for the
+    /// gateway. Returns the pod interface as configured.
     async fn configure_pod(
         &self,
         netns: &Path,
         ifname: &str,
         config: &PodConfig,
     ) -> Result<LinkState, DataplaneError>;
-    /// The pod interface, its addresses and routes; `None` when it does not exist.
+    /// The pod interface, its addresses, and the pod's routes; `None` when it does not exist.
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError>;
 }
 

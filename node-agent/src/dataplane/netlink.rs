@@ -358,15 +358,24 @@ impl Netlink for RtNetlink {
             scope_link: false,
             kind: RouteKind::Unicast,
         };
+        // A second brindle interface in the same pod keeps the first one's gateway routes: when the
+        // on-link gateway route exists already, the default route through it does too.
         for route in [&on_link, &default] {
-            pod.route()
+            match pod
+                .route()
                 .add(route_message(route, Some(link.index))?)
-                .replace()
                 .execute()
                 .await
-                .map_err(|e| {
-                    DataplaneError::netlink(format!("add route {} in the pod", route.destination), e)
-                })?;
+            {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(nix::errno::Errno::EEXIST as i32) => break,
+                Err(e) => {
+                    return Err(DataplaneError::netlink(
+                        format!("add route {} in the pod", route.destination),
+                        e,
+                    ));
+                }
+            }
         }
         pod.neighbours()
             .add(link.index, config.gateway)
@@ -399,10 +408,9 @@ impl Netlink for RtNetlink {
                 }
             }
         }
-        let links = vec![link.clone()];
+        let links = all_links(&pod).await?;
         let mut routes: Vec<Route> = list_routes(&pod, false, &links, false).await?;
         routes.extend(list_routes(&pod, true, &links, false).await?);
-        routes.retain(|r| r.device.as_deref() == Some(ifname));
         Ok(Some(PodState {
             link,
             addresses,

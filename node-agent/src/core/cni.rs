@@ -1,0 +1,420 @@
+//! The CNI operations: ADD, DEL, CHECK, STATUS and GC built from IPAM calls, the workload wiring
+//! and durable attachment records; plus the start-up reconciliation (mark and sweep of what
+//! brindle owns). Requests for one container are serialised; different containers run in parallel.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ipnet::IpNet;
+use serde_json::Value;
+
+use super::attachments::{Attachment, AttachmentStore, Phase, RecordError};
+use super::ipam::{IpamApi, IpamCallError, Owner};
+use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
+use crate::dataplane::{DataplaneError, Netlink, Sysctl};
+
+/// Invalid network configuration or arguments.
+pub const INVALID_CONFIG: u32 = 7;
+/// A dependency is briefly unavailable.
+pub const TRY_AGAIN_LATER: u32 = 11;
+/// STATUS: the node cannot serve ADD.
+pub const NOT_AVAILABLE: u32 = 50;
+/// The interface already exists in the pod.
+pub const INTERFACE_EXISTS: u32 = 100;
+/// IPAM refused (pool exhausted, address taken or reserved).
+pub const IPAM_REFUSED: u32 = 101;
+/// A kernel operation failed.
+pub const DATAPLANE_FAILED: u32 = 102;
+/// CHECK of an attachment the agent does not know.
+pub const NOT_ATTACHED: u32 = 103;
+/// CHECK found something missing.
+pub const CHECK_FAILED: u32 = 104;
+/// The agent's records could not be read or written.
+pub const STATE_FAILED: u32 = 105;
+
+/// A CNI error for the shim to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniFailure {
+    /// CNI error code.
+    pub code: u32,
+    /// Message.
+    pub msg: String,
+    /// Details.
+    pub details: String,
+}
+
+impl CniFailure {
+    fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+}
+
+impl From<IpamCallError> for CniFailure {
+    fn from(error: IpamCallError) -> Self {
+        match error {
+            IpamCallError::Unavailable(why) => {
+                Self::new(TRY_AGAIN_LATER, "ipam-svc is unavailable; try again later", why)
+            }
+            IpamCallError::Refused(why) => Self::new(IPAM_REFUSED, "no address could be allocated", why),
+        }
+    }
+}
+
+impl From<RecordError> for CniFailure {
+    fn from(error: RecordError) -> Self {
+        Self::new(
+            STATE_FAILED,
+            "the agent's attachment records failed",
+            error.to_string(),
+        )
+    }
+}
+
+impl From<DataplaneError> for CniFailure {
+    fn from(error: DataplaneError) -> Self {
+        Self::new(DATAPLANE_FAILED, "a kernel operation failed", error.to_string())
+    }
+}
+
+impl From<WiringError> for CniFailure {
+    fn from(error: WiringError) -> Self {
+        match error {
+            WiringError::InterfaceExists { .. } => Self::new(INTERFACE_EXISTS, error.to_string(), ""),
+            WiringError::Kernel(kernel) => kernel.into(),
+        }
+    }
+}
+
+/// One CNI request.
+#[derive(Debug, Clone)]
+pub struct CniRequest {
+    /// (network, container id, ifname).
+    pub key: AttachmentKey,
+    /// CNI_NETNS (empty when the runtime no longer has one).
+    pub netns: String,
+    /// CNI_ARGS.
+    pub args: BTreeMap<String, String>,
+    /// The network configuration (runtimeConfig, args, mtu, prevResult).
+    pub config: Value,
+}
+
+/// A successful ADD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Added {
+    /// The wired pair.
+    pub wired: Wired,
+    /// The pod's addresses.
+    pub addresses: Vec<IpNet>,
+    /// The pod namespace.
+    pub netns: String,
+}
+
+/// The IPAM handle of an attachment: `<network>.<containerID>` (Calico's), with `.<ifname>` added
+/// for interfaces other than eth0 so that each is its own attachment.
+pub fn handle_id(key: &AttachmentKey) -> String {
+    if key.ifname == "eth0" {
+        format!("{}.{}", key.network, key.container_id)
+    } else {
+        format!("{}.{}.{}", key.network, key.container_id, key.ifname)
+    }
+}
+
+/// Per-container locks.
+#[derive(Default)]
+struct ContainerLocks {
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ContainerLocks {
+    async fn lock(&self, container_id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            Arc::clone(locks.entry(container_id.to_owned()).or_default())
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// The agent's CNI operations.
+pub struct CniOps {
+    node: String,
+    netlink: Arc<dyn Netlink>,
+    sysctl: Arc<dyn Sysctl>,
+    ipam: Arc<dyn IpamApi>,
+    records: AttachmentStore,
+    locks: ContainerLocks,
+}
+
+fn requested_ips(request: &CniRequest) -> Result<Vec<IpAddr>, CniFailure> {
+    let mut texts: Vec<String> = Vec::new();
+    for pointer in ["/runtimeConfig/ips", "/args/cni/ips"] {
+        if let Some(list) = request.config.pointer(pointer).and_then(Value::as_array) {
+            texts.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
+    }
+    if let Some(ips) = request.args.get("IP") {
+        texts.extend(ips.split(',').map(str::to_owned));
+    }
+    texts
+        .iter()
+        .map(|text| {
+            let address = text.split('/').next().unwrap_or_default().trim();
+            address.parse().map_err(|_| {
+                CniFailure::new(
+                    INVALID_CONFIG,
+                    format!("requested IP {text:?} is not an IP address"),
+                    "",
+                )
+            })
+        })
+        .collect()
+}
+
+fn mtu(request: &CniRequest) -> Result<u32, CniFailure> {
+    match request.config.get("mtu") {
+        None => Ok(1500),
+        Some(value) => value
+            .as_u64()
+            .and_then(|m| u32::try_from(m).ok())
+            .filter(|m| (576..=65535).contains(m))
+            .ok_or_else(|| {
+                CniFailure::new(
+                    INVALID_CONFIG,
+                    format!("mtu {value} is not between 576 and 65535"),
+                    "",
+                )
+            }),
+    }
+}
+
+fn workload(attachment: &Attachment, mtu: u32) -> Workload {
+    Workload {
+        key: attachment.key.clone(),
+        netns: PathBuf::from(&attachment.netns),
+        addresses: attachment.addresses.clone(),
+        blackholes: Vec::new(),
+        mtu,
+    }
+}
+
+impl CniOps {
+    /// Operations for `node`.
+    pub fn new(
+        node: &str,
+        netlink: Arc<dyn Netlink>,
+        sysctl: Arc<dyn Sysctl>,
+        ipam: Arc<dyn IpamApi>,
+        records: AttachmentStore,
+    ) -> Self {
+        Self {
+            node: node.to_owned(),
+            netlink,
+            sysctl,
+            ipam,
+            records,
+            locks: ContainerLocks::default(),
+        }
+    }
+
+    fn wiring(&self) -> Wiring<'_> {
+        Wiring::new(self.netlink.as_ref(), self.sysctl.as_ref())
+    }
+
+    /// ADD: allocate, wire, record. A failure undoes everything it did.
+    pub async fn add(&self, request: &CniRequest) -> Result<Added, CniFailure> {
+        let _serialised = self.locks.lock(&request.key.container_id).await;
+        let mtu = mtu(request)?;
+        let requested = requested_ips(request)?;
+        if let Some(existing) = self.records.load(&request.key)? {
+            if existing.phase == Phase::Ready {
+                return Err(CniFailure::new(
+                    INTERFACE_EXISTS,
+                    format!(
+                        "{} is already attached to container {}",
+                        request.key.ifname, request.key.container_id
+                    ),
+                    "DEL it first",
+                ));
+            }
+            self.undo(&existing).await?;
+        }
+        let mut attachment = Attachment {
+            key: request.key.clone(),
+            netns: request.netns.clone(),
+            handle_id: handle_id(&request.key),
+            host_ifname: request.key.host_ifname(),
+            addresses: Vec::new(),
+            namespace: request.args.get("K8S_POD_NAMESPACE").cloned().unwrap_or_default(),
+            pod: request.args.get("K8S_POD_NAME").cloned().unwrap_or_default(),
+            phase: Phase::Adding,
+        };
+        // The intent is durable before anything is allocated, so a crash mid-ADD is undone on start.
+        self.records.save(&attachment)?;
+        match self.allocate_and_wire(&mut attachment, &requested, mtu).await {
+            Ok(wired) => {
+                attachment.phase = Phase::Ready;
+                self.records.save(&attachment)?;
+                Ok(Added {
+                    wired,
+                    addresses: attachment.addresses,
+                    netns: attachment.netns,
+                })
+            }
+            Err(failure) => {
+                if let Err(undo) = self.undo(&attachment).await {
+                    tracing::warn!(key = ?attachment.key, error = ?undo, "undoing a failed ADD; the start-up sweep retries");
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    async fn allocate_and_wire(
+        &self,
+        attachment: &mut Attachment,
+        requested: &[IpAddr],
+        mtu: u32,
+    ) -> Result<Wired, CniFailure> {
+        let owner = Owner {
+            namespace: attachment.namespace.clone(),
+            pod: attachment.pod.clone(),
+            container_id: attachment.key.container_id.clone(),
+            interface: attachment.key.ifname.clone(),
+        };
+        let leases = self
+            .ipam
+            .assign(&attachment.handle_id, &self.node, &owner, requested)
+            .await?;
+        attachment.addresses = leases.iter().map(|l| IpNet::from(l.ip)).collect();
+        let mut workload = workload(attachment, mtu);
+        workload.blackholes = leases.iter().filter(|l| !l.borrowed).map(|l| l.block).collect();
+        workload.blackholes.dedup();
+        Ok(self.wiring().attach(&workload).await?)
+    }
+
+    /// Removes the veth, releases the addresses, forgets the record.
+    async fn undo(&self, attachment: &Attachment) -> Result<(), CniFailure> {
+        self.wiring().detach(&attachment.host_ifname).await?;
+        self.ipam.release(&attachment.handle_id).await?;
+        self.records.remove(&attachment.key)?;
+        Ok(())
+    }
+
+    /// DEL: idempotent and best effort — a missing netns, link or record is fine; the addresses
+    /// are released (if IPAM is unreachable the record stays so a retry or GC frees them).
+    pub async fn del(&self, request: &CniRequest) -> Result<(), CniFailure> {
+        let _serialised = self.locks.lock(&request.key.container_id).await;
+        let attachment = self.records.load(&request.key)?.unwrap_or_else(|| Attachment {
+            key: request.key.clone(),
+            netns: request.netns.clone(),
+            handle_id: handle_id(&request.key),
+            host_ifname: request.key.host_ifname(),
+            addresses: Vec::new(),
+            namespace: String::new(),
+            pod: String::new(),
+            phase: Phase::Ready,
+        });
+        self.undo(&attachment).await
+    }
+
+    /// CHECK: the pod interface, its addresses and routes, the host veth and route, and that IPAM
+    /// still holds the handle; the error names what is missing.
+    pub async fn check(&self, request: &CniRequest) -> Result<(), CniFailure> {
+        let _serialised = self.locks.lock(&request.key.container_id).await;
+        let attachment = self
+            .records
+            .load(&request.key)?
+            .filter(|a| a.phase == Phase::Ready)
+            .ok_or_else(|| {
+                CniFailure::new(
+                    NOT_ATTACHED,
+                    format!(
+                        "no attachment {} of container {}",
+                        request.key.ifname, request.key.container_id
+                    ),
+                    "",
+                )
+            })?;
+        let mut problems = self.wiring().check(&workload(&attachment, mtu(request)?)).await?;
+        if !self.ipam.holds(&attachment.handle_id).await? {
+            problems.push(format!("IPAM no longer holds handle {}", attachment.handle_id));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(CniFailure::new(CHECK_FAILED, problems.join("; "), ""))
+        }
+    }
+
+    /// STATUS: can this node serve an ADD now?
+    pub async fn status(&self) -> Result<(), CniFailure> {
+        match self.ipam.has_free_addresses().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(CniFailure::new(
+                NOT_AVAILABLE,
+                "no enabled IP pool has a free address",
+                "",
+            )),
+            Err(error) => Err(CniFailure::new(
+                NOT_AVAILABLE,
+                "ipam-svc is not reachable",
+                error.to_string(),
+            )),
+        }
+    }
+
+    /// GC: frees every attachment of `network` not in `valid` (container id, ifname), IPAM handles
+    /// of the network on this node that no valid attachment uses, and brindle links with no record.
+    pub async fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<(), CniFailure> {
+        let valid: HashSet<AttachmentKey> = valid
+            .iter()
+            .map(|(container_id, ifname)| AttachmentKey {
+                network: network.to_owned(),
+                container_id: container_id.clone(),
+                ifname: ifname.clone(),
+            })
+            .collect();
+        for attachment in self.records.list()? {
+            if attachment.key.network == network && !valid.contains(&attachment.key) {
+                let _serialised = self.locks.lock(&attachment.key.container_id).await;
+                self.undo(&attachment).await?;
+            }
+        }
+        let valid_handles: Vec<String> = valid.iter().map(handle_id).collect();
+        self.ipam
+            .collect_garbage(&self.node, &valid_handles, &format!("{network}."))
+            .await?;
+        self.sweep_links().await
+    }
+
+    /// Deletes `brd*` host links that no record owns.
+    async fn sweep_links(&self) -> Result<(), CniFailure> {
+        let owned: HashSet<String> = self.records.list()?.into_iter().map(|a| a.host_ifname).collect();
+        for link in self.netlink.links().await? {
+            if link.name.starts_with(HOST_PREFIX) && !owned.contains(&link.name) {
+                tracing::info!(link = %link.name, "removing a brindle link no attachment owns");
+                self.netlink.delete_link(&link.name).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start-up reconciliation: ADDs interrupted by a crash are undone, then links no record owns
+    /// are removed. Nothing is touched that brindle does not own.
+    pub async fn reconcile(&self) -> Result<(), CniFailure> {
+        for attachment in self.records.list()? {
+            if attachment.phase == Phase::Adding {
+                tracing::info!(key = ?attachment.key, "undoing an ADD interrupted by a restart");
+                self.undo(&attachment).await?;
+            }
+        }
+        self.sweep_links().await
+    }
+}

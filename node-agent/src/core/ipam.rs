@@ -1,0 +1,63 @@
+//! The agent's view of ipam-svc: the few calls CNI operations need, behind a trait so the
+//! operations can be tested against the real IPAM logic in-process.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Why an IPAM call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IpamCallError {
+    /// ipam-svc cannot be reached or is overloaded; retrying later may work.
+    #[error("ipam-svc unavailable: {0}")]
+    Unavailable(String),
+    /// ipam-svc refused the request (exhausted pool, taken address, bad input).
+    #[error("ipam-svc refused: {0}")]
+    Refused(String),
+}
+
+/// Who the addresses are for.
+#[derive(Debug, Clone, Default)]
+pub struct Owner {
+    /// Pod namespace (K8S_POD_NAMESPACE).
+    pub namespace: String,
+    /// Pod name (K8S_POD_NAME).
+    pub pod: String,
+    /// CNI_CONTAINERID.
+    pub container_id: String,
+    /// CNI_IFNAME.
+    pub interface: String,
+}
+
+/// An address the pod got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The address.
+    pub ip: IpAddr,
+    /// Its block.
+    pub block: IpNet,
+    /// Taken from another node's block (no local blackhole for it).
+    pub borrowed: bool,
+}
+
+/// The IPAM calls of CNI operations.
+#[async_trait::async_trait]
+pub trait IpamApi: Send + Sync {
+    /// Allocates (idempotently per handle) one IPv4 address, or exactly `requested` addresses.
+    async fn assign(
+        &self,
+        handle_id: &str,
+        node: &str,
+        owner: &Owner,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Lease>, IpamCallError>;
+    /// Releases a handle's addresses (unknown handle: nothing to do).
+    async fn release(&self, handle_id: &str) -> Result<(), IpamCallError>;
+    /// Whether the handle still holds addresses.
+    async fn holds(&self, handle_id: &str) -> Result<bool, IpamCallError>;
+    /// Whether some enabled pool has a free address.
+    async fn has_free_addresses(&self) -> Result<bool, IpamCallError>;
+    /// Releases the node's handles starting with `prefix` that are not in `valid`.
+    async fn collect_garbage(&self, node: &str, valid: &[String], prefix: &str)
+    -> Result<u64, IpamCallError>;
+}

@@ -1,0 +1,178 @@
+//! `brindle.agent.v1.Cni` over the agent's unix socket: converts the shim's invocations to
+//! [`CniRequest`]s and the outcomes to CNI results or CNI errors. No logic lives here.
+
+use std::sync::Arc;
+
+use brindle_proto::agent::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::core::cni::{Added, CniFailure, CniOps, CniRequest, INVALID_CONFIG};
+use crate::core::wiring::{AttachmentKey, GATEWAY_V4, HOST_MAC};
+
+/// Fully qualified name of the service, for health and reflection.
+pub const SERVICE_NAME: &str = "brindle.agent.v1.Cni";
+
+/// The CNI service.
+pub struct CniService {
+    ops: Arc<CniOps>,
+}
+
+impl CniService {
+    /// Serves `ops`.
+    pub fn new(ops: Arc<CniOps>) -> Self {
+        Self { ops }
+    }
+
+    /// The tonic server for this service.
+    pub fn into_server(self) -> pb::cni_server::CniServer<Self> {
+        pb::cni_server::CniServer::new(self)
+    }
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn error(failure: CniFailure) -> pb::CniError {
+    pb::CniError {
+        code: failure.code,
+        msg: failure.msg,
+        details: failure.details,
+    }
+}
+
+fn request(invocation: &pb::CniInvocation) -> Result<CniRequest, CniFailure> {
+    let config = serde_json::from_slice(&invocation.config_json).map_err(|e| CniFailure {
+        code: INVALID_CONFIG,
+        msg: "network configuration is not valid JSON".into(),
+        details: e.to_string(),
+    })?;
+    Ok(CniRequest {
+        key: AttachmentKey {
+            network: invocation.network.clone(),
+            container_id: invocation.container_id.clone(),
+            ifname: invocation.ifname.clone(),
+        },
+        netns: invocation.netns.clone(),
+        args: invocation.args.clone().into_iter().collect(),
+        config,
+    })
+}
+
+fn result(added: &Added, config: &serde_json::Value) -> pb::CniResult {
+    let dns = config.get("dns").map(|dns| {
+        let list = |key: &str| -> Vec<String> {
+            dns.get(key)
+                .and_then(|v| v.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default()
+        };
+        pb::CniDns {
+            nameservers: list("nameservers"),
+            domain: dns
+                .get("domain")
+                .and_then(|d| d.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            search: list("search"),
+            options: list("options"),
+        }
+    });
+    pb::CniResult {
+        interfaces: vec![
+            pb::CniInterface {
+                name: added.wired.host_ifname.clone(),
+                mac: mac_text(HOST_MAC),
+                sandbox: String::new(),
+                mtu: added.wired.pod.mtu,
+            },
+            pb::CniInterface {
+                name: added.wired.pod.name.clone(),
+                mac: mac_text(added.wired.pod.mac),
+                sandbox: added.netns.clone(),
+                mtu: added.wired.pod.mtu,
+            },
+        ],
+        ips: added
+            .addresses
+            .iter()
+            .map(|address| pb::CniIpConfig {
+                address: address.to_string(),
+                gateway: GATEWAY_V4.to_string(),
+                interface: 1,
+            })
+            .collect(),
+        routes: vec![pb::CniRoute {
+            dst: "0.0.0.0/0".into(),
+            gw: GATEWAY_V4.to_string(),
+        }],
+        dns,
+    }
+}
+
+fn outcome(done: Result<(), CniFailure>) -> Response<pb::CniOutcome> {
+    Response::new(pb::CniOutcome {
+        error: done.err().map(error),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::cni_server::Cni for CniService {
+    async fn add(&self, invocation: Request<pb::CniInvocation>) -> Result<Response<pb::AddResponse>, Status> {
+        let invocation = invocation.into_inner();
+        let response = match request(&invocation) {
+            Err(failure) => pb::AddResponse {
+                result: None,
+                error: Some(error(failure)),
+            },
+            Ok(request) => match self.ops.add(&request).await {
+                Ok(added) => pb::AddResponse {
+                    result: Some(result(&added, &request.config)),
+                    error: None,
+                },
+                Err(failure) => pb::AddResponse {
+                    result: None,
+                    error: Some(error(failure)),
+                },
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn del(&self, invocation: Request<pb::CniInvocation>) -> Result<Response<pb::CniOutcome>, Status> {
+        let done = match request(&invocation.into_inner()) {
+            Ok(request) => self.ops.del(&request).await,
+            Err(failure) => Err(failure),
+        };
+        Ok(outcome(done))
+    }
+
+    async fn check(
+        &self,
+        invocation: Request<pb::CniInvocation>,
+    ) -> Result<Response<pb::CniOutcome>, Status> {
+        let done = match request(&invocation.into_inner()) {
+            Ok(request) => self.ops.check(&request).await,
+            Err(failure) => Err(failure),
+        };
+        Ok(outcome(done))
+    }
+
+    async fn status(&self, _: Request<pb::CniInvocation>) -> Result<Response<pb::CniOutcome>, Status> {
+        Ok(outcome(self.ops.status().await))
+    }
+
+    async fn gc(&self, request: Request<pb::GcRequest>) -> Result<Response<pb::CniOutcome>, Status> {
+        let request = request.into_inner();
+        let network = request.invocation.map(|i| i.network).unwrap_or_default();
+        let valid: Vec<(String, String)> = request
+            .valid_attachments
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect();
+        Ok(outcome(self.ops.gc(&network, &valid).await))
+    }
+}

@@ -1,0 +1,165 @@
+//! [`IpamApi`] over ipam-svc's gRPC API (`brindle.ipam.v1`).
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use brindle_proto::ipam::v1 as pb;
+use pb::ipam_client::IpamClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::core::ipam::{IpamApi, IpamCallError, Lease, Owner};
+
+/// ipam-svc (or `brindle server`) at an address.
+#[derive(Clone)]
+pub struct GrpcIpam {
+    client: IpamClient<Channel>,
+}
+
+impl GrpcIpam {
+    /// A client for `endpoint` (`http://host:port`); connects on first use and reconnects.
+    pub fn new(endpoint: &str) -> Result<Self, IpamCallError> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| IpamCallError::Refused(format!("ipam endpoint {endpoint:?}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(20))
+            .connect_lazy();
+        Ok(Self {
+            client: IpamClient::new(channel),
+        })
+    }
+}
+
+fn call_error(status: tonic::Status) -> IpamCallError {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::Unknown => {
+            IpamCallError::Unavailable(status.message().to_owned())
+        }
+        _ => IpamCallError::Refused(status.message().to_owned()),
+    }
+}
+
+fn lease(allocation: &pb::Allocation) -> Result<Lease, IpamCallError> {
+    let bad = |what: &str| IpamCallError::Refused(format!("ipam-svc returned a malformed {what}"));
+    Ok(Lease {
+        ip: allocation.ip.parse().map_err(|_| bad("address"))?,
+        block: allocation.block.parse().map_err(|_| bad("block"))?,
+        borrowed: allocation.borrowed,
+    })
+}
+
+#[async_trait::async_trait]
+impl IpamApi for GrpcIpam {
+    async fn assign(
+        &self,
+        handle_id: &str,
+        node: &str,
+        owner: &Owner,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Lease>, IpamCallError> {
+        let attributes = pb::HandleAttributes {
+            namespace: owner.namespace.clone(),
+            pod: owner.pod.clone(),
+            node: node.to_owned(),
+            container_id: owner.container_id.clone(),
+            interface: owner.interface.clone(),
+            extra: Default::default(),
+        };
+        let mut client = self.client.clone();
+        if requested.is_empty() {
+            let request = pb::AutoAssignRequest {
+                handle_id: handle_id.to_owned(),
+                node: node.to_owned(),
+                num_ipv4: 1,
+                attributes: Some(attributes),
+                ..Default::default()
+            };
+            let response = client
+                .auto_assign(request)
+                .await
+                .map_err(call_error)?
+                .into_inner();
+            return response.allocations.iter().map(lease).collect();
+        }
+        let mut leases = Vec::with_capacity(requested.len());
+        for ip in requested {
+            let request = pb::AssignIpRequest {
+                handle_id: handle_id.to_owned(),
+                ip: ip.to_string(),
+                node: node.to_owned(),
+                attributes: Some(attributes.clone()),
+                ..Default::default()
+            };
+            let response = client.assign_ip(request).await.map_err(call_error)?.into_inner();
+            let allocation = response
+                .allocation
+                .ok_or_else(|| IpamCallError::Refused("ipam-svc returned no allocation".into()))?;
+            leases.push(lease(&allocation)?);
+        }
+        Ok(leases)
+    }
+
+    async fn release(&self, handle_id: &str) -> Result<(), IpamCallError> {
+        let request = pb::ReleaseByHandleRequest {
+            handle_id: handle_id.to_owned(),
+        };
+        self.client
+            .clone()
+            .release_by_handle(request)
+            .await
+            .map_err(call_error)?;
+        Ok(())
+    }
+
+    async fn holds(&self, handle_id: &str) -> Result<bool, IpamCallError> {
+        let request = pb::GetHandleRequest {
+            handle_id: handle_id.to_owned(),
+        };
+        match self.client.clone().get_handle(request).await {
+            Ok(handle) => Ok(!handle.into_inner().allocations.is_empty()),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(false),
+            Err(status) => Err(call_error(status)),
+        }
+    }
+
+    async fn has_free_addresses(&self) -> Result<bool, IpamCallError> {
+        let mut client = self.client.clone();
+        let pools = client
+            .list_pools(pb::ListPoolsRequest {})
+            .await
+            .map_err(call_error)?
+            .into_inner()
+            .pools;
+        let show = client
+            .show(pb::ShowRequest::default())
+            .await
+            .map_err(call_error)?
+            .into_inner();
+        Ok(show
+            .pools
+            .iter()
+            .any(|usage| usage.free > 0 && pools.iter().any(|p| p.name == usage.pool && !p.disabled)))
+    }
+
+    async fn collect_garbage(
+        &self,
+        node: &str,
+        valid: &[String],
+        prefix: &str,
+    ) -> Result<u64, IpamCallError> {
+        let request = pb::GarbageCollectRequest {
+            node: node.to_owned(),
+            valid_handle_ids: valid.to_vec(),
+            handle_prefix: prefix.to_owned(),
+            min_age_seconds: 0,
+        };
+        let response = self
+            .client
+            .clone()
+            .garbage_collect(request)
+            .await
+            .map_err(call_error)?
+            .into_inner();
+        Ok(response.released_ips)
+    }
+}

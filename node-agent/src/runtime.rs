@@ -1,0 +1,100 @@
+//! Flags and wiring of the `node-agent` binary: records, kernel access, the IPAM client, start-up
+//! reconciliation, and the CNI service on a root-only unix socket.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::RoutesBuilder;
+use tonic_health::ServingStatus;
+
+use crate::core::attachments::AttachmentStore;
+use crate::core::cni::CniOps;
+use crate::dataplane::{ProcSysctl, RtNetlink, Sysctl};
+use crate::grpc::cni_service::{CniService, SERVICE_NAME};
+use crate::grpc::ipam_client::GrpcIpam;
+
+/// brindle's per-node agent.
+#[derive(Debug, Parser)]
+#[command(name = "node-agent", version, about)]
+pub struct Args {
+    /// This node's name (default: the hostname).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Unix socket the CNI shim talks to (created mode 0600).
+    #[arg(long, env = "BRINDLE_CNI_SOCKET", default_value = "/run/brindle/cni.sock")]
+    pub cni_socket: PathBuf,
+    /// Directory of the agent's durable state (attachment records).
+    #[arg(long, env = "BRINDLE_STATE_DIR", default_value = "/var/lib/brindle")]
+    pub state_dir: PathBuf,
+    /// ipam-svc (or `brindle server`) gRPC endpoint.
+    #[arg(long, env = "BRINDLE_IPAM_ENDPOINT", default_value = "http://127.0.0.1:7400")]
+    pub ipam_endpoint: String,
+    /// Log lines as JSON.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+fn hostname() -> anyhow::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the hostname (or pass --node-name)")?
+        .trim()
+        .to_owned())
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    brindle_grpc_server::init_logging(args.log_json).map_err(anyhow::Error::msg)?;
+    let node = match args.node_name {
+        Some(name) => name,
+        None => hostname()?,
+    };
+    let records = AttachmentStore::open(&args.state_dir.join("attachments"))?;
+    let netlink = Arc::new(RtNetlink::new()?);
+    let sysctl = Arc::new(ProcSysctl);
+    // Pods on this node are routed by it.
+    sysctl.set("net/ipv4/ip_forward", "1")?;
+    let ipam = Arc::new(GrpcIpam::new(&args.ipam_endpoint)?);
+    let ops = Arc::new(CniOps::new(&node, netlink, sysctl, ipam, records));
+    if let Err(failure) = ops.reconcile().await {
+        tracing::warn!(?failure, "start-up reconciliation incomplete; GC will finish it");
+    }
+
+    if let Some(parent) = args.cni_socket.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::remove_file(&args.cni_socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("removing the stale socket {}", args.cni_socket.display()));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(&args.cni_socket)
+        .with_context(|| format!("binding {}", args.cni_socket.display()))?;
+    std::fs::set_permissions(&args.cni_socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to root", args.cni_socket.display()))?;
+
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(CniService::new(ops).into_server());
+    let health = brindle_grpc_server::add_health_and_reflection(&mut routes, &[SERVICE_NAME])?;
+    health.set_service_status("", ServingStatus::Serving).await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+        .await;
+    tracing::info!(%node, socket = %args.cni_socket.display(), ipam = %args.ipam_endpoint, "node agent serving CNI");
+    tonic::transport::Server::builder()
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            brindle_grpc_server::shutdown_signal(),
+        )
+        .await
+        .context("serving the CNI socket")?;
+    let _ = std::fs::remove_file(&args.cni_socket);
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! Black-box CNI tests: the real `brindle-cni` binary, executed with env + stdin exactly as a
+//! runtime does, against a real `node-agent` process in a node network namespace, which gets its
+//! addresses from ipam-svc (served in the same namespace on the embedded store). Pods are network
+//! namespaces made for the test. One named test per CNI behaviour.
+
+mod support;
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use brindle_datastore::EmbeddedStore;
+use ipam_svc::core::model::{AllowedUse, EncapMode, Pool};
+use ipam_svc::core::{Ipam, ShowOptions};
+use ipam_svc::grpc::IpamService;
+use serde_json::Value;
+use support::Netns;
+
+const NETWORK: &str = "brindle-test";
+
+/// A binary of the workspace, built next to this test (scripts/test.sh builds every binary first).
+fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// A node: its namespace, ipam-svc inside it, and the agent process.
+struct Node {
+    netns: Netns,
+    dir: tempfile::TempDir,
+    agent: Option<Child>,
+    ipam: Arc<Ipam>,
+    runtime: tokio::runtime::Handle,
+    ipam_port: u16,
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Node {
+    fn start() -> Self {
+        let netns = Netns::new("node");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ready, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stop_rx) = std::sync::mpsc::channel::<()>();
+        let path = netns.path();
+        let store_path = dir.path().join("ipam.redb");
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("netns");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter node netns");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("rt");
+            let handle = runtime.handle().clone();
+            runtime.block_on(async move {
+                let store = Arc::new(EmbeddedStore::open(&store_path).await.expect("store"));
+                let ipam = Arc::new(Ipam::new(store));
+                let pool = Pool {
+                    name: "test".into(),
+                    cidr: "10.99.0.0/24".parse().expect("cidr"),
+                    block_size: 26,
+                    vxlan_mode: EncapMode::Never,
+                    ipip_mode: EncapMode::Never,
+                    nat_outgoing: false,
+                    disabled: false,
+                    node_selector: String::new(),
+                    allowed_uses: vec![AllowedUse::Workload],
+                };
+                ipam.create_pool(pool).await.expect("pool");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind in node netns");
+                let port = listener.local_addr().expect("addr").port();
+                let service = IpamService::new(Arc::clone(&ipam)).into_server();
+                tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                );
+                ready
+                    .send((Arc::clone(&ipam), handle, port))
+                    .expect("report ready");
+                tokio::task::spawn_blocking(move || stop_rx.recv()).await.ok();
+            });
+        });
+        let (ipam, runtime, ipam_port) = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("ipam-svc started");
+        let mut node = Self {
+            netns,
+            dir,
+            agent: None,
+            ipam,
+            runtime,
+            ipam_port,
+            _stop: stop,
+        };
+        node.start_agent();
+        node
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("cni.sock")
+    }
+
+    fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("log");
+        let _ = std::fs::remove_file(self.socket());
+        let agent = Command::new("ip")
+            .args(["netns", "exec", &self.netns.name])
+            .arg(workspace_binary("node-agent"))
+            .args(["--node-name", "node-1", "--cni-socket"])
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(["--ipam-endpoint", &format!("http://127.0.0.1:{}", self.ipam_port)])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start node-agent");
+        self.agent = Some(agent);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.cni(&[("CNI_COMMAND", "STATUS")], &conf("1.1.0", "")).code != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "agent never became ready: {}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
+    }
+
+    fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Runs the shim like a runtime does.
+    fn cni(&self, env: &[(&str, &str)], config: &str) -> Run {
+        let config = config.replace("SOCKET", &self.socket().display().to_string());
+        let mut child = Command::new(workspace_binary("brindle-cni"))
+            .env_clear()
+            .envs(env.iter().copied())
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn brindle-cni");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(config.as_bytes())
+            .expect("stdin");
+        let out = child.wait_with_output().expect("wait");
+        let raw = String::from_utf8_lossy(&out.stdout).into_owned();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            json: serde_json::from_str(&raw).unwrap_or(Value::Null),
+            raw,
+        }
+    }
+
+    fn handles(&self) -> Vec<String> {
+        let ipam = Arc::clone(&self.ipam);
+        let report = self.runtime.block_on(async move {
+            ipam.show(&ShowOptions {
+                blocks: true,
+                ..ShowOptions::default()
+            })
+            .await
+        });
+        let _ = report.expect("show");
+        let ipam = Arc::clone(&self.ipam);
+        let check = self
+            .runtime
+            .block_on(async move { ipam.check(None).await })
+            .expect("check");
+        assert!(check.is_clean(), "IPAM inconsistent: {:?}", check.problems);
+        let ipam = Arc::clone(&self.ipam);
+        self.runtime
+            .block_on(async move { ipam.store().list(ipam_svc::core::keys::HANDLES).await })
+            .expect("list handles")
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                kv.key
+                    .trim_start_matches(ipam_svc::core::keys::HANDLES)
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Names of brindle's host interfaces in the node.
+    fn brindle_links(&self) -> Vec<String> {
+        self.netns
+            .exec(&["ip", "-o", "link", "show"])
+            .lines()
+            .filter_map(|line| line.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or_default().to_owned())
+            .filter(|name| name.starts_with("brd"))
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
+
+struct Run {
+    code: i32,
+    json: Value,
+    raw: String,
+}
+
+impl Run {
+    fn address(&self) -> String {
+        self.json["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address in {}", self.raw))
+            .to_owned()
+    }
+    fn ip(&self) -> String {
+        self.address().split('/').next().unwrap_or_default().to_owned()
+    }
+}
+
+struct Pod {
+    netns: Netns,
+    container_id: String,
+}
+
+impl Pod {
+    fn new(name: &str) -> Self {
+        Self {
+            netns: Netns::new(name),
+            container_id: format!("ctr-{name}-{}", std::process::id()),
+        }
+    }
+
+    fn path(&self) -> String {
+        self.netns.path().display().to_string()
+    }
+
+    fn env(&self, command: &'static str, ifname: &str, with_netns: bool) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            ("CNI_COMMAND", command.to_owned()),
+            ("CNI_CONTAINERID", self.container_id.clone()),
+            ("CNI_IFNAME", ifname.to_owned()),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web".to_owned(),
+            ),
+        ];
+        env.push(("CNI_NETNS", if with_netns { self.path() } else { String::new() }));
+        env
+    }
+}
+
+fn conf(version: &str, extra: &str) -> String {
+    format!(
+        r#"{{"cniVersion":"{version}","name":"{NETWORK}","type":"brindle-cni","agentSocket":"SOCKET","mtu":1450{extra}}}"#
+    )
+}
+
+impl Node {
+    fn run_env(&self, env: &[(&'static str, String)], config: &str) -> Run {
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.cni(&refs, config)
+    }
+}
+
+#[test]
+fn cni_behaviour_against_a_real_agent() {
+    let mut node = Node::start();
+    let (a, b) = (Pod::new("pod-a"), Pod::new("pod-b"));
+
+    // STATUS: exit 0 and no output while the node can serve ADD.
+    let status = node.cni(&[("CNI_COMMAND", "STATUS")], &conf("1.1.0", ""));
+    assert_eq!((status.code, status.raw.as_str()), (0, ""), "status");
+
+    // ADD: the interface exists in the netns with the result's MAC and IP; the result keeps the
+    // request's cniVersion; host interface has no sandbox; ips[].interface indexes the pod's.
+    let added = node.run_env(&a.env("ADD", "eth0", true), &conf("1.0.0", ""));
+    assert_eq!(added.code, 0, "ADD failed: {} / {}", added.raw, node.agent_log());
+    assert_eq!(added.json["cniVersion"], "1.0.0");
+    let pod_if =
+        &added.json["interfaces"][added.json["ips"][0]["interface"].as_u64().expect("index") as usize];
+    assert_eq!(
+        (pod_if["name"].as_str(), pod_if["sandbox"].as_str()),
+        (Some("eth0"), Some(a.path().as_str()))
+    );
+    assert!(
+        added.json["interfaces"][0].get("sandbox").is_none(),
+        "host interface has no sandbox"
+    );
+    assert!(
+        added.address().starts_with("10.99.0.") && added.address().ends_with("/32"),
+        "{}",
+        added.raw
+    );
+    let shown = a.netns.exec(&["ip", "-o", "addr", "show", "dev", "eth0"]);
+    assert!(shown.contains(&added.address()), "{shown}");
+    let link = a.netns.exec(&["ip", "-o", "link", "show", "dev", "eth0"]);
+    assert!(link.contains(pod_if["mac"].as_str().expect("mac")), "{link}");
+
+    // Distinct containers get distinct addresses; pods reach each other (the gateway answers).
+    let added_b = node.run_env(&b.env("ADD", "eth0", true), &conf("0.3.1", ""));
+    assert_eq!(added_b.code, 0, "{}", added_b.raw);
+    assert_eq!(
+        added_b.json["ips"][0]["version"], "4",
+        "0.3.x results carry the IP version"
+    );
+    assert_ne!(added.ip(), added_b.ip());
+    assert!(
+        a.netns.try_exec(&["ping", "-c", "1", "-W", "2", &added_b.ip()]),
+        "pod a reaches pod b"
+    );
+
+    // CHECK right after ADD succeeds; CHECK below 0.4.0 is refused with code 1.
+    assert_eq!(
+        node.run_env(&a.env("CHECK", "eth0", true), &conf("1.1.0", ""))
+            .code,
+        0
+    );
+    let old_check = node.run_env(&a.env("CHECK", "eth0", true), &conf("0.3.1", ""));
+    assert_eq!(old_check.json["code"], 1, "{}", old_check.raw);
+
+    // ADD of an ifname that already exists in the netns errors, and leaves the first intact.
+    let again = node.run_env(&a.env("ADD", "eth0", true), &conf("1.1.0", ""));
+    assert_ne!(again.code, 0, "{}", again.raw);
+    assert!(again.json["code"].as_u64().is_some());
+    assert_eq!(
+        node.run_env(&a.env("CHECK", "eth0", true), &conf("1.1.0", ""))
+            .code,
+        0
+    );
+
+    // The same container with another ifname is a separate attachment with its own address.
+    let second = node.run_env(&a.env("ADD", "net1", true), &conf("1.1.0", ""));
+    assert_eq!(second.code, 0, "{}", second.raw);
+    assert_ne!(second.ip(), added.ip());
+
+    // A requested IP is honoured, or the ADD errors and leaves nothing behind.
+    let c = Pod::new("pod-c");
+    let wanted = node.run_env(
+        &c.env("ADD", "eth0", true),
+        &conf("1.1.0", r#","runtimeConfig":{"ips":["10.99.0.200/24"]}"#),
+    );
+    assert_eq!(wanted.code, 0, "{}", wanted.raw);
+    assert_eq!(wanted.address(), "10.99.0.200/32");
+    let d = Pod::new("pod-d");
+    let refused = node.run_env(
+        &d.env("ADD", "eth0", true),
+        &conf("1.1.0", r#","runtimeConfig":{"ips":["192.0.2.9"]}"#),
+    );
+    assert_ne!(
+        refused.code, 0,
+        "an address outside every pool must fail: {}",
+        refused.raw
+    );
+    assert!(
+        !d.netns.try_exec(&["ip", "link", "show", "eth0"]),
+        "failed ADD left no interface"
+    );
+    assert!(
+        !node.handles().iter().any(|h| h.contains(&d.container_id)),
+        "failed ADD left no allocation"
+    );
+
+    // CHECK fails once the interface is removed out of band, naming what is missing.
+    c.netns.exec(&["ip", "link", "del", "eth0"]);
+    let broken = node.run_env(&c.env("CHECK", "eth0", true), &conf("1.1.0", ""));
+    assert_ne!(broken.code, 0);
+    assert!(broken.raw.contains("eth0 is missing"), "{}", broken.raw);
+
+    // The agent restarts: records survive; CHECK and DEL still work.
+    node.kill_agent();
+    node.start_agent();
+    let after_restart = node.run_env(&a.env("CHECK", "eth0", true), &conf("1.1.0", ""));
+    assert_eq!(
+        after_restart.code,
+        0,
+        "{}\n{}",
+        after_restart.raw,
+        node.agent_log()
+    );
+
+    // DEL removes the interface and frees the address; DEL twice succeeds.
+    let handle_a = format!("{NETWORK}.{}", a.container_id);
+    assert!(node.handles().contains(&handle_a));
+    assert_eq!(
+        node.run_env(&a.env("DEL", "eth0", true), &conf("1.1.0", "")).code,
+        0
+    );
+    assert!(
+        !a.netns.try_exec(&["ip", "link", "show", "eth0"]),
+        "interface removed"
+    );
+    assert!(!node.handles().contains(&handle_a), "address freed");
+    assert_eq!(
+        node.run_env(&a.env("DEL", "eth0", true), &conf("1.1.0", "")).code,
+        0,
+        "DEL twice"
+    );
+
+    // DEL with CNI_NETNS="" (containerd after the container exited) frees the address too.
+    assert_eq!(
+        node.run_env(&b.env("DEL", "eth0", false), &conf("1.1.0", ""))
+            .code,
+        0
+    );
+    assert!(!node.handles().iter().any(|h| h.contains(&b.container_id)));
+    assert!(
+        !b.netns.try_exec(&["ip", "link", "show", "eth0"]),
+        "removing the host end removed the pod end"
+    );
+
+    // DEL of something never added succeeds.
+    let never = Pod::new("pod-never");
+    assert_eq!(
+        node.run_env(&never.env("DEL", "eth0", true), &conf("1.1.0", ""))
+            .code,
+        0
+    );
+
+    // GC with cni.dev/valid-attachments frees everything not listed and keeps what is; no output.
+    let valid = format!(
+        r#","cni.dev/valid-attachments":[{{"containerID":"{}","ifname":"net1"}}]"#,
+        a.container_id
+    );
+    let gc = node.cni(&[("CNI_COMMAND", "GC")], &conf("1.1.0", &valid));
+    assert_eq!((gc.code, gc.raw.as_str()), (0, ""), "GC");
+    let handles = node.handles();
+    assert_eq!(
+        handles,
+        vec![format!("{NETWORK}.{}.net1", a.container_id)],
+        "only the listed attachment is left"
+    );
+    let links = node.brindle_links();
+    assert_eq!(links.len(), 1, "only its host veth is left: {links:?}");
+}
+
+#[test]
+fn concurrent_adds_get_distinct_addresses_then_dels_leave_nothing() {
+    let node = Arc::new(Node::start());
+    let pods: Vec<Arc<Pod>> = (0..12).map(|i| Arc::new(Pod::new(&format!("cc{i}")))).collect();
+    let threads: Vec<_> = pods
+        .iter()
+        .map(|pod| {
+            let (node, pod) = (Arc::clone(&node), Arc::clone(pod));
+            std::thread::spawn(move || node.run_env(&pod.env("ADD", "eth0", true), &conf("1.1.0", "")))
+        })
+        .collect();
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for thread in threads {
+        let run = thread.join().expect("thread");
+        assert_eq!(run.code, 0, "{}", run.raw);
+        ips.push(run.ip().parse().expect("ip"));
+    }
+    let unique: std::collections::HashSet<_> = ips.iter().collect();
+    assert_eq!(
+        unique.len(),
+        ips.len(),
+        "distinct addresses under concurrent ADDs"
+    );
+    assert!(
+        pods[0]
+            .netns
+            .try_exec(&["ping", "-c", "1", "-W", "2", &ips[11].to_string()])
+    );
+    for pod in &pods {
+        assert_eq!(
+            node.run_env(&pod.env("DEL", "eth0", true), &conf("1.1.0", ""))
+                .code,
+            0
+        );
+    }
+    assert!(node.handles().is_empty(), "every address released");
+    assert_eq!(node.brindle_links(), Vec::<String>::new(), "every veth removed");
+}
