@@ -1,19 +1,6 @@
-//! CNI error codes and the error JSON printed on stdout.
+//! CNI errors and the error JSON printed on stdout (codes from `brindle_proto::cni_codes`).
 
-/// Incompatible CNI version.
-pub const INCOMPATIBLE_VERSION: u32 = 1;
-/// Invalid necessary environment variables.
-pub const INVALID_ENVIRONMENT: u32 = 4;
-/// I/O failure.
-pub const IO_FAILURE: u32 = 5;
-/// Failed to decode content.
-pub const DECODE_FAILURE: u32 = 6;
-/// Invalid network config.
-pub const INVALID_CONFIG: u32 = 7;
-/// Try again later.
-pub const TRY_AGAIN_LATER: u32 = 11;
-/// The plugin is not available (STATUS).
-pub const NOT_AVAILABLE: u32 = 50;
+pub use brindle_proto::cni_codes::*;
 
 /// A CNI error.
 #[derive(Debug, Clone, PartialEq, Eq)]

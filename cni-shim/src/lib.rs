@@ -15,10 +15,7 @@ use serde_json::{Value, json};
 use agent::{Agent, CallError};
 use config::{LATEST_VERSION, NetConf, SUPPORTED_VERSIONS};
 use env::{Command, Invocation};
-use error::{CniError, NOT_AVAILABLE, TRY_AGAIN_LATER};
-
-/// Plugin-specific code for an agent that failed in an unexpected way.
-const AGENT_FAILURE: u32 = 100;
+use error::{AGENT_FAILURE, CniError, NOT_AVAILABLE, TRY_AGAIN_LATER};
 
 /// What the process prints and exits with.
 #[derive(Debug, Clone, PartialEq, Eq)]

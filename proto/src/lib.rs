@@ -43,3 +43,35 @@ pub mod agent {
         tonic::include_proto!("brindle.agent.v1");
     }
 }
+
+/// CNI error codes shared by the shim and the agent: the CNI spec's, then brindle's own (≥ 100).
+pub mod cni_codes {
+    /// Incompatible CNI version.
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    /// Invalid necessary environment variables.
+    pub const INVALID_ENVIRONMENT: u32 = 4;
+    /// I/O failure.
+    pub const IO_FAILURE: u32 = 5;
+    /// Failed to decode content.
+    pub const DECODE_FAILURE: u32 = 6;
+    /// Invalid network configuration.
+    pub const INVALID_CONFIG: u32 = 7;
+    /// Try again later.
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    /// STATUS: the plugin cannot serve ADD.
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// The interface already exists in the pod.
+    pub const INTERFACE_EXISTS: u32 = 100;
+    /// IPAM refused (pool exhausted, address taken or reserved).
+    pub const IPAM_REFUSED: u32 = 101;
+    /// A kernel operation failed.
+    pub const DATAPLANE_FAILED: u32 = 102;
+    /// CHECK of an attachment the agent does not know.
+    pub const NOT_ATTACHED: u32 = 103;
+    /// CHECK found something missing.
+    pub const CHECK_FAILED: u32 = 104;
+    /// The agent's attachment records could not be read or written.
+    pub const STATE_FAILED: u32 = 105;
+    /// The agent failed in an unexpected way.
+    pub const AGENT_FAILURE: u32 = 106;
+}

@@ -15,24 +15,10 @@ use super::ipam::{IpamApi, IpamCallError, Owner};
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
 use crate::dataplane::{DataplaneError, Netlink, Sysctl};
 
-/// Invalid network configuration or arguments.
-pub const INVALID_CONFIG: u32 = 7;
-/// A dependency is briefly unavailable.
-pub const TRY_AGAIN_LATER: u32 = 11;
-/// STATUS: the node cannot serve ADD.
-pub const NOT_AVAILABLE: u32 = 50;
-/// The interface already exists in the pod.
-pub const INTERFACE_EXISTS: u32 = 100;
-/// IPAM refused (pool exhausted, address taken or reserved).
-pub const IPAM_REFUSED: u32 = 101;
-/// A kernel operation failed.
-pub const DATAPLANE_FAILED: u32 = 102;
-/// CHECK of an attachment the agent does not know.
-pub const NOT_ATTACHED: u32 = 103;
-/// CHECK found something missing.
-pub const CHECK_FAILED: u32 = 104;
-/// The agent's records could not be read or written.
-pub const STATE_FAILED: u32 = 105;
+pub use brindle_proto::cni_codes::{
+    CHECK_FAILED, DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, IPAM_REFUSED, NOT_ATTACHED,
+    NOT_AVAILABLE, STATE_FAILED, TRY_AGAIN_LATER,
+};
 
 /// A CNI error for the shim to print.
 #[derive(Debug, Clone, PartialEq, Eq)]
