@@ -36,8 +36,8 @@ pub struct Node {
     pub netns: Netns,
     pub dir: tempfile::TempDir,
     agent: Option<Child>,
-    ipam: Arc<Ipam>,
-    runtime: tokio::runtime::Handle,
+    pub ipam: Arc<Ipam>,
+    pub runtime: tokio::runtime::Handle,
     ipam_port: u16,
     _stop: std::sync::mpsc::Sender<()>,
 }
