@@ -8,6 +8,7 @@ mod support;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use support::eventually;
 use support::node::{NETWORK, Node, Pod, conf};
 
 #[test]
@@ -177,8 +178,9 @@ fn cni_behaviour_against_a_real_agent() {
         vec![format!("{NETWORK}.{}.net1", a.container_id)],
         "only the listed attachment is left"
     );
-    let links = node.brindle_links();
-    assert_eq!(links.len(), 1, "only its host veth is left: {links:?}");
+    eventually("only the listed attachment's host veth is left", || {
+        node.brindle_links().len() == 1
+    });
 }
 
 #[test]
@@ -217,7 +219,7 @@ fn hundred_concurrent_adds_get_distinct_reachable_addresses_then_dels_leave_noth
         );
     }
     assert!(node.handles().is_empty(), "every address released");
-    assert_eq!(node.brindle_links(), Vec::<String>::new(), "every veth removed");
+    eventually("every veth removed", || node.brindle_links().is_empty());
 }
 
 #[test]
@@ -231,7 +233,9 @@ fn agent_restart_mid_traffic_loses_no_packets_and_leaks_nothing() {
     let netns = a.netns.name.clone();
     let pinger = std::thread::spawn(move || {
         std::process::Command::new("ip")
-            .args(["netns", "exec", &netns, "ping", "-i", "0.1", "-c", "30", "-W", "1", &target])
+            .args([
+                "netns", "exec", &netns, "ping", "-i", "0.1", "-c", "30", "-W", "1", &target,
+            ])
             .output()
             .expect("ping")
     });
@@ -241,15 +245,27 @@ fn agent_restart_mid_traffic_loses_no_packets_and_leaks_nothing() {
     node.start_agent();
     let ping = pinger.join().expect("pinger");
     let summary = String::from_utf8_lossy(&ping.stdout).into_owned();
-    assert!(ping.status.success() && summary.contains(" 0% packet loss"), "traffic across the restart: {summary}");
+    assert!(
+        ping.status.success() && summary.contains(" 0% packet loss"),
+        "traffic across the restart: {summary}"
+    );
     // State reconciled: both attachments still known, nothing stale, nothing leaked.
-    assert_eq!(node.run_env(&a.env("CHECK", "eth0", true), &conf("1.1.0", "")).code, 0);
+    assert_eq!(
+        node.run_env(&a.env("CHECK", "eth0", true), &conf("1.1.0", ""))
+            .code,
+        0
+    );
     assert_eq!(node.brindle_links().len(), 2);
     assert_eq!(node.handles().len(), 2);
     for pod in [&a, &b] {
-        assert_eq!(node.run_env(&pod.env("DEL", "eth0", true), &conf("1.1.0", "")).code, 0);
+        assert_eq!(
+            node.run_env(&pod.env("DEL", "eth0", true), &conf("1.1.0", ""))
+                .code,
+            0
+        );
     }
-    assert!(node.handles().is_empty() && node.brindle_links().is_empty());
+    assert!(node.handles().is_empty());
+    eventually("veths removed", || node.brindle_links().is_empty());
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::node::{Node, workspace_binary};
-use support::run;
+use support::{eventually, run};
 
 const IMAGE: &str = "docker.io/library/brindle-busybox:test";
 const NAMESPACE: &str = "brindle-test";
@@ -23,7 +23,10 @@ struct Containerd {
 
 impl Containerd {
     fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("brdt-containerd-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("brdt-containerd-")
+            .tempdir()
+            .expect("tempdir");
         let root = dir.path();
         let config = format!(
             "version = 2\nroot = \"{r}/root\"\nstate = \"{r}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{r}/containerd.sock\"\n",
@@ -58,12 +61,20 @@ impl Containerd {
     }
 
     fn ctr_ok(&self, args: &[&str]) -> bool {
-        self.ctr_command().args(args).output().map(|o| o.status.success()).unwrap_or(false)
+        self.ctr_command()
+            .args(args)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     }
 
     fn ctr(&self, args: &[&str]) -> String {
         let out = self.ctr_command().args(args).output().expect("ctr");
-        assert!(out.status.success(), "ctr {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -95,7 +106,10 @@ tar -C oci -cf image.tar oci-layout index.json blobs
         run("sh", &["-c", &script]);
         let image = work.join("image.tar");
         self.ctr(&["images", "import", image.to_str().expect("path")]);
-        assert!(self.ctr(&["images", "ls", "-q"]).contains(IMAGE), "image imported");
+        assert!(
+            self.ctr(&["images", "ls", "-q"]).contains(IMAGE),
+            "image imported"
+        );
     }
 }
 
@@ -137,7 +151,16 @@ fn run_container(node: &Node, containerd: &Containerd, dirs: &(PathBuf, PathBuf)
     );
     let log = std::fs::File::create(containerd.dir.path().join(format!("{name}.log"))).expect("log");
     Command::new("ip")
-        .args(["netns", "exec", &node.netns.name, "unshare", "-m", "sh", "-c", &script])
+        .args([
+            "netns",
+            "exec",
+            &node.netns.name,
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            &script,
+        ])
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
@@ -149,15 +172,31 @@ fn container_ip(containerd: &Containerd, name: &str) -> String {
     loop {
         let out = containerd
             .ctr_command()
-            .args(["task", "exec", "--exec-id", &format!("ip-{name}"), name, "ip", "-o", "-4", "addr", "show", "eth0"])
+            .args([
+                "task",
+                "exec",
+                "--exec-id",
+                &format!("ip-{name}"),
+                name,
+                "ip",
+                "-o",
+                "-4",
+                "addr",
+                "show",
+                "eth0",
+            ])
             .output()
             .expect("ctr task exec");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if let Some(address) = text.split_whitespace().skip_while(|w| *w != "inet").nth(1) {
             return address.split('/').next().unwrap_or_default().to_owned();
         }
-        let log = std::fs::read_to_string(containerd.dir.path().join(format!("{name}.log"))).unwrap_or_default();
-        assert!(Instant::now() < deadline, "{name} never got an address; ctr log: {log}");
+        let log =
+            std::fs::read_to_string(containerd.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+        assert!(
+            Instant::now() < deadline,
+            "{name} never got an address; ctr log: {log}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -171,16 +210,38 @@ fn ctr_run_with_brindle_cni() {
     let mut first = run_container(&node, &containerd, &dirs, "c1");
     let mut second = run_container(&node, &containerd, &dirs, "c2");
     let (ip1, ip2) = (container_ip(&containerd, "c1"), container_ip(&containerd, "c2"));
-    assert!(ip1.starts_with("10.99.0.") && ip2.starts_with("10.99.0.") && ip1 != ip2, "{ip1} {ip2}");
+    assert!(
+        ip1.starts_with("10.99.0.") && ip2.starts_with("10.99.0.") && ip1 != ip2,
+        "{ip1} {ip2}"
+    );
     let handles = node.handles();
-    assert!(handles.contains(&format!("brindle-ctr.{NAMESPACE}-c1")), "handle <network>.<ns>-<id>: {handles:?}");
+    assert!(
+        handles.contains(&format!("brindle-ctr.{NAMESPACE}-c1")),
+        "handle <network>.<ns>-<id>: {handles:?}"
+    );
     for (from, to) in [("c1", &ip2), ("c2", &ip1)] {
         let ping = containerd
             .ctr_command()
-            .args(["task", "exec", "--exec-id", &format!("ping-{from}"), from, "ping", "-c", "2", "-W", "2", to])
+            .args([
+                "task",
+                "exec",
+                "--exec-id",
+                &format!("ping-{from}"),
+                from,
+                "ping",
+                "-c",
+                "2",
+                "-W",
+                "2",
+                to,
+            ])
             .output()
             .expect("ping");
-        assert!(ping.status.success(), "{from} → {to}: {}", String::from_utf8_lossy(&ping.stdout));
+        assert!(
+            ping.status.success(),
+            "{from} → {to}: {}",
+            String::from_utf8_lossy(&ping.stdout)
+        );
     }
     for (name, child) in [("c1", &mut first), ("c2", &mut second)] {
         containerd.ctr(&["task", "kill", "-s", "KILL", name]);
@@ -190,6 +251,10 @@ fn ctr_run_with_brindle_cni() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    assert!(node.handles().is_empty(), "addresses free again after the containers exited: {:?}", node.handles());
-    assert!(node.brindle_links().is_empty(), "veths removed: {:?}", node.brindle_links());
+    assert!(
+        node.handles().is_empty(),
+        "addresses free again after the containers exited: {:?}",
+        node.handles()
+    );
+    eventually("veths removed", || node.brindle_links().is_empty());
 }

@@ -85,8 +85,9 @@ impl AttachmentStore {
         self.dir.join(format!("{}.json", key.host_ifname()))
     }
 
-    /// Writes (or replaces) a record durably.
-    pub fn save(&self, attachment: &Attachment) -> Result<(), RecordError> {
+    /// Writes (or replaces) a record; with `durable` it is fsync'd before this returns (an intent
+    /// record is not: losing it in a power cut leaves an allocation the start-up sweep releases).
+    pub fn save(&self, attachment: &Attachment, durable: bool) -> Result<(), RecordError> {
         let path = self.path(&attachment.key);
         let temporary = path.with_extension("json.tmp");
         let io = |what, source| RecordError::Io {
@@ -100,9 +101,11 @@ impl AttachmentStore {
         })?;
         let file = std::fs::File::create(&temporary).map_err(|e| io("creating", e))?;
         std::io::Write::write_all(&mut &file, &bytes).map_err(|e| io("writing", e))?;
-        file.sync_all().map_err(|e| io("syncing", e))?;
+        if durable {
+            file.sync_all().map_err(|e| io("syncing", e))?;
+        }
         std::fs::rename(&temporary, &path).map_err(|e| io("renaming", e))?;
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
+        if durable && let Ok(dir) = std::fs::File::open(&self.dir) {
             // Makes the rename itself durable.
             let _ = dir.sync_all();
         }
@@ -194,8 +197,8 @@ mod tests {
     fn records_round_trip_and_survive_reopen() {
         let dir = std::env::temp_dir().join(format!("brindle-records-{}", std::process::id()));
         let store = AttachmentStore::open(&dir).expect("open");
-        store.save(&attachment("a")).expect("save");
-        store.save(&attachment("b")).expect("save");
+        store.save(&attachment("a"), true).expect("save");
+        store.save(&attachment("b"), false).expect("save");
         let reopened = AttachmentStore::open(&dir).expect("reopen");
         assert_eq!(
             reopened.load(&attachment("a").key).expect("load"),

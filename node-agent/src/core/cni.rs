@@ -111,6 +111,62 @@ pub fn handle_id(key: &AttachmentKey) -> String {
     }
 }
 
+/// How an undo removes the veth.
+#[derive(Debug, Clone, Copy)]
+enum Removal {
+    /// Before answering.
+    Now,
+    /// In the background.
+    Later,
+}
+
+/// Veth deletions running in the background, so an ADD reusing a name can wait for its deletion.
+struct LinkReaper {
+    netlink: Arc<dyn Netlink>,
+    deleting: Arc<Mutex<HashMap<String, tokio::sync::watch::Receiver<bool>>>>,
+}
+
+impl LinkReaper {
+    fn delete_later(&self, name: &str) {
+        let (done, receiver) = tokio::sync::watch::channel(false);
+        self.deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), receiver);
+        let (netlink, deleting, name) = (
+            Arc::clone(&self.netlink),
+            Arc::clone(&self.deleting),
+            name.to_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = netlink.delete_link(&name).await {
+                tracing::warn!(link = %name, %error, "background veth deletion failed; the next sweep retries");
+            }
+            deleting.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            let _ = done.send(true);
+        });
+    }
+
+    fn is_deleting(&self, name: &str) -> bool {
+        self.deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name)
+    }
+
+    async fn wait_deleted(&self, name: &str) {
+        let pending = self
+            .deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        if let Some(mut pending) = pending {
+            let _ = pending.wait_for(|done| *done).await;
+        }
+    }
+}
+
 /// Per-container locks.
 #[derive(Default)]
 struct ContainerLocks {
@@ -136,6 +192,7 @@ pub struct CniOps {
     ipam: Arc<dyn IpamApi>,
     records: AttachmentStore,
     locks: ContainerLocks,
+    links: LinkReaper,
 }
 
 fn requested_ips(request: &CniRequest) -> Result<Vec<IpAddr>, CniFailure> {
@@ -201,6 +258,10 @@ impl CniOps {
     ) -> Self {
         Self {
             node: node.to_owned(),
+            links: LinkReaper {
+                netlink: Arc::clone(&netlink),
+                deleting: Arc::default(),
+            },
             netlink,
             sysctl,
             ipam,
@@ -229,7 +290,7 @@ impl CniOps {
                     "DEL it first",
                 ));
             }
-            self.undo(&existing).await?;
+            self.undo(&existing, Removal::Now).await?;
         }
         let mut attachment = Attachment {
             key: request.key.clone(),
@@ -241,12 +302,14 @@ impl CniOps {
             pod: request.args.get("K8S_POD_NAME").cloned().unwrap_or_default(),
             phase: Phase::Adding,
         };
-        // The intent is durable before anything is allocated, so a crash mid-ADD is undone on start.
-        self.records.save(&attachment)?;
+        // The intent is on disk before anything is allocated, so a crash mid-ADD is undone on
+        // start (and if a power cut loses it, the start-up sweep releases the orphan allocation).
+        self.records.save(&attachment, false)?;
+        self.links.wait_deleted(&attachment.host_ifname).await;
         match self.allocate_and_wire(&mut attachment, &requested, mtu).await {
             Ok(wired) => {
                 attachment.phase = Phase::Ready;
-                self.records.save(&attachment)?;
+                self.records.save(&attachment, true)?;
                 Ok(Added {
                     wired,
                     addresses: attachment.addresses,
@@ -254,7 +317,7 @@ impl CniOps {
                 })
             }
             Err(failure) => {
-                if let Err(undo) = self.undo(&attachment).await {
+                if let Err(undo) = self.undo(&attachment, Removal::Now).await {
                     tracing::warn!(key = ?attachment.key, error = ?undo, "undoing a failed ADD; the start-up sweep retries");
                 }
                 Err(failure)
@@ -285,9 +348,15 @@ impl CniOps {
         Ok(self.wiring().attach(&workload).await?)
     }
 
-    /// Removes the veth, releases the addresses, forgets the record.
-    async fn undo(&self, attachment: &Attachment) -> Result<(), CniFailure> {
-        self.wiring().detach(&attachment.host_ifname).await?;
+    /// Removes the veth (now, or in the background for DEL), releases the addresses, forgets the
+    /// record.
+    async fn undo(&self, attachment: &Attachment, removal: Removal) -> Result<(), CniFailure> {
+        match removal {
+            Removal::Now => {
+                self.wiring().detach(&attachment.host_ifname).await?;
+            }
+            Removal::Later => self.links.delete_later(&attachment.host_ifname),
+        }
         self.ipam.release(&attachment.handle_id).await?;
         self.records.remove(&attachment.key)?;
         Ok(())
@@ -307,7 +376,9 @@ impl CniOps {
             pod: String::new(),
             phase: Phase::Ready,
         });
-        self.undo(&attachment).await
+        // Deleting a veth takes the kernel tens of milliseconds; the answer does not wait for it.
+        // An ADD reusing the name waits, and a restart sweeps what a crash left.
+        self.undo(&attachment, Removal::Later).await
     }
 
     /// CHECK: the pod interface, its addresses and routes, the host veth and route, and that IPAM
@@ -370,7 +441,7 @@ impl CniOps {
         for attachment in self.records.list()? {
             if attachment.key.network == network && !valid.contains(&attachment.key) {
                 let _serialised = self.locks.lock(&attachment.key.container_id).await;
-                self.undo(&attachment).await?;
+                self.undo(&attachment, Removal::Now).await?;
             }
         }
         let valid_handles: Vec<String> = valid.iter().map(handle_id).collect();
@@ -384,7 +455,10 @@ impl CniOps {
     async fn sweep_links(&self) -> Result<(), CniFailure> {
         let owned: HashSet<String> = self.records.list()?.into_iter().map(|a| a.host_ifname).collect();
         for link in self.netlink.links().await? {
-            if link.name.starts_with(HOST_PREFIX) && !owned.contains(&link.name) {
+            if link.name.starts_with(HOST_PREFIX)
+                && !owned.contains(&link.name)
+                && !self.links.is_deleting(&link.name)
+            {
                 tracing::info!(link = %link.name, "removing a brindle link no attachment owns");
                 self.netlink.delete_link(&link.name).await?;
             }
@@ -392,14 +466,23 @@ impl CniOps {
         Ok(())
     }
 
-    /// Start-up reconciliation: ADDs interrupted by a crash are undone, then links no record owns
-    /// are removed. Nothing is touched that brindle does not own.
+    /// Start-up reconciliation: ADDs interrupted by a crash are undone, this node's IPAM handles
+    /// that no record owns are released, and links no record owns are removed. Nothing is touched
+    /// that brindle does not own.
     pub async fn reconcile(&self) -> Result<(), CniFailure> {
         for attachment in self.records.list()? {
             if attachment.phase == Phase::Adding {
                 tracing::info!(key = ?attachment.key, "undoing an ADD interrupted by a restart");
-                self.undo(&attachment).await?;
+                self.undo(&attachment, Removal::Now).await?;
             }
+        }
+        let owned: Vec<String> = self.records.list()?.into_iter().map(|a| a.handle_id).collect();
+        let released = self.ipam.collect_garbage(&self.node, &owned, "").await?;
+        if released > 0 {
+            tracing::info!(
+                released,
+                "released addresses of this node that no attachment owns"
+            );
         }
         self.sweep_links().await
     }

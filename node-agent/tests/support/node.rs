@@ -288,4 +288,3 @@ impl Node {
         self.cni(&refs, config)
     }
 }
-
