@@ -134,10 +134,9 @@ fn cni_behaviour_against_a_real_agent() {
         node.run_env(&a.env("DEL", "eth0", true), &conf("1.1.0", "")).code,
         0
     );
-    assert!(
-        !a.netns.try_exec(&["ip", "link", "show", "eth0"]),
-        "interface removed"
-    );
+    eventually("interface removed", || {
+        !a.netns.try_exec(&["ip", "link", "show", "eth0"])
+    });
     assert!(!node.handles().contains(&handle_a), "address freed");
     assert_eq!(
         node.run_env(&a.env("DEL", "eth0", true), &conf("1.1.0", "")).code,
@@ -152,10 +151,9 @@ fn cni_behaviour_against_a_real_agent() {
         0
     );
     assert!(!node.handles().iter().any(|h| h.contains(&b.container_id)));
-    assert!(
-        !b.netns.try_exec(&["ip", "link", "show", "eth0"]),
-        "removing the host end removed the pod end"
-    );
+    eventually("removing the host end removed the pod end", || {
+        !b.netns.try_exec(&["ip", "link", "show", "eth0"])
+    });
 
     // DEL of something never added succeeds.
     let never = Pod::new("pod-never");

@@ -180,3 +180,46 @@ fn pod_namespace_that_does_not_exist_is_named() {
         assert!(matches!(error, DataplaneError::Netns { .. }), "{error}");
     });
 }
+
+#[test]
+fn retired_veths_are_deleted_in_one_bulk_request() {
+    let node = Netns::new("node");
+    let pods: Vec<Netns> = (0..3).map(|i| Netns::new(&format!("bulk{i}"))).collect();
+    let paths: Vec<_> = pods.iter().map(Netns::path).collect();
+    node.run(move || async move {
+        let kernel = RtNetlink::new().expect("netlink");
+        for (i, path) in paths.iter().enumerate() {
+            kernel
+                .create_veth(&format!("brdbulk{i}"), HOST_MAC, "eth0", path, 1500)
+                .await
+                .expect("veth");
+            kernel.set_up(&format!("brdbulk{i}")).await.expect("up");
+        }
+        assert!(kernel.retire_link("brdbulk0").await.expect("retire"));
+        assert!(kernel.retire_link("brdbulk1").await.expect("retire"));
+        assert!(!kernel.retire_link("brdnone").await.expect("retire missing"));
+        let retired = kernel
+            .link("brdbulk0")
+            .await
+            .expect("get")
+            .expect("still there until the bulk delete");
+        assert!(!retired.up, "retired links are down at once");
+        kernel.delete_retired_links().await.expect("bulk delete");
+        assert!(kernel.link("brdbulk0").await.expect("get").is_none());
+        assert!(kernel.link("brdbulk1").await.expect("get").is_none());
+        assert!(
+            kernel.link("brdbulk2").await.expect("get").is_some(),
+            "links not retired stay"
+        );
+        kernel
+            .delete_retired_links()
+            .await
+            .expect("an empty group is fine");
+        for path in &paths[..2] {
+            assert!(
+                kernel.inspect_pod(path, "eth0").await.expect("inspect").is_none(),
+                "pod ends went too"
+            );
+        }
+    });
+}

@@ -17,7 +17,10 @@ use netlink_packet_route::route::{
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use super::error::errno;
-use super::{DataplaneError, LinkState, Mac, Netlink, PodConfig, PodState, ROUTE_PROTOCOL, Route, RouteKind};
+use super::{
+    DataplaneError, LinkState, Mac, Netlink, PodConfig, PodState, RETIRED_GROUP, ROUTE_PROTOCOL, Route,
+    RouteKind,
+};
 
 /// Netlink in the agent's namespace.
 #[derive(Clone)]
@@ -276,6 +279,33 @@ impl Netlink for RtNetlink {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(nix::errno::Errno::ENODEV as i32) => Ok(false),
             Err(e) => Err(DataplaneError::netlink(format!("delete link {name}"), e)),
+        }
+    }
+
+    async fn retire_link(&self, name: &str) -> Result<bool, DataplaneError> {
+        let Some(link) = find_link(&self.host, name).await? else {
+            return Ok(false);
+        };
+        let message = LinkUnspec::new_with_index(link.index)
+            .down()
+            .link_group(RETIRED_GROUP)
+            .build();
+        match self.host.link().set(message).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(nix::errno::Errno::ENODEV as i32) => Ok(false),
+            Err(e) => Err(DataplaneError::netlink(format!("retire link {name}"), e)),
+        }
+    }
+
+    async fn delete_retired_links(&self) -> Result<(), DataplaneError> {
+        let message = LinkMessageBuilder::<LinkUnspec>::new()
+            .link_group(RETIRED_GROUP)
+            .build();
+        match self.host.link().del_with_message(message).execute().await {
+            Ok(()) => Ok(()),
+            // Nothing in the group.
+            Err(e) if matches!(errno(&e), Some(c) if c == nix::errno::Errno::ENODEV as i32) => Ok(()),
+            Err(e) => Err(DataplaneError::netlink("delete retired links", e)),
         }
     }
 

@@ -16,6 +16,10 @@ pub enum Call {
     SetUp(String),
     /// `delete_link(name)`.
     DeleteLink(String),
+    /// `retire_link(name)`.
+    RetireLink(String),
+    /// `delete_retired_links()`.
+    DeleteRetiredLinks,
     /// `replace_route(route)`.
     ReplaceRoute(Route),
     /// `delete_route(route)`.
@@ -33,6 +37,7 @@ struct State {
     /// Pod links keyed by (netns, ifname), with the host peer's name.
     pod_links: BTreeMap<(PathBuf, String), (PodState, String)>,
     routes: Vec<Route>,
+    retired: Vec<String>,
     sysctls: BTreeMap<String, String>,
     next_index: u32,
     fail_on: Option<String>,
@@ -172,6 +177,28 @@ impl Netlink for RecordingKernel {
         state.pod_links.retain(|_, (_, host)| host != name);
         state.routes.retain(|r| r.device.as_deref() != Some(name));
         Ok(existed)
+    }
+
+    async fn retire_link(&self, name: &str) -> Result<bool, DataplaneError> {
+        let mut state = self.record(Call::RetireLink(name.into()))?;
+        let Some(link) = state.host_links.get_mut(name) else {
+            return Ok(false);
+        };
+        link.up = false;
+        state.retired.push(name.into());
+        Ok(true)
+    }
+
+    async fn delete_retired_links(&self) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::DeleteRetiredLinks)?;
+        for name in std::mem::take(&mut state.retired) {
+            state.host_links.remove(&name);
+            state.pod_links.retain(|_, (_, host)| *host != name);
+            state
+                .routes
+                .retain(|r| r.device.as_deref() != Some(name.as_str()));
+        }
+        Ok(())
     }
 
     async fn replace_route(&self, route: &Route) -> Result<(), DataplaneError> {
