@@ -128,10 +128,14 @@ struct LinkReaper {
     retired: Arc<Mutex<HashSet<String>>>,
     wake: Arc<tokio::sync::Notify>,
     deleted: tokio::sync::watch::Receiver<u64>,
+    adds_running: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How long the reaper waits for more retirements before a bulk delete.
-const REAP_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+const REAP_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+/// Longest the reaper defers a bulk delete while ADDs are running (a bulk delete holds the
+/// kernel's rtnl lock, which an ADD's netlink calls would wait for).
+const REAP_MAX_DEFERRAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl LinkReaper {
     /// Starts the background reaper (inside a tokio runtime).
@@ -139,12 +143,23 @@ impl LinkReaper {
         let retired: Arc<Mutex<HashSet<String>>> = Arc::default();
         let wake = Arc::new(tokio::sync::Notify::new());
         let (bump, deleted) = tokio::sync::watch::channel(0u64);
-        let (task_netlink, task_retired, task_wake) =
-            (Arc::clone(&netlink), Arc::clone(&retired), Arc::clone(&wake));
+        let adds_running: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (task_netlink, task_retired, task_wake, task_adds) = (
+            Arc::clone(&netlink),
+            Arc::clone(&retired),
+            Arc::clone(&wake),
+            Arc::clone(&adds_running),
+        );
         tokio::spawn(async move {
             loop {
                 task_wake.notified().await;
                 tokio::time::sleep(REAP_DELAY).await;
+                let deferred_since = tokio::time::Instant::now();
+                while task_adds.load(std::sync::atomic::Ordering::SeqCst) > 0
+                    && deferred_since.elapsed() < REAP_MAX_DEFERRAL
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
                 let batch: Vec<String> = task_retired
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -166,7 +181,15 @@ impl LinkReaper {
             retired,
             wake,
             deleted,
+            adds_running,
         }
+    }
+
+    /// Marks an ADD as running until the guard is dropped; bulk deletes wait for a quiet moment.
+    fn add_running(&self) -> AddRunning {
+        self.adds_running
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        AddRunning(Arc::clone(&self.adds_running))
     }
 
     /// Retires `name` now and has it deleted soon; falls back to deleting it at once.
@@ -203,6 +226,15 @@ impl LinkReaper {
                 return;
             }
         }
+    }
+}
+
+/// An ADD in progress (see [`LinkReaper::add_running`]).
+struct AddRunning(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for AddRunning {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -313,6 +345,7 @@ impl CniOps {
     /// ADD: allocate, wire, record. A failure undoes everything it did.
     pub async fn add(&self, request: &CniRequest) -> Result<Added, CniFailure> {
         let _serialised = self.locks.lock(&request.key.container_id).await;
+        let _running = self.links.add_running();
         let mtu = mtu(request)?;
         let requested = requested_ips(request)?;
         if let Some(existing) = self.records.load(&request.key)? {
