@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use crate::etcd::{EtcdConfig, EtcdStore, EtcdTls};
 use crate::store::Store;
 
+/// How many port pairs are tried when the chosen ports were taken meanwhile.
+const START_ATTEMPTS: u32 = 5;
+
 /// How long a starting etcd may take to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -62,8 +65,23 @@ impl EtcdServer {
             tls,
             child: None,
         };
-        server.spawn().await?;
-        Ok(server)
+        // Tests start many servers at once: a port found free may be taken before etcd binds it.
+        // Then etcd exits at once, and another pair of ports is tried.
+        let mut attempts = 0;
+        loop {
+            match server.spawn().await {
+                Ok(()) => return Ok(server),
+                Err(error)
+                    if attempts < START_ATTEMPTS && error.to_string().contains("address already in use") =>
+                {
+                    attempts += 1;
+                    server.client_port = free_port()?;
+                    server.peer_port = free_port()?;
+                    let _ = std::fs::remove_dir_all(server.dir.path().join("data"));
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// The client URL.
@@ -134,9 +152,12 @@ impl EtcdServer {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
+                let log = std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                self.child = None;
                 return Err(std::io::Error::other(format!(
-                    "etcd exited with {status} while starting; log: {}",
-                    self.dir.path().join("etcd.log").display()
+                    "etcd exited with {status} while starting; last log lines: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
                 )));
             }
             if let Ok(store) = EtcdStore::connect(&self.config()).await
