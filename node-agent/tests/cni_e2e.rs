@@ -155,6 +155,44 @@ fn cni_behaviour_against_a_real_agent() {
         !b.netns.try_exec(&["ip", "link", "show", "eth0"])
     });
 
+    // DEL after the pod's namespace is gone succeeds and frees the address.
+    let gone = Pod::new("pod-gone");
+    let added_gone = node.run_env(&gone.env("ADD", "eth0", true), &conf("1.1.0", ""));
+    assert_eq!(added_gone.code, 0, "{}", added_gone.raw);
+    let gone_env = gone.env("DEL", "eth0", true);
+    drop(gone);
+    assert_eq!(
+        node.run_env(&gone_env, &conf("1.1.0", "")).code,
+        0,
+        "DEL with the netns gone"
+    );
+    assert!(
+        !node.handles().iter().any(|h| h.contains("pod-gone")),
+        "its address is freed"
+    );
+
+    // An incoming prevResult is carried through: chained after another plugin, brindle's
+    // interface and address are appended to the previous result.
+    let chained = Pod::new("pod-chain");
+    let prev = r#","prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"lo0"}],"ips":[{"address":"192.0.2.7/24","interface":0}]}"#;
+    let with_prev = node.run_env(&chained.env("ADD", "eth0", true), &conf("1.1.0", prev));
+    assert_eq!(with_prev.code, 0, "{}", with_prev.raw);
+    assert_eq!(
+        with_prev.json["interfaces"][0]["name"], "lo0",
+        "{}",
+        with_prev.raw
+    );
+    assert_eq!(with_prev.json["ips"][0]["address"], "192.0.2.7/24");
+    assert_eq!(
+        with_prev.json["ips"][1]["interface"], 2,
+        "our address points at our pod interface"
+    );
+    assert_eq!(
+        node.run_env(&chained.env("DEL", "eth0", true), &conf("1.1.0", prev))
+            .code,
+        0
+    );
+
     // DEL of something never added succeeds.
     let never = Pod::new("pod-never");
     assert_eq!(

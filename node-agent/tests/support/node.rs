@@ -62,17 +62,7 @@ impl Node {
             runtime.block_on(async move {
                 let store = Arc::new(EmbeddedStore::open(&store_path).await.expect("store"));
                 let ipam = Arc::new(Ipam::new(store));
-                let pool = Pool {
-                    name: "test".into(),
-                    cidr: "10.99.0.0/24".parse().expect("cidr"),
-                    block_size: 26,
-                    vxlan_mode: EncapMode::Never,
-                    ipip_mode: EncapMode::Never,
-                    nat_outgoing: false,
-                    disabled: false,
-                    node_selector: String::new(),
-                    allowed_uses: vec![AllowedUse::Workload],
-                };
+                let pool = workload_pool("test", "10.99.0.0/24");
                 ipam.create_pool(pool).await.expect("pool");
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
@@ -286,5 +276,20 @@ impl Node {
     pub fn run_env(&self, env: &[(&'static str, String)], config: &str) -> Run {
         let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.cni(&refs, config)
+    }
+}
+
+/// A workload pool with /26 blocks and no encapsulation.
+pub fn workload_pool(name: &str, cidr: &str) -> Pool {
+    Pool {
+        name: name.into(),
+        cidr: cidr.parse().expect("cidr"),
+        block_size: 26,
+        vxlan_mode: EncapMode::Never,
+        ipip_mode: EncapMode::Never,
+        nat_outgoing: false,
+        disabled: false,
+        node_selector: String::new(),
+        allowed_uses: vec![AllowedUse::Workload],
     }
 }

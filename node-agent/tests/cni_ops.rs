@@ -1,0 +1,241 @@
+//! CNI operation logic on the recording kernel with the real IPAM logic in-process (embedded
+//! store): rollback of a failed ADD, and the start-up mark and sweep.
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_datastore::EmbeddedStore;
+use ipam_svc::core::model::{AllowedUse, HandleAttributes};
+use ipam_svc::core::{AssignRequest, Ipam, IpamError, ShowOptions};
+use node_agent::core::attachments::{Attachment, AttachmentStore, Phase};
+use node_agent::core::cni::{CniOps, CniRequest, DATAPLANE_FAILED, handle_id};
+use node_agent::core::ipam::{IpamApi, IpamCallError, Lease, Owner};
+use node_agent::core::wiring::AttachmentKey;
+use node_agent::dataplane::{Netlink, RecordingKernel};
+use support::node::workload_pool;
+
+/// [`IpamApi`] on the IPAM engine itself, no gRPC in between.
+struct InProcessIpam(Arc<Ipam>);
+
+fn refused(error: IpamError) -> IpamCallError {
+    IpamCallError::Refused(error.to_string())
+}
+
+#[async_trait::async_trait]
+impl IpamApi for InProcessIpam {
+    async fn assign(
+        &self,
+        handle_id: &str,
+        node: &str,
+        owner: &Owner,
+        requested: &[IpAddr],
+    ) -> Result<Vec<Lease>, IpamCallError> {
+        assert!(requested.is_empty(), "not used here");
+        let request = AssignRequest {
+            handle_id: handle_id.into(),
+            node: node.into(),
+            num_ipv4: 1,
+            num_ipv6: 0,
+            ipv4_pools: Vec::new(),
+            ipv6_pools: Vec::new(),
+            use_: AllowedUse::Workload,
+            attributes: HandleAttributes {
+                container_id: owner.container_id.clone(),
+                ..HandleAttributes::default()
+            },
+        };
+        let result = self.0.auto_assign(request).await.map_err(refused)?;
+        Ok(result
+            .allocations
+            .iter()
+            .map(|a| Lease {
+                ip: a.ip,
+                block: a.block,
+                borrowed: a.borrowed,
+            })
+            .collect())
+    }
+    async fn release(&self, handle_id: &str) -> Result<(), IpamCallError> {
+        self.0.release_handle(handle_id).await.map(drop).map_err(refused)
+    }
+    async fn holds(&self, handle_id: &str) -> Result<bool, IpamCallError> {
+        Ok(self.0.handle(handle_id).await.is_ok())
+    }
+    async fn has_free_addresses(&self) -> Result<bool, IpamCallError> {
+        let show = self.0.show(&ShowOptions::default()).await.map_err(refused)?;
+        Ok(show.pools.iter().any(|p| p.free > 0))
+    }
+    async fn collect_garbage(
+        &self,
+        node: &str,
+        valid: &[String],
+        prefix: &str,
+    ) -> Result<u64, IpamCallError> {
+        let valid: HashSet<String> = valid.iter().cloned().collect();
+        let result = self
+            .0
+            .garbage_collect(node, &valid, prefix, Duration::ZERO)
+            .await
+            .map_err(refused)?;
+        Ok(result.released_ips)
+    }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    kernel: Arc<RecordingKernel>,
+    ipam: Arc<Ipam>,
+    records: AttachmentStore,
+    ops: CniOps,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(
+        EmbeddedStore::open(dir.path().join("ipam.redb"))
+            .await
+            .expect("store"),
+    );
+    let ipam = Arc::new(Ipam::new(store));
+    let pool = workload_pool("p", "10.77.0.0/24");
+    ipam.create_pool(pool).await.expect("pool");
+    let kernel = Arc::new(RecordingKernel::default());
+    let records = AttachmentStore::open(&dir.path().join("records")).expect("records");
+    let ops = CniOps::new(
+        "n1",
+        Arc::clone(&kernel) as Arc<dyn Netlink>,
+        Arc::clone(&kernel) as Arc<dyn node_agent::dataplane::Sysctl>,
+        Arc::new(InProcessIpam(Arc::clone(&ipam))),
+        records.clone(),
+    );
+    Setup {
+        _dir: dir,
+        kernel,
+        ipam,
+        records,
+        ops,
+    }
+}
+
+/// One IPv4 address for `handle_id` on node n1, straight from the IPAM engine.
+fn allocation(handle_id: String) -> AssignRequest {
+    AssignRequest {
+        handle_id,
+        node: "n1".into(),
+        num_ipv4: 1,
+        num_ipv6: 0,
+        ipv4_pools: Vec::new(),
+        ipv6_pools: Vec::new(),
+        use_: AllowedUse::Workload,
+        attributes: HandleAttributes::default(),
+    }
+}
+
+fn request(container: &str) -> CniRequest {
+    CniRequest {
+        key: AttachmentKey {
+            network: "net".into(),
+            container_id: container.into(),
+            ifname: "eth0".into(),
+        },
+        netns: "/".into(),
+        args: Default::default(),
+        config: serde_json::json!({"mtu": 1500}),
+    }
+}
+
+#[tokio::test]
+async fn a_failed_add_releases_its_address_and_leaves_no_veth_or_record() {
+    let s = setup().await;
+    s.kernel.fail_on("ConfigurePod");
+    let failure = s.ops.add(&request("c1")).await.expect_err("kernel failure");
+    assert_eq!(failure.code, DATAPLANE_FAILED, "{failure:?}");
+    assert!(matches!(
+        s.ipam.handle(&handle_id(&request("c1").key)).await,
+        Err(IpamError::NotFound(_))
+    ));
+    assert!(s.kernel.host_link_names().is_empty());
+    assert!(s.records.list().expect("records").is_empty());
+    // The next attempt succeeds and gets an address.
+    let added = s.ops.add(&request("c1")).await.expect("retry");
+    assert_eq!(added.addresses.len(), 1);
+}
+
+#[tokio::test]
+async fn start_up_sweep_undoes_interrupted_adds_and_orphans_only() {
+    let s = setup().await;
+    let kept = s.ops.add(&request("kept")).await.expect("add");
+    // An ADD that crashed after allocating and creating its veth: record still Adding.
+    let key = request("crashed").key;
+    s.ipam
+        .auto_assign(allocation(handle_id(&key)))
+        .await
+        .expect("allocation of the crashed ADD");
+    s.kernel
+        .create_veth(&key.host_ifname(), [0xee; 6], "eth9", Path::new("/crashed"), 1500)
+        .await
+        .expect("veth");
+    s.records
+        .save(
+            &Attachment {
+                key: key.clone(),
+                netns: "/crashed".into(),
+                handle_id: handle_id(&key),
+                host_ifname: key.host_ifname(),
+                addresses: Vec::new(),
+                namespace: String::new(),
+                pod: String::new(),
+                phase: Phase::Adding,
+            },
+            true,
+        )
+        .expect("intent record");
+    // An allocation of this node that no record knows (its intent record was lost).
+    s.ipam
+        .auto_assign(allocation("net.orphan".into()))
+        .await
+        .expect("orphan allocation");
+    // A stray brindle veth and someone else's link.
+    s.kernel
+        .create_veth("brd0000000dead", [0xee; 6], "eth0", Path::new("/stray"), 1500)
+        .await
+        .expect("stray");
+    s.kernel
+        .create_veth("eth-theirs", [0x02; 6], "eth0", Path::new("/theirs"), 1500)
+        .await
+        .expect("theirs");
+
+    s.ops.reconcile().await.expect("reconcile");
+
+    let links = s.kernel.host_link_names();
+    assert_eq!(
+        links,
+        vec![kept.wired.host_ifname.clone(), "eth-theirs".to_owned()],
+        "only brindle's orphans went"
+    );
+    assert!(
+        s.ipam.handle(&handle_id(&key)).await.is_err(),
+        "the crashed ADD's address is released"
+    );
+    assert!(
+        s.ipam.handle("net.orphan").await.is_err(),
+        "the orphan allocation is released"
+    );
+    assert!(
+        s.ipam.handle(&handle_id(&request("kept").key)).await.is_ok(),
+        "the live attachment keeps its address"
+    );
+    let records: Vec<_> = s
+        .records
+        .list()
+        .expect("records")
+        .into_iter()
+        .map(|a| a.key.container_id)
+        .collect();
+    assert_eq!(records, vec!["kept".to_owned()]);
+}
