@@ -181,19 +181,16 @@ async fn start_up_sweep_undoes_interrupted_adds_and_orphans_only() {
         .await
         .expect("veth");
     s.records
-        .save(
-            &Attachment {
-                key: key.clone(),
-                netns: "/crashed".into(),
-                handle_id: handle_id(&key),
-                host_ifname: key.host_ifname(),
-                addresses: Vec::new(),
-                namespace: String::new(),
-                pod: String::new(),
-                phase: Phase::Adding,
-            },
-            true,
-        )
+        .save(&Attachment {
+            key: key.clone(),
+            netns: "/crashed".into(),
+            handle_id: handle_id(&key),
+            host_ifname: key.host_ifname(),
+            addresses: Vec::new(),
+            namespace: String::new(),
+            pod: String::new(),
+            phase: Phase::Adding,
+        })
         .expect("intent record");
     // An allocation of this node that no record knows (its intent record was lost).
     s.ipam

@@ -1,6 +1,10 @@
-//! Durable attachment records under the agent's state directory (one JSON file per attachment,
-//! written to a temporary file, fsync'd and renamed in), so DEL, CHECK and GC work after an agent
-//! restart and the agent can reconcile records, kernel and IPAM on start.
+//! Attachment records under the agent's state directory (one JSON file per attachment, written to
+//! a temporary file and renamed in, so a record is always whole), so DEL, CHECK and GC work after an
+//! agent restart and the agent can reconcile records, kernel and IPAM on start.
+//!
+//! Records are not fsync'd: they must survive the agent crashing or restarting (the page cache
+//! does), not the node losing power — then every pod namespace is gone too, the runtime ADDs again,
+//! and the start-up sweep releases allocations no record owns.
 
 use std::path::{Path, PathBuf};
 
@@ -85,9 +89,8 @@ impl AttachmentStore {
         self.dir.join(format!("{}.json", key.host_ifname()))
     }
 
-    /// Writes (or replaces) a record; with `durable` it is fsync'd before this returns (an intent
-    /// record is not: losing it in a power cut leaves an allocation the start-up sweep releases).
-    pub fn save(&self, attachment: &Attachment, durable: bool) -> Result<(), RecordError> {
+    /// Writes (or replaces) a record atomically.
+    pub fn save(&self, attachment: &Attachment) -> Result<(), RecordError> {
         let path = self.path(&attachment.key);
         let temporary = path.with_extension("json.tmp");
         let io = |what, source| RecordError::Io {
@@ -101,14 +104,7 @@ impl AttachmentStore {
         })?;
         let file = std::fs::File::create(&temporary).map_err(|e| io("creating", e))?;
         std::io::Write::write_all(&mut &file, &bytes).map_err(|e| io("writing", e))?;
-        if durable {
-            file.sync_all().map_err(|e| io("syncing", e))?;
-        }
         std::fs::rename(&temporary, &path).map_err(|e| io("renaming", e))?;
-        if durable && let Ok(dir) = std::fs::File::open(&self.dir) {
-            // Makes the rename itself durable.
-            let _ = dir.sync_all();
-        }
         Ok(())
     }
 
@@ -197,8 +193,8 @@ mod tests {
     fn records_round_trip_and_survive_reopen() {
         let dir = std::env::temp_dir().join(format!("brindle-records-{}", std::process::id()));
         let store = AttachmentStore::open(&dir).expect("open");
-        store.save(&attachment("a"), true).expect("save");
-        store.save(&attachment("b"), false).expect("save");
+        store.save(&attachment("a")).expect("save");
+        store.save(&attachment("b")).expect("save");
         let reopened = AttachmentStore::open(&dir).expect("reopen");
         assert_eq!(
             reopened.load(&attachment("a").key).expect("load"),

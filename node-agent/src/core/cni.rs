@@ -371,14 +371,13 @@ impl CniOps {
             pod: request.args.get("K8S_POD_NAME").cloned().unwrap_or_default(),
             phase: Phase::Adding,
         };
-        // The intent is on disk before anything is allocated, so a crash mid-ADD is undone on
-        // start (and if a power cut loses it, the start-up sweep releases the orphan allocation).
-        self.records.save(&attachment, false)?;
+        // The intent is recorded before anything is allocated, so a crash mid-ADD is undone on start.
+        self.records.save(&attachment)?;
         self.links.wait_deleted(&attachment.host_ifname).await;
         match self.allocate_and_wire(&mut attachment, &requested, mtu).await {
             Ok(wired) => {
                 attachment.phase = Phase::Ready;
-                self.records.save(&attachment, true)?;
+                self.records.save(&attachment)?;
                 Ok(Added {
                     wired,
                     addresses: attachment.addresses,
