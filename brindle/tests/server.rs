@@ -15,18 +15,40 @@ struct Server {
 
 impl Server {
     fn start(extra_args: &[&str], log: &Path) -> Self {
-        let address = format!("127.0.0.1:{}", free_port().expect("free port"));
-        let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_brindle"))
-            .args(["server", "--listen", &address])
-            .args(extra_args)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start brindle server");
-        let server = Self { child, address };
-        server.wait_for_health("SERVING");
-        server
+        // A port found free may be taken before the server binds it: then it exits, and another
+        // port is tried.
+        for _ in 0..5 {
+            let address = format!("127.0.0.1:{}", free_port().expect("free port"));
+            let log = std::fs::File::create(log).expect("log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_brindle"))
+                .args(["server", "--listen", &address])
+                .args(extra_args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start brindle server");
+            let mut server = Self { child, address };
+            if server.wait_until_serving() {
+                return server;
+            }
+        }
+        panic!("brindle server exited at start five times; see {}", log.display());
+    }
+
+    /// Waits for SERVING; `false` if the server exited first.
+    fn wait_until_serving(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.child.try_wait().expect("child status").is_some() {
+                return false;
+            }
+            if self.health().contains("\"SERVING\"") && self.child.try_wait().expect("child status").is_none()
+            {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "brindle server never became healthy");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn grpcurl(&self, args: &[&str]) -> Output {

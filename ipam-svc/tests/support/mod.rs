@@ -100,29 +100,38 @@ pub struct IpamProcess {
 impl IpamProcess {
     /// Starts the binary with `args` (plus `--listen`) and waits until it answers.
     pub async fn start(args: &[&str], log: &std::path::Path) -> Self {
-        let address = format!("127.0.0.1:{}", free_port().expect("port"));
-        let log = std::fs::File::create(log).expect("log");
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-svc"))
-            .args(["--listen", &address])
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start ipam-svc");
-        let process = Self { child, address };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            if let Ok(mut client) = process.client().await
-                && client
-                    .list_pools(brindle_proto::ipam::v1::ListPoolsRequest {})
-                    .await
-                    .is_ok()
-            {
-                return process;
+        // A port found free may be taken before the process binds it: then it exits, and another
+        // port is tried. Ready means answering *and* still running (not another process's port).
+        for _ in 0..5 {
+            let address = format!("127.0.0.1:{}", free_port().expect("port"));
+            let log = std::fs::File::create(log).expect("log");
+            let child = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-svc"))
+                .args(["--listen", &address])
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start ipam-svc");
+            let mut process = Self { child, address };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            loop {
+                if process.child.try_wait().expect("child status").is_some() {
+                    break;
+                }
+                if let Ok(mut client) = process.client().await
+                    && client
+                        .list_pools(brindle_proto::ipam::v1::ListPoolsRequest {})
+                        .await
+                        .is_ok()
+                    && process.child.try_wait().expect("child status").is_none()
+                {
+                    return process;
+                }
+                assert!(std::time::Instant::now() < deadline, "ipam-svc did not start");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            assert!(std::time::Instant::now() < deadline, "ipam-svc did not start");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+        panic!("ipam-svc exited at start five times; see {}", log.display());
     }
 
     pub async fn client(&self) -> Result<IpamClient<Channel>, tonic::transport::Error> {
