@@ -405,15 +405,24 @@ impl CniOps {
             container_id: attachment.key.container_id.clone(),
             interface: attachment.key.ifname.clone(),
         };
+        let started = std::time::Instant::now();
         let leases = self
             .ipam
             .assign(&attachment.handle_id, &self.node, &owner, requested)
             .await?;
+        let allocated = started.elapsed();
         attachment.addresses = leases.iter().map(|l| IpNet::from(l.ip)).collect();
         let mut workload = workload(attachment, mtu);
         workload.blackholes = leases.iter().filter(|l| !l.borrowed).map(|l| l.block).collect();
         workload.blackholes.dedup();
-        Ok(self.wiring().attach(&workload).await?)
+        let wired = self.wiring().attach(&workload).await?;
+        tracing::debug!(
+            key = ?attachment.key,
+            ipam_us = allocated.as_micros(),
+            kernel_us = (started.elapsed() - allocated).as_micros(),
+            "attached"
+        );
+        Ok(wired)
     }
 
     /// Removes the veth (now, or in the background for DEL), releases the addresses, forgets the
