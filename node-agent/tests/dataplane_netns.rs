@@ -36,7 +36,7 @@ fn veth_is_born_in_the_pod_and_traffic_flows() {
             .expect("get")
             .expect("host end exists in the node");
         assert_eq!((host.mac, host.mtu), (HOST_MAC, 1450));
-        kernel.set_up("brdtest0").await.expect("up");
+        assert!(host.up, "created up");
         ProcSysctl
             .set("net/ipv4/conf/brdtest0/proxy_arp", "1")
             .expect("proxy_arp");
@@ -193,7 +193,6 @@ fn retired_veths_are_deleted_in_one_bulk_request() {
                 .create_veth(&format!("brdbulk{i}"), HOST_MAC, "eth0", path, 1500)
                 .await
                 .expect("veth");
-            kernel.set_up(&format!("brdbulk{i}")).await.expect("up");
         }
         assert!(kernel.retire_link("brdbulk0").await.expect("retire"));
         assert!(kernel.retire_link("brdbulk1").await.expect("retire"));

@@ -148,7 +148,6 @@ impl<'a> Wiring<'a> {
         ] {
             self.sysctl.set(&key, value)?;
         }
-        self.netlink.set_up(host_ifname).await?;
         let config = PodConfig {
             addresses: workload.addresses.clone(),
             gateway: GATEWAY_V4,

@@ -92,7 +92,8 @@ pub struct PodState {
 /// namespace; pod-side calls open a netlink socket inside the pod's namespace for that call.
 #[async_trait::async_trait]
 pub trait Netlink: Send + Sync {
-    /// Creates a veth pair whose pod end is created directly inside `pod_netns` as `pod_name`.
+    /// Creates a veth pair, the host end up, whose pod end is created directly inside `pod_netns`
+    /// as `pod_name`.
     async fn create_veth(
         &self,
         host_name: &str,
@@ -105,8 +106,6 @@ pub trait Netlink: Send + Sync {
     async fn link(&self, name: &str) -> Result<Option<LinkState>, DataplaneError>;
     /// Every host link.
     async fn links(&self) -> Result<Vec<LinkState>, DataplaneError>;
-    /// Brings a host link up.
-    async fn set_up(&self, name: &str) -> Result<(), DataplaneError>;
     /// Deletes a host link (a veth takes its peer along); `false` when it did not exist.
     async fn delete_link(&self, name: &str) -> Result<bool, DataplaneError>;
     /// Takes a host link down and moves it to [`RETIRED_GROUP`] for a later bulk delete; `false`

@@ -109,16 +109,6 @@ async fn require_link(handle: &Handle, name: &str) -> Result<LinkState, Dataplan
         .ok_or_else(|| DataplaneError::Missing(format!("link {name}")))
 }
 
-async fn set_link_up(handle: &Handle, link: &LinkState) -> Result<(), DataplaneError> {
-    let message = LinkUnspec::new_with_index(link.index).up().build();
-    handle
-        .link()
-        .set(message)
-        .execute()
-        .await
-        .map_err(|e| DataplaneError::netlink(format!("set {} up", link.name), e))
-}
-
 fn invalid_route(route: &Route, error: &dyn std::fmt::Display) -> DataplaneError {
     DataplaneError::Missing(format!("a valid route for {route:?} ({error})"))
 }
@@ -239,6 +229,8 @@ impl Netlink for RtNetlink {
             path: pod_netns.to_owned(),
             reason: e.to_string(),
         })?;
+        // The host end is created up; the pod end cannot be (the kernel opens it before the pair is
+        // linked), configure_pod brings it up.
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(pod_name.to_owned())
             .mtu(mtu)
@@ -247,6 +239,7 @@ impl Netlink for RtNetlink {
         let message = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
             .name(host_name.to_owned())
             .mtu(mtu)
+            .up()
             .address(host_mac.to_vec())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
@@ -264,11 +257,6 @@ impl Netlink for RtNetlink {
 
     async fn links(&self) -> Result<Vec<LinkState>, DataplaneError> {
         all_links(&self.host).await
-    }
-
-    async fn set_up(&self, name: &str) -> Result<(), DataplaneError> {
-        let link = require_link(&self.host, name).await?;
-        set_link_up(&self.host, &link).await
     }
 
     async fn delete_link(&self, name: &str) -> Result<bool, DataplaneError> {
@@ -361,8 +349,14 @@ impl Netlink for RtNetlink {
         config: &PodConfig,
     ) -> Result<LinkState, DataplaneError> {
         let pod = handle_in(netns).await?;
-        let link = require_link(&pod, ifname).await?;
-        set_link_up(&pod, &link).await?;
+        let mut link = require_link(&pod, ifname).await?;
+        let up = LinkUnspec::new_with_index(link.index).up().build();
+        pod.link()
+            .set(up)
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("set {ifname} up in the pod"), e))?;
+        link.up = true;
         for address in &config.addresses {
             pod.address()
                 .add(link.index, address.addr(), address.prefix_len())
@@ -415,7 +409,7 @@ impl Netlink for RtNetlink {
             .execute()
             .await
             .map_err(|e| DataplaneError::netlink("add the gateway neighbour in the pod", e))?;
-        require_link(&pod, ifname).await
+        Ok(link)
     }
 
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError> {

@@ -12,8 +12,6 @@ use super::{DataplaneError, LinkState, Mac, Netlink, PodConfig, PodState, Route,
 pub enum Call {
     /// `create_veth(host, pod, netns)`.
     CreateVeth(String, String, PathBuf),
-    /// `set_up(name)`.
-    SetUp(String),
     /// `delete_link(name)`.
     DeleteLink(String),
     /// `retire_link(name)`.
@@ -129,7 +127,7 @@ impl Netlink for RecordingKernel {
             index,
             mac: host_mac,
             mtu,
-            up: false,
+            up: true,
         };
         let pod = LinkState {
             name: pod_name.into(),
@@ -159,16 +157,6 @@ impl Netlink for RecordingKernel {
 
     async fn links(&self) -> Result<Vec<LinkState>, DataplaneError> {
         Ok(self.lock().host_links.values().cloned().collect())
-    }
-
-    async fn set_up(&self, name: &str) -> Result<(), DataplaneError> {
-        let mut state = self.record(Call::SetUp(name.into()))?;
-        let link = state
-            .host_links
-            .get_mut(name)
-            .ok_or_else(|| DataplaneError::Missing(format!("link {name}")))?;
-        link.up = true;
-        Ok(())
     }
 
     async fn delete_link(&self, name: &str) -> Result<bool, DataplaneError> {
