@@ -20,10 +20,10 @@ pub struct NetConf {
     pub name: String,
     /// `agentSocket`, or the default.
     pub agent_socket: String,
-    /// `prevResult`, when chained after another plugin.
-    pub prev_result: Option<Value>,
     /// The configuration as received.
     pub raw: Vec<u8>,
+    /// The configuration decoded.
+    pub document: Value,
 }
 
 /// `a.b.c` as numbers, for comparing versions.
@@ -64,13 +64,19 @@ impl NetConf {
         let name = text("name")
             .filter(|n| !n.is_empty())
             .ok_or_else(|| CniError::new(INVALID_CONFIG, "network configuration has no name"))?;
+        let agent_socket = text("agentSocket").unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_owned());
         Ok(Self {
             cni_version,
             name,
-            agent_socket: text("agentSocket").unwrap_or_else(|| DEFAULT_AGENT_SOCKET.to_owned()),
-            prev_result: object.get("prevResult").filter(|v| !v.is_null()).cloned(),
+            agent_socket,
             raw: stdin.to_vec(),
+            document: value,
         })
+    }
+
+    /// `prevResult`, when chained after another plugin.
+    pub fn prev_result(&self) -> Option<&Value> {
+        self.document.get("prevResult").filter(|v| !v.is_null())
     }
 
     /// Whether the configuration's version is at least `minimum`.

@@ -90,14 +90,14 @@ fn execute(env: &Invocation, stdin: &[u8], agent: &dyn Agent) -> Result<String, 
             Ok(result_json::render(
                 &result,
                 &conf.cni_version,
-                conf.prev_result.as_ref(),
+                conf.prev_result(),
             ))
         }
         Command::Del => outcome(agent.del(socket, invocation).map_err(failed)?),
         Command::Check => outcome(agent.check(socket, invocation).map_err(failed)?),
         Command::Status => outcome(agent.status(socket, invocation).map_err(failed)?),
         Command::Gc => {
-            let valid_attachments = valid_attachments(stdin)?;
+            let valid_attachments = valid_attachments(&conf.document)?;
             outcome(
                 agent
                     .gc(
@@ -115,9 +115,8 @@ fn execute(env: &Invocation, stdin: &[u8], agent: &dyn Agent) -> Result<String, 
 }
 
 /// `cni.dev/valid-attachments` of a GC request.
-fn valid_attachments(stdin: &[u8]) -> Result<Vec<AttachmentRef>, CniError> {
-    let value: Value = serde_json::from_slice(stdin).unwrap_or_default();
-    let Some(list) = value.get("cni.dev/valid-attachments") else {
+fn valid_attachments(config: &Value) -> Result<Vec<AttachmentRef>, CniError> {
+    let Some(list) = config.get("cni.dev/valid-attachments") else {
         return Ok(Vec::new());
     };
     let list = list

@@ -463,21 +463,10 @@ async fn assign_ip(plan: &mut Plan, request: &AssignIpRequest) -> Result<Allocat
     }
     let existing = plan.handle(&request.handle_id).await?;
     if let Some(handle) = &existing
-        && let Some(held) = handle.ips.iter().find(|h| h.ip == ip)
+        && let Some(hip) = handle.ips.iter().find(|h| h.ip == ip)
     {
-        let held = held.clone();
-        return Ok(handle_allocations(plan, handle)
-            .await?
-            .into_iter()
-            .find(|a| a.sequence == held.sequence)
-            .unwrap_or(Allocated {
-                ip,
-                block: held.block,
-                pool: pool.name.clone(),
-                sequence: held.sequence,
-                borrowed: false,
-                handle_id: request.handle_id.clone(),
-            }));
+        let block = plan.block(hip.block).await?;
+        return Ok(held(handle, hip, block.as_ref()));
     }
     let cidr = IpNet::new(ip, pool.block_size)
         .map_err(|e| IpamError::invalid("ip", e.to_string()))?

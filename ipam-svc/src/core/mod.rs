@@ -263,8 +263,9 @@ impl Ipam {
     /// Releases addresses that still carry the given sequence numbers; returns (released, skipped).
     pub async fn release_ips(&self, ips: &[(IpAddr, u64)]) -> Result<(Vec<IpAddr>, Vec<IpAddr>), IpamError> {
         let (mut released, mut skipped) = (Vec::new(), Vec::new());
+        let (pools, _) = self.list_pools().await?;
         for (ip, sequence) in ips {
-            let owner = self.block_owner(*ip).await?;
+            let owner = self.block_owner(&pools, *ip).await?;
             match self
                 .submit(
                     &owner,
@@ -284,8 +285,7 @@ impl Ipam {
     }
 
     /// The node whose writer handles `ip`'s block ("" when the block has no owner or is unknown).
-    async fn block_owner(&self, ip: IpAddr) -> Result<String, IpamError> {
-        let (pools, _) = self.list_pools().await?;
+    async fn block_owner(&self, pools: &[Pool], ip: IpAddr) -> Result<String, IpamError> {
         let Some(pool) = pools.iter().find(|p| p.cidr.contains(&ip)) else {
             return Ok(String::new());
         };

@@ -547,13 +547,16 @@ impl CniOps {
     /// that no record owns are released, and links no record owns are removed. Nothing is touched
     /// that brindle does not own.
     pub async fn reconcile(&self) -> Result<(), CniFailure> {
-        for attachment in self.records.list()? {
-            if attachment.phase == Phase::Adding {
-                tracing::info!(key = ?attachment.key, "undoing an ADD interrupted by a restart");
-                self.undo(&attachment, Removal::Now).await?;
-            }
+        let (interrupted, ready): (Vec<_>, Vec<_>) = self
+            .records
+            .list()?
+            .into_iter()
+            .partition(|a| a.phase == Phase::Adding);
+        for attachment in interrupted {
+            tracing::info!(key = ?attachment.key, "undoing an ADD interrupted by a restart");
+            self.undo(&attachment, Removal::Now).await?;
         }
-        let owned: Vec<String> = self.records.list()?.into_iter().map(|a| a.handle_id).collect();
+        let owned: Vec<String> = ready.into_iter().map(|a| a.handle_id).collect();
         let released = self.ipam.collect_garbage(&self.node, &owned, "").await?;
         if released > 0 {
             tracing::info!(
