@@ -8,6 +8,9 @@ source scripts/install-deps.sh
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # End-to-end tests execute other packages' binaries (brindle-cni, node-agent): build them all first.
 cargo build --workspace --bins --locked
+# The end-to-end CNI tests exec the shim in the form hosts install it (static release build).
+BRINDLE_CNI_BIN="$(scripts/build-shim.sh)"
+export BRINDLE_CNI_BIN
 log="$(mktemp /tmp/brindle-test-XXXXXX.log)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

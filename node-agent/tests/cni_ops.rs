@@ -151,19 +151,25 @@ fn request(container: &str) -> CniRequest {
 
 #[tokio::test]
 async fn a_failed_add_releases_its_address_and_leaves_no_veth_or_record() {
-    let s = setup().await;
-    s.kernel.fail_on("ConfigurePod");
-    let failure = s.ops.add(&request("c1")).await.expect_err("kernel failure");
-    assert_eq!(failure.code, DATAPLANE_FAILED, "{failure:?}");
-    assert!(matches!(
-        s.ipam.handle(&handle_id(&request("c1").key)).await,
-        Err(IpamError::NotFound(_))
-    ));
-    assert!(s.kernel.host_link_names().is_empty());
-    assert!(s.records.list().expect("records").is_empty());
-    // The next attempt succeeds and gets an address.
-    let added = s.ops.add(&request("c1")).await.expect("retry");
-    assert_eq!(added.addresses.len(), 1);
+    // One failure while the interface is built (IPAM allocating at the same time), one after.
+    for failing in ["PreparePod", "AddPodAddresses"] {
+        let s = setup().await;
+        s.kernel.fail_on(failing);
+        let failure = s.ops.add(&request("c1")).await.expect_err("kernel failure");
+        assert_eq!(failure.code, DATAPLANE_FAILED, "{failing}: {failure:?}");
+        assert!(
+            matches!(
+                s.ipam.handle(&handle_id(&request("c1").key)).await,
+                Err(IpamError::NotFound(_))
+            ),
+            "{failing}: address released"
+        );
+        assert!(s.kernel.host_link_names().is_empty(), "{failing}: veth removed");
+        assert!(s.records.list().expect("records").is_empty(), "{failing}: no record");
+        // The next attempt succeeds and gets an address.
+        let added = s.ops.add(&request("c1")).await.expect("retry");
+        assert_eq!(added.addresses.len(), 1);
+    }
 }
 
 #[tokio::test]

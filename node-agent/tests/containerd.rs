@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::node::{Node, workspace_binary};
+use support::node::{Node, shim_binary};
 use support::{eventually, run};
 
 const IMAGE: &str = "docker.io/library/brindle-busybox:test";
@@ -133,7 +133,7 @@ fn cni_dirs(node: &Node, base: &Path) -> (PathBuf, PathBuf) {
         node.socket().display()
     );
     std::fs::write(conf_dir.join("10-brindle.conflist"), conflist).expect("conflist");
-    std::fs::copy(workspace_binary("brindle-cni"), bin_dir.join("brindle-cni")).expect("install shim");
+    std::fs::copy(shim_binary(), bin_dir.join("brindle-cni")).expect("install shim");
     for fixed in ["/etc/cni/net.d", "/opt/cni/bin"] {
         std::fs::create_dir_all(fixed).expect("mount point");
     }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use node_agent::dataplane::{
-    DataplaneError, Netlink, PodConfig, ProcSysctl, Route, RouteKind, RtNetlink, Sysctl,
+    DataplaneError, Netlink, PodGateway, ProcSysctl, Route, RouteKind, RtNetlink, Sysctl,
 };
 use support::Netns;
 
@@ -64,16 +64,19 @@ fn veth_is_born_in_the_pod_and_traffic_flows() {
             kind: RouteKind::Blackhole,
         };
         kernel.replace_route(&blackhole).await.expect("blackhole");
-        let config = PodConfig {
-            addresses: vec![net("10.244.0.5/32")],
-            gateway: "169.254.1.1".parse::<IpAddr>().expect("ip"),
-            gateway_mac: HOST_MAC,
+        let gateway = PodGateway {
+            address: "169.254.1.1".parse::<IpAddr>().expect("ip"),
+            mac: HOST_MAC,
         };
         let pod_link = kernel
-            .configure_pod(&pod_path, "eth0", &config)
+            .prepare_pod(&pod_path, "eth0", &gateway)
             .await
-            .expect("configure pod");
+            .expect("prepare pod");
         assert!(pod_link.up);
+        kernel
+            .add_pod_addresses(&pod_path, &pod_link, &[net("10.244.0.5/32")])
+            .await
+            .expect("pod address");
         let state = kernel
             .inspect_pod(&pod_path, "eth0")
             .await

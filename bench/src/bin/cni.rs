@@ -4,8 +4,9 @@
 //! pod namespace each), sequentially and 100 at once; plus the shim's size and its own overhead
 //! (shim ADD minus the same ADD sent straight to the agent socket).
 //!
-//! Needs root, Debian's containernetworking-plugins, and release binaries:
-//! `cargo build --release --workspace --bins && target/release/bench-cni`.
+//! Needs root, Debian's containernetworking-plugins, release binaries and the shim as it is
+//! installed (static, see `scripts/build-shim.sh`):
+//! `cargo build --release --workspace --bins && target/release/bench-cni --shim "$(scripts/build-shim.sh)"`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -199,7 +200,20 @@ fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The shim binary under test: `--shim PATH`.
+fn shim_binary() -> anyhow::Result<PathBuf> {
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next()) {
+        (Some("--shim"), Some(path)) if Path::new(&path).exists() => Ok(PathBuf::from(path)),
+        (Some("--shim"), Some(path)) => bail!("--shim {path}: no such file"),
+        _ => bail!(
+            "usage: bench-cni --shim PATH — the shim as installed: --shim \"$(scripts/build-shim.sh)\""
+        ),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
+    let shim = shim_binary()?;
     let prefix = format!("brdb{}", std::process::id());
     let work = tempfile::Builder::new().prefix("brindle-bench-cni-").tempdir()?;
     let node = Netns::new(format!("{prefix}-node"))?;
@@ -281,7 +295,7 @@ fn main() -> anyhow::Result<()> {
     );
     let brindle = Plugin {
         label: "brindle",
-        binary: release_binary("brindle-cni")?,
+        binary: shim,
         config: brindle_config.clone(),
     };
     let peer = Plugin {

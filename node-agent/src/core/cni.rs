@@ -405,21 +405,35 @@ impl CniOps {
             container_id: attachment.key.container_id.clone(),
             interface: attachment.key.ifname.clone(),
         };
+        // The interface does not depend on the addresses: it is built while IPAM allocates, and
+        // addressed once both are done (both finish before a failure is reported, so the undo
+        // that follows sees everything either of them did).
+        let wiring = self.wiring();
+        let netns = PathBuf::from(&attachment.netns);
+        let timed = |started: std::time::Instant| started.elapsed().as_micros();
         let started = std::time::Instant::now();
-        let leases = self
-            .ipam
-            .assign(&attachment.handle_id, &self.node, &owner, requested)
-            .await?;
-        let allocated = started.elapsed();
+        let ((created, create_us), (assigned, ipam_us)) = tokio::join!(
+            async { (wiring.create(&attachment.key, &netns, mtu).await, timed(started)) },
+            async {
+                let assigned = self
+                    .ipam
+                    .assign(&attachment.handle_id, &self.node, &owner, requested)
+                    .await;
+                (assigned, timed(started))
+            },
+        );
+        let wired = created?;
+        let leases = assigned?;
         attachment.addresses = leases.iter().map(|l| IpNet::from(l.ip)).collect();
         let mut workload = workload(attachment, mtu);
         workload.blackholes = leases.iter().filter(|l| !l.borrowed).map(|l| l.block).collect();
         workload.blackholes.dedup();
-        let wired = self.wiring().attach(&workload).await?;
+        wiring.address(&workload, &wired).await?;
         tracing::debug!(
             key = ?attachment.key,
-            ipam_us = allocated.as_micros(),
-            kernel_us = (started.elapsed() - allocated).as_micros(),
+            create_us,
+            ipam_us,
+            total_us = timed(started),
             "attached"
         );
         Ok(wired)

@@ -1,14 +1,15 @@
 //! Wiring one workload interface Calico-style: a veth whose pod end is born in the pod namespace,
 //! host end `brd<11 hex>` with MAC ee:ee:ee:ee:ee:ee, proxy ARP and forwarding on, `<ip>/32` in the
-//! pod with 169.254.1.1 on-link as its gateway, and a `/32` host route per address. A failed
-//! attach removes what it created.
+//! pod with 169.254.1.1 on-link as its gateway, and a `/32` host route per address. The interface
+//! is created before its addresses are known (so it can be built while IPAM allocates) and
+//! addressed afterwards.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use crate::dataplane::{DataplaneError, LinkState, Mac, Netlink, PodConfig, Route, RouteKind, Sysctl};
+use crate::dataplane::{DataplaneError, LinkState, Mac, Netlink, PodGateway, Route, RouteKind, Sysctl};
 
 /// MAC of every host-side veth (as Calico).
 pub const HOST_MAC: Mac = [0xee; 6];
@@ -110,37 +111,33 @@ impl<'a> Wiring<'a> {
         Self { netlink, sysctl }
     }
 
-    /// Creates and configures both ends; on failure removes the veth again (its routes go with it).
-    pub async fn attach(&self, workload: &Workload) -> Result<Wired, WiringError> {
-        let host_ifname = workload.key.host_ifname();
+    /// Creates the veth for `key` in `netns` and configures everything that does not depend on
+    /// the pod's addresses: host end (proxy ARP, forwarding), pod end up with its gateway routes.
+    /// On failure removes the veth again.
+    pub async fn create(&self, key: &AttachmentKey, netns: &Path, mtu: u32) -> Result<Wired, WiringError> {
+        let host_ifname = key.host_ifname();
         self.netlink
-            .create_veth(
-                &host_ifname,
-                HOST_MAC,
-                &workload.key.ifname,
-                &workload.netns,
-                workload.mtu,
-            )
+            .create_veth(&host_ifname, HOST_MAC, &key.ifname, netns, mtu)
             .await
             .map_err(|e| match e {
                 DataplaneError::Exists(_) => WiringError::InterfaceExists {
-                    ifname: workload.key.ifname.clone(),
-                    netns: workload.netns.display().to_string(),
+                    ifname: key.ifname.clone(),
+                    netns: netns.display().to_string(),
                 },
                 other => WiringError::Kernel(other),
             })?;
-        match self.configure(workload, &host_ifname).await {
+        match self.prepare(netns, &key.ifname, &host_ifname).await {
             Ok(pod) => Ok(Wired { host_ifname, pod }),
             Err(error) => {
                 if let Err(cleanup) = self.netlink.delete_link(&host_ifname).await {
-                    tracing::warn!(%host_ifname, error = %cleanup, "removing the veth of a failed attach");
+                    tracing::warn!(%host_ifname, error = %cleanup, "removing the veth of a failed create");
                 }
                 Err(error.into())
             }
         }
     }
 
-    async fn configure(&self, workload: &Workload, host_ifname: &str) -> Result<LinkState, DataplaneError> {
+    async fn prepare(&self, netns: &Path, ifname: &str, host_ifname: &str) -> Result<LinkState, DataplaneError> {
         for (key, value) in [
             (format!("net/ipv4/conf/{host_ifname}/proxy_arp"), "1"),
             (format!("net/ipv4/neigh/{host_ifname}/proxy_delay"), "0"),
@@ -148,24 +145,33 @@ impl<'a> Wiring<'a> {
         ] {
             self.sysctl.set(&key, value)?;
         }
-        let config = PodConfig {
-            addresses: workload.addresses.clone(),
-            gateway: GATEWAY_V4,
-            gateway_mac: HOST_MAC,
+        let gateway = PodGateway {
+            address: GATEWAY_V4,
+            mac: HOST_MAC,
         };
-        let pod = self
+        self.netlink.prepare_pod(netns, ifname, &gateway).await
+    }
+
+    /// Gives the interface [`create`](Self::create) made its addresses: inside the pod, a host
+    /// route each, and a blackhole per local block. On failure the caller removes the interface
+    /// ([`detach`](Self::detach)).
+    pub async fn address(&self, workload: &Workload, wired: &Wired) -> Result<(), DataplaneError> {
+        let pod_side = self
             .netlink
-            .configure_pod(&workload.netns, &workload.key.ifname, &config)
-            .await?;
-        for address in &workload.addresses {
-            self.netlink
-                .replace_route(&host_route(*address, host_ifname))
-                .await?;
-        }
-        for block in &workload.blackholes {
-            self.netlink.replace_route(&blackhole(*block)).await?;
-        }
-        Ok(pod)
+            .add_pod_addresses(&workload.netns, &wired.pod, &workload.addresses);
+        let host_side = async {
+            for address in &workload.addresses {
+                self.netlink
+                    .replace_route(&host_route(*address, &wired.host_ifname))
+                    .await?;
+            }
+            for block in &workload.blackholes {
+                self.netlink.replace_route(&blackhole(*block)).await?;
+            }
+            Ok(())
+        };
+        let (pod_side, host_side) = tokio::join!(pod_side, host_side);
+        pod_side.and(host_side)
     }
 
     /// Removes the host veth (the pod end and the host routes go with it); absent is fine.
@@ -254,11 +260,17 @@ mod tests {
         assert_ne!(other.host_ifname(), name, "another ifname is another attachment");
     }
 
+    async fn attach(wiring: &Wiring<'_>, workload: &Workload) -> Result<Wired, WiringError> {
+        let wired = wiring.create(&workload.key, &workload.netns, workload.mtu).await?;
+        wiring.address(workload, &wired).await?;
+        Ok(wired)
+    }
+
     #[tokio::test]
-    async fn attach_wires_both_ends_then_check_is_clean() {
+    async fn create_then_address_wires_both_ends_then_check_is_clean() {
         let kernel = RecordingKernel::default();
         let wiring = Wiring::new(&kernel, &kernel);
-        let wired = wiring.attach(&workload()).await.expect("attach");
+        let wired = attach(&wiring, &workload()).await.expect("attach");
         let host = wired.host_ifname.clone();
         let calls = kernel.calls();
         assert_eq!(
@@ -269,7 +281,12 @@ mod tests {
             format!("net/ipv4/conf/{host}/proxy_arp"),
             "1".into()
         )));
-        assert!(calls.contains(&Call::ConfigurePod("/".into(), "eth0".into())));
+        assert!(calls.contains(&Call::PreparePod("/".into(), "eth0".into())));
+        assert!(calls.contains(&Call::AddPodAddresses(
+            "/".into(),
+            "eth0".into(),
+            workload().addresses
+        )));
         assert!(
             kernel
                 .current_routes()
@@ -281,17 +298,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn failed_attach_leaves_nothing_behind() {
+    async fn failed_create_leaves_nothing_behind() {
         let kernel = RecordingKernel::default();
-        kernel.fail_on("ConfigurePod");
+        kernel.fail_on("PreparePod");
         let wiring = Wiring::new(&kernel, &kernel);
-        assert!(wiring.attach(&workload()).await.is_err());
+        let workload = workload();
+        assert!(
+            wiring
+                .create(&workload.key, &workload.netns, workload.mtu)
+                .await
+                .is_err()
+        );
         assert!(kernel.host_link_names().is_empty(), "veth removed");
         assert!(kernel.current_routes().is_empty());
         assert!(
             kernel
                 .calls()
-                .contains(&Call::DeleteLink(workload().key.host_ifname()))
+                .contains(&Call::DeleteLink(workload.key.host_ifname()))
         );
     }
 
@@ -299,10 +322,10 @@ mod tests {
     async fn existing_pod_interface_is_a_clear_error() {
         let kernel = RecordingKernel::default();
         let wiring = Wiring::new(&kernel, &kernel);
-        wiring.attach(&workload()).await.expect("first");
+        attach(&wiring, &workload()).await.expect("first");
         let mut second = workload();
         second.key.container_id = "other".into();
-        let error = wiring.attach(&second).await.expect_err("eth0 taken");
+        let error = attach(&wiring, &second).await.expect_err("eth0 taken");
         assert!(matches!(error, WiringError::InterfaceExists { .. }), "{error}");
     }
 
@@ -310,7 +333,7 @@ mod tests {
     async fn check_names_what_was_removed_out_of_band() {
         let kernel = RecordingKernel::default();
         let wiring = Wiring::new(&kernel, &kernel);
-        wiring.attach(&workload()).await.expect("attach");
+        attach(&wiring, &workload()).await.expect("attach");
         kernel.remove_pod_link_out_of_band(Path::new("/"), "eth0");
         let problems = wiring.check(&workload()).await.expect("check");
         assert!(

@@ -66,15 +66,13 @@ pub struct Route {
     pub kind: RouteKind,
 }
 
-/// The pod side of a workload interface: addresses and the routes through the fake gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodConfig {
-    /// Addresses (`<ip>/32`, `<ip>/128`).
-    pub addresses: Vec<IpNet>,
+/// The fake gateway a pod routes through: an on-link address answered by the host end of the veth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodGateway {
     /// Gateway address routed on-link (169.254.1.1).
-    pub gateway: IpAddr,
+    pub address: IpAddr,
     /// The gateway's MAC (the host side of the veth), installed as a permanent neighbour.
-    pub gateway_mac: Mac,
+    pub mac: Mac,
 }
 
 /// What CHECK finds inside a pod.
@@ -120,15 +118,22 @@ pub trait Netlink: Send + Sync {
     async fn delete_route(&self, route: &Route) -> Result<bool, DataplaneError>;
     /// Host routes carrying [`ROUTE_PROTOCOL`].
     async fn routes(&self) -> Result<Vec<Route>, DataplaneError>;
-    /// Configures the pod end: up, addresses, on-link gateway route and default route (unless the
-    /// pod has them already through an earlier brindle interface), permanent neighbour for the
-    /// gateway. Returns the pod interface as configured.
-    async fn configure_pod(
+    /// Prepares the pod end before its addresses are known: up, on-link gateway route and default
+    /// route (unless the pod has them already through an earlier brindle interface), permanent
+    /// neighbour for the gateway. Returns the pod interface.
+    async fn prepare_pod(
         &self,
         netns: &Path,
         ifname: &str,
-        config: &PodConfig,
+        gateway: &PodGateway,
     ) -> Result<LinkState, DataplaneError>;
+    /// Adds `addresses` (`<ip>/32`, `<ip>/128`) to the prepared pod interface `pod`.
+    async fn add_pod_addresses(
+        &self,
+        netns: &Path,
+        pod: &LinkState,
+        addresses: &[IpNet],
+    ) -> Result<(), DataplaneError>;
     /// The pod interface, its addresses, and the pod's routes; `None` when it does not exist.
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError>;
 }

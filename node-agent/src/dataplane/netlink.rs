@@ -18,7 +18,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use super::error::errno;
 use super::{
-    DataplaneError, LinkState, Mac, Netlink, PodConfig, PodState, RETIRED_GROUP, ROUTE_PROTOCOL, Route,
+    DataplaneError, LinkState, Mac, Netlink, PodGateway, PodState, RETIRED_GROUP, ROUTE_PROTOCOL, Route,
     RouteKind,
 };
 
@@ -230,7 +230,7 @@ impl Netlink for RtNetlink {
             reason: e.to_string(),
         })?;
         // The host end is created up; the pod end cannot be (the kernel opens it before the pair is
-        // linked), configure_pod brings it up.
+        // linked), prepare_pod brings it up.
         let peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(pod_name.to_owned())
             .mtu(mtu)
@@ -342,11 +342,11 @@ impl Netlink for RtNetlink {
         Ok(routes)
     }
 
-    async fn configure_pod(
+    async fn prepare_pod(
         &self,
         netns: &Path,
         ifname: &str,
-        config: &PodConfig,
+        gateway: &PodGateway,
     ) -> Result<LinkState, DataplaneError> {
         let pod = handle_in(netns).await?;
         let mut link = require_link(&pod, ifname).await?;
@@ -357,27 +357,20 @@ impl Netlink for RtNetlink {
             .await
             .map_err(|e| DataplaneError::netlink(format!("set {ifname} up in the pod"), e))?;
         link.up = true;
-        for address in &config.addresses {
-            pod.address()
-                .add(link.index, address.addr(), address.prefix_len())
-                .execute()
-                .await
-                .map_err(|e| DataplaneError::netlink(format!("add {address} to {ifname}"), e))?;
-        }
         let on_link = Route {
-            destination: IpNet::from(config.gateway),
+            destination: IpNet::from(gateway.address),
             gateway: None,
             device: Some(ifname.to_owned()),
             scope_link: true,
             kind: RouteKind::Unicast,
         };
-        let unspecified = match config.gateway {
+        let unspecified = match gateway.address {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
         let default = Route {
             destination: IpNet::new(unspecified, 0).map_err(|e| DataplaneError::Missing(e.to_string()))?,
-            gateway: Some(config.gateway),
+            gateway: Some(gateway.address),
             device: Some(ifname.to_owned()),
             scope_link: false,
             kind: RouteKind::Unicast,
@@ -402,14 +395,31 @@ impl Netlink for RtNetlink {
             }
         }
         pod.neighbours()
-            .add(link.index, config.gateway)
-            .link_layer_address(&config.gateway_mac)
+            .add(link.index, gateway.address)
+            .link_layer_address(&gateway.mac)
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
             .await
             .map_err(|e| DataplaneError::netlink("add the gateway neighbour in the pod", e))?;
         Ok(link)
+    }
+
+    async fn add_pod_addresses(
+        &self,
+        netns: &Path,
+        pod_link: &LinkState,
+        addresses: &[IpNet],
+    ) -> Result<(), DataplaneError> {
+        let pod = handle_in(netns).await?;
+        for address in addresses {
+            pod.address()
+                .add(pod_link.index, address.addr(), address.prefix_len())
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("add {address} to {}", pod_link.name), e))?;
+        }
+        Ok(())
     }
 
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError> {

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{DataplaneError, LinkState, Mac, Netlink, PodConfig, PodState, Route, Sysctl};
+use ipnet::IpNet;
+
+use super::{DataplaneError, LinkState, Mac, Netlink, PodGateway, PodState, Route, Sysctl};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +24,10 @@ pub enum Call {
     ReplaceRoute(Route),
     /// `delete_route(route)`.
     DeleteRoute(Route),
-    /// `configure_pod(netns, ifname)`.
-    ConfigurePod(PathBuf, String),
+    /// `prepare_pod(netns, ifname)`.
+    PreparePod(PathBuf, String),
+    /// `add_pod_addresses(netns, ifname, addresses)`.
+    AddPodAddresses(PathBuf, String, Vec<IpNet>),
     /// `sysctl set(key, value)`.
     Sysctl(String, String),
 }
@@ -39,6 +43,15 @@ struct State {
     sysctls: BTreeMap<String, String>,
     next_index: u32,
     fail_on: Option<String>,
+}
+
+impl State {
+    fn pod_state(&mut self, netns: &Path, ifname: &str) -> Result<&mut PodState, DataplaneError> {
+        self.pod_links
+            .get_mut(&(netns.to_owned(), ifname.to_owned()))
+            .map(|(pod, _)| pod)
+            .ok_or_else(|| DataplaneError::Missing(format!("link {ifname} in {}", netns.display())))
+    }
 }
 
 /// The fake kernel.
@@ -212,26 +225,22 @@ impl Netlink for RecordingKernel {
         Ok(self.lock().routes.clone())
     }
 
-    async fn configure_pod(
+    async fn prepare_pod(
         &self,
         netns: &Path,
         ifname: &str,
-        config: &PodConfig,
+        gateway: &PodGateway,
     ) -> Result<LinkState, DataplaneError> {
-        let mut state = self.record(Call::ConfigurePod(netns.into(), ifname.into()))?;
-        let (pod, _) = state
-            .pod_links
-            .get_mut(&(netns.to_owned(), ifname.to_owned()))
-            .ok_or_else(|| DataplaneError::Missing(format!("link {ifname} in {}", netns.display())))?;
+        let mut state = self.record(Call::PreparePod(netns.into(), ifname.into()))?;
+        let pod = state.pod_state(netns, ifname)?;
         pod.link.up = true;
-        pod.addresses.clone_from(&config.addresses);
-        let default = match config.gateway {
+        let default = match gateway.address {
             std::net::IpAddr::V4(_) => "0.0.0.0/0",
             std::net::IpAddr::V6(_) => "::/0",
         };
         pod.routes = vec![
             Route {
-                destination: config.gateway.into(),
+                destination: gateway.address.into(),
                 gateway: None,
                 device: Some(ifname.into()),
                 scope_link: true,
@@ -241,13 +250,29 @@ impl Netlink for RecordingKernel {
                 destination: default
                     .parse()
                     .map_err(|_| DataplaneError::Missing("default route".into()))?,
-                gateway: Some(config.gateway),
+                gateway: Some(gateway.address),
                 device: Some(ifname.into()),
                 scope_link: false,
                 kind: super::RouteKind::Unicast,
             },
         ];
         Ok(pod.link.clone())
+    }
+
+    async fn add_pod_addresses(
+        &self,
+        netns: &Path,
+        pod_link: &LinkState,
+        addresses: &[IpNet],
+    ) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::AddPodAddresses(
+            netns.into(),
+            pod_link.name.clone(),
+            addresses.to_vec(),
+        ))?;
+        let pod = state.pod_state(netns, &pod_link.name)?;
+        pod.addresses.extend_from_slice(addresses);
+        Ok(())
     }
 
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError> {

@@ -31,6 +31,15 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The CNI shim under test: `$BRINDLE_CNI_BIN` when set (CI points it at the static build from
+/// `scripts/build-shim.sh`, the form installed on hosts), else the workspace build.
+pub fn shim_binary() -> PathBuf {
+    match std::env::var_os("BRINDLE_CNI_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_binary("brindle-cni"),
+    }
+}
+
 /// A node: its namespace, ipam-svc inside it, and the agent process.
 pub struct Node {
     pub netns: Netns,
@@ -145,7 +154,7 @@ impl Node {
     /// Runs the shim like a runtime does.
     pub fn cni(&self, env: &[(&str, &str)], config: &str) -> Run {
         let config = config.replace("SOCKET", &self.socket().display().to_string());
-        let mut child = Command::new(workspace_binary("brindle-cni"))
+        let mut child = Command::new(shim_binary())
             .env_clear()
             .envs(env.iter().copied())
             .env("CNI_PATH", "/opt/cni/bin")
