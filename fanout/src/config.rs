@@ -1,0 +1,45 @@
+//! Tunables of a fan-out: batching, history, keepalives, per-subscriber buffering.
+
+use std::time::Duration;
+
+/// How a [`Fanout`](crate::Fanout) batches, remembers and talks.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    /// A batch is flushed once it holds this many keys (changes of one revision are never split).
+    pub max_batch_entries: usize,
+    /// ... or this long after its first change.
+    pub max_batch_delay: Duration,
+    /// Keys kept in the history of batches; a subscriber whose position falls out of it is
+    /// evicted and must resync, and a resume from before it gets a snapshot.
+    pub history_entries: usize,
+    /// Snapshots at least this big (raw bytes) are zstd-compressed.
+    pub compress_from_bytes: usize,
+    /// A session sends a keepalive after this long without sending anything.
+    pub keepalive_interval: Duration,
+    /// A session ends when the subscriber has said nothing (ack or keepalive) for this long.
+    pub keepalive_timeout: Duration,
+    /// Messages queued toward one subscriber; a full queue for [`send_timeout`](Self::send_timeout)
+    /// evicts it (bounds per-subscriber memory).
+    pub queue_messages: usize,
+    /// How long a session waits for room in a subscriber's queue.
+    pub send_timeout: Duration,
+    /// How long a subscriber resuming from a revision this replica has not reached yet waits for
+    /// it before it is given a snapshot instead.
+    pub resume_wait: Duration,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_entries: 100,
+            max_batch_delay: Duration::from_millis(10),
+            history_entries: 100_000,
+            compress_from_bytes: 4096,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(30),
+            queue_messages: 8,
+            send_timeout: Duration::from_secs(30),
+            resume_wait: Duration::from_secs(5),
+        }
+    }
+}

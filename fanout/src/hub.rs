@@ -1,0 +1,328 @@
+//! The publishing side: keyed state at a revision, pending changes coalesced per key, flushed as
+//! batches into a bounded history, the shared snapshot, and the subscriber status table.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
+use std::time::SystemTime;
+
+use tokio::sync::{Notify, watch};
+
+use crate::{EncodedSnapshot, FanoutConfig, FanoutError, SnapshotEncoder};
+
+/// One change to the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change<V> {
+    /// `key` now has this value.
+    Upsert(String, V),
+    /// `key` is gone.
+    Remove(String),
+}
+
+/// The changes that took the state from revision `from` to revision `to`, one final value per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch<V> {
+    /// Revision before the batch.
+    pub from: u64,
+    /// Revision after it.
+    pub to: u64,
+    /// Keys set, with their values at `to`.
+    pub upserts: Vec<(String, V)>,
+    /// Keys removed.
+    pub removed: Vec<String>,
+}
+
+impl<V> Batch<V> {
+    /// Keys the batch touches.
+    pub fn len(&self) -> usize {
+        self.upserts.len() + self.removed.len()
+    }
+
+    /// Whether it touches no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What the fan-out knows about one subscriber (by the node it acts for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberStatus {
+    /// The node.
+    pub node: String,
+    /// Whether a session is open now.
+    pub connected: bool,
+    /// Last revision sent to it.
+    pub sent_revision: u64,
+    /// Last revision it acknowledged as applied.
+    pub acked_revision: u64,
+    /// When it last acknowledged.
+    pub acked_at: Option<SystemTime>,
+    /// Kernel objects it reported as programmed with its last ack.
+    pub programmed: u64,
+}
+
+pub(crate) struct Inner<V> {
+    pub(crate) state: BTreeMap<String, V>,
+    pub(crate) revision: u64,
+    /// Revision from which the history is complete: any position at or after it can resume.
+    pub(crate) floor: u64,
+    pub(crate) history: VecDeque<Arc<Batch<V>>>,
+    history_keys: usize,
+    pending: BTreeMap<String, Option<V>>,
+    pending_revision: u64,
+}
+
+pub(crate) struct Shared<V> {
+    pub(crate) config: FanoutConfig,
+    encoder: SnapshotEncoder<V>,
+    inner: RwLock<Inner<V>>,
+    /// The flushed revision; subscribers wait on it.
+    pub(crate) flushed: watch::Sender<u64>,
+    /// Wakes the flusher when a batch starts.
+    batch_started: Arc<Notify>,
+    snapshot: tokio::sync::Mutex<Option<Arc<EncodedSnapshot>>>,
+    subscribers: Mutex<BTreeMap<String, SubscriberStatus>>,
+}
+
+impl<V> Drop for Shared<V> {
+    fn drop(&mut self) {
+        // Lets the flusher notice that the fan-out is gone.
+        self.batch_started.notify_one();
+    }
+}
+
+/// Keyed state streamed to subscribers. Cloning shares it.
+pub struct Fanout<V> {
+    pub(crate) shared: Arc<Shared<V>>,
+}
+
+impl<V> Clone for Fanout<V> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
+    /// An empty state at revision 0 (call inside a tokio runtime: it starts the batch flusher).
+    pub fn new(config: FanoutConfig, encoder: SnapshotEncoder<V>) -> Self {
+        let batch_started = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            config,
+            encoder,
+            inner: RwLock::new(Inner {
+                state: BTreeMap::new(),
+                revision: 0,
+                floor: 0,
+                history: VecDeque::new(),
+                history_keys: 0,
+                pending: BTreeMap::new(),
+                pending_revision: 0,
+            }),
+            flushed: watch::Sender::new(0),
+            batch_started: Arc::clone(&batch_started),
+            snapshot: tokio::sync::Mutex::new(None),
+            subscribers: Mutex::new(BTreeMap::new()),
+        });
+        tokio::spawn(flusher(Arc::downgrade(&shared), batch_started));
+        Self { shared }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner<V>> {
+        self.shared.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner<V>> {
+        self.shared.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the changes made at `revision` to the pending batch; `false` (and nothing changes)
+    /// when `revision` is not newer than everything published so far. A revision without changes
+    /// still advances the state's revision.
+    pub fn publish(&self, revision: u64, changes: impl IntoIterator<Item = Change<V>>) -> bool {
+        let mut inner = self.write();
+        if revision <= inner.revision.max(inner.pending_revision) {
+            return false;
+        }
+        let was_idle = inner.pending_revision == 0;
+        for change in changes {
+            // A change to a key the pending batch has not touched that leaves it as it is, is no
+            // change at any revision the batch spans: dropped. Every other key in the batch is
+            // sent with its final value, so a batch applies to the state at ANY revision it spans
+            // (a subscriber resuming on a replica that batched differently lands mid-batch).
+            let (key, value) = match change {
+                Change::Upsert(key, value) => (key, Some(value)),
+                Change::Remove(key) => (key, None),
+            };
+            if !inner.pending.contains_key(&key) && inner.state.get(&key) == value.as_ref() {
+                continue;
+            }
+            inner.pending.insert(key, value);
+        }
+        inner.pending_revision = revision;
+        if inner.pending.len() >= self.shared.config.max_batch_entries {
+            self.flush_locked(&mut inner);
+        } else if was_idle {
+            self.shared.batch_started.notify_one();
+        }
+        true
+    }
+
+    /// Replaces the whole state with `entries` at `revision` (after re-reading the source): only
+    /// the differences are published, at once.
+    pub fn reset(&self, revision: u64, entries: BTreeMap<String, V>) -> bool {
+        let mut inner = self.write();
+        if revision <= inner.revision.max(inner.pending_revision) {
+            return false;
+        }
+        let removed: Vec<String> = inner
+            .state
+            .keys()
+            .chain(inner.pending.keys())
+            .filter(|key| !entries.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in removed {
+            inner.pending.insert(key, None);
+        }
+        for (key, value) in entries {
+            if inner.pending.contains_key(&key) || inner.state.get(&key) != Some(&value) {
+                inner.pending.insert(key, Some(value));
+            }
+        }
+        inner.pending_revision = revision;
+        self.flush_locked(&mut inner);
+        true
+    }
+
+    /// Flushes the pending batch now.
+    pub fn flush(&self) {
+        let mut inner = self.write();
+        self.flush_locked(&mut inner);
+    }
+
+    fn flush_locked(&self, inner: &mut Inner<V>) {
+        if inner.pending_revision == 0 {
+            return;
+        }
+        let mut batch = Batch {
+            from: inner.revision,
+            to: inner.pending_revision,
+            upserts: Vec::new(),
+            removed: Vec::new(),
+        };
+        for (key, value) in std::mem::take(&mut inner.pending) {
+            match value {
+                Some(value) => {
+                    inner.state.insert(key.clone(), value.clone());
+                    batch.upserts.push((key, value));
+                }
+                None => {
+                    inner.state.remove(&key);
+                    batch.removed.push(key);
+                }
+            }
+        }
+        inner.revision = batch.to;
+        inner.pending_revision = 0;
+        if !batch.is_empty() {
+            inner.history_keys += batch.len();
+            inner.history.push_back(Arc::new(batch));
+            while inner.history_keys > self.shared.config.history_entries {
+                let Some(oldest) = inner.history.pop_front() else { break };
+                inner.history_keys -= oldest.len();
+                inner.floor = oldest.to;
+            }
+        }
+        self.shared.flushed.send_replace(inner.revision);
+    }
+
+    /// Revision of the flushed state.
+    pub fn revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    /// A copy of the flushed state.
+    pub fn state(&self) -> BTreeMap<String, V> {
+        self.read().state.clone()
+    }
+
+    /// The flushed state, encoded and compressed; built once per revision and shared.
+    pub async fn snapshot(&self) -> Arc<EncodedSnapshot> {
+        let mut cached = self.shared.snapshot.lock().await;
+        let inner = self.read();
+        if let Some(snapshot) = cached.as_ref()
+            && snapshot.revision == inner.revision
+        {
+            return Arc::clone(snapshot);
+        }
+        let snapshot = Arc::new(EncodedSnapshot::encode(
+            inner.revision,
+            &inner.state,
+            &self.shared.encoder,
+            self.shared.config.compress_from_bytes,
+        ));
+        *cached = Some(Arc::clone(&snapshot));
+        snapshot
+    }
+
+    /// The batches after `cursor`, oldest first; an error when the history no longer reaches back
+    /// to `cursor`.
+    pub(crate) fn batches_after(&self, cursor: u64) -> Result<Vec<Arc<Batch<V>>>, FanoutError> {
+        let inner = self.read();
+        if cursor >= inner.revision {
+            return Ok(Vec::new());
+        }
+        if cursor < inner.floor {
+            return Err(FanoutError::Lagged {
+                cursor,
+                oldest: inner.floor,
+            });
+        }
+        let first = inner.history.partition_point(|batch| batch.to <= cursor);
+        Ok(inner.history.range(first..).cloned().collect())
+    }
+
+    /// Whether a subscriber at `cursor` can resume from the history.
+    pub(crate) fn can_resume(&self, cursor: u64) -> bool {
+        let inner = self.read();
+        cursor >= inner.floor && cursor <= inner.revision
+    }
+
+    /// Updates (or creates) the status of `node`'s subscriber.
+    pub(crate) fn update_status(&self, node: &str, update: impl FnOnce(&mut SubscriberStatus)) {
+        let mut subscribers = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        let status = subscribers
+            .entry(node.to_owned())
+            .or_insert_with(|| SubscriberStatus {
+                node: node.to_owned(),
+                connected: false,
+                sent_revision: 0,
+                acked_revision: 0,
+                acked_at: None,
+                programmed: 0,
+            });
+        update(status);
+    }
+
+    /// Every subscriber seen, by node.
+    pub fn subscribers(&self) -> Vec<SubscriberStatus> {
+        let subscribers = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.values().cloned().collect()
+    }
+}
+
+/// Flushes a batch `max_batch_delay` after it started; ends when the fan-out is dropped.
+async fn flusher<V: Clone + PartialEq + Send + Sync + 'static>(shared: Weak<Shared<V>>, started: Arc<Notify>) {
+    loop {
+        started.notified().await;
+        let Some(delay) = shared.upgrade().map(|s| s.config.max_batch_delay) else {
+            return;
+        };
+        tokio::time::sleep(delay).await;
+        match shared.upgrade() {
+            Some(shared) => Fanout { shared }.flush(),
+            None => return,
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Fan-out behaviour: ordering, batching, resume, snapshot fallback, eviction, keepalives and
+//! replicas converging. Time is paused (tokio test-util), so timing is exact and tests are fast.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_fanout::session::{ClientMessage, ServerMessage, serve};
+use brindle_fanout::{Change, Codec, EncodedSnapshot, Fanout, FanoutConfig, FanoutError, Mirror, Start};
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_stream_free::ChannelStream;
+
+/// `key=value` lines: the test service's snapshot encoding.
+fn encode(state: &BTreeMap<String, String>) -> Vec<u8> {
+    state
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn decode(snapshot: &EncodedSnapshot) -> BTreeMap<String, String> {
+    let raw = snapshot.decompress().expect("decompress");
+    String::from_utf8(raw)
+        .expect("utf8")
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn config() -> FanoutConfig {
+    FanoutConfig {
+        max_batch_entries: 100,
+        max_batch_delay: Duration::from_millis(10),
+        ..FanoutConfig::default()
+    }
+}
+
+fn fanout(config: FanoutConfig) -> Fanout<String> {
+    Fanout::new(config, Arc::new(encode))
+}
+
+fn upsert(key: &str, value: &str) -> Change<String> {
+    Change::Upsert(key.into(), value.into())
+}
+
+/// Applies a subscription's start to a mirror.
+fn apply_start(mirror: &mut Mirror<String>, start: &Start<String>) {
+    match start {
+        Start::Snapshot(snapshot) => {
+            mirror.apply_snapshot(snapshot.revision, decode(snapshot));
+        }
+        Start::Resume { batches, .. } => {
+            for batch in batches {
+                mirror.apply_batch(batch);
+            }
+        }
+    }
+}
+
+mod tokio_stream_free {
+    //! An mpsc receiver as a `Stream` (what a transport's inbound stream looks like).
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::sync::mpsc;
+
+    pub struct ChannelStream<T>(pub mpsc::Receiver<T>);
+
+    impl<T> futures_util::Stream for ChannelStream<T> {
+        type Item = T;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            self.0.poll_recv(cx)
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_get_batches_in_revision_order_and_end_equal_to_the_source() {
+    let fanout = fanout(config());
+    let (mut subscription, start) = fanout.subscribe(0).await;
+    let mut mirror = Mirror::default();
+    apply_start(&mut mirror, &start);
+    for revision in 1..=50u64 {
+        let key = format!("k{}", revision % 7);
+        let change = if revision % 5 == 0 {
+            Change::Remove(key)
+        } else {
+            upsert(&key, &format!("v{revision}"))
+        };
+        fanout.publish(revision, [change]);
+        if revision % 3 == 0 {
+            tokio::time::advance(Duration::from_millis(11)).await;
+        }
+    }
+    fanout.flush();
+    let mut last = 0;
+    while mirror.revision() < 50 {
+        for batch in subscription.next().await.expect("next") {
+            assert_eq!(batch.from, last.max(batch.from), "contiguous");
+            assert!(batch.to > last, "revisions increase: {} after {last}", batch.to);
+            last = batch.to;
+            mirror.apply_batch(&batch);
+        }
+    }
+    assert_eq!(mirror.state(), &fanout.state());
+    assert_eq!(fanout.revision(), 50);
+    assert!(!fanout.publish(50, [upsert("late", "x")]), "an old revision is refused");
+}
+
+#[tokio::test(start_paused = true)]
+async fn changes_are_batched_by_count_and_time_and_coalesced_per_key() {
+    let fanout = fanout(FanoutConfig {
+        max_batch_entries: 3,
+        ..config()
+    });
+    let (mut subscription, _) = fanout.subscribe(0).await;
+    fanout.publish(1, [upsert("a", "1")]);
+    fanout.publish(2, [upsert("a", "2")]);
+    tokio::time::advance(Duration::from_millis(5)).await;
+    assert_eq!(fanout.revision(), 0, "not flushed before the batch delay");
+    tokio::time::advance(Duration::from_millis(6)).await;
+    tokio::task::yield_now().await;
+    let batches = subscription.next().await.expect("time flush");
+    assert_eq!(batches.len(), 1);
+    assert_eq!((batches[0].from, batches[0].to), (0, 2));
+    assert_eq!(batches[0].upserts, vec![("a".to_owned(), "2".to_owned())], "coalesced");
+
+    fanout.publish(3, [upsert("b", "1"), upsert("c", "1")]);
+    fanout.publish(4, [upsert("d", "1")]);
+    assert_eq!(fanout.revision(), 4, "flushed at once when the batch is full");
+    let batches = subscription.next().await.expect("count flush");
+    assert_eq!(batches[0].len(), 3);
+
+    fanout.publish(5, [upsert("d", "1")]);
+    fanout.flush();
+    assert_eq!(fanout.revision(), 5, "a no-op change still advances the revision");
+    fanout.publish(6, [upsert("e", "1")]);
+    fanout.flush();
+    let batches = subscription.next().await.expect("next");
+    assert_eq!(batches.len(), 1, "no empty batch for the no-op revision");
+    assert_eq!((batches[0].from, batches[0].to), (5, 6));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_resuming_from_its_revision_gets_only_what_changed() {
+    let fanout = fanout(config());
+    for revision in 1..=10 {
+        fanout.publish(revision, [upsert(&format!("k{revision}"), "v")]);
+        fanout.flush();
+    }
+    let (_, start) = fanout.subscribe(0).await;
+    let mut mirror = Mirror::default();
+    apply_start(&mut mirror, &start);
+    assert_eq!(mirror.revision(), 10);
+    // Disconnected while 11..=13 happen.
+    for revision in 11..=13 {
+        fanout.publish(revision, [upsert("k1", &format!("v{revision}"))]);
+        fanout.flush();
+    }
+    let (_, start) = fanout.subscribe(mirror.revision()).await;
+    let Start::Resume { batches, revision } = &start else {
+        panic!("expected a resume, got {start:?}");
+    };
+    assert_eq!(*revision, 13);
+    assert_eq!(batches.iter().map(|b| b.to).collect::<Vec<_>>(), vec![11, 12, 13]);
+    apply_start(&mut mirror, &start);
+    assert_eq!(mirror.state(), &fanout.state());
+    // Already current: an empty resume.
+    let (_, start) = fanout.subscribe(13).await;
+    assert!(matches!(start, Start::Resume { ref batches, revision: 13 } if batches.is_empty()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn resume_falls_back_to_a_shared_compressed_snapshot_when_history_is_gone() {
+    let fanout = fanout(FanoutConfig {
+        history_entries: 5,
+        compress_from_bytes: 64,
+        ..config()
+    });
+    for revision in 1..=20 {
+        fanout.publish(revision, [upsert(&format!("key-{revision:04}"), "a-value-that-repeats")]);
+        fanout.flush();
+    }
+    let (_, start) = fanout.subscribe(3).await;
+    let Start::Snapshot(first) = start else {
+        panic!("revision 3 is no longer in the history: expected a snapshot");
+    };
+    assert_eq!(first.revision, 20);
+    assert_eq!(first.entries, 20);
+    assert_eq!(first.codec, Codec::Zstd);
+    assert!((first.data.len() as u64) < first.raw_bytes, "compressed");
+    assert_eq!(decode(&first), fanout.state());
+    let (_, start) = fanout.subscribe(0).await;
+    let Start::Snapshot(second) = start else {
+        panic!("revision 0 asks for a snapshot");
+    };
+    assert!(Arc::ptr_eq(&first, &second), "encoded once, shared");
+    let (_, start) = fanout.subscribe(17).await;
+    assert!(matches!(start, Start::Resume { .. }), "17 is still in the history");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscriber_that_falls_out_of_the_history_is_told_to_resync() {
+    let fanout = fanout(FanoutConfig {
+        history_entries: 4,
+        ..config()
+    });
+    let (mut slow, _) = fanout.subscribe(0).await;
+    for revision in 1..=10 {
+        fanout.publish(revision, [upsert(&format!("k{revision}"), "v")]);
+        fanout.flush();
+    }
+    let error = slow.next().await.expect_err("too far behind");
+    assert_eq!(error, FanoutError::Lagged { cursor: 0, oldest: 6 });
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_evicts_a_subscriber_that_stops_reading() {
+    let fanout = fanout(FanoutConfig {
+        send_timeout: Duration::from_secs(2),
+        ..config()
+    });
+    let (to_server, from_client) = mpsc::channel(4);
+    let (outgoing, mut received) = mpsc::channel(1);
+    to_server
+        .send(Ok::<_, String>(ClientMessage::Hello {
+            node: "n1".into(),
+            resume_revision: 0,
+        }))
+        .await
+        .expect("hello");
+    let server = {
+        let fanout = fanout.clone();
+        tokio::spawn(async move { serve(&fanout, ChannelStream(from_client), outgoing).await })
+    };
+    // The snapshot fills the queue; the subscriber never reads again.
+    tokio::task::yield_now().await;
+    for revision in 1..=3 {
+        fanout.publish(revision, [upsert("k", &revision.to_string())]);
+        fanout.flush();
+    }
+    let result = server.await.expect("session task");
+    assert!(matches!(result, Err(FanoutError::SlowSubscriber { .. })), "{result:?}");
+    assert!(matches!(received.recv().await, Some(ServerMessage::Snapshot(_))));
+    drop(to_server);
+    assert!(!fanout.subscribers()[0].connected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalives_flow_and_a_silent_subscriber_times_out() {
+    let fanout = fanout(FanoutConfig {
+        keepalive_interval: Duration::from_secs(10),
+        keepalive_timeout: Duration::from_secs(30),
+        ..config()
+    });
+    let (to_server, from_client) = mpsc::channel(4);
+    let (outgoing, mut received) = mpsc::channel(16);
+    to_server
+        .send(Ok::<_, String>(ClientMessage::Hello {
+            node: "n1".into(),
+            resume_revision: 0,
+        }))
+        .await
+        .expect("hello");
+    let server = {
+        let fanout = fanout.clone();
+        tokio::spawn(async move { serve(&fanout, ChannelStream(from_client), outgoing).await })
+    };
+    assert!(matches!(received.recv().await, Some(ServerMessage::Snapshot(_))));
+    // A subscriber that keeps saying it is alive stays connected past the timeout.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(matches!(received.recv().await, Some(ServerMessage::Keepalive)));
+        to_server.send(Ok(ClientMessage::Keepalive)).await.expect("keepalive");
+    }
+    to_server
+        .send(Ok(ClientMessage::Ack {
+            revision: 0,
+            programmed: 7,
+        }))
+        .await
+        .expect("ack");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fanout.subscribers()[0].programmed, 7);
+    assert!(fanout.subscribers()[0].connected);
+    // Then silence.
+    let started = tokio::time::Instant::now();
+    let result = server.await.expect("session task");
+    assert!(matches!(result, Err(FanoutError::KeepaliveTimeout { .. })), "{result:?}");
+    let silent_for = started.elapsed() + Duration::from_secs(1);
+    assert!(
+        silent_for >= Duration::from_secs(30) && silent_for <= Duration::from_secs(31),
+        "{silent_for:?}"
+    );
+    drop(to_server);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_must_start_with_hello() {
+    let fanout = fanout(config());
+    let (to_server, from_client) = mpsc::channel(4);
+    let (outgoing, _received) = mpsc::channel(4);
+    to_server
+        .send(Ok::<_, String>(ClientMessage::Keepalive))
+        .await
+        .expect("send");
+    let result = serve(&fanout, ChannelStream(from_client), outgoing).await;
+    assert!(matches!(result, Err(FanoutError::Protocol(ref m)) if m.contains("hello")), "{result:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_replicas_fed_the_same_source_converge_and_a_subscriber_can_move_between_them() {
+    // The same datastore history, batched differently by each replica.
+    let a = fanout(FanoutConfig {
+        max_batch_entries: 2,
+        ..config()
+    });
+    let b = fanout(FanoutConfig {
+        max_batch_entries: 50,
+        ..config()
+    });
+    let history: Vec<(u64, Vec<Change<String>>)> = (1..=40u64)
+        .map(|revision| {
+            let changes = vec![
+                upsert(&format!("k{}", revision % 9), &format!("v{revision}")),
+                Change::Remove(format!("k{}", (revision + 4) % 9)),
+            ];
+            (revision * 3, changes)
+        })
+        .collect();
+    let mut mirror = Mirror::default();
+    for (i, (revision, changes)) in history.iter().enumerate() {
+        a.publish(*revision, changes.clone());
+        b.publish(*revision, changes.clone());
+        if i == 20 {
+            // The subscriber syncs from replica A mid-way…
+            a.flush();
+            let (_, start) = a.subscribe(0).await;
+            apply_start(&mut mirror, &start);
+        }
+    }
+    a.flush();
+    b.flush();
+    assert_eq!(a.state(), b.state());
+    assert_eq!(a.revision(), b.revision());
+    // …and resumes from replica B, whose batch boundaries differ.
+    let (_, start) = b.subscribe(mirror.revision()).await;
+    assert!(matches!(start, Start::Resume { .. }), "{start:?}");
+    apply_start(&mut mirror, &start);
+    assert_eq!(mirror.state(), &b.state());
+    assert_eq!(mirror.revision(), b.revision());
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_from_a_revision_the_replica_has_not_reached_waits_for_it() {
+    let replica = fanout(config());
+    replica.publish(5, [upsert("a", "1")]);
+    replica.flush();
+    let waiting = {
+        let replica = replica.clone();
+        tokio::spawn(async move { replica.subscribe(5).await.1 })
+    };
+    let _ = replica.subscribe(0).await;
+    replica.publish(7, [upsert("b", "1")]);
+    replica.flush();
+    let ahead = {
+        let replica = replica.clone();
+        tokio::spawn(async move { replica.subscribe(9).await.1 })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    replica.publish(9, [upsert("c", "1")]);
+    replica.flush();
+    assert!(matches!(ahead.await.expect("task"), Start::Resume { revision: 9, .. }));
+    assert!(matches!(waiting.await.expect("task"), Start::Resume { .. }));
+}
+
+#[test]
+fn a_mirror_reports_only_real_changes() {
+    let mut mirror = Mirror::default();
+    let state: BTreeMap<String, String> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
+    assert_eq!(mirror.apply_snapshot(4, state.clone()).len(), 2);
+    assert!(mirror.apply_snapshot(9, state.clone()).is_empty(), "same snapshot after a reconnect: no change");
+    let mut changed = state;
+    changed.remove("a");
+    changed.insert("b".into(), "3".into());
+    let changes = mirror.apply_snapshot(10, changed);
+    assert_eq!(changes, vec![Change::Remove("a".into()), upsert("b", "3")]);
+    assert_eq!(mirror.revision(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sessions_stream_deltas_after_the_start() {
+    let fanout = fanout(config());
+    let (to_server, from_client) = mpsc::channel(4);
+    let (outgoing, received) = mpsc::channel(4);
+    to_server
+        .send(Ok::<_, String>(ClientMessage::Hello {
+            node: "n1".into(),
+            resume_revision: 0,
+        }))
+        .await
+        .expect("hello");
+    let server = {
+        let fanout = fanout.clone();
+        tokio::spawn(async move { serve(&fanout, ChannelStream(from_client), outgoing).await })
+    };
+    fanout.publish(1, [upsert("a", "1")]);
+    fanout.flush();
+    let messages: Vec<_> = ChannelStream(received).take(2).collect().await;
+    assert!(matches!(messages[0], ServerMessage::Snapshot(_)));
+    let mut mirror = Mirror::default();
+    for message in &messages {
+        match message {
+            ServerMessage::Snapshot(s) => {
+                mirror.apply_snapshot(s.revision, decode(s));
+            }
+            ServerMessage::Delta(batch) => {
+                mirror.apply_batch(batch);
+            }
+            ServerMessage::Keepalive => {}
+        }
+    }
+    assert_eq!(mirror.state(), &fanout.state());
+    drop(to_server);
+    assert_eq!(server.await.expect("task"), Ok(()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_after_re_reading_the_source_publishes_only_the_differences() {
+    let fanout = fanout(config());
+    fanout.publish(1, [upsert("a", "1"), upsert("b", "1"), upsert("c", "1")]);
+    fanout.flush();
+    let (mut subscription, _) = fanout.subscribe(0).await;
+    let relisted: BTreeMap<String, String> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
+    assert!(fanout.reset(8, relisted.clone()));
+    let batches = subscription.next().await.expect("diff");
+    assert_eq!(batches.len(), 1);
+    assert_eq!((batches[0].from, batches[0].to), (1, 8));
+    assert_eq!(batches[0].upserts, vec![("b".to_owned(), "2".to_owned())]);
+    assert_eq!(batches[0].removed, vec!["c".to_owned()]);
+    assert_eq!(fanout.state(), relisted);
+}
