@@ -32,8 +32,13 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     /// Starts a subscriber that last applied `resume_revision` (0: it has nothing). It resumes
     /// when the history covers that revision — waiting up to `resume_wait` for this replica to
     /// reach a revision another replica gave it — and starts from a snapshot otherwise.
+    ///
+    /// Nobody is started before the fan-out has a state (revision > 0): a replica that has not
+    /// loaded yet must not hand out an empty snapshot that would make subscribers drop everything.
     pub async fn subscribe(&self, resume_revision: u64) -> (Subscription<V>, Start<V>) {
         let mut updates = self.shared.flushed.subscribe();
+        // An error means the fan-out is gone; what follows then hands out what there is.
+        let _ = updates.wait_for(|revision| *revision > 0).await;
         if resume_revision > 0 && resume_revision > *updates.borrow_and_update() {
             let wait = self.shared.config.resume_wait;
             let reached = updates.wait_for(|revision| *revision >= resume_revision);

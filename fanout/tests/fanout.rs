@@ -42,6 +42,13 @@ fn fanout(config: FanoutConfig) -> Fanout<String> {
     Fanout::new(config, Arc::new(encode))
 }
 
+/// A fan-out that has loaded an empty state at revision 1 (subscribers wait for a loaded state).
+fn loaded(config: FanoutConfig) -> Fanout<String> {
+    let fanout = fanout(config);
+    assert!(fanout.reset(1, BTreeMap::new()));
+    fanout
+}
+
 fn upsert(key: &str, value: &str) -> Change<String> {
     Change::Upsert(key.into(), value.into())
 }
@@ -79,11 +86,11 @@ mod tokio_stream_free {
 
 #[tokio::test(start_paused = true)]
 async fn subscribers_get_batches_in_revision_order_and_end_equal_to_the_source() {
-    let fanout = fanout(config());
+    let fanout = loaded(config());
     let (mut subscription, start) = fanout.subscribe(0).await;
     let mut mirror = Mirror::default();
     apply_start(&mut mirror, &start);
-    for revision in 1..=50u64 {
+    for revision in 2..=50u64 {
         let key = format!("k{}", revision % 7);
         let change = if revision % 5 == 0 {
             Change::Remove(key)
@@ -96,7 +103,7 @@ async fn subscribers_get_batches_in_revision_order_and_end_equal_to_the_source()
         }
     }
     fanout.flush();
-    let mut last = 0;
+    let mut last = 1;
     while mirror.revision() < 50 {
         for batch in subscription.next().await.expect("next") {
             assert_eq!(batch.from, last.max(batch.from), "contiguous");
@@ -112,36 +119,52 @@ async fn subscribers_get_batches_in_revision_order_and_end_equal_to_the_source()
 
 #[tokio::test(start_paused = true)]
 async fn changes_are_batched_by_count_and_time_and_coalesced_per_key() {
-    let fanout = fanout(FanoutConfig {
+    let fanout = loaded(FanoutConfig {
         max_batch_entries: 3,
         ..config()
     });
     let (mut subscription, _) = fanout.subscribe(0).await;
-    fanout.publish(1, [upsert("a", "1")]);
-    fanout.publish(2, [upsert("a", "2")]);
+    fanout.publish(2, [upsert("a", "1")]);
+    fanout.publish(3, [upsert("a", "2")]);
     tokio::time::advance(Duration::from_millis(5)).await;
-    assert_eq!(fanout.revision(), 0, "not flushed before the batch delay");
+    assert_eq!(fanout.revision(), 1, "not flushed before the batch delay");
     tokio::time::advance(Duration::from_millis(6)).await;
     tokio::task::yield_now().await;
     let batches = subscription.next().await.expect("time flush");
     assert_eq!(batches.len(), 1);
-    assert_eq!((batches[0].from, batches[0].to), (0, 2));
+    assert_eq!((batches[0].from, batches[0].to), (1, 3));
     assert_eq!(batches[0].upserts, vec![("a".to_owned(), "2".to_owned())], "coalesced");
 
-    fanout.publish(3, [upsert("b", "1"), upsert("c", "1")]);
-    fanout.publish(4, [upsert("d", "1")]);
-    assert_eq!(fanout.revision(), 4, "flushed at once when the batch is full");
+    fanout.publish(4, [upsert("b", "1"), upsert("c", "1")]);
+    fanout.publish(5, [upsert("d", "1")]);
+    assert_eq!(fanout.revision(), 5, "flushed at once when the batch is full");
     let batches = subscription.next().await.expect("count flush");
     assert_eq!(batches[0].len(), 3);
 
-    fanout.publish(5, [upsert("d", "1")]);
+    fanout.publish(6, [upsert("d", "1")]);
     fanout.flush();
-    assert_eq!(fanout.revision(), 5, "a no-op change still advances the revision");
-    fanout.publish(6, [upsert("e", "1")]);
+    assert_eq!(fanout.revision(), 6, "a no-op change still advances the revision");
+    fanout.publish(7, [upsert("e", "1")]);
     fanout.flush();
     let batches = subscription.next().await.expect("next");
     assert_eq!(batches.len(), 1, "no empty batch for the no-op revision");
-    assert_eq!((batches[0].from, batches[0].to), (5, 6));
+    assert_eq!((batches[0].from, batches[0].to), (6, 7));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nobody_is_started_before_the_fan_out_has_loaded_a_state() {
+    let fanout = fanout(config());
+    let waiting = {
+        let fanout = fanout.clone();
+        tokio::spawn(async move { fanout.subscribe(0).await.1 })
+    };
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!waiting.is_finished(), "an empty snapshot at revision 0 must never be handed out");
+    fanout.reset(4, [("a".to_owned(), "1".to_owned())].into());
+    let Start::Snapshot(snapshot) = waiting.await.expect("task") else {
+        panic!("expected a snapshot");
+    };
+    assert_eq!((snapshot.revision, snapshot.entries), (4, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -204,17 +227,17 @@ async fn resume_falls_back_to_a_shared_compressed_snapshot_when_history_is_gone(
 
 #[tokio::test(start_paused = true)]
 async fn a_subscriber_that_falls_out_of_the_history_is_told_to_resync() {
-    let fanout = fanout(FanoutConfig {
+    let fanout = loaded(FanoutConfig {
         history_entries: 4,
         ..config()
     });
     let (mut slow, _) = fanout.subscribe(0).await;
-    for revision in 1..=10 {
+    for revision in 2..=10 {
         fanout.publish(revision, [upsert(&format!("k{revision}"), "v")]);
         fanout.flush();
     }
     let error = slow.next().await.expect_err("too far behind");
-    assert_eq!(error, FanoutError::Lagged { cursor: 0, oldest: 6 });
+    assert_eq!(error, FanoutError::Lagged { cursor: 1, oldest: 6 });
 }
 
 #[tokio::test(start_paused = true)]
@@ -251,7 +274,7 @@ async fn a_session_evicts_a_subscriber_that_stops_reading() {
 
 #[tokio::test(start_paused = true)]
 async fn keepalives_flow_and_a_silent_subscriber_times_out() {
-    let fanout = fanout(FanoutConfig {
+    let fanout = loaded(FanoutConfig {
         keepalive_interval: Duration::from_secs(10),
         keepalive_timeout: Duration::from_secs(30),
         ..config()
@@ -278,7 +301,7 @@ async fn keepalives_flow_and_a_silent_subscriber_times_out() {
     }
     to_server
         .send(Ok(ClientMessage::Ack {
-            revision: 0,
+            revision: 1,
             programmed: 7,
         }))
         .await
@@ -393,7 +416,7 @@ fn a_mirror_reports_only_real_changes() {
 
 #[tokio::test(start_paused = true)]
 async fn sessions_stream_deltas_after_the_start() {
-    let fanout = fanout(config());
+    let fanout = loaded(config());
     let (to_server, from_client) = mpsc::channel(4);
     let (outgoing, received) = mpsc::channel(4);
     to_server
@@ -407,7 +430,8 @@ async fn sessions_stream_deltas_after_the_start() {
         let fanout = fanout.clone();
         tokio::spawn(async move { serve(&fanout, ChannelStream(from_client), outgoing).await })
     };
-    fanout.publish(1, [upsert("a", "1")]);
+    tokio::task::yield_now().await;
+    fanout.publish(2, [upsert("a", "1")]);
     fanout.flush();
     let messages: Vec<_> = ChannelStream(received).take(2).collect().await;
     assert!(matches!(messages[0], ServerMessage::Snapshot(_)));
