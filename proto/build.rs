@@ -13,6 +13,8 @@ const PROTOS: &[&str] = &[
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Snapshots are encoded once and shared by every subscriber: `Bytes` clones share them.
+        .bytes(".brindle.common.v1.EncodedSnapshot.data")
         .file_descriptor_set_path(out_dir.join("brindle_descriptor.bin"))
         .compile_protos(PROTOS, &["proto"])?;
     Ok(())

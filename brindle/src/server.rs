@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ipam_svc::core::Ipam;
+use brindle_fanout::FanoutConfig;
 use ipam_svc::grpc::IpamService;
+use route_svc::grpc::RoutesService;
 use tonic::service::RoutesBuilder;
 
 use crate::cli::ServerArgs;
@@ -16,7 +18,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening the datastore ({config:?})"))?;
     let mut routes = RoutesBuilder::default();
     routes.add_service(IpamService::new(Arc::new(Ipam::new(Arc::clone(&store)))).into_server());
-    brindle_grpc_server::serve(args.listen, routes, &[ipam_svc::grpc::SERVICE_NAME], store).await?;
+    routes.add_service(RoutesService::start(Arc::clone(&store), FanoutConfig::default()).into_server());
+    let names = [ipam_svc::grpc::SERVICE_NAME, route_svc::grpc::SERVICE_NAME];
+    brindle_grpc_server::serve(args.listen, routes, &names, store).await?;
     tracing::info!("brindle server stopped");
     Ok(())
 }

@@ -237,6 +237,11 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         self.shared.flushed.send_replace(inner.revision);
     }
 
+    /// The fan-out's settings.
+    pub fn config(&self) -> &FanoutConfig {
+        &self.shared.config
+    }
+
     /// Revision of the flushed state.
     pub fn revision(&self) -> u64 {
         self.read().revision

@@ -1,8 +1,10 @@
 //! What every brindle gRPC server shares: datastore flags, logging setup, `grpc.health.v1`
 //! reporting NOT_SERVING while the datastore is unreachable, server reflection (v1 and v1alpha)
-//! limited to the services actually served, and shutdown on SIGINT/SIGTERM.
+//! limited to the services actually served, shutdown on SIGINT/SIGTERM, and the gRPC side of
+//! fan-out `Sync` streams.
 
 mod store_args;
+pub mod sync;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

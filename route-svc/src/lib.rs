@@ -1,1 +1,6 @@
-//! route-svc: node registry and the routing-state `Sync` stream (filled by the route-svc issue).
+//! route-svc: the node registry (agents register under a lease) and the routing state every
+//! node agent follows (`Sync`: snapshot, then ordered deltas, resumable from a revision).
+
+pub mod core;
+pub mod grpc;
+pub mod runtime;

@@ -1,0 +1,10 @@
+//! route-svc's logic, free of gRPC: the routing model, how datastore records become routing
+//! items, the node registry, and the watcher that keeps the fan-out equal to the datastore.
+
+pub mod derive;
+pub mod model;
+pub mod registry;
+pub mod watcher;
+
+pub use model::{Encapsulation, Node, PoolRoute, RouteItem};
+pub use registry::{Registry, RegistryError};

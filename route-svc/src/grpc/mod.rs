@@ -1,0 +1,170 @@
+//! `brindle.route.v1.Routes` over the core: thin conversions and status codes.
+
+pub mod convert;
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use brindle_datastore::{Store, StoreError};
+use brindle_fanout::session::ServerMessage;
+use brindle_fanout::{Fanout, FanoutConfig};
+use brindle_grpc_server::sync::{ResponseStream, serve_sync, snapshot_to_proto};
+use brindle_proto::common::v1 as common;
+use brindle_proto::route::v1 as pb;
+use brindle_proto::route::v1::routes_server::{Routes, RoutesServer};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::{Registry, RegistryError, RouteItem, watcher};
+
+/// Fully-qualified service name (health and reflection).
+pub const SERVICE_NAME: &str = "brindle.route.v1.Routes";
+
+/// The status for a registry error.
+pub fn status(error: RegistryError) -> Status {
+    let message = error.to_string();
+    match error {
+        RegistryError::Invalid { .. } => Status::invalid_argument(message),
+        RegistryError::NotRegistered(_) => Status::not_found(message),
+        RegistryError::Corrupt { .. } => Status::data_loss(message),
+        RegistryError::Store(StoreError::Unavailable(_) | StoreError::Conflict { .. }) => {
+            Status::unavailable(message)
+        }
+        RegistryError::Store(_) => Status::internal(message),
+    }
+}
+
+/// The Routes service: the registry plus the routing state fan-out.
+#[derive(Clone)]
+pub struct RoutesService {
+    registry: Registry,
+    fanout: Fanout<RouteItem>,
+}
+
+impl RoutesService {
+    /// Starts following `store` into a fan-out (call inside a tokio runtime) and serves it.
+    pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
+        let fanout = Fanout::new(config, Arc::new(convert::encode_state));
+        tokio::spawn(watcher::follow(Arc::clone(&store), fanout.clone()));
+        Self {
+            registry: Registry::new(store),
+            fanout,
+        }
+    }
+
+    /// The fan-out this service streams.
+    pub fn fanout(&self) -> &Fanout<RouteItem> {
+        &self.fanout
+    }
+
+    /// As a tonic service (large snapshots allowed).
+    pub fn into_server(self) -> RoutesServer<Self> {
+        RoutesServer::new(self)
+    }
+}
+
+fn sync_response(message: ServerMessage<RouteItem>) -> pb::SyncResponse {
+    match message {
+        ServerMessage::Snapshot(snapshot) => pb::SyncResponse {
+            revision: snapshot.revision,
+            payload: Some(pb::sync_response::Payload::Snapshot(snapshot_to_proto(&snapshot))),
+        },
+        ServerMessage::Delta(batch) => pb::SyncResponse {
+            revision: batch.to,
+            payload: Some(pb::sync_response::Payload::Delta(convert::delta_to_proto(&batch))),
+        },
+        ServerMessage::Keepalive => pb::SyncResponse {
+            revision: 0,
+            payload: Some(pb::sync_response::Payload::Keepalive(common::Keepalive {
+                sent_unix_ms: unix_ms(std::time::SystemTime::now()),
+            })),
+        },
+    }
+}
+
+fn unix_ms(time: std::time::SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl Routes for RoutesService {
+    async fn register_node(
+        &self,
+        request: Request<pb::RegisterNodeRequest>,
+    ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let request = request.into_inner();
+        let node = request
+            .node
+            .ok_or_else(|| Status::invalid_argument("node: required"))?;
+        let node = convert::node_from_proto(node, "node").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let ttl = (request.ttl_seconds > 0).then(|| Duration::from_secs(request.ttl_seconds.into()));
+        let (node, ttl) = self.registry.register(node, ttl).await.map_err(status)?;
+        Ok(Response::new(pb::RegisterNodeResponse {
+            node: Some(convert::node_to_proto(&node)),
+            ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn renew_node(
+        &self,
+        request: Request<pb::RenewNodeRequest>,
+    ) -> Result<Response<pb::RenewNodeResponse>, Status> {
+        let ttl = self.registry.renew(&request.into_inner().name).await.map_err(status)?;
+        Ok(Response::new(pb::RenewNodeResponse {
+            ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn deregister_node(
+        &self,
+        request: Request<pb::DeregisterNodeRequest>,
+    ) -> Result<Response<pb::DeregisterNodeResponse>, Status> {
+        self.registry
+            .deregister(&request.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeregisterNodeResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let revision = self.fanout.revision();
+        let subscribers = self.fanout.subscribers();
+        let nodes = self
+            .fanout
+            .state()
+            .into_values()
+            .filter_map(|item| match item {
+                RouteItem::Node(node) => Some(node),
+                _ => None,
+            })
+            .map(|node| {
+                let subscriber = subscribers.iter().find(|s| s.node == node.name);
+                pb::NodeStatus {
+                    node: Some(convert::node_to_proto(&node)),
+                    acked_revision: subscriber.map_or(0, |s| s.acked_revision),
+                    acked_unix_ms: subscriber.and_then(|s| s.acked_at).map_or(0, unix_ms),
+                    programmed_routes: subscriber.map_or(0, |s| s.programmed),
+                    connected: subscriber.is_some_and(|s| s.connected),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes, revision }))
+    }
+
+    type SyncStream = ResponseStream<pb::SyncResponse>;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<common::SyncClientMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        Ok(Response::new(serve_sync(
+            self.fanout.clone(),
+            request.into_inner(),
+            sync_response,
+        )))
+    }
+}

@@ -1,0 +1,40 @@
+//! Flags and wiring of the `route-svc` binary: open the datastore, follow it into the routing
+//! fan-out, serve `brindle.route.v1` with health and reflection.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use brindle_fanout::FanoutConfig;
+use brindle_grpc_server::StoreArgs;
+use clap::Parser;
+use tonic::service::RoutesBuilder;
+
+use crate::grpc::{RoutesService, SERVICE_NAME};
+
+/// brindle's node registry and routing-state stream.
+#[derive(Debug, Parser)]
+#[command(name = "route-svc", version, about)]
+pub struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ROUTE_SVC_LISTEN", default_value = "0.0.0.0:7402")]
+    pub listen: SocketAddr,
+    /// Where the datastore is.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Log lines as JSON.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    brindle_grpc_server::init_logging(args.log_json).map_err(anyhow::Error::msg)?;
+    let config = args.store.config();
+    let store = brindle_datastore::open(&config)
+        .await
+        .with_context(|| format!("opening the datastore ({config:?})"))?;
+    let mut routes = RoutesBuilder::default();
+    routes.add_service(RoutesService::start(store.clone(), FanoutConfig::default()).into_server());
+    brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store).await?;
+    Ok(())
+}
