@@ -150,7 +150,7 @@ impl Registry {
     /// Removes `name`'s registration.
     pub async fn deregister(&self, name: &str) -> Result<(), RegistryError> {
         let node = self.get(name).await?;
-        self.store.txn(Txn::new().delete(&keys::node(name))).await?;
+        self.store.txn(Txn::new().delete(keys::node(name))).await?;
         match self.store.revoke_lease(node.lease).await {
             Ok(()) | Err(StoreError::LeaseNotFound(_)) => Ok(()),
             Err(error) => Err(error.into()),
