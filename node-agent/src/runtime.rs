@@ -1,5 +1,5 @@
 //! Flags and wiring of the `node-agent` binary: records, kernel access, the IPAM client, start-up
-//! reconciliation, and the CNI service on a root-only unix socket.
+//! reconciliation, the route-svc follower, and the CNI service on a root-only unix socket.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -16,6 +16,8 @@ use crate::core::cni::CniOps;
 use crate::dataplane::{ProcSysctl, RtNetlink, Sysctl};
 use crate::grpc::cni_service::{CniService, SERVICE_NAME};
 use crate::grpc::ipam_client::GrpcIpam;
+use crate::grpc::route_client::RouteFollower;
+use route_svc::core::Node;
 
 /// brindle's per-node agent.
 #[derive(Debug, Parser)]
@@ -33,6 +35,16 @@ pub struct Args {
     /// ipam-svc (or `brindle server`) gRPC endpoint.
     #[arg(long, env = "BRINDLE_IPAM_ENDPOINT", default_value = "http://127.0.0.1:7400")]
     pub ipam_endpoint: String,
+    /// route-svc (or `brindle server`) gRPC endpoint; when set, the agent registers its node and
+    /// programs routes to other nodes' pods.
+    #[arg(long, env = "BRINDLE_ROUTE_ENDPOINT", requires = "node_address")]
+    pub route_endpoint: Option<String>,
+    /// This node's underlay address (other nodes route its pods' blocks via it).
+    #[arg(long, env = "BRINDLE_NODE_ADDRESS")]
+    pub node_address: Option<std::net::IpAddr>,
+    /// This node's underlay IPv4 subnet (decides CrossSubnet encapsulation).
+    #[arg(long, env = "BRINDLE_NODE_SUBNET")]
+    pub node_subnet: Option<ipnet::Ipv4Net>,
     /// Log lines as JSON.
     #[arg(long)]
     pub log_json: bool,
@@ -58,6 +70,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Pods on this node are routed by it.
     sysctl.set("net/ipv4/ip_forward", "1")?;
     let ipam = Arc::new(GrpcIpam::new(&args.ipam_endpoint)?);
+    if let (Some(endpoint), Some(address)) = (&args.route_endpoint, args.node_address) {
+        let registration = Node {
+            name: node.clone(),
+            addresses: vec![address],
+            ipv4_subnet: args.node_subnet,
+            ipv6_subnet: None,
+            labels: Default::default(),
+            vtep_mac: None,
+            vtep_ipv4: None,
+            vtep_ipv6: None,
+            ipip_tunnel_ipv4: None,
+            lease: 0,
+        };
+        let follower = RouteFollower::new(endpoint, registration, netlink.clone())?;
+        tokio::spawn(follower.run());
+    }
     let ops = Arc::new(CniOps::new(&node, netlink, sysctl, ipam, records));
     if let Err(failure) = ops.reconcile().await {
         tracing::warn!(?failure, "start-up reconciliation incomplete; GC will finish it");

@@ -5,4 +5,5 @@
 pub mod attachments;
 pub mod cni;
 pub mod ipam;
+pub mod routing;
 pub mod wiring;

@@ -1,0 +1,205 @@
+//! The agent's side of route-svc: keeps this node registered (renewing its lease, registering
+//! again when it expired) and follows the routing state (`Sync`), programming remote routes after
+//! every full state or change. Disconnected, it changes nothing in the kernel; reconnected, it
+//! resumes from the revision it applied, so only real differences are programmed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_datastore::Backoff;
+use brindle_fanout::Mirror;
+use brindle_grpc_server::sync::snapshot_from_proto;
+use brindle_proto::common::v1 as common;
+use brindle_proto::route::v1 as pb;
+use futures_util::StreamExt;
+use pb::routes_client::RoutesClient;
+use route_svc::core::{Node, RouteItem};
+use route_svc::grpc::convert;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::core::routing::{RouteReconciler, desired_routes};
+use crate::dataplane::Netlink;
+
+/// How long a registration lives without renewal.
+const REGISTRATION_TTL_SECONDS: u32 = 30;
+/// How often it is renewed.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
+/// The agent's keepalive on the Sync stream.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
+/// Silence from route-svc after which the agent reconnects.
+const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Why one Sync call ended.
+#[derive(Debug, thiserror::Error)]
+enum SyncEnded {
+    /// The call failed or ended.
+    #[error("route-svc: {0}")]
+    Status(#[from] tonic::Status),
+    /// route-svc said nothing for too long.
+    #[error("route-svc silent for {0:?}")]
+    Silent(Duration),
+    /// route-svc sent something the agent cannot use.
+    #[error("route-svc sent an unusable message: {0}")]
+    Unusable(String),
+}
+
+/// Registration and routing-state following for one node.
+pub struct RouteFollower {
+    client: RoutesClient<Channel>,
+    node: Node,
+    netlink: Arc<dyn Netlink>,
+}
+
+impl RouteFollower {
+    /// A follower of route-svc at `endpoint` (`http://host:port`) for `node`.
+    pub fn new(endpoint: &str, node: Node, netlink: Arc<dyn Netlink>) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(endpoint.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        Ok(Self {
+            client: RoutesClient::new(channel).max_decoding_message_size(256 << 20),
+            node,
+            netlink,
+        })
+    }
+
+    /// Runs registration and sync until the task is dropped.
+    pub async fn run(self) {
+        let registration = keep_registered(self.client.clone(), self.node.clone());
+        let sync = follow(self.client, self.node.name, self.netlink);
+        tokio::join!(registration, sync);
+    }
+}
+
+async fn keep_registered(mut client: RoutesClient<Channel>, node: Node) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut registered = false;
+    loop {
+        let result = if registered {
+            client
+                .renew_node(pb::RenewNodeRequest { name: node.name.clone() })
+                .await
+                .map(|_| ())
+        } else {
+            client
+                .register_node(pb::RegisterNodeRequest {
+                    node: Some(convert::node_to_proto(&node)),
+                    ttl_seconds: REGISTRATION_TTL_SECONDS,
+                })
+                .await
+                .map(|_| tracing::info!(node = node.name, "registered with route-svc"))
+        };
+        match result {
+            Ok(()) => {
+                registered = true;
+                backoff.reset();
+                tokio::time::sleep(RENEW_EVERY).await;
+            }
+            Err(status) => {
+                if status.code() == tonic::Code::NotFound {
+                    registered = false;
+                }
+                tracing::warn!(node = node.name, %status, "registration with route-svc; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+async fn follow(client: RoutesClient<Channel>, me: String, netlink: Arc<dyn Netlink>) {
+    let mut mirror = Mirror::default();
+    let mut reconciler = RouteReconciler::default();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let error = sync_once(client.clone(), &me, netlink.as_ref(), &mut mirror, &mut reconciler, &mut backoff).await;
+        tracing::warn!(%error, revision = mirror.revision(), "routing-state stream ended; routes stay as they are; reconnecting");
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+fn client_message(message: common::sync_client_message::Message) -> common::SyncClientMessage {
+    common::SyncClientMessage { message: Some(message) }
+}
+
+async fn sync_once(
+    mut client: RoutesClient<Channel>,
+    me: &str,
+    netlink: &dyn Netlink,
+    mirror: &mut Mirror<RouteItem>,
+    reconciler: &mut RouteReconciler,
+    backoff: &mut Backoff,
+) -> SyncEnded {
+    let (to_server, queued) = mpsc::channel(8);
+    let hello = common::sync_client_message::Message::Hello(common::SyncHello {
+        node: me.to_owned(),
+        resume_revision: mirror.revision(),
+    });
+    if to_server.send(client_message(hello)).await.is_err() {
+        return SyncEnded::Unusable("request stream closed".into());
+    }
+    let mut queued = queued;
+    let outgoing = futures_util::stream::poll_fn(move |cx| queued.poll_recv(cx));
+    let mut incoming = match client.sync(outgoing).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return status.into(),
+    };
+    let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+    loop {
+        let message = tokio::select! {
+            message = tokio::time::timeout(SILENCE_LIMIT, incoming.next()) => message,
+            _ = keepalive.tick() => {
+                let alive = common::sync_client_message::Message::Keepalive(common::Keepalive::default());
+                let _ = to_server.try_send(client_message(alive));
+                continue;
+            }
+        };
+        let message = match message {
+            Err(_) => return SyncEnded::Silent(SILENCE_LIMIT),
+            Ok(None) => return tonic::Status::unavailable("stream ended").into(),
+            Ok(Some(Err(status))) => return status.into(),
+            Ok(Some(Ok(message))) => message,
+        };
+        backoff.reset();
+        let changed = match message.payload {
+            Some(pb::sync_response::Payload::Snapshot(snapshot)) => {
+                let Some(snapshot) = snapshot_from_proto(message.revision, snapshot) else {
+                    return SyncEnded::Unusable("unknown snapshot codec".into());
+                };
+                let state = snapshot
+                    .decompress()
+                    .map_err(|e| e.to_string())
+                    .and_then(|raw| convert::decode_state(&raw).map_err(|e| e.to_string()));
+                match state {
+                    Ok(state) => {
+                        mirror.apply_snapshot(message.revision, state);
+                        true
+                    }
+                    Err(error) => return SyncEnded::Unusable(error),
+                }
+            }
+            Some(pb::sync_response::Payload::Delta(delta)) => match convert::delta_from_proto(message.revision, delta) {
+                Ok(batch) => {
+                    mirror.apply_batch(&batch);
+                    true
+                }
+                Err(error) => return SyncEnded::Unusable(error.to_string()),
+            },
+            Some(pb::sync_response::Payload::Keepalive(_)) | None => false,
+        };
+        if !changed {
+            continue;
+        }
+        let desired = desired_routes(mirror.state(), me);
+        match reconciler.apply(netlink, &desired).await {
+            Ok(programmed) => {
+                let ack = common::sync_client_message::Message::Ack(common::SyncAck {
+                    revision: mirror.revision(),
+                    programmed: programmed as u64,
+                });
+                let _ = to_server.try_send(client_message(ack));
+            }
+            Err(error) => tracing::error!(%error, "programming remote routes; retried with the next change"),
+        }
+    }
+}
