@@ -19,6 +19,41 @@ pub struct Cli {
 pub enum Command {
     /// Run the control plane in one process on one port (embedded store unless --etcd-endpoints).
     Server(ServerArgs),
+    /// A multi-node cluster in network namespaces on this machine (needs root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the lab, print the pod-to-pod reachability matrix, keep it running until Ctrl-C
+    /// (or tear it down at once with --once).
+    Up(LabUpArgs),
+    /// Remove the namespaces of a lab that was not torn down (e.g. after a crash).
+    Down {
+        /// Name prefix of the lab's namespaces.
+        #[arg(long, default_value = "brdlab")]
+        prefix: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct LabUpArgs {
+    /// Nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=200))]
+    pub nodes: u8,
+    /// Pods per node.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=50))]
+    pub pods_per_node: u8,
+    /// Pod address pool.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    pub pool: String,
+    /// Name prefix of the lab's namespaces.
+    #[arg(long, default_value = "brdlab")]
+    pub prefix: String,
+    /// Tear the lab down right after printing the matrix.
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]

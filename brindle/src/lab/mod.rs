@@ -1,0 +1,346 @@
+//! `brindle lab`: an N-node cluster in network namespaces on one machine — an underlay bridge, a
+//! control plane (`brindle server`, embedded store), one real `node-agent` per node namespace,
+//! pods attached through the real CNI shim — and a pod-to-pod reachability matrix. Everything is
+//! removed when the lab is dropped. The end-to-end tests use it too.
+
+mod netns;
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use brindle_proto::ipam::v1 as ipam;
+
+pub use netns::{Namespace, Underlay, run};
+
+/// The underlay network every node sits on (inside the lab's namespaces only).
+const UNDERLAY: &str = "192.168.200";
+/// Port of the control plane.
+const CONTROL_PORT: u16 = 7400;
+/// The CNI network name pods are attached to.
+const NETWORK: &str = "brindle-lab";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabSpec {
+    /// Prefix of every namespace (unique per lab).
+    pub prefix: String,
+    /// Nodes.
+    pub nodes: usize,
+    /// Pods per node.
+    pub pods_per_node: usize,
+    /// The pod address pool.
+    pub pool: String,
+    /// Directory with the `brindle`, `node-agent` and `brindle-cni` binaries.
+    pub binaries: PathBuf,
+}
+
+/// A node of the lab.
+pub struct LabNode {
+    /// Node name (also its agent's `--node-name`).
+    pub name: String,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// Its underlay address.
+    pub address: Ipv4Addr,
+    agent: Child,
+    socket: PathBuf,
+}
+
+/// A pod of the lab.
+pub struct LabPod {
+    /// Pod name.
+    pub name: String,
+    /// Index of its node.
+    pub node: usize,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// Its address.
+    pub ip: Ipv4Addr,
+}
+
+/// A running lab; dropping it tears everything down.
+pub struct Lab {
+    spec: LabSpec,
+    dir: tempfile::TempDir,
+    /// Pods, in creation order (dropped first).
+    pub pods: Vec<LabPod>,
+    /// Nodes.
+    pub nodes: Vec<LabNode>,
+    control: Namespace,
+    server: Child,
+    underlay: Underlay,
+}
+
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        if Instant::now() > deadline {
+            bail!("{what} (waited {timeout:?})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+}
+
+impl Lab {
+    /// Builds the lab: underlay, control plane with the pool, nodes, pods.
+    pub fn up(spec: LabSpec) -> anyhow::Result<Self> {
+        for binary in ["brindle", "node-agent", "brindle-cni"] {
+            let path = spec.binaries.join(binary);
+            if !path.exists() {
+                bail!("{} is missing (build the workspace's binaries first)", path.display());
+            }
+        }
+        let dir = tempfile::Builder::new().prefix("brindle-lab-").tempdir()?;
+        let underlay = Underlay::create(format!("{}-ul", spec.prefix))?;
+        let control = Namespace::create(format!("{}-cp", spec.prefix))?;
+        underlay.plug(&control, "cp", &format!("{UNDERLAY}.1/24"))?;
+        let server = control
+            .command(&spec.binaries.join("brindle"))
+            .args(["server", "--listen", &format!("{UNDERLAY}.1:{CONTROL_PORT}"), "--store-path"])
+            .arg(dir.path().join("store.redb"))
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir.path().join("server.log"))?)
+            .spawn()
+            .context("starting brindle server")?;
+        let mut lab = Self {
+            spec,
+            dir,
+            pods: Vec::new(),
+            nodes: Vec::new(),
+            control,
+            server,
+            underlay,
+        };
+        lab.create_pool()?;
+        for _ in 0..lab.spec.nodes {
+            lab.add_node()?;
+        }
+        for node in 0..lab.nodes.len() {
+            for _ in 0..lab.spec.pods_per_node {
+                lab.add_pod(node)?;
+            }
+        }
+        Ok(lab)
+    }
+
+    fn endpoint() -> String {
+        format!("http://{UNDERLAY}.1:{CONTROL_PORT}")
+    }
+
+    fn create_pool(&self) -> anyhow::Result<()> {
+        let cidr = self.spec.pool.clone();
+        self.control.block_on(move || async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut client = loop {
+                match ipam::ipam_client::IpamClient::connect(Self::endpoint()).await {
+                    Ok(client) => break client,
+                    Err(error) if Instant::now() > deadline => {
+                        bail!("the control plane did not come up: {error}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            let pool = ipam::IpPool {
+                name: "lab".into(),
+                cidr,
+                block_size: 26,
+                ..Default::default()
+            };
+            client
+                .create_pool(ipam::CreatePoolRequest { pool: Some(pool) })
+                .await
+                .context("creating the lab's pool")?;
+            Ok(())
+        })
+    }
+
+    /// Adds a node (namespace on the underlay, agent registered with the control plane).
+    pub fn add_node(&mut self) -> anyhow::Result<usize> {
+        let index = self.nodes.len() + 1;
+        let name = format!("{}-n{index}", self.spec.prefix);
+        let address = Ipv4Addr::new(192, 168, 200, u8::try_from(10 + index).context("too many nodes")?);
+        let namespace = Namespace::create(name.clone())?;
+        self.underlay.plug(&namespace, &format!("n{index}"), &format!("{address}/24"))?;
+        let socket = self.dir.path().join(format!("n{index}.sock"));
+        let agent = namespace
+            .command(&self.spec.binaries.join("node-agent"))
+            .args(["--node-name", &name, "--cni-socket"])
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(self.dir.path().join(format!("n{index}")))
+            .args(["--ipam-endpoint", &Self::endpoint(), "--route-endpoint", &Self::endpoint()])
+            .args(["--node-address", &address.to_string(), "--node-subnet", &format!("{UNDERLAY}.0/24")])
+            .stdout(Stdio::null())
+            .stderr(log_file(&self.dir.path().join(format!("{name}.log")))?)
+            .spawn()
+            .context("starting node-agent")?;
+        self.nodes.push(LabNode {
+            name,
+            namespace,
+            address,
+            agent,
+            socket,
+        });
+        let node = self.nodes.last().context("node")?;
+        wait_until(&format!("{}'s agent socket", node.name), Duration::from_secs(30), || {
+            node.socket.exists()
+        })?;
+        Ok(self.nodes.len() - 1)
+    }
+
+    fn cni(&self, node: &LabNode, command: &str, pod: &str, netns: &Path) -> anyhow::Result<(bool, String)> {
+        let config = format!(
+            r#"{{"cniVersion":"1.1.0","name":"{NETWORK}","type":"brindle-cni","agentSocket":"{}","mtu":1450}}"#,
+            node.socket.display()
+        );
+        let mut child = node
+            .namespace
+            .command(&self.spec.binaries.join("brindle-cni"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", pod)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.spec.binaries)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("running brindle-cni")?;
+        child.stdin.take().context("stdin")?.write_all(config.as_bytes())?;
+        let out = child.wait_with_output()?;
+        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// Adds a pod on node `node` through the CNI shim, as containerd would.
+    pub fn add_pod(&mut self, node: usize) -> anyhow::Result<usize> {
+        let host = self.nodes.get(node).context("no such node")?;
+        let name = format!("{}-p{}", host.name, self.pods.iter().filter(|p| p.node == node).count() + 1);
+        let namespace = Namespace::create(name.clone())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let result = loop {
+            let (ok, result) = self.cni(host, "ADD", &name, &namespace.path())?;
+            if ok {
+                break result;
+            }
+            // 11: the agent is up but its control plane is not reachable yet.
+            if Instant::now() > deadline || !result.contains("\"code\":11") {
+                bail!("CNI ADD of {name} failed: {result}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let parsed: serde_json::Value = serde_json::from_str(&result).context("CNI result")?;
+        let address = parsed["ips"][0]["address"].as_str().context("CNI result without an IP")?;
+        let ip = address.split('/').next().unwrap_or_default().parse().context("pod IP")?;
+        self.pods.push(LabPod {
+            name,
+            node,
+            namespace,
+            ip,
+        });
+        Ok(self.pods.len() - 1)
+    }
+
+    /// Whether pod `from` reaches pod `to` (one ping).
+    pub fn reaches(&self, from: usize, to: usize) -> bool {
+        self.pods[from]
+            .namespace
+            .succeeds(&["ping", "-c", "1", "-W", "1", &self.pods[to].ip.to_string()])
+    }
+
+    /// The reachability matrix: `matrix[i][j]` = pod i reaches pod j.
+    pub fn matrix(&self) -> Vec<Vec<bool>> {
+        (0..self.pods.len())
+            .map(|from| (0..self.pods.len()).map(|to| self.reaches(from, to)).collect())
+            .collect()
+    }
+
+    /// Waits until every pod reaches every other (routes converge), up to `timeout`.
+    pub fn wait_full_mesh(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let matrix = self.matrix();
+            if matrix.iter().all(|row| row.iter().all(|ok| *ok)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("pods do not all reach each other:\n{}", self.render(&matrix));
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The matrix as a table (rows: from, columns: to).
+    pub fn render(&self, matrix: &[Vec<bool>]) -> String {
+        let labels: Vec<String> = self
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(index, pod)| format!("{index} {} {}", pod.name, pod.ip))
+            .collect();
+        let width = labels.iter().map(String::len).max().unwrap_or(0).max(9);
+        let mut out = format!("{:width$} ", "from \\ to");
+        for index in 0..self.pods.len() {
+            out.push_str(&format!("{index:>3}"));
+        }
+        out.push('\n');
+        for (label, row) in labels.iter().zip(matrix) {
+            out.push_str(&format!("{label:width$} "));
+            for ok in row {
+                out.push_str(if *ok { "  ✓" } else { "  ✗" });
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Logs of the control plane and every agent, for failure reports.
+    pub fn logs(&self) -> String {
+        let mut logs = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                logs.push_str(&format!("== {}\n", entry.path().display()));
+                logs.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        logs
+    }
+
+    /// The control plane's namespace (to run clients inside).
+    pub fn control(&self) -> &Namespace {
+        &self.control
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            let _ = node.agent.kill();
+            let _ = node.agent.wait();
+        }
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        // Pods, nodes, control plane and underlay namespaces are deleted as their fields drop.
+        self.pods.clear();
+    }
+}
+
+/// Deletes every namespace whose name starts with `prefix` (a lab that was not torn down).
+pub fn down(prefix: &str) -> anyhow::Result<usize> {
+    let listed = run("ip", &["netns", "list"])?;
+    let mut removed = 0;
+    for name in listed.lines().filter_map(|l| l.split_whitespace().next()) {
+        if name.starts_with(prefix) {
+            run("ip", &["netns", "del", name])?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,124 @@
+//! Network namespaces of a lab: created by name, wired to the underlay bridge with a veth made
+//! directly inside them (the root namespace is never touched), commands and async code run inside.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Runs `program args`; an error names the command and its stderr.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A named network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Namespace {
+    /// Its name (`/run/netns/<name>`).
+    pub name: String,
+}
+
+impl Namespace {
+    /// Creates `name` with its loopback up.
+    pub fn create(name: String) -> anyhow::Result<Self> {
+        run("ip", &["netns", "add", &name])?;
+        let namespace = Self { name };
+        namespace.ip(&["link", "set", "lo", "up"])?;
+        Ok(namespace)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <name> args…`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs a command inside; returns whether it succeeded.
+    pub fn succeeds(&self, args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    }
+
+    /// A command that runs inside (to spawn).
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    /// Runs `work` on a thread that entered this namespace, on its own runtime.
+    pub fn block_on<T, F, Fut>(&self, work: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", path.display()))?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(work())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("a thread inside {} panicked", self.name))?
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// The underlay: a namespace holding bridge `br0` that every lab namespace plugs into.
+pub struct Underlay {
+    /// The bridge's namespace.
+    pub namespace: Namespace,
+}
+
+impl Underlay {
+    /// Creates the bridge namespace.
+    pub fn create(name: String) -> anyhow::Result<Self> {
+        let namespace = Namespace::create(name)?;
+        namespace.ip(&["link", "add", "br0", "type", "bridge"])?;
+        namespace.ip(&["link", "set", "br0", "up"])?;
+        Ok(Self { namespace })
+    }
+
+    /// Plugs `member` in as its `eth0` with `address` (e.g. `192.168.200.11/24`); `port` names
+    /// the bridge side.
+    pub fn plug(&self, member: &Namespace, port: &str, address: &str) -> anyhow::Result<()> {
+        self.namespace.ip(&[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &member.name,
+        ])?;
+        self.namespace.ip(&["link", "set", port, "master", "br0", "up"])?;
+        member.ip(&["addr", "add", address, "dev", "eth0"])?;
+        member.ip(&["link", "set", "eth0", "up"])?;
+        Ok(())
+    }
+}

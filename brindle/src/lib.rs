@@ -1,0 +1,3 @@
+//! The `brindle` command's library side: the multi-node network-namespace lab.
+
+pub mod lab;
