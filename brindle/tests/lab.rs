@@ -79,3 +79,72 @@ fn three_nodes_full_mesh_ping_and_tcp_then_a_new_node_joins() {
         panic!("after a node joined: {error}\n{}", lab.logs());
     }
 }
+
+/// `ip -4 monitor route` inside a node namespace, recording every IPv4 route change until stopped
+/// (IPv6 link-local routes come and go with the kernel's address configuration).
+struct RouteMonitor {
+    child: std::process::Child,
+    output: PathBuf,
+}
+
+impl RouteMonitor {
+    fn start(lab: &Lab, node: usize, dir: &std::path::Path) -> Self {
+        let output = dir.join(format!("monitor-{node}.txt"));
+        let child = std::process::Command::new("ip")
+            .args(["-4", "-n", &lab.nodes[node].namespace.name, "monitor", "route"])
+            .stdout(std::fs::File::create(&output).expect("monitor file"))
+            .spawn()
+            .expect("ip monitor");
+        Self { child, output }
+    }
+
+    fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.output).unwrap_or_default()
+    }
+}
+
+#[test]
+fn the_data_plane_survives_the_control_plane_and_resumes_without_a_route_flap() {
+    let mut lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}r", std::process::id()),
+        ..spec(3)
+    })
+    .expect("lab up");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("{error}\n{}", lab.logs());
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let monitors: Vec<_> = (0..lab.nodes.len()).map(|n| RouteMonitor::start(&lab, n, dir.path())).collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    lab.stop_control_plane().expect("stop");
+    std::thread::sleep(Duration::from_secs(30));
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(5)) {
+        panic!("30 s without the control plane: {error}\n{}", lab.logs());
+    }
+    lab.start_control_plane().expect("start");
+    // Every agent reconnects and acknowledges the state it resumed at.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = lab.node_status().unwrap_or_default();
+        if status.len() == lab.nodes.len() && status.iter().all(|n| n.connected && n.acked_revision > 0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agents did not resume: {status:#?}\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.wait_full_mesh(Duration::from_secs(5)).expect("after the restart");
+    for (node, monitor) in monitors.into_iter().enumerate() {
+        let changes = monitor.stop();
+        assert!(
+            changes.trim().is_empty(),
+            "node {node}'s routes changed across the outage and restart:\n{changes}"
+        );
+    }
+}

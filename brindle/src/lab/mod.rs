@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use brindle_proto::ipam::v1 as ipam;
+use brindle_proto::route::v1 as route;
 
 pub use netns::{Namespace, Underlay, run};
 
@@ -103,14 +104,7 @@ impl Lab {
         let underlay = Underlay::create(format!("{}-ul", spec.prefix))?;
         let control = Namespace::create(format!("{}-cp", spec.prefix))?;
         underlay.plug(&control, "cp", &format!("{UNDERLAY}.1/24"))?;
-        let server = control
-            .command(&spec.binaries.join("brindle"))
-            .args(["server", "--listen", &format!("{UNDERLAY}.1:{CONTROL_PORT}"), "--store-path"])
-            .arg(dir.path().join("store.redb"))
-            .stdout(Stdio::null())
-            .stderr(log_file(&dir.path().join("server.log"))?)
-            .spawn()
-            .context("starting brindle server")?;
+        let server = Self::spawn_server(&spec, &control, dir.path())?;
         let mut lab = Self {
             spec,
             dir,
@@ -130,6 +124,43 @@ impl Lab {
             }
         }
         Ok(lab)
+    }
+
+    fn spawn_server(spec: &LabSpec, control: &Namespace, dir: &Path) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("server.log"))
+            .context("opening the server log")?;
+        control
+            .command(&spec.binaries.join("brindle"))
+            .args(["server", "--listen", &format!("{UNDERLAY}.1:{CONTROL_PORT}"), "--store-path"])
+            .arg(dir.join("store.redb"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting brindle server")
+    }
+
+    /// Stops the control plane (services and datastore): the data plane must keep working.
+    pub fn stop_control_plane(&mut self) -> anyhow::Result<()> {
+        self.server.kill().context("stopping brindle server")?;
+        self.server.wait()?;
+        Ok(())
+    }
+
+    /// Starts the control plane again on the same store.
+    pub fn start_control_plane(&mut self) -> anyhow::Result<()> {
+        self.server = Self::spawn_server(&self.spec, &self.control, self.dir.path())?;
+        Ok(())
+    }
+
+    /// Every registered node with its sync status, from route-svc's `ListNodes`.
+    pub fn node_status(&self) -> anyhow::Result<Vec<route::NodeStatus>> {
+        self.control.block_on(|| async {
+            let mut client = route::routes_client::RoutesClient::connect(Self::endpoint()).await?;
+            Ok(client.list_nodes(route::ListNodesRequest {}).await?.into_inner().nodes)
+        })
     }
 
     fn endpoint() -> String {
