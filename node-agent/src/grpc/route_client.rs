@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::core::routing::{RouteReconciler, desired_routes};
-use crate::dataplane::Netlink;
+use crate::dataplane::{DataplaneError, Netlink};
 
 /// How long a registration lives without renewal.
 const REGISTRATION_TTL_SECONDS: u32 = 30;
@@ -145,12 +145,17 @@ async fn sync_once(
         Err(status) => return status.into(),
     };
     let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+    // Set when programming failed: retried on the next change or keepalive tick.
+    let mut failed = false;
     loop {
         let message = tokio::select! {
             message = tokio::time::timeout(SILENCE_LIMIT, incoming.next()) => message,
             _ = keepalive.tick() => {
                 let alive = common::sync_client_message::Message::Keepalive(common::Keepalive::default());
                 let _ = to_server.try_send(client_message(alive));
+                if failed {
+                    failed = program(netlink, mirror, me, reconciler, &to_server).await.is_err();
+                }
                 continue;
             }
         };
@@ -187,19 +192,33 @@ async fn sync_once(
             },
             Some(pb::sync_response::Payload::Keepalive(_)) | None => false,
         };
-        if !changed {
-            continue;
+        if changed {
+            failed = program(netlink, mirror, me, reconciler, &to_server).await.is_err();
         }
-        let desired = desired_routes(mirror.state(), me);
-        match reconciler.apply(netlink, &desired).await {
-            Ok(programmed) => {
-                let ack = common::sync_client_message::Message::Ack(common::SyncAck {
-                    revision: mirror.revision(),
-                    programmed: programmed as u64,
-                });
-                let _ = to_server.try_send(client_message(ack));
-            }
-            Err(error) => tracing::error!(%error, "programming remote routes; retried with the next change"),
+    }
+}
+
+/// Programs the routes `mirror` asks for and acknowledges its revision.
+async fn program(
+    netlink: &dyn Netlink,
+    mirror: &Mirror<RouteItem>,
+    me: &str,
+    reconciler: &mut RouteReconciler,
+    to_server: &mpsc::Sender<common::SyncClientMessage>,
+) -> Result<(), DataplaneError> {
+    let desired = desired_routes(mirror.state(), me);
+    match reconciler.apply(netlink, &desired).await {
+        Ok(programmed) => {
+            let ack = common::sync_client_message::Message::Ack(common::SyncAck {
+                revision: mirror.revision(),
+                programmed: programmed as u64,
+            });
+            let _ = to_server.try_send(client_message(ack));
+            Ok(())
+        }
+        Err(error) => {
+            tracing::error!(%error, "programming remote routes; retrying");
+            Err(error)
         }
     }
 }
