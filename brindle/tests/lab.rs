@@ -148,3 +148,53 @@ fn the_data_plane_survives_the_control_plane_and_resumes_without_a_route_flap() 
         );
     }
 }
+
+#[test]
+fn nat_outgoing_masquerades_pod_traffic_leaving_the_pools_and_only_when_enabled() {
+    let mut lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}n", std::process::id()),
+        ..spec(2)
+    })
+    .expect("lab up");
+    let external = lab.add_external().expect("external namespace");
+    let pings = |lab: &Lab| {
+        lab.pods[0]
+            .namespace
+            .succeeds(&["ping", "-c", "1", "-W", "1", &external.to_string()])
+    };
+    let eventually = |what: &str, condition: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !condition() {
+            assert!(std::time::Instant::now() < deadline, "{what}\n{}", lab.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert!(!pings(&lab), "without natOutgoing the outside cannot answer a pod address");
+    lab.set_nat_outgoing(true).expect("enable");
+    eventually("natOutgoing on: the pod reaches the outside", &|| pings(&lab));
+    // The outside sees the node's address, not the pod's.
+    let (ready, listening) = std::sync::mpsc::channel();
+    let outside = lab.external.as_ref().expect("external").path();
+    let server = std::thread::spawn(move || {
+        let file = std::fs::File::open(outside).expect("netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter");
+        let listener = std::net::TcpListener::bind((external, 5202)).expect("listen");
+        ready.send(()).expect("ready");
+        listener.accept().expect("accept").1.ip()
+    });
+    listening.recv_timeout(Duration::from_secs(5)).expect("listening");
+    let pod = lab.pods[0].namespace.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(pod).expect("netns");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter");
+        std::net::TcpStream::connect_timeout(&(external, 5202).into(), Duration::from_secs(5)).expect("connect");
+    })
+    .join()
+    .expect("client");
+    let seen = server.join().expect("server");
+    assert_eq!(seen, std::net::IpAddr::V4(lab.nodes[lab.pods[0].node].address));
+    // Pod-to-pod traffic is never masqueraded.
+    tcp_transfer(&lab, 0, lab.pods.len() - 1);
+    lab.set_nat_outgoing(false).expect("disable");
+    eventually("natOutgoing off again: no answer", &|| !pings(&lab));
+}

@@ -13,7 +13,7 @@ use tonic_health::ServingStatus;
 
 use crate::core::attachments::AttachmentStore;
 use crate::core::cni::CniOps;
-use crate::dataplane::{ProcSysctl, RtNetlink, Sysctl};
+use crate::dataplane::{IptablesCommands, ProcSysctl, RtNetlink, Sysctl};
 use crate::grpc::cni_service::{CniService, SERVICE_NAME};
 use crate::grpc::ipam_client::GrpcIpam;
 use crate::grpc::route_client::RouteFollower;
@@ -83,7 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ipip_tunnel_ipv4: None,
             lease: 0,
         };
-        let follower = RouteFollower::new(endpoint, registration, netlink.clone())?;
+        let follower = RouteFollower::new(endpoint, registration, netlink.clone(), Arc::new(IptablesCommands))?;
         tokio::spawn(follower.run());
     }
     let ops = Arc::new(CniOps::new(&node, netlink, sysctl, ipam, records));

@@ -21,6 +21,8 @@ pub use netns::{Namespace, Underlay, run};
 const UNDERLAY: &str = "192.168.200";
 /// Port of the control plane.
 const CONTROL_PORT: u16 = 7400;
+/// The address of the lab's stand-in for "the internet" (TEST-NET-3, outside every pool).
+pub const EXTERNAL_ADDRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The CNI network name pods are attached to.
 const NETWORK: &str = "brindle-lab";
 
@@ -71,6 +73,8 @@ pub struct Lab {
     pub pods: Vec<LabPod>,
     /// Nodes.
     pub nodes: Vec<LabNode>,
+    /// A namespace standing in for "the internet", once added.
+    pub external: Option<Namespace>,
     control: Namespace,
     server: Child,
     underlay: Underlay,
@@ -110,6 +114,7 @@ impl Lab {
             dir,
             pods: Vec::new(),
             nodes: Vec::new(),
+            external: None,
             control,
             server,
             underlay,
@@ -153,6 +158,40 @@ impl Lab {
     pub fn start_control_plane(&mut self) -> anyhow::Result<()> {
         self.server = Self::spawn_server(&self.spec, &self.control, self.dir.path())?;
         Ok(())
+    }
+
+    /// Adds a namespace standing in for "the internet": on the underlay, holding
+    /// [`EXTERNAL_ADDRESS`] outside every pool, with no route back to the pods; every node routes
+    /// toward it. Returns that address.
+    pub fn add_external(&mut self) -> anyhow::Result<Ipv4Addr> {
+        let namespace = Namespace::create(format!("{}-ext", self.spec.prefix))?;
+        self.underlay.plug(&namespace, "ext", &format!("{UNDERLAY}.254/24"))?;
+        namespace.ip(&["addr", "add", &format!("{EXTERNAL_ADDRESS}/32"), "dev", "lo"])?;
+        for node in &self.nodes {
+            node.namespace.ip(&[
+                "route",
+                "replace",
+                &format!("{EXTERNAL_ADDRESS}/32"),
+                "via",
+                &format!("{UNDERLAY}.254"),
+            ])?;
+        }
+        self.external = Some(namespace);
+        Ok(EXTERNAL_ADDRESS)
+    }
+
+    /// Turns natOutgoing of the lab's pool on or off.
+    pub fn set_nat_outgoing(&self, enabled: bool) -> anyhow::Result<()> {
+        self.control.block_on(move || async move {
+            let mut client = ipam::ipam_client::IpamClient::connect(Self::endpoint()).await?;
+            let mut pool = client
+                .get_pool(ipam::GetPoolRequest { name: "lab".into() })
+                .await?
+                .into_inner();
+            pool.nat_outgoing = enabled;
+            client.update_pool(ipam::UpdatePoolRequest { pool: Some(pool) }).await?;
+            Ok(())
+        })
     }
 
     /// Every registered node with its sync status, from route-svc's `ListNodes`.

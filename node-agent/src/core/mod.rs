@@ -5,5 +5,6 @@
 pub mod attachments;
 pub mod cni;
 pub mod ipam;
+pub mod nat;
 pub mod routing;
 pub mod wiring;

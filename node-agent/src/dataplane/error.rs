@@ -20,6 +20,14 @@ pub enum DataplaneError {
     /// An object that must exist does not.
     #[error("{0} does not exist")]
     Missing(String),
+    /// A kernel tool (iptables-restore, iptables) failed.
+    #[error("{what}: {detail}")]
+    Tool {
+        /// What was being done.
+        what: String,
+        /// The tool's error output.
+        detail: String,
+    },
     /// A network namespace could not be entered.
     #[error("network namespace {path}: {reason}")]
     Netns {

@@ -1,8 +1,9 @@
 //! Kernel access behind small traits: [`Netlink`] (links, addresses, routes, neighbours, in the
-//! agent's namespace or a pod's) and [`Sysctl`]. [`RtNetlink`] and [`ProcSysctl`] talk to the
+//! agent's namespace or a pod's), [`Iptables`] and [`Sysctl`]. [`RtNetlink`] and [`ProcSysctl`] talk to the
 //! kernel; [`RecordingKernel`] is an in-memory kernel that records every call, for unit tests.
 
 mod error;
+mod iptables;
 mod netlink;
 mod recording;
 mod sysctl;
@@ -13,6 +14,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 pub use error::DataplaneError;
+pub use iptables::IptablesCommands;
 pub use netlink::RtNetlink;
 pub use recording::{Call, RecordingKernel};
 pub use sysctl::ProcSysctl;
@@ -136,6 +138,15 @@ pub trait Netlink: Send + Sync {
     ) -> Result<(), DataplaneError>;
     /// The pod interface, its addresses, and the pod's routes; `None` when it does not exist.
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError>;
+}
+
+/// iptables of the agent's namespace, for chains brindle owns (`brd-*`).
+pub trait Iptables: Send + Sync {
+    /// Applies an `iptables-restore` payload for `table` without flushing other chains (the
+    /// chains it declares are replaced whole).
+    fn restore(&self, table: &str, payload: &str) -> Result<(), DataplaneError>;
+    /// Makes sure chain `from` of `table` jumps to `to` (inserted first when missing).
+    fn ensure_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError>;
 }
 
 /// Kernel parameters under `/proc/sys` of the agent's namespace.

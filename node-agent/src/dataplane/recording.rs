@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
-use super::{DataplaneError, LinkState, Mac, Netlink, PodGateway, PodState, Route, Sysctl};
+use super::{DataplaneError, Iptables, LinkState, Mac, Netlink, PodGateway, PodState, Route, Sysctl};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,10 @@ pub enum Call {
     AddPodAddresses(PathBuf, String, Vec<IpNet>),
     /// `sysctl set(key, value)`.
     Sysctl(String, String),
+    /// `iptables restore(table, payload)`.
+    IptablesRestore(String, String),
+    /// `iptables ensure_jump(table, from, to)`.
+    IptablesJump(String, String, String),
 }
 
 #[derive(Default)]
@@ -281,6 +285,16 @@ impl Netlink for RecordingKernel {
             .pod_links
             .get(&(netns.to_owned(), ifname.to_owned()))
             .map(|(pod, _)| pod.clone()))
+    }
+}
+
+impl Iptables for RecordingKernel {
+    fn restore(&self, table: &str, payload: &str) -> Result<(), DataplaneError> {
+        self.record(Call::IptablesRestore(table.into(), payload.into())).map(drop)
+    }
+
+    fn ensure_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError> {
+        self.record(Call::IptablesJump(table.into(), from.into(), to.into())).map(drop)
     }
 }
 

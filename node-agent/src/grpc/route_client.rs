@@ -18,8 +18,9 @@ use route_svc::grpc::convert;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::core::nat::NatReconciler;
 use crate::core::routing::{RouteReconciler, desired_routes};
-use crate::dataplane::{DataplaneError, Netlink};
+use crate::dataplane::{DataplaneError, Iptables, Netlink};
 
 /// How long a registration lives without renewal.
 const REGISTRATION_TTL_SECONDS: u32 = 30;
@@ -48,26 +49,44 @@ enum SyncEnded {
 pub struct RouteFollower {
     client: RoutesClient<Channel>,
     node: Node,
+    programmer: Programmer,
+}
+
+/// What the routing state is programmed into: remote routes and the natOutgoing chain.
+struct Programmer {
     netlink: Arc<dyn Netlink>,
+    iptables: Arc<dyn Iptables>,
+    routes: RouteReconciler,
+    nat: NatReconciler,
 }
 
 impl RouteFollower {
     /// A follower of route-svc at `endpoint` (`http://host:port`) for `node`.
-    pub fn new(endpoint: &str, node: Node, netlink: Arc<dyn Netlink>) -> anyhow::Result<Self> {
+    pub fn new(
+        endpoint: &str,
+        node: Node,
+        netlink: Arc<dyn Netlink>,
+        iptables: Arc<dyn Iptables>,
+    ) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(endpoint.to_owned())?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
         Ok(Self {
             client: RoutesClient::new(channel).max_decoding_message_size(256 << 20),
             node,
-            netlink,
+            programmer: Programmer {
+                netlink,
+                iptables,
+                routes: RouteReconciler::default(),
+                nat: NatReconciler::default(),
+            },
         })
     }
 
     /// Runs registration and sync until the task is dropped.
     pub async fn run(self) {
         let registration = keep_registered(self.client.clone(), self.node.clone());
-        let sync = follow(self.client, self.node.name, self.netlink);
+        let sync = follow(self.client, self.node.name, self.programmer);
         tokio::join!(registration, sync);
     }
 }
@@ -107,12 +126,11 @@ async fn keep_registered(mut client: RoutesClient<Channel>, node: Node) {
     }
 }
 
-async fn follow(client: RoutesClient<Channel>, me: String, netlink: Arc<dyn Netlink>) {
+async fn follow(client: RoutesClient<Channel>, me: String, mut programmer: Programmer) {
     let mut mirror = Mirror::default();
-    let mut reconciler = RouteReconciler::default();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let error = sync_once(client.clone(), &me, netlink.as_ref(), &mut mirror, &mut reconciler, &mut backoff).await;
+        let error = sync_once(client.clone(), &me, &mut programmer, &mut mirror, &mut backoff).await;
         tracing::warn!(%error, revision = mirror.revision(), "routing-state stream ended; routes stay as they are; reconnecting");
         tokio::time::sleep(backoff.next_delay()).await;
     }
@@ -125,9 +143,8 @@ fn client_message(message: common::sync_client_message::Message) -> common::Sync
 async fn sync_once(
     mut client: RoutesClient<Channel>,
     me: &str,
-    netlink: &dyn Netlink,
+    programmer: &mut Programmer,
     mirror: &mut Mirror<RouteItem>,
-    reconciler: &mut RouteReconciler,
     backoff: &mut Backoff,
 ) -> SyncEnded {
     let (to_server, queued) = mpsc::channel(8);
@@ -154,7 +171,7 @@ async fn sync_once(
                 let alive = common::sync_client_message::Message::Keepalive(common::Keepalive::default());
                 let _ = to_server.try_send(client_message(alive));
                 if failed {
-                    failed = program(netlink, mirror, me, reconciler, &to_server).await.is_err();
+                    failed = programmer.program(mirror, me, &to_server).await.is_err();
                 }
                 continue;
             }
@@ -193,32 +210,37 @@ async fn sync_once(
             Some(pb::sync_response::Payload::Keepalive(_)) | None => false,
         };
         if changed {
-            failed = program(netlink, mirror, me, reconciler, &to_server).await.is_err();
+            failed = programmer.program(mirror, me, &to_server).await.is_err();
         }
     }
 }
 
-/// Programs the routes `mirror` asks for and acknowledges its revision.
-async fn program(
-    netlink: &dyn Netlink,
-    mirror: &Mirror<RouteItem>,
-    me: &str,
-    reconciler: &mut RouteReconciler,
-    to_server: &mpsc::Sender<common::SyncClientMessage>,
-) -> Result<(), DataplaneError> {
-    let desired = desired_routes(mirror.state(), me);
-    match reconciler.apply(netlink, &desired).await {
-        Ok(programmed) => {
-            let ack = common::sync_client_message::Message::Ack(common::SyncAck {
-                revision: mirror.revision(),
-                programmed: programmed as u64,
-            });
-            let _ = to_server.try_send(client_message(ack));
-            Ok(())
-        }
-        Err(error) => {
-            tracing::error!(%error, "programming remote routes; retrying");
-            Err(error)
+impl Programmer {
+    /// Programs what `mirror` asks for and acknowledges its revision.
+    async fn program(
+        &mut self,
+        mirror: &Mirror<RouteItem>,
+        me: &str,
+        to_server: &mpsc::Sender<common::SyncClientMessage>,
+    ) -> Result<(), DataplaneError> {
+        let desired = desired_routes(mirror.state(), me);
+        let result = match self.routes.apply(self.netlink.as_ref(), &desired).await {
+            Ok(programmed) => self.nat.apply(self.iptables.as_ref(), mirror.state()).map(|()| programmed),
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(programmed) => {
+                let ack = common::sync_client_message::Message::Ack(common::SyncAck {
+                    revision: mirror.revision(),
+                    programmed: programmed as u64,
+                });
+                let _ = to_server.try_send(client_message(ack));
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "programming the routing state; retrying");
+                Err(error)
+            }
         }
     }
 }
