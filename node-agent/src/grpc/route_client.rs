@@ -1,7 +1,8 @@
 //! The agent's side of route-svc: keeps this node registered (renewing its lease, registering
 //! again when it expired) and follows the routing state (`Sync`), programming remote routes and the
-//! natOutgoing chain after every full state or change. Disconnected, it changes nothing in the kernel; reconnected, it
-//! resumes from the revision it applied, so only real differences are programmed.
+//! natOutgoing chain after every full state or change. Disconnected, it changes nothing in the
+//! kernel; reconnected, it resumes from the revision it applied, so only real differences are
+//! programmed.
 
 use std::sync::Arc;
 use std::time::Duration;
