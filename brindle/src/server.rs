@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use ipam_svc::core::Ipam;
 use brindle_fanout::FanoutConfig;
+use ipam_svc::core::Ipam;
 use ipam_svc::grpc::IpamService;
 use route_svc::grpc::RoutesService;
 use tonic::service::RoutesBuilder;

@@ -11,7 +11,10 @@ use brindle::lab::{Lab, LabSpec};
 /// The workspace's binaries (scripts/test.sh builds them before the tests).
 fn binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary");
-    exe.parent().and_then(|deps| deps.parent()).expect("target dir").to_owned()
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target dir")
+        .to_owned()
 }
 
 fn spec(nodes: usize) -> LabSpec {
@@ -40,20 +43,25 @@ fn tcp_transfer(lab: &Lab, from: usize, to: usize) {
         stream.read_to_end(&mut received).expect("read");
         (received, peer.ip())
     });
-    listening.recv_timeout(Duration::from_secs(5)).expect("server listening");
+    listening
+        .recv_timeout(Duration::from_secs(5))
+        .expect("server listening");
     let client_ns = lab.pods[from].namespace.path();
     std::thread::spawn(move || {
         let file = std::fs::File::open(client_ns).expect("pod netns");
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter pod");
-        let mut stream =
-            std::net::TcpStream::connect_timeout(&(to_ip, 5201).into(), Duration::from_secs(5)).expect("connect");
+        let mut stream = std::net::TcpStream::connect_timeout(&(to_ip, 5201).into(), Duration::from_secs(5))
+            .expect("connect");
         let payload: Vec<u8> = (0..BYTES).map(|i| (i % 251) as u8).collect();
         stream.write_all(&payload).expect("send");
     })
     .join()
     .expect("client");
     let (received, peer) = server.join().expect("server");
-    assert_eq!(peer, lab.pods[from].ip, "no NAT between pods: the server sees the client pod's address");
+    assert_eq!(
+        peer, lab.pods[from].ip,
+        "no NAT between pods: the server sees the client pod's address"
+    );
     assert_eq!(received.len(), BYTES, "pod {from} → pod {to}");
     assert!(received.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
 }
@@ -116,7 +124,9 @@ fn the_data_plane_survives_the_control_plane_and_resumes_without_a_route_flap() 
         panic!("{error}\n{}", lab.logs());
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let monitors: Vec<_> = (0..lab.nodes.len()).map(|n| RouteMonitor::start(&lab, n, dir.path())).collect();
+    let monitors: Vec<_> = (0..lab.nodes.len())
+        .map(|n| RouteMonitor::start(&lab, n, dir.path()))
+        .collect();
     std::thread::sleep(Duration::from_millis(300));
 
     lab.stop_control_plane().expect("stop");
@@ -139,7 +149,8 @@ fn the_data_plane_survives_the_control_plane_and_resumes_without_a_route_flap() 
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    lab.wait_full_mesh(Duration::from_secs(5)).expect("after the restart");
+    lab.wait_full_mesh(Duration::from_secs(5))
+        .expect("after the restart");
     for (node, monitor) in monitors.into_iter().enumerate() {
         let changes = monitor.stop();
         assert!(
@@ -169,7 +180,10 @@ fn nat_outgoing_masquerades_pod_traffic_leaving_the_pools_and_only_when_enabled(
             std::thread::sleep(Duration::from_millis(200));
         }
     };
-    assert!(!pings(&lab), "without natOutgoing the outside cannot answer a pod address");
+    assert!(
+        !pings(&lab),
+        "without natOutgoing the outside cannot answer a pod address"
+    );
     lab.set_nat_outgoing(true).expect("enable");
     eventually("natOutgoing on: the pod reaches the outside", &|| pings(&lab));
     // The outside sees the node's address, not the pod's.
@@ -187,7 +201,8 @@ fn nat_outgoing_masquerades_pod_traffic_leaving_the_pools_and_only_when_enabled(
     std::thread::spawn(move || {
         let file = std::fs::File::open(pod).expect("netns");
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter");
-        std::net::TcpStream::connect_timeout(&(external, 5202).into(), Duration::from_secs(5)).expect("connect");
+        std::net::TcpStream::connect_timeout(&(external, 5202).into(), Duration::from_secs(5))
+            .expect("connect");
     })
     .join()
     .expect("client");

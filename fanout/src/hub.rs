@@ -229,7 +229,9 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
             inner.history_keys += batch.len();
             inner.history.push_back(Arc::new(batch));
             while inner.history_keys > self.shared.config.history_entries {
-                let Some(oldest) = inner.history.pop_front() else { break };
+                let Some(oldest) = inner.history.pop_front() else {
+                    break;
+                };
                 inner.history_keys -= oldest.len();
                 inner.floor = oldest.to;
             }
@@ -318,7 +320,10 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
 }
 
 /// Flushes a batch `max_batch_delay` after it started; ends when the fan-out is dropped.
-async fn flusher<V: Clone + PartialEq + Send + Sync + 'static>(shared: Weak<Shared<V>>, started: Arc<Notify>) {
+async fn flusher<V: Clone + PartialEq + Send + Sync + 'static>(
+    shared: Weak<Shared<V>>,
+    started: Arc<Notify>,
+) {
     loop {
         started.notified().await;
         let Some(delay) = shared.upgrade().map(|s| s.config.max_batch_delay) else {

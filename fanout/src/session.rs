@@ -57,7 +57,8 @@ where
     E: std::fmt::Display,
 {
     let config = fanout.shared.config.clone();
-    let (node, resume_revision) = match tokio::time::timeout(config.keepalive_timeout, incoming.next()).await {
+    let (node, resume_revision) = match tokio::time::timeout(config.keepalive_timeout, incoming.next()).await
+    {
         Err(_) => {
             return Err(FanoutError::Protocol(format!(
                 "no hello within {:.1} s",
@@ -65,12 +66,17 @@ where
             )));
         }
         Ok(None | Some(Err(_))) => return Ok(()),
-        Ok(Some(Ok(ClientMessage::Hello { node, resume_revision }))) if !node.is_empty() => (node, resume_revision),
+        Ok(Some(Ok(ClientMessage::Hello {
+            node,
+            resume_revision,
+        }))) if !node.is_empty() => (node, resume_revision),
         Ok(Some(Ok(ClientMessage::Hello { .. }))) => {
             return Err(FanoutError::Protocol("hello.node is empty".into()));
         }
         Ok(Some(Ok(other))) => {
-            return Err(FanoutError::Protocol(format!("the first message must be hello, not {other:?}")));
+            return Err(FanoutError::Protocol(format!(
+                "the first message must be hello, not {other:?}"
+            )));
         }
     };
     fanout.update_status(&node, |s| s.connected = true);
@@ -117,7 +123,8 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Session<'_, V> {
                     upserts: Vec::new(),
                     removed: Vec::new(),
                 };
-                self.send(ServerMessage::Delta(Arc::new(current)), revision).await?;
+                self.send(ServerMessage::Delta(Arc::new(current)), revision)
+                    .await?;
             }
             Start::Resume { batches, .. } => {
                 for batch in batches {
@@ -185,7 +192,8 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Session<'_, V> {
             Ok(Ok(())) => {
                 self.last_sent = Instant::now();
                 if revision > 0 {
-                    self.fanout.update_status(self.node, |s| s.sent_revision = revision);
+                    self.fanout
+                        .update_status(self.node, |s| s.sent_revision = revision);
                 }
                 Ok(())
             }

@@ -75,7 +75,10 @@ impl EncodedSnapshot {
             Codec::None => Ok(self.data.to_vec()),
             Codec::Zstd if self.raw_bytes > MAX_SNAPSHOT_BYTES => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                format!("snapshot claims {} bytes, more than the {MAX_SNAPSHOT_BYTES} allowed", self.raw_bytes),
+                format!(
+                    "snapshot claims {} bytes, more than the {MAX_SNAPSHOT_BYTES} allowed",
+                    self.raw_bytes
+                ),
             )),
             Codec::Zstd => zstd::bulk::decompress(&self.data, self.raw_bytes as usize),
         }

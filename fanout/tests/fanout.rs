@@ -114,7 +114,10 @@ async fn subscribers_get_batches_in_revision_order_and_end_equal_to_the_source()
     }
     assert_eq!(mirror.state(), &fanout.state());
     assert_eq!(fanout.revision(), 50);
-    assert!(!fanout.publish(50, [upsert("late", "x")]), "an old revision is refused");
+    assert!(
+        !fanout.publish(50, [upsert("late", "x")]),
+        "an old revision is refused"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -133,7 +136,11 @@ async fn changes_are_batched_by_count_and_time_and_coalesced_per_key() {
     let batches = subscription.next().await.expect("time flush");
     assert_eq!(batches.len(), 1);
     assert_eq!((batches[0].from, batches[0].to), (1, 3));
-    assert_eq!(batches[0].upserts, vec![("a".to_owned(), "2".to_owned())], "coalesced");
+    assert_eq!(
+        batches[0].upserts,
+        vec![("a".to_owned(), "2".to_owned())],
+        "coalesced"
+    );
 
     fanout.publish(4, [upsert("b", "1"), upsert("c", "1")]);
     fanout.publish(5, [upsert("d", "1")]);
@@ -159,7 +166,10 @@ async fn nobody_is_started_before_the_fan_out_has_loaded_a_state() {
         tokio::spawn(async move { fanout.subscribe(0).await.1 })
     };
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert!(!waiting.is_finished(), "an empty snapshot at revision 0 must never be handed out");
+    assert!(
+        !waiting.is_finished(),
+        "an empty snapshot at revision 0 must never be handed out"
+    );
     fanout.reset(4, [("a".to_owned(), "1".to_owned())].into());
     let Start::Snapshot(snapshot) = waiting.await.expect("task") else {
         panic!("expected a snapshot");
@@ -204,7 +214,10 @@ async fn resume_falls_back_to_a_shared_compressed_snapshot_when_history_is_gone(
         ..config()
     });
     for revision in 1..=20 {
-        fanout.publish(revision, [upsert(&format!("key-{revision:04}"), "a-value-that-repeats")]);
+        fanout.publish(
+            revision,
+            [upsert(&format!("key-{revision:04}"), "a-value-that-repeats")],
+        );
         fanout.flush();
     }
     let (_, start) = fanout.subscribe(3).await;
@@ -222,7 +235,10 @@ async fn resume_falls_back_to_a_shared_compressed_snapshot_when_history_is_gone(
     };
     assert!(Arc::ptr_eq(&first, &second), "encoded once, shared");
     let (_, start) = fanout.subscribe(17).await;
-    assert!(matches!(start, Start::Resume { .. }), "17 is still in the history");
+    assert!(
+        matches!(start, Start::Resume { .. }),
+        "17 is still in the history"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -266,7 +282,10 @@ async fn a_session_evicts_a_subscriber_that_stops_reading() {
         fanout.flush();
     }
     let result = server.await.expect("session task");
-    assert!(matches!(result, Err(FanoutError::SlowSubscriber { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(FanoutError::SlowSubscriber { .. })),
+        "{result:?}"
+    );
     assert!(matches!(received.recv().await, Some(ServerMessage::Snapshot(_))));
     drop(to_server);
     assert!(!fanout.subscribers()[0].connected);
@@ -297,7 +316,10 @@ async fn keepalives_flow_and_a_silent_subscriber_times_out() {
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert!(matches!(received.recv().await, Some(ServerMessage::Keepalive)));
-        to_server.send(Ok(ClientMessage::Keepalive)).await.expect("keepalive");
+        to_server
+            .send(Ok(ClientMessage::Keepalive))
+            .await
+            .expect("keepalive");
     }
     to_server
         .send(Ok(ClientMessage::Ack {
@@ -312,7 +334,10 @@ async fn keepalives_flow_and_a_silent_subscriber_times_out() {
     // Then silence.
     let started = tokio::time::Instant::now();
     let result = server.await.expect("session task");
-    assert!(matches!(result, Err(FanoutError::KeepaliveTimeout { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(FanoutError::KeepaliveTimeout { .. })),
+        "{result:?}"
+    );
     let silent_for = started.elapsed() + Duration::from_secs(1);
     assert!(
         silent_for >= Duration::from_secs(30) && silent_for <= Duration::from_secs(31),
@@ -331,7 +356,10 @@ async fn a_session_must_start_with_hello() {
         .await
         .expect("send");
     let result = serve(&fanout, ChannelStream(from_client), outgoing).await;
-    assert!(matches!(result, Err(FanoutError::Protocol(ref m)) if m.contains("hello")), "{result:?}");
+    assert!(
+        matches!(result, Err(FanoutError::Protocol(ref m)) if m.contains("hello")),
+        "{result:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -396,7 +424,10 @@ async fn resuming_from_a_revision_the_replica_has_not_reached_waits_for_it() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     replica.publish(9, [upsert("c", "1")]);
     replica.flush();
-    assert!(matches!(ahead.await.expect("task"), Start::Resume { revision: 9, .. }));
+    assert!(matches!(
+        ahead.await.expect("task"),
+        Start::Resume { revision: 9, .. }
+    ));
     assert!(matches!(waiting.await.expect("task"), Start::Resume { .. }));
 }
 
@@ -405,7 +436,10 @@ fn a_mirror_reports_only_real_changes() {
     let mut mirror = Mirror::default();
     let state: BTreeMap<String, String> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
     assert_eq!(mirror.apply_snapshot(4, state.clone()).len(), 2);
-    assert!(mirror.apply_snapshot(9, state.clone()).is_empty(), "same snapshot after a reconnect: no change");
+    assert!(
+        mirror.apply_snapshot(9, state.clone()).is_empty(),
+        "same snapshot after a reconnect: no change"
+    );
     let mut changed = state;
     changed.remove("a");
     changed.insert("b".into(), "3".into());

@@ -34,7 +34,9 @@ fn client_message(message: pb::SyncClientMessage) -> ClientMessage {
 pub fn status(error: &FanoutError) -> Status {
     let message = error.to_string();
     match error {
-        FanoutError::Lagged { .. } | FanoutError::SlowSubscriber { .. } => Status::resource_exhausted(message),
+        FanoutError::Lagged { .. } | FanoutError::SlowSubscriber { .. } => {
+            Status::resource_exhausted(message)
+        }
         FanoutError::KeepaliveTimeout { .. } => Status::deadline_exceeded(message),
         FanoutError::Protocol(_) => Status::invalid_argument(message),
         FanoutError::Closed => Status::unavailable(message),

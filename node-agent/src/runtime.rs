@@ -83,7 +83,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ipip_tunnel_ipv4: None,
             lease: 0,
         };
-        let follower = RouteFollower::new(endpoint, registration, netlink.clone(), Arc::new(IptablesCommands))?;
+        let follower = RouteFollower::new(
+            endpoint,
+            registration,
+            netlink.clone(),
+            Arc::new(IptablesCommands),
+        )?;
         tokio::spawn(follower.run());
     }
     let ops = Arc::new(CniOps::new(&node, netlink, sysctl, ipam, records));

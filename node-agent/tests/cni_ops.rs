@@ -165,7 +165,10 @@ async fn a_failed_add_releases_its_address_and_leaves_no_veth_or_record() {
             "{failing}: address released"
         );
         assert!(s.kernel.host_link_names().is_empty(), "{failing}: veth removed");
-        assert!(s.records.list().expect("records").is_empty(), "{failing}: no record");
+        assert!(
+            s.records.list().expect("records").is_empty(),
+            "{failing}: no record"
+        );
         // The next attempt succeeds and gets an address.
         let added = s.ops.add(&request("c1")).await.expect("retry");
         assert_eq!(added.addresses.len(), 1);

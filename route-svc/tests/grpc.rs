@@ -44,28 +44,55 @@ async fn serve(store: Arc<dyn Store>) -> String {
 }
 
 fn register(address: &str, name: &str, ip: &str) -> (bool, String) {
-    let body = format!(r#"{{"node":{{"name":"{name}","addresses":["{ip}"],"ipv4Subnet":"192.168.7.0/24"}},"ttlSeconds":60}}"#);
-    grpcurl(&["-plaintext", "-d", &body, address, "brindle.route.v1.Routes/RegisterNode"])
+    let body = format!(
+        r#"{{"node":{{"name":"{name}","addresses":["{ip}"],"ipv4Subnet":"192.168.7.0/24"}},"ttlSeconds":60}}"#
+    );
+    grpcurl(&[
+        "-plaintext",
+        "-d",
+        &body,
+        address,
+        "brindle.route.v1.Routes/RegisterNode",
+    ])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_registers_and_lists_nodes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path().join("s.redb")).await.expect("open"));
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(dir.path().join("s.redb"))
+            .await
+            .expect("open"),
+    );
     let address = serve(store).await;
     let addr = address.as_str();
     let (ok, list) = grpcurl(&["-plaintext", addr, "list"]);
     assert!(ok && list.lines().any(|l| l == SERVICE_NAME), "{list}");
     let (ok, describe) = grpcurl(&["-plaintext", addr, "describe", SERVICE_NAME]);
-    assert!(ok && describe.contains("rpc Sync") && describe.contains("rpc RegisterNode"), "{describe}");
+    assert!(
+        ok && describe.contains("rpc Sync") && describe.contains("rpc RegisterNode"),
+        "{describe}"
+    );
 
     let (ok, registered) = register(addr, "node-a", "192.168.7.2");
     assert!(ok && registered.contains(r#""ttlSeconds": 60"#), "{registered}");
-    let (ok, renewed) = grpcurl(&["-plaintext", "-d", r#"{"name":"node-a"}"#, addr, "brindle.route.v1.Routes/RenewNode"]);
+    let (ok, renewed) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"name":"node-a"}"#,
+        addr,
+        "brindle.route.v1.Routes/RenewNode",
+    ]);
     assert!(ok && renewed.contains("ttlSeconds"), "{renewed}");
     let mut listed = String::new();
     for _ in 0..100 {
-        let (ok, text) = grpcurl(&["-plaintext", "-d", "{}", addr, "brindle.route.v1.Routes/ListNodes"]);
+        let (ok, text) = grpcurl(&[
+            "-plaintext",
+            "-d",
+            "{}",
+            addr,
+            "brindle.route.v1.Routes/ListNodes",
+        ]);
         assert!(ok, "{text}");
         listed = text;
         if listed.contains("node-a") {
@@ -76,15 +103,39 @@ async fn grpcurl_lists_describes_registers_and_lists_nodes() {
     assert!(listed.contains("192.168.7.2"), "{listed}");
 
     for (body, field) in [
-        (r#"{"node":{"name":"UPPER","addresses":["192.168.7.3"]}}"#, "node.name"),
-        (r#"{"node":{"name":"b","addresses":["not-an-ip"]}}"#, "node.addresses"),
-        (r#"{"node":{"name":"b","addresses":["192.168.7.3"],"vtepMac":"zz"}}"#, "node.vtep_mac"),
+        (
+            r#"{"node":{"name":"UPPER","addresses":["192.168.7.3"]}}"#,
+            "node.name",
+        ),
+        (
+            r#"{"node":{"name":"b","addresses":["not-an-ip"]}}"#,
+            "node.addresses",
+        ),
+        (
+            r#"{"node":{"name":"b","addresses":["192.168.7.3"],"vtepMac":"zz"}}"#,
+            "node.vtep_mac",
+        ),
         (r#"{}"#, "node"),
     ] {
-        let (ok, text) = grpcurl(&["-plaintext", "-d", body, addr, "brindle.route.v1.Routes/RegisterNode"]);
-        assert!(!ok && text.contains("InvalidArgument") && text.contains(field), "{body}: {text}");
+        let (ok, text) = grpcurl(&[
+            "-plaintext",
+            "-d",
+            body,
+            addr,
+            "brindle.route.v1.Routes/RegisterNode",
+        ]);
+        assert!(
+            !ok && text.contains("InvalidArgument") && text.contains(field),
+            "{body}: {text}"
+        );
     }
-    let (ok, text) = grpcurl(&["-plaintext", "-d", r#"{"name":"nobody"}"#, addr, "brindle.route.v1.Routes/RenewNode"]);
+    let (ok, text) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"name":"nobody"}"#,
+        addr,
+        "brindle.route.v1.Routes/RenewNode",
+    ]);
     assert!(!ok && text.contains("NotFound"), "{text}");
 }
 
@@ -124,7 +175,8 @@ async fn sync_until(
         match message.payload.expect("payload") {
             pb::sync_response::Payload::Snapshot(snapshot) => {
                 let snapshot = snapshot_from_proto(message.revision, snapshot).expect("codec");
-                let state = convert::decode_state(&snapshot.decompress().expect("decompress")).expect("decode");
+                let state =
+                    convert::decode_state(&snapshot.decompress().expect("decompress")).expect("decode");
                 mirror.apply_snapshot(message.revision, state);
                 kinds.push("snapshot");
             }
@@ -150,12 +202,21 @@ async fn sync_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_gets_a_snapshot_then_deltas_and_resumes_after_a_reconnect() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path().join("s.redb")).await.expect("open"));
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(dir.path().join("s.redb"))
+            .await
+            .expect("open"),
+    );
     let address = serve(store).await;
     assert!(register(&address, "node-a", "192.168.7.2").0);
-    let mut client = RoutesClient::connect(format!("http://{address}")).await.expect("connect");
+    let mut client = RoutesClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect");
     let mut mirror = Mirror::default();
-    let kinds = sync_until(&mut client, &mut mirror, |m| m.state().contains_key("node/node-a")).await;
+    let kinds = sync_until(&mut client, &mut mirror, |m| {
+        m.state().contains_key("node/node-a")
+    })
+    .await;
     assert_eq!(kinds, vec!["snapshot"]);
     // While connected: a delta.
     let resumed_from = mirror.revision();
@@ -169,12 +230,22 @@ async fn a_subscriber_gets_a_snapshot_then_deltas_and_resumes_after_a_reconnect(
                 .expect("grpcurl")
         }
     });
-    let kinds = sync_until(&mut client, &mut mirror, |m| m.state().contains_key("node/node-b")).await;
+    let kinds = sync_until(&mut client, &mut mirror, |m| {
+        m.state().contains_key("node/node-b")
+    })
+    .await;
     assert!(registering.await.expect("task").0);
-    assert_eq!(kinds.first(), Some(&"delta"), "resumed from {resumed_from}: {kinds:?}");
+    assert_eq!(
+        kinds.first(),
+        Some(&"delta"),
+        "resumed from {resumed_from}: {kinds:?}"
+    );
     // Disconnected while node-c registers; reconnecting with the revision gets only the change.
     assert!(register(&address, "node-c", "192.168.7.4").0);
-    let kinds = sync_until(&mut client, &mut mirror, |m| m.state().contains_key("node/node-c")).await;
+    let kinds = sync_until(&mut client, &mut mirror, |m| {
+        m.state().contains_key("node/node-c")
+    })
+    .await;
     assert!(kinds.iter().all(|k| *k == "delta"), "{kinds:?}");
     assert_eq!(mirror.state().len(), 3);
 }

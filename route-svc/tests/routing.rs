@@ -21,7 +21,9 @@ enum Backend {
 
 async fn embedded() -> (Backend, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = EmbeddedStore::open(dir.path().join("store.redb")).await.expect("open");
+    let store = EmbeddedStore::open(dir.path().join("store.redb"))
+        .await
+        .expect("open");
     (Backend::Embedded(dir), Arc::new(store))
 }
 
@@ -74,7 +76,11 @@ fn request(handle: &str, node: &str, count: u32) -> AssignRequest {
 }
 
 /// Waits (up to 20 s) until the fan-out's state satisfies `condition`.
-async fn settle(fanout: &Fanout<RouteItem>, what: &str, condition: impl Fn(&BTreeMap<String, RouteItem>) -> bool) {
+async fn settle(
+    fanout: &Fanout<RouteItem>,
+    what: &str,
+    condition: impl Fn(&BTreeMap<String, RouteItem>) -> bool,
+) {
     for _ in 0..400 {
         if condition(&fanout.state()) {
             return;
@@ -89,9 +95,17 @@ async fn routing_state_follows_ipam_and_the_registry(store: Arc<dyn Store>) {
     let fanout = service.fanout();
     let registry = Registry::new(Arc::clone(&store));
     let ipam = Ipam::new(Arc::clone(&store));
-    registry.register(node("n1", "192.168.10.1"), None).await.expect("n1");
-    registry.register(node("n2", "192.168.10.2"), None).await.expect("n2");
-    ipam.create_pool(pool("tiny", "10.20.0.0/28", 30)).await.expect("pool");
+    registry
+        .register(node("n1", "192.168.10.1"), None)
+        .await
+        .expect("n1");
+    registry
+        .register(node("n2", "192.168.10.2"), None)
+        .await
+        .expect("n2");
+    ipam.create_pool(pool("tiny", "10.20.0.0/28", 30))
+        .await
+        .expect("pool");
     ipam.set_config(IpamConfig {
         max_blocks_per_host: 1,
         ..IpamConfig::default()
@@ -99,8 +113,14 @@ async fn routing_state_follows_ipam_and_the_registry(store: Arc<dyn Store>) {
     .await
     .expect("config");
     let n2 = ipam.auto_assign(request("net.n2", "n2", 1)).await.expect("n2");
-    let n1 = ipam.auto_assign(request("net.n1", "n1", 4)).await.expect("n1 fills its block");
-    let borrowed = ipam.auto_assign(request("net.n1b", "n1", 1)).await.expect("n1 borrows");
+    let n1 = ipam
+        .auto_assign(request("net.n1", "n1", 4))
+        .await
+        .expect("n1 fills its block");
+    let borrowed = ipam
+        .auto_assign(request("net.n1b", "n1", 1))
+        .await
+        .expect("n1 borrows");
     let borrowed_ip: IpAddr = borrowed.allocations[0].ip;
     let n1_block = n1.allocations[0].block;
     let n2_block = n2.allocations[0].block;
@@ -137,13 +157,22 @@ async fn a_registration_expires_without_renewal(store: Arc<dyn Store>) {
         .await
         .expect("register");
     assert_eq!(ttl, Duration::from_secs(5));
-    settle(service.fanout(), "registered", |state| state.contains_key("node/short")).await;
+    settle(service.fanout(), "registered", |state| {
+        state.contains_key("node/short")
+    })
+    .await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(2)).await;
         registry.renew("short").await.expect("renew");
     }
-    assert!(service.fanout().state().contains_key("node/short"), "renewed past its TTL");
-    settle(service.fanout(), "expired", |state| !state.contains_key("node/short")).await;
+    assert!(
+        service.fanout().state().contains_key("node/short"),
+        "renewed past its TTL"
+    );
+    settle(service.fanout(), "expired", |state| {
+        !state.contains_key("node/short")
+    })
+    .await;
     assert!(matches!(
         registry.renew("short").await,
         Err(RegistryError::NotRegistered(_))
@@ -180,7 +209,9 @@ async fn registrations_are_validated(store: Arc<dyn Store>) {
 
 async fn replicas_converge_on_the_same_state(store: Arc<dyn Store>) {
     let ipam = Ipam::new(Arc::clone(&store));
-    ipam.create_pool(pool("p", "10.30.0.0/16", 28)).await.expect("pool");
+    ipam.create_pool(pool("p", "10.30.0.0/16", 28))
+        .await
+        .expect("pool");
     let registry = Registry::new(Arc::clone(&store));
     let first = RoutesService::start(Arc::clone(&store), FanoutConfig::default());
     for i in 0..6 {
@@ -198,7 +229,9 @@ async fn replicas_converge_on_the_same_state(store: Arc<dyn Store>) {
             // The second replica starts mid-way (lists, then watches).
             let second = RoutesService::start(Arc::clone(&store), FanoutConfig::default());
             for pod in 0..20 {
-                ipam.release_handle(&format!("net.n1.{pod}")).await.expect("release");
+                ipam.release_handle(&format!("net.n1.{pod}"))
+                    .await
+                    .expect("release");
             }
             let revision = store.revision().await.expect("revision");
             for service in [&first, &second] {

@@ -206,9 +206,9 @@ fn shim_binary() -> anyhow::Result<PathBuf> {
     match (args.next().as_deref(), args.next()) {
         (Some("--shim"), Some(path)) if Path::new(&path).exists() => Ok(PathBuf::from(path)),
         (Some("--shim"), Some(path)) => bail!("--shim {path}: no such file"),
-        _ => bail!(
-            "usage: bench-cni --shim PATH — the shim as installed: --shim \"$(scripts/build-shim.sh)\""
-        ),
+        _ => {
+            bail!("usage: bench-cni --shim PATH — the shim as installed: --shim \"$(scripts/build-shim.sh)\"")
+        }
     }
 }
 

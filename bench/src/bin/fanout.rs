@@ -30,7 +30,10 @@ const NODES: usize = 5_000;
 const PROBES: usize = 5;
 
 fn now_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }
 
 fn rss_kib() -> u64 {
@@ -53,7 +56,9 @@ fn raise_fd_limit() -> anyhow::Result<()> {
 }
 
 fn block(index: usize) -> Block {
-    let cidr = format!("10.{}.{}.0/26", 100 + index / 256, index % 256).parse().expect("cidr");
+    let cidr = format!("10.{}.{}.0/26", 100 + index / 256, index % 256)
+        .parse()
+        .expect("cidr");
     Block::new(cidr, "bench", Some(&format!("node-{index}")), 1)
 }
 
@@ -65,7 +70,11 @@ async fn seed(store: &dyn Store) -> anyhow::Result<()> {
             addresses: vec![format!("172.16.{}.{}", index / 250, index % 250 + 1).parse()?],
             ipv4_subnet: None,
             ipv6_subnet: None,
-            labels: [("topology.kubernetes.io/zone".to_owned(), format!("zone-{}", index % 3))].into(),
+            labels: [(
+                "topology.kubernetes.io/zone".to_owned(),
+                format!("zone-{}", index % 3),
+            )]
+            .into(),
             vtep_mac: None,
             vtep_ipv4: None,
             vtep_ipv6: None,
@@ -117,7 +126,12 @@ async fn orchestrate() -> anyhow::Result<()> {
         let before = rss_kib();
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
-            .args(["--clients", &subscribers.to_string(), "--address", &address.to_string()])
+            .args([
+                "--clients",
+                &subscribers.to_string(),
+                "--address",
+                &address.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()?;
@@ -146,10 +160,16 @@ async fn orchestrate() -> anyhow::Result<()> {
             let claim = block(NODES + probe);
             let key = format!("block/{}", claim.cidr);
             let t0 = now_nanos();
-            store.txn(Txn::new().put(keys::block(&claim.cidr), serde_json::to_vec(&claim)?)).await?;
+            store
+                .txn(Txn::new().put(keys::block(&claim.cidr), serde_json::to_vec(&claim)?))
+                .await?;
             writeln!(to_child, "report {key} {t0}")?;
             let line = expect("latency")?;
-            let values: Vec<f64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+            let values: Vec<f64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
             samples.extend(values);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -164,7 +184,10 @@ async fn orchestrate() -> anyhow::Result<()> {
         );
         for mode in ["resume", "snapshot"] {
             writeln!(to_child, "reconnect {mode}")?;
-            println!("reconnect all with {mode}: {}", expect("reconnected")?.trim_start_matches("reconnected "));
+            println!(
+                "reconnect all with {mode}: {}",
+                expect("reconnected")?.trim_start_matches("reconnected ")
+            );
         }
         drop(to_child);
         child.wait()?;
@@ -193,11 +216,16 @@ async fn subscribe(
             resume_revision: resume,
         })),
     };
-    let mut incoming = client.sync(futures_util::stream::iter([hello]).chain(futures_util::stream::pending())).await?.into_inner();
+    let mut incoming = client
+        .sync(futures_util::stream::iter([hello]).chain(futures_util::stream::pending()))
+        .await?
+        .into_inner();
     let mut first = true;
     while let Some(message) = incoming.next().await {
         let message = message?;
-        shared.bytes.fetch_add(message.encoded_len() as u64, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .bytes
+            .fetch_add(message.encoded_len() as u64, std::sync::atomic::Ordering::Relaxed);
         if let Some(pb::sync_response::Payload::Delta(delta)) = &message.payload {
             let now = now_nanos();
             let mut arrivals = shared.arrivals.lock().unwrap_or_else(|p| p.into_inner());
@@ -210,7 +238,9 @@ async fn subscribe(
         }
         if first && !matches!(message.payload, Some(pb::sync_response::Payload::Keepalive(_))) {
             first = false;
-            shared.first_messages.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            shared
+                .first_messages
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
     Ok(())
@@ -261,13 +291,21 @@ async fn clients(count: usize, address: String) -> anyhow::Result<()> {
             ["report", key, t0] => {
                 let t0: u128 = t0.parse()?;
                 let arrivals = loop {
-                    let arrivals = shared.arrivals.lock().unwrap_or_else(|p| p.into_inner()).get(*key).cloned();
+                    let arrivals = shared
+                        .arrivals
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(*key)
+                        .cloned();
                     if let Some(arrivals) = arrivals.filter(|a| a.len() >= count) {
                         break arrivals;
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 };
-                let millis: Vec<String> = arrivals.iter().map(|a| format!("{:.3}", (a.saturating_sub(t0)) as f64 / 1e6)).collect();
+                let millis: Vec<String> = arrivals
+                    .iter()
+                    .map(|a| format!("{:.3}", (a.saturating_sub(t0)) as f64 / 1e6))
+                    .collect();
                 println!("latency {}", millis.join(" "));
             }
             ["reconnect", mode] => {
@@ -301,7 +339,9 @@ async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
         [] => orchestrate().await,
-        [clients_flag, count, address_flag, address] if clients_flag == "--clients" && address_flag == "--address" => {
+        [clients_flag, count, address_flag, address]
+            if clients_flag == "--clients" && address_flag == "--address" =>
+        {
             clients(count.parse()?, address.clone()).await
         }
         _ => bail!("usage: bench-fanout"),

@@ -101,7 +101,10 @@ impl Lab {
         for binary in ["brindle", "node-agent", "brindle-cni"] {
             let path = spec.binaries.join(binary);
             if !path.exists() {
-                bail!("{} is missing (build the workspace's binaries first)", path.display());
+                bail!(
+                    "{} is missing (build the workspace's binaries first)",
+                    path.display()
+                );
             }
         }
         let dir = tempfile::Builder::new().prefix("brindle-lab-").tempdir()?;
@@ -139,7 +142,12 @@ impl Lab {
             .context("opening the server log")?;
         control
             .command(&spec.binaries.join("brindle"))
-            .args(["server", "--listen", &format!("{UNDERLAY}.1:{CONTROL_PORT}"), "--store-path"])
+            .args([
+                "server",
+                "--listen",
+                &format!("{UNDERLAY}.1:{CONTROL_PORT}"),
+                "--store-path",
+            ])
             .arg(dir.join("store.redb"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -165,7 +173,8 @@ impl Lab {
     /// toward it. Returns that address.
     pub fn add_external(&mut self) -> anyhow::Result<Ipv4Addr> {
         let namespace = Namespace::create(format!("{}-ext", self.spec.prefix))?;
-        self.underlay.plug(&namespace, "ext", &format!("{UNDERLAY}.254/24"))?;
+        self.underlay
+            .plug(&namespace, "ext", &format!("{UNDERLAY}.254/24"))?;
         namespace.ip(&["addr", "add", &format!("{EXTERNAL_ADDRESS}/32"), "dev", "lo"])?;
         for node in &self.nodes {
             node.namespace.ip(&[
@@ -189,7 +198,9 @@ impl Lab {
                 .await?
                 .into_inner();
             pool.nat_outgoing = enabled;
-            client.update_pool(ipam::UpdatePoolRequest { pool: Some(pool) }).await?;
+            client
+                .update_pool(ipam::UpdatePoolRequest { pool: Some(pool) })
+                .await?;
             Ok(())
         })
     }
@@ -198,7 +209,11 @@ impl Lab {
     pub fn node_status(&self) -> anyhow::Result<Vec<route::NodeStatus>> {
         self.control.block_on(|| async {
             let mut client = route::routes_client::RoutesClient::connect(Self::endpoint()).await?;
-            Ok(client.list_nodes(route::ListNodesRequest {}).await?.into_inner().nodes)
+            Ok(client
+                .list_nodes(route::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes)
         })
     }
 
@@ -239,7 +254,8 @@ impl Lab {
         let name = format!("{}-n{index}", self.spec.prefix);
         let address = Ipv4Addr::new(192, 168, 200, u8::try_from(10 + index).context("too many nodes")?);
         let namespace = Namespace::create(name.clone())?;
-        self.underlay.plug(&namespace, &format!("n{index}"), &format!("{address}/24"))?;
+        self.underlay
+            .plug(&namespace, &format!("n{index}"), &format!("{address}/24"))?;
         let socket = self.dir.path().join(format!("n{index}.sock"));
         let agent = namespace
             .command(&self.spec.binaries.join("node-agent"))
@@ -247,8 +263,18 @@ impl Lab {
             .arg(&socket)
             .arg("--state-dir")
             .arg(self.dir.path().join(format!("n{index}")))
-            .args(["--ipam-endpoint", &Self::endpoint(), "--route-endpoint", &Self::endpoint()])
-            .args(["--node-address", &address.to_string(), "--node-subnet", &format!("{UNDERLAY}.0/24")])
+            .args([
+                "--ipam-endpoint",
+                &Self::endpoint(),
+                "--route-endpoint",
+                &Self::endpoint(),
+            ])
+            .args([
+                "--node-address",
+                &address.to_string(),
+                "--node-subnet",
+                &format!("{UNDERLAY}.0/24"),
+            ])
             .stdout(Stdio::null())
             .stderr(log_file(&self.dir.path().join(format!("{name}.log")))?)
             .spawn()
@@ -261,9 +287,11 @@ impl Lab {
             socket,
         });
         let node = self.nodes.last().context("node")?;
-        wait_until(&format!("{}'s agent socket", node.name), Duration::from_secs(30), || {
-            node.socket.exists()
-        })?;
+        wait_until(
+            &format!("{}'s agent socket", node.name),
+            Duration::from_secs(30),
+            || node.socket.exists(),
+        )?;
         Ok(self.nodes.len() - 1)
     }
 
@@ -284,15 +312,26 @@ impl Lab {
             .stdout(Stdio::piped())
             .spawn()
             .context("running brindle-cni")?;
-        child.stdin.take().context("stdin")?.write_all(config.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(config.as_bytes())?;
         let out = child.wait_with_output()?;
-        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ))
     }
 
     /// Adds a pod on node `node` through the CNI shim, as containerd would.
     pub fn add_pod(&mut self, node: usize) -> anyhow::Result<usize> {
         let host = self.nodes.get(node).context("no such node")?;
-        let name = format!("{}-p{}", host.name, self.pods.iter().filter(|p| p.node == node).count() + 1);
+        let name = format!(
+            "{}-p{}",
+            host.name,
+            self.pods.iter().filter(|p| p.node == node).count() + 1
+        );
         let namespace = Namespace::create(name.clone())?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let result = loop {
@@ -307,8 +346,15 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(200));
         };
         let parsed: serde_json::Value = serde_json::from_str(&result).context("CNI result")?;
-        let address = parsed["ips"][0]["address"].as_str().context("CNI result without an IP")?;
-        let ip = address.split('/').next().unwrap_or_default().parse().context("pod IP")?;
+        let address = parsed["ips"][0]["address"]
+            .as_str()
+            .context("CNI result without an IP")?;
+        let ip = address
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .parse()
+            .context("pod IP")?;
         self.pods.push(LabPod {
             name,
             node,

@@ -114,7 +114,16 @@ impl Underlay {
     /// the bridge side.
     pub fn plug(&self, member: &Namespace, port: &str, address: &str) -> anyhow::Result<()> {
         self.namespace.ip(&[
-            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &member.name,
+            "link",
+            "add",
+            port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &member.name,
         ])?;
         self.namespace.ip(&["link", "set", port, "master", "br0", "up"])?;
         member.ip(&["addr", "add", address, "dev", "eth0"])?;

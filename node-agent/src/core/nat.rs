@@ -22,7 +22,10 @@ pub fn nat_payload(items: &BTreeMap<String, RouteItem>) -> String {
     let mut payload = format!("*nat\n:{CHAIN} - [0:0]\n-F {CHAIN}\n");
     for source in pools.iter().filter(|p| p.nat_outgoing) {
         for destination in &pools {
-            payload.push_str(&format!("-A {CHAIN} -s {} -d {} -j RETURN\n", source.cidr, destination.cidr));
+            payload.push_str(&format!(
+                "-A {CHAIN} -s {} -d {} -j RETURN\n",
+                source.cidr, destination.cidr
+            ));
         }
         payload.push_str(&format!("-A {CHAIN} -s {} -j MASQUERADE\n", source.cidr));
     }
@@ -38,7 +41,11 @@ pub struct NatReconciler {
 
 impl NatReconciler {
     /// Applies the chain for `items` (and its hook, the first time).
-    pub fn apply(&mut self, iptables: &dyn Iptables, items: &BTreeMap<String, RouteItem>) -> Result<(), DataplaneError> {
+    pub fn apply(
+        &mut self,
+        iptables: &dyn Iptables,
+        items: &BTreeMap<String, RouteItem>,
+    ) -> Result<(), DataplaneError> {
         let payload = nat_payload(items);
         if self.applied.as_ref() == Some(&payload) {
             return Ok(());
@@ -94,9 +101,18 @@ mod tests {
         nat.apply(&kernel, &off).expect("unchanged");
         nat.apply(&kernel, &on).expect("on");
         let calls = kernel.calls();
-        assert_eq!(calls.iter().filter(|c| matches!(c, Call::IptablesRestore(..))).count(), 2);
         assert_eq!(
-            calls.iter().filter(|c| matches!(c, Call::IptablesJump(..))).count(),
+            calls
+                .iter()
+                .filter(|c| matches!(c, Call::IptablesRestore(..)))
+                .count(),
+            2
+        );
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| matches!(c, Call::IptablesJump(..)))
+                .count(),
             1,
             "{calls:?}"
         );

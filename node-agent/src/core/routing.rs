@@ -90,7 +90,11 @@ impl RouteReconciler {
     /// Makes the kernel's remote routes equal to `desired`. The first call (the first full state
     /// after start) also removes remote routes left from before that are no longer wanted; later
     /// calls touch only what changed. Returns how many routes are programmed.
-    pub async fn apply(&mut self, netlink: &dyn Netlink, desired: &BTreeSet<RemoteRoute>) -> Result<usize, DataplaneError> {
+    pub async fn apply(
+        &mut self,
+        netlink: &dyn Netlink,
+        desired: &BTreeSet<RemoteRoute>,
+    ) -> Result<usize, DataplaneError> {
         let programmed = match self.programmed.take() {
             Some(programmed) => programmed,
             None => Self::kernel_remote_routes(netlink, desired).await?,
@@ -253,7 +257,12 @@ mod tests {
             scope_link: false,
             kind: RouteKind::Blackhole,
         };
-        for route in [stale.kernel(), kept.kernel(), host_route.clone(), blackhole.clone()] {
+        for route in [
+            stale.kernel(),
+            kept.kernel(),
+            host_route.clone(),
+            blackhole.clone(),
+        ] {
             kernel.replace_route(&route).await.expect("seed");
         }
         let seeded = kernel.calls().len();
@@ -262,9 +271,15 @@ mod tests {
         assert_eq!(reconciler.apply(&kernel, &desired).await.expect("apply"), 3);
         let calls = kernel.calls()[seeded..].to_vec();
         assert!(calls.contains(&Call::DeleteRoute(stale.kernel())));
-        assert!(!calls.contains(&Call::ReplaceRoute(kept.kernel())), "an existing route is not re-added");
+        assert!(
+            !calls.contains(&Call::ReplaceRoute(kept.kernel())),
+            "an existing route is not re-added"
+        );
         let routes = kernel.current_routes();
-        assert!(routes.contains(&host_route) && routes.contains(&blackhole), "not ours to sweep");
+        assert!(
+            routes.contains(&host_route) && routes.contains(&blackhole),
+            "not ours to sweep"
+        );
 
         // The same state again (a reconnect): no kernel call at all.
         let before = kernel.calls().len();

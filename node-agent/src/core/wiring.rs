@@ -137,7 +137,12 @@ impl<'a> Wiring<'a> {
         }
     }
 
-    async fn prepare(&self, netns: &Path, ifname: &str, host_ifname: &str) -> Result<LinkState, DataplaneError> {
+    async fn prepare(
+        &self,
+        netns: &Path,
+        ifname: &str,
+        host_ifname: &str,
+    ) -> Result<LinkState, DataplaneError> {
         for (key, value) in [
             (format!("net/ipv4/conf/{host_ifname}/proxy_arp"), "1"),
             (format!("net/ipv4/neigh/{host_ifname}/proxy_delay"), "0"),
@@ -261,7 +266,9 @@ mod tests {
     }
 
     async fn attach(wiring: &Wiring<'_>, workload: &Workload) -> Result<Wired, WiringError> {
-        let wired = wiring.create(&workload.key, &workload.netns, workload.mtu).await?;
+        let wired = wiring
+            .create(&workload.key, &workload.netns, workload.mtu)
+            .await?;
         wiring.address(workload, &wired).await?;
         Ok(wired)
     }

@@ -290,11 +290,13 @@ impl Netlink for RecordingKernel {
 
 impl Iptables for RecordingKernel {
     fn restore(&self, table: &str, payload: &str) -> Result<(), DataplaneError> {
-        self.record(Call::IptablesRestore(table.into(), payload.into())).map(drop)
+        self.record(Call::IptablesRestore(table.into(), payload.into()))
+            .map(drop)
     }
 
     fn ensure_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError> {
-        self.record(Call::IptablesJump(table.into(), from.into(), to.into())).map(drop)
+        self.record(Call::IptablesJump(table.into(), from.into(), to.into()))
+            .map(drop)
     }
 }
 

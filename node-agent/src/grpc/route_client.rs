@@ -98,7 +98,9 @@ async fn keep_registered(mut client: RoutesClient<Channel>, node: Node) {
     loop {
         let result = if registered {
             client
-                .renew_node(pb::RenewNodeRequest { name: node.name.clone() })
+                .renew_node(pb::RenewNodeRequest {
+                    name: node.name.clone(),
+                })
                 .await
                 .map(|_| ())
         } else {
@@ -138,7 +140,9 @@ async fn follow(client: RoutesClient<Channel>, me: String, mut programmer: Progr
 }
 
 fn client_message(message: common::sync_client_message::Message) -> common::SyncClientMessage {
-    common::SyncClientMessage { message: Some(message) }
+    common::SyncClientMessage {
+        message: Some(message),
+    }
 }
 
 async fn sync_once(
@@ -201,13 +205,15 @@ async fn sync_once(
                     Err(error) => return SyncEnded::Unusable(error),
                 }
             }
-            Some(pb::sync_response::Payload::Delta(delta)) => match convert::delta_from_proto(message.revision, delta) {
-                Ok(batch) => {
-                    mirror.apply_batch(&batch);
-                    true
+            Some(pb::sync_response::Payload::Delta(delta)) => {
+                match convert::delta_from_proto(message.revision, delta) {
+                    Ok(batch) => {
+                        mirror.apply_batch(&batch);
+                        true
+                    }
+                    Err(error) => return SyncEnded::Unusable(error.to_string()),
                 }
-                Err(error) => return SyncEnded::Unusable(error.to_string()),
-            },
+            }
             Some(pb::sync_response::Payload::Keepalive(_)) | None => false,
         };
         if changed {
@@ -226,7 +232,10 @@ impl Programmer {
     ) -> Result<(), DataplaneError> {
         let desired = desired_routes(mirror.state(), me);
         let result = match self.routes.apply(self.netlink.as_ref(), &desired).await {
-            Ok(programmed) => self.nat.apply(self.iptables.as_ref(), mirror.state()).map(|()| programmed),
+            Ok(programmed) => self
+                .nat
+                .apply(self.iptables.as_ref(), mirror.state())
+                .map(|()| programmed),
             Err(error) => Err(error),
         };
         match result {

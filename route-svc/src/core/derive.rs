@@ -5,9 +5,7 @@
 use ipam_svc::core::keys;
 use ipam_svc::core::model::{Block, EncapMode, PoolSet};
 
-use super::model::{
-    Encapsulation, Node, PoolRoute, RouteItem, block_key, borrowed_key, node_key, pool_key,
-};
+use super::model::{Encapsulation, Node, PoolRoute, RouteItem, block_key, borrowed_key, node_key, pool_key};
 
 /// The datastore prefix route-svc watches (everything it derives from lives below it).
 pub const WATCHED_PREFIX: &str = "/brindle/v1/";

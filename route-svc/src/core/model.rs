@@ -44,7 +44,10 @@ pub struct Node {
 impl Node {
     /// The node's first underlay address of the family of `ip`.
     pub fn address_like(&self, ip: IpAddr) -> Option<IpAddr> {
-        self.addresses.iter().copied().find(|a| a.is_ipv4() == ip.is_ipv4())
+        self.addresses
+            .iter()
+            .copied()
+            .find(|a| a.is_ipv4() == ip.is_ipv4())
     }
 }
 

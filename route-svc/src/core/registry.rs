@@ -67,14 +67,23 @@ pub fn validate(node: &Node) -> Result<(), RegistryError> {
     if !valid_node_name(&node.name) {
         return Err(invalid(
             "node.name",
-            format!("{:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-', '.')", node.name),
+            format!(
+                "{:?} is not a DNS-1123 subdomain (lowercase letters, digits, '-', '.')",
+                node.name
+            ),
         ));
     }
     if node.addresses.is_empty() {
-        return Err(invalid("node.addresses", "at least one underlay address is required"));
+        return Err(invalid(
+            "node.addresses",
+            "at least one underlay address is required",
+        ));
     }
     if let Some(subnet) = node.ipv4_subnet
-        && !node.addresses.iter().any(|a| matches!(a, std::net::IpAddr::V4(v4) if subnet.contains(v4)))
+        && !node
+            .addresses
+            .iter()
+            .any(|a| matches!(a, std::net::IpAddr::V4(v4) if subnet.contains(v4)))
     {
         return Err(invalid(
             "node.ipv4_subnet",
@@ -82,7 +91,10 @@ pub fn validate(node: &Node) -> Result<(), RegistryError> {
         ));
     }
     if let Some(subnet) = node.ipv6_subnet
-        && !node.addresses.iter().any(|a| matches!(a, std::net::IpAddr::V6(v6) if subnet.contains(v6)))
+        && !node
+            .addresses
+            .iter()
+            .any(|a| matches!(a, std::net::IpAddr::V6(v6) if subnet.contains(v6)))
     {
         return Err(invalid(
             "node.ipv6_subnet",
@@ -109,21 +121,36 @@ impl Registry {
 
     /// Registers (or re-registers) `node` for `ttl` (default [`DEFAULT_TTL`]); returns the stored
     /// registration and its lifetime.
-    pub async fn register(&self, mut node: Node, ttl: Option<Duration>) -> Result<(Node, Duration), RegistryError> {
+    pub async fn register(
+        &self,
+        mut node: Node,
+        ttl: Option<Duration>,
+    ) -> Result<(Node, Duration), RegistryError> {
         validate(&node)?;
         let ttl = ttl.unwrap_or(DEFAULT_TTL);
         if !TTL_RANGE.contains(&ttl.as_secs()) {
             return Err(invalid(
                 "ttl_seconds",
-                format!("{} s is outside {}..={} s", ttl.as_secs(), TTL_RANGE.start(), TTL_RANGE.end()),
+                format!(
+                    "{} s is outside {}..={} s",
+                    ttl.as_secs(),
+                    TTL_RANGE.start(),
+                    TTL_RANGE.end()
+                ),
             ));
         }
         let key = keys::node(&node.name);
-        let previous = self.store.get(&key).await?.and_then(|kv| serde_json::from_slice::<Node>(&kv.value).ok());
+        let previous = self
+            .store
+            .get(&key)
+            .await?
+            .and_then(|kv| serde_json::from_slice::<Node>(&kv.value).ok());
         let lease = self.store.grant_lease(ttl).await?;
         node.lease = lease;
         let value = serde_json::to_vec(&node).unwrap_or_default();
-        self.store.txn(Txn::new().put_with_lease(&key, value, lease)).await?;
+        self.store
+            .txn(Txn::new().put_with_lease(&key, value, lease))
+            .await?;
         // The key now lives on the new lease; the old one only held it.
         if let Some(previous) = previous
             && previous.lease != 0
@@ -131,7 +158,9 @@ impl Registry {
         {
             match self.store.revoke_lease(previous.lease).await {
                 Ok(()) | Err(StoreError::LeaseNotFound(_)) => {}
-                Err(error) => tracing::warn!(node = node.name, %error, "revoking the previous registration's lease"),
+                Err(error) => {
+                    tracing::warn!(node = node.name, %error, "revoking the previous registration's lease")
+                }
             }
         }
         Ok((node, ttl))

@@ -39,7 +39,8 @@ impl Sources {
             .map(Change::Remove)
             .collect();
         if !new.is_empty() {
-            self.0.insert(event.key.clone(), new.iter().map(|(k, _)| k.clone()).collect());
+            self.0
+                .insert(event.key.clone(), new.iter().map(|(k, _)| k.clone()).collect());
         }
         changes.extend(new.into_iter().map(|(key, item)| Change::Upsert(key, item)));
         changes

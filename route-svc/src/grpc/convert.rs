@@ -39,12 +39,19 @@ fn parse_optional<T: std::str::FromStr>(field: &str, text: &str) -> Result<Optio
 where
     T::Err: std::fmt::Display,
 {
-    if text.is_empty() { Ok(None) } else { parse(field, text).map(Some) }
+    if text.is_empty() {
+        Ok(None)
+    } else {
+        parse(field, text).map(Some)
+    }
 }
 
 /// `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn parse_mac(field: &str, text: &str) -> Result<Option<[u8; 6]>, InvalidField> {
@@ -55,10 +62,18 @@ fn parse_mac(field: &str, text: &str) -> Result<Option<[u8; 6]>, InvalidField> {
         .split(':')
         .map(|part| u8::from_str_radix(part, 16))
         .collect::<Result<_, _>>()
-        .map_err(|_| invalid(field, format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))?;
-    <[u8; 6]>::try_from(bytes)
-        .map(Some)
-        .map_err(|_| invalid(field, format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")))
+        .map_err(|_| {
+            invalid(
+                field,
+                format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+            )
+        })?;
+    <[u8; 6]>::try_from(bytes).map(Some).map_err(|_| {
+        invalid(
+            field,
+            format!("{text:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"),
+        )
+    })
 }
 
 fn text<T: ToString>(value: Option<T>) -> String {
@@ -153,7 +168,12 @@ pub fn entry_to_proto(key: &str, item: &RouteItem) -> pb::RouteEntry {
 /// A keyed item from a message.
 pub fn entry_from_proto(entry: pb::RouteEntry) -> Result<(String, RouteItem), InvalidField> {
     let item = match entry.value {
-        None => return Err(invalid("entry.value", format!("entry {:?} has no value", entry.key))),
+        None => {
+            return Err(invalid(
+                "entry.value",
+                format!("entry {:?} has no value", entry.key),
+            ));
+        }
         Some(pb::route_entry::Value::Node(node)) => RouteItem::Node(node_from_proto(node, "node")?),
         Some(pb::route_entry::Value::Block(block)) => RouteItem::Block {
             cidr: parse::<IpNet>("block.cidr", &block.cidr)?,
@@ -179,7 +199,10 @@ pub fn entry_from_proto(entry: pb::RouteEntry) -> Result<(String, RouteItem), In
 /// The whole state as an encoded `RouteState` (the fan-out's snapshot encoder).
 pub fn encode_state(state: &BTreeMap<String, RouteItem>) -> Vec<u8> {
     pb::RouteState {
-        entries: state.iter().map(|(key, item)| entry_to_proto(key, item)).collect(),
+        entries: state
+            .iter()
+            .map(|(key, item)| entry_to_proto(key, item))
+            .collect(),
     }
     .encode_to_vec()
 }
@@ -193,7 +216,11 @@ pub fn decode_state(bytes: &[u8]) -> Result<BTreeMap<String, RouteItem>, Invalid
 /// A batch as a delta message.
 pub fn delta_to_proto(batch: &Batch<RouteItem>) -> pb::RouteDelta {
     pb::RouteDelta {
-        upserts: batch.upserts.iter().map(|(key, item)| entry_to_proto(key, item)).collect(),
+        upserts: batch
+            .upserts
+            .iter()
+            .map(|(key, item)| entry_to_proto(key, item))
+            .collect(),
         removed_keys: batch.removed.clone(),
     }
 }

@@ -97,7 +97,8 @@ impl Routes for RoutesService {
         let node = request
             .node
             .ok_or_else(|| Status::invalid_argument("node: required"))?;
-        let node = convert::node_from_proto(node, "node").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let node =
+            convert::node_from_proto(node, "node").map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ttl = (request.ttl_seconds > 0).then(|| Duration::from_secs(request.ttl_seconds.into()));
         let (node, ttl) = self.registry.register(node, ttl).await.map_err(status)?;
         Ok(Response::new(pb::RegisterNodeResponse {
@@ -110,7 +111,11 @@ impl Routes for RoutesService {
         &self,
         request: Request<pb::RenewNodeRequest>,
     ) -> Result<Response<pb::RenewNodeResponse>, Status> {
-        let ttl = self.registry.renew(&request.into_inner().name).await.map_err(status)?;
+        let ttl = self
+            .registry
+            .renew(&request.into_inner().name)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::RenewNodeResponse {
             ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
         }))
