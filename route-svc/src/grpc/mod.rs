@@ -56,7 +56,7 @@ impl RoutesService {
         &self.fanout
     }
 
-    /// As a tonic service (large snapshots allowed).
+    /// As a tonic service.
     pub fn into_server(self) -> RoutesServer<Self> {
         RoutesServer::new(self)
     }
