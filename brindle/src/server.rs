@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use brindle_fanout::FanoutConfig;
 use ipam_svc::core::Ipam;
 use ipam_svc::grpc::IpamService;
@@ -12,10 +11,7 @@ use tonic::service::RoutesBuilder;
 use crate::cli::ServerArgs;
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let config = args.store.config();
-    let store = brindle_datastore::open(&config)
-        .await
-        .with_context(|| format!("opening the datastore ({config:?})"))?;
+    let store = args.store.open().await?;
     let mut routes = RoutesBuilder::default();
     routes.add_service(IpamService::new(Arc::new(Ipam::new(Arc::clone(&store)))).into_server());
     routes.add_service(RoutesService::start(Arc::clone(&store), FanoutConfig::default()).into_server());

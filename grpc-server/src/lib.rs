@@ -35,6 +35,15 @@ pub enum ServeError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The datastore the flags select could not be opened.
+    #[error("opening the datastore ({config:?}): {source}")]
+    Datastore {
+        /// What the flags selected.
+        config: brindle_datastore::StoreConfig,
+        /// Why it failed.
+        #[source]
+        source: brindle_datastore::StoreError,
+    },
 }
 
 /// Sets up `tracing` logs on stderr: filter from `RUST_LOG` (default `info`), JSON lines when `json`.

@@ -1,10 +1,13 @@
 //! Command-line flags choosing the datastore, shared by every brindle server binary.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_datastore::{EtcdConfig, EtcdTls, StoreConfig};
+use brindle_datastore::{EtcdConfig, EtcdTls, Store, StoreConfig};
 use clap::Args;
+
+use crate::ServeError;
 
 /// Where the datastore is: an embedded file by default, etcd when endpoints are given.
 #[derive(Debug, Args)]
@@ -34,8 +37,16 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// Opens the datastore these flags select.
+    pub async fn open(&self) -> Result<Arc<dyn Store>, ServeError> {
+        let config = self.config();
+        brindle_datastore::open(&config)
+            .await
+            .map_err(|source| ServeError::Datastore { config, source })
+    }
+
     /// The datastore these flags select.
-    pub fn config(&self) -> StoreConfig {
+    fn config(&self) -> StoreConfig {
         if self.etcd_endpoints.is_empty() {
             return StoreConfig::Embedded {
                 path: self.store_path.clone(),

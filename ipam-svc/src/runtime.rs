@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use anyhow::Context;
 use brindle_grpc_server::StoreArgs;
 use clap::Parser;
 use tonic::service::RoutesBuilder;
@@ -30,10 +29,7 @@ pub struct Args {
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     brindle_grpc_server::init_logging(args.log_json).map_err(anyhow::Error::msg)?;
-    let config = args.store.config();
-    let store = brindle_datastore::open(&config)
-        .await
-        .with_context(|| format!("opening the datastore ({config:?})"))?;
+    let store = args.store.open().await?;
     let ipam = Arc::new(Ipam::new(Arc::clone(&store)));
     let mut routes = RoutesBuilder::default();
     routes.add_service(IpamService::new(ipam).into_server());

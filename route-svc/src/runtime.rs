@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use brindle_fanout::FanoutConfig;
 use brindle_grpc_server::StoreArgs;
 use clap::Parser;
@@ -29,10 +28,7 @@ pub struct Args {
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     brindle_grpc_server::init_logging(args.log_json).map_err(anyhow::Error::msg)?;
-    let config = args.store.config();
-    let store = brindle_datastore::open(&config)
-        .await
-        .with_context(|| format!("opening the datastore ({config:?})"))?;
+    let store = args.store.open().await?;
     let mut routes = RoutesBuilder::default();
     routes.add_service(RoutesService::start(store.clone(), FanoutConfig::default()).into_server());
     brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store).await?;
