@@ -36,10 +36,10 @@ pub enum ServeError {
         source: tonic::transport::Error,
     },
     /// The datastore the flags select could not be opened.
-    #[error("opening the datastore ({config:?}): {source}")]
+    #[error("opening the datastore ({config}): {source}")]
     Datastore {
         /// What the flags selected.
-        config: brindle_datastore::StoreConfig,
+        config: String,
         /// Why it failed.
         #[source]
         source: brindle_datastore::StoreError,

@@ -42,7 +42,10 @@ impl StoreArgs {
         let config = self.config();
         brindle_datastore::open(&config)
             .await
-            .map_err(|source| ServeError::Datastore { config, source })
+            .map_err(|source| ServeError::Datastore {
+                config: format!("{config:?}"),
+                source,
+            })
     }
 
     /// The datastore these flags select.

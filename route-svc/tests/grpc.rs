@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use brindle_datastore::{EmbeddedStore, Store};
 use brindle_fanout::{FanoutConfig, Mirror};
-use brindle_grpc_server::sync::snapshot_from_proto;
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_client::RoutesClient;
@@ -172,20 +171,12 @@ async fn sync_until(
             .expect("a message in time")
             .expect("stream open")
             .expect("message");
-        match message.payload.expect("payload") {
-            pb::sync_response::Payload::Snapshot(snapshot) => {
-                let snapshot = snapshot_from_proto(message.revision, snapshot).expect("codec");
-                let state =
-                    convert::decode_state(&snapshot.decompress().expect("decompress")).expect("decode");
-                mirror.apply_snapshot(message.revision, state);
-                kinds.push("snapshot");
-            }
-            pb::sync_response::Payload::Delta(delta) => {
-                mirror.apply_batch(&convert::delta_from_proto(message.revision, delta).expect("delta"));
-                kinds.push("delta");
-            }
-            pb::sync_response::Payload::Keepalive(_) => {}
+        match &message.payload {
+            Some(pb::sync_response::Payload::Snapshot(_)) => kinds.push("snapshot"),
+            Some(pb::sync_response::Payload::Delta(_)) => kinds.push("delta"),
+            _ => {}
         }
+        convert::apply_response(mirror, message).expect("a usable message");
         hello
             .send(common::SyncClientMessage {
                 message: Some(common::sync_client_message::Message::Ack(common::SyncAck {

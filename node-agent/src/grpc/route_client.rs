@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use brindle_datastore::Backoff;
 use brindle_fanout::Mirror;
-use brindle_grpc_server::sync::snapshot_from_proto;
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use futures_util::StreamExt;
@@ -188,33 +187,9 @@ async fn sync_once(
             Ok(Some(Ok(message))) => message,
         };
         backoff.reset();
-        let changed = match message.payload {
-            Some(pb::sync_response::Payload::Snapshot(snapshot)) => {
-                let Some(snapshot) = snapshot_from_proto(message.revision, snapshot) else {
-                    return SyncEnded::Unusable("unknown snapshot codec".into());
-                };
-                let state = snapshot
-                    .decompress()
-                    .map_err(|e| e.to_string())
-                    .and_then(|raw| convert::decode_state(&raw).map_err(|e| e.to_string()));
-                match state {
-                    Ok(state) => {
-                        mirror.apply_snapshot(message.revision, state);
-                        true
-                    }
-                    Err(error) => return SyncEnded::Unusable(error),
-                }
-            }
-            Some(pb::sync_response::Payload::Delta(delta)) => {
-                match convert::delta_from_proto(message.revision, delta) {
-                    Ok(batch) => {
-                        mirror.apply_batch(&batch);
-                        true
-                    }
-                    Err(error) => return SyncEnded::Unusable(error.to_string()),
-                }
-            }
-            Some(pb::sync_response::Payload::Keepalive(_)) | None => false,
+        let changed = match convert::apply_response(mirror, message) {
+            Ok(changed) => changed,
+            Err(error) => return SyncEnded::Unusable(error.to_string()),
         };
         if changed {
             failed = programmer.program(mirror, me, &to_server).await.is_err();

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use brindle_fanout::Batch;
+use brindle_fanout::{Batch, Mirror};
+use brindle_grpc_server::sync::snapshot_from_proto;
 use brindle_proto::route::v1 as pb;
 use ipnet::IpNet;
 use prost::Message;
@@ -237,4 +238,24 @@ pub fn delta_from_proto(revision: u64, delta: pb::RouteDelta) -> Result<Batch<Ro
             .collect::<Result<_, _>>()?,
         removed: delta.removed_keys,
     })
+}
+
+/// Applies one `Sync` message to a subscriber's mirror: a snapshot replaces it, a delta updates
+/// it; `false` for a keepalive (nothing to apply).
+pub fn apply_response(mirror: &mut Mirror<RouteItem>, response: pb::SyncResponse) -> Result<bool, InvalidField> {
+    match response.payload {
+        Some(pb::sync_response::Payload::Snapshot(snapshot)) => {
+            let codec = snapshot.codec;
+            let snapshot = snapshot_from_proto(response.revision, snapshot)
+                .ok_or_else(|| invalid("snapshot.codec", format!("unknown codec {codec}")))?;
+            let raw = snapshot.decompress().map_err(|e| invalid("snapshot.data", e))?;
+            mirror.apply_snapshot(response.revision, decode_state(&raw)?);
+            Ok(true)
+        }
+        Some(pb::sync_response::Payload::Delta(delta)) => {
+            mirror.apply_batch(&delta_from_proto(response.revision, delta)?);
+            Ok(true)
+        }
+        Some(pb::sync_response::Payload::Keepalive(_)) | None => Ok(false),
+    }
 }
