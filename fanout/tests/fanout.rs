@@ -53,6 +53,33 @@ fn upsert(key: &str, value: &str) -> Change<String> {
     Change::Upsert(key.into(), value.into())
 }
 
+/// A session for subscriber "n1", which has said hello with revision 0, served on its own task
+/// with a queue of `queue` messages toward the subscriber. Returns what the subscriber sends on,
+/// what it receives, and the session.
+async fn start_session(
+    fanout: &Fanout<String>,
+    queue: usize,
+) -> (
+    mpsc::Sender<Result<ClientMessage, String>>,
+    mpsc::Receiver<ServerMessage<String>>,
+    tokio::task::JoinHandle<Result<(), FanoutError>>,
+) {
+    let (to_server, from_client) = mpsc::channel(4);
+    let (outgoing, received) = mpsc::channel(queue);
+    to_server
+        .send(Ok(ClientMessage::Hello {
+            node: "n1".into(),
+            resume_revision: 0,
+        }))
+        .await
+        .expect("hello");
+    let server = {
+        let fanout = fanout.clone();
+        tokio::spawn(async move { serve(&fanout, ChannelStream(from_client), outgoing).await })
+    };
+    (to_server, received, server)
+}
+
 /// Applies a subscription's start to a mirror.
 fn apply_start(mirror: &mut Mirror<String>, start: &Start<String>) {
     match start {
@@ -262,19 +289,7 @@ async fn a_session_evicts_a_subscriber_that_stops_reading() {
         send_timeout: Duration::from_secs(2),
         ..config()
     });
-    let (to_server, from_client) = mpsc::channel(4);
-    let (outgoing, mut received) = mpsc::channel(1);
-    to_server
-        .send(Ok::<_, String>(ClientMessage::Hello {
-            node: "n1".into(),
-            resume_revision: 0,
-        }))
-        .await
-        .expect("hello");
-    let server = {
-        let fanout = fanout.clone();
-        tokio::spawn(async move { serve(&fanout, ChannelStream(from_client), outgoing).await })
-    };
+    let (to_server, mut received, server) = start_session(&fanout, 1).await;
     // The snapshot fills the queue; the subscriber never reads again.
     tokio::task::yield_now().await;
     for revision in 1..=3 {
@@ -298,19 +313,7 @@ async fn keepalives_flow_and_a_silent_subscriber_times_out() {
         keepalive_timeout: Duration::from_secs(30),
         ..config()
     });
-    let (to_server, from_client) = mpsc::channel(4);
-    let (outgoing, mut received) = mpsc::channel(16);
-    to_server
-        .send(Ok::<_, String>(ClientMessage::Hello {
-            node: "n1".into(),
-            resume_revision: 0,
-        }))
-        .await
-        .expect("hello");
-    let server = {
-        let fanout = fanout.clone();
-        tokio::spawn(async move { serve(&fanout, ChannelStream(from_client), outgoing).await })
-    };
+    let (to_server, mut received, server) = start_session(&fanout, 16).await;
     assert!(matches!(received.recv().await, Some(ServerMessage::Snapshot(_))));
     // A subscriber that keeps saying it is alive stays connected past the timeout.
     for _ in 0..5 {
@@ -451,19 +454,7 @@ fn a_mirror_reports_only_real_changes() {
 #[tokio::test(start_paused = true)]
 async fn sessions_stream_deltas_after_the_start() {
     let fanout = loaded(config());
-    let (to_server, from_client) = mpsc::channel(4);
-    let (outgoing, received) = mpsc::channel(4);
-    to_server
-        .send(Ok::<_, String>(ClientMessage::Hello {
-            node: "n1".into(),
-            resume_revision: 0,
-        }))
-        .await
-        .expect("hello");
-    let server = {
-        let fanout = fanout.clone();
-        tokio::spawn(async move { serve(&fanout, ChannelStream(from_client), outgoing).await })
-    };
+    let (to_server, received, server) = start_session(&fanout, 4).await;
     tokio::task::yield_now().await;
     fanout.publish(2, [upsert("a", "1")]);
     fanout.flush();

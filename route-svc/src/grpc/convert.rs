@@ -242,7 +242,10 @@ pub fn delta_from_proto(revision: u64, delta: pb::RouteDelta) -> Result<Batch<Ro
 
 /// Applies one `Sync` message to a subscriber's mirror: a snapshot replaces it, a delta updates
 /// it; `false` for a keepalive (nothing to apply).
-pub fn apply_response(mirror: &mut Mirror<RouteItem>, response: pb::SyncResponse) -> Result<bool, InvalidField> {
+pub fn apply_response(
+    mirror: &mut Mirror<RouteItem>,
+    response: pb::SyncResponse,
+) -> Result<bool, InvalidField> {
     match response.payload {
         Some(pb::sync_response::Payload::Snapshot(snapshot)) => {
             let codec = snapshot.codec;
