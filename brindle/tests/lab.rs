@@ -32,32 +32,30 @@ fn tcp_transfer(lab: &Lab, from: usize, to: usize) {
     const BYTES: usize = 256 * 1024;
     let to_ip = lab.pods[to].ip;
     let (ready, listening) = std::sync::mpsc::channel();
-    let server_ns = lab.pods[to].namespace.path();
-    let server = std::thread::spawn(move || {
-        let file = std::fs::File::open(server_ns).expect("pod netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter pod");
-        let listener = std::net::TcpListener::bind((to_ip, 5201)).expect("listen");
-        ready.send(()).expect("ready");
-        let (mut stream, peer) = listener.accept().expect("accept");
+    let server = lab.pods[to].namespace.spawn(move || {
+        let listener = std::net::TcpListener::bind((to_ip, 5201))?;
+        ready.send(())?;
+        let (mut stream, peer) = listener.accept()?;
         let mut received = Vec::new();
-        stream.read_to_end(&mut received).expect("read");
-        (received, peer.ip())
+        stream.read_to_end(&mut received)?;
+        Ok((received, peer.ip()))
     });
     listening
         .recv_timeout(Duration::from_secs(5))
         .expect("server listening");
-    let client_ns = lab.pods[from].namespace.path();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(client_ns).expect("pod netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter pod");
-        let mut stream = std::net::TcpStream::connect_timeout(&(to_ip, 5201).into(), Duration::from_secs(5))
-            .expect("connect");
-        let payload: Vec<u8> = (0..BYTES).map(|i| (i % 251) as u8).collect();
-        stream.write_all(&payload).expect("send");
-    })
-    .join()
-    .expect("client");
-    let (received, peer) = server.join().expect("server");
+    lab.pods[from]
+        .namespace
+        .spawn(move || {
+            let mut stream =
+                std::net::TcpStream::connect_timeout(&(to_ip, 5201).into(), Duration::from_secs(5))?;
+            let payload: Vec<u8> = (0..BYTES).map(|i| (i % 251) as u8).collect();
+            stream.write_all(&payload)?;
+            Ok(())
+        })
+        .join()
+        .expect("client thread")
+        .expect("client sends");
+    let (received, peer) = server.join().expect("server thread").expect("server receives");
     assert_eq!(
         peer, lab.pods[from].ip,
         "no NAT between pods: the server sees the client pod's address"
@@ -188,25 +186,24 @@ fn nat_outgoing_masquerades_pod_traffic_leaving_the_pools_and_only_when_enabled(
     eventually("natOutgoing on: the pod reaches the outside", &|| pings(&lab));
     // The outside sees the node's address, not the pod's.
     let (ready, listening) = std::sync::mpsc::channel();
-    let outside = lab.external.as_ref().expect("external").path();
-    let server = std::thread::spawn(move || {
-        let file = std::fs::File::open(outside).expect("netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter");
-        let listener = std::net::TcpListener::bind((external, 5202)).expect("listen");
-        ready.send(()).expect("ready");
-        listener.accept().expect("accept").1.ip()
+    let server = lab.external.as_ref().expect("external").spawn(move || {
+        let listener = std::net::TcpListener::bind((external, 5202))?;
+        ready.send(())?;
+        Ok(listener.accept()?.1.ip())
     });
     listening.recv_timeout(Duration::from_secs(5)).expect("listening");
-    let pod = lab.pods[0].namespace.path();
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(pod).expect("netns");
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter");
-        std::net::TcpStream::connect_timeout(&(external, 5202).into(), Duration::from_secs(5))
-            .expect("connect");
-    })
-    .join()
-    .expect("client");
-    let seen = server.join().expect("server");
+    lab.pods[0]
+        .namespace
+        .spawn(move || {
+            Ok(std::net::TcpStream::connect_timeout(
+                &(external, 5202).into(),
+                Duration::from_secs(5),
+            )?)
+        })
+        .join()
+        .expect("client thread")
+        .expect("client connects");
+    let seen = server.join().expect("server thread").expect("server accepts");
     assert_eq!(seen, std::net::IpAddr::V4(lab.nodes[lab.pods[0].node].address));
     // Pod-to-pod traffic is never masqueraded.
     tcp_transfer(&lab, 0, lab.pods.len() - 1);

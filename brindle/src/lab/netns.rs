@@ -67,6 +67,21 @@ impl Namespace {
         command
     }
 
+    /// Starts `work` on a new thread that entered this namespace (sockets it opens live here).
+    pub fn spawn<T, F>(&self, work: F) -> std::thread::JoinHandle<anyhow::Result<T>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> anyhow::Result<T> + Send + 'static,
+    {
+        let path = self.path();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", path.display()))?;
+            work()
+        })
+    }
+
     /// Runs `work` on a thread that entered this namespace, on its own runtime.
     pub fn block_on<T, F, Fut>(&self, work: F) -> anyhow::Result<T>
     where
@@ -74,11 +89,7 @@ impl Namespace {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = anyhow::Result<T>>,
     {
-        let path = self.path();
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering {}", path.display()))?;
+        self.spawn(|| {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
