@@ -84,7 +84,7 @@ where
     V: Clone + PartialEq + Send + Sync + 'static,
     R: Send + 'static,
 {
-    let (outgoing, mut queued) = mpsc::channel(fanout_queue(&fanout));
+    let (outgoing, mut queued) = mpsc::channel(fanout.config().queue_messages.max(1));
     let (ended, reason) = oneshot::channel();
     tokio::spawn(async move {
         let incoming = incoming.map(|message| message.map(client_message));
@@ -102,8 +102,4 @@ where
         }
     });
     Box::pin(messages.chain(end))
-}
-
-fn fanout_queue<V: Clone + PartialEq + Send + Sync + 'static>(fanout: &Fanout<V>) -> usize {
-    fanout.config().queue_messages.max(1)
 }
