@@ -91,8 +91,13 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) ->
     Ok(())
 }
 
+/// A process's log file, appended to (a restarted process keeps its earlier lines).
 fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
-    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))
 }
 
 impl Lab {
@@ -135,11 +140,7 @@ impl Lab {
     }
 
     fn spawn_server(spec: &LabSpec, control: &Namespace, dir: &Path) -> anyhow::Result<Child> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("server.log"))
-            .context("opening the server log")?;
+        let log = log_file(&dir.join("server.log"))?;
         control
             .command(&spec.binaries.join("brindle"))
             .args([
