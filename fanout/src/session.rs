@@ -56,7 +56,7 @@ where
     S: Stream<Item = Result<ClientMessage, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let config = fanout.shared.config.clone();
+    let config = &fanout.shared.config;
     let (node, resume_revision) = match tokio::time::timeout(config.keepalive_timeout, incoming.next()).await
     {
         Err(_) => {
@@ -109,7 +109,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Session<'_, V> {
         S: Stream<Item = Result<ClientMessage, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let config = self.fanout.shared.config.clone();
+        let config = &self.fanout.shared.config;
         let (mut subscription, start) = self.fanout.subscribe(resume_revision).await;
         match start {
             Start::Snapshot(snapshot) => {
