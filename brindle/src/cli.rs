@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 
+use brindle::lab::Encapsulation;
 use brindle_grpc_server::StoreArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -51,6 +52,15 @@ pub struct LabUpArgs {
     /// Name prefix of the lab's namespaces.
     #[arg(long, default_value = "brdlab")]
     pub prefix: String,
+    /// How pod traffic crosses between nodes (the pool's encapsulation).
+    #[arg(long, value_enum, default_value_t = Encapsulation::Never)]
+    pub encapsulation: Encapsulation,
+    /// Underlay subnets: 1, or 2 joined by a router namespace (nodes alternate between them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub subnets: u8,
+    /// Run the control plane on etcd (Debian's etcd-server) instead of the embedded store.
+    #[arg(long)]
+    pub etcd: bool,
     /// Tear the lab down right after printing the matrix.
     #[arg(long)]
     pub once: bool,

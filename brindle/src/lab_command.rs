@@ -26,6 +26,9 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 pods_per_node: args.pods_per_node.into(),
                 pool: args.pool,
                 binaries,
+                encapsulation: args.encapsulation,
+                subnets: args.subnets.into(),
+                etcd: args.etcd,
             };
             let lab = tokio::task::spawn_blocking(move || Lab::up(spec)).await??;
             let lab = tokio::task::spawn_blocking(move || {
@@ -37,6 +40,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             for node in &lab.nodes {
                 println!("node {} at {}", node.name, node.address);
             }
+            println!("encapsulation: {:?}", args.encapsulation);
             let lab = tokio::task::spawn_blocking(move || {
                 let matrix = lab.matrix();
                 println!("\npod-to-pod reachability (ping):\n{}", lab.render(&matrix));

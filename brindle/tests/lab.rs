@@ -1,12 +1,13 @@
-//! The namespace lab end to end on the real kernel (direct routing): 3 nodes × 2 pods reach each
-//! other — ping and a TCP transfer between every pod pair — and a node that joins later gets
-//! routes to everyone and everyone to it.
+//! The namespace lab end to end on the real kernel: 3 nodes × 2 pods reach each other — ping and a
+//! TCP transfer between every pod pair — routed directly, over VXLAN, and CrossSubnet across two
+//! subnets (direct within, VXLAN across); a node that joins later gets routes to everyone and
+//! everyone to it; the data plane outlives the control plane (on etcd); natOutgoing.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use brindle::lab::{Lab, LabSpec};
+use brindle::lab::{Encapsulation, Lab, LabSpec};
 
 /// The workspace's binaries (scripts/test.sh builds them before the tests).
 fn binaries() -> PathBuf {
@@ -24,7 +25,42 @@ fn spec(nodes: usize) -> LabSpec {
         pods_per_node: 2,
         pool: "10.244.0.0/16".into(),
         binaries: binaries(),
+        encapsulation: Encapsulation::Never,
+        subnets: 1,
+        etcd: false,
     }
+}
+
+/// Pings and TCP-transfers between every pod pair (after the routes converged).
+fn full_mesh_ping_and_tcp(lab: &Lab) {
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("{error}\n{}", lab.logs());
+    }
+    for from in 0..lab.pods.len() {
+        for to in 0..lab.pods.len() {
+            if from != to {
+                tcp_transfer(lab, from, to);
+            }
+        }
+    }
+}
+
+/// How node `node` forwards to pod `pod`: `ip route get` inside the node.
+fn path(lab: &Lab, node: usize, pod: usize) -> String {
+    lab.nodes[node]
+        .namespace
+        .ip(&["route", "get", &lab.pods[pod].ip.to_string()])
+        .expect("ip route get")
+}
+
+/// Packets node `node` sent through its VXLAN device.
+fn vxlan_tx_packets(lab: &Lab, node: usize) -> u64 {
+    let stats = lab.nodes[node]
+        .namespace
+        .ip(&["-s", "-j", "link", "show", "vxlan.brindle"])
+        .expect("the VXLAN device exists");
+    let parsed: serde_json::Value = serde_json::from_str(&stats).expect("ip -j");
+    parsed[0]["stats64"]["tx"]["packets"].as_u64().expect("tx packets")
 }
 
 /// Sends 256 KiB from pod `from` to pod `to` over TCP and checks every byte arrived.
@@ -67,18 +103,8 @@ fn tcp_transfer(lab: &Lab, from: usize, to: usize) {
 #[test]
 fn three_nodes_full_mesh_ping_and_tcp_then_a_new_node_joins() {
     let mut lab = Lab::up(spec(3)).expect("lab up");
-    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
-        panic!("{error}\n{}", lab.logs());
-    }
-    let pods = lab.pods.len();
-    assert_eq!(pods, 6);
-    for from in 0..pods {
-        for to in 0..pods {
-            if from != to {
-                tcp_transfer(&lab, from, to);
-            }
-        }
-    }
+    assert_eq!(lab.pods.len(), 6);
+    full_mesh_ping_and_tcp(&lab);
     let node = lab.add_node().expect("fourth node");
     lab.add_pod(node).expect("pod on the new node");
     if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
@@ -112,9 +138,88 @@ impl RouteMonitor {
 }
 
 #[test]
+fn vxlan_always_full_mesh_ping_and_tcp_through_the_tunnel() {
+    let lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}v", std::process::id()),
+        encapsulation: Encapsulation::Vxlan,
+        ..spec(3)
+    })
+    .expect("lab up");
+    full_mesh_ping_and_tcp(&lab);
+    for (node, host) in lab.nodes.iter().enumerate() {
+        let device = host
+            .namespace
+            .ip(&["-d", "link", "show", "vxlan.brindle"])
+            .expect("VXLAN device");
+        assert!(
+            device.contains("mtu 1450") && device.contains("vxlan id 4096") && device.contains("dstport 4789"),
+            "{device}"
+        );
+        for (pod, placed) in lab.pods.iter().enumerate() {
+            if placed.node != node {
+                let path = path(&lab, node, pod);
+                assert!(path.contains("dev vxlan.brindle"), "node {node} → pod {pod}: {path}");
+            }
+        }
+        assert!(vxlan_tx_packets(&lab, node) > 0, "node {node} sent through the tunnel");
+    }
+}
+
+#[test]
+fn cross_subnet_routes_directly_within_a_subnet_and_over_vxlan_across_then_a_node_joins() {
+    let mut lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}x", std::process::id()),
+        encapsulation: Encapsulation::VxlanCrossSubnet,
+        subnets: 2,
+        ..spec(3)
+    })
+    .expect("lab up");
+    // Nodes alternate between the subnets: n1 and n3 share one, n2 is behind the router.
+    assert_eq!(
+        lab.nodes.iter().map(|n| n.subnet).collect::<Vec<_>>(),
+        vec![0, 1, 0]
+    );
+    full_mesh_ping_and_tcp(&lab);
+    let check_paths = |lab: &Lab| {
+        for (node, host) in lab.nodes.iter().enumerate() {
+            for (pod, placed) in lab.pods.iter().enumerate() {
+                if placed.node == node {
+                    continue;
+                }
+                let path = path(lab, node, pod);
+                let remote = &lab.nodes[placed.node];
+                if remote.subnet == host.subnet {
+                    assert!(
+                        path.contains(&format!("via {} dev eth0", remote.address)),
+                        "same subnet, direct: node {node} → pod {pod}: {path}"
+                    );
+                } else {
+                    assert!(
+                        path.contains("dev vxlan.brindle"),
+                        "across subnets, VXLAN: node {node} → pod {pod}: {path}"
+                    );
+                }
+            }
+        }
+    };
+    check_paths(&lab);
+    let node = lab.add_node().expect("fourth node");
+    assert_eq!(lab.nodes[node].subnet, 1);
+    lab.add_pod(node).expect("pod on the new node");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("after a node joined: {error}\n{}", lab.logs());
+    }
+    check_paths(&lab);
+}
+
+#[test]
 fn the_data_plane_survives_the_control_plane_and_resumes_without_a_route_flap() {
+    // On etcd, so stopping the control plane stops the datastore process too; over VXLAN, so
+    // the tunnel's routes are watched as well.
     let mut lab = Lab::up(LabSpec {
         prefix: format!("brdt{}r", std::process::id()),
+        etcd: true,
+        encapsulation: Encapsulation::Vxlan,
         ..spec(3)
     })
     .expect("lab up");

@@ -88,6 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             registration,
             netlink.clone(),
             Arc::new(IptablesCommands),
+            ipam.clone(),
         )?;
         tokio::spawn(follower.run());
     }

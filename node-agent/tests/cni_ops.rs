@@ -3,88 +3,18 @@
 
 mod support;
 
-use std::collections::HashSet;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use brindle_datastore::EmbeddedStore;
 use ipam_svc::core::model::{AllowedUse, HandleAttributes};
-use ipam_svc::core::{AssignRequest, Ipam, IpamError, ShowOptions};
+use ipam_svc::core::{AssignRequest, Ipam, IpamError};
 use node_agent::core::attachments::{Attachment, AttachmentStore, Phase};
 use node_agent::core::cni::{CniOps, CniRequest, DATAPLANE_FAILED, handle_id};
-use node_agent::core::ipam::{IpamApi, IpamCallError, Lease, Owner};
 use node_agent::core::wiring::AttachmentKey;
 use node_agent::dataplane::{Netlink, RecordingKernel};
+use support::ipam::InProcessIpam;
 use support::node::workload_pool;
-
-/// [`IpamApi`] on the IPAM engine itself, no gRPC in between.
-struct InProcessIpam(Arc<Ipam>);
-
-fn refused(error: IpamError) -> IpamCallError {
-    IpamCallError::Refused(error.to_string())
-}
-
-#[async_trait::async_trait]
-impl IpamApi for InProcessIpam {
-    async fn assign(
-        &self,
-        handle_id: &str,
-        node: &str,
-        owner: &Owner,
-        requested: &[IpAddr],
-    ) -> Result<Vec<Lease>, IpamCallError> {
-        assert!(requested.is_empty(), "not used here");
-        let request = AssignRequest {
-            handle_id: handle_id.into(),
-            node: node.into(),
-            num_ipv4: 1,
-            num_ipv6: 0,
-            ipv4_pools: Vec::new(),
-            ipv6_pools: Vec::new(),
-            use_: AllowedUse::Workload,
-            attributes: HandleAttributes {
-                container_id: owner.container_id.clone(),
-                ..HandleAttributes::default()
-            },
-        };
-        let result = self.0.auto_assign(request).await.map_err(refused)?;
-        Ok(result
-            .allocations
-            .iter()
-            .map(|a| Lease {
-                ip: a.ip,
-                block: a.block,
-                borrowed: a.borrowed,
-            })
-            .collect())
-    }
-    async fn release(&self, handle_id: &str) -> Result<(), IpamCallError> {
-        self.0.release_handle(handle_id).await.map(drop).map_err(refused)
-    }
-    async fn holds(&self, handle_id: &str) -> Result<bool, IpamCallError> {
-        Ok(self.0.handle(handle_id).await.is_ok())
-    }
-    async fn has_free_addresses(&self) -> Result<bool, IpamCallError> {
-        let show = self.0.show(&ShowOptions::default()).await.map_err(refused)?;
-        Ok(show.pools.iter().any(|p| p.free > 0))
-    }
-    async fn collect_garbage(
-        &self,
-        node: &str,
-        valid: &[String],
-        prefix: &str,
-    ) -> Result<u64, IpamCallError> {
-        let valid: HashSet<String> = valid.iter().cloned().collect();
-        let result = self
-            .0
-            .garbage_collect(node, &valid, prefix, Duration::ZERO)
-            .await
-            .map_err(refused)?;
-        Ok(result.released_ips)
-    }
-}
 
 struct Setup {
     _dir: tempfile::TempDir,

@@ -49,6 +49,7 @@ fn veth_is_born_in_the_pod_and_traffic_flows() {
             gateway: None,
             device: Some("brdtest0".into()),
             scope_link: true,
+            onlink: false,
             kind: RouteKind::Unicast,
         };
         kernel.replace_route(&host_route).await.expect("host route");
@@ -61,6 +62,7 @@ fn veth_is_born_in_the_pod_and_traffic_flows() {
             gateway: None,
             device: None,
             scope_link: false,
+            onlink: false,
             kind: RouteKind::Blackhole,
         };
         kernel.replace_route(&blackhole).await.expect("blackhole");
@@ -223,5 +225,183 @@ fn retired_veths_are_deleted_in_one_bulk_request() {
                 "pod ends went too"
             );
         }
+    });
+}
+
+#[test]
+fn vxlan_device_endpoints_and_onlink_routes_on_the_real_kernel() {
+    use node_agent::dataplane::{Vtep, VxlanDevice};
+    let node = Netns::new("vxlan");
+    // This kernel has no dummy devices: a veth pair stands in for the underlay link.
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "uplink",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "uplink-peer",
+    ]);
+    node.exec(&["ip", "link", "set", "uplink", "mtu", "1500", "up"]);
+    node.exec(&["ip", "addr", "add", "192.168.60.1/24", "dev", "uplink"]);
+    let show = {
+        let node_name = node.name.clone();
+        move |args: &[&str]| {
+            let mut full = vec!["netns", "exec", node_name.as_str()];
+            full.extend_from_slice(args);
+            support::run("ip", &full)
+        }
+    };
+    node.run(move || async move {
+        let kernel = RtNetlink::new().expect("netlink");
+        let uplink = kernel
+            .link_with_address("192.168.60.1".parse().expect("ip"))
+            .await
+            .expect("lookup")
+            .expect("the uplink holds the node address");
+        assert_eq!(uplink.name, "uplink");
+        let mut device = VxlanDevice {
+            name: "vxlan.brindle".into(),
+            vni: 4096,
+            port: 4789,
+            local: "192.168.60.1".parse().expect("ip"),
+            parent: uplink.index,
+            mac: [0x02, 0xb0, 0, 0, 0, 1],
+            mtu: uplink.mtu - 50,
+            address: "10.70.0.1".parse().expect("ip"),
+        };
+        kernel.ensure_vxlan(&device).await.expect("create");
+        let details = show(&["ip", "-d", "link", "show", "vxlan.brindle"]);
+        for expected in [
+            "mtu 1450",
+            "vxlan id 4096 local 192.168.60.1 dev uplink",
+            "dstport 4789",
+            "nolearning",
+            "02:b0:00:00:00:01",
+            "UP",
+        ] {
+            assert!(details.contains(expected), "{expected:?} in {details}");
+        }
+        let index = kernel
+            .link("vxlan.brindle")
+            .await
+            .expect("get")
+            .expect("exists")
+            .index;
+        // Ensured again with a new MTU and address: updated in place, not re-created.
+        device.mtu = 1400;
+        device.address = "10.70.0.2".parse().expect("ip");
+        kernel.ensure_vxlan(&device).await.expect("update");
+        let link = kernel.link("vxlan.brindle").await.expect("get").expect("exists");
+        assert_eq!((link.index, link.mtu), (index, 1400));
+        let addresses = show(&["ip", "-4", "-o", "addr", "show", "dev", "vxlan.brindle"]);
+        assert!(
+            addresses.contains("10.70.0.2/32") && !addresses.contains("10.70.0.1"),
+            "{addresses}"
+        );
+        // A different VNI cannot be changed in place: re-created.
+        device.vni = 4097;
+        kernel.ensure_vxlan(&device).await.expect("recreate");
+        assert!(show(&["ip", "-d", "link", "show", "vxlan.brindle"]).contains("vxlan id 4097"));
+
+        let vtep = Vtep {
+            ip: "10.70.1.1".parse().expect("ip"),
+            mac: [0x02, 0xb0, 0, 0, 0, 2],
+            underlay: "192.168.60.2".parse().expect("ip"),
+        };
+        kernel.replace_vtep("vxlan.brindle", &vtep).await.expect("vtep");
+        kernel
+            .replace_vtep("vxlan.brindle", &vtep)
+            .await
+            .expect("idempotent");
+        assert_eq!(
+            kernel.vteps("vxlan.brindle").await.expect("list"),
+            vec![vtep.clone()]
+        );
+        let neighbours = show(&["ip", "neigh", "show", "dev", "vxlan.brindle"]);
+        assert!(
+            neighbours.contains("10.70.1.1 lladdr 02:b0:00:00:00:02 PERMANENT"),
+            "{neighbours}"
+        );
+        let fdb = show(&["bridge", "fdb", "show", "dev", "vxlan.brindle"]);
+        assert!(
+            fdb.contains("02:b0:00:00:00:02 dst 192.168.60.2 self permanent"),
+            "{fdb}"
+        );
+        let route = Route {
+            destination: net("10.70.1.0/26"),
+            gateway: Some(vtep.ip.into()),
+            device: Some("vxlan.brindle".into()),
+            scope_link: false,
+            onlink: true,
+            kind: RouteKind::Unicast,
+        };
+        kernel.replace_route(&route).await.expect("onlink route");
+        let routes = show(&["ip", "route", "show", "proto", "80"]);
+        assert!(
+            routes.contains("10.70.1.0/26 via 10.70.1.1 dev vxlan.brindle onlink"),
+            "{routes}"
+        );
+        assert!(
+            kernel.routes().await.expect("routes").contains(&route),
+            "read back as programmed"
+        );
+        kernel.delete_vtep("vxlan.brindle", &vtep).await.expect("delete");
+        assert!(kernel.vteps("vxlan.brindle").await.expect("list").is_empty());
+    });
+}
+
+#[test]
+fn ipip_is_detected_and_routes_go_onto_a_stand_in_device() {
+    let node = Netns::new("ipip");
+    // This VM's kernel has no ipip module (nor dummy devices): the stand-in for tunl0 is one end
+    // of a veth pair, up.
+    node.exec(&[
+        "ip",
+        "link",
+        "add",
+        "brdipip0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "brdipip0-peer",
+    ]);
+    node.exec(&["ip", "link", "set", "brdipip0-peer", "up"]);
+    let name = node.name.clone();
+    node.run(move || async move {
+        let kernel = RtNetlink::new().expect("netlink");
+        match kernel.ensure_ipip("tunl0").await {
+            Ok(()) => assert!(kernel.link("tunl0").await.expect("get").is_some_and(|l| l.up)),
+            Err(error) => {
+                assert!(matches!(error, DataplaneError::Unsupported { .. }), "{error}");
+                let message = error.to_string();
+                assert!(
+                    message.contains("IP-in-IP") && message.contains("VXLAN"),
+                    "{message}"
+                );
+            }
+        }
+        kernel.ensure_ipip("brdipip0").await.expect("the stand-in exists");
+        let route = Route {
+            destination: net("10.71.1.0/26"),
+            gateway: Some("192.168.62.2".parse().expect("ip")),
+            device: Some("brdipip0".into()),
+            scope_link: false,
+            onlink: true,
+            kind: RouteKind::Unicast,
+        };
+        kernel
+            .replace_route(&route)
+            .await
+            .expect("onlink route via a node in another subnet");
+        let routes = support::run("ip", &["-n", &name, "route", "show", "proto", "80"]);
+        assert!(
+            routes.contains("10.71.1.0/26 via 192.168.62.2 dev brdipip0 onlink"),
+            "{routes}"
+        );
+        assert!(kernel.routes().await.expect("routes").contains(&route));
     });
 }

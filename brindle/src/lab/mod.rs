@@ -1,7 +1,8 @@
-//! `brindle lab`: an N-node cluster in network namespaces on one machine — an underlay bridge, a
-//! control plane (`brindle server`, embedded store), one real `node-agent` per node namespace,
-//! pods attached through the real CNI shim — and a pod-to-pod reachability matrix. Everything is
-//! removed when the lab is dropped. The end-to-end tests use it too.
+//! `brindle lab`: an N-node cluster in network namespaces on one machine — an underlay bridge (or
+//! two subnets joined by a router namespace), a control plane (`brindle server` on the embedded
+//! store or on etcd), one real `node-agent` per node namespace, pods attached through the real CNI
+//! shim, a pool routed directly or over VXLAN / IP-in-IP — and a pod-to-pod reachability matrix.
+//! Everything is removed when the lab is dropped. The end-to-end tests use it too.
 
 mod netns;
 
@@ -17,10 +18,16 @@ use brindle_proto::route::v1 as route;
 
 pub use netns::{Namespace, Underlay, run};
 
-/// The underlay network every node sits on (inside the lab's namespaces only).
+/// The underlay subnet of the control plane and the first nodes (inside the lab's namespaces only).
 const UNDERLAY: &str = "192.168.200";
+/// The second underlay subnet, behind the router, when the lab has two.
+const SECOND_UNDERLAY: &str = "192.168.201";
+/// Host number of the router on each subnet.
+const ROUTER_HOST: u8 = 253;
 /// Port of the control plane.
 const CONTROL_PORT: u16 = 7400;
+/// etcd's client port on the control plane's loopback.
+const ETCD_PORT: u16 = 2379;
 /// The address of the lab's stand-in for "the internet" (TEST-NET-3, outside every pool).
 pub const EXTERNAL_ADDRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The CNI network name pods are attached to.
@@ -39,6 +46,42 @@ pub struct LabSpec {
     pub pool: String,
     /// Directory with the `brindle`, `node-agent` and `brindle-cni` binaries.
     pub binaries: PathBuf,
+    /// How the pool's traffic crosses between nodes.
+    pub encapsulation: Encapsulation,
+    /// Underlay subnets (1, or 2 joined by a router); nodes alternate between them.
+    pub subnets: usize,
+    /// Run the control plane on etcd (Debian's `etcd`) instead of the embedded store.
+    pub etcd: bool,
+}
+
+/// How the lab pool's traffic crosses between nodes (its vxlanMode / ipipMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Encapsulation {
+    /// Routed directly via the node's address (one subnet only).
+    #[default]
+    Never,
+    /// Always over VXLAN.
+    Vxlan,
+    /// Direct inside a subnet, VXLAN across subnets.
+    VxlanCrossSubnet,
+    /// Always IP-in-IP (needs the kernel's ipip module).
+    Ipip,
+    /// Direct inside a subnet, IP-in-IP across subnets.
+    IpipCrossSubnet,
+}
+
+impl Encapsulation {
+    /// The pool's (vxlanMode, ipipMode).
+    fn modes(self) -> (ipam::EncapMode, ipam::EncapMode) {
+        use ipam::EncapMode::{Always, CrossSubnet, Never};
+        match self {
+            Self::Never => (Never, Never),
+            Self::Vxlan => (Always, Never),
+            Self::VxlanCrossSubnet => (CrossSubnet, Never),
+            Self::Ipip => (Never, Always),
+            Self::IpipCrossSubnet => (Never, CrossSubnet),
+        }
+    }
 }
 
 /// A node of the lab.
@@ -49,6 +92,8 @@ pub struct LabNode {
     pub namespace: Namespace,
     /// Its underlay address.
     pub address: Ipv4Addr,
+    /// Index of its underlay subnet.
+    pub subnet: usize,
     agent: Child,
     socket: PathBuf,
 }
@@ -77,7 +122,14 @@ pub struct Lab {
     pub external: Option<Namespace>,
     control: Namespace,
     server: Child,
-    underlay: Underlay,
+    etcd: Option<Child>,
+    router: Option<Namespace>,
+    underlays: Vec<Underlay>,
+}
+
+/// The first three octets of underlay subnet `index`.
+fn subnet_prefix(index: usize) -> &'static str {
+    if index == 0 { UNDERLAY } else { SECOND_UNDERLAY }
 }
 
 fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -112,10 +164,42 @@ impl Lab {
                 );
             }
         }
+        if !(1..=2).contains(&spec.subnets) {
+            bail!("a lab has 1 or 2 underlay subnets, not {}", spec.subnets);
+        }
+        if spec.subnets == 2 && spec.encapsulation == Encapsulation::Never {
+            bail!(
+                "direct routing cannot cross subnets: with 2 subnets use --encapsulation \
+                 vxlan-cross-subnet (or vxlan)"
+            );
+        }
         let dir = tempfile::Builder::new().prefix("brindle-lab-").tempdir()?;
-        let underlay = Underlay::create(format!("{}-ul", spec.prefix))?;
+        let underlays = (1..=spec.subnets)
+            .map(|n| Underlay::create(format!("{}-ul{n}", spec.prefix)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let control = Namespace::create(format!("{}-cp", spec.prefix))?;
-        underlay.plug(&control, "cp", &format!("{UNDERLAY}.1/24"))?;
+        underlays[0].plug(&control, "cp", "eth0", &format!("{UNDERLAY}.1/24"))?;
+        let router = match &underlays[..] {
+            [first, second] => {
+                let router = Namespace::create(format!("{}-rt", spec.prefix))?;
+                first.plug(&router, "rt", "eth0", &format!("{UNDERLAY}.{ROUTER_HOST}/24"))?;
+                second.plug(
+                    &router,
+                    "rt",
+                    "eth1",
+                    &format!("{SECOND_UNDERLAY}.{ROUTER_HOST}/24"),
+                )?;
+                router.sysctl("net.ipv4.ip_forward", "1")?;
+                Self::route_to_other_subnet(&control, 0)?;
+                Some(router)
+            }
+            _ => None,
+        };
+        let etcd = if spec.etcd {
+            Some(Self::spawn_etcd(&spec, &control, dir.path())?)
+        } else {
+            None
+        };
         let server = Self::spawn_server(&spec, &control, dir.path())?;
         let mut lab = Self {
             spec,
@@ -125,7 +209,9 @@ impl Lab {
             external: None,
             control,
             server,
-            underlay,
+            etcd,
+            router,
+            underlays,
         };
         lab.create_pool()?;
         for _ in 0..lab.spec.nodes {
@@ -139,17 +225,53 @@ impl Lab {
         Ok(lab)
     }
 
+    /// In a two-subnet lab, routes `namespace` (on subnet `subnet`) to the other subnet via the
+    /// router.
+    fn route_to_other_subnet(namespace: &Namespace, subnet: usize) -> anyhow::Result<()> {
+        let other = subnet_prefix(1 - subnet);
+        let router = format!("{}.{ROUTER_HOST}", subnet_prefix(subnet));
+        namespace.ip(&["route", "replace", &format!("{other}.0/24"), "via", &router])?;
+        Ok(())
+    }
+
+    /// Starts a one-member etcd on the control plane's loopback and waits until it accepts
+    /// connections.
+    fn spawn_etcd(spec: &LabSpec, control: &Namespace, dir: &Path) -> anyhow::Result<Child> {
+        let client = format!("http://127.0.0.1:{ETCD_PORT}");
+        let peer = format!("http://127.0.0.1:{}", ETCD_PORT + 1);
+        let etcd = control
+            .command(Path::new("etcd"))
+            .arg(format!("--name={}", spec.prefix))
+            .arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster={}={peer}", spec.prefix))
+            .stdout(Stdio::null())
+            .stderr(log_file(&dir.join("etcd.log"))?)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server)")?;
+        let accepts = || {
+            control
+                .spawn(|| Ok(std::net::TcpStream::connect(("127.0.0.1", ETCD_PORT)).is_ok()))
+                .join()
+                .is_ok_and(|connected| connected.unwrap_or(false))
+        };
+        wait_until("etcd accepting connections", Duration::from_secs(30), accepts)?;
+        Ok(etcd)
+    }
+
     fn spawn_server(spec: &LabSpec, control: &Namespace, dir: &Path) -> anyhow::Result<Child> {
         let log = log_file(&dir.join("server.log"))?;
-        control
-            .command(&spec.binaries.join("brindle"))
-            .args([
-                "server",
-                "--listen",
-                &format!("{UNDERLAY}.1:{CONTROL_PORT}"),
-                "--store-path",
-            ])
-            .arg(dir.join("store.redb"))
+        let mut command = control.command(&spec.binaries.join("brindle"));
+        command.args(["server", "--listen", &format!("{UNDERLAY}.1:{CONTROL_PORT}")]);
+        if spec.etcd {
+            command.args(["--etcd-endpoints", &format!("http://127.0.0.1:{ETCD_PORT}")]);
+        } else {
+            command.arg("--store-path").arg(dir.join("store.redb"));
+        }
+        command
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -160,11 +282,18 @@ impl Lab {
     pub fn stop_control_plane(&mut self) -> anyhow::Result<()> {
         self.server.kill().context("stopping brindle server")?;
         self.server.wait()?;
+        if let Some(etcd) = &mut self.etcd {
+            etcd.kill().context("stopping etcd")?;
+            etcd.wait()?;
+        }
         Ok(())
     }
 
     /// Starts the control plane again on the same store.
     pub fn start_control_plane(&mut self) -> anyhow::Result<()> {
+        if self.etcd.is_some() {
+            self.etcd = Some(Self::spawn_etcd(&self.spec, &self.control, self.dir.path())?);
+        }
         self.server = Self::spawn_server(&self.spec, &self.control, self.dir.path())?;
         Ok(())
     }
@@ -174,17 +303,20 @@ impl Lab {
     /// toward it. Returns that address.
     pub fn add_external(&mut self) -> anyhow::Result<Ipv4Addr> {
         let namespace = Namespace::create(format!("{}-ext", self.spec.prefix))?;
-        self.underlay
-            .plug(&namespace, "ext", &format!("{UNDERLAY}.254/24"))?;
+        self.underlays[0].plug(&namespace, "ext", "eth0", &format!("{UNDERLAY}.254/24"))?;
         namespace.ip(&["addr", "add", &format!("{EXTERNAL_ADDRESS}/32"), "dev", "lo"])?;
+        let external = format!("{EXTERNAL_ADDRESS}/32");
+        if let Some(router) = &self.router {
+            Self::route_to_other_subnet(&namespace, 0)?;
+            router.ip(&["route", "replace", &external, "via", &format!("{UNDERLAY}.254")])?;
+        }
         for node in &self.nodes {
-            node.namespace.ip(&[
-                "route",
-                "replace",
-                &format!("{EXTERNAL_ADDRESS}/32"),
-                "via",
-                &format!("{UNDERLAY}.254"),
-            ])?;
+            let gateway = match node.subnet {
+                0 => format!("{UNDERLAY}.254"),
+                _ => format!("{SECOND_UNDERLAY}.{ROUTER_HOST}"),
+            };
+            node.namespace
+                .ip(&["route", "replace", &external, "via", &gateway])?;
         }
         self.external = Some(namespace);
         Ok(EXTERNAL_ADDRESS)
@@ -224,6 +356,7 @@ impl Lab {
 
     fn create_pool(&self) -> anyhow::Result<()> {
         let cidr = self.spec.pool.clone();
+        let (vxlan_mode, ipip_mode) = self.spec.encapsulation.modes();
         self.control.block_on(move || async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut client = loop {
@@ -239,6 +372,8 @@ impl Lab {
                 name: "lab".into(),
                 cidr,
                 block_size: 26,
+                vxlan_mode: vxlan_mode.into(),
+                ipip_mode: ipip_mode.into(),
                 ..Default::default()
             };
             client
@@ -253,10 +388,17 @@ impl Lab {
     pub fn add_node(&mut self) -> anyhow::Result<usize> {
         let index = self.nodes.len() + 1;
         let name = format!("{}-n{index}", self.spec.prefix);
-        let address = Ipv4Addr::new(192, 168, 200, u8::try_from(10 + index).context("too many nodes")?);
+        let subnet = (index - 1) % self.underlays.len();
+        let host = u8::try_from(10 + index)
+            .ok()
+            .filter(|h| *h < ROUTER_HOST)
+            .context("too many nodes")?;
+        let address: Ipv4Addr = format!("{}.{host}", subnet_prefix(subnet)).parse()?;
         let namespace = Namespace::create(name.clone())?;
-        self.underlay
-            .plug(&namespace, &format!("n{index}"), &format!("{address}/24"))?;
+        self.underlays[subnet].plug(&namespace, &format!("n{index}"), "eth0", &format!("{address}/24"))?;
+        if self.router.is_some() {
+            Self::route_to_other_subnet(&namespace, subnet)?;
+        }
         let socket = self.dir.path().join(format!("n{index}.sock"));
         let agent = namespace
             .command(&self.spec.binaries.join("node-agent"))
@@ -274,7 +416,7 @@ impl Lab {
                 "--node-address",
                 &address.to_string(),
                 "--node-subnet",
-                &format!("{UNDERLAY}.0/24"),
+                &format!("{}.0/24", subnet_prefix(subnet)),
             ])
             .stdout(Stdio::null())
             .stderr(log_file(&self.dir.path().join(format!("{name}.log")))?)
@@ -284,6 +426,7 @@ impl Lab {
             name,
             namespace,
             address,
+            subnet,
             agent,
             socket,
         });
@@ -444,6 +587,10 @@ impl Drop for Lab {
         }
         let _ = self.server.kill();
         let _ = self.server.wait();
+        if let Some(etcd) = &mut self.etcd {
+            let _ = etcd.kill();
+            let _ = etcd.wait();
+        }
         // Pods, nodes, control plane and underlay namespaces are deleted as their fields drop.
         self.pods.clear();
     }

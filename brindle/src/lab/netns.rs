@@ -51,6 +51,22 @@ impl Namespace {
         run("ip", &full)
     }
 
+    /// Sets a sysctl inside (`net.ipv4.ip_forward`), never in the root namespace.
+    pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &self.name,
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ],
+        )
+        .map(drop)
+    }
+
     /// Runs a command inside; returns whether it succeeded.
     pub fn succeeds(&self, args: &[&str]) -> bool {
         Command::new("ip")
@@ -121,9 +137,9 @@ impl Underlay {
         Ok(Self { namespace })
     }
 
-    /// Plugs `member` in as its `eth0` with `address` (e.g. `192.168.200.11/24`); `port` names
-    /// the bridge side.
-    pub fn plug(&self, member: &Namespace, port: &str, address: &str) -> anyhow::Result<()> {
+    /// Plugs `member` in as its interface `ifname` with `address` (e.g. `192.168.200.11/24`);
+    /// `port` names the bridge side.
+    pub fn plug(&self, member: &Namespace, port: &str, ifname: &str, address: &str) -> anyhow::Result<()> {
         self.namespace.ip(&[
             "link",
             "add",
@@ -132,13 +148,13 @@ impl Underlay {
             "veth",
             "peer",
             "name",
-            "eth0",
+            ifname,
             "netns",
             &member.name,
         ])?;
         self.namespace.ip(&["link", "set", port, "master", "br0", "up"])?;
-        member.ip(&["addr", "add", address, "dev", "eth0"])?;
-        member.ip(&["link", "set", "eth0", "up"])?;
+        member.ip(&["addr", "add", address, "dev", ifname])?;
+        member.ip(&["link", "set", ifname, "up"])?;
         Ok(())
     }
 }

@@ -51,6 +51,14 @@ pub trait IpamApi: Send + Sync {
         owner: &Owner,
         requested: &[IpAddr],
     ) -> Result<Vec<Lease>, IpamCallError>;
+    /// Allocates (idempotently per handle) one IPv4 tunnel-endpoint address for `node` from one
+    /// of `pools`.
+    async fn assign_tunnel_address(
+        &self,
+        handle_id: &str,
+        node: &str,
+        pools: &[String],
+    ) -> Result<Lease, IpamCallError>;
     /// Releases a handle's addresses (unknown handle: nothing to do).
     async fn release(&self, handle_id: &str) -> Result<(), IpamCallError>;
     /// Whether the handle still holds addresses.

@@ -7,4 +7,5 @@ pub mod cni;
 pub mod ipam;
 pub mod nat;
 pub mod routing;
+pub mod tunnels;
 pub mod wiring;

@@ -1,7 +1,8 @@
 //! Routes toward other nodes' pods: what the routing state asks for (a route per remote block via
-//! its node, a host route per address borrowed by another node) and a reconciler that programs
-//! only the differences and removes stale routes it owns — never anything else, and nothing until
-//! it has seen a full state.
+//! its node — directly, or through the VXLAN or IP-in-IP device as the block's pool says — and a
+//! host route per address borrowed by another node) and a reconciler that programs only the
+//! differences and removes stale routes it owns — never anything else, and nothing until it has
+//! seen a full state.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -9,10 +10,17 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use route_svc::core::{Encapsulation, Node, RouteItem};
 
+use crate::core::tunnels::Tunnels;
 use crate::dataplane::{DataplaneError, Netlink, Route, RouteKind};
 
-/// The remote routes the state `items` asks node `me` to have.
-pub fn desired_routes(items: &BTreeMap<String, RouteItem>, me: &str) -> BTreeSet<RemoteRoute> {
+/// The remote routes the state `items` asks node `me` to have, given the tunnel devices ready.
+/// A route that needs a device that is not ready (or a remote endpoint not registered yet) is
+/// left out until it is.
+pub fn desired_routes(
+    items: &BTreeMap<String, RouteItem>,
+    me: &str,
+    tunnels: &Tunnels,
+) -> BTreeSet<RemoteRoute> {
     let nodes: BTreeMap<&str, &Node> = items
         .values()
         .filter_map(|item| match item {
@@ -33,14 +41,44 @@ pub fn desired_routes(items: &BTreeMap<String, RouteItem>, me: &str) -> BTreeSet
             .find(|pool| pool.cidr.contains(net))
             .map_or(Encapsulation::None, |pool| pool.encapsulation)
     };
+    let my_subnet = nodes.get(me).and_then(|node| node.ipv4_subnet);
+    // Unknown subnets count as different: a tunnel works across subnets, a direct route does not.
+    let same_subnet =
+        |via: IpAddr| matches!((my_subnet, via), (Some(subnet), IpAddr::V4(v4)) if subnet.contains(&v4));
     let route = |destination: IpNet, node: &str| -> Option<RemoteRoute> {
         let remote = nodes.get(node)?;
-        let via = remote.address_like(destination.addr())?;
+        let address = remote.address_like(destination.addr())?;
+        let direct = || {
+            Some(RemoteRoute {
+                destination,
+                via: address,
+                device: None,
+            })
+        };
+        let vxlan = || {
+            Some(RemoteRoute {
+                destination,
+                via: IpAddr::V4(remote.vtep_ipv4?),
+                device: Some(tunnels.vxlan.clone()?),
+            })
+        };
+        let ipip = || {
+            Some(RemoteRoute {
+                destination,
+                via: address,
+                device: Some(tunnels.ipip.clone()?),
+            })
+        };
         match encapsulation_of(&destination) {
-            Encapsulation::None => Some(RemoteRoute { destination, via }),
-            // Tunnelled modes are programmed by the tunnel reconciler (not yet): no direct route,
-            // which could only black-hole across subnets.
-            _ => None,
+            Encapsulation::None => direct(),
+            _ if destination.addr().is_ipv6() => direct(),
+            Encapsulation::Vxlan => vxlan(),
+            Encapsulation::Ipip => ipip(),
+            Encapsulation::VxlanCrossSubnet | Encapsulation::IpipCrossSubnet if same_subnet(address) => {
+                direct()
+            }
+            Encapsulation::VxlanCrossSubnet => vxlan(),
+            Encapsulation::IpipCrossSubnet => ipip(),
         }
     };
     items
@@ -58,8 +96,10 @@ pub fn desired_routes(items: &BTreeMap<String, RouteItem>, me: &str) -> BTreeSet
 pub struct RemoteRoute {
     /// A block or a single address.
     pub destination: IpNet,
-    /// The node's underlay address.
+    /// The next hop: the node's underlay address (direct, IP-in-IP) or its VXLAN tunnel address.
     pub via: IpAddr,
+    /// The tunnel device (the route is `onlink` through it); `None` for a direct route.
+    pub device: Option<String>,
 }
 
 impl RemoteRoute {
@@ -67,10 +107,21 @@ impl RemoteRoute {
         Route {
             destination: self.destination,
             gateway: Some(self.via),
-            device: None,
+            device: self.device.clone(),
             scope_link: false,
+            onlink: self.device.is_some(),
             kind: RouteKind::Unicast,
         }
+    }
+
+    /// The remote route a kernel route is (a direct route's output device is the kernel's
+    /// choice, so only an `onlink` route's device counts).
+    fn from_kernel(route: &Route) -> Option<Self> {
+        Some(Self {
+            destination: route.destination,
+            via: route.gateway?,
+            device: if route.onlink { route.device.clone() } else { None },
+        })
     }
 }
 
@@ -97,46 +148,44 @@ impl RouteReconciler {
     ) -> Result<usize, DataplaneError> {
         let programmed = match self.programmed.take() {
             Some(programmed) => programmed,
-            None => Self::kernel_remote_routes(netlink, desired).await?,
+            None => Self::kernel_remote_routes(netlink).await?,
         };
+        // One route the kernel refuses (a node it cannot reach) does not hold up the others.
         let mut done = programmed.clone();
-        let result = async {
-            for stale in programmed.difference(desired) {
-                netlink.delete_route(&stale.kernel()).await?;
-                done.remove(stale);
+        let mut first_error = None;
+        for stale in programmed.difference(desired) {
+            match netlink.delete_route(&stale.kernel()).await {
+                Ok(_) => {
+                    done.remove(stale);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
-            for missing in desired.difference(&programmed) {
-                netlink.replace_route(&missing.kernel()).await?;
-                done.insert(missing.clone());
-            }
-            Ok(())
         }
-        .await;
+        for missing in desired.difference(&programmed) {
+            match netlink.replace_route(&missing.kernel()).await {
+                Ok(()) => {
+                    done.insert(missing.clone());
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
         self.programmed = Some(done);
-        result.map(|()| desired.len())
+        first_error.map_or(Ok(desired.len()), Err)
     }
 
-    /// What the kernel has now: remote routes with brindle's protocol, read as routes; the ones
-    /// already matching `desired` exactly are kept as programmed.
-    async fn kernel_remote_routes(
-        netlink: &dyn Netlink,
-        desired: &BTreeSet<RemoteRoute>,
-    ) -> Result<BTreeSet<RemoteRoute>, DataplaneError> {
-        let mut found = BTreeSet::new();
-        for route in netlink.routes().await?.iter().filter(|r| is_remote(r)) {
-            let Some(via) = route.gateway else { continue };
-            let remote = RemoteRoute {
-                destination: route.destination,
-                via,
-            };
-            // A route that differs in anything but destination and gateway is re-programmed.
-            if route == &remote.kernel() || !desired.contains(&remote) {
-                found.insert(remote);
-            } else {
-                netlink.delete_route(route).await?;
-            }
-        }
-        Ok(found)
+    /// What the kernel has now: remote routes with brindle's protocol, read as routes.
+    async fn kernel_remote_routes(netlink: &dyn Netlink) -> Result<BTreeSet<RemoteRoute>, DataplaneError> {
+        Ok(netlink
+            .routes()
+            .await?
+            .iter()
+            .filter(|r| is_remote(r))
+            .filter_map(RemoteRoute::from_kernel)
+            .collect())
     }
 
     /// How many remote routes are programmed (0 before the first full state).
@@ -152,15 +201,18 @@ mod tests {
     use super::*;
     use crate::dataplane::{Call, RecordingKernel};
 
+    /// A node at `address` in its /24, with a VXLAN endpoint `10.99.255.<last octet>`.
     fn node(name: &str, address: &str) -> (String, RouteItem) {
+        let address: std::net::Ipv4Addr = address.parse().expect("ip");
+        let last = address.octets()[3];
         let node = Node {
             name: name.into(),
-            addresses: vec![address.parse().expect("ip")],
-            ipv4_subnet: None,
+            addresses: vec![address.into()],
+            ipv4_subnet: Some(ipnet::Ipv4Net::new(address, 24).expect("net").trunc()),
             ipv6_subnet: None,
             labels: BTreeMap::new(),
-            vtep_mac: None,
-            vtep_ipv4: None,
+            vtep_mac: Some([2, 0, 0, 0, 0, last]),
+            vtep_ipv4: Some(std::net::Ipv4Addr::new(10, 99, 255, last)),
             vtep_ipv6: None,
             ipip_tunnel_ipv4: None,
             lease: 0,
@@ -197,6 +249,14 @@ mod tests {
         RemoteRoute {
             destination: destination.parse().expect("net"),
             via: via.parse().expect("ip"),
+            device: None,
+        }
+    }
+
+    fn tunnelled(destination: &str, via: &str, device: &str) -> RemoteRoute {
+        RemoteRoute {
+            device: Some(device.into()),
+            ..remote(destination, via)
         }
     }
 
@@ -226,7 +286,7 @@ mod tests {
 
     #[test]
     fn remote_blocks_and_borrowed_addresses_route_via_their_node() {
-        let desired = desired_routes(&state(), "me");
+        let desired = desired_routes(&state(), "me", &Tunnels::default());
         assert_eq!(
             desired,
             BTreeSet::from([
@@ -234,8 +294,74 @@ mod tests {
                 remote("10.244.0.128/26", "192.168.1.3"),
                 remote("10.244.0.70/32", "192.168.1.3"),
             ]),
-            "not my own block, not an unregistered node's, not a tunnelled pool's"
+            "not my own block, not an unregistered node's, not a tunnelled pool's without its device"
         );
+    }
+
+    /// Pools of every encapsulation, nodes b (same subnet as me) and d (another subnet).
+    fn encapsulated_state() -> BTreeMap<String, RouteItem> {
+        BTreeMap::from([
+            node("me", "192.168.1.1"),
+            node("b", "192.168.1.2"),
+            node("d", "192.168.2.4"),
+            pool("10.1.0.0/16", Encapsulation::Vxlan),
+            pool("10.2.0.0/16", Encapsulation::VxlanCrossSubnet),
+            pool("10.3.0.0/16", Encapsulation::Ipip),
+            pool("10.4.0.0/16", Encapsulation::IpipCrossSubnet),
+            block("10.1.0.0/26", "b"),
+            block("10.2.0.0/26", "b"),
+            block("10.2.0.64/26", "d"),
+            block("10.3.0.0/26", "b"),
+            block("10.4.0.0/26", "b"),
+            block("10.4.0.64/26", "d"),
+        ])
+    }
+
+    #[test]
+    fn tunnelled_pools_route_onlink_through_their_device_and_cross_subnet_only_across_subnets() {
+        let tunnels = Tunnels {
+            vxlan: Some("vxlan.brindle".into()),
+            ipip: Some("standin".into()),
+        };
+        assert_eq!(
+            desired_routes(&encapsulated_state(), "me", &tunnels),
+            BTreeSet::from([
+                tunnelled("10.1.0.0/26", "10.99.255.2", "vxlan.brindle"),
+                remote("10.2.0.0/26", "192.168.1.2"),
+                tunnelled("10.2.0.64/26", "10.99.255.4", "vxlan.brindle"),
+                tunnelled("10.3.0.0/26", "192.168.1.2", "standin"),
+                remote("10.4.0.0/26", "192.168.1.2"),
+                tunnelled("10.4.0.64/26", "192.168.2.4", "standin"),
+            ])
+        );
+        // Without the devices, only the direct routes inside the subnet remain.
+        assert_eq!(
+            desired_routes(&encapsulated_state(), "me", &Tunnels::default()),
+            BTreeSet::from([
+                remote("10.2.0.0/26", "192.168.1.2"),
+                remote("10.4.0.0/26", "192.168.1.2")
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn onlink_routes_read_back_from_the_kernel_are_not_reprogrammed() {
+        let kernel = RecordingKernel::default();
+        kernel.add_host_link("vxlan.brindle", 1450, &[]);
+        let tunnels = Tunnels {
+            vxlan: Some("vxlan.brindle".into()),
+            ipip: None,
+        };
+        let desired = desired_routes(&encapsulated_state(), "me", &tunnels);
+        RouteReconciler::default()
+            .apply(&kernel, &desired)
+            .await
+            .expect("first agent");
+        let before = kernel.calls().len();
+        let mut restarted = RouteReconciler::default();
+        restarted.apply(&kernel, &desired).await.expect("restarted agent");
+        assert_eq!(kernel.calls().len(), before, "a restarted agent changes nothing");
+        assert_eq!(restarted.programmed(), 4);
     }
 
     #[tokio::test]
@@ -248,6 +374,7 @@ mod tests {
             gateway: None,
             device: None,
             scope_link: true,
+            onlink: false,
             kind: RouteKind::Unicast,
         };
         let blackhole = Route {
@@ -255,6 +382,7 @@ mod tests {
             gateway: None,
             device: None,
             scope_link: false,
+            onlink: false,
             kind: RouteKind::Blackhole,
         };
         for route in [
@@ -267,7 +395,7 @@ mod tests {
         }
         let seeded = kernel.calls().len();
         let mut reconciler = RouteReconciler::default();
-        let desired = desired_routes(&state(), "me");
+        let desired = desired_routes(&state(), "me", &Tunnels::default());
         assert_eq!(reconciler.apply(&kernel, &desired).await.expect("apply"), 3);
         let calls = kernel.calls()[seeded..].to_vec();
         assert!(calls.contains(&Call::DeleteRoute(stale.kernel())));
@@ -290,7 +418,7 @@ mod tests {
         let mut moved = state();
         moved.extend([block("10.244.0.128/26", "b")]);
         reconciler
-            .apply(&kernel, &desired_routes(&moved, "me"))
+            .apply(&kernel, &desired_routes(&moved, "me", &Tunnels::default()))
             .await
             .expect("moved");
         assert_eq!(
@@ -306,7 +434,7 @@ mod tests {
     async fn a_failed_apply_remembers_what_it_did_and_the_next_one_finishes() {
         let kernel = RecordingKernel::default();
         let mut reconciler = RouteReconciler::default();
-        let desired = desired_routes(&state(), "me");
+        let desired = desired_routes(&state(), "me", &Tunnels::default());
         kernel.fail_on("10.244.0.128");
         assert!(reconciler.apply(&kernel, &desired).await.is_err());
         reconciler.apply(&kernel, &desired).await.expect("retry");

@@ -85,6 +85,7 @@ fn host_route(address: IpNet, host_ifname: &str) -> Route {
         gateway: None,
         device: Some(host_ifname.to_owned()),
         scope_link: true,
+        onlink: false,
         kind: RouteKind::Unicast,
     }
 }
@@ -95,6 +96,7 @@ fn blackhole(block: IpNet) -> Route {
         gateway: None,
         device: None,
         scope_link: false,
+        onlink: false,
         kind: RouteKind::Blackhole,
     }
 }

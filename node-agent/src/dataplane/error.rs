@@ -28,6 +28,16 @@ pub enum DataplaneError {
         /// The tool's error output.
         detail: String,
     },
+    /// The kernel lacks a feature brindle was asked to use.
+    #[error("{feature} is not supported by this kernel ({reason}); {advice}")]
+    Unsupported {
+        /// The feature.
+        feature: String,
+        /// What the kernel said.
+        reason: String,
+        /// What to do instead.
+        advice: String,
+    },
     /// A network namespace could not be entered.
     #[error("network namespace {path}: {reason}")]
     Netns {

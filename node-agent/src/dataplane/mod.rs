@@ -8,7 +8,7 @@ mod netlink;
 mod recording;
 mod sysctl;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -64,8 +64,44 @@ pub struct Route {
     pub device: Option<String>,
     /// Link scope (directly reachable on the device).
     pub scope_link: bool,
+    /// The gateway is on the device's link even though no address says so (tunnel routes).
+    pub onlink: bool,
     /// Unicast or blackhole.
     pub kind: RouteKind,
+}
+
+/// A VXLAN device as brindle wants it (`ip link add <name> type vxlan id <vni> local <local>
+/// dev <parent> dstport <port> nolearning`, with `address/32` on it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanDevice {
+    /// Interface name.
+    pub name: String,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// UDP destination port.
+    pub port: u16,
+    /// Underlay source address.
+    pub local: Ipv4Addr,
+    /// Index of the underlay link the tunnel uses.
+    pub parent: u32,
+    /// The device's MAC (other nodes' neighbour entries point at it).
+    pub mac: Mac,
+    /// MTU (the underlay's minus the encapsulation overhead).
+    pub mtu: u32,
+    /// The tunnel address (a /32 on the device).
+    pub address: Ipv4Addr,
+}
+
+/// Another node's VXLAN tunnel endpoint as programmed on the local VXLAN device: a permanent
+/// neighbour (`ip` → `mac`) and a forwarding entry (`mac` → `underlay`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Vtep {
+    /// The remote tunnel address.
+    pub ip: Ipv4Addr,
+    /// The remote device's MAC.
+    pub mac: Mac,
+    /// The remote node's underlay address, where the encapsulated packets go.
+    pub underlay: Ipv4Addr,
 }
 
 /// The fake gateway a pod routes through: an on-link address answered by the host end of the veth.
@@ -120,6 +156,21 @@ pub trait Netlink: Send + Sync {
     async fn delete_route(&self, route: &Route) -> Result<bool, DataplaneError>;
     /// Host routes carrying [`ROUTE_PROTOCOL`].
     async fn routes(&self) -> Result<Vec<Route>, DataplaneError>;
+    /// The host link holding `address` (the underlay interface); `None` when no link has it.
+    async fn link_with_address(&self, address: IpAddr) -> Result<Option<LinkState>, DataplaneError>;
+    /// Creates the VXLAN device, or brings an existing one to `device` (recreated when its VNI,
+    /// port, local address or parent differ); up, with exactly its tunnel address.
+    async fn ensure_vxlan(&self, device: &VxlanDevice) -> Result<(), DataplaneError>;
+    /// Makes sure the IP-in-IP device `name` exists and is up (creating it needs the kernel's
+    /// ipip support: [`DataplaneError::Unsupported`] without it).
+    async fn ensure_ipip(&self, name: &str) -> Result<(), DataplaneError>;
+    /// The remote tunnel endpoints programmed on `device` (permanent neighbours with their
+    /// forwarding entries).
+    async fn vteps(&self, device: &str) -> Result<Vec<Vtep>, DataplaneError>;
+    /// Adds or replaces a remote tunnel endpoint on `device`.
+    async fn replace_vtep(&self, device: &str, vtep: &Vtep) -> Result<(), DataplaneError>;
+    /// Removes a remote tunnel endpoint from `device`.
+    async fn delete_vtep(&self, device: &str, vtep: &Vtep) -> Result<(), DataplaneError>;
     /// Prepares the pod end before its addresses are known: up, on-link gateway route and default
     /// route (unless the pod has them already through an earlier brindle interface), permanent
     /// neighbour for the gateway. Returns the pod interface.

@@ -8,18 +8,23 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{InfoVxlan, LinkInfo};
 use netlink_packet_route::neighbour::NeighbourState;
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
 };
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::{Handle, LinkIpIp, LinkMessageBuilder, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use super::error::errno;
 use super::{
     DataplaneError, LinkState, Mac, Netlink, PodGateway, PodState, RETIRED_GROUP, ROUTE_PROTOCOL, Route,
-    RouteKind,
+    RouteKind, Vtep, VxlanDevice,
 };
 
 /// Netlink in the agent's namespace.
@@ -127,10 +132,25 @@ fn route_message(route: &Route, device_index: Option<u32>) -> Result<RouteMessag
     if route.scope_link {
         builder = builder.scope(RouteScope::Link);
     }
+    if route.onlink {
+        builder = builder.onlink();
+    }
     if route.kind == RouteKind::Blackhole {
         builder = builder.kind(RouteType::BlackHole);
     }
     Ok(builder.build())
+}
+
+/// `<destination> [via <gateway>] [dev <device>]`, for errors.
+fn route_text(route: &Route) -> String {
+    let mut text = route.destination.to_string();
+    if let Some(gateway) = route.gateway {
+        text.push_str(&format!(" via {gateway}"));
+    }
+    if let Some(device) = &route.device {
+        text.push_str(&format!(" dev {device}"));
+    }
+    text
 }
 
 fn route_address(address: &RouteAddress) -> Option<IpAddr> {
@@ -194,6 +214,7 @@ async fn list_routes(
             gateway,
             device,
             scope_link: message.header.scope == RouteScope::Link,
+            onlink: message.header.flags.contains(RouteFlags::Onlink),
             kind: if message.header.kind == RouteType::BlackHole {
                 RouteKind::Blackhole
             } else {
@@ -213,6 +234,149 @@ async fn all_links(handle: &Handle) -> Result<Vec<LinkState>, DataplaneError> {
         .try_collect()
         .await
         .map_err(|e| DataplaneError::netlink("list links", e))
+}
+
+/// The address messages of link `index`, with the address each holds.
+async fn link_addresses(handle: &Handle, index: u32) -> Result<Vec<(IpNet, AddressMessage)>, DataplaneError> {
+    let mut addresses = Vec::new();
+    let mut messages = handle.address().get().set_link_index_filter(index).execute();
+    while let Some(message) = messages
+        .try_next()
+        .await
+        .map_err(|e| DataplaneError::netlink("list addresses", e))?
+    {
+        let address = message.attributes.iter().find_map(|attribute| match attribute {
+            AddressAttribute::Address(ip) => IpNet::new(*ip, message.header.prefix_len).ok(),
+            _ => None,
+        });
+        if let Some(address) = address {
+            addresses.push((address, message));
+        }
+    }
+    Ok(addresses)
+}
+
+/// The VXLAN settings of link `name` that brindle decides (VNI, port, local, parent), or `None`
+/// when it is not a VXLAN device.
+async fn vxlan_identity(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<(u32, u16, Option<Ipv4Addr>, u32)>, DataplaneError> {
+    let mut links = handle.link().get().match_name(name.to_owned()).execute();
+    let message = match links.try_next().await {
+        Ok(Some(message)) => message,
+        Ok(None) => return Ok(None),
+        Err(e) if errno(&e) == Some(nix::errno::Errno::ENODEV as i32) => return Ok(None),
+        Err(e) => return Err(DataplaneError::netlink(format!("get link {name}"), e)),
+    };
+    let infos = message.attributes.iter().find_map(|attribute| match attribute {
+        LinkAttribute::LinkInfo(infos) => Some(infos),
+        _ => None,
+    });
+    let Some(data) = infos.into_iter().flatten().find_map(|info| match info {
+        LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
+        _ => None,
+    }) else {
+        return Ok(None);
+    };
+    let (mut vni, mut port, mut local, mut parent) = (0, 0, None, 0);
+    for info in data {
+        match info {
+            InfoVxlan::Id(id) => vni = *id,
+            InfoVxlan::Port(p) => port = *p,
+            InfoVxlan::Local(address) => local = Some(*address),
+            InfoVxlan::Link(index) => parent = *index,
+            _ => {}
+        }
+    }
+    Ok(Some((vni, port, local, parent)))
+}
+
+/// A neighbour's destination address (a forwarding entry's comes back as raw bytes: the bridge
+/// family does not say which IP family it is).
+fn neighbour_address(message: &NeighbourMessage) -> Option<IpAddr> {
+    message.attributes.iter().find_map(|attribute| match attribute {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+fn neighbour_mac(message: &NeighbourMessage) -> Option<Mac> {
+    message.attributes.iter().find_map(|attribute| match attribute {
+        NeighbourAttribute::LinkLayerAddress(bytes) => bytes.as_slice().try_into().ok(),
+        _ => None,
+    })
+}
+
+/// Permanent neighbours (`family` Inet: address → MAC) or forwarding entries (Bridge: MAC →
+/// underlay address) on link `index`, as (address, MAC) pairs.
+async fn permanent_entries(
+    handle: &Handle,
+    family: AddressFamily,
+    index: u32,
+) -> Result<Vec<(Ipv4Addr, Mac)>, DataplaneError> {
+    let mut entries = Vec::new();
+    let mut messages = handle.neighbours().get().set_address_family(family).execute();
+    while let Some(message) = messages
+        .try_next()
+        .await
+        .map_err(|e| DataplaneError::netlink("list neighbours", e))?
+    {
+        if message.header.ifindex != index || message.header.state != NeighbourState::Permanent {
+            continue;
+        }
+        if let (Some(IpAddr::V4(address)), Some(mac)) = (neighbour_address(&message), neighbour_mac(&message))
+        {
+            entries.push((address, mac));
+        }
+    }
+    Ok(entries)
+}
+
+/// The netlink message of a forwarding entry `mac → underlay` on link `index`.
+fn fdb_message(index: u32, vtep: &Vtep) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Bridge;
+    message.header.ifindex = index;
+    message.header.state = NeighbourState::Permanent;
+    message.header.flags = NeighbourFlags::Own;
+    message.attributes = vec![
+        NeighbourAttribute::LinkLayerAddress(vtep.mac.to_vec()),
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(vtep.underlay)),
+    ];
+    message
+}
+
+/// The netlink message of a neighbour `ip → mac` on link `index`.
+fn arp_message(index: u32, vtep: &Vtep) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = index;
+    message.header.state = NeighbourState::Permanent;
+    message.attributes = vec![
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(vtep.ip)),
+        NeighbourAttribute::LinkLayerAddress(vtep.mac.to_vec()),
+    ];
+    message
+}
+
+/// Deletes a neighbour or forwarding entry; one that is already gone is fine.
+async fn delete_neighbour(
+    handle: &Handle,
+    message: NeighbourMessage,
+    what: String,
+) -> Result<(), DataplaneError> {
+    match handle.neighbours().del(message).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if matches!(errno(&e), Some(c) if c == nix::errno::Errno::ENOENT as i32) => Ok(()),
+        Err(e) => Err(DataplaneError::netlink(what, e)),
+    }
 }
 
 #[async_trait::async_trait]
@@ -308,7 +472,7 @@ impl Netlink for RtNetlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| DataplaneError::netlink(format!("replace route {}", route.destination), e))
+            .map_err(|e| DataplaneError::netlink(format!("replace route {}", route_text(route)), e))
     }
 
     async fn delete_route(&self, route: &Route) -> Result<bool, DataplaneError> {
@@ -329,7 +493,7 @@ impl Netlink for RtNetlink {
             Ok(()) => Ok(true),
             Err(e) if errno(&e) == Some(nix::errno::Errno::ESRCH as i32) => Ok(false),
             Err(e) => Err(DataplaneError::netlink(
-                format!("delete route {}", route.destination),
+                format!("delete route {}", route_text(route)),
                 e,
             )),
         }
@@ -362,6 +526,7 @@ impl Netlink for RtNetlink {
             gateway: None,
             device: Some(ifname.to_owned()),
             scope_link: true,
+            onlink: false,
             kind: RouteKind::Unicast,
         };
         let unspecified = match gateway.address {
@@ -373,6 +538,7 @@ impl Netlink for RtNetlink {
             gateway: Some(gateway.address),
             device: Some(ifname.to_owned()),
             scope_link: false,
+            onlink: false,
             kind: RouteKind::Unicast,
         };
         // A second brindle interface in the same pod keeps the first one's gateway routes: when the
@@ -427,21 +593,11 @@ impl Netlink for RtNetlink {
         let Some(link) = find_link(&pod, ifname).await? else {
             return Ok(None);
         };
-        let mut addresses = Vec::new();
-        let mut messages = pod.address().get().set_link_index_filter(link.index).execute();
-        while let Some(message) = messages
-            .try_next()
-            .await
-            .map_err(|e| DataplaneError::netlink("list pod addresses", e))?
-        {
-            for attribute in &message.attributes {
-                if let AddressAttribute::Address(ip) = attribute
-                    && let Ok(net) = IpNet::new(*ip, message.header.prefix_len)
-                {
-                    addresses.push(net);
-                }
-            }
-        }
+        let addresses = link_addresses(&pod, link.index)
+            .await?
+            .into_iter()
+            .map(|(address, _)| address)
+            .collect();
         let links = all_links(&pod).await?;
         let mut routes: Vec<Route> = list_routes(&pod, false, &links, false).await?;
         routes.extend(list_routes(&pod, true, &links, false).await?);
@@ -450,5 +606,163 @@ impl Netlink for RtNetlink {
             addresses,
             routes,
         }))
+    }
+
+    async fn link_with_address(&self, address: IpAddr) -> Result<Option<LinkState>, DataplaneError> {
+        let mut messages = self.host.address().get().set_address_filter(address).execute();
+        let index = match messages.try_next().await {
+            Ok(Some(message)) => message.header.index,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                return Err(DataplaneError::netlink(
+                    format!("find the link holding {address}"),
+                    e,
+                ));
+            }
+        };
+        Ok(all_links(&self.host)
+            .await?
+            .into_iter()
+            .find(|link| link.index == index))
+    }
+
+    async fn ensure_vxlan(&self, device: &VxlanDevice) -> Result<(), DataplaneError> {
+        let wanted = (device.vni, device.port, Some(device.local), device.parent);
+        match vxlan_identity(&self.host, &device.name).await? {
+            Some(identity) if identity == wanted => {}
+            existing => {
+                if existing.is_some() || find_link(&self.host, &device.name).await?.is_some() {
+                    self.delete_link(&device.name).await?;
+                }
+                let message = LinkVxlan::new(&device.name, device.vni)
+                    .port(device.port)
+                    .local(device.local)
+                    .dev(device.parent)
+                    .learning(false)
+                    .build();
+                self.host.link().add(message).execute().await.map_err(|e| {
+                    DataplaneError::netlink(format!("create VXLAN device {}", device.name), e)
+                })?;
+            }
+        }
+        let link = require_link(&self.host, &device.name).await?;
+        if link.mac != device.mac || link.mtu != device.mtu || !link.up {
+            let message = LinkUnspec::new_with_index(link.index)
+                .address(device.mac.to_vec())
+                .mtu(device.mtu)
+                .up()
+                .build();
+            self.host
+                .link()
+                .set(message)
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("set up {}", device.name), e))?;
+        }
+        let address = IpNet::from(IpAddr::V4(device.address));
+        let present = link_addresses(&self.host, link.index).await?;
+        for (other, message) in present.iter().filter(|(net, _)| *net != address) {
+            self.host
+                .address()
+                .del(message.clone())
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("remove {other} from {}", device.name), e))?;
+        }
+        if !present.iter().any(|(net, _)| *net == address) {
+            self.host
+                .address()
+                .add(link.index, address.addr(), address.prefix_len())
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("add {address} to {}", device.name), e))?;
+        }
+        Ok(())
+    }
+
+    async fn ensure_ipip(&self, name: &str) -> Result<(), DataplaneError> {
+        let link = match find_link(&self.host, name).await? {
+            Some(link) => link,
+            None => {
+                let message = LinkIpIp::new(name).build();
+                if let Err(e) = self.host.link().add(message).execute().await {
+                    return Err(match errno(&e) {
+                        Some(c) if c == nix::errno::Errno::EOPNOTSUPP as i32 => DataplaneError::Unsupported {
+                            feature: format!("IP-in-IP ({name})"),
+                            reason: "the kernel has no ipip module: creating an ipip device failed with \"Operation not supported\"".into(),
+                            advice: "load the ipip module or use VXLAN encapsulation (vxlanMode) for the pool".into(),
+                        },
+                        _ => DataplaneError::netlink(format!("create IP-in-IP device {name}"), e),
+                    });
+                }
+                require_link(&self.host, name).await?
+            }
+        };
+        if !link.up {
+            let up = LinkUnspec::new_with_index(link.index).up().build();
+            self.host
+                .link()
+                .set(up)
+                .execute()
+                .await
+                .map_err(|e| DataplaneError::netlink(format!("set {name} up"), e))?;
+        }
+        Ok(())
+    }
+
+    async fn vteps(&self, device: &str) -> Result<Vec<Vtep>, DataplaneError> {
+        let Some(link) = find_link(&self.host, device).await? else {
+            return Ok(Vec::new());
+        };
+        let neighbours = permanent_entries(&self.host, AddressFamily::Inet, link.index).await?;
+        let forwarding = permanent_entries(&self.host, AddressFamily::Bridge, link.index).await?;
+        Ok(neighbours
+            .into_iter()
+            .filter_map(|(ip, mac)| {
+                let (underlay, _) = forwarding.iter().find(|(_, fdb_mac)| *fdb_mac == mac)?;
+                Some(Vtep {
+                    ip,
+                    mac,
+                    underlay: *underlay,
+                })
+            })
+            .collect())
+    }
+
+    async fn replace_vtep(&self, device: &str, vtep: &Vtep) -> Result<(), DataplaneError> {
+        let link = require_link(&self.host, device).await?;
+        for (message, what) in [
+            (fdb_message(link.index, vtep), "forwarding entry"),
+            (arp_message(link.index, vtep), "neighbour"),
+        ] {
+            let mut request = self
+                .host
+                .neighbours()
+                .add(link.index, IpAddr::V4(vtep.ip))
+                .replace();
+            *request.message_mut() = message;
+            request.execute().await.map_err(|e| {
+                DataplaneError::netlink(format!("add the {what} of {} on {device}", vtep.ip), e)
+            })?;
+        }
+        Ok(())
+    }
+
+    async fn delete_vtep(&self, device: &str, vtep: &Vtep) -> Result<(), DataplaneError> {
+        let Some(link) = find_link(&self.host, device).await? else {
+            return Ok(());
+        };
+        delete_neighbour(
+            &self.host,
+            arp_message(link.index, vtep),
+            format!("delete the neighbour {}", vtep.ip),
+        )
+        .await?;
+        delete_neighbour(
+            &self.host,
+            fdb_message(link.index, vtep),
+            format!("delete the forwarding entry of {}", vtep.ip),
+        )
+        .await
     }
 }

@@ -1,13 +1,16 @@
 //! An in-memory kernel for unit tests: implements [`Netlink`] and [`Sysctl`], keeps the state a
 //! real kernel would, records every call, and can be told to fail a call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use ipnet::IpNet;
 
-use super::{DataplaneError, Iptables, LinkState, Mac, Netlink, PodGateway, PodState, Route, Sysctl};
+use super::{
+    DataplaneError, Iptables, LinkState, Mac, Netlink, PodGateway, PodState, Route, Sysctl, Vtep, VxlanDevice,
+};
 
 /// One recorded call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +37,14 @@ pub enum Call {
     IptablesRestore(String, String),
     /// `iptables ensure_jump(table, from, to)`.
     IptablesJump(String, String, String),
+    /// `ensure_vxlan(device)`.
+    EnsureVxlan(VxlanDevice),
+    /// `ensure_ipip(name)`.
+    EnsureIpip(String),
+    /// `replace_vtep(device, vtep)`.
+    ReplaceVtep(String, Vtep),
+    /// `delete_vtep(device, vtep)`.
+    DeleteVtep(String, Vtep),
 }
 
 #[derive(Default)]
@@ -43,6 +54,10 @@ struct State {
     /// Pod links keyed by (netns, ifname), with the host peer's name.
     pod_links: BTreeMap<(PathBuf, String), (PodState, String)>,
     routes: Vec<Route>,
+    /// Host addresses and the link holding each.
+    host_addresses: BTreeMap<IpAddr, String>,
+    vxlan_devices: BTreeMap<String, VxlanDevice>,
+    vteps: BTreeMap<String, BTreeSet<Vtep>>,
     retired: Vec<String>,
     sysctls: BTreeMap<String, String>,
     next_index: u32,
@@ -87,6 +102,33 @@ impl RecordingKernel {
     /// Current host link names.
     pub fn host_link_names(&self) -> Vec<String> {
         self.lock().host_links.keys().cloned().collect()
+    }
+
+    /// Adds a host link (an underlay interface, a stand-in tunnel device) with `addresses`.
+    pub fn add_host_link(&self, name: &str, mtu: u32, addresses: &[IpAddr]) {
+        let mut state = self.lock();
+        state.next_index += 1;
+        let link = LinkState {
+            name: name.into(),
+            index: state.next_index,
+            mac: [0x0e, 0, 0, 0, 0, state.next_index as u8],
+            mtu,
+            up: true,
+        };
+        state.host_links.insert(name.into(), link);
+        for address in addresses {
+            state.host_addresses.insert(*address, name.into());
+        }
+    }
+
+    /// The VXLAN device `name` as last ensured.
+    pub fn vxlan_device(&self, name: &str) -> Option<VxlanDevice> {
+        self.lock().vxlan_devices.get(name).cloned()
+    }
+
+    /// Tunnel endpoints programmed on `device`.
+    pub fn current_vteps(&self, device: &str) -> BTreeSet<Vtep> {
+        self.lock().vteps.get(device).cloned().unwrap_or_default()
     }
 
     /// Whether a pod interface exists.
@@ -248,6 +290,7 @@ impl Netlink for RecordingKernel {
                 gateway: None,
                 device: Some(ifname.into()),
                 scope_link: true,
+                onlink: false,
                 kind: super::RouteKind::Unicast,
             },
             Route {
@@ -257,6 +300,7 @@ impl Netlink for RecordingKernel {
                 gateway: Some(gateway.address),
                 device: Some(ifname.into()),
                 scope_link: false,
+                onlink: false,
                 kind: super::RouteKind::Unicast,
             },
         ];
@@ -285,6 +329,76 @@ impl Netlink for RecordingKernel {
             .pod_links
             .get(&(netns.to_owned(), ifname.to_owned()))
             .map(|(pod, _)| pod.clone()))
+    }
+    async fn link_with_address(&self, address: IpAddr) -> Result<Option<LinkState>, DataplaneError> {
+        let state = self.lock();
+        Ok(state
+            .host_addresses
+            .get(&address)
+            .and_then(|name| state.host_links.get(name))
+            .cloned())
+    }
+
+    async fn ensure_vxlan(&self, device: &VxlanDevice) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::EnsureVxlan(device.clone()))?;
+        let index = match state.host_links.get(&device.name) {
+            Some(link) => link.index,
+            None => {
+                state.next_index += 1;
+                state.next_index
+            }
+        };
+        let link = LinkState {
+            name: device.name.clone(),
+            index,
+            mac: device.mac,
+            mtu: device.mtu,
+            up: true,
+        };
+        state.host_links.insert(device.name.clone(), link);
+        state.host_addresses.retain(|_, holder| *holder != device.name);
+        state
+            .host_addresses
+            .insert(IpAddr::V4(device.address), device.name.clone());
+        state.vxlan_devices.insert(device.name.clone(), device.clone());
+        Ok(())
+    }
+
+    /// Like this machine's kernel: no ipip support, so only an existing (stand-in) device works.
+    async fn ensure_ipip(&self, name: &str) -> Result<(), DataplaneError> {
+        let state = self.record(Call::EnsureIpip(name.into()))?;
+        if state.host_links.contains_key(name) {
+            Ok(())
+        } else {
+            Err(DataplaneError::Unsupported {
+                feature: format!("IP-in-IP ({name})"),
+                reason: "the recording kernel has no ipip module".into(),
+                advice: "use VXLAN".into(),
+            })
+        }
+    }
+
+    async fn vteps(&self, device: &str) -> Result<Vec<Vtep>, DataplaneError> {
+        Ok(self.current_vteps(device).into_iter().collect())
+    }
+
+    async fn replace_vtep(&self, device: &str, vtep: &Vtep) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::ReplaceVtep(device.into(), vtep.clone()))?;
+        if !state.host_links.contains_key(device) {
+            return Err(DataplaneError::Missing(format!("link {device}")));
+        }
+        let vteps = state.vteps.entry(device.into()).or_default();
+        vteps.retain(|v| v.ip != vtep.ip && v.mac != vtep.mac);
+        vteps.insert(vtep.clone());
+        Ok(())
+    }
+
+    async fn delete_vtep(&self, device: &str, vtep: &Vtep) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::DeleteVtep(device.into(), vtep.clone()))?;
+        if let Some(vteps) = state.vteps.get_mut(device) {
+            vteps.remove(vtep);
+        }
+        Ok(())
     }
 }
 

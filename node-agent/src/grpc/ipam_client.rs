@@ -99,6 +99,38 @@ impl IpamApi for GrpcIpam {
         Ok(leases)
     }
 
+    async fn assign_tunnel_address(
+        &self,
+        handle_id: &str,
+        node: &str,
+        pools: &[String],
+    ) -> Result<Lease, IpamCallError> {
+        let request = pb::AutoAssignRequest {
+            handle_id: handle_id.to_owned(),
+            node: node.to_owned(),
+            num_ipv4: 1,
+            ipv4_pools: pools.to_vec(),
+            r#use: pb::AllowedUse::Tunnel.into(),
+            attributes: Some(pb::HandleAttributes {
+                node: node.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let response = self
+            .client
+            .clone()
+            .auto_assign(request)
+            .await
+            .map_err(call_error)?
+            .into_inner();
+        let allocation = response
+            .allocations
+            .first()
+            .ok_or_else(|| IpamCallError::Refused("ipam-svc returned no tunnel address".into()))?;
+        lease(allocation)
+    }
+
     async fn release(&self, handle_id: &str) -> Result<(), IpamCallError> {
         let request = pb::ReleaseByHandleRequest {
             handle_id: handle_id.to_owned(),

@@ -1,6 +1,7 @@
 //! The agent's side of route-svc: keeps this node registered (renewing its lease, registering
-//! again when it expired) and follows the routing state (`Sync`), programming remote routes and the
-//! natOutgoing chain after every full state or change. Disconnected, it changes nothing in the
+//! again when it expired or its VXLAN endpoint appeared) and follows the routing state (`Sync`),
+//! programming tunnel devices, remote tunnel endpoints, remote routes and the natOutgoing chain
+//! after every full state or change. Disconnected, it changes nothing in the
 //! kernel; reconnected, it resumes from the revision it applied, so only real differences are
 //! programmed.
 
@@ -15,11 +16,13 @@ use futures_util::StreamExt;
 use pb::routes_client::RoutesClient;
 use route_svc::core::{Node, RouteItem};
 use route_svc::grpc::convert;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::core::ipam::IpamApi;
 use crate::core::nat::NatReconciler;
 use crate::core::routing::{RouteReconciler, desired_routes};
+use crate::core::tunnels::{IPIP_DEVICE, TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps};
 use crate::dataplane::{DataplaneError, Iptables, Netlink};
 
 /// How long a registration lives without renewal.
@@ -48,53 +51,69 @@ enum SyncEnded {
 /// Registration and routing-state following for one node.
 pub struct RouteFollower {
     client: RoutesClient<Channel>,
-    node: Node,
+    registration: watch::Receiver<Node>,
     programmer: Programmer,
 }
 
-/// What the routing state is programmed into: remote routes and the natOutgoing chain.
+/// What the routing state is programmed into: tunnel devices, remote tunnel endpoints, remote
+/// routes and the natOutgoing chain.
 struct Programmer {
     netlink: Arc<dyn Netlink>,
     iptables: Arc<dyn Iptables>,
+    tunnels: TunnelSetup,
+    vteps: VtepReconciler,
     routes: RouteReconciler,
     nat: NatReconciler,
+    /// This node's registration; the VXLAN endpoint is added once the device is ready.
+    registration: watch::Sender<Node>,
 }
 
 impl RouteFollower {
-    /// A follower of route-svc at `endpoint` (`http://host:port`) for `node`.
+    /// A follower of route-svc at `endpoint` (`http://host:port`) for `node`; tunnel addresses
+    /// come from `ipam`.
     pub fn new(
         endpoint: &str,
         node: Node,
         netlink: Arc<dyn Netlink>,
         iptables: Arc<dyn Iptables>,
+        ipam: Arc<dyn IpamApi>,
     ) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(endpoint.to_owned())?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
+        let tunnels = TunnelSetup::new(&node.name, &node.addresses, ipam, IPIP_DEVICE);
+        let (registration, registered) = watch::channel(node);
         Ok(Self {
             client: RoutesClient::new(channel).max_decoding_message_size(256 << 20),
-            node,
+            registration: registered,
             programmer: Programmer {
                 netlink,
                 iptables,
+                tunnels,
+                vteps: VtepReconciler::default(),
                 routes: RouteReconciler::default(),
                 nat: NatReconciler::default(),
+                registration,
             },
         })
     }
 
     /// Runs registration and sync until the task is dropped.
     pub async fn run(self) {
-        let registration = keep_registered(self.client.clone(), self.node.clone());
-        let sync = follow(self.client, self.node.name, self.programmer);
+        let name = self.registration.borrow().name.clone();
+        let registration = keep_registered(self.client.clone(), self.registration);
+        let sync = follow(self.client, name, self.programmer);
         tokio::join!(registration, sync);
     }
 }
 
-async fn keep_registered(mut client: RoutesClient<Channel>, node: Node) {
+/// Registers the node, renews its lease, and registers again when the registration changed or
+/// expired.
+async fn keep_registered(mut client: RoutesClient<Channel>, mut registration: watch::Receiver<Node>) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut registered = false;
     loop {
+        let node = registration.borrow_and_update().clone();
         let result = if registered {
             client
                 .renew_node(pb::RenewNodeRequest {
@@ -115,7 +134,10 @@ async fn keep_registered(mut client: RoutesClient<Channel>, node: Node) {
             Ok(()) => {
                 registered = true;
                 backoff.reset();
-                tokio::time::sleep(RENEW_EVERY).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(RENEW_EVERY) => {}
+                    Ok(()) = registration.changed() => registered = false,
+                }
             }
             Err(status) => {
                 if status.code() == tonic::Code::NotFound {
@@ -204,14 +226,23 @@ impl Programmer {
         mirror: &Mirror<RouteItem>,
         me: &str,
         to_server: &mpsc::Sender<common::SyncClientMessage>,
-    ) -> Result<(), DataplaneError> {
-        let desired = desired_routes(mirror.state(), me);
-        let result = match self.routes.apply(self.netlink.as_ref(), &desired).await {
-            Ok(programmed) => self
-                .nat
-                .apply(self.iptables.as_ref(), mirror.state())
-                .map(|()| programmed),
-            Err(error) => Err(error),
+    ) -> Result<(), ProgrammingError> {
+        let state = mirror.state();
+        let prepared = self.tunnels.ensure(self.netlink.as_ref(), state).await;
+        if let Some(vtep) = self.tunnels.local_vtep() {
+            self.registration.send_if_modified(|node| {
+                let changed = node.vtep_mac != Some(vtep.mac) || node.vtep_ipv4 != Some(vtep.ip);
+                node.vtep_mac = Some(vtep.mac);
+                node.vtep_ipv4 = Some(vtep.ip);
+                changed
+            });
+        }
+        let result = self
+            .program_tunnels_and_routes(state, me, &prepared.tunnels)
+            .await;
+        let result = match (result, prepared.failures.into_iter().next()) {
+            (Ok(_), Some(failure)) => Err(failure.into()),
+            (result, _) => result,
         };
         match result {
             Ok(programmed) => {
@@ -228,4 +259,37 @@ impl Programmer {
             }
         }
     }
+
+    /// Programs remote tunnel endpoints, remote routes and the natOutgoing chain; returns how
+    /// many remote routes are programmed.
+    async fn program_tunnels_and_routes(
+        &mut self,
+        state: &std::collections::BTreeMap<String, RouteItem>,
+        me: &str,
+        tunnels: &crate::core::tunnels::Tunnels,
+    ) -> Result<usize, ProgrammingError> {
+        let netlink = self.netlink.as_ref();
+        if tunnels.vxlan.is_some() {
+            self.vteps
+                .apply(netlink, VXLAN_DEVICE, &desired_vteps(state, me, tunnels))
+                .await?;
+        }
+        let programmed = self
+            .routes
+            .apply(netlink, &desired_routes(state, me, tunnels))
+            .await?;
+        self.nat.apply(self.iptables.as_ref(), state)?;
+        Ok(programmed)
+    }
+}
+
+/// Why programming the routing state failed (retried on the next change or keepalive).
+#[derive(Debug, thiserror::Error)]
+enum ProgrammingError {
+    /// A tunnel device could not be set up.
+    #[error(transparent)]
+    Tunnel(#[from] crate::core::tunnels::TunnelError),
+    /// The kernel refused a change.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
 }
