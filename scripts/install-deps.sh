@@ -12,6 +12,7 @@ DEBIAN_PACKAGES=(
   iptables ipset iproute2 iputils-ping
   containerd runc busybox-static
   containernetworking-plugins  # ptp + host-local: the peer in benchmarks
+  iperf3               # bench-dataplane throughput
 )
 
 missing=()

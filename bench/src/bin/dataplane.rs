@@ -1,0 +1,164 @@
+//! bench-dataplane: pod-to-pod TCP throughput across two lab nodes through brindle's data plane
+//! (routed directly, and over VXLAN) against a bare path between the same two pod namespaces
+//! without brindle (a veth from each pod into one bridge, same MTU), measured with Debian's
+//! iperf3 in the same run, rounds alternating between the two paths. Prints the median of each
+//! and the median of the per-round ratios (goal: ≥ 90 % direct, ≥ 70 % VXLAN).
+//!
+//! Needs root, iperf3 and the workspace's release binaries:
+//! `cargo build --release --workspace --bins && target/release/bench-dataplane`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use brindle::lab::{Encapsulation, Lab, LabSpec, Namespace, Underlay};
+
+const PORT: &str = "5201";
+
+struct Args {
+    binaries: PathBuf,
+    seconds: u32,
+    rounds: usize,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut parsed = Args {
+        binaries: std::env::current_exe()?
+            .parent()
+            .context("the benchmark's directory")?
+            .to_owned(),
+        seconds: 5,
+        rounds: 5,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--binaries" => parsed.binaries = value.into(),
+            "--seconds" => parsed.seconds = value.parse().context("--seconds")?,
+            "--rounds" => parsed.rounds = value.parse().context("--rounds")?,
+            other => bail!("unknown flag {other} (--binaries DIR, --seconds N, --rounds N)"),
+        }
+    }
+    Ok(parsed)
+}
+
+/// One iperf3 run from `client` to `server_ip` inside `server`: received bits per second.
+fn iperf3(client: &Namespace, server: &Namespace, server_ip: &str, seconds: u32) -> anyhow::Result<f64> {
+    let mut listener = server
+        .command(std::path::Path::new("iperf3"))
+        .args(["-s", "-1", "--forceflush", "-B", server_ip, "-p", PORT])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server (Debian package iperf3)")?;
+    // The client starts once the server says it listens.
+    let mut lines = std::io::BufReader::new(listener.stdout.take().context("server stdout")?).lines();
+    loop {
+        let line = lines
+            .next()
+            .with_context(|| format!("the iperf3 server on {server_ip} exited before listening"))??;
+        if line.contains("Server listening") {
+            break;
+        }
+    }
+    let out = client
+        .command(std::path::Path::new("iperf3"))
+        .args(["-c", server_ip, "-p", PORT, "-J", "-t", &seconds.to_string()])
+        .output()
+        .context("running the iperf3 client")?;
+    // Drain the server's report so it can exit.
+    lines.for_each(drop);
+    let _ = listener.wait();
+    let report = out.stdout;
+    let parsed: serde_json::Value = serde_json::from_slice(&report).context("iperf3 -J output")?;
+    if let Some(error) = parsed["error"].as_str() {
+        bail!("iperf3 to {server_ip}: {error}");
+    }
+    parsed["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 report without end.sum_received.bits_per_second")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Connects the two pods of `lab` with a bare path (a veth from each into one bridge, the pods'
+/// MTU) and returns it with the second pod's address on it.
+fn bare_path(lab: &Lab, prefix: &str, mtu: &str) -> anyhow::Result<(Underlay, &'static str)> {
+    let bridge = Underlay::create(format!("{prefix}-bare"))?;
+    for (index, pod) in lab.pods.iter().take(2).enumerate() {
+        let port = format!("b{index}");
+        bridge.plug(&pod.namespace, &port, "bare0", &format!("10.255.0.{}/24", index + 1))?;
+        pod.namespace.ip(&["link", "set", "bare0", "mtu", mtu])?;
+        bridge.namespace.ip(&["link", "set", &port, "mtu", mtu])?;
+    }
+    Ok((bridge, "10.255.0.2"))
+}
+
+/// Medians of brindle's and the bare path's throughput, and of the ratio within each round (the
+/// two runs of a round are back to back, so the machine's drift cancels out).
+fn measure(args: &Args, encapsulation: Encapsulation) -> anyhow::Result<(f64, f64, f64)> {
+    let prefix = format!("brdb{}", std::process::id());
+    let lab = Lab::up(LabSpec {
+        prefix: prefix.clone(),
+        nodes: 2,
+        pods_per_node: 1,
+        pool: "10.244.0.0/16".into(),
+        binaries: args.binaries.clone(),
+        encapsulation,
+        subnets: 1,
+        etcd: false,
+    })?;
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        bail!("{error}\n{}", lab.logs());
+    }
+    let mtu = lab.pods[0].namespace.ip(&["-j", "link", "show", "eth0"])?;
+    let mtu: serde_json::Value = serde_json::from_str(&mtu)?;
+    let mtu = mtu[0]["mtu"].as_u64().context("pod MTU")?.to_string();
+    let (_bridge, bare_ip) = bare_path(&lab, &prefix, &mtu)?;
+    let (client, server) = (&lab.pods[0].namespace, &lab.pods[1].namespace);
+    let pod_ip = lab.pods[1].ip.to_string();
+    let mut brindle = Vec::new();
+    let mut bare = Vec::new();
+    let mut ratios = Vec::new();
+    for _ in 0..args.rounds {
+        let through_brindle = iperf3(client, server, &pod_ip, args.seconds)?;
+        let through_bare = iperf3(client, server, bare_ip, args.seconds)?;
+        brindle.push(through_brindle);
+        bare.push(through_bare);
+        ratios.push(through_brindle / through_bare);
+    }
+    Ok((median(brindle), median(bare), median(ratios)))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    if !Command::new("iperf3").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        bail!("iperf3 is missing (apt-get install iperf3)");
+    }
+    println!(
+        "pod-to-pod TCP throughput across two nodes, iperf3 {} s × {} rounds, medians (ratio: of each round's pair)\n",
+        args.seconds, args.rounds
+    );
+    println!("{:<8} {:>15} {:>12} {:>7}   goal", "path", "brindle Gbit/s", "bare Gbit/s", "ratio");
+    for (name, encapsulation, goal) in [
+        ("direct", Encapsulation::Never, 0.90),
+        ("vxlan", Encapsulation::Vxlan, 0.70),
+    ] {
+        let (brindle, bare, ratio) = measure(&args, encapsulation)?;
+        println!(
+            "{name:<8} {:>15.2} {:>12.2} {:>5.0} %   {} ≥ {:.0} %",
+            brindle / 1e9,
+            bare / 1e9,
+            ratio * 100.0,
+            if ratio >= goal { "✓" } else { "✗" },
+            goal * 100.0
+        );
+    }
+    Ok(())
+}
