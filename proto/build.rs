@@ -15,6 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Snapshots are encoded once and shared by every subscriber: `Bytes` clones share them.
         .bytes(".brindle.common.v1.EncodedSnapshot.data")
+        // Small encode buffers: memory per streaming subscriber stays small.
+        .codec_path("crate::codec::SmallBufferCodec")
         .file_descriptor_set_path(out_dir.join("brindle_descriptor.bin"))
         .compile_protos(PROTOS, &["proto"])?;
     Ok(())

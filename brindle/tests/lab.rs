@@ -60,7 +60,9 @@ fn vxlan_tx_packets(lab: &Lab, node: usize) -> u64 {
         .ip(&["-s", "-j", "link", "show", "vxlan.brindle"])
         .expect("the VXLAN device exists");
     let parsed: serde_json::Value = serde_json::from_str(&stats).expect("ip -j");
-    parsed[0]["stats64"]["tx"]["packets"].as_u64().expect("tx packets")
+    parsed[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .expect("tx packets")
 }
 
 /// Sends 256 KiB from pod `from` to pod `to` over TCP and checks every byte arrived.
@@ -152,16 +154,24 @@ fn vxlan_always_full_mesh_ping_and_tcp_through_the_tunnel() {
             .ip(&["-d", "link", "show", "vxlan.brindle"])
             .expect("VXLAN device");
         assert!(
-            device.contains("mtu 1450") && device.contains("vxlan id 4096") && device.contains("dstport 4789"),
+            device.contains("mtu 1450")
+                && device.contains("vxlan id 4096")
+                && device.contains("dstport 4789"),
             "{device}"
         );
         for (pod, placed) in lab.pods.iter().enumerate() {
             if placed.node != node {
                 let path = path(&lab, node, pod);
-                assert!(path.contains("dev vxlan.brindle"), "node {node} → pod {pod}: {path}");
+                assert!(
+                    path.contains("dev vxlan.brindle"),
+                    "node {node} → pod {pod}: {path}"
+                );
             }
         }
-        assert!(vxlan_tx_packets(&lab, node) > 0, "node {node} sent through the tunnel");
+        assert!(
+            vxlan_tx_packets(&lab, node) > 0,
+            "node {node} sent through the tunnel"
+        );
     }
 }
 

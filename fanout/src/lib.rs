@@ -22,5 +22,5 @@ pub use config::FanoutConfig;
 pub use error::FanoutError;
 pub use hub::{Batch, Change, Fanout, SubscriberStatus};
 pub use mirror::Mirror;
-pub use snapshot::{Codec, EncodedSnapshot, SnapshotEncoder};
+pub use snapshot::{Codec, EncodedSnapshot, MAX_SNAPSHOT_BYTES, SnapshotEncoder};
 pub use subscription::{Start, Subscription};

@@ -34,7 +34,7 @@ pub struct EncodedSnapshot {
 }
 
 /// Largest snapshot a subscriber decompresses (a bound on what a bad `raw_bytes` can allocate).
-const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 
 /// zstd level: fast, still a large ratio on repetitive keyed state.
 const ZSTD_LEVEL: i32 = 3;

@@ -1,11 +1,13 @@
 //! The gRPC side of a fan-out `Sync` stream, shared by route-svc and policy-svc: client messages
-//! from `brindle.common.v1`, a [`session`](brindle_fanout::session) per subscriber, and the reason
-//! a session ended as the stream's final status.
+//! from `brindle.common.v1`, a [`session`](brindle_fanout::session) per subscriber, snapshots
+//! sent in small pieces (and put together again by subscribers), and the reason a session ended
+//! as the stream's final status.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use brindle_fanout::session::{ClientMessage, ServerMessage, serve};
-use brindle_fanout::{Codec, EncodedSnapshot, Fanout, FanoutError};
+use brindle_fanout::{Batch, Codec, EncodedSnapshot, Fanout, FanoutError, MAX_SNAPSHOT_BYTES};
 use brindle_proto::common::v1 as pb;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -43,42 +45,164 @@ pub fn status(error: &FanoutError) -> Status {
     }
 }
 
-/// A shared snapshot as a message (the bytes are shared, not copied).
-pub fn snapshot_to_proto(snapshot: &EncodedSnapshot) -> pb::EncodedSnapshot {
-    pb::EncodedSnapshot {
-        codec: match snapshot.codec {
-            Codec::None => pb::Codec::None,
-            Codec::Zstd => pb::Codec::Zstd,
+/// Largest piece of a snapshot in one message. Small enough that a stream's encode buffer never
+/// grows past its initial size: memory per subscriber does not follow the snapshot's size.
+pub const SNAPSHOT_PIECE_BYTES: usize = 4 * 1024;
+
+/// What a `Sync` stream sends, one message each.
+#[derive(Debug)]
+pub enum SyncReply<V> {
+    /// A piece of the snapshot at `revision`.
+    SnapshotPiece {
+        /// The snapshot's revision.
+        revision: u64,
+        /// The piece.
+        piece: pb::EncodedSnapshot,
+    },
+    /// Changes.
+    Delta(Arc<Batch<V>>),
+    /// Nothing new; the server is alive.
+    Keepalive,
+}
+
+/// A shared snapshot as messages of at most [`SNAPSHOT_PIECE_BYTES`] of data each (the bytes
+/// are shared, not copied). An empty snapshot is one empty piece.
+pub fn snapshot_pieces(snapshot: &EncodedSnapshot) -> Vec<pb::EncodedSnapshot> {
+    let codec = match snapshot.codec {
+        Codec::None => pb::Codec::None,
+        Codec::Zstd => pb::Codec::Zstd,
+    };
+    let total = snapshot.data.len();
+    (0..total.max(1))
+        .step_by(SNAPSHOT_PIECE_BYTES)
+        .map(|offset| pb::EncodedSnapshot {
+            codec: codec.into(),
+            data: snapshot
+                .data
+                .slice(offset..(offset + SNAPSHOT_PIECE_BYTES).min(total)),
+            entries: snapshot.entries,
+            raw_bytes: snapshot.raw_bytes,
+            offset: offset as u64,
+            total_bytes: total as u64,
+        })
+        .collect()
+}
+
+/// Why snapshot pieces cannot be put together.
+#[derive(Debug, thiserror::Error)]
+pub enum PieceError {
+    /// The codec is not one this subscriber knows.
+    #[error("snapshot.codec: unknown codec {0}")]
+    UnknownCodec(i32),
+    /// A piece does not continue where the previous one ended, or belongs to another snapshot.
+    #[error(
+        "snapshot.offset: piece at {offset} of revision {revision}, expected {expected} of revision {expected_revision}"
+    )]
+    OutOfOrder {
+        /// The piece's offset.
+        offset: u64,
+        /// Its revision.
+        revision: u64,
+        /// The offset expected.
+        expected: u64,
+        /// The revision expected.
+        expected_revision: u64,
+    },
+    /// The pieces add up to more than the snapshot's stated size, or more than is allowed.
+    #[error("snapshot.total_bytes: {0}")]
+    Size(String),
+}
+
+/// Puts a snapshot's pieces together on the subscriber's side.
+#[derive(Debug, Default)]
+pub struct SnapshotAssembler {
+    /// Revision, codec, stated size and the bytes so far of the snapshot being received.
+    pending: Option<(u64, i32, u64, Vec<u8>)>,
+}
+
+impl SnapshotAssembler {
+    /// Adds a piece of the snapshot at `revision`; returns the snapshot once it is whole.
+    pub fn add(
+        &mut self,
+        revision: u64,
+        piece: pb::EncodedSnapshot,
+    ) -> Result<Option<EncodedSnapshot>, PieceError> {
+        let codec = match pb::Codec::try_from(piece.codec) {
+            Ok(pb::Codec::Zstd) => Codec::Zstd,
+            Ok(pb::Codec::None | pb::Codec::Unspecified) => Codec::None,
+            Err(_) => return Err(PieceError::UnknownCodec(piece.codec)),
+        };
+        // A whole snapshot in one message (total_bytes 0, from servers that do not split).
+        let total = if piece.total_bytes == 0 {
+            piece.data.len() as u64
+        } else {
+            piece.total_bytes
+        };
+        if total > MAX_SNAPSHOT_BYTES {
+            return Err(PieceError::Size(format!(
+                "{total} bytes, more than the {MAX_SNAPSHOT_BYTES} allowed"
+            )));
         }
-        .into(),
-        data: snapshot.data.clone(),
-        entries: snapshot.entries,
-        raw_bytes: snapshot.raw_bytes,
+        let (expected_revision, expected) = match &self.pending {
+            Some((pending_revision, _, _, data)) => (*pending_revision, data.len() as u64),
+            None => (revision, 0),
+        };
+        if piece.offset != expected || revision != expected_revision {
+            self.pending = None;
+            return Err(PieceError::OutOfOrder {
+                offset: piece.offset,
+                revision,
+                expected,
+                expected_revision,
+            });
+        }
+        let (_, _, _, data) = self
+            .pending
+            .get_or_insert_with(|| (revision, piece.codec, total, Vec::with_capacity(total as usize)));
+        data.extend_from_slice(&piece.data);
+        if (data.len() as u64) < total {
+            return Ok(None);
+        }
+        let Some((_, _, _, data)) = self.pending.take() else {
+            return Ok(None);
+        };
+        if data.len() as u64 > total {
+            return Err(PieceError::Size(format!(
+                "pieces hold {} bytes, the snapshot {total}",
+                data.len()
+            )));
+        }
+        Ok(Some(EncodedSnapshot {
+            revision,
+            codec,
+            data: data.into(),
+            entries: piece.entries,
+            raw_bytes: piece.raw_bytes,
+        }))
     }
 }
 
-/// A snapshot message as the subscriber decompresses it; `None` for an unknown codec.
-pub fn snapshot_from_proto(revision: u64, snapshot: pb::EncodedSnapshot) -> Option<EncodedSnapshot> {
-    let codec = match pb::Codec::try_from(snapshot.codec) {
-        Ok(pb::Codec::Zstd) => Codec::Zstd,
-        Ok(pb::Codec::None | pb::Codec::Unspecified) => Codec::None,
-        Err(_) => return None,
-    };
-    Some(EncodedSnapshot {
-        revision,
-        codec,
-        data: snapshot.data,
-        entries: snapshot.entries,
-        raw_bytes: snapshot.raw_bytes,
-    })
+/// What the session's `message` is sent as: a snapshot as its pieces, anything else as one.
+fn replies<V>(message: ServerMessage<V>) -> Vec<SyncReply<V>> {
+    match message {
+        ServerMessage::Snapshot(snapshot) => snapshot_pieces(&snapshot)
+            .into_iter()
+            .map(|piece| SyncReply::SnapshotPiece {
+                revision: snapshot.revision,
+                piece,
+            })
+            .collect(),
+        ServerMessage::Delta(batch) => vec![SyncReply::Delta(batch)],
+        ServerMessage::Keepalive => vec![SyncReply::Keepalive],
+    }
 }
 
 /// Serves one `Sync` call: runs the session on its own task and streams what it sends, each
-/// message turned into the service's response by `respond`; ends with the session's reason.
+/// reply turned into the service's response by `respond`; ends with the session's reason.
 pub fn serve_sync<V, R>(
     fanout: Fanout<V>,
     incoming: Streaming<pb::SyncClientMessage>,
-    respond: fn(ServerMessage<V>) -> R,
+    respond: fn(SyncReply<V>) -> R,
 ) -> ResponseStream<R>
 where
     V: Clone + PartialEq + Send + Sync + 'static,
@@ -94,7 +218,9 @@ where
         }
         let _ = ended.send(result);
     });
-    let messages = futures_util::stream::poll_fn(move |cx| queued.poll_recv(cx)).map(move |m| Ok(respond(m)));
+    let messages = futures_util::stream::poll_fn(move |cx| queued.poll_recv(cx))
+        .flat_map(|message| futures_util::stream::iter(replies(message)))
+        .map(move |reply| Ok(respond(reply)));
     let end = futures_util::stream::once(reason).filter_map(|result| async move {
         match result {
             Ok(Err(error)) => Some(Err(status(&error))),
@@ -102,4 +228,74 @@ where
         }
     });
     Box::pin(messages.chain(end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(len: usize) -> EncodedSnapshot {
+        EncodedSnapshot {
+            revision: 7,
+            codec: Codec::Zstd,
+            data: (0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>().into(),
+            entries: 3,
+            raw_bytes: 99,
+        }
+    }
+
+    #[test]
+    fn a_large_snapshot_travels_in_small_pieces_and_is_put_together_again() {
+        let whole = snapshot(3 * SNAPSHOT_PIECE_BYTES + 10);
+        let pieces = snapshot_pieces(&whole);
+        assert_eq!(pieces.len(), 4);
+        assert!(pieces.iter().all(|p| p.data.len() <= SNAPSHOT_PIECE_BYTES));
+        let mut assembler = SnapshotAssembler::default();
+        let mut done = None;
+        for piece in pieces {
+            assert!(done.is_none(), "whole only after the last piece");
+            done = assembler.add(7, piece).expect("in order");
+        }
+        assert_eq!(done, Some(whole));
+    }
+
+    #[test]
+    fn an_empty_snapshot_is_one_piece_and_a_whole_one_from_an_older_server_is_accepted() {
+        let empty = snapshot(0);
+        let pieces = snapshot_pieces(&empty);
+        assert_eq!(pieces.len(), 1);
+        let mut assembler = SnapshotAssembler::default();
+        assert_eq!(assembler.add(7, pieces[0].clone()).expect("empty"), Some(empty));
+        let whole = snapshot(10 * SNAPSHOT_PIECE_BYTES);
+        let mut unsplit = snapshot_pieces(&whole)[0].clone();
+        unsplit.data = whole.data.clone();
+        unsplit.total_bytes = 0;
+        assert_eq!(assembler.add(7, unsplit).expect("whole"), Some(whole));
+    }
+
+    #[test]
+    fn pieces_out_of_order_or_from_another_snapshot_are_refused_and_the_next_snapshot_starts_clean() {
+        let pieces = snapshot_pieces(&snapshot(2 * SNAPSHOT_PIECE_BYTES));
+        let mut assembler = SnapshotAssembler::default();
+        assert!(matches!(
+            assembler.add(7, pieces[1].clone()),
+            Err(PieceError::OutOfOrder { offset, expected: 0, .. }) if offset == SNAPSHOT_PIECE_BYTES as u64
+        ));
+        assembler.add(7, pieces[0].clone()).expect("first");
+        assert!(matches!(
+            assembler.add(8, pieces[1].clone()),
+            Err(PieceError::OutOfOrder {
+                revision: 8,
+                expected_revision: 7,
+                ..
+            })
+        ));
+        let mut huge = pieces[0].clone();
+        huge.total_bytes = MAX_SNAPSHOT_BYTES + 1;
+        assert!(matches!(assembler.add(7, huge), Err(PieceError::Size(_))));
+        assembler
+            .add(7, pieces[0].clone())
+            .expect("a new snapshot from the start");
+        assert!(assembler.add(7, pieces[1].clone()).expect("second").is_some());
+    }
 }

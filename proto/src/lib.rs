@@ -1,6 +1,8 @@
 //! brindle's gRPC API (packages `brindle.<service>.v1`) and the encoded descriptor set for reflection.
 #![allow(missing_docs, clippy::all)]
 
+pub mod codec;
+
 /// Encoded `FileDescriptorSet` of every brindle `.proto`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("brindle_descriptor");
 

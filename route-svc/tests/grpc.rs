@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use brindle_datastore::{EmbeddedStore, Store};
 use brindle_fanout::{FanoutConfig, Mirror};
+use brindle_grpc_server::sync::SnapshotAssembler;
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_client::RoutesClient;
@@ -165,6 +166,7 @@ async fn sync_until(
         .expect("sync")
         .into_inner();
     let mut kinds = Vec::new();
+    let mut pieces = SnapshotAssembler::default();
     while !until(mirror) {
         let message = tokio::time::timeout(Duration::from_secs(20), incoming.next())
             .await
@@ -176,7 +178,7 @@ async fn sync_until(
             Some(pb::sync_response::Payload::Delta(_)) => kinds.push("delta"),
             _ => {}
         }
-        convert::apply_response(mirror, message).expect("a usable message");
+        convert::apply_response(mirror, &mut pieces, message).expect("a usable message");
         hello
             .send(common::SyncClientMessage {
                 message: Some(common::sync_client_message::Message::Ack(common::SyncAck {

@@ -93,7 +93,12 @@ fn bare_path(lab: &Lab, prefix: &str, mtu: &str) -> anyhow::Result<(Underlay, &'
     let bridge = Underlay::create(format!("{prefix}-bare"))?;
     for (index, pod) in lab.pods.iter().take(2).enumerate() {
         let port = format!("b{index}");
-        bridge.plug(&pod.namespace, &port, "bare0", &format!("10.255.0.{}/24", index + 1))?;
+        bridge.plug(
+            &pod.namespace,
+            &port,
+            "bare0",
+            &format!("10.255.0.{}/24", index + 1),
+        )?;
         pod.namespace.ip(&["link", "set", "bare0", "mtu", mtu])?;
         bridge.namespace.ip(&["link", "set", &port, "mtu", mtu])?;
     }
@@ -138,14 +143,21 @@ fn measure(args: &Args, encapsulation: Encapsulation) -> anyhow::Result<(f64, f6
 
 fn main() -> anyhow::Result<()> {
     let args = args()?;
-    if !Command::new("iperf3").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if !Command::new("iperf3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         bail!("iperf3 is missing (apt-get install iperf3)");
     }
     println!(
         "pod-to-pod TCP throughput across two nodes, iperf3 {} s × {} rounds, medians (ratio: of each round's pair)\n",
         args.seconds, args.rounds
     );
-    println!("{:<8} {:>15} {:>12} {:>7}   goal", "path", "brindle Gbit/s", "bare Gbit/s", "ratio");
+    println!(
+        "{:<8} {:>15} {:>12} {:>7}   goal",
+        "path", "brindle Gbit/s", "bare Gbit/s", "ratio"
+    );
     for (name, encapsulation, goal) in [
         ("direct", Encapsulation::Never, 0.90),
         ("vxlan", Encapsulation::Vxlan, 0.70),

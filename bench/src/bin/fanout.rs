@@ -236,7 +236,15 @@ async fn subscribe(
         if message.revision > 0 {
             shared.revisions.lock().unwrap_or_else(|p| p.into_inner())[index] = message.revision;
         }
-        if first && !matches!(message.payload, Some(pb::sync_response::Payload::Keepalive(_))) {
+        let applied = match &message.payload {
+            Some(pb::sync_response::Payload::Keepalive(_)) | None => false,
+            // A snapshot counts once its last piece arrived.
+            Some(pb::sync_response::Payload::Snapshot(piece)) => {
+                piece.offset + piece.data.len() as u64 >= piece.total_bytes
+            }
+            Some(pb::sync_response::Payload::Delta(_)) => true,
+        };
+        if first && applied {
             first = false;
             shared
                 .first_messages

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use brindle_datastore::Backoff;
 use brindle_fanout::Mirror;
+use brindle_grpc_server::sync::SnapshotAssembler;
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use futures_util::StreamExt;
@@ -188,6 +189,7 @@ async fn sync_once(
         Err(status) => return status.into(),
     };
     let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+    let mut pieces = SnapshotAssembler::default();
     // Set when programming failed: retried on the next change or keepalive tick.
     let mut failed = false;
     loop {
@@ -209,7 +211,7 @@ async fn sync_once(
             Ok(Some(Ok(message))) => message,
         };
         backoff.reset();
-        let changed = match convert::apply_response(mirror, message) {
+        let changed = match convert::apply_response(mirror, &mut pieces, message) {
             Ok(changed) => changed,
             Err(error) => return SyncEnded::Unusable(error.to_string()),
         };

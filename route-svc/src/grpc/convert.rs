@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use brindle_fanout::{Batch, Mirror};
-use brindle_grpc_server::sync::snapshot_from_proto;
+use brindle_grpc_server::sync::SnapshotAssembler;
 use brindle_proto::route::v1 as pb;
 use ipnet::IpNet;
 use prost::Message;
@@ -240,17 +240,22 @@ pub fn delta_from_proto(revision: u64, delta: pb::RouteDelta) -> Result<Batch<Ro
     })
 }
 
-/// Applies one `Sync` message to a subscriber's mirror: a snapshot replaces it, a delta updates
-/// it; `false` for a keepalive (nothing to apply).
+/// Applies one `Sync` message to a subscriber's mirror: a snapshot (once `pieces` has all of it)
+/// replaces it, a delta updates it; `false` when there is nothing to apply yet (a keepalive, a
+/// piece of a snapshot).
 pub fn apply_response(
     mirror: &mut Mirror<RouteItem>,
+    pieces: &mut SnapshotAssembler,
     response: pb::SyncResponse,
 ) -> Result<bool, InvalidField> {
     match response.payload {
-        Some(pb::sync_response::Payload::Snapshot(snapshot)) => {
-            let codec = snapshot.codec;
-            let snapshot = snapshot_from_proto(response.revision, snapshot)
-                .ok_or_else(|| invalid("snapshot.codec", format!("unknown codec {codec}")))?;
+        Some(pb::sync_response::Payload::Snapshot(piece)) => {
+            let Some(snapshot) = pieces
+                .add(response.revision, piece)
+                .map_err(|e| invalid("snapshot", e))?
+            else {
+                return Ok(false);
+            };
             let raw = snapshot.decompress().map_err(|e| invalid("snapshot.data", e))?;
             mirror.apply_snapshot(response.revision, decode_state(&raw)?);
             Ok(true)

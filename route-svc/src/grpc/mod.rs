@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use brindle_datastore::{Store, StoreError};
-use brindle_fanout::session::ServerMessage;
 use brindle_fanout::{Fanout, FanoutConfig};
-use brindle_grpc_server::sync::{ResponseStream, serve_sync, snapshot_to_proto};
+use brindle_grpc_server::sync::{ResponseStream, SyncReply, serve_sync};
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_server::{Routes, RoutesServer};
@@ -62,17 +61,17 @@ impl RoutesService {
     }
 }
 
-fn sync_response(message: ServerMessage<RouteItem>) -> pb::SyncResponse {
-    match message {
-        ServerMessage::Snapshot(snapshot) => pb::SyncResponse {
-            revision: snapshot.revision,
-            payload: Some(pb::sync_response::Payload::Snapshot(snapshot_to_proto(&snapshot))),
+fn sync_response(reply: SyncReply<RouteItem>) -> pb::SyncResponse {
+    match reply {
+        SyncReply::SnapshotPiece { revision, piece } => pb::SyncResponse {
+            revision,
+            payload: Some(pb::sync_response::Payload::Snapshot(piece)),
         },
-        ServerMessage::Delta(batch) => pb::SyncResponse {
+        SyncReply::Delta(batch) => pb::SyncResponse {
             revision: batch.to,
             payload: Some(pb::sync_response::Payload::Delta(convert::delta_to_proto(&batch))),
         },
-        ServerMessage::Keepalive => pb::SyncResponse {
+        SyncReply::Keepalive => pb::SyncResponse {
             revision: 0,
             payload: Some(pb::sync_response::Payload::Keepalive(common::Keepalive {
                 sent_unix_ms: unix_ms(std::time::SystemTime::now()),
