@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # brindle's main demo: a 3-node cluster in network namespaces on this machine, without touching
-# the host's network — an underlay bridge, the all-in-one control plane (`brindle server`,
-# embedded store), a real node agent per node registering with route-svc and programming routes
-# to the other nodes' pods, two pods per node attached through the real CNI shim — then the
-# pod-to-pod reachability matrix, and everything is torn down. Run as root on Debian.
+# the host's network — two underlay subnets joined by a router namespace, the all-in-one control
+# plane (`brindle server`, embedded store), a real node agent per node registering with route-svc
+# and programming routes to the other nodes' pods (a VXLAN CrossSubnet pool: direct inside a
+# subnet, VXLAN across), two pods per node attached through the real CNI shim — then each node's
+# path to every remote pod, the pod-to-pod reachability matrix, and everything is torn down.
+# Run as root on Debian.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/install-deps.sh
 
 cargo build --locked -p brindle -p node-agent -p brindle-cni
-exec target/debug/brindle lab up --nodes 3 --pods-per-node 2 --once
+exec target/debug/brindle lab up --nodes 3 --pods-per-node 2 \
+  --encapsulation vxlan-cross-subnet --subnets 2 --once

@@ -37,10 +37,20 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             })
             .await?;
             let (lab, converged) = lab;
-            for node in &lab.nodes {
-                println!("node {} at {}", node.name, node.address);
-            }
             println!("encapsulation: {:?}", args.encapsulation);
+            for (index, node) in lab.nodes.iter().enumerate() {
+                println!("node {} at {}", node.name, node.address);
+                for (pod, placed) in lab.pods.iter().enumerate() {
+                    if placed.node != index {
+                        println!(
+                            "  → pod {} {:<15} {}",
+                            placed.name,
+                            placed.ip,
+                            lab.path(index, pod)?
+                        );
+                    }
+                }
+            }
             let lab = tokio::task::spawn_blocking(move || {
                 let matrix = lab.matrix();
                 println!("\npod-to-pod reachability (ping):\n{}", lab.render(&matrix));

@@ -45,14 +45,6 @@ fn full_mesh_ping_and_tcp(lab: &Lab) {
     }
 }
 
-/// How node `node` forwards to pod `pod`: `ip route get` inside the node.
-fn path(lab: &Lab, node: usize, pod: usize) -> String {
-    lab.nodes[node]
-        .namespace
-        .ip(&["route", "get", &lab.pods[pod].ip.to_string()])
-        .expect("ip route get")
-}
-
 /// Packets node `node` sent through its VXLAN device.
 fn vxlan_tx_packets(lab: &Lab, node: usize) -> u64 {
     let stats = lab.nodes[node]
@@ -161,7 +153,7 @@ fn vxlan_always_full_mesh_ping_and_tcp_through_the_tunnel() {
         );
         for (pod, placed) in lab.pods.iter().enumerate() {
             if placed.node != node {
-                let path = path(&lab, node, pod);
+                let path = lab.path(node, pod).expect("ip route get");
                 assert!(
                     path.contains("dev vxlan.brindle"),
                     "node {node} → pod {pod}: {path}"
@@ -196,7 +188,7 @@ fn cross_subnet_routes_directly_within_a_subnet_and_over_vxlan_across_then_a_nod
                 if placed.node == node {
                     continue;
                 }
-                let path = path(lab, node, pod);
+                let path = lab.path(node, pod).expect("ip route get");
                 let remote = &lab.nodes[placed.node];
                 if remote.subnet == host.subnet {
                     assert!(

@@ -515,6 +515,26 @@ impl Lab {
             .succeeds(&["ping", "-c", "1", "-W", "1", &self.pods[to].ip.to_string()])
     }
 
+    /// How node `node` forwards to pod `pod`: the `via … dev …` of `ip route get` inside the node.
+    pub fn path(&self, node: usize, pod: usize) -> anyhow::Result<String> {
+        let route = self.nodes[node]
+            .namespace
+            .ip(&["route", "get", &self.pods[pod].ip.to_string()])?;
+        let words: Vec<&str> = route.split_whitespace().collect();
+        let after = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|at| words.get(at + 1))
+                .copied()
+        };
+        Ok(match (after("via"), after("dev")) {
+            (Some(via), Some(dev)) => format!("via {via} dev {dev}"),
+            (None, Some(dev)) => format!("dev {dev}"),
+            _ => route.trim().to_owned(),
+        })
+    }
+
     /// The reachability matrix: `matrix[i][j]` = pod i reaches pod j.
     pub fn matrix(&self) -> Vec<Vec<bool>> {
         (0..self.pods.len())
