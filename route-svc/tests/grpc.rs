@@ -1,6 +1,6 @@
 //! route-svc over gRPC: the real grpcurl lists, describes and calls it (bad input gets
 //! INVALID_ARGUMENT naming the field); a tonic subscriber gets a snapshot, then deltas, and on
-//! reconnecting with its revision only what changed meanwhile.
+//! reconnecting with its revision only what changed meanwhile; a large snapshot arrives in pieces.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -241,4 +241,49 @@ async fn a_subscriber_gets_a_snapshot_then_deltas_and_resumes_after_a_reconnect(
     .await;
     assert!(kinds.iter().all(|k| *k == "delta"), "{kinds:?}");
     assert_eq!(mirror.state().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_one_piece_arrives_in_pieces_and_is_applied_whole() {
+    const NODES: u32 = 1_500;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(dir.path().join("s.redb"))
+            .await
+            .expect("open"),
+    );
+    // Labels that do not compress away, so the snapshot is tens of KiB even compressed.
+    let registry = route_svc::core::Registry::new(Arc::clone(&store));
+    let mut noise: u64 = 0x9e37_79b9_7f4a_7c15;
+    for n in 0..NODES {
+        noise ^= noise << 13;
+        noise ^= noise >> 7;
+        noise ^= noise << 17;
+        let node = route_svc::core::Node {
+            name: format!("node-{n}"),
+            addresses: vec![std::net::Ipv4Addr::from(0x0a00_0000 + n).into()],
+            ipv4_subnet: None,
+            ipv6_subnet: None,
+            labels: [("id".to_owned(), format!("{noise:016x}"))].into(),
+            vtep_mac: None,
+            vtep_ipv4: None,
+            vtep_ipv6: None,
+            ipip_tunnel_ipv4: None,
+            lease: 0,
+        };
+        registry
+            .register(node, Some(Duration::from_secs(600)))
+            .await
+            .expect("register");
+    }
+    let address = serve(store).await;
+    let mut client = RoutesClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect");
+    let mut mirror = Mirror::default();
+    let kinds = sync_until(&mut client, &mut mirror, |m| m.state().len() == NODES as usize).await;
+    assert!(
+        kinds.len() > 2 && kinds.iter().all(|k| *k == "snapshot"),
+        "pieces of one snapshot: {kinds:?}"
+    );
 }
