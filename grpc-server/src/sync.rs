@@ -66,8 +66,9 @@ pub enum SyncReply<V> {
 }
 
 /// A shared snapshot as messages of at most [`SNAPSHOT_PIECE_BYTES`] of data each (the bytes
-/// are shared, not copied). An empty snapshot is one empty piece.
-pub fn snapshot_pieces(snapshot: &EncodedSnapshot) -> Vec<pb::EncodedSnapshot> {
+/// are shared, not copied), made one at a time as the stream sends them. An empty snapshot is one
+/// empty piece.
+pub fn snapshot_pieces(snapshot: Arc<EncodedSnapshot>) -> impl Iterator<Item = pb::EncodedSnapshot> {
     let codec = match snapshot.codec {
         Codec::None => pb::Codec::None,
         Codec::Zstd => pb::Codec::Zstd,
@@ -75,7 +76,7 @@ pub fn snapshot_pieces(snapshot: &EncodedSnapshot) -> Vec<pb::EncodedSnapshot> {
     let total = snapshot.data.len();
     (0..total.max(1))
         .step_by(SNAPSHOT_PIECE_BYTES)
-        .map(|offset| pb::EncodedSnapshot {
+        .map(move |offset| pb::EncodedSnapshot {
             codec: codec.into(),
             data: snapshot
                 .data
@@ -85,7 +86,6 @@ pub fn snapshot_pieces(snapshot: &EncodedSnapshot) -> Vec<pb::EncodedSnapshot> {
             offset: offset as u64,
             total_bytes: total as u64,
         })
-        .collect()
 }
 
 /// Why snapshot pieces cannot be put together.
@@ -94,7 +94,8 @@ pub enum PieceError {
     /// The codec is not one this subscriber knows.
     #[error("snapshot.codec: unknown codec {0}")]
     UnknownCodec(i32),
-    /// A piece does not continue where the previous one ended, or belongs to another snapshot.
+    /// A piece does not continue where the previous one ended, or belongs to another snapshot
+    /// (another revision, codec or size).
     #[error(
         "snapshot.offset: piece at {offset} of revision {revision}, expected {expected} of revision {expected_revision}"
     )]
@@ -116,12 +117,24 @@ pub enum PieceError {
 /// Puts a snapshot's pieces together on the subscriber's side.
 #[derive(Debug, Default)]
 pub struct SnapshotAssembler {
-    /// Revision, codec, stated size and the bytes so far of the snapshot being received.
-    pending: Option<(u64, i32, u64, Vec<u8>)>,
+    pending: Option<PendingSnapshot>,
+}
+
+/// The snapshot being received: what its first piece said, and the bytes so far.
+#[derive(Debug)]
+struct PendingSnapshot {
+    revision: u64,
+    codec: i32,
+    total: u64,
+    entries: u64,
+    raw_bytes: u64,
+    data: Vec<u8>,
 }
 
 impl SnapshotAssembler {
-    /// Adds a piece of the snapshot at `revision`; returns the snapshot once it is whole.
+    /// Adds a piece of the snapshot at `revision`; returns the snapshot once it is whole. A piece
+    /// that does not continue the snapshot being received (offset, revision, codec, sizes) is
+    /// refused, and the next snapshot starts from scratch.
     pub fn add(
         &mut self,
         revision: u64,
@@ -139,61 +152,65 @@ impl SnapshotAssembler {
             piece.total_bytes
         };
         if total > MAX_SNAPSHOT_BYTES {
+            self.pending = None;
             return Err(PieceError::Size(format!(
                 "{total} bytes, more than the {MAX_SNAPSHOT_BYTES} allowed"
             )));
         }
-        let (expected_revision, expected) = match &self.pending {
-            Some((pending_revision, _, _, data)) => (*pending_revision, data.len() as u64),
-            None => (revision, 0),
-        };
-        if piece.offset != expected || revision != expected_revision {
-            self.pending = None;
+        let pending = self.pending.take().unwrap_or(PendingSnapshot {
+            revision,
+            codec: piece.codec,
+            total,
+            entries: piece.entries,
+            raw_bytes: piece.raw_bytes,
+            data: Vec::new(),
+        });
+        let expected = pending.data.len() as u64;
+        let continues = piece.offset == expected
+            && revision == pending.revision
+            && (piece.codec, total, piece.entries, piece.raw_bytes)
+                == (pending.codec, pending.total, pending.entries, pending.raw_bytes);
+        if !continues {
             return Err(PieceError::OutOfOrder {
                 offset: piece.offset,
                 revision,
                 expected,
-                expected_revision,
+                expected_revision: pending.revision,
             });
         }
-        let (_, _, _, data) = self
-            .pending
-            .get_or_insert_with(|| (revision, piece.codec, total, Vec::with_capacity(total as usize)));
-        data.extend_from_slice(&piece.data);
-        if (data.len() as u64) < total {
-            return Ok(None);
-        }
-        let Some((_, _, _, data)) = self.pending.take() else {
-            return Ok(None);
-        };
-        if data.len() as u64 > total {
+        let mut pending = pending;
+        pending.data.extend_from_slice(&piece.data);
+        let received = pending.data.len() as u64;
+        if received > total {
             return Err(PieceError::Size(format!(
-                "pieces hold {} bytes, the snapshot {total}",
-                data.len()
+                "pieces hold {received} bytes, the snapshot {total}"
             )));
+        }
+        if received < total {
+            self.pending = Some(pending);
+            return Ok(None);
         }
         Ok(Some(EncodedSnapshot {
             revision,
             codec,
-            data: data.into(),
-            entries: piece.entries,
-            raw_bytes: piece.raw_bytes,
+            data: pending.data.into(),
+            entries: pending.entries,
+            raw_bytes: pending.raw_bytes,
         }))
     }
 }
 
 /// What the session's `message` is sent as: a snapshot as its pieces, anything else as one.
-fn replies<V>(message: ServerMessage<V>) -> Vec<SyncReply<V>> {
+fn replies<V: Send + Sync + 'static>(
+    message: ServerMessage<V>,
+) -> Box<dyn Iterator<Item = SyncReply<V>> + Send> {
     match message {
-        ServerMessage::Snapshot(snapshot) => snapshot_pieces(&snapshot)
-            .into_iter()
-            .map(|piece| SyncReply::SnapshotPiece {
-                revision: snapshot.revision,
-                piece,
-            })
-            .collect(),
-        ServerMessage::Delta(batch) => vec![SyncReply::Delta(batch)],
-        ServerMessage::Keepalive => vec![SyncReply::Keepalive],
+        ServerMessage::Snapshot(snapshot) => {
+            let revision = snapshot.revision;
+            Box::new(snapshot_pieces(snapshot).map(move |piece| SyncReply::SnapshotPiece { revision, piece }))
+        }
+        ServerMessage::Delta(batch) => Box::new(std::iter::once(SyncReply::Delta(batch))),
+        ServerMessage::Keepalive => Box::new(std::iter::once(SyncReply::Keepalive)),
     }
 }
 
@@ -247,7 +264,7 @@ mod tests {
     #[test]
     fn a_large_snapshot_travels_in_small_pieces_and_is_put_together_again() {
         let whole = snapshot(3 * SNAPSHOT_PIECE_BYTES + 10);
-        let pieces = snapshot_pieces(&whole);
+        let pieces: Vec<_> = snapshot_pieces(Arc::new(whole.clone())).collect();
         assert_eq!(pieces.len(), 4);
         assert!(pieces.iter().all(|p| p.data.len() <= SNAPSHOT_PIECE_BYTES));
         let mut assembler = SnapshotAssembler::default();
@@ -262,12 +279,12 @@ mod tests {
     #[test]
     fn an_empty_snapshot_is_one_piece_and_a_whole_one_from_an_older_server_is_accepted() {
         let empty = snapshot(0);
-        let pieces = snapshot_pieces(&empty);
+        let pieces: Vec<_> = snapshot_pieces(Arc::new(empty.clone())).collect();
         assert_eq!(pieces.len(), 1);
         let mut assembler = SnapshotAssembler::default();
         assert_eq!(assembler.add(7, pieces[0].clone()).expect("empty"), Some(empty));
         let whole = snapshot(10 * SNAPSHOT_PIECE_BYTES);
-        let mut unsplit = snapshot_pieces(&whole)[0].clone();
+        let mut unsplit = snapshot_pieces(Arc::new(whole.clone())).next().expect("a piece");
         unsplit.data = whole.data.clone();
         unsplit.total_bytes = 0;
         assert_eq!(assembler.add(7, unsplit).expect("whole"), Some(whole));
@@ -275,7 +292,7 @@ mod tests {
 
     #[test]
     fn pieces_out_of_order_or_from_another_snapshot_are_refused_and_the_next_snapshot_starts_clean() {
-        let pieces = snapshot_pieces(&snapshot(2 * SNAPSHOT_PIECE_BYTES));
+        let pieces: Vec<_> = snapshot_pieces(Arc::new(snapshot(2 * SNAPSHOT_PIECE_BYTES))).collect();
         let mut assembler = SnapshotAssembler::default();
         assert!(matches!(
             assembler.add(7, pieces[1].clone()),

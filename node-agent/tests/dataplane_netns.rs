@@ -348,8 +348,28 @@ fn vxlan_device_endpoints_and_onlink_routes_on_the_real_kernel() {
             kernel.routes().await.expect("routes").contains(&route),
             "read back as programmed"
         );
-        kernel.delete_vtep("vxlan.brindle", &vtep).await.expect("delete");
+        // The endpoint moves to a new address (same node, same MAC): added first, then the old
+        // one removed — the forwarding entry they share stays.
+        let moved = Vtep {
+            ip: "10.70.1.2".parse().expect("ip"),
+            ..vtep.clone()
+        };
+        kernel
+            .replace_vtep("vxlan.brindle", &moved)
+            .await
+            .expect("new address");
+        kernel
+            .delete_vtep("vxlan.brindle", &vtep)
+            .await
+            .expect("old address");
+        assert_eq!(
+            kernel.vteps("vxlan.brindle").await.expect("list"),
+            vec![moved.clone()]
+        );
+        kernel.delete_vtep("vxlan.brindle", &moved).await.expect("delete");
         assert!(kernel.vteps("vxlan.brindle").await.expect("list").is_empty());
+        let fdb = show(&["bridge", "fdb", "show", "dev", "vxlan.brindle"]);
+        assert!(!fdb.contains("02:b0:00:00:00:02"), "{fdb}");
     });
 }
 

@@ -130,6 +130,11 @@ async fn no_tunnelled_pool_no_device_and_a_missing_uplink_is_named() {
     let message = prepared.failures[0].to_string();
     assert!(message.contains(UNDERLAY), "{message}");
     assert!(prepared.tunnels.vxlan.is_none());
+    assert_eq!(
+        prepared.pending,
+        vec![VXLAN_DEVICE.to_owned()],
+        "its routes are left alone"
+    );
 }
 
 #[tokio::test]
@@ -215,6 +220,7 @@ async fn ipip_without_kernel_support_fails_clearly_and_works_on_a_stand_in_devic
         prepared.failures
     );
     assert!(prepared.failures[0].to_string().contains("IP-in-IP"));
+    assert_eq!(prepared.pending, vec!["tunl0".to_owned()]);
 
     kernel.add_host_link("tunl0", 1480, &[]);
     let prepared = tunnels.ensure(&kernel, &state).await;

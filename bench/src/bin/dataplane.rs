@@ -38,7 +38,13 @@ fn args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--binaries" => parsed.binaries = value.into(),
             "--seconds" => parsed.seconds = value.parse().context("--seconds")?,
-            "--rounds" => parsed.rounds = value.parse().context("--rounds")?,
+            "--rounds" => {
+                parsed.rounds = value
+                    .parse()
+                    .ok()
+                    .filter(|r| *r > 0)
+                    .context("--rounds: at least 1")?
+            }
             other => bail!("unknown flag {other} (--binaries DIR, --seconds N, --rounds N)"),
         }
     }
@@ -67,11 +73,15 @@ fn iperf3(client: &Namespace, server: &Namespace, server_ip: &str, seconds: u32)
     let out = client
         .command(std::path::Path::new("iperf3"))
         .args(["-c", server_ip, "-p", PORT, "-J", "-t", &seconds.to_string()])
-        .output()
-        .context("running the iperf3 client")?;
+        .output();
+    if !out.as_ref().is_ok_and(|o| o.status.success()) {
+        // A one-off server whose client never came waits forever.
+        let _ = listener.kill();
+    }
     // Drain the server's report so it can exit.
     lines.for_each(drop);
     let _ = listener.wait();
+    let out = out.context("running the iperf3 client")?;
     let report = out.stdout;
     let parsed: serde_json::Value = serde_json::from_slice(&report).context("iperf3 -J output")?;
     if let Some(error) = parsed["error"].as_str() {

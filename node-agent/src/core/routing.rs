@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use route_svc::core::{Encapsulation, Node, RouteItem};
 
+use crate::core::reconcile::{SetWriter, reconcile_set};
 use crate::core::tunnels::Tunnels;
 use crate::dataplane::{DataplaneError, Netlink, Route, RouteKind};
 
@@ -71,7 +72,9 @@ pub fn desired_routes(
         };
         match encapsulation_of(&destination) {
             Encapsulation::None => direct(),
-            _ if destination.addr().is_ipv6() => direct(),
+            // Tunnels carry IPv4 only (IPv6 over VXLAN is not built): no route, which a direct
+            // one across subnets would black-hole.
+            _ if destination.addr().is_ipv6() => None,
             Encapsulation::Vxlan => vxlan(),
             Encapsulation::Ipip => ipip(),
             Encapsulation::VxlanCrossSubnet | Encapsulation::IpipCrossSubnet if same_subnet(address) => {
@@ -131,6 +134,20 @@ fn is_remote(route: &Route) -> bool {
     route.kind == RouteKind::Unicast && route.gateway.is_some()
 }
 
+/// Remote routes into the kernel.
+struct RouteWriter<'a>(&'a dyn Netlink);
+
+#[async_trait::async_trait]
+impl SetWriter<RemoteRoute> for RouteWriter<'_> {
+    async fn add(&self, route: &RemoteRoute) -> Result<(), DataplaneError> {
+        self.0.replace_route(&route.kernel()).await
+    }
+
+    async fn remove(&self, route: &RemoteRoute) -> Result<(), DataplaneError> {
+        self.0.delete_route(&route.kernel()).await.map(drop)
+    }
+}
+
 /// Programs remote routes, remembering what it programmed.
 #[derive(Debug, Default)]
 pub struct RouteReconciler {
@@ -140,41 +157,24 @@ pub struct RouteReconciler {
 impl RouteReconciler {
     /// Makes the kernel's remote routes equal to `desired`. The first call (the first full state
     /// after start) also removes remote routes left from before that are no longer wanted; later
-    /// calls touch only what changed. Returns how many routes are programmed.
+    /// calls touch only what changed. Routes through a device in `pending` (a tunnel still being
+    /// set up) are left as they are. Returns how many routes are programmed.
     pub async fn apply(
         &mut self,
         netlink: &dyn Netlink,
         desired: &BTreeSet<RemoteRoute>,
+        pending: &[String],
     ) -> Result<usize, DataplaneError> {
         let programmed = match self.programmed.take() {
             Some(programmed) => programmed,
             None => Self::kernel_remote_routes(netlink).await?,
         };
-        // One route the kernel refuses (a node it cannot reach) does not hold up the others.
-        let mut done = programmed.clone();
-        let mut first_error = None;
-        for stale in programmed.difference(desired) {
-            match netlink.delete_route(&stale.kernel()).await {
-                Ok(_) => {
-                    done.remove(stale);
-                }
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
-        for missing in desired.difference(&programmed) {
-            match netlink.replace_route(&missing.kernel()).await {
-                Ok(()) => {
-                    done.insert(missing.clone());
-                }
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
+        let through_pending =
+            |route: &RemoteRoute| route.device.as_ref().is_some_and(|d| pending.contains(d));
+        let (done, failure) =
+            reconcile_set(programmed, desired, through_pending, &RouteWriter(netlink)).await;
         self.programmed = Some(done);
-        first_error.map_or(Ok(desired.len()), Err)
+        failure.map_or(Ok(desired.len()), Err)
     }
 
     /// What the kernel has now: remote routes with brindle's protocol, read as routes.
@@ -354,14 +354,30 @@ mod tests {
         };
         let desired = desired_routes(&encapsulated_state(), "me", &tunnels);
         RouteReconciler::default()
-            .apply(&kernel, &desired)
+            .apply(&kernel, &desired, &[])
             .await
             .expect("first agent");
         let before = kernel.calls().len();
         let mut restarted = RouteReconciler::default();
-        restarted.apply(&kernel, &desired).await.expect("restarted agent");
+        restarted
+            .apply(&kernel, &desired, &[])
+            .await
+            .expect("restarted agent");
         assert_eq!(kernel.calls().len(), before, "a restarted agent changes nothing");
         assert_eq!(restarted.programmed(), 4);
+
+        // Restarted while the VXLAN device cannot be set up yet (IPAM down): its routes stay.
+        let without_vxlan = desired_routes(&encapsulated_state(), "me", &Tunnels::default());
+        let mut waiting = RouteReconciler::default();
+        waiting
+            .apply(&kernel, &without_vxlan, &["vxlan.brindle".to_owned()])
+            .await
+            .expect("waiting for the device");
+        assert_eq!(
+            kernel.calls().len(),
+            before,
+            "no route through the pending device is removed"
+        );
     }
 
     #[tokio::test]
@@ -396,7 +412,7 @@ mod tests {
         let seeded = kernel.calls().len();
         let mut reconciler = RouteReconciler::default();
         let desired = desired_routes(&state(), "me", &Tunnels::default());
-        assert_eq!(reconciler.apply(&kernel, &desired).await.expect("apply"), 3);
+        assert_eq!(reconciler.apply(&kernel, &desired, &[]).await.expect("apply"), 3);
         let calls = kernel.calls()[seeded..].to_vec();
         assert!(calls.contains(&Call::DeleteRoute(stale.kernel())));
         assert!(
@@ -411,22 +427,23 @@ mod tests {
 
         // The same state again (a reconnect): no kernel call at all.
         let before = kernel.calls().len();
-        reconciler.apply(&kernel, &desired).await.expect("again");
+        reconciler.apply(&kernel, &desired, &[]).await.expect("again");
         assert_eq!(kernel.calls().len(), before);
 
         // One block moves: exactly one delete and one add.
         let mut moved = state();
         moved.extend([block("10.244.0.128/26", "b")]);
         reconciler
-            .apply(&kernel, &desired_routes(&moved, "me", &Tunnels::default()))
+            .apply(&kernel, &desired_routes(&moved, "me", &Tunnels::default()), &[])
             .await
             .expect("moved");
         assert_eq!(
             kernel.calls()[before..].to_vec(),
             vec![
-                Call::DeleteRoute(remote("10.244.0.128/26", "192.168.1.3").kernel()),
                 Call::ReplaceRoute(remote("10.244.0.128/26", "192.168.1.2").kernel()),
-            ]
+                Call::DeleteRoute(remote("10.244.0.128/26", "192.168.1.3").kernel()),
+            ],
+            "the new route first: the block is never without one"
         );
     }
 
@@ -436,8 +453,8 @@ mod tests {
         let mut reconciler = RouteReconciler::default();
         let desired = desired_routes(&state(), "me", &Tunnels::default());
         kernel.fail_on("10.244.0.128");
-        assert!(reconciler.apply(&kernel, &desired).await.is_err());
-        reconciler.apply(&kernel, &desired).await.expect("retry");
+        assert!(reconciler.apply(&kernel, &desired, &[]).await.is_err());
+        reconciler.apply(&kernel, &desired, &[]).await.expect("retry");
         assert_eq!(kernel.current_routes().iter().filter(|r| is_remote(r)).count(), 3);
         assert_eq!(reconciler.programmed(), 3);
     }

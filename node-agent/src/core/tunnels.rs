@@ -10,6 +10,7 @@ use std::sync::Arc;
 use route_svc::core::{Encapsulation, RouteItem};
 
 use crate::core::ipam::{IpamApi, IpamCallError};
+use crate::core::reconcile::{SetWriter, reconcile_set};
 use crate::dataplane::{DataplaneError, Mac, Netlink, Vtep, VxlanDevice};
 
 /// Name of the VXLAN device.
@@ -40,6 +41,14 @@ pub fn vtep_mac(node: &str) -> Mac {
     mac
 }
 
+/// The first IPv4 address of `addresses` (VXLAN's underlay is IPv4).
+fn first_ipv4(addresses: &[IpAddr]) -> Option<Ipv4Addr> {
+    addresses.iter().find_map(|address| match address {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    })
+}
+
 /// The tunnel devices ready to carry routes (by name).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tunnels {
@@ -67,6 +76,9 @@ pub enum TunnelError {
     /// No link holds the node's underlay address.
     #[error("no interface holds the node address {0}")]
     NoUplink(Ipv4Addr),
+    /// ipam-svc handed out an address of the wrong family.
+    #[error("the VXLAN tunnel address {0} from ipam-svc is not IPv4")]
+    NotIpv4(IpAddr),
     /// ipam-svc did not hand out the tunnel address.
     #[error("allocating the VXLAN tunnel address (handle {handle}): {source}")]
     Ipam {
@@ -86,7 +98,9 @@ pub enum TunnelError {
 pub struct Prepared {
     /// Devices ready to carry routes.
     pub tunnels: Tunnels,
-    /// Devices the state needs that could not be set up (retried on the next call).
+    /// Devices the state needs that are not ready: routes through them are left as they are.
+    pub pending: Vec<String>,
+    /// Why those could not be set up (retried on the next call).
     pub failures: Vec<TunnelError>,
 }
 
@@ -117,13 +131,9 @@ impl TunnelSetup {
     /// Setup for node `node` whose underlay addresses are `addresses`; IP-in-IP uses the device
     /// `ipip_device` ([`IPIP_DEVICE`] outside tests).
     pub fn new(node: &str, addresses: &[IpAddr], ipam: Arc<dyn IpamApi>, ipip_device: &str) -> Self {
-        let underlay = addresses.iter().find_map(|address| match address {
-            IpAddr::V4(v4) => Some(*v4),
-            IpAddr::V6(_) => None,
-        });
         Self {
             node: node.to_owned(),
-            underlay,
+            underlay: first_ipv4(addresses),
             ipam,
             ipip_device: ipip_device.to_owned(),
             vxlan: None,
@@ -146,7 +156,10 @@ impl TunnelSetup {
         if !vxlan_pools.is_empty() && self.vxlan.is_none() {
             match self.create_vxlan(netlink, &vxlan_pools).await {
                 Ok(vtep) => self.vxlan = Some(vtep),
-                Err(error) => prepared.failures.push(error),
+                Err(error) => {
+                    prepared.pending.push(VXLAN_DEVICE.to_owned());
+                    prepared.failures.push(error);
+                }
             }
         }
         let ipip_pools = pools_using(items, |e| {
@@ -155,7 +168,10 @@ impl TunnelSetup {
         if !ipip_pools.is_empty() && !self.ipip_ready {
             match netlink.ensure_ipip(&self.ipip_device).await {
                 Ok(()) => self.ipip_ready = true,
-                Err(error) => prepared.failures.push(error.into()),
+                Err(error) => {
+                    prepared.pending.push(self.ipip_device.clone());
+                    prepared.failures.push(error.into());
+                }
             }
         }
         prepared.tunnels = Tunnels {
@@ -181,10 +197,7 @@ impl TunnelSetup {
                 source,
             })?;
         let IpAddr::V4(address) = lease.ip else {
-            return Err(TunnelError::Ipam {
-                handle,
-                source: IpamCallError::Refused(format!("got a non-IPv4 tunnel address {}", lease.ip)),
-            });
+            return Err(TunnelError::NotIpv4(lease.ip));
         };
         let device = VxlanDevice {
             name: VXLAN_DEVICE.to_owned(),
@@ -214,20 +227,31 @@ pub fn desired_vteps(items: &BTreeMap<String, RouteItem>, me: &str, tunnels: &Tu
     items
         .values()
         .filter_map(|item| match item {
-            RouteItem::Node(node) if node.name != me => {
-                let underlay = node.addresses.iter().find_map(|a| match a {
-                    IpAddr::V4(v4) => Some(*v4),
-                    IpAddr::V6(_) => None,
-                })?;
-                Some(Vtep {
-                    ip: node.vtep_ipv4?,
-                    mac: node.vtep_mac?,
-                    underlay,
-                })
-            }
+            RouteItem::Node(node) if node.name != me => Some(Vtep {
+                ip: node.vtep_ipv4?,
+                mac: node.vtep_mac?,
+                underlay: first_ipv4(&node.addresses)?,
+            }),
             _ => None,
         })
         .collect()
+}
+
+/// Remote tunnel endpoints into a VXLAN device.
+struct VtepWriter<'a> {
+    netlink: &'a dyn Netlink,
+    device: &'a str,
+}
+
+#[async_trait::async_trait]
+impl SetWriter<Vtep> for VtepWriter<'_> {
+    async fn add(&self, vtep: &Vtep) -> Result<(), DataplaneError> {
+        self.netlink.replace_vtep(self.device, vtep).await
+    }
+
+    async fn remove(&self, vtep: &Vtep) -> Result<(), DataplaneError> {
+        self.netlink.delete_vtep(self.device, vtep).await
+    }
 }
 
 /// Programs remote tunnel endpoints on the VXLAN device, remembering what it programmed.
@@ -238,7 +262,9 @@ pub struct VtepReconciler {
 
 impl VtepReconciler {
     /// Makes the endpoints on `device` equal to `desired`: the first call reads what the device
-    /// has (left from before a restart), later calls touch only what changed.
+    /// has (left from before a restart), later calls touch only what changed. New endpoints are
+    /// added before stale ones go, and a stale one's entries are only removed while they are still
+    /// its own (an endpoint that changed address or MAC is replaced, not lost).
     pub async fn apply(
         &mut self,
         netlink: &dyn Netlink,
@@ -249,30 +275,10 @@ impl VtepReconciler {
             Some(programmed) => programmed,
             None => netlink.vteps(device).await?.into_iter().collect(),
         };
-        let mut done = programmed.clone();
-        let mut first_error = None;
-        for stale in programmed.difference(desired) {
-            match netlink.delete_vtep(device, stale).await {
-                Ok(()) => {
-                    done.remove(stale);
-                }
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
-        for missing in desired.difference(&programmed) {
-            match netlink.replace_vtep(device, missing).await {
-                Ok(()) => {
-                    done.insert(missing.clone());
-                }
-                Err(error) => {
-                    first_error.get_or_insert(error);
-                }
-            }
-        }
+        let writer = VtepWriter { netlink, device };
+        let (done, failure) = reconcile_set(programmed, desired, |_| false, &writer).await;
         self.programmed = Some(done);
-        first_error.map_or(Ok(()), Err)
+        failure.map_or(Ok(()), Err)
     }
 }
 

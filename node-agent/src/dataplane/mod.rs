@@ -169,7 +169,9 @@ pub trait Netlink: Send + Sync {
     async fn vteps(&self, device: &str) -> Result<Vec<Vtep>, DataplaneError>;
     /// Adds or replaces a remote tunnel endpoint on `device`.
     async fn replace_vtep(&self, device: &str, vtep: &Vtep) -> Result<(), DataplaneError>;
-    /// Removes a remote tunnel endpoint from `device`.
+    /// Removes a remote tunnel endpoint from `device`: its neighbour entry while it still maps
+    /// its address to its MAC, its forwarding entry while it still sends its MAC to its underlay
+    /// address (entries taken over by another endpoint stay).
     async fn delete_vtep(&self, device: &str, vtep: &Vtep) -> Result<(), DataplaneError>;
     /// Prepares the pod end before its addresses are known: up, on-link gateway route and default
     /// route (unless the pod has them already through an earlier brindle interface), permanent

@@ -661,7 +661,11 @@ impl Netlink for RtNetlink {
         }
         let address = IpNet::from(IpAddr::V4(device.address));
         let present = link_addresses(&self.host, link.index).await?;
-        for (other, message) in present.iter().filter(|(net, _)| *net != address) {
+        // IPv4 only: the kernel's own IPv6 link-local address stays.
+        for (other, message) in present
+            .iter()
+            .filter(|(net, _)| net.addr().is_ipv4() && *net != address)
+        {
             self.host
                 .address()
                 .del(message.clone())
@@ -752,17 +756,20 @@ impl Netlink for RtNetlink {
         let Some(link) = find_link(&self.host, device).await? else {
             return Ok(());
         };
-        delete_neighbour(
-            &self.host,
-            arp_message(link.index, vtep),
-            format!("delete the neighbour {}", vtep.ip),
-        )
-        .await?;
-        delete_neighbour(
-            &self.host,
-            fdb_message(link.index, vtep),
-            format!("delete the forwarding entry of {}", vtep.ip),
-        )
-        .await
+        let neighbours = permanent_entries(&self.host, AddressFamily::Inet, link.index).await?;
+        if neighbours.contains(&(vtep.ip, vtep.mac)) {
+            let what = format!("delete the neighbour {}", vtep.ip);
+            delete_neighbour(&self.host, arp_message(link.index, vtep), what).await?;
+        }
+        // The forwarding entry is shared with an endpoint that kept the MAC under a new address.
+        let shared = neighbours
+            .iter()
+            .any(|(ip, mac)| *mac == vtep.mac && *ip != vtep.ip);
+        let forwarding = permanent_entries(&self.host, AddressFamily::Bridge, link.index).await?;
+        if !shared && forwarding.contains(&(vtep.underlay, vtep.mac)) {
+            let what = format!("delete the forwarding entry of {}", vtep.ip);
+            delete_neighbour(&self.host, fdb_message(link.index, vtep), what).await?;
+        }
+        Ok(())
     }
 }

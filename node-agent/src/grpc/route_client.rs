@@ -24,7 +24,7 @@ use crate::core::ipam::IpamApi;
 use crate::core::nat::NatReconciler;
 use crate::core::routing::{RouteReconciler, desired_routes};
 use crate::core::tunnels::{IPIP_DEVICE, TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps};
-use crate::dataplane::{DataplaneError, Iptables, Netlink};
+use crate::dataplane::{Iptables, Netlink};
 
 /// How long a registration lives without renewal.
 const REGISTRATION_TTL_SECONDS: u32 = 30;
@@ -199,7 +199,7 @@ async fn sync_once(
                 let alive = common::sync_client_message::Message::Keepalive(common::Keepalive::default());
                 let _ = to_server.try_send(client_message(alive));
                 if failed {
-                    failed = programmer.program(mirror, me, &to_server).await.is_err();
+                    failed = !programmer.program(mirror, me, &to_server).await;
                 }
                 continue;
             }
@@ -216,21 +216,29 @@ async fn sync_once(
             Err(error) => return SyncEnded::Unusable(error.to_string()),
         };
         if changed {
-            failed = programmer.program(mirror, me, &to_server).await.is_err();
+            failed = !programmer.program(mirror, me, &to_server).await;
         }
     }
 }
 
 impl Programmer {
-    /// Programs what `mirror` asks for and acknowledges its revision.
+    /// Programs what `mirror` asks for: tunnel devices, remote tunnel endpoints, remote routes
+    /// and the natOutgoing chain, each step regardless of the others' failures. Acknowledges the
+    /// revision once the kernel holds everything the ready devices can carry (a tunnel device
+    /// that cannot be set up is logged and retried, and leaves its routes as they are). Returns
+    /// whether everything was programmed.
     async fn program(
         &mut self,
         mirror: &Mirror<RouteItem>,
         me: &str,
         to_server: &mpsc::Sender<common::SyncClientMessage>,
-    ) -> Result<(), ProgrammingError> {
+    ) -> bool {
         let state = mirror.state();
-        let prepared = self.tunnels.ensure(self.netlink.as_ref(), state).await;
+        let netlink = self.netlink.as_ref();
+        let prepared = self.tunnels.ensure(netlink, state).await;
+        for failure in &prepared.failures {
+            tracing::error!(error = %failure, "setting up a tunnel device; retrying");
+        }
         if let Some(vtep) = self.tunnels.local_vtep() {
             self.registration.send_if_modified(|node| {
                 let changed = node.vtep_mac != Some(vtep.mac) || node.vtep_ipv4 != Some(vtep.ip);
@@ -239,59 +247,31 @@ impl Programmer {
                 changed
             });
         }
-        let result = self
-            .program_tunnels_and_routes(state, me, &prepared.tunnels)
-            .await;
-        let result = match (result, prepared.failures.into_iter().next()) {
-            (Ok(_), Some(failure)) => Err(failure.into()),
-            (result, _) => result,
-        };
-        match result {
-            Ok(programmed) => {
-                let ack = common::sync_client_message::Message::Ack(common::SyncAck {
-                    revision: mirror.revision(),
-                    programmed: programmed as u64,
-                });
-                let _ = to_server.try_send(client_message(ack));
-                Ok(())
-            }
-            Err(error) => {
-                tracing::error!(%error, "programming the routing state; retrying");
-                Err(error)
-            }
-        }
-    }
-
-    /// Programs remote tunnel endpoints, remote routes and the natOutgoing chain; returns how
-    /// many remote routes are programmed.
-    async fn program_tunnels_and_routes(
-        &mut self,
-        state: &std::collections::BTreeMap<String, RouteItem>,
-        me: &str,
-        tunnels: &crate::core::tunnels::Tunnels,
-    ) -> Result<usize, ProgrammingError> {
-        let netlink = self.netlink.as_ref();
+        let tunnels = &prepared.tunnels;
+        let mut failures = Vec::new();
         if tunnels.vxlan.is_some() {
-            self.vteps
-                .apply(netlink, VXLAN_DEVICE, &desired_vteps(state, me, tunnels))
-                .await?;
+            let vteps = desired_vteps(state, me, tunnels);
+            failures.extend(self.vteps.apply(netlink, VXLAN_DEVICE, &vteps).await.err());
         }
-        let programmed = self
-            .routes
-            .apply(netlink, &desired_routes(state, me, tunnels))
-            .await?;
-        self.nat.apply(self.iptables.as_ref(), state)?;
-        Ok(programmed)
+        let routes = desired_routes(state, me, tunnels);
+        let programmed = match self.routes.apply(netlink, &routes, &prepared.pending).await {
+            Ok(programmed) => programmed,
+            Err(error) => {
+                failures.push(error);
+                self.routes.programmed()
+            }
+        };
+        failures.extend(self.nat.apply(self.iptables.as_ref(), state).err());
+        for error in &failures {
+            tracing::error!(%error, "programming the routing state; retrying");
+        }
+        if failures.is_empty() {
+            let ack = common::sync_client_message::Message::Ack(common::SyncAck {
+                revision: mirror.revision(),
+                programmed: programmed as u64,
+            });
+            let _ = to_server.try_send(client_message(ack));
+        }
+        failures.is_empty() && prepared.failures.is_empty()
     }
-}
-
-/// Why programming the routing state failed (retried on the next change or keepalive).
-#[derive(Debug, thiserror::Error)]
-enum ProgrammingError {
-    /// A tunnel device could not be set up.
-    #[error(transparent)]
-    Tunnel(#[from] crate::core::tunnels::TunnelError),
-    /// The kernel refused a change.
-    #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
 }
