@@ -165,6 +165,14 @@ fn vxlan_always_full_mesh_ping_and_tcp_through_the_tunnel() {
             "node {node} sent through the tunnel"
         );
     }
+    // The device deleted by hand: the agent notices and sets it up again, routes and all.
+    lab.nodes[0]
+        .namespace
+        .ip(&["link", "del", "vxlan.brindle"])
+        .expect("delete the device");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("after vxlan.brindle was deleted: {error}\n{}", lab.logs());
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use node_agent::core::ipam::IpamApi;
 use node_agent::core::tunnels::{
     TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps, vtep_mac, vxlan_tunnel_handle,
 };
-use node_agent::dataplane::{Call, DataplaneError, RecordingKernel, Vtep};
+use node_agent::dataplane::{Call, DataplaneError, Netlink, RecordingKernel, Vtep};
 use route_svc::core::{Encapsulation, Node, PoolRoute, RouteItem};
 use support::ipam::InProcessIpam;
 use support::node::workload_pool;
@@ -111,6 +111,14 @@ async fn the_vxlan_device_takes_its_address_from_the_tunnel_handle_and_survives_
     // A restarted agent asks IPAM again under the same handle: the same device.
     let mut restarted = setup(&ipam);
     restarted.ensure(&kernel, &state).await;
+    assert_eq!(kernel.vxlan_device(VXLAN_DEVICE), Some(device.clone()));
+
+    // Deleted by hand: noticed on the next call and made again, the same.
+    kernel.delete_link(VXLAN_DEVICE).await.expect("delete by hand");
+    let prepared = restarted.ensure(&kernel, &state).await;
+    assert!(prepared.recreated && prepared.failures.is_empty());
+    assert_eq!(prepared.tunnels.vxlan.as_deref(), Some(VXLAN_DEVICE));
+    assert!(kernel.host_link_names().contains(&VXLAN_DEVICE.to_owned()));
     assert_eq!(kernel.vxlan_device(VXLAN_DEVICE), Some(device));
 }
 

@@ -102,6 +102,9 @@ pub struct Prepared {
     pub pending: Vec<String>,
     /// Why those could not be set up (retried on the next call).
     pub failures: Vec<TunnelError>,
+    /// A device set up earlier had vanished and was made again (with it went its routes and
+    /// endpoints: they must be read from the kernel afresh).
+    pub recreated: bool,
 }
 
 /// Sets up the tunnel devices the routing state needs, once each.
@@ -150,6 +153,7 @@ impl TunnelSetup {
     /// (removing it would cut traffic while pools change).
     pub async fn ensure(&mut self, netlink: &dyn Netlink, items: &BTreeMap<String, RouteItem>) -> Prepared {
         let mut prepared = Prepared::default();
+        self.notice_vanished_devices(netlink, &mut prepared).await;
         let vxlan_pools = pools_using(items, |e| {
             matches!(e, Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet)
         });
@@ -179,6 +183,30 @@ impl TunnelSetup {
             ipip: self.ipip_ready.then(|| self.ipip_device.clone()),
         };
         prepared
+    }
+
+    /// Forgets devices that were set up but are gone or changed (deleted by hand, say), so they
+    /// are made again; `prepared.recreated` tells the caller that what went through them is gone.
+    async fn notice_vanished_devices(&mut self, netlink: &dyn Netlink, prepared: &mut Prepared) {
+        if let Some(vtep) = self.vxlan {
+            match netlink.link(VXLAN_DEVICE).await {
+                Ok(Some(link)) if link.mac == vtep.mac && link.up => {}
+                Ok(_) => {
+                    tracing::warn!("{VXLAN_DEVICE} is gone or changed; setting it up again");
+                    self.vxlan = None;
+                    prepared.recreated = true;
+                }
+                Err(error) => prepared.failures.push(error.into()),
+            }
+        }
+        if self.ipip_ready && !matches!(netlink.link(&self.ipip_device).await, Ok(Some(_))) {
+            tracing::warn!(
+                device = self.ipip_device,
+                "IP-in-IP device is gone; setting it up again"
+            );
+            self.ipip_ready = false;
+            prepared.recreated = true;
+        }
     }
 
     async fn create_vxlan(&self, netlink: &dyn Netlink, pools: &[String]) -> Result<LocalVtep, TunnelError> {

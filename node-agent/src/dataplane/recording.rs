@@ -223,6 +223,9 @@ impl Netlink for RecordingKernel {
         let existed = state.host_links.remove(name).is_some();
         state.pod_links.retain(|_, (_, host)| host != name);
         state.routes.retain(|r| r.device.as_deref() != Some(name));
+        state.host_addresses.retain(|_, holder| holder != name);
+        state.vxlan_devices.remove(name);
+        state.vteps.remove(name);
         Ok(existed)
     }
 

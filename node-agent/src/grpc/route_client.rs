@@ -198,7 +198,9 @@ async fn sync_once(
             _ = keepalive.tick() => {
                 let alive = common::sync_client_message::Message::Keepalive(common::Keepalive::default());
                 let _ = to_server.try_send(client_message(alive));
-                if failed {
+                // Retries what failed and repairs tunnel devices removed behind the agent's
+                // back; never before the first full state.
+                if failed || mirror.revision() > 0 {
                     failed = !programmer.program(mirror, me, &to_server).await;
                 }
                 continue;
@@ -238,6 +240,10 @@ impl Programmer {
         let prepared = self.tunnels.ensure(netlink, state).await;
         for failure in &prepared.failures {
             tracing::error!(error = %failure, "setting up a tunnel device; retrying");
+        }
+        if prepared.recreated {
+            self.vteps = VtepReconciler::default();
+            self.routes = RouteReconciler::default();
         }
         if let Some(vtep) = self.tunnels.local_vtep() {
             self.registration.send_if_modified(|node| {
