@@ -27,6 +27,15 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// An embedded store in `dir`.
+async fn embedded_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
+    Arc::new(
+        EmbeddedStore::open(dir.path().join("s.redb"))
+            .await
+            .expect("open"),
+    )
+}
+
 /// Serves route-svc (with health and reflection) on a loopback port; returns its address.
 async fn serve(store: Arc<dyn Store>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -59,11 +68,7 @@ fn register(address: &str, name: &str, ip: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_registers_and_lists_nodes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(dir.path().join("s.redb"))
-            .await
-            .expect("open"),
-    );
+    let store = embedded_store(&dir).await;
     let address = serve(store).await;
     let addr = address.as_str();
     let (ok, list) = grpcurl(&["-plaintext", addr, "list"]);
@@ -195,11 +200,7 @@ async fn sync_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_gets_a_snapshot_then_deltas_and_resumes_after_a_reconnect() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(dir.path().join("s.redb"))
-            .await
-            .expect("open"),
-    );
+    let store = embedded_store(&dir).await;
     let address = serve(store).await;
     assert!(register(&address, "node-a", "192.168.7.2").0);
     let mut client = RoutesClient::connect(format!("http://{address}"))
@@ -247,11 +248,7 @@ async fn a_subscriber_gets_a_snapshot_then_deltas_and_resumes_after_a_reconnect(
 async fn a_snapshot_larger_than_one_piece_arrives_in_pieces_and_is_applied_whole() {
     const NODES: u32 = 1_500;
     let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(dir.path().join("s.redb"))
-            .await
-            .expect("open"),
-    );
+    let store = embedded_store(&dir).await;
     // Labels that do not compress away, so the snapshot is tens of KiB even compressed.
     let registry = route_svc::core::Registry::new(Arc::clone(&store));
     let mut noise: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -98,14 +98,18 @@ fn link_state(message: &LinkMessage) -> LinkState {
     state
 }
 
-async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkState>, DataplaneError> {
+/// The kernel's message about link `name`; `None` when there is no such link.
+async fn link_message(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, DataplaneError> {
     let mut links = handle.link().get().match_name(name.to_owned()).execute();
     match links.try_next().await {
-        Ok(Some(message)) => Ok(Some(link_state(&message))),
-        Ok(None) => Ok(None),
+        Ok(message) => Ok(message),
         Err(e) if errno(&e) == Some(nix::errno::Errno::ENODEV as i32) => Ok(None),
         Err(e) => Err(DataplaneError::netlink(format!("get link {name}"), e)),
     }
+}
+
+async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkState>, DataplaneError> {
+    Ok(link_message(handle, name).await?.as_ref().map(link_state))
 }
 
 async fn require_link(handle: &Handle, name: &str) -> Result<LinkState, DataplaneError> {
@@ -256,29 +260,17 @@ async fn link_addresses(handle: &Handle, index: u32) -> Result<Vec<(IpNet, Addre
     Ok(addresses)
 }
 
-/// The VXLAN settings of link `name` that brindle decides (VNI, port, local, parent), or `None`
-/// when it is not a VXLAN device.
-async fn vxlan_identity(
-    handle: &Handle,
-    name: &str,
-) -> Result<Option<(u32, u16, Option<Ipv4Addr>, u32)>, DataplaneError> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    let message = match links.try_next().await {
-        Ok(Some(message)) => message,
-        Ok(None) => return Ok(None),
-        Err(e) if errno(&e) == Some(nix::errno::Errno::ENODEV as i32) => return Ok(None),
-        Err(e) => return Err(DataplaneError::netlink(format!("get link {name}"), e)),
-    };
+/// The VXLAN settings brindle decides (VNI, port, local, parent) of the link `message` describes,
+/// or `None` when it is not a VXLAN device.
+fn vxlan_identity(message: &LinkMessage) -> Option<(u32, u16, Option<Ipv4Addr>, u32)> {
     let infos = message.attributes.iter().find_map(|attribute| match attribute {
         LinkAttribute::LinkInfo(infos) => Some(infos),
         _ => None,
     });
-    let Some(data) = infos.into_iter().flatten().find_map(|info| match info {
+    let data = infos.into_iter().flatten().find_map(|info| match info {
         LinkInfo::Data(InfoData::Vxlan(data)) => Some(data),
         _ => None,
-    }) else {
-        return Ok(None);
-    };
+    })?;
     let (mut vni, mut port, mut local, mut parent) = (0, 0, None, 0);
     for info in data {
         match info {
@@ -289,7 +281,7 @@ async fn vxlan_identity(
             _ => {}
         }
     }
-    Ok(Some((vni, port, local, parent)))
+    Some((vni, port, local, parent))
 }
 
 /// A neighbour's destination address (a forwarding entry's comes back as raw bytes: the bridge
@@ -628,11 +620,20 @@ impl Netlink for RtNetlink {
 
     async fn ensure_vxlan(&self, device: &VxlanDevice) -> Result<(), DataplaneError> {
         let wanted = (device.vni, device.port, Some(device.local), device.parent);
-        match vxlan_identity(&self.host, &device.name).await? {
-            Some(identity) if identity == wanted => {}
+        let existing = link_message(&self.host, &device.name).await?;
+        let link = match existing {
+            Some(message) if vxlan_identity(&message) == Some(wanted) => link_state(&message),
             existing => {
-                if existing.is_some() || find_link(&self.host, &device.name).await?.is_some() {
-                    self.delete_link(&device.name).await?;
+                // Another kind of link under the name, or other settings a link cannot change.
+                if let Some(message) = existing {
+                    self.host
+                        .link()
+                        .del(message.header.index)
+                        .execute()
+                        .await
+                        .map_err(|e| {
+                            DataplaneError::netlink(format!("delete the mismatched {}", device.name), e)
+                        })?;
                 }
                 let message = LinkVxlan::new(&device.name, device.vni)
                     .port(device.port)
@@ -643,9 +644,9 @@ impl Netlink for RtNetlink {
                 self.host.link().add(message).execute().await.map_err(|e| {
                     DataplaneError::netlink(format!("create VXLAN device {}", device.name), e)
                 })?;
+                require_link(&self.host, &device.name).await?
             }
-        }
-        let link = require_link(&self.host, &device.name).await?;
+        };
         if link.mac != device.mac || link.mtu != device.mtu || !link.up {
             let message = LinkUnspec::new_with_index(link.index)
                 .address(device.mac.to_vec())

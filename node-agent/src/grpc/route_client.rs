@@ -190,8 +190,6 @@ async fn sync_once(
     };
     let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
     let mut pieces = SnapshotAssembler::default();
-    // Set when programming failed: retried on the next change or keepalive tick.
-    let mut failed = false;
     loop {
         let message = tokio::select! {
             message = tokio::time::timeout(SILENCE_LIMIT, incoming.next()) => message,
@@ -200,8 +198,8 @@ async fn sync_once(
                 let _ = to_server.try_send(client_message(alive));
                 // Retries what failed and repairs tunnel devices removed behind the agent's
                 // back; never before the first full state.
-                if failed || mirror.revision() > 0 {
-                    failed = !programmer.program(mirror, me, &to_server).await;
+                if mirror.revision() > 0 {
+                    programmer.program(mirror, me, &to_server).await;
                 }
                 continue;
             }
@@ -218,7 +216,7 @@ async fn sync_once(
             Err(error) => return SyncEnded::Unusable(error.to_string()),
         };
         if changed {
-            failed = !programmer.program(mirror, me, &to_server).await;
+            programmer.program(mirror, me, &to_server).await;
         }
     }
 }
@@ -227,14 +225,14 @@ impl Programmer {
     /// Programs what `mirror` asks for: tunnel devices, remote tunnel endpoints, remote routes
     /// and the natOutgoing chain, each step regardless of the others' failures. Acknowledges the
     /// revision once the kernel holds everything the ready devices can carry (a tunnel device
-    /// that cannot be set up is logged and retried, and leaves its routes as they are). Returns
-    /// whether everything was programmed.
+    /// that cannot be set up is logged and retried, and leaves its routes as they are). What
+    /// failed is retried at the next keepalive tick.
     async fn program(
         &mut self,
         mirror: &Mirror<RouteItem>,
         me: &str,
         to_server: &mpsc::Sender<common::SyncClientMessage>,
-    ) -> bool {
+    ) {
         let state = mirror.state();
         let netlink = self.netlink.as_ref();
         let prepared = self.tunnels.ensure(netlink, state).await;
@@ -278,6 +276,5 @@ impl Programmer {
             });
             let _ = to_server.try_send(client_message(ack));
         }
-        failures.is_empty() && prepared.failures.is_empty()
     }
 }

@@ -6,11 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipam_svc::core::model::{AllowedUse, HandleAttributes};
-use ipam_svc::core::{AssignRequest, Ipam, IpamError, ShowOptions};
+use ipam_svc::core::{Allocated, AssignRequest, Ipam, IpamError, ShowOptions};
 use node_agent::core::ipam::{IpamApi, IpamCallError, Lease, Owner};
 
 /// [`IpamApi`] on the IPAM engine itself, no gRPC in between.
 pub struct InProcessIpam(pub Arc<Ipam>);
+
+/// What the agent learns of an allocation.
+fn lease(allocation: &Allocated) -> Lease {
+    Lease {
+        ip: allocation.ip,
+        block: allocation.block,
+        borrowed: allocation.borrowed,
+    }
+}
 
 fn refused(error: IpamError) -> IpamCallError {
     IpamCallError::Refused(error.to_string())
@@ -40,15 +49,7 @@ impl IpamApi for InProcessIpam {
             },
         };
         let result = self.0.auto_assign(request).await.map_err(refused)?;
-        Ok(result
-            .allocations
-            .iter()
-            .map(|a| Lease {
-                ip: a.ip,
-                block: a.block,
-                borrowed: a.borrowed,
-            })
-            .collect())
+        Ok(result.allocations.iter().map(lease).collect())
     }
     async fn assign_tunnel_address(
         &self,
@@ -67,12 +68,7 @@ impl IpamApi for InProcessIpam {
             attributes: HandleAttributes::default(),
         };
         let result = self.0.auto_assign(request).await.map_err(refused)?;
-        let allocation = result.allocations.first().expect("one address");
-        Ok(Lease {
-            ip: allocation.ip,
-            block: allocation.block,
-            borrowed: allocation.borrowed,
-        })
+        Ok(lease(result.allocations.first().expect("one address")))
     }
     async fn release(&self, handle_id: &str) -> Result<(), IpamCallError> {
         self.0.release_handle(handle_id).await.map(drop).map_err(refused)
