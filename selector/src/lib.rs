@@ -1,6 +1,8 @@
 //! Label selectors (Calico's grammar): `k == 'v'`, `k != 'v'` (true when absent), `k in {'a','b'}`,
 //! `k not in {…}`, `has(k)`, `!`, `&&`, `||`, parentheses and `all()`. Parsing reports the byte
-//! position of the first problem; `Display` prints a canonical form that parses back to the same tree.
+//! position of the first problem; `Display` prints text that parses back to the same tree, and
+//! [`Selector::canonical`] normalises a tree so that selectors written differently but meaning the
+//! same print (and [`Selector::id`] hash) the same — the id names the selector's ipset.
 
 mod parser;
 
@@ -41,6 +43,33 @@ impl Selector {
         parser::parse(text)
     }
 
+    /// The normal form: `&&`/`||` flattened, operands sorted and deduplicated, value sets sorted,
+    /// `!!x` reduced to `x`, `all()` absorbed (`x && all()` is `x`, `x || all()` is `all()`).
+    /// Two selectors with the same canonical form match the same labels.
+    #[must_use]
+    pub fn canonical(&self) -> Self {
+        match self {
+            Self::All | Self::Has(_) | Self::Equals(..) | Self::NotEquals(..) => self.clone(),
+            Self::In(key, values) => Self::In(key.clone(), sorted_unique(values)),
+            Self::NotIn(key, values) => Self::NotIn(key.clone(), sorted_unique(values)),
+            Self::Not(inner) => match inner.canonical() {
+                Self::Not(twice) => *twice,
+                other => Self::Not(Box::new(other)),
+            },
+            Self::And(parts) => join(parts, true),
+            Self::Or(parts) => join(parts, false),
+        }
+    }
+
+    /// A stable 16-hex-digit id of the canonical form (the first 64 bits of its SHA-1): equal for
+    /// equivalent spellings, the same across releases and machines.
+    pub fn id(&self) -> String {
+        let digest = sha1_smol::Sha1::from(self.canonical().to_string())
+            .digest()
+            .to_string();
+        digest[..16].to_owned()
+    }
+
     /// Whether a set of labels matches.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         match self {
@@ -57,20 +86,63 @@ impl Selector {
     }
 }
 
+fn sorted_unique(values: &[String]) -> Vec<String> {
+    let mut values = values.to_vec();
+    values.sort();
+    values.dedup();
+    values
+}
+
+/// Canonical `&&` (`conjunction`) or `||` of `parts`: nested same-operator trees flattened,
+/// operands canonical, sorted by their text and deduplicated, `all()` absorbed.
+fn join(parts: &[Selector], conjunction: bool) -> Selector {
+    let mut flat = Vec::new();
+    for part in parts.iter().map(Selector::canonical) {
+        match part {
+            Selector::And(inner) if conjunction => flat.extend(inner),
+            Selector::Or(inner) if !conjunction => flat.extend(inner),
+            Selector::All if conjunction => {}
+            Selector::All => return Selector::All,
+            other => flat.push(other),
+        }
+    }
+    let mut keyed: Vec<(String, Selector)> = flat.into_iter().map(|p| (p.to_string(), p)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.dedup_by(|a, b| a.0 == b.0);
+    let mut flat: Vec<Selector> = keyed.into_iter().map(|(_, p)| p).collect();
+    match flat.len() {
+        0 => Selector::All,
+        1 => flat.remove(0),
+        _ if conjunction => Selector::And(flat),
+        _ => Selector::Or(flat),
+    }
+}
+
+/// Writes a quoted literal: single quotes unless the value holds one (the grammar has no escapes,
+/// so a value never holds both kinds).
+fn write_literal(f: &mut fmt::Formatter<'_>, value: &str) -> fmt::Result {
+    if value.contains('\'') {
+        write!(f, "\"{value}\"")
+    } else {
+        write!(f, "'{value}'")
+    }
+}
+
 fn write_values(f: &mut fmt::Formatter<'_>, values: &[String]) -> fmt::Result {
     f.write_str("{")?;
     for (i, value) in values.iter().enumerate() {
         if i > 0 {
             f.write_str(", ")?;
         }
-        write!(f, "'{value}'")?;
+        write_literal(f, value)?;
     }
     f.write_str("}")
 }
 
-/// Writes `part`, parenthesised when it binds looser than the surrounding operator.
+/// Writes `part`, parenthesised when it would otherwise merge with or bind looser than the
+/// surrounding operator (so the printed text parses back to the same tree).
 fn write_operand(f: &mut fmt::Formatter<'_>, part: &Selector, inside_and: bool) -> fmt::Result {
-    if inside_and && matches!(part, Selector::Or(_)) {
+    if matches!(part, Selector::Or(_)) || (inside_and && matches!(part, Selector::And(_))) {
         write!(f, "({part})")
     } else {
         write!(f, "{part}")
@@ -82,8 +154,14 @@ impl fmt::Display for Selector {
         match self {
             Self::All => f.write_str("all()"),
             Self::Has(key) => write!(f, "has({key})"),
-            Self::Equals(key, value) => write!(f, "{key} == '{value}'"),
-            Self::NotEquals(key, value) => write!(f, "{key} != '{value}'"),
+            Self::Equals(key, value) => {
+                write!(f, "{key} == ")?;
+                write_literal(f, value)
+            }
+            Self::NotEquals(key, value) => {
+                write!(f, "{key} != ")?;
+                write_literal(f, value)
+            }
             Self::In(key, values) => {
                 write!(f, "{key} in ")?;
                 write_values(f, values)
