@@ -1,1 +1,6 @@
-//! policy-svc: selectors, policies and per-node policy views (filled by the policy-svc issue).
+//! policy-svc: namespaces, workload endpoints, brindle and Kubernetes network policies, the
+//! per-node policy view every agent renders (`Sync`) and the policy trace.
+
+pub mod core;
+#[cfg(feature = "truth-table")]
+pub mod truth_table;

@@ -70,6 +70,22 @@ impl Selector {
         digest[..16].to_owned()
     }
 
+    /// The same selector over renamed label keys (e.g. namespace labels under a prefix).
+    #[must_use]
+    pub fn map_keys(&self, rename: &dyn Fn(&str) -> String) -> Self {
+        match self {
+            Self::All => Self::All,
+            Self::Has(key) => Self::Has(rename(key)),
+            Self::Equals(key, value) => Self::Equals(rename(key), value.clone()),
+            Self::NotEquals(key, value) => Self::NotEquals(rename(key), value.clone()),
+            Self::In(key, values) => Self::In(rename(key), values.clone()),
+            Self::NotIn(key, values) => Self::NotIn(rename(key), values.clone()),
+            Self::Not(inner) => Self::Not(Box::new(inner.map_keys(rename))),
+            Self::And(parts) => Self::And(parts.iter().map(|p| p.map_keys(rename)).collect()),
+            Self::Or(parts) => Self::Or(parts.iter().map(|p| p.map_keys(rename)).collect()),
+        }
+    }
+
     /// Whether a set of labels matches.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         match self {

@@ -78,10 +78,15 @@ fn equivalent_spellings_share_an_id() {
         .collect();
     assert!(ids.iter().all(|id| id == &ids[0]), "{ids:?}");
     assert_eq!(ids[0].len(), 16);
-    let other = Selector::parse("app == 'web' || tier == 'db'").expect("parse").id();
+    let other = Selector::parse("app == 'web' || tier == 'db'")
+        .expect("parse")
+        .id();
     assert_ne!(other, ids[0]);
     assert_eq!(
-        Selector::parse("k in {'b', 'a', 'b'}").expect("parse").canonical().to_string(),
+        Selector::parse("k in {'b', 'a', 'b'}")
+            .expect("parse")
+            .canonical()
+            .to_string(),
         "k in {'a', 'b'}"
     );
 }

@@ -1,0 +1,475 @@
+//! Incremental per-node calculation: from namespaces, endpoints and policies, every node's
+//! [`ViewEntry`] map, kept up to date change by change. An endpoint change re-evaluates only that
+//! endpoint against the policies and sets; a policy change only that policy against the
+//! endpoints; the result is the entries that really changed, per node.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use brindle_fanout::Change;
+
+use super::model::{Endpoint, EndpointKey, Namespace, Policy, PolicyId, evaluation_order};
+use super::state::ClusterState;
+use super::view::{CompiledPolicy, EndpointView, MemberView, SetDefinition, ViewEntry, compile, keys};
+
+/// Changes per node.
+pub type NodeChanges = BTreeMap<String, Vec<Change<ViewEntry>>>;
+
+/// An ipset every policy that uses it shares.
+#[derive(Debug)]
+struct SetState {
+    definition: SetDefinition,
+    /// Members per endpoint that contributes any.
+    members: BTreeMap<EndpointKey, Vec<String>>,
+    /// Policies using it.
+    policies: usize,
+    /// Nodes whose view holds it, with how many of their policies use it.
+    nodes: BTreeMap<String, usize>,
+}
+
+/// The calculation's state.
+#[derive(Debug, Default)]
+pub struct Calculator {
+    state: ClusterState,
+    labels: BTreeMap<EndpointKey, BTreeMap<String, String>>,
+    compiled: BTreeMap<PolicyId, CompiledPolicy>,
+    /// Policies applying to each endpoint (either direction).
+    endpoint_policies: BTreeMap<EndpointKey, BTreeSet<PolicyId>>,
+    /// Endpoints each policy applies to.
+    policy_endpoints: BTreeMap<PolicyId, BTreeSet<EndpointKey>>,
+    /// Per node: policies its endpoints use, with how many endpoints use each.
+    node_policies: BTreeMap<String, BTreeMap<PolicyId, usize>>,
+    sets: BTreeMap<String, SetState>,
+    views: BTreeMap<String, BTreeMap<String, ViewEntry>>,
+    /// Entries touched by the change in progress, with their value before it.
+    touched: BTreeMap<(String, String), Option<ViewEntry>>,
+}
+
+impl Calculator {
+    /// An empty calculation.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The inputs.
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    /// A node's view (empty when it has no endpoints).
+    pub fn view(&self, node: &str) -> BTreeMap<String, ViewEntry> {
+        self.views.get(node).cloned().unwrap_or_default()
+    }
+
+    /// Sets a namespace (its labels change what namespace selectors match).
+    pub fn put_namespace(&mut self, namespace: Namespace) -> NodeChanges {
+        let name = namespace.name.clone();
+        if self.state.put_namespace(namespace.clone()).as_ref() == Some(&namespace) {
+            return NodeChanges::new();
+        }
+        self.relabel_namespace(&name)
+    }
+
+    /// Removes a namespace.
+    pub fn remove_namespace(&mut self, name: &str) -> NodeChanges {
+        if self.state.remove_namespace(name).is_none() {
+            return NodeChanges::new();
+        }
+        self.relabel_namespace(name)
+    }
+
+    /// Sets an endpoint.
+    pub fn put_endpoint(&mut self, endpoint: Endpoint) -> NodeChanges {
+        let key = endpoint.key.clone();
+        if self.state.endpoint(&key) == Some(&endpoint) {
+            return NodeChanges::new();
+        }
+        self.state.put_endpoint(endpoint);
+        self.endpoint_changed(&key);
+        self.commit()
+    }
+
+    /// Removes an endpoint.
+    pub fn remove_endpoint(&mut self, key: &EndpointKey) -> NodeChanges {
+        if self.state.remove_endpoint(key).is_none() {
+            return NodeChanges::new();
+        }
+        self.endpoint_changed(key);
+        self.commit()
+    }
+
+    /// Sets a policy.
+    pub fn put_policy(&mut self, policy: Policy) -> NodeChanges {
+        if self.state.policy(&policy.id) == Some(&policy) {
+            return NodeChanges::new();
+        }
+        let id = policy.id.clone();
+        self.state.put_policy(policy);
+        self.policy_changed(&id);
+        self.commit()
+    }
+
+    /// Removes a policy.
+    pub fn remove_policy(&mut self, id: &PolicyId) -> NodeChanges {
+        if self.state.remove_policy(id).is_none() {
+            return NodeChanges::new();
+        }
+        self.policy_changed(id);
+        self.commit()
+    }
+
+    fn relabel_namespace(&mut self, name: &str) -> NodeChanges {
+        let keys: Vec<EndpointKey> = self
+            .state
+            .endpoints()
+            .filter(|e| e.namespace == name)
+            .map(|e| e.key.clone())
+            .collect();
+        for key in keys {
+            self.endpoint_changed(&key);
+        }
+        self.commit()
+    }
+
+    /// Re-evaluates one endpoint (added, changed or removed) against every policy and set.
+    fn endpoint_changed(&mut self, key: &EndpointKey) {
+        let endpoint = self.state.endpoint(key).cloned();
+        let labels = endpoint.as_ref().map(|e| self.state.selector_labels(e));
+        match &labels {
+            Some(labels) => self.labels.insert(key.clone(), labels.clone()),
+            None => self.labels.remove(key),
+        };
+        let applying: BTreeSet<PolicyId> = match &labels {
+            Some(labels) => self
+                .compiled
+                .iter()
+                .filter(|(_, c)| c.applies_to.matches(labels))
+                .map(|(id, _)| id.clone())
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        self.set_endpoint_policies(key, endpoint.is_some(), applying);
+        let set_ids: Vec<String> = self.sets.keys().cloned().collect();
+        for id in set_ids {
+            let members = match (&endpoint, &labels) {
+                (Some(endpoint), Some(labels)) => self.sets[&id].definition.members(endpoint, labels),
+                _ => Vec::new(),
+            };
+            self.set_members(&id, key, members);
+        }
+    }
+
+    /// Re-evaluates one policy (added, changed or removed) against every endpoint.
+    fn policy_changed(&mut self, id: &PolicyId) {
+        let old = self.compiled.remove(id);
+        let new = self.state.policy(id).map(compile);
+        // The new form's sets first, so sets both forms use keep their members.
+        for set in new.iter().flat_map(|n| n.sets.values()) {
+            self.acquire_set(set);
+        }
+        let holders: Vec<String> = self
+            .node_policies
+            .iter()
+            .filter(|(_, policies)| policies.contains_key(id))
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in &holders {
+            if let Some(old) = &old {
+                self.detach_policy(node, old);
+            }
+            if let Some(new) = &new {
+                self.attach_policy(node, new);
+            }
+        }
+        for set in old.iter().flat_map(|o| o.sets.keys()) {
+            self.release_set(set);
+        }
+        let old_endpoints = self.policy_endpoints.get(id).cloned().unwrap_or_default();
+        let new_endpoints: BTreeSet<EndpointKey> = match &new {
+            Some(new) => self
+                .labels
+                .iter()
+                .filter(|(_, labels)| new.applies_to.matches(labels))
+                .map(|(key, _)| key.clone())
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        if let Some(new) = new {
+            self.compiled.insert(id.clone(), new);
+        }
+        // Endpoints that gained or lost the policy, and every endpoint that has it (its order
+        // may have changed), get their entries recomputed.
+        for key in old_endpoints.union(&new_endpoints) {
+            let mut policies = self.endpoint_policies.get(key).cloned().unwrap_or_default();
+            if new_endpoints.contains(key) {
+                policies.insert(id.clone());
+            } else {
+                policies.remove(id);
+            }
+            self.set_endpoint_policies(key, true, policies);
+        }
+    }
+
+    /// Sets the policies applying to an endpoint (`exists` false: it is gone) and updates its
+    /// node's view: the endpoint entry, policies the node now needs or no longer needs.
+    fn set_endpoint_policies(&mut self, key: &EndpointKey, exists: bool, applying: BTreeSet<PolicyId>) {
+        let node = key.node.clone();
+        let old = self.endpoint_policies.remove(key).unwrap_or_default();
+        for id in old.difference(&applying) {
+            if let Some(endpoints) = self.policy_endpoints.get_mut(id) {
+                endpoints.remove(key);
+                if endpoints.is_empty() {
+                    self.policy_endpoints.remove(id);
+                }
+            }
+            self.unref_policy(&node, id);
+        }
+        for id in applying.difference(&old) {
+            self.policy_endpoints
+                .entry(id.clone())
+                .or_default()
+                .insert(key.clone());
+            self.ref_policy(&node, id);
+        }
+        let entry_key = format!("{}{}", keys::ENDPOINT, key.interface);
+        if !exists {
+            self.set_entry(&node, &entry_key, None);
+            return;
+        }
+        let entry = self.endpoint_entry(key, &applying);
+        self.endpoint_policies.insert(key.clone(), applying);
+        self.set_entry(&node, &entry_key, Some(ViewEntry::Endpoint(entry)));
+    }
+
+    fn endpoint_entry(&self, key: &EndpointKey, applying: &BTreeSet<PolicyId>) -> EndpointView {
+        let mut ordered: Vec<(&PolicyId, &CompiledPolicy)> = applying
+            .iter()
+            .filter_map(|id| self.compiled.get(id).map(|c| (id, c)))
+            .collect();
+        ordered.sort_by(|a, b| evaluation_order((a.0, a.1.order), (b.0, b.1.order)));
+        let name = self
+            .state
+            .endpoint(key)
+            .map(|e| format!("{}/{}", e.namespace, e.pod))
+            .unwrap_or_default();
+        EndpointView {
+            interface: key.interface.clone(),
+            name,
+            ingress: ordered
+                .iter()
+                .filter(|(_, c)| c.governs.0)
+                .map(|(_, c)| c.view.id.clone())
+                .collect(),
+            egress: ordered
+                .iter()
+                .filter(|(_, c)| c.governs.1)
+                .map(|(_, c)| c.view.id.clone())
+                .collect(),
+        }
+    }
+
+    fn ref_policy(&mut self, node: &str, id: &PolicyId) {
+        let count = self
+            .node_policies
+            .entry(node.to_owned())
+            .or_default()
+            .entry(id.clone())
+            .or_default();
+        *count += 1;
+        if *count == 1
+            && let Some(compiled) = self.compiled.get(id).cloned()
+        {
+            self.attach_policy(node, &compiled);
+        }
+    }
+
+    fn unref_policy(&mut self, node: &str, id: &PolicyId) {
+        let Some(policies) = self.node_policies.get_mut(node) else {
+            return;
+        };
+        let Some(count) = policies.get_mut(id) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            policies.remove(id);
+            if policies.is_empty() {
+                self.node_policies.remove(node);
+            }
+            if let Some(compiled) = self.compiled.get(id).cloned() {
+                self.detach_policy(node, &compiled);
+            }
+        }
+    }
+
+    /// Puts a compiled policy and its sets into a node's view.
+    fn attach_policy(&mut self, node: &str, compiled: &CompiledPolicy) {
+        let key = format!("{}{}", keys::POLICY, compiled.view.id);
+        self.set_entry(node, &key, Some(ViewEntry::Policy(compiled.view.clone())));
+        for set in compiled.sets.keys() {
+            self.node_uses_set(node, set, true);
+        }
+    }
+
+    /// Takes a compiled policy and the sets only it used out of a node's view.
+    fn detach_policy(&mut self, node: &str, compiled: &CompiledPolicy) {
+        let key = format!("{}{}", keys::POLICY, compiled.view.id);
+        self.set_entry(node, &key, None);
+        for set in compiled.sets.keys() {
+            self.node_uses_set(node, set, false);
+        }
+    }
+
+    fn node_uses_set(&mut self, node: &str, id: &str, uses: bool) {
+        let Some(set) = self.sets.get_mut(id) else {
+            return;
+        };
+        let count = set.nodes.entry(node.to_owned()).or_default();
+        let before = *count;
+        if uses {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        let after = *count;
+        if after == 0 {
+            set.nodes.remove(node);
+        }
+        let entries: Vec<(String, Option<ViewEntry>)> = match (before, after) {
+            (0, 1) => self
+                .set_entries(id)
+                .into_iter()
+                .map(|(k, v)| (k, Some(v)))
+                .collect(),
+            (1, 0) => self.set_entries(id).into_iter().map(|(k, _)| (k, None)).collect(),
+            _ => Vec::new(),
+        };
+        for (key, value) in entries {
+            self.set_entry(node, &key, value);
+        }
+    }
+
+    /// A set's header and member entries.
+    fn set_entries(&self, id: &str) -> Vec<(String, ViewEntry)> {
+        let Some(set) = self.sets.get(id) else {
+            return Vec::new();
+        };
+        let mut entries = vec![(
+            format!("{}{id}", keys::IPSET),
+            ViewEntry::IpSet(set.definition.view()),
+        )];
+        for member in set.members.values().flatten() {
+            entries.push(member_entry(id, member));
+        }
+        entries
+    }
+
+    /// A policy starts using a set: create it (computing its members) if it is new.
+    fn acquire_set(&mut self, definition: &SetDefinition) {
+        let id = definition.id();
+        if let Some(set) = self.sets.get_mut(&id) {
+            set.policies += 1;
+            return;
+        }
+        let mut members = BTreeMap::new();
+        for (key, labels) in &self.labels {
+            if let Some(endpoint) = self.state.endpoint(key) {
+                let contributed = definition.members(endpoint, labels);
+                if !contributed.is_empty() {
+                    members.insert(key.clone(), contributed);
+                }
+            }
+        }
+        self.sets.insert(
+            id,
+            SetState {
+                definition: definition.clone(),
+                members,
+                policies: 1,
+                nodes: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// A policy stops using a set: drop it once no policy does.
+    fn release_set(&mut self, id: &str) {
+        if let Some(set) = self.sets.get_mut(id) {
+            set.policies -= 1;
+            if set.policies == 0 && set.nodes.is_empty() {
+                self.sets.remove(id);
+            }
+        }
+    }
+
+    /// Sets what one endpoint contributes to a set, updating every node that holds the set.
+    fn set_members(&mut self, id: &str, key: &EndpointKey, members: Vec<String>) {
+        let Some(set) = self.sets.get_mut(id) else {
+            return;
+        };
+        let old = if members.is_empty() {
+            set.members.remove(key).unwrap_or_default()
+        } else {
+            set.members
+                .insert(key.clone(), members.clone())
+                .unwrap_or_default()
+        };
+        if old == members {
+            return;
+        }
+        let nodes: Vec<String> = set.nodes.keys().cloned().collect();
+        let still: BTreeSet<&String> = set.members.values().flatten().collect();
+        let removed: Vec<String> = old.iter().filter(|m| !still.contains(m)).cloned().collect();
+        for node in nodes {
+            for member in &removed {
+                self.set_entry(&node, &member_key(id, member), None);
+            }
+            for member in &members {
+                let (key, value) = member_entry(id, member);
+                self.set_entry(&node, &key, Some(value));
+            }
+        }
+    }
+
+    /// Sets one entry of a node's view, remembering its value before the change in progress.
+    fn set_entry(&mut self, node: &str, key: &str, value: Option<ViewEntry>) {
+        let view = self.views.entry(node.to_owned()).or_default();
+        let before = match value {
+            Some(value) => view.insert(key.to_owned(), value),
+            None => view.remove(key),
+        };
+        self.touched
+            .entry((node.to_owned(), key.to_owned()))
+            .or_insert(before);
+    }
+
+    /// The entries that differ from before the change in progress, per node.
+    fn commit(&mut self) -> NodeChanges {
+        let mut changes = NodeChanges::new();
+        for ((node, key), before) in std::mem::take(&mut self.touched) {
+            let now = self.views.get(&node).and_then(|v| v.get(&key));
+            if now == before.as_ref() {
+                continue;
+            }
+            let change = match now {
+                Some(value) => Change::Upsert(key, value.clone()),
+                None => Change::Remove(key),
+            };
+            changes.entry(node).or_default().push(change);
+        }
+        self.views.retain(|_, view| !view.is_empty());
+        changes
+    }
+}
+
+fn member_key(set: &str, member: &str) -> String {
+    format!("{}{set}/{member}", keys::MEMBER)
+}
+
+fn member_entry(set: &str, member: &str) -> (String, ViewEntry) {
+    (
+        member_key(set, member),
+        ViewEntry::Member(MemberView {
+            set: set.to_owned(),
+            member: member.to_owned(),
+        }),
+    )
+}

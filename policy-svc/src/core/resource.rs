@@ -1,0 +1,483 @@
+//! The objects operators write (`brindle apply -f`): a stream of YAML (or JSON) documents, each a
+//! Namespace, a brindle NetworkPolicy or GlobalNetworkPolicy (`brindle.io/v1`) or a Kubernetes
+//! NetworkPolicy (`networking.k8s.io/v1`), validated into the model with errors naming the field.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{PolicyError, invalid};
+use super::kubernetes::{self, DEFAULT_NAMESPACE};
+use super::model::{Action, EntityRule, Namespace, Policy, PolicyId, PortMatch, Protocol, Rule};
+use super::validate;
+
+/// API version of brindle's own kinds.
+pub const API_VERSION: &str = "brindle.io/v1";
+
+/// One object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resource {
+    /// A namespace and its labels.
+    Namespace(Namespace),
+    /// A brindle NetworkPolicy or GlobalNetworkPolicy.
+    Policy(Policy),
+    /// A Kubernetes NetworkPolicy, kept as written (its translation is `to_policy`).
+    KubernetesPolicy(kubernetes::NetworkPolicy),
+}
+
+/// The fields every document has.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TypeMeta {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+}
+
+/// `metadata` of brindle kinds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Namespace (namespaced kinds; `default` when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Labels (Namespace).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A brindle policy document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyDocument {
+    /// `brindle.io/v1`.
+    pub api_version: String,
+    /// `NetworkPolicy` or `GlobalNetworkPolicy`.
+    pub kind: String,
+    /// Name (and namespace).
+    pub metadata: Metadata,
+    /// The policy.
+    pub spec: PolicySpec,
+}
+
+/// `spec` of a brindle policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicySpec {
+    /// Lower first; omitted: after every ordered policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<f64>,
+    /// Endpoints it applies to (default `all()`).
+    #[serde(default)]
+    pub selector: String,
+    /// GlobalNetworkPolicy only: namespaces whose endpoints it applies to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace_selector: String,
+    /// `Ingress`, `Egress`; omitted: Ingress when there are ingress rules or no rules at all,
+    /// Egress when there are egress rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub types: Option<Vec<String>>,
+    /// Ingress rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<RuleSpec>,
+    /// Egress rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub egress: Vec<RuleSpec>,
+}
+
+/// A rule as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Allow, Deny, Pass or Log.
+    pub action: String,
+    /// TCP, UDP, SCTP, ICMP, ICMPv6 or a number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<PortOrName>,
+    /// Protocol the packet must not have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_protocol: Option<PortOrName>,
+    /// The sender.
+    #[serde(default)]
+    pub source: EntitySpec,
+    /// The receiver.
+    #[serde(default)]
+    pub destination: EntitySpec,
+}
+
+/// A number or a string (ports: `80`, `"80:90"`, `"http"`; protocols: `6`, `"TCP"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PortOrName {
+    /// A number.
+    Number(i64),
+    /// Text.
+    Text(String),
+}
+
+/// A rule side as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntitySpec {
+    /// Endpoints.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
+    /// Endpoints excluded.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub not_selector: String,
+    /// Namespaces.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace_selector: String,
+    /// Networks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<String>,
+    /// Networks excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_nets: Vec<String>,
+    /// Ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortOrName>,
+    /// Ports excluded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_ports: Vec<PortOrName>,
+}
+
+/// A Namespace document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NamespaceDocument {
+    metadata: Metadata,
+}
+
+/// Parses every document of `text`. `index` in errors counts documents from 0.
+pub fn parse_documents(text: &str) -> Result<Vec<Resource>, PolicyError> {
+    let mut resources = Vec::new();
+    for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
+        let value = yaml_serde::Value::deserialize(document)
+            .map_err(|e| invalid(format!("document {index}"), e.to_string()))?;
+        if value.is_null() {
+            continue;
+        }
+        resources.push(parse_value(value).map_err(|e| match e {
+            PolicyError::Invalid { field, reason } => invalid(format!("document {index}: {field}"), reason),
+            other => other,
+        })?);
+    }
+    Ok(resources)
+}
+
+fn parse_value(value: yaml_serde::Value) -> Result<Resource, PolicyError> {
+    let meta: TypeMeta =
+        yaml_serde::from_value(value.clone()).map_err(|e| invalid("apiVersion", e.to_string()))?;
+    let decode = |e: yaml_serde::Error| invalid(meta.kind.clone(), e.to_string());
+    match (meta.api_version.as_str(), meta.kind.as_str()) {
+        ("networking.k8s.io/v1", "NetworkPolicy") => {
+            let mut policy: kubernetes::NetworkPolicy = yaml_serde::from_value(value).map_err(decode)?;
+            policy
+                .metadata
+                .namespace
+                .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
+            policy.to_policy()?;
+            Ok(Resource::KubernetesPolicy(policy))
+        }
+        ("v1", "Namespace") | (API_VERSION, "Namespace") => {
+            let document: NamespaceDocument = yaml_serde::from_value(value).map_err(decode)?;
+            validate::name("metadata.name", &document.metadata.name, false)?;
+            Ok(Resource::Namespace(Namespace::new(
+                document.metadata.name,
+                document.metadata.labels,
+            )))
+        }
+        (API_VERSION, "NetworkPolicy" | "GlobalNetworkPolicy") => {
+            let document: PolicyDocument = yaml_serde::from_value(value).map_err(decode)?;
+            Ok(Resource::Policy(document.to_policy()?))
+        }
+        (version, kind) => Err(invalid(
+            "kind",
+            format!(
+                "{kind:?} of {version:?} is not a kind brindle knows (Namespace; {API_VERSION} NetworkPolicy, \
+                 GlobalNetworkPolicy; networking.k8s.io/v1 NetworkPolicy)"
+            ),
+        )),
+    }
+}
+
+impl PolicyDocument {
+    /// Validates the document into a policy.
+    pub fn to_policy(&self) -> Result<Policy, PolicyError> {
+        let global = match self.kind.as_str() {
+            "NetworkPolicy" => false,
+            "GlobalNetworkPolicy" => true,
+            other => {
+                return Err(invalid(
+                    "kind",
+                    format!("{other:?}: expected NetworkPolicy or GlobalNetworkPolicy"),
+                ));
+            }
+        };
+        validate::name("metadata.name", &self.metadata.name, true)?;
+        let id = if global {
+            if self.metadata.namespace.is_some() {
+                return Err(invalid(
+                    "metadata.namespace",
+                    "a GlobalNetworkPolicy has no namespace",
+                ));
+            }
+            PolicyId::Global {
+                name: self.metadata.name.clone(),
+            }
+        } else {
+            let namespace = self
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+            validate::name("metadata.namespace", &namespace, false)?;
+            if !self.spec.namespace_selector.is_empty() {
+                return Err(invalid(
+                    "spec.namespaceSelector",
+                    "only a GlobalNetworkPolicy has one; a NetworkPolicy applies in its own namespace",
+                ));
+            }
+            PolicyId::Namespaced {
+                namespace,
+                name: self.metadata.name.clone(),
+            }
+        };
+        let spec = &self.spec;
+        if let Some(order) = spec.order
+            && !order.is_finite()
+        {
+            return Err(invalid("spec.order", "must be a finite number"));
+        }
+        let ingress = rules("spec.ingress", &spec.ingress)?;
+        let egress = rules("spec.egress", &spec.egress)?;
+        let (ingress_enabled, egress_enabled) = match &spec.types {
+            None => (!ingress.is_empty() || egress.is_empty(), !egress.is_empty()),
+            Some(types) => {
+                let mut enabled = (false, false);
+                for (index, kind) in types.iter().enumerate() {
+                    match kind.as_str() {
+                        "Ingress" => enabled.0 = true,
+                        "Egress" => enabled.1 = true,
+                        other => {
+                            return Err(invalid(
+                                format!("spec.types[{index}]"),
+                                format!("{other:?}: expected Ingress or Egress"),
+                            ));
+                        }
+                    }
+                }
+                enabled
+            }
+        };
+        Ok(Policy {
+            id,
+            order: spec.order,
+            selector: validate::selector("spec.selector", &spec.selector)?,
+            namespace_selector: optional_selector("spec.namespaceSelector", &spec.namespace_selector)?,
+            ingress_enabled,
+            egress_enabled,
+            ingress,
+            egress,
+        })
+    }
+}
+
+impl PolicyDocument {
+    /// The document that reads back as `policy` (for `get -o yaml`).
+    pub fn from_policy(policy: &Policy) -> Self {
+        let (kind, namespace, name) = match &policy.id {
+            PolicyId::Global { name } => ("GlobalNetworkPolicy", None, name.clone()),
+            PolicyId::Namespaced { namespace, name } | PolicyId::Kubernetes { namespace, name } => {
+                ("NetworkPolicy", Some(namespace.clone()), name.clone())
+            }
+        };
+        let mut types = Vec::new();
+        if policy.ingress_enabled {
+            types.push("Ingress".to_owned());
+        }
+        if policy.egress_enabled {
+            types.push("Egress".to_owned());
+        }
+        Self {
+            api_version: API_VERSION.to_owned(),
+            kind: kind.to_owned(),
+            metadata: Metadata {
+                name,
+                namespace,
+                labels: BTreeMap::new(),
+            },
+            spec: PolicySpec {
+                order: policy.order,
+                selector: policy.selector.to_string(),
+                namespace_selector: policy
+                    .namespace_selector
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+                types: Some(types),
+                ingress: policy.ingress.iter().map(RuleSpec::from_rule).collect(),
+                egress: policy.egress.iter().map(RuleSpec::from_rule).collect(),
+            },
+        }
+    }
+}
+
+impl RuleSpec {
+    fn from_rule(rule: &Rule) -> Self {
+        let protocol = |p: Option<Protocol>| p.map(|p| PortOrName::Text(p.to_string()));
+        Self {
+            action: rule.action.to_string(),
+            protocol: protocol(rule.protocol),
+            not_protocol: protocol(rule.not_protocol),
+            source: EntitySpec::from_entity(&rule.source),
+            destination: EntitySpec::from_entity(&rule.destination),
+        }
+    }
+}
+
+impl EntitySpec {
+    fn from_entity(entity: &EntityRule) -> Self {
+        let text =
+            |s: &Option<brindle_selector::Selector>| s.as_ref().map(ToString::to_string).unwrap_or_default();
+        let ports = |ports: &[PortMatch]| {
+            ports
+                .iter()
+                .map(|p| match p {
+                    PortMatch::Range { first, last } if first == last => {
+                        PortOrName::Number(i64::from(*first))
+                    }
+                    PortMatch::Range { first, last } => PortOrName::Text(format!("{first}:{last}")),
+                    PortMatch::Named(name) => PortOrName::Text(name.clone()),
+                })
+                .collect()
+        };
+        Self {
+            selector: text(&entity.selector),
+            not_selector: text(&entity.not_selector),
+            namespace_selector: text(&entity.namespace_selector),
+            nets: entity.nets.iter().map(ToString::to_string).collect(),
+            not_nets: entity.not_nets.iter().map(ToString::to_string).collect(),
+            ports: ports(&entity.ports),
+            not_ports: ports(&entity.not_ports),
+        }
+    }
+}
+
+fn optional_selector(field: &str, text: &str) -> Result<Option<brindle_selector::Selector>, PolicyError> {
+    if text.trim().is_empty() {
+        Ok(None)
+    } else {
+        validate::selector(field, text).map(Some)
+    }
+}
+
+fn rules(field: &str, specs: &[RuleSpec]) -> Result<Vec<Rule>, PolicyError> {
+    let mut rules = Vec::new();
+    for (index, spec) in specs.iter().enumerate() {
+        let field = format!("{field}[{index}]");
+        let action = match spec.action.as_str() {
+            "Allow" => Action::Allow,
+            "Deny" => Action::Deny,
+            "Pass" => Action::Pass,
+            "Log" => Action::Log,
+            other => {
+                return Err(invalid(
+                    format!("{field}.action"),
+                    format!("{other:?}: expected Allow, Deny, Pass or Log"),
+                ));
+            }
+        };
+        rules.push(Rule {
+            action,
+            protocol: protocol(&format!("{field}.protocol"), spec.protocol.as_ref())?,
+            not_protocol: protocol(&format!("{field}.notProtocol"), spec.not_protocol.as_ref())?,
+            source: entity(&format!("{field}.source"), &spec.source)?,
+            destination: entity(&format!("{field}.destination"), &spec.destination)?,
+        });
+    }
+    validate::rules(field, &rules)?;
+    Ok(rules)
+}
+
+fn protocol(field: &str, value: Option<&PortOrName>) -> Result<Option<Protocol>, PolicyError> {
+    value
+        .map(|value| {
+            let text = match value {
+                PortOrName::Number(n) => n.to_string(),
+                PortOrName::Text(text) => text.clone(),
+            };
+            text.parse().map_err(|e: String| invalid(field, e))
+        })
+        .transpose()
+}
+
+fn entity(field: &str, spec: &EntitySpec) -> Result<EntityRule, PolicyError> {
+    let nets = |name: &str, nets: &[String]| {
+        nets.iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let parsed: ipnet::IpNet = text
+                    .parse()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            format!("{field}.{name}[{i}]"),
+                            format!("{text:?} is not a CIDR or address"),
+                        )
+                    })?;
+                Ok(parsed.trunc())
+            })
+            .collect::<Result<Vec<_>, PolicyError>>()
+    };
+    let ports = |name: &str, ports: &[PortOrName]| {
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| port_match(&format!("{field}.{name}[{i}]"), port))
+            .collect::<Result<Vec<_>, PolicyError>>()
+    };
+    Ok(EntityRule {
+        selector: optional_selector(&format!("{field}.selector"), &spec.selector)?,
+        not_selector: optional_selector(&format!("{field}.notSelector"), &spec.not_selector)?,
+        namespace_selector: optional_selector(
+            &format!("{field}.namespaceSelector"),
+            &spec.namespace_selector,
+        )?,
+        nets: nets("nets", &spec.nets)?,
+        not_nets: nets("notNets", &spec.not_nets)?,
+        ports: ports("ports", &spec.ports)?,
+        not_ports: ports("notPorts", &spec.not_ports)?,
+    })
+}
+
+/// `80`, `"80"`, `"80:90"` or a port name.
+fn port_match(field: &str, port: &PortOrName) -> Result<PortMatch, PolicyError> {
+    let number = |text: &str| -> Result<u16, PolicyError> {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| invalid(field, format!("{text:?} is not a port number (1-65535)")))
+    };
+    match port {
+        PortOrName::Number(n) => number(&n.to_string()).map(|p| PortMatch::Range { first: p, last: p }),
+        PortOrName::Text(text) => match text.split_once(':') {
+            Some((first, last)) => Ok(PortMatch::Range {
+                first: number(first)?,
+                last: number(last)?,
+            }),
+            None if text.chars().all(|c| c.is_ascii_digit()) => {
+                number(text).map(|p| PortMatch::Range { first: p, last: p })
+            }
+            None => {
+                validate::port_name(field, text)?;
+                Ok(PortMatch::Named(text.clone()))
+            }
+        },
+    }
+}

@@ -1,0 +1,122 @@
+//! The cluster's policy inputs in memory — namespaces, endpoints, policies — as the watcher
+//! keeps them, with the lookups evaluation and calculation need.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use super::model::{Direction, Endpoint, EndpointKey, Namespace, Policy, PolicyId, evaluation_order};
+
+/// Namespaces, endpoints and policies.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    namespaces: BTreeMap<String, Namespace>,
+    endpoints: BTreeMap<EndpointKey, Endpoint>,
+    policies: BTreeMap<PolicyId, Policy>,
+    by_ip: HashMap<IpAddr, EndpointKey>,
+}
+
+impl ClusterState {
+    /// Namespace by name.
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    /// Every namespace.
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values()
+    }
+
+    /// Endpoint by key.
+    pub fn endpoint(&self, key: &EndpointKey) -> Option<&Endpoint> {
+        self.endpoints.get(key)
+    }
+
+    /// Every endpoint.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        self.endpoints.values()
+    }
+
+    /// The endpoint that owns `ip`.
+    pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.by_ip.get(&ip).and_then(|key| self.endpoints.get(key))
+    }
+
+    /// The endpoints of a pod.
+    pub fn pod_endpoints<'a>(
+        &'a self,
+        namespace: &'a str,
+        pod: &'a str,
+    ) -> impl Iterator<Item = &'a Endpoint> {
+        self.endpoints
+            .values()
+            .filter(move |e| e.namespace == namespace && e.pod == pod)
+    }
+
+    /// Policy by id.
+    pub fn policy(&self, id: &PolicyId) -> Option<&Policy> {
+        self.policies.get(id)
+    }
+
+    /// Every policy.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.values()
+    }
+
+    /// The labels selectors see for `endpoint`.
+    pub fn selector_labels(&self, endpoint: &Endpoint) -> BTreeMap<String, String> {
+        endpoint.selector_labels(self.namespaces.get(&endpoint.namespace))
+    }
+
+    /// Policies that apply to `endpoint` for `direction`, in evaluation order.
+    pub fn policies_for(&self, endpoint: &Endpoint, direction: Direction) -> Vec<&Policy> {
+        let labels = self.selector_labels(endpoint);
+        let mut applying: Vec<&Policy> = self
+            .policies
+            .values()
+            .filter(|p| p.governs(direction) && p.applies_to().matches(&labels))
+            .collect();
+        applying.sort_by(|a, b| evaluation_order((&a.id, a.order), (&b.id, b.order)));
+        applying
+    }
+
+    /// Sets a namespace; returns the previous one.
+    pub fn put_namespace(&mut self, namespace: Namespace) -> Option<Namespace> {
+        self.namespaces.insert(namespace.name.clone(), namespace)
+    }
+
+    /// Removes a namespace.
+    pub fn remove_namespace(&mut self, name: &str) -> Option<Namespace> {
+        self.namespaces.remove(name)
+    }
+
+    /// Sets an endpoint; returns the previous one.
+    pub fn put_endpoint(&mut self, endpoint: Endpoint) -> Option<Endpoint> {
+        let previous = self.remove_endpoint(&endpoint.key);
+        for ip in &endpoint.ips {
+            self.by_ip.insert(*ip, endpoint.key.clone());
+        }
+        self.endpoints.insert(endpoint.key.clone(), endpoint);
+        previous
+    }
+
+    /// Removes an endpoint.
+    pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Option<Endpoint> {
+        let previous = self.endpoints.remove(key)?;
+        for ip in &previous.ips {
+            if self.by_ip.get(ip) == Some(key) {
+                self.by_ip.remove(ip);
+            }
+        }
+        Some(previous)
+    }
+
+    /// Sets a policy; returns the previous one.
+    pub fn put_policy(&mut self, policy: Policy) -> Option<Policy> {
+        self.policies.insert(policy.id.clone(), policy)
+    }
+
+    /// Removes a policy.
+    pub fn remove_policy(&mut self, id: &PolicyId) -> Option<Policy> {
+        self.policies.remove(id)
+    }
+}

@@ -1,0 +1,167 @@
+//! Shared by policy-svc's tests: the truth-table world in a [`Calculator`] and the from-scratch
+//! reference view the incremental calculation must equal.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use brindle_fanout::Change;
+use policy_svc::core::model::{Direction, Endpoint, EndpointKey};
+use policy_svc::core::view::{MemberView, ViewEntry, compile, keys, policy_view_id};
+use policy_svc::core::{Calculator, ClusterState, NodeChanges};
+use policy_svc::truth_table::{NAMESPACES, PODS, named_ports, namespaces, pod_labels};
+
+/// Node of a pod of the world: a on node-1, b on node-2, c on node-3.
+pub fn node_of(pod: &str) -> String {
+    let index = PODS.iter().position(|p| *p == pod).unwrap_or(0);
+    format!("node-{}", index + 1)
+}
+
+/// Address of `ns/pod`: 10.0.<ns index + 1>.<pod index + 1>.
+pub fn address(name: &str) -> Option<IpAddr> {
+    let (ns, pod) = name.split_once('/')?;
+    let n = NAMESPACES.iter().position(|x| *x == ns)?;
+    let p = PODS.iter().position(|x| *x == pod)?;
+    Some(IpAddr::V4(Ipv4Addr::new(10, 0, n as u8 + 1, p as u8 + 1)))
+}
+
+/// The endpoint of `ns/pod` with `labels`.
+pub fn endpoint(ns: &str, pod: &str, labels: BTreeMap<String, String>) -> Endpoint {
+    Endpoint {
+        key: EndpointKey {
+            node: node_of(pod),
+            interface: format!("brd{ns}{pod}"),
+        },
+        namespace: ns.to_owned(),
+        pod: pod.to_owned(),
+        container_id: format!("c-{ns}-{pod}"),
+        ips: address(&format!("{ns}/{pod}")).into_iter().collect(),
+        labels,
+        ports: named_ports(),
+    }
+}
+
+/// A calculation holding the world, and the views its changes built.
+pub struct World {
+    /// The calculation.
+    pub calc: Calculator,
+    /// Every node's view as rebuilt from the changes alone.
+    pub mirrors: BTreeMap<String, BTreeMap<String, ViewEntry>>,
+}
+
+impl World {
+    /// The world with no policies.
+    pub fn new() -> Self {
+        let mut world = Self {
+            calc: Calculator::new(),
+            mirrors: BTreeMap::new(),
+        };
+        for namespace in namespaces() {
+            let changes = world.calc.put_namespace(namespace);
+            world.absorb(changes);
+        }
+        for ns in NAMESPACES {
+            for pod in PODS {
+                let changes = world.calc.put_endpoint(endpoint(ns, pod, pod_labels(pod)));
+                world.absorb(changes);
+            }
+        }
+        world
+    }
+
+    /// Applies changes to the mirrors.
+    pub fn absorb(&mut self, changes: NodeChanges) {
+        for (node, changes) in changes {
+            let mirror = self.mirrors.entry(node).or_default();
+            for change in changes {
+                match change {
+                    Change::Upsert(key, value) => {
+                        mirror.insert(key, value);
+                    }
+                    Change::Remove(key) => {
+                        mirror.remove(&key);
+                    }
+                }
+            }
+        }
+        self.mirrors.retain(|_, m| !m.is_empty());
+    }
+
+    /// Panics unless every node's incremental view, its mirror and the reference agree.
+    pub fn check_views(&self, context: &str) {
+        let state = self.calc.state();
+        let mut nodes: Vec<String> = state.endpoints().map(|e| e.key.node.clone()).collect();
+        nodes.extend(self.mirrors.keys().cloned());
+        nodes.sort();
+        nodes.dedup();
+        for node in nodes {
+            let want = reference_view(state, &node);
+            let got = self.calc.view(&node);
+            assert_eq!(
+                got, want,
+                "{context}: incremental view of {node} differs from the reference"
+            );
+            let mirrored = self.mirrors.get(&node).cloned().unwrap_or_default();
+            assert_eq!(
+                mirrored, want,
+                "{context}: the changes sent to {node} do not add up to its view"
+            );
+        }
+    }
+}
+
+/// A node's view computed from scratch.
+pub fn reference_view(state: &ClusterState, node: &str) -> BTreeMap<String, ViewEntry> {
+    let mut view = BTreeMap::new();
+    let mut used = BTreeMap::new();
+    for endpoint in state.endpoints().filter(|e| e.key.node == node) {
+        let ids = |direction| -> Vec<String> {
+            state
+                .policies_for(endpoint, direction)
+                .into_iter()
+                .map(|p| policy_view_id(&p.id))
+                .collect()
+        };
+        let ingress = ids(Direction::Ingress);
+        let egress = ids(Direction::Egress);
+        // Every policy that applies is in the view, whichever directions it governs.
+        for policy in state.policies() {
+            if policy.applies_to().matches(&state.selector_labels(endpoint)) {
+                used.entry(policy.id.clone()).or_insert_with(|| policy.clone());
+            }
+        }
+        view.insert(
+            format!("{}{}", keys::ENDPOINT, endpoint.key.interface),
+            ViewEntry::Endpoint(policy_svc::core::view::EndpointView {
+                interface: endpoint.key.interface.clone(),
+                name: format!("{}/{}", endpoint.namespace, endpoint.pod),
+                ingress,
+                egress,
+            }),
+        );
+    }
+    for policy in used.values() {
+        let compiled = compile(policy);
+        view.insert(
+            format!("{}{}", keys::POLICY, compiled.view.id),
+            ViewEntry::Policy(compiled.view.clone()),
+        );
+        for (id, definition) in &compiled.sets {
+            view.insert(
+                format!("{}{id}", keys::IPSET),
+                ViewEntry::IpSet(definition.view()),
+            );
+            for endpoint in state.endpoints() {
+                for member in definition.members(endpoint, &state.selector_labels(endpoint)) {
+                    view.insert(
+                        format!("{}{id}/{member}", keys::MEMBER),
+                        ViewEntry::Member(MemberView {
+                            set: id.clone(),
+                            member,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+    view
+}
