@@ -5,6 +5,7 @@ use std::sync::Arc;
 use brindle_fanout::FanoutConfig;
 use ipam_svc::core::Ipam;
 use ipam_svc::grpc::IpamService;
+use policy_svc::grpc::PolicyService;
 use route_svc::grpc::RoutesService;
 use tonic::service::RoutesBuilder;
 
@@ -15,7 +16,12 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut routes = RoutesBuilder::default();
     routes.add_service(IpamService::new(Arc::new(Ipam::new(Arc::clone(&store)))).into_server());
     routes.add_service(RoutesService::start(Arc::clone(&store), FanoutConfig::default()).into_server());
-    let names = [ipam_svc::grpc::SERVICE_NAME, route_svc::grpc::SERVICE_NAME];
+    routes.add_service(PolicyService::start(Arc::clone(&store), FanoutConfig::default()).into_server());
+    let names = [
+        ipam_svc::grpc::SERVICE_NAME,
+        route_svc::grpc::SERVICE_NAME,
+        policy_svc::grpc::SERVICE_NAME,
+    ];
     brindle_grpc_server::serve(args.listen, routes, &names, store).await?;
     tracing::info!("brindle server stopped");
     Ok(())

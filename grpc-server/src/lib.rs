@@ -5,6 +5,8 @@
 
 mod store_args;
 pub mod sync;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use brindle_fanout::session::{ClientMessage, ServerMessage, serve};
-use brindle_fanout::{Batch, Codec, EncodedSnapshot, Fanout, FanoutError, MAX_SNAPSHOT_BYTES};
+use std::collections::BTreeMap;
+
+use brindle_fanout::{Batch, Codec, EncodedSnapshot, Fanout, FanoutError, MAX_SNAPSHOT_BYTES, Mirror};
 use brindle_proto::common::v1 as pb;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -48,6 +50,72 @@ pub fn status(error: &FanoutError) -> Status {
 /// Largest piece of a snapshot in one message. Small enough that a stream's encode buffer never
 /// grows past its initial size: memory per subscriber does not follow the snapshot's size.
 pub const SNAPSHOT_PIECE_BYTES: usize = 4 * 1024;
+
+/// A field of a received message that does not convert.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// The field, e.g. `node.addresses`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl InvalidField {
+    /// `field` is wrong because of `reason`.
+    pub fn new(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// What a subscriber received on a `Sync` stream, with the service's delta already converted.
+#[derive(Debug)]
+pub enum Received<V> {
+    /// A piece of a snapshot.
+    SnapshotPiece(pb::EncodedSnapshot),
+    /// Changes.
+    Delta(Batch<V>),
+    /// A keepalive (or a message kind this subscriber does not know).
+    Nothing,
+}
+
+/// Decodes a whole (uncompressed) snapshot into a service's state.
+pub type StateDecoder<V> = fn(&[u8]) -> Result<BTreeMap<String, V>, InvalidField>;
+
+/// Applies one received message at `revision` to a subscriber's mirror: a snapshot (once
+/// `pieces` has all of it, decoded by `decode_state`) replaces it, a delta updates it; `false`
+/// when there is nothing to apply yet (a keepalive, a piece of a snapshot).
+pub fn apply_received<V: Clone + PartialEq>(
+    mirror: &mut Mirror<V>,
+    pieces: &mut SnapshotAssembler,
+    revision: u64,
+    received: Received<V>,
+    decode_state: StateDecoder<V>,
+) -> Result<bool, InvalidField> {
+    match received {
+        Received::SnapshotPiece(piece) => {
+            let Some(snapshot) = pieces
+                .add(revision, piece)
+                .map_err(|e| InvalidField::new("snapshot", e))?
+            else {
+                return Ok(false);
+            };
+            let raw = snapshot
+                .decompress()
+                .map_err(|e| InvalidField::new("snapshot.data", e))?;
+            mirror.apply_snapshot(revision, decode_state(&raw)?);
+            Ok(true)
+        }
+        Received::Delta(batch) => {
+            mirror.apply_batch(&batch);
+            Ok(true)
+        }
+        Received::Nothing => Ok(false),
+    }
+}
 
 /// What a `Sync` stream sends, one message each.
 #[derive(Debug)]
@@ -214,16 +282,42 @@ fn replies<V: Send + Sync + 'static>(
     }
 }
 
+/// Reads the first message of a `Sync` call — the hello naming the subscriber's node — and gives
+/// it back with the rest of the stream, for services whose fan-out depends on the node.
+pub async fn read_hello(
+    mut incoming: Streaming<pb::SyncClientMessage>,
+) -> Result<
+    (
+        String,
+        impl futures_util::Stream<Item = Result<pb::SyncClientMessage, Status>> + Send + Unpin + 'static,
+    ),
+    Status,
+> {
+    let first = incoming
+        .next()
+        .await
+        .ok_or_else(|| Status::invalid_argument("the stream ended before its hello"))??;
+    let node = match &first.message {
+        Some(pb::sync_client_message::Message::Hello(hello)) if !hello.node.is_empty() => hello.node.clone(),
+        Some(pb::sync_client_message::Message::Hello(_)) => {
+            return Err(Status::invalid_argument("hello.node: required"));
+        }
+        _ => return Err(Status::invalid_argument("the first message must be a hello")),
+    };
+    Ok((node, futures_util::stream::iter([Ok(first)]).chain(incoming)))
+}
+
 /// Serves one `Sync` call: runs the session on its own task and streams what it sends, each
 /// reply turned into the service's response by `respond`; ends with the session's reason.
-pub fn serve_sync<V, R>(
+pub fn serve_sync<V, R, S>(
     fanout: Fanout<V>,
-    incoming: Streaming<pb::SyncClientMessage>,
+    incoming: S,
     respond: fn(SyncReply<V>) -> R,
 ) -> ResponseStream<R>
 where
     V: Clone + PartialEq + Send + Sync + 'static,
     R: Send + 'static,
+    S: futures_util::Stream<Item = Result<pb::SyncClientMessage, Status>> + Send + Unpin + 'static,
 {
     let (outgoing, mut queued) = mpsc::channel(fanout.config().queue_messages.max(1));
     let (ended, reason) = oneshot::channel();

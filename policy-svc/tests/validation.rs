@@ -5,7 +5,7 @@ use policy_svc::core::model::{PolicyId, PortMatch, Protocol};
 use policy_svc::core::resource::{PolicyDocument, Resource, parse_documents};
 
 fn error_of(text: &str) -> (String, String) {
-    match parse_documents(text) {
+    match parse_documents(text, "") {
         Err(PolicyError::Invalid { field, reason }) => (field, reason),
         other => panic!("expected an invalid-field error for\n{text}\ngot {other:?}"),
     }
@@ -170,7 +170,7 @@ fn kubernetes_translation_follows_kubernetes_semantics() {
   egress: []
 "
     );
-    let resources = parse_documents(&text).expect("valid");
+    let resources = parse_documents(&text, "").expect("valid");
     let [Resource::KubernetesPolicy(k8s)] = resources.as_slice() else {
         panic!("{resources:?}")
     };
@@ -221,12 +221,12 @@ spec:
   egress:
     - {action: Pass, destination: {selector: has(db), notSelector: \"tier == 'x'\"}}
 ";
-    let resources = parse_documents(text).expect("valid");
+    let resources = parse_documents(text, "").expect("valid");
     let [Resource::Policy(policy)] = resources.as_slice() else {
         panic!("{resources:?}")
     };
     let document = PolicyDocument::from_policy(policy);
     let printed = yaml_serde::to_string(&document).expect("yaml");
-    let again = parse_documents(&printed).expect("reparse");
+    let again = parse_documents(&printed, "").expect("reparse");
     assert_eq!(again, resources, "{printed}");
 }

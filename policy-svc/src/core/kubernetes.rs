@@ -159,30 +159,6 @@ pub struct Requirement {
 /// Namespace of an object when neither the manifest nor the request names one.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// Parses a manifest (YAML or JSON); `namespace` fills in a manifest without one.
-pub fn parse(manifest: &str, namespace: Option<&str>) -> Result<NetworkPolicy, PolicyError> {
-    let mut policy: NetworkPolicy =
-        yaml_serde::from_str(manifest).map_err(|e| invalid("manifest", e.to_string()))?;
-    match (&policy.metadata.namespace, namespace) {
-        (Some(own), Some(asked)) if !asked.is_empty() && own != asked => {
-            return Err(invalid(
-                "metadata.namespace",
-                format!("{own:?} differs from the request's namespace {asked:?}"),
-            ));
-        }
-        (None, asked) => {
-            policy.metadata.namespace = Some(
-                asked
-                    .filter(|n| !n.is_empty())
-                    .unwrap_or(DEFAULT_NAMESPACE)
-                    .to_owned(),
-            );
-        }
-        (Some(_), _) => {}
-    }
-    Ok(policy)
-}
-
 impl NetworkPolicy {
     /// Namespace (filled in by [`parse`]).
     pub fn namespace(&self) -> &str {
@@ -436,7 +412,7 @@ fn entity(field: &str, peer: &Peer) -> Result<EntityRule, PolicyError> {
             };
             Ok(EntityRule {
                 // A namespaceSelector alone means every pod of those namespaces.
-                selector: selector.or_else(|| Some(Selector::All)),
+                selector: selector.or(Some(Selector::All)),
                 namespace_selector,
                 ..EntityRule::default()
             })
@@ -458,7 +434,7 @@ fn net(field: &str, text: &str) -> Result<IpNet, PolicyError> {
 }
 
 /// A label key as Kubernetes allows it: `[prefix/]name`, name ≤ 63 alphanumerics, `-_.`.
-fn label_key(field: &str, key: &str) -> Result<(), PolicyError> {
+pub(crate) fn label_key(field: &str, key: &str) -> Result<(), PolicyError> {
     let (prefix, name) = key.rsplit_once('/').map_or((None, key), |(p, n)| (Some(p), n));
     let name_ok = !name.is_empty()
         && name.len() <= 63

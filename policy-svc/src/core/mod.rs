@@ -3,8 +3,11 @@
 
 pub mod calc;
 pub mod error;
+pub mod hub;
 pub mod kubernetes;
 pub mod model;
+pub mod objects;
+pub mod records;
 pub mod resource;
 pub mod state;
 pub mod trace;

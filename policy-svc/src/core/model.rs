@@ -74,7 +74,8 @@ impl Protocol {
         matches!(self, Self::Tcp | Self::Udp | Self::Sctp)
     }
 
-    fn from_number(n: u8) -> Self {
+    /// The protocol with IANA number `n`.
+    pub fn from_number(n: u8) -> Self {
         match n {
             6 => Self::Tcp,
             17 => Self::Udp,

@@ -152,8 +152,14 @@ struct NamespaceDocument {
     metadata: Metadata,
 }
 
-/// Parses every document of `text`. `index` in errors counts documents from 0.
-pub fn parse_documents(text: &str) -> Result<Vec<Resource>, PolicyError> {
+/// Parses every document of `text`; namespaced objects that name no namespace go to `namespace`
+/// (`default` when empty). `index` in errors counts documents from 0.
+pub fn parse_documents(text: &str, namespace: &str) -> Result<Vec<Resource>, PolicyError> {
+    let namespace = if namespace.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        namespace
+    };
     let mut resources = Vec::new();
     for (index, document) in yaml_serde::Deserializer::from_str(text).enumerate() {
         let value = yaml_serde::Value::deserialize(document)
@@ -161,7 +167,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, PolicyError> {
         if value.is_null() {
             continue;
         }
-        resources.push(parse_value(value).map_err(|e| match e {
+        resources.push(parse_value(value, namespace).map_err(|e| match e {
             PolicyError::Invalid { field, reason } => invalid(format!("document {index}: {field}"), reason),
             other => other,
         })?);
@@ -169,7 +175,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Resource>, PolicyError> {
     Ok(resources)
 }
 
-fn parse_value(value: yaml_serde::Value) -> Result<Resource, PolicyError> {
+fn parse_value(value: yaml_serde::Value, namespace: &str) -> Result<Resource, PolicyError> {
     let meta: TypeMeta =
         yaml_serde::from_value(value.clone()).map_err(|e| invalid("apiVersion", e.to_string()))?;
     let decode = |e: yaml_serde::Error| invalid(meta.kind.clone(), e.to_string());
@@ -192,7 +198,13 @@ fn parse_value(value: yaml_serde::Value) -> Result<Resource, PolicyError> {
             )))
         }
         (API_VERSION, "NetworkPolicy" | "GlobalNetworkPolicy") => {
-            let document: PolicyDocument = yaml_serde::from_value(value).map_err(decode)?;
+            let mut document: PolicyDocument = yaml_serde::from_value(value).map_err(decode)?;
+            if document.kind == "NetworkPolicy" {
+                document
+                    .metadata
+                    .namespace
+                    .get_or_insert_with(|| namespace.to_owned());
+            }
             Ok(Resource::Policy(document.to_policy()?))
         }
         (version, kind) => Err(invalid(

@@ -5,28 +5,17 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use brindle_fanout::{Batch, Mirror};
-use brindle_grpc_server::sync::SnapshotAssembler;
+use brindle_grpc_server::sync::{Received, SnapshotAssembler, apply_received};
 use brindle_proto::route::v1 as pb;
 use ipnet::IpNet;
 use prost::Message;
 
 use crate::core::{Encapsulation, Node, PoolRoute, RouteItem};
 
-/// A message field that does not convert.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidField {
-    /// The field, e.g. `node.addresses`.
-    pub field: String,
-    /// What is wrong.
-    pub reason: String,
-}
+pub use brindle_grpc_server::sync::InvalidField;
 
 fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> InvalidField {
-    InvalidField {
-        field: field.into(),
-        reason: reason.to_string(),
-    }
+    InvalidField::new(field, reason)
 }
 
 fn parse<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, InvalidField>
@@ -248,22 +237,12 @@ pub fn apply_response(
     pieces: &mut SnapshotAssembler,
     response: pb::SyncResponse,
 ) -> Result<bool, InvalidField> {
-    match response.payload {
-        Some(pb::sync_response::Payload::Snapshot(piece)) => {
-            let Some(snapshot) = pieces
-                .add(response.revision, piece)
-                .map_err(|e| invalid("snapshot", e))?
-            else {
-                return Ok(false);
-            };
-            let raw = snapshot.decompress().map_err(|e| invalid("snapshot.data", e))?;
-            mirror.apply_snapshot(response.revision, decode_state(&raw)?);
-            Ok(true)
-        }
+    let received = match response.payload {
+        Some(pb::sync_response::Payload::Snapshot(piece)) => Received::SnapshotPiece(piece),
         Some(pb::sync_response::Payload::Delta(delta)) => {
-            mirror.apply_batch(&delta_from_proto(response.revision, delta)?);
-            Ok(true)
+            Received::Delta(delta_from_proto(response.revision, delta)?)
         }
-        Some(pb::sync_response::Payload::Keepalive(_)) | None => Ok(false),
-    }
+        Some(pb::sync_response::Payload::Keepalive(_)) | None => Received::Nothing,
+    };
+    apply_received(mirror, pieces, response.revision, received, decode_state)
 }

@@ -1,0 +1,173 @@
+//! Follows the datastore into the calculation and streams every node its view: one fan-out per
+//! node that has (or had) a subscriber, fed at the datastore revision of each change. A compacted
+//! or broken watch re-lists, recomputes and resets every node's fan-out to the differences.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use brindle_datastore::{Backoff, EventKind, Store, StoreError, WatchEvent};
+use brindle_fanout::{Fanout, FanoutConfig, SnapshotEncoder};
+use futures_util::StreamExt;
+
+use super::calc::{Calculator, NodeChanges};
+use super::records::{PREFIX, Record, Subject, decode, subject};
+use super::state::ClusterState;
+use super::view::ViewEntry;
+
+struct Inner {
+    calc: Calculator,
+    /// Revision of the datastore the calculation reflects; 0 before the first list.
+    revision: u64,
+    fanouts: BTreeMap<String, Fanout<ViewEntry>>,
+}
+
+/// The calculation and the per-node fan-outs. Cloning shares them.
+#[derive(Clone)]
+pub struct PolicyHub {
+    inner: Arc<Mutex<Inner>>,
+    config: FanoutConfig,
+    encoder: SnapshotEncoder<ViewEntry>,
+}
+
+impl PolicyHub {
+    /// An empty hub; `encoder` turns a view into the wire snapshot.
+    pub fn new(config: FanoutConfig, encoder: SnapshotEncoder<ViewEntry>) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                calc: Calculator::new(),
+                revision: 0,
+                fanouts: BTreeMap::new(),
+            })),
+            config,
+            encoder,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The fan-out of `node`'s view, created (with the current view) on first use.
+    pub fn fanout(&self, node: &str) -> Fanout<ViewEntry> {
+        let mut inner = self.lock();
+        if let Some(fanout) = inner.fanouts.get(node) {
+            return fanout.clone();
+        }
+        let fanout = Fanout::new(self.config.clone(), Arc::clone(&self.encoder));
+        if inner.revision > 0 {
+            fanout.reset(inner.revision, inner.calc.view(node));
+        }
+        inner.fanouts.insert(node.to_owned(), fanout.clone());
+        fanout
+    }
+
+    /// Runs `read` on the current inputs.
+    pub fn with_state<R>(&self, read: impl FnOnce(&ClusterState, u64) -> R) -> R {
+        let inner = self.lock();
+        read(inner.calc.state(), inner.revision)
+    }
+
+    /// Revision the calculation reflects (0 before the datastore was first read).
+    pub fn revision(&self) -> u64 {
+        self.lock().revision
+    }
+
+    /// Replaces everything with `records` read at `revision`.
+    fn reset(&self, revision: u64, records: Vec<Record>) {
+        let mut calc = Calculator::new();
+        for record in records {
+            apply(&mut calc, record);
+        }
+        let mut inner = self.lock();
+        if revision < inner.revision {
+            tracing::warn!(
+                listed = revision,
+                had = inner.revision,
+                "the datastore's revision went backwards (restored from a backup?)"
+            );
+        }
+        inner.calc = calc;
+        inner.revision = revision;
+        for (node, fanout) in &inner.fanouts {
+            fanout.reset(revision, inner.calc.view(node));
+        }
+    }
+
+    /// Applies the events of one datastore revision.
+    fn apply_events(&self, revision: u64, events: &[WatchEvent]) {
+        let mut inner = self.lock();
+        let mut changes = NodeChanges::new();
+        for event in events {
+            let node_changes = match (event.kind, subject(&event.key)) {
+                (_, None) => continue,
+                (EventKind::Put, Some(_)) => match decode(&event.key, &event.value) {
+                    Ok(record) => apply(&mut inner.calc, record),
+                    Err(error) => {
+                        tracing::error!(%error, "keeping what the record said before");
+                        continue;
+                    }
+                },
+                (EventKind::Delete, Some(Subject::Namespace(name))) => inner.calc.remove_namespace(&name),
+                (EventKind::Delete, Some(Subject::Endpoint(key))) => inner.calc.remove_endpoint(&key),
+                (EventKind::Delete, Some(Subject::Policy(id))) => inner.calc.remove_policy(&id),
+            };
+            for (node, list) in node_changes {
+                changes.entry(node).or_default().extend(list);
+            }
+        }
+        inner.revision = revision;
+        for (node, list) in changes {
+            if let Some(fanout) = inner.fanouts.get(&node) {
+                fanout.publish(revision, list);
+            }
+        }
+    }
+}
+
+fn apply(calc: &mut Calculator, record: Record) -> NodeChanges {
+    match record {
+        Record::Namespace(namespace) => calc.put_namespace(namespace),
+        Record::Endpoint(endpoint) => calc.put_endpoint(endpoint),
+        Record::Policy(policy, _) => calc.put_policy(policy),
+    }
+}
+
+/// Keeps `hub` equal to the policy objects in `store` until the task is dropped.
+pub async fn follow(store: Arc<dyn Store>, hub: PolicyHub) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match follow_once(store.as_ref(), &hub, &mut backoff).await {
+            StoreError::Compacted { .. } => tracing::info!("watch history compacted: re-listing"),
+            error => {
+                tracing::warn!(%error, "following the datastore; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
+
+/// One list + watch; returns why it stopped.
+async fn follow_once(store: &dyn Store, hub: &PolicyHub, backoff: &mut Backoff) -> StoreError {
+    let listed = match store.list(PREFIX).await {
+        Ok(listed) => listed,
+        Err(error) => return error,
+    };
+    let mut records = Vec::new();
+    for kv in &listed.kvs {
+        match decode(&kv.key, &kv.value) {
+            Ok(record) => records.push(record),
+            Err(error) => tracing::error!(%error, "skipping a record that does not decode"),
+        }
+    }
+    hub.reset(listed.revision, records);
+    backoff.reset();
+    let mut watch = store.watch(PREFIX, listed.revision);
+    while let Some(batch) = watch.next().await {
+        match batch {
+            Ok(batch) => hub.apply_events(batch.revision, &batch.events),
+            Err(error) => return error,
+        }
+    }
+    StoreError::Unavailable("the watch stream ended".into())
+}

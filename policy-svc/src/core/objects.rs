@@ -1,0 +1,384 @@
+//! Reads and writes of the stored objects: apply (all documents of a manifest in one
+//! transaction), delete, get, list, and the endpoint calls the node agent and orchestrators make.
+//! Read-modify-writes are compare-and-swap on the record's mod-revision, retried a bounded number
+//! of times.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use brindle_datastore::{Store, StoreError, Txn};
+use serde::Serialize;
+
+use super::error::{PolicyError, invalid};
+use super::kubernetes::{self, label_key};
+use super::model::{Endpoint, EndpointKey, PolicyId};
+use super::records::{
+    PREFIX, Record, Subject, decode, encode, endpoint_key, endpoints_prefix, namespace_key, policy_key,
+    subject,
+};
+use super::resource::{PolicyDocument, Resource, parse_documents};
+use super::validate;
+
+/// Attempts of a compare-and-swap write before giving up.
+const CAS_ATTEMPTS: usize = 8;
+/// Longest Linux interface name.
+const MAX_INTERFACE_LEN: usize = 15;
+
+/// An object's kind as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// A namespace.
+    Namespace,
+    /// A brindle NetworkPolicy.
+    NetworkPolicy,
+    /// A brindle GlobalNetworkPolicy.
+    GlobalNetworkPolicy,
+    /// A Kubernetes NetworkPolicy.
+    KubernetesNetworkPolicy,
+}
+
+impl Kind {
+    /// The API's name of the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Namespace => "Namespace",
+            Self::NetworkPolicy => "NetworkPolicy",
+            Self::GlobalNetworkPolicy => "GlobalNetworkPolicy",
+            Self::KubernetesNetworkPolicy => "KubernetesNetworkPolicy",
+        }
+    }
+
+    /// Parses a kind name (case-insensitive).
+    pub fn parse(field: &str, text: &str) -> Result<Self, PolicyError> {
+        match text.to_ascii_lowercase().as_str() {
+            "namespace" => Ok(Self::Namespace),
+            "networkpolicy" => Ok(Self::NetworkPolicy),
+            "globalnetworkpolicy" => Ok(Self::GlobalNetworkPolicy),
+            "kubernetesnetworkpolicy" => Ok(Self::KubernetesNetworkPolicy),
+            _ => Err(invalid(
+                field,
+                format!(
+                    "{text:?}: expected Namespace, NetworkPolicy, GlobalNetworkPolicy or KubernetesNetworkPolicy"
+                ),
+            )),
+        }
+    }
+}
+
+/// A stored object as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// Kind.
+    pub kind: Kind,
+    /// Namespace (empty for cluster-wide kinds).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// YAML in the form `apply` takes.
+    pub manifest: String,
+    /// Datastore mod-revision.
+    pub revision: u64,
+}
+
+/// The stored key of an object.
+fn object_key(kind: Kind, namespace: &str, name: &str) -> String {
+    let namespace = if namespace.is_empty() {
+        kubernetes::DEFAULT_NAMESPACE
+    } else {
+        namespace
+    };
+    match kind {
+        Kind::Namespace => namespace_key(name),
+        Kind::NetworkPolicy => policy_key(&PolicyId::Namespaced {
+            namespace: namespace.into(),
+            name: name.into(),
+        }),
+        Kind::KubernetesNetworkPolicy => policy_key(&PolicyId::Kubernetes {
+            namespace: namespace.into(),
+            name: name.into(),
+        }),
+        Kind::GlobalNetworkPolicy => policy_key(&PolicyId::Global { name: name.into() }),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NamespaceManifest<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: NamespaceMeta<'a>,
+}
+
+#[derive(Serialize)]
+struct NamespaceMeta<'a> {
+    name: &'a str,
+    labels: &'a BTreeMap<String, String>,
+}
+
+/// The API's view of a stored record (endpoints have their own calls).
+fn object(record: &Record, revision: u64) -> Option<Object> {
+    let yaml = |value: Result<String, yaml_serde::Error>| value.unwrap_or_default();
+    match record {
+        Record::Namespace(namespace) => Some(Object {
+            kind: Kind::Namespace,
+            namespace: String::new(),
+            name: namespace.name.clone(),
+            manifest: yaml(yaml_serde::to_string(&NamespaceManifest {
+                api_version: "v1",
+                kind: "Namespace",
+                metadata: NamespaceMeta {
+                    name: &namespace.name,
+                    labels: &namespace.labels,
+                },
+            })),
+            revision,
+        }),
+        Record::Policy(_, Some(k8s)) => Some(Object {
+            kind: Kind::KubernetesNetworkPolicy,
+            namespace: k8s.namespace().to_owned(),
+            name: k8s.metadata.name.clone(),
+            manifest: yaml(yaml_serde::to_string(k8s)),
+            revision,
+        }),
+        Record::Policy(policy, None) => {
+            let (kind, namespace, name) = match &policy.id {
+                PolicyId::Global { name } => (Kind::GlobalNetworkPolicy, String::new(), name.clone()),
+                PolicyId::Namespaced { namespace, name } | PolicyId::Kubernetes { namespace, name } => {
+                    (Kind::NetworkPolicy, namespace.clone(), name.clone())
+                }
+            };
+            Some(Object {
+                kind,
+                namespace,
+                name,
+                manifest: yaml(yaml_serde::to_string(&PolicyDocument::from_policy(policy))),
+                revision,
+            })
+        }
+        Record::Endpoint(_) => None,
+    }
+}
+
+/// Stored objects over a datastore.
+#[derive(Clone)]
+pub struct Objects {
+    store: Arc<dyn Store>,
+}
+
+impl Objects {
+    /// Objects in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// Validates every document of `manifest`, then stores them all in one transaction.
+    /// `namespace` fills in namespaced objects that name none.
+    pub async fn apply(&self, manifest: &str, namespace: &str) -> Result<Vec<Object>, PolicyError> {
+        if !namespace.is_empty() {
+            validate::name("namespace", namespace, false)?;
+        }
+        let resources = parse_documents(manifest, namespace)?;
+        if resources.is_empty() {
+            return Err(invalid("manifest", "holds no object"));
+        }
+        let mut records = Vec::new();
+        for resource in resources {
+            records.push(match resource {
+                Resource::Namespace(namespace) => Record::Namespace(namespace),
+                Resource::Policy(policy) => Record::Policy(policy, None),
+                Resource::KubernetesPolicy(object) => {
+                    Record::Policy(object.to_policy()?, Some(Box::new(object)))
+                }
+            });
+        }
+        let mut txn = Txn::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for record in &records {
+            let (key, value) = encode(record);
+            if !seen.insert(key.clone()) {
+                return Err(invalid("manifest", format!("names the object {key:?} twice")));
+            }
+            txn = txn.put(key, value);
+        }
+        let revision = self.store.txn(txn).await?;
+        Ok(records
+            .iter()
+            .filter_map(|record| object(record, revision))
+            .collect())
+    }
+
+    /// Deletes an object; `NotFound` when there is none.
+    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), PolicyError> {
+        let key = object_key(kind, namespace, name);
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(current) = self.store.get(&key).await? else {
+                return Err(PolicyError::NotFound {
+                    kind: kind.as_str(),
+                    name: display_name(namespace, name, kind),
+                });
+            };
+            match self
+                .store
+                .txn(
+                    Txn::new()
+                        .if_mod_revision(&key, current.mod_revision)
+                        .delete(&key),
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(PolicyError::Contended(key))
+    }
+
+    /// One object.
+    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object, PolicyError> {
+        let key = object_key(kind, namespace, name);
+        let kv = self.store.get(&key).await?.ok_or_else(|| PolicyError::NotFound {
+            kind: kind.as_str(),
+            name: display_name(namespace, name, kind),
+        })?;
+        object(&decode(&kv.key, &kv.value)?, kv.mod_revision).ok_or_else(|| PolicyError::NotFound {
+            kind: kind.as_str(),
+            name: display_name(namespace, name, kind),
+        })
+    }
+
+    /// Objects of `kind` (all kinds when `None`) in `namespace` (all when empty).
+    pub async fn list(&self, kind: Option<Kind>, namespace: &str) -> Result<Vec<Object>, PolicyError> {
+        let listed = self.store.list(PREFIX).await?;
+        let mut objects = Vec::new();
+        for kv in listed.kvs {
+            if matches!(subject(&kv.key), Some(Subject::Endpoint(_)) | None) {
+                continue;
+            }
+            let Some(object) = object(&decode(&kv.key, &kv.value)?, kv.mod_revision) else {
+                continue;
+            };
+            if kind.is_none_or(|k| k == object.kind)
+                && (namespace.is_empty() || object.namespace == namespace)
+            {
+                objects.push(object);
+            }
+        }
+        objects.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+        Ok(objects)
+    }
+
+    /// Stores an endpoint (created or replaced); returns its revision.
+    pub async fn register_endpoint(&self, endpoint: &Endpoint) -> Result<u64, PolicyError> {
+        validate_endpoint(endpoint)?;
+        let (key, value) = encode(&Record::Endpoint(endpoint.clone()));
+        Ok(self.store.txn(Txn::new().put(key, value)).await?)
+    }
+
+    /// Removes an endpoint; removing one that is not there succeeds (DEL is idempotent).
+    pub async fn delete_endpoint(&self, key: &EndpointKey) -> Result<(), PolicyError> {
+        self.store.txn(Txn::new().delete(endpoint_key(key))).await?;
+        Ok(())
+    }
+
+    /// Replaces the labels of every endpoint of a pod; `NotFound` when the pod has none.
+    pub async fn set_endpoint_labels(
+        &self,
+        namespace: &str,
+        pod: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<Vec<Endpoint>, PolicyError> {
+        for key in labels.keys() {
+            label_key("labels", key)?;
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let listed = self.store.list(&endpoints_prefix(None)).await?;
+            let mut txn = Txn::new();
+            let mut updated = Vec::new();
+            for kv in listed.kvs {
+                let Record::Endpoint(mut endpoint) = decode(&kv.key, &kv.value)? else {
+                    continue;
+                };
+                if endpoint.namespace != namespace || endpoint.pod != pod {
+                    continue;
+                }
+                endpoint.labels = labels.clone();
+                let (key, value) = encode(&Record::Endpoint(endpoint.clone()));
+                txn = txn.if_mod_revision(&key, kv.mod_revision).put(key, value);
+                updated.push(endpoint);
+            }
+            if updated.is_empty() {
+                return Err(PolicyError::NotFound {
+                    kind: "endpoint",
+                    name: format!("{namespace}/{pod}"),
+                });
+            }
+            match self.store.txn(txn).await {
+                Ok(_) => return Ok(updated),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(PolicyError::Contended(format!("{namespace}/{pod}")))
+    }
+
+    /// Endpoints of `node` (all when `None`), with their revisions.
+    pub async fn list_endpoints(&self, node: Option<&str>) -> Result<Vec<(Endpoint, u64)>, PolicyError> {
+        let listed = self.store.list(&endpoints_prefix(node)).await?;
+        let mut endpoints = Vec::new();
+        for kv in listed.kvs {
+            if let Record::Endpoint(endpoint) = decode(&kv.key, &kv.value)? {
+                endpoints.push((endpoint, kv.mod_revision));
+            }
+        }
+        Ok(endpoints)
+    }
+}
+
+fn display_name(namespace: &str, name: &str, kind: Kind) -> String {
+    match kind {
+        Kind::Namespace | Kind::GlobalNetworkPolicy => name.to_owned(),
+        _ if namespace.is_empty() => format!("{}/{name}", kubernetes::DEFAULT_NAMESPACE),
+        _ => format!("{namespace}/{name}"),
+    }
+}
+
+/// Checks an endpoint before it is stored.
+pub fn validate_endpoint(endpoint: &Endpoint) -> Result<(), PolicyError> {
+    validate::name("endpoint.node", &endpoint.key.node, true)?;
+    let interface = &endpoint.key.interface;
+    if interface.is_empty() || interface.len() > MAX_INTERFACE_LEN || interface.contains(['/', ' ']) {
+        return Err(invalid(
+            "endpoint.interface",
+            format!("{interface:?} is not an interface name (1-15 characters, no '/' or space)"),
+        ));
+    }
+    validate::name("endpoint.namespace", &endpoint.namespace, false)?;
+    if endpoint.pod.is_empty() || endpoint.pod.len() > 253 {
+        return Err(invalid("endpoint.pod", "must be 1-253 characters"));
+    }
+    if endpoint.ips.is_empty() {
+        return Err(invalid("endpoint.ips", "at least one address is required"));
+    }
+    if endpoint
+        .ips
+        .iter()
+        .any(|ip| matches!(ip, IpAddr::V4(v4) if v4.is_unspecified()))
+    {
+        return Err(invalid("endpoint.ips", "0.0.0.0 is not a pod address"));
+    }
+    for key in endpoint.labels.keys() {
+        label_key("endpoint.labels", key)?;
+    }
+    for (index, port) in endpoint.ports.iter().enumerate() {
+        validate::port_name(&format!("endpoint.ports[{index}].name"), &port.name)?;
+        if port.port == 0 {
+            return Err(invalid(
+                format!("endpoint.ports[{index}].port"),
+                "must be 1-65535",
+            ));
+        }
+    }
+    Ok(())
+}

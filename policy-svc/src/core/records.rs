@@ -1,0 +1,124 @@
+//! How policy objects are kept in the datastore: their keys under `/brindle/v1/policy/`, their
+//! JSON records, and decoding a record (or a deleted key) back into what the calculation needs.
+
+use super::error::PolicyError;
+use super::kubernetes;
+use super::model::{Endpoint, EndpointKey, Namespace, Policy, PolicyId};
+
+/// Everything policy-svc stores.
+pub const PREFIX: &str = "/brindle/v1/policy/";
+const NAMESPACES: &str = "/brindle/v1/policy/namespaces/";
+const ENDPOINTS: &str = "/brindle/v1/policy/endpoints/";
+const POLICIES: &str = "/brindle/v1/policy/policies/";
+const KUBERNETES_POLICIES: &str = "/brindle/v1/policy/k8s-policies/";
+const GLOBAL_POLICIES: &str = "/brindle/v1/policy/global-policies/";
+
+/// Key of a namespace.
+pub fn namespace_key(name: &str) -> String {
+    format!("{NAMESPACES}{name}")
+}
+
+/// Prefix of every endpoint, or of one node's.
+pub fn endpoints_prefix(node: Option<&str>) -> String {
+    match node {
+        Some(node) => format!("{ENDPOINTS}{node}/"),
+        None => ENDPOINTS.to_owned(),
+    }
+}
+
+/// Key of an endpoint.
+pub fn endpoint_key(key: &EndpointKey) -> String {
+    format!("{ENDPOINTS}{}/{}", key.node, key.interface)
+}
+
+/// Key of a policy.
+pub fn policy_key(id: &PolicyId) -> String {
+    match id {
+        PolicyId::Namespaced { namespace, name } => format!("{POLICIES}{namespace}/{name}"),
+        PolicyId::Kubernetes { namespace, name } => format!("{KUBERNETES_POLICIES}{namespace}/{name}"),
+        PolicyId::Global { name } => format!("{GLOBAL_POLICIES}{name}"),
+    }
+}
+
+/// What a key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    /// A namespace.
+    Namespace(String),
+    /// An endpoint.
+    Endpoint(EndpointKey),
+    /// A policy.
+    Policy(PolicyId),
+}
+
+/// What a key names; `None` for keys policy-svc does not own.
+pub fn subject(key: &str) -> Option<Subject> {
+    let two = |rest: &str| rest.split_once('/').map(|(a, b)| (a.to_owned(), b.to_owned()));
+    if let Some(name) = key.strip_prefix(NAMESPACES) {
+        Some(Subject::Namespace(name.to_owned()))
+    } else if let Some(rest) = key.strip_prefix(ENDPOINTS) {
+        two(rest).map(|(node, interface)| Subject::Endpoint(EndpointKey { node, interface }))
+    } else if let Some(rest) = key.strip_prefix(POLICIES) {
+        two(rest).map(|(namespace, name)| Subject::Policy(PolicyId::Namespaced { namespace, name }))
+    } else if let Some(rest) = key.strip_prefix(KUBERNETES_POLICIES) {
+        two(rest).map(|(namespace, name)| Subject::Policy(PolicyId::Kubernetes { namespace, name }))
+    } else {
+        key.strip_prefix(GLOBAL_POLICIES).map(|name| {
+            Subject::Policy(PolicyId::Global {
+                name: name.to_owned(),
+            })
+        })
+    }
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// A namespace.
+    Namespace(Namespace),
+    /// An endpoint.
+    Endpoint(Endpoint),
+    /// A brindle policy, or a Kubernetes one translated (with the object as written).
+    Policy(Policy, Option<Box<kubernetes::NetworkPolicy>>),
+}
+
+fn corrupt(key: &str, reason: impl ToString) -> PolicyError {
+    PolicyError::Corrupt {
+        key: key.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Decodes the record stored under `key`.
+pub fn decode(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
+    match subject(key) {
+        Some(Subject::Namespace(_)) => serde_json::from_slice(value)
+            .map(Record::Namespace)
+            .map_err(|e| corrupt(key, e)),
+        Some(Subject::Endpoint(_)) => serde_json::from_slice(value)
+            .map(Record::Endpoint)
+            .map_err(|e| corrupt(key, e)),
+        Some(Subject::Policy(PolicyId::Kubernetes { .. })) => {
+            let object: kubernetes::NetworkPolicy =
+                serde_json::from_slice(value).map_err(|e| corrupt(key, e))?;
+            let policy = object.to_policy().map_err(|e| corrupt(key, e))?;
+            Ok(Record::Policy(policy, Some(Box::new(object))))
+        }
+        Some(Subject::Policy(_)) => serde_json::from_slice(value)
+            .map(|policy| Record::Policy(policy, None))
+            .map_err(|e| corrupt(key, e)),
+        None => Err(corrupt(key, "not a policy-svc key")),
+    }
+}
+
+/// The key and JSON record of a record.
+pub fn encode(record: &Record) -> (String, Vec<u8>) {
+    let encoded = match record {
+        Record::Namespace(namespace) => (namespace_key(&namespace.name), serde_json::to_vec(namespace)),
+        Record::Endpoint(endpoint) => (endpoint_key(&endpoint.key), serde_json::to_vec(endpoint)),
+        Record::Policy(policy, Some(object)) => (policy_key(&policy.id), serde_json::to_vec(object)),
+        Record::Policy(policy, None) => (policy_key(&policy.id), serde_json::to_vec(policy)),
+    };
+    // Serialising these plain structures to JSON cannot fail.
+    (encoded.0, encoded.1.unwrap_or_default())
+}

@@ -1,0 +1,364 @@
+//! Between policy-svc's model and `brindle.policy.v1` messages, both ways (policy-svc encodes
+//! views, the node agent decodes them and encodes its endpoints).
+
+use std::collections::BTreeMap;
+
+use brindle_fanout::{Batch, Mirror};
+use brindle_grpc_server::sync::{InvalidField, Received, SnapshotAssembler, apply_received};
+use brindle_proto::policy::v1 as pb;
+use prost::Message;
+
+use crate::core::model::{Action, Direction, Endpoint, EndpointKey, NamedPort, Protocol};
+use crate::core::objects::Object;
+use crate::core::trace::{Step, Trace, Verdict};
+use crate::core::view::{
+    CompiledRule, CompiledSide, EndpointView, IpSetKind, IpSetView, MemberView, PolicyView, ViewEntry,
+};
+
+fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> InvalidField {
+    InvalidField::new(field, reason)
+}
+
+fn action_to_proto(action: Action) -> pb::Action {
+    match action {
+        Action::Allow => pb::Action::Allow,
+        Action::Deny => pb::Action::Deny,
+        Action::Pass => pb::Action::Pass,
+        Action::Log => pb::Action::Log,
+    }
+}
+
+fn action_from_proto(field: &str, value: i32) -> Result<Action, InvalidField> {
+    match pb::Action::try_from(value) {
+        Ok(pb::Action::Allow) => Ok(Action::Allow),
+        Ok(pb::Action::Deny) => Ok(Action::Deny),
+        Ok(pb::Action::Pass) => Ok(Action::Pass),
+        Ok(pb::Action::Log) => Ok(Action::Log),
+        _ => Err(invalid(field, format!("{value} is not an action"))),
+    }
+}
+
+fn protocol_from_number(field: &str, number: u32) -> Result<Option<Protocol>, InvalidField> {
+    match u8::try_from(number) {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(Protocol::from_number(n))),
+        Err(_) => Err(invalid(field, format!("{number} is not a protocol number"))),
+    }
+}
+
+fn ranges_to_proto(ranges: &[(u16, u16)]) -> Vec<pb::PortRange> {
+    ranges
+        .iter()
+        .map(|(first, last)| pb::PortRange {
+            first: u32::from(*first),
+            last: u32::from(*last),
+        })
+        .collect()
+}
+
+fn ranges_from_proto(field: &str, ranges: Vec<pb::PortRange>) -> Result<Vec<(u16, u16)>, InvalidField> {
+    ranges
+        .into_iter()
+        .map(|r| match (u16::try_from(r.first), u16::try_from(r.last)) {
+            (Ok(first), Ok(last)) if first <= last => Ok((first, last)),
+            _ => Err(invalid(
+                field,
+                format!("{}:{} is not a port range", r.first, r.last),
+            )),
+        })
+        .collect()
+}
+
+fn side_to_proto(side: &CompiledSide) -> pb::CompiledSide {
+    pb::CompiledSide {
+        sets: side.sets.clone(),
+        not_sets: side.not_sets.clone(),
+        nets: side.nets.clone(),
+        not_nets: side.not_nets.clone(),
+        ports: ranges_to_proto(&side.ports),
+        named_port_sets: side.named_port_sets.clone(),
+        not_ports: ranges_to_proto(&side.not_ports),
+        not_named_port_sets: side.not_named_port_sets.clone(),
+    }
+}
+
+fn side_from_proto(field: &str, side: Option<pb::CompiledSide>) -> Result<CompiledSide, InvalidField> {
+    let side = side.unwrap_or_default();
+    Ok(CompiledSide {
+        sets: side.sets,
+        not_sets: side.not_sets,
+        nets: side.nets,
+        not_nets: side.not_nets,
+        ports: ranges_from_proto(&format!("{field}.ports"), side.ports)?,
+        named_port_sets: side.named_port_sets,
+        not_ports: ranges_from_proto(&format!("{field}.not_ports"), side.not_ports)?,
+        not_named_port_sets: side.not_named_port_sets,
+    })
+}
+
+fn rule_to_proto(rule: &CompiledRule) -> pb::CompiledRule {
+    pb::CompiledRule {
+        action: action_to_proto(rule.action).into(),
+        protocol: rule.protocol.map_or(0, |p| u32::from(p.number())),
+        not_protocol: rule.not_protocol.map_or(0, |p| u32::from(p.number())),
+        source: Some(side_to_proto(&rule.source)),
+        destination: Some(side_to_proto(&rule.destination)),
+        origin: rule.origin.clone(),
+    }
+}
+
+fn rule_from_proto(field: &str, rule: pb::CompiledRule) -> Result<CompiledRule, InvalidField> {
+    Ok(CompiledRule {
+        action: action_from_proto(&format!("{field}.action"), rule.action)?,
+        protocol: protocol_from_number(&format!("{field}.protocol"), rule.protocol)?,
+        not_protocol: protocol_from_number(&format!("{field}.not_protocol"), rule.not_protocol)?,
+        source: side_from_proto(&format!("{field}.source"), rule.source)?,
+        destination: side_from_proto(&format!("{field}.destination"), rule.destination)?,
+        origin: rule.origin,
+    })
+}
+
+/// A view entry as a message.
+pub fn entry_to_proto(key: &str, entry: &ViewEntry) -> pb::PolicyEntry {
+    use pb::policy_entry::Value;
+    let value = match entry {
+        ViewEntry::Endpoint(e) => Value::Endpoint(pb::EndpointPolicies {
+            interface: e.interface.clone(),
+            name: e.name.clone(),
+            ingress: e.ingress.clone(),
+            egress: e.egress.clone(),
+        }),
+        ViewEntry::Policy(p) => Value::Policy(pb::CompiledPolicy {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            ingress: p.ingress.iter().map(rule_to_proto).collect(),
+            egress: p.egress.iter().map(rule_to_proto).collect(),
+        }),
+        ViewEntry::IpSet(s) => Value::Ipset(pb::IpSet {
+            id: s.id.clone(),
+            r#type: match s.kind {
+                IpSetKind::Net => pb::IpSetType::Net,
+                IpSetKind::IpPort => pb::IpSetType::IpPort,
+            }
+            .into(),
+            source: s.source.clone(),
+        }),
+        ViewEntry::Member(m) => Value::Member(pb::IpSetMember {
+            set: m.set.clone(),
+            member: m.member.clone(),
+        }),
+    };
+    pb::PolicyEntry {
+        key: key.to_owned(),
+        value: Some(value),
+    }
+}
+
+/// A message as a view entry.
+pub fn entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, ViewEntry), InvalidField> {
+    use pb::policy_entry::Value;
+    let field = format!("entry {:?}", entry.key);
+    let value = match entry.value {
+        Some(Value::Endpoint(e)) => ViewEntry::Endpoint(EndpointView {
+            interface: e.interface,
+            name: e.name,
+            ingress: e.ingress,
+            egress: e.egress,
+        }),
+        Some(Value::Policy(p)) => ViewEntry::Policy(PolicyView {
+            id: p.id,
+            name: p.name,
+            ingress: p
+                .ingress
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| rule_from_proto(&format!("{field}.ingress[{i}]"), r))
+                .collect::<Result<_, _>>()?,
+            egress: p
+                .egress
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| rule_from_proto(&format!("{field}.egress[{i}]"), r))
+                .collect::<Result<_, _>>()?,
+        }),
+        Some(Value::Ipset(s)) => ViewEntry::IpSet(IpSetView {
+            id: s.id,
+            kind: match pb::IpSetType::try_from(s.r#type) {
+                Ok(pb::IpSetType::Net) => IpSetKind::Net,
+                Ok(pb::IpSetType::IpPort) => IpSetKind::IpPort,
+                _ => {
+                    return Err(invalid(
+                        format!("{field}.type"),
+                        format!("{} is not an ipset type", s.r#type),
+                    ));
+                }
+            },
+            source: s.source,
+        }),
+        Some(Value::Member(m)) => ViewEntry::Member(MemberView {
+            set: m.set,
+            member: m.member,
+        }),
+        None => return Err(invalid(field, "no value")),
+    };
+    Ok((entry.key, value))
+}
+
+/// The whole view as an encoded `PolicyState` (the fan-out's snapshot encoder).
+pub fn encode_state(state: &BTreeMap<String, ViewEntry>) -> Vec<u8> {
+    pb::PolicyState {
+        entries: state.iter().map(|(k, v)| entry_to_proto(k, v)).collect(),
+    }
+    .encode_to_vec()
+}
+
+/// A decoded (uncompressed) `PolicyState`.
+pub fn decode_state(bytes: &[u8]) -> Result<BTreeMap<String, ViewEntry>, InvalidField> {
+    let state = pb::PolicyState::decode(bytes).map_err(|e| invalid("snapshot", e))?;
+    state.entries.into_iter().map(entry_from_proto).collect()
+}
+
+/// A batch as a delta message.
+pub fn delta_to_proto(batch: &Batch<ViewEntry>) -> pb::PolicyDelta {
+    pb::PolicyDelta {
+        upserts: batch.upserts.iter().map(|(k, v)| entry_to_proto(k, v)).collect(),
+        removed_keys: batch.removed.clone(),
+    }
+}
+
+/// Applies one `Sync` message to a subscriber's mirror (see [`apply_received`]).
+pub fn apply_response(
+    mirror: &mut Mirror<ViewEntry>,
+    pieces: &mut SnapshotAssembler,
+    response: pb::SyncResponse,
+) -> Result<bool, InvalidField> {
+    let received = match response.payload {
+        Some(pb::sync_response::Payload::Snapshot(piece)) => Received::SnapshotPiece(piece),
+        Some(pb::sync_response::Payload::Delta(delta)) => Received::Delta(Batch {
+            from: 0,
+            to: response.revision,
+            upserts: delta
+                .upserts
+                .into_iter()
+                .map(entry_from_proto)
+                .collect::<Result<_, _>>()?,
+            removed: delta.removed_keys,
+        }),
+        Some(pb::sync_response::Payload::Keepalive(_)) | None => Received::Nothing,
+    };
+    apply_received(mirror, pieces, response.revision, received, decode_state)
+}
+
+/// An endpoint as a message.
+pub fn endpoint_to_proto(endpoint: &Endpoint, revision: u64) -> pb::WorkloadEndpoint {
+    pb::WorkloadEndpoint {
+        node: endpoint.key.node.clone(),
+        interface: endpoint.key.interface.clone(),
+        namespace: endpoint.namespace.clone(),
+        pod: endpoint.pod.clone(),
+        container_id: endpoint.container_id.clone(),
+        ips: endpoint.ips.iter().map(ToString::to_string).collect(),
+        labels: endpoint.labels.clone().into_iter().collect(),
+        ports: endpoint
+            .ports
+            .iter()
+            .map(|p| pb::NamedPort {
+                name: p.name.clone(),
+                protocol: p.protocol.to_string(),
+                port: u32::from(p.port),
+            })
+            .collect(),
+        revision,
+    }
+}
+
+/// A message as an endpoint (validated separately when stored).
+pub fn endpoint_from_proto(endpoint: pb::WorkloadEndpoint) -> Result<Endpoint, InvalidField> {
+    let ips = endpoint
+        .ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            ip.parse()
+                .map_err(|_| invalid(format!("endpoint.ips[{i}]"), format!("{ip:?} is not an address")))
+        })
+        .collect::<Result<_, _>>()?;
+    let ports = endpoint
+        .ports
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let protocol: Protocol = p
+                .protocol
+                .parse()
+                .map_err(|e: String| invalid(format!("endpoint.ports[{i}].protocol"), e))?;
+            let port = u16::try_from(p.port)
+                .map_err(|_| invalid(format!("endpoint.ports[{i}].port"), "must be 1-65535"))?;
+            Ok(NamedPort {
+                name: p.name,
+                protocol,
+                port,
+            })
+        })
+        .collect::<Result<_, InvalidField>>()?;
+    Ok(Endpoint {
+        key: EndpointKey {
+            node: endpoint.node,
+            interface: endpoint.interface,
+        },
+        namespace: endpoint.namespace,
+        pod: endpoint.pod,
+        container_id: endpoint.container_id,
+        ips,
+        labels: endpoint.labels.into_iter().collect(),
+        ports,
+    })
+}
+
+/// A stored object as a message.
+pub fn object_to_proto(object: Object) -> pb::Object {
+    pb::Object {
+        kind: object.kind.as_str().to_owned(),
+        namespace: object.namespace,
+        name: object.name,
+        manifest: object.manifest,
+        revision: object.revision,
+    }
+}
+
+fn verdict_to_proto(verdict: Verdict) -> pb::Verdict {
+    match verdict {
+        Verdict::Allow => pb::Verdict::Allow,
+        Verdict::Deny => pb::Verdict::Deny,
+    }
+}
+
+fn step_to_proto(step: &Step) -> pb::TraceStep {
+    pb::TraceStep {
+        direction: match step.direction {
+            Direction::Ingress => pb::Direction::Ingress,
+            Direction::Egress => pb::Direction::Egress,
+        }
+        .into(),
+        endpoint: step.endpoint.clone(),
+        policy: step.policy.as_ref().map(ToString::to_string).unwrap_or_default(),
+        rule_index: step.rule.and_then(|r| i32::try_from(r).ok()).unwrap_or(-1),
+        verdict: verdict_to_proto(step.verdict).into(),
+        explanation: step.explanation.clone(),
+        logged: step
+            .logged
+            .iter()
+            .map(|(policy, index)| format!("{policy}/{index}"))
+            .collect(),
+    }
+}
+
+/// A trace as a message.
+pub fn trace_to_proto(trace: &Trace, source_ip: String, destination_ip: String) -> pb::TraceResponse {
+    pb::TraceResponse {
+        verdict: verdict_to_proto(trace.verdict).into(),
+        steps: trace.steps.iter().map(step_to_proto).collect(),
+        source_ip,
+        destination_ip,
+    }
+}

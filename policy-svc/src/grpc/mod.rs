@@ -1,0 +1,302 @@
+//! `brindle.policy.v1.Policy` over the core: thin conversions and status codes.
+
+pub mod convert;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use brindle_datastore::{Store, StoreError};
+use brindle_fanout::FanoutConfig;
+use brindle_grpc_server::sync::{ResponseStream, SyncReply, read_hello, serve_sync};
+use brindle_proto::common::v1 as common;
+use brindle_proto::policy::v1 as pb;
+use brindle_proto::policy::v1::policy_server::{Policy, PolicyServer};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::PolicyError;
+use crate::core::hub::{PolicyHub, follow};
+use crate::core::model::{EndpointKey, Protocol};
+use crate::core::objects::{Kind, Objects};
+use crate::core::state::ClusterState;
+use crate::core::trace::{Flow, trace};
+use crate::core::view::ViewEntry;
+
+/// Fully-qualified service name (health and reflection).
+pub const SERVICE_NAME: &str = "brindle.policy.v1.Policy";
+
+/// The status for a policy error.
+pub fn status(error: PolicyError) -> Status {
+    let message = error.to_string();
+    match error {
+        PolicyError::Invalid { .. } => Status::invalid_argument(message),
+        PolicyError::NotFound { .. } => Status::not_found(message),
+        PolicyError::Corrupt { .. } => Status::data_loss(message),
+        PolicyError::Contended(_) => Status::aborted(message),
+        PolicyError::Store(StoreError::Unavailable(_) | StoreError::Conflict { .. }) => {
+            Status::unavailable(message)
+        }
+        PolicyError::Store(_) => Status::internal(message),
+    }
+}
+
+fn invalid_field(error: brindle_grpc_server::sync::InvalidField) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+/// The Policy service: stored objects, the per-node views and the trace.
+#[derive(Clone)]
+pub struct PolicyService {
+    objects: Objects,
+    hub: PolicyHub,
+}
+
+impl PolicyService {
+    /// Starts following `store` into the calculation (call inside a tokio runtime) and serves it.
+    pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
+        let hub = PolicyHub::new(config, Arc::new(convert::encode_state));
+        tokio::spawn(follow(Arc::clone(&store), hub.clone()));
+        Self {
+            objects: Objects::new(store),
+            hub,
+        }
+    }
+
+    /// The calculation and per-node fan-outs.
+    pub fn hub(&self) -> &PolicyHub {
+        &self.hub
+    }
+
+    /// As a tonic service.
+    pub fn into_server(self) -> PolicyServer<Self> {
+        PolicyServer::new(self)
+    }
+}
+
+fn object_ref(object: Option<pb::ObjectRef>) -> Result<(Kind, pb::ObjectRef), Status> {
+    let object = object.ok_or_else(|| Status::invalid_argument("object: required"))?;
+    let kind = Kind::parse("object.kind", &object.kind).map_err(status)?;
+    if object.name.is_empty() {
+        return Err(Status::invalid_argument("object.name: required"));
+    }
+    Ok((kind, object))
+}
+
+fn sync_response(reply: SyncReply<ViewEntry>) -> pb::SyncResponse {
+    match reply {
+        SyncReply::SnapshotPiece { revision, piece } => pb::SyncResponse {
+            revision,
+            payload: Some(pb::sync_response::Payload::Snapshot(piece)),
+        },
+        SyncReply::Delta(batch) => pb::SyncResponse {
+            revision: batch.to,
+            payload: Some(pb::sync_response::Payload::Delta(convert::delta_to_proto(&batch))),
+        },
+        SyncReply::Keepalive => pb::SyncResponse {
+            revision: 0,
+            payload: Some(pb::sync_response::Payload::Keepalive(common::Keepalive {
+                sent_unix_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .unwrap_or(0),
+            })),
+        },
+    }
+}
+
+/// The address a trace peer stands for: a pod's first address (IPv4 first) or an address.
+fn peer_address(state: &ClusterState, field: &str, peer: Option<pb::TracePeer>) -> Result<IpAddr, Status> {
+    match peer.and_then(|p| p.peer) {
+        Some(pb::trace_peer::Peer::Ip(text)) => text
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("{field}.ip: {text:?} is not an address"))),
+        Some(pb::trace_peer::Peer::Endpoint(pod)) => {
+            let mut ips: Vec<IpAddr> = state
+                .pod_endpoints(&pod.namespace, &pod.pod)
+                .flat_map(|e| e.ips.clone())
+                .collect();
+            ips.sort_by_key(|ip| ip.is_ipv6());
+            ips.first().copied().ok_or_else(|| {
+                Status::not_found(format!(
+                    "{field}.endpoint: pod {}/{} has no endpoint",
+                    pod.namespace, pod.pod
+                ))
+            })
+        }
+        None => Err(Status::invalid_argument(format!(
+            "{field}: an endpoint or an ip is required"
+        ))),
+    }
+}
+
+fn port(field: &str, value: u32) -> Result<Option<u16>, Status> {
+    match value {
+        0 => Ok(None),
+        n => u16::try_from(n)
+            .map(Some)
+            .map_err(|_| Status::invalid_argument(format!("{field}: {n} is not a port (1-65535)"))),
+    }
+}
+
+#[tonic::async_trait]
+impl Policy for PolicyService {
+    async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let request = request.into_inner();
+        let objects = self
+            .objects
+            .apply(&request.manifest, &request.namespace)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ApplyResponse {
+            objects: objects.into_iter().map(convert::object_to_proto).collect(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let (kind, object) = object_ref(request.into_inner().object)?;
+        self.objects
+            .delete(kind, &object.namespace, &object.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Object>, Status> {
+        let (kind, object) = object_ref(request.into_inner().object)?;
+        let object = self
+            .objects
+            .get(kind, &object.namespace, &object.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::object_to_proto(object)))
+    }
+
+    async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let request = request.into_inner();
+        let kind = match request.kind.as_str() {
+            "" => None,
+            text => Some(Kind::parse("kind", text).map_err(status)?),
+        };
+        let objects = self
+            .objects
+            .list(kind, &request.namespace)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListResponse {
+            objects: objects.into_iter().map(convert::object_to_proto).collect(),
+        }))
+    }
+
+    async fn register_endpoint(
+        &self,
+        request: Request<pb::RegisterEndpointRequest>,
+    ) -> Result<Response<pb::WorkloadEndpoint>, Status> {
+        let endpoint = request
+            .into_inner()
+            .endpoint
+            .ok_or_else(|| Status::invalid_argument("endpoint: required"))?;
+        let endpoint = convert::endpoint_from_proto(endpoint).map_err(invalid_field)?;
+        let revision = self.objects.register_endpoint(&endpoint).await.map_err(status)?;
+        Ok(Response::new(convert::endpoint_to_proto(&endpoint, revision)))
+    }
+
+    async fn delete_endpoint(
+        &self,
+        request: Request<pb::DeleteEndpointRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        if request.node.is_empty() || request.interface.is_empty() {
+            return Err(Status::invalid_argument("node and interface: required"));
+        }
+        let key = EndpointKey {
+            node: request.node,
+            interface: request.interface,
+        };
+        self.objects.delete_endpoint(&key).await.map_err(status)?;
+        Ok(Response::new(pb::DeleteResponse {}))
+    }
+
+    async fn set_endpoint_labels(
+        &self,
+        request: Request<pb::SetEndpointLabelsRequest>,
+    ) -> Result<Response<pb::SetEndpointLabelsResponse>, Status> {
+        let request = request.into_inner();
+        let labels = request.labels.into_iter().collect();
+        let endpoints = self
+            .objects
+            .set_endpoint_labels(&request.namespace, &request.pod, &labels)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SetEndpointLabelsResponse {
+            endpoints: endpoints
+                .iter()
+                .map(|e| convert::endpoint_to_proto(e, 0))
+                .collect(),
+        }))
+    }
+
+    async fn list_endpoints(
+        &self,
+        request: Request<pb::ListEndpointsRequest>,
+    ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        let node = request.into_inner().node;
+        let endpoints = self
+            .objects
+            .list_endpoints((!node.is_empty()).then_some(node.as_str()))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListEndpointsResponse {
+            endpoints: endpoints
+                .iter()
+                .map(|(e, revision)| convert::endpoint_to_proto(e, *revision))
+                .collect(),
+        }))
+    }
+
+    type SyncStream = ResponseStream<pb::SyncResponse>;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<common::SyncClientMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let (node, incoming) = read_hello(request.into_inner()).await?;
+        Ok(Response::new(serve_sync(
+            self.hub.fanout(&node),
+            incoming,
+            sync_response,
+        )))
+    }
+
+    async fn trace(&self, request: Request<pb::TraceRequest>) -> Result<Response<pb::TraceResponse>, Status> {
+        let request = request.into_inner();
+        let protocol: Protocol = request
+            .protocol
+            .parse()
+            .map_err(|e: String| Status::invalid_argument(format!("protocol: {e}")))?;
+        let destination_port = port("port", request.port)?;
+        let source_port = port("source_port", request.source_port)?;
+        if destination_port.is_none() && protocol.has_ports() {
+            return Err(Status::invalid_argument(format!("port: required for {protocol}")));
+        }
+        self.hub.with_state(|state, _| {
+            let source_ip = peer_address(state, "source", request.source)?;
+            let destination_ip = peer_address(state, "destination", request.destination)?;
+            let flow = Flow {
+                source_ip,
+                destination_ip,
+                protocol,
+                source_port,
+                destination_port,
+            };
+            let traced = trace(state, &flow);
+            Ok(Response::new(convert::trace_to_proto(
+                &traced,
+                source_ip.to_string(),
+                destination_ip.to_string(),
+            )))
+        })
+    }
+}
