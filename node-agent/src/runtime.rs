@@ -87,7 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             endpoint,
             registration,
             netlink.clone(),
-            Arc::new(IptablesCommands),
+            Arc::new(IptablesCommands::detect()),
             ipam.clone(),
         )?;
         tokio::spawn(follower.run());

@@ -6,6 +6,7 @@ pub mod attachments;
 pub mod cni;
 pub mod ipam;
 pub mod nat;
+pub mod policy;
 pub mod reconcile;
 pub mod routing;
 pub mod tunnels;

@@ -1,14 +1,87 @@
 //! The real [`Iptables`]: `iptables-restore --noflush --wait` for whole chains, `iptables -C`/`-I`
-//! for the one jump rule that hooks a chain in (whichever backend, nft or legacy, the host's
-//! `iptables` is).
+//! for the one jump rule that hooks a chain in, `iptables-save` to read back — with the backend
+//! (nft or legacy) the host's rules already live in, so brindle's rules sit beside them.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 
 use super::{DataplaneError, Iptables};
 
-/// iptables through the host's binaries.
-pub struct IptablesCommands;
+/// Which iptables the host uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptablesBackend {
+    /// iptables-nft (nf_tables).
+    Nft,
+    /// iptables-legacy (x_tables).
+    Legacy,
+}
+
+impl IptablesBackend {
+    /// The backend's binary of `tool` (`iptables`, `iptables-restore`, `iptables-save`).
+    fn binary(self, tool: &str) -> String {
+        let backend = match self {
+            Self::Nft => "iptables-nft",
+            Self::Legacy => "iptables-legacy",
+        };
+        tool.replacen("iptables", backend, 1)
+    }
+
+    /// The backend holding more rules in this namespace (kube-proxy's, Docker's…); with none
+    /// anywhere, the one the host's `iptables` command is.
+    pub fn detect() -> Self {
+        let rules = |backend: Self| {
+            Command::new(backend.binary("iptables-save"))
+                .output()
+                .map(|out| {
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .filter(|l| l.starts_with("-A "))
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        let (nft, legacy) = (rules(Self::Nft), rules(Self::Legacy));
+        if legacy > nft {
+            return Self::Legacy;
+        }
+        if nft > 0 {
+            return Self::Nft;
+        }
+        let version = Command::new("iptables")
+            .arg("-V")
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .unwrap_or_default();
+        if version.contains("legacy") {
+            Self::Legacy
+        } else {
+            Self::Nft
+        }
+    }
+}
+
+/// iptables through the host's binaries of one backend.
+pub struct IptablesCommands {
+    backend: IptablesBackend,
+}
+
+impl IptablesCommands {
+    /// Commands of `backend`.
+    pub fn new(backend: IptablesBackend) -> Self {
+        Self { backend }
+    }
+
+    /// Commands of the backend the host uses ([`IptablesBackend::detect`]).
+    pub fn detect() -> Self {
+        let backend = IptablesBackend::detect();
+        tracing::info!(?backend, "iptables backend");
+        Self::new(backend)
+    }
+
+    fn command(&self, tool: &str) -> Command {
+        Command::new(self.backend.binary(tool))
+    }
+}
 
 fn failed(what: String, detail: impl std::fmt::Display) -> DataplaneError {
     DataplaneError::Tool {
@@ -19,7 +92,8 @@ fn failed(what: String, detail: impl std::fmt::Display) -> DataplaneError {
 
 impl Iptables for IptablesCommands {
     fn restore(&self, table: &str, payload: &str) -> Result<(), DataplaneError> {
-        let mut child = Command::new("iptables-restore")
+        let mut child = self
+            .command("iptables-restore")
             .args(["--noflush", "--wait", "-T", table])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -45,14 +119,16 @@ impl Iptables for IptablesCommands {
     }
 
     fn ensure_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError> {
-        let exists = Command::new("iptables")
+        let exists = self
+            .command("iptables")
             .args(["--wait", "-t", table, "-C", from, "-j", to])
             .output()
             .map_err(|e| failed("running iptables".into(), e))?;
         if exists.status.success() {
             return Ok(());
         }
-        let out = Command::new("iptables")
+        let out = self
+            .command("iptables")
             .args(["--wait", "-t", table, "-I", from, "1", "-j", to])
             .output()
             .map_err(|e| failed("running iptables".into(), e))?;
@@ -63,5 +139,20 @@ impl Iptables for IptablesCommands {
             ));
         }
         Ok(())
+    }
+
+    fn save(&self, table: &str) -> Result<String, DataplaneError> {
+        let out = self
+            .command("iptables-save")
+            .args(["-t", table])
+            .output()
+            .map_err(|e| failed("running iptables-save".into(), e))?;
+        if !out.status.success() {
+            return Err(failed(
+                format!("iptables-save of table {table}"),
+                String::from_utf8_lossy(&out.stderr).trim(),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }

@@ -1,8 +1,10 @@
 //! Kernel access behind small traits: [`Netlink`] (links, addresses, routes, neighbours, in the
-//! agent's namespace or a pod's), [`Iptables`] and [`Sysctl`]. [`RtNetlink`] and [`ProcSysctl`] talk to the
-//! kernel; [`RecordingKernel`] is an in-memory kernel that records every call, for unit tests.
+//! agent's namespace or a pod's), [`Iptables`], [`Ipsets`] and [`Sysctl`]. [`RtNetlink`],
+//! [`IptablesCommands`], [`IpsetCommands`] and [`ProcSysctl`] talk to the kernel;
+//! [`RecordingKernel`] is an in-memory kernel that records every call, for unit tests.
 
 mod error;
+mod ipset;
 mod iptables;
 mod netlink;
 mod recording;
@@ -14,7 +16,8 @@ use std::path::Path;
 use ipnet::IpNet;
 
 pub use error::DataplaneError;
-pub use iptables::IptablesCommands;
+pub use ipset::IpsetCommands;
+pub use iptables::{IptablesBackend, IptablesCommands};
 pub use netlink::RtNetlink;
 pub use recording::{Call, RecordingKernel};
 pub use sysctl::ProcSysctl;
@@ -200,6 +203,16 @@ pub trait Iptables: Send + Sync {
     fn restore(&self, table: &str, payload: &str) -> Result<(), DataplaneError>;
     /// Makes sure chain `from` of `table` jumps to `to` (inserted first when missing).
     fn ensure_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError>;
+    /// The table as `iptables-save` prints it.
+    fn save(&self, table: &str) -> Result<String, DataplaneError>;
+}
+
+/// ipsets of the agent's namespace, for sets brindle owns (`brd-*`).
+pub trait Ipsets: Send + Sync {
+    /// Applies an `ipset restore` payload (create, flush, add, del, swap, destroy lines).
+    fn restore(&self, payload: &str) -> Result<(), DataplaneError>;
+    /// Every set as `ipset save` prints it.
+    fn save(&self) -> Result<String, DataplaneError>;
 }
 
 /// Kernel parameters under `/proc/sys` of the agent's namespace.

@@ -9,7 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 use ipnet::IpNet;
 
 use super::{
-    DataplaneError, Iptables, LinkState, Mac, Netlink, PodGateway, PodState, Route, Sysctl, Vtep, VxlanDevice,
+    DataplaneError, Ipsets, Iptables, LinkState, Mac, Netlink, PodGateway, PodState, Route, Sysctl, Vtep,
+    VxlanDevice,
 };
 
 /// One recorded call.
@@ -37,6 +38,8 @@ pub enum Call {
     IptablesRestore(String, String),
     /// `iptables ensure_jump(table, from, to)`.
     IptablesJump(String, String, String),
+    /// `ipset restore(payload)`.
+    IpsetRestore(String),
     /// `ensure_vxlan(device)`.
     EnsureVxlan(VxlanDevice),
     /// `ensure_ipip(name)`.
@@ -50,6 +53,10 @@ pub enum Call {
 #[derive(Default)]
 struct State {
     calls: Vec<Call>,
+    /// iptables: table → chain → rules (as written after `-A <chain>`).
+    iptables: BTreeMap<String, BTreeMap<String, Vec<String>>>,
+    /// ipsets: name → (type, members).
+    ipsets: BTreeMap<String, (String, BTreeSet<String>)>,
     host_links: BTreeMap<String, LinkState>,
     /// Pod links keyed by (netns, ifname), with the host peer's name.
     pod_links: BTreeMap<(PathBuf, String), (PodState, String)>,
@@ -405,15 +412,160 @@ impl Netlink for RecordingKernel {
     }
 }
 
+/// A failure of the modelled iptables-restore or ipset restore.
+fn rejected(tool: &str, line: &str, why: &str) -> DataplaneError {
+    DataplaneError::Tool {
+        what: tool.to_owned(),
+        detail: format!("{why}: {line}"),
+    }
+}
+
 impl Iptables for RecordingKernel {
+    /// Models `iptables-restore --noflush`: a declared chain is created or flushed, `-A` appends,
+    /// `-X` deletes an empty unreferenced chain; the whole payload or nothing.
     fn restore(&self, table: &str, payload: &str) -> Result<(), DataplaneError> {
-        self.record(Call::IptablesRestore(table.into(), payload.into()))
-            .map(drop)
+        let mut state = self.record(Call::IptablesRestore(table.into(), payload.into()))?;
+        let mut chains = state.iptables.get(table).cloned().unwrap_or_default();
+        for line in payload.lines() {
+            if let Some(rest) = line.strip_prefix(':') {
+                let name = rest.split_whitespace().next().unwrap_or_default();
+                chains.insert(name.to_owned(), Vec::new());
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
+                let target = rule
+                    .split_whitespace()
+                    .skip_while(|w| *w != "-j" && *w != "-g")
+                    .nth(1);
+                if let Some(target) = target.filter(|t| t.starts_with("brd-"))
+                    && !chains.contains_key(target)
+                {
+                    return Err(rejected("iptables-restore", line, "no chain by that name"));
+                }
+                chains
+                    .get_mut(chain)
+                    .ok_or_else(|| rejected("iptables-restore", line, "no chain by that name"))?
+                    .push(rule.to_owned());
+            } else if let Some(name) = line.strip_prefix("-X ") {
+                let referenced = chains
+                    .values()
+                    .flatten()
+                    .any(|r| r.split_whitespace().any(|w| w == name));
+                if referenced || chains.get(name).is_some_and(|rules| !rules.is_empty()) {
+                    return Err(rejected("iptables-restore", line, "chain is in use or not empty"));
+                }
+                chains.remove(name);
+            }
+        }
+        state.iptables.insert(table.to_owned(), chains);
+        Ok(())
     }
 
     fn ensure_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError> {
-        self.record(Call::IptablesJump(table.into(), from.into(), to.into()))
-            .map(drop)
+        let mut state = self.record(Call::IptablesJump(table.into(), from.into(), to.into()))?;
+        let rule = format!("-j {to}");
+        let chain = state
+            .iptables
+            .entry(table.to_owned())
+            .or_default()
+            .entry(from.to_owned())
+            .or_default();
+        if !chain.contains(&rule) {
+            chain.insert(0, rule);
+        }
+        Ok(())
+    }
+
+    fn save(&self, table: &str) -> Result<String, DataplaneError> {
+        let state = self.lock();
+        let mut out = format!("*{table}\n");
+        let chains = state.iptables.get(table).cloned().unwrap_or_default();
+        for name in chains.keys() {
+            out.push_str(&format!(":{name} - [0:0]\n"));
+        }
+        for (name, rules) in &chains {
+            for rule in rules {
+                out.push_str(&format!("-A {name} {rule}\n"));
+            }
+        }
+        out.push_str("COMMIT\n");
+        Ok(out)
+    }
+}
+
+impl Ipsets for RecordingKernel {
+    /// Models `ipset restore`: create (`-exist`), flush, add, del, swap, destroy.
+    fn restore(&self, payload: &str) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::IpsetRestore(payload.into()))?;
+        for line in payload.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let missing = || rejected("ipset restore", line, "the set does not exist");
+            match words.as_slice() {
+                ["create", name, kind, ..] => {
+                    if let Some((existing, _)) = state.ipsets.get(*name) {
+                        if existing != kind || !words.contains(&"-exist") {
+                            return Err(rejected("ipset restore", line, "set already exists"));
+                        }
+                    } else {
+                        state
+                            .ipsets
+                            .insert((*name).to_owned(), ((*kind).to_owned(), BTreeSet::new()));
+                    }
+                }
+                ["flush", name] => state.ipsets.get_mut(*name).ok_or_else(missing)?.1.clear(),
+                ["add", name, member, ..] => {
+                    state
+                        .ipsets
+                        .get_mut(*name)
+                        .ok_or_else(missing)?
+                        .1
+                        .insert((*member).to_owned());
+                }
+                ["del", name, member, ..] => {
+                    state.ipsets.get_mut(*name).ok_or_else(missing)?.1.remove(*member);
+                }
+                ["swap", a, b] => {
+                    let first = state.ipsets.get(*a).cloned().ok_or_else(missing)?;
+                    let second = state.ipsets.get(*b).cloned().ok_or_else(missing)?;
+                    if first.0 != second.0 {
+                        return Err(rejected("ipset restore", line, "the sets' types differ"));
+                    }
+                    state.ipsets.insert((*a).to_owned(), second);
+                    state.ipsets.insert((*b).to_owned(), first);
+                }
+                ["destroy", name] => {
+                    let in_use = state
+                        .iptables
+                        .values()
+                        .flat_map(|t| t.values().flatten())
+                        .any(|r| r.split_whitespace().any(|w| w == *name));
+                    if in_use {
+                        return Err(rejected(
+                            "ipset restore",
+                            line,
+                            "the set is in use by a kernel component",
+                        ));
+                    }
+                    state.ipsets.remove(*name).ok_or_else(missing)?;
+                }
+                [] => {}
+                _ => return Err(rejected("ipset restore", line, "unknown command")),
+            }
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<String, DataplaneError> {
+        let state = self.lock();
+        let mut out = String::new();
+        for (name, (kind, members)) in &state.ipsets {
+            out.push_str(&format!(
+                "create {name} {kind} family inet hashsize 1024 maxelem 65536\n"
+            ));
+            for member in members {
+                out.push_str(&format!("add {name} {member}\n"));
+            }
+        }
+        Ok(out)
     }
 }
 

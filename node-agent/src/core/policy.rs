@@ -1,0 +1,786 @@
+//! The policy data plane: a node's policy view rendered into brindle's own iptables chains
+//! (filter table, hooked from FORWARD) and ipsets, and applied so that only what changed is
+//! written — ipsets first (new sets swapped in whole, changed ones by member), then one
+//! `iptables-restore --noflush` for the chains whose rules changed, then stale sets destroyed.
+//!
+//! Every rule carries a `brd:<hash>` comment of its own text, so what the kernel holds is compared
+//! by hash (whatever iptables-save prints) and a resync repairs out-of-band changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use policy_svc::core::model::{Action, Protocol};
+use policy_svc::core::view::{CompiledRule, CompiledSide, IpSetKind, PolicyView, ViewEntry};
+
+use crate::dataplane::{DataplaneError, Ipsets, Iptables};
+
+/// The chain hooked from FORWARD.
+pub const FORWARD_CHAIN: &str = "brd-FORWARD";
+const FROM_WORKLOADS: &str = "brd-from-wl";
+const TO_WORKLOADS: &str = "brd-to-wl";
+/// Prefix of every chain and ipset brindle owns.
+pub const OWNED_PREFIX: &str = "brd-";
+/// Host-side interfaces of workloads.
+const WORKLOAD_INTERFACES: &str = "brd+";
+/// Mark bit: a policy allowed the packet.
+const ACCEPT_MARK: u32 = 0x10000;
+/// Mark bit: a policy passed the packet on (the endpoint's default, allow, decides).
+const PASS_MARK: u32 = 0x20000;
+/// Most ports (a range counts two) one multiport match takes.
+const MULTIPORT_SLOTS: usize = 15;
+
+/// Kernel name of a view's ipset.
+pub fn set_name(id: &str) -> String {
+    format!("{OWNED_PREFIX}{id}")
+}
+
+/// An ipset to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    /// `hash:net` or `hash:ip,port`.
+    pub kind: &'static str,
+    /// Members, as ipset prints them.
+    pub members: BTreeSet<String>,
+}
+
+/// Everything the policy data plane holds: chains (name → rules, without the `-A <chain>`) and sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    /// Chains.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Sets.
+    pub sets: BTreeMap<String, SetSpec>,
+}
+
+impl Rendered {
+    /// Rules and set members, for acknowledgements.
+    pub fn objects(&self) -> usize {
+        self.chains.values().map(Vec::len).sum::<usize>()
+            + self.sets.values().map(|s| s.members.len()).sum::<usize>()
+    }
+}
+
+fn short_hash(text: &str) -> String {
+    let digest = sha1_smol::Sha1::from(text).digest().to_string();
+    digest[..16].to_owned()
+}
+
+/// A rule with its hash comment in front.
+fn commented(rule: &str) -> String {
+    format!("-m comment --comment \"brd:{}\" {rule}", short_hash(rule))
+}
+
+/// The hash of a rule as written by [`commented`] (or as iptables-save prints it).
+fn rule_hash(rule: &str) -> Option<&str> {
+    let start = rule.find("brd:")? + 4;
+    rule.get(start..start + 16)
+}
+
+/// Renders a node's view.
+pub fn render(view: &BTreeMap<String, ViewEntry>) -> Rendered {
+    let mut rendered = Rendered::default();
+    let mut policies = BTreeMap::new();
+    let mut endpoints = Vec::new();
+    for entry in view.values() {
+        match entry {
+            ViewEntry::Policy(policy) => {
+                policies.insert(policy.id.clone(), policy);
+            }
+            ViewEntry::Endpoint(endpoint) => endpoints.push(endpoint),
+            ViewEntry::IpSet(set) => {
+                let kind = match set.kind {
+                    IpSetKind::Net => "hash:net",
+                    IpSetKind::IpPort => "hash:ip,port",
+                };
+                rendered
+                    .sets
+                    .entry(set_name(&set.id))
+                    .or_insert_with(|| SetSpec {
+                        kind,
+                        members: BTreeSet::new(),
+                    })
+                    .kind = kind;
+            }
+            ViewEntry::Member(_) => {}
+        }
+    }
+    for entry in view.values() {
+        if let ViewEntry::Member(member) = entry
+            && is_ipv4_member(&member.member)
+            && let Some(set) = rendered.sets.get_mut(&set_name(&member.set))
+        {
+            set.members.insert(member.member.clone());
+        }
+    }
+    let mut chains = BTreeMap::new();
+    chains.insert(
+        FORWARD_CHAIN.to_owned(),
+        vec![
+            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_owned(),
+            format!("-i {WORKLOAD_INTERFACES} -j {FROM_WORKLOADS}"),
+            format!("-o {WORKLOAD_INTERFACES} -j {TO_WORKLOADS}"),
+            format!("-i {WORKLOAD_INTERFACES} -j ACCEPT"),
+            format!("-o {WORKLOAD_INTERFACES} -j ACCEPT"),
+        ],
+    );
+    let mut from = Vec::new();
+    let mut to = Vec::new();
+    for endpoint in &endpoints {
+        let interface = &endpoint.interface;
+        from.push(format!("-i {interface} -g brd-fw-{interface}"));
+        to.push(format!("-o {interface} -g brd-tw-{interface}"));
+        chains.insert(
+            format!("brd-fw-{interface}"),
+            endpoint_chain(&endpoint.egress, "po", &policies),
+        );
+        chains.insert(
+            format!("brd-tw-{interface}"),
+            endpoint_chain(&endpoint.ingress, "pi", &policies),
+        );
+    }
+    // A workload interface the view does not know yet (or any more) gets nothing through.
+    from.push("-j DROP".to_owned());
+    to.push("-j DROP".to_owned());
+    chains.insert(FROM_WORKLOADS.to_owned(), from);
+    chains.insert(TO_WORKLOADS.to_owned(), to);
+    let used: BTreeSet<&String> = endpoints
+        .iter()
+        .flat_map(|e| e.ingress.iter().chain(&e.egress))
+        .collect();
+    for (id, policy) in &policies {
+        if !used.contains(id) {
+            continue;
+        }
+        chains.insert(
+            format!("brd-pi-{id}"),
+            policy_chain(policy, true, &mut rendered.sets),
+        );
+        chains.insert(
+            format!("brd-po-{id}"),
+            policy_chain(policy, false, &mut rendered.sets),
+        );
+    }
+    rendered.chains = chains
+        .into_iter()
+        .map(|(name, rules)| (name, rules.iter().map(|r| commented(r)).collect()))
+        .collect();
+    rendered
+}
+
+fn is_ipv4_member(member: &str) -> bool {
+    member
+        .split([',', '/'])
+        .next()
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+        .is_some_and(|ip| ip.is_ipv4())
+}
+
+/// An endpoint's chain for one direction: each policy in order, returning (allowed) as soon as
+/// one allows or passes; dropped at the end when any policy applies.
+fn endpoint_chain(ids: &[String], kind: &str, policies: &BTreeMap<String, &PolicyView>) -> Vec<String> {
+    let mut rules = vec![format!("-j MARK --set-xmark 0x0/{:#x}", ACCEPT_MARK | PASS_MARK)];
+    let known: Vec<&String> = ids.iter().filter(|id| policies.contains_key(*id)).collect();
+    for id in &known {
+        rules.push(format!("-j brd-{kind}-{id}"));
+        rules.push(format!(
+            "-m mark --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x} -j RETURN"
+        ));
+        rules.push(format!("-m mark --mark {PASS_MARK:#x}/{PASS_MARK:#x} -j RETURN"));
+    }
+    if !ids.is_empty() {
+        rules.push("-j DROP".to_owned());
+    }
+    rules
+}
+
+/// A policy's chain for one direction (`ingress`: the packet's source is the remote side).
+fn policy_chain(policy: &PolicyView, ingress: bool, sets: &mut BTreeMap<String, SetSpec>) -> Vec<String> {
+    let rules = if ingress { &policy.ingress } else { &policy.egress };
+    let mut lines = Vec::new();
+    for rule in rules {
+        let matches = rule_matches(rule, sets);
+        let (target, mark) = match rule.action {
+            Action::Allow => (
+                format!("-j MARK --set-xmark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}"),
+                Some(ACCEPT_MARK),
+            ),
+            Action::Pass => (
+                format!("-j MARK --set-xmark {PASS_MARK:#x}/{PASS_MARK:#x}"),
+                Some(PASS_MARK),
+            ),
+            Action::Deny => ("-j DROP".to_owned(), None),
+            Action::Log => (format!("-j LOG --log-prefix \"brd {} \"", policy.id), None),
+        };
+        for matched in &matches {
+            lines.push(format!("{matched}{target}").trim_start().to_owned());
+        }
+        if let (Some(mark), false) = (mark, matches.is_empty()) {
+            lines.push(format!("-m mark --mark {mark:#x}/{mark:#x} -j RETURN"));
+        }
+    }
+    lines
+}
+
+/// The match arguments of a rule, one string per alternative (empty when it cannot match IPv4).
+fn rule_matches(rule: &CompiledRule, sets: &mut BTreeMap<String, SetSpec>) -> Vec<String> {
+    let mut common = String::new();
+    if let Some(protocol) = rule.protocol {
+        common.push_str(&format!("-p {} ", protocol_name(protocol)));
+    }
+    if let Some(protocol) = rule.not_protocol {
+        common.push_str(&format!("! -p {} ", protocol_name(protocol)));
+    }
+    let Some(source) = side_matches(&rule.source, "src", "-s", "--sports", sets) else {
+        return Vec::new();
+    };
+    let Some(destination) = side_matches(&rule.destination, "dst", "-d", "--dports", sets) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for s in &source {
+        for d in &destination {
+            out.push(format!("{common}{s}{d}"));
+        }
+    }
+    out
+}
+
+fn protocol_name(protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Tcp => "tcp".into(),
+        Protocol::Udp => "udp".into(),
+        Protocol::Sctp => "sctp".into(),
+        Protocol::Icmp => "icmp".into(),
+        other => other.number().to_string(),
+    }
+}
+
+/// IPv4 networks of a list; `None` when the list had entries but none of them IPv4.
+fn ipv4_nets(nets: &[String]) -> Option<Vec<String>> {
+    let parsed: Vec<IpNet> = nets.iter().filter_map(|n| n.parse().ok()).collect();
+    let v4: Vec<String> = parsed
+        .iter()
+        .filter(|n| n.addr().is_ipv4())
+        .map(ToString::to_string)
+        .collect();
+    if !nets.is_empty() && v4.is_empty() {
+        None
+    } else {
+        Some(v4)
+    }
+}
+
+/// An agent-local set for a list of networks (hash:net cannot hold /0: it becomes two /1s).
+fn net_set(nets: &[String], sets: &mut BTreeMap<String, SetSpec>) -> String {
+    let mut members = BTreeSet::new();
+    for net in nets {
+        if net == "0.0.0.0/0" {
+            members.insert("0.0.0.0/1".to_owned());
+            members.insert("128.0.0.0/1".to_owned());
+        } else {
+            members.insert(net.trim_end_matches("/32").to_owned());
+        }
+    }
+    let joined: Vec<&str> = members.iter().map(String::as_str).collect();
+    let name = set_name(&format!("c{}", short_hash(&joined.join(","))));
+    sets.insert(
+        name.clone(),
+        SetSpec {
+            kind: "hash:net",
+            members,
+        },
+    );
+    name
+}
+
+/// Match arguments of one side, one per alternative; `None` when it cannot match IPv4.
+fn side_matches(
+    side: &CompiledSide,
+    direction: &str,
+    address_flag: &str,
+    ports_flag: &str,
+    sets: &mut BTreeMap<String, SetSpec>,
+) -> Option<Vec<String>> {
+    let mut fixed = String::new();
+    for set in &side.sets {
+        fixed.push_str(&format!("-m set --match-set {} {direction} ", set_name(set)));
+    }
+    for set in &side.not_sets {
+        fixed.push_str(&format!("-m set ! --match-set {} {direction} ", set_name(set)));
+    }
+    let nets = ipv4_nets(&side.nets)?;
+    match nets.as_slice() {
+        [] => {}
+        [one] => fixed.push_str(&format!("{address_flag} {one} ")),
+        many => fixed.push_str(&format!(
+            "-m set --match-set {} {direction} ",
+            net_set(many, sets)
+        )),
+    }
+    let not_nets = ipv4_nets(&side.not_nets).unwrap_or_default();
+    match not_nets.as_slice() {
+        [] => {}
+        [one] => fixed.push_str(&format!("! {address_flag} {one} ")),
+        many => fixed.push_str(&format!(
+            "-m set ! --match-set {} {direction} ",
+            net_set(many, sets)
+        )),
+    }
+    for chunk in port_chunks(&side.not_ports) {
+        fixed.push_str(&format!("-m multiport ! {ports_flag} {chunk} "));
+    }
+    for set in &side.not_named_port_sets {
+        fixed.push_str(&format!(
+            "-m set ! --match-set {} {direction},{direction} ",
+            set_name(set)
+        ));
+    }
+    if !side.matches_ports() {
+        return Some(vec![fixed]);
+    }
+    let mut alternatives: Vec<String> = port_chunks(&side.ports)
+        .into_iter()
+        .map(|chunk| format!("{fixed}-m multiport {ports_flag} {chunk} "))
+        .collect();
+    for set in &side.named_port_sets {
+        alternatives.push(format!(
+            "{fixed}-m set --match-set {} {direction},{direction} ",
+            set_name(set)
+        ));
+    }
+    Some(alternatives)
+}
+
+/// Ports as multiport lists of at most [`MULTIPORT_SLOTS`] slots.
+fn port_chunks(ports: &[(u16, u16)]) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut slots = 0;
+    for (first, last) in ports {
+        let (text, cost) = if first == last {
+            (first.to_string(), 1)
+        } else {
+            (format!("{first}:{last}"), 2)
+        };
+        if slots + cost > MULTIPORT_SLOTS {
+            chunks.push(current.join(","));
+            current.clear();
+            slots = 0;
+        }
+        current.push(text);
+        slots += cost;
+    }
+    if !current.is_empty() {
+        chunks.push(current.join(","));
+    }
+    chunks
+}
+
+/// What the kernel holds of brindle's: chains with their rule hashes, sets with members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Held {
+    chains: BTreeMap<String, Vec<String>>,
+    sets: BTreeMap<String, SetSpec>,
+}
+
+/// Reads brindle's chains (rule hashes) from `iptables-save` output.
+fn parse_chains(saved: &str) -> BTreeMap<String, Vec<String>> {
+    let mut chains: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in saved.lines() {
+        if let Some(rest) = line.strip_prefix(':') {
+            let name = rest.split_whitespace().next().unwrap_or_default();
+            if name.starts_with(OWNED_PREFIX) {
+                chains.entry(name.to_owned()).or_default();
+            }
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
+            if chain.starts_with(OWNED_PREFIX) {
+                let hash = rule_hash(rule).unwrap_or("unknown").to_owned();
+                chains.entry(chain.to_owned()).or_default().push(hash);
+            }
+        }
+    }
+    chains
+}
+
+/// Reads brindle's sets from `ipset save` output.
+fn parse_sets(saved: &str) -> BTreeMap<String, SetSpec> {
+    let mut sets: BTreeMap<String, SetSpec> = BTreeMap::new();
+    for line in saved.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("create"), Some(name), Some(kind)) if name.starts_with(OWNED_PREFIX) => {
+                let kind = if kind == "hash:ip,port" {
+                    "hash:ip,port"
+                } else if kind == "hash:net" {
+                    "hash:net"
+                } else {
+                    "other"
+                };
+                sets.insert(
+                    name.to_owned(),
+                    SetSpec {
+                        kind,
+                        members: BTreeSet::new(),
+                    },
+                );
+            }
+            (Some("add"), Some(name), Some(member)) => {
+                if let Some(set) = sets.get_mut(name) {
+                    set.members.insert(member.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    sets
+}
+
+/// Applies rendered policy, writing only differences from what it last applied (or, after a
+/// resync or a failure, from what it reads back from the kernel).
+#[derive(Debug, Default)]
+pub struct PolicyApplier {
+    held: Option<Held>,
+}
+
+impl PolicyApplier {
+    /// Forgets what it applied: the next apply re-reads the kernel and repairs any difference.
+    pub fn resync(&mut self) {
+        self.held = None;
+    }
+
+    /// Makes the kernel hold `desired`; returns the number of writes (ipset and iptables batches).
+    pub fn apply(
+        &mut self,
+        iptables: &dyn Iptables,
+        ipsets: &dyn Ipsets,
+        desired: &Rendered,
+    ) -> Result<usize, DataplaneError> {
+        let result = self.apply_inner(iptables, ipsets, desired);
+        if result.is_err() {
+            self.held = None;
+        }
+        result
+    }
+
+    fn apply_inner(
+        &mut self,
+        iptables: &dyn Iptables,
+        ipsets: &dyn Ipsets,
+        desired: &Rendered,
+    ) -> Result<usize, DataplaneError> {
+        let held = match self.held.take() {
+            Some(held) => held,
+            None => Held {
+                chains: parse_chains(&iptables.save("filter")?),
+                sets: parse_sets(&ipsets.save()?),
+            },
+        };
+        let mut writes = 0;
+        // Sets first: rules may only refer to sets that exist.
+        let mut payload = String::new();
+        for (name, spec) in &desired.sets {
+            match held.sets.get(name) {
+                Some(current) if current.kind == spec.kind => {
+                    for member in current.members.difference(&spec.members) {
+                        payload.push_str(&format!("del {name} {member} -exist\n"));
+                    }
+                    for member in spec.members.difference(&current.members) {
+                        payload.push_str(&format!("add {name} {member} -exist\n"));
+                    }
+                }
+                _ => {
+                    // New (or of another type, which the swap refuses and a resync reports):
+                    // filled aside and swapped in whole.
+                    let temporary = format!("brd-tmp-{}", &name[OWNED_PREFIX.len()..]);
+                    payload.push_str(&format!(
+                        "create {temporary} {} family inet -exist\nflush {temporary}\n",
+                        spec.kind
+                    ));
+                    for member in &spec.members {
+                        payload.push_str(&format!("add {temporary} {member}\n"));
+                    }
+                    payload.push_str(&format!(
+                        "create {name} {} family inet -exist\nswap {temporary} {name}\ndestroy {temporary}\n",
+                        spec.kind
+                    ));
+                }
+            }
+        }
+        if !payload.is_empty() {
+            ipsets.restore(&payload)?;
+            writes += 1;
+        }
+        let wanted: BTreeMap<&String, Vec<&str>> = desired
+            .chains
+            .iter()
+            .map(|(name, rules)| (name, rules.iter().filter_map(|r| rule_hash(r)).collect()))
+            .collect();
+        // Every chain declared (created or flushed) before any rule, so jumps find their targets.
+        let mut declarations = String::from("*filter\n");
+        let mut appends = String::new();
+        for (name, rules) in &desired.chains {
+            let same = held
+                .chains
+                .get(name)
+                .is_some_and(|h| h.iter().map(String::as_str).eq(wanted[name].iter().copied()));
+            if same {
+                continue;
+            }
+            declarations.push_str(&format!(":{name} - [0:0]\n"));
+            for rule in rules {
+                appends.push_str(&format!("-A {name} {rule}\n"));
+            }
+        }
+        let stale: Vec<&String> = held
+            .chains
+            .keys()
+            .filter(|name| !desired.chains.contains_key(*name))
+            .collect();
+        for name in &stale {
+            declarations.push_str(&format!(":{name} - [0:0]\n"));
+            appends.push_str(&format!("-X {name}\n"));
+        }
+        let changed = declarations.len() > "*filter\n".len();
+        let mut restore = declarations + &appends;
+        restore.push_str("COMMIT\n");
+        if changed {
+            iptables.restore("filter", &restore)?;
+            writes += 1;
+        }
+        iptables.ensure_jump("filter", "FORWARD", FORWARD_CHAIN)?;
+        // Sets no rule uses any more go last.
+        let mut destroy = String::new();
+        for name in held.sets.keys().filter(|name| !desired.sets.contains_key(*name)) {
+            destroy.push_str(&format!("destroy {name}\n"));
+        }
+        if !destroy.is_empty() {
+            ipsets.restore(&destroy)?;
+            writes += 1;
+        }
+        self.held = Some(Held {
+            chains: wanted
+                .into_iter()
+                .map(|(k, v)| (k.clone(), v.into_iter().map(str::to_owned).collect()))
+                .collect(),
+            sets: desired.sets.clone(),
+        });
+        Ok(writes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use policy_svc::core::Calculator;
+    use policy_svc::core::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
+    use policy_svc::core::resource::{Resource, parse_documents};
+
+    use super::*;
+    use crate::dataplane::{Call, RecordingKernel};
+
+    const POLICIES: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {role: client}}}, {ipBlock: {cidr: 10.9.0.0/16, except: [10.9.1.0/24, 10.9.2.0/24]}}]
+      ports: [{port: http}, {port: 9000, endPort: 9010}]
+";
+
+    fn endpoint(node: &str, interface: &str, pod: &str, ip: &str, labels: &[(&str, &str)]) -> Endpoint {
+        Endpoint {
+            key: EndpointKey {
+                node: node.into(),
+                interface: interface.into(),
+            },
+            namespace: "shop".into(),
+            pod: pod.into(),
+            container_id: format!("c-{pod}"),
+            ips: vec![ip.parse().expect("ip")],
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ports: vec![NamedPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+            }],
+        }
+    }
+
+    fn world() -> Calculator {
+        let mut calc = Calculator::new();
+        calc.put_namespace(Namespace::new("shop", BTreeMap::new()));
+        for resource in parse_documents(POLICIES, "").expect("valid") {
+            if let Resource::KubernetesPolicy(policy) = resource {
+                calc.put_policy(policy.to_policy().expect("valid"));
+            }
+        }
+        calc.put_endpoint(endpoint("n1", "brdaaaa", "web", "10.0.0.2", &[("app", "web")]));
+        calc.put_endpoint(endpoint("n1", "brdbbbb", "other", "10.0.0.3", &[]));
+        calc.put_endpoint(endpoint(
+            "n2",
+            "brdcccc",
+            "client",
+            "10.0.1.2",
+            &[("role", "client")],
+        ));
+        calc
+    }
+
+    fn restores(kernel: &RecordingKernel) -> (Vec<String>, Vec<String>) {
+        let mut iptables = Vec::new();
+        let mut ipsets = Vec::new();
+        for call in kernel.calls() {
+            match call {
+                Call::IptablesRestore(_, payload) => iptables.push(payload),
+                Call::IpsetRestore(payload) => ipsets.push(payload),
+                _ => {}
+            }
+        }
+        (iptables, ipsets)
+    }
+
+    #[test]
+    fn renders_dispatch_endpoint_and_policy_chains_with_sets() {
+        let rendered = render(&world().view("n1"));
+        let chain = |name: &str| {
+            rendered
+                .chains
+                .get(name)
+                .unwrap_or_else(|| panic!("{name}: {:?}", rendered.chains.keys()))
+        };
+        assert!(
+            chain(FROM_WORKLOADS)
+                .iter()
+                .any(|r| r.ends_with("-i brdaaaa -g brd-fw-brdaaaa"))
+        );
+        assert!(
+            chain(TO_WORKLOADS).last().is_some_and(|r| r.ends_with("-j DROP")),
+            "unknown workloads fail closed"
+        );
+        // web is selected for ingress: its chain ends in a drop; other is open (marks cleared only).
+        assert!(
+            chain("brd-tw-brdaaaa")
+                .last()
+                .is_some_and(|r| r.ends_with("-j DROP"))
+        );
+        assert_eq!(chain("brd-tw-brdbbbb").len(), 1);
+        let policy = rendered
+            .chains
+            .keys()
+            .find(|k| k.starts_with("brd-pi-"))
+            .expect("policy chain");
+        let rules = chain(policy).join("\n");
+        assert!(rules.contains("-m multiport --dports 9000:9010"), "{rules}");
+        assert!(rules.contains("dst,dst"), "named port set: {rules}");
+        assert!(
+            rules.contains("-s 10.9.0.0/16") && rules.contains("! --match-set brd-c"),
+            "{rules}"
+        );
+        let client_set = rendered
+            .sets
+            .values()
+            .find(|s| s.members.contains("10.0.1.2"))
+            .expect("client set");
+        assert_eq!(client_set.kind, "hash:net");
+        assert!(
+            rendered
+                .sets
+                .values()
+                .any(|s| s.kind == "hash:ip,port" && s.members.contains("10.0.0.2,tcp:8080"))
+        );
+        assert!(
+            rendered.sets.values().any(|s| s.members.contains("10.9.1.0/24")),
+            "except list as a local set"
+        );
+    }
+
+    #[test]
+    fn applies_only_differences_and_repairs_after_resync() {
+        let kernel = RecordingKernel::default();
+        let mut calc = world();
+        let mut applier = PolicyApplier::default();
+        let desired = render(&calc.view("n1"));
+        assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("apply"), 2);
+        assert!(kernel.calls().contains(&Call::IptablesJump(
+            "filter".into(),
+            "FORWARD".into(),
+            FORWARD_CHAIN.into()
+        )));
+        assert_eq!(
+            applier.apply(&kernel, &kernel, &desired).expect("again"),
+            0,
+            "nothing changed, nothing written"
+        );
+
+        // A new client elsewhere: one ipset line, no iptables write.
+        let before = kernel.calls().len();
+        calc.put_endpoint(endpoint(
+            "n3",
+            "brddddd",
+            "client2",
+            "10.0.2.2",
+            &[("role", "client")],
+        ));
+        let desired = render(&calc.view("n1"));
+        assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("member"), 1);
+        let (iptables, ipsets) = restores(&kernel);
+        assert_eq!(iptables.len(), 1, "still only the first iptables write");
+        let last = ipsets.last().expect("ipset write");
+        assert_eq!(
+            last.trim(),
+            format!(
+                "add {} 10.0.2.2 -exist",
+                last.split_whitespace().nth(1).unwrap_or_default()
+            )
+        );
+        assert_eq!(
+            kernel.calls().len() - before,
+            2,
+            "one ipset restore and the hook check"
+        );
+
+        // Somebody flushes a chain by hand: after a resync exactly that chain is written back.
+        Iptables::restore(&kernel, "filter", "*filter\n:brd-tw-brdaaaa - [0:0]\nCOMMIT\n").expect("tamper");
+        applier.resync();
+        assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("repair"), 1);
+        let (iptables, _) = restores(&kernel);
+        let repair = iptables.last().expect("repair write");
+        assert!(
+            repair.contains(":brd-tw-brdaaaa") && !repair.contains(":brd-fw-brdaaaa"),
+            "{repair}"
+        );
+
+        // The policy goes: its chain and sets go, the endpoints stay (open).
+        let id = calc.state().policies().next().expect("policy").id.clone();
+        calc.remove_policy(&id);
+        let desired = render(&calc.view("n1"));
+        applier.apply(&kernel, &kernel, &desired).expect("remove");
+        let saved = Iptables::save(&kernel, "filter").expect("save");
+        assert!(!saved.contains("brd-pi-"), "{saved}");
+        assert!(saved.contains(":brd-tw-brdaaaa"));
+        let sets = Ipsets::save(&kernel).expect("sets");
+        assert!(sets.trim().is_empty(), "stale sets destroyed: {sets}");
+
+        // A fresh applier (agent restart) writes nothing when the kernel already matches.
+        let mut restarted = PolicyApplier::default();
+        assert_eq!(restarted.apply(&kernel, &kernel, &desired).expect("restart"), 0);
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_from_what_the_kernel_holds() {
+        let kernel = RecordingKernel::default();
+        let mut applier = PolicyApplier::default();
+        let desired = render(&world().view("n1"));
+        kernel.fail_on("IptablesRestore");
+        assert!(applier.apply(&kernel, &kernel, &desired).is_err());
+        assert!(applier.apply(&kernel, &kernel, &desired).expect("retry") >= 1);
+        assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("settled"), 0);
+    }
+}
