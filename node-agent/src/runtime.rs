@@ -1,5 +1,6 @@
 //! Flags and wiring of the `node-agent` binary: records, kernel access, the IPAM client, start-up
-//! reconciliation, the route-svc follower, and the CNI service on a root-only unix socket.
+//! reconciliation, the route-svc and policy-svc followers, and the CNI service on a root-only
+//! unix socket.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -13,9 +14,10 @@ use tonic_health::ServingStatus;
 
 use crate::core::attachments::AttachmentStore;
 use crate::core::cni::CniOps;
-use crate::dataplane::{IptablesCommands, ProcSysctl, RtNetlink, Sysctl};
+use crate::dataplane::{IpsetCommands, Iptables, IptablesCommands, ProcSysctl, RtNetlink, Sysctl};
 use crate::grpc::cni_service::{CniService, SERVICE_NAME};
 use crate::grpc::ipam_client::GrpcIpam;
+use crate::grpc::policy_client::GrpcPolicy;
 use crate::grpc::route_client::RouteFollower;
 use route_svc::core::Node;
 
@@ -39,6 +41,10 @@ pub struct Args {
     /// programs routes to other nodes' pods.
     #[arg(long, env = "BRINDLE_ROUTE_ENDPOINT", requires = "node_address")]
     pub route_endpoint: Option<String>,
+    /// policy-svc (or `brindle server`) gRPC endpoint; when set, the agent registers its pods as
+    /// workload endpoints and enforces network policy on them.
+    #[arg(long, env = "BRINDLE_POLICY_ENDPOINT")]
+    pub policy_endpoint: Option<String>,
     /// This node's underlay address (other nodes route its pods' blocks via it).
     #[arg(long, env = "BRINDLE_NODE_ADDRESS")]
     pub node_address: Option<std::net::IpAddr>,
@@ -70,6 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Pods on this node are routed by it.
     sysctl.set("net/ipv4/ip_forward", "1")?;
     let ipam = Arc::new(GrpcIpam::new(&args.ipam_endpoint)?);
+    let iptables: Arc<dyn Iptables> = Arc::new(IptablesCommands::detect());
     if let (Some(endpoint), Some(address)) = (&args.route_endpoint, args.node_address) {
         let registration = Node {
             name: node.clone(),
@@ -87,12 +94,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             endpoint,
             registration,
             netlink.clone(),
-            Arc::new(IptablesCommands::detect()),
+            iptables.clone(),
             ipam.clone(),
         )?;
         tokio::spawn(follower.run());
     }
-    let ops = Arc::new(CniOps::new(&node, netlink, sysctl, ipam, records));
+    let mut ops = CniOps::new(&node, netlink, sysctl, ipam, records);
+    if let Some(endpoint) = &args.policy_endpoint {
+        let policy = GrpcPolicy::new(endpoint)?;
+        ops = ops.with_endpoints(Arc::new(policy.clone()));
+        tokio::spawn(policy.follow(node.clone(), iptables.clone(), Arc::new(IpsetCommands)));
+    }
+    let ops = Arc::new(ops);
     if let Err(failure) = ops.reconcile().await {
         tracing::warn!(?failure, "start-up reconciliation incomplete; GC will finish it");
     }

@@ -128,6 +128,8 @@ async fn start_up_sweep_undoes_interrupted_adds_and_orphans_only() {
             addresses: Vec::new(),
             namespace: String::new(),
             pod: String::new(),
+            labels: Default::default(),
+            ports: Vec::new(),
             phase: Phase::Adding,
         })
         .expect("intent record");

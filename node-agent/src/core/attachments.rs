@@ -63,6 +63,12 @@ pub struct Attachment {
     pub namespace: String,
     /// Pod name.
     pub pod: String,
+    /// Pod labels (from the network configuration's `args.cni.labels`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Named container ports (from `args.brindle.ports`).
+    #[serde(default)]
+    pub ports: Vec<policy_svc::core::model::NamedPort>,
     /// Life phase.
     pub phase: Phase,
 }
@@ -185,6 +191,8 @@ mod tests {
             addresses: vec!["10.244.0.5/32".parse().expect("net")],
             namespace: "default".into(),
             pod: "web".into(),
+            labels: [("app".to_owned(), "web".to_owned())].into(),
+            ports: Vec::new(),
             phase: Phase::Ready,
         }
     }

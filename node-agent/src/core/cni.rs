@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use super::attachments::{Attachment, AttachmentStore, Phase, RecordError};
+use super::endpoints::{EndpointCallError, EndpointRegistry, endpoint, labels_and_ports};
 use super::ipam::{IpamApi, IpamCallError, Owner};
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
 use crate::dataplane::{DataplaneError, Netlink, Sysctl};
@@ -48,6 +49,19 @@ impl From<IpamCallError> for CniFailure {
                 Self::new(TRY_AGAIN_LATER, "ipam-svc is unavailable; try again later", why)
             }
             IpamCallError::Refused(why) => Self::new(IPAM_REFUSED, "no address could be allocated", why),
+        }
+    }
+}
+
+impl From<EndpointCallError> for CniFailure {
+    fn from(error: EndpointCallError) -> Self {
+        match error {
+            EndpointCallError::Unavailable(why) => {
+                Self::new(TRY_AGAIN_LATER, "policy-svc is unavailable; try again later", why)
+            }
+            EndpointCallError::Refused(why) => {
+                Self::new(INVALID_CONFIG, "the pod's endpoint was refused", why)
+            }
         }
     }
 }
@@ -264,6 +278,8 @@ pub struct CniOps {
     records: AttachmentStore,
     locks: ContainerLocks,
     links: LinkReaper,
+    /// policy-svc's endpoint registry, when the node enforces policy.
+    endpoints: Option<Arc<dyn EndpointRegistry>>,
 }
 
 fn requested_ips(request: &CniRequest) -> Result<Vec<IpAddr>, CniFailure> {
@@ -335,7 +351,15 @@ impl CniOps {
             ipam,
             records,
             locks: ContainerLocks::default(),
+            endpoints: None,
         }
+    }
+
+    /// Registers every attachment as a workload endpoint with `registry` (policy enforcement).
+    #[must_use]
+    pub fn with_endpoints(mut self, registry: Arc<dyn EndpointRegistry>) -> Self {
+        self.endpoints = Some(registry);
+        self
     }
 
     fn wiring(&self) -> Wiring<'_> {
@@ -348,6 +372,8 @@ impl CniOps {
         let _running = self.links.add_running();
         let mtu = mtu(request)?;
         let requested = requested_ips(request)?;
+        let (labels, ports) =
+            labels_and_ports(&request.config).map_err(|why| CniFailure::new(INVALID_CONFIG, why, ""))?;
         if let Some(existing) = self.records.load(&request.key)? {
             if existing.phase == Phase::Ready {
                 return Err(CniFailure::new(
@@ -369,12 +395,18 @@ impl CniOps {
             addresses: Vec::new(),
             namespace: request.args.get("K8S_POD_NAMESPACE").cloned().unwrap_or_default(),
             pod: request.args.get("K8S_POD_NAME").cloned().unwrap_or_default(),
+            labels,
+            ports,
             phase: Phase::Adding,
         };
         // The intent is recorded before anything is allocated, so a crash mid-ADD is undone on start.
         self.records.save(&attachment)?;
         self.links.wait_deleted(&attachment.host_ifname).await;
-        match self.allocate_and_wire(&mut attachment, &requested, mtu).await {
+        let attached = match self.allocate_and_wire(&mut attachment, &requested, mtu).await {
+            Ok(wired) => self.register(&attachment).await.map(|()| wired),
+            Err(failure) => Err(failure),
+        };
+        match attached {
             Ok(wired) => {
                 attachment.phase = Phase::Ready;
                 self.records.save(&attachment)?;
@@ -439,9 +471,29 @@ impl CniOps {
         Ok(wired)
     }
 
-    /// Removes the veth (now, or in the background for DEL), releases the addresses, forgets the
-    /// record.
+    /// Registers the attachment's workload endpoint (when the node enforces policy).
+    async fn register(&self, attachment: &Attachment) -> Result<(), CniFailure> {
+        match &self.endpoints {
+            Some(registry) => Ok(registry.register(&endpoint(&self.node, attachment)).await?),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes the workload endpoint, the veth (now, or in the background for DEL), releases the
+    /// addresses, forgets the record. The endpoint of a ready attachment must be gone before
+    /// anything else is (its address must leave every policy's sets before it can be reused); an
+    /// interrupted ADD's is removed on a best-effort basis (the start-up sweep catches the rest).
     async fn undo(&self, attachment: &Attachment, removal: Removal) -> Result<(), CniFailure> {
+        if let Some(registry) = &self.endpoints {
+            let key = endpoint(&self.node, attachment).key;
+            match registry.remove(&key).await {
+                Ok(()) => {}
+                Err(error) if attachment.phase == Phase::Ready => return Err(error.into()),
+                Err(error) => {
+                    tracing::warn!(%error, interface = %key.interface, "removing the endpoint of an unfinished ADD")
+                }
+            }
+        }
         match removal {
             Removal::Now => {
                 self.wiring().detach(&attachment.host_ifname).await?;
@@ -465,6 +517,8 @@ impl CniOps {
             addresses: Vec::new(),
             namespace: String::new(),
             pod: String::new(),
+            labels: BTreeMap::new(),
+            ports: Vec::new(),
             phase: Phase::Ready,
         });
         // Deleting a veth takes the kernel tens of milliseconds: DEL takes it down and leaves the
@@ -539,7 +593,37 @@ impl CniOps {
         self.ipam
             .collect_garbage(&self.node, &valid_handles, &format!("{network}."))
             .await?;
-        self.sweep_links().await
+        self.sweep_links().await?;
+        self.sync_endpoints().await
+    }
+
+    /// Registers the endpoint of every ready attachment and removes this node's endpoints that
+    /// no attachment owns (after a crash between registering and recording, or a lost datastore).
+    async fn sync_endpoints(&self) -> Result<(), CniFailure> {
+        let Some(registry) = &self.endpoints else {
+            return Ok(());
+        };
+        let ready: Vec<Attachment> = self
+            .records
+            .list()?
+            .into_iter()
+            .filter(|a| a.phase == Phase::Ready)
+            .collect();
+        for attachment in &ready {
+            registry.register(&endpoint(&self.node, attachment)).await?;
+        }
+        let owned: HashSet<&str> = ready.iter().map(|a| a.host_ifname.as_str()).collect();
+        for interface in registry.interfaces(&self.node).await? {
+            if !owned.contains(interface.as_str()) {
+                tracing::info!(%interface, "removing an endpoint no attachment owns");
+                let key = policy_svc::core::model::EndpointKey {
+                    node: self.node.clone(),
+                    interface,
+                };
+                registry.remove(&key).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Deletes `brd*` host links that no record owns.
@@ -578,6 +662,7 @@ impl CniOps {
                 "released addresses of this node that no attachment owns"
             );
         }
-        self.sweep_links().await
+        self.sweep_links().await?;
+        self.sync_endpoints().await
     }
 }

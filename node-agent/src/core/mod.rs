@@ -4,6 +4,7 @@
 
 pub mod attachments;
 pub mod cni;
+pub mod endpoints;
 pub mod ipam;
 pub mod nat;
 pub mod policy;

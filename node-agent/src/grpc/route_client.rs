@@ -10,14 +10,12 @@ use std::time::Duration;
 
 use brindle_datastore::Backoff;
 use brindle_fanout::Mirror;
-use brindle_grpc_server::sync::SnapshotAssembler;
-use brindle_proto::common::v1 as common;
+use brindle_grpc_server::sync::{InvalidField, SnapshotAssembler};
 use brindle_proto::route::v1 as pb;
-use futures_util::StreamExt;
 use pb::routes_client::RoutesClient;
 use route_svc::core::{Node, RouteItem};
 use route_svc::grpc::convert;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::core::ipam::IpamApi;
@@ -25,30 +23,12 @@ use crate::core::nat::NatReconciler;
 use crate::core::routing::{RouteReconciler, desired_routes};
 use crate::core::tunnels::{IPIP_DEVICE, TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps};
 use crate::dataplane::{Iptables, Netlink};
+use crate::grpc::sync_client::{Outgoing, SyncService, SyncTarget, follow};
 
 /// How long a registration lives without renewal.
 const REGISTRATION_TTL_SECONDS: u32 = 30;
 /// How often it is renewed.
 const RENEW_EVERY: Duration = Duration::from_secs(10);
-/// The agent's keepalive on the Sync stream.
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
-/// Silence from route-svc after which the agent reconnects.
-const SILENCE_LIMIT: Duration = Duration::from_secs(30);
-
-/// Why one Sync call ended.
-#[derive(Debug, thiserror::Error)]
-enum SyncEnded {
-    /// The call failed or ended.
-    #[error("route-svc: {0}")]
-    Status(#[from] tonic::Status),
-    /// route-svc said nothing for too long.
-    #[error("route-svc silent for {0:?}")]
-    Silent(Duration),
-    /// route-svc sent something the agent cannot use.
-    #[error("route-svc sent an unusable message: {0}")]
-    Unusable(String),
-}
-
 /// Registration and routing-state following for one node.
 pub struct RouteFollower {
     client: RoutesClient<Channel>,
@@ -59,6 +39,8 @@ pub struct RouteFollower {
 /// What the routing state is programmed into: tunnel devices, remote tunnel endpoints, remote
 /// routes and the natOutgoing chain.
 struct Programmer {
+    /// This node.
+    me: String,
     netlink: Arc<dyn Netlink>,
     iptables: Arc<dyn Iptables>,
     tunnels: TunnelSetup,
@@ -83,11 +65,13 @@ impl RouteFollower {
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
         let tunnels = TunnelSetup::new(&node.name, &node.addresses, ipam, IPIP_DEVICE);
+        let me = node.name.clone();
         let (registration, registered) = watch::channel(node);
         Ok(Self {
             client: RoutesClient::new(channel).max_decoding_message_size(256 << 20),
             registration: registered,
             programmer: Programmer {
+                me,
                 netlink,
                 iptables,
                 tunnels,
@@ -103,8 +87,34 @@ impl RouteFollower {
     pub async fn run(self) {
         let name = self.registration.borrow().name.clone();
         let registration = keep_registered(self.client.clone(), self.registration);
-        let sync = follow(self.client, name, self.programmer);
-        tokio::join!(registration, sync);
+        tokio::join!(
+            registration,
+            follow(RouteSync(self.client), name, self.programmer)
+        );
+    }
+}
+
+/// route-svc's Sync stream.
+struct RouteSync(RoutesClient<Channel>);
+
+#[async_trait::async_trait]
+impl SyncService for RouteSync {
+    type Response = pb::SyncResponse;
+    type Value = RouteItem;
+    const NAME: &'static str = "route-svc";
+    const MIN_INTERVAL: Duration = Duration::ZERO;
+
+    async fn open(&self, outgoing: Outgoing) -> Result<tonic::Streaming<pb::SyncResponse>, tonic::Status> {
+        let mut client = self.0.clone();
+        client.sync(outgoing).await.map(tonic::Response::into_inner)
+    }
+
+    fn apply(
+        mirror: &mut Mirror<RouteItem>,
+        pieces: &mut SnapshotAssembler,
+        response: pb::SyncResponse,
+    ) -> Result<bool, InvalidField> {
+        convert::apply_response(mirror, pieces, response)
     }
 }
 
@@ -151,88 +161,15 @@ async fn keep_registered(mut client: RoutesClient<Channel>, mut registration: wa
     }
 }
 
-async fn follow(client: RoutesClient<Channel>, me: String, mut programmer: Programmer) {
-    let mut mirror = Mirror::default();
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    loop {
-        let error = sync_once(client.clone(), &me, &mut programmer, &mut mirror, &mut backoff).await;
-        tracing::warn!(%error, revision = mirror.revision(), "routing-state stream ended; routes stay as they are; reconnecting");
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-fn client_message(message: common::sync_client_message::Message) -> common::SyncClientMessage {
-    common::SyncClientMessage {
-        message: Some(message),
-    }
-}
-
-async fn sync_once(
-    mut client: RoutesClient<Channel>,
-    me: &str,
-    programmer: &mut Programmer,
-    mirror: &mut Mirror<RouteItem>,
-    backoff: &mut Backoff,
-) -> SyncEnded {
-    let (to_server, queued) = mpsc::channel(8);
-    let hello = common::sync_client_message::Message::Hello(common::SyncHello {
-        node: me.to_owned(),
-        resume_revision: mirror.revision(),
-    });
-    if to_server.send(client_message(hello)).await.is_err() {
-        return SyncEnded::Unusable("request stream closed".into());
-    }
-    let mut queued = queued;
-    let outgoing = futures_util::stream::poll_fn(move |cx| queued.poll_recv(cx));
-    let mut incoming = match client.sync(outgoing).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return status.into(),
-    };
-    let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
-    let mut pieces = SnapshotAssembler::default();
-    loop {
-        let message = tokio::select! {
-            message = tokio::time::timeout(SILENCE_LIMIT, incoming.next()) => message,
-            _ = keepalive.tick() => {
-                let alive = common::sync_client_message::Message::Keepalive(common::Keepalive::default());
-                let _ = to_server.try_send(client_message(alive));
-                // Retries what failed and repairs tunnel devices removed behind the agent's
-                // back; never before the first full state.
-                if mirror.revision() > 0 {
-                    programmer.program(mirror, me, &to_server).await;
-                }
-                continue;
-            }
-        };
-        let message = match message {
-            Err(_) => return SyncEnded::Silent(SILENCE_LIMIT),
-            Ok(None) => return tonic::Status::unavailable("stream ended").into(),
-            Ok(Some(Err(status))) => return status.into(),
-            Ok(Some(Ok(message))) => message,
-        };
-        backoff.reset();
-        let changed = match convert::apply_response(mirror, &mut pieces, message) {
-            Ok(changed) => changed,
-            Err(error) => return SyncEnded::Unusable(error.to_string()),
-        };
-        if changed {
-            programmer.program(mirror, me, &to_server).await;
-        }
-    }
-}
-
-impl Programmer {
+#[async_trait::async_trait]
+impl SyncTarget<RouteItem> for Programmer {
     /// Programs what `mirror` asks for: tunnel devices, remote tunnel endpoints, remote routes
-    /// and the natOutgoing chain, each step regardless of the others' failures. Acknowledges the
-    /// revision once the kernel holds everything the ready devices can carry (a tunnel device
-    /// that cannot be set up is logged and retried, and leaves its routes as they are). What
-    /// failed is retried at the next keepalive tick.
-    async fn program(
-        &mut self,
-        mirror: &Mirror<RouteItem>,
-        me: &str,
-        to_server: &mpsc::Sender<common::SyncClientMessage>,
-    ) {
+    /// and the natOutgoing chain, each step regardless of the others' failures. Succeeds once the
+    /// kernel holds everything the ready devices can carry (a tunnel device that cannot be set up
+    /// is logged and retried, and leaves its routes as they are). What failed is retried at the
+    /// next keepalive tick.
+    async fn program(&mut self, mirror: &Mirror<RouteItem>, _tick: bool) -> Option<u64> {
+        let me = self.me.as_str();
         let state = mirror.state();
         let netlink = self.netlink.as_ref();
         let prepared = self.tunnels.ensure(netlink, state).await;
@@ -269,12 +206,6 @@ impl Programmer {
         for error in &failures {
             tracing::error!(%error, "programming the routing state; retrying");
         }
-        if failures.is_empty() {
-            let ack = common::sync_client_message::Message::Ack(common::SyncAck {
-                revision: mirror.revision(),
-                programmed: programmed as u64,
-            });
-            let _ = to_server.try_send(client_message(ack));
-        }
+        failures.is_empty().then_some(programmed as u64)
     }
 }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod endpoints;
 pub mod ipam;
 pub mod node;
 

@@ -1,0 +1,173 @@
+//! The agent's side of policy-svc: registers its workload endpoints and follows its node's
+//! policy view (`Sync`), rendering it into iptables chains and ipsets after every change
+//! (coalesced, at most one apply per [`APPLY_INTERVAL`]) and re-reading the kernel at every
+//! keepalive tick to repair what changed behind its back. Nothing is written before the first
+//! full view.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_fanout::Mirror;
+use brindle_grpc_server::sync::{InvalidField, SnapshotAssembler};
+use brindle_proto::policy::v1 as pb;
+use pb::policy_client::PolicyClient;
+use policy_svc::core::model::{Endpoint, EndpointKey};
+use policy_svc::core::view::ViewEntry;
+use policy_svc::grpc::convert;
+use tonic::transport::Channel;
+
+use crate::core::endpoints::{EndpointCallError, EndpointRegistry};
+use crate::core::policy::{PolicyApplier, render};
+use crate::dataplane::{Ipsets, Iptables};
+use crate::grpc::sync_client::{Outgoing, SyncService, SyncTarget, follow};
+
+/// Shortest time between two applies: changes arriving meanwhile are applied together.
+pub const APPLY_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A policy-svc client.
+#[derive(Clone)]
+pub struct GrpcPolicy {
+    client: PolicyClient<Channel>,
+}
+
+impl GrpcPolicy {
+    /// A client of policy-svc at `endpoint` (`http://host:port`); connects lazily.
+    pub fn new(endpoint: &str) -> anyhow::Result<Self> {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Self {
+            client: PolicyClient::new(channel).max_decoding_message_size(256 << 20),
+        })
+    }
+
+    /// Follows `node`'s policy view into the kernel until the task is dropped.
+    pub async fn follow(self, node: String, iptables: Arc<dyn Iptables>, ipsets: Arc<dyn Ipsets>) {
+        let target = PolicyProgrammer {
+            iptables,
+            ipsets,
+            applier: PolicyApplier::default(),
+        };
+        follow(PolicySync(self.client), node, target).await;
+    }
+}
+
+fn call_error(status: tonic::Status) -> EndpointCallError {
+    match status.code() {
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
+            EndpointCallError::Refused(status.message().to_owned())
+        }
+        _ => EndpointCallError::Unavailable(status.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl EndpointRegistry for GrpcPolicy {
+    async fn register(&self, endpoint: &Endpoint) -> Result<(), EndpointCallError> {
+        let request = pb::RegisterEndpointRequest {
+            endpoint: Some(convert::endpoint_to_proto(endpoint, 0)),
+        };
+        self.client
+            .clone()
+            .register_endpoint(request)
+            .await
+            .map(drop)
+            .map_err(call_error)
+    }
+
+    async fn remove(&self, key: &EndpointKey) -> Result<(), EndpointCallError> {
+        let request = pb::DeleteEndpointRequest {
+            node: key.node.clone(),
+            interface: key.interface.clone(),
+        };
+        self.client
+            .clone()
+            .delete_endpoint(request)
+            .await
+            .map(drop)
+            .map_err(call_error)
+    }
+
+    async fn interfaces(&self, node: &str) -> Result<Vec<String>, EndpointCallError> {
+        let request = pb::ListEndpointsRequest {
+            node: node.to_owned(),
+        };
+        let listed = self
+            .client
+            .clone()
+            .list_endpoints(request)
+            .await
+            .map_err(call_error)?;
+        Ok(listed
+            .into_inner()
+            .endpoints
+            .into_iter()
+            .map(|e| e.interface)
+            .collect())
+    }
+}
+
+/// policy-svc's Sync stream.
+struct PolicySync(PolicyClient<Channel>);
+
+#[async_trait::async_trait]
+impl SyncService for PolicySync {
+    type Response = pb::SyncResponse;
+    type Value = ViewEntry;
+    const NAME: &'static str = "policy-svc";
+    const MIN_INTERVAL: Duration = APPLY_INTERVAL;
+
+    async fn open(&self, outgoing: Outgoing) -> Result<tonic::Streaming<pb::SyncResponse>, tonic::Status> {
+        let mut client = self.0.clone();
+        client.sync(outgoing).await.map(tonic::Response::into_inner)
+    }
+
+    fn apply(
+        mirror: &mut Mirror<ViewEntry>,
+        pieces: &mut SnapshotAssembler,
+        response: pb::SyncResponse,
+    ) -> Result<bool, InvalidField> {
+        convert::apply_response(mirror, pieces, response)
+    }
+}
+
+/// Renders and applies the view.
+struct PolicyProgrammer {
+    iptables: Arc<dyn Iptables>,
+    ipsets: Arc<dyn Ipsets>,
+    applier: PolicyApplier,
+}
+
+#[async_trait::async_trait]
+impl SyncTarget<ViewEntry> for PolicyProgrammer {
+    async fn program(&mut self, mirror: &Mirror<ViewEntry>, tick: bool) -> Option<u64> {
+        if tick {
+            self.applier.resync();
+        }
+        let started = std::time::Instant::now();
+        let rendered = render(mirror.state());
+        // iptables-restore and ipset run as child processes: off the async workers.
+        let result = tokio::task::block_in_place(|| {
+            self.applier
+                .apply(self.iptables.as_ref(), self.ipsets.as_ref(), &rendered)
+        });
+        match result {
+            Ok(writes) => {
+                if writes > 0 {
+                    tracing::debug!(
+                        revision = mirror.revision(),
+                        writes,
+                        elapsed_us = started.elapsed().as_micros(),
+                        "policy applied"
+                    );
+                }
+                Some(rendered.objects() as u64)
+            }
+            Err(error) => {
+                tracing::error!(%error, revision = mirror.revision(), "applying policy; retrying");
+                None
+            }
+        }
+    }
+}

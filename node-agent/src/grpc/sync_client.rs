@@ -1,0 +1,150 @@
+//! The agent's side of a `Sync` stream, shared by the route-svc and policy-svc followers: hello
+//! with the revision it applied (so a reconnect resumes), keepalives both ways, a silent server
+//! dropped, snapshots put together from their pieces, and the state programmed — coalesced (every
+//! message already received is applied first) and at most once per `min_interval` — with an ack
+//! of the revision once programmed. Disconnected, it changes nothing; every keepalive tick after
+//! the first full state programs again, which retries failures and repairs the kernel.
+
+use std::time::Duration;
+
+use brindle_datastore::Backoff;
+use brindle_fanout::Mirror;
+use brindle_grpc_server::sync::{InvalidField, SnapshotAssembler};
+use brindle_proto::common::v1 as common;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The agent's keepalive on a Sync stream.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
+/// Silence from the server after which the agent reconnects.
+const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+
+/// What a follower programs the state into.
+#[async_trait::async_trait]
+pub trait SyncTarget<V: Send + Sync>: Send {
+    /// Programs what `mirror` holds (`tick`: the periodic retry and repair, not a change).
+    /// Returns the number of kernel objects programmed when everything succeeded — the revision
+    /// is then acknowledged — or `None` after logging what failed.
+    async fn program(&mut self, mirror: &Mirror<V>, tick: bool) -> Option<u64>;
+}
+
+/// Why one Sync call ended.
+#[derive(Debug, thiserror::Error)]
+enum SyncEnded {
+    /// The call failed or ended.
+    #[error("{0}")]
+    Status(#[from] tonic::Status),
+    /// The server said nothing for too long.
+    #[error("silent for {0:?}")]
+    Silent(Duration),
+    /// The server sent something the agent cannot use.
+    #[error("unusable message: {0}")]
+    Unusable(String),
+}
+
+/// A stream of client messages for a Sync call.
+pub type Outgoing = tokio_stream::wrappers::ReceiverStream<common::SyncClientMessage>;
+
+/// A service with a Sync stream, as a follower uses it.
+#[async_trait::async_trait]
+pub trait SyncService: Send + Sync {
+    /// The service's Sync response.
+    type Response: Send + 'static;
+    /// The value of its keyed state.
+    type Value: Clone + PartialEq + Send + Sync + 'static;
+    /// The service, for logs (`route-svc`, `policy-svc`).
+    const NAME: &'static str;
+    /// Shortest time between two programmings.
+    const MIN_INTERVAL: Duration;
+    /// Opens a Sync call with the given outgoing messages.
+    async fn open(&self, outgoing: Outgoing) -> Result<tonic::Streaming<Self::Response>, tonic::Status>;
+    /// Applies one response to the mirror; `true` when the state changed.
+    fn apply(
+        mirror: &mut Mirror<Self::Value>,
+        pieces: &mut SnapshotAssembler,
+        response: Self::Response,
+    ) -> Result<bool, InvalidField>;
+}
+
+fn client_message(message: common::sync_client_message::Message) -> common::SyncClientMessage {
+    common::SyncClientMessage {
+        message: Some(message),
+    }
+}
+
+/// Follows `service` for node `me` into `target` until the task is dropped.
+pub async fn follow<S: SyncService, T: SyncTarget<S::Value>>(service: S, me: String, mut target: T) {
+    let mut mirror = Mirror::default();
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let error = sync_once(&service, &me, &mut target, &mut mirror, &mut backoff).await;
+        tracing::warn!(service = S::NAME, %error, revision = mirror.revision(), "sync stream ended; the kernel stays as it is; reconnecting");
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn sync_once<S: SyncService, T: SyncTarget<S::Value>>(
+    service: &S,
+    me: &str,
+    target: &mut T,
+    mirror: &mut Mirror<S::Value>,
+    backoff: &mut Backoff,
+) -> SyncEnded {
+    let (to_server, queued) = mpsc::channel(8);
+    let hello = common::sync_client_message::Message::Hello(common::SyncHello {
+        node: me.to_owned(),
+        resume_revision: mirror.revision(),
+    });
+    if to_server.send(client_message(hello)).await.is_err() {
+        return SyncEnded::Unusable("request stream closed".into());
+    }
+    let outgoing = Outgoing::new(queued);
+    let mut incoming = match service.open(outgoing).await {
+        Ok(incoming) => incoming,
+        Err(status) => return status.into(),
+    };
+    let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+    let mut pieces = SnapshotAssembler::default();
+    let mut pending = false;
+    let mut next_program = Instant::now();
+    let acknowledge = |revision: u64, programmed: u64| {
+        let ack = common::sync_client_message::Message::Ack(common::SyncAck { revision, programmed });
+        let _ = to_server.try_send(client_message(ack));
+    };
+    loop {
+        tokio::select! {
+            biased;
+            message = tokio::time::timeout(SILENCE_LIMIT, incoming.next()) => {
+                let message = match message {
+                    Err(_) => return SyncEnded::Silent(SILENCE_LIMIT),
+                    Ok(None) => return tonic::Status::unavailable("stream ended").into(),
+                    Ok(Some(Err(status))) => return status.into(),
+                    Ok(Some(Ok(message))) => message,
+                };
+                backoff.reset();
+                match S::apply(mirror, &mut pieces, message) {
+                    Ok(changed) => pending |= changed,
+                    Err(error) => return SyncEnded::Unusable(error.to_string()),
+                }
+            }
+            _ = tokio::time::sleep_until(next_program), if pending => {
+                pending = false;
+                if let Some(programmed) = target.program(mirror, false).await {
+                    acknowledge(mirror.revision(), programmed);
+                }
+                next_program = Instant::now() + S::MIN_INTERVAL;
+            }
+            _ = keepalive.tick() => {
+                let alive = common::sync_client_message::Message::Keepalive(common::Keepalive::default());
+                let _ = to_server.try_send(client_message(alive));
+                // Never before the first full state.
+                if mirror.revision() > 0
+                    && let Some(programmed) = target.program(mirror, true).await
+                {
+                    acknowledge(mirror.revision(), programmed);
+                }
+            }
+        }
+    }
+}
