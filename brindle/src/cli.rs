@@ -61,6 +61,9 @@ pub struct LabUpArgs {
     /// Run the control plane on etcd (Debian's etcd-server) instead of the embedded store.
     #[arg(long)]
     pub etcd: bool,
+    /// Register pods with policy-svc and enforce network policy on every node.
+    #[arg(long)]
+    pub policy: bool,
     /// Tear the lab down right after printing the matrix.
     #[arg(long)]
     pub once: bool,

@@ -29,6 +29,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 encapsulation: args.encapsulation,
                 subnets: args.subnets.into(),
                 etcd: args.etcd,
+                policy: args.policy,
             };
             let lab = tokio::task::spawn_blocking(move || Lab::up(spec)).await??;
             let lab = tokio::task::spawn_blocking(move || {

@@ -28,6 +28,7 @@ fn spec(nodes: usize) -> LabSpec {
         encapsulation: Encapsulation::Never,
         subnets: 1,
         etcd: false,
+        policy: false,
     }
 }
 

@@ -140,6 +140,15 @@ pub struct PolicyRef {
 }
 
 impl PolicyRef {
+    /// The kind as policy-svc's API names it.
+    pub fn api_kind(&self) -> &str {
+        match self.kind.as_str() {
+            "NetworkPolicy" => "KubernetesNetworkPolicy",
+            "BrindleNetworkPolicy" => "NetworkPolicy",
+            other => other,
+        }
+    }
+
     /// The policy's id.
     pub fn id(&self) -> Result<PolicyId, String> {
         let namespace = || {
@@ -214,9 +223,9 @@ pub fn load_cases() -> Result<Vec<Case>, String> {
 }
 
 impl Step {
-    /// The objects to apply, with `{{ns/pod}}` replaced by `address(ns/pod)`.
-    pub fn resources(&self, address: &dyn Fn(&str) -> Option<IpAddr>) -> Result<Vec<Resource>, PolicyError> {
-        let mut resources = Vec::new();
+    /// The objects to apply as YAML documents, with `{{ns/pod}}` replaced by `address(ns/pod)`.
+    pub fn manifest(&self, address: &dyn Fn(&str) -> Option<IpAddr>) -> Result<String, PolicyError> {
+        let mut documents = Vec::new();
         for value in &self.apply {
             let mut text = yaml_serde::to_string(value).map_err(|e| PolicyError::Invalid {
                 field: "apply".to_owned(),
@@ -227,9 +236,14 @@ impl Step {
                     text = text.replace(&format!("{{{{{pod}}}}}"), &ip.to_string());
                 }
             }
-            resources.extend(parse_documents(&text, "")?);
+            documents.push(text);
         }
-        Ok(resources)
+        Ok(documents.join("---\n"))
+    }
+
+    /// The objects to apply (see [`Step::manifest`]).
+    pub fn resources(&self, address: &dyn Fn(&str) -> Option<IpAddr>) -> Result<Vec<Resource>, PolicyError> {
+        parse_documents(&self.manifest(address)?, "")
     }
 
     /// The expected matrix.

@@ -128,6 +128,7 @@ fn measure(args: &Args, encapsulation: Encapsulation) -> anyhow::Result<(f64, f6
         encapsulation,
         subnets: 1,
         etcd: false,
+        policy: false,
     })?;
     if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
         bail!("{error}\n{}", lab.logs());

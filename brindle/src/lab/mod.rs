@@ -5,6 +5,7 @@
 //! Everything is removed when the lab is dropped. The end-to-end tests use it too.
 
 mod netns;
+mod probe;
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -14,9 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use brindle_proto::ipam::v1 as ipam;
+use brindle_proto::policy::v1 as policy;
 use brindle_proto::route::v1 as route;
 
 pub use netns::{Namespace, Underlay, run};
+pub use probe::{EchoServers, Target, Transport, probe, serve};
 
 /// The underlay subnet of the control plane and the first nodes (inside the lab's namespaces only).
 const UNDERLAY: &str = "192.168.200";
@@ -52,6 +55,21 @@ pub struct LabSpec {
     pub subnets: usize,
     /// Run the control plane on etcd (Debian's `etcd`) instead of the embedded store.
     pub etcd: bool,
+    /// Agents register pods with policy-svc and enforce network policy.
+    pub policy: bool,
+}
+
+/// A pod to add: its Kubernetes identity, labels and named container ports.
+#[derive(Debug, Clone, Default)]
+pub struct Workload {
+    /// Kubernetes namespace (`K8S_POD_NAMESPACE`); `default` when empty.
+    pub namespace: String,
+    /// Pod name (`K8S_POD_NAME`); the lab's own name when empty.
+    pub pod: String,
+    /// Labels (the network configuration's `args.cni.labels`).
+    pub labels: Vec<(String, String)>,
+    /// Named ports `(name, protocol, port)` (`args.brindle.ports`).
+    pub ports: Vec<(String, String, u16)>,
 }
 
 /// How the lab pool's traffic crosses between nodes (its vxlanMode / ipipMode).
@@ -108,6 +126,8 @@ pub struct LabPod {
     pub namespace: Namespace,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// `namespace/pod` as policy sees it.
+    pub workload: String,
 }
 
 /// A running lab; dropping it tears everything down.
@@ -418,6 +438,11 @@ impl Lab {
                 "--node-subnet",
                 &format!("{}.0/24", subnet_prefix(subnet)),
             ])
+            .args(if self.spec.policy {
+                vec!["--policy-endpoint".to_owned(), Self::endpoint()]
+            } else {
+                Vec::new()
+            })
             .stdout(Stdio::null())
             .stderr(log_file(&self.dir.path().join(format!("{name}.log")))?)
             .spawn()
@@ -439,11 +464,40 @@ impl Lab {
         Ok(self.nodes.len() - 1)
     }
 
-    fn cni(&self, node: &LabNode, command: &str, pod: &str, netns: &Path) -> anyhow::Result<(bool, String)> {
-        let config = format!(
-            r#"{{"cniVersion":"1.1.0","name":"{NETWORK}","type":"brindle-cni","agentSocket":"{}","mtu":1450}}"#,
-            node.socket.display()
-        );
+    fn cni(
+        &self,
+        node: &LabNode,
+        command: &str,
+        pod: &str,
+        netns: &Path,
+        workload: &Workload,
+    ) -> anyhow::Result<(bool, String)> {
+        let labels: Vec<serde_json::Value> = workload
+            .labels
+            .iter()
+            .map(|(key, value)| serde_json::json!({"key": key, "value": value}))
+            .collect();
+        let ports: Vec<serde_json::Value> = workload
+            .ports
+            .iter()
+            .map(|(name, protocol, port)| serde_json::json!({"name": name, "protocol": protocol, "port": port}))
+            .collect();
+        let config = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": NETWORK,
+            "type": "brindle-cni",
+            "agentSocket": node.socket,
+            "mtu": 1450,
+            "args": {"cni": {"labels": labels}, "brindle": {"ports": ports}},
+        })
+        .to_string();
+        let mut args = vec!["IgnoreUnknown=1".to_owned()];
+        if !workload.namespace.is_empty() {
+            args.push(format!("K8S_POD_NAMESPACE={}", workload.namespace));
+        }
+        if !workload.pod.is_empty() {
+            args.push(format!("K8S_POD_NAME={}", workload.pod));
+        }
         let mut child = node
             .namespace
             .command(&self.spec.binaries.join("brindle-cni"))
@@ -452,6 +506,7 @@ impl Lab {
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", "eth0")
             .env("CNI_PATH", &self.spec.binaries)
+            .env("CNI_ARGS", args.join(";"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -470,6 +525,12 @@ impl Lab {
 
     /// Adds a pod on node `node` through the CNI shim, as containerd would.
     pub fn add_pod(&mut self, node: usize) -> anyhow::Result<usize> {
+        self.add_workload(node, &Workload::default())
+    }
+
+    /// Adds a pod with a Kubernetes identity, labels and named ports on node `node` through the
+    /// CNI shim, as the CRI path of containerd would.
+    pub fn add_workload(&mut self, node: usize, workload: &Workload) -> anyhow::Result<usize> {
         let host = self.nodes.get(node).context("no such node")?;
         let name = format!(
             "{}-p{}",
@@ -479,7 +540,7 @@ impl Lab {
         let namespace = Namespace::create(name.clone())?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let result = loop {
-            let (ok, result) = self.cni(host, "ADD", &name, &namespace.path())?;
+            let (ok, result) = self.cni(host, "ADD", &name, &namespace.path(), workload)?;
             if ok {
                 break result;
             }
@@ -499,13 +560,52 @@ impl Lab {
             .unwrap_or_default()
             .parse()
             .context("pod IP")?;
+        let namespace_name = if workload.namespace.is_empty() {
+            "default"
+        } else {
+            &workload.namespace
+        };
+        let pod_name = if workload.pod.is_empty() {
+            &name
+        } else {
+            &workload.pod
+        };
+        let workload = format!("{namespace_name}/{pod_name}");
         self.pods.push(LabPod {
             name,
             node,
             namespace,
             ip,
+            workload,
         });
         Ok(self.pods.len() - 1)
+    }
+
+    /// Runs `call` with a policy-svc client inside the control plane's namespace.
+    pub fn policy<T, F, Fut>(&self, call: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(policy::policy_client::PolicyClient<tonic::transport::Channel>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+    {
+        self.control.block_on(move || async move {
+            let client = policy::policy_client::PolicyClient::connect(Self::endpoint()).await?;
+            call(client).await
+        })
+    }
+
+    /// Applies a manifest (YAML documents, as `brindle apply` takes) to policy-svc.
+    pub fn apply(&self, manifest: &str) -> anyhow::Result<()> {
+        let manifest = manifest.to_owned();
+        self.policy(move |mut client| async move {
+            client
+                .apply(policy::ApplyRequest {
+                    manifest,
+                    namespace: String::new(),
+                })
+                .await?;
+            Ok(())
+        })
     }
 
     /// Whether pod `from` reaches pod `to` (one ping).

@@ -321,7 +321,8 @@ fn side_matches(
     let not_nets = ipv4_nets(&side.not_nets).unwrap_or_default();
     match not_nets.as_slice() {
         [] => {}
-        [one] => fixed.push_str(&format!("! {address_flag} {one} ")),
+        // iptables takes one address flag per rule: with nets already using it, a set.
+        [one] if nets.is_empty() => fixed.push_str(&format!("! {address_flag} {one} ")),
         many => fixed.push_str(&format!(
             "-m set ! --match-set {} {direction} ",
             net_set(many, sets)
