@@ -30,6 +30,9 @@ fn binaries() -> PathBuf {
         .to_owned()
 }
 
+/// What one pod observed: (destination, probe, reachable).
+type Observed = Vec<(String, Probe, bool)>;
+
 /// The truth-table world in a lab: pod `ns/pod` → index in `lab.pods`.
 struct World {
     lab: Lab,
@@ -88,7 +91,7 @@ impl World {
     /// Probes every pair over every port, all sources at once.
     fn observe(&self) -> Matrix {
         let mut matrix = Matrix::default();
-        let results: Vec<(String, Vec<(String, Probe, bool)>)> = std::thread::scope(|scope| {
+        let results: Vec<(String, Observed)> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .pods
                 .keys()
@@ -117,7 +120,7 @@ impl World {
                         let reached =
                             probe(&self.lab.pods[self.pods[from]].namespace, targets, PROBE_TIMEOUT)
                                 .expect("probe");
-                        let cells: Vec<(String, Probe, bool)> = cells
+                        let cells: Observed = cells
                             .into_iter()
                             .zip(reached)
                             .map(|((to, probe), ok)| (to, probe, ok))

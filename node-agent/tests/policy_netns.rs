@@ -27,13 +27,23 @@ spec:
 
 fn endpoint(interface: &str, pod: &str, ip: &str, labels: &[(&str, &str)]) -> Endpoint {
     Endpoint {
-        key: EndpointKey { node: "n1".into(), interface: interface.into() },
+        key: EndpointKey {
+            node: "n1".into(),
+            interface: interface.into(),
+        },
         namespace: "shop".into(),
         pod: pod.into(),
         container_id: format!("c-{pod}"),
         ips: vec![ip.parse().expect("ip")],
-        labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-        ports: vec![NamedPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ports: vec![NamedPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
     }
 }
 
@@ -62,35 +72,71 @@ fn applies_repairs_and_cleans_up(backend: IptablesBackend, save: &'static str) {
         let writes = applier.apply(&iptables, &ipsets, &desired).expect("first apply");
         assert_eq!(writes, 2, "one ipset and one iptables write");
         let saved = support::run("ip", &["netns", "exec", &name, save, "-t", "filter"]);
-        assert!(saved.contains(&format!("-A FORWARD -j {FORWARD_CHAIN}")), "{saved}");
         assert!(
-            saved.lines().any(|l| l.starts_with("-A brd-to-wl -o brdaaaa") && l.ends_with("-g brd-tw-brdaaaa")),
+            saved.contains(&format!("-A FORWARD -j {FORWARD_CHAIN}")),
             "{saved}"
         );
-        assert!(saved.contains("--match-set brd-n") && saved.contains("dst,dst"), "named port: {saved}");
+        assert!(
+            saved
+                .lines()
+                .any(|l| l.starts_with("-A brd-to-wl -o brdaaaa") && l.ends_with("-g brd-tw-brdaaaa")),
+            "{saved}"
+        );
+        assert!(
+            saved.contains("--match-set brd-n") && saved.contains("dst,dst"),
+            "named port: {saved}"
+        );
         let sets = support::run("ip", &["netns", "exec", &name, "ipset", "save"]);
-        assert!(sets.contains("add brd-n") && sets.contains("10.0.0.2,tcp:8080"), "{sets}");
+        assert!(
+            sets.contains("add brd-n") && sets.contains("10.0.0.2,tcp:8080"),
+            "{sets}"
+        );
 
         // Read back from the kernel by a fresh applier: nothing to write.
         let mut restarted = PolicyApplier::default();
-        assert_eq!(restarted.apply(&iptables, &ipsets, &desired).expect("restart"), 0, "{saved}");
+        assert_eq!(
+            restarted.apply(&iptables, &ipsets, &desired).expect("restart"),
+            0,
+            "{saved}"
+        );
 
         // A chain flushed by hand comes back after a resync, and only it is written.
-        support::run("ip", &["netns", "exec", &name, &save.replace("-save", ""), "-F", "brd-tw-brdaaaa"]);
+        support::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &name,
+                &save.replace("-save", ""),
+                "-F",
+                "brd-tw-brdaaaa",
+            ],
+        );
         restarted.resync();
         assert_eq!(restarted.apply(&iptables, &ipsets, &desired).expect("repair"), 1);
         let repaired = support::run("ip", &["netns", "exec", &name, save, "-t", "filter"]);
         assert_eq!(
-            repaired.lines().filter(|l| l.starts_with("-A brd-tw-brdaaaa")).count(),
-            saved.lines().filter(|l| l.starts_with("-A brd-tw-brdaaaa")).count()
+            repaired
+                .lines()
+                .filter(|l| l.starts_with("-A brd-tw-brdaaaa"))
+                .count(),
+            saved
+                .lines()
+                .filter(|l| l.starts_with("-A brd-tw-brdaaaa"))
+                .count()
         );
 
         // The policy goes: its chains and sets go; endpoints stay, open.
         let id = calc.state().policies().next().expect("policy").id.clone();
         calc.remove_policy(&id);
-        restarted.apply(&iptables, &ipsets, &render(&calc.view("n1"))).expect("remove");
+        restarted
+            .apply(&iptables, &ipsets, &render(&calc.view("n1")))
+            .expect("remove");
         let saved = support::run("ip", &["netns", "exec", &name, save, "-t", "filter"]);
-        assert!(!saved.contains("brd-pi-") && saved.contains(":brd-tw-brdaaaa"), "{saved}");
+        assert!(
+            !saved.contains("brd-pi-") && saved.contains(":brd-tw-brdaaaa"),
+            "{saved}"
+        );
         let sets = support::run("ip", &["netns", "exec", &name, "ipset", "save"]);
         assert!(!sets.contains("brd-"), "{sets}");
     });
@@ -109,9 +155,25 @@ fn policy_applies_with_iptables_legacy() {
 #[test]
 fn the_backend_is_the_one_holding_the_hosts_rules() {
     let legacy = Netns::new("legacy");
-    legacy.exec(&["iptables-legacy", "-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "ACCEPT"]);
+    legacy.exec(&[
+        "iptables-legacy",
+        "-A",
+        "FORWARD",
+        "-s",
+        "192.0.2.0/24",
+        "-j",
+        "ACCEPT",
+    ]);
     legacy.run(|| async { assert_eq!(IptablesBackend::detect(), IptablesBackend::Legacy) });
     let nft = Netns::new("nft");
-    nft.exec(&["iptables-nft", "-A", "FORWARD", "-s", "192.0.2.0/24", "-j", "ACCEPT"]);
+    nft.exec(&[
+        "iptables-nft",
+        "-A",
+        "FORWARD",
+        "-s",
+        "192.0.2.0/24",
+        "-j",
+        "ACCEPT",
+    ]);
     nft.run(|| async { assert_eq!(IptablesBackend::detect(), IptablesBackend::Nft) });
 }

@@ -77,95 +77,136 @@ fn rule_hash(rule: &str) -> Option<&str> {
     rule.get(start..start + 16)
 }
 
-/// Renders a node's view.
+/// Renders a node's view (without a cache; see [`Renderer`]).
 pub fn render(view: &BTreeMap<String, ViewEntry>) -> Rendered {
-    let mut rendered = Rendered::default();
-    let mut policies = BTreeMap::new();
-    let mut endpoints = Vec::new();
-    for entry in view.values() {
-        match entry {
-            ViewEntry::Policy(policy) => {
-                policies.insert(policy.id.clone(), policy);
+    Renderer::default().render(view)
+}
+
+/// A policy's chains as last rendered, with the agent-local sets they use.
+#[derive(Debug, Clone)]
+struct RenderedPolicy {
+    view: PolicyView,
+    ingress: Vec<String>,
+    egress: Vec<String>,
+    sets: BTreeMap<String, SetSpec>,
+}
+
+/// Renders views, reusing the chains of policies that did not change since the last render (a
+/// change usually touches one policy or one set; the rest is not rendered again).
+#[derive(Debug, Default)]
+pub struct Renderer {
+    policies: BTreeMap<String, RenderedPolicy>,
+}
+
+impl Renderer {
+    /// Renders a node's view.
+    pub fn render(&mut self, view: &BTreeMap<String, ViewEntry>) -> Rendered {
+        let mut rendered = Rendered::default();
+        let mut policies = BTreeMap::new();
+        let mut endpoints = Vec::new();
+        for entry in view.values() {
+            match entry {
+                ViewEntry::Policy(policy) => {
+                    policies.insert(policy.id.clone(), policy);
+                }
+                ViewEntry::Endpoint(endpoint) => endpoints.push(endpoint),
+                ViewEntry::IpSet(set) => {
+                    let kind = match set.kind {
+                        IpSetKind::Net => "hash:net",
+                        IpSetKind::IpPort => "hash:ip,port",
+                    };
+                    rendered
+                        .sets
+                        .entry(set_name(&set.id))
+                        .or_insert_with(|| SetSpec {
+                            kind,
+                            members: BTreeSet::new(),
+                        })
+                        .kind = kind;
+                }
+                ViewEntry::Member(_) => {}
             }
-            ViewEntry::Endpoint(endpoint) => endpoints.push(endpoint),
-            ViewEntry::IpSet(set) => {
-                let kind = match set.kind {
-                    IpSetKind::Net => "hash:net",
-                    IpSetKind::IpPort => "hash:ip,port",
-                };
-                rendered
-                    .sets
-                    .entry(set_name(&set.id))
-                    .or_insert_with(|| SetSpec {
-                        kind,
-                        members: BTreeSet::new(),
-                    })
-                    .kind = kind;
+        }
+        for entry in view.values() {
+            if let ViewEntry::Member(member) = entry
+                && is_ipv4_member(&member.member)
+                && let Some(set) = rendered.sets.get_mut(&set_name(&member.set))
+            {
+                set.members.insert(member.member.clone());
             }
-            ViewEntry::Member(_) => {}
         }
-    }
-    for entry in view.values() {
-        if let ViewEntry::Member(member) = entry
-            && is_ipv4_member(&member.member)
-            && let Some(set) = rendered.sets.get_mut(&set_name(&member.set))
-        {
-            set.members.insert(member.member.clone());
+        let mut chains = BTreeMap::new();
+        chains.insert(
+            FORWARD_CHAIN.to_owned(),
+            vec![
+                "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_owned(),
+                format!("-i {WORKLOAD_INTERFACES} -j {FROM_WORKLOADS}"),
+                format!("-o {WORKLOAD_INTERFACES} -j {TO_WORKLOADS}"),
+                format!("-i {WORKLOAD_INTERFACES} -j ACCEPT"),
+                format!("-o {WORKLOAD_INTERFACES} -j ACCEPT"),
+            ],
+        );
+        let mut from = Vec::new();
+        let mut to = Vec::new();
+        for endpoint in &endpoints {
+            let interface = &endpoint.interface;
+            from.push(format!("-i {interface} -g brd-fw-{interface}"));
+            to.push(format!("-o {interface} -g brd-tw-{interface}"));
+            chains.insert(
+                format!("brd-fw-{interface}"),
+                endpoint_chain(&endpoint.egress, "po", &policies),
+            );
+            chains.insert(
+                format!("brd-tw-{interface}"),
+                endpoint_chain(&endpoint.ingress, "pi", &policies),
+            );
         }
-    }
-    let mut chains = BTreeMap::new();
-    chains.insert(
-        FORWARD_CHAIN.to_owned(),
-        vec![
-            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_owned(),
-            format!("-i {WORKLOAD_INTERFACES} -j {FROM_WORKLOADS}"),
-            format!("-o {WORKLOAD_INTERFACES} -j {TO_WORKLOADS}"),
-            format!("-i {WORKLOAD_INTERFACES} -j ACCEPT"),
-            format!("-o {WORKLOAD_INTERFACES} -j ACCEPT"),
-        ],
-    );
-    let mut from = Vec::new();
-    let mut to = Vec::new();
-    for endpoint in &endpoints {
-        let interface = &endpoint.interface;
-        from.push(format!("-i {interface} -g brd-fw-{interface}"));
-        to.push(format!("-o {interface} -g brd-tw-{interface}"));
-        chains.insert(
-            format!("brd-fw-{interface}"),
-            endpoint_chain(&endpoint.egress, "po", &policies),
-        );
-        chains.insert(
-            format!("brd-tw-{interface}"),
-            endpoint_chain(&endpoint.ingress, "pi", &policies),
-        );
-    }
-    // A workload interface the view does not know yet (or any more) gets nothing through.
-    from.push("-j DROP".to_owned());
-    to.push("-j DROP".to_owned());
-    chains.insert(FROM_WORKLOADS.to_owned(), from);
-    chains.insert(TO_WORKLOADS.to_owned(), to);
-    let used: BTreeSet<&String> = endpoints
-        .iter()
-        .flat_map(|e| e.ingress.iter().chain(&e.egress))
-        .collect();
-    for (id, policy) in &policies {
-        if !used.contains(id) {
-            continue;
+        // A workload interface the view does not know yet (or any more) gets nothing through.
+        from.push("-j DROP".to_owned());
+        to.push("-j DROP".to_owned());
+        chains.insert(FROM_WORKLOADS.to_owned(), from);
+        chains.insert(TO_WORKLOADS.to_owned(), to);
+        let used: BTreeSet<&String> = endpoints
+            .iter()
+            .flat_map(|e| e.ingress.iter().chain(&e.egress))
+            .collect();
+        let mut policy_chains = BTreeMap::new();
+        for (id, policy) in &policies {
+            if !used.contains(id) {
+                continue;
+            }
+            let cached = match self.policies.remove(id.as_str()) {
+                Some(cached) if cached.view == **policy => cached,
+                _ => {
+                    let mut sets = BTreeMap::new();
+                    RenderedPolicy {
+                        view: (*policy).clone(),
+                        ingress: policy_chain(policy, true, &mut sets)
+                            .iter()
+                            .map(|r| commented(r))
+                            .collect(),
+                        egress: policy_chain(policy, false, &mut sets)
+                            .iter()
+                            .map(|r| commented(r))
+                            .collect(),
+                        sets,
+                    }
+                }
+            };
+            policy_chains.insert(format!("brd-pi-{id}"), cached.ingress.clone());
+            policy_chains.insert(format!("brd-po-{id}"), cached.egress.clone());
+            rendered.sets.extend(cached.sets.clone());
+            self.policies.insert(id.clone(), cached);
         }
-        chains.insert(
-            format!("brd-pi-{id}"),
-            policy_chain(policy, true, &mut rendered.sets),
-        );
-        chains.insert(
-            format!("brd-po-{id}"),
-            policy_chain(policy, false, &mut rendered.sets),
-        );
+        self.policies
+            .retain(|id, _| policies.contains_key(id) && used.contains(id));
+        rendered.chains = chains
+            .into_iter()
+            .map(|(name, rules)| (name, rules.iter().map(|r| commented(r)).collect()))
+            .chain(policy_chains)
+            .collect();
+        rendered
     }
-    rendered.chains = chains
-        .into_iter()
-        .map(|(name, rules)| (name, rules.iter().map(|r| commented(r)).collect()))
-        .collect();
-    rendered
 }
 
 fn is_ipv4_member(member: &str) -> bool {
@@ -383,6 +424,8 @@ fn port_chunks(ports: &[(u16, u16)]) -> Vec<String> {
 struct Held {
     chains: BTreeMap<String, Vec<String>>,
     sets: BTreeMap<String, SetSpec>,
+    /// Whether FORWARD jumps to brindle's chain.
+    hooked: bool,
 }
 
 /// Reads brindle's chains (rule hashes) from `iptables-save` output.
@@ -473,10 +516,15 @@ impl PolicyApplier {
     ) -> Result<usize, DataplaneError> {
         let held = match self.held.take() {
             Some(held) => held,
-            None => Held {
-                chains: parse_chains(&iptables.save("filter")?),
-                sets: parse_sets(&ipsets.save()?),
-            },
+            None => {
+                let saved = iptables.save("filter")?;
+                let jump = format!("-A FORWARD -j {FORWARD_CHAIN}");
+                Held {
+                    chains: parse_chains(&saved),
+                    sets: parse_sets(&ipsets.save()?),
+                    hooked: saved.lines().any(|line| line.trim() == jump),
+                }
+            }
         };
         let mut writes = 0;
         // Sets first: rules may only refer to sets that exist.
@@ -546,11 +594,18 @@ impl PolicyApplier {
         let changed = declarations.len() > "*filter\n".len();
         let mut restore = declarations + &appends;
         restore.push_str("COMMIT\n");
+        let hooked = desired.chains.contains_key(FORWARD_CHAIN);
+        if !hooked && held.hooked {
+            // Nothing to enforce any more: unhook before the chains go.
+            iptables.remove_jump("filter", "FORWARD", FORWARD_CHAIN)?;
+        }
         if changed {
             iptables.restore("filter", &restore)?;
             writes += 1;
         }
-        iptables.ensure_jump("filter", "FORWARD", FORWARD_CHAIN)?;
+        if hooked && !held.hooked {
+            iptables.ensure_jump("filter", "FORWARD", FORWARD_CHAIN)?;
+        }
         // Sets no rule uses any more go last.
         let mut destroy = String::new();
         for name in held.sets.keys().filter(|name| !desired.sets.contains_key(*name)) {
@@ -566,6 +621,7 @@ impl PolicyApplier {
                 .map(|(k, v)| (k.clone(), v.into_iter().map(str::to_owned).collect()))
                 .collect(),
             sets: desired.sets.clone(),
+            hooked,
         });
         Ok(writes)
     }
@@ -743,8 +799,8 @@ spec:
         );
         assert_eq!(
             kernel.calls().len() - before,
-            2,
-            "one ipset restore and the hook check"
+            1,
+            "one ipset restore, nothing else"
         );
 
         // Somebody flushes a chain by hand: after a resync exactly that chain is written back.

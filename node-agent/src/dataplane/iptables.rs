@@ -141,6 +141,30 @@ impl Iptables for IptablesCommands {
         Ok(())
     }
 
+    fn remove_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError> {
+        loop {
+            let exists = self
+                .command("iptables")
+                .args(["--wait", "-t", table, "-C", from, "-j", to])
+                .output()
+                .map_err(|e| failed("running iptables".into(), e))?;
+            if !exists.status.success() {
+                return Ok(());
+            }
+            let out = self
+                .command("iptables")
+                .args(["--wait", "-t", table, "-D", from, "-j", to])
+                .output()
+                .map_err(|e| failed("running iptables".into(), e))?;
+            if !out.status.success() {
+                return Err(failed(
+                    format!("unhooking {to} from {table}/{from}"),
+                    String::from_utf8_lossy(&out.stderr).trim(),
+                ));
+            }
+        }
+    }
+
     fn save(&self, table: &str) -> Result<String, DataplaneError> {
         let out = self
             .command("iptables-save")

@@ -203,6 +203,8 @@ pub trait Iptables: Send + Sync {
     fn restore(&self, table: &str, payload: &str) -> Result<(), DataplaneError>;
     /// Makes sure chain `from` of `table` jumps to `to` (inserted first when missing).
     fn ensure_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError>;
+    /// Makes sure chain `from` of `table` does not jump to `to`.
+    fn remove_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError>;
     /// The table as `iptables-save` prints it.
     fn save(&self, table: &str) -> Result<String, DataplaneError>;
 }

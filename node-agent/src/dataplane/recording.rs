@@ -38,6 +38,8 @@ pub enum Call {
     IptablesRestore(String, String),
     /// `iptables ensure_jump(table, from, to)`.
     IptablesJump(String, String, String),
+    /// `iptables remove_jump(table, from, to)`.
+    IptablesUnhook(String, String, String),
     /// `ipset restore(payload)`.
     IpsetRestore(String),
     /// `ensure_vxlan(device)`.
@@ -471,6 +473,15 @@ impl Iptables for RecordingKernel {
             .or_default();
         if !chain.contains(&rule) {
             chain.insert(0, rule);
+        }
+        Ok(())
+    }
+
+    fn remove_jump(&self, table: &str, from: &str, to: &str) -> Result<(), DataplaneError> {
+        let mut state = self.record(Call::IptablesUnhook(table.into(), from.into(), to.into()))?;
+        let rule = format!("-j {to}");
+        if let Some(chain) = state.iptables.get_mut(table).and_then(|t| t.get_mut(from)) {
+            chain.retain(|r| *r != rule);
         }
         Ok(())
     }

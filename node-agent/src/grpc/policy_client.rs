@@ -17,7 +17,7 @@ use policy_svc::grpc::convert;
 use tonic::transport::Channel;
 
 use crate::core::endpoints::{EndpointCallError, EndpointRegistry};
-use crate::core::policy::{PolicyApplier, render};
+use crate::core::policy::{PolicyApplier, Renderer};
 use crate::dataplane::{Ipsets, Iptables};
 use crate::grpc::sync_client::{Outgoing, SyncService, SyncTarget, follow};
 
@@ -47,6 +47,7 @@ impl GrpcPolicy {
         let target = PolicyProgrammer {
             iptables,
             ipsets,
+            renderer: Renderer::default(),
             applier: PolicyApplier::default(),
         };
         follow(PolicySync(self.client), node, target).await;
@@ -136,6 +137,7 @@ impl SyncService for PolicySync {
 struct PolicyProgrammer {
     iptables: Arc<dyn Iptables>,
     ipsets: Arc<dyn Ipsets>,
+    renderer: Renderer,
     applier: PolicyApplier,
 }
 
@@ -146,7 +148,7 @@ impl SyncTarget<ViewEntry> for PolicyProgrammer {
             self.applier.resync();
         }
         let started = std::time::Instant::now();
-        let rendered = render(mirror.state());
+        let rendered = self.renderer.render(mirror.state());
         // iptables-restore and ipset run as child processes: off the async workers.
         let result = tokio::task::block_in_place(|| {
             self.applier
