@@ -154,6 +154,10 @@ async fn grpcurl_applies_lists_traces_and_refuses_bad_input() {
     );
     assert!(ok);
 
+    let namespaces: Vec<String> = (0..129)
+        .map(|i| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-{i}}}\n"))
+        .collect();
+    let too_many = serde_json::json!({ "manifest": namespaces.join("---\n") }).to_string();
     for (method, body, code, needle) in [
         (
             "Apply",
@@ -162,6 +166,7 @@ async fn grpcurl_applies_lists_traces_and_refuses_bad_input() {
             "spec.selector",
         ),
         ("Apply", r#"{"manifest":""}"#, "InvalidArgument", "no object"),
+        ("Apply", &too_many, "InvalidArgument", "at most 128"),
         (
             "Delete",
             r#"{"object":{"kind":"NetworkPolicy","namespace":"shop","name":"nope"}}"#,

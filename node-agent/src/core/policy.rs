@@ -7,7 +7,6 @@
 //! by hash (whatever iptables-save prints) and a resync repairs out-of-band changes.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
 use ipnet::IpNet;
 use policy_svc::core::model::{Action, Protocol};
@@ -127,14 +126,22 @@ impl Renderer {
                 ViewEntry::Member(_) => {}
             }
         }
+        // Sets looked up by id, without building each member's set name.
+        let mut sets = std::mem::take(&mut rendered.sets);
+        let mut by_name: BTreeMap<&str, &mut SetSpec> = sets
+            .iter_mut()
+            .map(|(n, s)| (&n[OWNED_PREFIX.len()..], s))
+            .collect();
         for entry in view.values() {
             if let ViewEntry::Member(member) = entry
                 && is_ipv4_member(&member.member)
-                && let Some(set) = rendered.sets.get_mut(&set_name(&member.set))
+                && let Some(set) = by_name.get_mut(member.set.as_str())
             {
                 set.members.insert(member.member.clone());
             }
         }
+        drop(by_name);
+        rendered.sets = sets;
         let mut chains = BTreeMap::new();
         chains.insert(
             FORWARD_CHAIN.to_owned(),
@@ -209,12 +216,10 @@ impl Renderer {
     }
 }
 
+/// Whether a member (`address`, `address/len` or `address,proto:port`) is IPv4: its address
+/// part has no colon.
 fn is_ipv4_member(member: &str) -> bool {
-    member
-        .split([',', '/'])
-        .next()
-        .and_then(|ip| ip.parse::<IpAddr>().ok())
-        .is_some_and(|ip| ip.is_ipv4())
+    !member.split(',').next().unwrap_or_default().contains(':')
 }
 
 /// An endpoint's chain for one direction: each policy in order, returning (allowed) as soon as

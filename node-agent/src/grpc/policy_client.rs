@@ -1,8 +1,8 @@
 //! The agent's side of policy-svc: registers its workload endpoints and follows its node's
 //! policy view (`Sync`), rendering it into iptables chains and ipsets after every change
-//! (coalesced, at most one apply per [`APPLY_INTERVAL`]) and re-reading the kernel at every
-//! keepalive tick to repair what changed behind its back. Nothing is written before the first
-//! full view.
+//! (coalesced, at most one apply per [`APPLY_INTERVAL`]), retrying a failed apply at the next
+//! keepalive tick and re-reading the kernel every [`RESYNC_EVERY`] to repair what changed behind
+//! its back. Nothing is written before the first full view.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,8 @@ use crate::grpc::sync_client::{Outgoing, SyncService, SyncTarget, follow};
 
 /// Shortest time between two applies: changes arriving meanwhile are applied together.
 pub const APPLY_INTERVAL: Duration = Duration::from_millis(20);
+/// How often the kernel is re-read and repaired (Felix refreshes iptables every 90 s).
+pub const RESYNC_EVERY: Duration = Duration::from_secs(90);
 
 /// A policy-svc client.
 #[derive(Clone)]
@@ -49,6 +51,8 @@ impl GrpcPolicy {
             ipsets,
             renderer: Renderer::default(),
             applier: PolicyApplier::default(),
+            applied: None,
+            resynced: std::time::Instant::now(),
         };
         follow(PolicySync(self.client), node, target).await;
     }
@@ -139,13 +143,23 @@ struct PolicyProgrammer {
     ipsets: Arc<dyn Ipsets>,
     renderer: Renderer,
     applier: PolicyApplier,
+    /// Objects the last successful apply holds; `None` after a failure (retried at the next tick).
+    applied: Option<u64>,
+    /// When the kernel was last re-read.
+    resynced: std::time::Instant,
 }
 
 #[async_trait::async_trait]
 impl SyncTarget<ViewEntry> for PolicyProgrammer {
     async fn program(&mut self, mirror: &Mirror<ViewEntry>, tick: bool) -> Option<u64> {
         if tick {
-            self.applier.resync();
+            if self.resynced.elapsed() >= RESYNC_EVERY {
+                self.applier.resync();
+                self.resynced = std::time::Instant::now();
+            } else if self.applied.is_some() {
+                // Nothing failed since the last apply and no re-read is due.
+                return self.applied;
+            }
         }
         let started = std::time::Instant::now();
         let rendered = self.renderer.render(mirror.state());
@@ -164,10 +178,12 @@ impl SyncTarget<ViewEntry> for PolicyProgrammer {
                         "policy applied"
                     );
                 }
-                Some(rendered.objects() as u64)
+                self.applied = Some(rendered.objects() as u64);
+                self.applied
             }
             Err(error) => {
                 tracing::error!(%error, revision = mirror.revision(), "applying policy; retrying");
+                self.applied = None;
                 None
             }
         }

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use brindle_fanout::Change;
 
-use super::model::{Endpoint, EndpointKey, Namespace, Policy, PolicyId, evaluation_order};
+use brindle_selector::Selector;
+
+use super::model::{Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Policy, PolicyId, evaluation_order};
 use super::state::ClusterState;
 use super::view::{CompiledPolicy, EndpointView, MemberView, SetDefinition, ViewEntry, compile, keys};
 
@@ -31,6 +33,8 @@ struct SetState {
 pub struct Calculator {
     state: ClusterState,
     labels: BTreeMap<EndpointKey, BTreeMap<String, String>>,
+    /// Endpoints by namespace: most selectors are limited to one, and are evaluated only there.
+    by_namespace: BTreeMap<String, BTreeSet<EndpointKey>>,
     compiled: BTreeMap<PolicyId, CompiledPolicy>,
     /// Policies applying to each endpoint (either direction).
     endpoint_policies: BTreeMap<EndpointKey, BTreeSet<PolicyId>>,
@@ -117,6 +121,21 @@ impl Calculator {
         self.commit()
     }
 
+    /// The endpoints (with their selector labels) `selector` can match: those of one namespace
+    /// when it requires one, else all.
+    fn candidates(&self, selector: &Selector) -> Vec<(&EndpointKey, &BTreeMap<String, String>)> {
+        match required_namespace(selector) {
+            Some(namespace) => self
+                .by_namespace
+                .get(namespace)
+                .into_iter()
+                .flatten()
+                .filter_map(|key| self.labels.get_key_value(key))
+                .collect(),
+            None => self.labels.iter().collect(),
+        }
+    }
+
     fn relabel_namespace(&mut self, name: &str) -> NodeChanges {
         let keys: Vec<EndpointKey> = self
             .state
@@ -134,10 +153,24 @@ impl Calculator {
     fn endpoint_changed(&mut self, key: &EndpointKey) {
         let endpoint = self.state.endpoint(key).cloned();
         let labels = endpoint.as_ref().map(|e| self.state.selector_labels(e));
-        match &labels {
+        let previous = match &labels {
             Some(labels) => self.labels.insert(key.clone(), labels.clone()),
             None => self.labels.remove(key),
         };
+        if let Some(namespace) = previous.as_ref().and_then(|l| l.get(NAMESPACE_LABEL))
+            && let Some(keys) = self.by_namespace.get_mut(namespace)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_namespace.remove(namespace);
+            }
+        }
+        if let Some(endpoint) = &endpoint {
+            self.by_namespace
+                .entry(endpoint.namespace.clone())
+                .or_default()
+                .insert(key.clone());
+        }
         let applying: BTreeSet<PolicyId> = match &labels {
             Some(labels) => self
                 .compiled
@@ -371,7 +404,7 @@ impl Calculator {
             return;
         }
         let mut members = BTreeMap::new();
-        for (key, labels) in &self.labels {
+        for (key, labels) in self.candidates(definition.selector()) {
             if let Some(endpoint) = self.state.endpoint(key) {
                 let contributed = definition.members(endpoint, labels);
                 if !contributed.is_empty() {
@@ -457,6 +490,20 @@ impl Calculator {
         }
         self.views.retain(|_, view| !view.is_empty());
         changes
+    }
+}
+
+/// The namespace `selector` requires (`brindle.io/namespace == 'x'`, alone or in a top-level `&&`).
+fn required_namespace(selector: &Selector) -> Option<&str> {
+    fn namespace(part: &Selector) -> Option<&str> {
+        match part {
+            Selector::Equals(key, value) if key == NAMESPACE_LABEL => Some(value.as_str()),
+            _ => None,
+        }
+    }
+    match selector {
+        Selector::And(parts) => parts.iter().find_map(namespace),
+        other => namespace(other),
     }
 }
 

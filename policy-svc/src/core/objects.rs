@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use brindle_datastore::{Store, StoreError, Txn};
+use brindle_datastore::{MAX_TXN_OPS, Store, StoreError, Txn};
 use serde::Serialize;
 
 use super::error::{PolicyError, invalid};
@@ -191,6 +191,15 @@ impl Objects {
                     Record::Policy(object.to_policy()?, Some(Box::new(object)))
                 }
             });
+        }
+        if records.len() > MAX_TXN_OPS {
+            return Err(invalid(
+                "manifest",
+                format!(
+                    "holds {} objects; at most {MAX_TXN_OPS} are applied together",
+                    records.len()
+                ),
+            ));
         }
         let mut txn = Txn::new();
         let mut seen = std::collections::BTreeSet::new();

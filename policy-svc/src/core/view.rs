@@ -185,6 +185,13 @@ impl SetDefinition {
         }
     }
 
+    /// The selector of the endpoints whose addresses it holds.
+    pub fn selector(&self) -> &Selector {
+        match self {
+            Self::Selector(selector) | Self::NamedPort { selector, .. } => selector,
+        }
+    }
+
     /// The set's header entry.
     pub fn view(&self) -> IpSetView {
         match self {
