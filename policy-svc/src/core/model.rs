@@ -294,13 +294,6 @@ pub struct EntityRule {
     pub not_ports: Vec<PortMatch>,
 }
 
-impl EntityRule {
-    /// Whether this side restricts which endpoints it is (by selector or namespace).
-    pub fn selects_endpoints(&self) -> bool {
-        self.selector.is_some() || self.namespace_selector.is_some()
-    }
-}
-
 /// A rule: when the packet matches, `action` applies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

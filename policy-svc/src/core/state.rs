@@ -21,11 +21,6 @@ impl ClusterState {
         self.namespaces.get(name)
     }
 
-    /// Every namespace.
-    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
-        self.namespaces.values()
-    }
-
     /// Endpoint by key.
     pub fn endpoint(&self, key: &EndpointKey) -> Option<&Endpoint> {
         self.endpoints.get(key)

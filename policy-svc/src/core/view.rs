@@ -60,16 +60,6 @@ pub struct PolicyView {
     pub egress: Vec<CompiledRule>,
 }
 
-impl PolicyView {
-    /// Rules for `direction`.
-    pub fn rules(&self, direction: Direction) -> &[CompiledRule] {
-        match direction {
-            Direction::Ingress => &self.ingress,
-            Direction::Egress => &self.egress,
-        }
-    }
-}
-
 /// A rule in terms the kernel can match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompiledRule {
