@@ -3,8 +3,10 @@
 # the host's network — two underlay subnets joined by a router namespace, the all-in-one control
 # plane (`brindle server`, embedded store), a real node agent per node registering with route-svc
 # and programming routes to the other nodes' pods (a VXLAN CrossSubnet pool: direct inside a
-# subnet, VXLAN across), two pods per node attached through the real CNI shim — then each node's
-# path to every remote pod, the pod-to-pod reachability matrix, and everything is torn down.
+# subnet, VXLAN across), two pods per node attached through the real CNI shim and registered with
+# policy-svc — then each node's path to every remote pod, the pod-to-pod reachability matrix, a
+# Kubernetes NetworkPolicy enforced by the agents (the matrix again, and policy trace explaining a
+# denied pair), and everything is torn down.
 # Run as root on Debian.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,4 +14,4 @@ source scripts/install-deps.sh
 
 cargo build --locked -p brindle -p node-agent -p brindle-cni
 exec target/debug/brindle lab up --nodes 3 --pods-per-node 2 \
-  --encapsulation vxlan-cross-subnet --subnets 2 --once
+  --encapsulation vxlan-cross-subnet --subnets 2 --policy --once

@@ -62,6 +62,11 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 eprintln!("{}", lab.logs());
                 return Err(error);
             }
+            let lab = if args.policy {
+                tokio::task::spawn_blocking(move || policy_demo(&lab).map(|()| lab)).await??
+            } else {
+                lab
+            };
             if !args.once {
                 println!("lab running; Ctrl-C tears it down");
                 brindle_grpc_server::shutdown_signal().await;
@@ -71,4 +76,71 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// With policy enforced: the pods of the first node admit only each other (a Kubernetes
+/// NetworkPolicy on the `node` label every lab pod carries); prints the matrix again and what
+/// policy trace says of one pair it now denies.
+fn policy_demo(lab: &Lab) -> anyhow::Result<()> {
+    let first = &lab.nodes.first().context("a node")?.name;
+    let manifest = format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {first}-only, namespace: default}}\n\
+         spec:\n  podSelector: {{matchLabels: {{node: {first}}}}}\n  ingress:\n    - from: [{{podSelector: {{matchLabels: {{node: {first}}}}}}}]\n"
+    );
+    println!("\napplying a Kubernetes NetworkPolicy: pods on {first} admit only pods on {first}\n{manifest}");
+    lab.apply(&manifest)?;
+    let on_first = |pod: usize| lab.pods[pod].node == 0;
+    let expected = |from: usize, to: usize| from == to || !on_first(to) || on_first(from);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let matrix = loop {
+        let matrix = lab.matrix();
+        let holds = (0..matrix.len()).all(|f| (0..matrix.len()).all(|t| matrix[f][t] == expected(f, t)));
+        if holds || std::time::Instant::now() > deadline {
+            break matrix;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    println!(
+        "pod-to-pod reachability with the policy (ping):\n{}",
+        lab.render(&matrix)
+    );
+    let denied = (0..lab.pods.len())
+        .flat_map(|f| (0..lab.pods.len()).map(move |t| (f, t)))
+        .find(|(f, t)| !expected(*f, *t));
+    if let Some((from, to)) = denied {
+        let (source, destination) = (lab.pods[from].ip.to_string(), lab.pods[to].ip.to_string());
+        let traced = lab.policy(move |mut client| async move {
+            use brindle_proto::policy::v1 as pb;
+            let peer = |ip: String| {
+                Some(pb::TracePeer {
+                    peer: Some(pb::trace_peer::Peer::Ip(ip)),
+                })
+            };
+            let request = pb::TraceRequest {
+                source: peer(source),
+                destination: peer(destination),
+                protocol: "ICMP".into(),
+                port: 0,
+                source_port: 0,
+            };
+            Ok(client.trace(request).await?.into_inner())
+        })?;
+        println!(
+            "policy trace {} → {} (ICMP):",
+            lab.pods[from].name, lab.pods[to].name
+        );
+        for step in traced.steps {
+            println!("  {}", step.explanation);
+        }
+    }
+    let wrong = (0..matrix.len())
+        .flat_map(|f| (0..matrix.len()).map(move |t| (f, t)))
+        .filter(|(f, t)| matrix[*f][*t] != expected(*f, *t))
+        .count();
+    anyhow::ensure!(
+        wrong == 0,
+        "{wrong} pod pairs do not match the policy\n{}",
+        lab.logs()
+    );
+    Ok(())
 }

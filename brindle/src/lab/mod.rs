@@ -523,9 +523,14 @@ impl Lab {
         ))
     }
 
-    /// Adds a pod on node `node` through the CNI shim, as containerd would.
+    /// Adds a pod on node `node` through the CNI shim, as containerd would. The pod carries the label `node: <node name>`.
     pub fn add_pod(&mut self, node: usize) -> anyhow::Result<usize> {
-        self.add_workload(node, &Workload::default())
+        let host = self.nodes.get(node).context("no such node")?;
+        let workload = Workload {
+            labels: vec![("node".to_owned(), host.name.clone())],
+            ..Workload::default()
+        };
+        self.add_workload(node, &workload)
     }
 
     /// Adds a pod with a Kubernetes identity, labels and named ports on node `node` through the

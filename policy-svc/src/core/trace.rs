@@ -189,9 +189,9 @@ fn direction(
         None,
         Verdict::Deny,
         format!(
-            "{} polic{} select {name} for {direction} and no rule allows: denied",
+            "{} {} {name} for {direction} and no rule allows: denied",
             policies.len(),
-            if policies.len() == 1 { "y" } else { "ies" }
+            if policies.len() == 1 { "policy selects" } else { "policies select" }
         ),
         logged,
     )
