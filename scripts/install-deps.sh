@@ -8,7 +8,7 @@ TOOLS_DIR="$BRINDLE_ROOT/target/tools"
 
 DEBIAN_PACKAGES=(
   etcd-server          # datastore for clusters; tests start their own instance
-  protobuf-compiler    # protoc for the gRPC API and etcd-client
+  protobuf-compiler libprotobuf-dev  # protoc and its well-known types (etcd-client imports them)
   iptables ipset iproute2 iputils-ping
   containerd runc busybox-static
   containernetworking-plugins  # ptp + host-local: the peer in benchmarks

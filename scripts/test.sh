@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/install-deps.sh
+# A one-off build gains nothing from incremental artefacts; they would double the target directory.
+export CARGO_INCREMENTAL=0
 
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # End-to-end tests execute other packages' binaries (brindle-cni, node-agent): build them all first.

@@ -274,7 +274,9 @@ fn rule_matches(rule: &CompiledRule, sets: &mut BTreeMap<String, SetSpec>) -> Ve
     if let Some(protocol) = rule.protocol {
         common.push_str(&format!("-p {} ", protocol_name(protocol)));
     }
-    if let Some(protocol) = rule.not_protocol {
+    // With a protocol set, a different notProtocol is implied (validation refuses equal ones), and
+    // iptables refuses a second protocol match.
+    if let (None, Some(protocol)) = (rule.protocol, rule.not_protocol) {
         common.push_str(&format!("! -p {} ", protocol_name(protocol)));
     }
     let Some(source) = side_matches(&rule.source, "src", "-s", "--sports", sets) else {
@@ -760,6 +762,38 @@ spec:
         assert!(
             rendered.sets.values().any(|s| s.members.contains("10.9.1.0/24")),
             "except list as a local set"
+        );
+    }
+
+    #[test]
+    fn a_protocol_with_a_not_protocol_renders_one_protocol_match() {
+        let mut calc = world();
+        let guard = "apiVersion: brindle.io/v1
+kind: NetworkPolicy
+metadata: {name: guard, namespace: shop}
+spec:
+  selector: app == 'web'
+  ingress:
+    - {action: Deny, protocol: TCP, notProtocol: UDP}
+    - {action: Allow, notProtocol: UDP}
+";
+        for resource in parse_documents(guard, "").expect("valid") {
+            if let Resource::Policy(policy) = resource {
+                calc.put_policy(policy);
+            }
+        }
+        let rendered = render(&calc.view("n1"));
+        let rules: Vec<&String> = rendered
+            .chains
+            .iter()
+            .filter(|(name, _)| name.starts_with("brd-pi-"))
+            .flat_map(|(_, rules)| rules)
+            .collect();
+        assert!(rules.iter().any(|r| r.ends_with("\" -p tcp -j DROP")), "{rules:?}");
+        assert!(rules.iter().any(|r| r.contains("\" ! -p udp -j MARK")), "{rules:?}");
+        assert!(
+            rules.iter().all(|r| r.matches("-p ").count() <= 1),
+            "iptables accepts one protocol match per rule: {rules:?}"
         );
     }
 
