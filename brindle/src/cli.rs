@@ -1,6 +1,7 @@
 //! Command-line flags of the `brindle` command.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use brindle::lab::Encapsulation;
 use brindle_grpc_server::StoreArgs;
@@ -18,11 +19,214 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create or update the objects of YAML/JSON manifests (IPPool, IPAMConfig, Namespace,
+    /// NetworkPolicy, GlobalNetworkPolicy, Kubernetes NetworkPolicy).
+    Apply(ApplyArgs),
+    /// Show objects of one kind, or one object, as a table, JSON or YAML.
+    Get(GetArgs),
+    /// Delete objects named on the command line or in manifests.
+    Delete(DeleteArgs),
+    /// Address management: usage, consistency check, manual release.
+    #[command(subcommand)]
+    Ipam(IpamCommand),
+    /// Nodes as the control plane sees them.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Network policy tools.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Print a shell completion script (e.g. `brindle completions bash > /etc/bash_completion.d/brindle`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Run the control plane in one process on one port (embedded store unless --etcd-endpoints).
     Server(ServerArgs),
     /// A multi-node cluster in network namespaces on this machine (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
+}
+
+/// Where the control plane is.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Address of `brindle server` (or of every service when they run separately).
+    #[arg(long, env = "BRINDLE_SERVER", default_value = "http://127.0.0.1:7400")]
+    pub server: String,
+    /// Address of ipam-svc, when it runs on its own.
+    #[arg(long, env = "BRINDLE_IPAM_SERVER")]
+    pub ipam_server: Option<String>,
+    /// Address of route-svc, when it runs on its own.
+    #[arg(long, env = "BRINDLE_ROUTE_SERVER")]
+    pub route_server: Option<String>,
+    /// Address of policy-svc, when it runs on its own.
+    #[arg(long, env = "BRINDLE_POLICY_SERVER")]
+    pub policy_server: Option<String>,
+    /// Seconds to wait for a connection and for each call.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+}
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Manifest file; `-` reads standard input.
+    #[arg(short, long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Namespace of namespaced objects that name none.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Kind: ippool, ipamconfig, namespace, networkpolicy (brindle and Kubernetes; qualify with
+    /// .brindle.io or .networking.k8s.io for one), globalnetworkpolicy; plurals and short names
+    /// (ns, netpol, gnp) work.
+    pub kind: String,
+    /// One object's name; every object of the kind when absent.
+    pub name: Option<String>,
+    /// Namespace of namespaced kinds.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// Every namespace (namespaced kinds, without a name).
+    #[arg(short = 'A', long, conflicts_with = "name")]
+    pub all_namespaces: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["kind", "file"]))]
+pub struct DeleteArgs {
+    /// Kind of the objects to delete (as for `get`).
+    #[arg(requires = "names")]
+    pub kind: Option<String>,
+    /// Names of the objects.
+    pub names: Vec<String>,
+    /// Delete the objects a manifest describes; `-` reads standard input.
+    #[arg(short, long = "filename", value_name = "FILE", conflicts_with = "kind")]
+    pub file: Option<PathBuf>,
+    /// Namespace of namespaced objects.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// Delete an IP pool even though addresses are still allocated from it.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IpamCommand {
+    /// Usage per pool; with --blocks per block, with --borrowed the borrowed addresses, with
+    /// --ip who holds one address.
+    Show(IpamShowArgs),
+    /// Checks the IPAM records for inconsistencies; exits 3 when it finds any.
+    Check(IpamCheckArgs),
+    /// Releases addresses by hand: one address, or the problems of a `check` report.
+    Release(IpamReleaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IpamShowArgs {
+    /// Every block: pool, node it is affine to, usage.
+    #[arg(long, conflicts_with = "ip")]
+    pub blocks: bool,
+    /// Every address allocated from another node's block.
+    #[arg(long, conflicts_with = "ip")]
+    pub borrowed: bool,
+    /// One address: allocated or not, to which handle and pod.
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IpamCheckArgs {
+    /// Writes the full report as JSON to this file (`-`: standard output), for `ipam release
+    /// --from-report`.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["ip", "from_report"]))]
+pub struct IpamReleaseArgs {
+    /// The address to release (whoever holds it).
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    /// Releases the leaked handles and the allocations without a handle that a report of
+    /// `ipam check -o FILE` lists; addresses re-used since the report are left alone.
+    #[arg(long, value_name = "FILE")]
+    pub from_report: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Every node: address, how far its agent follows route-svc and policy-svc (revision and
+    /// age of its last acknowledgement), routes and policy objects programmed, endpoints.
+    Status(NodeStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeStatusArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The verdict network policy gives a flow, and the policy and rule that decide it.
+    Trace(PolicyTraceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PolicyTraceArgs {
+    /// Source: a pod as NAMESPACE/POD, or an IP address.
+    #[arg(long)]
+    pub from: String,
+    /// Destination: a pod as NAMESPACE/POD, or an IP address.
+    #[arg(long)]
+    pub to: String,
+    /// Protocol: TCP, UDP, SCTP, ICMP or a number.
+    #[arg(long, default_value = "TCP")]
+    pub protocol: String,
+    /// Destination port.
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,17 +1,18 @@
-//! The `brindle` command: operator CLI and the all-in-one control-plane server.
+//! The `brindle` command: operator CLI, the all-in-one control-plane server, and the namespace lab.
 
 mod cli;
-mod lab_command;
-mod server;
+mod commands;
+
+use std::process::ExitCode;
 
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    cli.logging.init()?;
-    match cli.command {
-        cli::Command::Server(args) => server::run(args).await,
-        cli::Command::Lab(command) => lab_command::run(command).await,
+    if let Err(error) = cli.logging.init() {
+        eprintln!("error: {error:#}");
+        return ExitCode::FAILURE;
     }
+    commands::run(cli.command).await
 }

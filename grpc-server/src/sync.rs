@@ -34,6 +34,20 @@ fn client_message(message: pb::SyncClientMessage) -> ClientMessage {
     }
 }
 
+/// Milliseconds since the unix epoch (0 before it), as sync messages carry times.
+pub fn unix_ms(time: std::time::SystemTime) -> i64 {
+    time.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A keepalive stamped with the current time.
+pub fn keepalive_now() -> pb::Keepalive {
+    pb::Keepalive {
+        sent_unix_ms: unix_ms(std::time::SystemTime::now()),
+    }
+}
+
 /// The status a subscriber sees when its session ends for `error`.
 pub fn status(error: &FanoutError) -> Status {
     let message = error.to_string();

@@ -789,8 +789,14 @@ spec:
             .filter(|(name, _)| name.starts_with("brd-pi-"))
             .flat_map(|(_, rules)| rules)
             .collect();
-        assert!(rules.iter().any(|r| r.ends_with("\" -p tcp -j DROP")), "{rules:?}");
-        assert!(rules.iter().any(|r| r.contains("\" ! -p udp -j MARK")), "{rules:?}");
+        assert!(
+            rules.iter().any(|r| r.ends_with("\" -p tcp -j DROP")),
+            "{rules:?}"
+        );
+        assert!(
+            rules.iter().any(|r| r.contains("\" ! -p udp -j MARK")),
+            "{rules:?}"
+        );
         assert!(
             rules.iter().all(|r| r.matches("-p ").count() <= 1),
             "iptables accepts one protocol match per rule: {rules:?}"

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use brindle_datastore::{Backoff, EventKind, Store, StoreError, WatchEvent};
-use brindle_fanout::{Fanout, FanoutConfig, SnapshotEncoder};
+use brindle_fanout::{Fanout, FanoutConfig, SnapshotEncoder, SubscriberStatus};
 use futures_util::StreamExt;
 
 use super::calc::{Calculator, NodeChanges};
@@ -66,6 +66,12 @@ impl PolicyHub {
     pub fn with_state<R>(&self, read: impl FnOnce(&ClusterState, u64) -> R) -> R {
         let inner = self.lock();
         read(inner.calc.state(), inner.revision)
+    }
+
+    /// The sync status of every node that has (or had) a subscriber.
+    pub fn subscribers(&self) -> Vec<SubscriberStatus> {
+        let fanouts: Vec<Fanout<ViewEntry>> = self.lock().fanouts.values().cloned().collect();
+        fanouts.iter().flat_map(Fanout::subscribers).collect()
     }
 
     /// Revision the calculation reflects (0 before the datastore was first read).

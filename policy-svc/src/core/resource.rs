@@ -28,11 +28,13 @@ pub enum Resource {
 /// The fields every document has.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct TypeMeta {
+pub struct TypeMeta {
+    /// `apiVersion`, empty when absent.
     #[serde(default)]
-    api_version: String,
+    pub api_version: String,
+    /// `kind`, empty when absent.
     #[serde(default)]
-    kind: String,
+    pub kind: String,
 }
 
 /// `metadata` of brindle kinds.
@@ -185,7 +187,7 @@ fn parse_value(value: yaml_serde::Value, namespace: &str) -> Result<Resource, Po
             policy
                 .metadata
                 .namespace
-                .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
+                .get_or_insert_with(|| namespace.to_owned());
             policy.to_policy()?;
             Ok(Resource::KubernetesPolicy(policy))
         }

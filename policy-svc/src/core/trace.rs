@@ -191,7 +191,11 @@ fn direction(
         format!(
             "{} {} {name} for {direction} and no rule allows: denied",
             policies.len(),
-            if policies.len() == 1 { "policy selects" } else { "policies select" }
+            if policies.len() == 1 {
+                "policy selects"
+            } else {
+                "policies select"
+            }
         ),
         logged,
     )

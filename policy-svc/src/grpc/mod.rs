@@ -2,13 +2,13 @@
 
 pub mod convert;
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use brindle_datastore::{Store, StoreError};
 use brindle_fanout::FanoutConfig;
-use brindle_grpc_server::sync::{ResponseStream, SyncReply, read_hello, serve_sync};
+use brindle_grpc_server::sync::{ResponseStream, SyncReply, keepalive_now, read_hello, serve_sync, unix_ms};
 use brindle_proto::common::v1 as common;
 use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_server::{Policy, PolicyServer};
@@ -94,12 +94,7 @@ fn sync_response(reply: SyncReply<ViewEntry>) -> pb::SyncResponse {
         },
         SyncReply::Keepalive => pb::SyncResponse {
             revision: 0,
-            payload: Some(pb::sync_response::Payload::Keepalive(common::Keepalive {
-                sent_unix_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                    .unwrap_or(0),
-            })),
+            payload: Some(pb::sync_response::Payload::Keepalive(keepalive_now())),
         },
     }
 }
@@ -253,6 +248,46 @@ impl Policy for PolicyService {
                 .iter()
                 .map(|(e, revision)| convert::endpoint_to_proto(e, *revision))
                 .collect(),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let (mut endpoints, revision) = self.hub.with_state(|state, revision| {
+            let mut per_node = BTreeMap::<String, u64>::new();
+            for endpoint in state.endpoints() {
+                *per_node.entry(endpoint.key.node.clone()).or_default() += 1;
+            }
+            (per_node, revision)
+        });
+        let mut nodes: BTreeMap<String, pb::NodeStatus> = BTreeMap::new();
+        for subscriber in self.hub.subscribers() {
+            let status = pb::NodeStatus {
+                node: subscriber.node.clone(),
+                connected: subscriber.connected,
+                acked_revision: subscriber.acked_revision,
+                acked_unix_ms: subscriber.acked_at.map_or(0, unix_ms),
+                programmed: subscriber.programmed,
+                endpoints: endpoints.remove(&subscriber.node).unwrap_or(0),
+                sent_revision: subscriber.sent_revision,
+            };
+            nodes.insert(subscriber.node, status);
+        }
+        for (node, count) in endpoints {
+            nodes.insert(
+                node.clone(),
+                pb::NodeStatus {
+                    node,
+                    endpoints: count,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes: nodes.into_values().collect(),
+            revision,
         }))
     }
 

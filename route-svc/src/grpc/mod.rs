@@ -3,11 +3,11 @@
 pub mod convert;
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use brindle_datastore::{Store, StoreError};
 use brindle_fanout::{Fanout, FanoutConfig};
-use brindle_grpc_server::sync::{ResponseStream, SyncReply, serve_sync};
+use brindle_grpc_server::sync::{ResponseStream, SyncReply, keepalive_now, serve_sync, unix_ms};
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_server::{Routes, RoutesServer};
@@ -73,17 +73,9 @@ fn sync_response(reply: SyncReply<RouteItem>) -> pb::SyncResponse {
         },
         SyncReply::Keepalive => pb::SyncResponse {
             revision: 0,
-            payload: Some(pb::sync_response::Payload::Keepalive(common::Keepalive {
-                sent_unix_ms: unix_ms(std::time::SystemTime::now()),
-            })),
+            payload: Some(pb::sync_response::Payload::Keepalive(keepalive_now())),
         },
     }
-}
-
-fn unix_ms(time: std::time::SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[tonic::async_trait]

@@ -1,0 +1,104 @@
+//! Connections to the control plane's services, and errors that name the service and address.
+
+use std::time::Duration;
+
+use brindle_proto::ipam::v1::ipam_client::IpamClient;
+use brindle_proto::policy::v1::policy_client::PolicyClient;
+use brindle_proto::route::v1::routes_client::RoutesClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cli::ClientArgs;
+
+/// A service the CLI talks to.
+#[derive(Debug, Clone, Copy)]
+pub enum Service {
+    Ipam,
+    Route,
+    Policy,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Ipam => "ipam-svc",
+            Self::Route => "route-svc",
+            Self::Policy => "policy-svc",
+        }
+    }
+}
+
+/// The addresses of the services, connected on first use.
+pub struct Clients {
+    args: ClientArgs,
+}
+
+impl Clients {
+    pub fn new(args: ClientArgs) -> Self {
+        Self { args }
+    }
+
+    fn address(&self, service: Service) -> String {
+        let address = match service {
+            Service::Ipam => self.args.ipam_server.as_ref(),
+            Service::Route => self.args.route_server.as_ref(),
+            Service::Policy => self.args.policy_server.as_ref(),
+        }
+        .unwrap_or(&self.args.server);
+        if address.contains("://") {
+            address.clone()
+        } else {
+            format!("http://{address}")
+        }
+    }
+
+    async fn channel(&self, service: Service) -> anyhow::Result<Channel> {
+        let address = self.address(service);
+        let timeout = Duration::from_secs(self.args.timeout);
+        let endpoint = Endpoint::from_shared(address.clone())
+            .map_err(|e| anyhow::anyhow!("{} address {address:?}: {e}", service.name()))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach {} at {address}: {}", service.name(), chain(&e)))
+    }
+
+    pub async fn ipam(&self) -> anyhow::Result<IpamClient<Channel>> {
+        Ok(IpamClient::new(self.channel(Service::Ipam).await?))
+    }
+
+    pub async fn route(&self) -> anyhow::Result<RoutesClient<Channel>> {
+        Ok(RoutesClient::new(self.channel(Service::Route).await?))
+    }
+
+    pub async fn policy(&self) -> anyhow::Result<PolicyClient<Channel>> {
+        Ok(PolicyClient::new(self.channel(Service::Policy).await?))
+    }
+
+    /// The error of a failed call: the service, its address, the status code and message.
+    pub fn failed(&self, service: Service, status: tonic::Status) -> anyhow::Error {
+        anyhow::anyhow!(
+            "{} at {}: {:?}: {}",
+            service.name(),
+            self.address(service),
+            status.code(),
+            status.message()
+        )
+    }
+}
+
+/// An error and its sources on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,50 @@
+//! What each `brindle` subcommand does, and how failures become exit statuses: 1 for an error
+//! (printed as `error: …`), 2 for bad usage (clap), 3 when `ipam check` finds problems.
+
+mod connect;
+mod ipam;
+mod kind;
+mod lab;
+mod manifest;
+mod node;
+mod output;
+mod resources;
+mod server;
+mod trace;
+
+use std::process::ExitCode;
+
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command, IpamCommand, NodeCommand, PolicyCommand};
+
+/// Runs `command`; the process's exit status.
+pub async fn run(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Apply(args) => resources::apply(args).await,
+        Command::Get(args) => resources::get(args).await,
+        Command::Delete(args) => resources::delete(args).await,
+        Command::Ipam(IpamCommand::Show(args)) => ipam::show(args).await,
+        Command::Ipam(IpamCommand::Check(args)) => ipam::check(args).await,
+        Command::Ipam(IpamCommand::Release(args)) => ipam::release(args).await,
+        Command::Node(NodeCommand::Status(args)) => node::status(args).await,
+        Command::Policy(PolicyCommand::Trace(args)) => trace::trace(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "brindle", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Server(args) => server::run(args).await,
+        Command::Lab(command) => lab::run(command).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            if error.is::<ipam::ProblemsFound>() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! The `brindle` CLI against a running `brindle server` (on a real etcd, so the test can damage
+//! IPAM records behind the server's back): every command, every output format, the apply → get
+//! round trip, and error cases with their exit statuses.
+
+mod support;
+
+use std::process::Output;
+
+use brindle_datastore::Txn;
+use brindle_datastore::testing::EtcdServer;
+use brindle_proto::ipam::v1 as ipam;
+use brindle_proto::policy::v1 as policy;
+use brindle_proto::route::v1 as route;
+use support::Server;
+
+const MANIFEST: &str = "apiVersion: brindle.io/v1
+kind: IPPool
+metadata: {name: pods}
+spec: {cidr: 10.244.0.0/16, blockSize: 26, vxlanMode: CrossSubnet, natOutgoing: true}
+---
+apiVersion: brindle.io/v1
+kind: IPAMConfig
+metadata: {name: default}
+spec: {strictAffinity: true, maxBlocksPerHost: 4}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {team: web}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress: [{from: [{podSelector: {}}], ports: [{port: 80}]}]
+---
+apiVersion: brindle.io/v1
+kind: NetworkPolicy
+metadata: {name: audit}
+spec: {selector: all(), order: 10, types: [Egress], egress: [{action: Log}, {action: Allow}]}
+---
+apiVersion: brindle.io/v1
+kind: GlobalNetworkPolicy
+metadata: {name: pass-infra}
+spec: {selector: \"infra == 'true'\", types: [Ingress], ingress: [{action: Pass}]}
+";
+
+struct Cli<'a> {
+    server: &'a Server,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, "")
+    }
+
+    fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        support::brindle(&self.server.address, args, stdin)
+    }
+
+    /// Runs a command that must succeed; its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "brindle {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&args)).expect("JSON output")
+    }
+
+    /// Runs a command that must fail with `code`; its standard error.
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "brindle {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_against_a_running_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let etcd = EtcdServer::start().await.expect("start etcd");
+    let server = Server::start(
+        &["--etcd-endpoints", &etcd.endpoint()],
+        &dir.path().join("server.log"),
+    );
+    let cli = Cli { server: &server };
+    let manifest = dir.path().join("cluster.yaml");
+    std::fs::write(&manifest, MANIFEST).expect("write manifest");
+    let manifest = manifest.to_str().expect("utf-8 path");
+
+    tokio::task::block_in_place(|| apply_get_delete_round_trip(&cli, manifest));
+    let (kept, released) = allocate(&server).await;
+    tokio::task::block_in_place(|| ipam_commands(&cli, &etcd, &kept, &released));
+    register_node_and_endpoint(&server, &kept).await;
+    tokio::task::block_in_place(|| {
+        node_status_and_trace(&cli, &kept);
+        error_cases(&cli, manifest);
+        // `delete -f` removes what the manifest created (the IPAM configuration stays).
+        let deleted = cli.ok(&["delete", "-f", manifest, "-n", "shop", "--force"]);
+        assert_eq!(deleted.lines().count(), 5, "{deleted}");
+        assert_eq!(cli.json(&["get", "ippool"])["items"], serde_json::json!([]));
+    });
+}
+
+fn apply_get_delete_round_trip(cli: &Cli<'_>, manifest: &str) {
+    let applied = cli.ok(&["apply", "-f", manifest, "-n", "shop"]);
+    for line in [
+        "ippool/pods created",
+        "ipamconfig/default configured",
+        "namespace/shop applied",
+        "networkpolicy.networking.k8s.io/shop/web applied",
+        "networkpolicy/shop/audit applied",
+        "globalnetworkpolicy/pass-infra applied",
+    ] {
+        assert!(applied.lines().any(|l| l == line), "{line:?} missing:\n{applied}");
+    }
+    assert!(
+        cli.ok(&["apply", "-f", manifest, "-n", "shop"])
+            .contains("ippool/pods configured"),
+        "a second apply updates"
+    );
+
+    // Tables.
+    let pools = cli.ok(&["get", "ippools"]);
+    assert!(
+        pools.starts_with("NAME   CIDR            BLOCK   VXLAN         IPIP    NAT    DISABLED   NODES\n")
+            && pools.contains("pods   10.244.0.0/16   26      CrossSubnet   Never   true   false      all()"),
+        "{pools}"
+    );
+    let policies = cli.ok(&["get", "netpol", "-A"]);
+    assert!(
+        policies.contains("shop        audit   brindle.io/v1")
+            && policies.contains("shop        web     networking.k8s.io/v1"),
+        "{policies}"
+    );
+    assert!(cli.ok(&["get", "ns"]).contains("team=web"));
+    assert!(cli.ok(&["get", "gnp"]).contains("pass-infra"));
+    assert!(cli.ok(&["get", "ipamconfig"]).contains("default   true"));
+
+    // JSON and YAML give the manifests back.
+    let pool = cli.json(&["get", "ippool", "pods"]);
+    assert_eq!(pool["spec"]["vxlanMode"], "CrossSubnet");
+    assert_eq!(pool["spec"]["natOutgoing"], true);
+    assert_eq!(cli.json(&["get", "ipamconfig"])["spec"]["maxBlocksPerHost"], 4);
+    let web = cli.ok(&[
+        "get",
+        "networkpolicy.networking.k8s.io",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "yaml",
+    ]);
+    let web: serde_json::Value = yaml_serde::from_str(&web).expect("YAML output");
+    assert_eq!(web["spec"]["ingress"][0]["ports"][0]["port"], 80);
+    assert_eq!(web["metadata"]["namespace"], "shop");
+
+    // get -o yaml | apply -f - changes nothing.
+    let before = cli.json(&["get", "netpol", "-A"]);
+    let listed = cli.ok(&["get", "netpol", "-A", "-o", "yaml"]);
+    let out = cli.run_with_stdin(&["apply", "-f", "-"], &listed);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(cli.json(&["get", "netpol", "-A"]), before);
+    let pool_yaml = cli.ok(&["get", "ippool", "pods", "-o", "yaml"]);
+    let out = cli.run_with_stdin(&["apply", "-f", "-"], &pool_yaml);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ippool/pods configured"),
+        "{out:?}"
+    );
+
+    // Delete by name, then apply again.
+    assert_eq!(
+        cli.ok(&["delete", "netpol", "audit", "-n", "shop"]),
+        "networkpolicy/shop/audit deleted\n"
+    );
+    assert!(
+        cli.fails(&["get", "netpol", "audit", "-n", "shop"], 1)
+            .contains("not found")
+    );
+    cli.ok(&["apply", "-f", manifest, "-n", "shop"]);
+}
+
+/// Two addresses of node n1 from the pool (handles net.kept and net.released); the kept one.
+async fn allocate(server: &Server) -> (String, String) {
+    let mut client = ipam::ipam_client::IpamClient::connect(format!("http://{}", server.address))
+        .await
+        .expect("connect ipam");
+    let mut ips = Vec::new();
+    for handle in ["net.kept", "net.released"] {
+        let assigned = client
+            .auto_assign(ipam::AutoAssignRequest {
+                handle_id: handle.into(),
+                node: "n1".into(),
+                num_ipv4: 1,
+                attributes: Some(ipam::HandleAttributes {
+                    namespace: "shop".into(),
+                    pod: handle.trim_start_matches("net.").into(),
+                    node: "n1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("auto assign")
+            .into_inner();
+        ips.push(assigned.allocations[0].ip.clone());
+    }
+    (ips[0].clone(), ips[1].clone())
+}
+
+fn ipam_commands(cli: &Cli<'_>, etcd: &EtcdServer, kept: &str, released: &str) {
+    let usage = cli.json(&["ipam", "show"]);
+    assert_eq!(usage["pools"][0]["inUse"], 2, "{usage}");
+    assert!(cli.ok(&["ipam", "show"]).contains("2 (0.0%)"));
+    let blocks = cli.ok(&["ipam", "show", "--blocks"]);
+    assert!(blocks.contains("10.244.") && blocks.contains("n1"), "{blocks}");
+    assert_eq!(
+        cli.json(&["ipam", "show", "--borrowed"])["borrowed"],
+        serde_json::json!([])
+    );
+    let shown = cli.ok(&["ipam", "show", "--ip", kept, "-o", "yaml"]);
+    let shown: serde_json::Value = yaml_serde::from_str(&shown).expect("YAML");
+    assert_eq!(shown["state"], "allocated");
+    assert_eq!(shown["handleId"], "net.kept");
+    assert_eq!(shown["pod"], "kept");
+
+    assert!(cli.ok(&["ipam", "check"]).contains("clean"));
+    // `ipam release --ip` frees one address.
+    assert!(
+        cli.ok(&["ipam", "release", "--ip", released])
+            .starts_with(&format!("released {released}"))
+    );
+    assert_ne!(
+        cli.json(&["ipam", "show", "--ip", released])["state"],
+        "allocated"
+    );
+    assert!(
+        cli.fails(&["ipam", "release", "--ip", released], 1)
+            .contains("not allocated")
+    );
+
+    // A handle record lost behind the server's back: check reports it (exit 3), the report
+    // drives the release, and the records are clean again.
+    let store = tokio::runtime::Handle::current().block_on(async {
+        let store = brindle_datastore::open(&brindle_datastore::StoreConfig::Etcd(etcd.config()))
+            .await
+            .expect("open etcd");
+        store
+            .txn(Txn::new().delete(ipam_svc::core::keys::handle("net.kept")))
+            .await
+            .expect("delete handle");
+        store
+    });
+    drop(store);
+    let report = tempfile::NamedTempFile::new().expect("report file");
+    let report_path = report.path().to_str().expect("utf-8 path");
+    let stderr = cli.fails(&["ipam", "check", "-o", report_path], 3);
+    assert!(stderr.contains("IPAM check found 1 problems"), "{stderr}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.path()).expect("report")).expect("JSON");
+    assert_eq!(
+        written["problems"][0]["kind"], "ALLOCATION_WITHOUT_HANDLE",
+        "{written}"
+    );
+    assert_eq!(written["problems"][0]["ip"], kept);
+    let released_lines = cli.ok(&["ipam", "release", "--from-report", report_path]);
+    assert!(
+        released_lines.contains(&format!("released {kept}")),
+        "{released_lines}"
+    );
+    assert!(cli.ok(&["ipam", "check", "-o", "-"]).contains("\"clean\": true"));
+}
+
+/// Node n1 registered with route-svc, and a pod of shop labelled app=web at `ip` with policy-svc.
+async fn register_node_and_endpoint(server: &Server, ip: &str) {
+    let address = format!("http://{}", server.address);
+    let mut routes = route::routes_client::RoutesClient::connect(address.clone())
+        .await
+        .expect("connect routes");
+    routes
+        .register_node(route::RegisterNodeRequest {
+            node: Some(route::Node {
+                name: "n1".into(),
+                addresses: vec!["192.0.2.1".into()],
+                ..Default::default()
+            }),
+            ttl_seconds: 60,
+        })
+        .await
+        .expect("register node");
+    let mut policies = policy::policy_client::PolicyClient::connect(address)
+        .await
+        .expect("connect policy");
+    policies
+        .register_endpoint(policy::RegisterEndpointRequest {
+            endpoint: Some(policy::WorkloadEndpoint {
+                node: "n1".into(),
+                interface: "brd0001".into(),
+                namespace: "shop".into(),
+                pod: "web-1".into(),
+                container_id: "c1".into(),
+                ips: vec![ip.into()],
+                labels: [("app".to_owned(), "web".to_owned())].into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("register endpoint");
+}
+
+fn node_status_and_trace(cli: &Cli<'_>, ip: &str) {
+    // route-svc learns of the registration through its datastore watch.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let table = loop {
+        let table = cli.ok(&["node", "status"]);
+        if table.contains("192.0.2.1") || std::time::Instant::now() > deadline {
+            break table;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("n1 ") && l.contains("192.0.2.1") && l.contains("never synced")),
+        "{table}"
+    );
+    let status = cli.json(&["node", "status"]);
+    let node = &status["nodes"][0];
+    assert_eq!(node["node"], "n1");
+    assert_eq!(node["policy"]["endpoints"], 1, "{status}");
+    assert_eq!(node["routes"]["sync"], "never synced");
+
+    // The Kubernetes policy admits port 80 from pods of shop only.
+    let traced = cli.ok(&[
+        "policy",
+        "trace",
+        "--from",
+        "203.0.113.9",
+        "--to",
+        "shop/web-1",
+        "--port",
+        "80",
+    ]);
+    assert!(
+        traced.starts_with(&format!("203.0.113.9 → {ip} TCP/80: DENY")),
+        "{traced}"
+    );
+    assert!(traced.contains("shop/knp.web"), "the deciding policy: {traced}");
+    let traced = cli.json(&[
+        "policy",
+        "trace",
+        "--from",
+        "shop/web-1",
+        "--to",
+        "shop/web-1",
+        "--port",
+        "80",
+    ]);
+    assert_eq!(traced["verdict"], "allow", "{traced}");
+}
+
+fn error_cases(cli: &Cli<'_>, manifest: &str) {
+    // Usage errors exit 2 (clap); --help and completions exit 0.
+    cli.fails(&["get"], 2);
+    cli.fails(&["ipam", "release"], 2);
+    for command in [
+        &["--help"][..],
+        &["apply", "--help"],
+        &["get", "--help"],
+        &["delete", "--help"],
+        &["ipam", "show", "--help"],
+        &["ipam", "check", "--help"],
+        &["ipam", "release", "--help"],
+        &["node", "status", "--help"],
+        &["policy", "trace", "--help"],
+    ] {
+        assert!(cli.ok(command).contains("Usage: brindle"), "{command:?}");
+    }
+    assert!(cli.ok(&["completions", "bash"]).contains("_brindle"));
+
+    // Errors name what is wrong and exit 1.
+    assert!(
+        cli.fails(&["get", "pods"], 1)
+            .contains("not a kind brindle knows")
+    );
+    assert!(
+        cli.fails(&["get", "gnp", "missing"], 1)
+            .contains("\"missing\" not found")
+    );
+    assert!(
+        cli.fails(&["delete", "ipamconfig", "default"], 1)
+            .contains("cannot be deleted")
+    );
+    assert!(
+        cli.fails(&["apply", "-f", "/nonexistent.yaml"], 1)
+            .contains("/nonexistent.yaml")
+    );
+    let typo = "apiVersion: brindle.io/v1\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.1.0.0/16, blocksize: 24}\n";
+    let out = cli.run_with_stdin(&["apply", "-f", "-"], typo);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("blocksize"),
+        "{out:?}"
+    );
+    // An invalid policy next to a valid one: policy-svc names the field and stores neither.
+    let bad = "apiVersion: v1\nkind: Namespace\nmetadata: {name: other}\n---\n\
+               apiVersion: brindle.io/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: broken}\n\
+               spec: {selector: \"app ==\", ingress: [{action: Allow}]}\n";
+    let out = cli.run_with_stdin(&["apply", "-f", "-"], bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && stderr.contains("InvalidArgument") && stderr.contains("document 1"),
+        "{stderr}"
+    );
+    assert!(!cli.ok(&["get", "ns"]).contains("other"), "all or nothing");
+    // An overlapping pool: ipam-svc refuses it.
+    let overlap =
+        "apiVersion: brindle.io/v1\nkind: IPPool\nmetadata: {name: overlap}\nspec: {cidr: 10.244.1.0/24}\n";
+    let out = cli.run_with_stdin(&["apply", "-f", "-"], overlap);
+    assert!(
+        out.status.code() == Some(1) && String::from_utf8_lossy(&out.stderr).contains("ipam-svc"),
+        "{out:?}"
+    );
+    // No server there.
+    let out = support::brindle("127.0.0.1:1", &["apply", "-f", manifest], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach policy-svc at http://127.0.0.1:1"));
+}

