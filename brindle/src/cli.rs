@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use brindle::lab::Encapsulation;
-use brindle_grpc_server::StoreArgs;
+use brindle_grpc_server::{LogArgs, StoreArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// brindle: container networking with routable pod IPs, no NAT between pods, and network policy.
@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "brindle", version, about)]
 pub struct Cli {
     #[command(flatten)]
-    pub logging: Logging,
+    pub logging: LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -278,33 +278,9 @@ pub struct ServerArgs {
     /// Address the gRPC server listens on.
     #[arg(long, env = "BRINDLE_LISTEN", default_value = "0.0.0.0:7400")]
     pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9400")]
+    pub metrics_listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Log output settings (filter from `RUST_LOG`, default `info`).
-#[derive(Debug, Args)]
-pub struct Logging {
-    /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        env = "BRINDLE_LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    pub log_format: LogFormat,
-}
-
-impl Logging {
-    pub fn init(&self) -> anyhow::Result<()> {
-        brindle_grpc_server::init_logging(matches!(self.log_format, LogFormat::Json))
-            .map_err(anyhow::Error::msg)
-    }
 }

@@ -11,7 +11,7 @@ use clap::Parser;
 async fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     if let Err(error) = cli.logging.init() {
-        eprintln!("error: {error:#}");
+        eprintln!("error: {error}");
         return ExitCode::FAILURE;
     }
     commands::run(cli.command).await

@@ -326,3 +326,99 @@ fn nat_outgoing_masquerades_pod_traffic_leaving_the_pools_and_only_when_enabled(
     lab.set_nat_outgoing(false).expect("disable");
     eventually("natOutgoing off again: no answer", &|| !pings(&lab));
 }
+
+/// The value of the series `series` (name and labels exactly as exposed) in a scrape.
+fn series(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing from:\n{scrape}"))
+}
+
+#[test]
+fn metrics_of_the_control_plane_and_an_agent_exist_and_move() {
+    let mut lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}m", std::process::id()),
+        pods_per_node: 1,
+        policy: true,
+        ..spec(2)
+    })
+    .expect("lab up");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("{error}\n{}", lab.logs());
+    }
+    let server = lab.server_metrics().expect("scrape the server");
+    let agent = lab.agent_metrics(0).expect("scrape the agent");
+    assert_eq!(series(&server, "brindle_datastore_up{}"), 1.0);
+    assert_eq!(
+        series(
+            &server,
+            "brindle_fanout_subscribers{service=\"route-svc\",state=\"connected\"}"
+        ),
+        2.0
+    );
+    assert!(series(&server, "brindle_fanout_revision{service=\"route-svc\"}") > 0.0);
+    assert_eq!(series(&server, "brindle_policy_objects{kind=\"endpoint\"}"), 2.0);
+    assert!(
+        series(
+            &server,
+            "brindle_grpc_requests_total{service=\"brindle.ipam.v1.Ipam\",method=\"AutoAssign\",code=\"OK\"}"
+        ) >= 2.0
+    );
+    assert_eq!(
+        series(
+            &agent,
+            "brindle_cni_requests_total{command=\"ADD\",result=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(&agent, "brindle_agent_sync_connected{service=\"route-svc\"}"),
+        1.0
+    );
+    assert_eq!(
+        series(&agent, "brindle_agent_sync_connected{service=\"policy-svc\"}"),
+        1.0
+    );
+    let assigned = series(&server, "brindle_ipam_addresses_assigned_total{}");
+    let policy_applies = series(
+        &agent,
+        "brindle_agent_program_duration_seconds_count{service=\"policy-svc\"}",
+    );
+
+    // A pod added on node 0 and a policy applied: the series move.
+    lab.add_pod(0).expect("add a pod");
+    lab.apply(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all}\n\
+         spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+    )
+    .expect("apply a policy");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let server = lab.server_metrics().expect("scrape the server");
+        let agent = lab.agent_metrics(0).expect("scrape the agent");
+        let moved = series(
+            &agent,
+            "brindle_cni_requests_total{command=\"ADD\",result=\"ok\"}",
+        ) == 2.0
+            && series(
+                &agent,
+                "brindle_cni_request_duration_seconds_count{command=\"ADD\"}",
+            ) == 2.0
+            && series(&server, "brindle_ipam_addresses_assigned_total{}") > assigned
+            && series(&server, "brindle_policy_objects{kind=\"policy\"}") == 1.0
+            && series(
+                &agent,
+                "brindle_agent_program_duration_seconds_count{service=\"policy-svc\"}",
+            ) > policy_applies
+            && series(&agent, "brindle_agent_programmed_objects{service=\"policy-svc\"}") > 0.0;
+        if moved {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "series did not move:\n{server}\n{agent}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

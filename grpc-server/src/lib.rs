@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::Store;
+use brindle_metrics::{Gauges, GrpcMetricsLayer, Metrics};
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -48,19 +49,37 @@ pub enum ServeError {
     },
 }
 
-/// Sets up `tracing` logs on stderr: filter from `RUST_LOG` (default `info`), JSON lines when `json`.
-pub fn init_logging(json: bool) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        logs.json().try_init()
-    } else {
-        logs.try_init()
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The logging flag every brindle binary takes (filter from `RUST_LOG`, default `info`).
+#[derive(Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log line format.
+    #[arg(long, global = true, env = "BRINDLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl LogArgs {
+    /// Sets up `tracing` logs on stderr.
+    pub fn init(&self) -> Result<(), String> {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let logs = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Json => logs.json().try_init(),
+            LogFormat::Text => logs.try_init(),
+        }
+        .map_err(|e| format!("initialising logging: {e}"))
     }
-    .map_err(|e| format!("initialising logging: {e}"))
 }
 
 /// Adds `grpc.health.v1` and server reflection (v1 and v1alpha, limited to `service_names` and
@@ -96,22 +115,29 @@ pub fn add_health_and_reflection(
 }
 
 /// Serves `routes` (named `service_names`, fully qualified) on `address` with health (tied to the
-/// datastore) and reflection until SIGINT or SIGTERM.
+/// datastore), reflection and call metrics until SIGINT or SIGTERM.
 pub async fn serve(
     address: SocketAddr,
     routes: RoutesBuilder,
     service_names: &[&str],
     store: Arc<dyn Store>,
+    metrics: &Metrics,
 ) -> Result<(), ServeError> {
     let mut routes = routes;
     let health = add_health_and_reflection(&mut routes, service_names)?;
+    let datastore_up = metrics.gauges(
+        "datastore_up",
+        "1 while the datastore answers, 0 while it does not (health reports NOT_SERVING then)",
+    );
     let probe = tokio::spawn(probe_datastore(
         store,
         health,
         service_names.iter().map(|s| (*s).to_owned()).collect(),
+        datastore_up,
     ));
     tracing::info!(%address, services = ?service_names, "serving gRPC");
     let served = tonic::transport::Server::builder()
+        .layer(GrpcMetricsLayer::new(metrics))
         .add_routes(routes.routes())
         .serve_with_shutdown(address, shutdown_signal())
         .await;
@@ -120,7 +146,12 @@ pub async fn serve(
 }
 
 /// Reports SERVING (overall and per service) while the datastore answers, NOT_SERVING otherwise.
-async fn probe_datastore(store: Arc<dyn Store>, health: HealthReporter, services: Vec<String>) {
+async fn probe_datastore(
+    store: Arc<dyn Store>,
+    health: HealthReporter,
+    services: Vec<String>,
+    datastore_up: Gauges,
+) {
     let mut reported = None;
     loop {
         let status = match store.revision().await {
@@ -130,6 +161,9 @@ async fn probe_datastore(store: Arc<dyn Store>, health: HealthReporter, services
                 ServingStatus::NotServing
             }
         };
+        datastore_up
+            .get_or_create(&Vec::new())
+            .set(i64::from(status == ServingStatus::Serving));
         if reported != Some(status) {
             health.set_service_status("", status).await;
             for service in &services {

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use brindle_fanout::session::{ClientMessage, ServerMessage, serve};
 use std::collections::BTreeMap;
 
-use brindle_fanout::{Batch, Codec, EncodedSnapshot, Fanout, FanoutError, MAX_SNAPSHOT_BYTES, Mirror};
+use brindle_fanout::{
+    Batch, Codec, EncodedSnapshot, Fanout, FanoutError, MAX_SNAPSHOT_BYTES, Mirror, SubscriberStatus,
+};
+use brindle_metrics::{Metrics, labels};
 use brindle_proto::common::v1 as pb;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +35,49 @@ fn client_message(message: pb::SyncClientMessage) -> ClientMessage {
         },
         Some(pb::sync_client_message::Message::Keepalive(_)) | None => ClientMessage::Keepalive,
     }
+}
+
+/// Registers gauges of a service's fan-out, read from `read` (its revision and subscribers) when
+/// scraped: the revision, subscribers by state, and the largest lag of a connected subscriber
+/// (revisions sent to it and not yet acknowledged as programmed).
+pub fn register_fanout_metrics(
+    metrics: &Metrics,
+    service: &'static str,
+    read: impl Fn() -> (u64, Vec<SubscriberStatus>) + Send + Sync + 'static,
+) {
+    let revision = metrics.gauges("fanout_revision", "Latest revision of the fan-out's state");
+    let subscribers = metrics.gauges(
+        "fanout_subscribers",
+        "Subscribers (nodes) by whether a session is open",
+    );
+    let lag = metrics.gauges(
+        "fanout_max_lag_revisions",
+        "Largest number of revisions sent to a connected subscriber and not yet acknowledged",
+    );
+    metrics.on_scrape(move || {
+        let (current, statuses) = read();
+        let service_label = labels([("service", service)]);
+        revision
+            .get_or_create(&service_label)
+            .set(i64::try_from(current).unwrap_or(i64::MAX));
+        let connected = statuses.iter().filter(|s| s.connected).count();
+        for (state, count) in [
+            ("connected", connected),
+            ("disconnected", statuses.len() - connected),
+        ] {
+            subscribers
+                .get_or_create(&labels([("service", service), ("state", state)]))
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        let max_lag = statuses
+            .iter()
+            .filter(|s| s.connected)
+            .map(|s| s.sent_revision.saturating_sub(s.acked_revision))
+            .max()
+            .unwrap_or(0);
+        lag.get_or_create(&service_label)
+            .set(i64::try_from(max_lag).unwrap_or(i64::MAX));
+    });
 }
 
 /// Milliseconds since the unix epoch (0 before it), as sync messages carry times.

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use brindle_metrics::{Counters, Metrics, labels};
 use brindle_proto::ipam::v1 as pb;
 use ipnet::IpNet;
 use tonic::{Request, Response, Status};
@@ -20,12 +21,52 @@ pub const SERVICE_NAME: &str = "brindle.ipam.v1.Ipam";
 /// The gRPC service.
 pub struct IpamService {
     ipam: Arc<Ipam>,
+    assigned: Counters,
+    released: Counters,
 }
+
+/// How often pool usage gauges are recomputed.
+const USAGE_REFRESH: Duration = Duration::from_secs(10);
 
 impl IpamService {
     /// Serves `ipam`.
     pub fn new(ipam: Arc<Ipam>) -> Self {
-        Self { ipam }
+        Self {
+            ipam,
+            assigned: Counters::default(),
+            released: Counters::default(),
+        }
+    }
+
+    /// Counts addresses assigned and released into `metrics`, and keeps per-pool usage gauges
+    /// there (recomputed every 10 s by a background task).
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.assigned = metrics.counters("ipam_addresses_assigned", "Addresses handed out");
+        self.released = metrics.counters("ipam_addresses_released", "Addresses released");
+        let usage = metrics.gauges("ipam_pool_addresses", "Addresses of each pool by state");
+        let ipam = Arc::clone(&self.ipam);
+        tokio::spawn(async move {
+            loop {
+                match ipam.show(&ShowOptions::default()).await {
+                    Ok(show) => {
+                        for pool in show.pools {
+                            for (state, count) in [
+                                ("in_use", pool.in_use),
+                                ("free", pool.free),
+                                ("reserved", pool.reserved),
+                            ] {
+                                usage
+                                    .get_or_create(&labels([("pool", &pool.pool), ("state", state)]))
+                                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+                            }
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "pool usage for metrics"),
+                }
+                tokio::time::sleep(USAGE_REFRESH).await;
+            }
+        });
+        self
     }
 
     /// The tonic server for this service.
@@ -276,6 +317,11 @@ impl pb::ipam_server::Ipam for IpamService {
             attributes: attributes_from(r.attributes),
         };
         let result = self.ipam.auto_assign(request).await.map_err(status)?;
+        if !result.existing {
+            self.assigned
+                .get_or_create(&Vec::new())
+                .inc_by(result.allocations.len() as u64);
+        }
         Ok(Response::new(pb::AutoAssignResponse {
             allocations: result.allocations.into_iter().map(allocation_to).collect(),
             existing: result.existing,
@@ -291,6 +337,7 @@ impl pb::ipam_server::Ipam for IpamService {
             attributes: attributes_from(r.attributes),
         };
         let allocation = self.ipam.assign_ip(request).await.map_err(status)?;
+        self.assigned.get_or_create(&Vec::new()).inc();
         Ok(Response::new(pb::AssignIpResponse {
             allocation: Some(allocation_to(allocation)),
         }))
@@ -305,6 +352,9 @@ impl pb::ipam_server::Ipam for IpamService {
             .release_handle(&request.into_inner().handle_id)
             .await
             .map_err(status)?;
+        self.released
+            .get_or_create(&Vec::new())
+            .inc_by(released.len() as u64);
         Ok(Response::new(pb::ReleaseByHandleResponse {
             released_ips: released.iter().map(ToString::to_string).collect(),
         }))
@@ -317,6 +367,9 @@ impl pb::ipam_server::Ipam for IpamService {
             ips.push((ip_from(&field, &release.ip).map_err(status)?, release.sequence));
         }
         let (released, skipped) = self.ipam.release_ips(&ips).await.map_err(status)?;
+        self.released
+            .get_or_create(&Vec::new())
+            .inc_by(released.len() as u64);
         Ok(Response::new(pb::ReleaseIpsResponse {
             released_ips: released.iter().map(ToString::to_string).collect(),
             skipped_ips: skipped.iter().map(ToString::to_string).collect(),
@@ -505,6 +558,9 @@ impl pb::ipam_server::Ipam for IpamService {
             )
             .await
             .map_err(status)?;
+        self.released
+            .get_or_create(&Vec::new())
+            .inc_by(result.released_ips);
         Ok(Response::new(pb::GarbageCollectResponse {
             released_handle_ids: result.released_handle_ids,
             released_ips: result.released_ips,
@@ -517,6 +573,7 @@ impl pb::ipam_server::Ipam for IpamService {
             .delete_node(&request.into_inner().node)
             .await
             .map_err(status)?;
+        self.released.get_or_create(&Vec::new()).inc_by(released_ips);
         Ok(Response::new(pb::DeleteNodeResponse {
             released_ips,
             released_blocks,

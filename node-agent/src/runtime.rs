@@ -19,6 +19,9 @@ use crate::grpc::cni_service::{CniService, SERVICE_NAME};
 use crate::grpc::ipam_client::GrpcIpam;
 use crate::grpc::policy_client::GrpcPolicy;
 use crate::grpc::route_client::RouteFollower;
+use crate::grpc::sync_client::SyncMetrics;
+use brindle_grpc_server::LogArgs;
+use brindle_metrics::{GrpcMetricsLayer, Metrics};
 use route_svc::core::Node;
 
 /// brindle's per-node agent.
@@ -51,9 +54,12 @@ pub struct Args {
     /// This node's underlay IPv4 subnet (decides CrossSubnet encapsulation).
     #[arg(long, env = "BRINDLE_NODE_SUBNET")]
     pub node_subnet: Option<ipnet::Ipv4Net>,
-    /// Log lines as JSON.
-    #[arg(long)]
-    pub log_json: bool,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9404")]
+    pub metrics_listen: std::net::SocketAddr,
+    /// How logs look.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 fn hostname() -> anyhow::Result<String> {
@@ -65,7 +71,10 @@ fn hostname() -> anyhow::Result<String> {
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    brindle_grpc_server::init_logging(args.log_json).map_err(anyhow::Error::msg)?;
+    args.log.init().map_err(anyhow::Error::msg)?;
+    let metrics = Metrics::new();
+    brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
+    let sync_metrics = SyncMetrics::new(&metrics);
     let node = match args.node_name {
         Some(name) => name,
         None => hostname()?,
@@ -97,13 +106,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             iptables.clone(),
             ipam.clone(),
         )?;
-        tokio::spawn(follower.run());
+        tokio::spawn(follower.run(sync_metrics.clone()));
     }
     let mut ops = CniOps::new(&node, netlink, sysctl, ipam, records);
     if let Some(endpoint) = &args.policy_endpoint {
         let policy = GrpcPolicy::new(endpoint)?;
         ops = ops.with_endpoints(Arc::new(policy.clone()));
-        tokio::spawn(policy.follow(node.clone(), iptables.clone(), Arc::new(IpsetCommands)));
+        tokio::spawn(policy.follow(
+            node.clone(),
+            iptables.clone(),
+            Arc::new(IpsetCommands),
+            sync_metrics.clone(),
+        ));
     }
     let ops = Arc::new(ops);
     if let Err(failure) = ops.reconcile().await {
@@ -127,7 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("restricting {} to root", args.cni_socket.display()))?;
 
     let mut routes = RoutesBuilder::default();
-    routes.add_service(CniService::new(ops).into_server());
+    routes.add_service(CniService::new(ops).with_metrics(&metrics).into_server());
     let health = brindle_grpc_server::add_health_and_reflection(&mut routes, &[SERVICE_NAME])?;
     health.set_service_status("", ServingStatus::Serving).await;
     health
@@ -135,6 +149,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await;
     tracing::info!(%node, socket = %args.cni_socket.display(), ipam = %args.ipam_endpoint, "node agent serving CNI");
     tonic::transport::Server::builder()
+        .layer(GrpcMetricsLayer::new(&metrics))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener),

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use brindle_fanout::FanoutConfig;
-use brindle_grpc_server::StoreArgs;
+use brindle_grpc_server::{LogArgs, StoreArgs};
+use brindle_metrics::Metrics;
 use clap::Parser;
 use tonic::service::RoutesBuilder;
 
@@ -20,17 +21,26 @@ pub struct Args {
     /// Where the datastore is.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Log lines as JSON.
-    #[arg(long)]
-    pub log_json: bool,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9403")]
+    pub metrics_listen: SocketAddr,
+    /// How logs look.
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 /// Runs the service until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    brindle_grpc_server::init_logging(args.log_json).map_err(anyhow::Error::msg)?;
+    args.log.init().map_err(anyhow::Error::msg)?;
+    let metrics = Metrics::new();
+    brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
     let store = args.store.open().await?;
     let mut routes = RoutesBuilder::default();
-    routes.add_service(PolicyService::start(store.clone(), FanoutConfig::default()).into_server());
-    brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store).await?;
+    routes.add_service(
+        PolicyService::start(store.clone(), FanoutConfig::default())
+            .with_metrics(&metrics)
+            .into_server(),
+    );
+    brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store, &metrics).await?;
     Ok(())
 }

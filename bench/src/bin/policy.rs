@@ -23,6 +23,7 @@ use brindle_selector::Selector;
 use node_agent::core::policy::{PolicyApplier, render};
 use node_agent::dataplane::{IpsetCommands, Ipsets, Iptables, IptablesBackend, IptablesCommands};
 use node_agent::grpc::policy_client::GrpcPolicy;
+use node_agent::grpc::sync_client::SyncMetrics;
 use policy_svc::core::Calculator;
 use policy_svc::core::model::{
     Action, Endpoint, EndpointKey, EntityRule, NamedPort, Namespace, Policy, PolicyId, PortMatch, Protocol,
@@ -246,7 +247,11 @@ async fn change(store: &dyn Store, service: &PolicyService, record: Record) -> a
 }
 
 fn main() -> anyhow::Result<()> {
-    brindle_grpc_server::init_logging(false).map_err(anyhow::Error::msg)?;
+    brindle_grpc_server::LogArgs {
+        log_format: brindle_grpc_server::LogFormat::Text,
+    }
+    .init()
+    .map_err(anyhow::Error::msg)?;
     let _namespace = BenchNamespace::enter()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -320,6 +325,7 @@ async fn run() -> anyhow::Result<()> {
         NODE.to_owned(),
         Arc::new(IptablesCommands::new(IptablesBackend::detect())),
         Arc::new(IpsetCommands),
+        SyncMetrics::default(),
     ));
     let fanout = service.hub().fanout(NODE);
     while fanout

@@ -29,6 +29,10 @@ const SECOND_UNDERLAY: &str = "192.168.201";
 const ROUTER_HOST: u8 = 253;
 /// Port of the control plane.
 const CONTROL_PORT: u16 = 7400;
+/// Port of the control plane's `/metrics`, inside its namespace.
+const SERVER_METRICS_PORT: u16 = 9400;
+/// Port of every agent's `/metrics`, inside its node's namespace.
+const AGENT_METRICS_PORT: u16 = 9404;
 /// etcd's client port on the control plane's loopback.
 const ETCD_PORT: u16 = 2379;
 /// The address of the lab's stand-in for "the internet" (TEST-NET-3, outside every pool).
@@ -285,7 +289,13 @@ impl Lab {
     fn spawn_server(spec: &LabSpec, control: &Namespace, dir: &Path) -> anyhow::Result<Child> {
         let log = log_file(&dir.join("server.log"))?;
         let mut command = control.command(&spec.binaries.join("brindle"));
-        command.args(["server", "--listen", &format!("{UNDERLAY}.1:{CONTROL_PORT}")]);
+        command.args([
+            "server",
+            "--listen",
+            &format!("{UNDERLAY}.1:{CONTROL_PORT}"),
+            "--metrics-listen",
+            &format!("127.0.0.1:{SERVER_METRICS_PORT}"),
+        ]);
         if spec.etcd {
             command.args(["--etcd-endpoints", &format!("http://127.0.0.1:{ETCD_PORT}")]);
         } else {
@@ -424,6 +434,7 @@ impl Lab {
             .command(&self.spec.binaries.join("node-agent"))
             .args(["--node-name", &name, "--cni-socket"])
             .arg(&socket)
+            .args(["--metrics-listen", &format!("127.0.0.1:{AGENT_METRICS_PORT}")])
             .arg("--state-dir")
             .arg(self.dir.path().join(format!("n{index}")))
             .args([
@@ -702,6 +713,37 @@ impl Lab {
     pub fn control(&self) -> &Namespace {
         &self.control
     }
+
+    /// What the control plane's `/metrics` says now.
+    pub fn server_metrics(&self) -> anyhow::Result<String> {
+        scrape(&self.control, SERVER_METRICS_PORT)
+    }
+
+    /// What node `node`'s agent's `/metrics` says now.
+    pub fn agent_metrics(&self, node: usize) -> anyhow::Result<String> {
+        scrape(&self.nodes[node].namespace, AGENT_METRICS_PORT)
+    }
+}
+
+/// The body of `GET /metrics` on `port` of the loopback of `namespace`.
+fn scrape(namespace: &Namespace, port: u16) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    namespace
+        .spawn(move || {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))
+                .with_context(|| format!("connecting to the metrics endpoint on port {port}"))?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: lab\r\nconnection: close\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response")?;
+            anyhow::ensure!(
+                head.starts_with("HTTP/1.1 200"),
+                "metrics endpoint answered {head}"
+            );
+            Ok(body.to_owned())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the scrape thread panicked"))?
 }
 
 impl Drop for Lab {

@@ -24,7 +24,7 @@ impl Server {
             let address = format!("127.0.0.1:{}", free_port().expect("free port"));
             let log = std::fs::File::create(log).expect("log file");
             let child = Command::new(env!("CARGO_BIN_EXE_brindle"))
-                .args(["server", "--listen", &address])
+                .args(["server", "--listen", &address, "--metrics-listen", "127.0.0.1:0"])
                 .args(extra_args)
                 .stdout(Stdio::null())
                 .stderr(log)

@@ -106,7 +106,7 @@ impl IpamProcess {
             let address = format!("127.0.0.1:{}", free_port().expect("port"));
             let log = std::fs::File::create(log).expect("log");
             let child = std::process::Command::new(env!("CARGO_BIN_EXE_ipam-svc"))
-                .args(["--listen", &address])
+                .args(["--listen", &address, "--metrics-listen", "127.0.0.1:0"])
                 .args(args)
                 .stdout(std::process::Stdio::null())
                 .stderr(log)

@@ -2,7 +2,9 @@
 //! [`CniRequest`]s and the outcomes to CNI results or CNI errors. No logic lives here.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use brindle_metrics::{Counters, Histograms, LATENCY_BUCKETS, Metrics, labels, unregistered_histograms};
 use brindle_proto::agent::v1 as pb;
 use tonic::{Request, Response, Status};
 
@@ -15,12 +17,57 @@ pub const SERVICE_NAME: &str = "brindle.agent.v1.Cni";
 /// The CNI service.
 pub struct CniService {
     ops: Arc<CniOps>,
+    requests: Counters,
+    durations: Histograms,
 }
 
 impl CniService {
     /// Serves `ops`.
     pub fn new(ops: Arc<CniOps>) -> Self {
-        Self { ops }
+        Self {
+            ops,
+            requests: Counters::default(),
+            durations: unregistered_histograms(LATENCY_BUCKETS),
+        }
+    }
+
+    /// Counts and times every CNI command into `metrics`.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.requests = metrics.counters(
+            "cni_requests",
+            "CNI commands answered, by command and result (ok or the CNI error code)",
+        );
+        self.durations = metrics.histograms(
+            "cni_request_duration_seconds",
+            "Time the agent took to answer a CNI command",
+            LATENCY_BUCKETS,
+        );
+        self
+    }
+
+    /// The outcome of `command`, recorded.
+    fn outcome(
+        &self,
+        command: &str,
+        started: Instant,
+        done: Result<(), CniFailure>,
+    ) -> Response<pb::CniOutcome> {
+        let outcome = pb::CniOutcome {
+            error: done.err().map(error),
+        };
+        self.record(command, started, outcome.error.as_ref());
+        Response::new(outcome)
+    }
+
+    /// Records one answered command.
+    fn record(&self, command: &str, started: Instant, error: Option<&pb::CniError>) {
+        let result = error.map_or_else(|| "ok".to_owned(), |e| e.code.to_string());
+        self.requests
+            .get_or_create(&labels([("command", command), ("result", &result)]))
+            .inc();
+        self.durations
+            .get_or_create(&labels([("command", command)]))
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// The tonic server for this service.
@@ -113,15 +160,10 @@ fn result(added: &Added, config: &serde_json::Value) -> pb::CniResult {
     }
 }
 
-fn outcome(done: Result<(), CniFailure>) -> Response<pb::CniOutcome> {
-    Response::new(pb::CniOutcome {
-        error: done.err().map(error),
-    })
-}
-
 #[tonic::async_trait]
 impl pb::cni_server::Cni for CniService {
     async fn add(&self, invocation: Request<pb::CniInvocation>) -> Result<Response<pb::AddResponse>, Status> {
+        let started = Instant::now();
         let invocation = invocation.into_inner();
         let response = match request(&invocation) {
             Err(failure) => pb::AddResponse {
@@ -139,33 +181,38 @@ impl pb::cni_server::Cni for CniService {
                 },
             },
         };
+        self.record("ADD", started, response.error.as_ref());
         Ok(Response::new(response))
     }
 
     async fn del(&self, invocation: Request<pb::CniInvocation>) -> Result<Response<pb::CniOutcome>, Status> {
+        let started = Instant::now();
         let done = match request(&invocation.into_inner()) {
             Ok(request) => self.ops.del(&request).await,
             Err(failure) => Err(failure),
         };
-        Ok(outcome(done))
+        Ok(self.outcome("DEL", started, done))
     }
 
     async fn check(
         &self,
         invocation: Request<pb::CniInvocation>,
     ) -> Result<Response<pb::CniOutcome>, Status> {
+        let started = Instant::now();
         let done = match request(&invocation.into_inner()) {
             Ok(request) => self.ops.check(&request).await,
             Err(failure) => Err(failure),
         };
-        Ok(outcome(done))
+        Ok(self.outcome("CHECK", started, done))
     }
 
     async fn status(&self, _: Request<pb::CniInvocation>) -> Result<Response<pb::CniOutcome>, Status> {
-        Ok(outcome(self.ops.status().await))
+        let started = Instant::now();
+        Ok(self.outcome("STATUS", started, self.ops.status().await))
     }
 
     async fn gc(&self, request: Request<pb::GcRequest>) -> Result<Response<pb::CniOutcome>, Status> {
+        let started = Instant::now();
         let request = request.into_inner();
         let network = request.invocation.map(|i| i.network).unwrap_or_default();
         let valid: Vec<(String, String)> = request
@@ -173,6 +220,6 @@ impl pb::cni_server::Cni for CniService {
             .into_iter()
             .map(|a| (a.container_id, a.ifname))
             .collect();
-        Ok(outcome(self.ops.gc(&network, &valid).await))
+        Ok(self.outcome("GC", started, self.ops.gc(&network, &valid).await))
     }
 }

@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use crate::core::endpoints::{EndpointCallError, EndpointRegistry};
 use crate::core::policy::{PolicyApplier, Renderer};
 use crate::dataplane::{Ipsets, Iptables};
-use crate::grpc::sync_client::{Outgoing, SyncService, SyncTarget, follow};
+use crate::grpc::sync_client::{Outgoing, SyncMetrics, SyncService, SyncTarget, follow};
 
 /// Shortest time between two applies: changes arriving meanwhile are applied together.
 pub const APPLY_INTERVAL: Duration = Duration::from_millis(20);
@@ -45,7 +45,13 @@ impl GrpcPolicy {
     }
 
     /// Follows `node`'s policy view into the kernel until the task is dropped.
-    pub async fn follow(self, node: String, iptables: Arc<dyn Iptables>, ipsets: Arc<dyn Ipsets>) {
+    pub async fn follow(
+        self,
+        node: String,
+        iptables: Arc<dyn Iptables>,
+        ipsets: Arc<dyn Ipsets>,
+        metrics: SyncMetrics,
+    ) {
         let target = PolicyProgrammer {
             iptables,
             ipsets,
@@ -54,7 +60,7 @@ impl GrpcPolicy {
             applied: None,
             resynced: std::time::Instant::now(),
         };
-        follow(PolicySync(self.client), node, target).await;
+        follow(PolicySync(self.client), node, target, metrics).await;
     }
 }
 

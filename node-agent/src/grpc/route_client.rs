@@ -23,7 +23,7 @@ use crate::core::nat::NatReconciler;
 use crate::core::routing::{RouteReconciler, desired_routes};
 use crate::core::tunnels::{IPIP_DEVICE, TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps};
 use crate::dataplane::{Iptables, Netlink};
-use crate::grpc::sync_client::{Outgoing, SyncService, SyncTarget, follow};
+use crate::grpc::sync_client::{Outgoing, SyncMetrics, SyncService, SyncTarget, follow};
 
 /// How long a registration lives without renewal.
 const REGISTRATION_TTL_SECONDS: u32 = 30;
@@ -84,12 +84,12 @@ impl RouteFollower {
     }
 
     /// Runs registration and sync until the task is dropped.
-    pub async fn run(self) {
+    pub async fn run(self, metrics: SyncMetrics) {
         let name = self.registration.borrow().name.clone();
         let registration = keep_registered(self.client.clone(), self.registration);
         tokio::join!(
             registration,
-            follow(RouteSync(self.client), name, self.programmer)
+            follow(RouteSync(self.client), name, self.programmer, metrics)
         );
     }
 }

@@ -10,6 +10,9 @@ use std::time::Duration;
 use brindle_datastore::Backoff;
 use brindle_fanout::Mirror;
 use brindle_grpc_server::sync::{InvalidField, SnapshotAssembler};
+use brindle_metrics::{
+    Counters, Gauges, Histograms, LATENCY_BUCKETS, Metrics, labels, unregistered_histograms,
+};
 use brindle_proto::common::v1 as common;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -73,15 +76,122 @@ fn client_message(message: common::sync_client_message::Message) -> common::Sync
     }
 }
 
+/// What the followers report, by service (`route-svc`, `policy-svc`). Cloning shares the series.
+#[derive(Clone)]
+pub struct SyncMetrics {
+    connected: Gauges,
+    acked_revision: Gauges,
+    programmed: Gauges,
+    program_durations: Histograms,
+    program_failures: Counters,
+    reconnects: Counters,
+}
+
+impl Default for SyncMetrics {
+    /// Series registered nowhere.
+    fn default() -> Self {
+        Self {
+            connected: Gauges::default(),
+            acked_revision: Gauges::default(),
+            programmed: Gauges::default(),
+            program_durations: unregistered_histograms(LATENCY_BUCKETS),
+            program_failures: Counters::default(),
+            reconnects: Counters::default(),
+        }
+    }
+}
+
+impl SyncMetrics {
+    /// Registers the series with `metrics` (once per process).
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            connected: metrics.gauges("agent_sync_connected", "1 while the agent's Sync stream is open"),
+            acked_revision: metrics.gauges(
+                "agent_sync_acked_revision",
+                "Last revision the agent programmed and acknowledged",
+            ),
+            programmed: metrics.gauges(
+                "agent_programmed_objects",
+                "Kernel objects (routes; iptables rules and ipset members) the last programming holds",
+            ),
+            program_durations: metrics.histograms(
+                "agent_program_duration_seconds",
+                "Time to program a state into the kernel (routes; policy applies)",
+                LATENCY_BUCKETS,
+            ),
+            program_failures: metrics.counters(
+                "agent_program_failures",
+                "Programmings that failed (retried on the next change or tick)",
+            ),
+            reconnects: metrics.counters(
+                "agent_sync_reconnects",
+                "Sync streams that ended and were reopened",
+            ),
+        }
+    }
+
+    fn program_done(&self, service: &'static str, started: Instant, result: Option<(u64, u64)>) {
+        let service_label = labels([("service", service)]);
+        self.program_durations
+            .get_or_create(&service_label)
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Some((revision, programmed)) => {
+                let gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+                self.acked_revision
+                    .get_or_create(&service_label)
+                    .set(gauge(revision));
+                self.programmed
+                    .get_or_create(&service_label)
+                    .set(gauge(programmed));
+            }
+            None => {
+                self.program_failures.get_or_create(&service_label).inc();
+            }
+        }
+    }
+}
+
 /// Follows `service` for node `me` into `target` until the task is dropped.
-pub async fn follow<S: SyncService, T: SyncTarget<S::Value>>(service: S, me: String, mut target: T) {
+pub async fn follow<S: SyncService, T: SyncTarget<S::Value>>(
+    service: S,
+    me: String,
+    mut target: T,
+    metrics: SyncMetrics,
+) {
     let mut mirror = Mirror::default();
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let connected = metrics
+        .connected
+        .get_or_create_owned(&labels([("service", S::NAME)]));
     loop {
-        let error = sync_once(&service, &me, &mut target, &mut mirror, &mut backoff).await;
+        connected.set(1);
+        let error = sync_once(&service, &me, &mut target, &mut mirror, &mut backoff, &metrics).await;
+        connected.set(0);
+        metrics
+            .reconnects
+            .get_or_create(&labels([("service", S::NAME)]))
+            .inc();
         tracing::warn!(service = S::NAME, %error, revision = mirror.revision(), "sync stream ended; the kernel stays as it is; reconnecting");
         tokio::time::sleep(backoff.next_delay()).await;
     }
+}
+
+/// Programs `mirror` into `target`, timed and counted; what to acknowledge.
+async fn program<V: Clone + PartialEq + Send + Sync, T: SyncTarget<V>>(
+    service: &'static str,
+    target: &mut T,
+    mirror: &Mirror<V>,
+    tick: bool,
+    metrics: &SyncMetrics,
+) -> Option<(u64, u64)> {
+    let started = Instant::now();
+    let result = target
+        .program(mirror, tick)
+        .await
+        .map(|programmed| (mirror.revision(), programmed));
+    metrics.program_done(service, started, result);
+    result
 }
 
 async fn sync_once<S: SyncService, T: SyncTarget<S::Value>>(
@@ -90,6 +200,7 @@ async fn sync_once<S: SyncService, T: SyncTarget<S::Value>>(
     target: &mut T,
     mirror: &mut Mirror<S::Value>,
     backoff: &mut Backoff,
+    metrics: &SyncMetrics,
 ) -> SyncEnded {
     let (to_server, queued) = mpsc::channel(8);
     let hello = common::sync_client_message::Message::Hello(common::SyncHello {
@@ -130,8 +241,8 @@ async fn sync_once<S: SyncService, T: SyncTarget<S::Value>>(
             }
             _ = tokio::time::sleep_until(next_program), if pending => {
                 pending = false;
-                if let Some(programmed) = target.program(mirror, false).await {
-                    acknowledge(mirror.revision(), programmed);
+                if let Some((revision, programmed)) = program(S::NAME, target, mirror, false, metrics).await {
+                    acknowledge(revision, programmed);
                 }
                 next_program = Instant::now() + S::MIN_INTERVAL;
             }
@@ -140,9 +251,9 @@ async fn sync_once<S: SyncService, T: SyncTarget<S::Value>>(
                 let _ = to_server.try_send(client_message(alive));
                 // Never before the first full state.
                 if mirror.revision() > 0
-                    && let Some(programmed) = target.program(mirror, true).await
+                    && let Some((revision, programmed)) = program(S::NAME, target, mirror, true, metrics).await
                 {
-                    acknowledge(mirror.revision(), programmed);
+                    acknowledge(revision, programmed);
                 }
             }
         }

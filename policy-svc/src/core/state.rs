@@ -16,6 +16,11 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// Number of namespaces.
+    pub fn namespace_count(&self) -> usize {
+        self.namespaces.len()
+    }
+
     /// Namespace by name.
     pub fn namespace(&self, name: &str) -> Option<&Namespace> {
         self.namespaces.get(name)

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use brindle_datastore::{Store, StoreError};
 use brindle_fanout::FanoutConfig;
-use brindle_grpc_server::sync::{ResponseStream, SyncReply, keepalive_now, read_hello, serve_sync, unix_ms};
+use brindle_grpc_server::sync::{
+    ResponseStream, SyncReply, keepalive_now, read_hello, register_fanout_metrics, serve_sync, unix_ms,
+};
+use brindle_metrics::{Metrics, labels};
 use brindle_proto::common::v1 as common;
 use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_server::{Policy, PolicyServer};
@@ -60,6 +63,33 @@ impl PolicyService {
             objects: Objects::new(store),
             hub,
         }
+    }
+
+    /// Exposes the per-node fan-outs (subscribers, lag) and the calculation's inputs in `metrics`.
+    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+        let hub = self.hub.clone();
+        register_fanout_metrics(metrics, "policy-svc", move || (hub.revision(), hub.subscribers()));
+        let inputs = metrics.gauges("policy_objects", "Policy inputs by kind");
+        let hub = self.hub.clone();
+        metrics.on_scrape(move || {
+            let (endpoints, policies, namespaces) = hub.with_state(|state, _| {
+                (
+                    state.endpoints().count(),
+                    state.policies().count(),
+                    state.namespace_count(),
+                )
+            });
+            for (kind, count) in [
+                ("endpoint", endpoints),
+                ("policy", policies),
+                ("namespace", namespaces),
+            ] {
+                inputs
+                    .get_or_create(&labels([("kind", kind)]))
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        });
+        self
     }
 
     /// The calculation and per-node fan-outs.

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use brindle_datastore::{Store, StoreError};
 use brindle_fanout::{Fanout, FanoutConfig};
-use brindle_grpc_server::sync::{ResponseStream, SyncReply, keepalive_now, serve_sync, unix_ms};
+use brindle_grpc_server::sync::{
+    ResponseStream, SyncReply, keepalive_now, register_fanout_metrics, serve_sync, unix_ms,
+};
+use brindle_metrics::Metrics;
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_server::{Routes, RoutesServer};
@@ -48,6 +51,27 @@ impl RoutesService {
             registry: Registry::new(store),
             fanout,
         }
+    }
+
+    /// Exposes the fan-out (revision, subscribers, lag) and the registered nodes in `metrics`.
+    pub fn with_metrics(self, metrics: &Metrics) -> Self {
+        let fanout = self.fanout.clone();
+        register_fanout_metrics(metrics, "route-svc", move || {
+            (fanout.revision(), fanout.subscribers())
+        });
+        let nodes = metrics.gauges("route_nodes", "Nodes registered with route-svc");
+        let fanout = self.fanout.clone();
+        metrics.on_scrape(move || {
+            let count = fanout
+                .state()
+                .values()
+                .filter(|item| matches!(item, RouteItem::Node(_)))
+                .count();
+            nodes
+                .get_or_create(&Vec::new())
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        });
+        self
     }
 
     /// The fan-out this service streams.
