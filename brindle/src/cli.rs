@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use brindle::lab::Encapsulation;
-use brindle_grpc_server::{LogArgs, StoreArgs};
+use brindle_grpc_server::{ClientTlsArgs, LogArgs, ServerTlsArgs, StoreArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// brindle: container networking with routable pod IPs, no NAT between pods, and network policy.
@@ -35,6 +35,8 @@ pub enum Command {
     /// Network policy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Create a CA (once) and certificates for the services, nodes and administrators (mTLS).
+    Certs(CertsArgs),
     /// Print a shell completion script (e.g. `brindle completions bash > /etc/bash_completion.d/brindle`).
     Completions {
         /// The shell.
@@ -65,6 +67,9 @@ pub struct ClientArgs {
     /// Seconds to wait for a connection and for each call.
     #[arg(long, default_value_t = 10)]
     pub timeout: u64,
+    /// TLS to the services (an administrator's certificate to change pools and policies).
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// How results are printed.
@@ -229,6 +234,23 @@ pub struct PolicyTraceArgs {
     pub client: ClientArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Directory of the CA (ca.crt, ca.key: created when absent) and the certificates.
+    #[arg(long, default_value = "brindle-certs")]
+    pub dir: PathBuf,
+    /// A host name or address the services answer on (repeatable): issues server.crt for them
+    /// (and localhost, 127.0.0.1).
+    #[arg(long = "server", value_name = "HOST")]
+    pub servers: Vec<String>,
+    /// A node whose agent needs a certificate (repeatable): node-NAME.crt.
+    #[arg(long = "node", value_name = "NAME")]
+    pub nodes: Vec<String>,
+    /// An administrator (repeatable): admin-NAME.crt, allowed to change pools and policies.
+    #[arg(long = "admin", value_name = "NAME")]
+    pub admins: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum LabCommand {
     /// Build the lab, print the pod-to-pod reachability matrix, keep it running until Ctrl-C
@@ -283,4 +305,7 @@ pub struct ServerArgs {
     pub metrics_listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
+    /// mTLS (a client certificate is then required: node agents', administrators').
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }

@@ -438,5 +438,5 @@ fn error_cases(cli: &Cli<'_>, manifest: &str) {
     // No server there.
     let out = support::brindle("127.0.0.1:1", &["apply", "-f", manifest], "");
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach policy-svc at http://127.0.0.1:1"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach policy-svc at 127.0.0.1:1"));
 }

@@ -3,10 +3,12 @@
 //! limited to the services actually served, shutdown on SIGINT/SIGTERM, and the gRPC side of
 //! fan-out `Sync` streams.
 
+pub mod auth;
 mod store_args;
 pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use store_args::StoreArgs;
+pub use tls::{ClientTlsArgs, ServerTlsArgs};
 
 /// How often the datastore is probed for the health status.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -38,6 +41,9 @@ pub enum ServeError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// The TLS flags name files that cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     /// The datastore the flags select could not be opened.
     #[error("opening the datastore ({config}): {source}")]
     Datastore {
@@ -115,14 +121,21 @@ pub fn add_health_and_reflection(
 }
 
 /// Serves `routes` (named `service_names`, fully qualified) on `address` with health (tied to the
-/// datastore), reflection and call metrics until SIGINT or SIGTERM.
+/// datastore), reflection and call metrics until SIGINT or SIGTERM; with a TLS certificate, mTLS only.
 pub async fn serve(
     address: SocketAddr,
     routes: RoutesBuilder,
     service_names: &[&str],
     store: Arc<dyn Store>,
     metrics: &Metrics,
+    tls: &ServerTlsArgs,
 ) -> Result<(), ServeError> {
+    let mut server = tonic::transport::Server::builder();
+    if let Some(config) = tls.config()? {
+        server = server
+            .tls_config(config)
+            .map_err(|source| ServeError::Transport { address, source })?;
+    }
     let mut routes = routes;
     let health = add_health_and_reflection(&mut routes, service_names)?;
     let datastore_up = metrics.gauges(
@@ -135,8 +148,8 @@ pub async fn serve(
         service_names.iter().map(|s| (*s).to_owned()).collect(),
         datastore_up,
     ));
-    tracing::info!(%address, services = ?service_names, "serving gRPC");
-    let served = tonic::transport::Server::builder()
+    tracing::info!(%address, services = ?service_names, mtls = tls.tls_cert.is_some(), "serving gRPC");
+    let served = server
         .layer(GrpcMetricsLayer::new(metrics))
         .add_routes(routes.routes())
         .serve_with_shutdown(address, shutdown_signal())

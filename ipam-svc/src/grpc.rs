@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use brindle_grpc_server::auth::Caller;
 use brindle_metrics::{Counters, Metrics, labels};
 use brindle_proto::ipam::v1 as pb;
 use ipnet::IpNet;
@@ -245,12 +246,14 @@ type Reply<T> = Result<Response<T>, Status>;
 #[tonic::async_trait]
 impl pb::ipam_server::Ipam for IpamService {
     async fn create_pool(&self, request: Request<pb::CreatePoolRequest>) -> Reply<pb::IpPool> {
+        Caller::of(&request)?.require_admin("change IP pools")?;
         let pool = pool_from(request.into_inner().pool).map_err(status)?;
         let (pool, revision) = self.ipam.create_pool(pool).await.map_err(status)?;
         Ok(Response::new(pool_to(pool, revision)))
     }
 
     async fn get_pool(&self, request: Request<pb::GetPoolRequest>) -> Reply<pb::IpPool> {
+        Caller::of(&request)?;
         let (pool, revision) = self
             .ipam
             .get_pool(&request.into_inner().name)
@@ -259,7 +262,8 @@ impl pb::ipam_server::Ipam for IpamService {
         Ok(Response::new(pool_to(pool, revision)))
     }
 
-    async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> Reply<pb::ListPoolsResponse> {
+    async fn list_pools(&self, request: Request<pb::ListPoolsRequest>) -> Reply<pb::ListPoolsResponse> {
+        Caller::of(&request)?;
         let (pools, revision) = self.ipam.list_pools().await.map_err(status)?;
         Ok(Response::new(pb::ListPoolsResponse {
             pools: pools.into_iter().map(|p| pool_to(p, revision)).collect(),
@@ -267,12 +271,14 @@ impl pb::ipam_server::Ipam for IpamService {
     }
 
     async fn update_pool(&self, request: Request<pb::UpdatePoolRequest>) -> Reply<pb::IpPool> {
+        Caller::of(&request)?.require_admin("change IP pools")?;
         let pool = pool_from(request.into_inner().pool).map_err(status)?;
         let (pool, revision) = self.ipam.update_pool(pool).await.map_err(status)?;
         Ok(Response::new(pool_to(pool, revision)))
     }
 
     async fn delete_pool(&self, request: Request<pb::DeletePoolRequest>) -> Reply<pb::DeletePoolResponse> {
+        Caller::of(&request)?.require_admin("change IP pools")?;
         let request = request.into_inner();
         self.ipam
             .delete_pool(&request.name, request.force)
@@ -281,13 +287,15 @@ impl pb::ipam_server::Ipam for IpamService {
         Ok(Response::new(pb::DeletePoolResponse {}))
     }
 
-    async fn get_config(&self, _: Request<pb::GetConfigRequest>) -> Reply<pb::IpamConfig> {
+    async fn get_config(&self, request: Request<pb::GetConfigRequest>) -> Reply<pb::IpamConfig> {
+        Caller::of(&request)?;
         Ok(Response::new(config_to(
             self.ipam.config().await.map_err(status)?,
         )))
     }
 
     async fn set_config(&self, request: Request<pb::SetConfigRequest>) -> Reply<pb::IpamConfig> {
+        Caller::of(&request)?.require_admin("change the IPAM configuration")?;
         let config = request
             .into_inner()
             .config
@@ -303,7 +311,9 @@ impl pb::ipam_server::Ipam for IpamService {
     }
 
     async fn auto_assign(&self, request: Request<pb::AutoAssignRequest>) -> Reply<pb::AutoAssignResponse> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
+        caller.require_node(&r.node, "assign addresses")?;
         let request = AssignRequest {
             handle_id: r.handle_id,
             node: r.node,
@@ -329,7 +339,9 @@ impl pb::ipam_server::Ipam for IpamService {
     }
 
     async fn assign_ip(&self, request: Request<pb::AssignIpRequest>) -> Reply<pb::AssignIpResponse> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
+        caller.require_node(&r.node, "assign addresses")?;
         let request = AssignIpRequest {
             handle_id: r.handle_id,
             ip: ip_from("ip", &r.ip).map_err(status)?,
@@ -347,11 +359,17 @@ impl pb::ipam_server::Ipam for IpamService {
         &self,
         request: Request<pb::ReleaseByHandleRequest>,
     ) -> Reply<pb::ReleaseByHandleResponse> {
-        let released = self
-            .ipam
-            .release_handle(&request.into_inner().handle_id)
-            .await
-            .map_err(status)?;
+        let caller = Caller::of(&request)?;
+        let handle_id = request.into_inner().handle_id;
+        if let Caller::Node(_) = caller {
+            // A node releases only what it holds; a handle already gone releases nothing.
+            match self.ipam.handle(&handle_id).await {
+                Ok(handle) => caller.require_node(&handle.attributes.node, "release addresses")?,
+                Err(IpamError::NotFound(_)) => {}
+                Err(error) => return Err(status(error)),
+            }
+        }
+        let released = self.ipam.release_handle(&handle_id).await.map_err(status)?;
         self.released
             .get_or_create(&Vec::new())
             .inc_by(released.len() as u64);
@@ -361,6 +379,7 @@ impl pb::ipam_server::Ipam for IpamService {
     }
 
     async fn release_ips(&self, request: Request<pb::ReleaseIpsRequest>) -> Reply<pb::ReleaseIpsResponse> {
+        Caller::of(&request)?.require_admin("release addresses by IP")?;
         let mut ips = Vec::new();
         for (i, release) in request.into_inner().ips.into_iter().enumerate() {
             let field = format!("ips[{i}].ip");
@@ -377,6 +396,7 @@ impl pb::ipam_server::Ipam for IpamService {
     }
 
     async fn get_handle(&self, request: Request<pb::GetHandleRequest>) -> Reply<pb::Handle> {
+        Caller::of(&request)?;
         let handle = self
             .ipam
             .handle(&request.into_inner().handle_id)
@@ -394,6 +414,7 @@ impl pb::ipam_server::Ipam for IpamService {
         &self,
         request: Request<pb::CreateReservationRequest>,
     ) -> Reply<pb::Reservation> {
+        Caller::of(&request)?.require_admin("change reservations")?;
         let r = request
             .into_inner()
             .reservation
@@ -417,6 +438,7 @@ impl pb::ipam_server::Ipam for IpamService {
         &self,
         request: Request<pb::DeleteReservationRequest>,
     ) -> Reply<pb::DeleteReservationResponse> {
+        Caller::of(&request)?.require_admin("change reservations")?;
         self.ipam
             .delete_reservation(&request.into_inner().name)
             .await
@@ -426,8 +448,9 @@ impl pb::ipam_server::Ipam for IpamService {
 
     async fn list_reservations(
         &self,
-        _: Request<pb::ListReservationsRequest>,
+        request: Request<pb::ListReservationsRequest>,
     ) -> Reply<pb::ListReservationsResponse> {
+        Caller::of(&request)?;
         let reservations = self.ipam.reservations().await.map_err(status)?;
         Ok(Response::new(pb::ListReservationsResponse {
             reservations: reservations
@@ -441,6 +464,7 @@ impl pb::ipam_server::Ipam for IpamService {
     }
 
     async fn show(&self, request: Request<pb::ShowRequest>) -> Reply<pb::ShowResponse> {
+        Caller::of(&request)?;
         let r = request.into_inner();
         let ip = if r.ip.is_empty() {
             None
@@ -517,6 +541,7 @@ impl pb::ipam_server::Ipam for IpamService {
     }
 
     async fn check(&self, request: Request<pb::CheckRequest>) -> Reply<pb::CheckReport> {
+        Caller::of(&request)?;
         let r = request.into_inner();
         let live: Option<HashSet<String>> = r
             .against_live_workloads
@@ -546,7 +571,9 @@ impl pb::ipam_server::Ipam for IpamService {
         &self,
         request: Request<pb::GarbageCollectRequest>,
     ) -> Reply<pb::GarbageCollectResponse> {
+        let caller = Caller::of(&request)?;
         let r = request.into_inner();
+        caller.require_node(&r.node, "garbage-collect addresses")?;
         let valid: HashSet<String> = r.valid_handle_ids.into_iter().collect();
         let result = self
             .ipam
@@ -568,6 +595,7 @@ impl pb::ipam_server::Ipam for IpamService {
     }
 
     async fn delete_node(&self, request: Request<pb::DeleteNodeRequest>) -> Reply<pb::DeleteNodeResponse> {
+        Caller::of(&request)?.require_admin("delete a node's addresses")?;
         let (released_ips, released_blocks) = self
             .ipam
             .delete_node(&request.into_inner().node)

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use brindle_grpc_server::{LogArgs, StoreArgs};
+use brindle_grpc_server::{LogArgs, ServerTlsArgs, StoreArgs};
 use brindle_metrics::Metrics;
 use clap::Parser;
 use tonic::service::RoutesBuilder;
@@ -25,6 +25,9 @@ pub struct Args {
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9401")]
     pub metrics_listen: SocketAddr,
+    /// mTLS (a client certificate is then required: node agents', administrators').
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
     /// How logs look.
     #[command(flatten)]
     pub log: LogArgs,
@@ -39,6 +42,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let ipam = Arc::new(Ipam::new(Arc::clone(&store)));
     let mut routes = RoutesBuilder::default();
     routes.add_service(IpamService::new(ipam).with_metrics(&metrics).into_server());
-    brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store, &metrics).await?;
+    brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store, &metrics, &args.tls).await?;
     Ok(())
 }

@@ -20,7 +20,7 @@ use crate::grpc::ipam_client::GrpcIpam;
 use crate::grpc::policy_client::GrpcPolicy;
 use crate::grpc::route_client::RouteFollower;
 use crate::grpc::sync_client::SyncMetrics;
-use brindle_grpc_server::LogArgs;
+use brindle_grpc_server::{ClientTlsArgs, LogArgs, tls};
 use brindle_metrics::{GrpcMetricsLayer, Metrics};
 use route_svc::core::Node;
 
@@ -54,6 +54,9 @@ pub struct Args {
     /// This node's underlay IPv4 subnet (decides CrossSubnet encapsulation).
     #[arg(long, env = "BRINDLE_NODE_SUBNET")]
     pub node_subnet: Option<ipnet::Ipv4Net>,
+    /// TLS to the services: this node's certificate (CN brindle:node:<node name>).
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9404")]
     pub metrics_listen: std::net::SocketAddr,
@@ -61,6 +64,9 @@ pub struct Args {
     #[command(flatten)]
     pub log: LogArgs,
 }
+
+/// How long a connection to a service may take to set up.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn hostname() -> anyhow::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -84,9 +90,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let sysctl = Arc::new(ProcSysctl);
     // Pods on this node are routed by it.
     sysctl.set("net/ipv4/ip_forward", "1")?;
-    let ipam = Arc::new(GrpcIpam::new(&args.ipam_endpoint)?);
+    let tls = args.tls.config()?;
+    let endpoint = |address: &str| tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT);
+    let ipam = Arc::new(GrpcIpam::new(endpoint(&args.ipam_endpoint)?));
     let iptables: Arc<dyn Iptables> = Arc::new(IptablesCommands::detect());
-    if let (Some(endpoint), Some(address)) = (&args.route_endpoint, args.node_address) {
+    if let (Some(route_endpoint), Some(address)) = (&args.route_endpoint, args.node_address) {
         let registration = Node {
             name: node.clone(),
             addresses: vec![address],
@@ -100,17 +108,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             lease: 0,
         };
         let follower = RouteFollower::new(
-            endpoint,
+            endpoint(route_endpoint)?,
             registration,
             netlink.clone(),
             iptables.clone(),
             ipam.clone(),
-        )?;
+        );
         tokio::spawn(follower.run(sync_metrics.clone()));
     }
     let mut ops = CniOps::new(&node, netlink, sysctl, ipam, records);
-    if let Some(endpoint) = &args.policy_endpoint {
-        let policy = GrpcPolicy::new(endpoint)?;
+    if let Some(policy_endpoint) = &args.policy_endpoint {
+        let policy = GrpcPolicy::new(endpoint(policy_endpoint)?);
         ops = ops.with_endpoints(Arc::new(policy.clone()));
         tokio::spawn(policy.follow(
             node.clone(),

@@ -319,3 +319,26 @@ fn status_reports_not_available_when_no_pool_has_room() {
     assert_eq!(status.json["code"], 50, "{}", status.raw);
     assert!(status.raw.contains("free address"), "{}", status.raw);
 }
+
+#[test]
+fn only_root_may_call_the_agent_even_through_an_open_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::start();
+    // The socket is 0600: a non-root user cannot even connect. Opened up here, the agent still
+    // refuses the caller by its peer credentials.
+    for path in [node.dir.path(), node.socket().as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    }
+    let nobody = 65534;
+    let status = node.cni_as(nobody, &[("CNI_COMMAND", "STATUS")], &conf("1.1.0", ""));
+    assert_ne!(status.code, 0, "{}", status.raw);
+    assert!(
+        status
+            .raw
+            .contains("uid 65534 may not call the node agent: root only"),
+        "{}",
+        status.raw
+    );
+    let root = node.cni(&[("CNI_COMMAND", "STATUS")], &conf("1.1.0", ""));
+    assert_eq!(root.code, 0, "{}", root.raw);
+}

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use brindle_fanout::FanoutConfig;
-use brindle_grpc_server::{LogArgs, StoreArgs};
+use brindle_grpc_server::{LogArgs, ServerTlsArgs, StoreArgs};
 use brindle_metrics::Metrics;
 use clap::Parser;
 use tonic::service::RoutesBuilder;
@@ -24,6 +24,9 @@ pub struct Args {
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9403")]
     pub metrics_listen: SocketAddr,
+    /// mTLS (a client certificate is then required: node agents', administrators').
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
     /// How logs look.
     #[command(flatten)]
     pub log: LogArgs,
@@ -41,6 +44,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .with_metrics(&metrics)
             .into_server(),
     );
-    brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store, &metrics).await?;
+    brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store, &metrics, &args.tls).await?;
     Ok(())
 }

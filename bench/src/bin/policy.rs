@@ -320,7 +320,9 @@ async fn run() -> anyhow::Result<()> {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let started = Instant::now();
-    let agent = GrpcPolicy::new(&format!("http://{address}"))?;
+    let agent = GrpcPolicy::new(tonic::transport::Endpoint::from_shared(format!(
+        "http://{address}"
+    ))?);
     tokio::spawn(agent.follow(
         NODE.to_owned(),
         Arc::new(IptablesCommands::new(IptablesBackend::detect())),

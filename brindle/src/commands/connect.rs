@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use brindle_grpc_server::tls;
 use brindle_proto::ipam::v1::ipam_client::IpamClient;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
 use brindle_proto::route::v1::routes_client::RoutesClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::cli::ClientArgs;
 
@@ -37,26 +38,21 @@ impl Clients {
         Self { args }
     }
 
-    fn address(&self, service: Service) -> String {
-        let address = match service {
+    fn address(&self, service: Service) -> &str {
+        match service {
             Service::Ipam => self.args.ipam_server.as_ref(),
             Service::Route => self.args.route_server.as_ref(),
             Service::Policy => self.args.policy_server.as_ref(),
         }
-        .unwrap_or(&self.args.server);
-        if address.contains("://") {
-            address.clone()
-        } else {
-            format!("http://{address}")
-        }
+        .unwrap_or(&self.args.server)
     }
 
     async fn channel(&self, service: Service) -> anyhow::Result<Channel> {
         let address = self.address(service);
         let timeout = Duration::from_secs(self.args.timeout);
-        let endpoint = Endpoint::from_shared(address.clone())
-            .map_err(|e| anyhow::anyhow!("{} address {address:?}: {e}", service.name()))?
-            .connect_timeout(timeout)
+        let tls = self.args.tls.config()?;
+        let endpoint = tls::endpoint(address, tls.as_ref(), timeout)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", service.name()))?
             .timeout(timeout);
         endpoint
             .connect()

@@ -16,7 +16,9 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 
-use crate::cli::{Cli, Command, IpamCommand, NodeCommand, PolicyCommand};
+use brindle::certs::Pki;
+
+use crate::cli::{CertsArgs, Cli, Command, IpamCommand, NodeCommand, PolicyCommand};
 
 /// Runs `command`; the process's exit status.
 pub async fn run(command: Command) -> ExitCode {
@@ -29,6 +31,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Ipam(IpamCommand::Release(args)) => ipam::release(args).await,
         Command::Node(NodeCommand::Status(args)) => node::status(args).await,
         Command::Policy(PolicyCommand::Trace(args)) => trace::trace(args).await,
+        Command::Certs(args) => certs(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "brindle", &mut std::io::stdout());
             Ok(())
@@ -47,4 +50,24 @@ pub async fn run(command: Command) -> ExitCode {
             }
         }
     }
+}
+
+/// `brindle certs`: the CA, then each certificate asked for; prints what it wrote.
+fn certs(args: CertsArgs) -> anyhow::Result<()> {
+    let pki = Pki::open_or_create(&args.dir)?;
+    println!("CA          {}", pki.ca().display());
+    let mut issued = Vec::new();
+    if !args.servers.is_empty() {
+        issued.push(("server", pki.server(&args.servers)?));
+    }
+    for node in &args.nodes {
+        issued.push(("node", pki.node(node)?));
+    }
+    for admin in &args.admins {
+        issued.push(("admin", pki.admin(admin)?));
+    }
+    for (what, files) in issued {
+        println!("{what:<11} {} {}", files.cert.display(), files.key.display());
+    }
+    Ok(())
 }

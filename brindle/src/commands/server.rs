@@ -37,7 +37,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         route_svc::grpc::SERVICE_NAME,
         policy_svc::grpc::SERVICE_NAME,
     ];
-    brindle_grpc_server::serve(args.listen, routes, &names, store, &metrics).await?;
+    brindle_grpc_server::serve(args.listen, routes, &names, store, &metrics, &args.tls).await?;
     tracing::info!("brindle server stopped");
     Ok(())
 }

@@ -14,10 +14,33 @@ use brindle_datastore::testing::free_port;
 pub struct Server {
     child: Child,
     pub address: String,
+    /// How grpcurl reaches it: `-plaintext`, or TLS flags with an administrator's certificate.
+    grpcurl_flags: Vec<String>,
 }
 
 impl Server {
     pub fn start(extra_args: &[&str], log: &Path) -> Self {
+        Self::start_with(extra_args, log, vec!["-plaintext".into()])
+    }
+
+    /// Starts a server with mTLS from the certificates `brindle certs` wrote into `certs`
+    /// (`server`, and `admin-admin` for the health checks).
+    pub fn start_tls(extra_args: &[&str], log: &Path, certs: &Path) -> Self {
+        let file = |name: &str| certs.join(name).display().to_string();
+        let mut args: Vec<String> = extra_args.iter().map(|a| (*a).to_owned()).collect();
+        args.extend([
+            "--tls-cert".into(),
+            file("server.crt"),
+            "--tls-key".into(),
+            file("server.key"),
+            "--tls-client-ca".into(),
+            file("ca.crt"),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_with(&args, log, tls_flags(certs, "admin-admin"))
+    }
+
+    fn start_with(extra_args: &[&str], log: &Path, grpcurl_flags: Vec<String>) -> Self {
         // A port found free may be taken before the server binds it: then it exits, and another
         // port is tried.
         for _ in 0..5 {
@@ -30,7 +53,11 @@ impl Server {
                 .stderr(log)
                 .spawn()
                 .expect("start brindle server");
-            let mut server = Self { child, address };
+            let mut server = Self {
+                child,
+                address,
+                grpcurl_flags: grpcurl_flags.clone(),
+            };
             if server.wait_until_serving() {
                 return server;
             }
@@ -55,8 +82,14 @@ impl Server {
     }
 
     pub fn grpcurl(&self, args: &[&str]) -> Output {
+        let flags: Vec<&str> = self.grpcurl_flags.iter().map(String::as_str).collect();
+        self.grpcurl_with(&flags, args)
+    }
+
+    /// grpcurl with `flags` (identity, `-d`) before the address and `args` after it.
+    pub fn grpcurl_with(&self, flags: &[&str], args: &[&str]) -> Output {
         Command::new("grpcurl")
-            .arg("-plaintext")
+            .args(flags)
             .arg(&self.address)
             .args(args)
             .output()
@@ -90,6 +123,19 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// grpcurl's TLS flags for the certificate `<stem>.crt` in `certs`.
+pub fn tls_flags(certs: &Path, stem: &str) -> Vec<String> {
+    let file = |name: String| certs.join(name).display().to_string();
+    vec![
+        "-cacert".into(),
+        file("ca.crt".into()),
+        "-cert".into(),
+        file(format!("{stem}.crt")),
+        "-key".into(),
+        file(format!("{stem}.key")),
+    ]
 }
 
 /// Runs `brindle ARGS` against `server` with `stdin` as standard input.

@@ -1,11 +1,14 @@
 //! `brindle.agent.v1.Cni` over the agent's unix socket: converts the shim's invocations to
-//! [`CniRequest`]s and the outcomes to CNI results or CNI errors. No logic lives here.
+//! [`CniRequest`]s and the outcomes to CNI results or CNI errors, for root callers only. No logic
+//! lives here.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use brindle_metrics::{Counters, Histograms, LATENCY_BUCKETS, Metrics, labels, unregistered_histograms};
 use brindle_proto::agent::v1 as pb;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::core::cni::{Added, CniFailure, CniOps, CniRequest, INVALID_CONFIG};
@@ -70,9 +73,33 @@ impl CniService {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// The tonic server for this service.
-    pub fn into_server(self) -> pb::cni_server::CniServer<Self> {
-        pb::cni_server::CniServer::new(self)
+    /// The tonic server for this service, answering root (and the agent's own user) only.
+    pub fn into_server(self) -> InterceptedService<pb::cni_server::CniServer<Self>, PeerCheck> {
+        pb::cni_server::CniServer::with_interceptor(self, root_or_self)
+    }
+}
+
+/// The interceptor that checks who is on the other end of the agent's socket.
+pub type PeerCheck = fn(Request<()>) -> Result<Request<()>, Status>;
+
+/// Lets a call through when the process on the other end of the unix socket runs as root or as
+/// the agent's own user (its peer credentials, from the kernel); the socket's mode 0600 is the
+/// first line, this the second.
+fn root_or_self(request: Request<()>) -> Result<Request<()>, Status> {
+    let agent = nix::unistd::getuid().as_raw();
+    match request
+        .extensions()
+        .get::<UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+    {
+        Some(peer) if peer.uid() == 0 || peer.uid() == agent => Ok(request),
+        Some(peer) => Err(Status::permission_denied(format!(
+            "uid {} may not call the node agent: root only",
+            peer.uid()
+        ))),
+        None => Err(Status::permission_denied(
+            "the caller's credentials are unknown: the agent answers root only, on its unix socket",
+        )),
     }
 }
 

@@ -16,16 +16,11 @@ pub struct GrpcIpam {
 }
 
 impl GrpcIpam {
-    /// A client for `endpoint` (`http://host:port`); connects on first use and reconnects.
-    pub fn new(endpoint: &str) -> Result<Self, IpamCallError> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| IpamCallError::Refused(format!("ipam endpoint {endpoint:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(20))
-            .connect_lazy();
-        Ok(Self {
-            client: IpamClient::new(channel),
-        })
+    /// A client for `endpoint` (with its TLS, if any); connects on first use and reconnects.
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self {
+            client: IpamClient::new(endpoint.timeout(Duration::from_secs(20)).connect_lazy()),
+        }
     }
 }
 

@@ -33,15 +33,12 @@ pub struct GrpcPolicy {
 }
 
 impl GrpcPolicy {
-    /// A client of policy-svc at `endpoint` (`http://host:port`); connects lazily.
-    pub fn new(endpoint: &str) -> anyhow::Result<Self> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
-        Ok(Self {
+    /// A client of policy-svc at `endpoint` (with its TLS, if any); connects lazily.
+    pub fn new(endpoint: tonic::transport::Endpoint) -> Self {
+        let channel = endpoint.timeout(Duration::from_secs(10)).connect_lazy();
+        Self {
             client: PolicyClient::new(channel).max_decoding_message_size(256 << 20),
-        })
+        }
     }
 
     /// Follows `node`'s policy view into the kernel until the task is dropped.

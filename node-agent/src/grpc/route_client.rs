@@ -52,22 +52,20 @@ struct Programmer {
 }
 
 impl RouteFollower {
-    /// A follower of route-svc at `endpoint` (`http://host:port`) for `node`; tunnel addresses
+    /// A follower of route-svc at `endpoint` (with its TLS, if any) for `node`; tunnel addresses
     /// come from `ipam`.
     pub fn new(
-        endpoint: &str,
+        endpoint: Endpoint,
         node: Node,
         netlink: Arc<dyn Netlink>,
         iptables: Arc<dyn Iptables>,
         ipam: Arc<dyn IpamApi>,
-    ) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+    ) -> Self {
+        let channel = endpoint.connect_lazy();
         let tunnels = TunnelSetup::new(&node.name, &node.addresses, ipam, IPIP_DEVICE);
         let me = node.name.clone();
         let (registration, registered) = watch::channel(node);
-        Ok(Self {
+        Self {
             client: RoutesClient::new(channel).max_decoding_message_size(256 << 20),
             registration: registered,
             programmer: Programmer {
@@ -80,7 +78,7 @@ impl RouteFollower {
                 nat: NatReconciler::default(),
                 registration,
             },
-        })
+        }
     }
 
     /// Runs registration and sync until the task is dropped.

@@ -153,8 +153,22 @@ impl Node {
 
     /// Runs the shim like a runtime does.
     pub fn cni(&self, env: &[(&str, &str)], config: &str) -> Run {
+        self.run_shim(Command::new(shim_binary()), env, config)
+    }
+
+    /// Runs the shim as the user `uid` (copied where that user can execute it).
+    pub fn cni_as(&self, uid: u32, env: &[(&str, &str)], config: &str) -> Run {
+        use std::os::unix::process::CommandExt;
+        let copy = self.dir.path().join("brindle-cni");
+        std::fs::copy(shim_binary(), &copy).expect("copy the shim");
+        let mut command = Command::new(copy);
+        command.uid(uid).gid(uid);
+        self.run_shim(command, env, config)
+    }
+
+    fn run_shim(&self, mut command: Command, env: &[(&str, &str)], config: &str) -> Run {
         let config = config.replace("SOCKET", &self.socket().display().to_string());
-        let mut child = Command::new(shim_binary())
+        let mut child = command
             .env_clear()
             .envs(env.iter().copied())
             .env("CNI_PATH", "/opt/cni/bin")

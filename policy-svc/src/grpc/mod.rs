@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use brindle_datastore::{Store, StoreError};
 use brindle_fanout::FanoutConfig;
+use brindle_grpc_server::auth::Caller;
 use brindle_grpc_server::sync::{
     ResponseStream, SyncReply, keepalive_now, read_hello, register_fanout_metrics, serve_sync, unix_ms,
 };
@@ -166,6 +167,7 @@ fn port(field: &str, value: u32) -> Result<Option<u16>, Status> {
 #[tonic::async_trait]
 impl Policy for PolicyService {
     async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        Caller::of(&request)?.require_admin("change policies")?;
         let request = request.into_inner();
         let objects = self
             .objects
@@ -181,6 +183,7 @@ impl Policy for PolicyService {
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Caller::of(&request)?.require_admin("change policies")?;
         let (kind, object) = object_ref(request.into_inner().object)?;
         self.objects
             .delete(kind, &object.namespace, &object.name)
@@ -190,6 +193,7 @@ impl Policy for PolicyService {
     }
 
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::Object>, Status> {
+        Caller::of(&request)?;
         let (kind, object) = object_ref(request.into_inner().object)?;
         let object = self
             .objects
@@ -200,6 +204,7 @@ impl Policy for PolicyService {
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        Caller::of(&request)?;
         let request = request.into_inner();
         let kind = match request.kind.as_str() {
             "" => None,
@@ -219,11 +224,13 @@ impl Policy for PolicyService {
         &self,
         request: Request<pb::RegisterEndpointRequest>,
     ) -> Result<Response<pb::WorkloadEndpoint>, Status> {
+        let caller = Caller::of(&request)?;
         let endpoint = request
             .into_inner()
             .endpoint
             .ok_or_else(|| Status::invalid_argument("endpoint: required"))?;
         let endpoint = convert::endpoint_from_proto(endpoint).map_err(invalid_field)?;
+        caller.require_node(&endpoint.key.node, "register an endpoint")?;
         let revision = self.objects.register_endpoint(&endpoint).await.map_err(status)?;
         Ok(Response::new(convert::endpoint_to_proto(&endpoint, revision)))
     }
@@ -232,7 +239,9 @@ impl Policy for PolicyService {
         &self,
         request: Request<pb::DeleteEndpointRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
+        caller.require_node(&request.node, "delete an endpoint")?;
         if request.node.is_empty() || request.interface.is_empty() {
             return Err(Status::invalid_argument("node and interface: required"));
         }
@@ -248,6 +257,7 @@ impl Policy for PolicyService {
         &self,
         request: Request<pb::SetEndpointLabelsRequest>,
     ) -> Result<Response<pb::SetEndpointLabelsResponse>, Status> {
+        Caller::of(&request)?.require_admin("set pod labels")?;
         let request = request.into_inner();
         let labels = request.labels.into_iter().collect();
         let endpoints = self
@@ -267,6 +277,7 @@ impl Policy for PolicyService {
         &self,
         request: Request<pb::ListEndpointsRequest>,
     ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
+        Caller::of(&request)?;
         let node = request.into_inner().node;
         let endpoints = self
             .objects
@@ -283,8 +294,9 @@ impl Policy for PolicyService {
 
     async fn list_nodes(
         &self,
-        _request: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        Caller::of(&request)?;
         let (mut endpoints, revision) = self.hub.with_state(|state, revision| {
             let mut per_node = BTreeMap::<String, u64>::new();
             for endpoint in state.endpoints() {
@@ -327,7 +339,9 @@ impl Policy for PolicyService {
         &self,
         request: Request<Streaming<common::SyncClientMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
+        let caller = Caller::of(&request)?;
         let (node, incoming) = read_hello(request.into_inner()).await?;
+        caller.require_node(&node, "follow the policy view")?;
         Ok(Response::new(serve_sync(
             self.hub.fanout(&node),
             incoming,
@@ -336,6 +350,7 @@ impl Policy for PolicyService {
     }
 
     async fn trace(&self, request: Request<pb::TraceRequest>) -> Result<Response<pb::TraceResponse>, Status> {
+        Caller::of(&request)?;
         let request = request.into_inner();
         let protocol: Protocol = request
             .protocol

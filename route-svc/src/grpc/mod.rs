@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use brindle_datastore::{Store, StoreError};
 use brindle_fanout::{Fanout, FanoutConfig};
+use brindle_grpc_server::auth::Caller;
 use brindle_grpc_server::sync::{
-    ResponseStream, SyncReply, keepalive_now, register_fanout_metrics, serve_sync, unix_ms,
+    ResponseStream, SyncReply, keepalive_now, read_hello, register_fanout_metrics, serve_sync, unix_ms,
 };
 use brindle_metrics::Metrics;
 use brindle_proto::common::v1 as common;
@@ -108,10 +109,12 @@ impl Routes for RoutesService {
         &self,
         request: Request<pb::RegisterNodeRequest>,
     ) -> Result<Response<pb::RegisterNodeResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let node = request
             .node
             .ok_or_else(|| Status::invalid_argument("node: required"))?;
+        caller.require_node(&node.name, "register a node")?;
         let node =
             convert::node_from_proto(node, "node").map_err(|e| Status::invalid_argument(e.to_string()))?;
         let ttl = (request.ttl_seconds > 0).then(|| Duration::from_secs(request.ttl_seconds.into()));
@@ -126,11 +129,10 @@ impl Routes for RoutesService {
         &self,
         request: Request<pb::RenewNodeRequest>,
     ) -> Result<Response<pb::RenewNodeResponse>, Status> {
-        let ttl = self
-            .registry
-            .renew(&request.into_inner().name)
-            .await
-            .map_err(status)?;
+        let caller = Caller::of(&request)?;
+        let name = request.into_inner().name;
+        caller.require_node(&name, "renew a node's registration")?;
+        let ttl = self.registry.renew(&name).await.map_err(status)?;
         Ok(Response::new(pb::RenewNodeResponse {
             ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
         }))
@@ -140,17 +142,18 @@ impl Routes for RoutesService {
         &self,
         request: Request<pb::DeregisterNodeRequest>,
     ) -> Result<Response<pb::DeregisterNodeResponse>, Status> {
-        self.registry
-            .deregister(&request.into_inner().name)
-            .await
-            .map_err(status)?;
+        let caller = Caller::of(&request)?;
+        let name = request.into_inner().name;
+        caller.require_node(&name, "deregister a node")?;
+        self.registry.deregister(&name).await.map_err(status)?;
         Ok(Response::new(pb::DeregisterNodeResponse {}))
     }
 
     async fn list_nodes(
         &self,
-        _request: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        Caller::of(&request)?;
         let revision = self.fanout.revision();
         let subscribers = self.fanout.subscribers();
         let nodes = self
@@ -181,9 +184,12 @@ impl Routes for RoutesService {
         &self,
         request: Request<Streaming<common::SyncClientMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
+        let caller = Caller::of(&request)?;
+        let (node, incoming) = read_hello(request.into_inner()).await?;
+        caller.require_node(&node, "follow the routing state")?;
         Ok(Response::new(serve_sync(
             self.fanout.clone(),
-            request.into_inner(),
+            incoming,
             sync_response,
         )))
     }
