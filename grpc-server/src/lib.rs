@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::Store;
-use brindle_metrics::{Gauges, GrpcMetricsLayer, Metrics};
+use brindle_metrics::{GrpcMetricsLayer, Metrics};
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -77,8 +77,10 @@ impl LogArgs {
     pub fn init(&self) -> Result<(), String> {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Colours only on a terminal: log files and journald get plain text.
         let logs = tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr);
         match self.log_format {
             LogFormat::Json => logs.json().try_init(),
@@ -138,15 +140,11 @@ pub async fn serve(
     }
     let mut routes = routes;
     let health = add_health_and_reflection(&mut routes, service_names)?;
-    let datastore_up = metrics.gauges(
-        "datastore_up",
-        "1 while the datastore answers, 0 while it does not (health reports NOT_SERVING then)",
-    );
     let probe = tokio::spawn(probe_datastore(
         store,
         health,
         service_names.iter().map(|s| (*s).to_owned()).collect(),
-        datastore_up,
+        metrics.clone(),
     ));
     tracing::info!(%address, services = ?service_names, mtls = tls.tls_cert.is_some(), "serving gRPC");
     let served = server
@@ -158,13 +156,18 @@ pub async fn serve(
     served.map_err(|source| ServeError::Transport { address, source })
 }
 
-/// Reports SERVING (overall and per service) while the datastore answers, NOT_SERVING otherwise.
+/// Reports SERVING (overall and per service, and ready on `/healthz`) while the datastore answers,
+/// NOT_SERVING otherwise.
 async fn probe_datastore(
     store: Arc<dyn Store>,
     health: HealthReporter,
     services: Vec<String>,
-    datastore_up: Gauges,
+    metrics: Metrics,
 ) {
+    let datastore_up = metrics.gauges(
+        "datastore_up",
+        "1 while the datastore answers, 0 while it does not (health reports NOT_SERVING then)",
+    );
     let mut reported = None;
     loop {
         let status = match store.revision().await {
@@ -177,6 +180,7 @@ async fn probe_datastore(
         datastore_up
             .get_or_create(&Vec::new())
             .set(i64::from(status == ServingStatus::Serving));
+        metrics.set_ready(status == ServingStatus::Serving);
         if reported != Some(status) {
             health.set_service_status("", status).await;
             for service in &services {

@@ -1,4 +1,5 @@
-//! The `/metrics` endpoint: a small HTTP/1.1 server that answers Prometheus scrapes.
+//! The HTTP endpoint: a small HTTP/1.1 server answering Prometheus scrapes (`/metrics`) and
+//! readiness probes (`/healthz`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -79,10 +80,16 @@ fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Byte
     };
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => reply(StatusCode::OK, CONTENT_TYPE, metrics.encode()),
+        (&Method::GET, "/healthz") if metrics.ready() => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/healthz") => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".into(),
+        ),
         (&Method::GET, _) => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "brindle serves its metrics at /metrics\n".into(),
+            "brindle serves /metrics and /healthz\n".into(),
         ),
         _ => reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -116,13 +123,19 @@ mod tests {
             .counters("scrapes_seen", "test")
             .get_or_create(&Vec::new())
             .inc();
-        let address = serve("127.0.0.1:0".parse().expect("address"), metrics)
+        let address = serve("127.0.0.1:0".parse().expect("address"), metrics.clone())
             .await
             .expect("serve");
         let response = get(address, "/metrics").await;
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
         assert!(response.contains("brindle_scrapes_seen_total{} 1"), "{response}");
         assert!(get(address, "/other").await.starts_with("HTTP/1.1 404"));
+        assert!(
+            get(address, "/healthz").await.starts_with("HTTP/1.1 503"),
+            "not ready at first"
+        );
+        metrics.set_ready(true);
+        assert!(get(address, "/healthz").await.starts_with("HTTP/1.1 200"));
         let taken = serve(address, Metrics::new()).await.expect_err("port in use");
         assert!(taken.to_string().contains(&address.to_string()), "{taken}");
     }

@@ -1,10 +1,12 @@
 //! Prometheus metrics of one brindle process: a registry of labelled counters, gauges and
-//! histograms, values refreshed when scraped, the `/metrics` HTTP endpoint, and a tower layer that
+//! histograms, values refreshed when scraped, the HTTP endpoint serving them at `/metrics` with the
+//! process's readiness at `/healthz` (probes that cannot speak mTLS use it), and a tower layer that
 //! counts and times every gRPC call a server answers.
 
 mod grpc_layer;
 mod http;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::metrics::counter::Counter;
@@ -46,6 +48,7 @@ type Refresh = Box<dyn Fn() + Send + Sync>;
 struct Inner {
     registry: Mutex<Registry>,
     refreshers: Mutex<Vec<Refresh>>,
+    ready: AtomicBool,
 }
 
 /// A process's metrics. Cloning shares them.
@@ -67,6 +70,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry: Mutex::new(Registry::with_prefix("brindle")),
                 refreshers: Mutex::new(Vec::new()),
+                ready: AtomicBool::new(false),
             }),
         }
     }
@@ -103,6 +107,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(Box::new(refresh));
+    }
+
+    /// Sets what `/healthz` answers: ready (200) or not (503). Not ready until first set.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the process reported itself ready.
+    pub fn ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
     }
 
     /// The current values in the OpenMetrics text format.

@@ -152,6 +152,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     routes.add_service(CniService::new(ops).with_metrics(&metrics).into_server());
     let health = brindle_grpc_server::add_health_and_reflection(&mut routes, &[SERVICE_NAME])?;
     health.set_service_status("", ServingStatus::Serving).await;
+    metrics.set_ready(true);
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
