@@ -67,6 +67,14 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             } else {
                 lab
             };
+            println!("\n$ brindle node status   (in the control plane's namespace)");
+            let status = lab
+                .control()
+                .command(&std::env::current_exe()?)
+                .args(["node", "status", "--server", &Lab::endpoint()])
+                .status()
+                .context("running brindle node status")?;
+            anyhow::ensure!(status.success(), "brindle node status failed\n{}", lab.logs());
             if !args.once {
                 println!("lab running; Ctrl-C tears it down");
                 brindle_grpc_server::shutdown_signal().await;

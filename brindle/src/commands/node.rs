@@ -66,7 +66,7 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
             .map(|n| n.addresses.join(","))
             .unwrap_or_default();
         let route_sync = route_status.as_ref().map_or("not registered", |s| {
-            sync_state(s.connected, s.acked_revision, routes.revision)
+            sync_state(s.connected, s.acked_revision, s.sent_revision)
         });
         let policy_sync = policy_status.as_ref().map_or("never synced", |s| {
             sync_state(s.connected, s.acked_revision, s.sent_revision)
@@ -97,6 +97,7 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
             "routes": {
                 "sync": route_sync,
                 "ackedRevision": route_status.as_ref().map_or(0, |s| s.acked_revision),
+                "sentRevision": route_status.as_ref().map_or(0, |s| s.sent_revision),
                 "revision": routes.revision,
                 "ackedUnixMs": route_ack,
                 "programmed": route_status.as_ref().map_or(0, |s| s.programmed_routes),

@@ -380,7 +380,8 @@ impl Lab {
         })
     }
 
-    fn endpoint() -> String {
+    /// The control plane's address, from inside the lab's namespaces.
+    pub fn endpoint() -> String {
         format!("http://{UNDERLAY}.1:{CONTROL_PORT}")
     }
 

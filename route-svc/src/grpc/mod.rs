@@ -172,6 +172,7 @@ impl Routes for RoutesService {
                     acked_unix_ms: subscriber.and_then(|s| s.acked_at).map_or(0, unix_ms),
                     programmed_routes: subscriber.map_or(0, |s| s.programmed),
                     connected: subscriber.is_some_and(|s| s.connected),
+                    sent_revision: subscriber.map_or(0, |s| s.sent_revision),
                 }
             })
             .collect();
