@@ -2,6 +2,8 @@
 #![allow(missing_docs, clippy::all)]
 
 pub mod codec;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 
 /// Encoded `FileDescriptorSet` of every brindle `.proto`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("brindle_descriptor");

@@ -62,6 +62,29 @@ proptest! {
     fn the_parser_never_panics(text in "[ a-z()!&|=.'\"{},-]{0,40}") {
         let _ = Selector::parse(&text);
     }
+
+    #[test]
+    fn damaged_selectors_fail_with_a_position_inside_the_text(
+        selector in selector(),
+        edits in prop::collection::vec((any::<usize>(), any::<char>(), any::<bool>()), 1..4),
+        noise in any::<String>(),
+    ) {
+        let mut chars: Vec<char> = selector.to_string().chars().collect();
+        for (at, c, insert) in edits {
+            if insert || chars.is_empty() {
+                chars.insert(at % (chars.len() + 1), c);
+            } else {
+                let at = at % chars.len();
+                chars[at] = c;
+            }
+        }
+        for text in [chars.into_iter().collect::<String>(), noise] {
+            if let Err(error) = Selector::parse(&text) {
+                prop_assert!(error.position <= text.len() && text.is_char_boundary(error.position),
+                    "{text:?}: position {} outside the text", error.position);
+            }
+        }
+    }
 }
 
 #[test]
