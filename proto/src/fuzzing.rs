@@ -32,3 +32,14 @@ pub fn damaged<M: Message>(seeds: Vec<M>) -> impl Strategy<Value = Vec<u8>> {
 pub fn decode<M: Message + Default>(bytes: &[u8]) -> Option<M> {
     M::decode(bytes).ok()
 }
+
+/// Passes an answer that is a success or a clean refusal; fails on INTERNAL or UNKNOWN, which
+/// mean the input reached a path the service did not handle.
+pub fn refused_cleanly(context: &str, answer: Result<(), tonic::Status>) -> Result<(), TestCaseError> {
+    match answer {
+        Err(status) if matches!(status.code(), tonic::Code::Internal | tonic::Code::Unknown) => {
+            Err(TestCaseError::fail(format!("{context}: {status:?}")))
+        }
+        _ => Ok(()),
+    }
+}
