@@ -1,4 +1,7 @@
-//! Shared pieces of brindle's benchmarks: latency percentiles and table printing.
+//! Shared pieces of brindle's benchmarks: latency percentiles, table printing, and running CNI
+//! plugins as a runtime does.
+
+pub mod cni;
 
 use std::time::Duration;
 

@@ -377,3 +377,17 @@ fn grpcurl_lists_describes_and_calls_the_agents_cni_service_on_its_socket() {
     assert!(!status.contains("\"error\""), "STATUS reports no error: {status}");
     assert!(grpcurl(&[&socket, "grpc.health.v1.Health/Check"]).contains("SERVING"));
 }
+
+#[test]
+fn a_pod_namespace_reused_right_after_del_gets_a_fresh_interface() {
+    let node = Node::start();
+    let mut pod = Pod::new("reuse");
+    for round in 0..3 {
+        pod.container_id = format!("ctr-reuse-{round}-{}", std::process::id());
+        let added = node.run_env(&pod.env("ADD", "eth0", true), &conf("1.1.0", ""));
+        assert_eq!(added.code, 0, "round {round}: {}", added.raw);
+        let deleted = node.run_env(&pod.env("DEL", "eth0", true), &conf("1.1.0", ""));
+        assert_eq!(deleted.code, 0, "round {round}: {}", deleted.raw);
+    }
+    assert!(node.handles().is_empty(), "every address released");
+}

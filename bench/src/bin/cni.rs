@@ -8,97 +8,17 @@
 //! installed (static, see `scripts/build-shim.sh`):
 //! `cargo build --release --workspace --bins && target/release/bench-cni --shim "$(scripts/build-shim.sh)"`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use brindle_bench::cni::{Daemon, Netns, PEER_DIR, Plugin, invoke, release_binary, sh};
 use brindle_bench::{Latencies, ms, row};
 use brindle_proto::agent::v1 as pb;
 
 const SEQUENTIAL: usize = 60;
 const CONCURRENT: usize = 100;
-const PEER_DIR: &str = "/usr/lib/cni";
-
-/// A namespace made by this benchmark, deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> anyhow::Result<Self> {
-        sh("ip", &["netns", "add", &name])?;
-        Ok(Self(name))
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Kills the child on drop.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A CNI plugin to benchmark.
-struct Plugin {
-    label: &'static str,
-    binary: PathBuf,
-    config: String,
-}
-
-/// Runs one CNI command and returns its latency; fails on a non-zero exit.
-fn invoke(plugin: &Plugin, command: &str, container: &str, netns: &Path) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let mut child = Command::new(&plugin.binary)
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", PEER_DIR)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("spawning {}", plugin.binary.display()))?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(plugin.config.as_bytes())?;
-    let out = child.wait_with_output()?;
-    let elapsed = started.elapsed();
-    if !out.status.success() {
-        bail!(
-            "{} {command} failed: {}",
-            plugin.label,
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
-    Ok(elapsed)
-}
 
 /// Sequential ADD then DEL, one fresh pod namespace per iteration.
 fn sequential(plugin: &Plugin, prefix: &str) -> anyhow::Result<(Latencies, Latencies)> {
@@ -184,20 +104,6 @@ async fn direct_adds(socket: &Path, config: &str, prefix: &str) -> anyhow::Resul
         samples.push(elapsed);
     }
     Ok(Latencies::new(samples, wall))
-}
-
-fn release_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?
-        .parent()
-        .context("binary dir")?
-        .join(name);
-    if !path.exists() {
-        bail!(
-            "{} missing: run `cargo build --release --workspace --bins` first",
-            path.display()
-        );
-    }
-    Ok(path)
 }
 
 /// The shim binary under test: `--shim PATH`.

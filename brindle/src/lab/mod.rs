@@ -476,6 +476,31 @@ impl Lab {
         Ok(self.nodes.len() - 1)
     }
 
+    /// The CNI network configuration of pods on `node`.
+    fn network_config(node: &LabNode) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.1.0",
+            "name": NETWORK,
+            "type": "brindle-cni",
+            "agentSocket": node.socket,
+            "mtu": 1450,
+        })
+    }
+
+    /// The CNI network configuration for pods of node `node` (for running the shim directly: it
+    /// needs only the agent's socket, not the node's namespace).
+    pub fn cni_config(&self, node: usize) -> anyhow::Result<String> {
+        let node = self.nodes.get(node).context("no such node")?;
+        Ok(Self::network_config(node).to_string())
+    }
+
+    /// The processes of the lab: `server` and each node's agent, by name, with their pids.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        std::iter::once(("server".to_owned(), self.server.id()))
+            .chain(self.nodes.iter().map(|n| (n.name.clone(), n.agent.id())))
+            .collect()
+    }
+
     fn cni(
         &self,
         node: &LabNode,
@@ -494,15 +519,9 @@ impl Lab {
             .iter()
             .map(|(name, protocol, port)| serde_json::json!({"name": name, "protocol": protocol, "port": port}))
             .collect();
-        let config = serde_json::json!({
-            "cniVersion": "1.1.0",
-            "name": NETWORK,
-            "type": "brindle-cni",
-            "agentSocket": node.socket,
-            "mtu": 1450,
-            "args": {"cni": {"labels": labels}, "brindle": {"ports": ports}},
-        })
-        .to_string();
+        let mut config = Self::network_config(node);
+        config["args"] = serde_json::json!({"cni": {"labels": labels}, "brindle": {"ports": ports}});
+        let config = config.to_string();
         let mut args = vec!["IgnoreUnknown=1".to_owned()];
         if !workload.namespace.is_empty() {
             args.push(format!("K8S_POD_NAMESPACE={}", workload.namespace));

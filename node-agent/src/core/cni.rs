@@ -225,6 +225,29 @@ impl LinkReaper {
         }
     }
 
+    /// Deletes every retired veth now; `false` when none was waiting.
+    async fn delete_retired_now(&self) -> bool {
+        let batch: Vec<String> = self
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if batch.is_empty() {
+            return false;
+        }
+        if let Err(error) = self.netlink.delete_retired_links().await {
+            tracing::warn!(%error, "deleting retired veths now failed");
+            return false;
+        }
+        self.retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name| !batch.contains(name));
+        true
+    }
+
     fn is_retired(&self, name: &str) -> bool {
         self.retired
             .lock()
@@ -445,7 +468,17 @@ impl CniOps {
         let timed = |started: std::time::Instant| started.elapsed().as_micros();
         let started = std::time::Instant::now();
         let ((created, create_us), (assigned, ipam_us)) = tokio::join!(
-            async { (wiring.create(&attachment.key, &netns, mtu).await, timed(started)) },
+            async {
+                let mut created = wiring.create(&attachment.key, &netns, mtu).await;
+                // The pod namespace re-used right after a DEL: its old interface goes with a veth
+                // still waiting for the bulk delete. Delete the retired veths now and try again.
+                if matches!(created, Err(WiringError::InterfaceExists { .. }))
+                    && self.links.delete_retired_now().await
+                {
+                    created = wiring.create(&attachment.key, &netns, mtu).await;
+                }
+                (created, timed(started))
+            },
             async {
                 let assigned = self
                     .ipam
