@@ -225,7 +225,8 @@ impl LinkReaper {
         }
     }
 
-    /// Deletes every retired veth now; `false` when none was waiting.
+    /// Deletes every retired veth now (the background reaper may hold some of them in a batch of
+    /// its own); whether the kernel's retired group is empty afterwards.
     async fn delete_retired_now(&self) -> bool {
         let batch: Vec<String> = self
             .retired
@@ -234,9 +235,6 @@ impl LinkReaper {
             .iter()
             .cloned()
             .collect();
-        if batch.is_empty() {
-            return false;
-        }
         if let Err(error) = self.netlink.delete_retired_links().await {
             tracing::warn!(%error, "deleting retired veths now failed");
             return false;
