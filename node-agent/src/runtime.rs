@@ -90,6 +90,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let sysctl = Arc::new(ProcSysctl);
     // Pods on this node are routed by it.
     sysctl.set("net/ipv4/ip_forward", "1")?;
+    // IPv6 pods too, where the kernel has IPv6.
+    if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        sysctl.set("net/ipv6/conf/all/forwarding", "1")?;
+    }
     let tls = args.tls.config()?;
     let endpoint = |address: &str| tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT);
     let ipam = Arc::new(GrpcIpam::new(endpoint(&args.ipam_endpoint)?));

@@ -391,3 +391,70 @@ fn a_pod_namespace_reused_right_after_del_gets_a_fresh_interface() {
     }
     assert!(node.handles().is_empty(), "every address released");
 }
+
+#[test]
+fn dual_stack_pods_get_an_ipv4_and_an_ipv6_address_and_reach_each_other_over_both() {
+    let node = Node::start();
+    let ipam = Arc::clone(&node.ipam);
+    node.runtime
+        .block_on(async move {
+            let mut pool = support::node::workload_pool("v6", "fd00:99::/120");
+            pool.block_size = 122;
+            ipam.create_pool(pool).await
+        })
+        .expect("an IPv6 pool");
+    let dual = conf("1.1.0", r#","ipam":{"assign_ipv4":"true","assign_ipv6":"true"}"#);
+    let pods = [Pod::new("ds1"), Pod::new("ds2")];
+    let mut addresses = Vec::new();
+    for pod in &pods {
+        let added = node.run_env(&pod.env("ADD", "eth0", true), &dual);
+        assert_eq!(added.code, 0, "{}", added.raw);
+        let ips: Vec<&str> = added.json["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .filter_map(|ip| ip["address"].as_str())
+            .collect();
+        assert_eq!(ips.len(), 2, "one address of each family: {}", added.raw);
+        assert!(
+            ips[0].starts_with("10.99.0.") && ips[0].ends_with("/32"),
+            "{}",
+            added.raw
+        );
+        assert!(
+            ips[1].starts_with("fd00:99::") && ips[1].ends_with("/128"),
+            "{}",
+            added.raw
+        );
+        assert_eq!(
+            added.json["ips"][1]["gateway"], "fe80::ecee:eeff:feee:eeee",
+            "{}",
+            added.raw
+        );
+        let routes = added.json["routes"].to_string();
+        assert!(routes.contains("::/0"), "{}", added.raw);
+        addresses.push(ips[1].trim_end_matches("/128").to_owned());
+        let check = node.run_env(&pod.env("CHECK", "eth0", true), &dual);
+        assert_eq!(check.code, 0, "{}", check.raw);
+    }
+    for (from, to) in [(0, 1), (1, 0)] {
+        assert!(
+            pods[from]
+                .netns
+                .try_exec(&["ping", "-6", "-c", "1", "-W", "2", &addresses[to]]),
+            "pod {from} reaches pod {to} at {} over IPv6",
+            addresses[to]
+        );
+    }
+    // An invalid family setting is the configuration's error, naming the field.
+    let neither = conf("1.1.0", r#","ipam":{"assign_ipv4":false,"assign_ipv6":"false"}"#);
+    let refused = node.run_env(&Pod::new("ds3").env("ADD", "eth0", true), &neither);
+    assert_eq!(refused.json["code"], 7, "{}", refused.raw);
+    for pod in &pods {
+        assert_eq!(node.run_env(&pod.env("DEL", "eth0", true), &dual).code, 0);
+    }
+    assert!(
+        node.handles().is_empty(),
+        "every address of both families released"
+    );
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::attachments::{Attachment, AttachmentStore, Phase, RecordError};
 use super::endpoints::{EndpointCallError, EndpointRegistry, endpoint, labels_and_ports};
-use super::ipam::{IpamApi, IpamCallError, Owner};
+use super::ipam::{Families, IpamApi, IpamCallError, Owner};
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
 use crate::dataplane::{DataplaneError, Netlink, Sysctl};
 
@@ -303,6 +303,33 @@ pub struct CniOps {
     endpoints: Option<Arc<dyn EndpointRegistry>>,
 }
 
+/// The families the configuration asks for: `ipam.assign_ipv4` (default true) and
+/// `ipam.assign_ipv6` (default false), booleans or "true"/"false" as Calico writes them.
+fn families(request: &CniRequest) -> Result<Families, CniFailure> {
+    let flag = |name: &str, default: bool| match request.config.pointer(&format!("/ipam/{name}")) {
+        None => Ok(default),
+        Some(Value::Bool(value)) => Ok(*value),
+        Some(Value::String(text)) if text == "true" || text == "false" => Ok(text == "true"),
+        Some(other) => Err(CniFailure::new(
+            INVALID_CONFIG,
+            format!("ipam.{name} is {other}: expected true or false"),
+            "",
+        )),
+    };
+    let families = Families {
+        ipv4: flag("assign_ipv4", true)?,
+        ipv6: flag("assign_ipv6", false)?,
+    };
+    if !families.ipv4 && !families.ipv6 {
+        return Err(CniFailure::new(
+            INVALID_CONFIG,
+            "ipam.assign_ipv4 and ipam.assign_ipv6 are both false: the pod would get no address",
+            "",
+        ));
+    }
+    Ok(families)
+}
+
 fn requested_ips(request: &CniRequest) -> Result<Vec<IpAddr>, CniFailure> {
     let mut texts: Vec<String> = Vec::new();
     for pointer in ["/runtimeConfig/ips", "/args/cni/ips"] {
@@ -393,6 +420,7 @@ impl CniOps {
         let _running = self.links.add_running();
         let mtu = mtu(request)?;
         let requested = requested_ips(request)?;
+        let families = families(request)?;
         let (labels, ports) =
             labels_and_ports(&request.config).map_err(|why| CniFailure::new(INVALID_CONFIG, why, ""))?;
         if let Some(existing) = self.records.load(&request.key)? {
@@ -423,7 +451,10 @@ impl CniOps {
         // The intent is recorded before anything is allocated, so a crash mid-ADD is undone on start.
         self.records.save(&attachment)?;
         self.links.wait_deleted(&attachment.host_ifname).await;
-        let attached = match self.allocate_and_wire(&mut attachment, &requested, mtu).await {
+        let attached = match self
+            .allocate_and_wire(&mut attachment, &requested, families, mtu)
+            .await
+        {
             Ok(wired) => self.register(&attachment).await.map(|()| wired),
             Err(failure) => Err(failure),
         };
@@ -450,8 +481,14 @@ impl CniOps {
         &self,
         attachment: &mut Attachment,
         requested: &[IpAddr],
+        families: Families,
         mtu: u32,
     ) -> Result<Wired, CniFailure> {
+        let ipv6 = if requested.is_empty() {
+            families.ipv6
+        } else {
+            requested.iter().any(IpAddr::is_ipv6)
+        };
         let owner = Owner {
             namespace: attachment.namespace.clone(),
             pod: attachment.pod.clone(),
@@ -467,20 +504,20 @@ impl CniOps {
         let started = std::time::Instant::now();
         let ((created, create_us), (assigned, ipam_us)) = tokio::join!(
             async {
-                let mut created = wiring.create(&attachment.key, &netns, mtu).await;
+                let mut created = wiring.create(&attachment.key, &netns, mtu, ipv6).await;
                 // The pod namespace re-used right after a DEL: its old interface goes with a veth
                 // still waiting for the bulk delete. Delete the retired veths now and try again.
                 if matches!(created, Err(WiringError::InterfaceExists { .. }))
                     && self.links.delete_retired_now().await
                 {
-                    created = wiring.create(&attachment.key, &netns, mtu).await;
+                    created = wiring.create(&attachment.key, &netns, mtu, ipv6).await;
                 }
                 (created, timed(started))
             },
             async {
                 let assigned = self
                     .ipam
-                    .assign(&attachment.handle_id, &self.node, &owner, requested)
+                    .assign(&attachment.handle_id, &self.node, &owner, requested, families)
                     .await;
                 (assigned, timed(started))
             },

@@ -40,16 +40,37 @@ pub struct Lease {
     pub borrowed: bool,
 }
 
+/// Which address families an attachment gets (the network configuration's `ipam.assign_ipv4` /
+/// `ipam.assign_ipv6`, Calico's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Families {
+    /// One IPv4 address (default).
+    pub ipv4: bool,
+    /// One IPv6 address.
+    pub ipv6: bool,
+}
+
+impl Default for Families {
+    fn default() -> Self {
+        Self {
+            ipv4: true,
+            ipv6: false,
+        }
+    }
+}
+
 /// The IPAM calls of CNI operations.
 #[async_trait::async_trait]
 pub trait IpamApi: Send + Sync {
-    /// Allocates (idempotently per handle) one IPv4 address, or exactly `requested` addresses.
+    /// Allocates (idempotently per handle) one address of each of `families`, or exactly
+    /// `requested` addresses.
     async fn assign(
         &self,
         handle_id: &str,
         node: &str,
         owner: &Owner,
         requested: &[IpAddr],
+        families: Families,
     ) -> Result<Vec<Lease>, IpamCallError>;
     /// Allocates (idempotently per handle) one IPv4 tunnel-endpoint address for `node` from one
     /// of `pools`.

@@ -4,7 +4,7 @@
 //! is created before its addresses are known (so it can be built while IPAM allocates) and
 //! addressed afterwards.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -15,6 +15,9 @@ use crate::dataplane::{DataplaneError, LinkState, Mac, Netlink, PodGateway, Rout
 pub const HOST_MAC: Mac = [0xee; 6];
 /// The fake gateway every pod routes through.
 pub const GATEWAY_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 1, 1));
+/// The IPv6 gateway pods see: the link-local address the host veth's MAC (ee:ee:ee:ee:ee:ee)
+/// gives it (EUI-64), as Calico uses; the pod reaches it through a permanent neighbour.
+pub const GATEWAY_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee));
 /// Prefix of host-side interfaces brindle owns.
 pub const HOST_PREFIX: &str = "brd";
 
@@ -84,7 +87,8 @@ fn host_route(address: IpNet, host_ifname: &str) -> Route {
         destination: address,
         gateway: None,
         device: Some(host_ifname.to_owned()),
-        scope_link: true,
+        // IPv6 routes have no scope (the kernel reports them all as universe).
+        scope_link: address.addr().is_ipv4(),
         onlink: false,
         kind: RouteKind::Unicast,
     }
@@ -116,7 +120,13 @@ impl<'a> Wiring<'a> {
     /// Creates the veth for `key` in `netns` and configures everything that does not depend on
     /// the pod's addresses: host end (proxy ARP, forwarding), pod end up with its gateway routes.
     /// On failure removes the veth again.
-    pub async fn create(&self, key: &AttachmentKey, netns: &Path, mtu: u32) -> Result<Wired, WiringError> {
+    pub async fn create(
+        &self,
+        key: &AttachmentKey,
+        netns: &Path,
+        mtu: u32,
+        ipv6: bool,
+    ) -> Result<Wired, WiringError> {
         let host_ifname = key.host_ifname();
         self.netlink
             .create_veth(&host_ifname, HOST_MAC, &key.ifname, netns, mtu)
@@ -128,7 +138,7 @@ impl<'a> Wiring<'a> {
                 },
                 other => WiringError::Kernel(other),
             })?;
-        match self.prepare(netns, &key.ifname, &host_ifname).await {
+        match self.prepare(netns, &key.ifname, &host_ifname, ipv6).await {
             Ok(pod) => Ok(Wired { host_ifname, pod }),
             Err(error) => {
                 if let Err(cleanup) = self.netlink.delete_link(&host_ifname).await {
@@ -144,6 +154,7 @@ impl<'a> Wiring<'a> {
         netns: &Path,
         ifname: &str,
         host_ifname: &str,
+        ipv6: bool,
     ) -> Result<LinkState, DataplaneError> {
         for (key, value) in [
             (format!("net/ipv4/conf/{host_ifname}/proxy_arp"), "1"),
@@ -152,11 +163,28 @@ impl<'a> Wiring<'a> {
         ] {
             self.sysctl.set(&key, value)?;
         }
-        let gateway = PodGateway {
-            address: GATEWAY_V4,
-            mac: HOST_MAC,
-        };
-        self.netlink.prepare_pod(netns, ifname, &gateway).await
+        let mut gateways = vec![GATEWAY_V4];
+        if ipv6 {
+            // As Calico: IPv6 on, no duplicate address detection, proxy NDP, forwarding.
+            for (key, value) in [
+                (format!("net/ipv6/conf/{host_ifname}/disable_ipv6"), "0"),
+                (format!("net/ipv6/conf/{host_ifname}/accept_dad"), "0"),
+                (format!("net/ipv6/conf/{host_ifname}/proxy_ndp"), "1"),
+                (format!("net/ipv6/conf/{host_ifname}/forwarding"), "1"),
+            ] {
+                self.sysctl.set(&key, value)?;
+            }
+            gateways.push(GATEWAY_V6);
+        }
+        let mut pod = None;
+        for address in gateways {
+            let gateway = PodGateway {
+                address,
+                mac: HOST_MAC,
+            };
+            pod = Some(self.netlink.prepare_pod(netns, ifname, &gateway).await?);
+        }
+        pod.ok_or_else(|| DataplaneError::Missing(format!("pod interface {ifname}")))
     }
 
     /// Gives the interface [`create`](Self::create) made its addresses: inside the pod, a host
@@ -174,6 +202,13 @@ impl<'a> Wiring<'a> {
             }
             for block in &workload.blackholes {
                 self.netlink.replace_route(&blackhole(*block)).await?;
+            }
+            // The node never solicits a pod's IPv6 address (its own link-local may still be
+            // tentative): a permanent neighbour per address.
+            for address in workload.addresses.iter().filter(|a| a.addr().is_ipv6()) {
+                self.netlink
+                    .replace_neighbour(&wired.host_ifname, address.addr(), wired.pod.mac)
+                    .await?;
             }
             Ok(())
         };
@@ -213,12 +248,18 @@ impl<'a> Wiring<'a> {
                         problems.push(format!("address {address} is missing on {}", workload.key.ifname));
                     }
                 }
-                let has_default = pod
-                    .routes
-                    .iter()
-                    .any(|r| r.destination.prefix_len() == 0 && r.gateway == Some(GATEWAY_V4));
-                if !has_default {
-                    problems.push(format!("default route via {GATEWAY_V4} is missing in the pod"));
+                let mut gateways = vec![GATEWAY_V4];
+                if workload.addresses.iter().any(|a| a.addr().is_ipv6()) {
+                    gateways.push(GATEWAY_V6);
+                }
+                for gateway in gateways {
+                    let has_default = pod
+                        .routes
+                        .iter()
+                        .any(|r| r.destination.prefix_len() == 0 && r.gateway == Some(gateway));
+                    if !has_default {
+                        problems.push(format!("default route via {gateway} is missing in the pod"));
+                    }
                 }
             }
         }
@@ -268,11 +309,49 @@ mod tests {
     }
 
     async fn attach(wiring: &Wiring<'_>, workload: &Workload) -> Result<Wired, WiringError> {
+        let ipv6 = workload.addresses.iter().any(|a| a.addr().is_ipv6());
         let wired = wiring
-            .create(&workload.key, &workload.netns, workload.mtu)
+            .create(&workload.key, &workload.netns, workload.mtu, ipv6)
             .await?;
         wiring.address(workload, &wired).await?;
         Ok(wired)
+    }
+
+    #[tokio::test]
+    async fn a_dual_stack_pod_gets_both_gateways_and_the_node_knows_its_ipv6_neighbour() {
+        let kernel = RecordingKernel::default();
+        let wiring = Wiring::new(&kernel, &kernel);
+        let mut dual = workload();
+        dual.addresses.push("fd00:244::5/128".parse().expect("net"));
+        let wired = attach(&wiring, &dual).await.expect("attach");
+        let host = wired.host_ifname.clone();
+        let calls = kernel.calls();
+        for key in ["accept_dad", "proxy_ndp", "forwarding"] {
+            let value = if key == "accept_dad" { "0" } else { "1" };
+            assert!(
+                calls.contains(&Call::Sysctl(format!("net/ipv6/conf/{host}/{key}"), value.into())),
+                "{key}: {calls:?}"
+            );
+        }
+        let prepared = calls.iter().filter(|c| matches!(c, Call::PreparePod(..))).count();
+        assert_eq!(prepared, 2, "an IPv4 and an IPv6 gateway");
+        assert!(calls.contains(&Call::ReplaceNeighbour(
+            host,
+            "fd00:244::5".parse().expect("ip"),
+            wired.pod.mac
+        )));
+        assert_eq!(wiring.check(&dual).await.expect("check"), Vec::<String>::new());
+        let single = workload();
+        let kernel = RecordingKernel::default();
+        let wiring = Wiring::new(&kernel, &kernel);
+        attach(&wiring, &single).await.expect("attach");
+        assert!(
+            !kernel
+                .calls()
+                .iter()
+                .any(|c| matches!(c, Call::Sysctl(key, _) if key.starts_with("net/ipv6"))),
+            "IPv4-only pods leave IPv6 alone (it may be disabled)"
+        );
     }
 
     #[tokio::test]
@@ -314,7 +393,7 @@ mod tests {
         let workload = workload();
         assert!(
             wiring
-                .create(&workload.key, &workload.netns, workload.mtu)
+                .create(&workload.key, &workload.netns, workload.mtu, false)
                 .await
                 .is_err()
         );

@@ -185,7 +185,8 @@ pub trait Netlink: Send + Sync {
         ifname: &str,
         gateway: &PodGateway,
     ) -> Result<LinkState, DataplaneError>;
-    /// Adds `addresses` (`<ip>/32`, `<ip>/128`) to the prepared pod interface `pod`.
+    /// Adds `addresses` (`<ip>/32`, `<ip>/128`; IPv6 without duplicate address detection) to the
+    /// prepared pod interface `pod`.
     async fn add_pod_addresses(
         &self,
         netns: &Path,
@@ -194,6 +195,9 @@ pub trait Netlink: Send + Sync {
     ) -> Result<(), DataplaneError>;
     /// The pod interface, its addresses, and the pod's routes; `None` when it does not exist.
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError>;
+    /// A permanent neighbour on host link `device`: `ip` is at `mac` (a pod's IPv6 address, so the
+    /// node never has to solicit it).
+    async fn replace_neighbour(&self, device: &str, ip: IpAddr, mac: Mac) -> Result<(), DataplaneError>;
 }
 
 /// iptables of the agent's namespace, for chains brindle owns (`brd-*`).

@@ -9,7 +9,7 @@ use std::path::Path;
 use futures_util::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::link::{InfoVxlan, LinkInfo};
 use netlink_packet_route::neighbour::NeighbourState;
@@ -571,13 +571,36 @@ impl Netlink for RtNetlink {
     ) -> Result<(), DataplaneError> {
         let pod = handle_in(netns).await?;
         for address in addresses {
-            pod.address()
-                .add(pod_link.index, address.addr(), address.prefix_len())
+            let mut request = pod
+                .address()
+                .add(pod_link.index, address.addr(), address.prefix_len());
+            if address.addr().is_ipv6() {
+                // Usable at once: the address is the pod's alone (IPAM), nothing to detect.
+                let message = request.message_mut();
+                message.header.flags = AddressHeaderFlags::Nodad;
+                message
+                    .attributes
+                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            }
+            request
                 .execute()
                 .await
                 .map_err(|e| DataplaneError::netlink(format!("add {address} to {}", pod_link.name), e))?;
         }
         Ok(())
+    }
+
+    async fn replace_neighbour(&self, device: &str, ip: IpAddr, mac: Mac) -> Result<(), DataplaneError> {
+        let link = require_link(&self.host, device).await?;
+        self.host
+            .neighbours()
+            .add(link.index, ip)
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| DataplaneError::netlink(format!("add the neighbour {ip} on {device}"), e))
     }
 
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError> {

@@ -50,6 +50,8 @@ pub enum Call {
     ReplaceVtep(String, Vtep),
     /// `delete_vtep(device, vtep)`.
     DeleteVtep(String, Vtep),
+    /// `replace_neighbour(device, ip, mac)`.
+    ReplaceNeighbour(String, IpAddr, Mac),
 }
 
 #[derive(Default)]
@@ -296,7 +298,7 @@ impl Netlink for RecordingKernel {
             std::net::IpAddr::V4(_) => "0.0.0.0/0",
             std::net::IpAddr::V6(_) => "::/0",
         };
-        pod.routes = vec![
+        pod.routes.extend([
             Route {
                 destination: gateway.address.into(),
                 gateway: None,
@@ -315,7 +317,7 @@ impl Netlink for RecordingKernel {
                 onlink: false,
                 kind: super::RouteKind::Unicast,
             },
-        ];
+        ]);
         Ok(pod.link.clone())
     }
 
@@ -392,6 +394,15 @@ impl Netlink for RecordingKernel {
 
     async fn vteps(&self, device: &str) -> Result<Vec<Vtep>, DataplaneError> {
         Ok(self.current_vteps(device).into_iter().collect())
+    }
+
+    async fn replace_neighbour(&self, device: &str, ip: IpAddr, mac: Mac) -> Result<(), DataplaneError> {
+        let state = self.record(Call::ReplaceNeighbour(device.into(), ip, mac))?;
+        if state.host_links.contains_key(device) {
+            Ok(())
+        } else {
+            Err(DataplaneError::Missing(format!("link {device}")))
+        }
     }
 
     async fn replace_vtep(&self, device: &str, vtep: &Vtep) -> Result<(), DataplaneError> {

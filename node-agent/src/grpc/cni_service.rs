@@ -12,7 +12,7 @@ use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use crate::core::cni::{Added, CniFailure, CniOps, CniRequest, INVALID_CONFIG};
-use crate::core::wiring::{AttachmentKey, GATEWAY_V4, HOST_MAC};
+use crate::core::wiring::{AttachmentKey, GATEWAY_V4, GATEWAY_V6, HOST_MAC};
 
 /// Fully qualified name of the service, for health and reflection.
 pub const SERVICE_NAME: &str = "brindle.agent.v1.Cni";
@@ -136,6 +136,27 @@ fn request(invocation: &pb::CniInvocation) -> Result<CniRequest, CniFailure> {
     })
 }
 
+/// The pod's gateway for an address of its family.
+fn gateway_of(address: std::net::IpAddr) -> std::net::IpAddr {
+    if address.is_ipv6() { GATEWAY_V6 } else { GATEWAY_V4 }
+}
+
+/// A default route through the gateway of each family the pod has (IPv4's always: it is set up
+/// for every pod).
+fn default_routes(added: &Added) -> Vec<pb::CniRoute> {
+    let mut routes = vec![pb::CniRoute {
+        dst: "0.0.0.0/0".into(),
+        gw: GATEWAY_V4.to_string(),
+    }];
+    if added.addresses.iter().any(|a| a.addr().is_ipv6()) {
+        routes.push(pb::CniRoute {
+            dst: "::/0".into(),
+            gw: GATEWAY_V6.to_string(),
+        });
+    }
+    routes
+}
+
 fn result(added: &Added, config: &serde_json::Value) -> pb::CniResult {
     let dns = config.get("dns").map(|dns| {
         let list = |key: &str| -> Vec<String> {
@@ -175,14 +196,11 @@ fn result(added: &Added, config: &serde_json::Value) -> pb::CniResult {
             .iter()
             .map(|address| pb::CniIpConfig {
                 address: address.to_string(),
-                gateway: GATEWAY_V4.to_string(),
+                gateway: gateway_of(address.addr()).to_string(),
                 interface: 1,
             })
             .collect(),
-        routes: vec![pb::CniRoute {
-            dst: "0.0.0.0/0".into(),
-            gw: GATEWAY_V4.to_string(),
-        }],
+        routes: default_routes(added),
         dns,
     }
 }

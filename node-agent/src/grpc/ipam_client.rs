@@ -7,7 +7,7 @@ use brindle_proto::ipam::v1 as pb;
 use pb::ipam_client::IpamClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::core::ipam::{IpamApi, IpamCallError, Lease, Owner};
+use crate::core::ipam::{Families, IpamApi, IpamCallError, Lease, Owner};
 
 /// ipam-svc (or `brindle server`) at an address.
 #[derive(Clone)]
@@ -51,6 +51,7 @@ impl IpamApi for GrpcIpam {
         node: &str,
         owner: &Owner,
         requested: &[IpAddr],
+        families: Families,
     ) -> Result<Vec<Lease>, IpamCallError> {
         let attributes = pb::HandleAttributes {
             namespace: owner.namespace.clone(),
@@ -65,7 +66,8 @@ impl IpamApi for GrpcIpam {
             let request = pb::AutoAssignRequest {
                 handle_id: handle_id.to_owned(),
                 node: node.to_owned(),
-                num_ipv4: 1,
+                num_ipv4: u32::from(families.ipv4),
+                num_ipv6: u32::from(families.ipv6),
                 attributes: Some(attributes),
                 ..Default::default()
             };

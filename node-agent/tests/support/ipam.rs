@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipam_svc::core::model::{AllowedUse, HandleAttributes};
 use ipam_svc::core::{Allocated, AssignRequest, Ipam, IpamError, ShowOptions};
-use node_agent::core::ipam::{IpamApi, IpamCallError, Lease, Owner};
+use node_agent::core::ipam::{Families, IpamApi, IpamCallError, Lease, Owner};
 
 /// [`IpamApi`] on the IPAM engine itself, no gRPC in between.
 pub struct InProcessIpam(pub Arc<Ipam>);
@@ -33,13 +33,14 @@ impl IpamApi for InProcessIpam {
         node: &str,
         owner: &Owner,
         requested: &[IpAddr],
+        families: Families,
     ) -> Result<Vec<Lease>, IpamCallError> {
         assert!(requested.is_empty(), "not used here");
         let request = AssignRequest {
             handle_id: handle_id.into(),
             node: node.into(),
-            num_ipv4: 1,
-            num_ipv6: 0,
+            num_ipv4: u32::from(families.ipv4),
+            num_ipv6: u32::from(families.ipv6),
             ipv4_pools: Vec::new(),
             ipv6_pools: Vec::new(),
             use_: AllowedUse::Workload,
