@@ -4,6 +4,7 @@
 //! everyone to it; the data plane outlives the control plane (on etcd); natOutgoing.
 
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +30,7 @@ fn spec(nodes: usize) -> LabSpec {
         subnets: 1,
         etcd: false,
         policy: false,
+        dual_stack: false,
     }
 }
 
@@ -60,8 +62,15 @@ fn vxlan_tx_packets(lab: &Lab, node: usize) -> u64 {
 
 /// Sends 256 KiB from pod `from` to pod `to` over TCP and checks every byte arrived.
 fn tcp_transfer(lab: &Lab, from: usize, to: usize) {
+    let (from_ip, to_ip) = (lab.pods[from].ip.into(), lab.pods[to].ip.into());
+    tcp_transfer_between(lab, (from, from_ip), (to, to_ip));
+}
+
+/// Sends 256 KiB from pod `from.0` (address `from.1`) to pod `to.0` at `to.1` over TCP, checks
+/// every byte arrived and the server saw the client's own address.
+fn tcp_transfer_between(lab: &Lab, from: (usize, IpAddr), to: (usize, IpAddr)) {
     const BYTES: usize = 256 * 1024;
-    let to_ip = lab.pods[to].ip;
+    let ((from, from_ip), (to, to_ip)) = (from, to);
     let (ready, listening) = std::sync::mpsc::channel();
     let server = lab.pods[to].namespace.spawn(move || {
         let listener = std::net::TcpListener::bind((to_ip, 5201))?;
@@ -88,7 +97,7 @@ fn tcp_transfer(lab: &Lab, from: usize, to: usize) {
         .expect("client sends");
     let (received, peer) = server.join().expect("server thread").expect("server receives");
     assert_eq!(
-        peer, lab.pods[from].ip,
+        peer, from_ip,
         "no NAT between pods: the server sees the client pod's address"
     );
     assert_eq!(received.len(), BYTES, "pod {from} → pod {to}");
@@ -325,6 +334,50 @@ fn nat_outgoing_masquerades_pod_traffic_leaving_the_pools_and_only_when_enabled(
     tcp_transfer(&lab, 0, lab.pods.len() - 1);
     lab.set_nat_outgoing(false).expect("disable");
     eventually("natOutgoing off again: no answer", &|| !pings(&lab));
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_ipv6_across_nodes() {
+    let lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}d", std::process::id()),
+        pods_per_node: 1,
+        dual_stack: true,
+        ..spec(3)
+    })
+    .expect("lab up");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("{error}\n{}", lab.logs());
+    }
+    for pod in &lab.pods {
+        let ipv6 = pod.ipv6.expect("an IPv6 address");
+        let prefix = brindle::lab::IPV6_POOL.trim_end_matches(":/112");
+        assert!(
+            ipv6.to_string().starts_with(prefix),
+            "{ipv6} in {}",
+            brindle::lab::IPV6_POOL
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for from in 0..lab.pods.len() {
+        for to in 0..lab.pods.len() {
+            while from != to && !lab.reaches_ipv6(from, to) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "pod {from} never reached pod {to} over IPv6\n{}",
+                    lab.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    let v6 = |pod: usize| IpAddr::V6(lab.pods[pod].ipv6.expect("IPv6"));
+    tcp_transfer_between(&lab, (0, v6(0)), (2, v6(2)));
+    // The route to a remote IPv6 block goes straight to its node's IPv6 address.
+    let path = lab.nodes[0]
+        .namespace
+        .ip(&["-6", "route", "get", &v6(1).to_string()])
+        .expect("route get");
+    assert!(path.contains("via fd00:200::"), "{path}");
 }
 
 /// The value of the series `series` (name and labels exactly as exposed) in a scrape.

@@ -52,6 +52,7 @@ impl World {
             subnets: 1,
             etcd: false,
             policy: true,
+            dual_stack: false,
         })
         .expect("lab up");
         lab.apply(&namespace_manifest()).expect("namespaces");

@@ -48,9 +48,10 @@ pub struct Args {
     /// workload endpoints and enforces network policy on them.
     #[arg(long, env = "BRINDLE_POLICY_ENDPOINT")]
     pub policy_endpoint: Option<String>,
-    /// This node's underlay address (other nodes route its pods' blocks via it).
-    #[arg(long, env = "BRINDLE_NODE_ADDRESS")]
-    pub node_address: Option<std::net::IpAddr>,
+    /// This node's underlay addresses, one per family (other nodes route its pods' blocks of
+    /// that family via it); repeat the flag or separate with commas for dual-stack nodes.
+    #[arg(long, env = "BRINDLE_NODE_ADDRESS", value_delimiter = ',')]
+    pub node_address: Vec<std::net::IpAddr>,
     /// This node's underlay IPv4 subnet (decides CrossSubnet encapsulation).
     #[arg(long, env = "BRINDLE_NODE_SUBNET")]
     pub node_subnet: Option<ipnet::Ipv4Net>,
@@ -98,10 +99,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let endpoint = |address: &str| tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT);
     let ipam = Arc::new(GrpcIpam::new(endpoint(&args.ipam_endpoint)?));
     let iptables: Arc<dyn Iptables> = Arc::new(IptablesCommands::detect());
-    if let (Some(route_endpoint), Some(address)) = (&args.route_endpoint, args.node_address) {
+    if let Some(route_endpoint) = &args.route_endpoint {
         let registration = Node {
             name: node.clone(),
-            addresses: vec![address],
+            addresses: args.node_address.clone(),
             ipv4_subnet: args.node_subnet,
             ipv6_subnet: None,
             labels: Default::default(),

@@ -168,6 +168,7 @@ fn main() -> anyhow::Result<()> {
         subnets: 1,
         etcd: false,
         policy: false,
+        dual_stack: false,
     })?;
     let mut workers = Vec::new();
     for node in 0..NODES {

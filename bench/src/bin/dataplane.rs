@@ -129,6 +129,7 @@ fn measure(args: &Args, encapsulation: Encapsulation) -> anyhow::Result<(f64, f6
         subnets: 1,
         etcd: false,
         policy: false,
+        dual_stack: false,
     })?;
     if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
         bail!("{error}\n{}", lab.logs());

@@ -30,6 +30,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 subnets: args.subnets.into(),
                 etcd: args.etcd,
                 policy: args.policy,
+                dual_stack: args.dual_stack,
             };
             let lab = tokio::task::spawn_blocking(move || Lab::up(spec)).await??;
             let lab = tokio::task::spawn_blocking(move || {

@@ -37,6 +37,10 @@ const AGENT_METRICS_PORT: u16 = 9404;
 const ETCD_PORT: u16 = 2379;
 /// The address of the lab's stand-in for "the internet" (TEST-NET-3, outside every pool).
 pub const EXTERNAL_ADDRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The IPv6 underlay: node `n`'s address is `fd00:200::<host>`.
+const IPV6_UNDERLAY: &str = "fd00:200:";
+/// The IPv6 pod pool of a dual-stack lab.
+pub const IPV6_POOL: &str = "fd00:244::/112";
 /// The CNI network name pods are attached to.
 const NETWORK: &str = "brindle-lab";
 
@@ -61,6 +65,8 @@ pub struct LabSpec {
     pub etcd: bool,
     /// Agents register pods with policy-svc and enforce network policy.
     pub policy: bool,
+    /// Pods get an IPv6 address too (pool [`IPV6_POOL`], routed directly over an IPv6 underlay).
+    pub dual_stack: bool,
 }
 
 /// A pod to add: its Kubernetes identity, labels and named container ports.
@@ -130,6 +136,8 @@ pub struct LabPod {
     pub namespace: Namespace,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (dual-stack labs).
+    pub ipv6: Option<std::net::Ipv6Addr>,
     /// `namespace/pod` as policy sees it.
     pub workload: String,
 }
@@ -190,6 +198,9 @@ impl Lab {
         }
         if !(1..=2).contains(&spec.subnets) {
             bail!("a lab has 1 or 2 underlay subnets, not {}", spec.subnets);
+        }
+        if spec.dual_stack && spec.subnets != 1 {
+            bail!("a dual-stack lab has one underlay subnet (its IPv6 is not routed between subnets)");
         }
         if spec.subnets == 2 && spec.encapsulation == Encapsulation::Never {
             bail!(
@@ -387,6 +398,7 @@ impl Lab {
 
     fn create_pool(&self) -> anyhow::Result<()> {
         let cidr = self.spec.pool.clone();
+        let dual_stack = self.spec.dual_stack;
         let (vxlan_mode, ipip_mode) = self.spec.encapsulation.modes();
         self.control.block_on(move || async move {
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -411,6 +423,18 @@ impl Lab {
                 .create_pool(ipam::CreatePoolRequest { pool: Some(pool) })
                 .await
                 .context("creating the lab's pool")?;
+            if dual_stack {
+                let pool = ipam::IpPool {
+                    name: "lab-v6".into(),
+                    cidr: IPV6_POOL.into(),
+                    block_size: 122,
+                    ..Default::default()
+                };
+                client
+                    .create_pool(ipam::CreatePoolRequest { pool: Some(pool) })
+                    .await
+                    .context("creating the lab's IPv6 pool")?;
+            }
             Ok(())
         })
     }
@@ -427,6 +451,20 @@ impl Lab {
         let address: Ipv4Addr = format!("{}.{host}", subnet_prefix(subnet)).parse()?;
         let namespace = Namespace::create(name.clone())?;
         self.underlays[subnet].plug(&namespace, &format!("n{index}"), "eth0", &format!("{address}/24"))?;
+        let mut node_addresses = address.to_string();
+        if self.spec.dual_stack {
+            let address6 = format!("{IPV6_UNDERLAY}:{host}");
+            namespace.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{address6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])?;
+            node_addresses = format!("{node_addresses},{address6}");
+        }
         if self.router.is_some() {
             Self::route_to_other_subnet(&namespace, subnet)?;
         }
@@ -446,7 +484,7 @@ impl Lab {
             ])
             .args([
                 "--node-address",
-                &address.to_string(),
+                &node_addresses,
                 "--node-subnet",
                 &format!("{}.0/24", subnet_prefix(subnet)),
             ])
@@ -477,13 +515,14 @@ impl Lab {
     }
 
     /// The CNI network configuration of pods on `node`.
-    fn network_config(node: &LabNode) -> serde_json::Value {
+    fn network_config(&self, node: &LabNode) -> serde_json::Value {
         serde_json::json!({
             "cniVersion": "1.1.0",
             "name": NETWORK,
             "type": "brindle-cni",
             "agentSocket": node.socket,
             "mtu": 1450,
+            "ipam": {"assign_ipv4": "true", "assign_ipv6": if self.spec.dual_stack { "true" } else { "false" }},
         })
     }
 
@@ -491,7 +530,7 @@ impl Lab {
     /// needs only the agent's socket, not the node's namespace).
     pub fn cni_config(&self, node: usize) -> anyhow::Result<String> {
         let node = self.nodes.get(node).context("no such node")?;
-        Ok(Self::network_config(node).to_string())
+        Ok(self.network_config(node).to_string())
     }
 
     /// The processes of the lab: `server` and each node's agent, by name, with their pids.
@@ -519,7 +558,7 @@ impl Lab {
             .iter()
             .map(|(name, protocol, port)| serde_json::json!({"name": name, "protocol": protocol, "port": port}))
             .collect();
-        let mut config = Self::network_config(node);
+        let mut config = self.network_config(node);
         config["args"] = serde_json::json!({"cni": {"labels": labels}, "brindle": {"ports": ports}});
         let config = config.to_string();
         let mut args = vec!["IgnoreUnknown=1".to_owned()];
@@ -596,6 +635,12 @@ impl Lab {
             .unwrap_or_default()
             .parse()
             .context("pod IP")?;
+        let ipv6 = parsed["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.split('/').next()?.parse().ok())
+            .next();
         let namespace_name = if workload.namespace.is_empty() {
             "default"
         } else {
@@ -612,6 +657,7 @@ impl Lab {
             node,
             namespace,
             ip,
+            ipv6,
             workload,
         });
         Ok(self.pods.len() - 1)
@@ -649,6 +695,15 @@ impl Lab {
         self.pods[from]
             .namespace
             .succeeds(&["ping", "-c", "1", "-W", "1", &self.pods[to].ip.to_string()])
+    }
+
+    /// Whether pod `from` gets a ping answer from pod `to`'s IPv6 address (dual-stack labs).
+    pub fn reaches_ipv6(&self, from: usize, to: usize) -> bool {
+        self.pods[to].ipv6.is_some_and(|address| {
+            self.pods[from]
+                .namespace
+                .succeeds(&["ping", "-6", "-c", "1", "-W", "1", &address.to_string()])
+        })
     }
 
     /// How node `node` forwards to pod `pod`: the `via … dev …` of `ip route get` inside the node.
