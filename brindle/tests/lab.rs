@@ -380,6 +380,54 @@ fn dual_stack_pods_reach_each_other_over_ipv6_across_nodes() {
     assert!(path.contains("via fd00:200::"), "{path}");
 }
 
+#[test]
+fn ipv6_traffic_follows_kubernetes_policy_with_ipv6_ip_blocks() {
+    let lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}6", std::process::id()),
+        pods_per_node: 1,
+        dual_stack: true,
+        policy: true,
+        ..spec(2)
+    })
+    .expect("lab up");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("{error}\n{}", lab.logs());
+    }
+    let eventually = |what: &str, holds: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !holds() {
+            assert!(std::time::Instant::now() < deadline, "{what}\n{}", lab.logs());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    eventually("IPv6 open before any policy", &|| lab.reaches_ipv6(0, 1));
+    let client = lab.pods[0].ipv6.expect("IPv6");
+    let target = &lab.nodes[1].name;
+    let policy = |except: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: v6-only, namespace: default}}\n\
+             spec:\n  podSelector: {{matchLabels: {{node: {target}}}}}\n  ingress:\n    - from: [{{ipBlock: \
+             {{cidr: \"{}\"{except}}}}}]\n",
+            brindle::lab::IPV6_POOL
+        )
+    };
+    // The pod on node 2 admits the IPv6 pool except the client: both families are closed to it.
+    lab.apply(&policy(&format!(", except: [\"{client}/128\"]")))
+        .expect("apply");
+    eventually("IPv6 from an excepted address is dropped", &|| {
+        !lab.reaches_ipv6(0, 1)
+    });
+    assert!(!lab.reaches(0, 1), "IPv4 is not in the IPv6 block");
+    // Without the exception IPv6 is let in; IPv4 stays out.
+    lab.apply(&policy("")).expect("apply");
+    eventually("IPv6 from the pool is admitted", &|| lab.reaches_ipv6(0, 1));
+    assert!(!lab.reaches(0, 1), "an IPv6 ipBlock admits no IPv4");
+    assert!(
+        lab.reaches_ipv6(1, 0),
+        "replies and the other direction are unaffected"
+    );
+}
+
 /// The value of the series `series` (name and labels exactly as exposed) in a scrape.
 fn series(scrape: &str, series: &str) -> f64 {
     scrape

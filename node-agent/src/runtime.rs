@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 
 use crate::core::attachments::AttachmentStore;
 use crate::core::cni::CniOps;
+use crate::core::policy::Family;
 use crate::dataplane::{IpsetCommands, Iptables, IptablesCommands, ProcSysctl, RtNetlink, Sysctl};
 use crate::grpc::cni_service::{CniService, SERVICE_NAME};
 use crate::grpc::ipam_client::GrpcIpam;
@@ -98,7 +99,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tls = args.tls.config()?;
     let endpoint = |address: &str| tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT);
     let ipam = Arc::new(GrpcIpam::new(endpoint(&args.ipam_endpoint)?));
-    let iptables: Arc<dyn Iptables> = Arc::new(IptablesCommands::detect());
+    let commands = IptablesCommands::detect();
+    let ipv6_tables = Arc::new(commands.for_ipv6());
+    let iptables: Arc<dyn Iptables> = Arc::new(commands);
     if let Some(route_endpoint) = &args.route_endpoint {
         let registration = Node {
             name: node.clone(),
@@ -125,9 +128,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(policy_endpoint) = &args.policy_endpoint {
         let policy = GrpcPolicy::new(endpoint(policy_endpoint)?);
         ops = ops.with_endpoints(Arc::new(policy.clone()));
+        let mut families = vec![(Family::V4, iptables.clone())];
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            families.push((Family::V6, ipv6_tables as Arc<dyn Iptables>));
+        }
         tokio::spawn(policy.follow(
             node.clone(),
-            iptables.clone(),
+            families,
             Arc::new(IpsetCommands),
             sync_metrics.clone(),
         ));

@@ -12,7 +12,7 @@ use brindle_grpc_server::sync::{SnapshotAssembler, snapshot_pieces};
 use brindle_proto::fuzzing::{damaged, decode};
 use brindle_proto::policy::v1 as policy_pb;
 use brindle_proto::route::v1 as route_pb;
-use node_agent::core::policy::render;
+use node_agent::core::policy::{Family, render};
 use node_agent::core::routing::desired_routes;
 use node_agent::core::tunnels::Tunnels;
 use policy_svc::core::Calculator;
@@ -195,6 +195,7 @@ proptest! {
                 let _ = policy_svc::grpc::convert::apply_response(&mut mirror, &mut pieces, message);
             }
         }
-        render(mirror.state());
+        render(mirror.state(), Family::V4);
+        render(mirror.state(), Family::V6);
     }
 }

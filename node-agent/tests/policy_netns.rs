@@ -8,7 +8,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use node_agent::core::policy::{FORWARD_CHAIN, PolicyApplier, render};
+use node_agent::core::policy::{FORWARD_CHAIN, Family, PolicyApplier, render};
 use node_agent::dataplane::{IpsetCommands, IptablesBackend, IptablesCommands};
 use policy_svc::core::Calculator;
 use policy_svc::core::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
@@ -67,8 +67,8 @@ fn applies_repairs_and_cleans_up(backend: IptablesBackend, save: &'static str) {
         let iptables = IptablesCommands::new(backend);
         let ipsets = IpsetCommands;
         let mut calc = calculation();
-        let mut applier = PolicyApplier::default();
-        let desired = render(&calc.view("n1"));
+        let mut applier = PolicyApplier::new(Family::V4);
+        let desired = render(&calc.view("n1"), Family::V4);
         let writes = applier.apply(&iptables, &ipsets, &desired).expect("first apply");
         assert_eq!(writes, 2, "one ipset and one iptables write");
         let saved = support::run("ip", &["netns", "exec", &name, save, "-t", "filter"]);
@@ -93,7 +93,7 @@ fn applies_repairs_and_cleans_up(backend: IptablesBackend, save: &'static str) {
         );
 
         // Read back from the kernel by a fresh applier: nothing to write.
-        let mut restarted = PolicyApplier::default();
+        let mut restarted = PolicyApplier::new(Family::V4);
         assert_eq!(
             restarted.apply(&iptables, &ipsets, &desired).expect("restart"),
             0,
@@ -130,7 +130,7 @@ fn applies_repairs_and_cleans_up(backend: IptablesBackend, save: &'static str) {
         let id = calc.state().policies().next().expect("policy").id.clone();
         calc.remove_policy(&id);
         restarted
-            .apply(&iptables, &ipsets, &render(&calc.view("n1")))
+            .apply(&iptables, &ipsets, &render(&calc.view("n1"), Family::V4))
             .expect("remove");
         let saved = support::run("ip", &["netns", "exec", &name, save, "-t", "filter"]);
         assert!(

@@ -20,7 +20,7 @@ use brindle_bench::{Latencies, ms, row};
 use brindle_datastore::{EmbeddedStore, Store, Txn};
 use brindle_fanout::FanoutConfig;
 use brindle_selector::Selector;
-use node_agent::core::policy::{PolicyApplier, render};
+use node_agent::core::policy::{Family, PolicyApplier, render};
 use node_agent::dataplane::{IpsetCommands, Ipsets, Iptables, IptablesBackend, IptablesCommands};
 use node_agent::grpc::policy_client::GrpcPolicy;
 use node_agent::grpc::sync_client::SyncMetrics;
@@ -166,7 +166,7 @@ impl Drop for BenchNamespace {
 
 /// Removes every brd chain and set (between full-apply runs).
 fn clear(iptables: &dyn Iptables, ipsets: &dyn Ipsets) -> anyhow::Result<()> {
-    let mut applier = PolicyApplier::default();
+    let mut applier = PolicyApplier::new(Family::V4);
     applier.apply(iptables, ipsets, &Default::default())?;
     Ok(())
 }
@@ -195,10 +195,10 @@ fn full_apply(
     }
     clear(iptables, ipsets)?;
     let started = Instant::now();
-    let rendered = render(&calc.view(NODE));
+    let rendered = render(&calc.view(NODE), Family::V4);
     let rendered_in = started.elapsed();
     let started = Instant::now();
-    PolicyApplier::default().apply(iptables, ipsets, &rendered)?;
+    PolicyApplier::new(Family::V4).apply(iptables, ipsets, &rendered)?;
     let applied_in = started.elapsed();
     let mut set_sizes: Vec<usize> = rendered.sets.values().map(|s| s.members.len()).collect();
     set_sizes.sort_unstable();
@@ -325,7 +325,10 @@ async fn run() -> anyhow::Result<()> {
     ))?);
     tokio::spawn(agent.follow(
         NODE.to_owned(),
-        Arc::new(IptablesCommands::new(IptablesBackend::detect())),
+        vec![(
+            Family::V4,
+            Arc::new(IptablesCommands::new(IptablesBackend::detect())) as Arc<dyn Iptables>,
+        )],
         Arc::new(IpsetCommands),
         SyncMetrics::default(),
     ));

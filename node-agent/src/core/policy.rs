@@ -29,9 +29,58 @@ const PASS_MARK: u32 = 0x20000;
 /// Most ports (a range counts two) one multiport match takes.
 const MULTIPORT_SLOTS: usize = 15;
 
-/// Kernel name of a view's ipset.
-pub fn set_name(id: &str) -> String {
-    format!("{OWNED_PREFIX}{id}")
+/// The address family a renderer and an applier work on: IPv4 (iptables, `inet` sets named
+/// `brd-…`) or IPv6 (ip6tables, `inet6` sets named `brd6-…`; the two share the ipset namespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// Prefix of the family's ipsets.
+    fn set_prefix(self) -> &'static str {
+        match self {
+            Self::V4 => OWNED_PREFIX,
+            Self::V6 => "brd6-",
+        }
+    }
+
+    /// Kernel name of a view's ipset.
+    pub fn set_name(self, id: &str) -> String {
+        format!("{}{id}", self.set_prefix())
+    }
+
+    fn ipset_family(self) -> &'static str {
+        match self {
+            Self::V4 => "inet",
+            Self::V6 => "inet6",
+        }
+    }
+
+    /// Whether an address, network or set member (`address,proto:port`) is of this family.
+    fn holds(self, text: &str) -> bool {
+        let is_v6 = text.split(',').next().unwrap_or_default().contains(':');
+        is_v6 == (self == Self::V6)
+    }
+
+    /// The whole address space as `hash:net` can hold it (no /0: two halves).
+    fn everything(self) -> (&'static str, [&'static str; 2]) {
+        match self {
+            Self::V4 => ("0.0.0.0/0", ["0.0.0.0/1", "128.0.0.0/1"]),
+            Self::V6 => ("::/0", ["::/1", "8000::/1"]),
+        }
+    }
+
+    /// The suffix of a host network, which ipset prints without.
+    fn host_suffix(self) -> &'static str {
+        match self {
+            Self::V4 => "/32",
+            Self::V6 => "/128",
+        }
+    }
 }
 
 /// An ipset to hold.
@@ -76,9 +125,9 @@ fn rule_hash(rule: &str) -> Option<&str> {
     rule.get(start..start + 16)
 }
 
-/// Renders a node's view (without a cache; see [`Renderer`]).
-pub fn render(view: &BTreeMap<String, ViewEntry>) -> Rendered {
-    Renderer::default().render(view)
+/// Renders a node's view for `family` (without a cache; see [`Renderer`]).
+pub fn render(view: &BTreeMap<String, ViewEntry>, family: Family) -> Rendered {
+    Renderer::new(family).render(view)
 }
 
 /// A policy's chains as last rendered, with the agent-local sets they use.
@@ -90,14 +139,23 @@ struct RenderedPolicy {
     sets: BTreeMap<String, SetSpec>,
 }
 
-/// Renders views, reusing the chains of policies that did not change since the last render (a
-/// change usually touches one policy or one set; the rest is not rendered again).
-#[derive(Debug, Default)]
+/// Renders views for one family, reusing the chains of policies that did not change since the
+/// last render (a change usually touches one policy or one set; the rest is not rendered again).
+#[derive(Debug)]
 pub struct Renderer {
+    family: Family,
     policies: BTreeMap<String, RenderedPolicy>,
 }
 
 impl Renderer {
+    /// A renderer for `family`.
+    pub fn new(family: Family) -> Self {
+        Self {
+            family,
+            policies: BTreeMap::new(),
+        }
+    }
+
     /// Renders a node's view.
     pub fn render(&mut self, view: &BTreeMap<String, ViewEntry>) -> Rendered {
         let mut rendered = Rendered::default();
@@ -116,7 +174,7 @@ impl Renderer {
                     };
                     rendered
                         .sets
-                        .entry(set_name(&set.id))
+                        .entry(self.family.set_name(&set.id))
                         .or_insert_with(|| SetSpec {
                             kind,
                             members: BTreeSet::new(),
@@ -128,13 +186,12 @@ impl Renderer {
         }
         // Sets looked up by id, without building each member's set name.
         let mut sets = std::mem::take(&mut rendered.sets);
-        let mut by_name: BTreeMap<&str, &mut SetSpec> = sets
-            .iter_mut()
-            .map(|(n, s)| (&n[OWNED_PREFIX.len()..], s))
-            .collect();
+        let prefix = self.family.set_prefix().len();
+        let mut by_name: BTreeMap<&str, &mut SetSpec> =
+            sets.iter_mut().map(|(n, s)| (&n[prefix..], s)).collect();
         for entry in view.values() {
             if let ViewEntry::Member(member) = entry
-                && is_ipv4_member(&member.member)
+                && self.family.holds(&member.member)
                 && let Some(set) = by_name.get_mut(member.set.as_str())
             {
                 set.members.insert(member.member.clone());
@@ -188,11 +245,11 @@ impl Renderer {
                     let mut sets = BTreeMap::new();
                     RenderedPolicy {
                         view: (*policy).clone(),
-                        ingress: policy_chain(policy, true, &mut sets)
+                        ingress: policy_chain(policy, true, self.family, &mut sets)
                             .iter()
                             .map(|r| commented(r))
                             .collect(),
-                        egress: policy_chain(policy, false, &mut sets)
+                        egress: policy_chain(policy, false, self.family, &mut sets)
                             .iter()
                             .map(|r| commented(r))
                             .collect(),
@@ -216,12 +273,6 @@ impl Renderer {
     }
 }
 
-/// Whether a member (`address`, `address/len` or `address,proto:port`) is IPv4: its address
-/// part has no colon.
-fn is_ipv4_member(member: &str) -> bool {
-    !member.split(',').next().unwrap_or_default().contains(':')
-}
-
 /// An endpoint's chain for one direction: each policy in order, returning (allowed) as soon as
 /// one allows or passes; dropped at the end when any policy applies.
 fn endpoint_chain(ids: &[String], kind: &str, policies: &BTreeMap<String, &PolicyView>) -> Vec<String> {
@@ -241,11 +292,16 @@ fn endpoint_chain(ids: &[String], kind: &str, policies: &BTreeMap<String, &Polic
 }
 
 /// A policy's chain for one direction (`ingress`: the packet's source is the remote side).
-fn policy_chain(policy: &PolicyView, ingress: bool, sets: &mut BTreeMap<String, SetSpec>) -> Vec<String> {
+fn policy_chain(
+    policy: &PolicyView,
+    ingress: bool,
+    family: Family,
+    sets: &mut BTreeMap<String, SetSpec>,
+) -> Vec<String> {
     let rules = if ingress { &policy.ingress } else { &policy.egress };
     let mut lines = Vec::new();
     for rule in rules {
-        let matches = rule_matches(rule, sets);
+        let matches = rule_matches(rule, family, sets);
         let (target, mark) = match rule.action {
             Action::Allow => (
                 format!("-j MARK --set-xmark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}"),
@@ -268,21 +324,22 @@ fn policy_chain(policy: &PolicyView, ingress: bool, sets: &mut BTreeMap<String, 
     lines
 }
 
-/// The match arguments of a rule, one string per alternative (empty when it cannot match IPv4).
-fn rule_matches(rule: &CompiledRule, sets: &mut BTreeMap<String, SetSpec>) -> Vec<String> {
+/// The match arguments of a rule, one string per alternative (empty when it cannot match the
+/// family).
+fn rule_matches(rule: &CompiledRule, family: Family, sets: &mut BTreeMap<String, SetSpec>) -> Vec<String> {
     let mut common = String::new();
     if let Some(protocol) = rule.protocol {
-        common.push_str(&format!("-p {} ", protocol_name(protocol)));
+        common.push_str(&format!("-p {} ", protocol_name(protocol, family)));
     }
     // With a protocol set, a different notProtocol is implied (validation refuses equal ones), and
     // iptables refuses a second protocol match.
     if let (None, Some(protocol)) = (rule.protocol, rule.not_protocol) {
-        common.push_str(&format!("! -p {} ", protocol_name(protocol)));
+        common.push_str(&format!("! -p {} ", protocol_name(protocol, family)));
     }
-    let Some(source) = side_matches(&rule.source, "src", "-s", "--sports", sets) else {
+    let Some(source) = side_matches(&rule.source, "src", "-s", "--sports", family, sets) else {
         return Vec::new();
     };
-    let Some(destination) = side_matches(&rule.destination, "dst", "-d", "--dports", sets) else {
+    let Some(destination) = side_matches(&rule.destination, "dst", "-d", "--dports", family, sets) else {
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -294,44 +351,45 @@ fn rule_matches(rule: &CompiledRule, sets: &mut BTreeMap<String, SetSpec>) -> Ve
     out
 }
 
-fn protocol_name(protocol: Protocol) -> String {
-    match protocol {
-        Protocol::Tcp => "tcp".into(),
-        Protocol::Udp => "udp".into(),
-        Protocol::Sctp => "sctp".into(),
-        Protocol::Icmp => "icmp".into(),
-        other => other.number().to_string(),
+fn protocol_name(protocol: Protocol, family: Family) -> String {
+    match (protocol, family) {
+        (Protocol::Tcp, _) => "tcp".into(),
+        (Protocol::Udp, _) => "udp".into(),
+        (Protocol::Sctp, _) => "sctp".into(),
+        (Protocol::Icmp, Family::V4) => "icmp".into(),
+        (Protocol::Icmp, Family::V6) => "ipv6-icmp".into(),
+        (other, _) => other.number().to_string(),
     }
 }
 
-/// IPv4 networks of a list; `None` when the list had entries but none of them IPv4.
-fn ipv4_nets(nets: &[String]) -> Option<Vec<String>> {
+/// The networks of a list in `family`; `None` when the list had entries but none of the family.
+fn family_nets(nets: &[String], family: Family) -> Option<Vec<String>> {
     let parsed: Vec<IpNet> = nets.iter().filter_map(|n| n.parse().ok()).collect();
-    let v4: Vec<String> = parsed
+    let kept: Vec<String> = parsed
         .iter()
-        .filter(|n| n.addr().is_ipv4())
         .map(ToString::to_string)
+        .filter(|n| family.holds(n))
         .collect();
-    if !nets.is_empty() && v4.is_empty() {
+    if !nets.is_empty() && kept.is_empty() {
         None
     } else {
-        Some(v4)
+        Some(kept)
     }
 }
 
 /// An agent-local set for a list of networks (hash:net cannot hold /0: it becomes two /1s).
-fn net_set(nets: &[String], sets: &mut BTreeMap<String, SetSpec>) -> String {
+fn net_set(nets: &[String], family: Family, sets: &mut BTreeMap<String, SetSpec>) -> String {
     let mut members = BTreeSet::new();
+    let (everything, halves) = family.everything();
     for net in nets {
-        if net == "0.0.0.0/0" {
-            members.insert("0.0.0.0/1".to_owned());
-            members.insert("128.0.0.0/1".to_owned());
+        if net == everything {
+            members.extend(halves.map(str::to_owned));
         } else {
-            members.insert(net.trim_end_matches("/32").to_owned());
+            members.insert(net.trim_end_matches(family.host_suffix()).to_owned());
         }
     }
     let joined: Vec<&str> = members.iter().map(String::as_str).collect();
-    let name = set_name(&format!("c{}", short_hash(&joined.join(","))));
+    let name = family.set_name(&format!("c{}", short_hash(&joined.join(","))));
     sets.insert(
         name.clone(),
         SetSpec {
@@ -342,14 +400,16 @@ fn net_set(nets: &[String], sets: &mut BTreeMap<String, SetSpec>) -> String {
     name
 }
 
-/// Match arguments of one side, one per alternative; `None` when it cannot match IPv4.
+/// Match arguments of one side, one per alternative; `None` when it cannot match the family.
 fn side_matches(
     side: &CompiledSide,
     direction: &str,
     address_flag: &str,
     ports_flag: &str,
+    family: Family,
     sets: &mut BTreeMap<String, SetSpec>,
 ) -> Option<Vec<String>> {
+    let set_name = |id: &str| family.set_name(id);
     let mut fixed = String::new();
     for set in &side.sets {
         fixed.push_str(&format!("-m set --match-set {} {direction} ", set_name(set)));
@@ -357,23 +417,23 @@ fn side_matches(
     for set in &side.not_sets {
         fixed.push_str(&format!("-m set ! --match-set {} {direction} ", set_name(set)));
     }
-    let nets = ipv4_nets(&side.nets)?;
+    let nets = family_nets(&side.nets, family)?;
     match nets.as_slice() {
         [] => {}
         [one] => fixed.push_str(&format!("{address_flag} {one} ")),
         many => fixed.push_str(&format!(
             "-m set --match-set {} {direction} ",
-            net_set(many, sets)
+            net_set(many, family, sets)
         )),
     }
-    let not_nets = ipv4_nets(&side.not_nets).unwrap_or_default();
+    let not_nets = family_nets(&side.not_nets, family).unwrap_or_default();
     match not_nets.as_slice() {
         [] => {}
         // iptables takes one address flag per rule: with nets already using it, a set.
         [one] if nets.is_empty() => fixed.push_str(&format!("! {address_flag} {one} ")),
         many => fixed.push_str(&format!(
             "-m set ! --match-set {} {direction} ",
-            net_set(many, sets)
+            net_set(many, family, sets)
         )),
     }
     for chunk in port_chunks(&side.not_ports) {
@@ -455,13 +515,13 @@ fn parse_chains(saved: &str) -> BTreeMap<String, Vec<String>> {
     chains
 }
 
-/// Reads brindle's sets from `ipset save` output.
-fn parse_sets(saved: &str) -> BTreeMap<String, SetSpec> {
+/// Reads brindle's sets of one family (`prefix`) from `ipset save` output.
+fn parse_sets(saved: &str, prefix: &str) -> BTreeMap<String, SetSpec> {
     let mut sets: BTreeMap<String, SetSpec> = BTreeMap::new();
     for line in saved.lines() {
         let mut words = line.split_whitespace();
         match (words.next(), words.next(), words.next()) {
-            (Some("create"), Some(name), Some(kind)) if name.starts_with(OWNED_PREFIX) => {
+            (Some("create"), Some(name), Some(kind)) if name.starts_with(prefix) => {
                 let kind = if kind == "hash:ip,port" {
                     "hash:ip,port"
                 } else if kind == "hash:net" {
@@ -488,14 +548,20 @@ fn parse_sets(saved: &str) -> BTreeMap<String, SetSpec> {
     sets
 }
 
-/// Applies rendered policy, writing only differences from what it last applied (or, after a
-/// resync or a failure, from what it reads back from the kernel).
-#[derive(Debug, Default)]
+/// Applies rendered policy of one family, writing only differences from what it last applied
+/// (or, after a resync or a failure, from what it reads back from the kernel).
+#[derive(Debug)]
 pub struct PolicyApplier {
+    family: Family,
     held: Option<Held>,
 }
 
 impl PolicyApplier {
+    /// An applier for `family` (its iptables must be the family's: iptables or ip6tables).
+    pub fn new(family: Family) -> Self {
+        Self { family, held: None }
+    }
+
     /// Forgets what it applied: the next apply re-reads the kernel and repairs any difference.
     pub fn resync(&mut self) {
         self.held = None;
@@ -528,7 +594,7 @@ impl PolicyApplier {
                 let jump = format!("-A FORWARD -j {FORWARD_CHAIN}");
                 Held {
                     chains: parse_chains(&saved),
-                    sets: parse_sets(&ipsets.save()?),
+                    sets: parse_sets(&ipsets.save()?, self.family.set_prefix()),
                     hooked: saved.lines().any(|line| line.trim() == jump),
                 }
             }
@@ -549,16 +615,18 @@ impl PolicyApplier {
                 _ => {
                     // New (or of another type, which the swap refuses and a resync reports):
                     // filled aside and swapped in whole.
-                    let temporary = format!("brd-tmp-{}", &name[OWNED_PREFIX.len()..]);
+                    let prefix = self.family.set_prefix();
+                    let family = self.family.ipset_family();
+                    let temporary = format!("{prefix}tmp-{}", &name[prefix.len()..]);
                     payload.push_str(&format!(
-                        "create {temporary} {} family inet -exist\nflush {temporary}\n",
+                        "create {temporary} {} family {family} -exist\nflush {temporary}\n",
                         spec.kind
                     ));
                     for member in &spec.members {
                         payload.push_str(&format!("add {temporary} {member}\n"));
                     }
                     payload.push_str(&format!(
-                        "create {name} {} family inet -exist\nswap {temporary} {name}\ndestroy {temporary}\n",
+                        "create {name} {} family {family} -exist\nswap {temporary} {name}\ndestroy {temporary}\n",
                         spec.kind
                     ));
                 }
@@ -712,7 +780,7 @@ spec:
 
     #[test]
     fn renders_dispatch_endpoint_and_policy_chains_with_sets() {
-        let rendered = render(&world().view("n1"));
+        let rendered = render(&world().view("n1"), Family::V4);
         let chain = |name: &str| {
             rendered
                 .chains
@@ -766,6 +834,63 @@ spec:
     }
 
     #[test]
+    fn each_family_renders_its_own_addresses_into_its_own_sets() {
+        let mut calc = world();
+        let mut dual = endpoint("n2", "brddddd", "client6", "fd00::7", &[("role", "client")]);
+        dual.ips.push("10.0.1.7".parse().expect("ip"));
+        calc.put_endpoint(dual);
+        let icmp = "apiVersion: brindle.io/v1
+kind: NetworkPolicy
+metadata: {name: ping, namespace: shop}
+spec:
+  selector: app == 'web'
+  ingress: [{action: Allow, protocol: ICMP, source: {nets: [\"fd00:9::/64\", 10.9.0.0/16]}}]
+";
+        for resource in parse_documents(icmp, "").expect("valid") {
+            if let Resource::Policy(policy) = resource {
+                calc.put_policy(policy);
+            }
+        }
+        let v4 = render(&calc.view("n1"), Family::V4);
+        let v6 = render(&calc.view("n1"), Family::V6);
+        assert!(
+            v4.sets.keys().all(|name| name.starts_with("brd-")),
+            "{:?}",
+            v4.sets.keys()
+        );
+        assert!(
+            v6.sets.keys().all(|name| name.starts_with("brd6-")),
+            "{:?}",
+            v6.sets.keys()
+        );
+        let members = |rendered: &Rendered| -> BTreeSet<String> {
+            rendered
+                .sets
+                .values()
+                .flat_map(|s| s.members.iter().cloned())
+                .collect()
+        };
+        let address = |member: &String| member.split(',').next().unwrap_or_default().to_owned();
+        assert!(members(&v4).contains("10.0.1.7") && !members(&v4).iter().any(|m| address(m).contains(':')));
+        assert!(members(&v6).contains("fd00::7") && !members(&v6).contains("10.0.1.7"));
+        let rules = |rendered: &Rendered| {
+            rendered
+                .chains
+                .values()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(rules(&v4).contains("-p icmp -s 10.9.0.0/16"), "{}", rules(&v4));
+        assert!(
+            rules(&v6).contains("-p ipv6-icmp -s fd00:9::/64"),
+            "{}",
+            rules(&v6)
+        );
+    }
+
+    #[test]
     fn a_protocol_with_a_not_protocol_renders_one_protocol_match() {
         let mut calc = world();
         let guard = "apiVersion: brindle.io/v1
@@ -782,7 +907,7 @@ spec:
                 calc.put_policy(policy);
             }
         }
-        let rendered = render(&calc.view("n1"));
+        let rendered = render(&calc.view("n1"), Family::V4);
         let rules: Vec<&String> = rendered
             .chains
             .iter()
@@ -807,8 +932,8 @@ spec:
     fn applies_only_differences_and_repairs_after_resync() {
         let kernel = RecordingKernel::default();
         let mut calc = world();
-        let mut applier = PolicyApplier::default();
-        let desired = render(&calc.view("n1"));
+        let mut applier = PolicyApplier::new(Family::V4);
+        let desired = render(&calc.view("n1"), Family::V4);
         assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("apply"), 2);
         assert!(kernel.calls().contains(&Call::IptablesJump(
             "filter".into(),
@@ -830,7 +955,7 @@ spec:
             "10.0.2.2",
             &[("role", "client")],
         ));
-        let desired = render(&calc.view("n1"));
+        let desired = render(&calc.view("n1"), Family::V4);
         assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("member"), 1);
         let (iptables, ipsets) = restores(&kernel);
         assert_eq!(iptables.len(), 1, "still only the first iptables write");
@@ -862,7 +987,7 @@ spec:
         // The policy goes: its chain and sets go, the endpoints stay (open).
         let id = calc.state().policies().next().expect("policy").id.clone();
         calc.remove_policy(&id);
-        let desired = render(&calc.view("n1"));
+        let desired = render(&calc.view("n1"), Family::V4);
         applier.apply(&kernel, &kernel, &desired).expect("remove");
         let saved = Iptables::save(&kernel, "filter").expect("save");
         assert!(!saved.contains("brd-pi-"), "{saved}");
@@ -871,15 +996,15 @@ spec:
         assert!(sets.trim().is_empty(), "stale sets destroyed: {sets}");
 
         // A fresh applier (agent restart) writes nothing when the kernel already matches.
-        let mut restarted = PolicyApplier::default();
+        let mut restarted = PolicyApplier::new(Family::V4);
         assert_eq!(restarted.apply(&kernel, &kernel, &desired).expect("restart"), 0);
     }
 
     #[test]
     fn a_failed_write_is_retried_from_what_the_kernel_holds() {
         let kernel = RecordingKernel::default();
-        let mut applier = PolicyApplier::default();
-        let desired = render(&world().view("n1"));
+        let mut applier = PolicyApplier::new(Family::V4);
+        let desired = render(&world().view("n1"), Family::V4);
         kernel.fail_on("IptablesRestore");
         assert!(applier.apply(&kernel, &kernel, &desired).is_err());
         assert!(applier.apply(&kernel, &kernel, &desired).expect("retry") >= 1);

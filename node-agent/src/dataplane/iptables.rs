@@ -63,12 +63,23 @@ impl IptablesBackend {
 /// iptables through the host's binaries of one backend.
 pub struct IptablesCommands {
     backend: IptablesBackend,
+    /// ip6tables instead of iptables.
+    ipv6: bool,
 }
 
 impl IptablesCommands {
     /// Commands of `backend`.
     pub fn new(backend: IptablesBackend) -> Self {
-        Self { backend }
+        Self { backend, ipv6: false }
+    }
+
+    /// The same backend's ip6tables.
+    #[must_use]
+    pub fn for_ipv6(&self) -> Self {
+        Self {
+            backend: self.backend,
+            ipv6: true,
+        }
     }
 
     /// Commands of the backend the host uses ([`IptablesBackend::detect`]).
@@ -79,7 +90,12 @@ impl IptablesCommands {
     }
 
     fn command(&self, tool: &str) -> Command {
-        Command::new(self.backend.binary(tool))
+        let binary = self.backend.binary(tool);
+        if self.ipv6 {
+            Command::new(binary.replacen("iptables", "ip6tables", 1))
+        } else {
+            Command::new(binary)
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use policy_svc::grpc::convert;
 use tonic::transport::Channel;
 
 use crate::core::endpoints::{EndpointCallError, EndpointRegistry};
-use crate::core::policy::{PolicyApplier, Renderer};
+use crate::core::policy::{Family, PolicyApplier, Renderer};
 use crate::dataplane::{Ipsets, Iptables};
 use crate::grpc::sync_client::{Outgoing, SyncMetrics, SyncService, SyncTarget, follow};
 
@@ -41,19 +41,25 @@ impl GrpcPolicy {
         }
     }
 
-    /// Follows `node`'s policy view into the kernel until the task is dropped.
+    /// Follows `node`'s policy view into the kernel until the task is dropped: into each family's
+    /// tables (`families`: IPv4's iptables, and ip6tables where the node has IPv6).
     pub async fn follow(
         self,
         node: String,
-        iptables: Arc<dyn Iptables>,
+        families: Vec<(Family, Arc<dyn Iptables>)>,
         ipsets: Arc<dyn Ipsets>,
         metrics: SyncMetrics,
     ) {
         let target = PolicyProgrammer {
-            iptables,
+            planes: families
+                .into_iter()
+                .map(|(family, iptables)| FamilyPlane {
+                    iptables,
+                    renderer: Renderer::new(family),
+                    applier: PolicyApplier::new(family),
+                })
+                .collect(),
             ipsets,
-            renderer: Renderer::default(),
-            applier: PolicyApplier::default(),
             applied: None,
             resynced: std::time::Instant::now(),
         };
@@ -140,12 +146,17 @@ impl SyncService for PolicySync {
     }
 }
 
-/// Renders and applies the view.
-struct PolicyProgrammer {
+/// One family's tables, renderer and applier.
+struct FamilyPlane {
     iptables: Arc<dyn Iptables>,
-    ipsets: Arc<dyn Ipsets>,
     renderer: Renderer,
     applier: PolicyApplier,
+}
+
+/// Renders and applies the view, per family.
+struct PolicyProgrammer {
+    planes: Vec<FamilyPlane>,
+    ipsets: Arc<dyn Ipsets>,
     /// Objects the last successful apply holds; `None` after a failure (retried at the next tick).
     applied: Option<u64>,
     /// When the kernel was last re-read.
@@ -157,7 +168,9 @@ impl SyncTarget<ViewEntry> for PolicyProgrammer {
     async fn program(&mut self, mirror: &Mirror<ViewEntry>, tick: bool) -> Option<u64> {
         if tick {
             if self.resynced.elapsed() >= RESYNC_EVERY {
-                self.applier.resync();
+                for plane in &mut self.planes {
+                    plane.applier.resync();
+                }
                 self.resynced = std::time::Instant::now();
             } else if self.applied.is_some() {
                 // Nothing failed since the last apply and no re-read is due.
@@ -165,14 +178,21 @@ impl SyncTarget<ViewEntry> for PolicyProgrammer {
             }
         }
         let started = std::time::Instant::now();
-        let rendered = self.renderer.render(mirror.state());
+        let ipsets = Arc::clone(&self.ipsets);
         // iptables-restore and ipset run as child processes: off the async workers.
         let result = tokio::task::block_in_place(|| {
-            self.applier
-                .apply(self.iptables.as_ref(), self.ipsets.as_ref(), &rendered)
+            let (mut writes, mut objects) = (0, 0);
+            for plane in &mut self.planes {
+                let rendered = plane.renderer.render(mirror.state());
+                writes += plane
+                    .applier
+                    .apply(plane.iptables.as_ref(), ipsets.as_ref(), &rendered)?;
+                objects += rendered.objects();
+            }
+            Ok::<_, crate::dataplane::DataplaneError>((writes, objects))
         });
         match result {
-            Ok(writes) => {
+            Ok((writes, objects)) => {
                 if writes > 0 {
                     tracing::debug!(
                         revision = mirror.revision(),
@@ -181,7 +201,7 @@ impl SyncTarget<ViewEntry> for PolicyProgrammer {
                         "policy applied"
                     );
                 }
-                self.applied = Some(rendered.objects() as u64);
+                self.applied = Some(objects as u64);
                 self.applied
             }
             Err(error) => {
