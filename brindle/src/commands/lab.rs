@@ -56,6 +56,26 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             let lab = tokio::task::spawn_blocking(move || {
                 let matrix = lab.matrix();
                 println!("\npod-to-pod reachability (ping):\n{}", lab.render(&matrix));
+                if args.dual_stack {
+                    for pod in &lab.pods {
+                        if let Some(ipv6) = pod.ipv6 {
+                            println!("pod {} has {ipv6}", pod.name);
+                        }
+                    }
+                    // The first packet to a node's IPv6 address waits for neighbour discovery.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    let matrix = loop {
+                        let matrix = lab.matrix_ipv6();
+                        if matrix.iter().flatten().all(|r| *r) || std::time::Instant::now() > deadline {
+                            break matrix;
+                        }
+                        std::thread::sleep(Duration::from_millis(300));
+                    };
+                    println!(
+                        "\npod-to-pod reachability over IPv6 (ping -6):\n{}",
+                        lab.render(&matrix)
+                    );
+                }
                 lab
             })
             .await?;

@@ -728,8 +728,17 @@ impl Lab {
 
     /// The reachability matrix: `matrix[i][j]` = pod i reaches pod j.
     pub fn matrix(&self) -> Vec<Vec<bool>> {
+        self.matrix_of(|from, to| self.reaches(from, to))
+    }
+
+    /// The pod-to-pod reachability matrix over IPv6 (dual-stack labs).
+    pub fn matrix_ipv6(&self) -> Vec<Vec<bool>> {
+        self.matrix_of(|from, to| from == to || self.reaches_ipv6(from, to))
+    }
+
+    fn matrix_of(&self, reaches: impl Fn(usize, usize) -> bool) -> Vec<Vec<bool>> {
         (0..self.pods.len())
-            .map(|from| (0..self.pods.len()).map(|to| self.reaches(from, to)).collect())
+            .map(|from| (0..self.pods.len()).map(|to| reaches(from, to)).collect())
             .collect()
     }
 
