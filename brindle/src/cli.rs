@@ -290,8 +290,8 @@ pub struct LabUpArgs {
     /// Register pods with policy-svc and enforce network policy on every node.
     #[arg(long)]
     pub policy: bool,
-    /// Give pods an IPv6 address too (an IPv6 pool routed directly over an IPv6 underlay; one
-    /// subnet).
+    /// Give pods an IPv6 address too (an IPv6 pool routed like the IPv4 one: directly over an
+    /// IPv6 underlay, or over VXLAN).
     #[arg(long)]
     pub dual_stack: bool,
     /// Tear the lab down right after printing the matrix.

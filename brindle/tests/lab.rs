@@ -336,6 +336,24 @@ fn nat_outgoing_masquerades_pod_traffic_leaving_the_pools_and_only_when_enabled(
     eventually("natOutgoing off again: no answer", &|| !pings(&lab));
 }
 
+/// Waits until every pod reaches every other over IPv6 (the first packet to a node's IPv6 address
+/// waits for neighbour discovery).
+fn wait_ipv6_full_mesh(lab: &Lab) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for from in 0..lab.pods.len() {
+        for to in 0..lab.pods.len() {
+            while from != to && !lab.reaches_ipv6(from, to) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "pod {from} never reached pod {to} over IPv6\n{}",
+                    lab.logs()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 #[test]
 fn dual_stack_pods_reach_each_other_over_ipv6_across_nodes() {
     let lab = Lab::up(LabSpec {
@@ -357,19 +375,7 @@ fn dual_stack_pods_reach_each_other_over_ipv6_across_nodes() {
             brindle::lab::IPV6_POOL
         );
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    for from in 0..lab.pods.len() {
-        for to in 0..lab.pods.len() {
-            while from != to && !lab.reaches_ipv6(from, to) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "pod {from} never reached pod {to} over IPv6\n{}",
-                    lab.logs()
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
+    wait_ipv6_full_mesh(&lab);
     let v6 = |pod: usize| IpAddr::V6(lab.pods[pod].ipv6.expect("IPv6"));
     tcp_transfer_between(&lab, (0, v6(0)), (2, v6(2)));
     // The route to a remote IPv6 block goes straight to its node's IPv6 address.
@@ -378,6 +384,37 @@ fn dual_stack_pods_reach_each_other_over_ipv6_across_nodes() {
         .ip(&["-6", "route", "get", &v6(1).to_string()])
         .expect("route get");
     assert!(path.contains("via fd00:200::"), "{path}");
+}
+
+#[test]
+fn dual_stack_over_vxlan_across_two_subnets_carries_ipv6_pods_on_the_ipv4_underlay() {
+    let lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}w", std::process::id()),
+        pods_per_node: 1,
+        dual_stack: true,
+        encapsulation: Encapsulation::Vxlan,
+        subnets: 2,
+        ..spec(3)
+    })
+    .expect("lab up");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("{error}\n{}", lab.logs());
+    }
+    wait_ipv6_full_mesh(&lab);
+    let v6 = |pod: usize| IpAddr::V6(lab.pods[pod].ipv6.expect("IPv6"));
+    // Nodes 1 and 2 are on different subnets: only the tunnel joins them.
+    tcp_transfer_between(&lab, (0, v6(0)), (1, v6(1)));
+    let path = lab.nodes[0]
+        .namespace
+        .ip(&["-6", "route", "get", &v6(1).to_string()])
+        .expect("route get");
+    assert!(path.contains("dev vxlan.brindle"), "{path}");
+    let tx_before = vxlan_tx_packets(&lab, 0);
+    assert!(lab.reaches_ipv6(0, 1));
+    assert!(
+        vxlan_tx_packets(&lab, 0) > tx_before,
+        "the IPv6 ping went through the tunnel"
+    );
 }
 
 #[test]

@@ -271,6 +271,7 @@ fn vxlan_device_endpoints_and_onlink_routes_on_the_real_kernel() {
             mac: [0x02, 0xb0, 0, 0, 0, 1],
             mtu: uplink.mtu - 50,
             address: "10.70.0.1".parse().expect("ip"),
+            address_v6: None,
         };
         kernel.ensure_vxlan(&device).await.expect("create");
         let details = show(&["ip", "-d", "link", "show", "vxlan.brindle"]);
@@ -332,7 +333,7 @@ fn vxlan_device_endpoints_and_onlink_routes_on_the_real_kernel() {
         );
         let route = Route {
             destination: net("10.70.1.0/26"),
-            gateway: Some(vtep.ip.into()),
+            gateway: Some(vtep.ip),
             device: Some("vxlan.brindle".into()),
             scope_link: false,
             onlink: true,
@@ -370,6 +371,52 @@ fn vxlan_device_endpoints_and_onlink_routes_on_the_real_kernel() {
         assert!(kernel.vteps("vxlan.brindle").await.expect("list").is_empty());
         let fdb = show(&["bridge", "fdb", "show", "dev", "vxlan.brindle"]);
         assert!(!fdb.contains("02:b0:00:00:00:02"), "{fdb}");
+
+        // IPv6 pod traffic over the same IPv4 underlay: an IPv6 tunnel address on the device, an
+        // IPv6 neighbour for the remote endpoint sharing its forwarding entry, an onlink route.
+        device.address_v6 = Some("fd00:70::1".parse().expect("ip"));
+        kernel.ensure_vxlan(&device).await.expect("IPv6 address");
+        let addresses = show(&["ip", "-6", "-o", "addr", "show", "dev", "vxlan.brindle"]);
+        assert!(addresses.contains("fd00:70::1/128"), "{addresses}");
+        let v6 = Vtep {
+            ip: "fd00:70::2".parse().expect("ip"),
+            ..vtep.clone()
+        };
+        kernel
+            .replace_vtep("vxlan.brindle", &vtep)
+            .await
+            .expect("IPv4 endpoint");
+        kernel
+            .replace_vtep("vxlan.brindle", &v6)
+            .await
+            .expect("IPv6 endpoint");
+        let mut listed = kernel.vteps("vxlan.brindle").await.expect("list");
+        listed.sort();
+        assert_eq!(listed, vec![vtep.clone(), v6.clone()]);
+        let neighbours = show(&["ip", "-6", "neigh", "show", "dev", "vxlan.brindle"]);
+        assert!(
+            neighbours.contains("fd00:70::2 lladdr 02:b0:00:00:00:02 PERMANENT"),
+            "{neighbours}"
+        );
+        let route6 = Route {
+            destination: net("fd00:71::/122"),
+            gateway: Some(v6.ip),
+            device: Some("vxlan.brindle".into()),
+            scope_link: false,
+            onlink: true,
+            kind: RouteKind::Unicast,
+        };
+        kernel.replace_route(&route6).await.expect("IPv6 onlink route");
+        assert!(kernel.routes().await.expect("routes").contains(&route6));
+        // The IPv4 endpoint goes; the IPv6 one keeps the shared forwarding entry.
+        kernel
+            .delete_vtep("vxlan.brindle", &vtep)
+            .await
+            .expect("delete IPv4");
+        assert_eq!(
+            kernel.vteps("vxlan.brindle").await.expect("list"),
+            vec![v6.clone()]
+        );
     });
 }
 

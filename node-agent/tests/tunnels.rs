@@ -168,12 +168,12 @@ async fn remote_endpoints_follow_the_state_and_are_read_back_after_a_restart() {
     let desired = desired_vteps(&state, "n1", &tunnels);
     let expected = BTreeSet::from([
         Vtep {
-            ip: Ipv4Addr::new(10, 60, 0, 65),
+            ip: Ipv4Addr::new(10, 60, 0, 65).into(),
             mac: vtep_mac("b"),
             underlay: b,
         },
         Vtep {
-            ip: Ipv4Addr::new(10, 60, 0, 129),
+            ip: Ipv4Addr::new(10, 60, 0, 129).into(),
             mac: vtep_mac("c"),
             underlay: c,
         },

@@ -65,7 +65,8 @@ pub struct LabSpec {
     pub etcd: bool,
     /// Agents register pods with policy-svc and enforce network policy.
     pub policy: bool,
-    /// Pods get an IPv6 address too (pool [`IPV6_POOL`], routed directly over an IPv6 underlay).
+    /// Pods get an IPv6 address too (pool [`IPV6_POOL`], routed like the IPv4 pool: directly over
+    /// an IPv6 underlay, or over VXLAN on the IPv4 underlay).
     pub dual_stack: bool,
 }
 
@@ -199,8 +200,13 @@ impl Lab {
         if !(1..=2).contains(&spec.subnets) {
             bail!("a lab has 1 or 2 underlay subnets, not {}", spec.subnets);
         }
-        if spec.dual_stack && spec.subnets != 1 {
-            bail!("a dual-stack lab has one underlay subnet (its IPv6 is not routed between subnets)");
+        if spec.dual_stack
+            && matches!(
+                spec.encapsulation,
+                Encapsulation::Ipip | Encapsulation::IpipCrossSubnet
+            )
+        {
+            bail!("IP-in-IP carries IPv4 only: a dual-stack lab routes directly or over VXLAN");
         }
         if spec.subnets == 2 && spec.encapsulation == Encapsulation::Never {
             bail!(
@@ -424,10 +430,12 @@ impl Lab {
                 .await
                 .context("creating the lab's pool")?;
             if dual_stack {
+                // IPv6 pods go the IPv4 pods' way: directly (over the IPv6 underlay) or over VXLAN.
                 let pool = ipam::IpPool {
                     name: "lab-v6".into(),
                     cidr: IPV6_POOL.into(),
                     block_size: 122,
+                    vxlan_mode: vxlan_mode.into(),
                     ..Default::default()
                 };
                 client

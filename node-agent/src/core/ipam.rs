@@ -72,13 +72,14 @@ pub trait IpamApi: Send + Sync {
         requested: &[IpAddr],
         families: Families,
     ) -> Result<Vec<Lease>, IpamCallError>;
-    /// Allocates (idempotently per handle) one IPv4 tunnel-endpoint address for `node` from one
-    /// of `pools`.
+    /// Allocates (idempotently per handle) one tunnel-endpoint address for `node` from one of
+    /// `pools` (IPv6 when `ipv6`, else IPv4).
     async fn assign_tunnel_address(
         &self,
         handle_id: &str,
         node: &str,
         pools: &[String],
+        ipv6: bool,
     ) -> Result<Lease, IpamCallError>;
     /// Releases a handle's addresses (unknown handle: nothing to do).
     async fn release(&self, handle_id: &str) -> Result<(), IpamCallError>;

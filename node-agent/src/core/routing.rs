@@ -57,9 +57,13 @@ pub fn desired_routes(
             })
         };
         let vxlan = || {
+            let via = match destination {
+                IpNet::V4(_) => IpAddr::V4(remote.vtep_ipv4?),
+                IpNet::V6(_) => IpAddr::V6(remote.vtep_ipv6?),
+            };
             Some(RemoteRoute {
                 destination,
-                via: IpAddr::V4(remote.vtep_ipv4?),
+                via,
                 device: Some(tunnels.vxlan.clone()?),
             })
         };
@@ -72,15 +76,15 @@ pub fn desired_routes(
         };
         match encapsulation_of(&destination) {
             Encapsulation::None => direct(),
-            // Tunnels carry IPv4 only (IPv6 over VXLAN is not built): no route, which a direct
-            // one across subnets would black-hole.
-            _ if destination.addr().is_ipv6() => None,
             Encapsulation::Vxlan => vxlan(),
-            Encapsulation::Ipip => ipip(),
-            Encapsulation::VxlanCrossSubnet | Encapsulation::IpipCrossSubnet if same_subnet(address) => {
-                direct()
-            }
+            // (CrossSubnet compares IPv4 subnets: IPv6 blocks of such pools always go over VXLAN.)
+            Encapsulation::VxlanCrossSubnet if same_subnet(address) => direct(),
             Encapsulation::VxlanCrossSubnet => vxlan(),
+            // IP-in-IP carries IPv4 only: no route, which a direct one across subnets would
+            // black-hole.
+            _ if destination.addr().is_ipv6() => None,
+            Encapsulation::Ipip => ipip(),
+            Encapsulation::IpipCrossSubnet if same_subnet(address) => direct(),
             Encapsulation::IpipCrossSubnet => ipip(),
         }
     };

@@ -4,7 +4,7 @@
 //! neighbour and forwarding entry per remote node) kept equal to the state.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use route_svc::core::{Encapsulation, RouteItem};
@@ -27,6 +27,11 @@ pub const IPIP_DEVICE: &str = "tunl0";
 /// IPAM handle of a node's VXLAN tunnel address.
 pub fn vxlan_tunnel_handle(node: &str) -> String {
     format!("vxlan-tunnel-addr-{node}")
+}
+
+/// The IPAM handle of a node's IPv6 VXLAN tunnel address (Calico's name).
+pub fn vxlan_v6_tunnel_handle(node: &str) -> String {
+    format!("vxlan-v6-tunnel-addr-{node}")
 }
 
 /// The MAC of a node's VXLAN device: derived from its name, so it survives agent restarts and
@@ -65,6 +70,8 @@ pub struct LocalVtep {
     pub mac: Mac,
     /// The tunnel address.
     pub ip: Ipv4Addr,
+    /// The IPv6 tunnel address, when IPv6 pools use VXLAN.
+    pub ipv6: Option<Ipv6Addr>,
 }
 
 /// Why a tunnel device could not be set up.
@@ -77,8 +84,13 @@ pub enum TunnelError {
     #[error("no interface holds the node address {0}")]
     NoUplink(Ipv4Addr),
     /// ipam-svc handed out an address of the wrong family.
-    #[error("the VXLAN tunnel address {0} from ipam-svc is not IPv4")]
-    NotIpv4(IpAddr),
+    #[error("the VXLAN tunnel address {0} from ipam-svc is of the wrong family")]
+    WrongFamily(IpAddr),
+    /// IPv6 pools use VXLAN but no IPv4 pool does: the device (IPv4 underlay) has no address.
+    #[error(
+        "IPv6 over VXLAN rides the IPv4 VXLAN device: give an IPv4 pool vxlanMode Always or CrossSubnet too"
+    )]
+    Ipv6WithoutIpv4Pool,
     /// ipam-svc did not hand out the tunnel address.
     #[error("allocating the VXLAN tunnel address (handle {handle}): {source}")]
     Ipam {
@@ -117,17 +129,29 @@ pub struct TunnelSetup {
     ipip_ready: bool,
 }
 
-/// Names of the pools of `items` whose encapsulation `uses` accepts.
-fn pools_using(items: &BTreeMap<String, RouteItem>, uses: impl Fn(Encapsulation) -> bool) -> Vec<String> {
+/// Names of the pools of `items` of one family (IPv6 when `ipv6`) whose encapsulation `uses`
+/// accepts.
+fn pools_using(
+    items: &BTreeMap<String, RouteItem>,
+    ipv6: bool,
+    uses: impl Fn(Encapsulation) -> bool,
+) -> Vec<String> {
     items
         .values()
         .filter_map(|item| match item {
-            RouteItem::Pool(pool) if uses(pool.encapsulation) && pool.cidr.addr().is_ipv4() => {
+            RouteItem::Pool(pool) if uses(pool.encapsulation) && pool.cidr.addr().is_ipv6() == ipv6 => {
                 Some(pool.name.clone())
             }
             _ => None,
         })
         .collect()
+}
+
+fn is_vxlan(encapsulation: Encapsulation) -> bool {
+    matches!(
+        encapsulation,
+        Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet
+    )
 }
 
 impl TunnelSetup {
@@ -154,11 +178,12 @@ impl TunnelSetup {
     pub async fn ensure(&mut self, netlink: &dyn Netlink, items: &BTreeMap<String, RouteItem>) -> Prepared {
         let mut prepared = Prepared::default();
         self.notice_vanished_devices(netlink, &mut prepared).await;
-        let vxlan_pools = pools_using(items, |e| {
-            matches!(e, Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet)
-        });
-        if !vxlan_pools.is_empty() && self.vxlan.is_none() {
-            match self.create_vxlan(netlink, &vxlan_pools).await {
+        let vxlan_pools = pools_using(items, false, is_vxlan);
+        let vxlan_v6_pools = pools_using(items, true, is_vxlan);
+        // Set up once, and again when IPv6 pools start using VXLAN (the IPv6 tunnel address).
+        let wants_ipv6 = !vxlan_v6_pools.is_empty() && self.vxlan.is_some_and(|v| v.ipv6.is_none());
+        if (!vxlan_pools.is_empty() || !vxlan_v6_pools.is_empty()) && (self.vxlan.is_none() || wants_ipv6) {
+            match self.create_vxlan(netlink, &vxlan_pools, &vxlan_v6_pools).await {
                 Ok(vtep) => self.vxlan = Some(vtep),
                 Err(error) => {
                     prepared.pending.push(VXLAN_DEVICE.to_owned());
@@ -166,7 +191,7 @@ impl TunnelSetup {
                 }
             }
         }
-        let ipip_pools = pools_using(items, |e| {
+        let ipip_pools = pools_using(items, false, |e| {
             matches!(e, Encapsulation::Ipip | Encapsulation::IpipCrossSubnet)
         });
         if !ipip_pools.is_empty() && !self.ipip_ready {
@@ -209,23 +234,54 @@ impl TunnelSetup {
         }
     }
 
-    async fn create_vxlan(&self, netlink: &dyn Netlink, pools: &[String]) -> Result<LocalVtep, TunnelError> {
+    /// The tunnel address of handle `handle` from one of `pools`, checked to be of the family.
+    async fn tunnel_address(
+        &self,
+        handle: String,
+        pools: &[String],
+        ipv6: bool,
+    ) -> Result<IpAddr, TunnelError> {
+        let lease = self
+            .ipam
+            .assign_tunnel_address(&handle, &self.node, pools, ipv6)
+            .await
+            .map_err(|source| TunnelError::Ipam { handle, source })?;
+        if lease.ip.is_ipv6() == ipv6 {
+            Ok(lease.ip)
+        } else {
+            Err(TunnelError::WrongFamily(lease.ip))
+        }
+    }
+
+    async fn create_vxlan(
+        &self,
+        netlink: &dyn Netlink,
+        pools: &[String],
+        v6_pools: &[String],
+    ) -> Result<LocalVtep, TunnelError> {
+        if pools.is_empty() {
+            return Err(TunnelError::Ipv6WithoutIpv4Pool);
+        }
         let local = self.underlay.ok_or(TunnelError::NoIpv4Address)?;
         let uplink = netlink
             .link_with_address(IpAddr::V4(local))
             .await?
             .ok_or(TunnelError::NoUplink(local))?;
         let handle = vxlan_tunnel_handle(&self.node);
-        let lease = self
-            .ipam
-            .assign_tunnel_address(&handle, &self.node, pools)
-            .await
-            .map_err(|source| TunnelError::Ipam {
-                handle: handle.clone(),
-                source,
-            })?;
-        let IpAddr::V4(address) = lease.ip else {
-            return Err(TunnelError::NotIpv4(lease.ip));
+        let address = match self.tunnel_address(handle, pools, false).await? {
+            IpAddr::V4(address) => address,
+            other => return Err(TunnelError::WrongFamily(other)),
+        };
+        let address_v6 = if v6_pools.is_empty() {
+            None
+        } else {
+            match self
+                .tunnel_address(vxlan_v6_tunnel_handle(&self.node), v6_pools, true)
+                .await?
+            {
+                IpAddr::V6(v6) => Some(v6),
+                other => return Err(TunnelError::WrongFamily(other)),
+            }
         };
         let device = VxlanDevice {
             name: VXLAN_DEVICE.to_owned(),
@@ -236,12 +292,14 @@ impl TunnelSetup {
             mac: vtep_mac(&self.node),
             mtu: uplink.mtu.saturating_sub(VXLAN_OVERHEAD),
             address,
+            address_v6,
         };
         netlink.ensure_vxlan(&device).await?;
-        tracing::info!(%address, mtu = device.mtu, "VXLAN device {VXLAN_DEVICE} ready");
+        tracing::info!(%address, ?address_v6, mtu = device.mtu, "VXLAN device {VXLAN_DEVICE} ready");
         Ok(LocalVtep {
             mac: device.mac,
             ip: address,
+            ipv6: address_v6,
         })
     }
 }
@@ -255,12 +313,20 @@ pub fn desired_vteps(items: &BTreeMap<String, RouteItem>, me: &str, tunnels: &Tu
     items
         .values()
         .filter_map(|item| match item {
-            RouteItem::Node(node) if node.name != me => Some(Vtep {
-                ip: node.vtep_ipv4?,
-                mac: node.vtep_mac?,
-                underlay: first_ipv4(&node.addresses)?,
-            }),
+            RouteItem::Node(node) if node.name != me => Some(node),
             _ => None,
+        })
+        .flat_map(|node| {
+            let endpoint = |ip: IpAddr| {
+                Some(Vtep {
+                    ip,
+                    mac: node.vtep_mac?,
+                    underlay: first_ipv4(&node.addresses)?,
+                })
+            };
+            let v4 = node.vtep_ipv4.and_then(|ip| endpoint(IpAddr::V4(ip)));
+            let v6 = node.vtep_ipv6.and_then(|ip| endpoint(IpAddr::V6(ip)));
+            v4.into_iter().chain(v6)
         })
         .collect()
 }

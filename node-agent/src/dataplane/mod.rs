@@ -10,7 +10,7 @@ mod netlink;
 mod recording;
 mod sysctl;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -93,14 +93,17 @@ pub struct VxlanDevice {
     pub mtu: u32,
     /// The tunnel address (a /32 on the device).
     pub address: Ipv4Addr,
+    /// The IPv6 tunnel address (a /128 on the device), when IPv6 pools use VXLAN: IPv6 pod
+    /// traffic rides the same IPv4 underlay.
+    pub address_v6: Option<Ipv6Addr>,
 }
 
 /// Another node's VXLAN tunnel endpoint as programmed on the local VXLAN device: a permanent
 /// neighbour (`ip` → `mac`) and a forwarding entry (`mac` → `underlay`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Vtep {
-    /// The remote tunnel address.
-    pub ip: Ipv4Addr,
+    /// The remote tunnel address (IPv4, or IPv6 for IPv6 pod traffic).
+    pub ip: IpAddr,
     /// The remote device's MAC.
     pub mac: Mac,
     /// The remote node's underlay address, where the encapsulated packets go.

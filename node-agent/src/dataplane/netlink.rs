@@ -306,13 +306,13 @@ fn neighbour_mac(message: &NeighbourMessage) -> Option<Mac> {
     })
 }
 
-/// Permanent neighbours (`family` Inet: address → MAC) or forwarding entries (Bridge: MAC →
-/// underlay address) on link `index`, as (address, MAC) pairs.
+/// Permanent neighbours (`family` Inet or Inet6: address → MAC) or forwarding entries (Bridge:
+/// MAC → underlay address) on link `index`, as (address, MAC) pairs.
 async fn permanent_entries(
     handle: &Handle,
     family: AddressFamily,
     index: u32,
-) -> Result<Vec<(Ipv4Addr, Mac)>, DataplaneError> {
+) -> Result<Vec<(IpAddr, Mac)>, DataplaneError> {
     let mut entries = Vec::new();
     let mut messages = handle.neighbours().get().set_address_family(family).execute();
     while let Some(message) = messages
@@ -323,12 +323,25 @@ async fn permanent_entries(
         if message.header.ifindex != index || message.header.state != NeighbourState::Permanent {
             continue;
         }
-        if let (Some(IpAddr::V4(address)), Some(mac)) = (neighbour_address(&message), neighbour_mac(&message))
-        {
+        if let (Some(address), Some(mac)) = (neighbour_address(&message), neighbour_mac(&message)) {
             entries.push((address, mac));
         }
     }
     Ok(entries)
+}
+
+/// Adds `address` to link `index`; IPv6 without duplicate address detection (brindle's addresses
+/// are unique by IPAM, and usable at once).
+async fn add_address(handle: &Handle, index: u32, address: IpNet) -> Result<(), rtnetlink::Error> {
+    let mut request = handle.address().add(index, address.addr(), address.prefix_len());
+    if address.addr().is_ipv6() {
+        let message = request.message_mut();
+        message.header.flags = AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    request.execute().await
 }
 
 /// The netlink message of a forwarding entry `mac → underlay` on link `index`.
@@ -348,14 +361,25 @@ fn fdb_message(index: u32, vtep: &Vtep) -> NeighbourMessage {
 /// The netlink message of a neighbour `ip → mac` on link `index`.
 fn arp_message(index: u32, vtep: &Vtep) -> NeighbourMessage {
     let mut message = NeighbourMessage::default();
-    message.header.family = AddressFamily::Inet;
+    let (family, destination) = match vtep.ip {
+        IpAddr::V4(ip) => (AddressFamily::Inet, NeighbourAddress::Inet(ip)),
+        IpAddr::V6(ip) => (AddressFamily::Inet6, NeighbourAddress::Inet6(ip)),
+    };
+    message.header.family = family;
     message.header.ifindex = index;
     message.header.state = NeighbourState::Permanent;
     message.attributes = vec![
-        NeighbourAttribute::Destination(NeighbourAddress::Inet(vtep.ip)),
+        NeighbourAttribute::Destination(destination),
         NeighbourAttribute::LinkLayerAddress(vtep.mac.to_vec()),
     ];
     message
+}
+
+/// Permanent neighbours of both families on link `index`.
+async fn permanent_neighbours(handle: &Handle, index: u32) -> Result<Vec<(IpAddr, Mac)>, DataplaneError> {
+    let mut neighbours = permanent_entries(handle, AddressFamily::Inet, index).await?;
+    neighbours.extend(permanent_entries(handle, AddressFamily::Inet6, index).await?);
+    Ok(neighbours)
 }
 
 /// Deletes a neighbour or forwarding entry; one that is already gone is fine.
@@ -571,19 +595,7 @@ impl Netlink for RtNetlink {
     ) -> Result<(), DataplaneError> {
         let pod = handle_in(netns).await?;
         for address in addresses {
-            let mut request = pod
-                .address()
-                .add(pod_link.index, address.addr(), address.prefix_len());
-            if address.addr().is_ipv6() {
-                // Usable at once: the address is the pod's alone (IPAM), nothing to detect.
-                let message = request.message_mut();
-                message.header.flags = AddressHeaderFlags::Nodad;
-                message
-                    .attributes
-                    .push(AddressAttribute::Flags(AddressFlags::Nodad));
-            }
-            request
-                .execute()
+            add_address(&pod, pod_link.index, *address)
                 .await
                 .map_err(|e| DataplaneError::netlink(format!("add {address} to {}", pod_link.name), e))?;
         }
@@ -697,11 +709,13 @@ impl Netlink for RtNetlink {
                 .await
                 .map_err(|e| DataplaneError::netlink(format!("remove {other} from {}", device.name), e))?;
         }
-        if !present.iter().any(|(net, _)| *net == address) {
-            self.host
-                .address()
-                .add(link.index, address.addr(), address.prefix_len())
-                .execute()
+        let mut wanted = vec![address];
+        wanted.extend(device.address_v6.map(|v6| IpNet::from(IpAddr::V6(v6))));
+        for address in wanted {
+            if present.iter().any(|(net, _)| *net == address) {
+                continue;
+            }
+            add_address(&self.host, link.index, address)
                 .await
                 .map_err(|e| DataplaneError::netlink(format!("add {address} to {}", device.name), e))?;
         }
@@ -742,17 +756,16 @@ impl Netlink for RtNetlink {
         let Some(link) = find_link(&self.host, device).await? else {
             return Ok(Vec::new());
         };
-        let neighbours = permanent_entries(&self.host, AddressFamily::Inet, link.index).await?;
+        let neighbours = permanent_neighbours(&self.host, link.index).await?;
         let forwarding = permanent_entries(&self.host, AddressFamily::Bridge, link.index).await?;
         Ok(neighbours
             .into_iter()
             .filter_map(|(ip, mac)| {
-                let (underlay, _) = forwarding.iter().find(|(_, fdb_mac)| *fdb_mac == mac)?;
-                Some(Vtep {
-                    ip,
-                    mac,
-                    underlay: *underlay,
-                })
+                let underlay = forwarding.iter().find_map(|(underlay, fdb_mac)| match underlay {
+                    IpAddr::V4(underlay) if *fdb_mac == mac => Some(*underlay),
+                    _ => None,
+                })?;
+                Some(Vtep { ip, mac, underlay })
             })
             .collect())
     }
@@ -763,11 +776,7 @@ impl Netlink for RtNetlink {
             (fdb_message(link.index, vtep), "forwarding entry"),
             (arp_message(link.index, vtep), "neighbour"),
         ] {
-            let mut request = self
-                .host
-                .neighbours()
-                .add(link.index, IpAddr::V4(vtep.ip))
-                .replace();
+            let mut request = self.host.neighbours().add(link.index, vtep.ip).replace();
             *request.message_mut() = message;
             request.execute().await.map_err(|e| {
                 DataplaneError::netlink(format!("add the {what} of {} on {device}", vtep.ip), e)
@@ -780,7 +789,7 @@ impl Netlink for RtNetlink {
         let Some(link) = find_link(&self.host, device).await? else {
             return Ok(());
         };
-        let neighbours = permanent_entries(&self.host, AddressFamily::Inet, link.index).await?;
+        let neighbours = permanent_neighbours(&self.host, link.index).await?;
         if neighbours.contains(&(vtep.ip, vtep.mac)) {
             let what = format!("delete the neighbour {}", vtep.ip);
             delete_neighbour(&self.host, arp_message(link.index, vtep), what).await?;
@@ -790,7 +799,7 @@ impl Netlink for RtNetlink {
             .iter()
             .any(|(ip, mac)| *mac == vtep.mac && *ip != vtep.ip);
         let forwarding = permanent_entries(&self.host, AddressFamily::Bridge, link.index).await?;
-        if !shared && forwarding.contains(&(vtep.underlay, vtep.mac)) {
+        if !shared && forwarding.contains(&(IpAddr::V4(vtep.underlay), vtep.mac)) {
             let what = format!("delete the forwarding entry of {}", vtep.ip);
             delete_neighbour(&self.host, fdb_message(link.index, vtep), what).await?;
         }

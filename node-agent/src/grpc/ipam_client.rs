@@ -101,18 +101,25 @@ impl IpamApi for GrpcIpam {
         handle_id: &str,
         node: &str,
         pools: &[String],
+        ipv6: bool,
     ) -> Result<Lease, IpamCallError> {
+        let (ipv4_pools, ipv6_pools) = if ipv6 {
+            (Vec::new(), pools.to_vec())
+        } else {
+            (pools.to_vec(), Vec::new())
+        };
         let request = pb::AutoAssignRequest {
             handle_id: handle_id.to_owned(),
             node: node.to_owned(),
-            num_ipv4: 1,
-            ipv4_pools: pools.to_vec(),
+            num_ipv4: u32::from(!ipv6),
+            num_ipv6: u32::from(ipv6),
+            ipv4_pools,
+            ipv6_pools,
             r#use: pb::AllowedUse::Tunnel.into(),
             attributes: Some(pb::HandleAttributes {
                 node: node.to_owned(),
                 ..Default::default()
             }),
-            ..Default::default()
         };
         let response = self
             .client

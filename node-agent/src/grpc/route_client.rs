@@ -180,9 +180,12 @@ impl SyncTarget<RouteItem> for Programmer {
         }
         if let Some(vtep) = self.tunnels.local_vtep() {
             self.registration.send_if_modified(|node| {
-                let changed = node.vtep_mac != Some(vtep.mac) || node.vtep_ipv4 != Some(vtep.ip);
+                let changed = node.vtep_mac != Some(vtep.mac)
+                    || node.vtep_ipv4 != Some(vtep.ip)
+                    || node.vtep_ipv6 != vtep.ipv6;
                 node.vtep_mac = Some(vtep.mac);
                 node.vtep_ipv4 = Some(vtep.ip);
+                node.vtep_ipv6 = vtep.ipv6;
                 changed
             });
         }

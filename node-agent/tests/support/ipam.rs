@@ -57,14 +57,20 @@ impl IpamApi for InProcessIpam {
         handle_id: &str,
         node: &str,
         pools: &[String],
+        ipv6: bool,
     ) -> Result<Lease, IpamCallError> {
+        let (ipv4_pools, ipv6_pools) = if ipv6 {
+            (Vec::new(), pools.to_vec())
+        } else {
+            (pools.to_vec(), Vec::new())
+        };
         let request = AssignRequest {
             handle_id: handle_id.into(),
             node: node.into(),
-            num_ipv4: 1,
-            num_ipv6: 0,
-            ipv4_pools: pools.to_vec(),
-            ipv6_pools: Vec::new(),
+            num_ipv4: u32::from(!ipv6),
+            num_ipv6: u32::from(ipv6),
+            ipv4_pools,
+            ipv6_pools,
             use_: AllowedUse::Tunnel,
             attributes: HandleAttributes::default(),
         };
