@@ -336,21 +336,10 @@ fn nat_outgoing_masquerades_pod_traffic_leaving_the_pools_and_only_when_enabled(
     eventually("natOutgoing off again: no answer", &|| !pings(&lab));
 }
 
-/// Waits until every pod reaches every other over IPv6 (the first packet to a node's IPv6 address
-/// waits for neighbour discovery).
+/// Waits until every pod reaches every other over IPv6 (20 s).
 fn wait_ipv6_full_mesh(lab: &Lab) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    for from in 0..lab.pods.len() {
-        for to in 0..lab.pods.len() {
-            while from != to && !lab.reaches_ipv6(from, to) {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "pod {from} never reached pod {to} over IPv6\n{}",
-                    lab.logs()
-                );
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
+    if let Err(error) = lab.wait_full_mesh_ipv6(Duration::from_secs(20)) {
+        panic!("{error}\n{}", lab.logs());
     }
 }
 

@@ -1,5 +1,6 @@
 //! Connections to the control plane's services, and errors that name the service and address.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use brindle_grpc_server::tls;
@@ -28,14 +29,19 @@ impl Service {
     }
 }
 
-/// The addresses of the services, connected on first use.
+/// The addresses of the services, connected on first use; services at one address share the
+/// connection (the usual case: `brindle server`).
 pub struct Clients {
     args: ClientArgs,
+    channels: tokio::sync::Mutex<BTreeMap<String, Channel>>,
 }
 
 impl Clients {
     pub fn new(args: ClientArgs) -> Self {
-        Self { args }
+        Self {
+            args,
+            channels: tokio::sync::Mutex::default(),
+        }
     }
 
     fn address(&self, service: Service) -> &str {
@@ -49,15 +55,21 @@ impl Clients {
 
     async fn channel(&self, service: Service) -> anyhow::Result<Channel> {
         let address = self.address(service);
+        let mut channels = self.channels.lock().await;
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
         let timeout = Duration::from_secs(self.args.timeout);
         let tls = self.args.tls.config()?;
         let endpoint = tls::endpoint(address, tls.as_ref(), timeout)
             .map_err(|e| anyhow::anyhow!("{}: {e}", service.name()))?
             .timeout(timeout);
-        endpoint
+        let channel = endpoint
             .connect()
             .await
-            .map_err(|e| anyhow::anyhow!("cannot reach {} at {address}: {}", service.name(), chain(&e)))
+            .map_err(|e| anyhow::anyhow!("cannot reach {} at {address}: {}", service.name(), chain(&e)))?;
+        channels.insert(address.to_owned(), channel.clone());
+        Ok(channel)
     }
 
     pub async fn ipam(&self) -> anyhow::Result<IpamClient<Channel>> {

@@ -55,6 +55,16 @@ impl Kind {
         matches!(self, Self::NetworkPolicy(_))
     }
 
+    /// The namespace an object of the kind named in `namespace` lives in: `namespace` for
+    /// namespaced kinds, none for cluster-wide ones.
+    pub fn namespace_for(self, namespace: &str) -> String {
+        if self.namespaced() {
+            namespace.to_owned()
+        } else {
+            String::new()
+        }
+    }
+
     /// The lower-case name used in `kind/name` lines.
     pub fn short(self) -> &'static str {
         match self {

@@ -62,15 +62,9 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                             println!("pod {} has {ipv6}", pod.name);
                         }
                     }
-                    // The first packet to a node's IPv6 address waits for neighbour discovery.
-                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                    let matrix = loop {
-                        let matrix = lab.matrix_ipv6();
-                        if matrix.iter().flatten().all(|r| *r) || std::time::Instant::now() > deadline {
-                            break matrix;
-                        }
-                        std::thread::sleep(Duration::from_millis(300));
-                    };
+                    // Not converging is what the matrix below shows.
+                    lab.wait_full_mesh_ipv6(Duration::from_secs(10)).ok();
+                    let matrix = lab.matrix_ipv6();
                     println!(
                         "\npod-to-pod reachability over IPv6 (ping -6):\n{}",
                         lab.render(&matrix)

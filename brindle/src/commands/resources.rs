@@ -217,11 +217,7 @@ async fn find_policy_object(
     for policy_kind in kind.policy_kinds() {
         let object = policy::ObjectRef {
             kind: (*policy_kind).to_owned(),
-            namespace: if kind.namespaced() {
-                namespace.to_owned()
-            } else {
-                String::new()
-            },
+            namespace: kind.namespace_for(namespace),
             name: name.to_owned(),
         };
         match client.get(policy::GetRequest { object: Some(object) }).await {
@@ -252,11 +248,7 @@ async fn list_policy_objects(
 ) -> anyhow::Result<Vec<policy::Object>> {
     let request = policy::ListRequest {
         kind: String::new(),
-        namespace: if kind.namespaced() {
-            namespace.to_owned()
-        } else {
-            String::new()
-        },
+        namespace: kind.namespace_for(namespace),
     };
     let objects = clients
         .policy()
@@ -342,11 +334,11 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
                 }
                 Document::Policy(object) => {
                     let kind = Kind::of_policy_kind(object.kind);
-                    let namespace = match (kind.namespaced(), object.namespace.is_empty()) {
-                        (false, _) => String::new(),
-                        (true, true) => args.namespace.clone(),
-                        (true, false) => object.namespace,
-                    };
+                    let namespace = kind.namespace_for(if object.namespace.is_empty() {
+                        &args.namespace
+                    } else {
+                        &object.namespace
+                    });
                     Some((kind, namespace, object.name))
                 }
             })
@@ -406,11 +398,7 @@ async fn delete_one(
                 .copied()
                 .unwrap_or_default()
                 .to_owned(),
-            namespace: if kind.namespaced() {
-                namespace.to_owned()
-            } else {
-                String::new()
-            },
+            namespace: kind.namespace_for(namespace),
             name: name.to_owned(),
             ..policy::Object::default()
         },

@@ -752,14 +752,32 @@ impl Lab {
 
     /// Waits until every pod reaches every other (routes converge), up to `timeout`.
     pub fn wait_full_mesh(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_full(timeout, "", || self.matrix())
+    }
+
+    /// Waits until every pod reaches every other over IPv6 (dual-stack labs; the first packet to
+    /// a node's IPv6 address waits for neighbour discovery), up to `timeout`.
+    pub fn wait_full_mesh_ipv6(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_full(timeout, " over IPv6", || self.matrix_ipv6())
+    }
+
+    fn wait_full(
+        &self,
+        timeout: Duration,
+        over: &str,
+        matrix: impl Fn() -> Vec<Vec<bool>>,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let matrix = self.matrix();
+            let matrix = matrix();
             if matrix.iter().all(|row| row.iter().all(|ok| *ok)) {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("pods do not all reach each other:\n{}", self.render(&matrix));
+                bail!(
+                    "pods do not all reach each other{over}:\n{}",
+                    self.render(&matrix)
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
         }

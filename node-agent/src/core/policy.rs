@@ -367,8 +367,8 @@ fn family_nets(nets: &[String], family: Family) -> Option<Vec<String>> {
     let parsed: Vec<IpNet> = nets.iter().filter_map(|n| n.parse().ok()).collect();
     let kept: Vec<String> = parsed
         .iter()
+        .filter(|n| n.addr().is_ipv6() == (family == Family::V6))
         .map(ToString::to_string)
-        .filter(|n| family.holds(n))
         .collect();
     if !nets.is_empty() && kept.is_empty() {
         None
