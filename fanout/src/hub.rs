@@ -225,7 +225,12 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         }
         inner.revision = batch.to;
         inner.pending_revision = 0;
-        if !batch.is_empty() {
+        if batch.from == 0 {
+            // The first state: what happened before it is unknown here, so nobody resumes from
+            // an earlier revision (a subscriber of a previous process or of another replica may
+            // hold keys deleted since): they get a snapshot.
+            inner.floor = batch.to;
+        } else if !batch.is_empty() {
             inner.history_keys += batch.len();
             inner.history.push_back(Arc::new(batch));
             while inner.history_keys > self.shared.config.history_entries {

@@ -234,6 +234,31 @@ async fn a_subscriber_resuming_from_its_revision_gets_only_what_changed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_subscriber_from_before_the_first_state_gets_a_snapshot_without_what_was_deleted() {
+    // A subscriber of the previous process holds "gone" at revision 5…
+    let before = fanout(config());
+    before.publish(5, [upsert("gone", "1"), upsert("kept", "1")]);
+    before.flush();
+    let mut mirror = Mirror::default();
+    apply_start(&mut mirror, &before.subscribe(0).await.1);
+    // …which was deleted at 6, while the service restarted; the new process loads at 8.
+    let after = fanout(config());
+    after.publish(8, [upsert("kept", "1")]);
+    after.flush();
+    let (_, start) = after.subscribe(mirror.revision()).await;
+    assert!(matches!(start, Start::Snapshot(_)), "{start:?}");
+    apply_start(&mut mirror, &start);
+    assert_eq!(mirror.state(), &after.state());
+    // From the first state on, the history resumes.
+    after.publish(9, [upsert("new", "1")]);
+    after.flush();
+    assert!(matches!(
+        after.subscribe(8).await.1,
+        Start::Resume { revision: 9, .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
 async fn resume_falls_back_to_a_shared_compressed_snapshot_when_history_is_gone() {
     let fanout = fanout(FanoutConfig {
         history_entries: 5,
@@ -389,6 +414,11 @@ async fn two_replicas_fed_the_same_source_converge_and_a_subscriber_can_move_bet
     for (i, (revision, changes)) in history.iter().enumerate() {
         a.publish(*revision, changes.clone());
         b.publish(*revision, changes.clone());
+        if i == 0 {
+            // Each replica's first state (its load); batching differs from here on.
+            a.flush();
+            b.flush();
+        }
         if i == 20 {
             // The subscriber syncs from replica A mid-way…
             a.flush();
