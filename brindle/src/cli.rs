@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use brindle::lab::Encapsulation;
+use brindle::lab::{ControlPlane, Encapsulation};
 use brindle_grpc_server::{ClientTlsArgs, LogArgs, ServerTlsArgs, StoreArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -284,9 +284,13 @@ pub struct LabUpArgs {
     /// Underlay subnets: 1, or 2 joined by a router namespace (nodes alternate between them).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
     pub subnets: u8,
-    /// Run the control plane on etcd (Debian's etcd-server) instead of the embedded store.
-    #[arg(long)]
-    pub etcd: bool,
+    /// Run the control plane on an etcd cluster of this many members (Debian's etcd-server;
+    /// `--etcd` alone: one) instead of the embedded store.
+    #[arg(long, value_name = "MEMBERS", num_args = 0..=1, default_value_t = 0, default_missing_value = "1")]
+    pub etcd: u8,
+    /// Run the services in one `brindle server` or each in its own process.
+    #[arg(long, value_enum, default_value_t = ControlPlane::AllInOne)]
+    pub control_plane: ControlPlane,
     /// Register pods with policy-svc and enforce network policy on every node.
     #[arg(long)]
     pub policy: bool,

@@ -8,16 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use brindle::lab::{Encapsulation, Lab, LabSpec};
-
-/// The workspace's binaries (scripts/test.sh builds them before the tests).
-fn binaries() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .to_owned()
-}
+use brindle::lab::{Encapsulation, Lab, LabSpec, test_binaries};
 
 fn spec(nodes: usize) -> LabSpec {
     LabSpec {
@@ -25,10 +16,11 @@ fn spec(nodes: usize) -> LabSpec {
         nodes,
         pods_per_node: 2,
         pool: "10.244.0.0/16".into(),
-        binaries: binaries(),
+        binaries: test_binaries(),
         encapsulation: Encapsulation::Never,
         subnets: 1,
-        etcd: false,
+        etcd_members: 0,
+        control_plane: Default::default(),
         policy: false,
         dual_stack: false,
     }
@@ -236,9 +228,9 @@ fn cross_subnet_routes_directly_within_a_subnet_and_over_vxlan_across_then_a_nod
 fn the_data_plane_survives_the_control_plane_and_resumes_without_a_route_flap() {
     // On etcd, so stopping the control plane stops the datastore process too; over VXLAN, so
     // the tunnel's routes are watched as well.
-    let mut lab = Lab::up(LabSpec {
+    let lab = Lab::up(LabSpec {
         prefix: format!("brdt{}r", std::process::id()),
-        etcd: true,
+        etcd_members: 1,
         encapsulation: Encapsulation::Vxlan,
         ..spec(3)
     })

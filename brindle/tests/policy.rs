@@ -7,10 +7,11 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use brindle::lab::{EchoServers, Encapsulation, Lab, LabSpec, Target, Transport, Workload, probe, serve};
+use brindle::lab::{
+    EchoServers, Encapsulation, Lab, LabSpec, Target, Transport, Workload, probe, serve, test_binaries,
+};
 use brindle_proto::policy::v1 as pb;
 use policy_svc::core::model::Protocol;
 use policy_svc::truth_table::{
@@ -21,14 +22,6 @@ use policy_svc::truth_table::{
 const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
 /// How long a step may take to show in the data plane.
 const CONVERGENCE: Duration = Duration::from_secs(20);
-
-fn binaries() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .to_owned()
-}
 
 /// What one pod observed: (destination, probe, reachable).
 type Observed = Vec<(String, Probe, bool)>;
@@ -47,10 +40,11 @@ impl World {
             nodes: 3,
             pods_per_node: 0,
             pool: "10.244.0.0/16".into(),
-            binaries: binaries(),
+            binaries: test_binaries(),
             encapsulation: Encapsulation::Never,
             subnets: 1,
-            etcd: false,
+            etcd_members: 0,
+            control_plane: Default::default(),
             policy: true,
             dual_stack: false,
         })

@@ -114,26 +114,6 @@ fn report(label: &str, samples: &[Sample]) {
     );
 }
 
-/// Addresses still allocated in the lab's pools, and whether `ipam check` is clean.
-fn lab_leaks(lab: &Lab, binaries: &std::path::Path) -> anyhow::Result<(u64, bool)> {
-    let brindle = binaries.join("brindle");
-    let run = |args: &[&str]| {
-        lab.control()
-            .command(&brindle)
-            .args(args)
-            .args(["--server", &Lab::endpoint()])
-            .output()
-            .context("running brindle")
-    };
-    let shown = run(&["ipam", "show", "-o", "json"])?;
-    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).context("ipam show JSON")?;
-    let in_use = shown["pools"]
-        .as_array()
-        .map_or(0, |pools| pools.iter().filter_map(|p| p["inUse"].as_u64()).sum());
-    let clean = run(&["ipam", "check"])?.status.success();
-    Ok((in_use, clean))
-}
-
 /// Addresses host-local still holds in `dir` (one file per address).
 fn host_local_leaks(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
@@ -166,7 +146,8 @@ fn main() -> anyhow::Result<()> {
         binaries: binaries.clone(),
         encapsulation: Default::default(),
         subnets: 1,
-        etcd: false,
+        etcd_members: 0,
+        control_plane: Default::default(),
         policy: false,
         dual_stack: false,
     })?;
@@ -193,18 +174,10 @@ fn main() -> anyhow::Result<()> {
     }
     invoke(&workers[0].0, "DEL", "warm-up", &workers[0].1.path())?;
 
-    let before: Vec<(String, u64)> = lab
-        .processes()
-        .into_iter()
-        .map(|(n, pid)| (n, rss_kib(pid)))
-        .collect();
+    let before: Vec<(String, u64)> = lab.pids().into_iter().map(|(n, pid)| (n, rss_kib(pid))).collect();
     let samples = churn(&workers, cycles, &format!("{prefix}-churn"))?;
-    let after: Vec<(String, u64)> = lab
-        .processes()
-        .into_iter()
-        .map(|(n, pid)| (n, rss_kib(pid)))
-        .collect();
-    let (leaked, clean) = lab_leaks(&lab, &binaries)?;
+    let after: Vec<(String, u64)> = lab.pids().into_iter().map(|(n, pid)| (n, rss_kib(pid))).collect();
+    let (leaked, clean) = (lab.addresses_in_use()?, lab.ipam_problems()?.is_none());
     report(&format!("brindle ({} workers)", workers.len()), &samples);
     println!("  RSS (KiB)            start        end");
     for ((name, start), (_, end)) in before.iter().zip(&after) {

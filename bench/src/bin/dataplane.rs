@@ -127,7 +127,8 @@ fn measure(args: &Args, encapsulation: Encapsulation) -> anyhow::Result<(f64, f6
         binaries: args.binaries.clone(),
         encapsulation,
         subnets: 1,
-        etcd: false,
+        etcd_members: 0,
+        control_plane: Default::default(),
         policy: false,
         dual_stack: false,
     })?;

@@ -28,7 +28,8 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 binaries,
                 encapsulation: args.encapsulation,
                 subnets: args.subnets.into(),
-                etcd: args.etcd,
+                etcd_members: args.etcd.into(),
+                control_plane: args.control_plane,
                 policy: args.policy,
                 dual_stack: args.dual_stack,
             };
@@ -84,9 +85,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             };
             println!("\n$ brindle node status   (in the control plane's namespace)");
             let status = lab
-                .control()
-                .command(&std::env::current_exe()?)
-                .args(["node", "status", "--server", &Lab::endpoint()])
+                .cli(&["node", "status"])
                 .status()
                 .context("running brindle node status")?;
             anyhow::ensure!(status.success(), "brindle node status failed\n{}", lab.logs());

@@ -1,16 +1,21 @@
 //! `brindle lab`: an N-node cluster in network namespaces on one machine — an underlay bridge (or
-//! two subnets joined by a router namespace), a control plane (`brindle server` on the embedded
-//! store or on etcd), one real `node-agent` per node namespace, pods attached through the real CNI
-//! shim, a pool routed directly or over VXLAN / IP-in-IP — and a pod-to-pod reachability matrix.
-//! Everything is removed when the lab is dropped. The end-to-end tests use it too.
+//! two subnets joined by a router namespace), a control plane (`brindle server`, or ipam-svc,
+//! route-svc and policy-svc as separate processes, on the embedded store or on an etcd cluster of
+//! one or more members), one real `node-agent` per node namespace, pods attached through the real
+//! CNI shim, a pool routed directly or over VXLAN / IP-in-IP — and a pod-to-pod reachability
+//! matrix. Every daemon can be killed and restarted, a node cut off from the control plane.
+//! Everything is removed when the lab is dropped. The end-to-end and chaos tests use it too.
 
 mod netns;
 mod probe;
+mod process;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -20,6 +25,8 @@ use brindle_proto::route::v1 as route;
 
 pub use netns::{Namespace, Underlay, run};
 pub use probe::{EchoServers, Target, Transport, probe, serve};
+use process::Process;
+pub use process::Role;
 
 /// The underlay subnet of the control plane and the first nodes (inside the lab's namespaces only).
 const UNDERLAY: &str = "192.168.200";
@@ -27,13 +34,14 @@ const UNDERLAY: &str = "192.168.200";
 const SECOND_UNDERLAY: &str = "192.168.201";
 /// Host number of the router on each subnet.
 const ROUTER_HOST: u8 = 253;
-/// Port of the control plane.
+/// Port of `brindle server` (every service).
 const CONTROL_PORT: u16 = 7400;
-/// Port of the control plane's `/metrics`, inside its namespace.
+/// Port of `brindle server`'s `/metrics`, inside its namespace.
 const SERVER_METRICS_PORT: u16 = 9400;
 /// Port of every agent's `/metrics`, inside its node's namespace.
 const AGENT_METRICS_PORT: u16 = 9404;
-/// etcd's client port on the control plane's loopback.
+/// The first etcd member's client port on the control plane's loopback; member `i` (from 0)
+/// listens for clients on `ETCD_PORT + 2i` and for peers on `ETCD_PORT + 2i + 1`.
 const ETCD_PORT: u16 = 2379;
 /// The address of the lab's stand-in for "the internet" (TEST-NET-3, outside every pool).
 pub const EXTERNAL_ADDRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -61,8 +69,11 @@ pub struct LabSpec {
     pub encapsulation: Encapsulation,
     /// Underlay subnets (1, or 2 joined by a router); nodes alternate between them.
     pub subnets: usize,
-    /// Run the control plane on etcd (Debian's `etcd`) instead of the embedded store.
-    pub etcd: bool,
+    /// Members of the etcd cluster (Debian's `etcd`) the control plane runs on; 0: the
+    /// embedded store.
+    pub etcd_members: usize,
+    /// Whether the services run in one process or each in its own.
+    pub control_plane: ControlPlane,
     /// Agents register pods with policy-svc and enforce network policy.
     pub policy: bool,
     /// Pods get an IPv6 address too (pool [`IPV6_POOL`], routed like the IPv4 pool: directly over
@@ -113,6 +124,50 @@ impl Encapsulation {
     }
 }
 
+/// How the lab's control plane runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ControlPlane {
+    /// One `brindle server` process serving every service.
+    #[default]
+    AllInOne,
+    /// `ipam-svc`, `route-svc` and `policy-svc`, each its own process (each can fail alone).
+    Separate,
+}
+
+/// A control-plane service, as agents and clients address it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// ipam-svc.
+    Ipam,
+    /// route-svc.
+    Route,
+    /// policy-svc.
+    Policy,
+}
+
+impl Service {
+    const ALL: [Self; 3] = [Self::Ipam, Self::Route, Self::Policy];
+
+    /// Its binary (and its process's name when it runs on its own).
+    pub fn binary(self) -> &'static str {
+        match self {
+            Self::Ipam => "ipam-svc",
+            Self::Route => "route-svc",
+            Self::Policy => "policy-svc",
+        }
+    }
+
+    /// Its gRPC port when it runs on its own (the binaries' defaults); its `/metrics` port is
+    /// 2000 higher.
+    fn port(self) -> u16 {
+        match self {
+            Self::Ipam => 7401,
+            Self::Route => 7402,
+            Self::Policy => 7403,
+        }
+    }
+}
+
 /// A node of the lab.
 pub struct LabNode {
     /// Node name (also its agent's `--node-name`).
@@ -123,7 +178,6 @@ pub struct LabNode {
     pub address: Ipv4Addr,
     /// Index of its underlay subnet.
     pub subnet: usize,
-    agent: Child,
     socket: PathBuf,
 }
 
@@ -154,10 +208,24 @@ pub struct Lab {
     /// A namespace standing in for "the internet", once added.
     pub external: Option<Namespace>,
     control: Namespace,
-    server: Child,
-    etcd: Option<Child>,
+    /// etcd members, services and agents, in start order (stopped in reverse).
+    processes: Mutex<Vec<Process>>,
     router: Option<Namespace>,
     underlays: Vec<Underlay>,
+}
+
+/// The directory of the workspace's binaries as a test executable sees it
+/// (`target/<profile>/deps/<test>` → `target/<profile>`; `scripts/test.sh` builds them first).
+pub fn test_binaries() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_owned()))
+        .unwrap_or_default()
+}
+
+/// The client port of etcd member `member` (from 0); its peer port is the next one.
+fn etcd_client_port(member: usize) -> u16 {
+    ETCD_PORT + 2 * u16::try_from(member).unwrap_or(u16::MAX / 4)
 }
 
 /// The first three octets of underlay subnet `index`.
@@ -176,19 +244,17 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) ->
     Ok(())
 }
 
-/// A process's log file, appended to (a restarted process keeps its earlier lines).
-fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))
-}
-
 impl Lab {
     /// Builds the lab: underlay, control plane with the pool, nodes, pods.
     pub fn up(spec: LabSpec) -> anyhow::Result<Self> {
-        for binary in ["brindle", "node-agent", "brindle-cni"] {
+        let services = match spec.control_plane {
+            ControlPlane::AllInOne => vec!["brindle"],
+            ControlPlane::Separate => Service::ALL.iter().map(|s| s.binary()).collect(),
+        };
+        for binary in ["brindle", "node-agent", "brindle-cni"]
+            .into_iter()
+            .chain(services)
+        {
             let path = spec.binaries.join(binary);
             if !path.exists() {
                 bail!(
@@ -236,12 +302,6 @@ impl Lab {
             }
             _ => None,
         };
-        let etcd = if spec.etcd {
-            Some(Self::spawn_etcd(&spec, &control, dir.path())?)
-        } else {
-            None
-        };
-        let server = Self::spawn_server(&spec, &control, dir.path())?;
         let mut lab = Self {
             spec,
             dir,
@@ -249,11 +309,11 @@ impl Lab {
             nodes: Vec::new(),
             external: None,
             control,
-            server,
-            etcd,
+            processes: Mutex::new(Vec::new()),
             router,
             underlays,
         };
+        lab.start_control_plane()?;
         lab.create_pool()?;
         for _ in 0..lab.spec.nodes {
             lab.add_node()?;
@@ -275,73 +335,235 @@ impl Lab {
         Ok(())
     }
 
-    /// Starts a one-member etcd on the control plane's loopback and waits until it accepts
-    /// connections.
-    fn spawn_etcd(spec: &LabSpec, control: &Namespace, dir: &Path) -> anyhow::Result<Child> {
-        let client = format!("http://127.0.0.1:{ETCD_PORT}");
-        let peer = format!("http://127.0.0.1:{}", ETCD_PORT + 1);
-        let etcd = control
-            .command(Path::new("etcd"))
-            .arg(format!("--name={}", spec.prefix))
-            .arg(format!("--data-dir={}", dir.join("etcd").display()))
-            .arg(format!("--listen-client-urls={client}"))
-            .arg(format!("--advertise-client-urls={client}"))
-            .arg(format!("--listen-peer-urls={peer}"))
-            .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster={}={peer}", spec.prefix))
-            .stdout(Stdio::null())
-            .stderr(log_file(&dir.join("etcd.log"))?)
-            .spawn()
-            .context("starting etcd (Debian package etcd-server)")?;
-        let accepts = || {
-            control
-                .spawn(|| Ok(std::net::TcpStream::connect(("127.0.0.1", ETCD_PORT)).is_ok()))
-                .join()
-                .is_ok_and(|connected| connected.unwrap_or(false))
-        };
-        wait_until("etcd accepting connections", Duration::from_secs(30), accepts)?;
-        Ok(etcd)
+    fn processes(&self) -> MutexGuard<'_, Vec<Process>> {
+        self.processes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn spawn_server(spec: &LabSpec, control: &Namespace, dir: &Path) -> anyhow::Result<Child> {
-        let log = log_file(&dir.join("server.log"))?;
-        let mut command = control.command(&spec.binaries.join("brindle"));
-        command.args([
-            "server",
-            "--listen",
-            &format!("{UNDERLAY}.1:{CONTROL_PORT}"),
-            "--metrics-listen",
-            &format!("127.0.0.1:{SERVER_METRICS_PORT}"),
-        ]);
-        if spec.etcd {
-            command.args(["--etcd-endpoints", &format!("http://127.0.0.1:{ETCD_PORT}")]);
+    /// Starts `program args…` in `namespace` as lab process `name`, logging to `<name>.log`.
+    fn launch(
+        &self,
+        name: &str,
+        role: Role,
+        namespace: &Namespace,
+        program: &Path,
+        args: Vec<OsString>,
+    ) -> anyhow::Result<()> {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let process = Process::start(name, role, &namespace.name, program, args, log)?;
+        self.processes().push(process);
+        Ok(())
+    }
+
+    /// The client URLs of the etcd members.
+    fn etcd_endpoints(&self) -> Vec<String> {
+        (0..self.spec.etcd_members)
+            .map(|member| format!("http://127.0.0.1:{}", etcd_client_port(member)))
+            .collect()
+    }
+
+    /// Starts the control plane: the etcd members (the first time: a new cluster) until each
+    /// accepts connections, then the services. Running processes are left alone, so this also
+    /// restarts what [`Self::stop_control_plane`] or a kill stopped.
+    pub fn start_control_plane(&self) -> anyhow::Result<()> {
+        if self.processes().is_empty() {
+            self.launch_etcd()?;
+            self.wait_for_etcd()?;
+            self.launch_services()
         } else {
-            command.arg("--store-path").arg(dir.join("store.redb"));
+            self.start_role(Role::Etcd)?;
+            self.wait_for_etcd()?;
+            self.start_role(Role::Service)
         }
-        command
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting brindle server")
     }
 
     /// Stops the control plane (services and datastore): the data plane must keep working.
-    pub fn stop_control_plane(&mut self) -> anyhow::Result<()> {
-        self.server.kill().context("stopping brindle server")?;
-        self.server.wait()?;
-        if let Some(etcd) = &mut self.etcd {
-            etcd.kill().context("stopping etcd")?;
-            etcd.wait()?;
+    pub fn stop_control_plane(&self) -> anyhow::Result<()> {
+        for process in self.processes().iter_mut().rev() {
+            if process.role != Role::Agent {
+                process.kill()?;
+            }
         }
         Ok(())
     }
 
-    /// Starts the control plane again on the same store.
-    pub fn start_control_plane(&mut self) -> anyhow::Result<()> {
-        if self.etcd.is_some() {
-            self.etcd = Some(Self::spawn_etcd(&self.spec, &self.control, self.dir.path())?);
+    fn start_role(&self, role: Role) -> anyhow::Result<()> {
+        self.processes()
+            .iter_mut()
+            .filter(|p| p.role == role)
+            .try_for_each(Process::spawn)
+    }
+
+    fn launch_etcd(&self) -> anyhow::Result<()> {
+        let members = self.spec.etcd_members;
+        let peer = |member: usize| format!("http://127.0.0.1:{}", etcd_client_port(member) + 1);
+        let cluster: Vec<String> = (0..members)
+            .map(|member| format!("etcd-{}={}", member + 1, peer(member)))
+            .collect();
+        for member in 0..members {
+            let name = format!("etcd-{}", member + 1);
+            let client = format!("http://127.0.0.1:{}", etcd_client_port(member));
+            let args = [
+                format!("--name={name}"),
+                format!("--data-dir={}", self.dir.path().join(&name).display()),
+                format!("--listen-client-urls={client}"),
+                format!("--advertise-client-urls={client}"),
+                format!("--listen-peer-urls={}", peer(member)),
+                format!("--initial-advertise-peer-urls={}", peer(member)),
+                format!("--initial-cluster={}", cluster.join(",")),
+                format!("--initial-cluster-token={}", self.spec.prefix),
+            ];
+            self.launch(
+                &name,
+                Role::Etcd,
+                &self.control,
+                Path::new("etcd"),
+                args.into_iter().map(OsString::from).collect(),
+            )
+            .context("starting etcd (Debian package etcd-server)")?;
         }
-        self.server = Self::spawn_server(&self.spec, &self.control, self.dir.path())?;
+        Ok(())
+    }
+
+    /// Waits until every etcd member accepts connections.
+    fn wait_for_etcd(&self) -> anyhow::Result<()> {
+        for member in 0..self.spec.etcd_members {
+            let port = etcd_client_port(member);
+            let accepts = || {
+                self.control
+                    .spawn(move || Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()))
+                    .join()
+                    .is_ok_and(|connected| connected.unwrap_or(false))
+            };
+            wait_until(
+                &format!("etcd-{} accepting connections", member + 1),
+                Duration::from_secs(30),
+                accepts,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn launch_services(&self) -> anyhow::Result<()> {
+        let store: Vec<OsString> = if self.spec.etcd_members > 0 {
+            vec!["--etcd-endpoints".into(), self.etcd_endpoints().join(",").into()]
+        } else {
+            vec!["--store-path".into(), self.dir.path().join("store.redb").into()]
+        };
+        let serve = |listen: u16, metrics: u16| -> Vec<OsString> {
+            let mut args: Vec<OsString> = vec![
+                "--listen".into(),
+                format!("{UNDERLAY}.1:{listen}").into(),
+                "--metrics-listen".into(),
+                format!("127.0.0.1:{metrics}").into(),
+            ];
+            args.extend(store.iter().cloned());
+            args
+        };
+        match self.spec.control_plane {
+            ControlPlane::AllInOne => {
+                let mut args = vec![OsString::from("server")];
+                args.extend(serve(CONTROL_PORT, SERVER_METRICS_PORT));
+                let brindle = self.spec.binaries.join("brindle");
+                self.launch("server", Role::Service, &self.control, &brindle, args)
+            }
+            ControlPlane::Separate => Service::ALL.iter().try_for_each(|service| {
+                let binary = self.spec.binaries.join(service.binary());
+                let args = serve(service.port(), service.port() + 2000);
+                self.launch(service.binary(), Role::Service, &self.control, &binary, args)
+            }),
+        }
+    }
+
+    /// SIGKILLs lab process `name` (`etcd-2`, `server`, `ipam-svc`, a node's name for its agent),
+    /// as a crash would.
+    pub fn kill(&self, name: &str) -> anyhow::Result<()> {
+        self.with_process(name, Process::kill)
+    }
+
+    /// Starts lab process `name` again with its command line, as a supervisor would.
+    pub fn restart(&self, name: &str) -> anyhow::Result<()> {
+        self.with_process(name, Process::spawn)
+    }
+
+    fn with_process(
+        &self,
+        name: &str,
+        act: impl FnOnce(&mut Process) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut processes = self.processes();
+        let process = processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("the lab has no process {name}"))?;
+        act(process)
+    }
+
+    /// The names of the lab's processes that are not running (killed, or exited on their own).
+    pub fn not_running(&self) -> Vec<String> {
+        self.processes()
+            .iter_mut()
+            .filter_map(|p| (!p.running()).then(|| p.name.clone()))
+            .collect()
+    }
+
+    /// The etcd member that is the cluster's leader now (`etcd_server_is_leader` on its
+    /// `/metrics`), if one is.
+    pub fn etcd_leader(&self) -> Option<String> {
+        (0..self.spec.etcd_members).find_map(|member| {
+            let metrics = scrape(&self.control, etcd_client_port(member)).ok()?;
+            metrics
+                .lines()
+                .any(|line| line.trim() == "etcd_server_is_leader 1")
+                .then(|| format!("etcd-{}", member + 1))
+        })
+    }
+
+    /// Compacts the etcd cluster's history up to its current revision (as kube-apiserver does
+    /// every few minutes): watches behind it must re-list. Returns that revision.
+    pub fn compact_datastore(&self) -> anyhow::Result<u64> {
+        anyhow::ensure!(
+            self.spec.etcd_members > 0,
+            "only an etcd lab's datastore can be compacted from outside"
+        );
+        let config = brindle_datastore::EtcdConfig::new(self.etcd_endpoints());
+        self.control.block_on(move || async move {
+            use brindle_datastore::Store;
+            let store = brindle_datastore::EtcdStore::connect(&config).await?;
+            let revision = store.revision().await?;
+            store.compact(revision).await?;
+            Ok(revision)
+        })
+    }
+
+    /// Cuts node `node` off from the control plane (its packets to and from the control plane's
+    /// address are dropped in its `raw` table, before connection tracking — a silent partition),
+    /// or, with `cut == false`, reconnects it. Pod traffic between nodes is not affected.
+    pub fn cut_off(&self, node: usize, cut: bool) -> anyhow::Result<()> {
+        let namespace = &self.nodes.get(node).context("no such node")?.namespace;
+        let control = format!("{UNDERLAY}.1/32");
+        let action = if cut { "-I" } else { "-D" };
+        for (chain, side) in [("OUTPUT", "-d"), ("PREROUTING", "-s")] {
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &namespace.name,
+                    "iptables",
+                    "-w",
+                    "-t",
+                    "raw",
+                    action,
+                    chain,
+                    side,
+                    &control,
+                    "-j",
+                    "DROP",
+                ],
+            )?;
+        }
         Ok(())
     }
 
@@ -371,8 +593,9 @@ impl Lab {
 
     /// Turns natOutgoing of the lab's pool on or off.
     pub fn set_nat_outgoing(&self, enabled: bool) -> anyhow::Result<()> {
+        let ipam_endpoint = self.endpoint(Service::Ipam);
         self.control.block_on(move || async move {
-            let mut client = ipam::ipam_client::IpamClient::connect(Self::endpoint()).await?;
+            let mut client = ipam::ipam_client::IpamClient::connect(ipam_endpoint).await?;
             let mut pool = client
                 .get_pool(ipam::GetPoolRequest { name: "lab".into() })
                 .await?
@@ -387,8 +610,9 @@ impl Lab {
 
     /// Every registered node with its sync status, from route-svc's `ListNodes`.
     pub fn node_status(&self) -> anyhow::Result<Vec<route::NodeStatus>> {
+        let endpoint = self.endpoint(Service::Route);
         self.control.block_on(|| async {
-            let mut client = route::routes_client::RoutesClient::connect(Self::endpoint()).await?;
+            let mut client = route::routes_client::RoutesClient::connect(endpoint).await?;
             Ok(client
                 .list_nodes(route::ListNodesRequest {})
                 .await?
@@ -397,19 +621,65 @@ impl Lab {
         })
     }
 
-    /// The control plane's address, from inside the lab's namespaces.
-    pub fn endpoint() -> String {
-        format!("http://{UNDERLAY}.1:{CONTROL_PORT}")
+    /// Where `service` answers, from inside the lab's namespaces.
+    pub fn endpoint(&self, service: Service) -> String {
+        let port = match self.spec.control_plane {
+            ControlPlane::AllInOne => CONTROL_PORT,
+            ControlPlane::Separate => service.port(),
+        };
+        format!("http://{UNDERLAY}.1:{port}")
+    }
+
+    /// `brindle <args…> --server …` run in the control plane's namespace against the lab's
+    /// services (wherever each runs).
+    pub fn cli(&self, args: &[&str]) -> std::process::Command {
+        let mut command = self.control.command(&self.spec.binaries.join("brindle"));
+        command
+            .args(args)
+            .args(["--server", &self.endpoint(Service::Ipam)])
+            .args(["--route-server", &self.endpoint(Service::Route)])
+            .args(["--policy-server", &self.endpoint(Service::Policy)]);
+        command
+    }
+
+    /// Addresses allocated in the lab's pools (`brindle ipam show`).
+    pub fn addresses_in_use(&self) -> anyhow::Result<u64> {
+        let shown = self
+            .cli(&["ipam", "show", "-o", "json"])
+            .output()
+            .context("running brindle")?;
+        anyhow::ensure!(
+            shown.status.success(),
+            "brindle ipam show: {}",
+            String::from_utf8_lossy(&shown.stderr)
+        );
+        let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).context("ipam show JSON")?;
+        Ok(shown["pools"]
+            .as_array()
+            .map_or(0, |pools| pools.iter().filter_map(|p| p["inUse"].as_u64()).sum()))
+    }
+
+    /// `brindle ipam check`: `Ok(None)` when clean, else what it reported.
+    pub fn ipam_problems(&self) -> anyhow::Result<Option<String>> {
+        let checked = self.cli(&["ipam", "check"]).output().context("running brindle")?;
+        Ok((!checked.status.success()).then(|| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&checked.stdout),
+                String::from_utf8_lossy(&checked.stderr)
+            )
+        }))
     }
 
     fn create_pool(&self) -> anyhow::Result<()> {
+        let ipam_endpoint = self.endpoint(Service::Ipam);
         let cidr = self.spec.pool.clone();
         let dual_stack = self.spec.dual_stack;
         let (vxlan_mode, ipip_mode) = self.spec.encapsulation.modes();
         self.control.block_on(move || async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut client = loop {
-                match ipam::ipam_client::IpamClient::connect(Self::endpoint()).await {
+                match ipam::ipam_client::IpamClient::connect(ipam_endpoint.clone()).await {
                     Ok(client) => break client,
                     Err(error) if Instant::now() > deadline => {
                         bail!("the control plane did not come up: {error}")
@@ -477,40 +747,34 @@ impl Lab {
             Self::route_to_other_subnet(&namespace, subnet)?;
         }
         let socket = self.dir.path().join(format!("n{index}.sock"));
-        let agent = namespace
-            .command(&self.spec.binaries.join("node-agent"))
-            .args(["--node-name", &name, "--cni-socket"])
-            .arg(&socket)
-            .args(["--metrics-listen", &format!("127.0.0.1:{AGENT_METRICS_PORT}")])
-            .arg("--state-dir")
-            .arg(self.dir.path().join(format!("n{index}")))
-            .args([
-                "--ipam-endpoint",
-                &Self::endpoint(),
-                "--route-endpoint",
-                &Self::endpoint(),
-            ])
-            .args([
-                "--node-address",
-                &node_addresses,
-                "--node-subnet",
-                &format!("{}.0/24", subnet_prefix(subnet)),
-            ])
-            .args(if self.spec.policy {
-                vec!["--policy-endpoint".to_owned(), Self::endpoint()]
-            } else {
-                Vec::new()
-            })
-            .stdout(Stdio::null())
-            .stderr(log_file(&self.dir.path().join(format!("{name}.log")))?)
-            .spawn()
-            .context("starting node-agent")?;
+        let mut args: Vec<OsString> = vec![
+            "--node-name".into(),
+            name.clone().into(),
+            "--cni-socket".into(),
+            socket.clone().into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{AGENT_METRICS_PORT}").into(),
+            "--state-dir".into(),
+            self.dir.path().join(format!("n{index}")).into(),
+            "--ipam-endpoint".into(),
+            self.endpoint(Service::Ipam).into(),
+            "--route-endpoint".into(),
+            self.endpoint(Service::Route).into(),
+            "--node-address".into(),
+            node_addresses.into(),
+            "--node-subnet".into(),
+            format!("{}.0/24", subnet_prefix(subnet)).into(),
+        ];
+        if self.spec.policy {
+            args.extend(["--policy-endpoint".into(), self.endpoint(Service::Policy).into()]);
+        }
+        let agent = self.spec.binaries.join("node-agent");
+        self.launch(&name, Role::Agent, &namespace, &agent, args)?;
         self.nodes.push(LabNode {
             name,
             namespace,
             address,
             subnet,
-            agent,
             socket,
         });
         let node = self.nodes.last().context("node")?;
@@ -541,21 +805,27 @@ impl Lab {
         Ok(self.network_config(node).to_string())
     }
 
-    /// The processes of the lab: `server` and each node's agent, by name, with their pids.
-    pub fn processes(&self) -> Vec<(String, u32)> {
-        std::iter::once(("server".to_owned(), self.server.id()))
-            .chain(self.nodes.iter().map(|n| (n.name.clone(), n.agent.id())))
+    /// The lab's running services and agents, by name, with their pids.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.processes()
+            .iter()
+            .filter(|p| p.role != Role::Etcd)
+            .filter_map(|p| Some((p.name.clone(), p.pid()?)))
             .collect()
     }
 
-    fn cni(
+    /// Runs the CNI shim of node `node` as a container runtime would: `command` (ADD, DEL,
+    /// CHECK) for interface eth0 of `container` in `netns`, with `workload`'s identity, labels and
+    /// ports. Returns whether it succeeded and what it printed.
+    pub fn cni(
         &self,
-        node: &LabNode,
+        node: usize,
         command: &str,
-        pod: &str,
+        container: &str,
         netns: &Path,
         workload: &Workload,
     ) -> anyhow::Result<(bool, String)> {
+        let node = self.nodes.get(node).context("no such node")?;
         let labels: Vec<serde_json::Value> = workload
             .labels
             .iter()
@@ -568,7 +838,6 @@ impl Lab {
             .collect();
         let mut config = self.network_config(node);
         config["args"] = serde_json::json!({"cni": {"labels": labels}, "brindle": {"ports": ports}});
-        let config = config.to_string();
         let mut args = vec!["IgnoreUnknown=1".to_owned()];
         if !workload.namespace.is_empty() {
             args.push(format!("K8S_POD_NAMESPACE={}", workload.namespace));
@@ -576,15 +845,43 @@ impl Lab {
         if !workload.pod.is_empty() {
             args.push(format!("K8S_POD_NAME={}", workload.pod));
         }
+        let netns = netns.to_string_lossy();
+        let environment = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", container),
+            ("CNI_NETNS", &netns),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", &args.join(";")),
+        ];
+        self.exec_shim(node, &environment, &config)
+    }
+
+    /// CNI GC on node `node`: every attachment of the lab's network other than eth0 of the
+    /// `valid` containers is freed (what kubelet's runtime does for pods it no longer has).
+    pub fn gc(&self, node: usize, valid: &[&str]) -> anyhow::Result<()> {
+        let node = self.nodes.get(node).context("no such node")?;
+        let mut config = self.network_config(node);
+        config["cni.dev/valid-attachments"] = valid
+            .iter()
+            .map(|container| serde_json::json!({"containerID": container, "ifname": "eth0"}))
+            .collect();
+        let (ok, printed) = self.exec_shim(node, &[("CNI_COMMAND", "GC")], &config)?;
+        anyhow::ensure!(ok, "CNI GC on {} failed: {printed}", node.name);
+        Ok(())
+    }
+
+    fn exec_shim(
+        &self,
+        node: &LabNode,
+        environment: &[(&str, &str)],
+        config: &serde_json::Value,
+    ) -> anyhow::Result<(bool, String)> {
+        let config = config.to_string();
         let mut child = node
             .namespace
             .command(&self.spec.binaries.join("brindle-cni"))
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", pod)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
+            .envs(environment.iter().copied())
             .env("CNI_PATH", &self.spec.binaries)
-            .env("CNI_ARGS", args.join(";"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -623,7 +920,7 @@ impl Lab {
         let namespace = Namespace::create(name.clone())?;
         let deadline = Instant::now() + Duration::from_secs(30);
         let result = loop {
-            let (ok, result) = self.cni(host, "ADD", &name, &namespace.path(), workload)?;
+            let (ok, result) = self.cni(node, "ADD", &name, &namespace.path(), workload)?;
             if ok {
                 break result;
             }
@@ -678,8 +975,9 @@ impl Lab {
         F: FnOnce(policy::policy_client::PolicyClient<tonic::transport::Channel>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = anyhow::Result<T>>,
     {
+        let endpoint = self.endpoint(Service::Policy);
         self.control.block_on(move || async move {
-            let client = policy::policy_client::PolicyClient::connect(Self::endpoint()).await?;
+            let client = policy::policy_client::PolicyClient::connect(endpoint).await?;
             call(client).await
         })
     }
@@ -858,17 +1156,10 @@ fn scrape(namespace: &Namespace, port: u16) -> anyhow::Result<String> {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            let _ = node.agent.kill();
-            let _ = node.agent.wait();
-        }
-        let _ = self.server.kill();
-        let _ = self.server.wait();
-        if let Some(etcd) = &mut self.etcd {
-            let _ = etcd.kill();
-            let _ = etcd.wait();
-        }
-        // Pods, nodes, control plane and underlay namespaces are deleted as their fields drop.
+        // Agents first, then the services, then etcd; then the pods, nodes, control plane and
+        // underlay namespaces as their fields drop.
+        let processes = std::mem::take(&mut *self.processes());
+        processes.into_iter().rev().for_each(drop);
         self.pods.clear();
     }
 }

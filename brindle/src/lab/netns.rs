@@ -23,6 +23,14 @@ pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `ip netns exec <namespace> <program>`: a command to run inside a namespace (`ip` execs the
+/// program, so the child's pid is the program's).
+pub fn exec_command(namespace: &str, program: &std::path::Path) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", namespace]).arg(program);
+    command
+}
+
 /// A named network namespace, deleted on drop.
 #[derive(Debug)]
 pub struct Namespace {
@@ -78,9 +86,7 @@ impl Namespace {
 
     /// A command that runs inside (to spawn).
     pub fn command(&self, program: &std::path::Path) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).arg(program);
-        command
+        exec_command(&self.name, program)
     }
 
     /// Starts `work` on a new thread that entered this namespace (sockets it opens live here).
