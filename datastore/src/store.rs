@@ -32,7 +32,8 @@ pub trait Store: Send + Sync + 'static {
     /// Streams every change under `prefix` with a revision greater than `after`.
     fn watch(&self, prefix: &str, after: Revision) -> WatchStream;
 
-    /// Discards history before `revision`; watches may then start at `revision` or later.
+    /// Discards history before `revision`: a watch after `revision` or later continues; one from
+    /// before it may get [`StoreError::Compacted`] (never a silent gap).
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
 
     /// Creates a lease that expires `ttl` after its last keep-alive (etcd rounds small TTLs up).

@@ -454,9 +454,23 @@ async fn watch_reports_compaction(h: &mut dyn Harness) {
         }
         other => panic!("expected Compacted, got {other:?}"),
     }
-    // Watching from the compaction revision itself still works.
-    let mut at = store.watch("/c/", third - 1);
-    assert_eq!(next_batch(&mut at).await.revision, third);
+    // Watching after the compaction revision works.
+    let mut at = store.watch("/c/", third);
+    let fourth = store.txn(Txn::new().put("/c/4", "4")).await.expect("put");
+    assert_eq!(next_batch(&mut at).await.revision, fourth);
+    // A delete at the compaction revision is never missed silently: a watch from just before it
+    // gets the delete or is told to re-list (etcd drops the tombstone when it compacts).
+    let deleted = store.txn(Txn::new().delete("/c/1")).await.expect("delete");
+    store.compact(deleted).await.expect("compact");
+    let mut before = store.watch("/c/", deleted - 1);
+    match tokio::time::timeout(Duration::from_secs(10), before.next()).await {
+        Ok(Some(Ok(batch))) => {
+            assert_eq!(batch.revision, deleted);
+            assert_eq!(batch.events[0].kind, EventKind::Delete);
+        }
+        Ok(Some(Err(StoreError::Compacted { .. }))) => {}
+        other => panic!("the delete at the compaction revision was missed: {other:?}"),
+    }
     let future = store.revision().await.expect("revision") + 100;
     assert!(matches!(
         store.compact(future).await,

@@ -60,7 +60,11 @@ pub(super) fn watch(client: Client, prefix: String, after: Revision) -> WatchStr
     Box::pin(ReceiverStream::new(stream))
 }
 
-/// One watch stream from `last + 1`; advances `last` as batches are delivered.
+/// One watch stream of the changes after `last`; advances `last` as batches are delivered.
+///
+/// It starts AT `last` (its events are skipped), not after it: compaction at revision C removes a
+/// tombstone at C, so a watch starting at C would silently miss that delete, while one starting
+/// before C is told the history is compacted and the caller re-lists.
 async fn attempt(
     client: &Client,
     prefix: &str,
@@ -68,7 +72,7 @@ async fn attempt(
     out: &mpsc::Sender<Result<WatchBatch, StoreError>>,
     backoff: &mut Backoff,
 ) -> Result<(), AttemptError> {
-    let start = to_etcd_revision(*last + 1).map_err(AttemptError::Fatal)?;
+    let start = to_etcd_revision((*last).max(1)).map_err(AttemptError::Fatal)?;
     let end = prefix_end(prefix).unwrap_or_else(|| vec![0]);
     let options = WatchOptions::new()
         .with_range(end)
