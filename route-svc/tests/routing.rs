@@ -5,13 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use brindle_datastore::testing::EtcdServer;
-use brindle_datastore::{
-    EmbeddedStore, EtcdStore, KeyValue, LeaseId, ListResult, Revision, Store, StoreError, Txn, WatchStream,
-};
+use brindle_datastore::testing::{CompactedAfterFirstList, EtcdServer};
+use brindle_datastore::{EmbeddedStore, EtcdStore, Store};
 use brindle_fanout::{Fanout, FanoutConfig};
 use ipam_svc::core::model::{AllowedUse, EncapMode, HandleAttributes, IpamConfig, Pool};
 use ipam_svc::core::{AssignRequest, Ipam};
@@ -211,77 +208,20 @@ async fn registrations_are_validated(store: Arc<dyn Store>) {
     );
 }
 
-/// A store whose first list is followed at once by one node leaving, another joining and a
-/// compaction at the newest revision, so the watch from the listed revision finds its history
-/// gone (as a watcher that fell behind the compaction kube-apiserver runs every few minutes).
-/// Counts lists.
-struct CompactedAfterFirstList {
-    inner: Arc<dyn Store>,
-    leaving: &'static str,
-    joining: Node,
-    lists: AtomicUsize,
-}
-
-#[async_trait::async_trait]
-impl Store for CompactedAfterFirstList {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        self.inner.get(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<ListResult, StoreError> {
-        let listed = self.inner.list(prefix).await?;
-        if self.lists.fetch_add(1, Ordering::SeqCst) == 0 {
-            let registry = Registry::new(Arc::clone(&self.inner));
-            registry.deregister(self.leaving).await.expect("deregister");
-            registry
-                .register(self.joining.clone(), None)
-                .await
-                .expect("register");
-            self.inner.compact(self.inner.revision().await?).await?;
-        }
-        Ok(listed)
-    }
-
-    async fn revision(&self) -> Result<Revision, StoreError> {
-        self.inner.revision().await
-    }
-
-    async fn txn(&self, txn: Txn) -> Result<Revision, StoreError> {
-        self.inner.txn(txn).await
-    }
-
-    fn watch(&self, prefix: &str, after: Revision) -> WatchStream {
-        self.inner.watch(prefix, after)
-    }
-
-    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        self.inner.compact(revision).await
-    }
-
-    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
-        self.inner.grant_lease(ttl).await
-    }
-
-    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
-        self.inner.keep_alive(lease).await
-    }
-
-    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        self.inner.revoke_lease(lease).await
-    }
-}
-
 async fn a_watch_behind_a_compaction_re_lists_and_drops_what_was_deleted(store: Arc<dyn Store>) {
     let registry = Registry::new(Arc::clone(&store));
     for (name, address) in [("n1", "192.168.10.1"), ("n2", "192.168.10.2")] {
         registry.register(node(name, address), None).await.expect(name);
     }
-    let compacting = Arc::new(CompactedAfterFirstList {
-        inner: store,
-        leaving: "n2",
-        joining: node("n3", "192.168.10.3"),
-        lists: AtomicUsize::new(0),
-    });
+    // Right after the service lists, n2 leaves, n3 joins and the history is compacted.
+    let compacting = Arc::new(CompactedAfterFirstList::new(store, |store| async move {
+        let registry = Registry::new(store);
+        registry.deregister("n2").await.expect("deregister");
+        registry
+            .register(node("n3", "192.168.10.3"), None)
+            .await
+            .expect("register");
+    }));
     let service = RoutesService::start(Arc::clone(&compacting) as Arc<dyn Store>, FanoutConfig::default());
     settle(
         service.fanout(),
@@ -292,7 +232,7 @@ async fn a_watch_behind_a_compaction_re_lists_and_drops_what_was_deleted(store: 
     )
     .await;
     assert!(
-        compacting.lists.load(Ordering::SeqCst) >= 2,
+        compacting.lists() >= 2,
         "the compacted watch made the service list again"
     );
 }

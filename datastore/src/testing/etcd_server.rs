@@ -1,5 +1,5 @@
-//! Test support: a throw-away Debian `etcd` server on free loopback ports with a temporary data
-//! directory, killed on drop. Enabled by the `testing` feature.
+//! A throw-away Debian `etcd` server on free loopback ports with a temporary data directory,
+//! killed on drop.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
