@@ -9,8 +9,10 @@
 //! Afterwards: `ipam check` is clean; no address was ever held by two live pods; nothing is left
 //! allocated after DEL and GC; the long-lived pods reach each other exactly as the policy says (and
 //! no denied pair ever got through during the chaos); no route, link, iptables rule or ipset member
-//! is left for a dead pod; every process runs, every agent is in sync, and new pods on every node
-//! work. The seed of the random points is printed; `BRINDLE_CHAOS_SEED` replays one.
+//! is left for a dead pod (the churn pods' namespaces are kept until then, so what DEL did not
+//! clean up stays visible); no process exited on its own; every agent is in sync, and new pods on
+//! every node work. The seed of the random choices is printed; `BRINDLE_CHAOS_SEED` repeats the
+//! choices (timings still vary from run to run).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -23,17 +25,23 @@ use brindle_proto::policy::v1 as pb;
 
 /// Pods each churn worker keeps alive at most.
 const LIVE_PER_WORKER: usize = 3;
+/// Pod namespaces of each churn worker (re-used after a pod's DEL succeeded; one more than it
+/// keeps alive, so a namespace a failed ADD left waiting for its DEL does not stall it).
+const NAMESPACES_PER_WORKER: usize = LIVE_PER_WORKER + 2;
 /// Churn workers per node.
 const WORKERS_PER_NODE: usize = 2;
 /// How long the end of the run may take to DEL every churn pod (the runtime's retries).
 const DRAIN: Duration = Duration::from_secs(90);
+/// How long a step that can fail while etcd elects a leader is retried.
+const ELECTION: Duration = Duration::from_secs(30);
 
-/// A small deterministic generator for the random points (xorshift64*).
-struct Random(Mutex<u64>);
+/// A small deterministic generator of random choices (xorshift64*), one per thread.
+struct Random(u64);
 
 impl Random {
-    fn new() -> (Self, u64) {
-        let seed = std::env::var("BRINDLE_CHAOS_SEED")
+    /// The run's seed: `BRINDLE_CHAOS_SEED`, or from the clock.
+    fn seed() -> u64 {
+        std::env::var("BRINDLE_CHAOS_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| {
@@ -41,21 +49,23 @@ impl Random {
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(1, |d| d.as_nanos() as u64)
             })
-            | 1;
-        (Self(Mutex::new(seed)), seed)
+    }
+
+    /// Stream `stream` of the run seeded with `seed`.
+    fn new(seed: u64, stream: u64) -> Self {
+        Self((seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
     }
 
     /// A number in `0..bound`.
-    fn below(&self, bound: u64) -> u64 {
-        let mut state = self.0.lock().expect("random");
-        *state ^= *state >> 12;
-        *state ^= *state << 25;
-        *state ^= *state >> 27;
-        state.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound.max(1)
+    fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound.max(1)
     }
 
     /// A pause between `from` and `to` milliseconds.
-    fn pause(&self, from: u64, to: u64) {
+    fn pause(&mut self, from: u64, to: u64) {
         std::thread::sleep(Duration::from_millis(from + self.below(to - from + 1)));
     }
 }
@@ -106,10 +116,34 @@ struct ChurnPod {
     ip: Option<IpAddr>,
 }
 
+/// Sets the stop flag when dropped, so the churn and traffic threads end even when the events
+/// panic (the scope would otherwise wait for them forever).
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// CNI outcomes of one node's churn.
+#[derive(Default)]
+struct Outcomes {
+    added: AtomicUsize,
+    add_failed: AtomicUsize,
+    deleted: AtomicUsize,
+    del_failed: AtomicUsize,
+    /// ADDs and DELs in flight now.
+    adds_in_flight: AtomicUsize,
+    dels_in_flight: AtomicUsize,
+    /// Times its agent was killed (a command that saw this change ran across a kill).
+    kills: AtomicUsize,
+}
+
 /// The shared state of a chaos run.
 struct Chaos<'lab> {
     lab: &'lab Lab,
-    random: Random,
+    seed: u64,
     /// Long-lived pods: index in `lab.pods` and role.
     survivors: Vec<(usize, Role)>,
     /// Address → the churn container holding it (its ADD succeeded, no DEL issued yet: the
@@ -117,101 +151,118 @@ struct Chaos<'lab> {
     holders: Mutex<HashMap<IpAddr, String>>,
     /// Addresses handed out while another live pod held them.
     duplicates: Mutex<Vec<String>>,
-    /// CNI commands in flight per node: (ADD, DEL).
-    in_flight: Vec<(AtomicUsize, AtomicUsize)>,
-    /// Counts: ADD ok, ADD failed, DEL ok, DEL failed.
-    outcomes: [AtomicUsize; 4],
+    /// Per node.
+    outcomes: Vec<Outcomes>,
+    /// Agent kills aimed at an ADD or a DEL: (node, kill number, command).
+    aimed: Mutex<Vec<(usize, usize, &'static str)>>,
+    /// Kills a CNI command ran across: (node, kill number, command).
+    spanned: Mutex<BTreeSet<(usize, usize, &'static str)>>,
     /// Denied pairs that got through while the chaos ran (must stay empty).
     leaks: Mutex<Vec<String>>,
     /// Allowed pairs that did not answer one probe while the chaos ran (reported).
     misses: AtomicUsize,
     /// Probe rounds of the traffic thread.
     rounds: AtomicUsize,
-    /// Agent kills aimed at a CNI command, and those that caught one in flight.
-    agent_kills: (AtomicUsize, AtomicUsize),
+    /// The churn workers' pod namespaces, kept until the checks are done.
+    namespaces: Mutex<Vec<Namespace>>,
     stop: AtomicBool,
 }
 
 impl<'lab> Chaos<'lab> {
     fn new(lab: &'lab Lab, survivors: Vec<(usize, Role)>) -> Self {
-        let (random, seed) = Random::new();
-        eprintln!("chaos seed {seed} (BRINDLE_CHAOS_SEED={seed} replays the random points)");
+        let seed = Random::seed();
+        eprintln!("chaos seed {seed} (BRINDLE_CHAOS_SEED={seed} repeats the random choices)");
         Self {
             lab,
-            random,
+            seed,
             survivors,
             holders: Mutex::default(),
             duplicates: Mutex::default(),
-            in_flight: (0..lab.nodes.len())
-                .map(|_| (AtomicUsize::new(0), AtomicUsize::new(0)))
-                .collect(),
-            outcomes: Default::default(),
+            outcomes: (0..lab.nodes.len()).map(|_| Outcomes::default()).collect(),
+            aimed: Mutex::default(),
+            spanned: Mutex::default(),
             leaks: Mutex::default(),
             misses: AtomicUsize::new(0),
             rounds: AtomicUsize::new(0),
-            agent_kills: Default::default(),
+            namespaces: Mutex::default(),
             stop: AtomicBool::new(false),
         }
     }
 
-    /// One CNI command of a churn pod on `node`, counted as in flight while it runs.
-    fn cni(&self, node: usize, command: &str, pod: &ChurnPod) -> (bool, String) {
-        let (adds, dels) = &self.in_flight[node];
-        let counter = if command == "ADD" { adds } else { dels };
-        counter.fetch_add(1, Ordering::SeqCst);
+    /// One CNI command of a churn pod on `node`: counted as in flight while it runs, and noted
+    /// when the node's agent was killed while it ran.
+    fn cni(&self, node: usize, command: &'static str, pod: &ChurnPod) -> bool {
+        let outcomes = &self.outcomes[node];
+        let (in_flight, ok, failed) = if command == "ADD" {
+            (&outcomes.adds_in_flight, &outcomes.added, &outcomes.add_failed)
+        } else {
+            (&outcomes.dels_in_flight, &outcomes.deleted, &outcomes.del_failed)
+        };
+        let kills_before = outcomes.kills.load(Ordering::SeqCst);
+        in_flight.fetch_add(1, Ordering::SeqCst);
         let workload = Workload {
             namespace: "default".into(),
             pod: pod.container.clone(),
             labels: vec![("role".into(), "churn".into())],
             ports: Vec::new(),
         };
-        let outcome = self
+        let (succeeded, printed) = self
             .lab
             .cni(node, command, &pod.container, &pod.netns.path(), &workload)
             .unwrap_or_else(|error| (false, error.to_string()));
-        counter.fetch_sub(1, Ordering::SeqCst);
-        let slot = match (command, outcome.0) {
-            ("ADD", true) => 0,
-            ("ADD", false) => 1,
-            (_, true) => 2,
-            (_, false) => 3,
-        };
-        self.outcomes[slot].fetch_add(1, Ordering::Relaxed);
-        outcome
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        let kills_after = outcomes.kills.load(Ordering::SeqCst);
+        let mut spanned = self.spanned.lock().expect("spanned");
+        spanned.extend((kills_before + 1..=kills_after).map(|kill| (node, kill, command)));
+        drop(spanned);
+        if succeeded { ok } else { failed }.fetch_add(1, Ordering::Relaxed);
+        if succeeded && command == "ADD" {
+            self.record_address(&printed, &pod.container);
+        }
+        succeeded
     }
 
-    /// ADDs a new churn pod; it is returned even when the ADD failed (it then needs a DEL).
-    fn add(&self, node: usize, name: String) -> Option<ChurnPod> {
-        let netns = Namespace::create(name.clone()).ok()?;
+    /// Notes the address an ADD returned to `container`, and any other live pod holding it.
+    fn record_address(&self, printed: &str, container: &str) -> Option<IpAddr> {
+        let result: serde_json::Value = serde_json::from_str(printed).ok()?;
+        let ip: IpAddr = result["ips"][0]["address"]
+            .as_str()?
+            .split('/')
+            .next()?
+            .parse()
+            .ok()?;
+        let mut holders = self.holders.lock().expect("holders");
+        let mut duplicates = self.duplicates.lock().expect("duplicates");
+        if let Some(holder) = holders.insert(ip, container.to_owned()) {
+            duplicates.push(format!("{ip} given to {container} while {holder} held it"));
+        }
+        if let Some((index, _)) = self.survivors.iter().find(|(i, _)| self.lab.pods[*i].ip == ip) {
+            duplicates.push(format!(
+                "{ip} given to {container} while long-lived pod {} held it",
+                self.lab.pods[*index].name
+            ));
+        }
+        Some(ip)
+    }
+
+    /// The address `container` holds, as recorded.
+    fn address_of(&self, container: &str) -> Option<IpAddr> {
+        let holders = self.holders.lock().expect("holders");
+        holders.iter().find(|(_, c)| *c == container).map(|(ip, _)| *ip)
+    }
+
+    /// ADDs a new churn pod in `netns`; it is returned even when the ADD failed (it then needs
+    /// a DEL before its namespace is used again).
+    fn add(&self, node: usize, container: String, netns: Namespace) -> ChurnPod {
         let mut pod = ChurnPod {
-            container: name,
+            container,
             netns,
             ip: None,
         };
-        let (ok, printed) = self.cni(node, "ADD", &pod);
-        if ok {
-            let result: serde_json::Value = serde_json::from_str(&printed).unwrap_or_default();
-            pod.ip = result["ips"][0]["address"]
-                .as_str()
-                .and_then(|a| a.split('/').next()?.parse().ok());
-            if let Some(ip) = pod.ip {
-                let mut holders = self.holders.lock().expect("holders");
-                if let Some(holder) = holders.insert(ip, pod.container.clone()) {
-                    self.duplicates
-                        .lock()
-                        .expect("duplicates")
-                        .push(format!("{ip} given to {} while {holder} held it", pod.container));
-                }
-                let survivor = self.survivors.iter().find(|(i, _)| self.lab.pods[*i].ip == ip);
-                if let Some((index, _)) = survivor {
-                    self.duplicates.lock().expect("duplicates").push(format!(
-                        "{ip} given to {} while long-lived pod {} held it",
-                        pod.container, self.lab.pods[*index].name
-                    ));
-                }
-            }
+        if self.cni(node, "ADD", &pod) {
+            pod.ip = self.address_of(&pod.container);
         }
-        Some(pod)
+        pod
     }
 
     /// DELs a churn pod: from now on it holds no address, whether the DEL succeeds or not.
@@ -222,125 +273,163 @@ impl<'lab> Chaos<'lab> {
                 holders.remove(&ip);
             }
         }
-        self.cni(node, "DEL", pod).0
+        self.cni(node, "DEL", pod)
     }
 
-    /// A churn worker: keeps up to [`LIVE_PER_WORKER`] pods, adding and deleting at random
-    /// until stopped, then DELs everything it still has (retrying, as a runtime does).
+    /// A churn worker: keeps up to [`LIVE_PER_WORKER`] pods in its own namespaces, adding and
+    /// deleting at random until stopped, then DELs everything it still has (retrying, as a
+    /// runtime does). Returns the containers it could not DEL.
     fn churn(&self, node: usize, worker: usize) -> Vec<String> {
         let prefix = format!("{}c{node}w{worker}", self.lab.nodes[node].name);
+        let mut random = Random::new(self.seed, (node * WORKERS_PER_NODE + worker + 1) as u64);
+        let mut free: Vec<Namespace> = (0..NAMESPACES_PER_WORKER)
+            .map(|n| Namespace::create(format!("{prefix}n{n}")).expect("a churn pod namespace"))
+            .collect();
         let mut live: Vec<ChurnPod> = Vec::new();
         let mut needs_del: Vec<ChurnPod> = Vec::new();
         let mut next = 0;
-        while !self.stop.load(Ordering::SeqCst) {
-            needs_del.retain(|pod| !self.del(node, pod));
-            if live.len() < LIVE_PER_WORKER && (live.is_empty() || self.random.below(2) == 0) {
-                next += 1;
-                if let Some(pod) = self.add(node, format!("{prefix}x{next}")) {
-                    if pod.ip.is_some() {
-                        live.push(pod);
-                    } else {
-                        needs_del.push(pod);
-                    }
-                }
-            } else if !live.is_empty() {
-                let pod = live.swap_remove(self.random.below(live.len() as u64) as usize);
-                if !self.del(node, &pod) {
+        let retry_dels = |needs_del: &mut Vec<ChurnPod>, free: &mut Vec<Namespace>| {
+            for pod in std::mem::take(needs_del) {
+                if self.del(node, &pod) {
+                    free.push(pod.netns);
+                } else {
                     needs_del.push(pod);
                 }
             }
-            self.random.pause(0, 50);
+        };
+        while !self.stop.load(Ordering::SeqCst) {
+            retry_dels(&mut needs_del, &mut free);
+            let add = live.len() < LIVE_PER_WORKER && (live.is_empty() || random.below(2) == 0);
+            if add && let Some(netns) = free.pop() {
+                next += 1;
+                let pod = self.add(node, format!("{prefix}x{next}"), netns);
+                if pod.ip.is_some() {
+                    live.push(pod);
+                } else {
+                    needs_del.push(pod);
+                }
+            } else if !live.is_empty() {
+                let pod = live.swap_remove(random.below(live.len() as u64) as usize);
+                if self.del(node, &pod) {
+                    free.push(pod.netns);
+                } else {
+                    needs_del.push(pod);
+                }
+            }
+            random.pause(0, 50);
         }
         needs_del.extend(live);
         let deadline = Instant::now() + DRAIN;
         while !needs_del.is_empty() && Instant::now() < deadline {
-            needs_del.retain(|pod| !self.del(node, pod));
+            retry_dels(&mut needs_del, &mut free);
             std::thread::sleep(Duration::from_millis(200));
         }
-        needs_del.into_iter().map(|pod| pod.container).collect()
+        let undeleted = needs_del.iter().map(|pod| pod.container.clone()).collect();
+        let mut kept = self.namespaces.lock().expect("namespaces");
+        kept.extend(free);
+        kept.extend(needs_del.into_iter().map(|pod| pod.netns));
+        undeleted
     }
 
-    /// Pings every survivor pair in rounds until stopped, counting misses of allowed pairs and
-    /// recording every denied pair that answered.
+    /// Pings every survivor pair, all at once, in rounds until stopped: counts misses of allowed
+    /// pairs and records every denied pair that answered.
     fn traffic(&self) {
+        let pairs: Vec<(usize, usize)> = self
+            .survivors
+            .iter()
+            .flat_map(|&(from, _)| self.survivors.iter().map(move |&(to, _)| (from, to)))
+            .filter(|(from, to)| from != to)
+            .collect();
         while !self.stop.load(Ordering::SeqCst) {
-            for &(from, _) in &self.survivors {
-                for &(to, _) in &self.survivors {
-                    if from == to {
-                        continue;
-                    }
-                    let reached = self.lab.reaches(from, to);
-                    if allowed(&self.survivors, from, to) {
-                        if !reached {
-                            self.misses.fetch_add(1, Ordering::Relaxed);
+            std::thread::scope(|scope| {
+                for &(from, to) in &pairs {
+                    scope.spawn(move || {
+                        let reached = self.lab.reaches(from, to);
+                        if allowed(&self.survivors, from, to) {
+                            if !reached {
+                                self.misses.fetch_add(1, Ordering::Relaxed);
+                            }
+                        } else if reached {
+                            self.leaks.lock().expect("leaks").push(format!(
+                                "{} reached {} during the chaos",
+                                self.lab.pods[from].name, self.lab.pods[to].name
+                            ));
                         }
-                    } else if reached {
-                        self.leaks.lock().expect("leaks").push(format!(
-                            "{} reached {} during the chaos",
-                            self.lab.pods[from].name, self.lab.pods[to].name
-                        ));
-                    }
+                    });
                 }
-            }
+            });
             self.rounds.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// SIGKILLs `node`'s agent a few milliseconds into an ADD (or a DEL) — still in flight when
-    /// the signal goes — and starts the agent again a moment later.
-    fn kill_agent_mid(&self, node: usize, command: &str) {
-        let (adds, dels) = &self.in_flight[node];
-        let counter = if command == "ADD" { adds } else { dels };
+    /// SIGKILLs `node`'s agent while an ADD (or a DEL) is in flight — a few milliseconds into it
+    /// — and starts the agent again a moment later.
+    fn kill_agent_mid(&self, random: &mut Random, node: usize, command: &'static str) {
+        let outcomes = &self.outcomes[node];
+        let in_flight = if command == "ADD" {
+            &outcomes.adds_in_flight
+        } else {
+            &outcomes.dels_in_flight
+        };
         let agent = &self.lab.nodes[node].name;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            while counter.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            while in_flight.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_micros(200));
             }
-            self.random.pause(1, 4);
-            let in_flight = counter.load(Ordering::SeqCst);
-            if in_flight > 0 || Instant::now() >= deadline {
-                self.lab.kill(agent).expect("kill agent");
-                self.agent_kills.0.fetch_add(1, Ordering::SeqCst);
-                if in_flight > 0 {
-                    self.agent_kills.1.fetch_add(1, Ordering::SeqCst);
-                }
-                eprintln!("chaos: SIGKILLed {agent} with {in_flight} {command} in flight");
+            random.pause(1, 4);
+            if in_flight.load(Ordering::SeqCst) > 0 || Instant::now() >= deadline {
                 break;
             }
         }
-        self.random.pause(300, 1500);
+        self.kill_agent(node);
+        let kill = outcomes.kills.load(Ordering::SeqCst);
+        self.aimed.lock().expect("aimed").push((node, kill, command));
+        eprintln!("chaos: SIGKILLed {agent} in the middle of a CNI {command}");
+        random.pause(300, 1500);
         self.lab.restart(agent).expect("restart agent");
     }
 
+    /// SIGKILLs `node`'s agent, counting the kill.
+    fn kill_agent(&self, node: usize) {
+        self.lab.kill(&self.lab.nodes[node].name).expect("kill agent");
+        self.outcomes[node].kills.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// SIGKILLs lab process `name` at a random point and starts it again after a random pause.
-    fn kill_and_restart(&self, name: &str) {
-        self.random.pause(500, 2500);
-        self.lab.kill(name).expect("kill");
+    fn kill_and_restart(&self, random: &mut Random, name: &str) {
+        random.pause(500, 2500);
+        match self.lab.nodes.iter().position(|n| n.name == name) {
+            Some(node) => self.kill_agent(node),
+            None => self.lab.kill(name).expect("kill"),
+        }
         eprintln!("chaos: SIGKILLed {name}");
-        self.random.pause(300, 3000);
+        random.pause(300, 3000);
         self.lab.restart(name).expect("restart");
     }
 
-    fn compact(&self) {
-        self.random.pause(500, 2000);
-        let revision = self.lab.compact_datastore().expect("compaction");
+    /// Compacts the datastore at its newest revision (retried while etcd elects a leader).
+    fn compact(&self, random: &mut Random) {
+        random.pause(500, 2000);
+        let revision = retried("compaction", || self.lab.compact_datastore());
         eprintln!("chaos: compacted the datastore at revision {revision}");
     }
 
     /// Runs `events` while the churn workers and the traffic thread run; returns the containers
     /// the workers could not DEL at the end.
-    fn run(&self, events: impl FnOnce(&Self)) -> Vec<String> {
+    fn run(&self, events: impl FnOnce(&Self, &mut Random)) -> Vec<String> {
         std::thread::scope(|scope| {
             let workers: Vec<_> = (0..self.lab.nodes.len())
                 .flat_map(|node| (0..WORKERS_PER_NODE).map(move |worker| (node, worker)))
                 .map(|(node, worker)| scope.spawn(move || self.churn(node, worker)))
                 .collect();
             let traffic = scope.spawn(|| self.traffic());
-            std::thread::sleep(Duration::from_secs(2));
-            events(self);
-            std::thread::sleep(Duration::from_secs(3));
-            self.stop.store(true, Ordering::SeqCst);
+            {
+                let _stop = StopOnDrop(&self.stop);
+                std::thread::sleep(Duration::from_secs(2));
+                events(self, &mut Random::new(self.seed, 0));
+                std::thread::sleep(Duration::from_secs(3));
+            }
             traffic.join().expect("traffic thread");
             workers
                 .into_iter()
@@ -349,15 +438,39 @@ impl<'lab> Chaos<'lab> {
         })
     }
 
+    /// Prints what happened, and checks the churn and the probes really ran on every node.
     fn report(&self) {
-        let [added, add_failed, deleted, del_failed] =
-            self.outcomes.each_ref().map(|c| c.load(Ordering::Relaxed));
+        for (node, outcomes) in self.outcomes.iter().enumerate() {
+            let [added, add_failed, deleted, del_failed] = [
+                &outcomes.added,
+                &outcomes.add_failed,
+                &outcomes.deleted,
+                &outcomes.del_failed,
+            ]
+            .map(|count| count.load(Ordering::Relaxed));
+            eprintln!(
+                "chaos: node {node}: ADD {added} ok / {add_failed} failed, DEL {deleted} ok / {del_failed} failed"
+            );
+            assert!(added > 0 && deleted > 0, "node {node} churned nothing");
+        }
+        let rounds = self.rounds.load(Ordering::Relaxed);
         eprintln!(
-            "chaos: ADD {added} ok / {add_failed} failed, DEL {deleted} ok / {del_failed} failed; \
-             {} probe rounds, {} misses of allowed pairs",
-            self.rounds.load(Ordering::Relaxed),
+            "chaos: {rounds} probe rounds, {} misses of allowed pairs",
             self.misses.load(Ordering::Relaxed)
         );
+        assert!(rounds > 0, "no probe round ran");
+    }
+}
+
+/// Runs `step` until it succeeds, for up to [`ELECTION`] (etcd may be electing a leader).
+fn retried<T>(what: &str, mut step: impl FnMut() -> anyhow::Result<T>) -> T {
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        match step() {
+            Ok(value) => return value,
+            Err(error) if Instant::now() > deadline => panic!("{what}: {error:#}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
     }
 }
 
@@ -442,9 +555,16 @@ fn policy_holds(lab: &Lab, survivors: &[(usize, Role)]) -> Result<(), String> {
     }
 }
 
-/// Words of `text` that name a brindle host interface (`brd…`, not the `brd+` wildcard).
+/// The brindle host interfaces `iptables-save` output names: in `-i`/`-o` matches (not the `brd+`
+/// wildcard) and in per-interface chain names (`brd-fw-<interface>`, `brd-tw-<interface>`).
 fn brindle_interfaces(text: &str) -> BTreeSet<String> {
     text.split_whitespace()
+        .map(|word| word.trim_start_matches(':'))
+        .map(|word| {
+            word.strip_prefix("brd-fw-")
+                .or_else(|| word.strip_prefix("brd-tw-"))
+                .unwrap_or(word)
+        })
         .filter(|word| word.starts_with("brd") && !word.ends_with('+') && !word.contains('-'))
         .map(str::to_owned)
         .collect()
@@ -528,17 +648,19 @@ fn check_aftermath(chaos: &Chaos<'_>, undeleted: &[String]) {
     );
     let duplicates = chaos.duplicates.lock().expect("duplicates");
     assert!(duplicates.is_empty(), "duplicate addresses: {duplicates:?}");
-    let (aimed, caught) = (&chaos.agent_kills.0, &chaos.agent_kills.1);
-    assert_eq!(
-        caught.load(Ordering::SeqCst),
-        aimed.load(Ordering::SeqCst),
-        "every agent kill aimed at an ADD or a DEL caught one in flight"
-    );
+    let spanned = chaos.spanned.lock().expect("spanned");
+    for aimed in chaos.aimed.lock().expect("aimed").iter() {
+        assert!(
+            spanned.contains(aimed),
+            "no CNI command ran across agent kill {aimed:?}; kills commands ran across: {spanned:?}"
+        );
+    }
     let leaks = chaos.leaks.lock().expect("leaks");
     assert!(leaks.is_empty(), "policy failed open: {leaks:?}");
+    let exits = lab.exits();
     assert!(
-        lab.not_running().is_empty(),
-        "processes died on their own: {:?}\n{}",
+        exits.is_empty() && lab.not_running().is_empty(),
+        "processes exited on their own {exits:?}, not running {:?}\n{}",
         lab.not_running(),
         lab.logs()
     );
@@ -631,25 +753,28 @@ fn new_clients_work(mut lab: Lab, survivors: &[(usize, Role)]) {
 fn separate_services_on_a_three_member_etcd_survive_kills_a_leader_loss_a_cut_off_node_and_compaction() {
     let (lab, survivors) = lab_with_survivors(spec("c3", 3, ControlPlane::Separate));
     let chaos = Chaos::new(&lab, survivors.clone());
-    let undeleted = chaos.run(|chaos| {
+    let undeleted = chaos.run(|chaos, random| {
         for service in [Service::Ipam, Service::Route, Service::Policy] {
-            chaos.kill_and_restart(service.binary());
+            chaos.kill_and_restart(random, service.binary());
         }
-        chaos.kill_agent_mid(0, "ADD");
-        chaos.kill_agent_mid(1, "DEL");
-        let leader = lab.etcd_leader().expect("an etcd leader");
+        chaos.kill_agent_mid(random, 0, "ADD");
+        chaos.kill_agent_mid(random, 1, "DEL");
+        let leader = retried("finding etcd's leader", || {
+            lab.etcd_leader()
+                .ok_or_else(|| anyhow::anyhow!("no member is the leader"))
+        });
         eprintln!("chaos: etcd's leader is {leader}");
-        chaos.kill_and_restart(&leader);
+        chaos.kill_and_restart(random, &leader);
         let member = ["etcd-1", "etcd-2", "etcd-3"]
             .into_iter()
             .find(|member| *member != leader)
             .expect("a follower");
-        chaos.kill_and_restart(member);
-        chaos.compact();
-        chaos.random.pause(500, 2000);
+        chaos.kill_and_restart(random, member);
+        chaos.compact(random);
+        random.pause(500, 2000);
         lab.cut_off(2, true).expect("cut off");
         eprintln!("chaos: cut node 2 off from the control plane");
-        chaos.random.pause(8000, 12000);
+        random.pause(8000, 12000);
         lab.cut_off(2, false).expect("reconnect");
         eprintln!("chaos: reconnected node 2");
         // A second pass: every service and agent once more, in a random order.
@@ -659,10 +784,10 @@ fn separate_services_on_a_three_member_etcd_survive_kills_a_leader_loss_a_cut_of
             .chain(lab.nodes.iter().map(|n| n.name.clone()))
             .collect();
         while !names.is_empty() {
-            let name = names.swap_remove(chaos.random.below(names.len() as u64) as usize);
-            chaos.kill_and_restart(&name);
+            let name = names.swap_remove(random.below(names.len() as u64) as usize);
+            chaos.kill_and_restart(random, &name);
         }
-        chaos.compact();
+        chaos.compact(random);
     });
     check_aftermath(&chaos, &undeleted);
     drop(chaos);
@@ -673,19 +798,19 @@ fn separate_services_on_a_three_member_etcd_survive_kills_a_leader_loss_a_cut_of
 fn brindle_server_on_a_single_etcd_survives_etcd_restarts_kills_and_compaction() {
     let (lab, survivors) = lab_with_survivors(spec("c1", 1, ControlPlane::AllInOne));
     let chaos = Chaos::new(&lab, survivors.clone());
-    let undeleted = chaos.run(|chaos| {
-        chaos.kill_and_restart("etcd-1");
-        chaos.kill_agent_mid(2, "DEL");
-        chaos.kill_and_restart("server");
-        chaos.compact();
-        chaos.kill_agent_mid(1, "ADD");
-        chaos.random.pause(500, 2000);
+    let undeleted = chaos.run(|chaos, random| {
+        chaos.kill_and_restart(random, "etcd-1");
+        chaos.kill_agent_mid(random, 2, "DEL");
+        chaos.kill_and_restart(random, "server");
+        chaos.compact(random);
+        chaos.kill_agent_mid(random, 1, "ADD");
+        random.pause(500, 2000);
         lab.stop_control_plane().expect("stop etcd and the server");
         eprintln!("chaos: stopped etcd and the server");
-        chaos.random.pause(3000, 6000);
+        random.pause(3000, 6000);
         lab.start_control_plane().expect("start them again");
         eprintln!("chaos: started etcd and the server again");
-        chaos.compact();
+        chaos.compact(random);
     });
     check_aftermath(&chaos, &undeleted);
     drop(chaos);

@@ -231,6 +231,11 @@ async fn a_watch_behind_a_compaction_re_lists_and_drops_what_was_deleted(store: 
         },
     )
     .await;
+    assert_eq!(
+        compacting.compactions(),
+        1,
+        "the history was compacted behind the watch"
+    );
     assert!(
         compacting.lists() >= 2,
         "the compacted watch made the service list again"

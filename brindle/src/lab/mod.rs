@@ -25,8 +25,7 @@ use brindle_proto::route::v1 as route;
 
 pub use netns::{Namespace, Underlay, run};
 pub use probe::{EchoServers, Target, Transport, probe, serve};
-use process::Process;
-pub use process::Role;
+use process::{Process, Role};
 
 /// The underlay subnet of the control plane and the first nodes (inside the lab's namespaces only).
 const UNDERLAY: &str = "192.168.200";
@@ -274,6 +273,12 @@ impl Lab {
         {
             bail!("IP-in-IP carries IPv4 only: a dual-stack lab routes directly or over VXLAN");
         }
+        if spec.control_plane == ControlPlane::Separate && spec.etcd_members == 0 {
+            bail!(
+                "separate services share their datastore over etcd: give --etcd with \
+                 --control-plane separate (the embedded store is one process's file)"
+            );
+        }
         if spec.subnets == 2 && spec.encapsulation == Encapsulation::Never {
             bail!(
                 "direct routing cannot cross subnets: with 2 subnets use --encapsulation \
@@ -505,6 +510,19 @@ impl Lab {
         self.processes()
             .iter_mut()
             .filter_map(|p| (!p.running()).then(|| p.name.clone()))
+            .collect()
+    }
+
+    /// Every time a lab process exited without being killed (crashed or stopped on its own),
+    /// even if it was started again since: `(name, how it ended)`.
+    pub fn exits(&self) -> Vec<(String, String)> {
+        let mut processes = self.processes();
+        processes.iter_mut().for_each(|p| {
+            p.running();
+        });
+        processes
+            .iter()
+            .flat_map(|p| p.exits().iter().map(|exit| (p.name.clone(), exit.clone())))
             .collect()
     }
 
@@ -808,7 +826,7 @@ impl Lab {
     /// The lab's running services and agents, by name, with their pids.
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.processes()
-            .iter()
+            .iter_mut()
             .filter(|p| p.role != Role::Etcd)
             .filter_map(|p| Some((p.name.clone(), p.pid()?)))
             .collect()
@@ -1117,13 +1135,12 @@ impl Lab {
         logs
     }
 
-    /// The control plane's namespace (to run clients inside).
-    pub fn control(&self) -> &Namespace {
-        &self.control
-    }
-
-    /// What the control plane's `/metrics` says now.
+    /// What `brindle server`'s `/metrics` says now.
     pub fn server_metrics(&self) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            self.spec.control_plane == ControlPlane::AllInOne,
+            "the services run separately: each has its own /metrics"
+        );
         scrape(&self.control, SERVER_METRICS_PORT)
     }
 

@@ -33,6 +33,8 @@ pub struct Process {
     args: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
+    /// How it ended each time it exited without being killed (a crash, an exit on its own).
+    exits: Vec<String>,
 }
 
 impl Process {
@@ -53,16 +55,18 @@ impl Process {
             args,
             log,
             child: None,
+            exits: Vec::new(),
         };
         process.spawn()?;
         Ok(process)
     }
 
-    /// Starts it again if it is not running.
+    /// Starts it again if it is not running (an exit on its own is recorded first).
     pub fn spawn(&mut self) -> anyhow::Result<()> {
         if self.running() {
             return Ok(());
         }
+        self.child = None;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -78,25 +82,50 @@ impl Process {
         Ok(())
     }
 
-    /// SIGKILLs it and reaps it (nothing happens if it is not running).
+    /// SIGKILLs it and reaps it (if it had already exited on its own, that is recorded).
     pub fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
+        if !self.running() {
+            self.child = None;
+            return Ok(());
+        }
+        if let Some(child) = &mut self.child {
             child.kill().with_context(|| format!("killing {}", self.name))?;
             child.wait()?;
         }
+        self.child = None;
         Ok(())
     }
 
-    /// Whether it is running (it was started and has not exited).
+    /// Whether it is running (it was started and has not exited). An exit it finds is recorded.
     pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        let Some(child) = &mut self.child else {
+            return false;
+        };
+        match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                self.exits.push(status.to_string());
+                self.child = None;
+                false
+            }
+            Err(error) => {
+                self.exits.push(format!("unknown ({error})"));
+                self.child = None;
+                false
+            }
+        }
     }
 
-    /// Its pid while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+    /// Its pid, if it runs.
+    pub fn pid(&mut self) -> Option<u32> {
+        self.running()
+            .then(|| self.child.as_ref().map(Child::id))
+            .flatten()
+    }
+
+    /// How it ended each time it exited without being killed.
+    pub fn exits(&self) -> &[String] {
+        &self.exits
     }
 }
 

@@ -16,11 +16,12 @@ use crate::types::{KeyValue, LeaseId, ListResult, Revision, Txn};
 type Meanwhile = Box<dyn FnOnce(Arc<dyn Store>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// Wraps a store: after its first `list`, runs `meanwhile` on the inner store and compacts it at
-/// its newest revision. Counts lists (a re-list shows as a second one).
+/// its newest revision. Counts lists (a re-list shows as a second one) and compactions done.
 pub struct CompactedAfterFirstList {
     inner: Arc<dyn Store>,
     meanwhile: Mutex<Option<Meanwhile>>,
     lists: AtomicUsize,
+    compactions: AtomicUsize,
 }
 
 impl CompactedAfterFirstList {
@@ -34,12 +35,18 @@ impl CompactedAfterFirstList {
             inner,
             meanwhile: Mutex::new(Some(Box::new(move |store| Box::pin(meanwhile(store))))),
             lists: AtomicUsize::new(0),
+            compactions: AtomicUsize::new(0),
         }
     }
 
     /// How many times it was listed.
     pub fn lists(&self) -> usize {
         self.lists.load(Ordering::SeqCst)
+    }
+
+    /// How many compactions it did (1 once `meanwhile` ran and the history was cut).
+    pub fn compactions(&self) -> usize {
+        self.compactions.load(Ordering::SeqCst)
     }
 }
 
@@ -56,6 +63,7 @@ impl Store for CompactedAfterFirstList {
         if let Some(meanwhile) = meanwhile {
             meanwhile(Arc::clone(&self.inner)).await;
             self.inner.compact(self.inner.revision().await?).await?;
+            self.compactions.fetch_add(1, Ordering::SeqCst);
         }
         Ok(listed)
     }
