@@ -167,6 +167,36 @@ fn vxlan_always_full_mesh_ping_and_tcp_through_the_tunnel() {
             "node {node} sent through the tunnel"
         );
     }
+    // A remote route and a remote endpoint's neighbour entry removed by hand come back at the
+    // agent's next re-read of the kernel.
+    let node = &lab.nodes[0].namespace;
+    let routes = node
+        .ip(&["-4", "route", "show", "proto", "80", "dev", "vxlan.brindle"])
+        .expect("routes");
+    let route = routes
+        .lines()
+        .next()
+        .expect("a route through the tunnel")
+        .to_owned();
+    let destination = route.split_whitespace().next().expect("destination").to_owned();
+    let gateway = route.split_whitespace().nth(2).expect("via").to_owned();
+    node.ip(&["route", "del", &destination])
+        .expect("delete the route");
+    node.ip(&["neigh", "del", &gateway, "dev", "vxlan.brindle"])
+        .expect("delete the neighbour");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!(
+            "after a route and a neighbour were deleted: {error}\n{}",
+            lab.logs()
+        );
+    }
+    let repaired = node
+        .ip(&["-4", "route", "show", "proto", "80", "dev", "vxlan.brindle"])
+        .expect("routes");
+    assert!(
+        repaired.contains(&destination),
+        "{destination} is routed again: {repaired}"
+    );
     // The device deleted by hand: the agent notices and sets it up again, routes and all.
     lab.nodes[0]
         .namespace

@@ -20,7 +20,7 @@ use crate::grpc::cni_service::{CniService, SERVICE_NAME};
 use crate::grpc::ipam_client::GrpcIpam;
 use crate::grpc::policy_client::GrpcPolicy;
 use crate::grpc::route_client::RouteFollower;
-use crate::grpc::sync_client::SyncMetrics;
+use crate::grpc::sync_client::{DEFAULT_RESYNC_EVERY, SyncMetrics};
 use brindle_grpc_server::{ClientTlsArgs, LogArgs, tls};
 use brindle_metrics::{GrpcMetricsLayer, Metrics};
 use route_svc::core::Node;
@@ -62,6 +62,11 @@ pub struct Args {
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9404")]
     pub metrics_listen: std::net::SocketAddr,
+    /// Seconds between re-reads of the kernel that repair routes, VXLAN endpoints, iptables rules
+    /// and ipsets changed behind the agent's back (Felix's route and iptables refresh).
+    #[arg(long, env = "BRINDLE_RESYNC_INTERVAL", default_value_t = DEFAULT_RESYNC_EVERY.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_interval: u64,
     /// How logs look.
     #[command(flatten)]
     pub log: LogArgs,
@@ -96,6 +101,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if std::path::Path::new("/proc/sys/net/ipv6").exists() {
         sysctl.set("net/ipv6/conf/all/forwarding", "1")?;
     }
+    let resync_every = std::time::Duration::from_secs(args.resync_interval);
     let tls = args.tls.config()?;
     let endpoint = |address: &str| tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT);
     let ipam = Arc::new(GrpcIpam::new(endpoint(&args.ipam_endpoint)?));
@@ -121,6 +127,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             netlink.clone(),
             iptables.clone(),
             ipam.clone(),
+            resync_every,
         );
         tokio::spawn(follower.run(sync_metrics.clone()));
     }
@@ -136,6 +143,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             node.clone(),
             families,
             Arc::new(IpsetCommands),
+            resync_every,
             sync_metrics.clone(),
         ));
     }

@@ -23,7 +23,7 @@ use brindle_selector::Selector;
 use node_agent::core::policy::{Family, PolicyApplier, render};
 use node_agent::dataplane::{IpsetCommands, Ipsets, Iptables, IptablesBackend, IptablesCommands};
 use node_agent::grpc::policy_client::GrpcPolicy;
-use node_agent::grpc::sync_client::SyncMetrics;
+use node_agent::grpc::sync_client::{DEFAULT_RESYNC_EVERY, SyncMetrics};
 use policy_svc::core::Calculator;
 use policy_svc::core::model::{
     Action, Endpoint, EndpointKey, EntityRule, NamedPort, Namespace, Policy, PolicyId, PortMatch, Protocol,
@@ -330,6 +330,7 @@ async fn run() -> anyhow::Result<()> {
             Arc::new(IptablesCommands::new(IptablesBackend::detect())) as Arc<dyn Iptables>,
         )],
         Arc::new(IpsetCommands),
+        DEFAULT_RESYNC_EVERY,
         SyncMetrics::default(),
     ));
     let fanout = service.hub().fanout(NODE);

@@ -48,6 +48,9 @@ pub const EXTERNAL_ADDRESS: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const IPV6_UNDERLAY: &str = "fd00:200:";
 /// The IPv6 pod pool of a dual-stack lab.
 pub const IPV6_POOL: &str = "fd00:244::/112";
+/// Seconds between the agents' re-reads of the kernel (90 by default; short here, so a test sees
+/// what was changed behind an agent's back repaired within its keepalive tick).
+const AGENT_RESYNC_INTERVAL: &str = "5";
 /// The CNI network name pods are attached to.
 const NETWORK: &str = "brindle-lab";
 
@@ -782,6 +785,8 @@ impl Lab {
             node_addresses.into(),
             "--node-subnet".into(),
             format!("{}.0/24", subnet_prefix(subnet)).into(),
+            "--resync-interval".into(),
+            AGENT_RESYNC_INTERVAL.into(),
         ];
         if self.spec.policy {
             args.extend(["--policy-endpoint".into(), self.endpoint(Service::Policy).into()]);

@@ -40,6 +40,11 @@ pub struct NatReconciler {
 }
 
 impl NatReconciler {
+    /// Forgets what it applied: the next apply writes the chain and checks its hook again.
+    pub fn resync(&mut self) {
+        self.applied = None;
+    }
+
     /// Applies the chain for `items` (and its hook, the first time).
     pub fn apply(
         &mut self,

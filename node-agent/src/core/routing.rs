@@ -181,6 +181,12 @@ impl RouteReconciler {
         failure.map_or(Ok(desired.len()), Err)
     }
 
+    /// Forgets what it programmed: the next apply reads the kernel again and repairs any
+    /// difference (a route deleted or changed behind its back).
+    pub fn resync(&mut self) {
+        self.programmed = None;
+    }
+
     /// What the kernel has now: remote routes with brindle's protocol, read as routes.
     async fn kernel_remote_routes(netlink: &dyn Netlink) -> Result<BTreeSet<RemoteRoute>, DataplaneError> {
         Ok(netlink
@@ -449,6 +455,27 @@ mod tests {
             ],
             "the new route first: the block is never without one"
         );
+    }
+
+    #[tokio::test]
+    async fn a_resync_repairs_a_remote_route_removed_behind_its_back() {
+        let kernel = RecordingKernel::default();
+        let mut reconciler = RouteReconciler::default();
+        let desired = desired_routes(&state(), "me", &Tunnels::default());
+        reconciler.apply(&kernel, &desired, &[]).await.expect("apply");
+        let removed = desired.iter().next().expect("a route").kernel();
+        kernel.delete_route(&removed).await.expect("removed by hand");
+        reconciler.apply(&kernel, &desired, &[]).await.expect("again");
+        assert!(
+            !kernel.current_routes().contains(&removed),
+            "between re-reads only changes are applied"
+        );
+        reconciler.resync();
+        reconciler
+            .apply(&kernel, &desired, &[])
+            .await
+            .expect("after the re-read");
+        assert!(kernel.current_routes().contains(&removed), "repaired");
     }
 
     #[tokio::test]

@@ -355,6 +355,12 @@ pub struct VtepReconciler {
 }
 
 impl VtepReconciler {
+    /// Forgets what it programmed: the next apply reads the device's entries again and repairs
+    /// any difference.
+    pub fn resync(&mut self) {
+        self.programmed = None;
+    }
+
     /// Makes the endpoints on `device` equal to `desired`: the first call reads what the device
     /// has (left from before a restart), later calls touch only what changed. New endpoints are
     /// added before stale ones go, and a stale one's entries are only removed while they are still

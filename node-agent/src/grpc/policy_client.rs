@@ -1,8 +1,8 @@
 //! The agent's side of policy-svc: registers its workload endpoints and follows its node's
 //! policy view (`Sync`), rendering it into iptables chains and ipsets after every change
 //! (coalesced, at most one apply per [`APPLY_INTERVAL`]), retrying a failed apply at the next
-//! keepalive tick and re-reading the kernel every [`RESYNC_EVERY`] to repair what changed behind
-//! its back. Nothing is written before the first full view.
+//! keepalive tick and re-reading the kernel when its [`ResyncClock`] is due to repair what changed
+//! behind its back. Nothing is written before the first full view.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,12 +19,10 @@ use tonic::transport::Channel;
 use crate::core::endpoints::{EndpointCallError, EndpointRegistry};
 use crate::core::policy::{Family, PolicyApplier, Renderer};
 use crate::dataplane::{Ipsets, Iptables};
-use crate::grpc::sync_client::{Outgoing, SyncMetrics, SyncService, SyncTarget, follow};
+use crate::grpc::sync_client::{Outgoing, ResyncClock, SyncMetrics, SyncService, SyncTarget, follow};
 
 /// Shortest time between two applies: changes arriving meanwhile are applied together.
 pub const APPLY_INTERVAL: Duration = Duration::from_millis(20);
-/// How often the kernel is re-read and repaired (Felix refreshes iptables every 90 s).
-pub const RESYNC_EVERY: Duration = Duration::from_secs(90);
 
 /// A policy-svc client.
 #[derive(Clone)]
@@ -42,12 +40,14 @@ impl GrpcPolicy {
     }
 
     /// Follows `node`'s policy view into the kernel until the task is dropped: into each family's
-    /// tables (`families`: IPv4's iptables, and ip6tables where the node has IPv6).
+    /// tables (`families`: IPv4's iptables, and ip6tables where the node has IPv6), re-reading
+    /// them every `resync_every`.
     pub async fn follow(
         self,
         node: String,
         families: Vec<(Family, Arc<dyn Iptables>)>,
         ipsets: Arc<dyn Ipsets>,
+        resync_every: Duration,
         metrics: SyncMetrics,
     ) {
         let target = PolicyProgrammer {
@@ -61,7 +61,7 @@ impl GrpcPolicy {
                 .collect(),
             ipsets,
             applied: None,
-            resynced: std::time::Instant::now(),
+            resync: ResyncClock::new(resync_every),
         };
         follow(PolicySync(self.client), node, target, metrics).await;
     }
@@ -159,19 +159,18 @@ struct PolicyProgrammer {
     ipsets: Arc<dyn Ipsets>,
     /// Objects the last successful apply holds; `None` after a failure (retried at the next tick).
     applied: Option<u64>,
-    /// When the kernel was last re-read.
-    resynced: std::time::Instant,
+    /// When the kernel is re-read next.
+    resync: ResyncClock,
 }
 
 #[async_trait::async_trait]
 impl SyncTarget<ViewEntry> for PolicyProgrammer {
     async fn program(&mut self, mirror: &Mirror<ViewEntry>, tick: bool) -> Option<u64> {
         if tick {
-            if self.resynced.elapsed() >= RESYNC_EVERY {
+            if self.resync.due() {
                 for plane in &mut self.planes {
                     plane.applier.resync();
                 }
-                self.resynced = std::time::Instant::now();
             } else if self.applied.is_some() {
                 // Nothing failed since the last apply and no re-read is due.
                 return self.applied;

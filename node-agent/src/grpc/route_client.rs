@@ -23,7 +23,7 @@ use crate::core::nat::NatReconciler;
 use crate::core::routing::{RouteReconciler, desired_routes};
 use crate::core::tunnels::{IPIP_DEVICE, TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps};
 use crate::dataplane::{Iptables, Netlink};
-use crate::grpc::sync_client::{Outgoing, SyncMetrics, SyncService, SyncTarget, follow};
+use crate::grpc::sync_client::{Outgoing, ResyncClock, SyncMetrics, SyncService, SyncTarget, follow};
 
 /// How long a registration lives without renewal.
 const REGISTRATION_TTL_SECONDS: u32 = 30;
@@ -47,19 +47,22 @@ struct Programmer {
     vteps: VtepReconciler,
     routes: RouteReconciler,
     nat: NatReconciler,
+    /// When the kernel is re-read next (routes, endpoints and the chain it repairs).
+    resync: ResyncClock,
     /// This node's registration; the VXLAN endpoint is added once the device is ready.
     registration: watch::Sender<Node>,
 }
 
 impl RouteFollower {
     /// A follower of route-svc at `endpoint` (with its TLS, if any) for `node`; tunnel addresses
-    /// come from `ipam`.
+    /// come from `ipam`; the kernel is re-read every `resync_every`.
     pub fn new(
         endpoint: Endpoint,
         node: Node,
         netlink: Arc<dyn Netlink>,
         iptables: Arc<dyn Iptables>,
         ipam: Arc<dyn IpamApi>,
+        resync_every: Duration,
     ) -> Self {
         let channel = endpoint.connect_lazy();
         let tunnels = TunnelSetup::new(&node.name, &node.addresses, ipam, IPIP_DEVICE);
@@ -76,6 +79,7 @@ impl RouteFollower {
                 vteps: VtepReconciler::default(),
                 routes: RouteReconciler::default(),
                 nat: NatReconciler::default(),
+                resync: ResyncClock::new(resync_every),
                 registration,
             },
         }
@@ -165,8 +169,14 @@ impl SyncTarget<RouteItem> for Programmer {
     /// and the natOutgoing chain, each step regardless of the others' failures. Succeeds once the
     /// kernel holds everything the ready devices can carry (a tunnel device that cannot be set up
     /// is logged and retried, and leaves its routes as they are). What failed is retried at the
-    /// next keepalive tick.
-    async fn program(&mut self, mirror: &Mirror<RouteItem>, _tick: bool) -> Option<u64> {
+    /// next keepalive tick; when the resync clock is due, a tick first forgets what was
+    /// programmed, so the kernel is read again and anything removed behind its back comes back.
+    async fn program(&mut self, mirror: &Mirror<RouteItem>, tick: bool) -> Option<u64> {
+        if tick && self.resync.due() {
+            self.vteps.resync();
+            self.routes.resync();
+            self.nat.resync();
+        }
         let me = self.me.as_str();
         let state = mirror.state();
         let netlink = self.netlink.as_ref();

@@ -23,6 +23,35 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
 /// Silence from the server after which the agent reconnects.
 const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 
+/// How often a follower re-reads the kernel by default (as Felix refreshes routes and iptables).
+pub const DEFAULT_RESYNC_EVERY: Duration = Duration::from_secs(90);
+
+/// When a follower re-reads the kernel to repair what changed behind its back.
+#[derive(Debug)]
+pub struct ResyncClock {
+    every: Duration,
+    last: Instant,
+}
+
+impl ResyncClock {
+    /// A clock that is due `every` after its last re-read (and `every` after now).
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: Instant::now(),
+        }
+    }
+
+    /// Whether a re-read is due now; if so, counts it as done.
+    pub fn due(&mut self) -> bool {
+        let due = self.last.elapsed() >= self.every;
+        if due {
+            self.last = Instant::now();
+        }
+        due
+    }
+}
+
 /// What a follower programs the state into.
 #[async_trait::async_trait]
 pub trait SyncTarget<V: Send + Sync>: Send {
@@ -257,5 +286,18 @@ async fn sync_once<S: SyncService, T: SyncTarget<S::Value>>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resync_clock_is_due_once_per_interval() {
+        let mut every_time = ResyncClock::new(Duration::ZERO);
+        assert!(every_time.due() && every_time.due());
+        let mut hourly = ResyncClock::new(Duration::from_secs(3600));
+        assert!(!hourly.due(), "not before the interval has passed");
     }
 }
