@@ -363,7 +363,7 @@ impl<'lab> Chaos<'lab> {
     }
 
     /// SIGKILLs `node`'s agent while an ADD (or a DEL) is in flight — a few milliseconds into it
-    /// — and starts the agent again a moment later.
+    /// — and starts the agent again a moment later. Panics when none comes within 30 s.
     fn kill_agent_mid(&self, random: &mut Random, node: usize, command: &'static str) {
         let outcomes = &self.outcomes[node];
         let in_flight = if command == "ADD" {
@@ -374,33 +374,41 @@ impl<'lab> Chaos<'lab> {
         let agent = &self.lab.nodes[node].name;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            while in_flight.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+            while in_flight.load(Ordering::SeqCst) == 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "no CNI {command} in flight on node {node} within 30 s"
+                );
                 std::thread::sleep(Duration::from_micros(200));
             }
-            random.pause(1, 4);
-            if in_flight.load(Ordering::SeqCst) > 0 || Instant::now() >= deadline {
+            // Past the shim's own start (≈ 3 ms), into the agent's work.
+            random.pause(3, 8);
+            if in_flight.load(Ordering::SeqCst) > 0 {
                 break;
             }
         }
-        self.kill_agent(node);
-        let kill = outcomes.kills.load(Ordering::SeqCst);
+        let kill = self.kill_agent(node);
         self.aimed.lock().expect("aimed").push((node, kill, command));
         eprintln!("chaos: SIGKILLed {agent} in the middle of a CNI {command}");
         random.pause(300, 1500);
         self.lab.restart(agent).expect("restart agent");
     }
 
-    /// SIGKILLs `node`'s agent, counting the kill.
-    fn kill_agent(&self, node: usize) {
+    /// SIGKILLs `node`'s agent; returns the kill's number. It is counted before the signal
+    /// goes, so a command it cuts short sees it when it ends.
+    fn kill_agent(&self, node: usize) -> usize {
+        let kill = self.outcomes[node].kills.fetch_add(1, Ordering::SeqCst) + 1;
         self.lab.kill(&self.lab.nodes[node].name).expect("kill agent");
-        self.outcomes[node].kills.fetch_add(1, Ordering::SeqCst);
+        kill
     }
 
     /// SIGKILLs lab process `name` at a random point and starts it again after a random pause.
     fn kill_and_restart(&self, random: &mut Random, name: &str) {
         random.pause(500, 2500);
         match self.lab.nodes.iter().position(|n| n.name == name) {
-            Some(node) => self.kill_agent(node),
+            Some(node) => {
+                self.kill_agent(node);
+            }
             None => self.lab.kill(name).expect("kill"),
         }
         eprintln!("chaos: SIGKILLed {name}");
@@ -703,13 +711,9 @@ fn check_aftermath(chaos: &Chaos<'_>, undeleted: &[String]) {
         panic!("ipam check after the chaos:\n{problems}\n{}", lab.logs());
     }
     // The long-lived pods hold theirs, and over VXLAN each node its tunnel address.
-    let tunnels = if lab.nodes[0]
-        .namespace
-        .succeeds(&["ip", "link", "show", "vxlan.brindle"])
-    {
-        lab.nodes.len()
-    } else {
-        0
+    let tunnels = match lab.spec().encapsulation {
+        Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet => lab.nodes.len(),
+        _ => 0,
     };
     let in_use = lab.addresses_in_use().expect("ipam show");
     assert_eq!(
@@ -734,7 +738,8 @@ fn check_aftermath(chaos: &Chaos<'_>, undeleted: &[String]) {
     });
 }
 
-/// New pods work on every node after the chaos: each reaches every server as a client.
+/// New pods work on every node after the chaos: each reaches every server as a client; and no
+/// process exited on its own meanwhile.
 fn new_clients_work(mut lab: Lab, survivors: &[(usize, Role)]) {
     let clients: Vec<usize> = (0..lab.nodes.len())
         .map(|node| add_survivor(&mut lab, node, Role::Client).0)
@@ -761,6 +766,12 @@ fn new_clients_work(mut lab: Lab, survivors: &[(usize, Role)]) {
             }
         },
     );
+    let exits = lab.exits();
+    assert!(
+        exits.is_empty(),
+        "processes exited on their own: {exits:?}\n{}",
+        lab.logs()
+    );
 }
 
 #[test]
@@ -779,11 +790,15 @@ fn separate_services_on_a_three_member_etcd_survive_kills_a_leader_loss_a_cut_of
         });
         eprintln!("chaos: etcd's leader is {leader}");
         chaos.kill_and_restart(random, &leader);
-        let member = ["etcd-1", "etcd-2", "etcd-3"]
+        let leader = retried("finding etcd's new leader", || {
+            lab.etcd_leader()
+                .ok_or_else(|| anyhow::anyhow!("no member is the leader"))
+        });
+        let follower = ["etcd-1", "etcd-2", "etcd-3"]
             .into_iter()
             .find(|member| *member != leader)
             .expect("a follower");
-        chaos.kill_and_restart(random, member);
+        chaos.kill_and_restart(random, follower);
         chaos.compact(random);
         random.pause(500, 2000);
         lab.cut_off(2, true).expect("cut off");

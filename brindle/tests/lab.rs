@@ -197,6 +197,13 @@ fn vxlan_always_full_mesh_ping_and_tcp_through_the_tunnel() {
         repaired.contains(&destination),
         "{destination} is routed again: {repaired}"
     );
+    let neighbour = node
+        .ip(&["neigh", "show", &gateway, "dev", "vxlan.brindle"])
+        .expect("neighbours");
+    assert!(
+        neighbour.contains("PERMANENT"),
+        "{gateway}'s entry is back: {neighbour}"
+    );
     // The device deleted by hand: the agent notices and sets it up again, routes and all.
     lab.nodes[0]
         .namespace

@@ -63,7 +63,8 @@ pub struct Args {
     #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9404")]
     pub metrics_listen: std::net::SocketAddr,
     /// Seconds between re-reads of the kernel that repair routes, VXLAN endpoints, iptables rules
-    /// and ipsets changed behind the agent's back (Felix's route and iptables refresh).
+    /// and ipsets changed behind the agent's back (Felix's route and iptables refresh); checked
+    /// at each keepalive tick (10 s) while the agent is connected to route-svc and policy-svc.
     #[arg(long, env = "BRINDLE_RESYNC_INTERVAL", default_value_t = DEFAULT_RESYNC_EVERY.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_interval: u64,

@@ -49,7 +49,7 @@ const IPV6_UNDERLAY: &str = "fd00:200:";
 /// The IPv6 pod pool of a dual-stack lab.
 pub const IPV6_POOL: &str = "fd00:244::/112";
 /// Seconds between the agents' re-reads of the kernel (90 by default; short here, so a test sees
-/// what was changed behind an agent's back repaired within its keepalive tick).
+/// what was changed behind an agent's back repaired at the next keepalive tick, every 10 s).
 const AGENT_RESYNC_INTERVAL: &str = "5";
 /// The CNI network name pods are attached to.
 const NETWORK: &str = "brindle-lab";
@@ -640,6 +640,11 @@ impl Lab {
                 .into_inner()
                 .nodes)
         })
+    }
+
+    /// What it was built from.
+    pub fn spec(&self) -> &LabSpec {
+        &self.spec
     }
 
     /// Where `service` answers, from inside the lab's namespaces.

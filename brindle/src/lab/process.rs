@@ -66,7 +66,6 @@ impl Process {
         if self.running() {
             return Ok(());
         }
-        self.child = None;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -295,9 +295,10 @@ mod tests {
 
     #[test]
     fn the_resync_clock_is_due_once_per_interval() {
-        let mut every_time = ResyncClock::new(Duration::ZERO);
-        assert!(every_time.due() && every_time.due());
-        let mut hourly = ResyncClock::new(Duration::from_secs(3600));
-        assert!(!hourly.due(), "not before the interval has passed");
+        let mut clock = ResyncClock::new(Duration::from_millis(50));
+        assert!(!clock.due(), "not before the interval has passed");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(clock.due(), "due once it has");
+        assert!(!clock.due(), "and then not again until the next interval");
     }
 }
