@@ -1,7 +1,8 @@
 //! The namespace lab end to end on the real kernel: 3 nodes × 2 pods reach each other — ping and a
 //! TCP transfer between every pod pair — routed directly, over VXLAN, and CrossSubnet across two
 //! subnets (direct within, VXLAN across); a node that joins later gets routes to everyone and
-//! everyone to it; the data plane outlives the control plane (on etcd); natOutgoing.
+//! everyone to it; the data plane outlives the control plane (on etcd), and agents keep repairing
+//! it meanwhile; natOutgoing.
 
 use std::io::{Read, Write};
 use std::net::IpAddr;
@@ -308,6 +309,38 @@ fn the_data_plane_survives_the_control_plane_and_resumes_without_a_route_flap() 
         assert!(
             changes.trim().is_empty(),
             "node {node}'s routes changed across the outage and restart:\n{changes}"
+        );
+    }
+}
+
+#[test]
+fn without_the_control_plane_an_agent_still_repairs_a_route_removed_behind_its_back() {
+    let lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}d", std::process::id()),
+        pods_per_node: 1,
+        ..spec(2)
+    })
+    .expect("lab up");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("{error}\n{}", lab.logs());
+    }
+    lab.stop_control_plane().expect("stop");
+    let node = &lab.nodes[0].namespace;
+    let remote = lab.pods[1].ip.to_string();
+    let routes = node.ip(&["-4", "route", "show", "proto", "80"]).expect("routes");
+    let route = routes
+        .lines()
+        .find(|line| line.contains(" via "))
+        .expect("a route to the other node's block")
+        .to_owned();
+    let destination = route.split_whitespace().next().expect("destination").to_owned();
+    node.ip(&["route", "del", &destination])
+        .expect("delete the route");
+    assert!(!lab.reaches(0, 1), "{remote} is cut off without its route");
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(40)) {
+        panic!(
+            "the route was not repaired while the control plane is down: {error}\n{}",
+            lab.logs()
         );
     }
 }

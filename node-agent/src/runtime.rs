@@ -64,7 +64,8 @@ pub struct Args {
     pub metrics_listen: std::net::SocketAddr,
     /// Seconds between re-reads of the kernel that repair routes, VXLAN endpoints, iptables rules
     /// and ipsets changed behind the agent's back (Felix's route and iptables refresh); checked
-    /// at each keepalive tick (10 s) while the agent is connected to route-svc and policy-svc.
+    /// at each keepalive tick (10 s), also while route-svc or policy-svc is unreachable (then to
+    /// the last state they gave).
     #[arg(long, env = "BRINDLE_RESYNC_INTERVAL", default_value_t = DEFAULT_RESYNC_EVERY.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_interval: u64,

@@ -2,8 +2,9 @@
 //! with the revision it applied (so a reconnect resumes), keepalives both ways, a silent server
 //! dropped, snapshots put together from their pieces, and the state programmed — coalesced (every
 //! message already received is applied first) and at most once per `min_interval` — with an ack
-//! of the revision once programmed. Disconnected, it changes nothing; every keepalive tick after
-//! the first full state programs again, which retries failures and repairs the kernel.
+//! of the revision once programmed. Every keepalive tick after the first full state programs
+//! again, which retries failures and repairs the kernel; disconnected, it keeps the kernel at the
+//! last state it was given (repairing it to that state, changing nothing else).
 
 use std::time::Duration;
 
@@ -193,6 +194,7 @@ pub async fn follow<S: SyncService, T: SyncTarget<S::Value>>(
     let connected = metrics
         .connected
         .get_or_create_owned(&labels([("service", S::NAME)]));
+    let mut last_tick = Instant::now();
     loop {
         connected.set(1);
         let error = sync_once(&service, &me, &mut target, &mut mirror, &mut backoff, &metrics).await;
@@ -202,6 +204,12 @@ pub async fn follow<S: SyncService, T: SyncTarget<S::Value>>(
             .get_or_create(&labels([("service", S::NAME)]))
             .inc();
         tracing::warn!(service = S::NAME, %error, revision = mirror.revision(), "sync stream ended; the kernel stays as it is; reconnecting");
+        // Disconnected, the kernel keeps the last state it was given — and is still held to it:
+        // a keepalive tick's worth of time on, what changed behind the agent's back is repaired.
+        if mirror.revision() > 0 && last_tick.elapsed() >= KEEPALIVE_EVERY {
+            program(S::NAME, &mut target, &mirror, true, &metrics).await;
+            last_tick = Instant::now();
+        }
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }
