@@ -39,14 +39,18 @@ impl CompactedAfterFirstList {
         }
     }
 
-    /// How many times it was listed.
-    pub fn lists(&self) -> usize {
-        self.lists.load(Ordering::SeqCst)
-    }
-
-    /// How many compactions it did (1 once `meanwhile` ran and the history was cut).
-    pub fn compactions(&self) -> usize {
-        self.compactions.load(Ordering::SeqCst)
+    /// Panics unless the history was compacted behind the first list and the store was listed
+    /// again after it (the watcher re-listed instead of going on).
+    pub fn assert_relisted(&self) {
+        assert_eq!(
+            self.compactions.load(Ordering::SeqCst),
+            1,
+            "the history was compacted behind the watch"
+        );
+        assert!(
+            self.lists.load(Ordering::SeqCst) >= 2,
+            "the compacted watch made the service list again"
+        );
     }
 }
 
