@@ -1,6 +1,6 @@
-//! Running CNI plugins the way a runtime does, for the CNI benchmarks: namespaces made for the
-//! run, plugins executed with the CNI environment and the configuration on stdin, daemons killed
-//! on drop.
+//! Running CNI plugins the way a runtime does, for the CNI benchmarks: plugins executed with the
+//! CNI environment and the configuration on stdin, daemons killed on drop. (Namespaces and
+//! commands come from `brindle::lab`.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,39 +11,6 @@ use anyhow::{Context, bail};
 
 /// Where Debian's reference plugins (containernetworking-plugins) are installed.
 pub const PEER_DIR: &str = "/usr/lib/cni";
-
-/// A namespace made by this benchmark, deleted on drop.
-pub struct Netns(pub String);
-
-impl Netns {
-    /// Creates the namespace `name`.
-    pub fn new(name: String) -> anyhow::Result<Self> {
-        sh("ip", &["netns", "add", &name])?;
-        Ok(Self(name))
-    }
-    /// Its path under /run/netns.
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.0)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-/// Runs a command; its stdout, or an error with its stderr.
-pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!("{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Kills the child on drop.
 pub struct Daemon(pub Child);

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use brindle::lab::{Lab, LabSpec};
-use brindle_bench::cni::{Netns, PEER_DIR, Plugin, invoke, release_binary, sh};
+use brindle::lab::{Lab, LabSpec, Namespace};
+use brindle_bench::cni::{PEER_DIR, Plugin, invoke, release_binary};
 use brindle_bench::{Latencies, ms, row};
 
 const NODES: usize = 3;
@@ -48,7 +48,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Runs `cycles` ADD/DEL cycles spread over `workers` (plugin, pod namespace) pairs.
-fn churn(workers: &[(Plugin, Netns)], cycles: usize, prefix: &str) -> anyhow::Result<Vec<Sample>> {
+fn churn(workers: &[(Plugin, Namespace)], cycles: usize, prefix: &str) -> anyhow::Result<Vec<Sample>> {
     let next = AtomicUsize::new(0);
     let samples = Mutex::new(Vec::with_capacity(cycles));
     let started = Instant::now();
@@ -159,7 +159,7 @@ fn main() -> anyhow::Result<()> {
                 binary: binaries.join("brindle-cni"),
                 config: lab.cni_config(node)?,
             };
-            workers.push((plugin, Netns::new(format!("{prefix}-b{node}w{worker}"))?));
+            workers.push((plugin, Namespace::create(format!("{prefix}-b{node}w{worker}"))?));
         }
     }
     // The first ADD waits for the agents to reach the control plane.
@@ -188,8 +188,7 @@ fn main() -> anyhow::Result<()> {
     drop(lab);
 
     // The peer: ptp + host-local with the same number of workers, from a node namespace.
-    let node = Netns::new(format!("{prefix}-peer"))?;
-    sh("ip", &["netns", "exec", &node.0, "ip", "link", "set", "lo", "up"])?;
+    let node = Namespace::create(format!("{prefix}-peer"))?;
     let data = tempfile::Builder::new()
         .prefix("brindle-bench-churn-")
         .tempdir()?;
@@ -197,14 +196,14 @@ fn main() -> anyhow::Result<()> {
         r#"{{"cniVersion":"1.0.0","name":"churn-ptp","type":"ptp","mtu":1450,"ipam":{{"type":"host-local","subnet":"10.96.0.0/16","dataDir":"{}"}}}}"#,
         data.path().display()
     );
-    let peer_workers: Vec<(Plugin, Netns)> = (0..NODES * WORKERS_PER_NODE)
+    let peer_workers: Vec<(Plugin, Namespace)> = (0..NODES * WORKERS_PER_NODE)
         .map(|worker| {
             let plugin = Plugin {
                 label: "ptp+host-local",
                 binary: PathBuf::from(PEER_DIR).join("ptp"),
                 config: config.clone(),
             };
-            Ok((plugin, Netns::new(format!("{prefix}-p{worker}"))?))
+            Ok((plugin, Namespace::create(format!("{prefix}-p{worker}"))?))
         })
         .collect::<anyhow::Result<_>>()?;
     let node_path = node.path();

@@ -9,11 +9,12 @@
 //! `cargo build --release --workspace --bins && target/release/bench-cni --shim "$(scripts/build-shim.sh)"`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use brindle_bench::cni::{Daemon, Netns, PEER_DIR, Plugin, invoke, release_binary, sh};
+use brindle::lab::Namespace;
+use brindle_bench::cni::{Daemon, PEER_DIR, Plugin, invoke, release_binary};
 use brindle_bench::{Latencies, ms, row};
 use brindle_proto::agent::v1 as pb;
 
@@ -25,7 +26,7 @@ fn sequential(plugin: &Plugin, prefix: &str) -> anyhow::Result<(Latencies, Laten
     let (mut adds, mut dels) = (Vec::new(), Vec::new());
     let (mut add_wall, mut del_wall) = (Duration::ZERO, Duration::ZERO);
     for i in 0..SEQUENTIAL {
-        let pod = Netns::new(format!("{prefix}-s{i}"))?;
+        let pod = Namespace::create(format!("{prefix}-s{i}"))?;
         let container = format!("{prefix}-seq-{i}");
         let add = invoke(plugin, "ADD", &container, &pod.path())?;
         let del = invoke(plugin, "DEL", &container, &pod.path())?;
@@ -39,8 +40,8 @@ fn sequential(plugin: &Plugin, prefix: &str) -> anyhow::Result<(Latencies, Laten
 
 /// All ADDs at once, then all DELs at once.
 fn concurrent(plugin: &Plugin, prefix: &str) -> anyhow::Result<(Latencies, Latencies)> {
-    let pods: Vec<Netns> = (0..CONCURRENT)
-        .map(|i| Netns::new(format!("{prefix}-c{i}")))
+    let pods: Vec<Namespace> = (0..CONCURRENT)
+        .map(|i| Namespace::create(format!("{prefix}-c{i}")))
         .collect::<Result<_, _>>()?;
     let mut phases = Vec::new();
     for command in ["ADD", "DEL"] {
@@ -83,7 +84,7 @@ async fn direct_adds(socket: &Path, config: &str, prefix: &str) -> anyhow::Resul
     let mut samples = Vec::new();
     let mut wall = Duration::ZERO;
     for i in 0..SEQUENTIAL {
-        let pod = Netns::new(format!("{prefix}-d{i}"))?;
+        let pod = Namespace::create(format!("{prefix}-d{i}"))?;
         let invocation = pb::CniInvocation {
             container_id: format!("{prefix}-direct-{i}"),
             netns: pod.path().display().to_string(),
@@ -122,14 +123,11 @@ fn main() -> anyhow::Result<()> {
     let shim = shim_binary()?;
     let prefix = format!("brdb{}", std::process::id());
     let work = tempfile::Builder::new().prefix("brindle-bench-cni-").tempdir()?;
-    let node = Netns::new(format!("{prefix}-node"))?;
-    sh("ip", &["netns", "exec", &node.0, "ip", "link", "set", "lo", "up"])?;
+    let node = Namespace::create(format!("{prefix}-node"))?;
     let spawn_in_node = |program: PathBuf, args: Vec<String>, log: &str| -> anyhow::Result<Daemon> {
         let log = std::fs::File::create(work.path().join(log))?;
         Ok(Daemon(
-            Command::new("ip")
-                .args(["netns", "exec", &node.0])
-                .arg(program)
+            node.command(&program)
                 .args(args)
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -164,12 +162,9 @@ fn main() -> anyhow::Result<()> {
     )?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let create_pool = r#"{"pool":{"name":"bench","cidr":"10.97.0.0/16"}}"#;
-    while Command::new("ip")
+    while node
+        .command(Path::new("grpcurl"))
         .args([
-            "netns",
-            "exec",
-            &node.0,
-            "grpcurl",
             "-plaintext",
             "-d",
             create_pool,
