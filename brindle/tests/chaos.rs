@@ -489,17 +489,11 @@ fn spec(
     encapsulation: Encapsulation,
 ) -> LabSpec {
     LabSpec {
-        prefix: format!("brdt{}{prefix}", std::process::id()),
-        nodes: 3,
-        pods_per_node: 0,
-        pool: "10.244.0.0/16".into(),
-        binaries: test_binaries(),
         encapsulation,
-        subnets: 1,
         etcd_members,
         control_plane,
         policy: true,
-        dual_stack: false,
+        ..LabSpec::new(format!("brdt{}{prefix}", std::process::id()), test_binaries())
     }
 }
 

@@ -13,17 +13,9 @@ use brindle::lab::{Encapsulation, Lab, LabSpec, test_binaries};
 
 fn spec(nodes: usize) -> LabSpec {
     LabSpec {
-        prefix: format!("brdt{}", std::process::id()),
         nodes,
         pods_per_node: 2,
-        pool: "10.244.0.0/16".into(),
-        binaries: test_binaries(),
-        encapsulation: Encapsulation::Never,
-        subnets: 1,
-        etcd_members: 0,
-        control_plane: Default::default(),
-        policy: false,
-        dual_stack: false,
+        ..LabSpec::new(format!("brdt{}", std::process::id()), test_binaries())
     }
 }
 

@@ -9,9 +9,7 @@ use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use brindle::lab::{
-    EchoServers, Encapsulation, Lab, LabSpec, Target, Transport, Workload, probe, serve, test_binaries,
-};
+use brindle::lab::{EchoServers, Lab, LabSpec, Target, Transport, Workload, probe, serve, test_binaries};
 use brindle_proto::policy::v1 as pb;
 use policy_svc::core::model::Protocol;
 use policy_svc::truth_table::{
@@ -36,17 +34,8 @@ struct World {
 impl World {
     fn build() -> Self {
         let mut lab = Lab::up(LabSpec {
-            prefix: format!("brdt{}p", std::process::id()),
-            nodes: 3,
-            pods_per_node: 0,
-            pool: "10.244.0.0/16".into(),
-            binaries: test_binaries(),
-            encapsulation: Encapsulation::Never,
-            subnets: 1,
-            etcd_members: 0,
-            control_plane: Default::default(),
             policy: true,
-            dual_stack: false,
+            ..LabSpec::new(format!("brdt{}p", std::process::id()), test_binaries())
         })
         .expect("lab up");
         lab.apply(&namespace_manifest()).expect("namespaces");

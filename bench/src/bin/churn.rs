@@ -139,17 +139,8 @@ fn main() -> anyhow::Result<()> {
         .to_owned();
     let prefix = format!("brdb{}", std::process::id());
     let lab = Lab::up(LabSpec {
-        prefix: format!("{prefix}l"),
         nodes: NODES,
-        pods_per_node: 0,
-        pool: "10.244.0.0/16".into(),
-        binaries: binaries.clone(),
-        encapsulation: Default::default(),
-        subnets: 1,
-        etcd_members: 0,
-        control_plane: Default::default(),
-        policy: false,
-        dual_stack: false,
+        ..LabSpec::new(format!("{prefix}l"), binaries.clone())
     })?;
     let mut workers = Vec::new();
     for node in 0..NODES {

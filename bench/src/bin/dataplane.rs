@@ -120,17 +120,10 @@ fn bare_path(lab: &Lab, prefix: &str, mtu: &str) -> anyhow::Result<(Underlay, &'
 fn measure(args: &Args, encapsulation: Encapsulation) -> anyhow::Result<(f64, f64, f64)> {
     let prefix = format!("brdb{}", std::process::id());
     let lab = Lab::up(LabSpec {
-        prefix: prefix.clone(),
         nodes: 2,
         pods_per_node: 1,
-        pool: "10.244.0.0/16".into(),
-        binaries: args.binaries.clone(),
         encapsulation,
-        subnets: 1,
-        etcd_members: 0,
-        control_plane: Default::default(),
-        policy: false,
-        dual_stack: false,
+        ..LabSpec::new(prefix.clone(), args.binaries.clone())
     })?;
     if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
         bail!("{error}\n{}", lab.logs());

@@ -83,6 +83,27 @@ pub struct LabSpec {
     pub dual_stack: bool,
 }
 
+impl LabSpec {
+    /// A lab whose namespaces start with `prefix`, run from the binaries in `binaries`: 3 nodes
+    /// without pods, pool 10.244.0.0/16 routed directly on one subnet, `brindle server` on the
+    /// embedded store, no policy, IPv4 only. Callers change the fields they need.
+    pub fn new(prefix: String, binaries: PathBuf) -> Self {
+        Self {
+            prefix,
+            nodes: 3,
+            pods_per_node: 0,
+            pool: "10.244.0.0/16".into(),
+            binaries,
+            encapsulation: Encapsulation::Never,
+            subnets: 1,
+            etcd_members: 0,
+            control_plane: ControlPlane::AllInOne,
+            policy: false,
+            dual_stack: false,
+        }
+    }
+}
+
 /// A pod to add: its Kubernetes identity, labels and named container ports.
 #[derive(Debug, Clone, Default)]
 pub struct Workload {
