@@ -190,8 +190,9 @@ impl<'lab> Chaos<'lab> {
     }
 
     /// One CNI command of a churn pod on `node`: counted as in flight while it runs, and noted
-    /// when the node's agent was killed while it ran.
-    fn cni(&self, node: usize, command: &'static str, pod: &ChurnPod) -> bool {
+    /// when the node's agent was killed while it ran. Returns whether it succeeded and what it
+    /// printed.
+    fn cni(&self, node: usize, command: &'static str, pod: &ChurnPod) -> (bool, String) {
         let outcomes = &self.outcomes[node];
         let (in_flight, ok, failed) = if command == "ADD" {
             (&outcomes.adds_in_flight, &outcomes.added, &outcomes.add_failed)
@@ -216,10 +217,7 @@ impl<'lab> Chaos<'lab> {
         spanned.extend((kills_before + 1..=kills_after).map(|kill| (node, kill, command)));
         drop(spanned);
         if succeeded { ok } else { failed }.fetch_add(1, Ordering::Relaxed);
-        if succeeded && command == "ADD" {
-            self.record_address(&printed, &pod.container);
-        }
-        succeeded
+        (succeeded, printed)
     }
 
     /// Notes the address an ADD returned to `container`, and any other live pod holding it.
@@ -245,12 +243,6 @@ impl<'lab> Chaos<'lab> {
         Some(ip)
     }
 
-    /// The address `container` holds, as recorded.
-    fn address_of(&self, container: &str) -> Option<IpAddr> {
-        let holders = self.holders.lock().expect("holders");
-        holders.iter().find(|(_, c)| *c == container).map(|(ip, _)| *ip)
-    }
-
     /// ADDs a new churn pod in `netns`; it is returned even when the ADD failed (it then needs
     /// a DEL before its namespace is used again).
     fn add(&self, node: usize, container: String, netns: Namespace) -> ChurnPod {
@@ -259,8 +251,9 @@ impl<'lab> Chaos<'lab> {
             netns,
             ip: None,
         };
-        if self.cni(node, "ADD", &pod) {
-            pod.ip = self.address_of(&pod.container);
+        let (added, printed) = self.cni(node, "ADD", &pod);
+        if added {
+            pod.ip = self.record_address(&printed, &pod.container);
         }
         pod
     }
@@ -273,7 +266,7 @@ impl<'lab> Chaos<'lab> {
                 holders.remove(&ip);
             }
         }
-        self.cni(node, "DEL", pod)
+        self.cni(node, "DEL", pod).0
     }
 
     /// A churn worker: keeps up to [`LIVE_PER_WORKER`] pods in its own namespaces, adding and
