@@ -259,6 +259,11 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         self.read().state.clone()
     }
 
+    /// Runs `read` on the flushed state without copying it.
+    pub fn with_state<R>(&self, read: impl FnOnce(&BTreeMap<String, V>) -> R) -> R {
+        read(&self.read().state)
+    }
+
     /// The flushed state, encoded and compressed; built once per revision and shared.
     pub async fn snapshot(&self) -> Arc<EncodedSnapshot> {
         let mut cached = self.shared.snapshot.lock().await;
@@ -321,6 +326,19 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     pub fn subscribers(&self) -> Vec<SubscriberStatus> {
         let subscribers = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
         subscribers.values().cloned().collect()
+    }
+
+    /// Whether a session is open now.
+    pub fn has_connected_subscriber(&self) -> bool {
+        let subscribers = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.values().any(|s| s.connected)
+    }
+
+    /// Forgets the status of every disconnected subscriber whose node `keep` does not name (so
+    /// statuses of names that came and went do not pile up).
+    pub fn forget_disconnected(&self, keep: impl Fn(&str) -> bool) {
+        let mut subscribers = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subscribers.retain(|node, status| status.connected || keep(node));
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod auth;
 mod store_args;
+mod store_status;
 pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -21,6 +22,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use store_args::StoreArgs;
+pub use store_status::store_status;
 pub use tls::{ClientTlsArgs, ServerTlsArgs};
 
 /// How often the datastore is probed for the health status.

@@ -342,6 +342,9 @@ fn replies<V: Send + Sync + 'static>(
     }
 }
 
+/// How long a `Sync` call may take to send its hello before it is ended.
+pub const HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Reads the first message of a `Sync` call — the hello naming the subscriber's node — and gives
 /// it back with the rest of the stream, for services whose fan-out depends on the node.
 pub async fn read_hello(
@@ -353,9 +356,14 @@ pub async fn read_hello(
     ),
     Status,
 > {
-    let first = incoming
-        .next()
+    let first = tokio::time::timeout(HELLO_TIMEOUT, incoming.next())
         .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no hello within {} s of the stream's start",
+                HELLO_TIMEOUT.as_secs()
+            ))
+        })?
         .ok_or_else(|| Status::invalid_argument("the stream ended before its hello"))??;
     let node = match &first.message {
         Some(pb::sync_client_message::Message::Hello(hello)) if !hello.node.is_empty() => hello.node.clone(),

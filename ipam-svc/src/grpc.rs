@@ -78,20 +78,19 @@ impl IpamService {
 
 /// The status code and message for an IPAM error.
 pub fn status(error: IpamError) -> Status {
-    use brindle_datastore::StoreError;
     let message = error.to_string();
     match error {
         IpamError::InvalidArgument { .. } => Status::invalid_argument(message),
         IpamError::NotFound(_) => Status::not_found(message),
         IpamError::AlreadyExists(_) => Status::already_exists(message),
+        IpamError::OtherNodesHandle { .. } => Status::permission_denied(message),
         IpamError::FailedPrecondition(_) => Status::failed_precondition(message),
-        IpamError::Exhausted { .. } => Status::resource_exhausted(message),
+        IpamError::Exhausted { .. } | IpamError::Overloaded { .. } | IpamError::NodeLimit { .. } => {
+            Status::resource_exhausted(message)
+        }
         IpamError::Contention { .. } => Status::aborted(message),
         IpamError::Corrupt { .. } => Status::data_loss(message),
-        IpamError::Store(StoreError::Unavailable(_) | StoreError::Conflict { .. }) => {
-            Status::unavailable(message)
-        }
-        IpamError::Store(_) => Status::internal(message),
+        IpamError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
 }
 
@@ -346,6 +345,9 @@ impl pb::ipam_server::Ipam for IpamService {
             handle_id: r.handle_id,
             ip: ip_from("ip", &r.ip).map_err(status)?,
             node: r.node,
+            use_: use_from(r.r#use, "use")
+                .map_err(status)?
+                .unwrap_or(AllowedUse::Workload),
             attributes: attributes_from(r.attributes),
         };
         let allocation = self.ipam.assign_ip(request).await.map_err(status)?;
@@ -580,7 +582,7 @@ impl pb::ipam_server::Ipam for IpamService {
             .garbage_collect(
                 &r.node,
                 &valid,
-                &r.handle_prefix,
+                &r.network,
                 Duration::from_secs(u64::from(r.min_age_seconds)),
             )
             .await

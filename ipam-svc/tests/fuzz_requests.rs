@@ -84,7 +84,7 @@ fn call() -> impl Strategy<Value = Call> {
         1 => damaged(vec![pb::GarbageCollectRequest {
             node: "n1".into(),
             valid_handle_ids: vec!["net.c1".into()],
-            handle_prefix: "net.".into(),
+            network: "net".into(),
             min_age_seconds: 0,
         }])
         .prop_map(Call::GarbageCollect),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::Store;
-use ipam_svc::core::model::{Handle, IpamConfig, decode};
+use ipam_svc::core::model::{AllowedUse, Handle, IpamConfig, decode};
 use ipam_svc::core::{AssignIpRequest, Ipam, IpamError, keys};
 use support::{TestClock, assert_clean, ipam_with_clock, pool, request};
 
@@ -102,7 +102,7 @@ async fn run_sequence(seed: u64) {
                         model.handles.insert(id, (node.to_owned(), ips));
                         *counts.entry("assigned").or_default() += 1;
                     }
-                    Err(IpamError::Exhausted { .. }) => {
+                    Err(IpamError::Exhausted { .. } | IpamError::NodeLimit { .. }) => {
                         assert!(
                             ipam.handle(&id).await.is_err(),
                             "{context}: failed assign left a handle"
@@ -166,6 +166,7 @@ async fn run_sequence(seed: u64) {
                         handle_id: id.clone(),
                         ip,
                         node: node.into(),
+                        use_: AllowedUse::Workload,
                         attributes: Default::default(),
                     })
                     .await;
@@ -195,7 +196,7 @@ async fn run_sequence(seed: u64) {
                     .cloned()
                     .collect();
                 let result = ipam
-                    .garbage_collect(node, &valid, "net.", Duration::ZERO)
+                    .garbage_collect(node, &valid, "net", Duration::ZERO)
                     .await
                     .expect("gc");
                 for id in &result.released_handle_ids {

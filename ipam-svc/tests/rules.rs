@@ -145,11 +145,11 @@ async fn auto_assign_is_idempotent_per_handle(store: Arc<dyn Store>) {
 
 async fn blocks_fill_then_claim_up_to_the_limit_then_borrow(store: Arc<dyn Store>) {
     let ipam = ipam_with_clock(&store, &TestClock::new());
-    ipam.create_pool(pool("tiny", "10.20.0.0/28", 30))
+    ipam.create_pool(pool("tiny", "10.20.0.0/29", 30))
         .await
-        .expect("pool of 4 blocks of 4");
+        .expect("pool of 2 blocks of 4");
     ipam.set_config(IpamConfig {
-        max_blocks_per_host: 1,
+        max_blocks_per_host: 2,
         ..IpamConfig::default()
     })
     .await
@@ -168,7 +168,7 @@ async fn blocks_fill_then_claim_up_to_the_limit_then_borrow(store: Arc<dyn Store
         .auto_assign(request("net.n1b", "n1", 1, 0))
         .await
         .expect("borrow");
-    assert!(borrowed.allocations[0].borrowed, "max blocks reached: borrows");
+    assert!(borrowed.allocations[0].borrowed, "no free block left: borrows");
     assert_ne!(borrowed.allocations[0].block, n1.allocations[0].block);
     let show = ipam
         .show(&ShowOptions {
@@ -183,7 +183,7 @@ async fn blocks_fill_then_claim_up_to_the_limit_then_borrow(store: Arc<dyn Store
     assert_eq!(show.borrowed[0].block_node, "n2");
     assert_eq!(show.borrowed[0].block, n2.allocations[0].block);
     ipam.set_config(IpamConfig {
-        max_blocks_per_host: 1,
+        max_blocks_per_host: 2,
         strict_affinity: true,
         ..IpamConfig::default()
     })
@@ -205,6 +205,43 @@ async fn blocks_fill_then_claim_up_to_the_limit_then_borrow(store: Arc<dyn Store
     assert_clean(&ipam, None).await;
 }
 
+async fn no_node_holds_more_than_its_blocks_worth_even_by_borrowing(store: Arc<dyn Store>) {
+    let ipam = ipam_with_clock(&store, &TestClock::new());
+    ipam.create_pool(pool("p", "10.25.0.0/28", 30))
+        .await
+        .expect("pool of 4 blocks of 4");
+    ipam.set_config(IpamConfig {
+        max_blocks_per_host: 1,
+        ..IpamConfig::default()
+    })
+    .await
+    .expect("config");
+    for node in ["n2", "n3", "n4"] {
+        ipam.auto_assign(request(&format!("net.{node}"), node, 1, 0))
+            .await
+            .expect("a block each");
+    }
+    ipam.auto_assign(request("net.n1", "n1", 4, 0))
+        .await
+        .expect("n1 fills its one block");
+    match ipam.auto_assign(request("net.n1b", "n1", 1, 0)).await {
+        Err(IpamError::NodeLimit { node, max_blocks }) => assert_eq!((node.as_str(), max_blocks), ("n1", 1)),
+        other => panic!("borrowing past the node's limit: {other:?}"),
+    }
+    let show = ipam.show(&ShowOptions::default()).await.expect("show");
+    assert_eq!(
+        show.pools[0].free, 9,
+        "the other nodes' free addresses are theirs: {show:?}"
+    );
+    assert!(
+        matches!(ipam.handle("net.n1b").await, Err(IpamError::NotFound(_))),
+        "a refused assign leaves nothing"
+    );
+    // Without a configuration the limit is 20 blocks.
+    assert_eq!(IpamConfig::default().max_blocks_per_host, 20);
+    assert_clean(&ipam, None).await;
+}
+
 async fn specific_addresses_follow_the_rules(store: Arc<dyn Store>) {
     let ipam = ipam_with_clock(&store, &TestClock::new());
     ipam.create_pool(pool("p", "10.30.0.0/24", 26))
@@ -220,6 +257,7 @@ async fn specific_addresses_follow_the_rules(store: Arc<dyn Store>) {
         handle_id: handle.into(),
         ip: ip(addr),
         node: node.into(),
+        use_: AllowedUse::Workload,
         attributes: Default::default(),
     };
     let got = ipam
@@ -357,6 +395,7 @@ async fn stale_release_by_ip_cannot_free_a_reused_address(store: Arc<dyn Store>)
             handle_id: "net.new".into(),
             ip: first.ip,
             node: "n1".into(),
+            use_: AllowedUse::Workload,
             attributes: Default::default(),
         })
         .await
@@ -400,6 +439,7 @@ async fn stale_release_cannot_match_a_recreated_block(store: Arc<dyn Store>) {
             handle_id: "net.new".into(),
             ip: old.ip,
             node: "n2".into(),
+            use_: AllowedUse::Workload,
             attributes: Default::default(),
         })
         .await
@@ -418,11 +458,11 @@ async fn stale_release_cannot_match_a_recreated_block(store: Arc<dyn Store>) {
 
 async fn deleted_nodes_give_everything_back(store: Arc<dyn Store>) {
     let ipam = ipam_with_clock(&store, &TestClock::new());
-    ipam.create_pool(pool("p", "10.60.0.0/28", 30))
+    ipam.create_pool(pool("p", "10.60.0.0/29", 30))
         .await
         .expect("pool");
     ipam.set_config(IpamConfig {
-        max_blocks_per_host: 1,
+        max_blocks_per_host: 2,
         ..IpamConfig::default()
     })
     .await
@@ -524,7 +564,16 @@ async fn gc_releases_only_stale_handles_of_the_node(store: Arc<dyn Store>) {
     ipam.create_pool(pool("p", "10.80.0.0/24", 26))
         .await
         .expect("pool");
-    for handle in ["net.keep", "net.stale", "vxlan-tunnel-addr-n1"] {
+    let tunnels = [
+        "vxlan-tunnel-addr-n1",
+        "vxlan-v6-tunnel-addr-n1",
+        "ipip-tunnel-addr-n1",
+    ];
+    // "net.other:c:eth0" is a pod of the network "net.other", which a GC of "net" leaves alone.
+    for handle in ["net.keep", "net.stale", "net:stale:eth1", "net.other:c:eth0"]
+        .into_iter()
+        .chain(tunnels)
+    {
         ipam.auto_assign(request(handle, "n1", 1, 0))
             .await
             .expect("assign");
@@ -538,15 +587,22 @@ async fn gc_releases_only_stale_handles_of_the_node(store: Arc<dyn Store>) {
         .expect("assign");
     let valid: HashSet<String> = ["net.keep".to_owned()].into();
     let result = ipam
-        .garbage_collect("n1", &valid, "net.", Duration::from_secs(60))
+        .garbage_collect("n1", &valid, "net", Duration::from_secs(60))
         .await
         .expect("gc");
-    assert_eq!(result.released_handle_ids, vec!["net.stale".to_owned()]);
-    assert_eq!(result.released_ips, 1);
-    for kept in ["net.keep", "net.young", "vxlan-tunnel-addr-n1", "net.other-node"] {
+    let mut released = result.released_handle_ids.clone();
+    released.sort();
+    assert_eq!(released, ["net.stale", "net:stale:eth1"]);
+    assert_eq!(result.released_ips, 2);
+    for kept in ["net.keep", "net.young", "net.other:c:eth0", "net.other-node"]
+        .into_iter()
+        .chain(tunnels)
+    {
         assert!(ipam.handle(kept).await.is_ok(), "{kept} must survive GC");
     }
-    let live: HashSet<String> = ["net.keep".to_owned(), "net.young".to_owned()].into();
+    let live: HashSet<String> = ["net.keep", "net.young", "net.other:c:eth0"]
+        .map(str::to_owned)
+        .into();
     let report = ipam.check(Some(&live)).await.expect("check");
     let leaks: Vec<_> = report
         .problems
@@ -562,15 +618,17 @@ async fn gc_releases_only_stale_handles_of_the_node(store: Arc<dyn Store>) {
     let everything = ipam
         .garbage_collect("n1", &valid, "", Duration::ZERO)
         .await
-        .expect("gc without prefix");
+        .expect("gc of every network");
     assert!(
         everything
             .released_handle_ids
             .iter()
-            .all(|h| h != "vxlan-tunnel-addr-n1"),
+            .all(|h| !tunnels.contains(&h.as_str())),
         "tunnel addresses survive a pod GC: {everything:?}"
     );
-    assert!(ipam.handle("vxlan-tunnel-addr-n1").await.is_ok());
+    for tunnel in tunnels {
+        assert!(ipam.handle(tunnel).await.is_ok(), "{tunnel} must survive GC");
+    }
 }
 
 async fn show_reports_usage(store: Arc<dyn Store>) {
@@ -679,6 +737,84 @@ async fn pool_eligibility_honours_selectors_uses_and_disabled(store: Arc<dyn Sto
     assert!(
         matches!(ipam.auto_assign(only).await, Err(IpamError::InvalidArgument { field, .. }) if field == "ipv4_pools")
     );
+    // A specific address obeys the same rules: node selector, allowed uses, disabled pools.
+    let specific = |handle: &str, ip: &str, node: &str, use_| AssignIpRequest {
+        handle_id: handle.into(),
+        ip: ip.parse().expect("ip"),
+        node: node.into(),
+        use_,
+        attributes: Default::default(),
+    };
+    let refused = |result: Result<_, IpamError>, why: &str| match result {
+        Err(IpamError::FailedPrecondition(message)) => assert!(message.contains(why), "{message}"),
+        other => panic!("expected a refusal ({why}): {other:?}"),
+    };
+    refused(
+        ipam.assign_ip(specific("net.b2", "10.110.0.9", "in-b", AllowedUse::Workload))
+            .await,
+        "node selector",
+    );
+    refused(
+        ipam.assign_ip(specific("net.a2", "10.111.0.9", "in-a", AllowedUse::Workload))
+            .await,
+        "does not allow Workload",
+    );
+    ipam.assign_ip(specific(
+        "vxlan-tunnel-addr-in-a",
+        "10.111.0.9",
+        "in-a",
+        AllowedUse::Tunnel,
+    ))
+    .await
+    .expect("a tunnel address from the tunnel pool");
+    let mut zoned = pool("zoned", "10.110.0.0/24", 26);
+    zoned.node_selector = "zone == 'a'".into();
+    zoned.disabled = true;
+    ipam.update_pool(zoned).await.expect("disable");
+    refused(
+        ipam.assign_ip(specific("net.a3", "10.110.0.9", "in-a", AllowedUse::Workload))
+            .await,
+        "disabled",
+    );
+    assert_clean(&ipam, None).await;
+}
+
+async fn a_handle_is_its_nodes_alone(store: Arc<dyn Store>) {
+    let ipam = ipam_with_clock(&store, &TestClock::new());
+    ipam.create_pool(pool("p", "10.120.0.0/24", 26))
+        .await
+        .expect("pool");
+    let mine = ipam
+        .auto_assign(request("net.mine", "n1", 1, 0))
+        .await
+        .expect("n1");
+    let other_node = |result: Result<_, IpamError>| match result {
+        Err(IpamError::OtherNodesHandle { handle, owner, node }) => {
+            assert_eq!(
+                (handle.as_str(), owner.as_str(), node.as_str()),
+                ("net.mine", "n1", "n2")
+            );
+        }
+        other => panic!("n2 used n1's handle: {other:?}"),
+    };
+    // n2 neither receives n1's addresses by naming its handle ...
+    other_node(ipam.auto_assign(request("net.mine", "n2", 1, 0)).await.map(drop));
+    // ... nor adds an address to it.
+    other_node(
+        ipam.assign_ip(AssignIpRequest {
+            handle_id: "net.mine".into(),
+            ip: "10.120.0.200".parse().expect("ip"),
+            node: "n2".into(),
+            use_: AllowedUse::Workload,
+            attributes: Default::default(),
+        })
+        .await
+        .map(drop),
+    );
+    let handle = ipam.handle("net.mine").await.expect("still n1's");
+    assert_eq!(handle.attributes.node, "n1");
+    assert_eq!(handle.ips.len(), 1);
+    assert_eq!(handle.ips[0].ip, mine.allocations[0].ip);
     assert_clean(&ipam, None).await;
 }
 
@@ -710,6 +846,8 @@ scenarios!(
     auto_assign_claims_a_block_and_fills_it_in_order,
     auto_assign_is_idempotent_per_handle,
     blocks_fill_then_claim_up_to_the_limit_then_borrow,
+    no_node_holds_more_than_its_blocks_worth_even_by_borrowing,
+    a_handle_is_its_nodes_alone,
     specific_addresses_follow_the_rules,
     release_is_idempotent_and_cooldown_defers_reuse,
     stale_release_by_ip_cannot_free_a_reused_address,

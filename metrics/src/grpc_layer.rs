@@ -1,6 +1,7 @@
 //! A tower layer for gRPC servers: every call counted by service, method and status code
 //! (`brindle_grpc_requests_total`) and timed until the response starts
-//! (`brindle_grpc_request_duration_seconds`; for streams, until the stream opens).
+//! (`brindle_grpc_request_duration_seconds`; for streams, until the stream opens). Calls to paths
+//! the server does not route share one label, so callers cannot create series at will.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +12,9 @@ use hyper::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::{Counters, Histograms, LATENCY_BUCKETS, Metrics, labels};
+
+/// The service and method label of calls to paths the server does not route.
+pub const UNROUTED: &str = "unrouted";
 
 /// Adds call metrics to a server's routes.
 #[derive(Clone)]
@@ -87,6 +91,13 @@ where
                     .and_then(|v| v.parse::<u8>().ok())
                     .map_or("OK", code_name),
                 Err(_) => "Unavailable",
+            };
+            // A path the server does not route is answered UNIMPLEMENTED: its name comes from
+            // the caller, so it is counted under one label instead of a series of its own.
+            let (service, method) = if code == "Unimplemented" {
+                (UNROUTED.to_owned(), UNROUTED.to_owned())
+            } else {
+                (service, method)
             };
             layer
                 .requests

@@ -94,7 +94,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(name) => name,
         None => hostname()?,
     };
-    let records = AttachmentStore::open(&args.state_dir.join("attachments"))?;
+    let records = AttachmentStore::open(&args.state_dir.join("attachments"))?.with_metrics(&metrics);
     let netlink = Arc::new(RtNetlink::new()?);
     let sysctl = Arc::new(ProcSysctl);
     // Pods on this node are routed by it.
@@ -110,6 +110,28 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let commands = IptablesCommands::detect();
     let ipv6_tables = Arc::new(commands.for_ipv6());
     let iptables: Arc<dyn Iptables> = Arc::new(commands);
+    let mut ops = CniOps::new(&node, netlink.clone(), sysctl, ipam.clone(), records);
+    if let Some(policy_endpoint) = &args.policy_endpoint {
+        let policy = GrpcPolicy::new(endpoint(policy_endpoint)?);
+        ops = ops.with_endpoints(Arc::new(policy.clone()));
+        let mut families = vec![(Family::V4, iptables.clone())];
+        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            families.push((Family::V6, ipv6_tables as Arc<dyn Iptables>));
+        }
+        tokio::spawn(policy.follow(
+            node.clone(),
+            families,
+            Arc::new(IpsetCommands),
+            resync_every,
+            sync_metrics.clone(),
+        ));
+    }
+    let ops = Arc::new(ops);
+    // Before anything allocates (the route follower's tunnel addresses): the sweep releases the
+    // node's pod handles that no attachment owns, and must not race a new allocation.
+    if let Err(failure) = ops.reconcile().await {
+        tracing::warn!(?failure, "start-up reconciliation incomplete; GC will finish it");
+    }
     if let Some(route_endpoint) = &args.route_endpoint {
         let registration = Node {
             name: node.clone(),
@@ -132,26 +154,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             resync_every,
         );
         tokio::spawn(follower.run(sync_metrics.clone()));
-    }
-    let mut ops = CniOps::new(&node, netlink, sysctl, ipam, records);
-    if let Some(policy_endpoint) = &args.policy_endpoint {
-        let policy = GrpcPolicy::new(endpoint(policy_endpoint)?);
-        ops = ops.with_endpoints(Arc::new(policy.clone()));
-        let mut families = vec![(Family::V4, iptables.clone())];
-        if std::path::Path::new("/proc/sys/net/ipv6").exists() {
-            families.push((Family::V6, ipv6_tables as Arc<dyn Iptables>));
-        }
-        tokio::spawn(policy.follow(
-            node.clone(),
-            families,
-            Arc::new(IpsetCommands),
-            resync_every,
-            sync_metrics.clone(),
-        ));
-    }
-    let ops = Arc::new(ops);
-    if let Err(failure) = ops.reconcile().await {
-        tracing::warn!(?failure, "start-up reconciliation incomplete; GC will finish it");
     }
 
     if let Some(parent) = args.cni_socket.parent() {

@@ -211,7 +211,8 @@ fn cni_behaviour_against_a_real_agent() {
     let handles = node.handles();
     assert_eq!(
         handles,
-        vec![format!("{NETWORK}.{}.net1", a.container_id)],
+        // Interfaces other than eth0 get the unambiguous long form <network>:<container>:<ifname>.
+        vec![format!("{NETWORK}:{}:net1", a.container_id)],
         "only the listed attachment is left"
     );
     eventually("only the listed attachment's host veth is left", || {

@@ -13,9 +13,7 @@ use brindle_datastore::EmbeddedStore;
 use ipam_svc::core::Ipam;
 use ipam_svc::core::model::{AllowedUse, EncapMode, Pool};
 use node_agent::core::ipam::IpamApi;
-use node_agent::core::tunnels::{
-    TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps, vtep_mac, vxlan_tunnel_handle,
-};
+use node_agent::core::tunnels::{TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps, vtep_mac};
 use node_agent::dataplane::{Call, DataplaneError, Netlink, RecordingKernel, Vtep};
 use route_svc::core::{Encapsulation, Node, PoolRoute, RouteItem};
 use support::ipam::InProcessIpam;
@@ -88,7 +86,7 @@ async fn the_vxlan_device_takes_its_address_from_the_tunnel_handle_and_survives_
     assert_eq!(prepared.tunnels.vxlan.as_deref(), Some(VXLAN_DEVICE));
     let device = kernel.vxlan_device(VXLAN_DEVICE).expect("device");
     let handle = ipam
-        .handle(&vxlan_tunnel_handle("n1"))
+        .handle(&ipam_api::handles::TunnelKind::VxlanV4.handle("n1"))
         .await
         .expect("tunnel handle");
     assert_eq!(

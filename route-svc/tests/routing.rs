@@ -104,11 +104,11 @@ async fn routing_state_follows_ipam_and_the_registry(store: Arc<dyn Store>) {
         .register(node("n2", "192.168.10.2"), None)
         .await
         .expect("n2");
-    ipam.create_pool(pool("tiny", "10.20.0.0/28", 30))
+    ipam.create_pool(pool("tiny", "10.20.0.0/29", 30))
         .await
-        .expect("pool");
+        .expect("pool of two blocks");
     ipam.set_config(IpamConfig {
-        max_blocks_per_host: 1,
+        max_blocks_per_host: 2,
         ..IpamConfig::default()
     })
     .await

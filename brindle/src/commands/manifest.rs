@@ -92,8 +92,8 @@ struct IpPoolSpec {
 struct IpamConfigSpec {
     #[serde(default)]
     strict_affinity: bool,
-    #[serde(default)]
-    max_blocks_per_host: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_blocks_per_host: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     release_cooldown_seconds: Option<u32>,
 }
@@ -211,13 +211,17 @@ fn ipam_config(value: yaml_serde::Value) -> anyhow::Result<ipam::IpamConfig> {
         "metadata.name: {:?}: the IPAM configuration is a singleton named \"default\"",
         typed.metadata.name
     );
+    let defaults = ipam_svc::core::model::IpamConfig::default();
     Ok(ipam::IpamConfig {
         strict_affinity: typed.spec.strict_affinity,
-        max_blocks_per_host: typed.spec.max_blocks_per_host,
+        max_blocks_per_host: typed
+            .spec
+            .max_blocks_per_host
+            .unwrap_or(defaults.max_blocks_per_host),
         release_cooldown_seconds: typed
             .spec
             .release_cooldown_seconds
-            .unwrap_or(ipam_svc::core::model::IpamConfig::default().release_cooldown_seconds),
+            .unwrap_or(defaults.release_cooldown_seconds),
     })
 }
 
@@ -269,7 +273,7 @@ pub fn ipam_config_manifest(config: &ipam::IpamConfig) -> serde_json::Value {
         },
         spec: IpamConfigSpec {
             strict_affinity: config.strict_affinity,
-            max_blocks_per_host: config.max_blocks_per_host,
+            max_blocks_per_host: Some(config.max_blocks_per_host),
             release_cooldown_seconds: Some(config.release_cooldown_seconds),
         },
     };

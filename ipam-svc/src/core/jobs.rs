@@ -40,6 +40,8 @@ pub struct AssignIpRequest {
     pub ip: IpAddr,
     /// Node asking.
     pub node: String,
+    /// Workload or tunnel address: its pool must allow it.
+    pub use_: AllowedUse,
     /// Who the address is for.
     pub attributes: HandleAttributes,
 }
@@ -222,20 +224,9 @@ fn eligible_pools(
         if !only.is_empty() && !only.contains(&pool.name) {
             continue;
         }
-        let matches = brindle_selector::Selector::parse(&pool.node_selector)
-            .map(|s| s.matches(&plan.node_labels))
-            .unwrap_or(false);
-        if pool.disabled {
-            refusals.push(format!("{} is disabled", pool.name));
-        } else if !pool.allows(use_) {
-            refusals.push(format!("{} does not allow {use_:?} addresses", pool.name));
-        } else if !matches {
-            refusals.push(format!(
-                "{}'s node selector {:?} does not match",
-                pool.name, pool.node_selector
-            ));
-        } else {
-            eligible.push(pool.clone());
+        match refusal(plan, pool, use_) {
+            Some(why) => refusals.push(why),
+            None => eligible.push(pool.clone()),
         }
     }
     if eligible.is_empty() {
@@ -253,6 +244,39 @@ fn eligible_pools(
     Ok(eligible)
 }
 
+/// Why this node may not take `use_` addresses from `pool`; `None` when it may.
+fn refusal(plan: &Plan, pool: &Pool, use_: AllowedUse) -> Option<String> {
+    let matches = brindle_selector::Selector::parse(&pool.node_selector)
+        .map(|s| s.matches(&plan.node_labels))
+        .unwrap_or(false);
+    if pool.disabled {
+        Some(format!("{} is disabled", pool.name))
+    } else if !pool.allows(use_) {
+        Some(format!("{} does not allow {use_:?} addresses", pool.name))
+    } else if !matches {
+        Some(format!(
+            "{}'s node selector {:?} does not match",
+            pool.name, pool.node_selector
+        ))
+    } else {
+        None
+    }
+}
+
+/// A handle is its node's: another node may neither receive its addresses nor add to them.
+fn check_owner(plan: &Plan, handle: &Handle) -> Result<(), IpamError> {
+    let owner = &handle.attributes.node;
+    if owner.is_empty() || *owner == plan.node {
+        Ok(())
+    } else {
+        Err(IpamError::OtherNodesHandle {
+            handle: handle.id.clone(),
+            owner: owner.clone(),
+            node: plan.node.clone(),
+        })
+    }
+}
+
 /// Addresses still wanted for one family, collected into a handle.
 struct Want<'a> {
     handle: &'a mut Handle,
@@ -261,10 +285,11 @@ struct Want<'a> {
 }
 
 impl Want<'_> {
-    /// Takes free addresses of `block` until satisfied or the block is full.
-    fn fill(&mut self, plan: &Plan, block: &mut Block) -> bool {
-        let mut changed = false;
-        while self.need > 0 {
+    /// Takes free addresses of `block`, at most `limit`, until satisfied or the block is full;
+    /// returns how many it took.
+    fn fill(&mut self, plan: &Plan, block: &mut Block, limit: u64) -> u64 {
+        let mut taken = 0;
+        while self.need > 0 && taken < limit {
             let node = &plan.node;
             let Some((ip, sequence)) = block.allocate(
                 &self.handle.id,
@@ -282,14 +307,15 @@ impl Want<'_> {
             self.allocations
                 .push(allocated(block, ip, sequence, &self.handle.id, node));
             self.need -= 1;
-            changed = true;
+            taken += 1;
         }
-        changed
+        taken
     }
 }
 
 async fn assign(plan: &mut Plan, request: &AssignRequest) -> Result<AssignResult, IpamError> {
     if let Some(handle) = plan.handle(&request.handle_id).await? {
+        check_owner(plan, &handle)?;
         return Ok(AssignResult {
             allocations: handle_allocations(plan, &handle).await?,
             existing: true,
@@ -323,6 +349,13 @@ async fn assign(plan: &mut Plan, request: &AssignRequest) -> Result<AssignResult
         if want.need > 0 && !plan.settings.config.value.strict_affinity {
             borrow(plan, &pools, &mut want).await?;
         }
+        let max_blocks = plan.settings.config.value.max_blocks_per_host;
+        if want.need > 0 && max_blocks > 0 && plan.node_blocks().len() >= max_blocks as usize {
+            return Err(IpamError::NodeLimit {
+                node: plan.node.clone(),
+                max_blocks,
+            });
+        }
         if want.need > 0 {
             return Err(IpamError::Exhausted {
                 family: family.name(),
@@ -352,22 +385,51 @@ async fn fill_affine(plan: &mut Plan, pools: &[Pool], want: &mut Want<'_>) -> Re
         let Some(mut block) = plan.block(cidr).await? else {
             continue;
         };
-        if in_pools(pools, &block) && want.fill(plan, &mut block) {
+        if in_pools(pools, &block) && want.fill(plan, &mut block, u64::MAX) > 0 {
             plan.set_block(cidr, Some(block));
         }
     }
     Ok(())
 }
 
+/// Takes free addresses of other nodes' blocks. With `max_blocks_per_host` set, a node never
+/// holds more than that many blocks' worth of addresses of a pool, borrowed ones included, so
+/// one node cannot drain the other nodes' blocks either.
 async fn borrow(plan: &mut Plan, pools: &[Pool], want: &mut Want<'_>) -> Result<(), IpamError> {
-    for mut block in plan.all_blocks().await? {
+    let all = plan.all_blocks().await?;
+    let max_blocks = u64::from(plan.settings.config.value.max_blocks_per_host);
+    let held = |pool: &str| {
+        all.iter()
+            .filter(|b| b.pool == pool)
+            .flat_map(|b| b.allocations.values())
+            .filter(|a| a.node == plan.node)
+            .count() as u64
+    };
+    let mut room: std::collections::BTreeMap<String, u64> = pools
+        .iter()
+        .map(|p| {
+            let per_block = 1u64 << (p.cidr.max_prefix_len() - p.block_size);
+            let limit = if max_blocks == 0 {
+                u64::MAX
+            } else {
+                max_blocks * per_block
+            };
+            (p.name.clone(), limit.saturating_sub(held(&p.name)))
+        })
+        .collect();
+    for mut block in all {
         if want.need == 0 {
             break;
         }
-        if block.affinity.as_deref() != Some(plan.node.as_str())
-            && in_pools(pools, &block)
-            && want.fill(plan, &mut block)
-        {
+        if block.affinity.as_deref() == Some(plan.node.as_str()) || !in_pools(pools, &block) {
+            continue;
+        }
+        let Some(left) = room.get_mut(&block.pool) else {
+            continue;
+        };
+        let taken = want.fill(plan, &mut block, *left);
+        if taken > 0 {
+            *left -= taken;
             plan.set_block(block.cidr, Some(block));
         }
     }
@@ -462,11 +524,18 @@ async fn assign_ip(plan: &mut Plan, request: &AssignIpRequest) -> Result<Allocat
         )));
     }
     let existing = plan.handle(&request.handle_id).await?;
-    if let Some(handle) = &existing
-        && let Some(hip) = handle.ips.iter().find(|h| h.ip == ip)
-    {
-        let block = plan.block(hip.block).await?;
-        return Ok(held(handle, hip, block.as_ref()));
+    if let Some(handle) = &existing {
+        check_owner(plan, handle)?;
+        if let Some(hip) = handle.ips.iter().find(|h| h.ip == ip) {
+            let block = plan.block(hip.block).await?;
+            return Ok(held(handle, hip, block.as_ref()));
+        }
+    }
+    if let Some(why) = refusal(plan, &pool, request.use_) {
+        return Err(IpamError::FailedPrecondition(format!(
+            "{ip} may not be assigned to node {:?}: pool {why}",
+            plan.node
+        )));
     }
     let cidr = IpNet::new(ip, pool.block_size)
         .map_err(|e| IpamError::invalid("ip", e.to_string()))?

@@ -4,8 +4,6 @@
 
 pub mod error;
 mod jobs;
-pub mod keys;
-pub mod model;
 mod plan;
 mod report;
 mod settings;
@@ -17,9 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use brindle_datastore::{Backoff, Store, StoreError};
+use ipam_api::handles::{WorkloadHandle, is_tunnel_handle};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::IpamError;
+pub use ipam_api::{keys, model};
 pub use jobs::{Allocated, AssignIpRequest, AssignRequest, AssignResult};
 pub use report::{
     BlockUsage, BorrowedIp, CheckReport, IpInfo, PoolUsage, Problem, ProblemKind, Show, ShowOptions,
@@ -31,6 +31,11 @@ use plan::{HandleReads, NodeCache, Plan};
 
 /// Jobs of one node committed together at most.
 const MAX_BATCH_JOBS: usize = 64;
+/// Jobs one node may have waiting; more are refused as [`IpamError::Overloaded`].
+pub const MAX_QUEUED_JOBS: usize = 1024;
+/// How long a node's writer waits for work before it stops (a later job starts a new one);
+/// [`Ipam::with_writer_idle`] changes it.
+const WRITER_IDLE: Duration = Duration::from_secs(30);
 /// Conflicting attempts before a batch gives up with [`IpamError::Contention`].
 const MAX_BATCH_ATTEMPTS: u32 = 30;
 
@@ -46,10 +51,14 @@ pub fn system_clock() -> Clock {
     })
 }
 
+/// Each node's writer, by node: present while the writer runs.
+type Writers = Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>;
+
 /// The IPAM engine.
 pub struct Ipam {
     engine: Arc<Engine>,
-    queues: Mutex<HashMap<String, mpsc::UnboundedSender<Job>>>,
+    writers: Writers,
+    writer_idle: Duration,
 }
 
 struct Engine {
@@ -81,8 +90,16 @@ impl Ipam {
     pub fn with_clock(store: Arc<dyn Store>, clock: Clock) -> Self {
         Self {
             engine: Arc::new(Engine { store, clock }),
-            queues: Mutex::new(HashMap::new()),
+            writers: Writers::default(),
+            writer_idle: WRITER_IDLE,
         }
+    }
+
+    /// Stops a node's writer after `idle` without work instead of 30 s.
+    #[must_use]
+    pub fn with_writer_idle(mut self, idle: Duration) -> Self {
+        self.writer_idle = idle;
+        self
     }
 
     /// The datastore.
@@ -90,30 +107,40 @@ impl Ipam {
         &self.engine.store
     }
 
-    fn queues(&self) -> MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Job>>> {
-        self.queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Nodes whose writer is running (each stops after a while without work).
+    pub fn active_writers(&self) -> usize {
+        lock(&self.writers).len()
     }
 
-    /// Queues `work` on `node`'s writer and waits for its batch to commit.
+    /// Queues `work` on `node`'s writer (starting one if none runs) and waits for its batch to
+    /// commit.
     async fn submit(&self, node: &str, work: Work) -> Result<Outcome, IpamError> {
         let (reply, answer) = oneshot::channel();
-        let sender = self
-            .queues()
-            .entry(node.to_owned())
-            .or_insert_with(|| {
-                let (sender, jobs) = mpsc::unbounded_channel();
-                tokio::spawn(node_writer(Arc::clone(&self.engine), node.to_owned(), jobs));
+        let job = Job { work, reply };
+        {
+            // Sends happen under the lock a stopping writer takes, so none lands in a writer
+            // that has decided to stop.
+            let mut writers = lock(&self.writers);
+            let sender = writers.entry(node.to_owned()).or_insert_with(|| {
+                let (sender, jobs) = mpsc::channel(MAX_QUEUED_JOBS);
+                tokio::spawn(node_writer(
+                    Arc::clone(&self.engine),
+                    Arc::clone(&self.writers),
+                    node.to_owned(),
+                    jobs,
+                    self.writer_idle,
+                ));
                 sender
-            })
-            .clone();
-        sender
-            .send(Job { work, reply })
-            .map_err(|_| IpamError::Store(StoreError::Unavailable("IPAM writer stopped".to_owned())))?;
-        answer
-            .await
-            .map_err(|_| IpamError::Store(StoreError::Unavailable("IPAM writer stopped".to_owned())))?
+            });
+            sender.try_send(job).map_err(|error| match error {
+                mpsc::error::TrySendError::Full(_) => IpamError::Overloaded {
+                    node: node.to_owned(),
+                    queued: MAX_QUEUED_JOBS,
+                },
+                mpsc::error::TrySendError::Closed(_) => writer_stopped(),
+            })?;
+        }
+        answer.await.map_err(|_| writer_stopped())?
     }
 
     /// Creates a pool.
@@ -308,7 +335,7 @@ impl Ipam {
             .get(&key)
             .await?
             .ok_or_else(|| IpamError::NotFound(format!("handle {handle_id:?}")))?;
-        decode(&key, &kv.value)
+        Ok(decode(&key, &kv.value)?)
     }
 
     /// The addresses of a handle with their pools, and whether each is borrowed.
@@ -335,24 +362,28 @@ impl Ipam {
         report::check(self.store().as_ref(), live_handles).await
     }
 
-    /// Releases every handle of `node` (with `prefix`) not in `valid` and older than `min_age`.
+    /// Releases every pod handle of `node` on `network` (every network when empty) that is not in
+    /// `valid` and is older than `min_age`. Tunnel handles are never released here.
     pub async fn garbage_collect(
         &self,
         node: &str,
         valid: &HashSet<String>,
-        prefix: &str,
+        network: &str,
         min_age: Duration,
     ) -> Result<GcResult, IpamError> {
         validate::name("node", node)?;
         let now = (self.engine.clock)();
         let min_age_ms = u64::try_from(min_age.as_millis()).unwrap_or(u64::MAX);
+        let on_network = |id: &str| {
+            network.is_empty() || WorkloadHandle::parse(id).is_some_and(|handle| handle.network == network)
+        };
         let mut result = GcResult::default();
         for handle in self.handles_of(node).await? {
             let old_enough = now.saturating_sub(handle.created_unix_ms) >= min_age_ms;
-            if handle.id.starts_with(prefix)
+            if !is_tunnel_handle(&handle.id)
+                && on_network(&handle.id)
                 && !valid.contains(&handle.id)
                 && old_enough
-                && !model::is_tunnel_handle(&handle.id)
             {
                 let released = self.release_handle(&handle.id).await?;
                 result.released_ips += released.len() as u64;
@@ -402,16 +433,44 @@ fn owner_node(attributes: &mut model::HandleAttributes, node: &str) -> Result<()
     Ok(())
 }
 
-fn unexpected(outcome: Outcome) -> IpamError {
-    IpamError::Store(StoreError::InvalidRequest(format!(
-        "internal: unexpected outcome {outcome:?}"
-    )))
+fn lock(writers: &Writers) -> MutexGuard<'_, HashMap<String, mpsc::Sender<Job>>> {
+    writers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One node's writer: takes every job queued meanwhile and commits them as one batch.
-async fn node_writer(engine: Arc<Engine>, node: String, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn writer_stopped() -> IpamError {
+    IpamError::Store(StoreError::Unavailable("IPAM writer stopped".to_owned()))
+}
+
+fn unexpected(outcome: Outcome) -> IpamError {
+    IpamError::Store(StoreError::Backend {
+        context: "IPAM writer",
+        source: format!("unexpected outcome {outcome:?}").into(),
+    })
+}
+
+/// One node's writer: takes every job queued meanwhile and commits them as one batch; stops
+/// after `idle` without work.
+async fn node_writer(
+    engine: Arc<Engine>,
+    writers: Writers,
+    node: String,
+    mut jobs: mpsc::Receiver<Job>,
+    idle: Duration,
+) {
     let mut cache = None;
-    while let Some(first) = jobs.recv().await {
+    loop {
+        let first = match tokio::time::timeout(idle, jobs.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(_idle) => {
+                let mut writers = lock(&writers);
+                if jobs.is_empty() {
+                    writers.remove(&node);
+                    return;
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_JOBS {
             match jobs.try_recv() {
@@ -530,6 +589,13 @@ fn copy_error(error: &IpamError) -> IpamError {
             key: key.clone(),
             reason: reason.clone(),
         },
+        IpamError::Store(StoreError::TooLarge { size, limit }) => IpamError::Store(StoreError::TooLarge {
+            size: *size,
+            limit: *limit,
+        }),
+        IpamError::Store(StoreError::InvalidRequest(why)) => {
+            IpamError::Store(StoreError::InvalidRequest(why.clone()))
+        }
         other => IpamError::Store(StoreError::Backend {
             context: "IPAM batch",
             source: other.to_string().into(),

@@ -9,9 +9,7 @@ use ipnet::IpNet;
 
 use super::error::IpamError;
 use super::keys;
-use super::model::{
-    Affinity, Block, Handle, HandleAttributes, PoolSet, ReservationSet, decode, is_tunnel_handle,
-};
+use super::model::{Affinity, Block, Handle, HandleAttributes, PoolSet, ReservationSet, decode};
 
 /// What `show` includes besides pool usage.
 #[derive(Debug, Clone, Default)]
@@ -426,7 +424,7 @@ pub async fn check(
         }
         if let Some(live) = live_handles
             && !live.contains(&handle.id)
-            && !is_tunnel_handle(&handle.id)
+            && !ipam_api::handles::is_tunnel_handle(&handle.id)
         {
             report.problems.push(problem(
                 ProblemKind::LeakedHandle,

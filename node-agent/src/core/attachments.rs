@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+use brindle_metrics::{Counters, Metrics};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -73,10 +74,14 @@ pub struct Attachment {
     pub phase: Phase,
 }
 
+/// Where records that do not decode are moved, inside the records' directory.
+pub const QUARANTINE_DIR: &str = "corrupt";
+
 /// The records on disk.
 #[derive(Debug, Clone)]
 pub struct AttachmentStore {
     dir: PathBuf,
+    quarantined: Counters,
 }
 
 impl AttachmentStore {
@@ -87,7 +92,48 @@ impl AttachmentStore {
             path: dir.to_owned(),
             source,
         })?;
-        Ok(Self { dir: dir.to_owned() })
+        Ok(Self {
+            dir: dir.to_owned(),
+            quarantined: Counters::default(),
+        })
+    }
+
+    /// Counts records moved aside into `metrics` (`brindle_attachment_records_quarantined_total`).
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.quarantined = metrics.counters(
+            "attachment_records_quarantined",
+            "Attachment records that did not decode and were moved aside",
+        );
+        self
+    }
+
+    /// Records moved aside so far by this process.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.get_or_create(&Vec::new()).get()
+    }
+
+    /// Decodes the record at `path`; one that does not decode is logged, counted and moved into
+    /// [`QUARANTINE_DIR`] (so one bad file never stops the agent's work on every other
+    /// attachment), and reads as absent.
+    fn decode_or_quarantine(&self, path: &Path, bytes: &[u8]) -> Result<Option<Attachment>, RecordError> {
+        let reason = match decode(path, bytes) {
+            Ok(attachment) => return Ok(Some(attachment)),
+            Err(error) => error.to_string(),
+        };
+        let aside = self.dir.join(QUARANTINE_DIR);
+        let io = |what, source| RecordError::Io {
+            what,
+            path: aside.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&aside).map_err(|e| io("creating", e))?;
+        let target = aside.join(path.file_name().unwrap_or_default());
+        std::fs::rename(path, &target).map_err(|e| io("moving a corrupt record into", e))?;
+        self.quarantined.get_or_create(&Vec::new()).inc();
+        tracing::error!(record = %path.display(), moved_to = %target.display(), %reason,
+            "moved aside an attachment record that does not decode; its pod's addresses and links are swept as if it had none");
+        Ok(None)
     }
 
     fn path(&self, key: &AttachmentKey) -> PathBuf {
@@ -114,11 +160,11 @@ impl AttachmentStore {
         Ok(())
     }
 
-    /// Reads the record of `key`.
+    /// Reads the record of `key`; one that does not decode is moved aside and reads as absent.
     pub fn load(&self, key: &AttachmentKey) -> Result<Option<Attachment>, RecordError> {
         let path = self.path(key);
         match std::fs::read(&path) {
-            Ok(bytes) => decode(&path, &bytes).map(Some),
+            Ok(bytes) => self.decode_or_quarantine(&path, &bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(RecordError::Io {
                 what: "reading",
@@ -142,7 +188,7 @@ impl AttachmentStore {
         }
     }
 
-    /// Every record.
+    /// Every record (records that do not decode are moved aside, see [`Self::load`]).
     pub fn list(&self) -> Result<Vec<Attachment>, RecordError> {
         let entries = std::fs::read_dir(&self.dir).map_err(|source| RecordError::Io {
             what: "listing",
@@ -158,7 +204,7 @@ impl AttachmentStore {
                     path: path.clone(),
                     source,
                 })?;
-                attachments.push(decode(&path, &bytes)?);
+                attachments.extend(self.decode_or_quarantine(&path, &bytes)?);
             }
         }
         attachments.sort_by(|a, b| a.key.cmp(&b.key));
@@ -213,5 +259,31 @@ mod tests {
         reopened.remove(&attachment("a").key).expect("remove twice");
         assert_eq!(reopened.list().expect("list"), vec![attachment("b")]);
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn a_corrupt_record_is_moved_aside_and_the_others_are_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = AttachmentStore::open(dir.path()).expect("open");
+        store.save(&attachment("a")).expect("save");
+        store.save(&attachment("b")).expect("save");
+        let broken = dir
+            .path()
+            .join(format!("{}.json", attachment("b").key.host_ifname()));
+        std::fs::write(&broken, b"{\"key\": 7").expect("corrupt b");
+        assert_eq!(store.list().expect("list"), vec![attachment("a")]);
+        assert_eq!(store.quarantined(), 1);
+        assert!(!broken.exists());
+        assert!(
+            dir.path()
+                .join(QUARANTINE_DIR)
+                .join(broken.file_name().expect("name"))
+                .exists()
+        );
+        assert_eq!(store.list().expect("list again"), vec![attachment("a")]);
+        assert_eq!(store.quarantined(), 1, "moved once");
+        std::fs::write(&broken, b"not json").expect("corrupt b again");
+        assert_eq!(store.load(&attachment("b").key).expect("load"), None);
+        assert_eq!(store.quarantined(), 2);
     }
 }

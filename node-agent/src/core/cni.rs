@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use ipam_api::handles::WorkloadHandle;
 use ipnet::IpNet;
 use serde_json::Value;
 
@@ -17,8 +18,8 @@ use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Work
 use crate::dataplane::{DataplaneError, Netlink, Sysctl};
 
 pub use brindle_proto::cni_codes::{
-    CHECK_FAILED, DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, IPAM_REFUSED, NOT_ATTACHED,
-    NOT_AVAILABLE, STATE_FAILED, TRY_AGAIN_LATER,
+    CHECK_FAILED, DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, INVALID_ENVIRONMENT, IPAM_REFUSED,
+    NOT_ATTACHED, NOT_AVAILABLE, STATE_FAILED, TRY_AGAIN_LATER,
 };
 
 /// A CNI error for the shim to print.
@@ -115,14 +116,31 @@ pub struct Added {
     pub netns: String,
 }
 
-/// The IPAM handle of an attachment: `<network>.<containerID>` (Calico's), with `.<ifname>` added
-/// for interfaces other than eth0 so that each is its own attachment.
+/// The IPAM handle of an attachment (see [`WorkloadHandle`]: Calico's `<network>.<containerID>`
+/// where that is unambiguous).
 pub fn handle_id(key: &AttachmentKey) -> String {
-    if key.ifname == "eth0" {
-        format!("{}.{}", key.network, key.container_id)
-    } else {
-        format!("{}.{}.{}", key.network, key.container_id, key.ifname)
+    workload_handle(key).id()
+}
+
+fn workload_handle(key: &AttachmentKey) -> WorkloadHandle {
+    WorkloadHandle {
+        network: key.network.clone(),
+        container_id: key.container_id.clone(),
+        ifname: key.ifname.clone(),
     }
+}
+
+/// Checks that the request's network name, container id and interface name follow CNI's rules
+/// (what keeps handle ids and host interface names unambiguous).
+pub fn validate_key(key: &AttachmentKey) -> Result<(), CniFailure> {
+    workload_handle(key).validate().map_err(|error| {
+        let code = if error.field == "network name" {
+            INVALID_CONFIG
+        } else {
+            INVALID_ENVIRONMENT
+        };
+        CniFailure::new(code, error.to_string(), "")
+    })
 }
 
 /// How an undo removes the veth.
@@ -643,6 +661,8 @@ impl CniOps {
     /// GC: frees every attachment of `network` not in `valid` (container id, ifname), IPAM handles
     /// of the network on this node that no valid attachment uses, and brindle links with no record.
     pub async fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<(), CniFailure> {
+        ipam_api::handles::validate_network(network)
+            .map_err(|error| CniFailure::new(INVALID_CONFIG, error.to_string(), ""))?;
         let valid: HashSet<AttachmentKey> = valid
             .iter()
             .map(|(container_id, ifname)| AttachmentKey {
@@ -651,15 +671,22 @@ impl CniOps {
                 ifname: ifname.clone(),
             })
             .collect();
+        // A valid attachment keeps the handle its record names (written by an earlier version,
+        // perhaps in another form) as well as the one its key gives today.
+        let mut valid_handles: Vec<String> = valid.iter().map(handle_id).collect();
         for attachment in self.records.list()? {
-            if attachment.key.network == network && !valid.contains(&attachment.key) {
+            if attachment.key.network != network {
+                continue;
+            }
+            if valid.contains(&attachment.key) {
+                valid_handles.push(attachment.handle_id);
+            } else {
                 let _serialised = self.locks.lock(&attachment.key.container_id).await;
                 self.undo(&attachment, Removal::Now).await?;
             }
         }
-        let valid_handles: Vec<String> = valid.iter().map(handle_id).collect();
         self.ipam
-            .collect_garbage(&self.node, &valid_handles, &format!("{network}."))
+            .collect_garbage(&self.node, &valid_handles, network)
             .await?;
         self.sweep_links().await?;
         self.sync_endpoints().await

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use policy_svc::core::model::{Action, Protocol};
+use policy_svc::core::rule_text;
 use policy_svc::core::view::{CompiledRule, CompiledSide, IpSetKind, PolicyView, ViewEntry};
 
 use crate::dataplane::{DataplaneError, Ipsets, Iptables};
@@ -156,12 +157,15 @@ impl Renderer {
         }
     }
 
-    /// Renders a node's view.
+    /// Renders a node's view. An entry whose names or addresses are not in the form the
+    /// calculation makes ([`rule_text::check`]) is left out: its text never reaches the kernel,
+    /// and an endpoint whose policy is left out drops its traffic.
     pub fn render(&mut self, view: &BTreeMap<String, ViewEntry>) -> Rendered {
+        let entries: Vec<&ViewEntry> = view.values().filter(|e| rule_text::check(e).is_ok()).collect();
         let mut rendered = Rendered::default();
         let mut policies = BTreeMap::new();
         let mut endpoints = Vec::new();
-        for entry in view.values() {
+        for entry in entries.iter().copied() {
             match entry {
                 ViewEntry::Policy(policy) => {
                     policies.insert(policy.id.clone(), policy);
@@ -189,7 +193,7 @@ impl Renderer {
         let prefix = self.family.set_prefix().len();
         let mut by_name: BTreeMap<&str, &mut SetSpec> =
             sets.iter_mut().map(|(n, s)| (&n[prefix..], s)).collect();
-        for entry in view.values() {
+        for entry in entries.iter().copied() {
             if let ViewEntry::Member(member) = entry
                 && self.family.holds(&member.member)
                 && let Some(set) = by_name.get_mut(member.set.as_str())

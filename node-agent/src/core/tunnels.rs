@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use ipam_api::handles::TunnelKind;
 use route_svc::core::{Encapsulation, RouteItem};
 
 use crate::core::ipam::{IpamApi, IpamCallError};
@@ -24,27 +25,7 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// Name of the IP-in-IP device (the kernel's fallback tunnel).
 pub const IPIP_DEVICE: &str = "tunl0";
 
-/// IPAM handle of a node's VXLAN tunnel address.
-pub fn vxlan_tunnel_handle(node: &str) -> String {
-    format!("vxlan-tunnel-addr-{node}")
-}
-
-/// The IPAM handle of a node's IPv6 VXLAN tunnel address (Calico's name).
-pub fn vxlan_v6_tunnel_handle(node: &str) -> String {
-    format!("vxlan-v6-tunnel-addr-{node}")
-}
-
-/// The MAC of a node's VXLAN device: derived from its name, so it survives agent restarts and
-/// device re-creation (unicast, locally administered).
-pub fn vtep_mac(node: &str) -> Mac {
-    let digest = sha1_smol::Sha1::from(format!("brindle-vtep:{node}"))
-        .digest()
-        .bytes();
-    let mut mac = [0; 6];
-    mac.copy_from_slice(&digest[..6]);
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    mac
-}
+pub use route_svc::core::model::vtep_mac;
 
 /// The first IPv4 address of `addresses` (VXLAN's underlay is IPv4).
 fn first_ipv4(addresses: &[IpAddr]) -> Option<Ipv4Addr> {
@@ -267,7 +248,7 @@ impl TunnelSetup {
             .link_with_address(IpAddr::V4(local))
             .await?
             .ok_or(TunnelError::NoUplink(local))?;
-        let handle = vxlan_tunnel_handle(&self.node);
+        let handle = TunnelKind::VxlanV4.handle(&self.node);
         let address = match self.tunnel_address(handle, pools, false).await? {
             IpAddr::V4(address) => address,
             other => return Err(TunnelError::WrongFamily(other)),
@@ -276,7 +257,7 @@ impl TunnelSetup {
             None
         } else {
             match self
-                .tunnel_address(vxlan_v6_tunnel_handle(&self.node), v6_pools, true)
+                .tunnel_address(TunnelKind::VxlanV6.handle(&self.node), v6_pools, true)
                 .await?
             {
                 IpAddr::V6(v6) => Some(v6),

@@ -11,7 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::core::cni::{Added, CniFailure, CniOps, CniRequest, INVALID_CONFIG};
+use crate::core::cni::{Added, CniFailure, CniOps, CniRequest, INVALID_CONFIG, validate_key};
 use crate::core::wiring::{AttachmentKey, GATEWAY_V4, GATEWAY_V6, HOST_MAC};
 
 /// Fully qualified name of the service, for health and reflection.
@@ -124,12 +124,14 @@ fn request(invocation: &pb::CniInvocation) -> Result<CniRequest, CniFailure> {
         msg: "network configuration is not valid JSON".into(),
         details: e.to_string(),
     })?;
+    let key = AttachmentKey {
+        network: invocation.network.clone(),
+        container_id: invocation.container_id.clone(),
+        ifname: invocation.ifname.clone(),
+    };
+    validate_key(&key)?;
     Ok(CniRequest {
-        key: AttachmentKey {
-            network: invocation.network.clone(),
-            container_id: invocation.container_id.clone(),
-            ifname: invocation.ifname.clone(),
-        },
+        key,
         netns: invocation.netns.clone(),
         args: invocation.args.clone().into_iter().collect(),
         config,

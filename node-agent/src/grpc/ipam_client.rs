@@ -181,12 +181,12 @@ impl IpamApi for GrpcIpam {
         &self,
         node: &str,
         valid: &[String],
-        prefix: &str,
+        network: &str,
     ) -> Result<u64, IpamCallError> {
         let request = pb::GarbageCollectRequest {
             node: node.to_owned(),
             valid_handle_ids: valid.to_vec(),
-            handle_prefix: prefix.to_owned(),
+            network: network.to_owned(),
             min_age_seconds: 0,
         };
         let response = self

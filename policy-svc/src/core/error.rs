@@ -29,6 +29,9 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+    /// The caller may not do this (a node claiming what is not its own).
+    #[error("{0}")]
+    Forbidden(String),
     /// Another writer kept changing the record; the write was given up after retries.
     #[error("{0:?} kept changing under concurrent writers; try again")]
     Contended(String),

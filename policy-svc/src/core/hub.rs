@@ -48,18 +48,32 @@ impl PolicyHub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The fan-out of `node`'s view, created (with the current view) on first use.
+    /// The fan-out of `node`'s view, created (with the current view) on first use. Fan-outs
+    /// nobody follows any more are dropped first (see [`PolicyHub::drop_idle`]).
     pub fn fanout(&self, node: &str) -> Fanout<ViewEntry> {
         let mut inner = self.lock();
         if let Some(fanout) = inner.fanouts.get(node) {
             return fanout.clone();
         }
+        drop_idle(&mut inner);
         let fanout = Fanout::new(self.config.clone(), Arc::clone(&self.encoder));
         if inner.revision > 0 {
             fanout.reset(inner.revision, inner.calc.view(node));
         }
         inner.fanouts.insert(node.to_owned(), fanout.clone());
         fanout
+    }
+
+    /// Drops the fan-out of every node that no session follows and that has no endpoint (a
+    /// node with endpoints keeps its fan-out, and its status, while it is away). What Sync
+    /// sessions naming made-up nodes leave behind is freed this way.
+    pub fn drop_idle(&self) {
+        drop_idle(&mut self.lock());
+    }
+
+    /// Nodes with a fan-out.
+    pub fn fanout_count(&self) -> usize {
+        self.lock().fanouts.len()
     }
 
     /// Runs `read` on the current inputs.
@@ -128,6 +142,19 @@ impl PolicyHub {
                 fanout.publish(revision, list);
             }
         }
+    }
+}
+
+fn drop_idle(inner: &mut Inner) {
+    let Inner { calc, fanouts, .. } = inner;
+    fanouts.retain(|node, fanout| fanout.has_connected_subscriber() || calc.state().has_endpoints_on(node));
+}
+
+/// Drops idle fan-outs of `hub` every `every` until the task is dropped.
+pub async fn drop_idle_fanouts(hub: PolicyHub, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        hub.drop_idle();
     }
 }
 

@@ -9,6 +9,7 @@ pub mod model;
 pub mod objects;
 pub mod records;
 pub mod resource;
+pub mod rule_text;
 pub mod state;
 pub mod trace;
 pub mod validate;

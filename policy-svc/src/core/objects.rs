@@ -14,16 +14,17 @@ use super::error::{PolicyError, invalid};
 use super::kubernetes::{self, label_key};
 use super::model::{Endpoint, EndpointKey, PolicyId};
 use super::records::{
-    PREFIX, Record, Subject, decode, encode, endpoint_key, endpoints_prefix, namespace_key, policy_key,
-    subject,
+    OwnerMark, PREFIX, Record, Subject, decode, encode, encode_endpoint, endpoint_key, endpoints_prefix,
+    namespace_key, owner_mark, policy_key, subject,
 };
 use super::resource::{PolicyDocument, Resource, parse_documents};
-use super::validate;
+use super::{rule_text, validate};
+use ipam_api::handles::is_tunnel_handle;
+use ipam_api::keys as ipam_keys;
+use ipam_api::model::{Block, PoolSet, decode as ipam_decode};
 
 /// Attempts of a compare-and-swap write before giving up.
 const CAS_ATTEMPTS: usize = 8;
-/// Longest Linux interface name.
-const MAX_INTERFACE_LEN: usize = 15;
 
 /// An object's kind as the API names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -278,11 +279,87 @@ impl Objects {
         Ok(objects)
     }
 
-    /// Stores an endpoint (created or replaced); returns its revision.
-    pub async fn register_endpoint(&self, endpoint: &Endpoint) -> Result<u64, PolicyError> {
+    /// Stores an endpoint (created or replaced); returns it as stored and its revision. Labels
+    /// the pod's owner set ([`Objects::set_endpoint_labels`]) stay: a re-registration by the
+    /// node never replaces them.
+    pub async fn register_endpoint(&self, endpoint: &Endpoint) -> Result<(Endpoint, u64), PolicyError> {
         validate_endpoint(endpoint)?;
-        let (key, value) = encode(&Record::Endpoint(endpoint.clone()));
-        Ok(self.store.txn(Txn::new().put(key, value)).await?)
+        let key = endpoint_key(&endpoint.key);
+        for _ in 0..CAS_ATTEMPTS {
+            let stored = self.store.get(&key).await?;
+            let mut endpoint = endpoint.clone();
+            let mut mark = OwnerMark::default();
+            let revision = match &stored {
+                Some(kv) => {
+                    mark = owner_mark(&kv.value);
+                    if mark.labels_set_by_owner
+                        && let Record::Endpoint(previous) = decode(&kv.key, &kv.value)?
+                    {
+                        endpoint.labels = previous.labels;
+                    }
+                    kv.mod_revision
+                }
+                None => 0,
+            };
+            let (key, value) = encode_endpoint(&endpoint, &mark);
+            match self
+                .store
+                .txn(Txn::new().if_mod_revision(&key, revision).put(&key, value))
+                .await
+            {
+                Ok(revision) => return Ok((endpoint, revision)),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(PolicyError::Contended(key))
+    }
+
+    /// Checks that every address of `endpoint` is one IPAM holds for a pod of the endpoint's
+    /// node (what a node registering its own pods may claim): another node's address, a node's
+    /// tunnel address or an address IPAM never gave out is refused.
+    pub async fn check_addresses_held(&self, endpoint: &Endpoint) -> Result<(), PolicyError> {
+        let node = &endpoint.key.node;
+        let pools: PoolSet = match self.store.get(ipam_keys::POOLS).await? {
+            Some(kv) => ipam_decode(&kv.key, &kv.value).map_err(corrupt)?,
+            None => PoolSet::default(),
+        };
+        for ip in &endpoint.ips {
+            let holder = match pools.pools.iter().find(|p| p.cidr.contains(ip)) {
+                Some(pool) => {
+                    let cidr = ipnet::IpNet::new(*ip, pool.block_size)
+                        .map_err(|e| invalid("endpoint.ips", e.to_string()))?
+                        .trunc();
+                    let key = ipam_keys::block(&cidr);
+                    match self.store.get(&key).await? {
+                        Some(kv) => {
+                            let block: Block = ipam_decode(&key, &kv.value).map_err(corrupt)?;
+                            block
+                                .ordinal_of(*ip)
+                                .and_then(|ordinal| block.allocations.get(&ordinal))
+                                .cloned()
+                        }
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            match holder {
+                Some(allocation) if &allocation.node == node && !is_tunnel_handle(&allocation.handle_id) => {}
+                Some(allocation) => {
+                    return Err(PolicyError::Forbidden(format!(
+                        "node {node} may not register {ip}: IPAM holds it for node {:?} under handle {:?}",
+                        allocation.node, allocation.handle_id
+                    )));
+                }
+                None => {
+                    return Err(PolicyError::Forbidden(format!(
+                        "node {node} may not register {ip}: IPAM has not assigned it to any pod"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes an endpoint; removing one that is not there succeeds (DEL is idempotent).
@@ -313,7 +390,12 @@ impl Objects {
                     continue;
                 }
                 endpoint.labels = labels.clone();
-                let (key, value) = encode(&Record::Endpoint(endpoint.clone()));
+                let (key, value) = encode_endpoint(
+                    &endpoint,
+                    &OwnerMark {
+                        labels_set_by_owner: true,
+                    },
+                );
                 txn = txn.if_mod_revision(&key, kv.mod_revision).put(key, value);
                 updated.push(endpoint);
             }
@@ -353,19 +435,48 @@ fn display_name(namespace: &str, name: &str, kind: Kind) -> String {
     }
 }
 
-/// Checks an endpoint before it is stored.
+fn corrupt(error: ipam_api::DecodeError) -> PolicyError {
+    PolicyError::Corrupt {
+        key: error.key,
+        reason: error.reason,
+    }
+}
+
+/// Whether every character of `text` is an ASCII letter or digit, `.`, `_` or `-`.
+fn plain(text: &str) -> bool {
+    text.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Checks an endpoint before it is stored: names that end up in the node's rule text hold only
+/// letters, digits, `.`, `_` and `-` (no `+` wildcard, quote, `!`, space or line break).
 pub fn validate_endpoint(endpoint: &Endpoint) -> Result<(), PolicyError> {
     validate::name("endpoint.node", &endpoint.key.node, true)?;
     let interface = &endpoint.key.interface;
-    if interface.is_empty() || interface.len() > MAX_INTERFACE_LEN || interface.contains(['/', ' ']) {
+    if !rule_text::is_interface_name(interface) {
         return Err(invalid(
             "endpoint.interface",
-            format!("{interface:?} is not an interface name (1-15 characters, no '/' or space)"),
+            format!("{interface:?} is not a workload interface name (1-15 letters, digits, '.', '_' or '-')"),
         ));
     }
     validate::name("endpoint.namespace", &endpoint.namespace, false)?;
-    if endpoint.pod.is_empty() || endpoint.pod.len() > 253 {
-        return Err(invalid("endpoint.pod", "must be 1-253 characters"));
+    if endpoint.pod.is_empty() || endpoint.pod.len() > 253 || !plain(&endpoint.pod) {
+        return Err(invalid(
+            "endpoint.pod",
+            format!(
+                "{:?} is not a pod name (1-253 letters, digits, '.', '_' or '-')",
+                endpoint.pod
+            ),
+        ));
+    }
+    if endpoint.container_id.len() > 253 || !plain(&endpoint.container_id) {
+        return Err(invalid(
+            "endpoint.container_id",
+            format!(
+                "{:?} is not a container id (letters, digits, '.', '_' or '-')",
+                endpoint.container_id
+            ),
+        ));
     }
     if endpoint.ips.is_empty() {
         return Err(invalid("endpoint.ips", "at least one address is required"));

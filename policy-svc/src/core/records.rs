@@ -111,6 +111,34 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
     }
 }
 
+/// Whether the labels of a stored endpoint were set by the pod's owner (`SetEndpointLabels`):
+/// they then stay when its node registers the endpoint again. Stored beside the endpoint's own
+/// fields.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct OwnerMark {
+    /// Labels set by the owner.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub labels_set_by_owner: bool,
+}
+
+/// The key and JSON record of an endpoint, with its owner mark.
+pub fn encode_endpoint(endpoint: &Endpoint, mark: &OwnerMark) -> (String, Vec<u8>) {
+    #[derive(serde::Serialize)]
+    struct Stored<'a> {
+        #[serde(flatten)]
+        endpoint: &'a Endpoint,
+        #[serde(flatten)]
+        mark: &'a OwnerMark,
+    }
+    let value = serde_json::to_vec(&Stored { endpoint, mark }).unwrap_or_default();
+    (endpoint_key(&endpoint.key), value)
+}
+
+/// The owner mark of a stored endpoint (unmarked when the record does not say).
+pub fn owner_mark(value: &[u8]) -> OwnerMark {
+    serde_json::from_slice(value).unwrap_or_default()
+}
+
 /// The key and JSON record of a record.
 pub fn encode(record: &Record) -> (String, Vec<u8>) {
     let encoded = match record {

@@ -36,6 +36,18 @@ impl ClusterState {
         self.endpoints.values()
     }
 
+    /// Whether `node` has an endpoint.
+    pub fn has_endpoints_on(&self, node: &str) -> bool {
+        let first = EndpointKey {
+            node: node.to_owned(),
+            interface: String::new(),
+        };
+        self.endpoints
+            .range(first..)
+            .next()
+            .is_some_and(|(key, _)| key.node == node)
+    }
+
     /// The endpoint that owns `ip`.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
         self.by_ip.get(&ip).and_then(|key| self.endpoints.get(key))

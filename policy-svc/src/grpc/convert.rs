@@ -10,6 +10,7 @@ use prost::Message;
 
 use crate::core::model::{Action, Direction, Endpoint, EndpointKey, NamedPort, Protocol};
 use crate::core::objects::Object;
+use crate::core::rule_text;
 use crate::core::trace::{Step, Trace, Verdict};
 use crate::core::view::{
     CompiledRule, CompiledSide, EndpointView, IpSetKind, IpSetView, MemberView, PolicyView, ViewEntry,
@@ -201,6 +202,7 @@ pub fn entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, ViewEntry), I
         }),
         None => return Err(invalid(field, "no value")),
     };
+    rule_text::check(&value).map_err(|why| invalid(field, why))?;
     Ok((entry.key, value))
 }
 

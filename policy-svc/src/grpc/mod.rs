@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use brindle_datastore::{Store, StoreError};
+use brindle_datastore::Store;
 use brindle_fanout::FanoutConfig;
 use brindle_grpc_server::auth::Caller;
 use brindle_grpc_server::sync::{
@@ -19,7 +19,7 @@ use brindle_proto::policy::v1::policy_server::{Policy, PolicyServer};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::PolicyError;
-use crate::core::hub::{PolicyHub, follow};
+use crate::core::hub::{PolicyHub, drop_idle_fanouts, follow};
 use crate::core::model::{EndpointKey, Protocol};
 use crate::core::objects::{Kind, Objects};
 use crate::core::state::ClusterState;
@@ -28,6 +28,8 @@ use crate::core::view::ViewEntry;
 
 /// Fully-qualified service name (health and reflection).
 pub const SERVICE_NAME: &str = "brindle.policy.v1.Policy";
+/// How often fan-outs of nodes nobody follows (and without endpoints) are dropped.
+const IDLE_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The status for a policy error.
 pub fn status(error: PolicyError) -> Status {
@@ -37,10 +39,8 @@ pub fn status(error: PolicyError) -> Status {
         PolicyError::NotFound { .. } => Status::not_found(message),
         PolicyError::Corrupt { .. } => Status::data_loss(message),
         PolicyError::Contended(_) => Status::aborted(message),
-        PolicyError::Store(StoreError::Unavailable(_) | StoreError::Conflict { .. }) => {
-            Status::unavailable(message)
-        }
-        PolicyError::Store(_) => Status::internal(message),
+        PolicyError::Forbidden(_) => Status::permission_denied(message),
+        PolicyError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
 }
 
@@ -60,6 +60,7 @@ impl PolicyService {
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
         let hub = PolicyHub::new(config, Arc::new(convert::encode_state));
         tokio::spawn(follow(Arc::clone(&store), hub.clone()));
+        tokio::spawn(drop_idle_fanouts(hub.clone(), IDLE_SWEEP));
         Self {
             objects: Objects::new(store),
             hub,
@@ -231,7 +232,13 @@ impl Policy for PolicyService {
             .ok_or_else(|| Status::invalid_argument("endpoint: required"))?;
         let endpoint = convert::endpoint_from_proto(endpoint).map_err(invalid_field)?;
         caller.require_node(&endpoint.key.node, "register an endpoint")?;
-        let revision = self.objects.register_endpoint(&endpoint).await.map_err(status)?;
+        if let Caller::Node(_) = caller {
+            self.objects
+                .check_addresses_held(&endpoint)
+                .await
+                .map_err(status)?;
+        }
+        let (endpoint, revision) = self.objects.register_endpoint(&endpoint).await.map_err(status)?;
         Ok(Response::new(convert::endpoint_to_proto(&endpoint, revision)))
     }
 

@@ -2,8 +2,8 @@
 //! its block item (when affine to a node) and an item per borrowed address, a node record its
 //! node item. Other records give nothing.
 
-use ipam_svc::core::keys;
-use ipam_svc::core::model::{Block, EncapMode, PoolSet};
+use ipam_api::keys;
+use ipam_api::model::{Block, EncapMode, PoolSet};
 
 use super::model::{Encapsulation, Node, PoolRoute, RouteItem, block_key, borrowed_key, node_key, pool_key};
 

@@ -41,6 +41,19 @@ pub struct Node {
     pub lease: u64,
 }
 
+/// The MAC of a node's VXLAN device: derived from the node's name, so it survives agent restarts
+/// and device re-creation, and route-svc can tell a node claiming another's (unicast, locally
+/// administered).
+pub fn vtep_mac(node: &str) -> [u8; 6] {
+    let digest = sha1_smol::Sha1::from(format!("brindle-vtep:{node}"))
+        .digest()
+        .bytes();
+    let mut mac = [0; 6];
+    mac.copy_from_slice(&digest[..6]);
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
 impl Node {
     /// The node's first underlay address of the family of `ip`.
     pub fn address_like(&self, ip: IpAddr) -> Option<IpAddr> {

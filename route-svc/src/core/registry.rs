@@ -4,15 +4,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_datastore::{Store, StoreError, Txn};
-use ipam_svc::core::keys;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 
-use super::model::Node;
+use brindle_datastore::{Store, StoreError, Txn};
+use ipam_api::handles::TunnelKind;
+use ipam_api::keys;
+use ipam_api::model::{Handle, PoolSet};
+
+use super::model::{Node, vtep_mac};
 
 /// Registration lifetime without renewal, when the agent does not ask for one.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// Shortest and longest lifetimes accepted.
 const TTL_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
+/// Attempts of a compare-and-swap write before giving up.
+const CAS_ATTEMPTS: usize = 8;
 
 /// Why a registry call failed.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +30,29 @@ pub enum RegistryError {
         /// The field, e.g. `node.addresses`.
         field: &'static str,
         /// What is wrong.
+        reason: String,
+    },
+    /// The registration claims what another node holds (an address, a tunnel endpoint).
+    #[error("{field}: {value} is already {holder}'s")]
+    Taken {
+        /// The field, e.g. `node.vtep_mac`.
+        field: &'static str,
+        /// The value claimed.
+        value: String,
+        /// Who holds it: `node "n2"`, `pool "pods"`.
+        holder: String,
+    },
+    /// A node asked for what only IPAM or an administrator decides (a tunnel address IPAM did not
+    /// give it, another node's MAC, labels an administrator did not set).
+    #[error("node {node:?} may not register {field} {value}: {reason}")]
+    Forbidden {
+        /// The node.
+        node: String,
+        /// The field, e.g. `node.labels`.
+        field: &'static str,
+        /// The value asked for.
+        value: String,
+        /// Who decides it instead.
         reason: String,
     },
     /// The node is not registered (never, or its registration expired).
@@ -104,7 +134,69 @@ pub fn validate(node: &Node) -> Result<(), RegistryError> {
     if (node.vtep_ipv4.is_some() || node.vtep_ipv6.is_some()) && node.vtep_mac.is_none() {
         return Err(invalid("node.vtep_mac", "a VTEP address needs its MAC"));
     }
+    if let Some(address) = node.addresses.iter().find(|a| !is_unicast(**a)) {
+        return Err(invalid(
+            "node.addresses",
+            format!("{address} is not a unicast address a node can be reached at"),
+        ));
+    }
+    let tunnel_addresses = [
+        node.vtep_ipv4.map(IpAddr::V4),
+        node.vtep_ipv6.map(IpAddr::V6),
+        node.ipip_tunnel_ipv4.map(IpAddr::V4),
+    ];
+    if let Some(address) = tunnel_addresses.into_iter().flatten().find(|a| !is_unicast(*a)) {
+        return Err(invalid(
+            "node.vtep_ipv4",
+            format!("tunnel address {address} is not a unicast address"),
+        ));
+    }
+    if let Some(mac) = node.vtep_mac
+        && (mac[0] & 1 == 1 || mac == [0; 6])
+    {
+        return Err(invalid(
+            "node.vtep_mac",
+            "a VTEP MAC must be a unicast, non-zero address",
+        ));
+    }
     Ok(())
+}
+
+/// Whether `address` can name a host: not unspecified, loopback, multicast, broadcast or
+/// link-local.
+fn is_unicast(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_link_local())
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast() || v6.is_unicast_link_local())
+        }
+    }
+}
+
+/// Every address a registration claims, with the field naming it.
+fn claimed_addresses(node: &Node) -> Vec<(&'static str, IpAddr)> {
+    let mut claimed: Vec<(&'static str, IpAddr)> =
+        node.addresses.iter().map(|a| ("node.addresses", *a)).collect();
+    claimed.extend(node.vtep_ipv4.map(|ip| ("node.vtep_ipv4", IpAddr::V4(ip))));
+    claimed.extend(node.vtep_ipv6.map(|ip| ("node.vtep_ipv6", IpAddr::V6(ip))));
+    claimed.extend(
+        node.ipip_tunnel_ipv4
+            .map(|ip| ("node.ipip_tunnel_ipv4", IpAddr::V4(ip))),
+    );
+    claimed
+}
+
+fn mac_text(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Registers, renews and removes nodes.
@@ -119,8 +211,165 @@ impl Registry {
         Self { store }
     }
 
+    /// Checks what a registration claims against the cluster: no underlay address inside an IP
+    /// pool, and no address or VTEP MAC that one of `others` (the registered nodes) holds. When
+    /// the node registers itself (`by_the_node`, its agent's identity), also that each tunnel
+    /// address is the one IPAM holds for the node's tunnel handle of that kind, that its VTEP MAC
+    /// is the one derived from its name, and that it claims no label an administrator did not
+    /// set ([`Registry::set_labels`]).
+    pub async fn check_claims(
+        &self,
+        node: &Node,
+        others: &[Node],
+        by_the_node: bool,
+    ) -> Result<(), RegistryError> {
+        validate(node)?;
+        let pools: PoolSet = self.read(keys::POOLS).await?.unwrap_or_default();
+        for address in &node.addresses {
+            if let Some(pool) = pools.pools.iter().find(|p| p.cidr.contains(address)) {
+                return Err(RegistryError::Taken {
+                    field: "node.addresses",
+                    value: address.to_string(),
+                    holder: format!("IP pool {:?} ({})", pool.name, pool.cidr),
+                });
+            }
+        }
+        for other in others.iter().filter(|o| o.name != node.name) {
+            for (field, address) in claimed_addresses(node) {
+                if claimed_addresses(other).iter().any(|(_, a)| *a == address) {
+                    return Err(RegistryError::Taken {
+                        field,
+                        value: address.to_string(),
+                        holder: format!("node {:?}", other.name),
+                    });
+                }
+            }
+            if node.vtep_mac.is_some() && other.vtep_mac == node.vtep_mac {
+                return Err(RegistryError::Taken {
+                    field: "node.vtep_mac",
+                    value: node.vtep_mac.as_ref().map(mac_text).unwrap_or_default(),
+                    holder: format!("node {:?}", other.name),
+                });
+            }
+        }
+        if !by_the_node {
+            return Ok(());
+        }
+        let forbidden = |field, value: String, reason: String| RegistryError::Forbidden {
+            node: node.name.clone(),
+            field,
+            value,
+            reason,
+        };
+        if let Some(mac) = node.vtep_mac
+            && mac != vtep_mac(&node.name)
+        {
+            return Err(forbidden(
+                "node.vtep_mac",
+                mac_text(&mac),
+                format!(
+                    "a node's VTEP MAC is derived from its name ({})",
+                    mac_text(&vtep_mac(&node.name))
+                ),
+            ));
+        }
+        let tunnels = [
+            (
+                "node.vtep_ipv4",
+                TunnelKind::VxlanV4,
+                node.vtep_ipv4.map(IpAddr::V4),
+            ),
+            (
+                "node.vtep_ipv6",
+                TunnelKind::VxlanV6,
+                node.vtep_ipv6.map(IpAddr::V6),
+            ),
+            (
+                "node.ipip_tunnel_ipv4",
+                TunnelKind::Ipip,
+                node.ipip_tunnel_ipv4.map(IpAddr::V4),
+            ),
+        ];
+        for (field, kind, address) in tunnels {
+            let Some(address) = address else { continue };
+            let handle_id = kind.handle(&node.name);
+            let handle: Option<Handle> = self.read(&keys::handle(&handle_id)).await?;
+            let held = handle
+                .is_some_and(|h| h.attributes.node == node.name && h.ips.iter().any(|ip| ip.ip == address));
+            if !held {
+                return Err(forbidden(
+                    field,
+                    address.to_string(),
+                    format!("IPAM does not hold it for the node's handle {handle_id:?}"),
+                ));
+            }
+        }
+        let granted = self.labels(&node.name).await?.unwrap_or_default();
+        if let Some((key, value)) = node.labels.iter().find(|(k, v)| granted.get(*k) != Some(*v)) {
+            return Err(forbidden(
+                "node.labels",
+                format!("{key}={value}"),
+                "a node's labels are set by administrators (SetNodeLabels)".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sets the labels an administrator gives `name` (none: removes them) and puts them into its
+    /// registration when it is registered; returns them.
+    pub async fn set_labels(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, RegistryError> {
+        if !valid_node_name(name) {
+            return Err(invalid("name", format!("{name:?} is not a DNS-1123 subdomain")));
+        }
+        let key = keys::node_labels(name);
+        let txn = if labels.is_empty() {
+            Txn::new().delete(&key)
+        } else {
+            Txn::new().put(&key, serde_json::to_vec(&labels).unwrap_or_default())
+        };
+        self.store.txn(txn).await?;
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(kv) = self.store.get(&keys::node(name)).await? else {
+                break;
+            };
+            let mut node = decode_node(name, &kv.value)?;
+            node.labels.clone_from(&labels);
+            let value = serde_json::to_vec(&node).unwrap_or_default();
+            let txn = Txn::new()
+                .if_mod_revision(keys::node(name), kv.mod_revision)
+                .put_with_lease(keys::node(name), value, node.lease);
+            match self.store.txn(txn).await {
+                Ok(_) | Err(StoreError::LeaseNotFound(_)) => break,
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(labels)
+    }
+
+    /// The labels an administrator set on `name`, if any.
+    async fn labels(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, RegistryError> {
+        self.read(&keys::node_labels(name)).await
+    }
+
+    async fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, RegistryError> {
+        match self.store.get(key).await? {
+            None => Ok(None),
+            Some(kv) => serde_json::from_slice(&kv.value)
+                .map(Some)
+                .map_err(|e| RegistryError::Corrupt {
+                    name: key.to_owned(),
+                    reason: e.to_string(),
+                }),
+        }
+    }
+
     /// Registers (or re-registers) `node` for `ttl` (default [`DEFAULT_TTL`]); returns the stored
-    /// registration and its lifetime.
+    /// registration and its lifetime. Labels an administrator set replace the registration's.
     pub async fn register(
         &self,
         mut node: Node,
@@ -138,6 +387,9 @@ impl Registry {
                     TTL_RANGE.end()
                 ),
             ));
+        }
+        if let Some(labels) = self.labels(&node.name).await? {
+            node.labels = labels;
         }
         let key = keys::node(&node.name);
         let previous = self
@@ -192,9 +444,13 @@ impl Registry {
             .get(&keys::node(name))
             .await?
             .ok_or_else(|| RegistryError::NotRegistered(name.to_owned()))?;
-        serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
-            name: name.to_owned(),
-            reason: e.to_string(),
-        })
+        decode_node(name, &kv.value)
     }
+}
+
+fn decode_node(name: &str, bytes: &[u8]) -> Result<Node, RegistryError> {
+    serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })
 }

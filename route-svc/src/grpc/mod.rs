@@ -5,7 +5,7 @@ pub mod convert;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_datastore::{Store, StoreError};
+use brindle_datastore::Store;
 use brindle_fanout::{Fanout, FanoutConfig};
 use brindle_grpc_server::auth::Caller;
 use brindle_grpc_server::sync::{
@@ -17,7 +17,8 @@ use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_server::{Routes, RoutesServer};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::core::{Registry, RegistryError, RouteItem, watcher};
+use crate::core::model::node_key;
+use crate::core::{Node, Registry, RegistryError, RouteItem, watcher};
 
 /// Fully-qualified service name (health and reflection).
 pub const SERVICE_NAME: &str = "brindle.route.v1.Routes";
@@ -28,11 +29,10 @@ pub fn status(error: RegistryError) -> Status {
     match error {
         RegistryError::Invalid { .. } => Status::invalid_argument(message),
         RegistryError::NotRegistered(_) => Status::not_found(message),
+        RegistryError::Taken { .. } => Status::already_exists(message),
+        RegistryError::Forbidden { .. } => Status::permission_denied(message),
         RegistryError::Corrupt { .. } => Status::data_loss(message),
-        RegistryError::Store(StoreError::Unavailable(_) | StoreError::Conflict { .. }) => {
-            Status::unavailable(message)
-        }
-        RegistryError::Store(_) => Status::internal(message),
+        RegistryError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
 }
 
@@ -48,6 +48,7 @@ impl RoutesService {
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
         let fanout = Fanout::new(config, Arc::new(convert::encode_state));
         tokio::spawn(watcher::follow(Arc::clone(&store), fanout.clone()));
+        tokio::spawn(forget_strangers(fanout.clone()));
         Self {
             registry: Registry::new(store),
             fanout,
@@ -86,6 +87,27 @@ impl RoutesService {
     }
 }
 
+/// How often the statuses of disconnected subscribers of unregistered nodes are forgotten.
+const STRANGER_SWEEP: Duration = Duration::from_secs(10);
+
+/// Forgets, every [`STRANGER_SWEEP`], what Sync sessions of nodes that are not registered left
+/// behind once they ended (a registered node keeps its status while it is away).
+async fn forget_strangers(fanout: Fanout<RouteItem>) {
+    loop {
+        tokio::time::sleep(STRANGER_SWEEP).await;
+        let registered: std::collections::BTreeSet<String> = fanout.with_state(|state| {
+            state
+                .values()
+                .filter_map(|item| match item {
+                    RouteItem::Node(node) => Some(node.name.clone()),
+                    _ => None,
+                })
+                .collect()
+        });
+        fanout.forget_disconnected(|node| registered.contains(node));
+    }
+}
+
 fn sync_response(reply: SyncReply<RouteItem>) -> pb::SyncResponse {
     match reply {
         SyncReply::SnapshotPiece { revision, piece } => pb::SyncResponse {
@@ -117,6 +139,19 @@ impl Routes for RoutesService {
         caller.require_node(&node.name, "register a node")?;
         let node =
             convert::node_from_proto(node, "node").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let others: Vec<Node> = self.fanout.with_state(|state| {
+            state
+                .range(node_key("")..)
+                .map_while(|(_, item)| match item {
+                    RouteItem::Node(node) => Some(node.clone()),
+                    _ => None,
+                })
+                .collect()
+        });
+        self.registry
+            .check_claims(&node, &others, matches!(caller, Caller::Node(_)))
+            .await
+            .map_err(status)?;
         let ttl = (request.ttl_seconds > 0).then(|| Duration::from_secs(request.ttl_seconds.into()));
         let (node, ttl) = self.registry.register(node, ttl).await.map_err(status)?;
         Ok(Response::new(pb::RegisterNodeResponse {
@@ -147,6 +182,22 @@ impl Routes for RoutesService {
         caller.require_node(&name, "deregister a node")?;
         self.registry.deregister(&name).await.map_err(status)?;
         Ok(Response::new(pb::DeregisterNodeResponse {}))
+    }
+
+    async fn set_node_labels(
+        &self,
+        request: Request<pb::SetNodeLabelsRequest>,
+    ) -> Result<Response<pb::SetNodeLabelsResponse>, Status> {
+        Caller::of(&request)?.require_admin("set node labels")?;
+        let request = request.into_inner();
+        let labels = self
+            .registry
+            .set_labels(&request.name, request.labels.into_iter().collect())
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::SetNodeLabelsResponse {
+            labels: labels.into_iter().collect(),
+        }))
     }
 
     async fn list_nodes(

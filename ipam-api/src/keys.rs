@@ -16,6 +16,8 @@ pub const AFFINITIES: &str = "/brindle/v1/ipam/affinities/";
 pub const HANDLES: &str = "/brindle/v1/ipam/handles/";
 /// Prefix of the node registry (written by route-svc; IPAM reads labels and existence).
 pub const NODES: &str = "/brindle/v1/nodes/";
+/// Prefix of the labels administrators set on nodes (route-svc copies them into registrations).
+pub const NODE_LABELS: &str = "/brindle/v1/node-labels/";
 
 /// A block's name in keys: its CIDR with `/` replaced by `-`.
 pub fn block_name(cidr: &IpNet) -> String {
@@ -45,4 +47,9 @@ pub fn handle(id: &str) -> String {
 /// Key of a node's registration.
 pub fn node(name: &str) -> String {
     format!("{NODES}{name}")
+}
+
+/// Key of the labels an administrator set on a node.
+pub fn node_labels(name: &str) -> String {
+    format!("{NODE_LABELS}{name}")
 }

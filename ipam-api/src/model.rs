@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use super::error::IpamError;
+use crate::DecodeError;
 
 /// Encapsulation toward a pool's pods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -71,17 +71,22 @@ pub struct PoolSet {
 pub struct IpamConfig {
     /// Never borrow from another node's block.
     pub strict_affinity: bool,
-    /// Most blocks one node may hold; 0 = unlimited.
+    /// Most blocks one node may hold, and most blocks' worth of addresses of a pool it may hold
+    /// with borrowed ones; 0 = unlimited.
     pub max_blocks_per_host: u32,
     /// Seconds a released address waits before auto-assignment hands it out again.
     pub release_cooldown_seconds: u32,
 }
 
+/// Blocks a node may hold unless the IPAM configuration says otherwise: with /26 blocks, 1,280
+/// addresses — far above Kubernetes' 110 pods per node, far below a pool's worth.
+pub const DEFAULT_MAX_BLOCKS_PER_HOST: u32 = 20;
+
 impl Default for IpamConfig {
     fn default() -> Self {
         Self {
             strict_affinity: false,
-            max_blocks_per_host: 0,
+            max_blocks_per_host: DEFAULT_MAX_BLOCKS_PER_HOST,
             release_cooldown_seconds: 30,
         }
     }
@@ -140,7 +145,7 @@ pub struct HandleIp {
     pub sequence: u64,
 }
 
-/// Every address allocated under one id (`<network>.<containerID>`, `vxlan-tunnel-addr-<node>`).
+/// Every address allocated under one id (see [`crate::handles`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Handle {
     /// The id.
@@ -324,15 +329,9 @@ pub struct Affinity {
     pub block: IpNet,
 }
 
-/// Handles of node infrastructure (tunnel addresses): never pods' leaks, never released by a
-/// pod GC (DeleteNode releases them).
-pub fn is_tunnel_handle(id: &str) -> bool {
-    id.starts_with("vxlan-tunnel-addr-") || id.starts_with("ipip-tunnel-addr-")
-}
-
 /// Decodes a stored record.
-pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, IpamError> {
-    serde_json::from_slice(bytes).map_err(|e| IpamError::Corrupt {
+pub fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|e| DecodeError {
         key: key.to_owned(),
         reason: e.to_string(),
     })
