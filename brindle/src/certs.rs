@@ -50,6 +50,16 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
 }
 
 /// Writes `contents` to `path`, readable by its owner only when `private`.
+/// Refuses a node or administrator name that is not a DNS-1123 subdomain (what node names are;
+/// it becomes part of a file name, so `../x` or `a/b` must never get that far).
+fn name_in_file(flag: &str, name: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        route_svc::core::registry::valid_node_name(name),
+        "{flag} {name:?}: not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)"
+    );
+    Ok(())
+}
+
 fn write(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     let mut file = std::fs::OpenOptions::new()
@@ -135,6 +145,7 @@ impl Pki {
 
     /// `node-<node>.crt`: node `node`'s agent.
     pub fn node(&self, node: &str) -> anyhow::Result<Issued> {
+        name_in_file("--node", node)?;
         let mut subject = DistinguishedName::new();
         subject.push(DnType::CommonName, format!("{NODE_PREFIX}{node}"));
         self.issue(
@@ -147,6 +158,7 @@ impl Pki {
 
     /// `admin-<name>.crt`: an administrator.
     pub fn admin(&self, name: &str) -> anyhow::Result<Issued> {
+        name_in_file("--admin", name)?;
         let mut subject = DistinguishedName::new();
         subject.push(DnType::CommonName, name);
         subject.push(DnType::OrganizationName, ADMINS);
@@ -171,6 +183,22 @@ mod tests {
         let pem = std::fs::read(path).expect("certificate");
         let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).expect("PEM");
         pem.contents
+    }
+
+    #[test]
+    fn names_that_are_not_dns_subdomains_are_refused_before_any_file_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = Pki::open_or_create(dir.path()).expect("CA");
+        let before: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").collect();
+        for bad in ["../x", "a/b", "", "Node", "x\n"] {
+            let error = pki.node(bad).expect_err(bad).to_string();
+            assert!(error.contains("--node") && error.contains("DNS-1123"), "{error}");
+            assert!(pki.admin(bad).is_err(), "{bad:?}");
+        }
+        assert!(!dir.path().parent().expect("parent").join("x.crt").exists());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), before.len());
+        pki.node("node-1.example.com")
+            .expect("a subdomain is a node name");
     }
 
     #[test]

@@ -603,3 +603,64 @@ fn metrics_of_the_control_plane_and_an_agent_exist_and_move() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+/// The global IPv6 address of a node's VXLAN device.
+fn vxlan_ipv6(lab: &Lab, node: usize) -> String {
+    let shown = lab.nodes[node]
+        .namespace
+        .ip(&[
+            "-6",
+            "-j",
+            "addr",
+            "show",
+            "dev",
+            "vxlan.brindle",
+            "scope",
+            "global",
+        ])
+        .expect("the VXLAN device");
+    let parsed: serde_json::Value = serde_json::from_str(&shown).expect("ip -j");
+    parsed[0]["addr_info"][0]["local"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no IPv6 address on vxlan.brindle: {shown}"))
+        .to_owned()
+}
+
+#[test]
+fn a_restarted_dual_stack_vxlan_agent_keeps_its_ipv6_tunnel_address_while_pods_are_added() {
+    let mut lab = Lab::up(LabSpec {
+        prefix: format!("brdt{}k", std::process::id()),
+        pods_per_node: 1,
+        dual_stack: true,
+        encapsulation: Encapsulation::Vxlan,
+        ..spec(2)
+    })
+    .expect("lab up");
+    wait_ipv6_full_mesh(&lab);
+    let tunnel = vxlan_ipv6(&lab, 0);
+    let node = lab.nodes[0].name.clone();
+    lab.kill(&node).expect("kill the agent");
+    lab.restart(&node).expect("restart the agent");
+    // Pods are added while the agent starts (its start-up sweep runs, its followers start).
+    for _ in 0..3 {
+        lab.add_pod(0).expect("a pod on the restarted node");
+    }
+    wait_ipv6_full_mesh(&lab);
+    assert_eq!(vxlan_ipv6(&lab, 0), tunnel, "the device keeps its address");
+    let shown = lab
+        .cli(&["ipam", "show", "--ip", &tunnel, "-o", "json"])
+        .output()
+        .expect("brindle ipam show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!("vxlan-v6-tunnel-addr-{node}")),
+        "IPAM still holds the tunnel address for the node's tunnel handle: {shown}"
+    );
+    assert!(
+        lab.pods
+            .iter()
+            .all(|pod| pod.ipv6.map(|ip| ip.to_string()) != Some(tunnel.clone())),
+        "no pod got the tunnel's address"
+    );
+    assert_eq!(lab.ipam_problems().expect("ipam check"), None);
+}

@@ -49,10 +49,28 @@ fn allowed(result: (bool, String)) -> String {
     result.1
 }
 
-#[test]
-fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
+/// The first address of an AutoAssign answer.
+fn first_ip(answer: &str) -> String {
+    let json: serde_json::Value = serde_json::from_str(answer).expect("JSON");
+    json["allocations"][0]["ip"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {answer}"))
+        .to_owned()
+}
+
+/// Another code than PERMISSION_DENIED, naming `why`.
+fn refused(result: (bool, String), code: &str, why: &str) {
+    assert!(
+        !result.0 && result.1.contains(code) && result.1.contains(why),
+        "expected {code} ({why}): {}",
+        result.1
+    );
+}
+
+/// Certificates for nodes `a` and `b` and the administrator `admin` in `<dir>/certs`, and an
+/// mTLS server on an embedded store in `dir`.
+fn mtls_server(dir: &Path) -> (Server, std::path::PathBuf) {
+    let certs = dir.join("certs");
     let made = support::brindle(
         "",
         &[
@@ -71,12 +89,19 @@ fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
         "",
     );
     assert!(made.status.success(), "{made:?}");
-    let store = dir.path().join("store.redb");
+    let store = dir.join("store.redb");
     let server = Server::start_tls(
         &["--store-path", &store.display().to_string()],
-        &dir.path().join("server.log"),
+        &dir.join("server.log"),
         &certs,
     );
+    (server, certs)
+}
+
+#[test]
+fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, certs) = mtls_server(dir.path());
 
     // No valid certificate: refused.
     let plain = support::brindle(&server.address, &["get", "ippool", "--timeout", "2"], "");
@@ -149,13 +174,13 @@ fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
             r#"{{"handle_id": "{handle}", "node": "{node}", "num_ipv4": 1, "attributes": {{"node": "{node}"}}}}"#
         )
     };
-    allowed(call(
+    let a1 = first_ip(&allowed(call(
         &server,
         &certs,
         "node-a",
         "brindle.ipam.v1.Ipam/AutoAssign",
         &assign("a", "net.a1"),
-    ));
+    )));
     denied(
         call(
             &server,
@@ -233,7 +258,7 @@ fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
     );
     let endpoint = |node: &str| {
         format!(
-            r#"{{"endpoint": {{"node": "{node}", "interface": "brd1", "namespace": "default", "pod": "p", "ips": ["10.244.0.9"]}}}}"#
+            r#"{{"endpoint": {{"node": "{node}", "interface": "brd1", "namespace": "default", "pod": "p", "ips": ["{a1}"]}}}}"#
         )
     };
     allowed(call(
@@ -270,4 +295,250 @@ fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
     let key_line = key.lines().nth(1).expect("a line of key material");
     assert!(log.contains("serving gRPC") && log.contains("mtls=true"), "{log}");
     assert!(!log.contains("PRIVATE KEY") && !log.contains(key_line), "{log}");
+}
+
+/// With mTLS a node acts only for itself in content too, not only in name: it registers only the
+/// addresses IPAM holds for its own pods, only tunnel addresses IPAM gave it and its own VTEP MAC,
+/// no address or MAC another node holds, no label an administrator did not set; it neither
+/// receives nor extends another node's handle, nor follows, renews, deregisters or deletes for
+/// another node.
+#[test]
+fn a_node_may_claim_only_what_is_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, certs) = mtls_server(dir.path());
+    let as_a = |method: &str, body: &str| call(&server, &certs, "node-a", method, body);
+    let as_b = |method: &str, body: &str| call(&server, &certs, "node-b", method, body);
+    let as_admin = |method: &str, body: &str| call(&server, &certs, "admin-admin", method, body);
+    let pools = "apiVersion: brindle.io/v1\nkind: IPPool\nmetadata: {name: pods}\nspec: {cidr: 10.244.0.0/16}\n---\n\
+                 apiVersion: brindle.io/v1\nkind: IPPool\nmetadata: {name: tunnels}\n\
+                 spec: {cidr: 10.250.0.0/24, allowedUses: [Tunnel]}\n";
+    let out = brindle_as(&server, &certs, Some("admin-admin"), &["apply", "-f", "-"], pools);
+    assert!(out.status.success(), "{out:?}");
+    let assign = |handle: &str, node: &str, use_: &str| {
+        format!(r#"{{"handle_id": "{handle}", "node": "{node}", "num_ipv4": 1, "use": "{use_}"}}"#)
+    };
+    const AUTO_ASSIGN: &str = "brindle.ipam.v1.Ipam/AutoAssign";
+    const ASSIGN_IP: &str = "brindle.ipam.v1.Ipam/AssignIp";
+    let a_pod = first_ip(&allowed(as_a(
+        AUTO_ASSIGN,
+        &assign("net.a1", "a", "ALLOWED_USE_WORKLOAD"),
+    )));
+    let b_pod = first_ip(&allowed(as_b(
+        AUTO_ASSIGN,
+        &assign("net.b1", "b", "ALLOWED_USE_WORKLOAD"),
+    )));
+    let a_tunnel = first_ip(&allowed(as_a(
+        AUTO_ASSIGN,
+        &assign("vxlan-tunnel-addr-a", "a", "ALLOWED_USE_TUNNEL"),
+    )));
+
+    // IPAM: another node's handle is neither handed out nor extended; release by IP is the
+    // administrators'.
+    denied(
+        as_a(AUTO_ASSIGN, &assign("net.b1", "a", "ALLOWED_USE_WORKLOAD")),
+        "belongs to node \"b\"",
+    );
+    denied(
+        as_a(
+            ASSIGN_IP,
+            r#"{"handle_id": "net.b1", "ip": "10.244.100.1", "node": "a"}"#,
+        ),
+        "belongs to node \"b\"",
+    );
+    denied(
+        as_a(
+            ASSIGN_IP,
+            r#"{"handle_id": "net.x", "ip": "10.244.100.1", "node": "b"}"#,
+        ),
+        "node a may not assign addresses for node \"b\"",
+    );
+    refused(
+        as_a(
+            ASSIGN_IP,
+            r#"{"handle_id": "net.a2", "ip": "10.250.0.77", "node": "a"}"#,
+        ),
+        "FailedPrecondition",
+        "does not allow Workload",
+    );
+    denied(
+        as_a(
+            "brindle.ipam.v1.Ipam/ReleaseIps",
+            &format!(r#"{{"ips": [{{"ip": "{b_pod}", "sequence": 1}}]}}"#),
+        ),
+        "administrators only",
+    );
+    denied(
+        as_a(
+            "brindle.ipam.v1.Ipam/ReleaseByHandle",
+            r#"{"handle_id": "net.b1"}"#,
+        ),
+        "may not release addresses for node \"b\"",
+    );
+
+    // Endpoints: only addresses IPAM holds for the node's own pods.
+    const REGISTER_ENDPOINT: &str = "brindle.policy.v1.Policy/RegisterEndpoint";
+    let endpoint = |node: &str, interface: &str, pod: &str, ip: &str, labels: &str| {
+        format!(
+            r#"{{"endpoint": {{"node": "{node}", "interface": "{interface}", "namespace": "default", "pod": "{pod}", "ips": ["{ip}"], "labels": {labels}}}}}"#
+        )
+    };
+    allowed(as_a(
+        REGISTER_ENDPOINT,
+        &endpoint("a", "brda1", "web", &a_pod, r#"{"app": "web"}"#),
+    ));
+    denied(
+        as_a(REGISTER_ENDPOINT, &endpoint("a", "brda2", "thief", &b_pod, "{}")),
+        "IPAM holds it for node \"b\"",
+    );
+    denied(
+        as_a(
+            REGISTER_ENDPOINT,
+            &endpoint("a", "brda3", "tunnel", &a_tunnel, "{}"),
+        ),
+        "vxlan-tunnel-addr-a",
+    );
+    denied(
+        as_a(
+            REGISTER_ENDPOINT,
+            &endpoint("a", "brda4", "ghost", "10.244.200.1", "{}"),
+        ),
+        "has not assigned it to any pod",
+    );
+    refused(
+        as_a(REGISTER_ENDPOINT, &endpoint("a", "brd+", "web", &a_pod, "{}")),
+        "InvalidArgument",
+        "endpoint.interface",
+    );
+    refused(
+        as_a(
+            REGISTER_ENDPOINT,
+            &endpoint("a", "brda5", "web\\n-A FORWARD -j ACCEPT", &a_pod, "{}"),
+        ),
+        "InvalidArgument",
+        "endpoint.pod",
+    );
+    // Labels the pod's owner set stay when the node registers the endpoint again.
+    allowed(as_admin(
+        "brindle.policy.v1.Policy/SetEndpointLabels",
+        r#"{"namespace": "default", "pod": "web", "labels": {"app": "web", "tier": "front"}}"#,
+    ));
+    allowed(as_a(
+        REGISTER_ENDPOINT,
+        &endpoint("a", "brda1", "web", &a_pod, r#"{"app": "db"}"#),
+    ));
+    let listed = allowed(as_a("brindle.policy.v1.Policy/ListEndpoints", r#"{"node": "a"}"#));
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!(
+        listed["endpoints"][0]["labels"],
+        serde_json::json!({"app": "web", "tier": "front"}),
+        "{listed}"
+    );
+    denied(
+        as_a(
+            "brindle.policy.v1.Policy/DeleteEndpoint",
+            r#"{"node": "b", "interface": "brdb1"}"#,
+        ),
+        "node a may not delete an endpoint for node \"b\"",
+    );
+
+    // Node registrations: tunnel addresses IPAM gave the node, its own VTEP MAC, nothing another
+    // node holds, labels an administrator set.
+    const REGISTER_NODE: &str = "brindle.route.v1.Routes/RegisterNode";
+    let mac = |node: &str| {
+        route_svc::core::model::vtep_mac(node)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let node = |name: &str, address: &str, extra: &str| {
+        format!(r#"{{"node": {{"name": "{name}", "addresses": ["{address}"]{extra}}}}}"#)
+    };
+    let vtep = |mac: &str, ip: &str| format!(r#", "vtep_mac": "{mac}", "vtep_ipv4": "{ip}""#);
+    denied(
+        as_a(
+            REGISTER_NODE,
+            &node("a", "192.0.2.1", &vtep(&mac("a"), "10.250.0.200")),
+        ),
+        "IPAM does not hold it for the node's handle \"vxlan-tunnel-addr-a\"",
+    );
+    denied(
+        as_a(
+            REGISTER_NODE,
+            &node("a", "192.0.2.1", &vtep(&mac("b"), &a_tunnel)),
+        ),
+        "derived from its name",
+    );
+    denied(
+        as_a(
+            REGISTER_NODE,
+            &node("a", "192.0.2.1", r#", "labels": {"zone": "x"}"#),
+        ),
+        "labels are set by administrators",
+    );
+    refused(
+        as_a(REGISTER_NODE, &node("a", &a_pod, "")),
+        "AlreadyExists",
+        "IP pool \"pods\"",
+    );
+    allowed(as_a(
+        REGISTER_NODE,
+        &node("a", "192.0.2.1", &vtep(&mac("a"), &a_tunnel)),
+    ));
+    // Route-svc sees a's registration within moments; b may not claim a's underlay address.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (ok, text) = as_b(REGISTER_NODE, &node("b", "192.0.2.1", ""));
+        if !ok && text.contains("AlreadyExists") && text.contains("node \"a\"") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "b took a's address: {text}");
+        if ok {
+            allowed(as_admin(
+                "brindle.route.v1.Routes/DeregisterNode",
+                r#"{"name": "b"}"#,
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    denied(
+        as_a(
+            "brindle.route.v1.Routes/SetNodeLabels",
+            r#"{"name": "a", "labels": {"zone": "x"}}"#,
+        ),
+        "administrators only",
+    );
+    allowed(as_admin(
+        "brindle.route.v1.Routes/SetNodeLabels",
+        r#"{"name": "a", "labels": {"zone": "x"}}"#,
+    ));
+    allowed(as_a(
+        REGISTER_NODE,
+        &node("a", "192.0.2.1", r#", "labels": {"zone": "x"}"#),
+    ));
+    let registered = allowed(as_a(REGISTER_NODE, &node("a", "192.0.2.1", "")));
+    assert!(
+        registered.contains(r#""zone": "x""#),
+        "the administrator's labels stay: {registered}"
+    );
+    for (method, body, action) in [
+        ("RenewNode", r#"{"name": "b"}"#, "renew a node's registration"),
+        ("DeregisterNode", r#"{"name": "b"}"#, "deregister a node"),
+    ] {
+        denied(
+            as_a(&format!("brindle.route.v1.Routes/{method}"), body),
+            &format!("node a may not {action} for node \"b\""),
+        );
+    }
+
+    // Sync: a node follows its own view only.
+    for (service, action) in [
+        ("brindle.route.v1.Routes/Sync", "follow the routing state"),
+        ("brindle.policy.v1.Policy/Sync", "follow the policy view"),
+    ] {
+        denied(
+            as_a(service, r#"{"hello": {"node": "b"}}"#),
+            &format!("node a may not {action} for node \"b\""),
+        );
+    }
 }

@@ -17,7 +17,7 @@ use support::ipam::InProcessIpam;
 use support::node::workload_pool;
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     kernel: Arc<RecordingKernel>,
     ipam: Arc<Ipam>,
     records: AttachmentStore,
@@ -44,7 +44,7 @@ async fn setup() -> Setup {
         records.clone(),
     );
     Setup {
-        _dir: dir,
+        dir,
         kernel,
         ipam,
         records,
@@ -176,4 +176,51 @@ async fn start_up_sweep_undoes_interrupted_adds_and_orphans_only() {
         .map(|a| a.key.container_id)
         .collect();
     assert_eq!(records, vec!["kept".to_owned()]);
+}
+
+/// A request for `container` in a network namespace of its own.
+fn in_own_netns(container: &str) -> CniRequest {
+    let mut request = request(container);
+    request.netns = format!("/run/netns/{container}");
+    request
+}
+
+#[tokio::test]
+async fn one_corrupt_record_does_not_stop_the_cleanup_of_the_others() {
+    let s = setup().await;
+    let kept = s.ops.add(&in_own_netns("kept")).await.expect("add");
+    s.ops.add(&in_own_netns("gone")).await.expect("add");
+    let broken = s.ops.add(&in_own_netns("broken")).await.expect("add");
+    let broken_file = s
+        .records
+        .list()
+        .expect("records")
+        .iter()
+        .find(|a| a.key.container_id == "broken")
+        .map(|a| format!("{}.json", a.host_ifname))
+        .expect("the record");
+    let records_dir = s.dir.path().join("records");
+    std::fs::write(records_dir.join(&broken_file), b"{\"key\": ").expect("corrupt it");
+
+    // A runtime's GC keeping only "kept": the corrupt record is moved aside, "gone" is undone,
+    // and what belonged to the corrupt record (no record owns it any more) is swept too.
+    let valid = [("kept".to_owned(), "eth0".to_owned())];
+    s.ops
+        .gc("net", &valid)
+        .await
+        .expect("GC goes past the corrupt record");
+    assert!(records_dir.join("corrupt").join(&broken_file).exists());
+    assert_eq!(s.records.quarantined(), 1);
+    assert_eq!(s.kernel.host_link_names(), vec![kept.wired.host_ifname.clone()]);
+    for (container, held) in [("kept", true), ("gone", false), ("broken", false)] {
+        assert_eq!(
+            s.ipam.handle(&handle_id(&request(container).key)).await.is_ok(),
+            held,
+            "{container}"
+        );
+    }
+    assert!(!s.kernel.host_link_names().contains(&broken.wired.host_ifname));
+    // Start-up reconciliation and the next ADD work as well.
+    s.ops.reconcile().await.expect("reconcile");
+    s.ops.add(&in_own_netns("new")).await.expect("a new pod");
 }

@@ -397,3 +397,58 @@ async fn a_node_streams_exactly_its_view_and_follows_changes() {
     assert_eq!(gone.code(), Code::NotFound);
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_datastore_refuses_is_named_with_its_limit_not_internal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (address, _service) = serve(&dir).await;
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut client = PolicyClient::new(channel);
+    // One policy whose record is larger than the datastore takes in one request.
+    let nets: String = (0..100_000u32)
+        .map(|i| format!("        - 10.{}.{}.{}/32\n", i >> 16, (i >> 8) & 255, i & 255))
+        .collect();
+    let manifest = format!(
+        "apiVersion: brindle.io/v1\nkind: GlobalNetworkPolicy\nmetadata: {{name: huge}}\nspec:\n  selector: all()\n  ingress:\n  - action: Deny\n    source:\n      nets:\n{nets}"
+    );
+    let refused = client
+        .apply(pb::ApplyRequest {
+            manifest,
+            namespace: String::new(),
+        })
+        .await
+        .expect_err("too large for the datastore");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("limit of 1572864 bytes"),
+        "{refused:?}"
+    );
+    // A malformed endpoint is the caller's mistake, named.
+    let mut bad = pb::WorkloadEndpoint {
+        node: "node-1".into(),
+        interface: "brd+".into(),
+        namespace: "shop".into(),
+        pod: "web".into(),
+        ips: vec!["10.1.0.2".into()],
+        ..Default::default()
+    };
+    for (interface, pod, field) in [
+        ("brd+", "web", "endpoint.interface"),
+        ("brd1", "web\n-A FORWARD", "endpoint.pod"),
+    ] {
+        bad.interface = interface.into();
+        bad.pod = pod.into();
+        let refused = client
+            .register_endpoint(pb::RegisterEndpointRequest {
+                endpoint: Some(bad.clone()),
+            })
+            .await
+            .expect_err("malformed");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains(field), "{refused:?}");
+    }
+}

@@ -79,7 +79,7 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> RegistryError {
 }
 
 /// Whether `name` is a DNS-1123 subdomain (what Kubernetes node names are).
-fn valid_node_name(name: &str) -> bool {
+pub fn valid_node_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|label| {
