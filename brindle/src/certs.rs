@@ -54,7 +54,7 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
 /// it becomes part of a file name, so `../x` or `a/b` must never get that far).
 fn name_in_file(flag: &str, name: &str) -> anyhow::Result<()> {
     anyhow::ensure!(
-        route_svc::core::registry::valid_node_name(name),
+        route_api::model::valid_node_name(name),
         "{flag} {name:?}: not a DNS-1123 subdomain (lowercase letters, digits, '-' and '.', at most 253 characters)"
     );
     Ok(())

@@ -4,7 +4,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use brindle::lab::{ControlPlane, Encapsulation};
-use brindle_grpc_server::{ClientTlsArgs, LogArgs, ServerTlsArgs, StoreArgs};
+use brindle_grpc::{ClientTlsArgs, LogArgs, ServerTlsArgs};
+use brindle_grpc_server::StoreArgs;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// brindle: container networking with routable pod IPs, no NAT between pods, and network policy.

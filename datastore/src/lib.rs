@@ -3,22 +3,19 @@
 //! and [`EtcdStore`] (real clusters).
 //!
 //! Every write in brindle is a [`Txn`] whose [`Compare`]s pin the mod-revision of what it read; a
-//! failed compare is a typed [`StoreError::Conflict`] the caller retries with [`Backoff`]. Watches
+//! failed compare is a typed [`StoreError::Conflict`] the caller retries with a backoff. Watches
 //! yield one [`WatchBatch`] per revision, resume exactly after a given revision, and report
 //! [`StoreError::Compacted`] when that history is gone (the caller then re-lists).
 
-mod backoff;
 mod config;
 mod embedded;
 mod error;
 mod etcd;
-mod random;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod types;
 
-pub use backoff::Backoff;
 pub use config::{StoreConfig, open};
 pub use embedded::EmbeddedStore;
 pub use error::StoreError;

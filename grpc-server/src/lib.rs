@@ -1,29 +1,31 @@
-//! What every brindle gRPC server shares: datastore flags, logging setup, `grpc.health.v1`
-//! reporting NOT_SERVING while the datastore is unreachable, server reflection (v1 and v1alpha)
-//! limited to the services actually served, shutdown on SIGINT/SIGTERM, and the gRPC side of
-//! fan-out `Sync` streams.
+//! What every brindle service backed by the datastore shares: datastore flags, serving with
+//! `grpc.health.v1` reporting NOT_SERVING while the datastore is unreachable, who is calling and
+//! what they may do, datastore failures as status codes, and the server's side of fan-out `Sync`
+//! streams. What any gRPC process shares (logging, TLS, health and reflection, shutdown) is
+//! `brindle-grpc`'s.
 
 pub mod auth;
+mod service;
 mod store_args;
 mod store_status;
 pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::Store;
+use brindle_grpc::{ServerTlsArgs, TlsError, add_health_and_reflection, shutdown_signal};
 use brindle_metrics::{GrpcMetricsLayer, Metrics};
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use service::{ServiceArgs, ServiceBinary, run_service};
 pub use store_args::StoreArgs;
 pub use store_status::store_status;
-pub use tls::{ClientTlsArgs, ServerTlsArgs};
 
 /// How often the datastore is probed for the health status.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -45,7 +47,7 @@ pub enum ServeError {
     },
     /// The TLS flags name files that cannot be used.
     #[error("TLS: {0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] TlsError),
     /// The datastore the flags select could not be opened.
     #[error("opening the datastore ({config}): {source}")]
     Datastore {
@@ -55,73 +57,12 @@ pub enum ServeError {
         #[source]
         source: brindle_datastore::StoreError,
     },
-}
-
-/// How log lines look.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// The logging flag every brindle binary takes (filter from `RUST_LOG`, default `info`).
-#[derive(Debug, clap::Args)]
-pub struct LogArgs {
-    /// Log line format.
-    #[arg(long, global = true, env = "BRINDLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-}
-
-impl LogArgs {
-    /// Sets up `tracing` logs on stderr.
-    pub fn init(&self) -> Result<(), String> {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-        // Colours only on a terminal: log files and journald get plain text.
-        let logs = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .with_writer(std::io::stderr);
-        match self.log_format {
-            LogFormat::Json => logs.json().try_init(),
-            LogFormat::Text => logs.try_init(),
-        }
-        .map_err(|e| format!("initialising logging: {e}"))
-    }
-}
-
-/// Adds `grpc.health.v1` and server reflection (v1 and v1alpha, limited to `service_names` and
-/// themselves) to `routes`; returns the health reporter.
-pub fn add_health_and_reflection(
-    routes: &mut RoutesBuilder,
-    service_names: &[&str],
-) -> Result<HealthReporter, ServeError> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let names: Vec<&str> = service_names
-        .iter()
-        .copied()
-        .chain([
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
-        ])
-        .collect();
-    let reflection = || {
-        names.iter().fold(
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(brindle_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
-            |builder, name| builder.with_service_name(*name),
-        )
-    };
-    // Both reflection versions: grpcurl before 1.8.8 only speaks v1alpha.
-    routes
-        .add_service(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?);
-    Ok(health)
+    /// Logging could not be set up.
+    #[error("{0}")]
+    Logging(String),
+    /// The metrics endpoint could not be served.
+    #[error(transparent)]
+    Metrics(#[from] brindle_metrics::MetricsError),
 }
 
 /// Serves `routes` (named `service_names`, fully qualified) on `address` with health (tied to the
@@ -191,22 +132,5 @@ async fn probe_datastore(
             reported = Some(status);
         }
         tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM");
-            let _ = ctrl_c.await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate.recv() => {}
     }
 }

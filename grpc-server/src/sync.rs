@@ -1,19 +1,16 @@
-//! The gRPC side of a fan-out `Sync` stream, shared by route-svc and policy-svc: client messages
-//! from `brindle.common.v1`, a [`session`](brindle_fanout::session) per subscriber, snapshots
-//! sent in small pieces (and put together again by subscribers), and the reason a session ended
-//! as the stream's final status.
+//! The server's side of a fan-out `Sync` stream, shared by route-svc and policy-svc: client
+//! messages from `brindle.common.v1`, a [`session`](brindle_fanout::session) per subscriber,
+//! snapshots sent in small pieces (subscribers put them together with `brindle-sync`), responses
+//! in the service's [`Wire`] format, and the reason a session ended as the stream's final status.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use brindle_fanout::session::{ClientMessage, ServerMessage, serve};
-use std::collections::BTreeMap;
-
-use brindle_fanout::{
-    Batch, Codec, EncodedSnapshot, Fanout, FanoutError, MAX_SNAPSHOT_BYTES, Mirror, SubscriberStatus,
-};
+use brindle_fanout::{Batch, Codec, EncodedSnapshot, Fanout, FanoutError, SubscriberStatus};
 use brindle_metrics::{Metrics, labels};
 use brindle_proto::common::v1 as pb;
+use brindle_sync::{Payload, Wire, delta_to_proto, unix_ms};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
@@ -80,13 +77,6 @@ pub fn register_fanout_metrics(
     });
 }
 
-/// Milliseconds since the unix epoch (0 before it), as sync messages carry times.
-pub fn unix_ms(time: std::time::SystemTime) -> i64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// A keepalive stamped with the current time.
 pub fn keepalive_now() -> pb::Keepalive {
     pb::Keepalive {
@@ -111,75 +101,9 @@ pub fn status(error: &FanoutError) -> Status {
 /// grows past its initial size: memory per subscriber does not follow the snapshot's size.
 pub const SNAPSHOT_PIECE_BYTES: usize = 4 * 1024;
 
-/// A field of a received message that does not convert.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
-pub struct InvalidField {
-    /// The field, e.g. `node.addresses`.
-    pub field: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl InvalidField {
-    /// `field` is wrong because of `reason`.
-    pub fn new(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.to_string(),
-        }
-    }
-}
-
-/// What a subscriber received on a `Sync` stream, with the service's delta already converted.
-#[derive(Debug)]
-pub enum Received<V> {
-    /// A piece of a snapshot.
-    SnapshotPiece(pb::EncodedSnapshot),
-    /// Changes.
-    Delta(Batch<V>),
-    /// A keepalive (or a message kind this subscriber does not know).
-    Nothing,
-}
-
-/// Decodes a whole (uncompressed) snapshot into a service's state.
-pub type StateDecoder<V> = fn(&[u8]) -> Result<BTreeMap<String, V>, InvalidField>;
-
-/// Applies one received message at `revision` to a subscriber's mirror: a snapshot (once
-/// `pieces` has all of it, decoded by `decode_state`) replaces it, a delta updates it; `false`
-/// when there is nothing to apply yet (a keepalive, a piece of a snapshot).
-pub fn apply_received<V: Clone + PartialEq>(
-    mirror: &mut Mirror<V>,
-    pieces: &mut SnapshotAssembler,
-    revision: u64,
-    received: Received<V>,
-    decode_state: StateDecoder<V>,
-) -> Result<bool, InvalidField> {
-    match received {
-        Received::SnapshotPiece(piece) => {
-            let Some(snapshot) = pieces
-                .add(revision, piece)
-                .map_err(|e| InvalidField::new("snapshot", e))?
-            else {
-                return Ok(false);
-            };
-            let raw = snapshot
-                .decompress()
-                .map_err(|e| InvalidField::new("snapshot.data", e))?;
-            mirror.apply_snapshot(revision, decode_state(&raw)?);
-            Ok(true)
-        }
-        Received::Delta(batch) => {
-            mirror.apply_batch(&batch);
-            Ok(true)
-        }
-        Received::Nothing => Ok(false),
-    }
-}
-
 /// What a `Sync` stream sends, one message each.
 #[derive(Debug)]
-pub enum SyncReply<V> {
+enum SyncReply<V> {
     /// A piece of the snapshot at `revision`.
     SnapshotPiece {
         /// The snapshot's revision.
@@ -214,118 +138,6 @@ pub fn snapshot_pieces(snapshot: Arc<EncodedSnapshot>) -> impl Iterator<Item = p
             offset: offset as u64,
             total_bytes: total as u64,
         })
-}
-
-/// Why snapshot pieces cannot be put together.
-#[derive(Debug, thiserror::Error)]
-pub enum PieceError {
-    /// The codec is not one this subscriber knows.
-    #[error("snapshot.codec: unknown codec {0}")]
-    UnknownCodec(i32),
-    /// A piece does not continue where the previous one ended, or belongs to another snapshot
-    /// (another revision, codec or size).
-    #[error(
-        "snapshot.offset: piece at {offset} of revision {revision}, expected {expected} of revision {expected_revision}"
-    )]
-    OutOfOrder {
-        /// The piece's offset.
-        offset: u64,
-        /// Its revision.
-        revision: u64,
-        /// The offset expected.
-        expected: u64,
-        /// The revision expected.
-        expected_revision: u64,
-    },
-    /// The pieces add up to more than the snapshot's stated size, or more than is allowed.
-    #[error("snapshot.total_bytes: {0}")]
-    Size(String),
-}
-
-/// Puts a snapshot's pieces together on the subscriber's side.
-#[derive(Debug, Default)]
-pub struct SnapshotAssembler {
-    pending: Option<PendingSnapshot>,
-}
-
-/// The snapshot being received: what its first piece said, and the bytes so far.
-#[derive(Debug)]
-struct PendingSnapshot {
-    revision: u64,
-    codec: i32,
-    total: u64,
-    entries: u64,
-    raw_bytes: u64,
-    data: Vec<u8>,
-}
-
-impl SnapshotAssembler {
-    /// Adds a piece of the snapshot at `revision`; returns the snapshot once it is whole. A piece
-    /// that does not continue the snapshot being received (offset, revision, codec, sizes) is
-    /// refused, and the next snapshot starts from scratch.
-    pub fn add(
-        &mut self,
-        revision: u64,
-        piece: pb::EncodedSnapshot,
-    ) -> Result<Option<EncodedSnapshot>, PieceError> {
-        let codec = match pb::Codec::try_from(piece.codec) {
-            Ok(pb::Codec::Zstd) => Codec::Zstd,
-            Ok(pb::Codec::None | pb::Codec::Unspecified) => Codec::None,
-            Err(_) => return Err(PieceError::UnknownCodec(piece.codec)),
-        };
-        // A whole snapshot in one message (total_bytes 0, from servers that do not split).
-        let total = if piece.total_bytes == 0 {
-            piece.data.len() as u64
-        } else {
-            piece.total_bytes
-        };
-        if total > MAX_SNAPSHOT_BYTES {
-            self.pending = None;
-            return Err(PieceError::Size(format!(
-                "{total} bytes, more than the {MAX_SNAPSHOT_BYTES} allowed"
-            )));
-        }
-        let pending = self.pending.take().unwrap_or(PendingSnapshot {
-            revision,
-            codec: piece.codec,
-            total,
-            entries: piece.entries,
-            raw_bytes: piece.raw_bytes,
-            data: Vec::new(),
-        });
-        let expected = pending.data.len() as u64;
-        let continues = piece.offset == expected
-            && revision == pending.revision
-            && (piece.codec, total, piece.entries, piece.raw_bytes)
-                == (pending.codec, pending.total, pending.entries, pending.raw_bytes);
-        if !continues {
-            return Err(PieceError::OutOfOrder {
-                offset: piece.offset,
-                revision,
-                expected,
-                expected_revision: pending.revision,
-            });
-        }
-        let mut pending = pending;
-        pending.data.extend_from_slice(&piece.data);
-        let received = pending.data.len() as u64;
-        if received > total {
-            return Err(PieceError::Size(format!(
-                "pieces hold {received} bytes, the snapshot {total}"
-            )));
-        }
-        if received < total {
-            self.pending = Some(pending);
-            return Ok(None);
-        }
-        Ok(Some(EncodedSnapshot {
-            revision,
-            codec,
-            data: pending.data.into(),
-            entries: pending.entries,
-            raw_bytes: pending.raw_bytes,
-        }))
-    }
 }
 
 /// What the session's `message` is sent as: a snapshot as its pieces, anything else as one.
@@ -375,16 +187,21 @@ pub async fn read_hello(
     Ok((node, futures_util::stream::iter([Ok(first)]).chain(incoming)))
 }
 
-/// Serves one `Sync` call: runs the session on its own task and streams what it sends, each
-/// reply turned into the service's response by `respond`; ends with the session's reason.
-pub fn serve_sync<V, R, S>(
-    fanout: Fanout<V>,
-    incoming: S,
-    respond: fn(SyncReply<V>) -> R,
-) -> ResponseStream<R>
+/// A reply as the service's response message.
+fn respond<W: Wire>(reply: SyncReply<W::Value>) -> W::Response {
+    match reply {
+        SyncReply::SnapshotPiece { revision, piece } => W::response(revision, Payload::Snapshot(piece)),
+        SyncReply::Delta(batch) => W::response(batch.to, Payload::Delta(delta_to_proto::<W>(&batch))),
+        SyncReply::Keepalive => W::response(0, Payload::Keepalive(keepalive_now())),
+    }
+}
+
+/// Serves one `Sync` call: runs the session on its own task and streams what it sends as the
+/// service's responses; ends with the session's reason.
+pub fn serve_sync<W, S>(fanout: Fanout<W::Value>, incoming: S) -> ResponseStream<W::Response>
 where
-    V: Clone + PartialEq + Send + Sync + 'static,
-    R: Send + 'static,
+    W: Wire,
+    W::Response: Send + 'static,
     S: futures_util::Stream<Item = Result<pb::SyncClientMessage, Status>> + Send + Unpin + 'static,
 {
     let (outgoing, mut queued) = mpsc::channel(fanout.config().queue_messages.max(1));
@@ -399,7 +216,7 @@ where
     });
     let messages = futures_util::stream::poll_fn(move |cx| queued.poll_recv(cx))
         .flat_map(|message| futures_util::stream::iter(replies(message)))
-        .map(move |reply| Ok(respond(reply)));
+        .map(|reply| Ok(respond::<W>(reply)));
     let end = futures_util::stream::once(reason).filter_map(|result| async move {
         match result {
             Ok(Err(error)) => Some(Err(status(&error))),
@@ -411,6 +228,9 @@ where
 
 #[cfg(test)]
 mod tests {
+    use brindle_fanout::MAX_SNAPSHOT_BYTES;
+    use brindle_sync::{PieceError, SnapshotAssembler};
+
     use super::*;
 
     fn snapshot(len: usize) -> EncodedSnapshot {

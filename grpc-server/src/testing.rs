@@ -31,7 +31,7 @@ pub async fn embedded_store(dir: &std::path::Path) -> Arc<dyn Store> {
 pub async fn serve_on_loopback(mut routes: RoutesBuilder, service_names: &[&str]) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address").to_string();
-    crate::add_health_and_reflection(&mut routes, service_names).expect("reflection");
+    brindle_grpc::add_health_and_reflection(&mut routes, service_names).expect("reflection");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(
         tonic::transport::Server::builder()

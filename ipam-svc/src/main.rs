@@ -1,8 +1,9 @@
 //! `ipam-svc`: serves brindle's IP address management over gRPC.
 
-use clap::Parser;
+use brindle_grpc_server::ServiceArgs;
+use ipam_svc::runtime::{BINARY, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    ipam_svc::runtime::run(ipam_svc::runtime::Args::parse()).await
+    Ok(run(ServiceArgs::parse(&BINARY)).await?)
 }

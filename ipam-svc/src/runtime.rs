@@ -1,47 +1,34 @@
-//! Flags and wiring of the `ipam-svc` binary: open the datastore (embedded file by default, etcd
-//! with `--etcd-endpoints` for several replicas), serve `brindle.ipam.v1` with health and reflection.
+//! The `ipam-svc` binary: its name, listen variable and ports, and the IPAM service on the
+//! datastore (embedded file by default, etcd with `--etcd-endpoints` for several replicas).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use brindle_grpc_server::{LogArgs, ServerTlsArgs, StoreArgs};
-use brindle_metrics::Metrics;
-use clap::Parser;
+use brindle_grpc_server::{ServeError, ServiceArgs, ServiceBinary, run_service};
 use tonic::service::RoutesBuilder;
 
 use crate::core::Ipam;
 use crate::grpc::{IpamService, SERVICE_NAME};
 
-/// brindle's IP address management service.
-#[derive(Debug, Parser)]
-#[command(name = "ipam-svc", version, about)]
-pub struct Args {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "IPAM_SVC_LISTEN", default_value = "0.0.0.0:7401")]
-    pub listen: SocketAddr,
-    /// Where the datastore is.
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Address of the Prometheus `/metrics` endpoint.
-    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9401")]
-    pub metrics_listen: SocketAddr,
-    /// mTLS (a client certificate is then required: node agents', administrators').
-    #[command(flatten)]
-    pub tls: ServerTlsArgs,
-    /// How logs look.
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+/// What tells this binary from the other services.
+pub const BINARY: ServiceBinary = ServiceBinary {
+    name: "ipam-svc",
+    about: "brindle's IP address management service",
+    listen_env: "IPAM_SVC_LISTEN",
+    listen: "0.0.0.0:7401",
+    metrics_listen: "0.0.0.0:9401",
+    service_name: SERVICE_NAME,
+};
 
 /// Runs the service until SIGINT or SIGTERM.
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    args.log.init().map_err(anyhow::Error::msg)?;
-    let metrics = Metrics::new();
-    brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
-    let store = args.store.open().await?;
-    let ipam = Arc::new(Ipam::new(Arc::clone(&store)));
-    let mut routes = RoutesBuilder::default();
-    routes.add_service(IpamService::new(ipam).with_metrics(&metrics).into_server());
-    brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store, &metrics, &args.tls).await?;
-    Ok(())
+pub async fn run(args: ServiceArgs) -> Result<(), ServeError> {
+    run_service(&BINARY, args, |store, metrics| {
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(
+            IpamService::new(Arc::new(Ipam::new(store)))
+                .with_metrics(metrics)
+                .into_server(),
+        );
+        routes
+    })
+    .await
 }

@@ -21,9 +21,9 @@ use crate::grpc::ipam_client::GrpcIpam;
 use crate::grpc::policy_client::GrpcPolicy;
 use crate::grpc::route_client::RouteFollower;
 use crate::grpc::sync_client::{DEFAULT_RESYNC_EVERY, SyncMetrics};
-use brindle_grpc_server::{ClientTlsArgs, LogArgs, tls};
+use brindle_grpc::{ClientTlsArgs, LogArgs, tls};
 use brindle_metrics::{GrpcMetricsLayer, Metrics};
-use route_svc::core::Node;
+use route_api::Node;
 
 /// brindle's per-node agent.
 #[derive(Debug, Parser)]
@@ -174,7 +174,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut routes = RoutesBuilder::default();
     routes.add_service(CniService::new(ops).with_metrics(&metrics).into_server());
-    let health = brindle_grpc_server::add_health_and_reflection(&mut routes, &[SERVICE_NAME])?;
+    let health = brindle_grpc::add_health_and_reflection(&mut routes, &[SERVICE_NAME])?;
     health.set_service_status("", ServingStatus::Serving).await;
     metrics.set_ready(true);
     health
@@ -184,10 +184,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tonic::transport::Server::builder()
         .layer(GrpcMetricsLayer::new(&metrics))
         .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
-            brindle_grpc_server::shutdown_signal(),
-        )
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), brindle_grpc::shutdown_signal())
         .await
         .context("serving the CNI socket")?;
     let _ = std::fs::remove_file(&args.cni_socket);

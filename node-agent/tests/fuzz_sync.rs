@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use brindle_fanout::{Fanout, FanoutConfig, Mirror};
-use brindle_grpc_server::sync::{SnapshotAssembler, snapshot_pieces};
+use brindle_grpc_server::sync::snapshot_pieces;
 use brindle_proto::fuzzing::{damaged, decode};
 use brindle_proto::policy::v1 as policy_pb;
 use brindle_proto::route::v1 as route_pb;
+use brindle_sync::SnapshotAssembler;
 use node_agent::core::policy::{Family, render};
 use node_agent::core::routing::desired_routes;
 use node_agent::core::tunnels::Tunnels;
@@ -75,12 +76,12 @@ fn route_messages() -> Vec<route_pb::SyncResponse> {
     let state: BTreeMap<_, _> = entries
         .iter()
         .cloned()
-        .map(|e| route_svc::grpc::convert::entry_from_proto(e).expect("valid entry"))
+        .map(|e| route_api::convert::entry_from_proto(e).expect("valid entry"))
         .collect();
     let snapshot = runtime().block_on(async {
         let fanout = Fanout::new(
             FanoutConfig::default(),
-            Arc::new(route_svc::grpc::convert::encode_state),
+            Arc::new(brindle_sync::encode_state::<route_api::convert::RouteWire>),
         );
         fanout.reset(7, state);
         fanout.snapshot().await
@@ -142,7 +143,7 @@ spec:
     let snapshot = runtime().block_on(async {
         let fanout = Fanout::new(
             FanoutConfig::default(),
-            Arc::new(policy_svc::grpc::convert::encode_state),
+            Arc::new(brindle_sync::encode_state::<policy_api::convert::PolicyWire>),
         );
         fanout.reset(9, view.clone());
         fanout.snapshot().await
@@ -158,7 +159,7 @@ spec:
         payload: Some(policy_pb::sync_response::Payload::Delta(policy_pb::PolicyDelta {
             upserts: view
                 .iter()
-                .map(|(key, entry)| policy_svc::grpc::convert::entry_to_proto(key, entry))
+                .map(|(key, entry)| policy_api::convert::entry_to_proto(key, entry))
                 .collect(),
             removed_keys: view.keys().take(2).cloned().collect(),
         })),
@@ -177,7 +178,7 @@ proptest! {
         let mut pieces = SnapshotAssembler::default();
         for bytes in messages {
             if let Some(message) = decode::<route_pb::SyncResponse>(&bytes) {
-                let _ = route_svc::grpc::convert::apply_response(&mut mirror, &mut pieces, message);
+                let _ = brindle_sync::apply_response::<route_api::convert::RouteWire>(&mut mirror, &mut pieces, message);
             }
         }
         let tunnels = Tunnels { vxlan: Some("vxlan.brindle".into()), ipip: None };
@@ -192,7 +193,7 @@ proptest! {
         let mut pieces = SnapshotAssembler::default();
         for bytes in messages {
             if let Some(message) = decode::<policy_pb::SyncResponse>(&bytes) {
-                let _ = policy_svc::grpc::convert::apply_response(&mut mirror, &mut pieces, message);
+                let _ = brindle_sync::apply_response::<policy_api::convert::PolicyWire>(&mut mirror, &mut pieces, message);
             }
         }
         render(mirror.state(), Family::V4);

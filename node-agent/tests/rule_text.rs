@@ -8,11 +8,11 @@ use std::collections::BTreeMap;
 
 use node_agent::core::policy::{Family, PolicyApplier, render};
 use node_agent::dataplane::{Call, RecordingKernel};
+use policy_api::convert::{entry_from_proto, entry_to_proto};
 use policy_svc::core::model::Action;
 use policy_svc::core::view::{
     CompiledRule, CompiledSide, EndpointView, IpSetKind, IpSetView, MemberView, PolicyView, ViewEntry,
 };
-use policy_svc::grpc::convert::{entry_from_proto, entry_to_proto};
 
 const INJECTED: &str = "-A FORWARD -j ACCEPT";
 

@@ -1,8 +1,9 @@
 //! `policy-svc`: serves brindle's network policy objects, per-node policy views and trace over gRPC.
 
-use clap::Parser;
+use brindle_grpc_server::ServiceArgs;
+use policy_svc::runtime::{BINARY, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    policy_svc::runtime::run(policy_svc::runtime::Args::parse()).await
+    Ok(run(ServiceArgs::parse(&BINARY)).await?)
 }

@@ -1,49 +1,32 @@
-//! Flags and wiring of the `policy-svc` binary: open the datastore, follow it into the per-node
-//! calculation, serve `brindle.policy.v1` with health and reflection.
-
-use std::net::SocketAddr;
+//! The `policy-svc` binary: its name, listen variable and ports, and the per-node policy
+//! calculation that follows the datastore.
 
 use brindle_fanout::FanoutConfig;
-use brindle_grpc_server::{LogArgs, ServerTlsArgs, StoreArgs};
-use brindle_metrics::Metrics;
-use clap::Parser;
+use brindle_grpc_server::{ServeError, ServiceArgs, ServiceBinary, run_service};
 use tonic::service::RoutesBuilder;
 
 use crate::grpc::{PolicyService, SERVICE_NAME};
 
-/// brindle's network policy service.
-#[derive(Debug, Parser)]
-#[command(name = "policy-svc", version, about)]
-pub struct Args {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "POLICY_SVC_LISTEN", default_value = "0.0.0.0:7403")]
-    pub listen: SocketAddr,
-    /// Where the datastore is.
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Address of the Prometheus `/metrics` endpoint.
-    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9403")]
-    pub metrics_listen: SocketAddr,
-    /// mTLS (a client certificate is then required: node agents', administrators').
-    #[command(flatten)]
-    pub tls: ServerTlsArgs,
-    /// How logs look.
-    #[command(flatten)]
-    pub log: LogArgs,
-}
+/// What tells this binary from the other services.
+pub const BINARY: ServiceBinary = ServiceBinary {
+    name: "policy-svc",
+    about: "brindle's network policy service",
+    listen_env: "POLICY_SVC_LISTEN",
+    listen: "0.0.0.0:7403",
+    metrics_listen: "0.0.0.0:9403",
+    service_name: SERVICE_NAME,
+};
 
 /// Runs the service until SIGINT or SIGTERM.
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    args.log.init().map_err(anyhow::Error::msg)?;
-    let metrics = Metrics::new();
-    brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
-    let store = args.store.open().await?;
-    let mut routes = RoutesBuilder::default();
-    routes.add_service(
-        PolicyService::start(store.clone(), FanoutConfig::default())
-            .with_metrics(&metrics)
-            .into_server(),
-    );
-    brindle_grpc_server::serve(args.listen, routes, &[SERVICE_NAME], store, &metrics, &args.tls).await?;
-    Ok(())
+pub async fn run(args: ServiceArgs) -> Result<(), ServeError> {
+    run_service(&BINARY, args, |store, metrics| {
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(
+            PolicyService::start(store, FanoutConfig::default())
+                .with_metrics(metrics)
+                .into_server(),
+        );
+        routes
+    })
+    .await
 }

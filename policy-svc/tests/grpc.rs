@@ -5,14 +5,15 @@
 use std::time::Duration;
 
 use brindle_fanout::{FanoutConfig, Mirror};
-use brindle_grpc_server::sync::SnapshotAssembler;
 use brindle_grpc_server::testing::{embedded_store, grpcurl, serve_on_loopback};
 use brindle_proto::common::v1 as common;
 use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
+use brindle_sync::SnapshotAssembler;
 use futures_util::StreamExt;
+use policy_api::convert::PolicyWire;
 use policy_svc::core::view::ViewEntry;
-use policy_svc::grpc::{PolicyService, SERVICE_NAME, convert};
+use policy_svc::grpc::{PolicyService, SERVICE_NAME};
 use tokio::sync::mpsc;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -248,7 +249,7 @@ async fn subscribe(
         let mut mirror = Mirror::default();
         let mut pieces = SnapshotAssembler::default();
         while let Some(Ok(message)) = stream.next().await {
-            if convert::apply_response(&mut mirror, &mut pieces, message).expect("usable")
+            if brindle_sync::apply_response::<PolicyWire>(&mut mirror, &mut pieces, message).expect("usable")
                 && updates.send(mirror.clone()).await.is_err()
             {
                 return;

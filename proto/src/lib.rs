@@ -5,6 +5,26 @@ pub mod codec;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 
+/// A field of a received message that does not convert into brindle's model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// The field, e.g. `node.addresses`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl InvalidField {
+    /// `field` is wrong because of `reason`.
+    pub fn new(field: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of every brindle `.proto`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("brindle_descriptor");
 

@@ -1,8 +1,9 @@
 //! `route-svc`: serves brindle's node registry and routing-state stream over gRPC.
 
-use clap::Parser;
+use brindle_grpc_server::ServiceArgs;
+use route_svc::runtime::{BINARY, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    route_svc::runtime::run(route_svc::runtime::Args::parse()).await
+    Ok(run(ServiceArgs::parse(&BINARY)).await?)
 }

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use brindle_datastore::Store;
 use brindle_fanout::{FanoutConfig, Mirror};
-use brindle_grpc_server::sync::SnapshotAssembler;
 use brindle_grpc_server::testing::{embedded_store, grpcurl, serve_on_loopback};
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_client::RoutesClient;
+use brindle_sync::SnapshotAssembler;
 use futures_util::StreamExt;
+use route_api::convert;
 use route_svc::core::RouteItem;
-use route_svc::grpc::{RoutesService, SERVICE_NAME, convert};
+use route_svc::grpc::{RoutesService, SERVICE_NAME};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
@@ -156,7 +157,8 @@ async fn sync_until(
             Some(pb::sync_response::Payload::Delta(_)) => kinds.push("delta"),
             _ => {}
         }
-        convert::apply_response(mirror, &mut pieces, message).expect("a usable message");
+        brindle_sync::apply_response::<convert::RouteWire>(mirror, &mut pieces, message)
+            .expect("a usable message");
         hello
             .send(common::SyncClientMessage {
                 message: Some(common::sync_client_message::Message::Ack(common::SyncAck {

@@ -247,8 +247,8 @@ async fn change(store: &dyn Store, service: &PolicyService, record: Record) -> a
 }
 
 fn main() -> anyhow::Result<()> {
-    brindle_grpc_server::LogArgs {
-        log_format: brindle_grpc_server::LogFormat::Text,
+    brindle_grpc::LogArgs {
+        log_format: brindle_grpc::LogFormat::Text,
     }
     .init()
     .map_err(anyhow::Error::msg)?;

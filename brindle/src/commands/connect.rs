@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use brindle_grpc_server::tls;
+use brindle_grpc::tls;
 use brindle_proto::ipam::v1::ipam_client::IpamClient;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
 use brindle_proto::route::v1::routes_client::RoutesClient;

@@ -91,7 +91,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             anyhow::ensure!(status.success(), "brindle node status failed\n{}", lab.logs());
             if !args.once {
                 println!("lab running; Ctrl-C tears it down");
-                brindle_grpc_server::shutdown_signal().await;
+                brindle_grpc::shutdown_signal().await;
             }
             tokio::task::spawn_blocking(move || drop(lab)).await?;
             println!("lab torn down");

@@ -70,7 +70,7 @@ pub fn age_since(unix_ms: i64) -> String {
     if unix_ms <= 0 {
         return "-".into();
     }
-    let now = brindle_grpc_server::sync::unix_ms(std::time::SystemTime::now());
+    let now = brindle_sync::unix_ms(std::time::SystemTime::now());
     let seconds = (now - unix_ms).max(0) / 1000;
     match seconds {
         s if s < 120 => format!("{s}s"),
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn ages_read_like_kubectl() {
-        let now = brindle_grpc_server::sync::unix_ms(std::time::SystemTime::now());
+        let now = brindle_sync::unix_ms(std::time::SystemTime::now());
         assert_eq!(age_since(0), "-");
         assert_eq!(age_since(now - 5_000), "5s");
         assert_eq!(age_since(now - 600_000), "10m");

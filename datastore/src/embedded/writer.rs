@@ -12,8 +12,8 @@ use super::Context;
 use super::history::WatchHub;
 use super::tables::{self, KV, LEASE_KEYS, LEASES, META, REVISION_KEY};
 use crate::error::StoreError;
-use crate::random::random_u64;
 use crate::types::{EventKind, KeyValue, LeaseId, Op, Revision, Txn, WatchBatch, WatchEvent};
+use brindle_backoff::random_u64;
 
 /// Most writes committed together in one redb transaction.
 const MAX_GROUP: usize = 256;

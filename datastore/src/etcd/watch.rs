@@ -8,10 +8,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{convert_kv, map_error, to_etcd_revision, to_revision};
-use crate::backoff::Backoff;
 use crate::error::StoreError;
 use crate::store::WatchStream;
 use crate::types::{EventKind, Revision, WatchBatch, WatchEvent, prefix_end};
+use brindle_backoff::Backoff;
 
 /// Batches buffered between the watch task and its consumer.
 const WATCH_BUFFER: usize = 64;

@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use brindle_datastore::{Backoff, Store, StoreError};
+use brindle_backoff::Backoff;
+use brindle_datastore::{Store, StoreError};
 use ipam_api::handles::{WorkloadHandle, is_tunnel_handle};
 use tokio::sync::{mpsc, oneshot};
 

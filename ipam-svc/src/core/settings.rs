@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_datastore::{Backoff, Revision, Store, StoreError, Txn};
+use brindle_backoff::Backoff;
+use brindle_datastore::{Revision, Store, StoreError, Txn};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::error::IpamError;

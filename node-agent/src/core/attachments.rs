@@ -69,7 +69,7 @@ pub struct Attachment {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Named container ports (from `args.brindle.ports`).
     #[serde(default)]
-    pub ports: Vec<policy_svc::core::model::NamedPort>,
+    pub ports: Vec<policy_api::model::NamedPort>,
     /// Life phase.
     pub phase: Phase,
 }

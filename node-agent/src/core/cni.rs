@@ -711,7 +711,7 @@ impl CniOps {
         for interface in registry.interfaces(&self.node).await? {
             if !owned.contains(interface.as_str()) {
                 tracing::info!(%interface, "removing an endpoint no attachment owns");
-                let key = policy_svc::core::model::EndpointKey {
+                let key = policy_api::model::EndpointKey {
                     node: self.node.clone(),
                     interface,
                 };

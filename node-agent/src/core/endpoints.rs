@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use policy_svc::core::model::{Endpoint, EndpointKey, NamedPort, Protocol};
+use policy_api::model::{Endpoint, EndpointKey, NamedPort, Protocol};
 use serde_json::Value;
 
 use super::attachments::Attachment;

@@ -2,7 +2,7 @@
 //! leaves masqueraded as the node's address (pod-to-pod traffic never is). One chain brindle owns,
 //! `brd-nat-outgoing`, hooked from nat POSTROUTING and replaced whole when the pools change.
 
-use route_svc::core::RouteItem;
+use route_api::RouteItem;
 use std::collections::BTreeMap;
 
 use crate::dataplane::{DataplaneError, Iptables};
@@ -66,7 +66,7 @@ impl NatReconciler {
 
 #[cfg(test)]
 mod tests {
-    use route_svc::core::{Encapsulation, PoolRoute};
+    use route_api::{Encapsulation, PoolRoute};
 
     use super::*;
     use crate::dataplane::{Call, RecordingKernel};

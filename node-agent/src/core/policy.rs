@@ -9,9 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
-use policy_svc::core::model::{Action, Protocol};
-use policy_svc::core::rule_text;
-use policy_svc::core::view::{CompiledRule, CompiledSide, IpSetKind, PolicyView, ViewEntry};
+use policy_api::model::{Action, Protocol};
+use policy_api::rule_text;
+use policy_api::view::{CompiledRule, CompiledSide, IpSetKind, PolicyView, ViewEntry};
 
 use crate::dataplane::{DataplaneError, Ipsets, Iptables};
 
@@ -710,8 +710,8 @@ impl PolicyApplier {
 mod tests {
     use std::collections::BTreeMap;
 
+    use policy_api::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
     use policy_svc::core::Calculator;
-    use policy_svc::core::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
     use policy_svc::core::resource::{Resource, parse_documents};
 
     use super::*;

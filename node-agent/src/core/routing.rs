@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use route_svc::core::{Encapsulation, Node, RouteItem};
+use route_api::{Encapsulation, Node, RouteItem};
 
 use crate::core::reconcile::{SetWriter, reconcile_set};
 use crate::core::tunnels::Tunnels;
@@ -206,7 +206,7 @@ impl RouteReconciler {
 
 #[cfg(test)]
 mod tests {
-    use route_svc::core::PoolRoute;
+    use route_api::PoolRoute;
 
     use super::*;
     use crate::dataplane::{Call, RecordingKernel};

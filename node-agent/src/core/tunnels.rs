@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use ipam_api::handles::TunnelKind;
-use route_svc::core::{Encapsulation, RouteItem};
+use route_api::{Encapsulation, RouteItem};
 
 use crate::core::ipam::{IpamApi, IpamCallError};
 use crate::core::reconcile::{SetWriter, reconcile_set};
@@ -25,7 +25,7 @@ pub const VXLAN_OVERHEAD: u32 = 50;
 /// Name of the IP-in-IP device (the kernel's fallback tunnel).
 pub const IPIP_DEVICE: &str = "tunl0";
 
-pub use route_svc::core::model::vtep_mac;
+pub use route_api::model::vtep_mac;
 
 /// The first IPv4 address of `addresses` (VXLAN's underlay is IPv4).
 fn first_ipv4(addresses: &[IpAddr]) -> Option<Ipv4Addr> {

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_fanout::Mirror;
-use brindle_grpc_server::sync::{InvalidField, SnapshotAssembler};
+use brindle_proto::InvalidField;
 use brindle_proto::policy::v1 as pb;
+use brindle_sync::SnapshotAssembler;
 use pb::policy_client::PolicyClient;
-use policy_svc::core::model::{Endpoint, EndpointKey};
-use policy_svc::core::view::ViewEntry;
-use policy_svc::grpc::convert;
+use policy_api::convert::{self, PolicyWire};
+use policy_api::model::{Endpoint, EndpointKey};
+use policy_api::view::ViewEntry;
 use tonic::transport::Channel;
 
 use crate::core::endpoints::{EndpointCallError, EndpointRegistry};
@@ -142,7 +143,7 @@ impl SyncService for PolicySync {
         pieces: &mut SnapshotAssembler,
         response: pb::SyncResponse,
     ) -> Result<bool, InvalidField> {
-        convert::apply_response(mirror, pieces, response)
+        brindle_sync::apply_response::<PolicyWire>(mirror, pieces, response)
     }
 }
 

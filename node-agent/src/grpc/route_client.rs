@@ -8,13 +8,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_datastore::Backoff;
+use brindle_backoff::Backoff;
 use brindle_fanout::Mirror;
-use brindle_grpc_server::sync::{InvalidField, SnapshotAssembler};
+use brindle_proto::InvalidField;
 use brindle_proto::route::v1 as pb;
+use brindle_sync::SnapshotAssembler;
 use pb::routes_client::RoutesClient;
-use route_svc::core::{Node, RouteItem};
-use route_svc::grpc::convert;
+use route_api::convert::{self, RouteWire};
+use route_api::{Node, RouteItem};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
@@ -116,7 +117,7 @@ impl SyncService for RouteSync {
         pieces: &mut SnapshotAssembler,
         response: pb::SyncResponse,
     ) -> Result<bool, InvalidField> {
-        convert::apply_response(mirror, pieces, response)
+        brindle_sync::apply_response::<RouteWire>(mirror, pieces, response)
     }
 }
 

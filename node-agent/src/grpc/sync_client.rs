@@ -8,13 +8,14 @@
 
 use std::time::Duration;
 
-use brindle_datastore::Backoff;
+use brindle_backoff::Backoff;
 use brindle_fanout::Mirror;
-use brindle_grpc_server::sync::{InvalidField, SnapshotAssembler};
 use brindle_metrics::{
     Counters, Gauges, Histograms, LATENCY_BUCKETS, Metrics, labels, unregistered_histograms,
 };
+use brindle_proto::InvalidField;
 use brindle_proto::common::v1 as common;
+use brindle_sync::SnapshotAssembler;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;

@@ -9,9 +9,10 @@ use brindle_fanout::Change;
 
 use brindle_selector::Selector;
 
+use super::compile::{CompiledPolicy, SetDefinition, compile};
 use super::model::{Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Policy, PolicyId, evaluation_order};
 use super::state::ClusterState;
-use super::view::{CompiledPolicy, EndpointView, MemberView, SetDefinition, ViewEntry, compile, keys};
+use super::view::{EndpointView, MemberView, ViewEntry, keys};
 
 /// Changes per node.
 pub type NodeChanges = BTreeMap<String, Vec<Change<ViewEntry>>>;

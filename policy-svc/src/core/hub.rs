@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use brindle_datastore::{Backoff, EventKind, Store, StoreError, WatchEvent};
+use brindle_backoff::Backoff;
+use brindle_datastore::{EventKind, Store, StoreError, WatchEvent};
 use brindle_fanout::{Fanout, FanoutConfig, SnapshotEncoder, SubscriberStatus};
 use futures_util::StreamExt;
 

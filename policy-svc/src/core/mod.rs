@@ -2,19 +2,18 @@
 //! NetworkPolicy translation, the per-node calculation and the trace evaluator.
 
 pub mod calc;
+pub mod compile;
 pub mod error;
 pub mod hub;
 pub mod kubernetes;
-pub mod model;
 pub mod objects;
 pub mod records;
 pub mod resource;
-pub mod rule_text;
 pub mod state;
 pub mod trace;
 pub mod validate;
-pub mod view;
 
 pub use calc::{Calculator, NodeChanges};
 pub use error::PolicyError;
+pub use policy_api::{model, rule_text, view};
 pub use state::ClusterState;

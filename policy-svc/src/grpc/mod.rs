@@ -9,13 +9,13 @@ use std::sync::Arc;
 use brindle_datastore::Store;
 use brindle_fanout::FanoutConfig;
 use brindle_grpc_server::auth::Caller;
-use brindle_grpc_server::sync::{
-    ResponseStream, SyncReply, keepalive_now, read_hello, register_fanout_metrics, serve_sync, unix_ms,
-};
+use brindle_grpc_server::sync::{ResponseStream, read_hello, register_fanout_metrics, serve_sync};
 use brindle_metrics::{Metrics, labels};
 use brindle_proto::common::v1 as common;
 use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_server::{Policy, PolicyServer};
+use brindle_sync::unix_ms;
+use policy_api::convert::{self as endpoints, PolicyWire};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::PolicyError;
@@ -24,7 +24,6 @@ use crate::core::model::{EndpointKey, Protocol};
 use crate::core::objects::{Kind, Objects};
 use crate::core::state::ClusterState;
 use crate::core::trace::{Flow, trace};
-use crate::core::view::ViewEntry;
 
 /// Fully-qualified service name (health and reflection).
 pub const SERVICE_NAME: &str = "brindle.policy.v1.Policy";
@@ -44,7 +43,7 @@ pub fn status(error: PolicyError) -> Status {
     }
 }
 
-fn invalid_field(error: brindle_grpc_server::sync::InvalidField) -> Status {
+fn invalid_field(error: brindle_proto::InvalidField) -> Status {
     Status::invalid_argument(error.to_string())
 }
 
@@ -58,7 +57,7 @@ pub struct PolicyService {
 impl PolicyService {
     /// Starts following `store` into the calculation (call inside a tokio runtime) and serves it.
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
-        let hub = PolicyHub::new(config, Arc::new(convert::encode_state));
+        let hub = PolicyHub::new(config, Arc::new(brindle_sync::encode_state::<PolicyWire>));
         tokio::spawn(follow(Arc::clone(&store), hub.clone()));
         tokio::spawn(drop_idle_fanouts(hub.clone(), IDLE_SWEEP));
         Self {
@@ -112,23 +111,6 @@ fn object_ref(object: Option<pb::ObjectRef>) -> Result<(Kind, pb::ObjectRef), St
         return Err(Status::invalid_argument("object.name: required"));
     }
     Ok((kind, object))
-}
-
-fn sync_response(reply: SyncReply<ViewEntry>) -> pb::SyncResponse {
-    match reply {
-        SyncReply::SnapshotPiece { revision, piece } => pb::SyncResponse {
-            revision,
-            payload: Some(pb::sync_response::Payload::Snapshot(piece)),
-        },
-        SyncReply::Delta(batch) => pb::SyncResponse {
-            revision: batch.to,
-            payload: Some(pb::sync_response::Payload::Delta(convert::delta_to_proto(&batch))),
-        },
-        SyncReply::Keepalive => pb::SyncResponse {
-            revision: 0,
-            payload: Some(pb::sync_response::Payload::Keepalive(keepalive_now())),
-        },
-    }
 }
 
 /// The address a trace peer stands for: a pod's first address (IPv4 first) or an address.
@@ -230,7 +212,7 @@ impl Policy for PolicyService {
             .into_inner()
             .endpoint
             .ok_or_else(|| Status::invalid_argument("endpoint: required"))?;
-        let endpoint = convert::endpoint_from_proto(endpoint).map_err(invalid_field)?;
+        let endpoint = endpoints::endpoint_from_proto(endpoint).map_err(invalid_field)?;
         caller.require_node(&endpoint.key.node, "register an endpoint")?;
         if let Caller::Node(_) = caller {
             self.objects
@@ -239,7 +221,7 @@ impl Policy for PolicyService {
                 .map_err(status)?;
         }
         let (endpoint, revision) = self.objects.register_endpoint(&endpoint).await.map_err(status)?;
-        Ok(Response::new(convert::endpoint_to_proto(&endpoint, revision)))
+        Ok(Response::new(endpoints::endpoint_to_proto(&endpoint, revision)))
     }
 
     async fn delete_endpoint(
@@ -275,7 +257,7 @@ impl Policy for PolicyService {
         Ok(Response::new(pb::SetEndpointLabelsResponse {
             endpoints: endpoints
                 .iter()
-                .map(|e| convert::endpoint_to_proto(e, 0))
+                .map(|e| endpoints::endpoint_to_proto(e, 0))
                 .collect(),
         }))
     }
@@ -294,7 +276,7 @@ impl Policy for PolicyService {
         Ok(Response::new(pb::ListEndpointsResponse {
             endpoints: endpoints
                 .iter()
-                .map(|(e, revision)| convert::endpoint_to_proto(e, *revision))
+                .map(|(e, revision)| endpoints::endpoint_to_proto(e, *revision))
                 .collect(),
         }))
     }
@@ -349,10 +331,9 @@ impl Policy for PolicyService {
         let caller = Caller::of(&request)?;
         let (node, incoming) = read_hello(request.into_inner()).await?;
         caller.require_node(&node, "follow the policy view")?;
-        Ok(Response::new(serve_sync(
+        Ok(Response::new(serve_sync::<PolicyWire, _>(
             self.hub.fanout(&node),
             incoming,
-            sync_response,
         )))
     }
 

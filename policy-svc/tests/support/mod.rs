@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_fanout::Change;
+use policy_svc::core::compile::{compile, policy_view_id};
 use policy_svc::core::model::{Direction, Endpoint, EndpointKey};
-use policy_svc::core::view::{MemberView, ViewEntry, compile, keys, policy_view_id};
+use policy_svc::core::view::{MemberView, ViewEntry, keys};
 use policy_svc::core::{Calculator, ClusterState, NodeChanges};
 use policy_svc::truth_table::{NAMESPACES, PODS, named_ports, namespaces, pod_labels};
 

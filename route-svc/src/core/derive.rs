@@ -5,7 +5,9 @@
 use ipam_api::keys;
 use ipam_api::model::{Block, EncapMode, PoolSet};
 
-use super::model::{Encapsulation, Node, PoolRoute, RouteItem, block_key, borrowed_key, node_key, pool_key};
+use route_api::model::{
+    Encapsulation, Node, PoolRoute, RouteItem, block_key, borrowed_key, node_key, pool_key,
+};
 
 /// The datastore prefix route-svc watches (everything it derives from lives below it).
 pub const WATCHED_PREFIX: &str = "/brindle/v1/";

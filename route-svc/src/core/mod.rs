@@ -2,9 +2,9 @@
 //! items, the node registry, and the watcher that keeps the fan-out equal to the datastore.
 
 pub mod derive;
-pub mod model;
 pub mod registry;
 pub mod watcher;
 
-pub use model::{Encapsulation, Node, PoolRoute, RouteItem};
 pub use registry::{Registry, RegistryError};
+pub use route_api::model;
+pub use route_api::{Encapsulation, Node, PoolRoute, RouteItem};

@@ -12,7 +12,7 @@ use ipam_api::handles::TunnelKind;
 use ipam_api::keys;
 use ipam_api::model::{Handle, PoolSet};
 
-use super::model::{Node, vtep_mac};
+use route_api::model::{Node, valid_node_name, vtep_mac};
 
 /// Registration lifetime without renewal, when the agent does not ask for one.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -76,20 +76,6 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> RegistryError {
         field,
         reason: reason.into(),
     }
-}
-
-/// Whether `name` is a DNS-1123 subdomain (what Kubernetes node names are).
-pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
 }
 
 /// Checks a registration request.

@@ -7,12 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_datastore::{Backoff, EventKind, Store, StoreError, WatchEvent};
+use brindle_backoff::Backoff;
+use brindle_datastore::{EventKind, Store, StoreError, WatchEvent};
 use brindle_fanout::{Change, Fanout};
 use futures_util::StreamExt;
 
 use super::derive::{WATCHED_PREFIX, is_routing_record, items};
-use super::model::RouteItem;
+use route_api::model::RouteItem;
 
 /// Item keys each datastore record contributed, so an update or delete can retract them.
 #[derive(Default)]

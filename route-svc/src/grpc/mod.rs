@@ -1,24 +1,22 @@
 //! `brindle.route.v1.Routes` over the core: thin conversions and status codes.
 
-pub mod convert;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::Store;
 use brindle_fanout::{Fanout, FanoutConfig};
 use brindle_grpc_server::auth::Caller;
-use brindle_grpc_server::sync::{
-    ResponseStream, SyncReply, keepalive_now, read_hello, register_fanout_metrics, serve_sync, unix_ms,
-};
+use brindle_grpc_server::sync::{ResponseStream, read_hello, register_fanout_metrics, serve_sync};
 use brindle_metrics::Metrics;
 use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_server::{Routes, RoutesServer};
+use brindle_sync::unix_ms;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::core::model::node_key;
 use crate::core::{Node, Registry, RegistryError, RouteItem, watcher};
+use route_api::convert::{self, RouteWire};
+use route_api::model::node_key;
 
 /// Fully-qualified service name (health and reflection).
 pub const SERVICE_NAME: &str = "brindle.route.v1.Routes";
@@ -46,7 +44,7 @@ pub struct RoutesService {
 impl RoutesService {
     /// Starts following `store` into a fan-out (call inside a tokio runtime) and serves it.
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
-        let fanout = Fanout::new(config, Arc::new(convert::encode_state));
+        let fanout = Fanout::new(config, Arc::new(brindle_sync::encode_state::<RouteWire>));
         tokio::spawn(watcher::follow(Arc::clone(&store), fanout.clone()));
         tokio::spawn(forget_strangers(fanout.clone()));
         Self {
@@ -105,23 +103,6 @@ async fn forget_strangers(fanout: Fanout<RouteItem>) {
                 .collect()
         });
         fanout.forget_disconnected(|node| registered.contains(node));
-    }
-}
-
-fn sync_response(reply: SyncReply<RouteItem>) -> pb::SyncResponse {
-    match reply {
-        SyncReply::SnapshotPiece { revision, piece } => pb::SyncResponse {
-            revision,
-            payload: Some(pb::sync_response::Payload::Snapshot(piece)),
-        },
-        SyncReply::Delta(batch) => pb::SyncResponse {
-            revision: batch.to,
-            payload: Some(pb::sync_response::Payload::Delta(convert::delta_to_proto(&batch))),
-        },
-        SyncReply::Keepalive => pb::SyncResponse {
-            revision: 0,
-            payload: Some(pb::sync_response::Payload::Keepalive(keepalive_now())),
-        },
     }
 }
 
@@ -239,10 +220,9 @@ impl Routes for RoutesService {
         let caller = Caller::of(&request)?;
         let (node, incoming) = read_hello(request.into_inner()).await?;
         caller.require_node(&node, "follow the routing state")?;
-        Ok(Response::new(serve_sync(
+        Ok(Response::new(serve_sync::<RouteWire, _>(
             self.fanout.clone(),
             incoming,
-            sync_response,
         )))
     }
 }

@@ -1,8 +1,11 @@
-//! Exponential backoff with full jitter, for watch reconnects and CAS retries.
+//! Exponential backoff with full jitter, for watch reconnects, CAS retries and reconnecting
+//! clients, and the random numbers behind the jitter.
+
+mod random;
 
 use std::time::Duration;
 
-use crate::random::random_u64;
+pub use random::random_u64;
 
 /// Delays that double from `initial` up to `max`, each drawn uniformly from [delay/2, delay].
 #[derive(Debug, Clone)]

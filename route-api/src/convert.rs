@@ -1,18 +1,14 @@
 //! Between the routing model and `brindle.route.v1` messages, both ways (route-svc encodes, the
 //! node agent decodes).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use brindle_fanout::{Batch, Mirror};
-use brindle_grpc_server::sync::{Received, SnapshotAssembler, apply_received};
+use brindle_proto::InvalidField;
 use brindle_proto::route::v1 as pb;
+use brindle_sync::{Payload, Wire};
 use ipnet::IpNet;
-use prost::Message;
 
-use crate::core::{Encapsulation, Node, PoolRoute, RouteItem};
-
-pub use brindle_grpc_server::sync::InvalidField;
+use crate::model::{Encapsulation, Node, PoolRoute, RouteItem};
 
 fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> InvalidField {
     InvalidField::new(field, reason)
@@ -186,63 +182,63 @@ pub fn entry_from_proto(entry: pb::RouteEntry) -> Result<(String, RouteItem), In
     Ok((entry.key, item))
 }
 
-/// The whole state as an encoded `RouteState` (the fan-out's snapshot encoder).
-pub fn encode_state(state: &BTreeMap<String, RouteItem>) -> Vec<u8> {
-    pb::RouteState {
-        entries: state
-            .iter()
-            .map(|(key, item)| entry_to_proto(key, item))
-            .collect(),
+/// The routing state's `Sync` messages.
+pub struct RouteWire;
+
+impl Wire for RouteWire {
+    type Value = RouteItem;
+    type Entry = pb::RouteEntry;
+    type State = pb::RouteState;
+    type Delta = pb::RouteDelta;
+    type Response = pb::SyncResponse;
+
+    fn entry_to_proto(key: &str, value: &RouteItem) -> pb::RouteEntry {
+        entry_to_proto(key, value)
     }
-    .encode_to_vec()
-}
 
-/// A decoded (uncompressed) `RouteState`.
-pub fn decode_state(bytes: &[u8]) -> Result<BTreeMap<String, RouteItem>, InvalidField> {
-    let state = pb::RouteState::decode(bytes).map_err(|e| invalid("snapshot", e))?;
-    state.entries.into_iter().map(entry_from_proto).collect()
-}
-
-/// A batch as a delta message.
-pub fn delta_to_proto(batch: &Batch<RouteItem>) -> pb::RouteDelta {
-    pb::RouteDelta {
-        upserts: batch
-            .upserts
-            .iter()
-            .map(|(key, item)| entry_to_proto(key, item))
-            .collect(),
-        removed_keys: batch.removed.clone(),
+    fn entry_from_proto(entry: pb::RouteEntry) -> Result<(String, RouteItem), InvalidField> {
+        entry_from_proto(entry)
     }
-}
 
-/// A delta message as a batch ending at `revision`.
-pub fn delta_from_proto(revision: u64, delta: pb::RouteDelta) -> Result<Batch<RouteItem>, InvalidField> {
-    Ok(Batch {
-        from: 0,
-        to: revision,
-        upserts: delta
-            .upserts
-            .into_iter()
-            .map(entry_from_proto)
-            .collect::<Result<_, _>>()?,
-        removed: delta.removed_keys,
-    })
-}
+    fn state(entries: Vec<pb::RouteEntry>) -> pb::RouteState {
+        pb::RouteState { entries }
+    }
 
-/// Applies one `Sync` message to a subscriber's mirror: a snapshot (once `pieces` has all of it)
-/// replaces it, a delta updates it; `false` when there is nothing to apply yet (a keepalive, a
-/// piece of a snapshot).
-pub fn apply_response(
-    mirror: &mut Mirror<RouteItem>,
-    pieces: &mut SnapshotAssembler,
-    response: pb::SyncResponse,
-) -> Result<bool, InvalidField> {
-    let received = match response.payload {
-        Some(pb::sync_response::Payload::Snapshot(piece)) => Received::SnapshotPiece(piece),
-        Some(pb::sync_response::Payload::Delta(delta)) => {
-            Received::Delta(delta_from_proto(response.revision, delta)?)
+    fn state_entries(state: pb::RouteState) -> Vec<pb::RouteEntry> {
+        state.entries
+    }
+
+    fn delta(upserts: Vec<pb::RouteEntry>, removed_keys: Vec<String>) -> pb::RouteDelta {
+        pb::RouteDelta {
+            upserts,
+            removed_keys,
         }
-        Some(pb::sync_response::Payload::Keepalive(_)) | None => Received::Nothing,
-    };
-    apply_received(mirror, pieces, response.revision, received, decode_state)
+    }
+
+    fn delta_parts(delta: pb::RouteDelta) -> (Vec<pb::RouteEntry>, Vec<String>) {
+        (delta.upserts, delta.removed_keys)
+    }
+
+    fn response(revision: u64, payload: Payload<pb::RouteDelta>) -> pb::SyncResponse {
+        use pb::sync_response::Payload as Message;
+        let payload = match payload {
+            Payload::Snapshot(piece) => Message::Snapshot(piece),
+            Payload::Delta(delta) => Message::Delta(delta),
+            Payload::Keepalive(keepalive) => Message::Keepalive(keepalive),
+        };
+        pb::SyncResponse {
+            revision,
+            payload: Some(payload),
+        }
+    }
+
+    fn response_parts(response: pb::SyncResponse) -> (u64, Option<Payload<pb::RouteDelta>>) {
+        use pb::sync_response::Payload as Message;
+        let payload = response.payload.map(|payload| match payload {
+            Message::Snapshot(piece) => Payload::Snapshot(piece),
+            Message::Delta(delta) => Payload::Delta(delta),
+            Message::Keepalive(keepalive) => Payload::Keepalive(keepalive),
+        });
+        (response.revision, payload)
+    }
 }

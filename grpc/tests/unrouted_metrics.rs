@@ -18,7 +18,7 @@ fn request_series(metrics: &Metrics) -> usize {
 async fn ten_thousand_bogus_paths_add_no_series() {
     let metrics = Metrics::new();
     let mut routes = RoutesBuilder::default();
-    brindle_grpc_server::add_health_and_reflection(&mut routes, &[]).expect("health");
+    brindle_grpc::add_health_and_reflection(&mut routes, &[]).expect("health");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
     tokio::spawn(

@@ -54,6 +54,20 @@ pub fn vtep_mac(node: &str) -> [u8; 6] {
     mac
 }
 
+/// Whether `name` is a DNS-1123 subdomain (what Kubernetes node names are).
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 impl Node {
     /// The node's first underlay address of the family of `ip`.
     pub fn address_like(&self, ip: IpAddr) -> Option<IpAddr> {

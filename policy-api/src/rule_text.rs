@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::view::{CompiledSide, ViewEntry};
+use crate::view::{CompiledSide, ViewEntry};
 
 /// Longest policy or set id: `brd-pi-<id>` must fit iptables' 28-character chain names and
 /// `brd6-tmp-<id>` ipset's 31-character set names.

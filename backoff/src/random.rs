@@ -4,7 +4,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
 /// A random `u64` (not cryptographically strong; for jitter and identifiers).
-pub(crate) fn random_u64() -> u64 {
+pub fn random_u64() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(0);
     hasher.finish()

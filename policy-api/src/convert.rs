@@ -1,0 +1,331 @@
+//! Between the policy model and `brindle.policy.v1` messages, both ways: view entries (with the
+//! `Sync` wire format of a node's view; every entry decoded is checked by [`rule_text`]) and
+//! workload endpoints (policy-svc encodes views, the node agent decodes them and encodes its
+//! endpoints).
+
+use brindle_proto::InvalidField;
+use brindle_proto::policy::v1 as pb;
+use brindle_sync::{Payload, Wire};
+
+use crate::model::{Action, Endpoint, EndpointKey, NamedPort, Protocol};
+use crate::rule_text;
+use crate::view::{
+    CompiledRule, CompiledSide, EndpointView, IpSetKind, IpSetView, MemberView, PolicyView, ViewEntry,
+};
+
+fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> InvalidField {
+    InvalidField::new(field, reason)
+}
+
+fn action_to_proto(action: Action) -> pb::Action {
+    match action {
+        Action::Allow => pb::Action::Allow,
+        Action::Deny => pb::Action::Deny,
+        Action::Pass => pb::Action::Pass,
+        Action::Log => pb::Action::Log,
+    }
+}
+
+fn action_from_proto(field: &str, value: i32) -> Result<Action, InvalidField> {
+    match pb::Action::try_from(value) {
+        Ok(pb::Action::Allow) => Ok(Action::Allow),
+        Ok(pb::Action::Deny) => Ok(Action::Deny),
+        Ok(pb::Action::Pass) => Ok(Action::Pass),
+        Ok(pb::Action::Log) => Ok(Action::Log),
+        _ => Err(invalid(field, format!("{value} is not an action"))),
+    }
+}
+
+fn protocol_from_number(field: &str, number: u32) -> Result<Option<Protocol>, InvalidField> {
+    match u8::try_from(number) {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(Protocol::from_number(n))),
+        Err(_) => Err(invalid(field, format!("{number} is not a protocol number"))),
+    }
+}
+
+fn ranges_to_proto(ranges: &[(u16, u16)]) -> Vec<pb::PortRange> {
+    ranges
+        .iter()
+        .map(|(first, last)| pb::PortRange {
+            first: u32::from(*first),
+            last: u32::from(*last),
+        })
+        .collect()
+}
+
+fn ranges_from_proto(field: &str, ranges: Vec<pb::PortRange>) -> Result<Vec<(u16, u16)>, InvalidField> {
+    ranges
+        .into_iter()
+        .map(|r| match (u16::try_from(r.first), u16::try_from(r.last)) {
+            (Ok(first), Ok(last)) if first <= last => Ok((first, last)),
+            _ => Err(invalid(
+                field,
+                format!("{}:{} is not a port range", r.first, r.last),
+            )),
+        })
+        .collect()
+}
+
+fn side_to_proto(side: &CompiledSide) -> pb::CompiledSide {
+    pb::CompiledSide {
+        sets: side.sets.clone(),
+        not_sets: side.not_sets.clone(),
+        nets: side.nets.clone(),
+        not_nets: side.not_nets.clone(),
+        ports: ranges_to_proto(&side.ports),
+        named_port_sets: side.named_port_sets.clone(),
+        not_ports: ranges_to_proto(&side.not_ports),
+        not_named_port_sets: side.not_named_port_sets.clone(),
+    }
+}
+
+fn side_from_proto(field: &str, side: Option<pb::CompiledSide>) -> Result<CompiledSide, InvalidField> {
+    let side = side.unwrap_or_default();
+    Ok(CompiledSide {
+        sets: side.sets,
+        not_sets: side.not_sets,
+        nets: side.nets,
+        not_nets: side.not_nets,
+        ports: ranges_from_proto(&format!("{field}.ports"), side.ports)?,
+        named_port_sets: side.named_port_sets,
+        not_ports: ranges_from_proto(&format!("{field}.not_ports"), side.not_ports)?,
+        not_named_port_sets: side.not_named_port_sets,
+    })
+}
+
+fn rule_to_proto(rule: &CompiledRule) -> pb::CompiledRule {
+    pb::CompiledRule {
+        action: action_to_proto(rule.action).into(),
+        protocol: rule.protocol.map_or(0, |p| u32::from(p.number())),
+        not_protocol: rule.not_protocol.map_or(0, |p| u32::from(p.number())),
+        source: Some(side_to_proto(&rule.source)),
+        destination: Some(side_to_proto(&rule.destination)),
+        origin: rule.origin.clone(),
+    }
+}
+
+fn rule_from_proto(field: &str, rule: pb::CompiledRule) -> Result<CompiledRule, InvalidField> {
+    Ok(CompiledRule {
+        action: action_from_proto(&format!("{field}.action"), rule.action)?,
+        protocol: protocol_from_number(&format!("{field}.protocol"), rule.protocol)?,
+        not_protocol: protocol_from_number(&format!("{field}.not_protocol"), rule.not_protocol)?,
+        source: side_from_proto(&format!("{field}.source"), rule.source)?,
+        destination: side_from_proto(&format!("{field}.destination"), rule.destination)?,
+        origin: rule.origin,
+    })
+}
+
+/// A view entry as a message.
+pub fn entry_to_proto(key: &str, entry: &ViewEntry) -> pb::PolicyEntry {
+    use pb::policy_entry::Value;
+    let value = match entry {
+        ViewEntry::Endpoint(e) => Value::Endpoint(pb::EndpointPolicies {
+            interface: e.interface.clone(),
+            name: e.name.clone(),
+            ingress: e.ingress.clone(),
+            egress: e.egress.clone(),
+        }),
+        ViewEntry::Policy(p) => Value::Policy(pb::CompiledPolicy {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            ingress: p.ingress.iter().map(rule_to_proto).collect(),
+            egress: p.egress.iter().map(rule_to_proto).collect(),
+        }),
+        ViewEntry::IpSet(s) => Value::Ipset(pb::IpSet {
+            id: s.id.clone(),
+            r#type: match s.kind {
+                IpSetKind::Net => pb::IpSetType::Net,
+                IpSetKind::IpPort => pb::IpSetType::IpPort,
+            }
+            .into(),
+            source: s.source.clone(),
+        }),
+        ViewEntry::Member(m) => Value::Member(pb::IpSetMember {
+            set: m.set.clone(),
+            member: m.member.clone(),
+        }),
+    };
+    pb::PolicyEntry {
+        key: key.to_owned(),
+        value: Some(value),
+    }
+}
+
+/// A message as a view entry.
+pub fn entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, ViewEntry), InvalidField> {
+    use pb::policy_entry::Value;
+    let field = format!("entry {:?}", entry.key);
+    let value = match entry.value {
+        Some(Value::Endpoint(e)) => ViewEntry::Endpoint(EndpointView {
+            interface: e.interface,
+            name: e.name,
+            ingress: e.ingress,
+            egress: e.egress,
+        }),
+        Some(Value::Policy(p)) => ViewEntry::Policy(PolicyView {
+            id: p.id,
+            name: p.name,
+            ingress: p
+                .ingress
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| rule_from_proto(&format!("{field}.ingress[{i}]"), r))
+                .collect::<Result<_, _>>()?,
+            egress: p
+                .egress
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| rule_from_proto(&format!("{field}.egress[{i}]"), r))
+                .collect::<Result<_, _>>()?,
+        }),
+        Some(Value::Ipset(s)) => ViewEntry::IpSet(IpSetView {
+            id: s.id,
+            kind: match pb::IpSetType::try_from(s.r#type) {
+                Ok(pb::IpSetType::Net) => IpSetKind::Net,
+                Ok(pb::IpSetType::IpPort) => IpSetKind::IpPort,
+                _ => {
+                    return Err(invalid(
+                        format!("{field}.type"),
+                        format!("{} is not an ipset type", s.r#type),
+                    ));
+                }
+            },
+            source: s.source,
+        }),
+        Some(Value::Member(m)) => ViewEntry::Member(MemberView {
+            set: m.set,
+            member: m.member,
+        }),
+        None => return Err(invalid(field, "no value")),
+    };
+    rule_text::check(&value).map_err(|why| invalid(field, why))?;
+    Ok((entry.key, value))
+}
+
+/// An endpoint as a message.
+pub fn endpoint_to_proto(endpoint: &Endpoint, revision: u64) -> pb::WorkloadEndpoint {
+    pb::WorkloadEndpoint {
+        node: endpoint.key.node.clone(),
+        interface: endpoint.key.interface.clone(),
+        namespace: endpoint.namespace.clone(),
+        pod: endpoint.pod.clone(),
+        container_id: endpoint.container_id.clone(),
+        ips: endpoint.ips.iter().map(ToString::to_string).collect(),
+        labels: endpoint.labels.clone().into_iter().collect(),
+        ports: endpoint
+            .ports
+            .iter()
+            .map(|p| pb::NamedPort {
+                name: p.name.clone(),
+                protocol: p.protocol.to_string(),
+                port: u32::from(p.port),
+            })
+            .collect(),
+        revision,
+    }
+}
+
+/// A message as an endpoint (validated separately when stored).
+pub fn endpoint_from_proto(endpoint: pb::WorkloadEndpoint) -> Result<Endpoint, InvalidField> {
+    let ips = endpoint
+        .ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            ip.parse()
+                .map_err(|_| invalid(format!("endpoint.ips[{i}]"), format!("{ip:?} is not an address")))
+        })
+        .collect::<Result<_, _>>()?;
+    let ports = endpoint
+        .ports
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let protocol: Protocol = p
+                .protocol
+                .parse()
+                .map_err(|e: String| invalid(format!("endpoint.ports[{i}].protocol"), e))?;
+            let port = u16::try_from(p.port)
+                .map_err(|_| invalid(format!("endpoint.ports[{i}].port"), "must be 1-65535"))?;
+            Ok(NamedPort {
+                name: p.name,
+                protocol,
+                port,
+            })
+        })
+        .collect::<Result<_, InvalidField>>()?;
+    Ok(Endpoint {
+        key: EndpointKey {
+            node: endpoint.node,
+            interface: endpoint.interface,
+        },
+        namespace: endpoint.namespace,
+        pod: endpoint.pod,
+        container_id: endpoint.container_id,
+        ips,
+        labels: endpoint.labels.into_iter().collect(),
+        ports,
+    })
+}
+
+/// A node's policy view's `Sync` messages.
+pub struct PolicyWire;
+
+impl Wire for PolicyWire {
+    type Value = ViewEntry;
+    type Entry = pb::PolicyEntry;
+    type State = pb::PolicyState;
+    type Delta = pb::PolicyDelta;
+    type Response = pb::SyncResponse;
+
+    fn entry_to_proto(key: &str, value: &ViewEntry) -> pb::PolicyEntry {
+        entry_to_proto(key, value)
+    }
+
+    fn entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, ViewEntry), InvalidField> {
+        entry_from_proto(entry)
+    }
+
+    fn state(entries: Vec<pb::PolicyEntry>) -> pb::PolicyState {
+        pb::PolicyState { entries }
+    }
+
+    fn state_entries(state: pb::PolicyState) -> Vec<pb::PolicyEntry> {
+        state.entries
+    }
+
+    fn delta(upserts: Vec<pb::PolicyEntry>, removed_keys: Vec<String>) -> pb::PolicyDelta {
+        pb::PolicyDelta {
+            upserts,
+            removed_keys,
+        }
+    }
+
+    fn delta_parts(delta: pb::PolicyDelta) -> (Vec<pb::PolicyEntry>, Vec<String>) {
+        (delta.upserts, delta.removed_keys)
+    }
+
+    fn response(revision: u64, payload: Payload<pb::PolicyDelta>) -> pb::SyncResponse {
+        use pb::sync_response::Payload as Message;
+        let payload = match payload {
+            Payload::Snapshot(piece) => Message::Snapshot(piece),
+            Payload::Delta(delta) => Message::Delta(delta),
+            Payload::Keepalive(keepalive) => Message::Keepalive(keepalive),
+        };
+        pb::SyncResponse {
+            revision,
+            payload: Some(payload),
+        }
+    }
+
+    fn response_parts(response: pb::SyncResponse) -> (u64, Option<Payload<pb::PolicyDelta>>) {
+        use pb::sync_response::Payload as Message;
+        let payload = response.payload.map(|payload| match payload {
+            Message::Snapshot(piece) => Payload::Snapshot(piece),
+            Message::Delta(delta) => Payload::Delta(delta),
+            Message::Keepalive(keepalive) => Payload::Keepalive(keepalive),
+        });
+        (response.revision, payload)
+    }
+}

@@ -1,0 +1,9 @@
+//! route-api: what a client of route-svc, or another service, needs of the routing state — the
+//! model (`model`: registered nodes, blocks, borrowed addresses, pools; node names and VTEP MACs)
+//! and its messages (`convert`, with the `Sync` wire format of the routing state). No server, no
+//! datastore.
+
+pub mod convert;
+pub mod model;
+
+pub use model::{Encapsulation, Node, PoolRoute, RouteItem};

@@ -1,0 +1,108 @@
+//! How one service's state travels on its `Sync` stream: the service names its messages and how
+//! one entry converts ([`Wire`]); encoding a whole state, a delta and applying a response are the
+//! same for every service.
+
+use std::collections::BTreeMap;
+
+use brindle_fanout::{Batch, Mirror};
+use brindle_proto::InvalidField;
+use brindle_proto::common::v1 as pb;
+use prost::Message;
+
+use super::{Received, SnapshotAssembler, apply_received};
+
+/// What one `Sync` response carries.
+#[derive(Debug)]
+pub enum Payload<D> {
+    /// A piece of a snapshot.
+    Snapshot(pb::EncodedSnapshot),
+    /// Changes.
+    Delta(D),
+    /// Nothing new; the server is alive.
+    Keepalive(pb::Keepalive),
+}
+
+/// A service's `Sync` messages and the conversion of one entry of its state.
+pub trait Wire: 'static {
+    /// An entry's value in the service's model.
+    type Value: Clone + PartialEq + Send + Sync + 'static;
+    /// One keyed entry as a message.
+    type Entry;
+    /// The whole state as a message (what a snapshot holds, before compression).
+    type State: Message + Default;
+    /// Changes as a message.
+    type Delta;
+    /// The stream's response message.
+    type Response;
+
+    /// An entry as a message.
+    fn entry_to_proto(key: &str, value: &Self::Value) -> Self::Entry;
+    /// A message as an entry; the error names the field that does not convert.
+    fn entry_from_proto(entry: Self::Entry) -> Result<(String, Self::Value), InvalidField>;
+    /// The state message of `entries`.
+    fn state(entries: Vec<Self::Entry>) -> Self::State;
+    /// The entries of a state message.
+    fn state_entries(state: Self::State) -> Vec<Self::Entry>;
+    /// The delta message of upserted entries and removed keys.
+    fn delta(upserts: Vec<Self::Entry>, removed_keys: Vec<String>) -> Self::Delta;
+    /// The upserted entries and removed keys of a delta message.
+    fn delta_parts(delta: Self::Delta) -> (Vec<Self::Entry>, Vec<String>);
+    /// The response at `revision` carrying `payload`.
+    fn response(revision: u64, payload: Payload<Self::Delta>) -> Self::Response;
+    /// The revision and payload of a response (`None`: a kind this end does not know).
+    fn response_parts(response: Self::Response) -> (u64, Option<Payload<Self::Delta>>);
+}
+
+/// The whole state as an encoded state message (the fan-out's snapshot encoder).
+pub fn encode_state<W: Wire>(state: &BTreeMap<String, W::Value>) -> Vec<u8> {
+    W::state(state.iter().map(|(k, v)| W::entry_to_proto(k, v)).collect()).encode_to_vec()
+}
+
+/// A decoded (uncompressed) state message.
+pub fn decode_state<W: Wire>(bytes: &[u8]) -> Result<BTreeMap<String, W::Value>, InvalidField> {
+    let state = W::State::decode(bytes).map_err(|e| InvalidField::new("snapshot", e))?;
+    W::state_entries(state)
+        .into_iter()
+        .map(W::entry_from_proto)
+        .collect()
+}
+
+/// A batch as a delta message.
+pub fn delta_to_proto<W: Wire>(batch: &Batch<W::Value>) -> W::Delta {
+    W::delta(
+        batch
+            .upserts
+            .iter()
+            .map(|(k, v)| W::entry_to_proto(k, v))
+            .collect(),
+        batch.removed.clone(),
+    )
+}
+
+/// Applies one `Sync` response to a subscriber's mirror: a snapshot (once `pieces` has all of
+/// it) replaces it, a delta updates it; `false` when there is nothing to apply yet (a keepalive,
+/// a piece of a snapshot).
+pub fn apply_response<W: Wire>(
+    mirror: &mut Mirror<W::Value>,
+    pieces: &mut SnapshotAssembler,
+    response: W::Response,
+) -> Result<bool, InvalidField> {
+    let (revision, payload) = W::response_parts(response);
+    let received = match payload {
+        Some(Payload::Snapshot(piece)) => Received::SnapshotPiece(piece),
+        Some(Payload::Delta(delta)) => {
+            let (upserts, removed) = W::delta_parts(delta);
+            Received::Delta(Batch {
+                from: 0,
+                to: revision,
+                upserts: upserts
+                    .into_iter()
+                    .map(W::entry_from_proto)
+                    .collect::<Result<_, _>>()?,
+                removed,
+            })
+        }
+        Some(Payload::Keepalive(_)) | None => Received::Nothing,
+    };
+    apply_received(mirror, pieces, revision, received, decode_state::<W>)
+}
