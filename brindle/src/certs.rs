@@ -49,7 +49,6 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
     Ok(params)
 }
 
-/// Writes `contents` to `path`, readable by its owner only when `private`.
 /// Refuses a node or administrator name that is not a DNS-1123 subdomain (what node names are;
 /// it becomes part of a file name, so `../x` or `a/b` must never get that far).
 fn name_in_file(flag: &str, name: &str) -> anyhow::Result<()> {
@@ -60,6 +59,7 @@ fn name_in_file(flag: &str, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `contents` to `path`, readable by its owner only when `private`.
 fn write(path: &Path, contents: &str, private: bool) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(path);
     let mut file = std::fs::OpenOptions::new()

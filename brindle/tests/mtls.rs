@@ -404,6 +404,15 @@ fn a_node_may_claim_only_what_is_its_own() {
         ),
         "has not assigned it to any pod",
     );
+    // An address of one of its pods is not registered under another pod's name.
+    let named = first_ip(&allowed(as_a(
+        AUTO_ASSIGN,
+        r#"{"handle_id": "net.a3", "node": "a", "num_ipv4": 1, "attributes": {"namespace": "default", "pod": "web-0"}}"#,
+    )));
+    denied(
+        as_a(REGISTER_ENDPOINT, &endpoint("a", "brda6", "db-0", &named, "{}")),
+        "IPAM holds it for pod \"web-0\"",
+    );
     refused(
         as_a(REGISTER_ENDPOINT, &endpoint("a", "brd+", "web", &a_pod, "{}")),
         "InvalidArgument",

@@ -90,6 +90,18 @@ impl<V> Drop for Shared<V> {
     }
 }
 
+/// A fan-out that is not kept alive by this handle (for tasks that should end with it).
+pub struct WeakFanout<V> {
+    shared: Weak<Shared<V>>,
+}
+
+impl<V> WeakFanout<V> {
+    /// The fan-out, while something else keeps it alive.
+    pub fn upgrade(&self) -> Option<Fanout<V>> {
+        self.shared.upgrade().map(|shared| Fanout { shared })
+    }
+}
+
 /// Keyed state streamed to subscribers. Cloning shares it.
 pub struct Fanout<V> {
     pub(crate) shared: Arc<Shared<V>>,
@@ -328,10 +340,17 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         subscribers.values().cloned().collect()
     }
 
-    /// Whether a session is open now.
-    pub fn has_connected_subscriber(&self) -> bool {
-        let subscribers = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subscribers.values().any(|s| s.connected)
+    /// Whether anyone besides this handle holds the fan-out (a session serving it, a caller
+    /// about to start one).
+    pub fn in_use(&self) -> bool {
+        Arc::strong_count(&self.shared) > 1
+    }
+
+    /// A handle that does not keep the fan-out alive.
+    pub fn downgrade(&self) -> WeakFanout<V> {
+        WeakFanout {
+            shared: Arc::downgrade(&self.shared),
+        }
     }
 
     /// Forgets the status of every disconnected subscriber whose node `keep` does not name (so

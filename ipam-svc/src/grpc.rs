@@ -85,9 +85,9 @@ pub fn status(error: IpamError) -> Status {
         IpamError::AlreadyExists(_) => Status::already_exists(message),
         IpamError::OtherNodesHandle { .. } => Status::permission_denied(message),
         IpamError::FailedPrecondition(_) => Status::failed_precondition(message),
-        IpamError::Exhausted { .. } | IpamError::Overloaded { .. } | IpamError::NodeLimit { .. } => {
-            Status::resource_exhausted(message)
-        }
+        IpamError::Exhausted { .. } | IpamError::NodeLimit { .. } => Status::resource_exhausted(message),
+        // Waiting requests are a moment's load: retrying later works.
+        IpamError::Overloaded { .. } => Status::unavailable(message),
         IpamError::Contention { .. } => Status::aborted(message),
         IpamError::Corrupt { .. } => Status::data_loss(message),
         IpamError::Store(error) => brindle_grpc_server::store_status(&error, message),
@@ -577,12 +577,21 @@ impl pb::ipam_server::Ipam for IpamService {
         let r = request.into_inner();
         caller.require_node(&r.node, "garbage-collect addresses")?;
         let valid: HashSet<String> = r.valid_handle_ids.into_iter().collect();
+        let network = match (r.network.as_str(), r.all_networks) {
+            ("", true) => None,
+            (network, false) if !network.is_empty() => Some(network),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "network, all_networks: exactly one is required (a CNI network's name, or every network)",
+                ));
+            }
+        };
         let result = self
             .ipam
             .garbage_collect(
                 &r.node,
                 &valid,
-                &r.network,
+                network,
                 Duration::from_secs(u64::from(r.min_age_seconds)),
             )
             .await

@@ -85,6 +85,7 @@ fn call() -> impl Strategy<Value = Call> {
             node: "n1".into(),
             valid_handle_ids: vec!["net.c1".into()],
             network: "net".into(),
+            all_networks: false,
             min_age_seconds: 0,
         }])
         .prop_map(Call::GarbageCollect),

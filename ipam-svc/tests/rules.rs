@@ -228,6 +228,25 @@ async fn no_node_holds_more_than_its_blocks_worth_even_by_borrowing(store: Arc<d
         Err(IpamError::NodeLimit { node, max_blocks }) => assert_eq!((node.as_str(), max_blocks), ("n1", 1)),
         other => panic!("borrowing past the node's limit: {other:?}"),
     }
+    // Nor by naming addresses in other nodes' blocks one at a time.
+    let n2_block = ipam.handle("net.n2").await.expect("n2").ips[0].block;
+    let in_n2_block = match n2_block.network() {
+        IpAddr::V4(base) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(base) + 3)),
+        IpAddr::V6(_) => unreachable!("an IPv4 pool"),
+    };
+    match ipam
+        .assign_ip(AssignIpRequest {
+            handle_id: "net.n1c".into(),
+            ip: in_n2_block,
+            node: "n1".into(),
+            use_: AllowedUse::Workload,
+            attributes: Default::default(),
+        })
+        .await
+    {
+        Err(IpamError::NodeLimit { node, .. }) => assert_eq!(node, "n1"),
+        other => panic!("a specific address past the node's limit: {other:?}"),
+    }
     let show = ipam.show(&ShowOptions::default()).await.expect("show");
     assert_eq!(
         show.pools[0].free, 9,
@@ -581,26 +600,36 @@ async fn gc_releases_only_stale_handles_of_the_node(store: Arc<dyn Store>) {
     ipam.auto_assign(request("net.other-node", "n2", 1, 0))
         .await
         .expect("assign");
+    // A handle formed before ids were unambiguous: container "c9" of the network "net.legacy".
+    let mut legacy = request("net.legacy.c9", "n1", 1, 0);
+    legacy.attributes.container_id = "c9".into();
+    ipam.auto_assign(legacy).await.expect("assign");
     clock.advance_secs(120);
     ipam.auto_assign(request("net.young", "n1", 1, 0))
         .await
         .expect("assign");
     let valid: HashSet<String> = ["net.keep".to_owned()].into();
     let result = ipam
-        .garbage_collect("n1", &valid, "net", Duration::from_secs(60))
+        .garbage_collect("n1", &valid, Some("net"), Duration::from_secs(60))
         .await
         .expect("gc");
     let mut released = result.released_handle_ids.clone();
     released.sort();
     assert_eq!(released, ["net.stale", "net:stale:eth1"]);
     assert_eq!(result.released_ips, 2);
-    for kept in ["net.keep", "net.young", "net.other:c:eth0", "net.other-node"]
-        .into_iter()
-        .chain(tunnels)
+    for kept in [
+        "net.keep",
+        "net.young",
+        "net.other:c:eth0",
+        "net.other-node",
+        "net.legacy.c9",
+    ]
+    .into_iter()
+    .chain(tunnels)
     {
         assert!(ipam.handle(kept).await.is_ok(), "{kept} must survive GC");
     }
-    let live: HashSet<String> = ["net.keep", "net.young", "net.other:c:eth0"]
+    let live: HashSet<String> = ["net.keep", "net.young", "net.other:c:eth0", "net.legacy.c9"]
         .map(str::to_owned)
         .into();
     let report = ipam.check(Some(&live)).await.expect("check");
@@ -616,7 +645,7 @@ async fn gc_releases_only_stale_handles_of_the_node(store: Arc<dyn Store>) {
     );
     assert_eq!(leaks[0].handle_id.as_deref(), Some("net.other-node"));
     let everything = ipam
-        .garbage_collect("n1", &valid, "", Duration::ZERO)
+        .garbage_collect("n1", &valid, None, Duration::ZERO)
         .await
         .expect("gc of every network");
     assert!(

@@ -93,8 +93,9 @@ where
                 Err(_) => "Unavailable",
             };
             // A path the server does not route is answered UNIMPLEMENTED: its name comes from
-            // the caller, so it is counted under one label instead of a series of its own.
-            let (service, method) = if code == "Unimplemented" {
+            // the caller, so it is counted under one label instead of a series of its own (as
+            // is a call that failed before any routing answered it).
+            let (service, method) = if response.is_err() || code == "Unimplemented" {
                 (UNROUTED.to_owned(), UNROUTED.to_owned())
             } else {
                 (service, method)

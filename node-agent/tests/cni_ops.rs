@@ -186,41 +186,67 @@ fn in_own_netns(container: &str) -> CniRequest {
 }
 
 #[tokio::test]
-async fn one_corrupt_record_does_not_stop_the_cleanup_of_the_others() {
+async fn one_corrupt_record_does_not_stop_the_cleanup_of_the_others_nor_free_its_running_pod() {
     let s = setup().await;
     let kept = s.ops.add(&in_own_netns("kept")).await.expect("add");
     s.ops.add(&in_own_netns("gone")).await.expect("add");
     let broken = s.ops.add(&in_own_netns("broken")).await.expect("add");
-    let broken_file = s
-        .records
-        .list()
-        .expect("records")
-        .iter()
-        .find(|a| a.key.container_id == "broken")
-        .map(|a| format!("{}.json", a.host_ifname))
-        .expect("the record");
+    let running = s.ops.add(&in_own_netns("running")).await.expect("add");
     let records_dir = s.dir.path().join("records");
-    std::fs::write(records_dir.join(&broken_file), b"{\"key\": ").expect("corrupt it");
+    let corrupt = |attachment: &node_agent::core::cni::Added| {
+        let file = format!("{}.json", attachment.wired.host_ifname);
+        std::fs::write(records_dir.join(&file), b"{\"key\": ").expect("corrupt it");
+        file
+    };
+    let broken_file = corrupt(&broken);
+    corrupt(&running);
 
-    // A runtime's GC keeping only "kept": the corrupt record is moved aside, "gone" is undone,
-    // and what belonged to the corrupt record (no record owns it any more) is swept too.
-    let valid = [("kept".to_owned(), "eth0".to_owned())];
+    // Start-up: the corrupt records are moved aside; with them aside, no address of this node is
+    // released as unowned (one of them may be a running pod's) and their links stay.
+    s.ops
+        .reconcile()
+        .await
+        .expect("reconcile goes past the corrupt records");
+    assert!(records_dir.join("corrupt").join(&broken_file).exists());
+    assert_eq!(s.records.quarantined(), 2);
+    let held = |container: &'static str| {
+        let ipam = Arc::clone(&s.ipam);
+        async move { ipam.handle(&handle_id(&request(container).key)).await.is_ok() }
+    };
+    for container in ["kept", "gone", "broken", "running"] {
+        assert!(held(container).await, "{container} keeps its address");
+    }
+    for link in [&broken.wired.host_ifname, &running.wired.host_ifname] {
+        assert!(s.kernel.host_link_names().contains(link), "{link} is kept");
+    }
+
+    // A runtime's GC naming what is live ("kept" and "running"): "gone" and "broken" go, with
+    // their addresses; the running pod whose record is corrupt keeps its address.
+    let valid = [("kept", "eth0"), ("running", "eth0")].map(|(c, i)| (c.to_owned(), i.to_owned()));
     s.ops
         .gc("net", &valid)
         .await
-        .expect("GC goes past the corrupt record");
-    assert!(records_dir.join("corrupt").join(&broken_file).exists());
-    assert_eq!(s.records.quarantined(), 1);
-    assert_eq!(s.kernel.host_link_names(), vec![kept.wired.host_ifname.clone()]);
-    for (container, held) in [("kept", true), ("gone", false), ("broken", false)] {
-        assert_eq!(
-            s.ipam.handle(&handle_id(&request(container).key)).await.is_ok(),
-            held,
-            "{container}"
-        );
+        .expect("GC goes past the corrupt records");
+    for (container, still) in [
+        ("kept", true),
+        ("gone", false),
+        ("broken", false),
+        ("running", true),
+    ] {
+        assert_eq!(held(container).await, still, "{container}");
     }
-    assert!(!s.kernel.host_link_names().contains(&broken.wired.host_ifname));
-    // Start-up reconciliation and the next ADD work as well.
-    s.ops.reconcile().await.expect("reconcile");
+    // The DEL of the corrupt record's pod removes its link and forgets the record moved aside.
+    s.ops.del(&in_own_netns("broken")).await.expect("DEL");
+    assert!(!records_dir.join("corrupt").join(&broken_file).exists());
+    // DEL retires the veth; the background reaper deletes it moments later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.kernel.host_link_names().contains(&broken.wired.host_ifname) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the DELeted pod's veth is never deleted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(s.kernel.host_link_names().contains(&kept.wired.host_ifname));
     s.ops.add(&in_own_netns("new")).await.expect("a new pod");
 }

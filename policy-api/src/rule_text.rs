@@ -2,6 +2,8 @@
 //! input): interface names, policy and set ids, networks and set members, each in the one form
 //! the calculation produces. The agent checks every entry when it decodes the view and its
 //! renderer leaves out what fails, so no text from outside can add a line or a match of its own.
+//! (An entry that fails at decoding fails the whole message: the agent keeps the view it had and
+//! reconnects. The renderer's check is the second line, for views that reach it otherwise.)
 
 use std::net::IpAddr;
 
@@ -16,7 +18,7 @@ const MAX_ID_LEN: usize = 21;
 const MAX_INTERFACE_LEN: usize = 15;
 
 /// Whether `text` is 1–`max` ASCII letters, digits, `_`, `-` (and `.` when `dots`).
-fn plain(text: &str, max: usize, dots: bool) -> bool {
+pub fn plain(text: &str, max: usize, dots: bool) -> bool {
     !text.is_empty()
         && text.len() <= max
         && text

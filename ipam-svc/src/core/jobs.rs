@@ -397,25 +397,9 @@ async fn fill_affine(plan: &mut Plan, pools: &[Pool], want: &mut Want<'_>) -> Re
 /// one node cannot drain the other nodes' blocks either.
 async fn borrow(plan: &mut Plan, pools: &[Pool], want: &mut Want<'_>) -> Result<(), IpamError> {
     let all = plan.all_blocks().await?;
-    let max_blocks = u64::from(plan.settings.config.value.max_blocks_per_host);
-    let held = |pool: &str| {
-        all.iter()
-            .filter(|b| b.pool == pool)
-            .flat_map(|b| b.allocations.values())
-            .filter(|a| a.node == plan.node)
-            .count() as u64
-    };
     let mut room: std::collections::BTreeMap<String, u64> = pools
         .iter()
-        .map(|p| {
-            let per_block = 1u64 << (p.cidr.max_prefix_len() - p.block_size);
-            let limit = if max_blocks == 0 {
-                u64::MAX
-            } else {
-                max_blocks * per_block
-            };
-            (p.name.clone(), limit.saturating_sub(held(&p.name)))
-        })
+        .map(|p| (p.name.clone(), room_in_pool(plan, p, &all)))
         .collect();
     for mut block in all {
         if want.need == 0 {
@@ -434,6 +418,23 @@ async fn borrow(plan: &mut Plan, pools: &[Pool], want: &mut Want<'_>) -> Result<
         }
     }
     Ok(())
+}
+
+/// How many more addresses of `pool` the node may hold (`blocks`: every block): at most
+/// `max_blocks_per_host` blocks' worth, borrowed ones included (unlimited when 0).
+fn room_in_pool(plan: &Plan, pool: &Pool, blocks: &[Block]) -> u64 {
+    let max_blocks = u64::from(plan.settings.config.value.max_blocks_per_host);
+    if max_blocks == 0 {
+        return u64::MAX;
+    }
+    let per_block = 1u64 << (pool.cidr.max_prefix_len() - pool.block_size);
+    let held = blocks
+        .iter()
+        .filter(|b| b.pool == pool.name)
+        .flat_map(|b| b.allocations.values())
+        .filter(|a| a.node == plan.node)
+        .count() as u64;
+    (max_blocks * per_block).saturating_sub(held)
 }
 
 /// Claims one block for the node: a free CIDR of an eligible pool, else an empty block of a node
@@ -569,6 +570,16 @@ async fn assign_ip(plan: &mut Plan, request: &AssignIpRequest) -> Result<Allocat
         return Err(IpamError::FailedPrecondition(format!(
             "{ip} is in block {cidr} of node {owner:?} and strict affinity is on"
         )));
+    }
+    // An address outside the node's own blocks counts against its limit as a borrowed one does.
+    if block.affinity.as_deref() != Some(node.as_str()) && {
+        let all = plan.all_blocks().await?;
+        room_in_pool(plan, &pool, &all) == 0
+    } {
+        return Err(IpamError::NodeLimit {
+            node,
+            max_blocks: config.max_blocks_per_host,
+        });
     }
     if let Some(taken) = block.ordinal_of(ip).and_then(|o| block.allocations.get(&o)) {
         return Err(IpamError::AlreadyExists(format!(

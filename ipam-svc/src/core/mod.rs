@@ -363,26 +363,36 @@ impl Ipam {
         report::check(self.store().as_ref(), live_handles).await
     }
 
-    /// Releases every pod handle of `node` on `network` (every network when empty) that is not in
-    /// `valid` and is older than `min_age`. Tunnel handles are never released here.
+    /// Releases every pod handle of `node` on `network` (every network when `None`) that is not
+    /// in `valid` and is older than `min_age`. Tunnel handles are never released here. A handle
+    /// is on a network when its id names it and its attributes (container, interface) agree, so
+    /// an id formed before ids were unambiguous is never taken for another network's.
     pub async fn garbage_collect(
         &self,
         node: &str,
         valid: &HashSet<String>,
-        network: &str,
+        network: Option<&str>,
         min_age: Duration,
     ) -> Result<GcResult, IpamError> {
         validate::name("node", node)?;
         let now = (self.engine.clock)();
         let min_age_ms = u64::try_from(min_age.as_millis()).unwrap_or(u64::MAX);
-        let on_network = |id: &str| {
-            network.is_empty() || WorkloadHandle::parse(id).is_some_and(|handle| handle.network == network)
+        let on_network = |handle: &model::Handle| {
+            let Some(network) = network else {
+                return true;
+            };
+            let attributes = &handle.attributes;
+            WorkloadHandle::parse(&handle.id).is_some_and(|parsed| {
+                parsed.network == network
+                    && (attributes.container_id.is_empty() || attributes.container_id == parsed.container_id)
+                    && (attributes.interface.is_empty() || attributes.interface == parsed.ifname)
+            })
         };
         let mut result = GcResult::default();
         for handle in self.handles_of(node).await? {
             let old_enough = now.saturating_sub(handle.created_unix_ms) >= min_age_ms;
             if !is_tunnel_handle(&handle.id)
-                && on_network(&handle.id)
+                && on_network(&handle)
                 && !valid.contains(&handle.id)
                 && old_enough
             {

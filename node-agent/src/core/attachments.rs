@@ -115,7 +115,9 @@ impl AttachmentStore {
 
     /// Decodes the record at `path`; one that does not decode is logged, counted and moved into
     /// [`QUARANTINE_DIR`] (so one bad file never stops the agent's work on every other
-    /// attachment), and reads as absent.
+    /// attachment), and reads as absent. Its pod may still be running: until a DEL for it
+    /// ([`Self::forget_quarantined`]), its host interface is kept and the node-wide sweep of
+    /// unowned addresses is held back (see [`Self::quarantined_interfaces`]).
     fn decode_or_quarantine(&self, path: &Path, bytes: &[u8]) -> Result<Option<Attachment>, RecordError> {
         let reason = match decode(path, bytes) {
             Ok(attachment) => return Ok(Some(attachment)),
@@ -129,11 +131,56 @@ impl AttachmentStore {
         };
         std::fs::create_dir_all(&aside).map_err(|e| io("creating", e))?;
         let target = aside.join(path.file_name().unwrap_or_default());
-        std::fs::rename(path, &target).map_err(|e| io("moving a corrupt record into", e))?;
+        match std::fs::rename(path, &target) {
+            Ok(()) => {}
+            // Another call moved it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("moving a corrupt record into", e)),
+        }
         self.quarantined.get_or_create(&Vec::new()).inc();
         tracing::error!(record = %path.display(), moved_to = %target.display(), %reason,
-            "moved aside an attachment record that does not decode; its pod's addresses and links are swept as if it had none");
+            "moved aside an attachment record that does not decode; its host interface is kept and no address of this node is released as unowned until a DEL for it");
         Ok(None)
+    }
+
+    /// Host interfaces of the records moved aside and not yet DELeted.
+    pub fn quarantined_interfaces(&self) -> Result<Vec<String>, RecordError> {
+        let aside = self.dir.join(QUARANTINE_DIR);
+        let entries = match std::fs::read_dir(&aside) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(RecordError::Io {
+                    what: "listing",
+                    path: aside,
+                    source,
+                });
+            }
+        };
+        let mut interfaces: Vec<String> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                (path.extension()? == "json").then(|| path.file_stem()?.to_str().map(str::to_owned))?
+            })
+            .collect();
+        interfaces.sort();
+        Ok(interfaces)
+    }
+
+    /// Forgets the moved-aside record of host interface `host_ifname` (its attachment was
+    /// DELeted); absent is fine.
+    pub fn forget_quarantined(&self, host_ifname: &str) -> Result<(), RecordError> {
+        let path = self.dir.join(QUARANTINE_DIR).join(format!("{host_ifname}.json"));
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(RecordError::Io {
+                what: "removing",
+                path,
+                source,
+            }),
+        }
     }
 
     fn path(&self, key: &AttachmentKey) -> PathBuf {

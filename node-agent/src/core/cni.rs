@@ -588,6 +588,7 @@ impl CniOps {
         }
         self.ipam.release(&attachment.handle_id).await?;
         self.records.remove(&attachment.key)?;
+        self.records.forget_quarantined(&attachment.host_ifname)?;
         Ok(())
     }
 
@@ -686,7 +687,7 @@ impl CniOps {
             }
         }
         self.ipam
-            .collect_garbage(&self.node, &valid_handles, network)
+            .collect_garbage(&self.node, &valid_handles, Some(network))
             .await?;
         self.sweep_links().await?;
         self.sync_endpoints().await
@@ -705,7 +706,15 @@ impl CniOps {
             .filter(|a| a.phase == Phase::Ready)
             .collect();
         for attachment in &ready {
-            registry.register(&endpoint(&self.node, attachment)).await?;
+            // One endpoint policy-svc refuses (an address IPAM no longer holds for it, say) must
+            // not stop the others' registration nor the removal of stale ones.
+            match registry.register(&endpoint(&self.node, attachment)).await {
+                Ok(()) => {}
+                Err(EndpointCallError::Refused(why)) => {
+                    tracing::warn!(key = ?attachment.key, %why, "policy-svc refused an attachment's endpoint");
+                }
+                Err(unavailable) => return Err(unavailable.into()),
+            }
         }
         let owned: HashSet<&str> = ready.iter().map(|a| a.host_ifname.as_str()).collect();
         for interface in registry.interfaces(&self.node).await? {
@@ -721,9 +730,11 @@ impl CniOps {
         Ok(())
     }
 
-    /// Deletes `brd*` host links that no record owns.
+    /// Deletes `brd*` host links that no record owns (the links of records moved aside are kept
+    /// until their DEL: their pods may be running).
     async fn sweep_links(&self) -> Result<(), CniFailure> {
-        let owned: HashSet<String> = self.records.list()?.into_iter().map(|a| a.host_ifname).collect();
+        let mut owned: HashSet<String> = self.records.list()?.into_iter().map(|a| a.host_ifname).collect();
+        owned.extend(self.records.quarantined_interfaces()?);
         for link in self.netlink.links().await? {
             if link.name.starts_with(HOST_PREFIX)
                 && !owned.contains(&link.name)
@@ -749,12 +760,23 @@ impl CniOps {
             tracing::info!(key = ?attachment.key, "undoing an ADD interrupted by a restart");
             self.undo(&attachment, Removal::Now).await?;
         }
-        let owned: Vec<String> = ready.into_iter().map(|a| a.handle_id).collect();
-        let released = self.ipam.collect_garbage(&self.node, &owned, "").await?;
-        if released > 0 {
-            tracing::info!(
-                released,
-                "released addresses of this node that no attachment owns"
+        let quarantined = self.records.quarantined_interfaces()?;
+        if quarantined.is_empty() {
+            let owned: Vec<String> = ready.into_iter().map(|a| a.handle_id).collect();
+            let released = self.ipam.collect_garbage(&self.node, &owned, None).await?;
+            if released > 0 {
+                tracing::info!(
+                    released,
+                    "released addresses of this node that no attachment owns"
+                );
+            }
+        } else {
+            // Which addresses those records held is unknown: releasing what no record owns could
+            // free a running pod's. The runtime's DEL (or its CNI GC, which names what is live)
+            // frees them instead.
+            tracing::warn!(
+                ?quarantined,
+                "not releasing this node's unowned addresses while attachment records are moved aside"
             );
         }
         self.sweep_links().await?;

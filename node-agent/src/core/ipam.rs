@@ -87,12 +87,12 @@ pub trait IpamApi: Send + Sync {
     async fn holds(&self, handle_id: &str) -> Result<bool, IpamCallError>;
     /// Whether some enabled pool has a free address.
     async fn has_free_addresses(&self) -> Result<bool, IpamCallError>;
-    /// Releases the node's pod handles of CNI network `network` (of every network when empty)
+    /// Releases the node's pod handles of CNI network `network` (of every network when `None`)
     /// that are not in `valid`; returns the addresses released.
     async fn collect_garbage(
         &self,
         node: &str,
         valid: &[String],
-        network: &str,
+        network: Option<&str>,
     ) -> Result<u64, IpamCallError>;
 }

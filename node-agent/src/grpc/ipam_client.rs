@@ -181,12 +181,13 @@ impl IpamApi for GrpcIpam {
         &self,
         node: &str,
         valid: &[String],
-        network: &str,
+        network: Option<&str>,
     ) -> Result<u64, IpamCallError> {
         let request = pb::GarbageCollectRequest {
             node: node.to_owned(),
             valid_handle_ids: valid.to_vec(),
-            network: network.to_owned(),
+            network: network.unwrap_or_default().to_owned(),
+            all_networks: network.is_none(),
             min_age_seconds: 0,
         };
         let response = self

@@ -69,11 +69,12 @@ impl GrpcPolicy {
 }
 
 fn call_error(status: tonic::Status) -> EndpointCallError {
+    use tonic::Code;
     match status.code() {
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => {
-            EndpointCallError::Refused(status.message().to_owned())
+        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::Unknown => {
+            EndpointCallError::Unavailable(status.to_string())
         }
-        _ => EndpointCallError::Unavailable(status.to_string()),
+        _ => EndpointCallError::Refused(status.message().to_owned()),
     }
 }
 

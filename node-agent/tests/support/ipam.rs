@@ -91,12 +91,12 @@ impl IpamApi for InProcessIpam {
         &self,
         node: &str,
         valid: &[String],
-        prefix: &str,
+        network: Option<&str>,
     ) -> Result<u64, IpamCallError> {
         let valid: HashSet<String> = valid.iter().cloned().collect();
         let result = self
             .0
-            .garbage_collect(node, &valid, prefix, Duration::ZERO)
+            .garbage_collect(node, &valid, network, Duration::ZERO)
             .await
             .map_err(refused)?;
         Ok(result.released_ips)

@@ -65,9 +65,10 @@ impl PolicyHub {
         fanout
     }
 
-    /// Drops the fan-out of every node that no session follows and that has no endpoint (a
-    /// node with endpoints keeps its fan-out, and its status, while it is away). What Sync
-    /// sessions naming made-up nodes leave behind is freed this way.
+    /// Drops the fan-out of every node that nothing uses (no session serves it, no caller is
+    /// about to start one) and that has no endpoint (a node with endpoints keeps its fan-out, and
+    /// its status, while it is away). What Sync sessions naming made-up nodes leave behind is
+    /// freed this way.
     pub fn drop_idle(&self) {
         drop_idle(&mut self.lock());
     }
@@ -148,14 +149,20 @@ impl PolicyHub {
 
 fn drop_idle(inner: &mut Inner) {
     let Inner { calc, fanouts, .. } = inner;
-    fanouts.retain(|node, fanout| fanout.has_connected_subscriber() || calc.state().has_endpoints_on(node));
+    fanouts.retain(|node, fanout| fanout.in_use() || calc.state().has_endpoints_on(node));
 }
 
-/// Drops idle fan-outs of `hub` every `every` until the task is dropped.
-pub async fn drop_idle_fanouts(hub: PolicyHub, every: Duration) {
-    loop {
-        tokio::time::sleep(every).await;
-        hub.drop_idle();
+/// Drops idle fan-outs of `hub` every `every`; ends when the hub is dropped.
+pub fn drop_idle_fanouts(hub: &PolicyHub, every: Duration) -> impl Future<Output = ()> + Send + 'static {
+    let inner = Arc::downgrade(&hub.inner);
+    async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            drop_idle(&mut inner.lock().unwrap_or_else(|p| p.into_inner()));
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use super::resource::{PolicyDocument, Resource, parse_documents};
 use super::{rule_text, validate};
 use ipam_api::handles::is_tunnel_handle;
 use ipam_api::keys as ipam_keys;
-use ipam_api::model::{Block, PoolSet, decode as ipam_decode};
+use ipam_api::model::{Block, Handle, PoolSet, decode as ipam_decode};
 
 /// Attempts of a compare-and-swap write before giving up.
 const CAS_ATTEMPTS: usize = 8;
@@ -345,7 +345,9 @@ impl Objects {
                 None => None,
             };
             match holder {
-                Some(allocation) if &allocation.node == node && !is_tunnel_handle(&allocation.handle_id) => {}
+                Some(allocation) if &allocation.node == node && !is_tunnel_handle(&allocation.handle_id) => {
+                    self.check_same_pod(endpoint, *ip, &allocation.handle_id).await?;
+                }
                 Some(allocation) => {
                     return Err(PolicyError::Forbidden(format!(
                         "node {node} may not register {ip}: IPAM holds it for node {:?} under handle {:?}",
@@ -360,6 +362,35 @@ impl Objects {
             }
         }
         Ok(())
+    }
+
+    /// Checks that the pod IPAM holds `ip` for (the handle's namespace, pod and container, where
+    /// the node gave them when it allocated) is the endpoint's: an address of one of the node's
+    /// pods is not registered under another pod's name.
+    async fn check_same_pod(
+        &self,
+        endpoint: &Endpoint,
+        ip: IpAddr,
+        handle_id: &str,
+    ) -> Result<(), PolicyError> {
+        let key = ipam_keys::handle(handle_id);
+        let Some(kv) = self.store.get(&key).await? else {
+            return Ok(());
+        };
+        let handle: Handle = ipam_decode(&key, &kv.value).map_err(corrupt)?;
+        let held = &handle.attributes;
+        let differs = |field: &str, held: &str, claimed: &str| {
+            (!held.is_empty() && held != claimed).then(|| {
+            PolicyError::Forbidden(format!(
+                "node {} may not register {ip} as {field} {claimed:?}: IPAM holds it for {field} {held:?} (handle {handle_id:?})",
+                endpoint.key.node
+            ))
+        })
+        };
+        let mismatch = differs("container", &held.container_id, &endpoint.container_id)
+            .or_else(|| differs("namespace", &held.namespace, &endpoint.namespace))
+            .or_else(|| differs("pod", &held.pod, &endpoint.pod));
+        mismatch.map_or(Ok(()), Err)
     }
 
     /// Removes an endpoint; removing one that is not there succeeds (DEL is idempotent).
@@ -442,12 +473,6 @@ fn corrupt(error: ipam_api::DecodeError) -> PolicyError {
     }
 }
 
-/// Whether every character of `text` is an ASCII letter or digit, `.`, `_` or `-`.
-fn plain(text: &str) -> bool {
-    text.chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-}
-
 /// Checks an endpoint before it is stored: names that end up in the node's rule text hold only
 /// letters, digits, `.`, `_` and `-` (no `+` wildcard, quote, `!`, space or line break).
 pub fn validate_endpoint(endpoint: &Endpoint) -> Result<(), PolicyError> {
@@ -460,7 +485,7 @@ pub fn validate_endpoint(endpoint: &Endpoint) -> Result<(), PolicyError> {
         ));
     }
     validate::name("endpoint.namespace", &endpoint.namespace, false)?;
-    if endpoint.pod.is_empty() || endpoint.pod.len() > 253 || !plain(&endpoint.pod) {
+    if !rule_text::plain(&endpoint.pod, 253, true) {
         return Err(invalid(
             "endpoint.pod",
             format!(
@@ -469,7 +494,7 @@ pub fn validate_endpoint(endpoint: &Endpoint) -> Result<(), PolicyError> {
             ),
         ));
     }
-    if endpoint.container_id.len() > 253 || !plain(&endpoint.container_id) {
+    if !endpoint.container_id.is_empty() && !rule_text::plain(&endpoint.container_id, 253, true) {
         return Err(invalid(
             "endpoint.container_id",
             format!(

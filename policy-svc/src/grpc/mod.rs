@@ -59,7 +59,7 @@ impl PolicyService {
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
         let hub = PolicyHub::new(config, Arc::new(brindle_sync::encode_state::<PolicyWire>));
         tokio::spawn(follow(Arc::clone(&store), hub.clone()));
-        tokio::spawn(drop_idle_fanouts(hub.clone(), IDLE_SWEEP));
+        tokio::spawn(drop_idle_fanouts(&hub, IDLE_SWEEP));
         Self {
             objects: Objects::new(store),
             hub,

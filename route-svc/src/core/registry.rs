@@ -126,14 +126,12 @@ pub fn validate(node: &Node) -> Result<(), RegistryError> {
             format!("{address} is not a unicast address a node can be reached at"),
         ));
     }
-    let tunnel_addresses = [
-        node.vtep_ipv4.map(IpAddr::V4),
-        node.vtep_ipv6.map(IpAddr::V6),
-        node.ipip_tunnel_ipv4.map(IpAddr::V4),
-    ];
-    if let Some(address) = tunnel_addresses.into_iter().flatten().find(|a| !is_unicast(*a)) {
+    if let Some((field, address)) = claimed_addresses(node)
+        .into_iter()
+        .find(|(field, address)| *field != "node.addresses" && !is_unicast(*address))
+    {
         return Err(invalid(
-            "node.vtep_ipv4",
+            field,
             format!("tunnel address {address} is not a unicast address"),
         ));
     }
@@ -198,7 +196,9 @@ impl Registry {
     }
 
     /// Checks what a registration claims against the cluster: no underlay address inside an IP
-    /// pool, and no address or VTEP MAC that one of `others` (the registered nodes) holds. When
+    /// pool, and no address or VTEP MAC that one of `others` (the registered nodes, as route-svc's
+    /// fan-out last saw them: a guard against misconfiguration, not a lock — two nodes claiming
+    /// one address at the same moment can both pass) holds. When
     /// the node registers itself (`by_the_node`, its agent's identity), also that each tunnel
     /// address is the one IPAM holds for the node's tunnel handle of that kind, that its VTEP MAC
     /// is the one derived from its name, and that it claims no label an administrator did not
@@ -374,9 +374,6 @@ impl Registry {
                 ),
             ));
         }
-        if let Some(labels) = self.labels(&node.name).await? {
-            node.labels = labels;
-        }
         let key = keys::node(&node.name);
         let previous = self
             .store
@@ -385,10 +382,29 @@ impl Registry {
             .and_then(|kv| serde_json::from_slice::<Node>(&kv.value).ok());
         let lease = self.store.grant_lease(ttl).await?;
         node.lease = lease;
-        let value = serde_json::to_vec(&node).unwrap_or_default();
-        self.store
-            .txn(Txn::new().put_with_lease(&key, value, lease))
-            .await?;
+        // The administrator's labels as read are compared, so a SetNodeLabels meanwhile makes the
+        // write retry with its labels instead of being overwritten.
+        let labels_key = keys::node_labels(&node.name);
+        let mut attempts = 0;
+        loop {
+            let labels = self.store.get(&labels_key).await?;
+            let revision = labels.as_ref().map_or(0, |kv| kv.mod_revision);
+            if let Some(kv) = labels {
+                node.labels = serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
+                    name: labels_key.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let value = serde_json::to_vec(&node).unwrap_or_default();
+            let txn = Txn::new()
+                .if_mod_revision(&labels_key, revision)
+                .put_with_lease(&key, value, lease);
+            match self.store.txn(txn).await {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) if attempts < CAS_ATTEMPTS => attempts += 1,
+                Err(error) => return Err(error.into()),
+            }
+        }
         // The key now lives on the new lease; the old one only held it.
         if let Some(previous) = previous
             && previous.lease != 0

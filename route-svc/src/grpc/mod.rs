@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::Store;
-use brindle_fanout::{Fanout, FanoutConfig};
+use brindle_fanout::{Fanout, FanoutConfig, WeakFanout};
 use brindle_grpc_server::auth::Caller;
 use brindle_grpc_server::sync::{ResponseStream, read_hello, register_fanout_metrics, serve_sync};
 use brindle_metrics::Metrics;
@@ -46,7 +46,7 @@ impl RoutesService {
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
         let fanout = Fanout::new(config, Arc::new(brindle_sync::encode_state::<RouteWire>));
         tokio::spawn(watcher::follow(Arc::clone(&store), fanout.clone()));
-        tokio::spawn(forget_strangers(fanout.clone()));
+        tokio::spawn(forget_strangers(fanout.downgrade()));
         Self {
             registry: Registry::new(store),
             fanout,
@@ -89,10 +89,14 @@ impl RoutesService {
 const STRANGER_SWEEP: Duration = Duration::from_secs(10);
 
 /// Forgets, every [`STRANGER_SWEEP`], what Sync sessions of nodes that are not registered left
-/// behind once they ended (a registered node keeps its status while it is away).
-async fn forget_strangers(fanout: Fanout<RouteItem>) {
+/// behind once they ended (a registered node keeps its status while it is away); ends with the
+/// fan-out.
+async fn forget_strangers(fanout: WeakFanout<RouteItem>) {
     loop {
         tokio::time::sleep(STRANGER_SWEEP).await;
+        let Some(fanout) = fanout.upgrade() else {
+            return;
+        };
         let registered: std::collections::BTreeSet<String> = fanout.with_state(|state| {
             state
                 .values()
