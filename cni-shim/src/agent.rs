@@ -1,5 +1,6 @@
 //! The node agent as the shim sees it: one call per CNI command over the agent's unix socket,
-//! with bounded connect and call timeouts.
+//! with bounded connect and call timeouts; a call that fails is the CNI error the runtime sees
+//! (STATUS: "not available", the others: "try again later").
 
 use std::time::Duration;
 
@@ -7,6 +8,8 @@ use brindle_proto::agent::v1::cni_client::CniClient;
 use brindle_proto::agent::v1::{AddResponse, CniInvocation, CniOutcome, GcRequest};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::error::{AGENT_FAILURE, CniError, NOT_AVAILABLE, TRY_AGAIN_LATER};
 
 /// How long connecting to the agent may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -17,7 +20,7 @@ const SHORT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a call to the agent failed.
 #[derive(Debug)]
-pub enum CallError {
+enum CallError {
     /// The agent's socket could not be reached (agent down, wrong path).
     Unreachable(String),
     /// The call timed out.
@@ -26,18 +29,48 @@ pub enum CallError {
     Failed(tonic::Status),
 }
 
+/// What a call that cannot reach the agent means to the runtime: try again later (ADD, DEL,
+/// CHECK, GC), or not available (STATUS).
+type Unreachable = (u32, &'static str);
+const TRY_AGAIN: Unreachable = (
+    TRY_AGAIN_LATER,
+    "brindle node agent is not reachable; try again later",
+);
+const NOT_SERVING: Unreachable = (NOT_AVAILABLE, "brindle node agent is not available");
+
+impl CallError {
+    /// The CNI error of the failed call; `(code, what)` when the agent could not be reached.
+    fn into_cni(self, (code, what): Unreachable) -> CniError {
+        match self {
+            Self::Unreachable(why) => CniError::new(code, what).with_details(why),
+            Self::TimedOut => CniError::new(code, "brindle node agent did not answer in time"),
+            Self::Failed(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                CniError::new(code, what).with_details(status.message().to_owned())
+            }
+            Self::Failed(status) => {
+                CniError::new(AGENT_FAILURE, "brindle node agent failed").with_details(status.to_string())
+            }
+        }
+    }
+}
+
 /// The node agent's CNI endpoint.
 pub trait Agent {
     /// ADD.
-    fn add(&self, socket: &str, request: CniInvocation) -> Result<AddResponse, CallError>;
+    fn add(&self, socket: &str, request: CniInvocation) -> Result<AddResponse, CniError>;
     /// DEL.
-    fn del(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CallError>;
+    fn del(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CniError>;
     /// CHECK.
-    fn check(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CallError>;
+    fn check(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CniError>;
     /// STATUS.
-    fn status(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CallError>;
+    fn status(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CniError>;
     /// GC.
-    fn gc(&self, socket: &str, request: GcRequest) -> Result<CniOutcome, CallError>;
+    fn gc(&self, socket: &str, request: GcRequest) -> Result<CniOutcome, CniError>;
 }
 
 /// The real agent, reached over its unix socket on a single-threaded runtime.
@@ -84,35 +117,40 @@ fn source_text(error: &dyn std::error::Error) -> String {
 }
 
 impl Agent for SocketAgent {
-    fn add(&self, socket: &str, request: CniInvocation) -> Result<AddResponse, CallError> {
+    fn add(&self, socket: &str, request: CniInvocation) -> Result<AddResponse, CniError> {
         self.call(
             socket,
             LONG_CALL_TIMEOUT,
             |mut c| async move { c.add(request).await },
         )
+        .map_err(|e| e.into_cni(TRY_AGAIN))
     }
-    fn del(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CallError> {
+    fn del(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CniError> {
         self.call(
             socket,
             LONG_CALL_TIMEOUT,
             |mut c| async move { c.del(request).await },
         )
+        .map_err(|e| e.into_cni(TRY_AGAIN))
     }
-    fn check(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CallError> {
+    fn check(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CniError> {
         self.call(socket, SHORT_CALL_TIMEOUT, |mut c| async move {
             c.check(request).await
         })
+        .map_err(|e| e.into_cni(TRY_AGAIN))
     }
-    fn status(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CallError> {
+    fn status(&self, socket: &str, request: CniInvocation) -> Result<CniOutcome, CniError> {
         self.call(socket, SHORT_CALL_TIMEOUT, |mut c| async move {
             c.status(request).await
         })
+        .map_err(|e| e.into_cni(NOT_SERVING))
     }
-    fn gc(&self, socket: &str, request: GcRequest) -> Result<CniOutcome, CallError> {
+    fn gc(&self, socket: &str, request: GcRequest) -> Result<CniOutcome, CniError> {
         self.call(
             socket,
             LONG_CALL_TIMEOUT,
             |mut c| async move { c.gc(request).await },
         )
+        .map_err(|e| e.into_cni(TRY_AGAIN))
     }
 }

@@ -9,13 +9,13 @@ pub mod env;
 pub mod error;
 pub mod result_json;
 
-use brindle_proto::agent::v1::{AttachmentRef, CniError as AgentError, CniInvocation, CniOutcome, GcRequest};
+use brindle_proto::agent::v1::{AttachmentRef, CniInvocation, CniOutcome, GcRequest};
 use serde_json::{Value, json};
 
-use agent::{Agent, CallError};
+use agent::Agent;
 use config::{LATEST_VERSION, NetConf, SUPPORTED_VERSIONS};
 use env::{Command, Invocation};
-use error::{AGENT_FAILURE, CniError, NOT_AVAILABLE, TRY_AGAIN_LATER};
+use error::CniError;
 
 /// What the process prints and exits with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl Outcome {
             LATEST_VERSION
         };
         Self {
-            stdout: error.to_json(version),
+            stdout: error::to_json(&error, version),
             exit_code: 1,
         }
     }
@@ -74,16 +74,15 @@ fn execute(env: &Invocation, stdin: &[u8], agent: &dyn Agent) -> Result<String, 
         config_json: conf.raw.clone(),
     };
     let socket = conf.agent_socket.as_str();
-    let failed = |e: CallError| call_error(command, e);
     match command {
         Command::Add => {
-            let response = agent.add(socket, invocation).map_err(failed)?;
+            let response = agent.add(socket, invocation)?;
             if let Some(error) = response.error {
-                return Err(agent_error(error));
+                return Err(error.into());
             }
             let result = response.result.ok_or_else(|| {
                 CniError::new(
-                    AGENT_FAILURE,
+                    error::AGENT_FAILURE,
                     "the node agent returned neither a result nor an error",
                 )
             })?;
@@ -93,22 +92,18 @@ fn execute(env: &Invocation, stdin: &[u8], agent: &dyn Agent) -> Result<String, 
                 conf.prev_result(),
             ))
         }
-        Command::Del => outcome(agent.del(socket, invocation).map_err(failed)?),
-        Command::Check => outcome(agent.check(socket, invocation).map_err(failed)?),
-        Command::Status => outcome(agent.status(socket, invocation).map_err(failed)?),
+        Command::Del => outcome(agent.del(socket, invocation)?),
+        Command::Check => outcome(agent.check(socket, invocation)?),
+        Command::Status => outcome(agent.status(socket, invocation)?),
         Command::Gc => {
             let valid_attachments = valid_attachments(&conf.document)?;
-            outcome(
-                agent
-                    .gc(
-                        socket,
-                        GcRequest {
-                            invocation: Some(invocation),
-                            valid_attachments,
-                        },
-                    )
-                    .map_err(failed)?,
-            )
+            outcome(agent.gc(
+                socket,
+                GcRequest {
+                    invocation: Some(invocation),
+                    valid_attachments,
+                },
+            )?)
         }
         Command::Version => Ok(String::new()),
     }
@@ -138,37 +133,7 @@ fn valid_attachments(config: &Value) -> Result<Vec<AttachmentRef>, CniError> {
 
 fn outcome(outcome: CniOutcome) -> Result<String, CniError> {
     match outcome.error {
-        Some(error) => Err(agent_error(error)),
+        Some(error) => Err(error.into()),
         None => Ok(String::new()),
-    }
-}
-
-fn agent_error(error: AgentError) -> CniError {
-    CniError::new(error.code, error.msg).with_details(error.details)
-}
-
-/// A failed call to the agent as a CNI error: STATUS says "not available", the others "try again".
-fn call_error(command: Command, error: CallError) -> CniError {
-    let (code, what) = match command {
-        Command::Status => (NOT_AVAILABLE, "brindle node agent is not available"),
-        _ => (
-            TRY_AGAIN_LATER,
-            "brindle node agent is not reachable; try again later",
-        ),
-    };
-    match error {
-        CallError::Unreachable(why) => CniError::new(code, what).with_details(why),
-        CallError::TimedOut => CniError::new(code, "brindle node agent did not answer in time"),
-        CallError::Failed(status)
-            if matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-            ) =>
-        {
-            CniError::new(code, what).with_details(status.message().to_owned())
-        }
-        CallError::Failed(status) => {
-            CniError::new(AGENT_FAILURE, "brindle node agent failed").with_details(status.to_string())
-        }
     }
 }

@@ -6,10 +6,7 @@ fn main() {
     let read = std::io::Read::read_to_end(&mut std::io::stdin(), &mut stdin);
     let outcome = match read {
         Ok(_) => brindle_cni::run(&env, &stdin, &brindle_cni::agent::SocketAgent),
-        Err(e) => brindle_cni::Outcome::error(
-            "",
-            brindle_cni::error::CniError::io(format!("reading stdin: {e}")),
-        ),
+        Err(e) => brindle_cni::Outcome::error("", brindle_cni::error::io(format!("reading stdin: {e}"))),
     };
     print!("{}", outcome.stdout);
     std::process::exit(outcome.exit_code);

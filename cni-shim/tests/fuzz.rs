@@ -4,8 +4,9 @@
 //! is usable, otherwise the spec's error JSON with a known code and a message. The agent is a fake
 //! that answers successfully; the shim is what is under test.
 
-use brindle_cni::agent::{Agent, CallError};
+use brindle_cni::agent::Agent;
 use brindle_cni::env::Invocation;
+use brindle_cni::error::CniError;
 use brindle_cni::run;
 use brindle_proto::agent::v1::{
     AddResponse, CniInterface, CniInvocation, CniIpConfig, CniOutcome, CniResult, CniRoute, GcRequest,
@@ -16,7 +17,7 @@ use serde_json::{Value, json};
 struct Succeeds;
 
 impl Agent for Succeeds {
-    fn add(&self, _: &str, request: CniInvocation) -> Result<AddResponse, CallError> {
+    fn add(&self, _: &str, request: CniInvocation) -> Result<AddResponse, CniError> {
         Ok(AddResponse {
             result: Some(CniResult {
                 interfaces: vec![CniInterface {
@@ -39,16 +40,16 @@ impl Agent for Succeeds {
             error: None,
         })
     }
-    fn del(&self, _: &str, _: CniInvocation) -> Result<CniOutcome, CallError> {
+    fn del(&self, _: &str, _: CniInvocation) -> Result<CniOutcome, CniError> {
         Ok(CniOutcome::default())
     }
-    fn check(&self, _: &str, _: CniInvocation) -> Result<CniOutcome, CallError> {
+    fn check(&self, _: &str, _: CniInvocation) -> Result<CniOutcome, CniError> {
         Ok(CniOutcome::default())
     }
-    fn status(&self, _: &str, _: CniInvocation) -> Result<CniOutcome, CallError> {
+    fn status(&self, _: &str, _: CniInvocation) -> Result<CniOutcome, CniError> {
         Ok(CniOutcome::default())
     }
-    fn gc(&self, _: &str, _: GcRequest) -> Result<CniOutcome, CallError> {
+    fn gc(&self, _: &str, _: GcRequest) -> Result<CniOutcome, CniError> {
         Ok(CniOutcome::default())
     }
 }

@@ -100,6 +100,20 @@ fn cni_behaviour_against_a_real_agent() {
         "an address outside every pool must fail: {}",
         refused.raw
     );
+    // The agent's failure reaches the runtime whole: its code, message and details.
+    assert_eq!(refused.json["code"], 101, "{}", refused.raw);
+    assert_eq!(
+        refused.json["msg"], "no address could be allocated",
+        "{}",
+        refused.raw
+    );
+    assert!(
+        refused.json["details"]
+            .as_str()
+            .is_some_and(|d| d.contains("192.0.2.9 is not in any pool")),
+        "{}",
+        refused.raw
+    );
     assert!(
         !d.netns.try_exec(&["ip", "link", "show", "eth0"]),
         "failed ADD left no interface"

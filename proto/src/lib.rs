@@ -1,9 +1,12 @@
 //! brindle's gRPC API (packages `brindle.<service>.v1`) and the encoded descriptor set for reflection.
 #![allow(missing_docs, clippy::all)]
 
+mod cni_error;
 pub mod codec;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+
+pub use cni_error::CniError;
 
 /// A field of a received message that does not convert into brindle's model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -12,81 +12,58 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use super::attachments::{Attachment, AttachmentStore, Phase, RecordError};
-use super::endpoints::{EndpointCallError, EndpointRegistry, endpoint, labels_and_ports};
-use super::ipam::{Families, IpamApi, IpamCallError, Owner};
+use super::calls::{CallError, Service};
+use super::endpoints::{EndpointRegistry, endpoint, labels_and_ports};
+use super::ipam::{Families, IpamApi, Owner};
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
 use crate::dataplane::{DataplaneError, Netlink, Sysctl};
+pub use brindle_proto::CniError;
 
 pub use brindle_proto::cni_codes::{
-    CHECK_FAILED, DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, INVALID_ENVIRONMENT, IPAM_REFUSED,
-    NOT_ATTACHED, NOT_AVAILABLE, STATE_FAILED, TRY_AGAIN_LATER,
+    AGENT_FAILURE, CHECK_FAILED, DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, INVALID_ENVIRONMENT,
+    IPAM_REFUSED, NOT_ATTACHED, NOT_AVAILABLE, STATE_FAILED, TRY_AGAIN_LATER,
 };
 
-/// A CNI error for the shim to print.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CniFailure {
-    /// CNI error code.
-    pub code: u32,
-    /// Message.
-    pub msg: String,
-    /// Details.
-    pub details: String,
-}
-
-impl CniFailure {
-    fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        Self {
-            code,
-            msg: msg.into(),
-            details: details.into(),
-        }
+impl From<CallError> for CniError {
+    fn from(error: CallError) -> Self {
+        let details = std::error::Error::source(&error)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let failure = match &error {
+            CallError::Unavailable { service, .. } => Self::new(
+                TRY_AGAIN_LATER,
+                format!("{service} is unavailable; try again later"),
+            ),
+            CallError::Refused {
+                service: Service::Ipam,
+                ..
+            } => Self::new(IPAM_REFUSED, "no address could be allocated"),
+            CallError::Refused {
+                service: Service::Policy,
+                ..
+            } => Self::new(INVALID_CONFIG, "the pod's endpoint was refused"),
+            CallError::Refused { service, .. } => Self::new(AGENT_FAILURE, format!("{service} refused")),
+        };
+        failure.with_details(details)
     }
 }
 
-impl From<IpamCallError> for CniFailure {
-    fn from(error: IpamCallError) -> Self {
-        match error {
-            IpamCallError::Unavailable(why) => {
-                Self::new(TRY_AGAIN_LATER, "ipam-svc is unavailable; try again later", why)
-            }
-            IpamCallError::Refused(why) => Self::new(IPAM_REFUSED, "no address could be allocated", why),
-        }
-    }
-}
-
-impl From<EndpointCallError> for CniFailure {
-    fn from(error: EndpointCallError) -> Self {
-        match error {
-            EndpointCallError::Unavailable(why) => {
-                Self::new(TRY_AGAIN_LATER, "policy-svc is unavailable; try again later", why)
-            }
-            EndpointCallError::Refused(why) => {
-                Self::new(INVALID_CONFIG, "the pod's endpoint was refused", why)
-            }
-        }
-    }
-}
-
-impl From<RecordError> for CniFailure {
+impl From<RecordError> for CniError {
     fn from(error: RecordError) -> Self {
-        Self::new(
-            STATE_FAILED,
-            "the agent's attachment records failed",
-            error.to_string(),
-        )
+        Self::new(STATE_FAILED, "the agent's attachment records failed").with_details(error.to_string())
     }
 }
 
-impl From<DataplaneError> for CniFailure {
+impl From<DataplaneError> for CniError {
     fn from(error: DataplaneError) -> Self {
-        Self::new(DATAPLANE_FAILED, "a kernel operation failed", error.to_string())
+        Self::new(DATAPLANE_FAILED, "a kernel operation failed").with_details(error.to_string())
     }
 }
 
-impl From<WiringError> for CniFailure {
+impl From<WiringError> for CniError {
     fn from(error: WiringError) -> Self {
         match error {
-            WiringError::InterfaceExists { .. } => Self::new(INTERFACE_EXISTS, error.to_string(), ""),
+            WiringError::InterfaceExists { .. } => Self::new(INTERFACE_EXISTS, error.to_string()),
             WiringError::Kernel(kernel) => kernel.into(),
         }
     }
@@ -132,14 +109,14 @@ fn workload_handle(key: &AttachmentKey) -> WorkloadHandle {
 
 /// Checks that the request's network name, container id and interface name follow CNI's rules
 /// (what keeps handle ids and host interface names unambiguous).
-pub fn validate_key(key: &AttachmentKey) -> Result<(), CniFailure> {
+pub fn validate_key(key: &AttachmentKey) -> Result<(), CniError> {
     workload_handle(key).validate().map_err(|error| {
         let code = if error.field == "network name" {
             INVALID_CONFIG
         } else {
             INVALID_ENVIRONMENT
         };
-        CniFailure::new(code, error.to_string(), "")
+        CniError::new(code, error.to_string())
     })
 }
 
@@ -323,15 +300,14 @@ pub struct CniOps {
 
 /// The families the configuration asks for: `ipam.assign_ipv4` (default true) and
 /// `ipam.assign_ipv6` (default false), booleans or "true"/"false" as Calico writes them.
-fn families(request: &CniRequest) -> Result<Families, CniFailure> {
+fn families(request: &CniRequest) -> Result<Families, CniError> {
     let flag = |name: &str, default: bool| match request.config.pointer(&format!("/ipam/{name}")) {
         None => Ok(default),
         Some(Value::Bool(value)) => Ok(*value),
         Some(Value::String(text)) if text == "true" || text == "false" => Ok(text == "true"),
-        Some(other) => Err(CniFailure::new(
+        Some(other) => Err(CniError::new(
             INVALID_CONFIG,
             format!("ipam.{name} is {other}: expected true or false"),
-            "",
         )),
     };
     let families = Families {
@@ -339,16 +315,15 @@ fn families(request: &CniRequest) -> Result<Families, CniFailure> {
         ipv6: flag("assign_ipv6", false)?,
     };
     if !families.ipv4 && !families.ipv6 {
-        return Err(CniFailure::new(
+        return Err(CniError::new(
             INVALID_CONFIG,
             "ipam.assign_ipv4 and ipam.assign_ipv6 are both false: the pod would get no address",
-            "",
         ));
     }
     Ok(families)
 }
 
-fn requested_ips(request: &CniRequest) -> Result<Vec<IpAddr>, CniFailure> {
+fn requested_ips(request: &CniRequest) -> Result<Vec<IpAddr>, CniError> {
     let mut texts: Vec<String> = Vec::new();
     for pointer in ["/runtimeConfig/ips", "/args/cni/ips"] {
         if let Some(list) = request.config.pointer(pointer).and_then(Value::as_array) {
@@ -363,17 +338,16 @@ fn requested_ips(request: &CniRequest) -> Result<Vec<IpAddr>, CniFailure> {
         .map(|text| {
             let address = text.split('/').next().unwrap_or_default().trim();
             address.parse().map_err(|_| {
-                CniFailure::new(
+                CniError::new(
                     INVALID_CONFIG,
                     format!("requested IP {text:?} is not an IP address"),
-                    "",
                 )
             })
         })
         .collect()
 }
 
-fn mtu(request: &CniRequest) -> Result<u32, CniFailure> {
+fn mtu(request: &CniRequest) -> Result<u32, CniError> {
     match request.config.get("mtu") {
         None => Ok(1500),
         Some(value) => value
@@ -381,10 +355,9 @@ fn mtu(request: &CniRequest) -> Result<u32, CniFailure> {
             .and_then(|m| u32::try_from(m).ok())
             .filter(|m| (576..=65535).contains(m))
             .ok_or_else(|| {
-                CniFailure::new(
+                CniError::new(
                     INVALID_CONFIG,
                     format!("mtu {value} is not between 576 and 65535"),
-                    "",
                 )
             }),
     }
@@ -433,24 +406,24 @@ impl CniOps {
     }
 
     /// ADD: allocate, wire, record. A failure undoes everything it did.
-    pub async fn add(&self, request: &CniRequest) -> Result<Added, CniFailure> {
+    pub async fn add(&self, request: &CniRequest) -> Result<Added, CniError> {
         let _serialised = self.locks.lock(&request.key.container_id).await;
         let _running = self.links.add_running();
         let mtu = mtu(request)?;
         let requested = requested_ips(request)?;
         let families = families(request)?;
         let (labels, ports) =
-            labels_and_ports(&request.config).map_err(|why| CniFailure::new(INVALID_CONFIG, why, ""))?;
+            labels_and_ports(&request.config).map_err(|why| CniError::new(INVALID_CONFIG, why))?;
         if let Some(existing) = self.records.load(&request.key)? {
             if existing.phase == Phase::Ready {
-                return Err(CniFailure::new(
+                return Err(CniError::new(
                     INTERFACE_EXISTS,
                     format!(
                         "{} is already attached to container {}",
                         request.key.ifname, request.key.container_id
                     ),
-                    "DEL it first",
-                ));
+                )
+                .with_details("DEL it first"));
             }
             self.undo(&existing, Removal::Now).await?;
         }
@@ -501,7 +474,7 @@ impl CniOps {
         requested: &[IpAddr],
         families: Families,
         mtu: u32,
-    ) -> Result<Wired, CniFailure> {
+    ) -> Result<Wired, CniError> {
         let ipv6 = if requested.is_empty() {
             families.ipv6
         } else {
@@ -558,7 +531,7 @@ impl CniOps {
     }
 
     /// Registers the attachment's workload endpoint (when the node enforces policy).
-    async fn register(&self, attachment: &Attachment) -> Result<(), CniFailure> {
+    async fn register(&self, attachment: &Attachment) -> Result<(), CniError> {
         match &self.endpoints {
             Some(registry) => Ok(registry.register(&endpoint(&self.node, attachment)).await?),
             None => Ok(()),
@@ -569,7 +542,7 @@ impl CniOps {
     /// addresses, forgets the record. The endpoint of a ready attachment must be gone before
     /// anything else is (its address must leave every policy's sets before it can be reused); an
     /// interrupted ADD's is removed on a best-effort basis (the start-up sweep catches the rest).
-    async fn undo(&self, attachment: &Attachment, removal: Removal) -> Result<(), CniFailure> {
+    async fn undo(&self, attachment: &Attachment, removal: Removal) -> Result<(), CniError> {
         if let Some(registry) = &self.endpoints {
             let key = endpoint(&self.node, attachment).key;
             match registry.remove(&key).await {
@@ -594,7 +567,7 @@ impl CniOps {
 
     /// DEL: idempotent and best effort — a missing netns, link or record is fine; the addresses
     /// are released (if IPAM is unreachable the record stays so a retry or GC frees them).
-    pub async fn del(&self, request: &CniRequest) -> Result<(), CniFailure> {
+    pub async fn del(&self, request: &CniRequest) -> Result<(), CniError> {
         let _serialised = self.locks.lock(&request.key.container_id).await;
         let attachment = self.records.load(&request.key)?.unwrap_or_else(|| Attachment {
             key: request.key.clone(),
@@ -615,20 +588,19 @@ impl CniOps {
 
     /// CHECK: the pod interface, its addresses and routes, the host veth and route, and that IPAM
     /// still holds the handle; the error names what is missing.
-    pub async fn check(&self, request: &CniRequest) -> Result<(), CniFailure> {
+    pub async fn check(&self, request: &CniRequest) -> Result<(), CniError> {
         let _serialised = self.locks.lock(&request.key.container_id).await;
         let attachment = self
             .records
             .load(&request.key)?
             .filter(|a| a.phase == Phase::Ready)
             .ok_or_else(|| {
-                CniFailure::new(
+                CniError::new(
                     NOT_ATTACHED,
                     format!(
                         "no attachment {} of container {}",
                         request.key.ifname, request.key.container_id
                     ),
-                    "",
                 )
             })?;
         let mut problems = self.wiring().check(&workload(&attachment, mtu(request)?)).await?;
@@ -638,32 +610,29 @@ impl CniOps {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(CniFailure::new(CHECK_FAILED, problems.join("; "), ""))
+            Err(CniError::new(CHECK_FAILED, problems.join("; ")))
         }
     }
 
     /// STATUS: can this node serve an ADD now?
-    pub async fn status(&self) -> Result<(), CniFailure> {
+    pub async fn status(&self) -> Result<(), CniError> {
         match self.ipam.has_free_addresses().await {
             Ok(true) => Ok(()),
-            Ok(false) => Err(CniFailure::new(
+            Ok(false) => Err(CniError::new(
                 NOT_AVAILABLE,
                 "no enabled IP pool has a free address",
-                "",
             )),
-            Err(error) => Err(CniFailure::new(
-                NOT_AVAILABLE,
-                "ipam-svc is not reachable",
-                error.to_string(),
-            )),
+            Err(error) => {
+                Err(CniError::new(NOT_AVAILABLE, "ipam-svc is not reachable").with_details(error.to_string()))
+            }
         }
     }
 
     /// GC: frees every attachment of `network` not in `valid` (container id, ifname), IPAM handles
     /// of the network on this node that no valid attachment uses, and brindle links with no record.
-    pub async fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<(), CniFailure> {
+    pub async fn gc(&self, network: &str, valid: &[(String, String)]) -> Result<(), CniError> {
         ipam_api::handles::validate_network(network)
-            .map_err(|error| CniFailure::new(INVALID_CONFIG, error.to_string(), ""))?;
+            .map_err(|error| CniError::new(INVALID_CONFIG, error.to_string()))?;
         let valid: HashSet<AttachmentKey> = valid
             .iter()
             .map(|(container_id, ifname)| AttachmentKey {
@@ -695,7 +664,7 @@ impl CniOps {
 
     /// Registers the endpoint of every ready attachment and removes this node's endpoints that
     /// no attachment owns (after a crash between registering and recording, or a lost datastore).
-    async fn sync_endpoints(&self) -> Result<(), CniFailure> {
+    async fn sync_endpoints(&self) -> Result<(), CniError> {
         let Some(registry) = &self.endpoints else {
             return Ok(());
         };
@@ -710,8 +679,8 @@ impl CniOps {
             // not stop the others' registration nor the removal of stale ones.
             match registry.register(&endpoint(&self.node, attachment)).await {
                 Ok(()) => {}
-                Err(EndpointCallError::Refused(why)) => {
-                    tracing::warn!(key = ?attachment.key, %why, "policy-svc refused an attachment's endpoint");
+                Err(refused) if refused.is_refused() => {
+                    tracing::warn!(key = ?attachment.key, error = %refused, "policy-svc refused an attachment's endpoint");
                 }
                 Err(unavailable) => return Err(unavailable.into()),
             }
@@ -732,7 +701,7 @@ impl CniOps {
 
     /// Deletes `brd*` host links that no record owns (the links of records moved aside are kept
     /// until their DEL: their pods may be running).
-    async fn sweep_links(&self) -> Result<(), CniFailure> {
+    async fn sweep_links(&self) -> Result<(), CniError> {
         let mut owned: HashSet<String> = self.records.list()?.into_iter().map(|a| a.host_ifname).collect();
         owned.extend(self.records.quarantined_interfaces()?);
         for link in self.netlink.links().await? {
@@ -750,7 +719,7 @@ impl CniOps {
     /// Start-up reconciliation: ADDs interrupted by a crash are undone, this node's IPAM handles
     /// that no record owns are released, and links no record owns are removed. Nothing is touched
     /// that brindle does not own.
-    pub async fn reconcile(&self) -> Result<(), CniFailure> {
+    pub async fn reconcile(&self) -> Result<(), CniError> {
         let (interrupted, ready): (Vec<_>, Vec<_>) = self
             .records
             .list()?

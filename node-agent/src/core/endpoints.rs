@@ -8,30 +8,20 @@ use policy_api::model::{Endpoint, EndpointKey, NamedPort, Protocol};
 use serde_json::Value;
 
 use super::attachments::Attachment;
+use super::calls::CallError;
 
 /// Namespace of a pod started without `K8S_POD_NAMESPACE` (e.g. by `ctr run --cni`).
 pub const DEFAULT_NAMESPACE: &str = "default";
-
-/// Why an endpoint call failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum EndpointCallError {
-    /// policy-svc cannot be reached; retrying later may work.
-    #[error("policy-svc unavailable: {0}")]
-    Unavailable(String),
-    /// policy-svc refused the endpoint (bad labels, ports or names).
-    #[error("policy-svc refused the endpoint: {0}")]
-    Refused(String),
-}
 
 /// The endpoint calls of CNI operations.
 #[async_trait::async_trait]
 pub trait EndpointRegistry: Send + Sync {
     /// Creates or replaces an endpoint.
-    async fn register(&self, endpoint: &Endpoint) -> Result<(), EndpointCallError>;
+    async fn register(&self, endpoint: &Endpoint) -> Result<(), CallError>;
     /// Removes an endpoint (succeeds when it is not there).
-    async fn remove(&self, key: &EndpointKey) -> Result<(), EndpointCallError>;
+    async fn remove(&self, key: &EndpointKey) -> Result<(), CallError>;
     /// Interfaces of every endpoint registered for `node`.
-    async fn interfaces(&self, node: &str) -> Result<Vec<String>, EndpointCallError>;
+    async fn interfaces(&self, node: &str) -> Result<Vec<String>, CallError>;
 }
 
 /// Pod labels from the network configuration's `args.cni.labels` (`[{key, value}]`, the CNI

@@ -5,16 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-/// Why an IPAM call failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum IpamCallError {
-    /// ipam-svc cannot be reached or is overloaded; retrying later may work.
-    #[error("ipam-svc unavailable: {0}")]
-    Unavailable(String),
-    /// ipam-svc refused the request (exhausted pool, taken address, bad input).
-    #[error("ipam-svc refused: {0}")]
-    Refused(String),
-}
+use super::calls::CallError;
 
 /// Who the addresses are for.
 #[derive(Debug, Clone, Default)]
@@ -71,7 +62,7 @@ pub trait IpamApi: Send + Sync {
         owner: &Owner,
         requested: &[IpAddr],
         families: Families,
-    ) -> Result<Vec<Lease>, IpamCallError>;
+    ) -> Result<Vec<Lease>, CallError>;
     /// Allocates (idempotently per handle) one tunnel-endpoint address for `node` from one of
     /// `pools` (IPv6 when `ipv6`, else IPv4).
     async fn assign_tunnel_address(
@@ -80,13 +71,13 @@ pub trait IpamApi: Send + Sync {
         node: &str,
         pools: &[String],
         ipv6: bool,
-    ) -> Result<Lease, IpamCallError>;
+    ) -> Result<Lease, CallError>;
     /// Releases a handle's addresses (unknown handle: nothing to do).
-    async fn release(&self, handle_id: &str) -> Result<(), IpamCallError>;
+    async fn release(&self, handle_id: &str) -> Result<(), CallError>;
     /// Whether the handle still holds addresses.
-    async fn holds(&self, handle_id: &str) -> Result<bool, IpamCallError>;
+    async fn holds(&self, handle_id: &str) -> Result<bool, CallError>;
     /// Whether some enabled pool has a free address.
-    async fn has_free_addresses(&self) -> Result<bool, IpamCallError>;
+    async fn has_free_addresses(&self) -> Result<bool, CallError>;
     /// Releases the node's pod handles of CNI network `network` (of every network when `None`)
     /// that are not in `valid`; returns the addresses released.
     async fn collect_garbage(
@@ -94,5 +85,5 @@ pub trait IpamApi: Send + Sync {
         node: &str,
         valid: &[String],
         network: Option<&str>,
-    ) -> Result<u64, IpamCallError>;
+    ) -> Result<u64, CallError>;
 }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use ipam_api::handles::TunnelKind;
 use route_api::{Encapsulation, RouteItem};
 
-use crate::core::ipam::{IpamApi, IpamCallError};
+use crate::core::calls::CallError;
+use crate::core::ipam::IpamApi;
 use crate::core::reconcile::{SetWriter, reconcile_set};
 use crate::dataplane::{DataplaneError, Mac, Netlink, Vtep, VxlanDevice};
 
@@ -79,7 +80,7 @@ pub enum TunnelError {
         handle: String,
         /// Why.
         #[source]
-        source: IpamCallError,
+        source: CallError,
     },
     /// The kernel refused.
     #[error(transparent)]

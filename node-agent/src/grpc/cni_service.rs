@@ -11,7 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::core::cni::{Added, CniFailure, CniOps, CniRequest, INVALID_CONFIG, validate_key};
+use crate::core::cni::{Added, CniError, CniOps, CniRequest, INVALID_CONFIG, validate_key};
 use crate::core::wiring::{AttachmentKey, GATEWAY_V4, GATEWAY_V6, HOST_MAC};
 
 /// Fully qualified name of the service, for health and reflection.
@@ -53,10 +53,10 @@ impl CniService {
         &self,
         command: &str,
         started: Instant,
-        done: Result<(), CniFailure>,
+        done: Result<(), CniError>,
     ) -> Response<pb::CniOutcome> {
         let outcome = pb::CniOutcome {
-            error: done.err().map(error),
+            error: done.err().map(Into::into),
         };
         self.record(command, started, outcome.error.as_ref());
         Response::new(outcome)
@@ -110,16 +110,8 @@ fn mac_text(mac: [u8; 6]) -> String {
         .join(":")
 }
 
-fn error(failure: CniFailure) -> pb::CniError {
-    pb::CniError {
-        code: failure.code,
-        msg: failure.msg,
-        details: failure.details,
-    }
-}
-
-fn request(invocation: &pb::CniInvocation) -> Result<CniRequest, CniFailure> {
-    let config = serde_json::from_slice(&invocation.config_json).map_err(|e| CniFailure {
+fn request(invocation: &pb::CniInvocation) -> Result<CniRequest, CniError> {
+    let config = serde_json::from_slice(&invocation.config_json).map_err(|e| CniError {
         code: INVALID_CONFIG,
         msg: "network configuration is not valid JSON".into(),
         details: e.to_string(),
@@ -215,7 +207,7 @@ impl pb::cni_server::Cni for CniService {
         let response = match request(&invocation) {
             Err(failure) => pb::AddResponse {
                 result: None,
-                error: Some(error(failure)),
+                error: Some(failure.into()),
             },
             Ok(request) => match self.ops.add(&request).await {
                 Ok(added) => pb::AddResponse {
@@ -224,7 +216,7 @@ impl pb::cni_server::Cni for CniService {
                 },
                 Err(failure) => pb::AddResponse {
                     result: None,
-                    error: Some(error(failure)),
+                    error: Some(failure.into()),
                 },
             },
         };

@@ -7,7 +7,8 @@ use brindle_proto::ipam::v1 as pb;
 use pb::ipam_client::IpamClient;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::core::ipam::{Families, IpamApi, IpamCallError, Lease, Owner};
+use crate::core::calls::{CallError, Service};
+use crate::core::ipam::{Families, IpamApi, Lease, Owner};
 
 /// ipam-svc (or `brindle server`) at an address.
 #[derive(Clone)]
@@ -24,18 +25,17 @@ impl GrpcIpam {
     }
 }
 
-fn call_error(status: tonic::Status) -> IpamCallError {
-    use tonic::Code;
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::Unknown => {
-            IpamCallError::Unavailable(status.message().to_owned())
-        }
-        _ => IpamCallError::Refused(status.message().to_owned()),
-    }
+fn call_error(status: tonic::Status) -> CallError {
+    super::call_error::call_error(Service::Ipam, status)
 }
 
-fn lease(allocation: &pb::Allocation) -> Result<Lease, IpamCallError> {
-    let bad = |what: &str| IpamCallError::Refused(format!("ipam-svc returned a malformed {what}"));
+/// An answer of ipam-svc the agent cannot use.
+fn malformed(what: &str) -> CallError {
+    CallError::unavailable(Service::Ipam, format!("ipam-svc returned {what}"))
+}
+
+fn lease(allocation: &pb::Allocation) -> Result<Lease, CallError> {
+    let bad = |what: &str| malformed(&format!("a malformed {what}"));
     Ok(Lease {
         ip: allocation.ip.parse().map_err(|_| bad("address"))?,
         block: allocation.block.parse().map_err(|_| bad("block"))?,
@@ -52,7 +52,7 @@ impl IpamApi for GrpcIpam {
         owner: &Owner,
         requested: &[IpAddr],
         families: Families,
-    ) -> Result<Vec<Lease>, IpamCallError> {
+    ) -> Result<Vec<Lease>, CallError> {
         let attributes = pb::HandleAttributes {
             namespace: owner.namespace.clone(),
             pod: owner.pod.clone(),
@@ -88,9 +88,7 @@ impl IpamApi for GrpcIpam {
                 ..Default::default()
             };
             let response = client.assign_ip(request).await.map_err(call_error)?.into_inner();
-            let allocation = response
-                .allocation
-                .ok_or_else(|| IpamCallError::Refused("ipam-svc returned no allocation".into()))?;
+            let allocation = response.allocation.ok_or_else(|| malformed("no allocation"))?;
             leases.push(lease(&allocation)?);
         }
         Ok(leases)
@@ -102,7 +100,7 @@ impl IpamApi for GrpcIpam {
         node: &str,
         pools: &[String],
         ipv6: bool,
-    ) -> Result<Lease, IpamCallError> {
+    ) -> Result<Lease, CallError> {
         let (ipv4_pools, ipv6_pools) = if ipv6 {
             (Vec::new(), pools.to_vec())
         } else {
@@ -131,11 +129,11 @@ impl IpamApi for GrpcIpam {
         let allocation = response
             .allocations
             .first()
-            .ok_or_else(|| IpamCallError::Refused("ipam-svc returned no tunnel address".into()))?;
+            .ok_or_else(|| malformed("no tunnel address"))?;
         lease(allocation)
     }
 
-    async fn release(&self, handle_id: &str) -> Result<(), IpamCallError> {
+    async fn release(&self, handle_id: &str) -> Result<(), CallError> {
         let request = pb::ReleaseByHandleRequest {
             handle_id: handle_id.to_owned(),
         };
@@ -147,7 +145,7 @@ impl IpamApi for GrpcIpam {
         Ok(())
     }
 
-    async fn holds(&self, handle_id: &str) -> Result<bool, IpamCallError> {
+    async fn holds(&self, handle_id: &str) -> Result<bool, CallError> {
         let request = pb::GetHandleRequest {
             handle_id: handle_id.to_owned(),
         };
@@ -158,7 +156,7 @@ impl IpamApi for GrpcIpam {
         }
     }
 
-    async fn has_free_addresses(&self) -> Result<bool, IpamCallError> {
+    async fn has_free_addresses(&self) -> Result<bool, CallError> {
         let mut client = self.client.clone();
         let pools = client
             .list_pools(pb::ListPoolsRequest {})
@@ -182,7 +180,7 @@ impl IpamApi for GrpcIpam {
         node: &str,
         valid: &[String],
         network: Option<&str>,
-    ) -> Result<u64, IpamCallError> {
+    ) -> Result<u64, CallError> {
         let request = pb::GarbageCollectRequest {
             node: node.to_owned(),
             valid_handle_ids: valid.to_vec(),

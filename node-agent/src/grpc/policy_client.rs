@@ -17,7 +17,8 @@ use policy_api::model::{Endpoint, EndpointKey};
 use policy_api::view::ViewEntry;
 use tonic::transport::Channel;
 
-use crate::core::endpoints::{EndpointCallError, EndpointRegistry};
+use crate::core::calls::{CallError, Service};
+use crate::core::endpoints::EndpointRegistry;
 use crate::core::policy::{Family, PolicyApplier, Renderer};
 use crate::dataplane::{Ipsets, Iptables};
 use crate::grpc::sync_client::{Outgoing, ResyncClock, SyncMetrics, SyncService, SyncTarget, follow};
@@ -68,19 +69,13 @@ impl GrpcPolicy {
     }
 }
 
-fn call_error(status: tonic::Status) -> EndpointCallError {
-    use tonic::Code;
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::Unknown => {
-            EndpointCallError::Unavailable(status.to_string())
-        }
-        _ => EndpointCallError::Refused(status.message().to_owned()),
-    }
+fn call_error(status: tonic::Status) -> CallError {
+    super::call_error::call_error(Service::Policy, status)
 }
 
 #[async_trait::async_trait]
 impl EndpointRegistry for GrpcPolicy {
-    async fn register(&self, endpoint: &Endpoint) -> Result<(), EndpointCallError> {
+    async fn register(&self, endpoint: &Endpoint) -> Result<(), CallError> {
         let request = pb::RegisterEndpointRequest {
             endpoint: Some(convert::endpoint_to_proto(endpoint, 0)),
         };
@@ -92,7 +87,7 @@ impl EndpointRegistry for GrpcPolicy {
             .map_err(call_error)
     }
 
-    async fn remove(&self, key: &EndpointKey) -> Result<(), EndpointCallError> {
+    async fn remove(&self, key: &EndpointKey) -> Result<(), CallError> {
         let request = pb::DeleteEndpointRequest {
             node: key.node.clone(),
             interface: key.interface.clone(),
@@ -105,7 +100,7 @@ impl EndpointRegistry for GrpcPolicy {
             .map_err(call_error)
     }
 
-    async fn interfaces(&self, node: &str) -> Result<Vec<String>, EndpointCallError> {
+    async fn interfaces(&self, node: &str) -> Result<Vec<String>, CallError> {
         let request = pb::ListEndpointsRequest {
             node: node.to_owned(),
         };

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use node_agent::core::endpoints::{EndpointCallError, EndpointRegistry};
+use node_agent::core::calls::{CallError, Service};
+use node_agent::core::endpoints::EndpointRegistry;
 use policy_svc::core::PolicyError;
 use policy_svc::core::model::{Endpoint, EndpointKey};
 use policy_svc::core::objects::Objects;
@@ -18,25 +19,28 @@ pub struct InProcessEndpoints {
 }
 
 impl InProcessEndpoints {
-    fn reachable(&self) -> Result<(), EndpointCallError> {
+    fn reachable(&self) -> Result<(), CallError> {
         if self.down.load(Ordering::SeqCst) {
-            Err(EndpointCallError::Unavailable("policy-svc is down (test)".into()))
+            Err(CallError::unavailable(
+                Service::Policy,
+                "policy-svc is down (test)",
+            ))
         } else {
             Ok(())
         }
     }
 }
 
-fn call_error(error: PolicyError) -> EndpointCallError {
+fn call_error(error: PolicyError) -> CallError {
     match error {
-        PolicyError::Invalid { .. } => EndpointCallError::Refused(error.to_string()),
-        other => EndpointCallError::Unavailable(other.to_string()),
+        PolicyError::Invalid { .. } => CallError::refused(Service::Policy, error),
+        other => CallError::unavailable(Service::Policy, other),
     }
 }
 
 #[async_trait::async_trait]
 impl EndpointRegistry for InProcessEndpoints {
-    async fn register(&self, endpoint: &Endpoint) -> Result<(), EndpointCallError> {
+    async fn register(&self, endpoint: &Endpoint) -> Result<(), CallError> {
         self.reachable()?;
         self.objects
             .register_endpoint(endpoint)
@@ -45,12 +49,12 @@ impl EndpointRegistry for InProcessEndpoints {
             .map_err(call_error)
     }
 
-    async fn remove(&self, key: &EndpointKey) -> Result<(), EndpointCallError> {
+    async fn remove(&self, key: &EndpointKey) -> Result<(), CallError> {
         self.reachable()?;
         self.objects.delete_endpoint(key).await.map_err(call_error)
     }
 
-    async fn interfaces(&self, node: &str) -> Result<Vec<String>, EndpointCallError> {
+    async fn interfaces(&self, node: &str) -> Result<Vec<String>, CallError> {
         self.reachable()?;
         let listed = self
             .objects

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use ipam_svc::core::model::{AllowedUse, HandleAttributes};
 use ipam_svc::core::{Allocated, AssignRequest, Ipam, IpamError, ShowOptions};
-use node_agent::core::ipam::{Families, IpamApi, IpamCallError, Lease, Owner};
+use node_agent::core::calls::{CallError, Service};
+use node_agent::core::ipam::{Families, IpamApi, Lease, Owner};
 
 /// [`IpamApi`] on the IPAM engine itself, no gRPC in between.
 pub struct InProcessIpam(pub Arc<Ipam>);
@@ -21,8 +22,8 @@ fn lease(allocation: &Allocated) -> Lease {
     }
 }
 
-fn refused(error: IpamError) -> IpamCallError {
-    IpamCallError::Refused(error.to_string())
+fn refused(error: IpamError) -> CallError {
+    CallError::refused(Service::Ipam, error)
 }
 
 #[async_trait::async_trait]
@@ -34,7 +35,7 @@ impl IpamApi for InProcessIpam {
         owner: &Owner,
         requested: &[IpAddr],
         families: Families,
-    ) -> Result<Vec<Lease>, IpamCallError> {
+    ) -> Result<Vec<Lease>, CallError> {
         assert!(requested.is_empty(), "not used here");
         let request = AssignRequest {
             handle_id: handle_id.into(),
@@ -58,7 +59,7 @@ impl IpamApi for InProcessIpam {
         node: &str,
         pools: &[String],
         ipv6: bool,
-    ) -> Result<Lease, IpamCallError> {
+    ) -> Result<Lease, CallError> {
         let (ipv4_pools, ipv6_pools) = if ipv6 {
             (Vec::new(), pools.to_vec())
         } else {
@@ -77,13 +78,13 @@ impl IpamApi for InProcessIpam {
         let result = self.0.auto_assign(request).await.map_err(refused)?;
         Ok(lease(result.allocations.first().expect("one address")))
     }
-    async fn release(&self, handle_id: &str) -> Result<(), IpamCallError> {
+    async fn release(&self, handle_id: &str) -> Result<(), CallError> {
         self.0.release_handle(handle_id).await.map(drop).map_err(refused)
     }
-    async fn holds(&self, handle_id: &str) -> Result<bool, IpamCallError> {
+    async fn holds(&self, handle_id: &str) -> Result<bool, CallError> {
         Ok(self.0.handle(handle_id).await.is_ok())
     }
-    async fn has_free_addresses(&self) -> Result<bool, IpamCallError> {
+    async fn has_free_addresses(&self) -> Result<bool, CallError> {
         let show = self.0.show(&ShowOptions::default()).await.map_err(refused)?;
         Ok(show.pools.iter().any(|p| p.free > 0))
     }
@@ -92,7 +93,7 @@ impl IpamApi for InProcessIpam {
         node: &str,
         valid: &[String],
         network: Option<&str>,
-    ) -> Result<u64, IpamCallError> {
+    ) -> Result<u64, CallError> {
         let valid: HashSet<String> = valid.iter().cloned().collect();
         let result = self
             .0
