@@ -132,7 +132,7 @@ async fn made_up_node_names_leave_nothing_behind() {
         ipip_mode: Default::default(),
         nat_outgoing: false,
         disabled: true,
-        node_selector: String::new(),
+        node_selector: Default::default(),
         allowed_uses: vec![ipam_svc::core::model::AllowedUse::Workload],
     };
     ipam.create_pool(pool).await.expect("pool");

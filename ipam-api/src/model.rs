@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 
+use brindle_selector::Selector;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -29,6 +30,55 @@ pub enum AllowedUse {
     Tunnel,
 }
 
+/// A pool's selector over node labels, parsed when the pool is written (and when its record is
+/// read back), so an unparsable one is refused then and never silently matches nothing later.
+/// Kept as written; empty selects every node.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeSelector {
+    text: String,
+    parsed: Option<Selector>,
+}
+
+impl NodeSelector {
+    /// Parses `text` (empty: every node).
+    pub fn parse(text: &str) -> Result<Self, brindle_selector::ParseError> {
+        let parsed = if text.trim().is_empty() {
+            None
+        } else {
+            Some(Selector::parse(text)?)
+        };
+        Ok(Self {
+            text: text.to_owned(),
+            parsed,
+        })
+    }
+
+    /// The selector as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether a node with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.parsed
+            .as_ref()
+            .is_none_or(|selector| selector.matches(labels))
+    }
+}
+
+impl Serialize for NodeSelector {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeSelector {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// An IP pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pool {
@@ -46,8 +96,8 @@ pub struct Pool {
     pub nat_outgoing: bool,
     /// No new blocks or addresses from this pool.
     pub disabled: bool,
-    /// Selector over node labels; empty means every node.
-    pub node_selector: String,
+    /// Which nodes may use the pool.
+    pub node_selector: NodeSelector,
     /// Permitted uses.
     pub allowed_uses: Vec<AllowedUse>,
 }

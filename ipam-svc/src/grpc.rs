@@ -12,7 +12,9 @@ use brindle_proto::ipam::v1 as pb;
 use ipnet::IpNet;
 use tonic::{Request, Response, Status};
 
-use crate::core::model::{AllowedUse, EncapMode, HandleAttributes, IpamConfig, Pool, Reservation};
+use crate::core::model::{
+    AllowedUse, EncapMode, HandleAttributes, IpamConfig, NodeSelector, Pool, Reservation,
+};
 use crate::core::validate::{self, DEFAULT_IPV4_BLOCK_SIZE, DEFAULT_IPV6_BLOCK_SIZE};
 use crate::core::{Allocated, AssignIpRequest, AssignRequest, Ipam, IpamError, ProblemKind, ShowOptions};
 
@@ -160,7 +162,8 @@ fn pool_from(pool: Option<pb::IpPool>) -> Result<Pool, IpamError> {
         ipip_mode: encap_from(pool.ipip_mode, "pool.ipip_mode")?,
         nat_outgoing: pool.nat_outgoing,
         disabled: pool.disabled,
-        node_selector: pool.node_selector,
+        node_selector: NodeSelector::parse(&pool.node_selector)
+            .map_err(|e| IpamError::invalid("pool.node_selector", e.to_string()))?,
         allowed_uses,
     })
 }
@@ -174,7 +177,7 @@ fn pool_to(pool: Pool, revision: u64) -> pb::IpPool {
         ipip_mode: encap_to(pool.ipip_mode),
         nat_outgoing: pool.nat_outgoing,
         disabled: pool.disabled,
-        node_selector: pool.node_selector,
+        node_selector: pool.node_selector.as_str().to_owned(),
         allowed_uses: pool.allowed_uses.into_iter().map(use_to).collect(),
         revision,
     }

@@ -186,6 +186,19 @@ async fn bad_input_gets_the_right_status_naming_the_field() {
             Code::AlreadyExists,
             "small",
         ),
+        (
+            "unparsable node selector",
+            pb::CreatePoolRequest {
+                pool: Some(pb::IpPool {
+                    name: "zoned".into(),
+                    cidr: "10.4.0.0/16".into(),
+                    node_selector: "zone ==".into(),
+                    ..Default::default()
+                }),
+            },
+            Code::InvalidArgument,
+            "pool.node_selector",
+        ),
     ];
     for (case, request, code, text) in pool_cases {
         let status = client.create_pool(request).await.expect_err(case);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::{Store, Txn};
-use ipam_svc::core::model::{AllowedUse, IpamConfig, Reservation};
+use ipam_svc::core::model::{AllowedUse, IpamConfig, NodeSelector, Reservation};
 use ipam_svc::core::{AssignIpRequest, IpamError, ProblemKind, ShowOptions, keys};
 use support::{TestClock, assert_clean, ipam_with_clock, pool, request};
 
@@ -724,7 +724,7 @@ async fn pool_deletion_is_refused_while_in_use_unless_forced(store: Arc<dyn Stor
 async fn pool_eligibility_honours_selectors_uses_and_disabled(store: Arc<dyn Store>) {
     let ipam = ipam_with_clock(&store, &TestClock::new());
     let mut zoned = pool("zoned", "10.110.0.0/24", 26);
-    zoned.node_selector = "zone == 'a'".into();
+    zoned.node_selector = NodeSelector::parse("zone == 'a'").expect("selector");
     ipam.create_pool(zoned).await.expect("pool");
     let mut tunnels = pool("tunnels", "10.111.0.0/24", 26);
     tunnels.allowed_uses = vec![AllowedUse::Tunnel];
@@ -797,7 +797,7 @@ async fn pool_eligibility_honours_selectors_uses_and_disabled(store: Arc<dyn Sto
     .await
     .expect("a tunnel address from the tunnel pool");
     let mut zoned = pool("zoned", "10.110.0.0/24", 26);
-    zoned.node_selector = "zone == 'a'".into();
+    zoned.node_selector = NodeSelector::parse("zone == 'a'").expect("selector");
     zoned.disabled = true;
     ipam.update_pool(zoned).await.expect("disable");
     refused(

@@ -10,7 +10,7 @@ use brindle_datastore::EmbeddedStore;
 use ipam_svc::core::model::{AllowedUse, HandleAttributes};
 use ipam_svc::core::{AssignRequest, Ipam, IpamError};
 use node_agent::core::attachments::{Attachment, AttachmentStore, Phase};
-use node_agent::core::cni::{CniOps, CniRequest, DATAPLANE_FAILED, handle_id};
+use node_agent::core::cni::{CniOps, CniRequest, DATAPLANE_FAILED, NetworkConfig, handle_id};
 use node_agent::core::wiring::AttachmentKey;
 use node_agent::dataplane::{Netlink, RecordingKernel};
 use support::ipam::InProcessIpam;
@@ -75,7 +75,6 @@ fn request(container: &str) -> CniRequest {
         },
         netns: "/".into(),
         args: Default::default(),
-        config: serde_json::json!({"mtu": 1500}),
     }
 }
 
@@ -85,7 +84,11 @@ async fn a_failed_add_releases_its_address_and_leaves_no_veth_or_record() {
     for failing in ["PreparePod", "AddPodAddresses"] {
         let s = setup().await;
         s.kernel.fail_on(failing);
-        let failure = s.ops.add(&request("c1")).await.expect_err("kernel failure");
+        let failure = s
+            .ops
+            .add(&request("c1"), &config())
+            .await
+            .expect_err("kernel failure");
         assert_eq!(failure.code, DATAPLANE_FAILED, "{failing}: {failure:?}");
         assert!(
             matches!(
@@ -100,7 +103,7 @@ async fn a_failed_add_releases_its_address_and_leaves_no_veth_or_record() {
             "{failing}: no record"
         );
         // The next attempt succeeds and gets an address.
-        let added = s.ops.add(&request("c1")).await.expect("retry");
+        let added = s.ops.add(&request("c1"), &config()).await.expect("retry");
         assert_eq!(added.addresses.len(), 1);
     }
 }
@@ -108,7 +111,7 @@ async fn a_failed_add_releases_its_address_and_leaves_no_veth_or_record() {
 #[tokio::test]
 async fn start_up_sweep_undoes_interrupted_adds_and_orphans_only() {
     let s = setup().await;
-    let kept = s.ops.add(&request("kept")).await.expect("add");
+    let kept = s.ops.add(&request("kept"), &config()).await.expect("add");
     // An ADD that crashed after allocating and creating its veth: record still Adding.
     let key = request("crashed").key;
     s.ipam
@@ -178,6 +181,11 @@ async fn start_up_sweep_undoes_interrupted_adds_and_orphans_only() {
     assert_eq!(records, vec!["kept".to_owned()]);
 }
 
+/// The network configuration of every request.
+fn config() -> NetworkConfig {
+    NetworkConfig::parse(&serde_json::json!({"mtu": 1500}), &Default::default()).expect("config")
+}
+
 /// A request for `container` in a network namespace of its own.
 fn in_own_netns(container: &str) -> CniRequest {
     let mut request = request(container);
@@ -188,10 +196,10 @@ fn in_own_netns(container: &str) -> CniRequest {
 #[tokio::test]
 async fn one_corrupt_record_does_not_stop_the_cleanup_of_the_others_nor_free_its_running_pod() {
     let s = setup().await;
-    let kept = s.ops.add(&in_own_netns("kept")).await.expect("add");
-    s.ops.add(&in_own_netns("gone")).await.expect("add");
-    let broken = s.ops.add(&in_own_netns("broken")).await.expect("add");
-    let running = s.ops.add(&in_own_netns("running")).await.expect("add");
+    let kept = s.ops.add(&in_own_netns("kept"), &config()).await.expect("add");
+    s.ops.add(&in_own_netns("gone"), &config()).await.expect("add");
+    let broken = s.ops.add(&in_own_netns("broken"), &config()).await.expect("add");
+    let running = s.ops.add(&in_own_netns("running"), &config()).await.expect("add");
     let records_dir = s.dir.path().join("records");
     let corrupt = |attachment: &node_agent::core::cni::Added| {
         let file = format!("{}.json", attachment.wired.host_ifname);
@@ -248,5 +256,8 @@ async fn one_corrupt_record_does_not_stop_the_cleanup_of_the_others_nor_free_its
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(s.kernel.host_link_names().contains(&kept.wired.host_ifname));
-    s.ops.add(&in_own_netns("new")).await.expect("a new pod");
+    s.ops
+        .add(&in_own_netns("new"), &config())
+        .await
+        .expect("a new pod");
 }

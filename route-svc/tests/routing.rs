@@ -58,7 +58,7 @@ fn pool(name: &str, cidr: &str, block_size: u8) -> Pool {
         ipip_mode: EncapMode::Never,
         nat_outgoing: true,
         disabled: false,
-        node_selector: String::new(),
+        node_selector: Default::default(),
         allowed_uses: vec![AllowedUse::Workload, AllowedUse::Tunnel],
     }
 }

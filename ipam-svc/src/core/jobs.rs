@@ -246,17 +246,15 @@ fn eligible_pools(
 
 /// Why this node may not take `use_` addresses from `pool`; `None` when it may.
 fn refusal(plan: &Plan, pool: &Pool, use_: AllowedUse) -> Option<String> {
-    let matches = brindle_selector::Selector::parse(&pool.node_selector)
-        .map(|s| s.matches(&plan.node_labels))
-        .unwrap_or(false);
     if pool.disabled {
         Some(format!("{} is disabled", pool.name))
     } else if !pool.allows(use_) {
         Some(format!("{} does not allow {use_:?} addresses", pool.name))
-    } else if !matches {
+    } else if !pool.node_selector.matches(&plan.node_labels) {
         Some(format!(
             "{}'s node selector {:?} does not match",
-            pool.name, pool.node_selector
+            pool.name,
+            pool.node_selector.as_str()
         ))
     } else {
         None

@@ -62,11 +62,6 @@ pub fn name(field: &str, value: &str) -> Result<(), IpamError> {
     Ok(())
 }
 
-/// A selector expression.
-pub fn selector(field: &str, value: &str) -> Result<brindle_selector::Selector, IpamError> {
-    brindle_selector::Selector::parse(value).map_err(|e| IpamError::invalid(field, e.to_string()))
-}
-
 /// Checks a pool on its own and against the other pools.
 pub fn pool(pool: &Pool, others: &[Pool]) -> Result<(), IpamError> {
     name("pool.name", &pool.name)?;
@@ -118,7 +113,6 @@ pub fn pool(pool: &Pool, others: &[Pool]) -> Result<(), IpamError> {
             "IP-in-IP is not supported for IPv6 pools",
         ));
     }
-    selector("pool.node_selector", &pool.node_selector)?;
     if pool.allowed_uses.is_empty() {
         return Err(IpamError::invalid(
             "pool.allowed_uses",
@@ -196,7 +190,7 @@ mod tests {
             ipip_mode: EncapMode::Never,
             nat_outgoing: false,
             disabled: false,
-            node_selector: String::new(),
+            node_selector: Default::default(),
             allowed_uses: vec![AllowedUse::Workload],
         }
     }
@@ -240,9 +234,6 @@ mod tests {
         let mut v6_ipip = pool_of("b", "fd00::/64", 122);
         v6_ipip.ipip_mode = EncapMode::Always;
         assert_eq!(field_of(pool(&v6_ipip, &[])), "pool.ipip_mode");
-        let mut bad_selector = pool_of("b", "10.1.0.0/16", 26);
-        bad_selector.node_selector = "zone ==".into();
-        assert_eq!(field_of(pool(&bad_selector, &[])), "pool.node_selector");
         assert!(pool(&pool_of("b", "10.1.0.0/16", 26), &existing).is_ok());
     }
 

@@ -63,7 +63,7 @@ pub fn pool(name: &str, cidr: &str, block_size: u8) -> Pool {
         ipip_mode: EncapMode::Never,
         nat_outgoing: false,
         disabled: false,
-        node_selector: String::new(),
+        node_selector: Default::default(),
         allowed_uses: vec![AllowedUse::Workload, AllowedUse::Tunnel],
     }
 }

@@ -11,7 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::core::cni::{Added, CniError, CniOps, CniRequest, INVALID_CONFIG, validate_key};
+use crate::core::cni::{Added, CniError, CniOps, CniRequest, INVALID_CONFIG, NetworkConfig, validate_key};
 use crate::core::wiring::{AttachmentKey, GATEWAY_V4, GATEWAY_V6, HOST_MAC};
 
 /// Fully qualified name of the service, for health and reflection.
@@ -111,11 +111,6 @@ fn mac_text(mac: [u8; 6]) -> String {
 }
 
 fn request(invocation: &pb::CniInvocation) -> Result<CniRequest, CniError> {
-    let config = serde_json::from_slice(&invocation.config_json).map_err(|e| CniError {
-        code: INVALID_CONFIG,
-        msg: "network configuration is not valid JSON".into(),
-        details: e.to_string(),
-    })?;
     let key = AttachmentKey {
         network: invocation.network.clone(),
         container_id: invocation.container_id.clone(),
@@ -126,8 +121,17 @@ fn request(invocation: &pb::CniInvocation) -> Result<CniRequest, CniError> {
         key,
         netns: invocation.netns.clone(),
         args: invocation.args.clone().into_iter().collect(),
-        config,
     })
+}
+
+/// The request and its network configuration, parsed once here (ADD and CHECK read it).
+fn configured(invocation: &pb::CniInvocation) -> Result<(CniRequest, NetworkConfig), CniError> {
+    let request = request(invocation)?;
+    let json: serde_json::Value = serde_json::from_slice(&invocation.config_json).map_err(|e| {
+        CniError::new(INVALID_CONFIG, "network configuration is not valid JSON").with_details(e.to_string())
+    })?;
+    let config = NetworkConfig::parse(&json, &request.args)?;
+    Ok((request, config))
 }
 
 /// The pod's gateway for an address of its family.
@@ -151,24 +155,12 @@ fn default_routes(added: &Added) -> Vec<pb::CniRoute> {
     routes
 }
 
-fn result(added: &Added, config: &serde_json::Value) -> pb::CniResult {
-    let dns = config.get("dns").map(|dns| {
-        let list = |key: &str| -> Vec<String> {
-            dns.get(key)
-                .and_then(|v| v.as_array())
-                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-                .unwrap_or_default()
-        };
-        pb::CniDns {
-            nameservers: list("nameservers"),
-            domain: dns
-                .get("domain")
-                .and_then(|d| d.as_str())
-                .unwrap_or_default()
-                .to_owned(),
-            search: list("search"),
-            options: list("options"),
-        }
+fn result(added: &Added, config: &NetworkConfig) -> pb::CniResult {
+    let dns = config.dns.clone().map(|dns| pb::CniDns {
+        nameservers: dns.nameservers,
+        domain: dns.domain,
+        search: dns.search,
+        options: dns.options,
     });
     pb::CniResult {
         interfaces: vec![
@@ -204,14 +196,14 @@ impl pb::cni_server::Cni for CniService {
     async fn add(&self, invocation: Request<pb::CniInvocation>) -> Result<Response<pb::AddResponse>, Status> {
         let started = Instant::now();
         let invocation = invocation.into_inner();
-        let response = match request(&invocation) {
+        let response = match configured(&invocation) {
             Err(failure) => pb::AddResponse {
                 result: None,
                 error: Some(failure.into()),
             },
-            Ok(request) => match self.ops.add(&request).await {
+            Ok((request, config)) => match self.ops.add(&request, &config).await {
                 Ok(added) => pb::AddResponse {
-                    result: Some(result(&added, &request.config)),
+                    result: Some(result(&added, &config)),
                     error: None,
                 },
                 Err(failure) => pb::AddResponse {
@@ -238,8 +230,8 @@ impl pb::cni_server::Cni for CniService {
         invocation: Request<pb::CniInvocation>,
     ) -> Result<Response<pb::CniOutcome>, Status> {
         let started = Instant::now();
-        let done = match request(&invocation.into_inner()) {
-            Ok(request) => self.ops.check(&request).await,
+        let done = match configured(&invocation.into_inner()) {
+            Ok((request, config)) => self.ops.check(&request, &config).await,
             Err(failure) => Err(failure),
         };
         Ok(self.outcome("CHECK", started, done))

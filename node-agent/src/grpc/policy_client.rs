@@ -7,21 +7,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_fanout::Mirror;
-use brindle_proto::InvalidField;
 use brindle_proto::policy::v1 as pb;
-use brindle_sync::SnapshotAssembler;
 use pb::policy_client::PolicyClient;
 use policy_api::convert::{self, PolicyWire};
 use policy_api::model::{Endpoint, EndpointKey};
-use policy_api::view::ViewEntry;
 use tonic::transport::Channel;
 
 use crate::core::calls::{CallError, Service};
 use crate::core::endpoints::EndpointRegistry;
-use crate::core::policy::{Family, PolicyApplier, Renderer};
+use crate::core::policy::Family;
+use crate::core::policy::programmer::PolicyProgrammer;
 use crate::dataplane::{Ipsets, Iptables};
-use crate::grpc::sync_client::{Outgoing, ResyncClock, SyncMetrics, SyncService, SyncTarget, follow};
+use crate::grpc::sync_client::{Outgoing, SyncMetrics, SyncService, follow};
 
 /// Shortest time between two applies: changes arriving meanwhile are applied together.
 pub const APPLY_INTERVAL: Duration = Duration::from_millis(20);
@@ -52,19 +49,7 @@ impl GrpcPolicy {
         resync_every: Duration,
         metrics: SyncMetrics,
     ) {
-        let target = PolicyProgrammer {
-            planes: families
-                .into_iter()
-                .map(|(family, iptables)| FamilyPlane {
-                    iptables,
-                    renderer: Renderer::new(family),
-                    applier: PolicyApplier::new(family),
-                })
-                .collect(),
-            ipsets,
-            applied: None,
-            resync: ResyncClock::new(resync_every),
-        };
+        let target = PolicyProgrammer::new(families, ipsets, resync_every);
         follow(PolicySync(self.client), node, target, metrics).await;
     }
 }
@@ -124,87 +109,12 @@ struct PolicySync(PolicyClient<Channel>);
 
 #[async_trait::async_trait]
 impl SyncService for PolicySync {
-    type Response = pb::SyncResponse;
-    type Value = ViewEntry;
+    type Wire = PolicyWire;
     const NAME: &'static str = "policy-svc";
     const MIN_INTERVAL: Duration = APPLY_INTERVAL;
 
     async fn open(&self, outgoing: Outgoing) -> Result<tonic::Streaming<pb::SyncResponse>, tonic::Status> {
         let mut client = self.0.clone();
         client.sync(outgoing).await.map(tonic::Response::into_inner)
-    }
-
-    fn apply(
-        mirror: &mut Mirror<ViewEntry>,
-        pieces: &mut SnapshotAssembler,
-        response: pb::SyncResponse,
-    ) -> Result<bool, InvalidField> {
-        brindle_sync::apply_response::<PolicyWire>(mirror, pieces, response)
-    }
-}
-
-/// One family's tables, renderer and applier.
-struct FamilyPlane {
-    iptables: Arc<dyn Iptables>,
-    renderer: Renderer,
-    applier: PolicyApplier,
-}
-
-/// Renders and applies the view, per family.
-struct PolicyProgrammer {
-    planes: Vec<FamilyPlane>,
-    ipsets: Arc<dyn Ipsets>,
-    /// Objects the last successful apply holds; `None` after a failure (retried at the next tick).
-    applied: Option<u64>,
-    /// When the kernel is re-read next.
-    resync: ResyncClock,
-}
-
-#[async_trait::async_trait]
-impl SyncTarget<ViewEntry> for PolicyProgrammer {
-    async fn program(&mut self, mirror: &Mirror<ViewEntry>, tick: bool) -> Option<u64> {
-        if tick {
-            if self.resync.due() {
-                for plane in &mut self.planes {
-                    plane.applier.resync();
-                }
-            } else if self.applied.is_some() {
-                // Nothing failed since the last apply and no re-read is due.
-                return self.applied;
-            }
-        }
-        let started = std::time::Instant::now();
-        let ipsets = Arc::clone(&self.ipsets);
-        // iptables-restore and ipset run as child processes: off the async workers.
-        let result = tokio::task::block_in_place(|| {
-            let (mut writes, mut objects) = (0, 0);
-            for plane in &mut self.planes {
-                let rendered = plane.renderer.render(mirror.state());
-                writes += plane
-                    .applier
-                    .apply(plane.iptables.as_ref(), ipsets.as_ref(), &rendered)?;
-                objects += rendered.objects();
-            }
-            Ok::<_, crate::dataplane::DataplaneError>((writes, objects))
-        });
-        match result {
-            Ok((writes, objects)) => {
-                if writes > 0 {
-                    tracing::debug!(
-                        revision = mirror.revision(),
-                        writes,
-                        elapsed_us = started.elapsed().as_micros(),
-                        "policy applied"
-                    );
-                }
-                self.applied = Some(objects as u64);
-                self.applied
-            }
-            Err(error) => {
-                tracing::error!(%error, revision = mirror.revision(), "applying policy; retrying");
-                self.applied = None;
-                None
-            }
-        }
     }
 }

@@ -9,13 +9,14 @@
 use std::time::Duration;
 
 use brindle_backoff::Backoff;
+
+pub use crate::core::follow::{DEFAULT_RESYNC_EVERY, ResyncClock, SyncTarget};
 use brindle_fanout::Mirror;
 use brindle_metrics::{
     Counters, Gauges, Histograms, LATENCY_BUCKETS, Metrics, labels, unregistered_histograms,
 };
-use brindle_proto::InvalidField;
 use brindle_proto::common::v1 as common;
-use brindle_sync::SnapshotAssembler;
+use brindle_sync::{SnapshotAssembler, Wire};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,44 +25,6 @@ use tokio::time::Instant;
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
 /// Silence from the server after which the agent reconnects.
 const SILENCE_LIMIT: Duration = Duration::from_secs(30);
-
-/// How often a follower re-reads the kernel by default (as Felix refreshes routes and iptables).
-pub const DEFAULT_RESYNC_EVERY: Duration = Duration::from_secs(90);
-
-/// When a follower re-reads the kernel to repair what changed behind its back.
-#[derive(Debug)]
-pub struct ResyncClock {
-    every: Duration,
-    last: Instant,
-}
-
-impl ResyncClock {
-    /// A clock that is due `every` after its last re-read (and `every` after now).
-    pub fn new(every: Duration) -> Self {
-        Self {
-            every,
-            last: Instant::now(),
-        }
-    }
-
-    /// Whether a re-read is due now; if so, counts it as done.
-    pub fn due(&mut self) -> bool {
-        let due = self.last.elapsed() >= self.every;
-        if due {
-            self.last = Instant::now();
-        }
-        due
-    }
-}
-
-/// What a follower programs the state into.
-#[async_trait::async_trait]
-pub trait SyncTarget<V: Send + Sync>: Send {
-    /// Programs what `mirror` holds (`tick`: the periodic retry and repair, not a change).
-    /// Returns the number of kernel objects programmed when everything succeeded — the revision
-    /// is then acknowledged — or `None` after logging what failed.
-    async fn program(&mut self, mirror: &Mirror<V>, tick: bool) -> Option<u64>;
-}
 
 /// Why one Sync call ended.
 #[derive(Debug, thiserror::Error)]
@@ -83,23 +46,21 @@ pub type Outgoing = tokio_stream::wrappers::ReceiverStream<common::SyncClientMes
 /// A service with a Sync stream, as a follower uses it.
 #[async_trait::async_trait]
 pub trait SyncService: Send + Sync {
-    /// The service's Sync response.
-    type Response: Send + 'static;
-    /// The value of its keyed state.
-    type Value: Clone + PartialEq + Send + Sync + 'static;
+    /// How its state travels.
+    type Wire: Wire<Response: Send + 'static>;
     /// The service, for logs (`route-svc`, `policy-svc`).
     const NAME: &'static str;
     /// Shortest time between two programmings.
     const MIN_INTERVAL: Duration;
     /// Opens a Sync call with the given outgoing messages.
-    async fn open(&self, outgoing: Outgoing) -> Result<tonic::Streaming<Self::Response>, tonic::Status>;
-    /// Applies one response to the mirror; `true` when the state changed.
-    fn apply(
-        mirror: &mut Mirror<Self::Value>,
-        pieces: &mut SnapshotAssembler,
-        response: Self::Response,
-    ) -> Result<bool, InvalidField>;
+    async fn open(
+        &self,
+        outgoing: Outgoing,
+    ) -> Result<tonic::Streaming<<Self::Wire as Wire>::Response>, tonic::Status>;
 }
+
+/// The value of a service's keyed state.
+type ValueOf<S> = <<S as SyncService>::Wire as Wire>::Value;
 
 fn client_message(message: common::sync_client_message::Message) -> common::SyncClientMessage {
     common::SyncClientMessage {
@@ -184,7 +145,7 @@ impl SyncMetrics {
 }
 
 /// Follows `service` for node `me` into `target` until the task is dropped.
-pub async fn follow<S: SyncService, T: SyncTarget<S::Value>>(
+pub async fn follow<S: SyncService, T: SyncTarget<ValueOf<S>>>(
     service: S,
     me: String,
     mut target: T,
@@ -232,11 +193,11 @@ async fn program<V: Clone + PartialEq + Send + Sync, T: SyncTarget<V>>(
     result
 }
 
-async fn sync_once<S: SyncService, T: SyncTarget<S::Value>>(
+async fn sync_once<S: SyncService, T: SyncTarget<ValueOf<S>>>(
     service: &S,
     me: &str,
     target: &mut T,
-    mirror: &mut Mirror<S::Value>,
+    mirror: &mut Mirror<ValueOf<S>>,
     backoff: &mut Backoff,
     metrics: &SyncMetrics,
 ) -> SyncEnded {
@@ -272,7 +233,7 @@ async fn sync_once<S: SyncService, T: SyncTarget<S::Value>>(
                     Ok(Some(Ok(message))) => message,
                 };
                 backoff.reset();
-                match S::apply(mirror, &mut pieces, message) {
+                match brindle_sync::apply_response::<S::Wire>(mirror, &mut pieces, message) {
                     Ok(changed) => pending |= changed,
                     Err(error) => return SyncEnded::Unusable(error.to_string()),
                 }

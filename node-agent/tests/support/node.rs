@@ -312,7 +312,7 @@ pub fn workload_pool(name: &str, cidr: &str) -> Pool {
         ipip_mode: EncapMode::Never,
         nat_outgoing: false,
         disabled: false,
-        node_selector: String::new(),
+        node_selector: Default::default(),
         allowed_uses: vec![AllowedUse::Workload],
     }
 }

@@ -1,6 +1,12 @@
 //! The CNI operations: ADD, DEL, CHECK, STATUS and GC built from IPAM calls, the workload wiring
 //! and durable attachment records; plus the start-up reconciliation (mark and sweep of what
 //! brindle owns). Requests for one container are serialised; different containers run in parallel.
+//! The network configuration ADD and CHECK read (`config`), the veth reaper (`reaper`) and what
+//! each failure is to the runtime (`failure`) live beside.
+
+pub mod config;
+mod failure;
+mod reaper;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -9,65 +15,20 @@ use std::sync::{Arc, Mutex};
 
 use ipam_api::handles::WorkloadHandle;
 use ipnet::IpNet;
-use serde_json::Value;
 
-use super::attachments::{Attachment, AttachmentStore, Phase, RecordError};
-use super::calls::{CallError, Service};
-use super::endpoints::{EndpointRegistry, endpoint, labels_and_ports};
+use super::attachments::{Attachment, AttachmentStore, Phase};
+use super::endpoints::{EndpointRegistry, endpoint};
 use super::ipam::{Families, IpamApi, Owner};
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
-use crate::dataplane::{DataplaneError, Netlink, Sysctl};
+use crate::dataplane::{Netlink, Sysctl};
 pub use brindle_proto::CniError;
+pub use config::NetworkConfig;
+use reaper::LinkReaper;
 
 pub use brindle_proto::cni_codes::{
-    AGENT_FAILURE, CHECK_FAILED, DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, INVALID_ENVIRONMENT,
-    IPAM_REFUSED, NOT_ATTACHED, NOT_AVAILABLE, STATE_FAILED, TRY_AGAIN_LATER,
+    CHECK_FAILED, DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, INVALID_ENVIRONMENT, IPAM_REFUSED,
+    NOT_ATTACHED, NOT_AVAILABLE, STATE_FAILED, TRY_AGAIN_LATER,
 };
-
-impl From<CallError> for CniError {
-    fn from(error: CallError) -> Self {
-        let details = std::error::Error::source(&error)
-            .map(ToString::to_string)
-            .unwrap_or_default();
-        let failure = match &error {
-            CallError::Unavailable { service, .. } => Self::new(
-                TRY_AGAIN_LATER,
-                format!("{service} is unavailable; try again later"),
-            ),
-            CallError::Refused {
-                service: Service::Ipam,
-                ..
-            } => Self::new(IPAM_REFUSED, "no address could be allocated"),
-            CallError::Refused {
-                service: Service::Policy,
-                ..
-            } => Self::new(INVALID_CONFIG, "the pod's endpoint was refused"),
-            CallError::Refused { service, .. } => Self::new(AGENT_FAILURE, format!("{service} refused")),
-        };
-        failure.with_details(details)
-    }
-}
-
-impl From<RecordError> for CniError {
-    fn from(error: RecordError) -> Self {
-        Self::new(STATE_FAILED, "the agent's attachment records failed").with_details(error.to_string())
-    }
-}
-
-impl From<DataplaneError> for CniError {
-    fn from(error: DataplaneError) -> Self {
-        Self::new(DATAPLANE_FAILED, "a kernel operation failed").with_details(error.to_string())
-    }
-}
-
-impl From<WiringError> for CniError {
-    fn from(error: WiringError) -> Self {
-        match error {
-            WiringError::InterfaceExists { .. } => Self::new(INTERFACE_EXISTS, error.to_string()),
-            WiringError::Kernel(kernel) => kernel.into(),
-        }
-    }
-}
 
 /// One CNI request.
 #[derive(Debug, Clone)]
@@ -78,8 +39,6 @@ pub struct CniRequest {
     pub netns: String,
     /// CNI_ARGS.
     pub args: BTreeMap<String, String>,
-    /// The network configuration (runtimeConfig, args, mtu, prevResult).
-    pub config: Value,
 }
 
 /// A successful ADD.
@@ -129,145 +88,6 @@ enum Removal {
     Later,
 }
 
-/// Veths of deleted workloads: retired (down, moved to the retired group) while DEL runs, then
-/// deleted in bulk in the background — one kernel synchronisation for many veths instead of tens
-/// of milliseconds each. An ADD reusing a retired name waits for the bulk delete.
-struct LinkReaper {
-    netlink: Arc<dyn Netlink>,
-    retired: Arc<Mutex<HashSet<String>>>,
-    wake: Arc<tokio::sync::Notify>,
-    deleted: tokio::sync::watch::Receiver<u64>,
-    adds_running: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-/// How long the reaper waits for more retirements before a bulk delete.
-const REAP_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
-/// Longest the reaper defers a bulk delete while ADDs are running (a bulk delete holds the
-/// kernel's rtnl lock, which an ADD's netlink calls would wait for).
-const REAP_MAX_DEFERRAL: std::time::Duration = std::time::Duration::from_secs(5);
-
-impl LinkReaper {
-    /// Starts the background reaper (inside a tokio runtime).
-    fn start(netlink: Arc<dyn Netlink>) -> Self {
-        let retired: Arc<Mutex<HashSet<String>>> = Arc::default();
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let (bump, deleted) = tokio::sync::watch::channel(0u64);
-        let adds_running: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
-        let (task_netlink, task_retired, task_wake, task_adds) = (
-            Arc::clone(&netlink),
-            Arc::clone(&retired),
-            Arc::clone(&wake),
-            Arc::clone(&adds_running),
-        );
-        tokio::spawn(async move {
-            loop {
-                task_wake.notified().await;
-                tokio::time::sleep(REAP_DELAY).await;
-                let deferred_since = tokio::time::Instant::now();
-                while task_adds.load(std::sync::atomic::Ordering::SeqCst) > 0
-                    && deferred_since.elapsed() < REAP_MAX_DEFERRAL
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                }
-                let batch: Vec<String> = task_retired
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect();
-                if let Err(error) = task_netlink.delete_retired_links().await {
-                    tracing::warn!(%error, "bulk veth deletion failed; the next sweep retries");
-                }
-                task_retired
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .retain(|name| !batch.contains(name));
-                bump.send_modify(|generation| *generation += 1);
-            }
-        });
-        Self {
-            netlink,
-            retired,
-            wake,
-            deleted,
-            adds_running,
-        }
-    }
-
-    /// Marks an ADD as running until the guard is dropped; bulk deletes wait for a quiet moment.
-    fn add_running(&self) -> AddRunning {
-        self.adds_running
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        AddRunning(Arc::clone(&self.adds_running))
-    }
-
-    /// Retires `name` now and has it deleted soon; falls back to deleting it at once.
-    async fn delete_soon(&self, name: &str) -> Result<(), DataplaneError> {
-        match self.netlink.retire_link(name).await {
-            Ok(true) => {
-                self.retired
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(name.to_owned());
-                self.wake.notify_one();
-                Ok(())
-            }
-            Ok(false) => Ok(()),
-            Err(error) => {
-                tracing::warn!(link = %name, %error, "retiring failed; deleting now");
-                self.netlink.delete_link(name).await.map(drop)
-            }
-        }
-    }
-
-    /// Deletes every retired veth now (the background reaper may hold some of them in a batch of
-    /// its own); whether the kernel's retired group is empty afterwards.
-    async fn delete_retired_now(&self) -> bool {
-        let batch: Vec<String> = self
-            .retired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        if let Err(error) = self.netlink.delete_retired_links().await {
-            tracing::warn!(%error, "deleting retired veths now failed");
-            return false;
-        }
-        self.retired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|name| !batch.contains(name));
-        true
-    }
-
-    fn is_retired(&self, name: &str) -> bool {
-        self.retired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(name)
-    }
-
-    /// Waits until `name` is no longer waiting for the bulk delete.
-    async fn wait_deleted(&self, name: &str) {
-        let mut deleted = self.deleted.clone();
-        while self.is_retired(name) {
-            if deleted.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// An ADD in progress (see [`LinkReaper::add_running`]).
-struct AddRunning(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for AddRunning {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 /// Per-container locks.
 #[derive(Default)]
 struct ContainerLocks {
@@ -296,71 +116,6 @@ pub struct CniOps {
     links: LinkReaper,
     /// policy-svc's endpoint registry, when the node enforces policy.
     endpoints: Option<Arc<dyn EndpointRegistry>>,
-}
-
-/// The families the configuration asks for: `ipam.assign_ipv4` (default true) and
-/// `ipam.assign_ipv6` (default false), booleans or "true"/"false" as Calico writes them.
-fn families(request: &CniRequest) -> Result<Families, CniError> {
-    let flag = |name: &str, default: bool| match request.config.pointer(&format!("/ipam/{name}")) {
-        None => Ok(default),
-        Some(Value::Bool(value)) => Ok(*value),
-        Some(Value::String(text)) if text == "true" || text == "false" => Ok(text == "true"),
-        Some(other) => Err(CniError::new(
-            INVALID_CONFIG,
-            format!("ipam.{name} is {other}: expected true or false"),
-        )),
-    };
-    let families = Families {
-        ipv4: flag("assign_ipv4", true)?,
-        ipv6: flag("assign_ipv6", false)?,
-    };
-    if !families.ipv4 && !families.ipv6 {
-        return Err(CniError::new(
-            INVALID_CONFIG,
-            "ipam.assign_ipv4 and ipam.assign_ipv6 are both false: the pod would get no address",
-        ));
-    }
-    Ok(families)
-}
-
-fn requested_ips(request: &CniRequest) -> Result<Vec<IpAddr>, CniError> {
-    let mut texts: Vec<String> = Vec::new();
-    for pointer in ["/runtimeConfig/ips", "/args/cni/ips"] {
-        if let Some(list) = request.config.pointer(pointer).and_then(Value::as_array) {
-            texts.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
-        }
-    }
-    if let Some(ips) = request.args.get("IP") {
-        texts.extend(ips.split(',').map(str::to_owned));
-    }
-    texts
-        .iter()
-        .map(|text| {
-            let address = text.split('/').next().unwrap_or_default().trim();
-            address.parse().map_err(|_| {
-                CniError::new(
-                    INVALID_CONFIG,
-                    format!("requested IP {text:?} is not an IP address"),
-                )
-            })
-        })
-        .collect()
-}
-
-fn mtu(request: &CniRequest) -> Result<u32, CniError> {
-    match request.config.get("mtu") {
-        None => Ok(1500),
-        Some(value) => value
-            .as_u64()
-            .and_then(|m| u32::try_from(m).ok())
-            .filter(|m| (576..=65535).contains(m))
-            .ok_or_else(|| {
-                CniError::new(
-                    INVALID_CONFIG,
-                    format!("mtu {value} is not between 576 and 65535"),
-                )
-            }),
-    }
 }
 
 fn workload(attachment: &Attachment, mtu: u32) -> Workload {
@@ -406,14 +161,9 @@ impl CniOps {
     }
 
     /// ADD: allocate, wire, record. A failure undoes everything it did.
-    pub async fn add(&self, request: &CniRequest) -> Result<Added, CniError> {
+    pub async fn add(&self, request: &CniRequest, config: &NetworkConfig) -> Result<Added, CniError> {
         let _serialised = self.locks.lock(&request.key.container_id).await;
         let _running = self.links.add_running();
-        let mtu = mtu(request)?;
-        let requested = requested_ips(request)?;
-        let families = families(request)?;
-        let (labels, ports) =
-            labels_and_ports(&request.config).map_err(|why| CniError::new(INVALID_CONFIG, why))?;
         if let Some(existing) = self.records.load(&request.key)? {
             if existing.phase == Phase::Ready {
                 return Err(CniError::new(
@@ -435,15 +185,20 @@ impl CniOps {
             addresses: Vec::new(),
             namespace: request.args.get("K8S_POD_NAMESPACE").cloned().unwrap_or_default(),
             pod: request.args.get("K8S_POD_NAME").cloned().unwrap_or_default(),
-            labels,
-            ports,
+            labels: config.labels.clone(),
+            ports: config.ports.clone(),
             phase: Phase::Adding,
         };
         // The intent is recorded before anything is allocated, so a crash mid-ADD is undone on start.
         self.records.save(&attachment)?;
         self.links.wait_deleted(&attachment.host_ifname).await;
         let attached = match self
-            .allocate_and_wire(&mut attachment, &requested, families, mtu)
+            .allocate_and_wire(
+                &mut attachment,
+                &config.requested_ips,
+                config.families,
+                config.mtu,
+            )
             .await
         {
             Ok(wired) => self.register(&attachment).await.map(|()| wired),
@@ -588,7 +343,7 @@ impl CniOps {
 
     /// CHECK: the pod interface, its addresses and routes, the host veth and route, and that IPAM
     /// still holds the handle; the error names what is missing.
-    pub async fn check(&self, request: &CniRequest) -> Result<(), CniError> {
+    pub async fn check(&self, request: &CniRequest, config: &NetworkConfig) -> Result<(), CniError> {
         let _serialised = self.locks.lock(&request.key.container_id).await;
         let attachment = self
             .records
@@ -603,7 +358,7 @@ impl CniOps {
                     ),
                 )
             })?;
-        let mut problems = self.wiring().check(&workload(&attachment, mtu(request)?)).await?;
+        let mut problems = self.wiring().check(&workload(&attachment, config.mtu)).await?;
         if !self.ipam.holds(&attachment.handle_id).await? {
             problems.push(format!("IPAM no longer holds handle {}", attachment.handle_id));
         }

@@ -1,0 +1,415 @@
+//! A node's view as iptables chains and ipsets of one family: a dispatch chain per direction, a
+//! chain per endpoint and per policy, selectors as sets. Entries whose text is not of the forms
+//! the calculation makes are left out ([`rule_text::check`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::IpNet;
+use policy_api::model::{Action, Protocol};
+use policy_api::rule_text;
+use policy_api::view::{CompiledRule, CompiledSide, IpSetKind, PolicyView, ViewEntry};
+
+use super::{
+    ACCEPT_MARK, FORWARD_CHAIN, FROM_WORKLOADS, Family, MULTIPORT_SLOTS, PASS_MARK, TO_WORKLOADS,
+    WORKLOAD_INTERFACES,
+};
+
+/// An ipset to hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetSpec {
+    /// `hash:net` or `hash:ip,port`.
+    pub kind: &'static str,
+    /// Members, as ipset prints them.
+    pub members: BTreeSet<String>,
+}
+
+/// Everything the policy data plane holds: chains (name → rules, without the `-A <chain>`) and sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rendered {
+    /// Chains.
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Sets.
+    pub sets: BTreeMap<String, SetSpec>,
+}
+
+impl Rendered {
+    /// Rules and set members, for acknowledgements.
+    pub fn objects(&self) -> usize {
+        self.chains.values().map(Vec::len).sum::<usize>()
+            + self.sets.values().map(|s| s.members.len()).sum::<usize>()
+    }
+}
+
+fn short_hash(text: &str) -> String {
+    let digest = sha1_smol::Sha1::from(text).digest().to_string();
+    digest[..16].to_owned()
+}
+
+/// A rule with its hash comment in front.
+fn commented(rule: &str) -> String {
+    format!("-m comment --comment \"brd:{}\" {rule}", short_hash(rule))
+}
+
+/// Renders a node's view for `family` (without a cache; see [`Renderer`]).
+pub fn render(view: &BTreeMap<String, ViewEntry>, family: Family) -> Rendered {
+    Renderer::new(family).render(view)
+}
+
+/// A policy's chains as last rendered, with the agent-local sets they use.
+#[derive(Debug, Clone)]
+struct RenderedPolicy {
+    view: PolicyView,
+    ingress: Vec<String>,
+    egress: Vec<String>,
+    sets: BTreeMap<String, SetSpec>,
+}
+
+/// Renders views for one family, reusing the chains of policies that did not change since the
+/// last render (a change usually touches one policy or one set; the rest is not rendered again).
+#[derive(Debug)]
+pub struct Renderer {
+    family: Family,
+    policies: BTreeMap<String, RenderedPolicy>,
+}
+
+impl Renderer {
+    /// A renderer for `family`.
+    pub fn new(family: Family) -> Self {
+        Self {
+            family,
+            policies: BTreeMap::new(),
+        }
+    }
+
+    /// Renders a node's view. An entry whose names or addresses are not in the form the
+    /// calculation makes ([`rule_text::check`]) is left out: its text never reaches the kernel,
+    /// and an endpoint whose policy is left out drops its traffic.
+    pub fn render(&mut self, view: &BTreeMap<String, ViewEntry>) -> Rendered {
+        let entries: Vec<&ViewEntry> = view.values().filter(|e| rule_text::check(e).is_ok()).collect();
+        let mut rendered = Rendered::default();
+        let mut policies = BTreeMap::new();
+        let mut endpoints = Vec::new();
+        for entry in entries.iter().copied() {
+            match entry {
+                ViewEntry::Policy(policy) => {
+                    policies.insert(policy.id.clone(), policy);
+                }
+                ViewEntry::Endpoint(endpoint) => endpoints.push(endpoint),
+                ViewEntry::IpSet(set) => {
+                    let kind = match set.kind {
+                        IpSetKind::Net => "hash:net",
+                        IpSetKind::IpPort => "hash:ip,port",
+                    };
+                    rendered
+                        .sets
+                        .entry(self.family.set_name(&set.id))
+                        .or_insert_with(|| SetSpec {
+                            kind,
+                            members: BTreeSet::new(),
+                        })
+                        .kind = kind;
+                }
+                ViewEntry::Member(_) => {}
+            }
+        }
+        // Sets looked up by id, without building each member's set name.
+        let mut sets = std::mem::take(&mut rendered.sets);
+        let prefix = self.family.set_prefix().len();
+        let mut by_name: BTreeMap<&str, &mut SetSpec> =
+            sets.iter_mut().map(|(n, s)| (&n[prefix..], s)).collect();
+        for entry in entries.iter().copied() {
+            if let ViewEntry::Member(member) = entry
+                && self.family.holds(&member.member)
+                && let Some(set) = by_name.get_mut(member.set.as_str())
+            {
+                set.members.insert(member.member.clone());
+            }
+        }
+        drop(by_name);
+        rendered.sets = sets;
+        let mut chains = BTreeMap::new();
+        chains.insert(
+            FORWARD_CHAIN.to_owned(),
+            vec![
+                "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_owned(),
+                format!("-i {WORKLOAD_INTERFACES} -j {FROM_WORKLOADS}"),
+                format!("-o {WORKLOAD_INTERFACES} -j {TO_WORKLOADS}"),
+                format!("-i {WORKLOAD_INTERFACES} -j ACCEPT"),
+                format!("-o {WORKLOAD_INTERFACES} -j ACCEPT"),
+            ],
+        );
+        let mut from = Vec::new();
+        let mut to = Vec::new();
+        for endpoint in &endpoints {
+            let interface = &endpoint.interface;
+            from.push(format!("-i {interface} -g brd-fw-{interface}"));
+            to.push(format!("-o {interface} -g brd-tw-{interface}"));
+            chains.insert(
+                format!("brd-fw-{interface}"),
+                endpoint_chain(&endpoint.egress, "po", &policies),
+            );
+            chains.insert(
+                format!("brd-tw-{interface}"),
+                endpoint_chain(&endpoint.ingress, "pi", &policies),
+            );
+        }
+        // A workload interface the view does not know yet (or any more) gets nothing through.
+        from.push("-j DROP".to_owned());
+        to.push("-j DROP".to_owned());
+        chains.insert(FROM_WORKLOADS.to_owned(), from);
+        chains.insert(TO_WORKLOADS.to_owned(), to);
+        let used: BTreeSet<&String> = endpoints
+            .iter()
+            .flat_map(|e| e.ingress.iter().chain(&e.egress))
+            .collect();
+        let mut policy_chains = BTreeMap::new();
+        for (id, policy) in &policies {
+            if !used.contains(id) {
+                continue;
+            }
+            let cached = match self.policies.remove(id.as_str()) {
+                Some(cached) if cached.view == **policy => cached,
+                _ => {
+                    let mut sets = BTreeMap::new();
+                    RenderedPolicy {
+                        view: (*policy).clone(),
+                        ingress: policy_chain(policy, true, self.family, &mut sets)
+                            .iter()
+                            .map(|r| commented(r))
+                            .collect(),
+                        egress: policy_chain(policy, false, self.family, &mut sets)
+                            .iter()
+                            .map(|r| commented(r))
+                            .collect(),
+                        sets,
+                    }
+                }
+            };
+            policy_chains.insert(format!("brd-pi-{id}"), cached.ingress.clone());
+            policy_chains.insert(format!("brd-po-{id}"), cached.egress.clone());
+            rendered.sets.extend(cached.sets.clone());
+            self.policies.insert(id.clone(), cached);
+        }
+        self.policies
+            .retain(|id, _| policies.contains_key(id) && used.contains(id));
+        rendered.chains = chains
+            .into_iter()
+            .map(|(name, rules)| (name, rules.iter().map(|r| commented(r)).collect()))
+            .chain(policy_chains)
+            .collect();
+        rendered
+    }
+}
+
+/// An endpoint's chain for one direction: each policy in order, returning (allowed) as soon as
+/// one allows or passes; dropped at the end when any policy applies.
+fn endpoint_chain(ids: &[String], kind: &str, policies: &BTreeMap<String, &PolicyView>) -> Vec<String> {
+    let mut rules = vec![format!("-j MARK --set-xmark 0x0/{:#x}", ACCEPT_MARK | PASS_MARK)];
+    let known: Vec<&String> = ids.iter().filter(|id| policies.contains_key(*id)).collect();
+    for id in &known {
+        rules.push(format!("-j brd-{kind}-{id}"));
+        rules.push(format!(
+            "-m mark --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x} -j RETURN"
+        ));
+        rules.push(format!("-m mark --mark {PASS_MARK:#x}/{PASS_MARK:#x} -j RETURN"));
+    }
+    if !ids.is_empty() {
+        rules.push("-j DROP".to_owned());
+    }
+    rules
+}
+
+/// A policy's chain for one direction (`ingress`: the packet's source is the remote side).
+fn policy_chain(
+    policy: &PolicyView,
+    ingress: bool,
+    family: Family,
+    sets: &mut BTreeMap<String, SetSpec>,
+) -> Vec<String> {
+    let rules = if ingress { &policy.ingress } else { &policy.egress };
+    let mut lines = Vec::new();
+    for rule in rules {
+        let matches = rule_matches(rule, family, sets);
+        let (target, mark) = match rule.action {
+            Action::Allow => (
+                format!("-j MARK --set-xmark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}"),
+                Some(ACCEPT_MARK),
+            ),
+            Action::Pass => (
+                format!("-j MARK --set-xmark {PASS_MARK:#x}/{PASS_MARK:#x}"),
+                Some(PASS_MARK),
+            ),
+            Action::Deny => ("-j DROP".to_owned(), None),
+            Action::Log => (format!("-j LOG --log-prefix \"brd {} \"", policy.id), None),
+        };
+        for matched in &matches {
+            lines.push(format!("{matched}{target}").trim_start().to_owned());
+        }
+        if let (Some(mark), false) = (mark, matches.is_empty()) {
+            lines.push(format!("-m mark --mark {mark:#x}/{mark:#x} -j RETURN"));
+        }
+    }
+    lines
+}
+
+/// The match arguments of a rule, one string per alternative (empty when it cannot match the
+/// family).
+fn rule_matches(rule: &CompiledRule, family: Family, sets: &mut BTreeMap<String, SetSpec>) -> Vec<String> {
+    let mut common = String::new();
+    if let Some(protocol) = rule.protocol {
+        common.push_str(&format!("-p {} ", protocol_name(protocol, family)));
+    }
+    // With a protocol set, a different notProtocol is implied (validation refuses equal ones), and
+    // iptables refuses a second protocol match.
+    if let (None, Some(protocol)) = (rule.protocol, rule.not_protocol) {
+        common.push_str(&format!("! -p {} ", protocol_name(protocol, family)));
+    }
+    let Some(source) = side_matches(&rule.source, "src", "-s", "--sports", family, sets) else {
+        return Vec::new();
+    };
+    let Some(destination) = side_matches(&rule.destination, "dst", "-d", "--dports", family, sets) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for s in &source {
+        for d in &destination {
+            out.push(format!("{common}{s}{d}"));
+        }
+    }
+    out
+}
+
+fn protocol_name(protocol: Protocol, family: Family) -> String {
+    match (protocol, family) {
+        (Protocol::Tcp, _) => "tcp".into(),
+        (Protocol::Udp, _) => "udp".into(),
+        (Protocol::Sctp, _) => "sctp".into(),
+        (Protocol::Icmp, Family::V4) => "icmp".into(),
+        (Protocol::Icmp, Family::V6) => "ipv6-icmp".into(),
+        (other, _) => other.number().to_string(),
+    }
+}
+
+/// The networks of a list in `family`; `None` when the list had entries but none of the family.
+fn family_nets(nets: &[String], family: Family) -> Option<Vec<String>> {
+    let parsed: Vec<IpNet> = nets.iter().filter_map(|n| n.parse().ok()).collect();
+    let kept: Vec<String> = parsed
+        .iter()
+        .filter(|n| n.addr().is_ipv6() == (family == Family::V6))
+        .map(ToString::to_string)
+        .collect();
+    if !nets.is_empty() && kept.is_empty() {
+        None
+    } else {
+        Some(kept)
+    }
+}
+
+/// An agent-local set for a list of networks (hash:net cannot hold /0: it becomes two /1s).
+fn net_set(nets: &[String], family: Family, sets: &mut BTreeMap<String, SetSpec>) -> String {
+    let mut members = BTreeSet::new();
+    let (everything, halves) = family.everything();
+    for net in nets {
+        if net == everything {
+            members.extend(halves.map(str::to_owned));
+        } else {
+            members.insert(net.trim_end_matches(family.host_suffix()).to_owned());
+        }
+    }
+    let joined: Vec<&str> = members.iter().map(String::as_str).collect();
+    let name = family.set_name(&format!("c{}", short_hash(&joined.join(","))));
+    sets.insert(
+        name.clone(),
+        SetSpec {
+            kind: "hash:net",
+            members,
+        },
+    );
+    name
+}
+
+/// Match arguments of one side, one per alternative; `None` when it cannot match the family.
+fn side_matches(
+    side: &CompiledSide,
+    direction: &str,
+    address_flag: &str,
+    ports_flag: &str,
+    family: Family,
+    sets: &mut BTreeMap<String, SetSpec>,
+) -> Option<Vec<String>> {
+    let set_name = |id: &str| family.set_name(id);
+    let mut fixed = String::new();
+    for set in &side.sets {
+        fixed.push_str(&format!("-m set --match-set {} {direction} ", set_name(set)));
+    }
+    for set in &side.not_sets {
+        fixed.push_str(&format!("-m set ! --match-set {} {direction} ", set_name(set)));
+    }
+    let nets = family_nets(&side.nets, family)?;
+    match nets.as_slice() {
+        [] => {}
+        [one] => fixed.push_str(&format!("{address_flag} {one} ")),
+        many => fixed.push_str(&format!(
+            "-m set --match-set {} {direction} ",
+            net_set(many, family, sets)
+        )),
+    }
+    let not_nets = family_nets(&side.not_nets, family).unwrap_or_default();
+    match not_nets.as_slice() {
+        [] => {}
+        // iptables takes one address flag per rule: with nets already using it, a set.
+        [one] if nets.is_empty() => fixed.push_str(&format!("! {address_flag} {one} ")),
+        many => fixed.push_str(&format!(
+            "-m set ! --match-set {} {direction} ",
+            net_set(many, family, sets)
+        )),
+    }
+    for chunk in port_chunks(&side.not_ports) {
+        fixed.push_str(&format!("-m multiport ! {ports_flag} {chunk} "));
+    }
+    for set in &side.not_named_port_sets {
+        fixed.push_str(&format!(
+            "-m set ! --match-set {} {direction},{direction} ",
+            set_name(set)
+        ));
+    }
+    if !side.matches_ports() {
+        return Some(vec![fixed]);
+    }
+    let mut alternatives: Vec<String> = port_chunks(&side.ports)
+        .into_iter()
+        .map(|chunk| format!("{fixed}-m multiport {ports_flag} {chunk} "))
+        .collect();
+    for set in &side.named_port_sets {
+        alternatives.push(format!(
+            "{fixed}-m set --match-set {} {direction},{direction} ",
+            set_name(set)
+        ));
+    }
+    Some(alternatives)
+}
+
+/// Ports as multiport lists of at most [`MULTIPORT_SLOTS`] slots.
+fn port_chunks(ports: &[(u16, u16)]) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut slots = 0;
+    for (first, last) in ports {
+        let (text, cost) = if first == last {
+            (first.to_string(), 1)
+        } else {
+            (format!("{first}:{last}"), 2)
+        };
+        if slots + cost > MULTIPORT_SLOTS {
+            chunks.push(current.join(","));
+            current.clear();
+            slots = 0;
+        }
+        current.push(text);
+        slots += cost;
+    }
+    if !current.is_empty() {
+        chunks.push(current.join(","));
+    }
+    chunks
+}

@@ -1,0 +1,308 @@
+//! Rendering and applying on the recording kernel.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use policy_api::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
+use policy_svc::core::Calculator;
+use policy_svc::core::resource::{Resource, parse_documents};
+
+use super::*;
+use crate::dataplane::{Call, Ipsets, Iptables, RecordingKernel};
+
+const POLICIES: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {role: client}}}, {ipBlock: {cidr: 10.9.0.0/16, except: [10.9.1.0/24, 10.9.2.0/24]}}]
+      ports: [{port: http}, {port: 9000, endPort: 9010}]
+";
+
+fn endpoint(node: &str, interface: &str, pod: &str, ip: &str, labels: &[(&str, &str)]) -> Endpoint {
+    Endpoint {
+        key: EndpointKey {
+            node: node.into(),
+            interface: interface.into(),
+        },
+        namespace: "shop".into(),
+        pod: pod.into(),
+        container_id: format!("c-{pod}"),
+        ips: vec![ip.parse().expect("ip")],
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ports: vec![NamedPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
+    }
+}
+
+fn world() -> Calculator {
+    let mut calc = Calculator::new();
+    calc.put_namespace(Namespace::new("shop", BTreeMap::new()));
+    for resource in parse_documents(POLICIES, "").expect("valid") {
+        if let Resource::KubernetesPolicy(policy) = resource {
+            calc.put_policy(policy.to_policy().expect("valid"));
+        }
+    }
+    calc.put_endpoint(endpoint("n1", "brdaaaa", "web", "10.0.0.2", &[("app", "web")]));
+    calc.put_endpoint(endpoint("n1", "brdbbbb", "other", "10.0.0.3", &[]));
+    calc.put_endpoint(endpoint(
+        "n2",
+        "brdcccc",
+        "client",
+        "10.0.1.2",
+        &[("role", "client")],
+    ));
+    calc
+}
+
+fn restores(kernel: &RecordingKernel) -> (Vec<String>, Vec<String>) {
+    let mut iptables = Vec::new();
+    let mut ipsets = Vec::new();
+    for call in kernel.calls() {
+        match call {
+            Call::IptablesRestore(_, payload) => iptables.push(payload),
+            Call::IpsetRestore(payload) => ipsets.push(payload),
+            _ => {}
+        }
+    }
+    (iptables, ipsets)
+}
+
+#[test]
+fn renders_dispatch_endpoint_and_policy_chains_with_sets() {
+    let rendered = render(&world().view("n1"), Family::V4);
+    let chain = |name: &str| {
+        rendered
+            .chains
+            .get(name)
+            .unwrap_or_else(|| panic!("{name}: {:?}", rendered.chains.keys()))
+    };
+    assert!(
+        chain(FROM_WORKLOADS)
+            .iter()
+            .any(|r| r.ends_with("-i brdaaaa -g brd-fw-brdaaaa"))
+    );
+    assert!(
+        chain(TO_WORKLOADS).last().is_some_and(|r| r.ends_with("-j DROP")),
+        "unknown workloads fail closed"
+    );
+    // web is selected for ingress: its chain ends in a drop; other is open (marks cleared only).
+    assert!(
+        chain("brd-tw-brdaaaa")
+            .last()
+            .is_some_and(|r| r.ends_with("-j DROP"))
+    );
+    assert_eq!(chain("brd-tw-brdbbbb").len(), 1);
+    let policy = rendered
+        .chains
+        .keys()
+        .find(|k| k.starts_with("brd-pi-"))
+        .expect("policy chain");
+    let rules = chain(policy).join("\n");
+    assert!(rules.contains("-m multiport --dports 9000:9010"), "{rules}");
+    assert!(rules.contains("dst,dst"), "named port set: {rules}");
+    assert!(
+        rules.contains("-s 10.9.0.0/16") && rules.contains("! --match-set brd-c"),
+        "{rules}"
+    );
+    let client_set = rendered
+        .sets
+        .values()
+        .find(|s| s.members.contains("10.0.1.2"))
+        .expect("client set");
+    assert_eq!(client_set.kind, "hash:net");
+    assert!(
+        rendered
+            .sets
+            .values()
+            .any(|s| s.kind == "hash:ip,port" && s.members.contains("10.0.0.2,tcp:8080"))
+    );
+    assert!(
+        rendered.sets.values().any(|s| s.members.contains("10.9.1.0/24")),
+        "except list as a local set"
+    );
+}
+
+#[test]
+fn each_family_renders_its_own_addresses_into_its_own_sets() {
+    let mut calc = world();
+    let mut dual = endpoint("n2", "brddddd", "client6", "fd00::7", &[("role", "client")]);
+    dual.ips.push("10.0.1.7".parse().expect("ip"));
+    calc.put_endpoint(dual);
+    let icmp = "apiVersion: brindle.io/v1
+kind: NetworkPolicy
+metadata: {name: ping, namespace: shop}
+spec:
+  selector: app == 'web'
+  ingress: [{action: Allow, protocol: ICMP, source: {nets: [\"fd00:9::/64\", 10.9.0.0/16]}}]
+";
+    for resource in parse_documents(icmp, "").expect("valid") {
+        if let Resource::Policy(policy) = resource {
+            calc.put_policy(policy);
+        }
+    }
+    let v4 = render(&calc.view("n1"), Family::V4);
+    let v6 = render(&calc.view("n1"), Family::V6);
+    assert!(
+        v4.sets.keys().all(|name| name.starts_with("brd-")),
+        "{:?}",
+        v4.sets.keys()
+    );
+    assert!(
+        v6.sets.keys().all(|name| name.starts_with("brd6-")),
+        "{:?}",
+        v6.sets.keys()
+    );
+    let members = |rendered: &Rendered| -> BTreeSet<String> {
+        rendered
+            .sets
+            .values()
+            .flat_map(|s| s.members.iter().cloned())
+            .collect()
+    };
+    let address = |member: &String| member.split(',').next().unwrap_or_default().to_owned();
+    assert!(members(&v4).contains("10.0.1.7") && !members(&v4).iter().any(|m| address(m).contains(':')));
+    assert!(members(&v6).contains("fd00::7") && !members(&v6).contains("10.0.1.7"));
+    let rules = |rendered: &Rendered| {
+        rendered
+            .chains
+            .values()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(rules(&v4).contains("-p icmp -s 10.9.0.0/16"), "{}", rules(&v4));
+    assert!(
+        rules(&v6).contains("-p ipv6-icmp -s fd00:9::/64"),
+        "{}",
+        rules(&v6)
+    );
+}
+
+#[test]
+fn a_protocol_with_a_not_protocol_renders_one_protocol_match() {
+    let mut calc = world();
+    let guard = "apiVersion: brindle.io/v1
+kind: NetworkPolicy
+metadata: {name: guard, namespace: shop}
+spec:
+  selector: app == 'web'
+  ingress:
+    - {action: Deny, protocol: TCP, notProtocol: UDP}
+    - {action: Allow, notProtocol: UDP}
+";
+    for resource in parse_documents(guard, "").expect("valid") {
+        if let Resource::Policy(policy) = resource {
+            calc.put_policy(policy);
+        }
+    }
+    let rendered = render(&calc.view("n1"), Family::V4);
+    let rules: Vec<&String> = rendered
+        .chains
+        .iter()
+        .filter(|(name, _)| name.starts_with("brd-pi-"))
+        .flat_map(|(_, rules)| rules)
+        .collect();
+    assert!(
+        rules.iter().any(|r| r.ends_with("\" -p tcp -j DROP")),
+        "{rules:?}"
+    );
+    assert!(
+        rules.iter().any(|r| r.contains("\" ! -p udp -j MARK")),
+        "{rules:?}"
+    );
+    assert!(
+        rules.iter().all(|r| r.matches("-p ").count() <= 1),
+        "iptables accepts one protocol match per rule: {rules:?}"
+    );
+}
+
+#[test]
+fn applies_only_differences_and_repairs_after_resync() {
+    let kernel = RecordingKernel::default();
+    let mut calc = world();
+    let mut applier = PolicyApplier::new(Family::V4);
+    let desired = render(&calc.view("n1"), Family::V4);
+    assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("apply"), 2);
+    assert!(kernel.calls().contains(&Call::IptablesJump(
+        "filter".into(),
+        "FORWARD".into(),
+        FORWARD_CHAIN.into()
+    )));
+    assert_eq!(
+        applier.apply(&kernel, &kernel, &desired).expect("again"),
+        0,
+        "nothing changed, nothing written"
+    );
+
+    // A new client elsewhere: one ipset line, no iptables write.
+    let before = kernel.calls().len();
+    calc.put_endpoint(endpoint(
+        "n3",
+        "brddddd",
+        "client2",
+        "10.0.2.2",
+        &[("role", "client")],
+    ));
+    let desired = render(&calc.view("n1"), Family::V4);
+    assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("member"), 1);
+    let (iptables, ipsets) = restores(&kernel);
+    assert_eq!(iptables.len(), 1, "still only the first iptables write");
+    let last = ipsets.last().expect("ipset write");
+    assert_eq!(
+        last.trim(),
+        format!(
+            "add {} 10.0.2.2 -exist",
+            last.split_whitespace().nth(1).unwrap_or_default()
+        )
+    );
+    assert_eq!(
+        kernel.calls().len() - before,
+        1,
+        "one ipset restore, nothing else"
+    );
+
+    // Somebody flushes a chain by hand: after a resync exactly that chain is written back.
+    Iptables::restore(&kernel, "filter", "*filter\n:brd-tw-brdaaaa - [0:0]\nCOMMIT\n").expect("tamper");
+    applier.resync();
+    assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("repair"), 1);
+    let (iptables, _) = restores(&kernel);
+    let repair = iptables.last().expect("repair write");
+    assert!(
+        repair.contains(":brd-tw-brdaaaa") && !repair.contains(":brd-fw-brdaaaa"),
+        "{repair}"
+    );
+
+    // The policy goes: its chain and sets go, the endpoints stay (open).
+    let id = calc.state().policies().next().expect("policy").id.clone();
+    calc.remove_policy(&id);
+    let desired = render(&calc.view("n1"), Family::V4);
+    applier.apply(&kernel, &kernel, &desired).expect("remove");
+    let saved = Iptables::save(&kernel, "filter").expect("save");
+    assert!(!saved.contains("brd-pi-"), "{saved}");
+    assert!(saved.contains(":brd-tw-brdaaaa"));
+    let sets = Ipsets::save(&kernel).expect("sets");
+    assert!(sets.trim().is_empty(), "stale sets destroyed: {sets}");
+
+    // A fresh applier (agent restart) writes nothing when the kernel already matches.
+    let mut restarted = PolicyApplier::new(Family::V4);
+    assert_eq!(restarted.apply(&kernel, &kernel, &desired).expect("restart"), 0);
+}
+
+#[test]
+fn a_failed_write_is_retried_from_what_the_kernel_holds() {
+    let kernel = RecordingKernel::default();
+    let mut applier = PolicyApplier::new(Family::V4);
+    let desired = render(&world().view("n1"), Family::V4);
+    kernel.fail_on("IptablesRestore");
+    assert!(applier.apply(&kernel, &kernel, &desired).is_err());
+    assert!(applier.apply(&kernel, &kernel, &desired).expect("retry") >= 1);
+    assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("settled"), 0);
+}
