@@ -2,9 +2,9 @@
 //! a temporary file and renamed in, so a record is always whole), so DEL, CHECK and GC work after an
 //! agent restart and the agent can reconcile records, kernel and IPAM on start.
 //!
-//! Records are not fsync'd: they must survive the agent crashing or restarting (the page cache
-//! does), not the node losing power — then every pod namespace is gone too, the runtime ADDs again,
-//! and the start-up sweep releases allocations no record owns.
+//! A record is fsync'd, and so is its directory after the rename: a record that was written
+//! survives the node losing power too (the pods' namespaces do not, but their addresses must not
+//! be handed out again before the runtime's DEL or GC says so).
 
 use std::path::{Path, PathBuf};
 
@@ -188,7 +188,7 @@ impl AttachmentStore {
         self.dir.join(format!("{}.json", key.host_ifname()))
     }
 
-    /// Writes (or replaces) a record atomically.
+    /// Writes (or replaces) a record atomically and durably.
     pub fn save(&self, attachment: &Attachment) -> Result<(), RecordError> {
         let path = self.path(&attachment.key);
         let temporary = path.with_extension("json.tmp");
@@ -203,7 +203,18 @@ impl AttachmentStore {
         })?;
         let file = std::fs::File::create(&temporary).map_err(|e| io("creating", e))?;
         std::io::Write::write_all(&mut &file, &bytes).map_err(|e| io("writing", e))?;
+        // The bytes reach the disk before the name points at them, and the new name reaches the
+        // disk before the record counts as written: a power loss leaves the old record or the
+        // new one, never an empty file under the record's name.
+        file.sync_all().map_err(|e| io("syncing", e))?;
         std::fs::rename(&temporary, &path).map_err(|e| io("renaming", e))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|source| RecordError::Io {
+                what: "syncing",
+                path: self.dir.clone(),
+                source,
+            })?;
         Ok(())
     }
 

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use ipam_api::handles::WorkloadHandle;
 use ipnet::IpNet;
 
-use super::attachments::{Attachment, AttachmentStore, Phase};
+use super::attachments::{Attachment, AttachmentStore, Phase, RecordError};
 use super::endpoints::{EndpointRegistry, endpoint};
 use super::ipam::{Families, IpamApi, Owner};
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
@@ -156,6 +156,22 @@ impl CniOps {
         self
     }
 
+    /// Runs `work` on the attachment records on the blocking pool: file writes and fsyncs must
+    /// not hold an async worker.
+    async fn on_disk<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&AttachmentStore) -> Result<T, RecordError> + Send + 'static,
+    ) -> Result<T, RecordError> {
+        let records = self.records.clone();
+        tokio::task::spawn_blocking(move || work(&records))
+            .await
+            .map_err(|error| RecordError::Io {
+                what: "waiting for the records' I/O",
+                path: PathBuf::new(),
+                source: std::io::Error::other(error),
+            })?
+    }
+
     fn wiring(&self) -> Wiring<'_> {
         Wiring::new(self.netlink.as_ref(), self.sysctl.as_ref())
     }
@@ -164,7 +180,13 @@ impl CniOps {
     pub async fn add(&self, request: &CniRequest, config: &NetworkConfig) -> Result<Added, CniError> {
         let _serialised = self.locks.lock(&request.key.container_id).await;
         let _running = self.links.add_running();
-        if let Some(existing) = self.records.load(&request.key)? {
+        if let Some(existing) = self
+            .on_disk({
+                let key = request.key.clone();
+                move |records| records.load(&key)
+            })
+            .await?
+        {
             if existing.phase == Phase::Ready {
                 return Err(CniError::new(
                     INTERFACE_EXISTS,
@@ -190,7 +212,11 @@ impl CniOps {
             phase: Phase::Adding,
         };
         // The intent is recorded before anything is allocated, so a crash mid-ADD is undone on start.
-        self.records.save(&attachment)?;
+        self.on_disk({
+            let attachment = attachment.clone();
+            move |records| records.save(&attachment)
+        })
+        .await?;
         self.links.wait_deleted(&attachment.host_ifname).await;
         let attached = match self
             .allocate_and_wire(
@@ -207,7 +233,11 @@ impl CniOps {
         match attached {
             Ok(wired) => {
                 attachment.phase = Phase::Ready;
-                self.records.save(&attachment)?;
+                self.on_disk({
+                    let attachment = attachment.clone();
+                    move |records| records.save(&attachment)
+                })
+                .await?;
                 Ok(Added {
                     wired,
                     addresses: attachment.addresses,
@@ -315,8 +345,16 @@ impl CniOps {
             Removal::Later => self.links.delete_soon(&attachment.host_ifname).await?,
         }
         self.ipam.release(&attachment.handle_id).await?;
-        self.records.remove(&attachment.key)?;
-        self.records.forget_quarantined(&attachment.host_ifname)?;
+        self.on_disk({
+            let key = attachment.key.clone();
+            move |records| records.remove(&key)
+        })
+        .await?;
+        self.on_disk({
+            let host_ifname = attachment.host_ifname.clone();
+            move |records| records.forget_quarantined(&host_ifname)
+        })
+        .await?;
         Ok(())
     }
 
@@ -324,18 +362,24 @@ impl CniOps {
     /// are released (if IPAM is unreachable the record stays so a retry or GC frees them).
     pub async fn del(&self, request: &CniRequest) -> Result<(), CniError> {
         let _serialised = self.locks.lock(&request.key.container_id).await;
-        let attachment = self.records.load(&request.key)?.unwrap_or_else(|| Attachment {
-            key: request.key.clone(),
-            netns: request.netns.clone(),
-            handle_id: handle_id(&request.key),
-            host_ifname: request.key.host_ifname(),
-            addresses: Vec::new(),
-            namespace: String::new(),
-            pod: String::new(),
-            labels: BTreeMap::new(),
-            ports: Vec::new(),
-            phase: Phase::Ready,
-        });
+        let attachment = self
+            .on_disk({
+                let key = request.key.clone();
+                move |records| records.load(&key)
+            })
+            .await?
+            .unwrap_or_else(|| Attachment {
+                key: request.key.clone(),
+                netns: request.netns.clone(),
+                handle_id: handle_id(&request.key),
+                host_ifname: request.key.host_ifname(),
+                addresses: Vec::new(),
+                namespace: String::new(),
+                pod: String::new(),
+                labels: BTreeMap::new(),
+                ports: Vec::new(),
+                phase: Phase::Ready,
+            });
         // Deleting a veth takes the kernel tens of milliseconds: DEL takes it down and leaves the
         // delete to the reaper. An ADD reusing the name waits; a restart sweeps what a crash left.
         self.undo(&attachment, Removal::Later).await
@@ -399,7 +443,7 @@ impl CniOps {
         // A valid attachment keeps the handle its record names (written by an earlier version,
         // perhaps in another form) as well as the one its key gives today.
         let mut valid_handles: Vec<String> = valid.iter().map(handle_id).collect();
-        for attachment in self.records.list()? {
+        for attachment in self.on_disk(|records| records.list()).await? {
             if attachment.key.network != network {
                 continue;
             }
@@ -457,8 +501,13 @@ impl CniOps {
     /// Deletes `brd*` host links that no record owns (the links of records moved aside are kept
     /// until their DEL: their pods may be running).
     async fn sweep_links(&self) -> Result<(), CniError> {
-        let mut owned: HashSet<String> = self.records.list()?.into_iter().map(|a| a.host_ifname).collect();
-        owned.extend(self.records.quarantined_interfaces()?);
+        let mut owned: HashSet<String> = self
+            .on_disk(|records| records.list())
+            .await?
+            .into_iter()
+            .map(|a| a.host_ifname)
+            .collect();
+        owned.extend(self.on_disk(|records| records.quarantined_interfaces()).await?);
         for link in self.netlink.links().await? {
             if link.name.starts_with(HOST_PREFIX)
                 && !owned.contains(&link.name)
@@ -484,7 +533,7 @@ impl CniOps {
             tracing::info!(key = ?attachment.key, "undoing an ADD interrupted by a restart");
             self.undo(&attachment, Removal::Now).await?;
         }
-        let quarantined = self.records.quarantined_interfaces()?;
+        let quarantined = self.on_disk(|records| records.quarantined_interfaces()).await?;
         if quarantined.is_empty() {
             let owned: Vec<String> = ready.into_iter().map(|a| a.handle_id).collect();
             let released = self.ipam.collect_garbage(&self.node, &owned, None).await?;
