@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use node_agent::core::policy::{Family, PolicyApplier, render};
-use node_agent::dataplane::{Call, RecordingKernel};
+use node_agent::dataplane::RecordingKernel;
 use policy_api::convert::{entry_from_proto, entry_to_proto};
 use policy_svc::core::model::Action;
 use policy_svc::core::view::{
@@ -104,15 +104,7 @@ fn every_line_written_to_the_kernel_comes_from_the_renderer() {
     PolicyApplier::new(Family::V4)
         .apply(&kernel, &kernel, &rendered)
         .expect("apply");
-    let mut iptables = Vec::new();
-    let mut ipsets = Vec::new();
-    for call in kernel.calls() {
-        match call {
-            Call::IptablesRestore(_, payload) => iptables.push(payload),
-            Call::IpsetRestore(payload) => ipsets.push(payload),
-            _ => {}
-        }
-    }
+    let (iptables, ipsets) = kernel.restores();
     let rules = iptables.concat();
     assert!(rules.contains("-i brdgood -g brd-fw-brdgood"), "{rules}");
     for line in rules.lines() {

@@ -5,7 +5,6 @@
 
 use brindle_proto::InvalidField;
 use brindle_proto::policy::v1 as pb;
-use brindle_sync::{Payload, Wire};
 
 use crate::model::{Action, Endpoint, EndpointKey, NamedPort, Protocol};
 use crate::rule_text;
@@ -272,60 +271,14 @@ pub fn endpoint_from_proto(endpoint: pb::WorkloadEndpoint) -> Result<Endpoint, I
 /// A node's policy view's `Sync` messages.
 pub struct PolicyWire;
 
-impl Wire for PolicyWire {
-    type Value = ViewEntry;
-    type Entry = pb::PolicyEntry;
-    type State = pb::PolicyState;
-    type Delta = pb::PolicyDelta;
-    type Response = pb::SyncResponse;
-
-    fn entry_to_proto(key: &str, value: &ViewEntry) -> pb::PolicyEntry {
-        entry_to_proto(key, value)
-    }
-
-    fn entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, ViewEntry), InvalidField> {
-        entry_from_proto(entry)
-    }
-
-    fn state(entries: Vec<pb::PolicyEntry>) -> pb::PolicyState {
-        pb::PolicyState { entries }
-    }
-
-    fn state_entries(state: pb::PolicyState) -> Vec<pb::PolicyEntry> {
-        state.entries
-    }
-
-    fn delta(upserts: Vec<pb::PolicyEntry>, removed_keys: Vec<String>) -> pb::PolicyDelta {
-        pb::PolicyDelta {
-            upserts,
-            removed_keys,
-        }
-    }
-
-    fn delta_parts(delta: pb::PolicyDelta) -> (Vec<pb::PolicyEntry>, Vec<String>) {
-        (delta.upserts, delta.removed_keys)
-    }
-
-    fn response(revision: u64, payload: Payload<pb::PolicyDelta>) -> pb::SyncResponse {
-        use pb::sync_response::Payload as Message;
-        let payload = match payload {
-            Payload::Snapshot(piece) => Message::Snapshot(piece),
-            Payload::Delta(delta) => Message::Delta(delta),
-            Payload::Keepalive(keepalive) => Message::Keepalive(keepalive),
-        };
-        pb::SyncResponse {
-            revision,
-            payload: Some(payload),
-        }
-    }
-
-    fn response_parts(response: pb::SyncResponse) -> (u64, Option<Payload<pb::PolicyDelta>>) {
-        use pb::sync_response::Payload as Message;
-        let payload = response.payload.map(|payload| match payload {
-            Message::Snapshot(piece) => Payload::Snapshot(piece),
-            Message::Delta(delta) => Payload::Delta(delta),
-            Message::Keepalive(keepalive) => Payload::Keepalive(keepalive),
-        });
-        (response.revision, payload)
-    }
-}
+brindle_sync::impl_wire!(
+    PolicyWire,
+    value: ViewEntry,
+    entry: pb::PolicyEntry,
+    state: pb::PolicyState,
+    delta: pb::PolicyDelta,
+    response: pb::SyncResponse,
+    payload: pb::sync_response::Payload,
+    entry_to_proto: entry_to_proto,
+    entry_from_proto: entry_from_proto,
+);

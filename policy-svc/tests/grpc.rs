@@ -219,17 +219,22 @@ async fn grpcurl_applies_lists_traces_and_refuses_bad_input() {
     }
 }
 
-/// A subscriber for `node` that applies what it receives to a mirror and reports each revision.
-async fn subscribe(
-    address: &str,
-    node: &str,
-) -> (mpsc::Receiver<Mirror<ViewEntry>>, tokio::task::JoinHandle<()>) {
+/// A client of the service at `address`.
+async fn connect(address: &str) -> PolicyClient<Channel> {
     let channel = Channel::from_shared(format!("http://{address}"))
         .expect("uri")
         .connect()
         .await
         .expect("connect");
-    let mut client = PolicyClient::new(channel);
+    PolicyClient::new(channel)
+}
+
+/// A subscriber for `node` that applies what it receives to a mirror and reports each revision.
+async fn subscribe(
+    address: &str,
+    node: &str,
+) -> (mpsc::Receiver<Mirror<ViewEntry>>, tokio::task::JoinHandle<()>) {
+    let mut client = connect(address).await;
     let (to_server, outgoing) = mpsc::channel(8);
     let hello = common::SyncClientMessage {
         message: Some(common::sync_client_message::Message::Hello(common::SyncHello {
@@ -287,12 +292,7 @@ fn policies(state: &std::collections::BTreeMap<String, ViewEntry>) -> usize {
 async fn a_node_streams_exactly_its_view_and_follows_changes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (address, service) = serve(&dir).await;
-    let channel = Channel::from_shared(format!("http://{address}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = PolicyClient::new(channel);
+    let mut client = connect(&address).await;
     client
         .apply(pb::ApplyRequest {
             manifest: DENY_ALL.into(),
@@ -403,12 +403,7 @@ async fn a_node_streams_exactly_its_view_and_follows_changes() {
 async fn what_the_datastore_refuses_is_named_with_its_limit_not_internal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (address, _service) = serve(&dir).await;
-    let channel = Channel::from_shared(format!("http://{address}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = PolicyClient::new(channel);
+    let mut client = connect(&address).await;
     // One policy whose record is larger than the datastore takes in one request.
     let nets: String = (0..100_000u32)
         .map(|i| format!("        - 10.{}.{}.{}/32\n", i >> 16, (i >> 8) & 255, i & 255))

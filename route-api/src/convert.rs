@@ -5,7 +5,6 @@ use std::net::IpAddr;
 
 use brindle_proto::InvalidField;
 use brindle_proto::route::v1 as pb;
-use brindle_sync::{Payload, Wire};
 use ipnet::IpNet;
 
 use crate::model::{Encapsulation, Node, PoolRoute, RouteItem};
@@ -185,60 +184,14 @@ pub fn entry_from_proto(entry: pb::RouteEntry) -> Result<(String, RouteItem), In
 /// The routing state's `Sync` messages.
 pub struct RouteWire;
 
-impl Wire for RouteWire {
-    type Value = RouteItem;
-    type Entry = pb::RouteEntry;
-    type State = pb::RouteState;
-    type Delta = pb::RouteDelta;
-    type Response = pb::SyncResponse;
-
-    fn entry_to_proto(key: &str, value: &RouteItem) -> pb::RouteEntry {
-        entry_to_proto(key, value)
-    }
-
-    fn entry_from_proto(entry: pb::RouteEntry) -> Result<(String, RouteItem), InvalidField> {
-        entry_from_proto(entry)
-    }
-
-    fn state(entries: Vec<pb::RouteEntry>) -> pb::RouteState {
-        pb::RouteState { entries }
-    }
-
-    fn state_entries(state: pb::RouteState) -> Vec<pb::RouteEntry> {
-        state.entries
-    }
-
-    fn delta(upserts: Vec<pb::RouteEntry>, removed_keys: Vec<String>) -> pb::RouteDelta {
-        pb::RouteDelta {
-            upserts,
-            removed_keys,
-        }
-    }
-
-    fn delta_parts(delta: pb::RouteDelta) -> (Vec<pb::RouteEntry>, Vec<String>) {
-        (delta.upserts, delta.removed_keys)
-    }
-
-    fn response(revision: u64, payload: Payload<pb::RouteDelta>) -> pb::SyncResponse {
-        use pb::sync_response::Payload as Message;
-        let payload = match payload {
-            Payload::Snapshot(piece) => Message::Snapshot(piece),
-            Payload::Delta(delta) => Message::Delta(delta),
-            Payload::Keepalive(keepalive) => Message::Keepalive(keepalive),
-        };
-        pb::SyncResponse {
-            revision,
-            payload: Some(payload),
-        }
-    }
-
-    fn response_parts(response: pb::SyncResponse) -> (u64, Option<Payload<pb::RouteDelta>>) {
-        use pb::sync_response::Payload as Message;
-        let payload = response.payload.map(|payload| match payload {
-            Message::Snapshot(piece) => Payload::Snapshot(piece),
-            Message::Delta(delta) => Payload::Delta(delta),
-            Message::Keepalive(keepalive) => Payload::Keepalive(keepalive),
-        });
-        (response.revision, payload)
-    }
-}
+brindle_sync::impl_wire!(
+    RouteWire,
+    value: RouteItem,
+    entry: pb::RouteEntry,
+    state: pb::RouteState,
+    delta: pb::RouteDelta,
+    response: pb::SyncResponse,
+    payload: pb::sync_response::Payload,
+    entry_to_proto: entry_to_proto,
+    entry_from_proto: entry_from_proto,
+);

@@ -106,3 +106,80 @@ pub fn apply_response<W: Wire>(
     };
     apply_received(mirror, pieces, revision, received, decode_state::<W>)
 }
+
+/// Implements [`Wire`] for `$wire`, a service whose generated messages have the Sync shape every
+/// brindle service shares (a state of `entries`, a delta of `upserts` and `removed_keys`, a
+/// response of `revision` and a `payload` of snapshot, delta or keepalive), given the conversion
+/// of one entry.
+#[macro_export]
+macro_rules! impl_wire {
+    (
+        $wire:ty,
+        value: $value:ty,
+        entry: $entry:ty,
+        state: $state:path,
+        delta: $delta:path,
+        response: $response:path,
+        payload: $payload:path,
+        entry_to_proto: $to:path,
+        entry_from_proto: $from:path $(,)?
+    ) => {
+        impl $crate::Wire for $wire {
+            type Value = $value;
+            type Entry = $entry;
+            type State = $state;
+            type Delta = $delta;
+            type Response = $response;
+
+            fn entry_to_proto(key: &str, value: &$value) -> $entry {
+                $to(key, value)
+            }
+
+            fn entry_from_proto(entry: $entry) -> Result<(String, $value), ::brindle_proto::InvalidField> {
+                $from(entry)
+            }
+
+            fn state(entries: Vec<$entry>) -> $state {
+                $state { entries }
+            }
+
+            fn state_entries(state: $state) -> Vec<$entry> {
+                state.entries
+            }
+
+            fn delta(upserts: Vec<$entry>, removed_keys: Vec<String>) -> $delta {
+                $delta {
+                    upserts,
+                    removed_keys,
+                }
+            }
+
+            fn delta_parts(delta: $delta) -> (Vec<$entry>, Vec<String>) {
+                (delta.upserts, delta.removed_keys)
+            }
+
+            fn response(revision: u64, payload: $crate::Payload<$delta>) -> $response {
+                use $payload as Message;
+                let payload = match payload {
+                    $crate::Payload::Snapshot(piece) => Message::Snapshot(piece),
+                    $crate::Payload::Delta(delta) => Message::Delta(delta),
+                    $crate::Payload::Keepalive(keepalive) => Message::Keepalive(keepalive),
+                };
+                $response {
+                    revision,
+                    payload: Some(payload),
+                }
+            }
+
+            fn response_parts(response: $response) -> (u64, Option<$crate::Payload<$delta>>) {
+                use $payload as Message;
+                let payload = response.payload.map(|payload| match payload {
+                    Message::Snapshot(piece) => $crate::Payload::Snapshot(piece),
+                    Message::Delta(delta) => $crate::Payload::Delta(delta),
+                    Message::Keepalive(keepalive) => $crate::Payload::Keepalive(keepalive),
+                });
+                (response.revision, payload)
+            }
+        }
+    };
+}

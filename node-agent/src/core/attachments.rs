@@ -171,16 +171,7 @@ impl AttachmentStore {
     /// Forgets the moved-aside record of host interface `host_ifname` (its attachment was
     /// DELeted); absent is fine.
     pub fn forget_quarantined(&self, host_ifname: &str) -> Result<(), RecordError> {
-        let path = self.dir.join(QUARANTINE_DIR).join(format!("{host_ifname}.json"));
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(RecordError::Io {
-                what: "removing",
-                path,
-                source,
-            }),
-        }
+        remove_if_present(self.dir.join(QUARANTINE_DIR).join(format!("{host_ifname}.json")))
     }
 
     fn path(&self, key: &AttachmentKey) -> PathBuf {
@@ -234,16 +225,7 @@ impl AttachmentStore {
 
     /// Removes the record of `key`; absent is fine.
     pub fn remove(&self, key: &AttachmentKey) -> Result<(), RecordError> {
-        let path = self.path(key);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(RecordError::Io {
-                what: "removing",
-                path,
-                source,
-            }),
-        }
+        remove_if_present(self.path(key))
     }
 
     /// Every record (records that do not decode are moved aside, see [`Self::load`]).
@@ -267,6 +249,19 @@ impl AttachmentStore {
         }
         attachments.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(attachments)
+    }
+}
+
+/// Removes the file at `path`; absent is fine.
+fn remove_if_present(path: PathBuf) -> Result<(), RecordError> {
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RecordError::Io {
+            what: "removing",
+            path,
+            source,
+        }),
     }
 }
 

@@ -100,6 +100,20 @@ impl RecordingKernel {
         self.lock().calls.clone()
     }
 
+    /// The payloads written with `iptables-restore` and with `ipset restore`, in order.
+    pub fn restores(&self) -> (Vec<String>, Vec<String>) {
+        let mut iptables = Vec::new();
+        let mut ipsets = Vec::new();
+        for call in &self.lock().calls {
+            match call {
+                Call::IptablesRestore(_, payload) => iptables.push(payload.clone()),
+                Call::IpsetRestore(payload) => ipsets.push(payload.clone()),
+                _ => {}
+            }
+        }
+        (iptables, ipsets)
+    }
+
     /// Makes the next call whose `Debug` text contains `needle` fail.
     pub fn fail_on(&self, needle: &str) {
         self.lock().fail_on = Some(needle.to_owned());

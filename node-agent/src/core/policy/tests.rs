@@ -61,19 +61,6 @@ fn world() -> Calculator {
     calc
 }
 
-fn restores(kernel: &RecordingKernel) -> (Vec<String>, Vec<String>) {
-    let mut iptables = Vec::new();
-    let mut ipsets = Vec::new();
-    for call in kernel.calls() {
-        match call {
-            Call::IptablesRestore(_, payload) => iptables.push(payload),
-            Call::IpsetRestore(payload) => ipsets.push(payload),
-            _ => {}
-        }
-    }
-    (iptables, ipsets)
-}
-
 #[test]
 fn renders_dispatch_endpoint_and_policy_chains_with_sets() {
     let rendered = render(&world().view("n1"), Family::V4);
@@ -253,7 +240,7 @@ fn applies_only_differences_and_repairs_after_resync() {
     ));
     let desired = render(&calc.view("n1"), Family::V4);
     assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("member"), 1);
-    let (iptables, ipsets) = restores(&kernel);
+    let (iptables, ipsets) = kernel.restores();
     assert_eq!(iptables.len(), 1, "still only the first iptables write");
     let last = ipsets.last().expect("ipset write");
     assert_eq!(
@@ -273,7 +260,7 @@ fn applies_only_differences_and_repairs_after_resync() {
     Iptables::restore(&kernel, "filter", "*filter\n:brd-tw-brdaaaa - [0:0]\nCOMMIT\n").expect("tamper");
     applier.resync();
     assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("repair"), 1);
-    let (iptables, _) = restores(&kernel);
+    let (iptables, _) = kernel.restores();
     let repair = iptables.last().expect("repair write");
     assert!(
         repair.contains(":brd-tw-brdaaaa") && !repair.contains(":brd-fw-brdaaaa"),
