@@ -2,9 +2,9 @@
 //! a temporary file and renamed in, so a record is always whole), so DEL, CHECK and GC work after an
 //! agent restart and the agent can reconcile records, kernel and IPAM on start.
 //!
-//! A record is fsync'd, and so is its directory after the rename: a record that was written
-//! survives the node losing power too (the pods' namespaces do not, but their addresses must not
-//! be handed out again before the runtime's DEL or GC says so).
+//! A ready record is fsync'd, and so is its directory after the rename: it survives the node
+//! losing power too. The intent record an ADD writes first is not waited for (see
+//! [`AttachmentStore::save_intent`]).
 
 use std::path::{Path, PathBuf};
 
@@ -72,6 +72,15 @@ pub struct Attachment {
     pub ports: Vec<policy_api::model::NamedPort>,
     /// Life phase.
     pub phase: Phase,
+}
+
+/// How far a write goes before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// To the disk (fsync of the file and of the directory).
+    Synced,
+    /// To the page cache.
+    PageCache,
 }
 
 /// Where records that do not decode are moved, inside the records' directory.
@@ -179,8 +188,22 @@ impl AttachmentStore {
         self.dir.join(format!("{}.json", key.host_ifname()))
     }
 
-    /// Writes (or replaces) a record atomically and durably.
+    /// Writes (or replaces) a record atomically and durably: the file is fsync'd before it is
+    /// renamed in, and the directory after, so the record survives a power loss.
     pub fn save(&self, attachment: &Attachment) -> Result<(), RecordError> {
+        self.write(attachment, Durability::Synced)
+    }
+
+    /// Writes the intent record of an ADD (phase [`Phase::Adding`]) atomically but without
+    /// waiting for the disk: it guards against the agent crashing mid-ADD, which the page cache
+    /// survives. After a power loss the pod's namespace is gone and the start-up sweep releases
+    /// what no record owns, so losing an intent costs nothing; the ready record that replaces it
+    /// is [`Self::save`]d durably.
+    pub fn save_intent(&self, attachment: &Attachment) -> Result<(), RecordError> {
+        self.write(attachment, Durability::PageCache)
+    }
+
+    fn write(&self, attachment: &Attachment, durability: Durability) -> Result<(), RecordError> {
         let path = self.path(&attachment.key);
         let temporary = path.with_extension("json.tmp");
         let io = |what, source| RecordError::Io {
@@ -194,6 +217,9 @@ impl AttachmentStore {
         })?;
         let file = std::fs::File::create(&temporary).map_err(|e| io("creating", e))?;
         std::io::Write::write_all(&mut &file, &bytes).map_err(|e| io("writing", e))?;
+        if durability == Durability::PageCache {
+            return std::fs::rename(&temporary, &path).map_err(|e| io("renaming", e));
+        }
         // The bytes reach the disk before the name points at them, and the new name reaches the
         // disk before the record counts as written: a power loss leaves the old record or the
         // new one, never an empty file under the record's name.
@@ -205,8 +231,7 @@ impl AttachmentStore {
                 what: "syncing",
                 path: self.dir.clone(),
                 source,
-            })?;
-        Ok(())
+            })
     }
 
     /// Reads the record of `key`; one that does not decode is moved aside and reads as absent.

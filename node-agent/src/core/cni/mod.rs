@@ -214,7 +214,7 @@ impl CniOps {
         // The intent is recorded before anything is allocated, so a crash mid-ADD is undone on start.
         self.on_disk({
             let attachment = attachment.clone();
-            move |records| records.save(&attachment)
+            move |records| records.save_intent(&attachment)
         })
         .await?;
         self.links.wait_deleted(&attachment.host_ifname).await;
