@@ -1,5 +1,5 @@
-//! Exponential backoff with full jitter, for watch reconnects, CAS retries and reconnecting
-//! clients, and the random numbers behind the jitter.
+//! Exponential backoff with equal jitter (each delay drawn from its upper half), for watch
+//! reconnects, CAS retries and reconnecting clients, and the random numbers behind the jitter.
 
 mod random;
 

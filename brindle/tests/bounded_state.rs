@@ -124,7 +124,7 @@ async fn made_up_node_names_leave_nothing_behind() {
         .expect("connect");
     // Something for each service to stream (a fan-out has no first state before its first
     // write), and a pool that takes no allocation.
-    let pool = ipam_svc::core::model::Pool {
+    let pool = ipam_api::model::Pool {
         name: "closed".into(),
         cidr: "10.244.0.0/16".parse().expect("cidr"),
         block_size: 26,
@@ -133,7 +133,7 @@ async fn made_up_node_names_leave_nothing_behind() {
         nat_outgoing: false,
         disabled: true,
         node_selector: Default::default(),
-        allowed_uses: vec![ipam_svc::core::model::AllowedUse::Workload],
+        allowed_uses: vec![ipam_api::model::AllowedUse::Workload],
     };
     ipam.create_pool(pool).await.expect("pool");
     PolicyClient::new(channel.clone())

@@ -260,7 +260,7 @@ fn ipam_commands(cli: &Cli<'_>, etcd: &EtcdServer, kept: &str, released: &str) {
             .await
             .expect("open etcd");
         store
-            .txn(Txn::new().delete(ipam_svc::core::keys::handle("net.kept")))
+            .txn(Txn::new().delete(ipam_api::keys::handle("net.kept")))
             .await
             .expect("delete handle");
         store

@@ -454,7 +454,7 @@ fn a_node_may_claim_only_what_is_its_own() {
     // node holds, labels an administrator set.
     const REGISTER_NODE: &str = "brindle.route.v1.Routes/RegisterNode";
     let mac = |node: &str| {
-        route_svc::core::model::vtep_mac(node)
+        route_api::model::vtep_mac(node)
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use brindle::lab::{EchoServers, Lab, LabSpec, Target, Transport, Workload, probe, serve, test_binaries};
 use brindle_proto::policy::v1 as pb;
-use policy_svc::core::model::Protocol;
+use policy_api::model::Protocol;
 use policy_svc::truth_table::{
     Matrix, NAMESPACES, PODS, PROBES, Probe, Step, load_cases, named_ports, namespaces, pairs, pod_labels,
 };

@@ -19,7 +19,9 @@ use crate::{ServeError, StoreArgs};
 pub struct ServiceBinary {
     /// The binary's name, e.g. `ipam-svc`.
     pub name: &'static str,
-    /// What it is, for `--help`.
+    /// Its version, for `--version` (its crate's).
+    pub version: &'static str,
+    /// What it is, for `--help` (its crate's description).
     pub about: &'static str,
     /// The environment variable of `--listen`, e.g. `IPAM_SVC_LISTEN`.
     pub listen_env: &'static str,
@@ -31,8 +33,10 @@ pub struct ServiceBinary {
     pub service_name: &'static str,
 }
 
-/// The flags of a service binary.
+// The flags of a service binary. (A plain comment: clap would make a doc comment every binary's
+// `about`.)
 #[derive(Debug, Args)]
+#[allow(missing_docs)]
 pub struct ServiceArgs {
     /// Address to serve gRPC on.
     #[arg(long)]
@@ -54,10 +58,10 @@ pub struct ServiceArgs {
 impl ServiceArgs {
     /// The command line of `binary`, with its name, listen variable and default ports.
     pub fn command(binary: &ServiceBinary) -> clap::Command {
-        let command = clap::Command::new(binary.name)
+        Self::augment_args(clap::Command::new(binary.name))
             .about(binary.about)
-            .version(env!("CARGO_PKG_VERSION"));
-        Self::augment_args(command)
+            .long_about(None)
+            .version(binary.version)
             .mut_arg("listen", |arg| {
                 arg.env(binary.listen_env)
                     .default_value(binary.listen)
@@ -104,7 +108,8 @@ mod tests {
 
     const BINARY: ServiceBinary = ServiceBinary {
         name: "test-svc",
-        about: "a test",
+        version: "9.9.9",
+        about: "a test service",
         listen_env: "TEST_SVC_LISTEN",
         listen: "0.0.0.0:7499",
         metrics_listen: "0.0.0.0:9499",
@@ -124,9 +129,12 @@ mod tests {
             .write_long_help(&mut help)
             .expect("help");
         let help = String::from_utf8(help).expect("UTF-8");
+        assert!(help.starts_with("a test service\n"), "{help}");
         assert!(
             help.contains("TEST_SVC_LISTEN") && help.contains("--etcd-endpoints"),
             "{help}"
         );
+        let version = ServiceArgs::command(&BINARY).render_version();
+        assert_eq!(version.trim(), "test-svc 9.9.9");
     }
 }

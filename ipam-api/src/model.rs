@@ -30,22 +30,34 @@ pub enum AllowedUse {
     Tunnel,
 }
 
-/// A pool's selector over node labels, parsed when the pool is written (and when its record is
-/// read back), so an unparsable one is refused then and never silently matches nothing later.
-/// Kept as written; empty selects every node.
+/// A pool's selector over node labels, parsed when the pool is written, so an unparsable one is
+/// refused then. Kept as written; empty selects every node. A stored record whose selector no
+/// longer parses (written by hand, or under another grammar) still reads — one bad pool must not
+/// make every pool unreadable — and selects no node ([`NodeSelector::is_valid`] tells).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeSelector {
     text: String,
-    parsed: Option<Selector>,
+    parsed: Parsed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+enum Parsed {
+    /// Empty: every node.
+    #[default]
+    Everything,
+    /// A selector.
+    Selector(Selector),
+    /// Does not parse: no node.
+    Invalid,
 }
 
 impl NodeSelector {
     /// Parses `text` (empty: every node).
     pub fn parse(text: &str) -> Result<Self, brindle_selector::ParseError> {
         let parsed = if text.trim().is_empty() {
-            None
+            Parsed::Everything
         } else {
-            Some(Selector::parse(text)?)
+            Parsed::Selector(Selector::parse(text)?)
         };
         Ok(Self {
             text: text.to_owned(),
@@ -60,9 +72,16 @@ impl NodeSelector {
 
     /// Whether a node with `labels` is selected.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.parsed
-            .as_ref()
-            .is_none_or(|selector| selector.matches(labels))
+        match &self.parsed {
+            Parsed::Everything => true,
+            Parsed::Selector(selector) => selector.matches(labels),
+            Parsed::Invalid => false,
+        }
+    }
+
+    /// Whether the selector parses (a stored one may not, see the type's documentation).
+    pub fn is_valid(&self) -> bool {
+        self.parsed != Parsed::Invalid
     }
 }
 
@@ -75,7 +94,10 @@ impl Serialize for NodeSelector {
 impl<'de> Deserialize<'de> for NodeSelector {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
+        Ok(Self::parse(&text).unwrap_or(Self {
+            text,
+            parsed: Parsed::Invalid,
+        }))
     }
 }
 
@@ -458,6 +480,17 @@ mod tests {
             block.allocate("h", "n", &reserved, 0).expect("ip").0.to_string(),
             "10.0.0.2"
         );
+    }
+
+    #[test]
+    fn a_stored_selector_that_does_not_parse_reads_and_selects_nothing() {
+        let pool: NodeSelector = serde_json::from_str("\"zone ==\"").expect("reads");
+        assert!(!pool.is_valid());
+        assert_eq!(pool.as_str(), "zone ==");
+        assert!(!pool.matches(&BTreeMap::new()));
+        assert!(NodeSelector::parse("zone ==").is_err(), "refused when written");
+        let every: NodeSelector = serde_json::from_str("\"\"").expect("reads");
+        assert!(every.is_valid() && every.matches(&BTreeMap::new()));
     }
 
     #[test]

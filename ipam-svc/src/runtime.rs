@@ -12,7 +12,8 @@ use crate::grpc::{IpamService, SERVICE_NAME};
 /// What tells this binary from the other services.
 pub const BINARY: ServiceBinary = ServiceBinary {
     name: "ipam-svc",
-    about: "brindle's IP address management service",
+    version: env!("CARGO_PKG_VERSION"),
+    about: env!("CARGO_PKG_DESCRIPTION"),
     listen_env: "IPAM_SVC_LISTEN",
     listen: "0.0.0.0:7401",
     metrics_listen: "0.0.0.0:9401",

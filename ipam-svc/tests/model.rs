@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::Store;
-use ipam_svc::core::model::{AllowedUse, Handle, IpamConfig, decode};
-use ipam_svc::core::{AssignIpRequest, Ipam, IpamError, keys};
+use ipam_api::keys;
+use ipam_api::model::{AllowedUse, Handle, IpamConfig, decode};
+use ipam_svc::core::{AssignIpRequest, Ipam, IpamError};
 use support::{TestClock, assert_clean, ipam_with_clock, pool, request};
 
 const NODES: [&str; 5] = ["n0", "n1", "n2", "n3", "n4"];

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::{Store, Txn};
-use ipam_svc::core::model::{AllowedUse, IpamConfig, NodeSelector, Reservation};
-use ipam_svc::core::{AssignIpRequest, IpamError, ProblemKind, ShowOptions, keys};
+use ipam_api::keys;
+use ipam_api::model::{AllowedUse, IpamConfig, NodeSelector, Reservation};
+use ipam_svc::core::{AssignIpRequest, IpamError, ProblemKind, ShowOptions};
 use support::{TestClock, assert_clean, ipam_with_clock, pool, request};
 
 fn ip(text: &str) -> IpAddr {

@@ -14,13 +14,14 @@ use tonic_health::ServingStatus;
 
 use crate::core::attachments::AttachmentStore;
 use crate::core::cni::CniOps;
+use crate::core::follow::DEFAULT_RESYNC_EVERY;
 use crate::core::policy::Family;
 use crate::dataplane::{IpsetCommands, Iptables, IptablesCommands, ProcSysctl, RtNetlink, Sysctl};
 use crate::grpc::cni_service::{CniService, SERVICE_NAME};
 use crate::grpc::ipam_client::GrpcIpam;
 use crate::grpc::policy_client::GrpcPolicy;
 use crate::grpc::route_client::RouteFollower;
-use crate::grpc::sync_client::{DEFAULT_RESYNC_EVERY, SyncMetrics};
+use crate::grpc::sync_client::SyncMetrics;
 use brindle_grpc::{ClientTlsArgs, LogArgs, tls};
 use brindle_metrics::{GrpcMetricsLayer, Metrics};
 use route_api::Node;
@@ -107,7 +108,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let tls = args.tls.config()?;
     let endpoint = |address: &str| tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT);
     let ipam = Arc::new(GrpcIpam::new(endpoint(&args.ipam_endpoint)?));
-    let commands = IptablesCommands::detect();
+    // Runs iptables-save: off the async workers.
+    let commands = tokio::task::spawn_blocking(IptablesCommands::detect)
+        .await
+        .context("detecting the iptables backend")?;
     let ipv6_tables = Arc::new(commands.for_ipv6());
     let iptables: Arc<dyn Iptables> = Arc::new(commands);
     let mut ops = CniOps::new(&node, netlink.clone(), sysctl, ipam.clone(), records);

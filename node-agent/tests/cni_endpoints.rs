@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use brindle_datastore::EmbeddedStore;
+use brindle_proto::cni_codes::{INVALID_CONFIG, TRY_AGAIN_LATER};
 use ipam_svc::core::Ipam;
 use node_agent::core::attachments::AttachmentStore;
-use node_agent::core::cni::{CniOps, CniRequest, INVALID_CONFIG, NetworkConfig, TRY_AGAIN_LATER};
+use node_agent::core::cni::{CniOps, CniRequest, NetworkConfig};
 use node_agent::core::wiring::AttachmentKey;
 use node_agent::dataplane::{Netlink, RecordingKernel};
-use policy_svc::core::model::{EndpointKey, Protocol};
+use policy_api::model::{EndpointKey, Protocol};
 use policy_svc::core::objects::Objects;
 use support::endpoints::InProcessEndpoints;
 use support::ipam::InProcessIpam;

@@ -7,10 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use brindle_datastore::EmbeddedStore;
-use ipam_svc::core::model::{AllowedUse, HandleAttributes};
+use brindle_proto::cni_codes::DATAPLANE_FAILED;
+use ipam_api::model::{AllowedUse, HandleAttributes};
 use ipam_svc::core::{AssignRequest, Ipam, IpamError};
 use node_agent::core::attachments::{Attachment, AttachmentStore, Phase};
-use node_agent::core::cni::{CniOps, CniRequest, DATAPLANE_FAILED, NetworkConfig, handle_id};
+use node_agent::core::cni::{CniOps, CniRequest, NetworkConfig, handle_id};
 use node_agent::core::wiring::AttachmentKey;
 use node_agent::dataplane::{Netlink, RecordingKernel};
 use support::ipam::InProcessIpam;

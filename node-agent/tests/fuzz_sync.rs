@@ -16,8 +16,8 @@ use brindle_sync::SnapshotAssembler;
 use node_agent::core::policy::{Family, render};
 use node_agent::core::routing::desired_routes;
 use node_agent::core::tunnels::Tunnels;
+use policy_api::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
 use policy_svc::core::Calculator;
-use policy_svc::core::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
 use policy_svc::core::resource::{Resource, parse_documents};
 use proptest::prelude::*;
 

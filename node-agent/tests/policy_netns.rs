@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use node_agent::core::policy::{FORWARD_CHAIN, Family, PolicyApplier, render};
 use node_agent::dataplane::{IpsetCommands, IptablesBackend, IptablesCommands};
+use policy_api::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
 use policy_svc::core::Calculator;
-use policy_svc::core::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
 use policy_svc::core::resource::{Resource, parse_documents};
 use support::Netns;
 

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use node_agent::core::policy::{Family, PolicyApplier, render};
 use node_agent::dataplane::RecordingKernel;
 use policy_api::convert::{entry_from_proto, entry_to_proto};
-use policy_svc::core::model::Action;
-use policy_svc::core::view::{
+use policy_api::model::Action;
+use policy_api::view::{
     CompiledRule, CompiledSide, EndpointView, IpSetKind, IpSetView, MemberView, PolicyView, ViewEntry,
 };
 

@@ -10,12 +10,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use brindle_datastore::EmbeddedStore;
+use ipam_api::model::{AllowedUse, EncapMode, Pool};
 use ipam_svc::core::Ipam;
-use ipam_svc::core::model::{AllowedUse, EncapMode, Pool};
 use node_agent::core::ipam::IpamApi;
 use node_agent::core::tunnels::{TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps, vtep_mac};
 use node_agent::dataplane::{Call, DataplaneError, Netlink, RecordingKernel, Vtep};
-use route_svc::core::{Encapsulation, Node, PoolRoute, RouteItem};
+use route_api::{Encapsulation, Node, PoolRoute, RouteItem};
 use support::ipam::InProcessIpam;
 use support::node::workload_pool;
 

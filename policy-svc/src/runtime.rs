@@ -10,7 +10,8 @@ use crate::grpc::{PolicyService, SERVICE_NAME};
 /// What tells this binary from the other services.
 pub const BINARY: ServiceBinary = ServiceBinary {
     name: "policy-svc",
-    about: "brindle's network policy service",
+    version: env!("CARGO_PKG_VERSION"),
+    about: env!("CARGO_PKG_DESCRIPTION"),
     listen_env: "POLICY_SVC_LISTEN",
     listen: "0.0.0.0:7403",
     metrics_listen: "0.0.0.0:9403",

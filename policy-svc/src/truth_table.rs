@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::core::PolicyError;
-use crate::core::model::{NamedPort, Namespace, PolicyId, Protocol};
 use crate::core::resource::{Resource, parse_documents};
+use policy_api::model::{NamedPort, Namespace, PolicyId, Protocol};
 
 /// Namespaces of the world.
 pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use brindle_selector::Selector;
-use policy_svc::core::model::{Action, EntityRule, Namespace, Policy, PolicyId, PortMatch, Protocol, Rule};
+use policy_api::model::{Action, EntityRule, Namespace, Policy, PolicyId, PortMatch, Protocol, Rule};
 use proptest::prelude::*;
 use support::{World, endpoint};
 

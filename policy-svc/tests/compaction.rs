@@ -8,7 +8,7 @@ use std::time::Duration;
 use brindle_datastore::testing::{CompactedAfterFirstList, EtcdServer};
 use brindle_datastore::{EtcdStore, Store};
 use brindle_fanout::FanoutConfig;
-use policy_svc::core::model::{Endpoint, EndpointKey};
+use policy_api::model::{Endpoint, EndpointKey};
 use policy_svc::core::objects::Objects;
 use policy_svc::grpc::PolicyService;
 

@@ -7,7 +7,7 @@
 
 mod support;
 
-use policy_svc::core::model::Protocol;
+use policy_api::model::Protocol;
 use policy_svc::core::resource::{Resource, parse_documents};
 use policy_svc::core::trace::{Flow, trace};
 use policy_svc::truth_table::{load_cases, pods};

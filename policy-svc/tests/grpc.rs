@@ -12,7 +12,7 @@ use brindle_proto::policy::v1::policy_client::PolicyClient;
 use brindle_sync::SnapshotAssembler;
 use futures_util::StreamExt;
 use policy_api::convert::PolicyWire;
-use policy_svc::core::view::ViewEntry;
+use policy_api::view::ViewEntry;
 use policy_svc::grpc::{PolicyService, SERVICE_NAME};
 use tokio::sync::mpsc;
 use tonic::Code;

@@ -4,7 +4,7 @@
 mod support;
 
 use brindle_fanout::Change;
-use policy_svc::core::model::{Endpoint, Namespace};
+use policy_api::model::{Endpoint, Namespace};
 use policy_svc::core::resource::Resource;
 use policy_svc::core::trace::{Flow, Verdict, trace};
 use policy_svc::truth_table::{Matrix, PROBES, Step, load_cases, pairs};

@@ -1,7 +1,7 @@
 //! Bad input is refused with an error naming the field; good input round-trips.
 
+use policy_api::model::{PolicyId, PortMatch, Protocol};
 use policy_svc::core::PolicyError;
-use policy_svc::core::model::{PolicyId, PortMatch, Protocol};
 use policy_svc::core::resource::{PolicyDocument, Resource, parse_documents};
 
 fn error_of(text: &str) -> (String, String) {

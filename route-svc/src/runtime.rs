@@ -10,7 +10,8 @@ use crate::grpc::{RoutesService, SERVICE_NAME};
 /// What tells this binary from the other services.
 pub const BINARY: ServiceBinary = ServiceBinary {
     name: "route-svc",
-    about: "brindle's node registry and routing-state stream",
+    version: env!("CARGO_PKG_VERSION"),
+    about: env!("CARGO_PKG_DESCRIPTION"),
     listen_env: "ROUTE_SVC_LISTEN",
     listen: "0.0.0.0:7402",
     metrics_listen: "0.0.0.0:9402",

@@ -13,8 +13,8 @@ use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_client::RoutesClient;
 use brindle_sync::SnapshotAssembler;
 use futures_util::StreamExt;
+use route_api::RouteItem;
 use route_api::convert;
-use route_svc::core::RouteItem;
 use route_svc::grpc::{RoutesService, SERVICE_NAME};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -231,7 +231,7 @@ async fn a_snapshot_larger_than_one_piece_arrives_in_pieces_and_is_applied_whole
         noise ^= noise << 13;
         noise ^= noise >> 7;
         noise ^= noise << 17;
-        let node = route_svc::core::Node {
+        let node = route_api::Node {
             name: format!("node-{n}"),
             addresses: vec![std::net::Ipv4Addr::from(0x0a00_0000 + n).into()],
             ipv4_subnet: None,

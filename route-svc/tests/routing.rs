@@ -10,9 +10,10 @@ use std::time::Duration;
 use brindle_datastore::testing::{CompactedAfterFirstList, EtcdServer};
 use brindle_datastore::{EmbeddedStore, EtcdStore, Store};
 use brindle_fanout::{Fanout, FanoutConfig};
-use ipam_svc::core::model::{AllowedUse, EncapMode, HandleAttributes, IpamConfig, Pool};
+use ipam_api::model::{AllowedUse, EncapMode, HandleAttributes, IpamConfig, Pool};
 use ipam_svc::core::{AssignRequest, Ipam};
-use route_svc::core::{Encapsulation, Node, Registry, RegistryError, RouteItem};
+use route_api::{Encapsulation, Node, RouteItem};
+use route_svc::core::{Registry, RegistryError};
 use route_svc::grpc::RoutesService;
 
 enum Backend {

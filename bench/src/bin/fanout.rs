@@ -20,10 +20,10 @@ use brindle_proto::common::v1 as common;
 use brindle_proto::route::v1 as pb;
 use brindle_proto::route::v1::routes_client::RoutesClient;
 use futures_util::StreamExt;
-use ipam_svc::core::keys;
-use ipam_svc::core::model::Block;
+use ipam_api::keys;
+use ipam_api::model::Block;
 use prost::Message;
-use route_svc::core::Node;
+use route_api::Node;
 use route_svc::grpc::RoutesService;
 
 const NODES: usize = 5_000;

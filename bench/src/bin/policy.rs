@@ -20,15 +20,16 @@ use brindle_bench::{Latencies, ms, row};
 use brindle_datastore::{EmbeddedStore, Store, Txn};
 use brindle_fanout::FanoutConfig;
 use brindle_selector::Selector;
+use node_agent::core::follow::DEFAULT_RESYNC_EVERY;
 use node_agent::core::policy::{Family, PolicyApplier, render};
 use node_agent::dataplane::{IpsetCommands, Ipsets, Iptables, IptablesBackend, IptablesCommands};
 use node_agent::grpc::policy_client::GrpcPolicy;
-use node_agent::grpc::sync_client::{DEFAULT_RESYNC_EVERY, SyncMetrics};
-use policy_svc::core::Calculator;
-use policy_svc::core::model::{
+use node_agent::grpc::sync_client::SyncMetrics;
+use policy_api::model::{
     Action, Endpoint, EndpointKey, EntityRule, NamedPort, Namespace, Policy, PolicyId, PortMatch, Protocol,
     Rule,
 };
+use policy_svc::core::Calculator;
 use policy_svc::core::records::{Record, encode};
 use policy_svc::grpc::PolicyService;
 

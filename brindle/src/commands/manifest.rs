@@ -211,7 +211,7 @@ fn ipam_config(value: yaml_serde::Value) -> anyhow::Result<ipam::IpamConfig> {
         "metadata.name: {:?}: the IPAM configuration is a singleton named \"default\"",
         typed.metadata.name
     );
-    let defaults = ipam_svc::core::model::IpamConfig::default();
+    let defaults = ipam_api::model::IpamConfig::default();
     Ok(ipam::IpamConfig {
         strict_affinity: typed.spec.strict_affinity,
         max_blocks_per_host: typed

@@ -7,8 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::error::IpamError;
-use super::model::{AllowedUse, Block, Handle, HandleAttributes, HandleIp, Pool};
 use super::plan::Plan;
+use ipam_api::model::{AllowedUse, Block, Handle, HandleAttributes, HandleIp, Pool};
 
 /// Ask for addresses for a handle on a node.
 #[derive(Debug, Clone)]
@@ -250,6 +250,12 @@ fn refusal(plan: &Plan, pool: &Pool, use_: AllowedUse) -> Option<String> {
         Some(format!("{} is disabled", pool.name))
     } else if !pool.allows(use_) {
         Some(format!("{} does not allow {use_:?} addresses", pool.name))
+    } else if !pool.node_selector.is_valid() {
+        Some(format!(
+            "{}'s stored node selector {:?} does not parse; set it again",
+            pool.name,
+            pool.node_selector.as_str()
+        ))
     } else if !pool.node_selector.matches(&plan.node_labels) {
         Some(format!(
             "{}'s node selector {:?} does not match",

@@ -20,14 +20,15 @@ use ipam_api::handles::{WorkloadHandle, is_tunnel_handle};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::IpamError;
-pub use ipam_api::{keys, model};
+
 pub use jobs::{Allocated, AssignIpRequest, AssignRequest, AssignResult};
 pub use report::{
     BlockUsage, BorrowedIp, CheckReport, IpInfo, PoolUsage, Problem, ProblemKind, Show, ShowOptions,
 };
 
+use ipam_api::keys;
+use ipam_api::model::{self, Block, Handle, IpamConfig, Pool, Reservation, decode};
 use jobs::{Outcome, Work};
-use model::{Block, Handle, IpamConfig, Pool, Reservation, decode};
 use plan::{HandleReads, NodeCache, Plan};
 
 /// Jobs of one node committed together at most.

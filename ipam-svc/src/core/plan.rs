@@ -10,9 +10,9 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use super::error::IpamError;
-use super::keys;
-use super::model::{Affinity, Block, Handle, NodeRecord, decode, encode, first_sequence_after};
 use super::settings::{self, Settings};
+use ipam_api::keys;
+use ipam_api::model::{Affinity, Block, Handle, NodeRecord, decode, encode, first_sequence_after};
 
 /// Operations a batch may add before the rest of its jobs wait for the next transaction.
 pub const BATCH_OP_BUDGET: usize = MAX_TXN_OPS - 24;

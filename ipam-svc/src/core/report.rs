@@ -8,8 +8,8 @@ use brindle_datastore::Store;
 use ipnet::IpNet;
 
 use super::error::IpamError;
-use super::keys;
-use super::model::{Affinity, Block, Handle, HandleAttributes, PoolSet, ReservationSet, decode};
+use ipam_api::keys;
+use ipam_api::model::{Affinity, Block, Handle, HandleAttributes, PoolSet, ReservationSet, decode};
 
 /// What `show` includes besides pool usage.
 #[derive(Debug, Clone, Default)]

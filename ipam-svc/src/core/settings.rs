@@ -9,9 +9,9 @@ use brindle_datastore::{Revision, Store, StoreError, Txn};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::error::IpamError;
-use super::keys;
-use super::model::{IpamConfig, Pool, PoolSet, Reservation, ReservationSet, decode, encode};
 use super::validate;
+use ipam_api::keys;
+use ipam_api::model::{IpamConfig, Pool, PoolSet, Reservation, ReservationSet, decode, encode};
 
 /// Most compare-and-swap attempts of one settings change.
 const SETTINGS_ATTEMPTS: u32 = 20;

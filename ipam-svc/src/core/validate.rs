@@ -3,7 +3,7 @@
 use ipnet::IpNet;
 
 use super::error::IpamError;
-use super::model::{EncapMode, IpamConfig, Pool};
+use ipam_api::model::{EncapMode, IpamConfig, Pool};
 
 /// Default block prefix length for IPv4 pools.
 pub const DEFAULT_IPV4_BLOCK_SIZE: u8 = 26;
@@ -179,7 +179,7 @@ pub fn address_count(field: &str, count: u32) -> Result<(), IpamError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::AllowedUse;
+    use ipam_api::model::AllowedUse;
 
     fn pool_of(name: &str, cidr: &str, block: u8) -> Pool {
         Pool {

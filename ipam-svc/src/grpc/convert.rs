@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use brindle_proto::ipam::v1 as pb;
 use ipnet::IpNet;
 
-use crate::core::model::{AllowedUse, EncapMode, HandleAttributes, IpamConfig, NodeSelector, Pool};
 use crate::core::validate::{self, DEFAULT_IPV4_BLOCK_SIZE, DEFAULT_IPV6_BLOCK_SIZE};
 use crate::core::{Allocated, CheckReport, IpamError, ProblemKind, Show};
+use ipam_api::model::{AllowedUse, EncapMode, HandleAttributes, IpamConfig, NodeSelector, Pool};
 
 pub(super) fn encap_from(mode: i32, field: &str) -> Result<EncapMode, IpamError> {
     match pb::EncapMode::try_from(mode) {

@@ -12,12 +12,12 @@ use brindle_metrics::{Counters, Metrics, labels};
 use brindle_proto::ipam::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::core::model::{AllowedUse, IpamConfig, Reservation};
 use crate::core::validate;
 use crate::core::{AssignIpRequest, AssignRequest, Ipam, IpamError, ShowOptions};
 use convert::{
     allocation_to, attributes_from, attributes_to, config_to, ip_from, pool_from, pool_to, use_from,
 };
+use ipam_api::model::{AllowedUse, IpamConfig, Reservation};
 
 /// Fully qualified name of the service, for health and reflection.
 pub const SERVICE_NAME: &str = "brindle.ipam.v1.Ipam";

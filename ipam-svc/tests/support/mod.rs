@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use brindle_datastore::testing::{EtcdServer, free_port};
 use brindle_datastore::{EmbeddedStore, EtcdStore, Store};
 use brindle_proto::ipam::v1::ipam_client::IpamClient;
-use ipam_svc::core::model::{AllowedUse, EncapMode, HandleAttributes, Pool};
+use ipam_api::model::{AllowedUse, EncapMode, HandleAttributes, Pool};
 use ipam_svc::core::{AssignRequest, Clock, Ipam};
 use tonic::transport::Channel;
 

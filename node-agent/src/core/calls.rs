@@ -6,13 +6,11 @@ use std::fmt;
 /// What made a call fail (a gRPC status, a malformed answer).
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
-/// A control-plane service the agent calls.
+/// A control-plane service whose calls a CNI operation makes (route-svc is only followed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
     /// ipam-svc.
     Ipam,
-    /// route-svc.
-    Routes,
     /// policy-svc.
     Policy,
 }
@@ -21,7 +19,6 @@ impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Ipam => "ipam-svc",
-            Self::Routes => "route-svc",
             Self::Policy => "policy-svc",
         })
     }

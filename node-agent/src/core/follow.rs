@@ -43,3 +43,17 @@ pub trait SyncTarget<V: Send + Sync>: Send {
     /// is then acknowledged — or `None` after logging what failed.
     async fn program(&mut self, mirror: &Mirror<V>, tick: bool) -> Option<u64>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resync_clock_is_due_once_per_interval() {
+        let mut clock = ResyncClock::new(Duration::from_millis(50));
+        assert!(!clock.due(), "not before the interval has passed");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(clock.due(), "due once it has");
+        assert!(!clock.due(), "and then not again until the next interval");
+    }
+}

@@ -1,6 +1,7 @@
 //! A failed gRPC call as the agent's [`CallError`], classified the same way for every service:
-//! UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED and UNKNOWN may work if retried later;
-//! every other code is a refusal. The status is kept as the error's source.
+//! UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED, UNKNOWN and INTERNAL (the service's or its
+//! datastore's failure, not the request's) may work if retried later; every other code is a
+//! refusal. The status is kept as the error's source.
 
 use std::fmt;
 
@@ -27,7 +28,12 @@ pub fn call_error(service: Service, status: tonic::Status) -> CallError {
     use tonic::Code;
     let retryable = matches!(
         status.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Aborted | Code::Cancelled | Code::Unknown
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Aborted
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Internal
     );
     let cause = ServiceStatus(status);
     if retryable {
@@ -43,7 +49,7 @@ mod tests {
 
     #[test]
     fn every_service_classifies_codes_alike_and_keeps_the_status() {
-        for service in [Service::Ipam, Service::Routes, Service::Policy] {
+        for service in [Service::Ipam, Service::Policy] {
             let refused = call_error(service, tonic::Status::permission_denied("not yours"));
             assert!(refused.is_refused(), "{refused}");
             assert_eq!(refused.to_string(), format!("{service} refused: not yours"));
@@ -53,6 +59,7 @@ mod tests {
                 .expect("the status is the source");
             assert_eq!(status.code(), tonic::Code::PermissionDenied);
             assert!(!call_error(service, tonic::Status::unavailable("down")).is_refused());
+            assert!(!call_error(service, tonic::Status::internal("datastore")).is_refused());
         }
     }
 }

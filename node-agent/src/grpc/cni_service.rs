@@ -11,8 +11,10 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
-use crate::core::cni::{Added, CniError, CniOps, CniRequest, INVALID_CONFIG, NetworkConfig, validate_key};
+use crate::core::cni::{Added, CniOps, CniRequest, NetworkConfig, validate_key};
 use crate::core::wiring::{AttachmentKey, GATEWAY_V4, GATEWAY_V6, HOST_MAC};
+use brindle_proto::CniError;
+use brindle_proto::cni_codes::INVALID_CONFIG;
 
 /// Fully qualified name of the service, for health and reflection.
 pub const SERVICE_NAME: &str = "brindle.agent.v1.Cni";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use brindle_backoff::Backoff;
 
-pub use crate::core::follow::{DEFAULT_RESYNC_EVERY, ResyncClock, SyncTarget};
+use crate::core::follow::SyncTarget;
 use brindle_fanout::Mirror;
 use brindle_metrics::{
     Counters, Gauges, Histograms, LATENCY_BUCKETS, Metrics, labels, unregistered_histograms,
@@ -256,19 +256,5 @@ async fn sync_once<S: SyncService, T: SyncTarget<ValueOf<S>>>(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_resync_clock_is_due_once_per_interval() {
-        let mut clock = ResyncClock::new(Duration::from_millis(50));
-        assert!(!clock.due(), "not before the interval has passed");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(clock.due(), "due once it has");
-        assert!(!clock.due(), "and then not again until the next interval");
     }
 }

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use node_agent::core::calls::{CallError, Service};
 use node_agent::core::endpoints::EndpointRegistry;
+use policy_api::model::{Endpoint, EndpointKey};
 use policy_svc::core::PolicyError;
-use policy_svc::core::model::{Endpoint, EndpointKey};
 use policy_svc::core::objects::Objects;
 
 /// policy-svc's endpoint registry in-process.

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipam_svc::core::model::{AllowedUse, HandleAttributes};
+use ipam_api::model::{AllowedUse, HandleAttributes};
 use ipam_svc::core::{Allocated, AssignRequest, Ipam, IpamError, ShowOptions};
 use node_agent::core::calls::{CallError, Service};
 use node_agent::core::ipam::{Families, IpamApi, Lease, Owner};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brindle_datastore::EmbeddedStore;
-use ipam_svc::core::model::{AllowedUse, EncapMode, Pool};
+use ipam_api::model::{AllowedUse, EncapMode, Pool};
 use ipam_svc::core::{Ipam, ShowOptions};
 use ipam_svc::grpc::IpamService;
 use serde_json::Value;
@@ -209,15 +209,11 @@ impl Node {
         assert!(check.is_clean(), "IPAM inconsistent: {:?}", check.problems);
         let ipam = Arc::clone(&self.ipam);
         self.runtime
-            .block_on(async move { ipam.store().list(ipam_svc::core::keys::HANDLES).await })
+            .block_on(async move { ipam.store().list(ipam_api::keys::HANDLES).await })
             .expect("list handles")
             .kvs
             .into_iter()
-            .map(|kv| {
-                kv.key
-                    .trim_start_matches(ipam_svc::core::keys::HANDLES)
-                    .to_owned()
-            })
+            .map(|kv| kv.key.trim_start_matches(ipam_api::keys::HANDLES).to_owned())
             .collect()
     }
 

@@ -10,9 +10,11 @@ use brindle_fanout::Change;
 use brindle_selector::Selector;
 
 use super::compile::{CompiledPolicy, SetDefinition, compile};
-use super::model::{Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Policy, PolicyId, evaluation_order};
 use super::state::ClusterState;
-use super::view::{EndpointView, MemberView, ViewEntry, keys};
+use policy_api::model::{
+    Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Policy, PolicyId, evaluation_order,
+};
+use policy_api::view::{EndpointView, MemberView, ViewEntry, keys};
 
 /// Changes per node.
 pub type NodeChanges = BTreeMap<String, Vec<Change<ViewEntry>>>;

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use super::calc::{Calculator, NodeChanges};
 use super::records::{PREFIX, Record, Subject, decode, subject};
 use super::state::ClusterState;
-use super::view::ViewEntry;
+use policy_api::view::ViewEntry;
 
 struct Inner {
     calc: Calculator,

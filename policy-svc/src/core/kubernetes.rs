@@ -9,10 +9,10 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::error::{PolicyError, invalid};
-use super::model::{
+use super::validate;
+use policy_api::model::{
     Action, EntityRule, KUBERNETES_POLICY_ORDER, Policy, PolicyId, PortMatch, Protocol, Rule,
 };
-use super::validate;
 
 /// A NetworkPolicy object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

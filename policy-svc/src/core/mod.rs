@@ -15,5 +15,4 @@ pub mod validate;
 
 pub use calc::{Calculator, NodeChanges};
 pub use error::PolicyError;
-pub use policy_api::{model, rule_text, view};
 pub use state::ClusterState;

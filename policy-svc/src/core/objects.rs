@@ -12,16 +12,17 @@ use serde::Serialize;
 
 use super::error::{PolicyError, invalid};
 use super::kubernetes::{self, label_key};
-use super::model::{Endpoint, EndpointKey, PolicyId};
 use super::records::{
     OwnerMark, PREFIX, Record, Subject, decode, encode, encode_endpoint, endpoint_key, endpoints_prefix,
     namespace_key, owner_mark, policy_key, subject,
 };
 use super::resource::{PolicyDocument, Resource, parse_documents};
-use super::{rule_text, validate};
+use super::validate;
 use ipam_api::handles::is_tunnel_handle;
 use ipam_api::keys as ipam_keys;
 use ipam_api::model::{Block, Handle, PoolSet, decode as ipam_decode};
+use policy_api::model::{Endpoint, EndpointKey, PolicyId};
+use policy_api::rule_text;
 
 /// Attempts of a compare-and-swap write before giving up.
 const CAS_ATTEMPTS: usize = 8;

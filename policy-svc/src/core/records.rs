@@ -3,7 +3,7 @@
 
 use super::error::PolicyError;
 use super::kubernetes;
-use super::model::{Endpoint, EndpointKey, Namespace, Policy, PolicyId};
+use policy_api::model::{Endpoint, EndpointKey, Namespace, Policy, PolicyId};
 
 /// Everything policy-svc stores.
 pub const PREFIX: &str = "/brindle/v1/policy/";

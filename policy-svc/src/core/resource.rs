@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{PolicyError, invalid};
 use super::kubernetes::{self, DEFAULT_NAMESPACE};
-use super::model::{Action, EntityRule, Namespace, Policy, PolicyId, PortMatch, Protocol, Rule};
 use super::validate;
+use policy_api::model::{Action, EntityRule, Namespace, Policy, PolicyId, PortMatch, Protocol, Rule};
 
 /// API version of brindle's own kinds.
 pub const API_VERSION: &str = "brindle.io/v1";

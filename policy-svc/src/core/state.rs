@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use super::model::{Direction, Endpoint, EndpointKey, Namespace, Policy, PolicyId, evaluation_order};
+use policy_api::model::{Direction, Endpoint, EndpointKey, Namespace, Policy, PolicyId, evaluation_order};
 
 /// Namespaces, endpoints and policies.
 #[derive(Debug, Clone, Default)]

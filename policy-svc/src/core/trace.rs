@@ -4,8 +4,10 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use super::model::{Action, Direction, Endpoint, EntityRule, Policy, PolicyId, PortMatch, Protocol, Rule};
 use super::state::ClusterState;
+use policy_api::model::{
+    Action, Direction, Endpoint, EntityRule, Policy, PolicyId, PortMatch, Protocol, Rule,
+};
 
 /// A flow to trace.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 use brindle_selector::Selector;
 
 use super::error::{PolicyError, invalid};
-use super::model::{EntityRule, PortMatch, Rule};
+use policy_api::model::{EntityRule, PortMatch, Rule};
 
 /// Longest named port (Kubernetes' IANA_SVC_NAME).
 const MAX_PORT_NAME_LEN: usize = 15;

@@ -20,10 +20,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::PolicyError;
 use crate::core::hub::{PolicyHub, drop_idle_fanouts, follow};
-use crate::core::model::{EndpointKey, Protocol};
 use crate::core::objects::{Kind, Objects};
 use crate::core::state::ClusterState;
 use crate::core::trace::{Flow, trace};
+use policy_api::model::{EndpointKey, Protocol};
 
 /// Fully-qualified service name (health and reflection).
 pub const SERVICE_NAME: &str = "brindle.policy.v1.Policy";

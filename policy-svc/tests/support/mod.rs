@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_fanout::Change;
+use policy_api::model::{Direction, Endpoint, EndpointKey};
+use policy_api::view::{MemberView, ViewEntry, keys};
 use policy_svc::core::compile::{compile, policy_view_id};
-use policy_svc::core::model::{Direction, Endpoint, EndpointKey};
-use policy_svc::core::view::{MemberView, ViewEntry, keys};
 use policy_svc::core::{Calculator, ClusterState, NodeChanges};
 use policy_svc::truth_table::{NAMESPACES, PODS, named_ports, namespaces, pod_labels};
 
@@ -132,7 +132,7 @@ pub fn reference_view(state: &ClusterState, node: &str) -> BTreeMap<String, View
         }
         view.insert(
             format!("{}{}", keys::ENDPOINT, endpoint.key.interface),
-            ViewEntry::Endpoint(policy_svc::core::view::EndpointView {
+            ViewEntry::Endpoint(policy_api::view::EndpointView {
                 interface: endpoint.key.interface.clone(),
                 name: format!("{}/{}", endpoint.namespace, endpoint.pod),
                 ingress,

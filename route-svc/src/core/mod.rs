@@ -6,5 +6,3 @@ pub mod registry;
 pub mod watcher;
 
 pub use registry::{Registry, RegistryError};
-pub use route_api::model;
-pub use route_api::{Encapsulation, Node, PoolRoute, RouteItem};

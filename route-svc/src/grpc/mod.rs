@@ -14,9 +14,10 @@ use brindle_proto::route::v1::routes_server::{Routes, RoutesServer};
 use brindle_sync::unix_ms;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::core::{Node, Registry, RegistryError, RouteItem, watcher};
+use crate::core::{Registry, RegistryError, watcher};
 use route_api::convert::{self, RouteWire};
 use route_api::model::node_key;
+use route_api::{Node, RouteItem};
 
 /// Fully-qualified service name (health and reflection).
 pub const SERVICE_NAME: &str = "brindle.route.v1.Routes";

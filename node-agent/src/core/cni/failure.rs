@@ -3,8 +3,7 @@
 
 use brindle_proto::CniError;
 use brindle_proto::cni_codes::{
-    AGENT_FAILURE, DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, IPAM_REFUSED, STATE_FAILED,
-    TRY_AGAIN_LATER,
+    DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, IPAM_REFUSED, STATE_FAILED, TRY_AGAIN_LATER,
 };
 
 use crate::core::attachments::RecordError;
@@ -30,7 +29,6 @@ impl From<CallError> for CniError {
                 service: Service::Policy,
                 ..
             } => Self::new(INVALID_CONFIG, "the pod's endpoint was refused"),
-            CallError::Refused { service, .. } => Self::new(AGENT_FAILURE, format!("{service} refused")),
         };
         failure.with_details(details)
     }

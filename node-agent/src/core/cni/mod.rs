@@ -21,13 +21,12 @@ use super::endpoints::{EndpointRegistry, endpoint};
 use super::ipam::{Families, IpamApi, Owner};
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
 use crate::dataplane::{Netlink, Sysctl};
-pub use brindle_proto::CniError;
+use brindle_proto::CniError;
 pub use config::NetworkConfig;
 use reaper::LinkReaper;
 
-pub use brindle_proto::cni_codes::{
-    CHECK_FAILED, DATAPLANE_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, INVALID_ENVIRONMENT, IPAM_REFUSED,
-    NOT_ATTACHED, NOT_AVAILABLE, STATE_FAILED, TRY_AGAIN_LATER,
+use brindle_proto::cni_codes::{
+    CHECK_FAILED, INTERFACE_EXISTS, INVALID_CONFIG, INVALID_ENVIRONMENT, NOT_ATTACHED, NOT_AVAILABLE,
 };
 
 /// One CNI request.
@@ -163,11 +162,12 @@ impl CniOps {
         work: impl FnOnce(&AttachmentStore) -> Result<T, RecordError> + Send + 'static,
     ) -> Result<T, RecordError> {
         let records = self.records.clone();
+        let dir = records.dir().to_owned();
         tokio::task::spawn_blocking(move || work(&records))
             .await
             .map_err(|error| RecordError::Io {
-                what: "waiting for the records' I/O",
-                path: PathBuf::new(),
+                what: "the records' I/O task failed on",
+                path: dir,
                 source: std::io::Error::other(error),
             })?
     }
@@ -346,13 +346,11 @@ impl CniOps {
         }
         self.ipam.release(&attachment.handle_id).await?;
         self.on_disk({
-            let key = attachment.key.clone();
-            move |records| records.remove(&key)
-        })
-        .await?;
-        self.on_disk({
-            let host_ifname = attachment.host_ifname.clone();
-            move |records| records.forget_quarantined(&host_ifname)
+            let (key, host_ifname) = (attachment.key.clone(), attachment.host_ifname.clone());
+            move |records| {
+                records.remove(&key)?;
+                records.forget_quarantined(&host_ifname)
+            }
         })
         .await?;
         Ok(())
@@ -390,8 +388,11 @@ impl CniOps {
     pub async fn check(&self, request: &CniRequest, config: &NetworkConfig) -> Result<(), CniError> {
         let _serialised = self.locks.lock(&request.key.container_id).await;
         let attachment = self
-            .records
-            .load(&request.key)?
+            .on_disk({
+                let key = request.key.clone();
+                move |records| records.load(&key)
+            })
+            .await?
             .filter(|a| a.phase == Phase::Ready)
             .ok_or_else(|| {
                 CniError::new(
@@ -468,8 +469,8 @@ impl CniOps {
             return Ok(());
         };
         let ready: Vec<Attachment> = self
-            .records
-            .list()?
+            .on_disk(|records| records.list())
+            .await?
             .into_iter()
             .filter(|a| a.phase == Phase::Ready)
             .collect();
@@ -525,8 +526,8 @@ impl CniOps {
     /// that brindle does not own.
     pub async fn reconcile(&self) -> Result<(), CniError> {
         let (interrupted, ready): (Vec<_>, Vec<_>) = self
-            .records
-            .list()?
+            .on_disk(|records| records.list())
+            .await?
             .into_iter()
             .partition(|a| a.phase == Phase::Adding);
         for attachment in interrupted {
