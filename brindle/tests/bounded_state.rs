@@ -139,7 +139,7 @@ async fn made_up_node_names_leave_nothing_behind() {
     PolicyClient::new(channel.clone())
         .apply(brindle_proto::policy::v1::ApplyRequest {
             manifest: "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n".into(),
-            namespace: String::new(),
+            ..Default::default()
         })
         .await
         .expect("a namespace");

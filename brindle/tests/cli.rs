@@ -147,6 +147,14 @@ fn apply_get_delete_round_trip(cli: &Cli<'_>, manifest: &str) {
             && policies.contains("shop        web     networking.k8s.io/v1"),
         "{policies}"
     );
+    assert!(
+        policies
+            .lines()
+            .next()
+            .is_some_and(|header| header.contains("ORIGIN"))
+            && policies.lines().skip(1).all(|row| row.contains(" apply ")),
+        "each object's origin: {policies}"
+    );
     assert!(cli.ok(&["get", "ns"]).contains("team=web"));
     assert!(cli.ok(&["get", "gnp"]).contains("pass-infra"));
     assert!(cli.ok(&["get", "ipamconfig"]).contains("default   true"));

@@ -170,10 +170,7 @@ impl World {
             .lab
             .policy(|mut client| async move {
                 Ok(client
-                    .list(pb::ListRequest {
-                        kind: String::new(),
-                        namespace: String::new(),
-                    })
+                    .list(pb::ListRequest::default())
                     .await?
                     .into_inner()
                     .objects)
@@ -197,7 +194,12 @@ impl World {
         };
         self.lab
             .policy(move |mut client| async move {
-                client.delete(pb::DeleteRequest { object: Some(object) }).await?;
+                client
+                    .delete(pb::DeleteRequest {
+                        object: Some(object),
+                        origin: String::new(),
+                    })
+                    .await?;
                 Ok(())
             })
             .expect("delete");

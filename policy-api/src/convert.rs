@@ -6,7 +6,7 @@
 use brindle_proto::InvalidField;
 use brindle_proto::policy::v1 as pb;
 
-use crate::model::{Action, Endpoint, EndpointKey, NamedPort, Protocol};
+use crate::model::{Action, Endpoint, EndpointKey, NamedPort, Pod, Protocol};
 use crate::rule_text;
 use crate::view::{
     CompiledRule, CompiledSide, EndpointView, IpSetKind, IpSetView, MemberView, PolicyView, ViewEntry,
@@ -212,17 +212,71 @@ pub fn endpoint_to_proto(endpoint: &Endpoint, revision: u64) -> pb::WorkloadEndp
         container_id: endpoint.container_id.clone(),
         ips: endpoint.ips.iter().map(ToString::to_string).collect(),
         labels: endpoint.labels.clone().into_iter().collect(),
-        ports: endpoint
-            .ports
-            .iter()
-            .map(|p| pb::NamedPort {
-                name: p.name.clone(),
-                protocol: p.protocol.to_string(),
-                port: u32::from(p.port),
-            })
-            .collect(),
+        ports: ports_to_proto(&endpoint.ports),
         revision,
     }
+}
+
+fn ports_to_proto(ports: &[NamedPort]) -> Vec<pb::NamedPort> {
+    ports
+        .iter()
+        .map(|p| pb::NamedPort {
+            name: p.name.clone(),
+            protocol: p.protocol.to_string(),
+            port: u32::from(p.port),
+        })
+        .collect()
+}
+
+fn ports_from_proto(field: &str, ports: Vec<pb::NamedPort>) -> Result<Vec<NamedPort>, InvalidField> {
+    ports
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let protocol: Protocol = p
+                .protocol
+                .parse()
+                .map_err(|e: String| invalid(format!("{field}[{i}].protocol"), e))?;
+            let port = u16::try_from(p.port)
+                .ok()
+                .filter(|&port| port != 0)
+                .ok_or_else(|| invalid(format!("{field}[{i}].port"), "must be 1-65535"))?;
+            Ok(NamedPort {
+                name: p.name,
+                protocol,
+                port,
+            })
+        })
+        .collect()
+}
+
+/// A pod as a message.
+pub fn pod_to_proto(pod: &Pod, revision: u64) -> pb::Pod {
+    pb::Pod {
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        uid: pod.uid.clone(),
+        node: pod.node.clone(),
+        labels: pod.labels.clone().into_iter().collect(),
+        service_account: pod.service_account.clone(),
+        ports: ports_to_proto(&pod.ports),
+        ipam_annotations: pod.ipam_annotations.clone().into_iter().collect(),
+        revision,
+    }
+}
+
+/// A message as a pod (validated separately when stored); `field` names it in errors.
+pub fn pod_from_proto(field: &str, pod: pb::Pod) -> Result<Pod, InvalidField> {
+    Ok(Pod {
+        ports: ports_from_proto(&format!("{field}.ports"), pod.ports)?,
+        namespace: pod.namespace,
+        name: pod.name,
+        uid: pod.uid,
+        node: pod.node,
+        labels: pod.labels.into_iter().collect(),
+        service_account: pod.service_account,
+        ipam_annotations: pod.ipam_annotations.into_iter().collect(),
+    })
 }
 
 /// A message as an endpoint (validated separately when stored).
@@ -236,24 +290,7 @@ pub fn endpoint_from_proto(endpoint: pb::WorkloadEndpoint) -> Result<Endpoint, I
                 .map_err(|_| invalid(format!("endpoint.ips[{i}]"), format!("{ip:?} is not an address")))
         })
         .collect::<Result<_, _>>()?;
-    let ports = endpoint
-        .ports
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let protocol: Protocol = p
-                .protocol
-                .parse()
-                .map_err(|e: String| invalid(format!("endpoint.ports[{i}].protocol"), e))?;
-            let port = u16::try_from(p.port)
-                .map_err(|_| invalid(format!("endpoint.ports[{i}].port"), "must be 1-65535"))?;
-            Ok(NamedPort {
-                name: p.name,
-                protocol,
-                port,
-            })
-        })
-        .collect::<Result<_, InvalidField>>()?;
+    let ports = ports_from_proto("endpoint.ports", endpoint.ports)?;
     Ok(Endpoint {
         key: EndpointKey {
             node: endpoint.node,

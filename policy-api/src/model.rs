@@ -182,6 +182,83 @@ impl fmt::Display for EndpointKey {
     }
 }
 
+/// Label every endpoint of a Kubernetes pod carries: the pod's service account (Calico's name).
+pub const SERVICE_ACCOUNT_LABEL: &str = "projectcalico.org/serviceaccount";
+
+/// Who owns a stored object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// Created with `brindle apply` (or the API's Apply without an origin).
+    #[default]
+    Apply,
+    /// Mirrored from the Kubernetes API by kube-sync; Kubernetes is its source of truth.
+    Kubernetes,
+}
+
+impl Origin {
+    /// The API's name: `""` for [`Origin::Apply`], `"kubernetes"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Apply => "",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+
+    /// Parses the API's name (`""` or `"apply"`, `"kubernetes"`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "" | "apply" => Ok(Self::Apply),
+            "kubernetes" => Ok(Self::Kubernetes),
+            other => Err(format!(
+                "{other:?}: expected \"\" (brindle apply) or \"kubernetes\""
+            )),
+        }
+    }
+
+    /// Whether this is [`Origin::Apply`] (the default, not stored).
+    pub fn is_apply(&self) -> bool {
+        *self == Self::Apply
+    }
+}
+
+/// A Kubernetes Pod as kube-sync mirrors it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pod {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `spec.nodeName` (empty while unscheduled).
+    #[serde(default)]
+    pub node: String,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `spec.serviceAccountName`.
+    #[serde(default)]
+    pub service_account: String,
+    /// Named container ports.
+    #[serde(default)]
+    pub ports: Vec<NamedPort>,
+    /// Calico's IPAM annotations as written (the pod's own, else its namespace's).
+    #[serde(default)]
+    pub ipam_annotations: BTreeMap<String, String>,
+}
+
+impl Pod {
+    /// The labels its endpoints carry: its own and its service account's.
+    pub fn endpoint_labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.labels.clone();
+        if !self.service_account.is_empty() {
+            labels.insert(SERVICE_ACCOUNT_LABEL.to_owned(), self.service_account.clone());
+        }
+        labels
+    }
+}
+
 /// A pod's network attachment, as the node agent registers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {

@@ -57,9 +57,10 @@ fn call() -> impl Strategy<Value = Call> {
         })
     };
     prop_oneof![
-        2 => damaged(vec![pb::ApplyRequest { manifest: MANIFEST.into(), namespace: "shop".into() }]).prop_map(Call::Apply),
+        2 => damaged(vec![pb::ApplyRequest { manifest: MANIFEST.into(), namespace: "shop".into(), origin: String::new() }]).prop_map(Call::Apply),
         1 => damaged(vec![pb::DeleteRequest {
             object: Some(pb::ObjectRef { kind: "KubernetesNetworkPolicy".into(), namespace: "shop".into(), name: "web".into() }),
+            origin: String::new(),
         }])
         .prop_map(Call::Delete),
         2 => damaged(vec![pb::RegisterEndpointRequest { endpoint: Some(endpoint) }]).prop_map(Call::Register),

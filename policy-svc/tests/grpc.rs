@@ -296,7 +296,7 @@ async fn a_node_streams_exactly_its_view_and_follows_changes() {
     client
         .apply(pb::ApplyRequest {
             manifest: DENY_ALL.into(),
-            namespace: String::new(),
+            ..Default::default()
         })
         .await
         .expect("apply");
@@ -382,6 +382,7 @@ async fn a_node_streams_exactly_its_view_and_follows_changes() {
     client
         .delete(pb::DeleteRequest {
             object: Some(object.clone()),
+            origin: String::new(),
         })
         .await
         .expect("delete");
@@ -392,7 +393,10 @@ async fn a_node_streams_exactly_its_view_and_follows_changes() {
         "the mirror is the node's view"
     );
     let gone = client
-        .delete(pb::DeleteRequest { object: Some(object) })
+        .delete(pb::DeleteRequest {
+            object: Some(object),
+            origin: String::new(),
+        })
         .await
         .expect_err("deleted twice");
     assert_eq!(gone.code(), Code::NotFound);
@@ -414,7 +418,7 @@ async fn what_the_datastore_refuses_is_named_with_its_limit_not_internal() {
     let refused = client
         .apply(pb::ApplyRequest {
             manifest,
-            namespace: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("too large for the datastore");

@@ -192,6 +192,7 @@ fn full_apply(
             Record::Namespace(n) => calc.put_namespace(n),
             Record::Endpoint(e) => calc.put_endpoint(e),
             Record::Policy(p, _) => calc.put_policy(p),
+            Record::Pod(pod) => calc.put_pod(pod),
         };
     }
     clear(iptables, ipsets)?;

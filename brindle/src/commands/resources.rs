@@ -50,6 +50,7 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         let request = policy::ApplyRequest {
             manifest: policy_text.join("---\n"),
             namespace: args.namespace.clone(),
+            origin: String::new(),
         };
         let applied = clients
             .policy()
@@ -249,6 +250,7 @@ async fn list_policy_objects(
     let request = policy::ListRequest {
         kind: String::new(),
         namespace: kind.namespace_for(namespace),
+        origin: String::new(),
     };
     let objects = clients
         .policy()
@@ -282,6 +284,7 @@ fn print_policy_objects(
     if kind == Kind::Namespace {
         header.push("LABELS");
     }
+    header.push("ORIGIN");
     header.push("REVISION");
     let mut table = Table::new(&header);
     let mut manifests = Vec::new();
@@ -308,6 +311,11 @@ fn print_policy_objects(
             });
             row.push(labels.filter(|l| !l.is_empty()).unwrap_or_else(|| "-".into()));
         }
+        row.push(if object.origin.is_empty() {
+            "apply".into()
+        } else {
+            object.origin.clone()
+        });
         row.push(object.revision.to_string());
         table.row(row);
         manifests.push(manifest);
@@ -413,6 +421,7 @@ async fn delete_one(
         .await?
         .delete(policy::DeleteRequest {
             object: Some(reference),
+            origin: String::new(),
         })
         .await
         .map_err(|s| clients.failed(Service::Policy, s))?;

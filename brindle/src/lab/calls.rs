@@ -161,7 +161,7 @@ impl Lab {
             client
                 .apply(policy::ApplyRequest {
                     manifest,
-                    namespace: String::new(),
+                    ..Default::default()
                 })
                 .await?;
             Ok(())

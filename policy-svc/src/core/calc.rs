@@ -12,7 +12,7 @@ use brindle_selector::Selector;
 use super::compile::{CompiledPolicy, SetDefinition, compile};
 use super::state::ClusterState;
 use policy_api::model::{
-    Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Policy, PolicyId, evaluation_order,
+    Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Pod, Policy, PolicyId, evaluation_order,
 };
 use policy_api::view::{EndpointView, MemberView, ViewEntry, keys};
 
@@ -84,8 +84,35 @@ impl Calculator {
         self.relabel_namespace(name)
     }
 
-    /// Sets an endpoint.
+    /// Sets a Kubernetes pod: its endpoints take its labels and named ports.
+    pub fn put_pod(&mut self, pod: Pod) -> NodeChanges {
+        let updated: Vec<Endpoint> = self
+            .state
+            .pod_endpoints(&pod.namespace, &pod.name)
+            .map(|endpoint| with_pod(endpoint.clone(), &pod))
+            .collect();
+        self.state.put_pod(pod);
+        let mut changes = NodeChanges::new();
+        for endpoint in updated {
+            for (node, list) in self.put_endpoint(endpoint) {
+                changes.entry(node).or_default().extend(list);
+            }
+        }
+        changes
+    }
+
+    /// Removes a Kubernetes pod; its endpoints (until their DEL) keep the labels it gave them.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> NodeChanges {
+        self.state.remove_pod(namespace, name);
+        NodeChanges::new()
+    }
+
+    /// Sets an endpoint (with its pod's labels and named ports when kube-sync mirrors the pod).
     pub fn put_endpoint(&mut self, endpoint: Endpoint) -> NodeChanges {
+        let endpoint = match self.state.pod(&endpoint.namespace, &endpoint.pod) {
+            Some(pod) => with_pod(endpoint, pod),
+            None => endpoint,
+        };
         let key = endpoint.key.clone();
         if self.state.endpoint(&key) == Some(&endpoint) {
             return NodeChanges::new();
@@ -508,6 +535,13 @@ fn required_namespace(selector: &Selector) -> Option<&str> {
         Selector::And(parts) => parts.iter().find_map(namespace),
         other => namespace(other),
     }
+}
+
+/// `endpoint` with the labels and named ports of its Kubernetes pod.
+fn with_pod(mut endpoint: Endpoint, pod: &Pod) -> Endpoint {
+    endpoint.labels = pod.endpoint_labels();
+    endpoint.ports = pod.ports.clone();
+    endpoint
 }
 
 fn member_key(set: &str, member: &str) -> String {

@@ -29,6 +29,14 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+    /// The object belongs to another origin (Kubernetes or `brindle apply`), which alone changes it.
+    #[error("{object} is owned by {owner}; change it there")]
+    OwnedElsewhere {
+        /// Kind and name of the object.
+        object: String,
+        /// Who owns it.
+        owner: &'static str,
+    },
     /// The caller may not do this (a node claiming what is not its own).
     #[error("{0}")]
     Forbidden(String),

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use super::calc::{Calculator, NodeChanges};
 use super::records::{PREFIX, Record, Subject, decode, subject};
 use super::state::ClusterState;
+use policy_api::model::Pod;
 use policy_api::view::ViewEntry;
 
 struct Inner {
@@ -27,6 +28,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct PolicyHub {
     inner: Arc<Mutex<Inner>>,
+    /// The revision the calculation reflects, for callers waiting for something to arrive.
+    revisions: tokio::sync::watch::Sender<u64>,
     config: FanoutConfig,
     encoder: SnapshotEncoder<ViewEntry>,
 }
@@ -40,6 +43,7 @@ impl PolicyHub {
                 revision: 0,
                 fanouts: BTreeMap::new(),
             })),
+            revisions: tokio::sync::watch::Sender::new(0),
             config,
             encoder,
         }
@@ -95,6 +99,33 @@ impl PolicyHub {
         self.lock().revision
     }
 
+    /// The Kubernetes pod `namespace/name` (with `uid` unless empty), waiting until `deadline`
+    /// for it to arrive; `None` when it did not.
+    pub async fn wait_for_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        deadline: tokio::time::Instant,
+    ) -> Option<Pod> {
+        let mut revisions = self.revisions.subscribe();
+        loop {
+            let found = self.with_state(|state, _| {
+                state
+                    .pod(namespace, name)
+                    .filter(|pod| uid.is_empty() || pod.uid == uid)
+                    .cloned()
+            });
+            if found.is_some() {
+                return found;
+            }
+            match tokio::time::timeout_at(deadline, revisions.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) | Err(_) => return None,
+            }
+        }
+    }
+
     /// Replaces everything with `records` read at `revision`.
     fn reset(&self, revision: u64, records: Vec<Record>) {
         let mut calc = Calculator::new();
@@ -114,6 +145,8 @@ impl PolicyHub {
         for (node, fanout) in &inner.fanouts {
             fanout.reset(revision, inner.calc.view(node));
         }
+        drop(inner);
+        self.revisions.send_replace(revision);
     }
 
     /// Applies the events of one datastore revision.
@@ -133,6 +166,9 @@ impl PolicyHub {
                 (EventKind::Delete, Some(Subject::Namespace(name))) => inner.calc.remove_namespace(&name),
                 (EventKind::Delete, Some(Subject::Endpoint(key))) => inner.calc.remove_endpoint(&key),
                 (EventKind::Delete, Some(Subject::Policy(id))) => inner.calc.remove_policy(&id),
+                (EventKind::Delete, Some(Subject::Pod(namespace, name))) => {
+                    inner.calc.remove_pod(&namespace, &name)
+                }
             };
             for (node, list) in node_changes {
                 changes.entry(node).or_default().extend(list);
@@ -144,6 +180,8 @@ impl PolicyHub {
                 fanout.publish(revision, list);
             }
         }
+        drop(inner);
+        self.revisions.send_replace(revision);
     }
 }
 
@@ -171,6 +209,7 @@ fn apply(calc: &mut Calculator, record: Record) -> NodeChanges {
         Record::Namespace(namespace) => calc.put_namespace(namespace),
         Record::Endpoint(endpoint) => calc.put_endpoint(endpoint),
         Record::Policy(policy, _) => calc.put_policy(policy),
+        Record::Pod(pod) => calc.put_pod(pod),
     }
 }
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod hub;
 pub mod kubernetes;
 pub mod objects;
+pub mod pods;
 pub mod records;
 pub mod resource;
 pub mod state;

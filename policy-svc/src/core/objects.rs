@@ -13,15 +13,15 @@ use serde::Serialize;
 use super::error::{PolicyError, invalid};
 use super::kubernetes::{self, label_key};
 use super::records::{
-    OwnerMark, PREFIX, Record, Subject, decode, encode, encode_endpoint, endpoint_key, endpoints_prefix,
-    namespace_key, owner_mark, policy_key, subject,
+    OwnerMark, PREFIX, Record, Subject, decode, encode_endpoint, encode_owned, endpoint_key,
+    endpoints_prefix, namespace_key, owner_mark, policy_key, stored_origin, subject,
 };
 use super::resource::{PolicyDocument, Resource, parse_documents};
 use super::validate;
 use ipam_api::handles::is_tunnel_handle;
 use ipam_api::keys as ipam_keys;
 use ipam_api::model::{Block, Handle, PoolSet, decode as ipam_decode};
-use policy_api::model::{Endpoint, EndpointKey, PolicyId};
+use policy_api::model::{Endpoint, EndpointKey, Origin, PolicyId};
 use policy_api::rule_text;
 
 /// Attempts of a compare-and-swap write before giving up.
@@ -81,6 +81,8 @@ pub struct Object {
     pub manifest: String,
     /// Datastore mod-revision.
     pub revision: u64,
+    /// Who owns it.
+    pub origin: Origin,
 }
 
 /// The stored key of an object.
@@ -118,8 +120,8 @@ struct NamespaceMeta<'a> {
     labels: &'a BTreeMap<String, String>,
 }
 
-/// The API's view of a stored record (endpoints have their own calls).
-fn object(record: &Record, revision: u64) -> Option<Object> {
+/// The API's view of a stored record (endpoints and pods have their own calls).
+fn object(record: &Record, revision: u64, origin: Origin) -> Option<Object> {
     let yaml = |value: Result<String, yaml_serde::Error>| value.unwrap_or_default();
     match record {
         Record::Namespace(namespace) => Some(Object {
@@ -135,6 +137,7 @@ fn object(record: &Record, revision: u64) -> Option<Object> {
                 },
             })),
             revision,
+            origin,
         }),
         Record::Policy(_, Some(k8s)) => Some(Object {
             kind: Kind::KubernetesNetworkPolicy,
@@ -142,6 +145,7 @@ fn object(record: &Record, revision: u64) -> Option<Object> {
             name: k8s.metadata.name.clone(),
             manifest: yaml(yaml_serde::to_string(k8s)),
             revision,
+            origin,
         }),
         Record::Policy(policy, None) => {
             let (kind, namespace, name) = match &policy.id {
@@ -156,9 +160,10 @@ fn object(record: &Record, revision: u64) -> Option<Object> {
                 name,
                 manifest: yaml(yaml_serde::to_string(&PolicyDocument::from_policy(policy))),
                 revision,
+                origin,
             })
         }
-        Record::Endpoint(_) => None,
+        Record::Endpoint(_) | Record::Pod(_) => None,
     }
 }
 
@@ -174,9 +179,20 @@ impl Objects {
         Self { store }
     }
 
-    /// Validates every document of `manifest`, then stores them all in one transaction.
-    /// `namespace` fills in namespaced objects that name none.
-    pub async fn apply(&self, manifest: &str, namespace: &str) -> Result<Vec<Object>, PolicyError> {
+    /// The datastore.
+    pub(super) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    /// Validates every document of `manifest`, then stores them all in one transaction, owned by
+    /// `origin`; an object another origin owns is not replaced. Objects stored exactly so already
+    /// are left as they are. `namespace` fills in namespaced objects that name none.
+    pub async fn apply(
+        &self,
+        manifest: &str,
+        namespace: &str,
+        origin: Origin,
+    ) -> Result<Vec<Object>, PolicyError> {
         if !namespace.is_empty() {
             validate::name("namespace", namespace, false)?;
         }
@@ -203,24 +219,68 @@ impl Objects {
                 ),
             ));
         }
-        let mut txn = Txn::new();
         let mut seen = std::collections::BTreeSet::new();
         for record in &records {
-            let (key, value) = encode(record);
+            let (key, _) = encode_owned(record, origin);
             if !seen.insert(key.clone()) {
                 return Err(invalid("manifest", format!("names the object {key:?} twice")));
             }
-            txn = txn.put(key, value);
         }
-        let revision = self.store.txn(txn).await?;
-        Ok(records
-            .iter()
-            .filter_map(|record| object(record, revision))
-            .collect())
+        for _ in 0..CAS_ATTEMPTS {
+            let mut txn = Txn::new();
+            let mut revisions = Vec::new();
+            for record in &records {
+                let (key, value) = encode_owned(record, origin);
+                let current = self.store.get(&key).await?;
+                match &current {
+                    Some(kv) if stored_origin(&kv.value) != origin => {
+                        let object = object(record, 0, origin);
+                        return Err(PolicyError::OwnedElsewhere {
+                            object: object.map_or(key.clone(), |o| {
+                                format!(
+                                    "{} {}",
+                                    o.kind.as_str(),
+                                    display_name(&o.namespace, &o.name, o.kind)
+                                )
+                            }),
+                            owner: owner_name(stored_origin(&kv.value)),
+                        });
+                    }
+                    Some(kv) if kv.value == value => revisions.push(Some(kv.mod_revision)),
+                    _ => {
+                        let pinned = current.as_ref().map_or(0, |kv| kv.mod_revision);
+                        txn = txn.if_mod_revision(&key, pinned).put(key, value);
+                        revisions.push(None);
+                    }
+                }
+            }
+            let written = if revisions.iter().any(Option::is_none) {
+                match self.store.txn(txn).await {
+                    Ok(revision) => revision,
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(error) => return Err(error.into()),
+                }
+            } else {
+                0
+            };
+            return Ok(records
+                .iter()
+                .zip(revisions)
+                .filter_map(|(record, kept)| object(record, kept.unwrap_or(written), origin))
+                .collect());
+        }
+        Err(PolicyError::Contended("manifest".into()))
     }
 
-    /// Deletes an object; `NotFound` when there is none.
-    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<(), PolicyError> {
+    /// Deletes an object (only one owned by `only_origin` when given); `NotFound` when there is
+    /// none.
+    pub async fn delete(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        only_origin: Option<Origin>,
+    ) -> Result<(), PolicyError> {
         let key = object_key(kind, namespace, name);
         for _ in 0..CAS_ATTEMPTS {
             let Some(current) = self.store.get(&key).await? else {
@@ -229,6 +289,14 @@ impl Objects {
                     name: display_name(namespace, name, kind),
                 });
             };
+            if let Some(expected) = only_origin
+                && stored_origin(&current.value) != expected
+            {
+                return Err(PolicyError::OwnedElsewhere {
+                    object: format!("{} {}", kind.as_str(), display_name(namespace, name, kind)),
+                    owner: owner_name(stored_origin(&current.value)),
+                });
+            }
             match self
                 .store
                 .txn(
@@ -253,24 +321,40 @@ impl Objects {
             kind: kind.as_str(),
             name: display_name(namespace, name, kind),
         })?;
-        object(&decode(&kv.key, &kv.value)?, kv.mod_revision).ok_or_else(|| PolicyError::NotFound {
+        object(
+            &decode(&kv.key, &kv.value)?,
+            kv.mod_revision,
+            stored_origin(&kv.value),
+        )
+        .ok_or_else(|| PolicyError::NotFound {
             kind: kind.as_str(),
             name: display_name(namespace, name, kind),
         })
     }
 
-    /// Objects of `kind` (all kinds when `None`) in `namespace` (all when empty).
-    pub async fn list(&self, kind: Option<Kind>, namespace: &str) -> Result<Vec<Object>, PolicyError> {
+    /// Objects of `kind` (all kinds when `None`) in `namespace` (all when empty) owned by
+    /// `only_origin` (all when `None`).
+    pub async fn list(
+        &self,
+        kind: Option<Kind>,
+        namespace: &str,
+        only_origin: Option<Origin>,
+    ) -> Result<Vec<Object>, PolicyError> {
         let listed = self.store.list(PREFIX).await?;
         let mut objects = Vec::new();
         for kv in listed.kvs {
-            if matches!(subject(&kv.key), Some(Subject::Endpoint(_)) | None) {
+            if matches!(
+                subject(&kv.key),
+                Some(Subject::Endpoint(_) | Subject::Pod(..)) | None
+            ) {
                 continue;
             }
-            let Some(object) = object(&decode(&kv.key, &kv.value)?, kv.mod_revision) else {
+            let owner = stored_origin(&kv.value);
+            let Some(object) = object(&decode(&kv.key, &kv.value)?, kv.mod_revision, owner) else {
                 continue;
             };
             if kind.is_none_or(|k| k == object.kind)
+                && only_origin.is_none_or(|o| o == owner)
                 && (namespace.is_empty() || object.namespace == namespace)
             {
                 objects.push(object);
@@ -456,6 +540,13 @@ impl Objects {
             }
         }
         Ok(endpoints)
+    }
+}
+
+fn owner_name(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Apply => "brindle apply",
+        Origin::Kubernetes => "Kubernetes (kube-sync)",
     }
 }
 

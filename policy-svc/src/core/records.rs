@@ -3,7 +3,7 @@
 
 use super::error::PolicyError;
 use super::kubernetes;
-use policy_api::model::{Endpoint, EndpointKey, Namespace, Policy, PolicyId};
+use policy_api::model::{Endpoint, EndpointKey, Namespace, Origin, Pod, Policy, PolicyId};
 
 /// Everything policy-svc stores.
 pub const PREFIX: &str = "/brindle/v1/policy/";
@@ -12,6 +12,17 @@ const ENDPOINTS: &str = "/brindle/v1/policy/endpoints/";
 const POLICIES: &str = "/brindle/v1/policy/policies/";
 const KUBERNETES_POLICIES: &str = "/brindle/v1/policy/k8s-policies/";
 const GLOBAL_POLICIES: &str = "/brindle/v1/policy/global-policies/";
+const PODS: &str = "/brindle/v1/policy/pods/";
+
+/// Prefix of every Kubernetes pod.
+pub fn pods_prefix() -> &'static str {
+    PODS
+}
+
+/// Key of a Kubernetes pod.
+pub fn pod_key(namespace: &str, name: &str) -> String {
+    format!("{PODS}{namespace}/{name}")
+}
 
 /// Key of a namespace.
 pub fn namespace_key(name: &str) -> String {
@@ -49,6 +60,8 @@ pub enum Subject {
     Endpoint(EndpointKey),
     /// A policy.
     Policy(PolicyId),
+    /// A Kubernetes pod (namespace, name).
+    Pod(String, String),
 }
 
 /// What a key names; `None` for keys policy-svc does not own.
@@ -60,6 +73,8 @@ pub fn subject(key: &str) -> Option<Subject> {
         two(rest).map(|(node, interface)| Subject::Endpoint(EndpointKey { node, interface }))
     } else if let Some(rest) = key.strip_prefix(POLICIES) {
         two(rest).map(|(namespace, name)| Subject::Policy(PolicyId::Namespaced { namespace, name }))
+    } else if let Some(rest) = key.strip_prefix(PODS) {
+        two(rest).map(|(namespace, name)| Subject::Pod(namespace, name))
     } else if let Some(rest) = key.strip_prefix(KUBERNETES_POLICIES) {
         two(rest).map(|(namespace, name)| Subject::Policy(PolicyId::Kubernetes { namespace, name }))
     } else {
@@ -80,6 +95,8 @@ pub enum Record {
     Endpoint(Endpoint),
     /// A brindle policy, or a Kubernetes one translated (with the object as written).
     Policy(Policy, Option<Box<kubernetes::NetworkPolicy>>),
+    /// A Kubernetes pod.
+    Pod(Pod),
 }
 
 fn corrupt(key: &str, reason: impl ToString) -> PolicyError {
@@ -97,6 +114,9 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
             .map_err(|e| corrupt(key, e)),
         Some(Subject::Endpoint(_)) => serde_json::from_slice(value)
             .map(Record::Endpoint)
+            .map_err(|e| corrupt(key, e)),
+        Some(Subject::Pod(..)) => serde_json::from_slice(value)
+            .map(Record::Pod)
             .map_err(|e| corrupt(key, e)),
         Some(Subject::Policy(PolicyId::Kubernetes { .. })) => {
             let object: kubernetes::NetworkPolicy =
@@ -139,9 +159,34 @@ pub fn owner_mark(value: &[u8]) -> OwnerMark {
     serde_json::from_slice(value).unwrap_or_default()
 }
 
+/// Who owns a stored namespace or policy: the `origin` field stored beside its own fields
+/// (absent: [`Origin::Apply`]).
+pub fn stored_origin(value: &[u8]) -> Origin {
+    #[derive(serde::Deserialize)]
+    struct Mark {
+        #[serde(default)]
+        origin: Origin,
+    }
+    serde_json::from_slice::<Mark>(value).map_or(Origin::Apply, |mark| mark.origin)
+}
+
+/// The key and JSON record of a record owned by `origin`.
+pub fn encode_owned(record: &Record, origin: Origin) -> (String, Vec<u8>) {
+    let (key, value) = encode(record);
+    if origin.is_apply() {
+        return (key, value);
+    }
+    let mut object: serde_json::Value = serde_json::from_slice(&value).unwrap_or_default();
+    if let Some(fields) = object.as_object_mut() {
+        fields.insert("origin".into(), serde_json::json!(origin));
+    }
+    (key, serde_json::to_vec(&object).unwrap_or_default())
+}
+
 /// The key and JSON record of a record.
 pub fn encode(record: &Record) -> (String, Vec<u8>) {
     let encoded = match record {
+        Record::Pod(pod) => (pod_key(&pod.namespace, &pod.name), serde_json::to_vec(pod)),
         Record::Namespace(namespace) => (namespace_key(&namespace.name), serde_json::to_vec(namespace)),
         Record::Endpoint(endpoint) => (endpoint_key(&endpoint.key), serde_json::to_vec(endpoint)),
         Record::Policy(policy, Some(object)) => (policy_key(&policy.id), serde_json::to_vec(object)),

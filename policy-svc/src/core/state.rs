@@ -1,10 +1,13 @@
-//! The cluster's policy inputs in memory — namespaces, endpoints, policies — as the watcher
-//! keeps them, with the lookups evaluation and calculation need.
+//! The cluster's policy inputs in memory — namespaces, endpoints, policies and the Kubernetes
+//! pods whose labels their endpoints take — as the watcher keeps them, with the lookups
+//! evaluation and calculation need.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use policy_api::model::{Direction, Endpoint, EndpointKey, Namespace, Policy, PolicyId, evaluation_order};
+use policy_api::model::{
+    Direction, Endpoint, EndpointKey, Namespace, Pod, Policy, PolicyId, evaluation_order,
+};
 
 /// Namespaces, endpoints and policies.
 #[derive(Debug, Clone, Default)]
@@ -13,6 +16,8 @@ pub struct ClusterState {
     endpoints: BTreeMap<EndpointKey, Endpoint>,
     policies: BTreeMap<PolicyId, Policy>,
     by_ip: HashMap<IpAddr, EndpointKey>,
+    by_pod: HashMap<(String, String), BTreeSet<EndpointKey>>,
+    pods: HashMap<(String, String), Pod>,
 }
 
 impl ClusterState {
@@ -54,14 +59,27 @@ impl ClusterState {
     }
 
     /// The endpoints of a pod.
-    pub fn pod_endpoints<'a>(
-        &'a self,
-        namespace: &'a str,
-        pod: &'a str,
-    ) -> impl Iterator<Item = &'a Endpoint> {
-        self.endpoints
-            .values()
-            .filter(move |e| e.namespace == namespace && e.pod == pod)
+    pub fn pod_endpoints(&self, namespace: &str, pod: &str) -> impl Iterator<Item = &Endpoint> {
+        self.by_pod
+            .get(&(namespace.to_owned(), pod.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.endpoints.get(key))
+    }
+
+    /// A Kubernetes pod mirrored by kube-sync.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods.get(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// Sets a Kubernetes pod; returns the previous one.
+    pub fn put_pod(&mut self, pod: Pod) -> Option<Pod> {
+        self.pods.insert((pod.namespace.clone(), pod.name.clone()), pod)
+    }
+
+    /// Removes a Kubernetes pod.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Option<Pod> {
+        self.pods.remove(&(namespace.to_owned(), name.to_owned()))
     }
 
     /// Policy by id.
@@ -107,6 +125,10 @@ impl ClusterState {
         for ip in &endpoint.ips {
             self.by_ip.insert(*ip, endpoint.key.clone());
         }
+        self.by_pod
+            .entry((endpoint.namespace.clone(), endpoint.pod.clone()))
+            .or_default()
+            .insert(endpoint.key.clone());
         self.endpoints.insert(endpoint.key.clone(), endpoint);
         previous
     }
@@ -117,6 +139,13 @@ impl ClusterState {
         for ip in &previous.ips {
             if self.by_ip.get(ip) == Some(key) {
                 self.by_ip.remove(ip);
+            }
+        }
+        let pod = (previous.namespace.clone(), previous.pod.clone());
+        if let Some(keys) = self.by_pod.get_mut(&pod) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_pod.remove(&pod);
             }
         }
         Some(previous)

@@ -15,6 +15,7 @@ pub fn object_to_proto(object: Object) -> pb::Object {
         name: object.name,
         manifest: object.manifest,
         revision: object.revision,
+        origin: object.origin.as_str().to_owned(),
     }
 }
 

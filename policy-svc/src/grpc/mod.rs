@@ -23,10 +23,12 @@ use crate::core::hub::{PolicyHub, drop_idle_fanouts, follow};
 use crate::core::objects::{Kind, Objects};
 use crate::core::state::ClusterState;
 use crate::core::trace::{Flow, trace};
-use policy_api::model::{EndpointKey, Protocol};
+use policy_api::model::{EndpointKey, Origin, Protocol};
 
 /// Fully-qualified service name (health and reflection).
 pub const SERVICE_NAME: &str = "brindle.policy.v1.Policy";
+/// The longest a GetPod call waits for its pod.
+const MAX_POD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How often fan-outs of nodes nobody follows (and without endpoints) are dropped.
 const IDLE_SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -39,6 +41,7 @@ pub fn status(error: PolicyError) -> Status {
         PolicyError::Corrupt { .. } => Status::data_loss(message),
         PolicyError::Contended(_) => Status::aborted(message),
         PolicyError::Forbidden(_) => Status::permission_denied(message),
+        PolicyError::OwnedElsewhere { .. } => Status::failed_precondition(message),
         PolicyError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
 }
@@ -152,9 +155,11 @@ impl Policy for PolicyService {
     async fn apply(&self, request: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         Caller::of(&request)?.require_admin("change policies")?;
         let request = request.into_inner();
+        let origin =
+            Origin::parse(&request.origin).map_err(|e| Status::invalid_argument(format!("origin: {e}")))?;
         let objects = self
             .objects
-            .apply(&request.manifest, &request.namespace)
+            .apply(&request.manifest, &request.namespace, origin)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ApplyResponse {
@@ -167,9 +172,14 @@ impl Policy for PolicyService {
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         Caller::of(&request)?.require_admin("change policies")?;
-        let (kind, object) = object_ref(request.into_inner().object)?;
+        let request = request.into_inner();
+        let only_origin = match request.origin.as_str() {
+            "" => None,
+            text => Some(Origin::parse(text).map_err(|e| Status::invalid_argument(format!("origin: {e}")))?),
+        };
+        let (kind, object) = object_ref(request.object)?;
         self.objects
-            .delete(kind, &object.namespace, &object.name)
+            .delete(kind, &object.namespace, &object.name, only_origin)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DeleteResponse {}))
@@ -193,9 +203,13 @@ impl Policy for PolicyService {
             "" => None,
             text => Some(Kind::parse("kind", text).map_err(status)?),
         };
+        let only_origin = match request.origin.as_str() {
+            "" => None,
+            text => Some(Origin::parse(text).map_err(|e| Status::invalid_argument(format!("origin: {e}")))?),
+        };
         let objects = self
             .objects
-            .list(kind, &request.namespace)
+            .list(kind, &request.namespace, only_origin)
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListResponse {
@@ -277,6 +291,91 @@ impl Policy for PolicyService {
             endpoints: endpoints
                 .iter()
                 .map(|(e, revision)| endpoints::endpoint_to_proto(e, *revision))
+                .collect(),
+        }))
+    }
+
+    async fn apply_pods(
+        &self,
+        request: Request<pb::ApplyPodsRequest>,
+    ) -> Result<Response<pb::ApplyPodsResponse>, Status> {
+        Caller::of(&request)?.require_admin("mirror pods")?;
+        let pods = request
+            .into_inner()
+            .pods
+            .into_iter()
+            .enumerate()
+            .map(|(index, pod)| endpoints::pod_from_proto(&format!("pods[{index}]"), pod))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid_field)?;
+        let revision = self.objects.apply_pods(&pods).await.map_err(status)?;
+        Ok(Response::new(pb::ApplyPodsResponse { revision }))
+    }
+
+    async fn delete_pods(
+        &self,
+        request: Request<pb::DeletePodsRequest>,
+    ) -> Result<Response<pb::DeletePodsResponse>, Status> {
+        Caller::of(&request)?.require_admin("mirror pods")?;
+        let pods: Vec<(String, String)> = request
+            .into_inner()
+            .pods
+            .into_iter()
+            .map(|pod| (pod.namespace, pod.name))
+            .collect();
+        self.objects.delete_pods(&pods).await.map_err(status)?;
+        Ok(Response::new(pb::DeletePodsResponse {}))
+    }
+
+    async fn get_pod(&self, request: Request<pb::GetPodRequest>) -> Result<Response<pb::Pod>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        if request.namespace.is_empty() || request.name.is_empty() {
+            return Err(Status::invalid_argument("namespace and name: required"));
+        }
+        let wait = std::time::Duration::from_millis(u64::from(request.wait_ms));
+        if wait > MAX_POD_WAIT {
+            return Err(Status::invalid_argument(format!(
+                "wait_ms: at most {} ms",
+                MAX_POD_WAIT.as_millis()
+            )));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let pod = self
+            .hub
+            .wait_for_pod(&request.namespace, &request.name, &request.uid, deadline)
+            .await
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "pod {}/{}{} is not known from Kubernetes{}",
+                    request.namespace,
+                    request.name,
+                    if request.uid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (uid {})", request.uid)
+                    },
+                    if wait.is_zero() {
+                        String::new()
+                    } else {
+                        format!(" after waiting {} ms", wait.as_millis())
+                    },
+                ))
+            })?;
+        caller.require_node(&pod.node, "read another node's pod")?;
+        Ok(Response::new(endpoints::pod_to_proto(&pod, self.hub.revision())))
+    }
+
+    async fn list_pods(
+        &self,
+        request: Request<pb::ListPodsRequest>,
+    ) -> Result<Response<pb::ListPodsResponse>, Status> {
+        Caller::of(&request)?.require_admin("list pods")?;
+        let pods = self.objects.list_pods().await.map_err(status)?;
+        Ok(Response::new(pb::ListPodsResponse {
+            pods: pods
+                .iter()
+                .map(|(pod, revision)| endpoints::pod_to_proto(pod, *revision))
                 .collect(),
         }))
     }

@@ -1,0 +1,107 @@
+//! Flags and wiring of the `kube-sync` binary: the Kubernetes client (a kubeconfig, or the
+//! in-cluster service account), the policy-svc client, metrics, and one follower per kind.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use brindle_grpc::{ClientTlsArgs, LogArgs, tls};
+use brindle_metrics::Metrics;
+use brindle_proto::policy::v1::policy_client::PolicyClient;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Api;
+
+use crate::follow::{FollowMetrics, follow};
+use crate::targets::{NamespaceAnnotations, Pods, PolicyObjects};
+
+/// Mirrors the Kubernetes API into brindle's services.
+#[derive(Debug, clap::Parser)]
+#[command(name = "kube-sync", version, about)]
+pub struct Args {
+    /// kubeconfig to reach the API server with; without it the in-cluster service account (or
+    /// `$KUBECONFIG`, `~/.kube/config`) is used.
+    #[arg(long, env = "KUBECONFIG_PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// policy-svc (or `brindle server`) gRPC endpoint.
+    #[arg(
+        long,
+        env = "BRINDLE_POLICY_ENDPOINT",
+        default_value = "http://127.0.0.1:7400"
+    )]
+    pub policy_endpoint: String,
+    /// TLS to the services: an administrator's certificate.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+    /// Address of the Prometheus `/metrics` endpoint.
+    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9405")]
+    pub metrics_listen: std::net::SocketAddr,
+    /// How logs look.
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// How long a connection to a service may take to set up.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The Kubernetes client: from `kubeconfig`, else inferred (in-cluster, `$KUBECONFIG`, ~/.kube).
+pub async fn kubernetes_client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding the Kubernetes API (no --kubeconfig, not in a cluster)")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// Follows Namespaces, NetworkPolicies and Pods of `client` into policy-svc at `policy` until
+/// the returned future is dropped.
+pub async fn mirror(
+    client: kube::Client,
+    policy: PolicyClient<tonic::transport::Channel>,
+    metrics: &Metrics,
+) {
+    let follow_metrics = FollowMetrics::new(metrics);
+    let annotations = NamespaceAnnotations::default();
+    let namespaces = follow(
+        Api::<Namespace>::all(client.clone()),
+        PolicyObjects::namespaces(policy.clone(), follow_metrics.clone(), Arc::clone(&annotations)),
+        follow_metrics.clone(),
+    );
+    let policies = follow(
+        Api::<NetworkPolicy>::all(client.clone()),
+        PolicyObjects::network_policies(policy.clone(), follow_metrics.clone()),
+        follow_metrics.clone(),
+    );
+    let pods = follow(
+        Api::<Pod>::all(client),
+        Pods::new(policy, follow_metrics.clone(), annotations),
+        follow_metrics,
+    );
+    tokio::join!(namespaces, policies, pods);
+}
+
+/// Runs kube-sync until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    args.log.init().map_err(anyhow::Error::msg)?;
+    let tls = args.tls.config()?;
+    let channel = tls::endpoint(&args.policy_endpoint, tls.as_ref(), CONNECT_TIMEOUT)?.connect_lazy();
+    let policy = PolicyClient::new(channel);
+    let client = kubernetes_client(args.kubeconfig.as_deref()).await?;
+    let metrics = Metrics::new();
+    brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
+    metrics.set_ready(true);
+    tracing::info!(policy = %args.policy_endpoint, "mirroring Kubernetes into brindle");
+    tokio::select! {
+        () = mirror(client, policy, &metrics) => {}
+        () = brindle_grpc::shutdown_signal() => tracing::info!("stopping"),
+    }
+    Ok(())
+}

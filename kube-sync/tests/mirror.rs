@@ -1,0 +1,365 @@
+//! kube-sync against the Kubernetes API stand-in (the real kube-rs client, unmodified) and a
+//! real policy-svc: Namespaces, NetworkPolicies and Pods are mirrored with origin `kubernetes`;
+//! what was deleted while kube-sync was away, or while its watch had expired (`410 Gone`), is
+//! removed after it comes back; objects made with `brindle apply` are never touched; bookmarks
+//! keep a quiet watch current.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use brindle_fanout::FanoutConfig;
+use brindle_grpc_server::testing::{embedded_store, serve_on_loopback};
+use brindle_metrics::Metrics;
+use brindle_proto::policy::v1 as pb;
+use brindle_proto::policy::v1::policy_client::PolicyClient;
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Namespace, Pod, PodSpec};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube_standin::StandIn;
+use policy_svc::grpc::{PolicyService, SERVICE_NAME};
+use tonic::transport::Channel;
+
+fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        namespace: namespace.map(str::to_owned),
+        name: Some(name.into()),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        ..ObjectMeta::default()
+    }
+}
+
+fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
+    let mut labels = labels.to_vec();
+    labels.push(("kubernetes.io/metadata.name", name));
+    Namespace {
+        metadata: meta(None, name, &labels),
+        ..Namespace::default()
+    }
+}
+
+fn policy(namespace: &str, name: &str) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: meta(Some(namespace), name, &[]),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some([("app".to_owned(), name.to_owned())].into()),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into()]),
+            ..NetworkPolicySpec::default()
+        }),
+    }
+}
+
+fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], host_network: bool) -> Pod {
+    Pod {
+        metadata: meta(Some(namespace), name, labels),
+        spec: Some(PodSpec {
+            node_name: Some("node-1".into()),
+            host_network: Some(host_network),
+            containers: vec![Container {
+                name: "app".into(),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 8080,
+                    ..ContainerPort::default()
+                }]),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+struct Cluster {
+    api: StandIn,
+    dir: tempfile::TempDir,
+    policy: PolicyClient<Channel>,
+    _service: PolicyService,
+}
+
+impl Cluster {
+    async fn start(bookmark_every: Duration) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let service = PolicyService::start(embedded_store(dir.path()).await, FanoutConfig::default());
+        let mut routes = tonic::service::RoutesBuilder::default();
+        routes.add_service(service.clone().into_server());
+        let address = serve_on_loopback(routes, &[SERVICE_NAME]).await;
+        let policy = PolicyClient::connect(format!("http://{address}"))
+            .await
+            .expect("policy-svc");
+        let api = StandIn::start(bookmark_every).await.expect("stand-in");
+        Self {
+            api,
+            dir,
+            policy,
+            _service: service,
+        }
+    }
+
+    /// Starts kube-sync's mirror as a task, its client built from a kubeconfig file.
+    async fn start_mirror(&self) -> tokio::task::JoinHandle<()> {
+        let kubeconfig = self.api.write_kubeconfig(self.dir.path()).expect("kubeconfig");
+        let client = kube_sync::runtime::kubernetes_client(Some(&kubeconfig))
+            .await
+            .expect("client");
+        let policy = self.policy.clone();
+        tokio::spawn(async move { kube_sync::runtime::mirror(client, policy, &Metrics::new()).await })
+    }
+
+    async fn apply(&self, manifest: &str) {
+        self.policy
+            .clone()
+            .apply(pb::ApplyRequest {
+                manifest: manifest.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("brindle apply");
+    }
+
+    /// Every stored object as "Kind namespace/name origin".
+    async fn objects(&self) -> Vec<String> {
+        let listed = self
+            .policy
+            .clone()
+            .list(pb::ListRequest::default())
+            .await
+            .expect("list");
+        listed
+            .into_inner()
+            .objects
+            .into_iter()
+            .map(|o| {
+                format!(
+                    "{} {}/{} {}",
+                    o.kind,
+                    o.namespace,
+                    o.name,
+                    if o.origin.is_empty() { "apply" } else { &o.origin }
+                )
+            })
+            .collect()
+    }
+
+    /// Every mirrored pod: its labels.
+    async fn pods(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        let listed = self
+            .policy
+            .clone()
+            .list_pods(pb::ListPodsRequest {})
+            .await
+            .expect("pods");
+        listed
+            .into_inner()
+            .pods
+            .into_iter()
+            .map(|p| {
+                (
+                    format!("{}/{}", p.namespace, p.name),
+                    p.labels.into_iter().collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `check` holds of (objects, pods).
+    async fn until(
+        &self,
+        what: &str,
+        check: impl Fn(&[String], &BTreeMap<String, BTreeMap<String, String>>) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (objects, pods) = (self.objects().await, self.pods().await);
+            if check(&objects, &pods) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not reached; objects {objects:#?}, pods {pods:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn has(objects: &[String], entry: &str) -> bool {
+    objects.iter().any(|o| o == entry)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_objects_are_mirrored_and_what_vanished_while_kube_sync_was_away_is_removed() {
+    let cluster = Cluster::start(Duration::from_secs(60)).await;
+    let api = &cluster.api;
+    cluster
+        .apply(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: manual, labels: {by: hand}}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: hand-made, namespace: shop}\n\
+             spec: {podSelector: {}}\n",
+        )
+        .await;
+    api.put(&namespace("shop", &[("team", "a")]));
+    api.put(&namespace("manual", &[("by", "kubernetes")]));
+    api.put(&policy("shop", "web"));
+    api.put(&policy("shop", "old"));
+    api.put(&pod("shop", "web-1", &[("app", "web")], false));
+    api.put(&pod("shop", "gone-1", &[("app", "gone")], false));
+    api.put(&pod("kube-system", "proxy", &[], true));
+
+    let mirror = cluster.start_mirror().await;
+    cluster
+        .until("the first sync", |objects, pods| {
+            has(objects, "Namespace /shop kubernetes")
+                && has(objects, "KubernetesNetworkPolicy shop/web kubernetes")
+                && has(objects, "KubernetesNetworkPolicy shop/old kubernetes")
+                && pods
+                    .get("shop/web-1")
+                    .is_some_and(|l| l.get("app").map(String::as_str) == Some("web"))
+                && pods.contains_key("shop/gone-1")
+        })
+        .await;
+    let objects = cluster.objects().await;
+    assert!(
+        has(&objects, "Namespace /manual apply"),
+        "`brindle apply` owns it: {objects:#?}"
+    );
+    assert!(
+        !cluster.pods().await.contains_key("kube-system/proxy"),
+        "host-network pods are not mirrored"
+    );
+    let namespace = cluster
+        .policy
+        .clone()
+        .get(pb::GetRequest {
+            object: Some(pb::ObjectRef {
+                kind: "Namespace".into(),
+                namespace: String::new(),
+                name: "manual".into(),
+            }),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(
+        namespace.manifest.contains("by: hand"),
+        "not replaced by Kubernetes' labels: {}",
+        namespace.manifest
+    );
+
+    // kube-sync stops; meanwhile a policy and a pod are deleted and another policy is made.
+    mirror.abort();
+    let _ = mirror.await;
+    api.delete::<NetworkPolicy>(Some("shop"), "old");
+    api.delete::<Pod>(Some("shop"), "gone-1");
+    api.put(&policy("shop", "new"));
+
+    let mirror = cluster.start_mirror().await;
+    cluster
+        .until("the re-list after a restart", |objects, pods| {
+            !has(objects, "KubernetesNetworkPolicy shop/old kubernetes")
+                && has(objects, "KubernetesNetworkPolicy shop/new kubernetes")
+                && !pods.contains_key("shop/gone-1")
+                && pods.contains_key("shop/web-1")
+        })
+        .await;
+    let objects = cluster.objects().await;
+    assert!(
+        has(&objects, "KubernetesNetworkPolicy shop/hand-made apply")
+            && has(&objects, "Namespace /manual apply"),
+        "`brindle apply` objects are never removed: {objects:#?}"
+    );
+    mirror.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_watch_relists_with_nothing_lost_or_left_over() {
+    let cluster = Cluster::start(Duration::from_secs(60)).await;
+    let api = &cluster.api;
+    api.put(&namespace("shop", &[]));
+    api.put(&policy("shop", "a"));
+    api.put(&pod("shop", "web-1", &[("app", "web")], false));
+    let mirror = cluster.start_mirror().await;
+    cluster
+        .until("the first sync", |objects, pods| {
+            has(objects, "KubernetesNetworkPolicy shop/a kubernetes") && pods.contains_key("shop/web-1")
+        })
+        .await;
+    let before = api.requests();
+
+    // The watches stall; changes pile up; the history they would resume from is compacted.
+    api.hold_watches(true);
+    api.delete::<NetworkPolicy>(Some("shop"), "a");
+    api.put(&policy("shop", "b"));
+    api.put(&pod("shop", "web-1", &[("app", "web"), ("tier", "front")], false));
+    api.put(&pod("shop", "web-2", &[("app", "web")], false));
+    api.compact();
+
+    cluster
+        .until("the re-list after 410 Gone", |objects, pods| {
+            !has(objects, "KubernetesNetworkPolicy shop/a kubernetes")
+                && has(objects, "KubernetesNetworkPolicy shop/b kubernetes")
+                && pods
+                    .get("shop/web-1")
+                    .is_some_and(|l| l.get("tier").map(String::as_str) == Some("front"))
+                && pods.contains_key("shop/web-2")
+        })
+        .await;
+    let after = api.requests();
+    assert!(
+        after.gone > before.gone,
+        "the watches were answered 410 Gone: {before:?} → {after:?}"
+    );
+    assert!(
+        after.lists > before.lists,
+        "and re-listed: {before:?} → {after:?}"
+    );
+    mirror.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookmarks_keep_a_quiet_watch_current_so_compaction_costs_no_relist() {
+    let cluster = Cluster::start(Duration::from_millis(100)).await;
+    let api = &cluster.api;
+    api.put(&namespace("shop", &[]));
+    api.put(&policy("shop", "a"));
+    let mirror = cluster.start_mirror().await;
+    cluster
+        .until("the first sync", |objects, _| {
+            has(objects, "KubernetesNetworkPolicy shop/a kubernetes")
+        })
+        .await;
+    // Pods and policies are quiet while a namespace changes: only bookmarks move their watches
+    // past its resource version.
+    api.put(&namespace("shop", &[("team", "b")]));
+    cluster
+        .until("the namespace change", |objects, _| {
+            has(objects, "Namespace /shop kubernetes")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = api.requests();
+    api.compact();
+    api.put(&policy("shop", "c"));
+    cluster
+        .until("a change after compaction", |objects, _| {
+            has(objects, "KubernetesNetworkPolicy shop/c kubernetes")
+        })
+        .await;
+    let after = api.requests();
+    assert_eq!(
+        after.gone, before.gone,
+        "no watch was behind the compaction: {before:?} → {after:?}"
+    );
+    assert_eq!(
+        after.lists, before.lists,
+        "nothing re-listed: {before:?} → {after:?}"
+    );
+    mirror.abort();
+}
