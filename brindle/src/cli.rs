@@ -317,4 +317,12 @@ pub struct ServerArgs {
     /// mTLS (a client certificate is then required: node agents', administrators').
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    /// Follow the Kubernetes API reached with this kubeconfig (kube-sync inside the server):
+    /// Namespaces, NetworkPolicies, Pods and Nodes are mirrored into the services.
+    #[arg(long, env = "BRINDLE_KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Follow the Kubernetes API found in the environment (in a pod: its service account;
+    /// else `$KUBECONFIG` or `~/.kube/config`).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub kube_sync: bool,
 }

@@ -1,5 +1,6 @@
 //! Flags and wiring of the `kube-sync` binary: the Kubernetes client (a kubeconfig, or the
-//! in-cluster service account), the policy-svc client, metrics, and one follower per kind.
+//! in-cluster service account), the clients of policy-svc, route-svc and ipam-svc, metrics, and
+//! one follower per kind.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,12 +8,16 @@ use std::sync::Arc;
 use anyhow::Context;
 use brindle_grpc::{ClientTlsArgs, LogArgs, tls};
 use brindle_metrics::Metrics;
+use brindle_proto::ipam::v1::ipam_client::IpamClient;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use brindle_proto::route::v1::routes_client::RoutesClient;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
+use tonic::transport::Channel;
 
 use crate::follow::{FollowMetrics, follow};
+use crate::nodes::Nodes;
 use crate::targets::{NamespaceAnnotations, Pods, PolicyObjects};
 
 /// Mirrors the Kubernetes API into brindle's services.
@@ -21,7 +26,7 @@ use crate::targets::{NamespaceAnnotations, Pods, PolicyObjects};
 pub struct Args {
     /// kubeconfig to reach the API server with; without it the in-cluster service account (or
     /// `$KUBECONFIG`, `~/.kube/config`) is used.
-    #[arg(long, env = "KUBECONFIG_PATH")]
+    #[arg(long, env = "BRINDLE_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// policy-svc (or `brindle server`) gRPC endpoint.
     #[arg(
@@ -30,6 +35,12 @@ pub struct Args {
         default_value = "http://127.0.0.1:7400"
     )]
     pub policy_endpoint: String,
+    /// route-svc (or `brindle server`) gRPC endpoint.
+    #[arg(long, env = "BRINDLE_ROUTE_ENDPOINT", default_value = "http://127.0.0.1:7400")]
+    pub route_endpoint: String,
+    /// ipam-svc (or `brindle server`) gRPC endpoint.
+    #[arg(long, env = "BRINDLE_IPAM_ENDPOINT", default_value = "http://127.0.0.1:7400")]
+    pub ipam_endpoint: String,
     /// TLS to the services: an administrator's certificate.
     #[command(flatten)]
     pub tls: ClientTlsArgs,
@@ -61,13 +72,21 @@ pub async fn kubernetes_client(kubeconfig: Option<&std::path::Path>) -> anyhow::
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
-/// Follows Namespaces, NetworkPolicies and Pods of `client` into policy-svc at `policy` until
-/// the returned future is dropped.
-pub async fn mirror(
-    client: kube::Client,
-    policy: PolicyClient<tonic::transport::Channel>,
-    metrics: &Metrics,
-) {
+/// The services kube-sync writes into.
+#[derive(Clone)]
+pub struct Services {
+    /// policy-svc.
+    pub policy: PolicyClient<Channel>,
+    /// route-svc.
+    pub routes: RoutesClient<Channel>,
+    /// ipam-svc.
+    pub ipam: IpamClient<Channel>,
+}
+
+/// Follows Namespaces, NetworkPolicies, Pods and Nodes of `client` into `services` until the
+/// returned future is dropped.
+pub async fn mirror(client: kube::Client, services: Services, metrics: &Metrics) {
+    let Services { policy, routes, ipam } = services;
     let follow_metrics = FollowMetrics::new(metrics);
     let annotations = NamespaceAnnotations::default();
     let namespaces = follow(
@@ -81,26 +100,42 @@ pub async fn mirror(
         follow_metrics.clone(),
     );
     let pods = follow(
-        Api::<Pod>::all(client),
-        Pods::new(policy, follow_metrics.clone(), annotations),
+        Api::<Pod>::all(client.clone()),
+        Pods::new(policy.clone(), follow_metrics.clone(), annotations),
+        follow_metrics.clone(),
+    );
+    let nodes = follow(
+        Api::<Node>::all(client),
+        Nodes::new(routes, ipam, policy, follow_metrics.clone()),
         follow_metrics,
     );
-    tokio::join!(namespaces, policies, pods);
+    tokio::join!(namespaces, policies, pods, nodes);
 }
 
 /// Runs kube-sync until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.log.init().map_err(anyhow::Error::msg)?;
     let tls = args.tls.config()?;
-    let channel = tls::endpoint(&args.policy_endpoint, tls.as_ref(), CONNECT_TIMEOUT)?.connect_lazy();
-    let policy = PolicyClient::new(channel);
+    let channel = |address: &str| {
+        tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT).map(|endpoint| endpoint.connect_lazy())
+    };
+    let services = Services {
+        policy: PolicyClient::new(channel(&args.policy_endpoint)?),
+        routes: RoutesClient::new(channel(&args.route_endpoint)?),
+        ipam: IpamClient::new(channel(&args.ipam_endpoint)?),
+    };
     let client = kubernetes_client(args.kubeconfig.as_deref()).await?;
     let metrics = Metrics::new();
     brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
     metrics.set_ready(true);
-    tracing::info!(policy = %args.policy_endpoint, "mirroring Kubernetes into brindle");
+    tracing::info!(
+        policy = %args.policy_endpoint,
+        routes = %args.route_endpoint,
+        ipam = %args.ipam_endpoint,
+        "mirroring Kubernetes into brindle"
+    );
     tokio::select! {
-        () = mirror(client, policy, &metrics) => {}
+        () = mirror(client, services, &metrics) => {}
         () = brindle_grpc::shutdown_signal() => tracing::info!("stopping"),
     }
     Ok(())

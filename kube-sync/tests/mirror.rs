@@ -2,7 +2,8 @@
 //! real policy-svc: Namespaces, NetworkPolicies and Pods are mirrored with origin `kubernetes`;
 //! what was deleted while kube-sync was away, or while its watch had expired (`410 Gone`), is
 //! removed after it comes back; objects made with `brindle apply` are never touched; bookmarks
-//! keep a quiet watch current.
+//! keep a quiet watch current; a Node deleted from Kubernetes has its addresses released and its
+//! endpoints and registration removed, and nothing of another node is touched.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,13 +11,21 @@ use std::time::Duration;
 use brindle_fanout::FanoutConfig;
 use brindle_grpc_server::testing::{embedded_store, serve_on_loopback};
 use brindle_metrics::Metrics;
+use brindle_proto::ipam::v1 as ipam;
+use brindle_proto::ipam::v1::ipam_client::IpamClient;
 use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Namespace, Pod, PodSpec};
+use brindle_proto::route::v1 as route;
+use brindle_proto::route::v1::routes_client::RoutesClient;
+use ipam_svc::core::Ipam;
+use ipam_svc::grpc::IpamService;
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Namespace, Node, Pod, PodSpec};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube_standin::StandIn;
-use policy_svc::grpc::{PolicyService, SERVICE_NAME};
+use kube_sync::runtime::Services;
+use policy_svc::grpc::PolicyService;
+use route_svc::grpc::RoutesService;
 use tonic::transport::Channel;
 
 fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
@@ -81,25 +90,37 @@ struct Cluster {
     api: StandIn,
     dir: tempfile::TempDir,
     policy: PolicyClient<Channel>,
-    _service: PolicyService,
+    services: Services,
 }
 
 impl Cluster {
     async fn start(bookmark_every: Duration) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let service = PolicyService::start(embedded_store(dir.path()).await, FanoutConfig::default());
+        let store = embedded_store(dir.path()).await;
         let mut routes = tonic::service::RoutesBuilder::default();
-        routes.add_service(service.clone().into_server());
-        let address = serve_on_loopback(routes, &[SERVICE_NAME]).await;
-        let policy = PolicyClient::connect(format!("http://{address}"))
-            .await
-            .expect("policy-svc");
+        routes.add_service(PolicyService::start(store.clone(), FanoutConfig::default()).into_server());
+        routes.add_service(RoutesService::start(store.clone(), FanoutConfig::default()).into_server());
+        routes.add_service(IpamService::new(std::sync::Arc::new(Ipam::new(store))).into_server());
+        let names = [
+            policy_svc::grpc::SERVICE_NAME,
+            route_svc::grpc::SERVICE_NAME,
+            ipam_svc::grpc::SERVICE_NAME,
+        ];
+        let url = format!("http://{}", serve_on_loopback(routes, &names).await);
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect_lazy();
+        let services = Services {
+            policy: PolicyClient::new(channel.clone()),
+            routes: RoutesClient::new(channel.clone()),
+            ipam: IpamClient::new(channel),
+        };
         let api = StandIn::start(bookmark_every).await.expect("stand-in");
         Self {
             api,
             dir,
-            policy,
-            _service: service,
+            policy: services.policy.clone(),
+            services,
         }
     }
 
@@ -109,8 +130,8 @@ impl Cluster {
         let client = kube_sync::runtime::kubernetes_client(Some(&kubeconfig))
             .await
             .expect("client");
-        let policy = self.policy.clone();
-        tokio::spawn(async move { kube_sync::runtime::mirror(client, policy, &Metrics::new()).await })
+        let services = self.services.clone();
+        tokio::spawn(async move { kube_sync::runtime::mirror(client, services, &Metrics::new()).await })
     }
 
     async fn apply(&self, manifest: &str) {
@@ -361,5 +382,169 @@ async fn bookmarks_keep_a_quiet_watch_current_so_compaction_costs_no_relist() {
         after.lists, before.lists,
         "nothing re-listed: {before:?} → {after:?}"
     );
+    mirror.abort();
+}
+
+fn node(name: &str, labels: &[(&str, &str)]) -> Node {
+    Node {
+        metadata: meta(None, name, labels),
+        ..Node::default()
+    }
+}
+
+impl Cluster {
+    /// Gives `node` a pod address in IPAM and a workload endpoint in policy-svc.
+    async fn pod_on(&self, node: &str, pod: &str) {
+        let assigned = self
+            .services
+            .ipam
+            .clone()
+            .auto_assign(ipam::AutoAssignRequest {
+                handle_id: format!("net.{pod}"),
+                node: node.into(),
+                num_ipv4: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("an address")
+            .into_inner();
+        let ip = assigned.allocations[0].ip.clone();
+        self.policy
+            .clone()
+            .register_endpoint(pb::RegisterEndpointRequest {
+                endpoint: Some(pb::WorkloadEndpoint {
+                    node: node.into(),
+                    interface: format!("brd{pod}"),
+                    namespace: "shop".into(),
+                    pod: pod.into(),
+                    ips: vec![ip],
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("an endpoint");
+    }
+
+    /// A node's (addresses in use, endpoints).
+    async fn node_holdings(&self, node: &str) -> (u64, usize) {
+        let shown = self
+            .services
+            .ipam
+            .clone()
+            .show(ipam::ShowRequest {
+                blocks: true,
+                ..Default::default()
+            })
+            .await
+            .expect("show")
+            .into_inner();
+        let addresses = shown
+            .blocks
+            .iter()
+            .filter(|b| b.node == node)
+            .map(|b| b.in_use)
+            .sum();
+        let endpoints = self
+            .policy
+            .clone()
+            .list_endpoints(pb::ListEndpointsRequest { node: node.into() })
+            .await
+            .expect("endpoints")
+            .into_inner()
+            .endpoints
+            .len();
+        (addresses, endpoints)
+    }
+
+    /// Every node's given labels: (origin, labels).
+    async fn node_labels(&self) -> BTreeMap<String, (String, BTreeMap<String, String>)> {
+        let listed = self
+            .services
+            .routes
+            .clone()
+            .list_node_labels(route::ListNodeLabelsRequest::default())
+            .await
+            .expect("node labels")
+            .into_inner();
+        listed
+            .nodes
+            .into_iter()
+            .map(|n| (n.name, (n.origin, n.labels.into_iter().collect())))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_node_has_its_addresses_released_and_nothing_of_another_node_is_touched() {
+    let cluster = Cluster::start(Duration::from_secs(60)).await;
+    let api = &cluster.api;
+    let pool = ipam::IpPool {
+        name: "pods".into(),
+        cidr: "10.80.0.0/16".into(),
+        ..Default::default()
+    };
+    cluster
+        .services
+        .ipam
+        .clone()
+        .create_pool(ipam::CreatePoolRequest { pool: Some(pool) })
+        .await
+        .expect("pool");
+    for (node, pod) in [
+        ("node-gone", "a1"),
+        ("node-gone", "a2"),
+        ("node-stays", "b1"),
+        ("bare-metal", "c1"),
+    ] {
+        cluster.pod_on(node, pod).await;
+    }
+    api.put(&node("node-gone", &[("zone", "a")]));
+    api.put(&node("node-stays", &[("zone", "b")]));
+    let mirror = cluster.start_mirror().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let labels = cluster.node_labels().await;
+        let stays = labels.get("node-stays").is_some_and(|(origin, labels)| {
+            origin == "kubernetes" && labels.get("zone").map(String::as_str) == Some("b")
+        });
+        if stays && labels.contains_key("node-gone") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node labels: {labels:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cluster.node_holdings("node-gone").await, (2, 2));
+
+    api.delete::<Node>(None, "node-gone");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cluster.node_holdings("node-gone").await != (0, 0)
+        || cluster.node_labels().await.contains_key("node-gone")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node-gone still holds {:?}",
+            cluster.node_holdings("node-gone").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        cluster.node_holdings("node-stays").await,
+        (1, 1),
+        "a node that still exists is untouched"
+    );
+    assert_eq!(
+        cluster.node_holdings("bare-metal").await,
+        (1, 1),
+        "a node Kubernetes never had is untouched"
+    );
+    let report = cluster
+        .services
+        .ipam
+        .clone()
+        .check(ipam::CheckRequest::default())
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(report.clean, "ipam check is clean: {report:?}");
     mirror.abort();
 }

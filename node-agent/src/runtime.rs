@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use crate::core::attachments::AttachmentStore;
 use crate::core::cni::CniOps;
 use crate::core::follow::DEFAULT_RESYNC_EVERY;
+use crate::core::pods::KubernetesPods;
 use crate::core::policy::Family;
 use crate::dataplane::{IpsetCommands, Iptables, IptablesCommands, ProcSysctl, RtNetlink, Sysctl};
 use crate::grpc::cni_service::{CniService, SERVICE_NAME};
@@ -50,6 +51,16 @@ pub struct Args {
     /// workload endpoints and enforces network policy on them.
     #[arg(long, env = "BRINDLE_POLICY_ENDPOINT")]
     pub policy_endpoint: Option<String>,
+    /// Kubernetes sync is on (kube-sync runs): a pod's labels, named ports and requested
+    /// addresses come from its Pod object, not from the CNI request, and an ADD waits up to
+    /// --pod-wait for kube-sync to have mirrored it (then fails with CNI error 11, and the
+    /// runtime retries). Pods without K8S_POD_NAME in CNI_ARGS keep their CNI labels.
+    #[arg(long, env = "BRINDLE_KUBERNETES_PODS", requires = "policy_endpoint")]
+    pub kubernetes_pods: bool,
+    /// Seconds an ADD waits for its Pod object with --kubernetes-pods (at most 60).
+    #[arg(long, env = "BRINDLE_POD_WAIT", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub pod_wait: u64,
     /// This node's underlay addresses, one per family (other nodes route its pods' blocks of
     /// that family via it); repeat the flag or separate with commas for dual-stack nodes.
     #[arg(long, env = "BRINDLE_NODE_ADDRESS", value_delimiter = ',')]
@@ -118,6 +129,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(policy_endpoint) = &args.policy_endpoint {
         let policy = GrpcPolicy::new(endpoint(policy_endpoint)?);
         ops = ops.with_endpoints(Arc::new(policy.clone()));
+        if args.kubernetes_pods {
+            let wait = std::time::Duration::from_secs(args.pod_wait);
+            ops = ops.with_kubernetes_pods(KubernetesPods::new(Arc::new(policy.clone()), wait));
+        }
         let mut families = vec![(Family::V4, iptables.clone())];
         if std::path::Path::new("/proc/sys/net/ipv6").exists() {
             families.push((Family::V6, ipv6_tables as Arc<dyn Iptables>));

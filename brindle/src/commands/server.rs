@@ -12,6 +12,31 @@ use tonic::service::RoutesBuilder;
 
 use crate::cli::ServerArgs;
 
+/// Starts kube-sync's mirror inside the server, writing to the server's own port over loopback.
+async fn start_kube_sync(args: &ServerArgs, metrics: &Metrics) -> anyhow::Result<()> {
+    if args.tls.tls_cert.is_some() {
+        anyhow::bail!(
+            "--kubeconfig/--kube-sync with mTLS: run kube-sync as its own process with an administrator's \
+             certificate (its --tls-* flags) instead"
+        );
+    }
+    let client = kube_sync::runtime::kubernetes_client(args.kubeconfig.as_deref()).await?;
+    let mut own = args.listen;
+    if own.ip().is_unspecified() {
+        own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{own}"))?.connect_lazy();
+    let services = kube_sync::runtime::Services {
+        policy: brindle_proto::policy::v1::policy_client::PolicyClient::new(channel.clone()),
+        routes: brindle_proto::route::v1::routes_client::RoutesClient::new(channel.clone()),
+        ipam: brindle_proto::ipam::v1::ipam_client::IpamClient::new(channel),
+    };
+    let metrics = metrics.clone();
+    tokio::spawn(async move { kube_sync::runtime::mirror(client, services, &metrics).await });
+    tracing::info!("following the Kubernetes API (kube-sync)");
+    Ok(())
+}
+
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
@@ -37,6 +62,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         route_svc::grpc::SERVICE_NAME,
         policy_svc::grpc::SERVICE_NAME,
     ];
+    if args.kubeconfig.is_some() || args.kube_sync {
+        start_kube_sync(&args, &metrics).await?;
+    }
     brindle_grpc_server::serve(args.listen, routes, &names, store, &metrics, &args.tls).await?;
     tracing::info!("brindle server stopped");
     Ok(())

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod follow;
 pub mod ipam;
 pub mod nat;
+pub mod pods;
 pub mod policy;
 pub mod reconcile;
 pub mod route_programmer;

@@ -10,11 +10,12 @@ use std::time::Duration;
 use brindle_proto::policy::v1 as pb;
 use pb::policy_client::PolicyClient;
 use policy_api::convert::{self, PolicyWire};
-use policy_api::model::{Endpoint, EndpointKey};
+use policy_api::model::{Endpoint, EndpointKey, Pod};
 use tonic::transport::Channel;
 
 use crate::core::calls::{CallError, Service};
 use crate::core::endpoints::EndpointRegistry;
+use crate::core::pods::PodDirectory;
 use crate::core::policy::Family;
 use crate::core::policy::programmer::PolicyProgrammer;
 use crate::dataplane::{Ipsets, Iptables};
@@ -27,14 +28,21 @@ pub const APPLY_INTERVAL: Duration = Duration::from_millis(20);
 #[derive(Clone)]
 pub struct GrpcPolicy {
     client: PolicyClient<Channel>,
+    /// For GetPod, whose calls last as long as the wait they ask for.
+    waiting: PolicyClient<Channel>,
 }
 
 impl GrpcPolicy {
     /// A client of policy-svc at `endpoint` (with its TLS, if any); connects lazily.
     pub fn new(endpoint: tonic::transport::Endpoint) -> Self {
+        let waiting = endpoint
+            .clone()
+            .timeout(MAX_POD_WAIT + Duration::from_secs(10))
+            .connect_lazy();
         let channel = endpoint.timeout(Duration::from_secs(10)).connect_lazy();
         Self {
             client: PolicyClient::new(channel).max_decoding_message_size(256 << 20),
+            waiting: PolicyClient::new(waiting),
         }
     }
 
@@ -51,6 +59,34 @@ impl GrpcPolicy {
     ) {
         let target = PolicyProgrammer::new(families, ipsets, resync_every);
         follow(PolicySync(self.client), node, target, metrics).await;
+    }
+}
+
+/// The longest wait for a pod policy-svc accepts.
+pub const MAX_POD_WAIT: Duration = Duration::from_secs(60);
+
+#[async_trait::async_trait]
+impl PodDirectory for GrpcPolicy {
+    async fn pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        wait: Duration,
+    ) -> Result<Option<Pod>, CallError> {
+        let request = pb::GetPodRequest {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+            wait_ms: u32::try_from(wait.min(MAX_POD_WAIT).as_millis()).unwrap_or(u32::MAX),
+        };
+        match self.waiting.clone().get_pod(request).await {
+            Ok(pod) => convert::pod_from_proto("pod", pod.into_inner())
+                .map(Some)
+                .map_err(|e| CallError::refused(Service::Policy, e.to_string())),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(call_error(status)),
+        }
     }
 }
 

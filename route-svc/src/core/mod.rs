@@ -2,6 +2,7 @@
 //! items, the node registry, and the watcher that keeps the fan-out equal to the datastore.
 
 pub mod derive;
+pub mod node_labels;
 pub mod registry;
 pub mod watcher;
 

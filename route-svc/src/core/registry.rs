@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use brindle_datastore::{Store, StoreError, Txn};
@@ -58,6 +57,18 @@ pub enum RegistryError {
     /// The node is not registered (never, or its registration expired).
     #[error("node {0:?} is not registered (or its registration expired): register it again")]
     NotRegistered(String),
+    /// The node's labels belong to another origin (Kubernetes or an administrator), which alone
+    /// changes them.
+    #[error("the labels of node {node:?} are owned by {owner}; change them there")]
+    OwnedElsewhere {
+        /// The node.
+        node: String,
+        /// Who owns them.
+        owner: &'static str,
+    },
+    /// Other writers kept changing the record; given up after retries.
+    #[error("{0} kept changing under concurrent writers; try again")]
+    Contended(String),
     /// A stored registration does not decode.
     #[error("the registration of node {name:?} is corrupt: {reason}")]
     Corrupt {
@@ -71,7 +82,7 @@ pub enum RegistryError {
     Store(#[from] StoreError),
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> RegistryError {
+pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> RegistryError {
     RegistryError::Invalid {
         field,
         reason: reason.into(),
@@ -186,7 +197,7 @@ fn mac_text(mac: &[u8; 6]) -> String {
 /// Registers, renews and removes nodes.
 #[derive(Clone)]
 pub struct Registry {
-    store: Arc<dyn Store>,
+    pub(super) store: Arc<dyn Store>,
 }
 
 impl Registry {
@@ -301,48 +312,10 @@ impl Registry {
         Ok(())
     }
 
-    /// Sets the labels an administrator gives `name` (none: removes them) and puts them into its
-    /// registration when it is registered; returns them.
-    pub async fn set_labels(
+    pub(super) async fn read<T: serde::de::DeserializeOwned>(
         &self,
-        name: &str,
-        labels: BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, String>, RegistryError> {
-        if !valid_node_name(name) {
-            return Err(invalid("name", format!("{name:?} is not a DNS-1123 subdomain")));
-        }
-        let key = keys::node_labels(name);
-        let txn = if labels.is_empty() {
-            Txn::new().delete(&key)
-        } else {
-            Txn::new().put(&key, serde_json::to_vec(&labels).unwrap_or_default())
-        };
-        self.store.txn(txn).await?;
-        for _ in 0..CAS_ATTEMPTS {
-            let Some(kv) = self.store.get(&keys::node(name)).await? else {
-                break;
-            };
-            let mut node = decode_node(name, &kv.value)?;
-            node.labels.clone_from(&labels);
-            let value = serde_json::to_vec(&node).unwrap_or_default();
-            let txn = Txn::new()
-                .if_mod_revision(keys::node(name), kv.mod_revision)
-                .put_with_lease(keys::node(name), value, node.lease);
-            match self.store.txn(txn).await {
-                Ok(_) | Err(StoreError::LeaseNotFound(_)) => break,
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Ok(labels)
-    }
-
-    /// The labels an administrator set on `name`, if any.
-    async fn labels(&self, name: &str) -> Result<Option<BTreeMap<String, String>>, RegistryError> {
-        self.read(&keys::node_labels(name)).await
-    }
-
-    async fn read<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, RegistryError> {
+        key: &str,
+    ) -> Result<Option<T>, RegistryError> {
         match self.store.get(key).await? {
             None => Ok(None),
             Some(kv) => serde_json::from_slice(&kv.value)
@@ -440,7 +413,7 @@ impl Registry {
         }
     }
 
-    async fn get(&self, name: &str) -> Result<Node, RegistryError> {
+    pub(super) async fn get(&self, name: &str) -> Result<Node, RegistryError> {
         let kv = self
             .store
             .get(&keys::node(name))
@@ -450,7 +423,7 @@ impl Registry {
     }
 }
 
-fn decode_node(name: &str, bytes: &[u8]) -> Result<Node, RegistryError> {
+pub(super) fn decode_node(name: &str, bytes: &[u8]) -> Result<Node, RegistryError> {
     serde_json::from_slice(bytes).map_err(|e| RegistryError::Corrupt {
         name: name.to_owned(),
         reason: e.to_string(),

@@ -31,6 +31,8 @@ pub fn status(error: RegistryError) -> Status {
         RegistryError::Taken { .. } => Status::already_exists(message),
         RegistryError::Forbidden { .. } => Status::permission_denied(message),
         RegistryError::Corrupt { .. } => Status::data_loss(message),
+        RegistryError::OwnedElsewhere { .. } => Status::failed_precondition(message),
+        RegistryError::Contended(_) => Status::aborted(message),
         RegistryError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
 }
@@ -178,12 +180,55 @@ impl Routes for RoutesService {
         let request = request.into_inner();
         let labels = self
             .registry
-            .set_labels(&request.name, request.labels.into_iter().collect())
+            .set_labels(
+                &request.name,
+                request.labels.into_iter().collect(),
+                &request.origin,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::SetNodeLabelsResponse {
             labels: labels.into_iter().collect(),
         }))
+    }
+
+    async fn list_node_labels(
+        &self,
+        request: Request<pb::ListNodeLabelsRequest>,
+    ) -> Result<Response<pb::ListNodeLabelsResponse>, Status> {
+        Caller::of(&request)?;
+        let origin = request.into_inner().origin;
+        let listed = self
+            .registry
+            .list_labels((!origin.is_empty()).then_some(origin.as_str()))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListNodeLabelsResponse {
+            nodes: listed
+                .into_iter()
+                .map(|(name, given)| pb::NodeLabels {
+                    name,
+                    labels: given.labels.into_iter().collect(),
+                    origin: given.origin,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_node(
+        &self,
+        request: Request<pb::DeleteNodeRequest>,
+    ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
+        Caller::of(&request)?.require_admin("delete a node")?;
+        let request = request.into_inner();
+        self.registry
+            .delete_node(
+                &request.name,
+                (!request.origin.is_empty()).then_some(request.origin.as_str()),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeleteNodeResponse {}))
     }
 
     async fn list_nodes(

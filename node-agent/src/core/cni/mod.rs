@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use super::attachments::{Attachment, AttachmentStore, Phase, RecordError};
 use super::endpoints::{EndpointRegistry, endpoint};
 use super::ipam::{Families, IpamApi, Owner};
+use super::pods::KubernetesPods;
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
 use crate::dataplane::{Netlink, Sysctl};
 use brindle_proto::CniError;
@@ -115,6 +116,8 @@ pub struct CniOps {
     links: LinkReaper,
     /// policy-svc's endpoint registry, when the node enforces policy.
     endpoints: Option<Arc<dyn EndpointRegistry>>,
+    /// Kubernetes pods (mirrored by kube-sync), when pods' labels come from them.
+    pods: Option<KubernetesPods>,
 }
 
 fn workload(attachment: &Attachment, mtu: u32) -> Workload {
@@ -145,7 +148,16 @@ impl CniOps {
             records,
             locks: ContainerLocks::default(),
             endpoints: None,
+            pods: None,
         }
+    }
+
+    /// Takes a Kubernetes pod's labels, named ports and requested addresses from its Pod object
+    /// (mirrored by kube-sync) instead of the CNI request; an ADD waits for the Pod.
+    #[must_use]
+    pub fn with_kubernetes_pods(mut self, pods: KubernetesPods) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// Registers every attachment as a workload endpoint with `registry` (policy enforcement).
@@ -199,16 +211,42 @@ impl CniOps {
             }
             self.undo(&existing, Removal::Now).await?;
         }
+        let namespace = request.args.get("K8S_POD_NAMESPACE").cloned().unwrap_or_default();
+        let pod = request.args.get("K8S_POD_NAME").cloned().unwrap_or_default();
+        let (mut labels, mut ports, mut requested_ips) = (
+            config.labels.clone(),
+            config.ports.clone(),
+            config.requested_ips.clone(),
+        );
+        if let Some(pods) = &self.pods
+            && !pod.is_empty()
+        {
+            let uid = request.args.get("K8S_POD_UID").map_or("", String::as_str);
+            let metadata = pods.metadata(&namespace, &pod, uid).await?;
+            (labels, ports) = (metadata.labels, metadata.ports);
+            if !metadata.requested_ips.is_empty() {
+                if !requested_ips.is_empty() {
+                    return Err(CniError::new(
+                        INVALID_CONFIG,
+                        format!(
+                            "pod {namespace}/{pod} asks for addresses both in the network configuration and in its {} annotation",
+                            super::pods::IP_ADDRS_ANNOTATION
+                        ),
+                    ));
+                }
+                requested_ips = metadata.requested_ips;
+            }
+        }
         let mut attachment = Attachment {
             key: request.key.clone(),
             netns: request.netns.clone(),
             handle_id: handle_id(&request.key),
             host_ifname: request.key.host_ifname(),
             addresses: Vec::new(),
-            namespace: request.args.get("K8S_POD_NAMESPACE").cloned().unwrap_or_default(),
-            pod: request.args.get("K8S_POD_NAME").cloned().unwrap_or_default(),
-            labels: config.labels.clone(),
-            ports: config.ports.clone(),
+            namespace,
+            pod,
+            labels,
+            ports,
             phase: Phase::Adding,
         };
         // The intent is recorded before anything is allocated, so a crash mid-ADD is undone on start.
@@ -219,12 +257,7 @@ impl CniOps {
         .await?;
         self.links.wait_deleted(&attachment.host_ifname).await;
         let attached = match self
-            .allocate_and_wire(
-                &mut attachment,
-                &config.requested_ips,
-                config.families,
-                config.mtu,
-            )
+            .allocate_and_wire(&mut attachment, &requested_ips, config.families, config.mtu)
             .await
         {
             Ok(wired) => self.register(&attachment).await.map(|()| wired),
