@@ -29,7 +29,7 @@ fi
 
 export PATH="$HOME/.cargo/bin:$TOOLS_DIR/venv/bin:$PATH"
 if ! command -v cargo >/dev/null; then
-  echo "brindle: cargo not found; install a Rust toolchain >= 1.88 (rustup) first" >&2
+  echo "brindle: cargo not found; install a Rust toolchain >= 1.89 (rustup) first" >&2
   exit 1
 fi
 

@@ -3,6 +3,12 @@
 //! policies are applied through policy-svc, every pair is probed over every port, and the result
 //! must equal the expected matrix (the diff is printed) and agree with policy trace on every cell.
 //! Then an allowed long-lived connection survives an unrelated policy change.
+//!
+//! The same table runs a second time through the Kubernetes path: Namespaces, pod labels and
+//! `networking.k8s.io/v1` NetworkPolicies are objects in a Kubernetes API (kube-standin, the
+//! tests' stand-in speaking the real list/watch protocol) that the real `kube-sync` binary mirrors,
+//! agents take pods' labels from Pod objects; brindle's own policy kinds, which Kubernetes has no
+//! object for, still go through `brindle apply`. The matrices must be the same.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -11,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use brindle::lab::{EchoServers, Lab, LabSpec, Target, Transport, Workload, probe, serve, test_binaries};
 use brindle_proto::policy::v1 as pb;
+use k8s_openapi::api::core::v1::{Container, ContainerPort};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube_standin::StandIn;
+use kube_standin::objects;
 use policy_api::model::Protocol;
 use policy_svc::truth_table::{
     Matrix, NAMESPACES, PODS, PROBES, Probe, Step, load_cases, named_ports, namespaces, pairs, pod_labels,
@@ -28,21 +38,67 @@ type Observed = Vec<(String, Probe, bool)>;
 struct World {
     lab: Lab,
     pods: BTreeMap<String, usize>,
+    inputs: Inputs,
     _servers: Vec<EchoServers>,
 }
 
+/// Where namespaces, pod labels and Kubernetes NetworkPolicies are written.
+enum Inputs {
+    /// policy-svc's API (`brindle apply`, SetEndpointLabels).
+    Apply,
+    /// A Kubernetes API that kube-sync mirrors.
+    Kubernetes {
+        api: StandIn,
+        _runtime: tokio::runtime::Runtime,
+        _dir: tempfile::TempDir,
+    },
+}
+
 impl World {
-    fn build() -> Self {
-        let mut lab = Lab::up(LabSpec {
+    fn build(kubernetes: bool) -> Self {
+        let lab = Lab::up(LabSpec {
             policy: true,
-            ..LabSpec::new(format!("brdt{}p", std::process::id()), test_binaries())
+            kubernetes_pods: kubernetes,
+            ..LabSpec::new(
+                format!("brdt{}{}", std::process::id(), if kubernetes { "k" } else { "p" }),
+                test_binaries(),
+            )
         })
         .expect("lab up");
-        lab.apply(&namespace_manifest()).expect("namespaces");
-        let mut pods = BTreeMap::new();
-        let mut servers = Vec::new();
+        let inputs = if kubernetes {
+            let runtime = tokio::runtime::Runtime::new().expect("runtime");
+            let listener = lab
+                .control_namespace()
+                .spawn(|| Ok(std::net::TcpListener::bind("127.0.0.1:0")?))
+                .join()
+                .expect("thread")
+                .expect("a port in the control namespace");
+            let api = {
+                let _entered = runtime.enter();
+                StandIn::start_on(listener, Duration::from_secs(1)).expect("stand-in")
+            };
+            let dir = tempfile::tempdir().expect("tempdir");
+            lab.start_kube_sync(&api.write_kubeconfig(dir.path()).expect("kubeconfig"))
+                .expect("kube-sync");
+            Inputs::Kubernetes {
+                api,
+                _runtime: runtime,
+                _dir: dir,
+            }
+        } else {
+            Inputs::Apply
+        };
+        let mut world = Self {
+            lab,
+            pods: BTreeMap::new(),
+            inputs,
+            _servers: Vec::new(),
+        };
+        world.put_namespaces();
         for ns in NAMESPACES {
             for (node, pod) in PODS.iter().enumerate() {
+                let name = format!("{ns}/{pod}");
+                world.put_pod_labels(&name, pod_labels(pod));
                 let workload = Workload {
                     namespace: ns.into(),
                     pod: (*pod).into(),
@@ -52,18 +108,17 @@ impl World {
                         .map(|p| (p.name, p.protocol.to_string(), p.port))
                         .collect(),
                 };
+                let lab = &mut world.lab;
                 let index = lab
                     .add_workload(node, &workload)
                     .unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
-                servers.push(serve(&lab.pods[index].namespace, &[80, 81]).expect("echo servers"));
-                pods.insert(format!("{ns}/{pod}"), index);
+                world
+                    ._servers
+                    .push(serve(&lab.pods[index].namespace, &[80, 81]).expect("echo servers"));
+                world.pods.insert(name, index);
             }
         }
-        Self {
-            lab,
-            pods,
-            _servers: servers,
-        }
+        world
     }
 
     fn address(&self, pod: &str) -> Option<IpAddr> {
@@ -179,14 +234,47 @@ impl World {
         for object in objects.into_iter().filter(|o| o.kind != "Namespace") {
             self.delete(&object.kind, &object.namespace, &object.name);
         }
-        self.lab.apply(&namespace_manifest()).expect("namespaces");
+        self.put_namespaces();
         for pod in self.pods.keys() {
-            let (ns, name) = pod.split_once('/').expect("ns/pod");
-            self.set_labels(ns, name, pod_labels(name));
+            let (_, name) = pod.split_once('/').expect("ns/pod");
+            self.put_pod_labels(pod, pod_labels(name));
         }
     }
 
+    /// The truth table's namespaces with their initial labels (`ns: <name>`).
+    fn put_namespaces(&self) {
+        for namespace in namespaces() {
+            let labels = namespace
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>();
+            self.put_namespace(&namespace.name, &labels);
+        }
+    }
+
+    fn put_namespace(&self, name: &str, labels: &[(&str, &str)]) {
+        match &self.inputs {
+            Inputs::Apply => {
+                let labels: String = labels.iter().map(|(k, v)| format!("{k}: {v}, ")).collect();
+                self.lab
+                    .apply(&format!(
+                        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n"
+                    ))
+                    .expect("namespace");
+            }
+            Inputs::Kubernetes { api, .. } => {
+                api.put(&objects::namespace(name, labels));
+            }
+        }
+    }
+
+    /// Deletes a policy: in the Kubernetes API when it is a Kubernetes one and that is the path.
     fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        if let (Inputs::Kubernetes { api, .. }, "KubernetesNetworkPolicy") = (&self.inputs, kind) {
+            api.delete::<NetworkPolicy>(Some(namespace), name);
+            return;
+        }
         let object = pb::ObjectRef {
             kind: kind.into(),
             namespace: namespace.into(),
@@ -205,24 +293,68 @@ impl World {
             .expect("delete");
     }
 
-    fn set_labels(&self, namespace: &str, pod: &str, labels: BTreeMap<String, String>) {
-        let request = pb::SetEndpointLabelsRequest {
-            namespace: namespace.into(),
-            pod: pod.into(),
-            labels: labels.into_iter().collect(),
-        };
-        self.lab
-            .policy(move |mut client| async move {
-                client.set_endpoint_labels(request).await?;
-                Ok(())
-            })
-            .expect("set labels");
+    /// Sets a pod's labels: SetEndpointLabels, or its Pod object (with its named ports).
+    fn put_pod_labels(&self, pod: &str, labels: BTreeMap<String, String>) {
+        let (namespace, name) = pod.split_once('/').expect("ns/pod");
+        match &self.inputs {
+            Inputs::Apply => {
+                if !self.pods.contains_key(pod) {
+                    return;
+                }
+                let request = pb::SetEndpointLabelsRequest {
+                    namespace: namespace.into(),
+                    pod: name.into(),
+                    labels: labels.into_iter().collect(),
+                };
+                self.lab
+                    .policy(move |mut client| async move {
+                        client.set_endpoint_labels(request).await?;
+                        Ok(())
+                    })
+                    .expect("set labels");
+            }
+            Inputs::Kubernetes { api, .. } => {
+                let node = PODS.iter().position(|p| *p == name).expect("a truth-table pod");
+                let pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let mut object = objects::pod(namespace, name, &self.lab.nodes[node].name, &pairs);
+                if let Some(spec) = &mut object.spec {
+                    spec.containers = vec![Container {
+                        name: "serve".into(),
+                        ports: Some(
+                            named_ports()
+                                .into_iter()
+                                .map(|p| ContainerPort {
+                                    name: Some(p.name),
+                                    container_port: i32::from(p.port),
+                                    protocol: Some(p.protocol.to_string()),
+                                    ..ContainerPort::default()
+                                })
+                                .collect(),
+                        ),
+                        ..Container::default()
+                    }];
+                }
+                api.put(&object);
+            }
+        }
     }
 
     fn apply_step(&self, step: &Step) {
         let manifest = step.manifest(&|pod| self.address(pod)).expect("manifest");
-        if !manifest.trim().is_empty() {
-            self.lab.apply(&manifest).expect("apply");
+        let mut applied = Vec::new();
+        for document in manifest.split("---\n").filter(|d| !d.trim().is_empty()) {
+            match &self.inputs {
+                Inputs::Kubernetes { api, .. } if document.contains("apiVersion: networking.k8s.io/v1") => {
+                    let value: serde_json::Value = yaml_serde::from_str(document).expect("YAML");
+                    api.put(
+                        &serde_json::from_value::<NetworkPolicy>(value).expect("a Kubernetes NetworkPolicy"),
+                    );
+                }
+                _ => applied.push(document),
+            }
+        }
+        if !applied.is_empty() {
+            self.lab.apply(&applied.join("---\n")).expect("apply");
         }
         for reference in &step.delete {
             self.delete(
@@ -232,31 +364,16 @@ impl World {
             );
         }
         for (name, labels) in &step.namespace_labels {
-            let labels: String = labels.iter().map(|(k, v)| format!("{k}: {v}, ")).collect();
-            self.lab
-                .apply(&format!(
-                    "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n"
-                ))
-                .expect("namespace labels");
+            let labels = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect::<Vec<_>>();
+            self.put_namespace(name, &labels);
         }
         for (pod, labels) in &step.pod_labels {
-            let (ns, name) = pod.split_once('/').expect("ns/pod");
-            self.set_labels(ns, name, labels.clone());
+            self.put_pod_labels(pod, labels.clone());
         }
     }
-}
-
-fn namespace_manifest() -> String {
-    namespaces()
-        .iter()
-        .map(|ns| {
-            format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}, labels: {{ns: {}}}}}\n",
-                ns.name, ns.name
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("---\n")
 }
 
 /// A TCP connection held open from inside a pod, echoing on demand.
@@ -289,9 +406,8 @@ fn still_echoes(connection: &std::sync::mpsc::Sender<std::sync::mpsc::Sender<boo
     connection.send(reply).is_ok() && answer.recv_timeout(Duration::from_secs(5)).unwrap_or(false)
 }
 
-#[test]
-fn every_truth_table_case_holds_in_the_kernel_and_agrees_with_trace() {
-    let world = World::build();
+/// Runs every case on `world`; panics naming each difference.
+fn run_truth_table(world: &World) {
     let cases = load_cases().expect("cases");
     let mut failures = Vec::new();
     for case in &cases {
@@ -327,6 +443,12 @@ fn every_truth_table_case_holds_in_the_kernel_and_agrees_with_trace() {
             world.lab.logs()
         );
     }
+}
+
+#[test]
+fn every_truth_table_case_holds_in_the_kernel_and_agrees_with_trace() {
+    let world = World::build(false);
+    run_truth_table(&world);
 
     // An allowed long-lived connection survives an unrelated policy change.
     world.reset();
@@ -343,4 +465,10 @@ fn every_truth_table_case_holds_in_the_kernel_and_agrees_with_trace() {
         still_echoes(&connection),
         "the established connection was cut by an unrelated change"
     );
+}
+
+#[test]
+fn the_truth_table_through_the_kubernetes_api_gives_the_same_matrices() {
+    let world = World::build(true);
+    run_truth_table(&world);
 }

@@ -15,6 +15,7 @@
 //! streaming lists (`sendInitialEvents`), and protobuf encoding.
 
 mod http;
+pub mod objects;
 mod store;
 
 use std::net::SocketAddr;
@@ -49,7 +50,16 @@ impl StandIn {
     /// Starts a stand-in on a free loopback port. `bookmark_every` is how often open watches
     /// that asked for bookmarks get one (a real server sends one about every minute).
     pub async fn start(bookmark_every: std::time::Duration) -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::TcpListener::bind("127.0.0.1:0")?, bookmark_every)
+    }
+
+    /// Starts a stand-in on `listener` (bound by the caller, e.g. inside a network namespace).
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        bookmark_every: std::time::Duration,
+    ) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         let address = listener.local_addr()?;
         let objects = Arc::new(Mutex::new(Objects::new()));
         let server = tokio::spawn(http::serve(listener, objects.clone(), bookmark_every));

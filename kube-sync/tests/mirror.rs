@@ -19,46 +19,20 @@ use brindle_proto::route::v1 as route;
 use brindle_proto::route::v1::routes_client::RoutesClient;
 use ipam_svc::core::Ipam;
 use ipam_svc::grpc::IpamService;
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Namespace, Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Node, Pod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube_standin::StandIn;
+use kube_standin::objects::{self, meta, namespace, node, selector};
 use kube_sync::runtime::Services;
 use policy_svc::grpc::PolicyService;
 use route_svc::grpc::RoutesService;
 use tonic::transport::Channel;
 
-fn meta(namespace: Option<&str>, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
-    ObjectMeta {
-        namespace: namespace.map(str::to_owned),
-        name: Some(name.into()),
-        labels: Some(
-            labels
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        ),
-        ..ObjectMeta::default()
-    }
-}
-
-fn namespace(name: &str, labels: &[(&str, &str)]) -> Namespace {
-    let mut labels = labels.to_vec();
-    labels.push(("kubernetes.io/metadata.name", name));
-    Namespace {
-        metadata: meta(None, name, &labels),
-        ..Namespace::default()
-    }
-}
-
 fn policy(namespace: &str, name: &str) -> NetworkPolicy {
     NetworkPolicy {
         metadata: meta(Some(namespace), name, &[]),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(LabelSelector {
-                match_labels: Some([("app".to_owned(), name.to_owned())].into()),
-                ..LabelSelector::default()
-            }),
+            pod_selector: selector(&[("app", name)]),
             policy_types: Some(vec!["Ingress".into()]),
             ..NetworkPolicySpec::default()
         }),
@@ -66,24 +40,20 @@ fn policy(namespace: &str, name: &str) -> NetworkPolicy {
 }
 
 fn pod(namespace: &str, name: &str, labels: &[(&str, &str)], host_network: bool) -> Pod {
-    Pod {
-        metadata: meta(Some(namespace), name, labels),
-        spec: Some(PodSpec {
-            node_name: Some("node-1".into()),
-            host_network: Some(host_network),
-            containers: vec![Container {
-                name: "app".into(),
-                ports: Some(vec![ContainerPort {
-                    name: Some("http".into()),
-                    container_port: 8080,
-                    ..ContainerPort::default()
-                }]),
-                ..Container::default()
-            }],
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
+    let mut pod = objects::pod(namespace, name, "node-1", labels);
+    if let Some(spec) = &mut pod.spec {
+        spec.host_network = Some(host_network);
+        spec.containers = vec![Container {
+            name: "app".into(),
+            ports: Some(vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: 8080,
+                ..ContainerPort::default()
+            }]),
+            ..Container::default()
+        }];
     }
+    pod
 }
 
 struct Cluster {
@@ -383,13 +353,6 @@ async fn bookmarks_keep_a_quiet_watch_current_so_compaction_costs_no_relist() {
         "nothing re-listed: {before:?} → {after:?}"
     );
     mirror.abort();
-}
-
-fn node(name: &str, labels: &[(&str, &str)]) -> Node {
-    Node {
-        metadata: meta(None, name, labels),
-        ..Node::default()
-    }
 }
 
 impl Cluster {

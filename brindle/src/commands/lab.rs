@@ -32,6 +32,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 control_plane: args.control_plane,
                 policy: args.policy,
                 dual_stack: args.dual_stack,
+                kubernetes_pods: false,
             };
             let lab = tokio::task::spawn_blocking(move || Lab::up(spec)).await??;
             let lab = tokio::task::spawn_blocking(move || {

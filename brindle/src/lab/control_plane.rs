@@ -157,8 +157,34 @@ impl Lab {
         }
     }
 
-    /// SIGKILLs lab process `name` (`etcd-2`, `server`, `ipam-svc`, a node's name for its agent),
-    /// as a crash would.
+    /// Starts kube-sync (`kube-sync` beside the other binaries) in the control plane's namespace,
+    /// following the Kubernetes API `kubeconfig` names (reachable from that namespace) into the
+    /// lab's services; lab process `kube-sync`.
+    pub fn start_kube_sync(&self, kubeconfig: &Path) -> anyhow::Result<()> {
+        let binary = self.spec.binaries.join("kube-sync");
+        let args: Vec<OsString> = vec![
+            "--kubeconfig".into(),
+            kubeconfig.into(),
+            "--policy-endpoint".into(),
+            self.endpoint(Service::Policy).into(),
+            "--route-endpoint".into(),
+            self.endpoint(Service::Route).into(),
+            "--ipam-endpoint".into(),
+            self.endpoint(Service::Ipam).into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:9405".into(),
+        ];
+        self.launch("kube-sync", Role::Service, &self.control, &binary, args)
+    }
+
+    /// The namespace the control plane runs in (a Kubernetes API for [`Self::start_kube_sync`]
+    /// listens there).
+    pub fn control_namespace(&self) -> &Namespace {
+        &self.control
+    }
+
+    /// SIGKILLs lab process `name` (`etcd-2`, `server`, `ipam-svc`, `kube-sync`, a node's name
+    /// for its agent), as a crash would.
     pub fn kill(&self, name: &str) -> anyhow::Result<()> {
         self.with_process(name, Process::kill)
     }

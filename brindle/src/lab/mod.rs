@@ -85,7 +85,14 @@ pub struct LabSpec {
     /// Pods get an IPv6 address too (pool [`IPV6_POOL`], routed like the IPv4 pool: directly over
     /// an IPv6 underlay, or over VXLAN on the IPv4 underlay).
     pub dual_stack: bool,
+    /// Pods are Kubernetes pods: agents take their labels and named ports from their Pod objects
+    /// (`--kubernetes-pods`, waiting [`POD_WAIT_SECONDS`] for one), which kube-sync mirrors once
+    /// started with [`Lab::start_kube_sync`]. Needs `policy`.
+    pub kubernetes_pods: bool,
 }
+
+/// How long a lab agent's ADD waits for its Pod object with [`LabSpec::kubernetes_pods`].
+pub const POD_WAIT_SECONDS: u64 = 3;
 
 impl LabSpec {
     /// A lab whose namespaces start with `prefix`, run from the binaries in `binaries`: 3 nodes
@@ -104,6 +111,7 @@ impl LabSpec {
             control_plane: ControlPlane::AllInOne,
             policy: false,
             dual_stack: false,
+            kubernetes_pods: false,
         }
     }
 }
@@ -289,6 +297,9 @@ impl Lab {
                     path.display()
                 );
             }
+        }
+        if spec.kubernetes_pods && !spec.policy {
+            bail!("Kubernetes pods need policy: their labels go to policy-svc");
         }
         if !(1..=2).contains(&spec.subnets) {
             bail!("a lab has 1 or 2 underlay subnets, not {}", spec.subnets);
@@ -479,6 +490,13 @@ impl Lab {
         ];
         if self.spec.policy {
             args.extend(["--policy-endpoint".into(), self.endpoint(Service::Policy).into()]);
+        }
+        if self.spec.kubernetes_pods {
+            args.extend([
+                "--kubernetes-pods".into(),
+                "--pod-wait".into(),
+                POD_WAIT_SECONDS.to_string().into(),
+            ]);
         }
         let agent = self.spec.binaries.join("node-agent");
         self.launch(&name, Role::Agent, &namespace, &agent, args)?;

@@ -35,6 +35,21 @@ enum Stored {
     Plain(BTreeMap<String, String>),
 }
 
+/// Decodes the given labels of node `name`.
+pub(super) fn decode_labels(name: &str, value: &[u8]) -> Result<NodeLabels, RegistryError> {
+    let stored: Stored = serde_json::from_slice(value).map_err(|e| RegistryError::Corrupt {
+        name: name.to_owned(),
+        reason: format!("its labels: {e}"),
+    })?;
+    Ok(match stored {
+        Stored::Owned(labels) => labels,
+        Stored::Plain(labels) => NodeLabels {
+            labels,
+            origin: String::new(),
+        },
+    })
+}
+
 fn owner(origin: &str) -> &'static str {
     if origin == KUBERNETES {
         "Kubernetes (kube-sync)"
@@ -60,18 +75,7 @@ impl Registry {
         let Some(kv) = self.store.get(&keys::node_labels(name)).await? else {
             return Ok(None);
         };
-        let stored: Stored = serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
-            name: name.to_owned(),
-            reason: format!("its labels: {e}"),
-        })?;
-        let labels = match stored {
-            Stored::Owned(labels) => labels,
-            Stored::Plain(labels) => NodeLabels {
-                labels,
-                origin: String::new(),
-            },
-        };
-        Ok(Some((labels, kv.mod_revision)))
+        Ok(Some((decode_labels(name, &kv.value)?, kv.mod_revision)))
     }
 
     /// The labels given to `name`, if any.

@@ -13,6 +13,8 @@ use ipam_api::model::{Handle, PoolSet};
 
 use route_api::model::{Node, valid_node_name, vtep_mac};
 
+use super::node_labels::decode_labels;
+
 /// Registration lifetime without renewal, when the agent does not ask for one.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// Shortest and longest lifetimes accepted.
@@ -363,10 +365,7 @@ impl Registry {
             let labels = self.store.get(&labels_key).await?;
             let revision = labels.as_ref().map_or(0, |kv| kv.mod_revision);
             if let Some(kv) = labels {
-                node.labels = serde_json::from_slice(&kv.value).map_err(|e| RegistryError::Corrupt {
-                    name: labels_key.clone(),
-                    reason: e.to_string(),
-                })?;
+                node.labels = decode_labels(&node.name, &kv.value)?.labels;
             }
             let value = serde_json::to_vec(&node).unwrap_or_default();
             let txn = Txn::new()
