@@ -59,3 +59,15 @@ pub fn row(label: &str, latencies: &Latencies) {
         ms(latencies.wall),
     );
 }
+
+/// Serves `routes` on a free loopback port from a background task; the bound address.
+pub async fn serve_on_loopback(routes: tonic::service::Routes) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Ok(address)
+}

@@ -23,7 +23,10 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec,
 };
 use kube_standin::StandIn;
+
+mod kubernetes_api;
 use kube_standin::objects::{meta, namespace, node, pod, selector};
+use kubernetes_api::KubernetesApi;
 
 const CONVERGENCE: Duration = Duration::from_secs(20);
 
@@ -59,12 +62,10 @@ fn namespaces_labelled(labels: &[(&str, &str)]) -> NetworkPolicyPeer {
 
 struct World {
     lab: Lab,
-    api: StandIn,
+    kubernetes: KubernetesApi,
     /// (workload "ns/pod", lab pod index).
     pods: Vec<(String, usize)>,
     _servers: Vec<EchoServers>,
-    _runtime: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
 }
 
 impl World {
@@ -142,19 +143,8 @@ fn build() -> World {
         ..LabSpec::new(format!("brdk{}", std::process::id()), test_binaries())
     })
     .expect("lab up");
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let listener = lab
-        .control_namespace()
-        .spawn(|| Ok(std::net::TcpListener::bind("127.0.0.1:0")?))
-        .join()
-        .expect("thread")
-        .expect("a port in the control namespace");
-    let api = {
-        let _entered = runtime.enter();
-        StandIn::start_on(listener, Duration::from_millis(500)).expect("stand-in")
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = api.write_kubeconfig(dir.path()).expect("kubeconfig");
+    let kubernetes = kubernetes_api::start(&lab, Duration::from_millis(500));
+    let api = &kubernetes.api;
     api.put(&namespace("x", &[]));
     api.put(&namespace("y", &[]));
     let placement = [("x", "a", 0), ("x", "b", 1), ("y", "c", 2)];
@@ -165,7 +155,6 @@ fn build() -> World {
         let node = lab.nodes[node].name.clone();
         api.put(&pod(ns, name, &node, &[("app", name)]));
     }
-    lab.start_kube_sync(&kubeconfig).expect("kube-sync");
     let mut pods = Vec::new();
     let mut servers = Vec::new();
     for (ns, name, node) in placement {
@@ -184,18 +173,16 @@ fn build() -> World {
     }
     World {
         lab,
-        api,
+        kubernetes,
         pods,
         _servers: servers,
-        _runtime: runtime,
-        _dir: dir,
     }
 }
 
 #[test]
 fn kubernetes_objects_drive_labels_policy_and_node_lifecycle_end_to_end() {
     let world = build();
-    let api = &world.api;
+    let api = &world.kubernetes.api;
     for (pod, _) in &world.pods {
         let app = pod.rsplit('/').next().unwrap_or_default();
         assert!(
@@ -259,8 +246,8 @@ fn kubernetes_objects_drive_labels_policy_and_node_lifecycle_end_to_end() {
     // An ADD whose Pod arrives 2 s late succeeds with the Pod's labels.
     let mut world = world;
     let late_node = world.lab.nodes[0].name.clone();
-    let World { lab, api, .. } = &mut world;
-    let api: &StandIn = api;
+    let World { lab, kubernetes, .. } = &mut world;
+    let api: &StandIn = &kubernetes.api;
     let added = std::thread::scope(|scope| {
         scope.spawn(|| {
             std::thread::sleep(Duration::from_secs(2));
@@ -302,7 +289,7 @@ fn kubernetes_objects_drive_labels_policy_and_node_lifecycle_end_to_end() {
     // A Node deleted from Kubernetes: its addresses are released, `ipam check` stays clean.
     let in_use = world.lab.addresses_in_use().expect("ipam show");
     let gone = world.lab.nodes[2].name.clone();
-    world.api.delete::<Node>(None, &gone);
+    world.kubernetes.api.delete::<Node>(None, &gone);
     let deadline = Instant::now() + CONVERGENCE;
     while world.lab.addresses_in_use().expect("ipam show") != in_use - 1 {
         assert!(

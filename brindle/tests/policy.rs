@@ -19,8 +19,10 @@ use brindle::lab::{EchoServers, Lab, LabSpec, Target, Transport, Workload, probe
 use brindle_proto::policy::v1 as pb;
 use k8s_openapi::api::core::v1::{Container, ContainerPort};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube_standin::StandIn;
 use kube_standin::objects;
+
+mod kubernetes_api;
+use kubernetes_api::KubernetesApi;
 use policy_api::model::Protocol;
 use policy_svc::truth_table::{
     Matrix, NAMESPACES, PODS, PROBES, Probe, Step, load_cases, named_ports, namespaces, pairs, pod_labels,
@@ -47,11 +49,7 @@ enum Inputs {
     /// policy-svc's API (`brindle apply`, SetEndpointLabels).
     Apply,
     /// A Kubernetes API that kube-sync mirrors.
-    Kubernetes {
-        api: StandIn,
-        _runtime: tokio::runtime::Runtime,
-        _dir: tempfile::TempDir,
-    },
+    Kubernetes(KubernetesApi),
 }
 
 impl World {
@@ -66,25 +64,7 @@ impl World {
         })
         .expect("lab up");
         let inputs = if kubernetes {
-            let runtime = tokio::runtime::Runtime::new().expect("runtime");
-            let listener = lab
-                .control_namespace()
-                .spawn(|| Ok(std::net::TcpListener::bind("127.0.0.1:0")?))
-                .join()
-                .expect("thread")
-                .expect("a port in the control namespace");
-            let api = {
-                let _entered = runtime.enter();
-                StandIn::start_on(listener, Duration::from_secs(1)).expect("stand-in")
-            };
-            let dir = tempfile::tempdir().expect("tempdir");
-            lab.start_kube_sync(&api.write_kubeconfig(dir.path()).expect("kubeconfig"))
-                .expect("kube-sync");
-            Inputs::Kubernetes {
-                api,
-                _runtime: runtime,
-                _dir: dir,
-            }
+            Inputs::Kubernetes(kubernetes_api::start(&lab, Duration::from_secs(1)))
         } else {
             Inputs::Apply
         };
@@ -263,7 +243,7 @@ impl World {
                     ))
                     .expect("namespace");
             }
-            Inputs::Kubernetes { api, .. } => {
+            Inputs::Kubernetes(KubernetesApi { api, .. }) => {
                 api.put(&objects::namespace(name, labels));
             }
         }
@@ -271,7 +251,9 @@ impl World {
 
     /// Deletes a policy: in the Kubernetes API when it is a Kubernetes one and that is the path.
     fn delete(&self, kind: &str, namespace: &str, name: &str) {
-        if let (Inputs::Kubernetes { api, .. }, "KubernetesNetworkPolicy") = (&self.inputs, kind) {
+        if let (Inputs::Kubernetes(KubernetesApi { api, .. }), "KubernetesNetworkPolicy") =
+            (&self.inputs, kind)
+        {
             api.delete::<NetworkPolicy>(Some(namespace), name);
             return;
         }
@@ -313,7 +295,7 @@ impl World {
                     })
                     .expect("set labels");
             }
-            Inputs::Kubernetes { api, .. } => {
+            Inputs::Kubernetes(KubernetesApi { api, .. }) => {
                 let node = PODS.iter().position(|p| *p == name).expect("a truth-table pod");
                 let pairs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
                 let mut object = objects::pod(namespace, name, &self.lab.nodes[node].name, &pairs);
@@ -344,7 +326,9 @@ impl World {
         let mut applied = Vec::new();
         for document in manifest.split("---\n").filter(|d| !d.trim().is_empty()) {
             match &self.inputs {
-                Inputs::Kubernetes { api, .. } if document.contains("apiVersion: networking.k8s.io/v1") => {
+                Inputs::Kubernetes(KubernetesApi { api, .. })
+                    if document.contains("apiVersion: networking.k8s.io/v1") =>
+                {
                     let value: serde_json::Value = yaml_serde::from_str(document).expect("YAML");
                     api.put(
                         &serde_json::from_value::<NetworkPolicy>(value).expect("a Kubernetes NetworkPolicy"),

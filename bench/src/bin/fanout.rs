@@ -100,13 +100,9 @@ async fn orchestrate() -> anyhow::Result<()> {
     seed(store.as_ref()).await?;
     let service = RoutesService::start(Arc::clone(&store), FanoutConfig::default());
     let fanout = service.fanout().clone();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(service.into_server());
+    let address = brindle_bench::serve_on_loopback(routes.routes()).await?;
     while fanout.state().len() < 2 * NODES {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -70,13 +70,7 @@ async fn services(dir: &std::path::Path) -> anyhow::Result<String> {
     routes.add_service(PolicyService::start(store.clone(), FanoutConfig::default()).into_server());
     routes.add_service(RoutesService::start(store.clone(), FanoutConfig::default()).into_server());
     routes.add_service(IpamService::new(Arc::new(Ipam::new(store))).into_server());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_routes(routes.routes())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let address = brindle_bench::serve_on_loopback(routes.routes()).await?;
     Ok(format!("http://{address}"))
 }
 
