@@ -1,7 +1,8 @@
 //! With Kubernetes sync on, an ADD takes its pod's labels and named ports from the Pod object
 //! kube-sync mirrored into policy-svc (a real policy-svc over gRPC), never from the CNI request:
 //! a Pod that arrives 2 s after its ADD started is waited for; one that never arrives fails the
-//! ADD with CNI error 11 naming the pod, leaving no address, veth or endpoint behind.
+//! ADD with CNI error 11 naming the pod, leaving no address, veth or endpoint behind. Calico's
+//! `ipv4pools` annotation chooses the pool (by name or CIDR); an unknown pool is named.
 
 mod support;
 
@@ -36,6 +37,9 @@ async fn setup(wait: Duration) -> Setup {
     let store = embedded_store(dir.path()).await;
     let ipam = Arc::new(Ipam::new(store.clone()));
     ipam.create_pool(workload_pool("p", "10.79.0.0/24"))
+        .await
+        .expect("pool");
+    ipam.create_pool(workload_pool("q", "10.81.0.0/24"))
         .await
         .expect("pool");
     let service = PolicyService::start(store, FanoutConfig::default());
@@ -166,5 +170,48 @@ async fn an_add_for_a_pod_that_never_comes_fails_with_code_11_and_leaves_nothing
         shown.pools.iter().all(|p| p.in_use == 0),
         "no address was taken: {:?}",
         shown.pools
+    );
+}
+
+fn annotated(name: &str, pools: &str) -> pb::Pod {
+    pb::Pod {
+        namespace: "shop".into(),
+        name: name.into(),
+        uid: format!("u-{name}"),
+        node: "n1".into(),
+        ipam_annotations: [("cni.projectcalico.org/ipv4pools".to_owned(), pools.to_owned())].into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_annotation_chooses_the_pool_and_an_unknown_pool_is_named() {
+    let mut s = setup(Duration::from_secs(1)).await;
+    s.policy
+        .apply_pods(pb::ApplyPodsRequest {
+            pods: vec![
+                annotated("by-cidr", "[\"10.81.0.0/24\"]"),
+                annotated("by-name", "[\"q\"]"),
+                annotated("unknown", "[\"nope\"]"),
+            ],
+        })
+        .await
+        .expect("pods");
+    for pod in ["by-cidr", "by-name"] {
+        let mut add = request(pod, &format!("u-{pod}"));
+        add.netns = format!("/run/netns/{pod}");
+        let added = s.ops.add(&add, &claiming_labels()).await.expect(pod);
+        let ip = added.addresses[0].addr().to_string();
+        assert!(ip.starts_with("10.81.0."), "{pod}: {ip} is not from pool q");
+    }
+    let failure = s
+        .ops
+        .add(&request("unknown", "u-unknown"), &claiming_labels())
+        .await
+        .expect_err("no such pool");
+    let text = format!("{} {}", failure.msg, failure.details);
+    assert!(
+        text.contains("nope") && text.contains("annotations"),
+        "{failure:?}"
     );
 }

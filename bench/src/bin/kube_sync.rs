@@ -187,11 +187,11 @@ async fn initial_sync(pods: usize, policies: usize, nodes: usize, namespaces: us
     child.wait()?;
     println!("initial sync: {pods} pods, {policies} policies, {namespaces} namespaces, {nodes} nodes");
     println!(
-        "  kube-rs only listing them (the floor, {listed} objects): {}",
+        "  kube-rs only listing them (the floor, {listed} objects): {} ms",
         ms(floor)
     );
     println!(
-        "  kube-sync until policy-svc holds every pod and policy:      {}  (goal ≤ 5 s; {:.1}× the floor)",
+        "  kube-sync until policy-svc holds every pod and policy:      {} ms (goal ≤ 5 s; {:.1}× the floor)",
         ms(synced),
         synced.as_secs_f64() / floor.as_secs_f64()
     );
@@ -236,8 +236,18 @@ async fn follow(
             resume_revision: 0,
         })),
     };
+    // Keepalives every 10 s, as agents send them (a silent subscriber is evicted after 30 s).
+    let keepalives = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let keepalive = common::SyncClientMessage {
+            message: Some(common::sync_client_message::Message::Keepalive(
+                common::Keepalive::default(),
+            )),
+        };
+        Some((keepalive, ()))
+    });
     let mut incoming = client
-        .sync(futures_util::stream::iter([hello]).chain(futures_util::stream::pending()))
+        .sync(futures_util::stream::iter([hello]).chain(keepalives))
         .await?
         .into_inner();
     let mut first = true;

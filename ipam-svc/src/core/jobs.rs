@@ -206,8 +206,10 @@ fn eligible_pools(
     field: &str,
 ) -> Result<Vec<Pool>, IpamError> {
     let pools = &plan.settings.pools.value.pools;
+    // Calico names a pool by its name or its CIDR.
+    let names = |pool: &Pool, name: &str| pool.name == name || pool.cidr.to_string() == name;
     for name in only {
-        match pools.iter().find(|p| &p.name == name) {
+        match pools.iter().find(|p| names(p, name)) {
             None => return Err(IpamError::invalid(field, format!("pool {name:?} does not exist"))),
             Some(pool) if Family::of(&pool.cidr) != family => {
                 return Err(IpamError::invalid(
@@ -221,7 +223,7 @@ fn eligible_pools(
     let mut refusals = Vec::new();
     let mut eligible = Vec::new();
     for pool in pools.iter().filter(|p| Family::of(&p.cidr) == family) {
-        if !only.is_empty() && !only.contains(&pool.name) {
+        if !only.is_empty() && !only.iter().any(|name| names(pool, name)) {
             continue;
         }
         match refusal(plan, pool, use_) {

@@ -50,11 +50,21 @@ impl Default for Families {
     }
 }
 
+/// The pools a pod's addresses must come from (names or CIDRs, as Calico takes them); empty:
+/// any pool usable by the node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PoolChoice {
+    /// IPv4 pools.
+    pub ipv4: Vec<String>,
+    /// IPv6 pools.
+    pub ipv6: Vec<String>,
+}
+
 /// The IPAM calls of CNI operations.
 #[async_trait::async_trait]
 pub trait IpamApi: Send + Sync {
-    /// Allocates (idempotently per handle) one address of each of `families`, or exactly
-    /// `requested` addresses.
+    /// Allocates (idempotently per handle) one address of each of `families` from `pools`, or
+    /// exactly `requested` addresses.
     async fn assign(
         &self,
         handle_id: &str,
@@ -62,6 +72,7 @@ pub trait IpamApi: Send + Sync {
         owner: &Owner,
         requested: &[IpAddr],
         families: Families,
+        pools: &PoolChoice,
     ) -> Result<Vec<Lease>, CallError>;
     /// Allocates (idempotently per handle) one tunnel-endpoint address for `node` from one of
     /// `pools` (IPv6 when `ipv6`, else IPv4).

@@ -1,7 +1,8 @@
 //! The Kubernetes pods kube-sync mirrors, as the agent reads them at ADD: while Kubernetes sync
-//! is on, a pod's labels, named ports and requested addresses come from its Pod object (never
-//! from CNI args), and an ADD for a pod not known yet waits for it, bounded, then fails with
-//! CNI error 11 so the runtime retries.
+//! is on, a pod's labels, named ports, requested addresses and pools come from its Pod object
+//! (never from CNI args; Calico's IPAM annotations, the Pod's or its Namespace's), and an ADD for
+//! a pod not known yet waits for it, bounded, then fails with CNI error 11 so the runtime
+//! retries.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,14 +14,14 @@ use brindle_proto::cni_codes::{INVALID_CONFIG, TRY_AGAIN_LATER};
 use policy_api::model::{NamedPort, Pod};
 
 use super::calls::CallError;
+use super::ipam::PoolChoice;
 
 /// Calico's annotation asking for specific addresses (a JSON list).
 pub const IP_ADDRS_ANNOTATION: &str = "cni.projectcalico.org/ipAddrs";
-/// Calico's annotations choosing pools (a JSON list of names or CIDRs).
-pub const POOL_ANNOTATIONS: [&str; 2] = [
-    "cni.projectcalico.org/ipv4pools",
-    "cni.projectcalico.org/ipv6pools",
-];
+/// Calico's annotation choosing IPv4 pools (a JSON list of names or CIDRs).
+pub const IPV4_POOLS_ANNOTATION: &str = "cni.projectcalico.org/ipv4pools";
+/// Calico's annotation choosing IPv6 pools (a JSON list of names or CIDRs).
+pub const IPV6_POOLS_ANNOTATION: &str = "cni.projectcalico.org/ipv6pools";
 
 /// Where mirrored pods are read.
 #[async_trait::async_trait]
@@ -45,6 +46,8 @@ pub struct PodMetadata {
     pub ports: Vec<NamedPort>,
     /// Addresses the pod asks for (`cni.projectcalico.org/ipAddrs`); empty: any.
     pub requested_ips: Vec<IpAddr>,
+    /// Pools its addresses must come from (`…/ipv4pools`, `…/ipv6pools`); empty: any.
+    pub pools: PoolChoice,
 }
 
 /// The mirrored pods and how long an ADD waits for its pod.
@@ -93,15 +96,28 @@ pub fn metadata(pod: &Pod) -> Result<PodMetadata, CniError> {
             ),
         )
     };
-    if let Some(annotation) = POOL_ANNOTATIONS
-        .iter()
-        .find(|a| pod.ipam_annotations.contains_key(**a))
-    {
-        return Err(bad(
-            annotation,
-            "choosing pools by annotation is not supported yet".into(),
-        ));
-    }
+    let pools = |annotation: &str| -> Result<Vec<String>, CniError> {
+        let Some(text) = pod.ipam_annotations.get(annotation) else {
+            return Ok(Vec::new());
+        };
+        let listed: Vec<String> = serde_json::from_str(text).map_err(|e| {
+            bad(
+                annotation,
+                format!("{text:?} is not a JSON list of pool names or CIDRs: {e}"),
+            )
+        })?;
+        if listed.is_empty() || listed.iter().any(String::is_empty) {
+            return Err(bad(
+                annotation,
+                format!("{text:?}: name at least one pool, by name or CIDR"),
+            ));
+        }
+        Ok(listed)
+    };
+    let pools = PoolChoice {
+        ipv4: pools(IPV4_POOLS_ANNOTATION)?,
+        ipv6: pools(IPV6_POOLS_ANNOTATION)?,
+    };
     let requested_ips = match pod.ipam_annotations.get(IP_ADDRS_ANNOTATION) {
         None => Vec::new(),
         Some(text) => {
@@ -134,6 +150,7 @@ pub fn metadata(pod: &Pod) -> Result<PodMetadata, CniError> {
         labels: pod.endpoint_labels(),
         ports: pod.ports.clone(),
         requested_ips,
+        pools,
     })
 }
 
@@ -167,7 +184,8 @@ mod tests {
             (IP_ADDRS_ANNOTATION, "10.0.0.7"),
             (IP_ADDRS_ANNOTATION, "[\"ten\"]"),
             (IP_ADDRS_ANNOTATION, "[\"10.0.0.7\", \"10.0.0.8\"]"),
-            ("cni.projectcalico.org/ipv4pools", "[\"a\"]"),
+            (IPV4_POOLS_ANNOTATION, "pool-a"),
+            (IPV6_POOLS_ANNOTATION, "[]"),
         ] {
             let error = metadata(&pod(&[(annotation, value)])).expect_err(value);
             assert_eq!(error.code, INVALID_CONFIG, "{error:?}");

@@ -8,7 +8,7 @@ use pb::ipam_client::IpamClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::core::calls::{CallError, Service};
-use crate::core::ipam::{Families, IpamApi, Lease, Owner};
+use crate::core::ipam::{Families, IpamApi, Lease, Owner, PoolChoice};
 
 /// ipam-svc (or `brindle server`) at an address.
 #[derive(Clone)]
@@ -52,6 +52,7 @@ impl IpamApi for GrpcIpam {
         owner: &Owner,
         requested: &[IpAddr],
         families: Families,
+        pools: &PoolChoice,
     ) -> Result<Vec<Lease>, CallError> {
         let attributes = pb::HandleAttributes {
             namespace: owner.namespace.clone(),
@@ -68,6 +69,8 @@ impl IpamApi for GrpcIpam {
                 node: node.to_owned(),
                 num_ipv4: u32::from(families.ipv4),
                 num_ipv6: u32::from(families.ipv6),
+                ipv4_pools: pools.ipv4.clone(),
+                ipv6_pools: pools.ipv6.clone(),
                 attributes: Some(attributes),
                 ..Default::default()
             };

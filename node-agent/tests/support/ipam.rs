@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipam_api::model::{AllowedUse, HandleAttributes};
 use ipam_svc::core::{Allocated, AssignRequest, Ipam, IpamError, ShowOptions};
 use node_agent::core::calls::{CallError, Service};
-use node_agent::core::ipam::{Families, IpamApi, Lease, Owner};
+use node_agent::core::ipam::{Families, IpamApi, Lease, Owner, PoolChoice};
 
 /// [`IpamApi`] on the IPAM engine itself, no gRPC in between.
 pub struct InProcessIpam(pub Arc<Ipam>);
@@ -35,6 +35,7 @@ impl IpamApi for InProcessIpam {
         owner: &Owner,
         requested: &[IpAddr],
         families: Families,
+        pools: &PoolChoice,
     ) -> Result<Vec<Lease>, CallError> {
         assert!(requested.is_empty(), "not used here");
         let request = AssignRequest {
@@ -42,8 +43,8 @@ impl IpamApi for InProcessIpam {
             node: node.into(),
             num_ipv4: u32::from(families.ipv4),
             num_ipv6: u32::from(families.ipv6),
-            ipv4_pools: Vec::new(),
-            ipv6_pools: Vec::new(),
+            ipv4_pools: pools.ipv4.clone(),
+            ipv6_pools: pools.ipv6.clone(),
             use_: AllowedUse::Workload,
             attributes: HandleAttributes {
                 container_id: owner.container_id.clone(),

@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 use super::attachments::{Attachment, AttachmentStore, Phase, RecordError};
 use super::endpoints::{EndpointRegistry, endpoint};
-use super::ipam::{Families, IpamApi, Owner};
+use super::ipam::{Families, IpamApi, Owner, PoolChoice};
 use super::pods::KubernetesPods;
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
 use crate::dataplane::{Netlink, Sysctl};
@@ -218,12 +218,13 @@ impl CniOps {
             config.ports.clone(),
             config.requested_ips.clone(),
         );
+        let mut pools = PoolChoice::default();
         if let Some(pods) = &self.pods
             && !pod.is_empty()
         {
             let uid = request.args.get("K8S_POD_UID").map_or("", String::as_str);
             let metadata = pods.metadata(&namespace, &pod, uid).await?;
-            (labels, ports) = (metadata.labels, metadata.ports);
+            (labels, ports, pools) = (metadata.labels, metadata.ports, metadata.pools);
             if !metadata.requested_ips.is_empty() {
                 if !requested_ips.is_empty() {
                     return Err(CniError::new(
@@ -257,7 +258,13 @@ impl CniOps {
         .await?;
         self.links.wait_deleted(&attachment.host_ifname).await;
         let attached = match self
-            .allocate_and_wire(&mut attachment, &requested_ips, config.families, config.mtu)
+            .allocate_and_wire(
+                &mut attachment,
+                &requested_ips,
+                config.families,
+                &pools,
+                config.mtu,
+            )
             .await
         {
             Ok(wired) => self.register(&attachment).await.map(|()| wired),
@@ -291,6 +298,7 @@ impl CniOps {
         attachment: &mut Attachment,
         requested: &[IpAddr],
         families: Families,
+        pools: &PoolChoice,
         mtu: u32,
     ) -> Result<Wired, CniError> {
         let ipv6 = if requested.is_empty() {
@@ -326,13 +334,30 @@ impl CniOps {
             async {
                 let assigned = self
                     .ipam
-                    .assign(&attachment.handle_id, &self.node, &owner, requested, families)
+                    .assign(
+                        &attachment.handle_id,
+                        &self.node,
+                        &owner,
+                        requested,
+                        families,
+                        pools,
+                    )
                     .await;
                 (assigned, timed(started))
             },
         );
         let wired = created?;
-        let leases = assigned?;
+        let leases = assigned.map_err(|error| {
+            let failure = CniError::from(error);
+            if pools == &PoolChoice::default() {
+                return failure;
+            }
+            let msg = format!(
+                "{} (pools chosen by the pod's annotations: ipv4 {:?}, ipv6 {:?})",
+                failure.msg, pools.ipv4, pools.ipv6
+            );
+            CniError { msg, ..failure }
+        })?;
         attachment.addresses = leases.iter().map(|l| IpNet::from(l.ip)).collect();
         let mut workload = workload(attachment, mtu);
         workload.blackholes = leases.iter().filter(|l| !l.borrowed).map(|l| l.block).collect();
