@@ -1,5 +1,5 @@
-//! Shared pieces of brindle's benchmarks: latency percentiles, table printing, and running CNI
-//! plugins as a runtime does.
+//! Shared pieces of brindle's benchmarks: latency percentiles, table printing, a network
+//! namespace of their own, a loopback gRPC server, and running CNI plugins as a runtime does.
 
 pub mod cni;
 
@@ -70,4 +70,50 @@ pub async fn serve_on_loopback(routes: tonic::service::Routes) -> std::io::Resul
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     Ok(address)
+}
+
+/// This process moved (before any other thread exists) into a new network namespace, so every
+/// iptables rule and ipset it writes lives there; the namespace is deleted on drop.
+pub struct BenchNamespace(String);
+
+impl BenchNamespace {
+    /// Creates `brdb<pid>-<label>` with loopback up and enters it.
+    pub fn enter(label: &str) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let name = format!("brdb{}-{label}", std::process::id());
+        brindle::lab::run("ip", &["netns", "add", &name])?;
+        let namespace = Self(name);
+        brindle::lab::run("ip", &["-n", &namespace.0, "link", "set", "lo", "up"])?;
+        let file = std::fs::File::open(format!("/run/netns/{}", namespace.0))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
+        Ok(namespace)
+    }
+}
+
+impl Drop for BenchNamespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
+}
+
+/// Starts the agent's real policy follower for `node` against policy-svc at `url`: it writes the
+/// node's view into this process's network namespace (iptables, ipsets) and acknowledges each
+/// revision once the kernel holds it.
+pub fn spawn_policy_agent(url: &str, node: &str) -> anyhow::Result<()> {
+    use node_agent::dataplane::{IpsetCommands, Iptables, IptablesBackend, IptablesCommands};
+    let agent = node_agent::grpc::policy_client::GrpcPolicy::new(tonic::transport::Endpoint::from_shared(
+        url.to_owned(),
+    )?);
+    let iptables: std::sync::Arc<dyn Iptables> =
+        std::sync::Arc::new(IptablesCommands::new(IptablesBackend::detect()));
+    tokio::spawn(agent.follow(
+        node.to_owned(),
+        vec![(node_agent::core::policy::Family::V4, iptables)],
+        std::sync::Arc::new(IpsetCommands),
+        node_agent::core::follow::DEFAULT_RESYNC_EVERY,
+        node_agent::grpc::sync_client::SyncMetrics::default(),
+    ));
+    Ok(())
 }

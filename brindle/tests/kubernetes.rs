@@ -9,7 +9,8 @@
 //! kube-sync restarted → the matrix is back without it; a forced 410 Gone re-lists with nothing
 //! lost or left over; an ADD whose Pod arrives 2 s late succeeds with the right labels, one whose
 //! Pod never arrives fails with code 11; a deleted Node has its addresses released and `ipam
-//! check` stays clean.
+//! check` stays clean; a Node's labels select the pool (`nodeSelector`) its pods' addresses may
+//! come from.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -285,6 +286,63 @@ fn kubernetes_objects_drive_labels_policy_and_node_lifecycle_end_to_end() {
         "{printed}"
     );
     let _ = world.lab.cni(0, "DEL", "ghost-sandbox", &netns.path(), &ghost);
+
+    // A Node's labels reach IPAM: a pool only nodes of zone z1 may use, chosen by a pod's
+    // annotation, gives addresses on node 1 and refuses node 0.
+    let pool = "apiVersion: brindle.io/v1\nkind: IPPool\nmetadata: {name: zone-1}\n\
+                spec: {cidr: 10.245.0.0/24, blockSize: 26, nodeSelector: \"zone == 'z1'\"}\n";
+    let mut apply = world.lab.cli(&["apply", "-f", "-"]);
+    let mut child = apply
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("brindle apply");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), pool.as_bytes()).expect("manifest");
+    let applied = child.wait_with_output().expect("brindle apply");
+    assert!(applied.status.success(), "{applied:?}");
+    for (index, name) in [(1, "picky"), (0, "misplaced")] {
+        let mut object = pod("x", name, &world.lab.nodes[index].name.clone(), &[("app", name)]);
+        object.metadata.annotations = Some(
+            [(
+                "cni.projectcalico.org/ipv4pools".to_owned(),
+                "[\"zone-1\"]".to_owned(),
+            )]
+            .into(),
+        );
+        world.kubernetes.api.put(&object);
+    }
+    let picky = Workload {
+        namespace: "x".into(),
+        pod: "picky".into(),
+        ..Workload::default()
+    };
+    let index = world
+        .lab
+        .add_workload(1, &picky)
+        .unwrap_or_else(|e| panic!("a z1 node uses the z1 pool: {e}\n{}", world.lab.logs()));
+    let address = world.lab.pods[index].ip.to_string();
+    assert!(
+        address.starts_with("10.245.0."),
+        "{address} is not from pool zone-1"
+    );
+    let netns = Namespace::create(format!("brdk{}-misplaced", std::process::id())).expect("netns");
+    let misplaced = Workload {
+        namespace: "x".into(),
+        pod: "misplaced".into(),
+        ..Workload::default()
+    };
+    let (ok, printed) = world
+        .lab
+        .cni(0, "ADD", "misplaced-sandbox", &netns.path(), &misplaced)
+        .expect("the shim ran");
+    assert!(
+        !ok && printed.contains("zone-1"),
+        "a z0 node may not use the z1 pool: {printed}"
+    );
+    let _ = world
+        .lab
+        .cni(0, "DEL", "misplaced-sandbox", &netns.path(), &misplaced);
 
     // A Node deleted from Kubernetes: its addresses are released, `ipam check` stays clean.
     let in_use = world.lab.addresses_in_use().expect("ipam show");

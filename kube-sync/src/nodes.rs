@@ -45,13 +45,21 @@ impl Nodes {
         }
     }
 
-    /// Deletes everything brindle holds of node `name`; the route-svc record (kube-sync's mark)
-    /// goes last, so an interrupted cleanup is finished at the next list.
+    /// Deletes everything brindle holds of node `name` when kube-sync owns its labels (a node
+    /// an administrator labelled is left alone); the route-svc record (kube-sync's mark) goes
+    /// last, so an interrupted cleanup is finished at the next list.
     async fn delete(&mut self, name: &str) -> Result<(), WriteError> {
         let failed = |what: &str, status| WriteError {
             what: format!("{what} of deleted node {name}"),
             status,
         };
+        if !self.owned().await?.contains(&(String::new(), name.to_owned())) {
+            tracing::info!(
+                node = name,
+                "Kubernetes deleted the Node, but kube-sync does not own it in brindle: left alone"
+            );
+            return Ok(());
+        }
         let released = self
             .ipam
             .delete_node(ipam::DeleteNodeRequest {

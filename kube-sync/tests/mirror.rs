@@ -458,9 +458,23 @@ async fn a_deleted_node_has_its_addresses_released_and_nothing_of_another_node_i
         ("node-gone", "a2"),
         ("node-stays", "b1"),
         ("bare-metal", "c1"),
+        ("admin-node", "d1"),
     ] {
         cluster.pod_on(node, pod).await;
     }
+    // An administrator labelled this node before kube-sync saw it: brindle apply's, not Kubernetes'.
+    cluster
+        .services
+        .routes
+        .clone()
+        .set_node_labels(route::SetNodeLabelsRequest {
+            name: "admin-node".into(),
+            labels: [("zone".to_owned(), "x".to_owned())].into(),
+            origin: String::new(),
+        })
+        .await
+        .expect("an administrator's labels");
+    api.put(&node("admin-node", &[("zone", "k")]));
     api.put(&node("node-gone", &[("zone", "a")]));
     api.put(&node("node-stays", &[("zone", "b")]));
     let mirror = cluster.start_mirror().await;
@@ -479,6 +493,7 @@ async fn a_deleted_node_has_its_addresses_released_and_nothing_of_another_node_i
     assert_eq!(cluster.node_holdings("node-gone").await, (2, 2));
 
     api.delete::<Node>(None, "node-gone");
+    api.delete::<Node>(None, "admin-node");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while cluster.node_holdings("node-gone").await != (0, 0)
         || cluster.node_labels().await.contains_key("node-gone")
@@ -499,6 +514,20 @@ async fn a_deleted_node_has_its_addresses_released_and_nothing_of_another_node_i
         cluster.node_holdings("bare-metal").await,
         (1, 1),
         "a node Kubernetes never had is untouched"
+    );
+    assert_eq!(
+        cluster.node_holdings("admin-node").await,
+        (1, 1),
+        "a node an administrator labelled is not kube-sync's to delete"
+    );
+    assert_eq!(
+        cluster
+            .node_labels()
+            .await
+            .get("admin-node")
+            .map(|(origin, _)| origin.as_str()),
+        Some(""),
+        "its labels stay the administrator's"
     );
     let report = cluster
         .services

@@ -7,9 +7,11 @@
 //!    only listing the same objects (what any controller pays before writing anything) — and
 //!    kube-sync's peak RSS.
 //! 2. Label changes: 1,000 pods with endpoints on 10 nodes, 100 policies whose selectors and
-//!    peers name the pods' labels, one Sync subscriber per node (as agents hold); a pod
-//!    relabelled in the API → every node whose view changes has received it, p50/p99 over 100
-//!    changes.
+//!    peers name the pods' labels; node-0 is followed by the agent's real policy follower, which
+//!    writes iptables rules and ipsets (in a network namespace of the benchmark's own) and
+//!    acknowledges once the kernel holds them; the other nodes by plain Sync subscribers. A pod
+//!    relabelled in the API → every node whose view changes has it (node-0: in its kernel),
+//!    p50/p99 over 100 changes.
 //!
 //! Build the binaries first: `cargo build --release -p kube-sync -p brindle-bench`, then
 //! `target/release/bench-kube-sync`.
@@ -34,10 +36,13 @@ use k8s_openapi::api::networking::v1::{
 use kube::Api;
 use kube_standin::StandIn;
 use kube_standin::objects::{meta, namespace, node, pod, selector};
+
 use policy_svc::grpc::PolicyService;
 use route_svc::grpc::RoutesService;
 use tonic::transport::Channel;
 
+/// The node whose agent programs a kernel.
+const KERNEL_NODE: &str = "node-0";
 /// Label values the pods are spread over; policy `i` guards `app=web-(i % APPS)`.
 const APPS: usize = 50;
 
@@ -62,16 +67,17 @@ fn policy(namespace: &str, index: usize) -> NetworkPolicy {
     }
 }
 
-/// brindle's services on a loopback port; their URL.
-async fn services(dir: &std::path::Path) -> anyhow::Result<String> {
+/// brindle's services on a loopback port; their URL and policy-svc.
+async fn services(dir: &std::path::Path) -> anyhow::Result<(String, PolicyService)> {
     let store: Arc<dyn brindle_datastore::Store> =
         Arc::new(brindle_datastore::EmbeddedStore::open(dir.join("store.redb")).await?);
     let mut routes = tonic::service::RoutesBuilder::default();
-    routes.add_service(PolicyService::start(store.clone(), FanoutConfig::default()).into_server());
+    let policy = PolicyService::start(store.clone(), FanoutConfig::default());
+    routes.add_service(policy.clone().into_server());
     routes.add_service(RoutesService::start(store.clone(), FanoutConfig::default()).into_server());
     routes.add_service(IpamService::new(Arc::new(Ipam::new(store))).into_server());
     let address = brindle_bench::serve_on_loopback(routes.routes()).await?;
-    Ok(format!("http://{address}"))
+    Ok((format!("http://{address}"), policy))
 }
 
 /// The `kube-sync` binary beside this one, following `kubeconfig` into `services`.
@@ -136,7 +142,7 @@ async fn counts(policy: &mut PolicyClient<Channel>) -> anyhow::Result<(usize, us
 
 async fn initial_sync(pods: usize, policies: usize, nodes: usize, namespaces: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let url = services(dir.path()).await?;
+    let (url, _service) = services(dir.path()).await?;
     let api = StandIn::start(Duration::from_secs(60)).await?;
     for n in 0..namespaces {
         api.put(&namespace(
@@ -275,7 +281,7 @@ async fn follow(
 
 async fn label_changes(pods: usize, policies: usize, nodes: usize, changes: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let url = services(dir.path()).await?;
+    let (url, service) = services(dir.path()).await?;
     let api = StandIn::start(Duration::from_secs(60)).await?;
     api.put(&namespace("bench", &[]));
     let mut labels: Vec<usize> = (0..pods).map(|p| p % APPS).collect();
@@ -318,7 +324,7 @@ async fn label_changes(pods: usize, policies: usize, nodes: usize, changes: usiz
     }
     let arrivals: Arrivals = Arc::default();
     let (ready, mut readied) = tokio::sync::mpsc::channel(nodes);
-    for n in 0..nodes {
+    for n in 1..nodes {
         tokio::spawn(follow(
             policy_client.clone(),
             format!("node-{n}"),
@@ -326,11 +332,30 @@ async fn label_changes(pods: usize, policies: usize, nodes: usize, changes: usiz
             ready.clone(),
         ));
     }
-    for _ in 0..nodes {
+    for _ in 1..nodes {
         readied.recv().await.context("a subscriber ended")?;
+    }
+    // node-0: the agent's real follower, into this namespace's kernel.
+    brindle_bench::spawn_policy_agent(&url, KERNEL_NODE)?;
+    let kernel_node = service.hub().fanout(KERNEL_NODE);
+    let acked = || {
+        kernel_node
+            .subscribers()
+            .iter()
+            .find(|s| s.node == KERNEL_NODE)
+            .map_or((0, 0), |s| (s.sent_revision, s.acked_revision))
+    };
+    let started = Instant::now();
+    while acked().1 == 0 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the agent never applied its first view"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut samples = Vec::new();
+    let mut kernel_samples = Vec::new();
     let mut reached = Vec::new();
     let wall = Instant::now();
     for change in 0..changes {
@@ -344,16 +369,45 @@ async fn label_changes(pods: usize, policies: usize, nodes: usize, changes: usiz
             &format!("node-{}", p % nodes),
             &[("app", &format!("web-{}", labels[p]))],
         ));
-        // Every affected node has it once no further node receives anything for 300 ms.
+        // The revision that holds the change, once policy-svc computed it.
+        let wanted = format!("web-{}", labels[p]);
+        let name = format!("pod-{p}");
+        let revision = loop {
+            let seen = service.hub().with_state(|state, revision| {
+                let app = state
+                    .pod("bench", &name)
+                    .and_then(|pod| pod.labels.get("app").cloned());
+                (app.as_deref() == Some(wanted.as_str())).then_some(revision)
+            });
+            if let Some(revision) = seen {
+                break revision;
+            }
+            anyhow::ensure!(
+                changed_at.elapsed() < Duration::from_secs(10),
+                "change {change} never reached policy-svc"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        // Every affected node has it once no further node receives anything for 300 ms and
+        // node-0's agent, when the change is in its view, acknowledged it (its kernel holds it).
         let mut last_count = 0;
         let mut quiet_since = Instant::now();
+        let mut in_kernel = None;
         loop {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let (sent, acked_revision) = acked();
+            let kernel_affected = sent >= revision;
+            if kernel_affected && acked_revision >= revision && in_kernel.is_none() {
+                in_kernel = Some(Instant::now());
+            }
             let count = arrivals.lock().unwrap_or_else(|p| p.into_inner()).len();
             if count != last_count {
                 last_count = count;
                 quiet_since = Instant::now();
-            } else if count > 0 && quiet_since.elapsed() > Duration::from_millis(300) {
+            } else if (count > 0 || kernel_affected)
+                && quiet_since.elapsed() > Duration::from_millis(300)
+                && (!kernel_affected || in_kernel.is_some())
+            {
                 break;
             }
             anyhow::ensure!(
@@ -367,18 +421,33 @@ async fn label_changes(pods: usize, policies: usize, nodes: usize, changes: usiz
             .iter()
             .filter_map(|(node, times)| Some((node.clone(), *times.first()?)))
             .collect();
-        let last = arrived.values().max().copied().unwrap_or(changed_at);
+        let last = arrived
+            .values()
+            .copied()
+            .chain(in_kernel)
+            .max()
+            .unwrap_or(changed_at);
         samples.push(last - changed_at);
-        reached.push(arrived.len());
+        if let Some(at) = in_kernel {
+            kernel_samples.push(at - changed_at);
+        }
+        reached.push(arrived.len() + usize::from(in_kernel.is_some()));
     }
     let rss = peak_rss_mib(child.id());
     child.kill()?;
     child.wait()?;
-    let latencies = Latencies::new(samples, wall.elapsed());
+    let wall = wall.elapsed();
     println!(
         "label changes: {pods} pods with endpoints on {nodes} nodes, {policies} policies, {changes} relabels in the API"
     );
-    row("API → every affected node's Sync stream", &latencies);
+    row(
+        "API → every affected node (node-0: its kernel)",
+        &Latencies::new(samples, wall),
+    );
+    row(
+        "API → node-0's kernel, when affected",
+        &Latencies::new(kernel_samples, wall),
+    );
     println!(
         "  affected nodes per change: {:.1} on average (of {nodes}); kube-sync peak RSS {rss:.1} MiB",
         reached.iter().sum::<usize>() as f64 / reached.len().max(1) as f64
@@ -386,9 +455,12 @@ async fn label_changes(pods: usize, policies: usize, nodes: usize, changes: usiz
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    initial_sync(10_000, 1_000, 100, 100).await?;
-    label_changes(1_000, 100, 10, 100).await?;
-    Ok(())
+fn main() -> anyhow::Result<()> {
+    // node-0's agent writes iptables rules and ipsets: into a namespace of the benchmark's own.
+    let _namespace = brindle_bench::BenchNamespace::enter("kube-sync")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        initial_sync(10_000, 1_000, 100, 100).await?;
+        label_changes(1_000, 100, 10, 100).await
+    })
 }

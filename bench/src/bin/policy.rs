@@ -15,16 +15,13 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use brindle_bench::{Latencies, ms, row};
 use brindle_datastore::{EmbeddedStore, Store, Txn};
 use brindle_fanout::FanoutConfig;
 use brindle_selector::Selector;
-use node_agent::core::follow::DEFAULT_RESYNC_EVERY;
 use node_agent::core::policy::{Family, PolicyApplier, render};
 use node_agent::dataplane::{IpsetCommands, Ipsets, Iptables, IptablesBackend, IptablesCommands};
-use node_agent::grpc::policy_client::GrpcPolicy;
-use node_agent::grpc::sync_client::SyncMetrics;
 use policy_api::model::{
     Action, Endpoint, EndpointKey, EntityRule, NamedPort, Namespace, Policy, PolicyId, PortMatch, Protocol,
     Rule,
@@ -142,29 +139,6 @@ fn records(sizes: &Sizes) -> Vec<Record> {
     records
 }
 
-/// Moves this process (before any other thread exists) into a new namespace; deletes it on drop.
-struct BenchNamespace(String);
-
-impl BenchNamespace {
-    fn enter() -> anyhow::Result<Self> {
-        let name = format!("brdb{}-policy", std::process::id());
-        brindle::lab::run("ip", &["netns", "add", &name])?;
-        let namespace = Self(name);
-        brindle::lab::run("ip", &["-n", &namespace.0, "link", "set", "lo", "up"])?;
-        let file = std::fs::File::open(format!("/run/netns/{}", namespace.0))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
-        Ok(namespace)
-    }
-}
-
-impl Drop for BenchNamespace {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .output();
-    }
-}
-
 /// Removes every brd chain and set (between full-apply runs).
 fn clear(iptables: &dyn Iptables, ipsets: &dyn Ipsets) -> anyhow::Result<()> {
     let mut applier = PolicyApplier::new(Family::V4);
@@ -254,7 +228,7 @@ fn main() -> anyhow::Result<()> {
     }
     .init()
     .map_err(anyhow::Error::msg)?;
-    let _namespace = BenchNamespace::enter()?;
+    let _namespace = brindle_bench::BenchNamespace::enter("policy")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -322,19 +296,7 @@ async fn run() -> anyhow::Result<()> {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let started = Instant::now();
-    let agent = GrpcPolicy::new(tonic::transport::Endpoint::from_shared(format!(
-        "http://{address}"
-    ))?);
-    tokio::spawn(agent.follow(
-        NODE.to_owned(),
-        vec![(
-            Family::V4,
-            Arc::new(IptablesCommands::new(IptablesBackend::detect())) as Arc<dyn Iptables>,
-        )],
-        Arc::new(IpsetCommands),
-        DEFAULT_RESYNC_EVERY,
-        SyncMetrics::default(),
-    ));
+    brindle_bench::spawn_policy_agent(&format!("http://{address}"), NODE)?;
     let fanout = service.hub().fanout(NODE);
     while fanout
         .subscribers()

@@ -172,12 +172,17 @@ impl Registry {
     }
 
     /// Deletes node `name`: its registration (its lease goes with it) and its given labels —
-    /// only when they are `origin`'s, if given. Deleting a node that is not there succeeds.
+    /// with `origin`, only a node whose labels that origin owns (a node without given labels is
+    /// then left alone). Deleting a node that is not there succeeds.
     pub async fn delete_node(&self, name: &str, origin: Option<&str>) -> Result<(), RegistryError> {
         if let Some(origin) = origin {
             check_origin(origin)?;
         }
-        if let Some((given, revision)) = self.given(name).await? {
+        let given = self.given(name).await?;
+        if given.is_none() && origin.is_some() {
+            return Ok(());
+        }
+        if let Some((given, revision)) = given {
             if let Some(origin) = origin
                 && given.origin != origin
             {
