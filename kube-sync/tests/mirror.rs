@@ -96,12 +96,17 @@ impl Cluster {
 
     /// Starts kube-sync's mirror as a task, its client built from a kubeconfig file.
     async fn start_mirror(&self) -> tokio::task::JoinHandle<()> {
+        self.start_mirror_with(Metrics::new()).await
+    }
+
+    /// Starts kube-sync's mirror reporting into `metrics`.
+    async fn start_mirror_with(&self, metrics: Metrics) -> tokio::task::JoinHandle<()> {
         let kubeconfig = self.api.write_kubeconfig(self.dir.path()).expect("kubeconfig");
         let client = kube_sync::runtime::kubernetes_client(Some(&kubeconfig))
             .await
             .expect("client");
         let services = self.services.clone();
-        tokio::spawn(async move { kube_sync::runtime::mirror(client, services, &Metrics::new()).await })
+        tokio::spawn(async move { kube_sync::runtime::mirror(client, services, &metrics).await })
     }
 
     async fn apply(&self, manifest: &str) {
@@ -276,7 +281,8 @@ async fn an_expired_watch_relists_with_nothing_lost_or_left_over() {
     api.put(&namespace("shop", &[]));
     api.put(&policy("shop", "a"));
     api.put(&pod("shop", "web-1", &[("app", "web")], false));
-    let mirror = cluster.start_mirror().await;
+    let metrics = Metrics::new();
+    let mirror = cluster.start_mirror_with(metrics.clone()).await;
     cluster
         .until("the first sync", |objects, pods| {
             has(objects, "KubernetesNetworkPolicy shop/a kubernetes") && pods.contains_key("shop/web-1")
@@ -311,6 +317,15 @@ async fn an_expired_watch_relists_with_nothing_lost_or_left_over() {
         after.lists > before.lists,
         "and re-listed: {before:?} → {after:?}"
     );
+    let scraped = metrics.encode();
+    for expected in [
+        "brindle_kube_sync_relists_total{kind=\"Pod\"} 2",
+        "brindle_kube_sync_objects{kind=\"Pod\"} 2",
+        "brindle_kube_sync_objects{kind=\"NetworkPolicy\"} 1",
+        "brindle_kube_sync_write_lag_seconds_count{kind=\"Pod\"}",
+    ] {
+        assert!(scraped.contains(expected), "{expected} in\n{scraped}");
+    }
     mirror.abort();
 }
 

@@ -2,7 +2,8 @@
 //! kube-sync mirrored into policy-svc (a real policy-svc over gRPC), never from the CNI request:
 //! a Pod that arrives 2 s after its ADD started is waited for; one that never arrives fails the
 //! ADD with CNI error 11 naming the pod, leaving no address, veth or endpoint behind. Calico's
-//! `ipv4pools` annotation chooses the pool (by name or CIDR); an unknown pool is named.
+//! `ipv4pools` annotation chooses the pool (by name or CIDR); an unknown pool is named; the
+//! `ipAddrs` annotation gives the pod the address it names.
 
 mod support;
 
@@ -214,4 +215,25 @@ async fn the_pools_annotation_chooses_the_pool_and_an_unknown_pool_is_named() {
         text.contains("nope") && text.contains("annotations"),
         "{failure:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ip_addrs_annotation_gives_the_pod_that_address() {
+    let mut s = setup(Duration::from_secs(1)).await;
+    let mut pod = annotated("fixed", "[\"p\"]");
+    pod.ipam_annotations = [(
+        "cni.projectcalico.org/ipAddrs".to_owned(),
+        "[\"10.79.0.42\"]".to_owned(),
+    )]
+    .into();
+    s.policy
+        .apply_pods(pb::ApplyPodsRequest { pods: vec![pod] })
+        .await
+        .expect("pod");
+    let added = s
+        .ops
+        .add(&request("fixed", "u-fixed"), &claiming_labels())
+        .await
+        .expect("add");
+    assert_eq!(added.addresses[0].addr().to_string(), "10.79.0.42");
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipam_api::model::{AllowedUse, HandleAttributes};
-use ipam_svc::core::{Allocated, AssignRequest, Ipam, IpamError, ShowOptions};
+use ipam_svc::core::{Allocated, AssignIpRequest, AssignRequest, Ipam, IpamError, ShowOptions};
 use node_agent::core::calls::{CallError, Service};
 use node_agent::core::ipam::{Families, IpamApi, Lease, Owner, PoolChoice};
 
@@ -37,7 +37,24 @@ impl IpamApi for InProcessIpam {
         families: Families,
         pools: &PoolChoice,
     ) -> Result<Vec<Lease>, CallError> {
-        assert!(requested.is_empty(), "not used here");
+        let attributes = HandleAttributes {
+            container_id: owner.container_id.clone(),
+            ..HandleAttributes::default()
+        };
+        if !requested.is_empty() {
+            let mut leases = Vec::new();
+            for ip in requested {
+                let request = AssignIpRequest {
+                    handle_id: handle_id.into(),
+                    ip: *ip,
+                    node: node.into(),
+                    use_: AllowedUse::Workload,
+                    attributes: attributes.clone(),
+                };
+                leases.push(lease(&self.0.assign_ip(request).await.map_err(refused)?));
+            }
+            return Ok(leases);
+        }
         let request = AssignRequest {
             handle_id: handle_id.into(),
             node: node.into(),
@@ -46,10 +63,7 @@ impl IpamApi for InProcessIpam {
             ipv4_pools: pools.ipv4.clone(),
             ipv6_pools: pools.ipv6.clone(),
             use_: AllowedUse::Workload,
-            attributes: HandleAttributes {
-                container_id: owner.container_id.clone(),
-                ..HandleAttributes::default()
-            },
+            attributes,
         };
         let result = self.0.auto_assign(request).await.map_err(refused)?;
         Ok(result.allocations.iter().map(lease).collect())
