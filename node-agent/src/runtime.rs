@@ -15,6 +15,7 @@ use tonic_health::ServingStatus;
 use crate::core::attachments::AttachmentStore;
 use crate::core::cni::CniOps;
 use crate::core::follow::DEFAULT_RESYNC_EVERY;
+use crate::core::mtu::MtuDetector;
 use crate::core::pods::KubernetesPods;
 use crate::core::policy::Family;
 use crate::dataplane::{IpsetCommands, Iptables, IptablesCommands, ProcSysctl, RtNetlink, Sysctl};
@@ -65,6 +66,11 @@ pub struct Args {
     /// that family via it); repeat the flag or separate with commas for dual-stack nodes.
     #[arg(long, env = "BRINDLE_NODE_ADDRESS", value_delimiter = ',')]
     pub node_address: Vec<std::net::IpAddr>,
+    /// This node's labels, `key=value` separated by commas (a pool's `nodeSelector` matches them;
+    /// a change affects only later allocations). Labels an administrator or Kubernetes gave the
+    /// node take their place; with mTLS, route-svc accepts only labels it was given.
+    #[arg(long, env = "BRINDLE_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    pub node_labels: Vec<(String, String)>,
     /// This node's underlay IPv4 subnet (decides CrossSubnet encapsulation).
     #[arg(long, env = "BRINDLE_NODE_SUBNET")]
     pub node_subnet: Option<ipnet::Ipv4Net>,
@@ -84,6 +90,18 @@ pub struct Args {
     /// How logs look.
     #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// One `key=value` label of `--node-labels`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("{text:?} has an empty key"));
+    }
+    Ok((key.to_owned(), value.trim().to_owned()))
 }
 
 /// How long a connection to a service may take to set up.
@@ -125,7 +143,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("detecting the iptables backend")?;
     let ipv6_tables = Arc::new(commands.for_ipv6());
     let iptables: Arc<dyn Iptables> = Arc::new(commands);
-    let mut ops = CniOps::new(&node, netlink.clone(), sysctl, ipam.clone(), records);
+    let (mtu, encapsulation) = if args.route_endpoint.is_some() {
+        let (detector, sender) = MtuDetector::following_routes(netlink.clone(), args.node_address.clone());
+        (detector, Some(sender))
+    } else {
+        (MtuDetector::without_routing(netlink.clone(), args.node_address.clone()), None)
+    };
+    let mut ops =
+        CniOps::new(&node, netlink.clone(), sysctl, ipam.clone(), records).with_mtu_detector(mtu);
     if let Some(policy_endpoint) = &args.policy_endpoint {
         let policy = GrpcPolicy::new(endpoint(policy_endpoint)?);
         ops = ops.with_endpoints(Arc::new(policy.clone()));
@@ -151,13 +176,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Err(failure) = ops.reconcile().await {
         tracing::warn!(?failure, "start-up reconciliation incomplete; GC will finish it");
     }
-    if let Some(route_endpoint) = &args.route_endpoint {
+    if let (Some(route_endpoint), Some(encapsulation)) = (&args.route_endpoint, encapsulation) {
         let registration = Node {
             name: node.clone(),
             addresses: args.node_address.clone(),
             ipv4_subnet: args.node_subnet,
             ipv6_subnet: None,
-            labels: Default::default(),
+            labels: args.node_labels.iter().cloned().collect(),
             vtep_mac: None,
             vtep_ipv4: None,
             vtep_ipv6: None,
@@ -171,6 +196,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             iptables.clone(),
             ipam.clone(),
             resync_every,
+            encapsulation,
         );
         tokio::spawn(follower.run(sync_metrics.clone()));
     }

@@ -8,6 +8,7 @@ pub mod cni;
 pub mod endpoints;
 pub mod follow;
 pub mod ipam;
+pub mod mtu;
 pub mod nat;
 pub mod pods;
 pub mod policy;

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::core::follow::{ResyncClock, SyncTarget};
 use crate::core::ipam::IpamApi;
+use crate::core::mtu::{EncapsulationInUse, EncapsulationSender};
 use crate::core::nat::NatReconciler;
 use crate::core::routing::{RouteReconciler, desired_routes};
 use crate::core::tunnels::{IPIP_DEVICE, TunnelSetup, VXLAN_DEVICE, VtepReconciler, desired_vteps};
@@ -31,12 +32,15 @@ pub struct RouteProgrammer {
     resync: ResyncClock,
     /// This node's registration; the VXLAN endpoint is added once the device is ready.
     registration: watch::Sender<Node>,
+    /// The encapsulation the pools use (the pod MTU depends on it).
+    encapsulation: EncapsulationSender,
 }
 
 impl RouteProgrammer {
     /// Programs for `node` through `netlink` and `iptables`, with tunnel addresses from `ipam`;
     /// re-reads the kernel every `resync_every`; sends the node's registration, with its VXLAN
-    /// endpoint once the device is ready, on `registration`.
+    /// endpoint once the device is ready, on `registration`; the encapsulation the pools use on
+    /// `encapsulation`.
     pub fn new(
         node: &Node,
         netlink: Arc<dyn Netlink>,
@@ -44,6 +48,7 @@ impl RouteProgrammer {
         ipam: Arc<dyn IpamApi>,
         resync_every: Duration,
         registration: watch::Sender<Node>,
+        encapsulation: EncapsulationSender,
     ) -> Self {
         Self {
             me: node.name.clone(),
@@ -55,6 +60,7 @@ impl RouteProgrammer {
             nat: NatReconciler::default(),
             resync: ResyncClock::new(resync_every),
             registration,
+            encapsulation,
         }
     }
 }
@@ -75,6 +81,8 @@ impl SyncTarget<RouteItem> for RouteProgrammer {
         }
         let me = self.me.as_str();
         let state = mirror.state();
+        let in_use = Some(EncapsulationInUse::of(state));
+        self.encapsulation.send_if_modified(|known| std::mem::replace(known, in_use) != in_use);
         let netlink = self.netlink.as_ref();
         let prepared = self.tunnels.ensure(netlink, state).await;
         for failure in &prepared.failures {

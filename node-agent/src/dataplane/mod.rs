@@ -28,6 +28,8 @@ pub const ROUTE_PROTOCOL: u8 = 80;
 
 /// Link group of host veths whose workload is gone, waiting for a bulk delete.
 pub const RETIRED_GROUP: u32 = 0xb12d;
+/// What a pod interface is renamed to when DEL retires it (`%d`: the kernel picks a free number).
+pub const RETIRED_POD_NAME: &str = "brdretired%d";
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -196,6 +198,10 @@ pub trait Netlink: Send + Sync {
         pod: &LinkState,
         addresses: &[IpNet],
     ) -> Result<(), DataplaneError>;
+    /// Takes the pod interface `ifname` down, removes its addresses and renames it to
+    /// [`RETIRED_POD_NAME`] (the kernel numbers it), so the pod has neither the name nor the
+    /// addresses any more; the veth itself goes with its host end. `false` when it does not exist.
+    async fn retire_pod_interface(&self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError>;
     /// The pod interface, its addresses, and the pod's routes; `None` when it does not exist.
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError>;
     /// A permanent neighbour on host link `device`: `ip` is at `mac` (a pod's IPv6 address, so the

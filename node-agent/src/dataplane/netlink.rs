@@ -615,6 +615,38 @@ impl Netlink for RtNetlink {
             .map_err(|e| DataplaneError::netlink(format!("add the neighbour {ip} on {device}"), e))
     }
 
+    async fn retire_pod_interface(&self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
+        let pod = handle_in(netns).await?;
+        let Some(link) = find_link(&pod, ifname).await? else {
+            return Ok(false);
+        };
+        let failed = |what: &str, e| DataplaneError::netlink(format!("{what} {ifname} in {}", netns.display()), e);
+        // A renamed interface must be down; the addresses go first so none outlives the name.
+        pod.link()
+            .set(LinkUnspec::new_with_index(link.index).down().build())
+            .execute()
+            .await
+            .map_err(|e| failed("take down", e))?;
+        for (_, message) in link_addresses(&pod, link.index).await? {
+            match pod.address().del(message).execute().await {
+                Ok(()) => {}
+                // IPv6 addresses leave with the link going down.
+                Err(e) if errno(&e) == Some(nix::errno::Errno::EADDRNOTAVAIL as i32) => {}
+                Err(e) => return Err(failed("remove an address of", e)),
+            }
+        }
+        pod.link()
+            .set(
+                LinkUnspec::new_with_index(link.index)
+                    .name(super::RETIRED_POD_NAME)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(|e| failed("rename", e))?;
+        Ok(true)
+    }
+
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError> {
         let pod = handle_in(netns).await?;
         let Some(link) = find_link(&pod, ifname).await? else {

@@ -32,6 +32,8 @@ pub enum Call {
     PreparePod(PathBuf, String),
     /// `add_pod_addresses(netns, ifname, addresses)`.
     AddPodAddresses(PathBuf, String, Vec<IpNet>),
+    /// `retire_pod_interface(netns, ifname)`.
+    RetirePodInterface(PathBuf, String),
     /// `sysctl set(key, value)`.
     Sysctl(String, String),
     /// `iptables restore(table, payload)`.
@@ -349,6 +351,26 @@ impl Netlink for RecordingKernel {
         let pod = state.pod_state(netns, &pod_link.name)?;
         pod.addresses.extend_from_slice(addresses);
         Ok(())
+    }
+
+    async fn retire_pod_interface(&self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
+        let mut state = self.record(Call::RetirePodInterface(netns.into(), ifname.into()))?;
+        let Some((mut pod, host)) = state.pod_links.remove(&(netns.to_owned(), ifname.to_owned())) else {
+            return Ok(false);
+        };
+        let number = state
+            .pod_links
+            .keys()
+            .filter(|(ns, name)| ns == netns && name.starts_with("brdretired"))
+            .count();
+        pod.link.name = super::RETIRED_POD_NAME.replace("%d", &number.to_string());
+        pod.link.up = false;
+        pod.addresses.clear();
+        pod.routes.clear();
+        state
+            .pod_links
+            .insert((netns.to_owned(), pod.link.name.clone()), (pod, host));
+        Ok(true)
     }
 
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError> {

@@ -11,6 +11,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
+use crate::core::cni::config::ACCEPTED_CALICO_KEYS;
 use crate::core::cni::{Added, CniOps, CniRequest, NetworkConfig, validate_key};
 use crate::core::wiring::{AttachmentKey, GATEWAY_V4, GATEWAY_V6, HOST_MAC};
 use brindle_proto::CniError;
@@ -22,6 +23,8 @@ pub const SERVICE_NAME: &str = "brindle.agent.v1.Cni";
 /// The CNI service.
 pub struct CniService {
     ops: Arc<CniOps>,
+    /// Calico keys already logged as accepted and ignored (each is logged once).
+    ignored_logged: std::sync::Mutex<std::collections::HashSet<&'static str>>,
     requests: Counters,
     durations: Histograms,
 }
@@ -31,6 +34,7 @@ impl CniService {
     pub fn new(ops: Arc<CniOps>) -> Self {
         Self {
             ops,
+            ignored_logged: Default::default(),
             requests: Counters::default(),
             durations: unregistered_histograms(LATENCY_BUCKETS),
         }
@@ -48,6 +52,23 @@ impl CniService {
             LATENCY_BUCKETS,
         );
         self
+    }
+
+    /// The request and its configuration (see [`configured`]); logs each accepted-and-ignored
+    /// Calico key the first time it is seen.
+    fn configured(&self, invocation: &pb::CniInvocation) -> Result<(CniRequest, NetworkConfig), CniError> {
+        let (request, config) = configured(invocation)?;
+        let mut logged = self.ignored_logged.lock().unwrap_or_else(|p| p.into_inner());
+        for key in &config.ignored {
+            if logged.insert(key) {
+                let why = ACCEPTED_CALICO_KEYS
+                    .iter()
+                    .find_map(|(known, why)| (known == key).then_some(*why))
+                    .unwrap_or_default();
+                tracing::info!(key, why, "accepted and ignored a Calico configuration key");
+            }
+        }
+        Ok((request, config))
     }
 
     /// The outcome of `command`, recorded.
@@ -198,7 +219,7 @@ impl pb::cni_server::Cni for CniService {
     async fn add(&self, invocation: Request<pb::CniInvocation>) -> Result<Response<pb::AddResponse>, Status> {
         let started = Instant::now();
         let invocation = invocation.into_inner();
-        let response = match configured(&invocation) {
+        let response = match self.configured(&invocation) {
             Err(failure) => pb::AddResponse {
                 result: None,
                 error: Some(failure.into()),
@@ -232,7 +253,7 @@ impl pb::cni_server::Cni for CniService {
         invocation: Request<pb::CniInvocation>,
     ) -> Result<Response<pb::CniOutcome>, Status> {
         let started = Instant::now();
-        let done = match configured(&invocation.into_inner()) {
+        let done = match self.configured(&invocation.into_inner()) {
             Ok((request, config)) => self.ops.check(&request, &config).await,
             Err(failure) => Err(failure),
         };

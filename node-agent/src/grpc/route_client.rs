@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::core::ipam::IpamApi;
+use crate::core::mtu::EncapsulationSender;
 use crate::core::route_programmer::RouteProgrammer;
 use crate::dataplane::{Iptables, Netlink};
 use crate::grpc::sync_client::{Outgoing, SyncMetrics, SyncService, follow};
@@ -33,7 +34,8 @@ pub struct RouteFollower {
 
 impl RouteFollower {
     /// A follower of route-svc at `endpoint` (with its TLS, if any) for `node`; tunnel addresses
-    /// come from `ipam`; the kernel is re-read every `resync_every`.
+    /// come from `ipam`; the kernel is re-read every `resync_every`; the encapsulation the pools
+    /// use goes to `encapsulation`.
     pub fn new(
         endpoint: Endpoint,
         node: Node,
@@ -41,13 +43,22 @@ impl RouteFollower {
         iptables: Arc<dyn Iptables>,
         ipam: Arc<dyn IpamApi>,
         resync_every: Duration,
+        encapsulation: EncapsulationSender,
     ) -> Self {
         let channel = endpoint.connect_lazy();
         let (registration, registered) = watch::channel(node.clone());
         Self {
             client: RoutesClient::new(channel).max_decoding_message_size(256 << 20),
             registration: registered,
-            programmer: RouteProgrammer::new(&node, netlink, iptables, ipam, resync_every, registration),
+            programmer: RouteProgrammer::new(
+                &node,
+                netlink,
+                iptables,
+                ipam,
+                resync_every,
+                registration,
+                encapsulation,
+            ),
         }
     }
 

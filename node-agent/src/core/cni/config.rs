@@ -1,6 +1,8 @@
 //! The network configuration as ADD and CHECK use it, parsed once when a request arrives: the
-//! interface MTU, which address families to assign, requested addresses, the pod's labels and
-//! named ports, and the DNS settings the result carries. Every error names the key.
+//! interface MTU, which address families to assign and from which pools, requested addresses,
+//! the pod's labels and named ports, and the DNS settings the result carries. Every key is
+//! honoured, accepted as one of Calico's that changes nothing here ([`ACCEPTED_CALICO_KEYS`]), or
+//! refused; every error names the key.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -10,10 +12,48 @@ use brindle_proto::cni_codes::INVALID_CONFIG;
 use policy_api::model::{NamedPort, Protocol};
 use serde_json::Value;
 
-use crate::core::ipam::Families;
+use crate::core::ipam::{Families, PoolChoice};
 
-/// The MTU of a pod's veth when the configuration sets none.
-pub const DEFAULT_MTU: u32 = 1500;
+/// Top-level keys brindle honours (`type`, `agentSocket`, `capabilities` and `prevResult` are
+/// the shim's and the runtime's; `args` and `runtimeConfig` keys brindle does not know are
+/// ignored, as the CNI conventions ask).
+const HONOURED_KEYS: &[&str] = &[
+    "cniVersion",
+    "name",
+    "type",
+    "agentSocket",
+    "capabilities",
+    "prevResult",
+    "mtu",
+    "ipam",
+    "dns",
+    "args",
+    "runtimeConfig",
+];
+/// `ipam` keys brindle honours.
+const HONOURED_IPAM_KEYS: &[&str] = &["type", "assign_ipv4", "assign_ipv6", "ipv4_pools", "ipv6_pools"];
+/// `ipam.type`s that mean brindle's own IPAM (Calico's IPAM is what it implements).
+const IPAM_TYPES: &[&str] = &["brindle", "brindle-ipam", "calico-ipam"];
+
+/// Calico's keys that change nothing in brindle, with why: accepted, and logged once by the agent.
+pub const ACCEPTED_CALICO_KEYS: &[(&str, &str)] = &[
+    ("log_level", "the agent's --log-level decides"),
+    ("log_file_path", "the agent logs to its standard error"),
+    ("log_file_max_size", "the agent logs to its standard error"),
+    ("log_file_max_age", "the agent logs to its standard error"),
+    ("log_file_max_count", "the agent logs to its standard error"),
+    ("datastore_type", "the agent reaches the datastore only through the services"),
+    ("etcd_endpoints", "the agent reaches the datastore only through the services"),
+    ("etcd_discovery_srv", "the agent reaches the datastore only through the services"),
+    ("etcd_key_file", "the agent reaches the datastore only through the services"),
+    ("etcd_cert_file", "the agent reaches the datastore only through the services"),
+    ("etcd_ca_cert_file", "the agent reaches the datastore only through the services"),
+    ("kubernetes", "pods are read from Kubernetes by kube-sync, not by the plugin"),
+    ("policy", "policy is always enforced by the node agent"),
+    ("nodename", "the agent's --node-name decides"),
+    ("nodename_file", "the agent's --node-name decides"),
+    ("nodename_file_optional", "the agent's --node-name decides"),
+];
 
 /// DNS settings handed back in the ADD result (the configuration's `dns`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,10 +71,14 @@ pub struct Dns {
 /// What ADD and CHECK take from the network configuration (and `CNI_ARGS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
-    /// Interface MTU (`mtu`, 576–65535).
-    pub mtu: u32,
+    /// Interface MTU (`mtu`, 576–65535); `None`: detected by the agent.
+    pub mtu: Option<u32>,
     /// Address families to assign (`ipam.assign_ipv4`, `ipam.assign_ipv6`).
     pub families: Families,
+    /// Pools the addresses must come from (`ipam.ipv4_pools`, `ipam.ipv6_pools`: names or CIDRs).
+    pub pools: PoolChoice,
+    /// Calico keys present that change nothing here ([`ACCEPTED_CALICO_KEYS`]).
+    pub ignored: Vec<&'static str>,
     /// Addresses asked for (`runtimeConfig.ips`, `args.cni.ips`, `CNI_ARGS` `IP=`).
     pub requested_ips: Vec<IpAddr>,
     /// Pod labels (`args.cni.labels`).
@@ -52,10 +96,16 @@ fn invalid(message: impl Into<String>) -> CniError {
 impl NetworkConfig {
     /// Parses the configuration `config` (and the `CNI_ARGS` `args`).
     pub fn parse(config: &Value, args: &BTreeMap<String, String>) -> Result<Self, CniError> {
+        let ignored = check_keys(config)?;
         let (labels, ports) = labels_and_ports(config).map_err(invalid)?;
         Ok(Self {
             mtu: mtu(config)?,
             families: families(config)?,
+            pools: PoolChoice {
+                ipv4: pools(config, "ipv4_pools")?,
+                ipv6: pools(config, "ipv6_pools")?,
+            },
+            ignored,
             requested_ips: requested_ips(config, args)?,
             labels,
             ports,
@@ -64,15 +114,76 @@ impl NetworkConfig {
     }
 }
 
-fn mtu(config: &Value) -> Result<u32, CniError> {
-    match config.get("mtu") {
-        None => Ok(DEFAULT_MTU),
-        Some(value) => value
-            .as_u64()
-            .and_then(|m| u32::try_from(m).ok())
-            .filter(|m| (576..=65535).contains(m))
-            .ok_or_else(|| invalid(format!("mtu {value} is not between 576 and 65535"))),
+/// Refuses keys brindle does not implement; returns the accepted Calico keys present.
+fn check_keys(config: &Value) -> Result<Vec<&'static str>, CniError> {
+    let Some(object) = config.as_object() else {
+        return Err(invalid("the network configuration must be a JSON object"));
+    };
+    let mut ignored = Vec::new();
+    for key in object.keys() {
+        if HONOURED_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        match ACCEPTED_CALICO_KEYS.iter().find(|(known, _)| known == key) {
+            Some((known, _)) => ignored.push(*known),
+            None => {
+                return Err(invalid(format!(
+                    "configuration key {key:?} is not implemented by brindle and would change what the network does; remove it (see README, configuration keys)"
+                )));
+            }
+        }
     }
+    let Some(ipam) = object.get("ipam") else {
+        return Ok(ignored);
+    };
+    let ipam = ipam
+        .as_object()
+        .ok_or_else(|| invalid("ipam must be an object"))?;
+    if let Some(key) = ipam.keys().find(|k| !HONOURED_IPAM_KEYS.contains(&k.as_str())) {
+        return Err(invalid(format!(
+            "configuration key \"ipam.{key}\" is not implemented by brindle's IPAM; remove it (see README, configuration keys)"
+        )));
+    }
+    if let Some(kind) = ipam.get("type")
+        && !kind.as_str().is_some_and(|k| IPAM_TYPES.contains(&k))
+    {
+        return Err(invalid(format!(
+            "ipam.type {kind} is not brindle's IPAM: brindle-cni allocates through its agent and delegates to no IPAM plugin (use one of {}, or leave it out)",
+            IPAM_TYPES.join(", ")
+        )));
+    }
+    Ok(ignored)
+}
+
+fn mtu(config: &Value) -> Result<Option<u32>, CniError> {
+    config
+        .get("mtu")
+        .map(|value| {
+            value
+                .as_u64()
+                .and_then(|m| u32::try_from(m).ok())
+                .filter(|m| (576..=65535).contains(m))
+                .ok_or_else(|| invalid(format!("mtu {value} is not between 576 and 65535")))
+        })
+        .transpose()
+}
+
+/// `ipam.<key>`: a list of pool names or CIDRs (Calico's `ipv4_pools` / `ipv6_pools`).
+fn pools(config: &Value, key: &str) -> Result<Vec<String>, CniError> {
+    let Some(list) = config.pointer(&format!("/ipam/{key}")) else {
+        return Ok(Vec::new());
+    };
+    let expected = || invalid(format!("ipam.{key} must be a list of pool names or CIDRs, got {list}"));
+    list.as_array()
+        .ok_or_else(expected)?
+        .iter()
+        .map(|pool| {
+            pool.as_str()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| p.trim().to_owned())
+                .ok_or_else(expected)
+        })
+        .collect()
 }
 
 /// The families the configuration asks for: `ipam.assign_ipv4` (default true) and
@@ -203,7 +314,10 @@ mod tests {
         let config = NetworkConfig::parse(
             &json!({
                 "mtu": 1450,
-                "ipam": {"assign_ipv6": "true"},
+                "ipam": {"type": "calico-ipam", "assign_ipv6": "true",
+                         "ipv4_pools": ["blue", "10.1.0.0/16"], "ipv6_pools": ["fd00::/64"]},
+                "log_level": "info",
+                "datastore_type": "kubernetes",
                 "runtimeConfig": {"ips": ["10.0.0.8/24"]},
                 "args": {"cni": {"labels": [{"key": "app", "value": "web"}]},
                          "brindle": {"ports": [{"name": "http", "port": 8080}]}},
@@ -212,7 +326,10 @@ mod tests {
             &args,
         )
         .expect("valid");
-        assert_eq!(config.mtu, 1450);
+        assert_eq!(config.mtu, Some(1450));
+        assert_eq!(config.pools.ipv4, ["blue", "10.1.0.0/16"]);
+        assert_eq!(config.pools.ipv6, ["fd00::/64"]);
+        assert_eq!(config.ignored, ["datastore_type", "log_level"]);
         assert_eq!(
             config.families,
             Families {
@@ -232,6 +349,12 @@ mod tests {
             (json!({"mtu": 100}), "mtu"),
             (json!({"ipam": {"assign_ipv4": 3}}), "ipam.assign_ipv4"),
             (json!({"ipam": {"assign_ipv4": false}}), "ipam.assign_ipv6"),
+            (json!({"ipam": {"ipv4_pools": "blue"}}), "ipam.ipv4_pools"),
+            (json!({"ipam": {"ipv6_pools": [""]}}), "ipam.ipv6_pools"),
+            (json!({"ipam": {"subnet": "usePodCidr"}}), "ipam.subnet"),
+            (json!({"ipam": {"type": "host-local"}}), "ipam.type"),
+            (json!({"feature_control": {"floating_ips": true}}), "feature_control"),
+            (json!({"container_settings": {}}), "container_settings"),
             (json!({"runtimeConfig": {"ips": ["nope"]}}), "requested IP"),
             (
                 json!({"args": {"cni": {"labels": [{"key": 1}]}}}),

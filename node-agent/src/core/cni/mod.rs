@@ -19,6 +19,7 @@ use ipnet::IpNet;
 use super::attachments::{Attachment, AttachmentStore, Phase, RecordError};
 use super::endpoints::{EndpointRegistry, endpoint};
 use super::ipam::{Families, IpamApi, Owner, PoolChoice};
+use super::mtu::MtuDetector;
 use super::pods::KubernetesPods;
 use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Workload};
 use crate::dataplane::{Netlink, Sysctl};
@@ -118,6 +119,8 @@ pub struct CniOps {
     endpoints: Option<Arc<dyn EndpointRegistry>>,
     /// Kubernetes pods (mirrored by kube-sync), when pods' labels come from them.
     pods: Option<KubernetesPods>,
+    /// The pod MTU when the configuration sets none.
+    mtu: MtuDetector,
 }
 
 fn workload(attachment: &Attachment, mtu: u32) -> Workload {
@@ -142,6 +145,7 @@ impl CniOps {
         Self {
             node: node.to_owned(),
             links: LinkReaper::start(Arc::clone(&netlink)),
+            mtu: MtuDetector::without_routing(Arc::clone(&netlink), Vec::new()),
             netlink,
             sysctl,
             ipam,
@@ -158,6 +162,21 @@ impl CniOps {
     pub fn with_kubernetes_pods(mut self, pods: KubernetesPods) -> Self {
         self.pods = Some(pods);
         self
+    }
+
+    /// Detects the pod MTU with `detector` when the configuration sets none.
+    #[must_use]
+    pub fn with_mtu_detector(mut self, detector: MtuDetector) -> Self {
+        self.mtu = detector;
+        self
+    }
+
+    /// The configuration's MTU, or the detected one.
+    async fn pod_mtu(&self, config: &NetworkConfig) -> Result<u32, CniError> {
+        match config.mtu {
+            Some(mtu) => Ok(mtu),
+            None => self.mtu.pod_mtu().await,
+        }
     }
 
     /// Registers every attachment as a workload endpoint with `registry` (policy enforcement).
@@ -218,13 +237,26 @@ impl CniOps {
             config.ports.clone(),
             config.requested_ips.clone(),
         );
-        let mut pools = PoolChoice::default();
+        let mtu = self.pod_mtu(config).await?;
+        let mut pools = config.pools.clone();
+        let mut pools_from = "the network configuration's ipam.ipv4_pools / ipv6_pools";
         if let Some(pods) = &self.pods
             && !pod.is_empty()
         {
             let uid = request.args.get("K8S_POD_UID").map_or("", String::as_str);
             let metadata = pods.metadata(&namespace, &pod, uid).await?;
-            (labels, ports, pools) = (metadata.labels, metadata.ports, metadata.pools);
+            (labels, ports) = (metadata.labels, metadata.ports);
+            // Calico's precedence: the pod's (or its namespace's) annotation, then the
+            // configuration.
+            if !metadata.pools.ipv4.is_empty() || !metadata.pools.ipv6.is_empty() {
+                pools_from = "the pod's (or its namespace's) annotations";
+            }
+            if !metadata.pools.ipv4.is_empty() {
+                pools.ipv4 = metadata.pools.ipv4;
+            }
+            if !metadata.pools.ipv6.is_empty() {
+                pools.ipv6 = metadata.pools.ipv6;
+            }
             if !metadata.requested_ips.is_empty() {
                 if !requested_ips.is_empty() {
                     return Err(CniError::new(
@@ -262,8 +294,8 @@ impl CniOps {
                 &mut attachment,
                 &requested_ips,
                 config.families,
-                &pools,
-                config.mtu,
+                (&pools, pools_from),
+                mtu,
             )
             .await
         {
@@ -298,7 +330,7 @@ impl CniOps {
         attachment: &mut Attachment,
         requested: &[IpAddr],
         families: Families,
-        pools: &PoolChoice,
+        (pools, pools_from): (&PoolChoice, &str),
         mtu: u32,
     ) -> Result<Wired, CniError> {
         let ipv6 = if requested.is_empty() {
@@ -353,7 +385,7 @@ impl CniOps {
                 return failure;
             }
             let msg = format!(
-                "{} (pools chosen by the pod's annotations: ipv4 {:?}, ipv6 {:?})",
+                "{} (pools chosen by {pools_from}: ipv4 {:?}, ipv6 {:?})",
                 failure.msg, pools.ipv4, pools.ipv6
             );
             CniError { msg, ..failure }
@@ -400,7 +432,12 @@ impl CniOps {
             Removal::Now => {
                 self.wiring().detach(&attachment.host_ifname).await?;
             }
-            Removal::Later => self.links.delete_soon(&attachment.host_ifname).await?,
+            Removal::Later if self.retire_pod_side(attachment).await => {
+                self.links.delete_soon(&attachment.host_ifname).await?;
+            }
+            Removal::Later => {
+                self.wiring().detach(&attachment.host_ifname).await?;
+            }
         }
         self.ipam.release(&attachment.handle_id).await?;
         self.on_disk({
@@ -412,6 +449,28 @@ impl CniOps {
         })
         .await?;
         Ok(())
+    }
+
+    /// Clears the pod's side of a DEL before it answers (no interface `CNI_IFNAME`, none of the
+    /// pod's addresses: see [`Netlink::retire_pod_interface`]) while the veth waits for the bulk
+    /// delete; `false` when that failed and the veth must be deleted before DEL answers. A pod
+    /// namespace that is gone has nothing left to clear.
+    async fn retire_pod_side(&self, attachment: &Attachment) -> bool {
+        let netns = std::path::Path::new(&attachment.netns);
+        if attachment.netns.is_empty() || !tokio::fs::try_exists(netns).await.unwrap_or(false) {
+            return true;
+        }
+        match self
+            .netlink
+            .retire_pod_interface(netns, &attachment.key.ifname)
+            .await
+        {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(key = ?attachment.key, %error, "clearing the pod's interface failed; deleting the veth now");
+                false
+            }
+        }
     }
 
     /// DEL: idempotent and best effort — a missing netns, link or record is fine; the addresses
@@ -436,8 +495,9 @@ impl CniOps {
                 ports: Vec::new(),
                 phase: Phase::Ready,
             });
-        // Deleting a veth takes the kernel tens of milliseconds: DEL takes it down and leaves the
-        // delete to the reaper. An ADD reusing the name waits; a restart sweeps what a crash left.
+        // Deleting a veth takes the kernel tens of milliseconds: DEL clears the pod's side, takes
+        // the host side down and leaves the delete to the reaper. An ADD reusing the host name
+        // waits; a restart sweeps what a crash left.
         self.undo(&attachment, Removal::Later).await
     }
 
@@ -461,7 +521,8 @@ impl CniOps {
                     ),
                 )
             })?;
-        let mut problems = self.wiring().check(&workload(&attachment, config.mtu)).await?;
+        let mtu = self.pod_mtu(config).await?;
+        let mut problems = self.wiring().check(&workload(&attachment, mtu)).await?;
         if !self.ipam.holds(&attachment.handle_id).await? {
             problems.push(format!("IPAM no longer holds handle {}", attachment.handle_id));
         }

@@ -1,0 +1,237 @@
+//! The pod MTU when the network configuration sets none (Calico's MTU auto-detection): the
+//! smallest MTU of the node's uplinks minus the overhead of the encapsulation the cluster's pools
+//! use — the same value the VXLAN device gets, so full-size pod packets fit the underlay.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use brindle_proto::CniError;
+use brindle_proto::cni_codes::{DATAPLANE_FAILED, TRY_AGAIN_LATER};
+use route_api::{Encapsulation, RouteItem};
+use tokio::sync::watch;
+
+use crate::core::tunnels::{IPIP_DEVICE, VXLAN_DEVICE, VXLAN_OVERHEAD};
+use crate::core::wiring::HOST_PREFIX;
+use crate::dataplane::{LinkState, Netlink};
+
+/// Bytes VXLAN adds over an IPv6 underlay (outer IPv6 40 + UDP 8 + VXLAN 8 + Ethernet 14).
+pub const VXLAN_V6_OVERHEAD: u32 = 70;
+/// Bytes IP-in-IP adds (outer IPv4 header).
+pub const IPIP_OVERHEAD: u32 = 20;
+/// The pod MTU when no uplink can be found.
+pub const FALLBACK_MTU: u32 = 1500;
+/// How long an ADD waits for the routing state (which tells the encapsulation) after a start.
+const ROUTING_STATE_WAIT: Duration = Duration::from_secs(10);
+
+/// Which encapsulations the cluster's pools use (any pool, any mode but `Never`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncapsulationInUse {
+    /// Some pool uses VXLAN (always or across subnets).
+    pub vxlan: bool,
+    /// Some pool uses IP-in-IP (always or across subnets).
+    pub ipip: bool,
+}
+
+impl EncapsulationInUse {
+    /// The encapsulations the pools of the routing state `items` use.
+    pub fn of(items: &BTreeMap<String, RouteItem>) -> Self {
+        let mut in_use = Self::default();
+        for item in items.values() {
+            if let RouteItem::Pool(pool) = item {
+                match pool.encapsulation {
+                    Encapsulation::Vxlan | Encapsulation::VxlanCrossSubnet => in_use.vxlan = true,
+                    Encapsulation::Ipip | Encapsulation::IpipCrossSubnet => in_use.ipip = true,
+                    Encapsulation::None => {}
+                }
+            }
+        }
+        in_use
+    }
+
+    /// The largest overhead in use and why (VXLAN 50 over an IPv4 underlay, 70 over an IPv6
+    /// one; IP-in-IP 20; none 0).
+    pub fn overhead(self, ipv6_underlay: bool) -> (u32, &'static str) {
+        match (self.vxlan, ipv6_underlay) {
+            (true, false) => (VXLAN_OVERHEAD, "VXLAN over IPv4"),
+            (true, true) => (VXLAN_V6_OVERHEAD, "VXLAN over IPv6"),
+            (false, _) if self.ipip => (IPIP_OVERHEAD, "IP-in-IP"),
+            (false, _) => (0, "no encapsulation"),
+        }
+    }
+}
+
+/// Publishes the encapsulation in use as the routing state changes (route-svc's follower).
+pub type EncapsulationSender = watch::Sender<Option<EncapsulationInUse>>;
+
+/// Works out the pod MTU.
+pub struct MtuDetector {
+    netlink: Arc<dyn Netlink>,
+    /// The node's underlay addresses (their links are the uplinks); empty: every link that is up
+    /// and not brindle's own.
+    node_addresses: Vec<IpAddr>,
+    /// `None` until the routing state has arrived.
+    encapsulation: watch::Receiver<Option<EncapsulationInUse>>,
+    /// The last MTU chosen, to log each change once.
+    chosen: Mutex<Option<u32>>,
+}
+
+impl MtuDetector {
+    /// A node that routes no pools (no route-svc): no encapsulation.
+    pub fn without_routing(netlink: Arc<dyn Netlink>, node_addresses: Vec<IpAddr>) -> Self {
+        let (_, encapsulation) = watch::channel(Some(EncapsulationInUse::default()));
+        Self::with(netlink, node_addresses, encapsulation)
+    }
+
+    /// A node following route-svc: the encapsulation comes through the returned sender.
+    pub fn following_routes(
+        netlink: Arc<dyn Netlink>,
+        node_addresses: Vec<IpAddr>,
+    ) -> (Self, EncapsulationSender) {
+        let (sender, encapsulation) = watch::channel(None);
+        (Self::with(netlink, node_addresses, encapsulation), sender)
+    }
+
+    fn with(
+        netlink: Arc<dyn Netlink>,
+        node_addresses: Vec<IpAddr>,
+        encapsulation: watch::Receiver<Option<EncapsulationInUse>>,
+    ) -> Self {
+        Self {
+            netlink,
+            node_addresses,
+            encapsulation,
+            chosen: Mutex::new(None),
+        }
+    }
+
+    /// The uplinks: the links holding the node's addresses, or every link that is up and not
+    /// loopback or brindle's.
+    async fn uplinks(&self) -> Result<Vec<LinkState>, CniError> {
+        let failed = |error: crate::dataplane::DataplaneError| {
+            CniError::new(DATAPLANE_FAILED, "reading the node's uplinks for the pod MTU")
+                .with_details(error.to_string())
+        };
+        if self.node_addresses.is_empty() {
+            let links = self.netlink.links().await.map_err(failed)?;
+            return Ok(links
+                .into_iter()
+                .filter(|link| {
+                    link.up
+                        && link.name != "lo"
+                        && link.name != VXLAN_DEVICE
+                        && link.name != IPIP_DEVICE
+                        && !link.name.starts_with(HOST_PREFIX)
+                })
+                .collect());
+        }
+        let mut uplinks = Vec::new();
+        for address in &self.node_addresses {
+            if let Some(link) = self.netlink.link_with_address(*address).await.map_err(failed)? {
+                uplinks.push(link);
+            }
+        }
+        Ok(uplinks)
+    }
+
+    /// The pod MTU: the smallest uplink MTU minus the encapsulation overhead. Waits (bounded)
+    /// for the routing state after a start; then fails with CNI error 11, so the runtime retries.
+    pub async fn pod_mtu(&self) -> Result<u32, CniError> {
+        let mut encapsulation = self.encapsulation.clone();
+        let known = tokio::time::timeout(ROUTING_STATE_WAIT, encapsulation.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|waited| waited.ok().and_then(|guard| *guard));
+        let in_use = match known {
+            Some(in_use) => in_use,
+            None => {
+                return Err(CniError::new(
+                    TRY_AGAIN_LATER,
+                    "the pod MTU is not known yet: route-svc has not sent the pools (and their encapsulation); set mtu in the network configuration, or retry",
+                ));
+            }
+        };
+        let uplinks = self.uplinks().await?;
+        let ipv6_underlay = !self.node_addresses.is_empty() && self.node_addresses.iter().all(IpAddr::is_ipv6);
+        let (overhead, encapsulation) = in_use.overhead(ipv6_underlay);
+        let (mtu, uplink) = match uplinks.iter().min_by_key(|link| link.mtu) {
+            Some(link) => (link.mtu.saturating_sub(overhead), link.name.as_str()),
+            None => (FALLBACK_MTU, "none found"),
+        };
+        let mut chosen = self.chosen.lock().unwrap_or_else(|p| p.into_inner());
+        if *chosen != Some(mtu) {
+            let uplink_mtu = uplinks.iter().map(|link| link.mtu).min();
+            tracing::info!(
+                mtu,
+                uplink,
+                ?uplink_mtu,
+                overhead,
+                encapsulation,
+                "pod MTU (no mtu in the network configuration): the smallest uplink MTU minus the encapsulation's overhead"
+            );
+            *chosen = Some(mtu);
+        }
+        Ok(mtu)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::dataplane::RecordingKernel;
+
+    fn pool(name: &str, encapsulation: Encapsulation) -> (String, RouteItem) {
+        let item = RouteItem::Pool(route_api::model::PoolRoute {
+            name: name.to_owned(),
+            cidr: "10.0.0.0/16".parse().expect("cidr"),
+            encapsulation,
+            nat_outgoing: false,
+            disabled: false,
+        });
+        (name.to_owned(), item)
+    }
+
+    #[test]
+    fn the_largest_overhead_in_use_wins() {
+        let items: BTreeMap<_, _> = [
+            pool("a", Encapsulation::None),
+            pool("b", Encapsulation::IpipCrossSubnet),
+        ]
+        .into();
+        assert_eq!(EncapsulationInUse::of(&items).overhead(false), (20, "IP-in-IP"));
+        let items: BTreeMap<_, _> = [pool("b", Encapsulation::Ipip), pool("c", Encapsulation::VxlanCrossSubnet)].into();
+        let in_use = EncapsulationInUse::of(&items);
+        assert_eq!(in_use.overhead(false).0, 50);
+        assert_eq!(in_use.overhead(true).0, 70);
+        assert_eq!(EncapsulationInUse::default().overhead(false).0, 0);
+    }
+
+    #[tokio::test]
+    async fn the_smallest_uplink_minus_the_overhead_once_the_pools_are_known() {
+        let kernel = Arc::new(RecordingKernel::default());
+        let (a, b) = (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)));
+        kernel.add_host_link("eth0", 1500, &[a]);
+        kernel.add_host_link("eth1", 1400, &[b]);
+        kernel.add_host_link("eth2", 1000, &[]);
+        let (detector, sender) = MtuDetector::following_routes(kernel.clone(), vec![a, b]);
+        let items: BTreeMap<_, _> = [pool("v", Encapsulation::Vxlan)].into();
+        sender.send_replace(Some(EncapsulationInUse::of(&items)));
+        assert_eq!(detector.pod_mtu().await.expect("known"), 1350);
+        sender.send_replace(Some(EncapsulationInUse::default()));
+        assert_eq!(detector.pod_mtu().await.expect("known"), 1400);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_encapsulation_is_a_retry_later() {
+        let kernel = Arc::new(RecordingKernel::default());
+        // The follower gone before the routing state arrived: no waiting.
+        let (detector, sender) = MtuDetector::following_routes(kernel, Vec::new());
+        drop(sender);
+        let error = detector.pod_mtu().await.expect_err("unknown");
+        assert_eq!(error.code, TRY_AGAIN_LATER);
+        assert!(error.msg.contains("mtu"), "{error}");
+    }
+}
