@@ -299,6 +299,10 @@ pub struct LabUpArgs {
     /// IPv6 underlay, or over VXLAN).
     #[arg(long)]
     pub dual_stack: bool,
+    /// MTU of the underlay links (pods get it minus the encapsulation's overhead: the network
+    /// configuration sets no `mtu`, so the agents detect it).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=9000))]
+    pub underlay_mtu: Option<u32>,
     /// Tear the lab down right after printing the matrix.
     #[arg(long)]
     pub once: bool,

@@ -100,7 +100,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Connects the two pods of `lab` with a bare path (a veth from each into one bridge, the pods'
 /// MTU) and returns it with the second pod's address on it.
 fn bare_path(lab: &Lab, prefix: &str, mtu: &str) -> anyhow::Result<(Underlay, &'static str)> {
-    let bridge = Underlay::create(format!("{prefix}-bare"))?;
+    let bridge = Underlay::create(format!("{prefix}-bare"), None)?;
     for (index, pod) in lab.pods.iter().take(2).enumerate() {
         let port = format!("b{index}");
         bridge.plug(

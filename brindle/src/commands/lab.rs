@@ -33,6 +33,8 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 policy: args.policy,
                 dual_stack: args.dual_stack,
                 kubernetes_pods: false,
+                underlay_mtu: args.underlay_mtu,
+                node_labels: Vec::new(),
             };
             let lab = tokio::task::spawn_blocking(move || Lab::up(spec)).await??;
             let lab = tokio::task::spawn_blocking(move || {
@@ -42,6 +44,12 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             .await?;
             let (lab, converged) = lab;
             println!("encapsulation: {:?}", args.encapsulation);
+            if !lab.pods.is_empty() {
+                println!(
+                    "pod MTU (detected by the agents: smallest uplink MTU minus the encapsulation's overhead): {}",
+                    lab.pod_mtu(0)?
+                );
+            }
             for (index, node) in lab.nodes.iter().enumerate() {
                 println!("node {} at {}", node.name, node.address);
                 for (pod, placed) in lab.pods.iter().enumerate() {

@@ -19,7 +19,6 @@ impl Lab {
             "name": NETWORK,
             "type": "brindle-cni",
             "agentSocket": node.socket,
-            "mtu": 1450,
             "ipam": {"assign_ipv4": "true", "assign_ipv6": if self.spec.dual_stack { "true" } else { "false" }},
         })
     }
@@ -54,6 +53,9 @@ impl Lab {
             .map(|(name, protocol, port)| serde_json::json!({"name": name, "protocol": protocol, "port": port}))
             .collect();
         let mut config = self.network_config(node);
+        if !workload.ipv4_pools.is_empty() {
+            config["ipam"]["ipv4_pools"] = serde_json::json!(workload.ipv4_pools);
+        }
         config["args"] = serde_json::json!({"cni": {"labels": labels}, "brindle": {"ports": ports}});
         let mut args = vec!["IgnoreUnknown=1".to_owned()];
         if !workload.namespace.is_empty() {
@@ -113,6 +115,18 @@ impl Lab {
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         ))
+    }
+
+    /// The MTU of pod `pod`'s eth0.
+    pub fn pod_mtu(&self, pod: usize) -> anyhow::Result<u32> {
+        let pod = self.pods.get(pod).context("no such pod")?;
+        let shown = pod.namespace.ip(&["-o", "link", "show", "dev", "eth0"])?;
+        shown
+            .split_whitespace()
+            .skip_while(|word| *word != "mtu")
+            .nth(1)
+            .and_then(|mtu| mtu.parse().ok())
+            .with_context(|| format!("no mtu in {shown:?}"))
     }
 
     /// Adds a pod on node `node` through the CNI shim, as containerd would. The pod carries the label `node: <node name>`.

@@ -89,6 +89,10 @@ pub struct LabSpec {
     /// (`--kubernetes-pods`, waiting [`POD_WAIT_SECONDS`] for one), which kube-sync mirrors once
     /// started with [`Lab::start_kube_sync`]. Needs `policy`.
     pub kubernetes_pods: bool,
+    /// MTU of every underlay link (default: the kernel's 1500).
+    pub underlay_mtu: Option<u32>,
+    /// Labels of each node (`key=value,…`, by node index: `--node-labels` of its agent).
+    pub node_labels: Vec<String>,
 }
 
 /// How long a lab agent's ADD waits for its Pod object with [`LabSpec::kubernetes_pods`].
@@ -112,6 +116,8 @@ impl LabSpec {
             policy: false,
             dual_stack: false,
             kubernetes_pods: false,
+            underlay_mtu: None,
+            node_labels: Vec::new(),
         }
     }
 }
@@ -127,6 +133,8 @@ pub struct Workload {
     pub labels: Vec<(String, String)>,
     /// Named ports `(name, protocol, port)` (`args.brindle.ports`).
     pub ports: Vec<(String, String, u16)>,
+    /// Pools its IPv4 address must come from (the network configuration's `ipam.ipv4_pools`).
+    pub ipv4_pools: Vec<String>,
 }
 
 /// How the lab pool's traffic crosses between nodes (its vxlanMode / ipipMode).
@@ -326,7 +334,7 @@ impl Lab {
         }
         let dir = tempfile::Builder::new().prefix("brindle-lab-").tempdir()?;
         let underlays = (1..=spec.subnets)
-            .map(|n| Underlay::create(format!("{}-ul{n}", spec.prefix)))
+            .map(|n| Underlay::create(format!("{}-ul{n}", spec.prefix), spec.underlay_mtu))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let control = Namespace::create(format!("{}-cp", spec.prefix))?;
         underlays[0].plug(&control, "cp", "eth0", &format!("{UNDERLAY}.1/24"))?;
@@ -490,6 +498,9 @@ impl Lab {
         ];
         if self.spec.policy {
             args.extend(["--policy-endpoint".into(), self.endpoint(Service::Policy).into()]);
+        }
+        if let Some(labels) = self.spec.node_labels.get(index - 1).filter(|l| !l.is_empty()) {
+            args.extend(["--node-labels".into(), labels.into()]);
         }
         if self.spec.kubernetes_pods {
             args.extend([

@@ -132,15 +132,17 @@ impl Drop for Namespace {
 pub struct Underlay {
     /// The bridge's namespace.
     pub namespace: Namespace,
+    /// MTU of its links (`None`: the kernel's default).
+    mtu: Option<u32>,
 }
 
 impl Underlay {
-    /// Creates the bridge namespace.
-    pub fn create(name: String) -> anyhow::Result<Self> {
+    /// Creates the bridge namespace; every link plugged in gets `mtu`, when given.
+    pub fn create(name: String, mtu: Option<u32>) -> anyhow::Result<Self> {
         let namespace = Namespace::create(name)?;
         namespace.ip(&["link", "add", "br0", "type", "bridge"])?;
         namespace.ip(&["link", "set", "br0", "up"])?;
-        Ok(Self { namespace })
+        Ok(Self { namespace, mtu })
     }
 
     /// Plugs `member` in as its interface `ifname` with `address` (e.g. `192.168.200.11/24`);
@@ -158,6 +160,10 @@ impl Underlay {
             "netns",
             &member.name,
         ])?;
+        if let Some(mtu) = self.mtu {
+            self.namespace.ip(&["link", "set", port, "mtu", &mtu.to_string()])?;
+            member.ip(&["link", "set", ifname, "mtu", &mtu.to_string()])?;
+        }
         self.namespace.ip(&["link", "set", port, "master", "br0", "up"])?;
         member.ip(&["addr", "add", address, "dev", ifname])?;
         member.ip(&["link", "set", ifname, "up"])?;
