@@ -18,6 +18,11 @@ kind: IPPool
 metadata: {name: pods}
 spec: {cidr: 10.244.0.0/16, blockSize: 26, vxlanMode: CrossSubnet, natOutgoing: true}
 ---
+apiVersion: projectcalico.org/v3
+kind: IPReservation
+metadata: {name: infra}
+spec: {reservedCIDRs: [10.244.0.0/30, 10.244.255.0/24]}
+---
 apiVersion: brindle.io/v1
 kind: IPAMConfig
 metadata: {name: default}
@@ -104,6 +109,13 @@ async fn every_command_against_a_running_server() {
 
     tokio::task::block_in_place(|| apply_get_delete_round_trip(&cli, manifest));
     let (kept, released) = allocate(&server).await;
+    for ip in [&kept, &released] {
+        let octets = ip.parse::<std::net::Ipv4Addr>().expect("an IPv4 address").octets();
+        assert!(
+            !(octets[..3] == [10, 244, 0] && octets[3] < 4),
+            "{ip} is reserved (ipreservation/infra)"
+        );
+    }
     tokio::task::block_in_place(|| ipam_commands(&cli, &etcd, &kept, &released));
     register_node_and_endpoint(&server, &kept).await;
     tokio::task::block_in_place(|| {
@@ -111,8 +123,10 @@ async fn every_command_against_a_running_server() {
         error_cases(&cli, manifest);
         // `delete -f` removes what the manifest created (the IPAM configuration stays).
         let deleted = cli.ok(&["delete", "-f", manifest, "-n", "shop", "--force"]);
-        assert_eq!(deleted.lines().count(), 5, "{deleted}");
+        assert_eq!(deleted.lines().count(), 6, "{deleted}");
+        assert!(deleted.contains("ipreservation/infra deleted"), "{deleted}");
         assert_eq!(cli.json(&["get", "ippool"])["items"], serde_json::json!([]));
+        assert_eq!(cli.json(&["get", "ipreservation"])["items"], serde_json::json!([]));
     });
 }
 
@@ -120,6 +134,7 @@ fn apply_get_delete_round_trip(cli: &Cli<'_>, manifest: &str) {
     let applied = cli.ok(&["apply", "-f", manifest, "-n", "shop"]);
     for line in [
         "ippool/pods created",
+        "ipreservation/infra created",
         "ipamconfig/default configured",
         "namespace/shop applied",
         "networkpolicy.networking.k8s.io/shop/web applied",
@@ -128,10 +143,10 @@ fn apply_get_delete_round_trip(cli: &Cli<'_>, manifest: &str) {
     ] {
         assert!(applied.lines().any(|l| l == line), "{line:?} missing:\n{applied}");
     }
+    let again = cli.ok(&["apply", "-f", manifest, "-n", "shop"]);
     assert!(
-        cli.ok(&["apply", "-f", manifest, "-n", "shop"])
-            .contains("ippool/pods configured"),
-        "a second apply updates"
+        again.contains("ippool/pods configured") && again.contains("ipreservation/infra configured"),
+        "a second apply updates: {again}"
     );
 
     // Tables.
@@ -158,6 +173,28 @@ fn apply_get_delete_round_trip(cli: &Cli<'_>, manifest: &str) {
     assert!(cli.ok(&["get", "ns"]).contains("team=web"));
     assert!(cli.ok(&["get", "gnp"]).contains("pass-infra"));
     assert!(cli.ok(&["get", "ipamconfig"]).contains("default   true"));
+    assert_eq!(
+        cli.ok(&["get", "ipreservations"]),
+        "NAME    RESERVED-CIDRS\ninfra   10.244.0.0/30,10.244.255.0/24\n"
+    );
+    // A reservation read back applies as it was (in brindle's shape), and a changed one
+    // replaces it.
+    let reservation = cli.ok(&["get", "ipreservation", "infra", "-o", "yaml"]);
+    assert!(reservation.contains("brindle.io/v1"), "{reservation}");
+    let narrower = reservation.replace("- 10.244.255.0/24\n", "");
+    let out = cli.run_with_stdin(&["apply", "-f", "-"], &narrower);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("ipreservation/infra configured"),
+        "{out:?}"
+    );
+    assert_eq!(
+        cli.json(&["get", "ipreservation", "infra"])["spec"]["reservedCIDRs"],
+        serde_json::json!(["10.244.0.0/30"])
+    );
+    assert!(
+        cli.fails(&["get", "ipreservation", "none"], 1)
+            .contains("ipreservation \"none\" not found")
+    );
 
     // JSON and YAML give the manifests back.
     let pool = cli.json(&["get", "ippool", "pods"]);

@@ -78,6 +78,7 @@ fn call() -> impl Strategy<Value = Call> {
             .prop_map(Call::ReleaseIps),
         1 => damaged(vec![pb::CreateReservationRequest {
             reservation: Some(pb::Reservation { name: "r".into(), cidrs: vec!["10.99.0.8/30".into()] }),
+            replace: false,
         }])
         .prop_map(Call::CreateReservation),
         1 => damaged(vec![pb::ShowRequest { blocks: true, borrowed: true, ip: "10.99.0.1".into() }]).prop_map(Call::Show),

@@ -16,6 +16,7 @@ pub enum Flavor {
 pub enum Kind {
     IpPool,
     IpamConfig,
+    IpReservation,
     Namespace,
     NetworkPolicy(Flavor),
     GlobalNetworkPolicy,
@@ -29,6 +30,7 @@ impl Kind {
         let kind = match base {
             "ippool" | "ippools" => Self::IpPool,
             "ipamconfig" | "ipamconfigs" | "ipamconfiguration" | "ipamconfigurations" => Self::IpamConfig,
+            "ipreservation" | "ipreservations" => Self::IpReservation,
             "namespace" | "namespaces" | "ns" => Self::Namespace,
             "networkpolicy" | "networkpolicies" | "netpol" | "np" => Self::NetworkPolicy(match group {
                 "brindle.io" => Flavor::Brindle,
@@ -37,7 +39,7 @@ impl Kind {
             }),
             "globalnetworkpolicy" | "globalnetworkpolicies" | "gnp" => Self::GlobalNetworkPolicy,
             _ => anyhow::bail!(
-                "{text:?} is not a kind brindle knows: ippool, ipamconfig, namespace (ns), networkpolicy \
+                "{text:?} is not a kind brindle knows: ippool, ipamconfig, ipreservation, namespace (ns), networkpolicy \
                  (netpol; networkpolicy.brindle.io or networkpolicy.networking.k8s.io for one of the two), \
                  globalnetworkpolicy (gnp)"
             ),
@@ -70,6 +72,7 @@ impl Kind {
         match self {
             Self::IpPool => "ippool",
             Self::IpamConfig => "ipamconfig",
+            Self::IpReservation => "ipreservation",
             Self::Namespace => "namespace",
             Self::NetworkPolicy(Flavor::Kubernetes) => "networkpolicy.networking.k8s.io",
             Self::NetworkPolicy(_) => "networkpolicy",
@@ -85,7 +88,7 @@ impl Kind {
             Self::NetworkPolicy(Flavor::Brindle) => &["NetworkPolicy"],
             Self::NetworkPolicy(Flavor::Kubernetes) => &["KubernetesNetworkPolicy"],
             Self::GlobalNetworkPolicy => &["GlobalNetworkPolicy"],
-            Self::IpPool | Self::IpamConfig => &[],
+            Self::IpPool | Self::IpamConfig | Self::IpReservation => &[],
         }
     }
 

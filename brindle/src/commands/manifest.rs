@@ -1,5 +1,6 @@
 //! Manifests as operators write them: YAML (or JSON) documents, sorted into the objects ipam-svc
-//! takes as typed messages (IPPool, IPAMConfig — also in Calico's `projectcalico.org/v3` form) and
+//! takes as typed messages (IPPool, IPAMConfig, IPReservation — also in Calico's
+//! `projectcalico.org/v3` form) and
 //! the objects policy-svc takes as manifests (Namespace, NetworkPolicy, GlobalNetworkPolicy,
 //! Kubernetes NetworkPolicy). A `List` (what `get -o json|yaml` prints for several objects)
 //! stands for its items; "document N" in errors counts objects from 0 in that order.
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// The API version brindle writes.
 pub const API_VERSION: &str = "brindle.io/v1";
-/// Calico's API version, accepted for IPPool and IPAMConfiguration.
+/// Calico's API version, accepted for IPPool, IPAMConfiguration and IPReservation.
 const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 
 /// One object of a manifest.
@@ -21,6 +22,7 @@ const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 pub enum Document {
     IpPool(ipam::IpPool),
     IpamConfig(ipam::IpamConfig),
+    IpReservation(ipam::Reservation),
     /// An object of policy-svc, kept as written.
     Policy(PolicyDocument),
 }
@@ -98,6 +100,14 @@ struct IpamConfigSpec {
     release_cooldown_seconds: Option<u32>,
 }
 
+/// Calico's IPReservation spec: networks IPAM never hands out.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IpReservationSpec {
+    #[serde(rename = "reservedCIDRs")]
+    reserved_cidrs: Vec<String>,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Typed<S> {
@@ -146,14 +156,16 @@ fn document(value: yaml_serde::Value) -> anyhow::Result<Document> {
         (_, "IPAMConfig" | "IPAMConfiguration") if brindle_or_calico => {
             ipam_config(value).map(Document::IpamConfig)
         }
+        (_, "IPReservation") if brindle_or_calico => ip_reservation(value).map(Document::IpReservation),
         ("v1" | API_VERSION, "Namespace") => policy_document("Namespace", value),
         (API_VERSION, "NetworkPolicy") => policy_document("NetworkPolicy", value),
         (API_VERSION, "GlobalNetworkPolicy") => policy_document("GlobalNetworkPolicy", value),
         ("networking.k8s.io/v1", "NetworkPolicy") => policy_document("KubernetesNetworkPolicy", value),
         (version, kind) => anyhow::bail!(
             "kind: {kind:?} of apiVersion {version:?} is not a kind brindle knows ({API_VERSION} IPPool, \
-             IPAMConfig, Namespace, NetworkPolicy, GlobalNetworkPolicy; networking.k8s.io/v1 \
-             NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} IPPool, IPAMConfiguration)"
+             IPAMConfig, IPReservation, Namespace, NetworkPolicy, GlobalNetworkPolicy; \
+             networking.k8s.io/v1 NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} IPPool, \
+             IPAMConfiguration, IPReservation)"
         ),
     }
 }
@@ -202,6 +214,51 @@ fn ip_pool(value: yaml_serde::Value) -> anyhow::Result<ipam::IpPool> {
             .collect(),
         revision: 0,
     })
+}
+
+fn ip_reservation(value: yaml_serde::Value) -> anyhow::Result<ipam::Reservation> {
+    let typed: Typed<IpReservationSpec> = yaml_serde::from_value(value)?;
+    anyhow::ensure!(!typed.metadata.name.is_empty(), "metadata.name: required");
+    let cidrs = typed.spec.reserved_cidrs;
+    anyhow::ensure!(!cidrs.is_empty(), "spec.reservedCIDRs: list at least one CIDR");
+    for (index, cidr) in cidrs.iter().enumerate() {
+        anyhow::ensure!(
+            is_cidr(cidr),
+            "spec.reservedCIDRs[{index}]: {cidr:?} is not a CIDR (address/prefix length)"
+        );
+    }
+    Ok(ipam::Reservation {
+        name: typed.metadata.name,
+        cidrs,
+    })
+}
+
+/// Whether `text` is `<IP address>/<prefix length>` with a length the family allows.
+fn is_cidr(text: &str) -> bool {
+    let Some((address, length)) = text.split_once('/') else {
+        return false;
+    };
+    match (address.parse::<std::net::IpAddr>(), length.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(length)) => length <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(length)) => length <= 128,
+        _ => false,
+    }
+}
+
+/// An IP reservation as a manifest `apply` takes back.
+pub fn ip_reservation_manifest(reservation: &ipam::Reservation) -> serde_json::Value {
+    let typed = Typed {
+        api_version: API_VERSION.into(),
+        kind: "IPReservation".into(),
+        metadata: Metadata {
+            name: reservation.name.clone(),
+            ..Metadata::default()
+        },
+        spec: IpReservationSpec {
+            reserved_cidrs: reservation.cidrs.clone(),
+        },
+    };
+    serde_json::to_value(typed).unwrap_or_default()
 }
 
 fn ipam_config(value: yaml_serde::Value) -> anyhow::Result<ipam::IpamConfig> {
@@ -320,6 +377,29 @@ spec: {cidr: 10.244.0.0/16, blockSize: 24, vxlanMode: CrossSubnet, natOutgoing: 
         assert_eq!(pool.vxlan_mode, ipam::EncapMode::CrossSubnet as i32);
         let manifest = yaml_serde::to_string(&ip_pool_manifest(pool)).expect("yaml");
         assert_eq!(parse(&manifest).expect("valid"), documents);
+    }
+
+    #[test]
+    fn reservations_in_either_shape_round_trip_and_name_a_bad_cidr() {
+        let text = "apiVersion: projectcalico.org/v3\nkind: IPReservation\nmetadata: {name: infra}\n\
+                    spec: {reservedCIDRs: [10.244.0.0/28, \"fd00::/120\"]}\n";
+        let documents = parse(text).expect("valid");
+        let [Document::IpReservation(reservation)] = documents.as_slice() else {
+            panic!("one reservation: {documents:?}");
+        };
+        assert_eq!(reservation.cidrs, ["10.244.0.0/28", "fd00::/120"]);
+        let manifest = yaml_serde::to_string(&ip_reservation_manifest(reservation)).expect("yaml");
+        assert!(manifest.contains("brindle.io/v1"), "{manifest}");
+        assert_eq!(parse(&manifest).expect("valid"), documents);
+        for (spec, field) in [
+            ("{reservedCIDRs: [10.0.0.0/33]}", "spec.reservedCIDRs[0]"),
+            ("{reservedCIDRs: []}", "spec.reservedCIDRs"),
+            ("{reservedCidrs: [10.0.0.0/8]}", "reservedCidrs"),
+        ] {
+            let text = format!("apiVersion: brindle.io/v1\nkind: IPReservation\nmetadata: {{name: r}}\nspec: {spec}\n");
+            let error = format!("{:#}", parse(&text).expect_err(field));
+            assert!(error.contains(field), "{field}: {error}");
+        }
     }
 
     #[test]

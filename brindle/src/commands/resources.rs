@@ -1,4 +1,5 @@
-//! `brindle apply`, `get` and `delete`: objects of ipam-svc (IP pools, the IPAM configuration) and
+//! `brindle apply`, `get` and `delete`: objects of ipam-svc (IP pools, the IPAM configuration, IP
+//! reservations) and
 //! of policy-svc (namespaces, policies) behind one set of verbs.
 
 use std::io::Read;
@@ -75,6 +76,9 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
                     .map_err(|s| clients.failed(Service::Ipam, s))?;
                 println!("ipamconfig/default configured");
             }
+            Document::IpReservation(reservation) => {
+                println!("{}", apply_reservation(&clients, reservation).await?);
+            }
             Document::Policy(_) => {}
         }
     }
@@ -106,6 +110,56 @@ async fn apply_pool(clients: &Clients, pool: ipam::IpPool) -> anyhow::Result<Str
     }
 }
 
+/// Every reservation ipam-svc holds.
+async fn reservations(clients: &Clients) -> anyhow::Result<Vec<ipam::Reservation>> {
+    Ok(clients
+        .ipam()
+        .await?
+        .list_reservations(ipam::ListReservationsRequest {})
+        .await
+        .map_err(|s| clients.failed(Service::Ipam, s))?
+        .into_inner()
+        .reservations)
+}
+
+/// Creates the reservation, or replaces the one of its name; the line to print.
+async fn apply_reservation(clients: &Clients, reservation: ipam::Reservation) -> anyhow::Result<String> {
+    let name = reservation.name.clone();
+    let existed = reservations(clients).await?.iter().any(|r| r.name == name);
+    clients
+        .ipam()
+        .await?
+        .create_reservation(ipam::CreateReservationRequest {
+            reservation: Some(reservation),
+            replace: true,
+        })
+        .await
+        .map_err(|s| clients.failed(Service::Ipam, s))?;
+    Ok(format!(
+        "ipreservation/{name} {}",
+        if existed { "configured" } else { "created" }
+    ))
+}
+
+async fn get_reservations(clients: &Clients, name: Option<String>, format: OutputFormat) -> anyhow::Result<()> {
+    let mut found = reservations(clients).await?;
+    if let Some(name) = &name {
+        found.retain(|r| &r.name == name);
+        anyhow::ensure!(!found.is_empty(), "ipreservation {name:?} not found");
+    }
+    let mut table = Table::new(&["NAME", "RESERVED-CIDRS"]);
+    let mut manifests = Vec::new();
+    for reservation in &found {
+        table.row(vec![reservation.name.clone(), reservation.cidrs.join(",")]);
+        manifests.push(manifest::ip_reservation_manifest(reservation));
+    }
+    let value = match (name, manifests.len()) {
+        (Some(_), 1) => manifests.remove(0),
+        _ => manifest::list(manifests),
+    };
+    output::print(format, &table, &value)
+}
+
 /// `kind/name` or `kind/namespace/name` of a policy-svc object.
 fn object_path(object: &policy::Object) -> String {
     let kind = Kind::of_policy_kind(&object.kind).short();
@@ -122,6 +176,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let format = args.output.output;
     match kind {
         Kind::IpPool => get_pools(&clients, args.name, format).await,
+        Kind::IpReservation => get_reservations(&clients, args.name, format).await,
         Kind::IpamConfig => {
             let config = clients
                 .ipam()
@@ -336,6 +391,9 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
             .into_iter()
             .filter_map(|document| match document {
                 Document::IpPool(pool) => Some((Kind::IpPool, String::new(), pool.name)),
+                Document::IpReservation(reservation) => {
+                    Some((Kind::IpReservation, String::new(), reservation.name))
+                }
                 Document::IpamConfig(_) => {
                     eprintln!("ipamconfig/default left as it is: it always exists");
                     None
@@ -396,6 +454,15 @@ async fn delete_one(
             .await
             .map_err(|s| clients.failed(Service::Ipam, s))?;
         return Ok(format!("ippool/{name} deleted"));
+    }
+    if kind == Kind::IpReservation {
+        clients
+            .ipam()
+            .await?
+            .delete_reservation(ipam::DeleteReservationRequest { name: name.to_owned() })
+            .await
+            .map_err(|s| clients.failed(Service::Ipam, s))?;
+        return Ok(format!("ipreservation/{name} deleted"));
     }
     let object = match kind {
         Kind::NetworkPolicy(Flavor::Any) => find_policy_object(clients, kind, namespace, name).await?,

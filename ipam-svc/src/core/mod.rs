@@ -224,7 +224,13 @@ impl Ipam {
 
     /// Adds a reservation.
     pub async fn create_reservation(&self, reservation: Reservation) -> Result<Reservation, IpamError> {
-        settings::create_reservation(self.store(), reservation).await
+        settings::create_reservation(self.store(), reservation, false).await
+    }
+
+    /// Adds a reservation or replaces the one of its name (addresses already handed out in its
+    /// CIDRs stay, as in Calico: a reservation only stops new allocations).
+    pub async fn apply_reservation(&self, reservation: Reservation) -> Result<Reservation, IpamError> {
+        settings::create_reservation(self.store(), reservation, true).await
     }
 
     /// Removes a reservation.

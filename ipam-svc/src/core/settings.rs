@@ -195,10 +195,11 @@ pub async fn set_config(store: &Arc<dyn Store>, config: IpamConfig) -> Result<Ip
     Ok(value)
 }
 
-/// Adds a reservation.
+/// Adds a reservation, or with `replace` also replaces the one of that name.
 pub async fn create_reservation(
     store: &Arc<dyn Store>,
     reservation: Reservation,
+    replace: bool,
 ) -> Result<Reservation, IpamError> {
     validate::name("reservation.name", &reservation.name)?;
     if reservation.cidrs.is_empty() {
@@ -208,7 +209,9 @@ pub async fn create_reservation(
         ));
     }
     let (_, reservation, _) = update(store, keys::RESERVATIONS, |set: &mut ReservationSet| {
-        if set.reservations.iter().any(|r| r.name == reservation.name) {
+        if replace {
+            set.reservations.retain(|r| r.name != reservation.name);
+        } else if set.reservations.iter().any(|r| r.name == reservation.name) {
             return Err(IpamError::AlreadyExists(format!(
                 "reservation {:?} already exists",
                 reservation.name

@@ -274,19 +274,21 @@ impl pb::ipam_server::Ipam for IpamService {
         request: Request<pb::CreateReservationRequest>,
     ) -> Reply<pb::Reservation> {
         Caller::of(&request)?.require_admin("change reservations")?;
+        let request = request.into_inner();
         let r = request
-            .into_inner()
             .reservation
             .ok_or_else(|| Status::invalid_argument("reservation: is required"))?;
         let mut cidrs = Vec::new();
         for (i, cidr) in r.cidrs.iter().enumerate() {
             cidrs.push(validate::cidr(&format!("reservation.cidrs[{i}]"), cidr).map_err(status)?);
         }
-        let reservation = self
-            .ipam
-            .create_reservation(Reservation { name: r.name, cidrs })
-            .await
-            .map_err(status)?;
+        let reservation = Reservation { name: r.name, cidrs };
+        let reservation = if request.replace {
+            self.ipam.apply_reservation(reservation).await
+        } else {
+            self.ipam.create_reservation(reservation).await
+        }
+        .map_err(status)?;
         Ok(Response::new(pb::Reservation {
             name: reservation.name,
             cidrs: reservation.cidrs.iter().map(ToString::to_string).collect(),
