@@ -13,12 +13,14 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
 use crate::core::attachments::AttachmentStore;
-use crate::core::cni::CniOps;
+use crate::core::cni::{CniOps, FlowSweeper};
 use crate::core::follow::DEFAULT_RESYNC_EVERY;
 use crate::core::mtu::MtuDetector;
 use crate::core::pods::KubernetesPods;
 use crate::core::policy::Family;
-use crate::dataplane::{IpsetCommands, Iptables, IptablesCommands, ProcSysctl, RtNetlink, Sysctl};
+use crate::dataplane::{
+    IpsetCommands, Iptables, IptablesCommands, NetlinkConntrack, ProcSysctl, RtNetlink, Sysctl,
+};
 use crate::grpc::cni_service::{CniService, SERVICE_NAME};
 use crate::grpc::ipam_client::GrpcIpam;
 use crate::grpc::policy_client::GrpcPolicy;
@@ -150,7 +152,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (MtuDetector::without_routing(netlink.clone(), args.node_address.clone()), None)
     };
     let mut ops =
-        CniOps::new(&node, netlink.clone(), sysctl, ipam.clone(), records).with_mtu_detector(mtu);
+        CniOps::new(&node, netlink.clone(), sysctl, ipam.clone(), records)
+            .with_mtu_detector(mtu)
+            .with_flow_sweeper(FlowSweeper::start(Arc::new(NetlinkConntrack)));
     if let Some(policy_endpoint) = &args.policy_endpoint {
         let policy = GrpcPolicy::new(endpoint(policy_endpoint)?);
         ops = ops.with_endpoints(Arc::new(policy.clone()));

@@ -4,7 +4,7 @@
 //! DEL runs the plugins in reverse order with the cached result), against a real agent, inside
 //! the node's namespace. containerd's `ctr run --cni` cannot carry port mappings or bandwidth,
 //! hence the runner. A host port reaches busybox httpd in the pod, a bandwidth limit caps an
-//! iperf3 stream, and after DEL no DNAT rule, qdisc or ifb device is left.
+//! iperf3 stream, and after DEL no DNAT rule, tracked connection, qdisc or ifb device is left.
 
 mod support;
 
@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use node_agent::dataplane::{Conntrack, NetlinkConntrack};
 use serde_json::{Value, json};
 use support::Netns;
 use support::node::{Node, Pod, shim_binary};
@@ -149,6 +150,18 @@ impl Drop for Background {
     }
 }
 
+/// How many tracked connections of the node touch `ip` (read inside the node's namespace).
+fn tracked_flows(node: &Node, ip: &str) -> usize {
+    let addresses = std::collections::BTreeSet::from([ip.parse().expect("an address")]);
+    let (count, counted) = std::sync::mpsc::channel();
+    node.netns.run(move || async move {
+        let connections = NetlinkConntrack.connections().expect("conntrack dump");
+        let touching = connections.iter().filter(|c| c.touches(&addresses)).count();
+        count.send(touching).expect("report");
+    });
+    counted.recv().expect("a count")
+}
+
 /// A client namespace wired to the node's uplink, routing the pool via the node.
 fn client_behind(node: &Node) -> Netns {
     let client = Netns::new("client");
@@ -235,6 +248,9 @@ fn the_shipped_chain_maps_a_host_port_caps_bandwidth_and_del_leaves_nothing() {
     let qdiscs = node.netns.exec(&["tc", "qdisc", "show"]);
     assert!(qdiscs.contains("tbf"), "{qdiscs}");
 
+    // The node tracks the pod's flows (the host port's DNAT among them)...
+    assert!(tracked_flows(&node, &pod_ip) > 0, "no tracked connection of {pod_ip}");
+
     // DEL in reverse order: nothing of the pod is left in the node.
     let del_env = pod.env("DEL", "eth0", true);
     chain
@@ -245,6 +261,10 @@ fn the_shipped_chain_maps_a_host_port_caps_bandwidth_and_del_leaves_nothing() {
         !nat.contains("8080") && !nat.contains(&format!("{pod_ip}:80")),
         "DNAT rules left:\n{nat}"
     );
+    // ...and forgets them once the pod is gone (the agent sweeps them right after DEL).
+    support::eventually("no tracked connection of the pod is left", || {
+        tracked_flows(&node, &pod_ip) == 0
+    });
     // The host veth DEL retired goes in the reaper's next bulk delete, its qdiscs with it.
     support::eventually("no qdisc of the pod is left", || {
         !node.netns.exec(&["tc", "qdisc", "show"]).contains("tbf")

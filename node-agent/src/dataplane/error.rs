@@ -46,7 +46,7 @@ pub enum DataplaneError {
         /// Why.
         reason: String,
     },
-    /// Reading or writing a file under /proc failed.
+    /// A system call failed (a file under /proc, a netlink socket).
     #[error("{what}: {source}")]
     Io {
         /// Which file.

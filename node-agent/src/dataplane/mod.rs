@@ -3,6 +3,7 @@
 //! [`IptablesCommands`], [`IpsetCommands`] and [`ProcSysctl`] talk to the kernel;
 //! [`RecordingKernel`] is an in-memory kernel that records every call, for unit tests.
 
+mod conntrack;
 mod error;
 mod ipset;
 mod iptables;
@@ -15,6 +16,7 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
+pub use conntrack::{Conntrack, NetlinkConntrack, TrackedConnection};
 pub use error::DataplaneError;
 pub use ipset::IpsetCommands;
 pub use iptables::{IptablesBackend, IptablesCommands};

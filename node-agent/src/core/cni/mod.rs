@@ -6,6 +6,7 @@
 
 pub mod config;
 mod failure;
+mod flows;
 mod reaper;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,6 +26,7 @@ use super::wiring::{AttachmentKey, HOST_PREFIX, Wired, Wiring, WiringError, Work
 use crate::dataplane::{Netlink, Sysctl};
 use brindle_proto::CniError;
 pub use config::NetworkConfig;
+pub use flows::FlowSweeper;
 use reaper::LinkReaper;
 
 use brindle_proto::cni_codes::{
@@ -121,6 +123,8 @@ pub struct CniOps {
     pods: Option<KubernetesPods>,
     /// The pod MTU when the configuration sets none.
     mtu: MtuDetector,
+    /// Deletes the tracked connections of deleted pods (the agent's own namespace only).
+    flows: Option<FlowSweeper>,
 }
 
 fn workload(attachment: &Attachment, mtu: u32) -> Workload {
@@ -146,6 +150,7 @@ impl CniOps {
             node: node.to_owned(),
             links: LinkReaper::start(Arc::clone(&netlink)),
             mtu: MtuDetector::without_routing(Arc::clone(&netlink), Vec::new()),
+            flows: None,
             netlink,
             sysctl,
             ipam,
@@ -161,6 +166,13 @@ impl CniOps {
     #[must_use]
     pub fn with_kubernetes_pods(mut self, pods: KubernetesPods) -> Self {
         self.pods = Some(pods);
+        self
+    }
+
+    /// Deletes the tracked connections of every removed attachment's addresses with `sweeper`.
+    #[must_use]
+    pub fn with_flow_sweeper(mut self, sweeper: FlowSweeper) -> Self {
+        self.flows = Some(sweeper);
         self
     }
 
@@ -438,6 +450,9 @@ impl CniOps {
             Removal::Later => {
                 self.wiring().detach(&attachment.host_ifname).await?;
             }
+        }
+        if let Some(flows) = &self.flows {
+            flows.forget(attachment.addresses.iter().map(IpNet::addr).collect());
         }
         self.ipam.release(&attachment.handle_id).await?;
         self.on_disk({
