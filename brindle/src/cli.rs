@@ -199,6 +199,21 @@ pub enum NodeCommand {
     /// Every node: address, how far its agent follows route-svc and policy-svc (revision and
     /// age of its last acknowledgement), routes and policy objects programmed, endpoints.
     Status(NodeStatusArgs),
+    /// Sets (`key=value`) or removes (`key-`) labels of a node, as `kubectl label` does: pools'
+    /// nodeSelectors match them for the node's next allocations (its addresses stay). Labels
+    /// Kubernetes owns (kube-sync) are changed in Kubernetes, not here.
+    Label(NodeLabelArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeLabelArgs {
+    /// The node.
+    pub node: String,
+    /// `key=value` to set, `key-` to remove.
+    #[arg(required = true)]
+    pub changes: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

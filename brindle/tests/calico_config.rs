@@ -82,6 +82,20 @@ fn pools_are_chosen_by_node_labels_and_by_the_network_configuration() {
         "{refused}"
     );
 
+    // Relabelling a node moves only its later allocations: node 0 (rack a) becomes rack b.
+    
+    let labelled = lab
+        .cli(&["node", "label", &lab.nodes[0].name.clone(), "rack=b"])
+        .output()
+        .expect("brindle node label");
+    assert!(labelled.status.success(), "{labelled:?}");
+    let pod = lab.add_pod(0).expect("a pod after relabelling");
+    assert!(within(lab.pods[pod].ip, "10.251.0.0/24"), "{}", lab.pods[pod].ip);
+    // The pods placed before keep their rack a addresses, and carry traffic.
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        panic!("after relabelling: {error}\n{}", lab.logs());
+    }
+
     // ipam.ipv4_pools by name and by CIDR: two pods of one node in two different pools.
     apply(
         &lab,

@@ -1,5 +1,6 @@
 //! `brindle node status`: every node as route-svc and policy-svc see it — Calico's BGP-peer table,
-//! for a control plane that streams state instead of peering.
+//! for a control plane that streams state instead of peering; `brindle node label`: a node's
+//! labels (what pools' nodeSelectors match), as `calicoctl label nodes` sets them.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +10,82 @@ use serde_json::json;
 
 use super::connect::{Clients, Service};
 use super::output::{self, Table, age_since};
-use crate::cli::NodeStatusArgs;
+use crate::cli::{NodeLabelArgs, NodeStatusArgs};
+
+/// One change of `brindle node label`: set a value, or remove the key.
+#[derive(Debug, PartialEq, Eq)]
+enum LabelChange {
+    Set(String, String),
+    Remove(String),
+}
+
+fn label_change(text: &str) -> anyhow::Result<LabelChange> {
+    if let Some((key, value)) = text.split_once('=') {
+        anyhow::ensure!(!key.is_empty(), "{text:?}: the key is empty");
+        return Ok(LabelChange::Set(key.to_owned(), value.to_owned()));
+    }
+    match text.strip_suffix('-') {
+        Some(key) if !key.is_empty() => Ok(LabelChange::Remove(key.to_owned())),
+        _ => anyhow::bail!("{text:?} is neither key=value (set) nor key- (remove)"),
+    }
+}
+
+pub async fn label(args: NodeLabelArgs) -> anyhow::Result<()> {
+    let changes = args
+        .changes
+        .iter()
+        .map(|text| label_change(text))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let clients = Clients::new(args.client);
+    let mut client = clients.route().await?;
+    let failed = |s| clients.failed(Service::Route, s);
+    // The labels given so far; a node never labelled keeps what its agent registered.
+    let given = client
+        .list_node_labels(route::ListNodeLabelsRequest::default())
+        .await
+        .map_err(failed)?
+        .into_inner()
+        .nodes
+        .into_iter()
+        .find(|n| n.name == args.node);
+    let mut labels: BTreeMap<String, String> = match given {
+        Some(given) => given.labels.into_iter().collect(),
+        None => client
+            .list_nodes(route::ListNodesRequest {})
+            .await
+            .map_err(failed)?
+            .into_inner()
+            .nodes
+            .into_iter()
+            .filter_map(|status| status.node)
+            .find(|node| node.name == args.node)
+            .map(|node| node.labels.into_iter().collect())
+            .unwrap_or_default(),
+    };
+    for change in changes {
+        match change {
+            LabelChange::Set(key, value) => {
+                labels.insert(key, value);
+            }
+            LabelChange::Remove(key) => {
+                labels.remove(&key);
+            }
+        }
+    }
+    let set = client
+        .set_node_labels(route::SetNodeLabelsRequest {
+            name: args.node.clone(),
+            labels: labels.into_iter().collect(),
+            origin: String::new(),
+        })
+        .await
+        .map_err(failed)?
+        .into_inner();
+    let mut labels: Vec<String> = set.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    labels.sort();
+    println!("node/{} labeled: {}", args.node, labels.join(","));
+    Ok(())
+}
 
 /// How far an agent follows one service.
 fn sync_state(connected: bool, acked: u64, current: u64) -> &'static str {
@@ -113,4 +189,22 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
         }));
     }
     output::print(args.output.output, &table, &json!({ "nodes": values }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_changes_read_as_kubectl_writes_them() {
+        assert_eq!(
+            label_change("rack=a").expect("set"),
+            LabelChange::Set("rack".into(), "a".into())
+        );
+        assert_eq!(label_change("rack=").expect("empty value"), LabelChange::Set("rack".into(), String::new()));
+        assert_eq!(label_change("rack-").expect("remove"), LabelChange::Remove("rack".into()));
+        for bad in ["rack", "=a", "-"] {
+            assert!(format!("{:#}", label_change(bad).expect_err(bad)).contains(bad));
+        }
+    }
 }
