@@ -251,7 +251,7 @@ fn main() -> anyhow::Result<()> {
         ratio(&b_add, &p_add)
     );
     println!(
-        "DEL p50 brindle ÷ peer: {:.2}× (goal ≤ 0.5×)",
+        "DEL p50 brindle ÷ peer: {:.2}× (goal ≤ 0.3×)",
         ratio(&b_del, &p_del)
     );
     println!(

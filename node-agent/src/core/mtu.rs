@@ -24,6 +24,17 @@ pub const IPIP_OVERHEAD: u32 = 20;
 pub const FALLBACK_MTU: u32 = 1500;
 /// How long an ADD waits for the routing state (which tells the encapsulation) after a start.
 const ROUTING_STATE_WAIT: Duration = Duration::from_secs(10);
+/// How long a detected MTU is used before the uplinks are read again (ADDs stay cheap; an uplink
+/// MTU change reaches pods created after it).
+const DETECTION_TTL: Duration = Duration::from_secs(10);
+
+/// The last MTU detected, for which encapsulation, and when.
+#[derive(Debug, Clone, Copy)]
+struct Detected {
+    mtu: u32,
+    encapsulation: EncapsulationInUse,
+    at: std::time::Instant,
+}
 
 /// Which encapsulations the cluster's pools use (any pool, any mode but `Never`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,8 +84,8 @@ pub struct MtuDetector {
     node_addresses: Vec<IpAddr>,
     /// `None` until the routing state has arrived.
     encapsulation: watch::Receiver<Option<EncapsulationInUse>>,
-    /// The last MTU chosen, to log each change once.
-    chosen: Mutex<Option<u32>>,
+    /// The last MTU detected (reused for [`DETECTION_TTL`]; each change is logged once).
+    chosen: Mutex<Option<Detected>>,
 }
 
 impl MtuDetector {
@@ -152,6 +163,13 @@ impl MtuDetector {
                 ));
             }
         };
+        let cached = *self.chosen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(detected) = cached
+            && detected.encapsulation == in_use
+            && detected.at.elapsed() < DETECTION_TTL
+        {
+            return Ok(detected.mtu);
+        }
         let uplinks = self.uplinks().await?;
         let ipv6_underlay = !self.node_addresses.is_empty() && self.node_addresses.iter().all(IpAddr::is_ipv6);
         let (overhead, encapsulation) = in_use.overhead(ipv6_underlay);
@@ -160,7 +178,7 @@ impl MtuDetector {
             None => (FALLBACK_MTU, "none found"),
         };
         let mut chosen = self.chosen.lock().unwrap_or_else(|p| p.into_inner());
-        if *chosen != Some(mtu) {
+        if chosen.is_none_or(|before| before.mtu != mtu) {
             let uplink_mtu = uplinks.iter().map(|link| link.mtu).min();
             tracing::info!(
                 mtu,
@@ -170,8 +188,12 @@ impl MtuDetector {
                 encapsulation,
                 "pod MTU (no mtu in the network configuration): the smallest uplink MTU minus the encapsulation's overhead"
             );
-            *chosen = Some(mtu);
-        }
+            }
+        *chosen = Some(Detected {
+            mtu,
+            encapsulation: in_use,
+            at: std::time::Instant::now(),
+        });
         Ok(mtu)
     }
 }
