@@ -6,7 +6,8 @@
 # subnet, VXLAN across), two pods per node attached through the real CNI shim and registered with
 # policy-svc — then each node's path to every remote pod, the pod-to-pod reachability matrix, a
 # Kubernetes NetworkPolicy enforced by the agents (the matrix again, and policy trace explaining a
-# denied pair), and everything is torn down.
+# denied pair), and everything is torn down. The underlay MTU is 1400 and the network
+# configuration sets none: the agents detect the pod MTU (1350 over VXLAN) and the demo prints it.
 # Run as root on Debian.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -14,4 +15,4 @@ source scripts/install-deps.sh
 
 cargo build --locked -p brindle -p node-agent -p brindle-cni
 exec target/debug/brindle lab up --nodes 3 --pods-per-node 2 \
-  --encapsulation vxlan-cross-subnet --subnets 2 --policy --once
+  --encapsulation vxlan-cross-subnet --subnets 2 --policy --underlay-mtu 1400 --once

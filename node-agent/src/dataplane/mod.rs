@@ -202,7 +202,8 @@ pub trait Netlink: Send + Sync {
     ) -> Result<(), DataplaneError>;
     /// Takes the pod interface `ifname` down, removes its addresses and renames it to
     /// [`RETIRED_POD_NAME`] (the kernel numbers it), so the pod has neither the name nor the
-    /// addresses any more; the veth itself goes with its host end. `false` when it does not exist.
+    /// addresses any more; the veth itself goes with its host end. `false` when it, or the
+    /// namespace, does not exist.
     async fn retire_pod_interface(&self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError>;
     /// The pod interface, its addresses, and the pod's routes; `None` when it does not exist.
     async fn inspect_pod(&self, netns: &Path, ifname: &str) -> Result<Option<PodState>, DataplaneError>;

@@ -48,10 +48,22 @@ impl RtNetlink {
 /// Opens a netlink socket inside the namespace at `netns`: a helper thread enters the namespace,
 /// creates the socket (sockets stay in the namespace they were created in) and hands it back.
 async fn handle_in(netns: &Path) -> Result<Handle, DataplaneError> {
+    handle_in_existing(netns).await?.ok_or_else(|| DataplaneError::Netns {
+        path: netns.to_owned(),
+        reason: "it does not exist".to_owned(),
+    })
+}
+
+/// [`handle_in`], or `None` when the namespace does not exist (any more).
+async fn handle_in_existing(netns: &Path) -> Result<Option<Handle>, DataplaneError> {
     let path = netns.to_owned();
     let runtime = tokio::runtime::Handle::current();
     let opened = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
         // This blocking-pool thread enters the pod namespace; it is a fresh thread so no other
         // task ever runs in the wrong namespace.
         std::thread::scope(|scope| {
@@ -60,7 +72,7 @@ async fn handle_in(netns: &Path) -> Result<Handle, DataplaneError> {
                     nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
                         .map_err(|e| e.to_string())?;
                     let _entered = runtime.enter();
-                    rtnetlink::new_connection().map_err(|e| e.to_string())
+                    rtnetlink::new_connection().map(Some).map_err(|e| e.to_string())
                 })
                 .join()
                 .map_err(|_| "netns helper thread panicked".to_owned())?
@@ -71,12 +83,15 @@ async fn handle_in(netns: &Path) -> Result<Handle, DataplaneError> {
         path: netns.to_owned(),
         reason: e.to_string(),
     })?;
-    let (connection, handle, _) = opened.map_err(|reason| DataplaneError::Netns {
+    let Some((connection, handle, _)) = opened.map_err(|reason| DataplaneError::Netns {
         path: netns.to_owned(),
         reason,
-    })?;
+    })?
+    else {
+        return Ok(None);
+    };
     tokio::spawn(connection);
-    Ok(handle)
+    Ok(Some(handle))
 }
 
 fn link_state(message: &LinkMessage) -> LinkState {
@@ -616,7 +631,9 @@ impl Netlink for RtNetlink {
     }
 
     async fn retire_pod_interface(&self, netns: &Path, ifname: &str) -> Result<bool, DataplaneError> {
-        let pod = handle_in(netns).await?;
+        let Some(pod) = handle_in_existing(netns).await? else {
+            return Ok(false);
+        };
         let Some(link) = find_link(&pod, ifname).await? else {
             return Ok(false);
         };

@@ -10,6 +10,10 @@ use tokio::sync::mpsc;
 
 use crate::dataplane::Conntrack;
 
+/// How long the sweeper gathers deleted pods before one scan of the table (churn: one scan for
+/// many pods, and none competing with each DEL).
+const GATHER: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Deletes the tracked connections of deleted pods' addresses.
 pub struct FlowSweeper {
     queue: mpsc::UnboundedSender<Vec<IpAddr>>,
@@ -21,6 +25,7 @@ impl FlowSweeper {
         let (queue, mut deleted) = mpsc::unbounded_channel::<Vec<IpAddr>>();
         tokio::spawn(async move {
             while let Some(first) = deleted.recv().await {
+                tokio::time::sleep(GATHER).await;
                 let mut batch: BTreeSet<IpAddr> = first.into_iter().collect();
                 while let Ok(more) = deleted.try_recv() {
                     batch.extend(more);

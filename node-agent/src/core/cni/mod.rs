@@ -445,11 +445,15 @@ impl CniOps {
             Removal::Now => {
                 self.wiring().detach(&attachment.host_ifname).await?;
             }
-            Removal::Later if self.retire_pod_side(attachment).await => {
-                self.links.delete_soon(&attachment.host_ifname).await?;
-            }
             Removal::Later => {
-                self.wiring().detach(&attachment.host_ifname).await?;
+                let (pod_side, host_side) = tokio::join!(
+                    self.retire_pod_side(attachment),
+                    self.links.delete_soon(&attachment.host_ifname)
+                );
+                host_side?;
+                if !pod_side {
+                    self.wiring().detach(&attachment.host_ifname).await?;
+                }
             }
         }
         if let Some(flows) = &self.flows {
@@ -472,13 +476,12 @@ impl CniOps {
     /// delete; `false` when that failed and the veth must be deleted before DEL answers. A pod
     /// namespace that is gone has nothing left to clear.
     async fn retire_pod_side(&self, attachment: &Attachment) -> bool {
-        let netns = std::path::Path::new(&attachment.netns);
-        if attachment.netns.is_empty() || !tokio::fs::try_exists(netns).await.unwrap_or(false) {
+        if attachment.netns.is_empty() {
             return true;
         }
         match self
             .netlink
-            .retire_pod_interface(netns, &attachment.key.ifname)
+            .retire_pod_interface(std::path::Path::new(&attachment.netns), &attachment.key.ifname)
             .await
         {
             Ok(_) => true,
