@@ -39,7 +39,9 @@ fn apply(lab: &Lab, manifest: &str) {
 /// Whether `ip` is in the /24 `cidr`.
 fn within(ip: Ipv4Addr, cidr: &str) -> bool {
     let network = cidr.trim_end_matches(".0/24");
-    ip.to_string().rsplit_once('.').is_some_and(|(prefix, _)| prefix == network)
+    ip.to_string()
+        .rsplit_once('.')
+        .is_some_and(|(prefix, _)| prefix == network)
 }
 
 fn pod_with_pools(pools: &[&str]) -> Workload {
@@ -70,7 +72,10 @@ fn pools_are_chosen_by_node_labels_and_by_the_network_configuration() {
     for node in [0, 0, 0, 1, 1] {
         let pod = lab.add_pod(node).expect("a pod");
         let (ip, wanted) = (lab.pods[pod].ip, ["10.250.0.0/24", "10.251.0.0/24"][node]);
-        assert!(within(ip, wanted), "a pod on node {node} got {ip}, not from {wanted}");
+        assert!(
+            within(ip, wanted),
+            "a pod on node {node} got {ip}, not from {wanted}"
+        );
     }
     // Asking node b for rack a's pool names the pool and why.
     let refused = lab
@@ -83,7 +88,7 @@ fn pools_are_chosen_by_node_labels_and_by_the_network_configuration() {
     );
 
     // Relabelling a node moves only its later allocations: node 0 (rack a) becomes rack b.
-    
+
     let labelled = lab
         .cli(&["node", "label", &lab.nodes[0].name.clone(), "rack=b"])
         .output()
@@ -105,7 +110,9 @@ fn pools_are_chosen_by_node_labels_and_by_the_network_configuration() {
          spec: {cidr: 10.253.0.0/24, blockSize: 28}\n",
     );
     for (pools, wanted) in [(["blue"], "10.252.0.0/24"), (["10.253.0.0/24"], "10.253.0.0/24")] {
-        let pod = lab.add_workload(0, &pod_with_pools(&pools)).expect("a pod in its pool");
+        let pod = lab
+            .add_workload(0, &pod_with_pools(&pools))
+            .expect("a pod in its pool");
         let ip = lab.pods[pod].ip;
         assert!(within(ip, wanted), "ipv4_pools {pools:?} gave {ip}");
     }
@@ -137,7 +144,18 @@ fn full_size_packets_cross_nodes(lab: &Lab, mtu: u32) {
     let payload = (mtu - 28).to_string();
     for from in &lab.pods {
         for to in lab.pods.iter().filter(|to| to.node != from.node) {
-            let ping = ["ping", "-M", "do", "-s", &payload, "-c", "1", "-W", "2", &to.ip.to_string()];
+            let ping = [
+                "ping",
+                "-M",
+                "do",
+                "-s",
+                &payload,
+                "-c",
+                "1",
+                "-W",
+                "2",
+                &to.ip.to_string(),
+            ];
             assert!(
                 from.namespace.succeeds(&ping),
                 "{} → {}: a {mtu}-byte packet with don't-fragment did not cross",
@@ -146,8 +164,23 @@ fn full_size_packets_cross_nodes(lab: &Lab, mtu: u32) {
             );
             // One byte more does not leave the pod (its MTU is the limit, not the underlay's).
             let too_big = (mtu - 27).to_string();
-            let ping = ["ping", "-M", "do", "-s", &too_big, "-c", "1", "-W", "1", &to.ip.to_string()];
-            assert!(!from.namespace.succeeds(&ping), "{} sent more than its MTU", from.name);
+            let ping = [
+                "ping",
+                "-M",
+                "do",
+                "-s",
+                &too_big,
+                "-c",
+                "1",
+                "-W",
+                "1",
+                &to.ip.to_string(),
+            ];
+            assert!(
+                !from.namespace.succeeds(&ping),
+                "{} sent more than its MTU",
+                from.name
+            );
         }
     }
 }

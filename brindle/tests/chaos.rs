@@ -205,7 +205,7 @@ impl<'lab> Chaos<'lab> {
             namespace: "default".into(),
             pod: pod.container.clone(),
             labels: vec![("role".into(), "churn".into())],
-            ports: Vec::new(),
+            ..Workload::default()
         };
         let (succeeded, printed) = self
             .lab
@@ -496,7 +496,7 @@ fn add_survivor(lab: &mut Lab, node: usize, role: Role) -> (usize, Role) {
         namespace: "default".into(),
         pod: format!("{}-{node}-{}", role.label(), lab.pods.len()),
         labels: vec![("role".into(), role.label().into())],
-        ports: Vec::new(),
+        ..Workload::default()
     };
     (lab.add_workload(node, &workload).expect("long-lived pod"), role)
 }

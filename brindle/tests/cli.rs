@@ -110,7 +110,10 @@ async fn every_command_against_a_running_server() {
     tokio::task::block_in_place(|| apply_get_delete_round_trip(&cli, manifest));
     let (kept, released) = allocate(&server).await;
     for ip in [&kept, &released] {
-        let octets = ip.parse::<std::net::Ipv4Addr>().expect("an IPv4 address").octets();
+        let octets = ip
+            .parse::<std::net::Ipv4Addr>()
+            .expect("an IPv4 address")
+            .octets();
         assert!(
             !(octets[..3] == [10, 244, 0] && octets[3] < 4),
             "{ip} is reserved (ipreservation/infra)"
@@ -126,7 +129,10 @@ async fn every_command_against_a_running_server() {
         assert_eq!(deleted.lines().count(), 6, "{deleted}");
         assert!(deleted.contains("ipreservation/infra deleted"), "{deleted}");
         assert_eq!(cli.json(&["get", "ippool"])["items"], serde_json::json!([]));
-        assert_eq!(cli.json(&["get", "ipreservation"])["items"], serde_json::json!([]));
+        assert_eq!(
+            cli.json(&["get", "ipreservation"])["items"],
+            serde_json::json!([])
+        );
     });
 }
 

@@ -164,7 +164,7 @@ fn build() -> World {
             namespace: ns.into(),
             pod: name.into(),
             labels: vec![("app".into(), "claimed-by-cni-args".into())],
-            ports: Vec::new(),
+            ..Workload::default()
         };
         let index = lab
             .add_workload(node, &workload)

@@ -87,6 +87,7 @@ impl World {
                         .into_iter()
                         .map(|p| (p.name, p.protocol.to_string(), p.port))
                         .collect(),
+                    ..Workload::default()
                 };
                 let lab = &mut world.lab;
                 let index = lab

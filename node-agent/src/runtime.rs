@@ -149,12 +149,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (detector, sender) = MtuDetector::following_routes(netlink.clone(), args.node_address.clone());
         (detector, Some(sender))
     } else {
-        (MtuDetector::without_routing(netlink.clone(), args.node_address.clone()), None)
+        (
+            MtuDetector::without_routing(netlink.clone(), args.node_address.clone()),
+            None,
+        )
     };
-    let mut ops =
-        CniOps::new(&node, netlink.clone(), sysctl, ipam.clone(), records)
-            .with_mtu_detector(mtu)
-            .with_flow_sweeper(FlowSweeper::start(Arc::new(NetlinkConntrack)));
+    let mut ops = CniOps::new(&node, netlink.clone(), sysctl, ipam.clone(), records)
+        .with_mtu_detector(mtu)
+        .with_flow_sweeper(FlowSweeper::start(Arc::new(NetlinkConntrack)));
     if let Some(policy_endpoint) = &args.policy_endpoint {
         let policy = GrpcPolicy::new(endpoint(policy_endpoint)?);
         ops = ops.with_endpoints(Arc::new(policy.clone()));

@@ -168,13 +168,31 @@ fn client_behind(node: &Node) -> Netns {
     support::run(
         "ip",
         &[
-            "-n", &node.netns.name, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns",
+            "-n",
+            &node.netns.name,
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
             &client.name,
         ],
     );
-    node.netns.exec(&["ip", "addr", "add", &format!("{NODE_ADDRESS}/24"), "dev", "up0"]);
+    node.netns
+        .exec(&["ip", "addr", "add", &format!("{NODE_ADDRESS}/24"), "dev", "up0"]);
     node.netns.exec(&["ip", "link", "set", "up0", "up"]);
-    client.exec(&["ip", "addr", "add", &format!("{CLIENT_ADDRESS}/24"), "dev", "eth0"]);
+    client.exec(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{CLIENT_ADDRESS}/24"),
+        "dev",
+        "eth0",
+    ]);
     client.exec(&["ip", "link", "set", "eth0", "up"]);
     client.exec(&["ip", "link", "set", "lo", "up"]);
     client.exec(&["ip", "route", "add", "10.99.0.0/24", "via", NODE_ADDRESS]);
@@ -196,7 +214,9 @@ fn the_shipped_chain_maps_a_host_port_caps_bandwidth_and_del_leaves_nothing() {
                       "egressRate": INGRESS_RATE, "egressBurst": 200_000},
     });
     let env = pod.env("ADD", "eth0", true);
-    let result = chain.add(&env, &runtime).unwrap_or_else(|e| panic!("chained ADD: {e}\n{}", node.agent_log()));
+    let result = chain
+        .add(&env, &runtime)
+        .unwrap_or_else(|e| panic!("chained ADD: {e}\n{}", node.agent_log()));
 
     // The result carries the host-side interface (bandwidth finds the veth by it) and the pod's.
     let interfaces = result["interfaces"].as_array().expect("interfaces");
@@ -218,9 +238,7 @@ fn the_shipped_chain_maps_a_host_port_caps_bandwidth_and_del_leaves_nothing() {
     let root = www.path().display().to_string();
     let _httpd = Background::start(&pod.netns, &["busybox", "httpd", "-f", "-p", "80", "-h", &root]);
     // (busybox's static wget crashes on this Debian; nc speaks HTTP/1.0 well enough.)
-    let get = format!(
-        "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {NODE_ADDRESS} 8080"
-    );
+    let get = format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 2 {NODE_ADDRESS} 8080");
     support::eventually("the host port answers", || {
         Command::new("ip")
             .args(["netns", "exec", &client.name, "sh", "-c", &get])
@@ -233,7 +251,17 @@ fn the_shipped_chain_maps_a_host_port_caps_bandwidth_and_del_leaves_nothing() {
     let mut measured = None;
     support::eventually("iperf3 runs", || {
         let out = Command::new("ip")
-            .args(["netns", "exec", &client.name, "iperf3", "-c", &pod_ip, "-t", "2", "-J"])
+            .args([
+                "netns",
+                "exec",
+                &client.name,
+                "iperf3",
+                "-c",
+                &pod_ip,
+                "-t",
+                "2",
+                "-J",
+            ])
             .output()
             .expect("iperf3");
         let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -249,7 +277,10 @@ fn the_shipped_chain_maps_a_host_port_caps_bandwidth_and_del_leaves_nothing() {
     assert!(qdiscs.contains("tbf"), "{qdiscs}");
 
     // The node tracks the pod's flows (the host port's DNAT among them)...
-    assert!(tracked_flows(&node, &pod_ip) > 0, "no tracked connection of {pod_ip}");
+    assert!(
+        tracked_flows(&node, &pod_ip) > 0,
+        "no tracked connection of {pod_ip}"
+    );
 
     // DEL in reverse order: nothing of the pod is left in the node.
     let del_env = pod.env("DEL", "eth0", true);

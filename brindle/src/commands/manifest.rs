@@ -396,7 +396,9 @@ spec: {cidr: 10.244.0.0/16, blockSize: 24, vxlanMode: CrossSubnet, natOutgoing: 
             ("{reservedCIDRs: []}", "spec.reservedCIDRs"),
             ("{reservedCidrs: [10.0.0.0/8]}", "reservedCidrs"),
         ] {
-            let text = format!("apiVersion: brindle.io/v1\nkind: IPReservation\nmetadata: {{name: r}}\nspec: {spec}\n");
+            let text = format!(
+                "apiVersion: brindle.io/v1\nkind: IPReservation\nmetadata: {{name: r}}\nspec: {spec}\n"
+            );
             let error = format!("{:#}", parse(&text).expect_err(field));
             assert!(error.contains(field), "{field}: {error}");
         }

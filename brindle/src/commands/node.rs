@@ -201,8 +201,14 @@ mod tests {
             label_change("rack=a").expect("set"),
             LabelChange::Set("rack".into(), "a".into())
         );
-        assert_eq!(label_change("rack=").expect("empty value"), LabelChange::Set("rack".into(), String::new()));
-        assert_eq!(label_change("rack-").expect("remove"), LabelChange::Remove("rack".into()));
+        assert_eq!(
+            label_change("rack=").expect("empty value"),
+            LabelChange::Set("rack".into(), String::new())
+        );
+        assert_eq!(
+            label_change("rack-").expect("remove"),
+            LabelChange::Remove("rack".into())
+        );
         for bad in ["rack", "=a", "-"] {
             assert!(format!("{:#}", label_change(bad).expect_err(bad)).contains(bad));
         }

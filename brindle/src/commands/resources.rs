@@ -141,7 +141,11 @@ async fn apply_reservation(clients: &Clients, reservation: ipam::Reservation) ->
     ))
 }
 
-async fn get_reservations(clients: &Clients, name: Option<String>, format: OutputFormat) -> anyhow::Result<()> {
+async fn get_reservations(
+    clients: &Clients,
+    name: Option<String>,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
     let mut found = reservations(clients).await?;
     if let Some(name) = &name {
         found.retain(|r| &r.name == name);
@@ -459,7 +463,9 @@ async fn delete_one(
         clients
             .ipam()
             .await?
-            .delete_reservation(ipam::DeleteReservationRequest { name: name.to_owned() })
+            .delete_reservation(ipam::DeleteReservationRequest {
+                name: name.to_owned(),
+            })
             .await
             .map_err(|s| clients.failed(Service::Ipam, s))?;
         return Ok(format!("ipreservation/{name} deleted"));

@@ -161,7 +161,8 @@ impl Underlay {
             &member.name,
         ])?;
         if let Some(mtu) = self.mtu {
-            self.namespace.ip(&["link", "set", port, "mtu", &mtu.to_string()])?;
+            self.namespace
+                .ip(&["link", "set", port, "mtu", &mtu.to_string()])?;
             member.ip(&["link", "set", ifname, "mtu", &mtu.to_string()])?;
         }
         self.namespace.ip(&["link", "set", port, "master", "br0", "up"])?;

@@ -171,7 +171,8 @@ impl MtuDetector {
             return Ok(detected.mtu);
         }
         let uplinks = self.uplinks().await?;
-        let ipv6_underlay = !self.node_addresses.is_empty() && self.node_addresses.iter().all(IpAddr::is_ipv6);
+        let ipv6_underlay =
+            !self.node_addresses.is_empty() && self.node_addresses.iter().all(IpAddr::is_ipv6);
         let (overhead, encapsulation) = in_use.overhead(ipv6_underlay);
         let (mtu, uplink) = match uplinks.iter().min_by_key(|link| link.mtu) {
             Some(link) => (link.mtu.saturating_sub(overhead), link.name.as_str()),
@@ -188,7 +189,7 @@ impl MtuDetector {
                 encapsulation,
                 "pod MTU (no mtu in the network configuration): the smallest uplink MTU minus the encapsulation's overhead"
             );
-            }
+        }
         *chosen = Some(Detected {
             mtu,
             encapsulation: in_use,
@@ -224,7 +225,11 @@ mod tests {
         ]
         .into();
         assert_eq!(EncapsulationInUse::of(&items).overhead(false), (20, "IP-in-IP"));
-        let items: BTreeMap<_, _> = [pool("b", Encapsulation::Ipip), pool("c", Encapsulation::VxlanCrossSubnet)].into();
+        let items: BTreeMap<_, _> = [
+            pool("b", Encapsulation::Ipip),
+            pool("c", Encapsulation::VxlanCrossSubnet),
+        ]
+        .into();
         let in_use = EncapsulationInUse::of(&items);
         assert_eq!(in_use.overhead(false).0, 50);
         assert_eq!(in_use.overhead(true).0, 70);
@@ -234,7 +239,10 @@ mod tests {
     #[tokio::test]
     async fn the_smallest_uplink_minus_the_overhead_once_the_pools_are_known() {
         let kernel = Arc::new(RecordingKernel::default());
-        let (a, b) = (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)));
+        let (a, b) = (
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+        );
         kernel.add_host_link("eth0", 1500, &[a]);
         kernel.add_host_link("eth1", 1400, &[b]);
         kernel.add_host_link("eth2", 1000, &[]);

@@ -82,7 +82,8 @@ impl SyncTarget<RouteItem> for RouteProgrammer {
         let me = self.me.as_str();
         let state = mirror.state();
         let in_use = Some(EncapsulationInUse::of(state));
-        self.encapsulation.send_if_modified(|known| std::mem::replace(known, in_use) != in_use);
+        self.encapsulation
+            .send_if_modified(|known| std::mem::replace(known, in_use) != in_use);
         let netlink = self.netlink.as_ref();
         let prepared = self.tunnels.ensure(netlink, state).await;
         for failure in &prepared.failures {

@@ -9,7 +9,9 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, Tuple};
-use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
+use netlink_packet_netfilter::{
+    NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
+};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::DataplaneError;
@@ -65,7 +67,12 @@ fn open() -> Result<Socket, DataplaneError> {
     Ok(socket)
 }
 
-fn send(socket: &Socket, family: NetfilterProtoFamily, message: ConntrackMessage, flags: u16) -> Result<(), DataplaneError> {
+fn send(
+    socket: &Socket,
+    family: NetfilterProtoFamily,
+    message: ConntrackMessage,
+    flags: u16,
+) -> Result<(), DataplaneError> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
     let mut packet = NetlinkMessage::new(
@@ -91,8 +98,13 @@ fn receive(socket: &Socket) -> Result<Vec<NetfilterMessage>, DataplaneError> {
             .map_err(|e| io("reading from ctnetlink", e))?;
         let mut offset = 0;
         while offset < datagram.len() {
-            let message = NetlinkMessage::<NetfilterMessage>::deserialize(&datagram[offset..])
-                .map_err(|e| io("decoding a ctnetlink message", std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())))?;
+            let message =
+                NetlinkMessage::<NetfilterMessage>::deserialize(&datagram[offset..]).map_err(|e| {
+                    io(
+                        "decoding a ctnetlink message",
+                        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+                    )
+                })?;
             let length = message.header.length as usize;
             match message.payload {
                 NetlinkPayload::Done(_) => return Ok(messages),
@@ -153,7 +165,12 @@ fn connection(message: NetfilterMessage) -> Option<TrackedConnection> {
 impl Conntrack for NetlinkConntrack {
     fn connections(&self) -> Result<Vec<TrackedConnection>, DataplaneError> {
         let socket = open()?;
-        send(&socket, NetfilterProtoFamily::Unspec, ConntrackMessage::Get(Vec::new()), NLM_F_DUMP)?;
+        send(
+            &socket,
+            NetfilterProtoFamily::Unspec,
+            ConntrackMessage::Get(Vec::new()),
+            NLM_F_DUMP,
+        )?;
         Ok(receive(&socket)?.into_iter().filter_map(connection).collect())
     }
 
@@ -169,7 +186,8 @@ impl Conntrack for NetlinkConntrack {
                 Some(IpAddr::V6(_)) => NetfilterProtoFamily::IPv6,
                 _ => NetfilterProtoFamily::IPv4,
             };
-            let message = ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(connection.tuple.clone())]);
+            let message =
+                ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(connection.tuple.clone())]);
             send(&socket, family, message, NLM_F_ACK)?;
             receive(&socket)?;
         }

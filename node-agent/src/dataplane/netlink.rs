@@ -48,10 +48,12 @@ impl RtNetlink {
 /// Opens a netlink socket inside the namespace at `netns`: a helper thread enters the namespace,
 /// creates the socket (sockets stay in the namespace they were created in) and hands it back.
 async fn handle_in(netns: &Path) -> Result<Handle, DataplaneError> {
-    handle_in_existing(netns).await?.ok_or_else(|| DataplaneError::Netns {
-        path: netns.to_owned(),
-        reason: "it does not exist".to_owned(),
-    })
+    handle_in_existing(netns)
+        .await?
+        .ok_or_else(|| DataplaneError::Netns {
+            path: netns.to_owned(),
+            reason: "it does not exist".to_owned(),
+        })
 }
 
 /// [`handle_in`], or `None` when the namespace does not exist (any more).
@@ -637,7 +639,8 @@ impl Netlink for RtNetlink {
         let Some(link) = find_link(&pod, ifname).await? else {
             return Ok(false);
         };
-        let failed = |what: &str, e| DataplaneError::netlink(format!("{what} {ifname} in {}", netns.display()), e);
+        let failed =
+            |what: &str, e| DataplaneError::netlink(format!("{what} {ifname} in {}", netns.display()), e);
         // A renamed interface must be down; the addresses go first so none outlives the name.
         pod.link()
             .set(LinkUnspec::new_with_index(link.index).down().build())

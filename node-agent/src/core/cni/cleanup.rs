@@ -4,7 +4,10 @@
 
 use std::collections::HashSet;
 
-use super::{Attachment, AttachmentKey, CniError, CniOps, HOST_PREFIX, INVALID_CONFIG, Phase, Removal, endpoint, handle_id};
+use super::{
+    Attachment, AttachmentKey, CniError, CniOps, HOST_PREFIX, INVALID_CONFIG, Phase, Removal, endpoint,
+    handle_id,
+};
 
 impl CniOps {
     /// GC: frees every attachment of `network` not in `valid` (container id, ifname), IPAM handles

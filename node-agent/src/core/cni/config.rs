@@ -42,13 +42,34 @@ pub const ACCEPTED_CALICO_KEYS: &[(&str, &str)] = &[
     ("log_file_max_size", "the agent logs to its standard error"),
     ("log_file_max_age", "the agent logs to its standard error"),
     ("log_file_max_count", "the agent logs to its standard error"),
-    ("datastore_type", "the agent reaches the datastore only through the services"),
-    ("etcd_endpoints", "the agent reaches the datastore only through the services"),
-    ("etcd_discovery_srv", "the agent reaches the datastore only through the services"),
-    ("etcd_key_file", "the agent reaches the datastore only through the services"),
-    ("etcd_cert_file", "the agent reaches the datastore only through the services"),
-    ("etcd_ca_cert_file", "the agent reaches the datastore only through the services"),
-    ("kubernetes", "pods are read from Kubernetes by kube-sync, not by the plugin"),
+    (
+        "datastore_type",
+        "the agent reaches the datastore only through the services",
+    ),
+    (
+        "etcd_endpoints",
+        "the agent reaches the datastore only through the services",
+    ),
+    (
+        "etcd_discovery_srv",
+        "the agent reaches the datastore only through the services",
+    ),
+    (
+        "etcd_key_file",
+        "the agent reaches the datastore only through the services",
+    ),
+    (
+        "etcd_cert_file",
+        "the agent reaches the datastore only through the services",
+    ),
+    (
+        "etcd_ca_cert_file",
+        "the agent reaches the datastore only through the services",
+    ),
+    (
+        "kubernetes",
+        "pods are read from Kubernetes by kube-sync, not by the plugin",
+    ),
     ("policy", "policy is always enforced by the node agent"),
     ("nodename", "the agent's --node-name decides"),
     ("nodename_file", "the agent's --node-name decides"),
@@ -173,7 +194,11 @@ fn pools(config: &Value, key: &str) -> Result<Vec<String>, CniError> {
     let Some(list) = config.pointer(&format!("/ipam/{key}")) else {
         return Ok(Vec::new());
     };
-    let expected = || invalid(format!("ipam.{key} must be a list of pool names or CIDRs, got {list}"));
+    let expected = || {
+        invalid(format!(
+            "ipam.{key} must be a list of pool names or CIDRs, got {list}"
+        ))
+    };
     list.as_array()
         .ok_or_else(expected)?
         .iter()
@@ -353,7 +378,10 @@ mod tests {
             (json!({"ipam": {"ipv6_pools": [""]}}), "ipam.ipv6_pools"),
             (json!({"ipam": {"subnet": "usePodCidr"}}), "ipam.subnet"),
             (json!({"ipam": {"type": "host-local"}}), "ipam.type"),
-            (json!({"feature_control": {"floating_ips": true}}), "feature_control"),
+            (
+                json!({"feature_control": {"floating_ips": true}}),
+                "feature_control",
+            ),
             (json!({"container_settings": {}}), "container_settings"),
             (json!({"runtimeConfig": {"ips": ["nope"]}}), "requested IP"),
             (
