@@ -325,9 +325,10 @@ pub struct LabUpArgs {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Address the gRPC server listens on.
-    #[arg(long, env = "BRINDLE_LISTEN", default_value = "0.0.0.0:7400")]
-    pub listen: SocketAddr,
+    /// Address the gRPC server listens on (default: 0.0.0.0:7400 with TLS, 127.0.0.1:7400
+    /// without; plain text elsewhere needs --insecure-plaintext).
+    #[arg(long, env = "BRINDLE_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9400")]
     pub metrics_listen: SocketAddr,

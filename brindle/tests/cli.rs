@@ -389,7 +389,12 @@ fn node_status_and_trace(cli: &Cli<'_>, ip: &str) {
             .any(|l| l.starts_with("n1 ") && l.contains("192.0.2.1") && l.contains("never synced")),
         "{table}"
     );
+    assert!(
+        table.ends_with("\ncontrol plane: plain text on loopback\n"),
+        "the transport is shown: {table}"
+    );
     let status = cli.json(&["node", "status"]);
+    assert_eq!(status["controlPlane"]["transport"], "plain text on loopback");
     let node = &status["nodes"][0];
     assert_eq!(node["node"], "n1");
     assert_eq!(node["policy"]["endpoints"], 1, "{status}");

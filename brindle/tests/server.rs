@@ -83,3 +83,85 @@ fn unreadable_store_path_fails_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Plain text only on loopback: every server refuses a non-loopback listen address without TLS,
+/// naming the flags that fix it; `--insecure-plaintext` is the explicit opt-in, and the server
+/// then says so on `/metrics`. (In a network namespace of the test's own: nothing listens on the
+/// host's network.)
+#[test]
+fn plain_text_on_the_network_is_refused_unless_asked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let binaries = brindle::lab::test_binaries();
+    let servers: [(&str, &[&str]); 4] = [
+        ("brindle", &["server"]),
+        ("ipam-svc", &[]),
+        ("route-svc", &[]),
+        ("policy-svc", &[]),
+    ];
+    for (binary, first) in servers {
+        let store = dir.path().join(format!("{binary}.redb"));
+        let out = std::process::Command::new(binaries.join(binary))
+            .args(first)
+            .args([
+                "--listen",
+                "0.0.0.0:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--store-path",
+            ])
+            .arg(&store)
+            .output()
+            .expect("run the server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{binary} served plain text on 0.0.0.0");
+        for flag in [
+            "--tls-cert",
+            "--tls-key",
+            "--tls-client-ca",
+            "--insecure-plaintext",
+        ] {
+            assert!(stderr.contains(flag), "{binary} does not name {flag}: {stderr}");
+        }
+        assert!(!store.exists(), "{binary} opened its datastore before refusing");
+    }
+
+    let namespace = brindle::lab::Namespace::create(format!("brds{}", std::process::id())).expect("netns");
+    let store = dir.path().join("insecure.redb");
+    let mut server = namespace
+        .command(&binaries.join("brindle"))
+        .args([
+            "server",
+            "--listen",
+            "0.0.0.0:7400",
+            "--metrics-listen",
+            "127.0.0.1:9400",
+        ])
+        .arg("--store-path")
+        .arg(&store)
+        .arg("--insecure-plaintext")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start brindle server");
+    let scrape = "printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | busybox nc 127.0.0.1 9400";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let metrics = loop {
+        let out = namespace
+            .command(std::path::Path::new("/bin/sh"))
+            .args(["-c", scrape])
+            .output()
+            .expect("scrape");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("brindle_insecure_plaintext") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = server.kill();
+    let output = server.wait_with_output().expect("server output");
+    assert!(metrics.contains("brindle_insecure_plaintext 1"), "{metrics}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--insecure-plaintext") && stderr.contains("WARN"),
+        "{stderr}"
+    );
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_datastore::Store;
-use brindle_grpc::{ServerTlsArgs, TlsError, add_health_and_reflection, shutdown_signal};
+use brindle_grpc::{ServerTlsArgs, TlsError, Transport, add_health_and_reflection, shutdown_signal};
 use brindle_metrics::{GrpcMetricsLayer, Metrics};
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
@@ -66,7 +66,9 @@ pub enum ServeError {
 }
 
 /// Serves `routes` (named `service_names`, fully qualified) on `address` with health (tied to the
-/// datastore), reflection and call metrics until SIGINT or SIGTERM; with a TLS certificate, mTLS only.
+/// datastore), reflection and call metrics until SIGINT or SIGTERM; with a TLS certificate, mTLS
+/// only; plain text only on loopback, or where `--insecure-plaintext` accepts it (a warning and
+/// `brindle_insecure_plaintext 1`).
 pub async fn serve(
     address: SocketAddr,
     routes: RoutesBuilder,
@@ -75,6 +77,17 @@ pub async fn serve(
     metrics: &Metrics,
     tls: &ServerTlsArgs,
 ) -> Result<(), ServeError> {
+    let transport = tls.transport(address)?;
+    metrics
+        .gauges(
+            "insecure_plaintext",
+            "1 while this server speaks plain text on the network (--insecure-plaintext): every caller is trusted",
+        )
+        .get_or_create(&Vec::new())
+        .set(i64::from(transport == Transport::InsecurePlaintext));
+    if transport == Transport::InsecurePlaintext {
+        tracing::warn!(%address, "serving plain text on the network (--insecure-plaintext): anyone who reaches this address can change pools, routes and policies");
+    }
     let mut server = tonic::transport::Server::builder();
     if let Some(config) = tls.config()? {
         server = server
@@ -89,7 +102,7 @@ pub async fn serve(
         service_names.iter().map(|s| (*s).to_owned()).collect(),
         metrics.clone(),
     ));
-    tracing::info!(%address, services = ?service_names, mtls = tls.tls_cert.is_some(), "serving gRPC");
+    tracing::info!(%address, services = ?service_names, transport = transport.describe(), "serving gRPC");
     let served = server
         .layer(GrpcMetricsLayer::new(metrics))
         .add_routes(routes.routes())

@@ -25,8 +25,8 @@ pub struct ServiceBinary {
     pub about: &'static str,
     /// The environment variable of `--listen`, e.g. `IPAM_SVC_LISTEN`.
     pub listen_env: &'static str,
-    /// Default of `--listen`.
-    pub listen: &'static str,
+    /// Port of `--listen` by default (every address with TLS, loopback without).
+    pub port: u16,
     /// Default of `--metrics-listen`.
     pub metrics_listen: &'static str,
     /// The fully qualified name of the gRPC service it serves.
@@ -38,9 +38,10 @@ pub struct ServiceBinary {
 #[derive(Debug, Args)]
 #[allow(missing_docs)]
 pub struct ServiceArgs {
-    /// Address to serve gRPC on.
+    /// Address to serve gRPC on (default: every address on the binary's port with TLS, loopback
+    /// without; plain text elsewhere needs --insecure-plaintext).
     #[arg(long)]
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
     /// Where the datastore is.
     #[command(flatten)]
     pub store: StoreArgs,
@@ -62,11 +63,7 @@ impl ServiceArgs {
             .about(binary.about)
             .long_about(None)
             .version(binary.version)
-            .mut_arg("listen", |arg| {
-                arg.env(binary.listen_env)
-                    .default_value(binary.listen)
-                    .required(false)
-            })
+            .mut_arg("listen", |arg| arg.env(binary.listen_env))
             .mut_arg("metrics_listen", |arg| {
                 arg.default_value(binary.metrics_listen).required(false)
             })
@@ -87,19 +84,14 @@ pub async fn run_service(
     routes: impl FnOnce(Arc<dyn Store>, &Metrics) -> RoutesBuilder,
 ) -> Result<(), ServeError> {
     args.log.init().map_err(ServeError::Logging)?;
+    let listen = args.tls.listen_address(args.listen, binary.port);
+    // Refused before anything starts (the datastore, the metrics endpoint).
+    args.tls.transport(listen)?;
     let metrics = Metrics::new();
     brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
     let store = args.store.open().await?;
     let routes = routes(Arc::clone(&store), &metrics);
-    crate::serve(
-        args.listen,
-        routes,
-        &[binary.service_name],
-        store,
-        &metrics,
-        &args.tls,
-    )
-    .await
+    crate::serve(listen, routes, &[binary.service_name], store, &metrics, &args.tls).await
 }
 
 #[cfg(test)]
@@ -111,7 +103,7 @@ mod tests {
         version: "9.9.9",
         about: "a test service",
         listen_env: "TEST_SVC_LISTEN",
-        listen: "0.0.0.0:7499",
+        port: 7499,
         metrics_listen: "0.0.0.0:9499",
         service_name: "brindle.test.v1.Test",
     };
@@ -122,7 +114,10 @@ mod tests {
             .try_get_matches_from(["test-svc"])
             .expect("defaults");
         let args = ServiceArgs::from_arg_matches(&matches).expect("args");
-        assert_eq!(args.listen.to_string(), "0.0.0.0:7499");
+        assert_eq!(
+            args.tls.listen_address(args.listen, BINARY.port).to_string(),
+            "127.0.0.1:7499"
+        );
         assert_eq!(args.metrics_listen.to_string(), "0.0.0.0:9499");
         let mut help = Vec::new();
         ServiceArgs::command(&BINARY)

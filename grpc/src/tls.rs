@@ -2,6 +2,7 @@
 //! certificates: with TLS on, a client certificate is required) and the clients' flags (the CA of
 //! the servers, their own certificate), and channels that use them.
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,6 +28,38 @@ pub enum TlsError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A server was asked to speak plain text on an address other hosts can reach.
+    #[error(
+        "refusing to serve plain text on {address}: anyone who reaches it could change pools, \
+         routes and policies. Give --tls-cert, --tls-key and --tls-client-ca (`brindle certs` \
+         issues them), listen on a loopback address, or pass --insecure-plaintext to accept the risk"
+    )]
+    PlaintextOnNetwork {
+        /// The listen address.
+        address: std::net::SocketAddr,
+    },
+}
+
+/// How a server's callers reach it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Mutual TLS: every caller shows a certificate the client CA signed.
+    MutualTls,
+    /// Plain text on a loopback address: only this host's processes reach it.
+    LoopbackPlaintext,
+    /// Plain text on the network, as `--insecure-plaintext` asked: every caller is trusted.
+    InsecurePlaintext,
+}
+
+impl Transport {
+    /// How it is named in logs and by `brindle node status`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::MutualTls => "mTLS",
+            Self::LoopbackPlaintext => "plain text on loopback",
+            Self::InsecurePlaintext => "INSECURE plain text on the network (--insecure-plaintext)",
+        }
+    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -49,9 +82,39 @@ pub struct ServerTlsArgs {
     /// CA certificate (PEM) that signs client certificates (nodes' and administrators').
     #[arg(long, env = "BRINDLE_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Serve plain text on a non-loopback address although every caller is then trusted (without
+    /// it such a server refuses to start); it warns at start and reports
+    /// `brindle_insecure_plaintext 1`.
+    #[arg(long, env = "BRINDLE_INSECURE_PLAINTEXT", conflicts_with = "tls_cert")]
+    pub insecure_plaintext: bool,
 }
 
 impl ServerTlsArgs {
+    /// Where to listen: `given`, or on `port` every address with TLS and loopback without.
+    pub fn listen_address(&self, given: Option<SocketAddr>, port: u16) -> SocketAddr {
+        given.unwrap_or_else(|| {
+            let ip = if self.tls_cert.is_some() {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                Ipv4Addr::LOCALHOST
+            };
+            SocketAddr::from((ip, port))
+        })
+    }
+
+    /// How callers reach a server listening on `address`; plain text on an address other hosts
+    /// can reach is refused unless `--insecure-plaintext` says otherwise.
+    pub fn transport(&self, address: SocketAddr) -> Result<Transport, TlsError> {
+        if self.tls_cert.is_some() {
+            Ok(Transport::MutualTls)
+        } else if address.ip().is_loopback() {
+            Ok(Transport::LoopbackPlaintext)
+        } else if self.insecure_plaintext {
+            Ok(Transport::InsecurePlaintext)
+        } else {
+            Err(TlsError::PlaintextOnNetwork { address })
+        }
+    }
     /// The server's TLS configuration; `None` without a certificate.
     pub fn config(&self) -> Result<Option<ServerTlsConfig>, TlsError> {
         let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_client_ca) else {
@@ -122,5 +185,49 @@ pub fn endpoint(
     match tls {
         Some(tls) => endpoint.tls_config(tls.clone()).map_err(|e| bad(e.to_string())),
         None => Ok(endpoint),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_only_on_loopback_unless_asked_for() {
+        let plain = ServerTlsArgs::default();
+        let on = |text: &str| text.parse::<SocketAddr>().expect("address");
+        assert_eq!(plain.listen_address(None, 7400), on("127.0.0.1:7400"));
+        assert_eq!(
+            plain.transport(on("127.0.0.1:7400")).expect("loopback"),
+            Transport::LoopbackPlaintext
+        );
+        assert_eq!(
+            plain.transport(on("[::1]:7400")).expect("loopback"),
+            Transport::LoopbackPlaintext
+        );
+        for address in ["0.0.0.0:7400", "192.0.2.1:7400", "[::]:7400"] {
+            let refused = plain.transport(on(address)).expect_err(address).to_string();
+            assert!(
+                refused.contains("--tls-cert") && refused.contains("--insecure-plaintext"),
+                "{refused}"
+            );
+        }
+        let insecure = ServerTlsArgs {
+            insecure_plaintext: true,
+            ..ServerTlsArgs::default()
+        };
+        assert_eq!(
+            insecure.transport(on("0.0.0.0:7400")).expect("asked for"),
+            Transport::InsecurePlaintext
+        );
+        let tls = ServerTlsArgs {
+            tls_cert: Some("server.pem".into()),
+            ..ServerTlsArgs::default()
+        };
+        assert_eq!(tls.listen_address(None, 7400), on("0.0.0.0:7400"));
+        assert_eq!(
+            tls.transport(on("0.0.0.0:7400")).expect("mTLS"),
+            Transport::MutualTls
+        );
     }
 }

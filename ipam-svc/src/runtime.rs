@@ -15,7 +15,7 @@ pub const BINARY: ServiceBinary = ServiceBinary {
     version: env!("CARGO_PKG_VERSION"),
     about: env!("CARGO_PKG_DESCRIPTION"),
     listen_env: "IPAM_SVC_LISTEN",
-    listen: "0.0.0.0:7401",
+    port: 7401,
     metrics_listen: "0.0.0.0:9401",
     service_name: SERVICE_NAME,
 };

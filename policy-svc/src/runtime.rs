@@ -13,7 +13,7 @@ pub const BINARY: ServiceBinary = ServiceBinary {
     version: env!("CARGO_PKG_VERSION"),
     about: env!("CARGO_PKG_DESCRIPTION"),
     listen_env: "POLICY_SVC_LISTEN",
-    listen: "0.0.0.0:7403",
+    port: 7403,
     metrics_listen: "0.0.0.0:9403",
     service_name: SERVICE_NAME,
 };

@@ -13,7 +13,7 @@ pub const BINARY: ServiceBinary = ServiceBinary {
     version: env!("CARGO_PKG_VERSION"),
     about: env!("CARGO_PKG_DESCRIPTION"),
     listen_env: "ROUTE_SVC_LISTEN",
-    listen: "0.0.0.0:7402",
+    port: 7402,
     metrics_listen: "0.0.0.0:9402",
     service_name: SERVICE_NAME,
 };

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::connect::{Clients, Service};
 use super::output::{self, Table, age_since};
-use crate::cli::{NodeLabelArgs, NodeStatusArgs};
+use crate::cli::{NodeLabelArgs, NodeStatusArgs, OutputFormat};
 
 /// One change of `brindle node label`: set a value, or remove the key.
 #[derive(Debug, PartialEq, Eq)]
@@ -188,7 +188,19 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
             },
         }));
     }
-    output::print(args.output.output, &table, &json!({ "nodes": values }))
+    let transport = clients.transport(Service::Route).describe();
+    match args.output.output {
+        OutputFormat::Table => {
+            output::print(args.output.output, &table, &json!({}))?;
+            println!("\ncontrol plane: {transport}");
+            Ok(())
+        }
+        format => output::print(
+            format,
+            &table,
+            &json!({ "nodes": values, "controlPlane": {"transport": transport} }),
+        ),
+    }
 }
 
 #[cfg(test)]

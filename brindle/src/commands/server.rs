@@ -12,8 +12,16 @@ use tonic::service::RoutesBuilder;
 
 use crate::cli::ServerArgs;
 
-/// Starts kube-sync's mirror inside the server, writing to the server's own port over loopback.
-async fn start_kube_sync(args: &ServerArgs, metrics: &Metrics) -> anyhow::Result<()> {
+/// The port `brindle server` listens on unless told otherwise.
+const PORT: u16 = 7400;
+
+/// Starts kube-sync's mirror inside the server (listening on `listen`), writing to the server's own
+/// port over loopback.
+async fn start_kube_sync(
+    args: &ServerArgs,
+    listen: std::net::SocketAddr,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
     if args.tls.tls_cert.is_some() {
         anyhow::bail!(
             "--kubeconfig/--kube-sync with mTLS: run kube-sync as its own process with an administrator's \
@@ -21,7 +29,7 @@ async fn start_kube_sync(args: &ServerArgs, metrics: &Metrics) -> anyhow::Result
         );
     }
     let client = kube_sync::runtime::kubernetes_client(args.kubeconfig.as_deref()).await?;
-    let mut own = args.listen;
+    let mut own = listen;
     if own.ip().is_unspecified() {
         own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
@@ -38,6 +46,9 @@ async fn start_kube_sync(args: &ServerArgs, metrics: &Metrics) -> anyhow::Result
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let listen = args.tls.listen_address(args.listen, PORT);
+    // Refused before anything starts (the datastore, the metrics endpoint).
+    args.tls.transport(listen)?;
     let metrics = Metrics::new();
     brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
     let store = args.store.open().await?;
@@ -63,9 +74,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         policy_svc::grpc::SERVICE_NAME,
     ];
     if args.kubeconfig.is_some() || args.kube_sync {
-        start_kube_sync(&args, &metrics).await?;
+        start_kube_sync(&args, listen, &metrics).await?;
     }
-    brindle_grpc_server::serve(args.listen, routes, &names, store, &metrics, &args.tls).await?;
+    brindle_grpc_server::serve(listen, routes, &names, store, &metrics, &args.tls).await?;
     tracing::info!("brindle server stopped");
     Ok(())
 }
