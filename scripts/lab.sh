@@ -8,6 +8,8 @@
 # Kubernetes NetworkPolicy enforced by the agents (the matrix again, and policy trace explaining a
 # denied pair), and everything is torn down. The underlay MTU is 1400 and the network
 # configuration sets none: the agents detect the pod MTU (1350 over VXLAN) and the demo prints it.
+# The control plane speaks mTLS with certificates the lab makes (a CA, the server's, one per node,
+# an administrator's).
 # Run as root on Debian.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -318,6 +318,10 @@ pub struct LabUpArgs {
     /// configuration sets no `mtu`, so the agents detect it).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1280..=9000))]
     pub underlay_mtu: Option<u32>,
+    /// Run the control plane in plain text (the default: mTLS, with a CA and certificates the lab
+    /// makes for the control plane, every node and its administrator).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
     /// Tear the lab down right after printing the matrix.
     #[arg(long)]
     pub once: bool,

@@ -204,12 +204,15 @@ fn without_mtu_in_the_configuration_pods_get_the_underlay_mtu_less_the_encapsula
         assert!(device.contains("mtu 1350"), "{device}");
     }
     drop(lab);
-    // The same underlay routed directly: nothing to subtract.
+    // The same underlay routed directly: nothing to subtract. (This lab's control plane speaks
+    // plain text, as `lab up --insecure-plaintext` asks: the MTU does not depend on it.)
     let lab = Lab::up(LabSpec {
         pods_per_node: 1,
         underlay_mtu: Some(1400),
+        insecure_plaintext: true,
         ..spec("d")
     })
     .expect("lab up");
+    assert!(!lab.mutual_tls());
     full_size_packets_cross_nodes(&lab, 1400);
 }

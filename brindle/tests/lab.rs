@@ -93,6 +93,15 @@ fn tcp_transfer_between(lab: &Lab, from: (usize, IpAddr), to: (usize, IpAddr)) {
 fn three_nodes_full_mesh_ping_and_tcp_then_a_new_node_joins() {
     let mut lab = Lab::up(spec(3)).expect("lab up");
     assert_eq!(lab.pods.len(), 6);
+    // The lab's control plane speaks mTLS by default: every agent shows its node's certificate,
+    // the CLI an administrator's.
+    assert!(lab.mutual_tls());
+    let status = lab
+        .cli(&["node", "status"])
+        .output()
+        .expect("brindle node status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.ends_with("\ncontrol plane: mTLS\n"), "{status}");
     full_mesh_ping_and_tcp(&lab);
     let node = lab.add_node().expect("fourth node");
     lab.add_pod(node).expect("pod on the new node");
@@ -531,6 +540,11 @@ fn metrics_of_the_control_plane_and_an_agent_exist_and_move() {
     let server = lab.server_metrics().expect("scrape the server");
     let agent = lab.agent_metrics(0).expect("scrape the agent");
     assert_eq!(series(&server, "brindle_datastore_up{}"), 1.0);
+    assert_eq!(
+        series(&server, "brindle_insecure_plaintext{}"),
+        0.0,
+        "the lab speaks mTLS"
+    );
     assert_eq!(
         series(
             &server,

@@ -293,7 +293,10 @@ fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
     let log = std::fs::read_to_string(dir.path().join("server.log")).expect("server log");
     let key = std::fs::read_to_string(certs.join("server.key")).expect("server key");
     let key_line = key.lines().nth(1).expect("a line of key material");
-    assert!(log.contains("serving gRPC") && log.contains("mtls=true"), "{log}");
+    assert!(
+        log.contains("serving gRPC") && log.contains("transport=\"mTLS\""),
+        "{log}"
+    );
     assert!(!log.contains("PRIVATE KEY") && !log.contains(key_line), "{log}");
 }
 

@@ -34,6 +34,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 dual_stack: args.dual_stack,
                 kubernetes_pods: false,
                 underlay_mtu: args.underlay_mtu,
+                insecure_plaintext: args.insecure_plaintext,
                 node_labels: Vec::new(),
             };
             let lab = tokio::task::spawn_blocking(move || Lab::up(spec)).await??;

@@ -16,9 +16,9 @@ use super::{
 impl Lab {
     /// Turns natOutgoing of the lab's pool on or off.
     pub fn set_nat_outgoing(&self, enabled: bool) -> anyhow::Result<()> {
-        let ipam_endpoint = self.endpoint(Service::Ipam);
+        let ipam_endpoint = self.admin_endpoint(Service::Ipam)?;
         self.control.block_on(move || async move {
-            let mut client = ipam::ipam_client::IpamClient::connect(ipam_endpoint).await?;
+            let mut client = ipam::ipam_client::IpamClient::new(ipam_endpoint.connect().await?);
             let mut pool = client
                 .get_pool(ipam::GetPoolRequest { name: "lab".into() })
                 .await?
@@ -33,9 +33,9 @@ impl Lab {
 
     /// Every registered node with its sync status, from route-svc's `ListNodes`.
     pub fn node_status(&self) -> anyhow::Result<Vec<route::NodeStatus>> {
-        let endpoint = self.endpoint(Service::Route);
-        self.control.block_on(|| async {
-            let mut client = route::routes_client::RoutesClient::connect(endpoint).await?;
+        let endpoint = self.admin_endpoint(Service::Route)?;
+        self.control.block_on(move || async move {
+            let mut client = route::routes_client::RoutesClient::new(endpoint.connect().await?);
             Ok(client
                 .list_nodes(route::ListNodesRequest {})
                 .await?
@@ -61,7 +61,8 @@ impl Lab {
             .args(args)
             .args(["--server", &self.endpoint(Service::Ipam)])
             .args(["--route-server", &self.endpoint(Service::Route)])
-            .args(["--policy-server", &self.endpoint(Service::Policy)]);
+            .args(["--policy-server", &self.endpoint(Service::Policy)])
+            .args(self.admin_flags());
         command
     }
 
@@ -95,15 +96,15 @@ impl Lab {
     }
 
     pub(super) fn create_pool(&self) -> anyhow::Result<()> {
-        let ipam_endpoint = self.endpoint(Service::Ipam);
+        let ipam_endpoint = self.admin_endpoint(Service::Ipam)?;
         let cidr = self.spec.pool.clone();
         let dual_stack = self.spec.dual_stack;
         let (vxlan_mode, ipip_mode) = self.spec.encapsulation.modes();
         self.control.block_on(move || async move {
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut client = loop {
-                match ipam::ipam_client::IpamClient::connect(ipam_endpoint.clone()).await {
-                    Ok(client) => break client,
+                match ipam_endpoint.connect().await {
+                    Ok(channel) => break ipam::ipam_client::IpamClient::new(channel),
                     Err(error) if Instant::now() > deadline => {
                         bail!("the control plane did not come up: {error}")
                     }
@@ -147,9 +148,9 @@ impl Lab {
         F: FnOnce(policy::policy_client::PolicyClient<tonic::transport::Channel>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = anyhow::Result<T>>,
     {
-        let endpoint = self.endpoint(Service::Policy);
+        let endpoint = self.admin_endpoint(Service::Policy)?;
         self.control.block_on(move || async move {
-            let client = policy::policy_client::PolicyClient::connect(endpoint).await?;
+            let client = policy::policy_client::PolicyClient::new(endpoint.connect().await?);
             call(client).await
         })
     }

@@ -133,15 +133,13 @@ impl Lab {
             vec!["--store-path".into(), self.dir.path().join("store.redb").into()]
         };
         let serve = |listen: u16, metrics: u16| -> Vec<OsString> {
-            // The lab's underlay is a network of its own namespaces; mTLS in the lab comes with
-            // the secure-by-default work (issue 21), until then plain text is asked for.
             let mut args: Vec<OsString> = vec![
                 "--listen".into(),
                 format!("{UNDERLAY}.1:{listen}").into(),
                 "--metrics-listen".into(),
                 format!("127.0.0.1:{metrics}").into(),
-                "--insecure-plaintext".into(),
             ];
+            args.extend(self.server_transport_flags());
             args.extend(store.iter().cloned());
             args
         };
@@ -165,7 +163,7 @@ impl Lab {
     /// lab's services; lab process `kube-sync`.
     pub fn start_kube_sync(&self, kubeconfig: &Path) -> anyhow::Result<()> {
         let binary = self.spec.binaries.join("kube-sync");
-        let args: Vec<OsString> = vec![
+        let mut args: Vec<OsString> = vec![
             "--kubeconfig".into(),
             kubeconfig.into(),
             "--policy-endpoint".into(),
@@ -177,6 +175,7 @@ impl Lab {
             "--metrics-listen".into(),
             "127.0.0.1:9405".into(),
         ];
+        args.extend(self.admin_flags());
         self.launch("kube-sync", Role::Service, &self.control, &binary, args)
     }
 

@@ -7,12 +7,14 @@
 //! Everything is removed when the lab is dropped. The end-to-end and chaos tests use it too.
 //!
 //! Here: the topology (namespaces, underlay, nodes). Beside it: the daemons (`control_plane`),
-//! calls an operator makes (`calls`), pods through the CNI shim (`cni`) and what reaches what
-//! (`reachability`, with the probes of `probe`).
+//! their certificates (`identity`: mTLS unless plain text is asked for), calls an operator makes
+//! (`calls`), pods through the CNI shim (`cni`) and what reaches what (`reachability`, with the
+//! probes of `probe`).
 
 mod calls;
 mod cni;
 mod control_plane;
+mod identity;
 mod netns;
 mod probe;
 mod process;
@@ -91,6 +93,9 @@ pub struct LabSpec {
     pub kubernetes_pods: bool,
     /// MTU of every underlay link (default: the kernel's 1500).
     pub underlay_mtu: Option<u32>,
+    /// The control plane speaks plain text (`--insecure-plaintext`) instead of mTLS with
+    /// certificates the lab makes for itself, every node and its administrator.
+    pub insecure_plaintext: bool,
     /// Labels of each node (`key=value,…`, by node index: `--node-labels` of its agent).
     pub node_labels: Vec<String>,
 }
@@ -117,6 +122,7 @@ impl LabSpec {
             dual_stack: false,
             kubernetes_pods: false,
             underlay_mtu: None,
+            insecure_plaintext: false,
             node_labels: Vec::new(),
         }
     }
@@ -255,6 +261,8 @@ pub struct Lab {
     processes: Mutex<Vec<Process>>,
     router: Option<Namespace>,
     underlays: Vec<Underlay>,
+    /// The lab's certificates (`None`: plain text).
+    tls: Option<identity::LabTls>,
 }
 
 /// The directory of the workspace's binaries as a test executable sees it
@@ -354,7 +362,13 @@ impl Lab {
             }
             _ => None,
         };
+        let tls = if spec.insecure_plaintext {
+            None
+        } else {
+            Some(identity::LabTls::create(&dir.path().join("pki"))?)
+        };
         let mut lab = Self {
+            tls,
             spec,
             dir,
             pods: Vec::new(),
@@ -499,7 +513,15 @@ impl Lab {
         if self.spec.policy {
             args.extend(["--policy-endpoint".into(), self.endpoint(Service::Policy).into()]);
         }
+        args.extend(self.node_flags(&name)?);
         if let Some(labels) = self.spec.node_labels.get(index - 1).filter(|l| !l.is_empty()) {
+            // A node may register only the labels an administrator gave it (with mTLS).
+            let mut grant = vec!["node", "label", name.as_str()];
+            grant.extend(labels.split(','));
+            let granted = self.cli(&grant).output().context("brindle node label")?;
+            if !granted.status.success() {
+                bail!("labelling {name}: {}", String::from_utf8_lossy(&granted.stderr));
+            }
             args.extend(["--node-labels".into(), labels.into()]);
         }
         if self.spec.kubernetes_pods {
