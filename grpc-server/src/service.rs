@@ -63,7 +63,13 @@ impl ServiceArgs {
             .about(binary.about)
             .long_about(None)
             .version(binary.version)
-            .mut_arg("listen", |arg| arg.env(binary.listen_env))
+            .mut_arg("listen", |arg| {
+                arg.env(binary.listen_env).help(format!(
+                    "Address to serve gRPC on [default: 127.0.0.1:{port} without TLS, 0.0.0.0:{port} \
+                     with it; plain text elsewhere needs --insecure-plaintext]",
+                    port = binary.port
+                ))
+            })
             .mut_arg("metrics_listen", |arg| {
                 arg.default_value(binary.metrics_listen).required(false)
             })

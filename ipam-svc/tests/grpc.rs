@@ -65,12 +65,16 @@ async fn grpcurl_lists_describes_assigns_and_releases() {
 }
 
 #[test]
-fn default_port_is_7401() {
+fn default_port_is_7401_on_loopback_without_tls() {
     let out = Command::new(env!("CARGO_BIN_EXE_ipam-svc"))
         .arg("--help")
         .output()
         .expect("help");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0.0.0.0:7401"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("127.0.0.1:7401 without TLS, 0.0.0.0:7401 with it"),
+        "{help}"
+    );
 }
 
 fn pool(name: &str, cidr: &str, block_size: u32) -> pb::CreatePoolRequest {
