@@ -540,7 +540,8 @@ impl CniOps {
                     ),
                 )
             })?;
-        let mtu = self.pod_mtu(config).await?;
+        // CHECK compares no MTU: nothing to detect (which could wait for route-svc).
+        let mtu = config.mtu.unwrap_or_default();
         let mut problems = self.wiring().check(&workload(&attachment, mtu)).await?;
         if !self.ipam.holds(&attachment.handle_id).await? {
             problems.push(format!("IPAM no longer holds handle {}", attachment.handle_id));
