@@ -23,6 +23,7 @@ impl Drop for Daemon {
 }
 
 /// A CNI plugin to benchmark.
+#[derive(Debug, Clone)]
 pub struct Plugin {
     /// Name in results.
     pub label: &'static str,

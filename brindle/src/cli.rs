@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use brindle::lab::{ControlPlane, Encapsulation};
 use brindle_grpc::{ClientTlsArgs, LogArgs, ServerTlsArgs};
-use brindle_grpc_server::StoreArgs;
+use brindle_grpc_server::{LimitArgs, StoreArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// brindle: container networking with routable pod IPs, no NAT between pods, and network policy.
@@ -341,6 +341,9 @@ pub struct ServerArgs {
     /// mTLS (a client certificate is then required: node agents', administrators').
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    /// What each caller may take.
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// Follow the Kubernetes API reached with this kubeconfig (kube-sync inside the server):
     /// Namespaces, NetworkPolicies, Pods and Nodes are mirrored into the services.
     #[arg(long, env = "BRINDLE_KUBECONFIG")]

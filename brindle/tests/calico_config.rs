@@ -68,7 +68,8 @@ fn pools_are_chosen_by_node_labels_and_by_the_network_configuration() {
          apiVersion: brindle.io/v1\nkind: IPPool\nmetadata: {name: rack-b}\n\
          spec: {cidr: 10.251.0.0/24, blockSize: 28, nodeSelector: \"rack == 'b'\"}\n",
     );
-    // A node labelled rack=a (by its agent's --node-labels) draws only from rack a's pool.
+    // A node labelled rack=a (given by the lab as an administrator would, and said by its agent's
+    // --node-labels) draws only from rack a's pool.
     for node in [0, 0, 0, 1, 1] {
         let pod = lab.add_pod(node).expect("a pod");
         let (ip, wanted) = (lab.pods[pod].ip, ["10.250.0.0/24", "10.251.0.0/24"][node]);
@@ -95,6 +96,10 @@ fn pools_are_chosen_by_node_labels_and_by_the_network_configuration() {
         .expect("brindle node label");
     assert!(labelled.status.success(), "{labelled:?}");
     let pod = lab.add_pod(0).expect("a pod after relabelling");
+    assert!(within(lab.pods[pod].ip, "10.251.0.0/24"), "{}", lab.pods[pod].ip);
+    // Its agent, restarted with its stale --node-labels rack=a, registers again and keeps rack=b.
+    agent_registers_again(&lab, 0);
+    let pod = lab.add_pod(0).expect("a pod after the agent's restart");
     assert!(within(lab.pods[pod].ip, "10.251.0.0/24"), "{}", lab.pods[pod].ip);
     // The pods placed before keep their rack a addresses, and carry traffic.
     if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
@@ -130,6 +135,26 @@ fn pools_are_chosen_by_node_labels_and_by_the_network_configuration() {
         panic!("{error}\n{}", lab.logs());
     }
     assert_eq!(lab.ipam_problems().expect("ipam check"), None);
+}
+
+/// SIGKILLs `node`'s agent and starts it again; panics unless route-svc accepts its registration
+/// (the agent logs each one) within 30 s.
+fn agent_registers_again(lab: &Lab, node: usize) {
+    let name = lab.nodes[node].name.clone();
+    let accepted = format!("registered with route-svc node=\"{name}\"");
+    let registrations = || lab.logs().matches(&accepted).count();
+    let before = registrations();
+    lab.kill(&name).expect("kill the agent");
+    lab.restart(&name).expect("restart the agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while registrations() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}'s agent did not register again\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Every pod's MTU, a don't-fragment ping of that size from each pod to each pod on another node.

@@ -528,11 +528,15 @@ fn a_node_may_claim_only_what_is_its_own() {
         REGISTER_NODE,
         &node("a", "192.0.2.1", r#", "labels": {"zone": "x"}"#),
     ));
-    let registered = allowed(as_a(REGISTER_NODE, &node("a", "192.0.2.1", "")));
-    assert!(
-        registered.contains(r#""zone": "x""#),
-        "the administrator's labels stay: {registered}"
-    );
+    // Given labels replace the registration's: an agent's stale labels neither lock it out nor
+    // change them.
+    for labels in ["", r#", "labels": {"zone": "y"}"#] {
+        let registered = allowed(as_a(REGISTER_NODE, &node("a", "192.0.2.1", labels)));
+        assert!(
+            registered.contains(r#""zone": "x""#) && !registered.contains(r#""zone": "y""#),
+            "the administrator's labels stay: {registered}"
+        );
+    }
     for (method, body, action) in [
         ("RenewNode", r#"{"name": "b"}"#, "renew a node's registration"),
         ("DeregisterNode", r#"{"name": "b"}"#, "deregister a node"),

@@ -156,7 +156,20 @@ fn plain_text_on_the_network_is_refused_unless_asked_for() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    // Reached over loopback, the server still says what it speaks: plain text on the network.
+    let local = "http://127.0.0.1:7400";
+    let status = namespace
+        .command(&binaries.join("brindle"))
+        .args(["node", "status", "--server", local, "--route-server", local])
+        .args(["--policy-server", local])
+        .output()
+        .expect("brindle node status");
     let _ = server.kill();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.ends_with("\ncontrol plane: INSECURE plain text on the network (--insecure-plaintext)\n"),
+        "{status}"
+    );
     let output = server.wait_with_output().expect("server output");
     assert!(metrics.contains("brindle_insecure_plaintext 1"), "{metrics}");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -164,4 +177,74 @@ fn plain_text_on_the_network_is_refused_unless_asked_for() {
         stderr.contains("--insecure-plaintext") && stderr.contains("WARN"),
         "{stderr}"
     );
+}
+
+/// Every caller is bounded: connections per source address (the one past the limit is closed
+/// at once), silent connections (closed after the idle timeout) and calls per second (past the
+/// burst, RESOURCE_EXHAUSTED naming the caller and the flag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_caller_is_bounded() {
+    use std::io::Read;
+    use std::time::Duration;
+
+    use brindle_proto::ipam::v1 as ipam;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store.redb");
+    let server = Server::start(
+        &[
+            "--store-path",
+            store.to_str().expect("utf-8 path"),
+            "--max-connections-per-address",
+            "3",
+            "--idle-timeout-seconds",
+            "6",
+            "--requests-per-second",
+            "1",
+        ],
+        &dir.path().join("server.log"),
+    );
+    // Three silent connections are held; a fourth is closed as it arrives.
+    let silent: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(&server.address).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fourth = std::net::TcpStream::connect(&server.address).expect("connect");
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    assert_eq!(
+        fourth.read(&mut [0; 1]).expect("closed, not timed out"),
+        0,
+        "a fourth connection from one address was kept"
+    );
+    // The silent ones (which got the server's HTTP/2 settings) are closed once the idle timeout
+    // passes.
+    for mut connection in silent {
+        connection
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut received = Vec::new();
+        connection.read_to_end(&mut received).expect("closed");
+    }
+
+    // Calls: a burst of twice the rate passes, then RESOURCE_EXHAUSTED naming the caller.
+    let mut client = ipam::ipam_client::IpamClient::connect(format!("http://{}", server.address))
+        .await
+        .expect("connect");
+    let mut refused = Vec::new();
+    for _ in 0..20 {
+        if let Err(status) = client.list_pools(ipam::ListPoolsRequest::default()).await {
+            refused.push(status);
+        }
+    }
+    assert!(refused.len() >= 5, "{refused:?}");
+    for status in &refused {
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().contains("address 127.0.0.1")
+                && status.message().contains("--requests-per-second"),
+            "{status:?}"
+        );
+    }
 }

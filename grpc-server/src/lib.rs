@@ -1,16 +1,21 @@
 //! What every brindle service backed by the datastore shares: datastore flags, serving with
-//! `grpc.health.v1` reporting NOT_SERVING while the datastore is unreachable, who is calling and
-//! what they may do, datastore failures as status codes, and the server's side of fan-out `Sync`
+//! `grpc.health.v1` reporting NOT_SERVING while the datastore is unreachable and every caller held
+//! to its limits (connections, silence, streams, calls per second), who is calling and what they
+//! may do, datastore failures as status codes, and the server's side of fan-out `Sync`
 //! streams. What any gRPC process shares (logging, TLS, health and reflection, shutdown) is
 //! `brindle-grpc`'s.
 
 pub mod auth;
+mod incoming;
+mod limits;
+mod rate_limit;
 mod service;
 mod store_args;
 mod store_status;
 pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transport_header;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +28,7 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+pub use limits::{FIRST_BYTES_WITHIN, LimitArgs};
 pub use service::{ServiceArgs, ServiceBinary, run_service};
 pub use store_args::StoreArgs;
 pub use store_status::store_status;
@@ -36,7 +42,16 @@ pub enum ServeError {
     /// The reflection service could not be built from the descriptor sets.
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// Binding or serving on the address failed.
+    /// The listen address could not be bound.
+    #[error("listening on {address}: {source}")]
+    Bind {
+        /// Listen address.
+        address: SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving on the address failed.
     #[error("serving gRPC on {address}: {source}")]
     Transport {
         /// Listen address.
@@ -68,7 +83,7 @@ pub enum ServeError {
 /// Serves `routes` (named `service_names`, fully qualified) on `address` with health (tied to the
 /// datastore), reflection and call metrics until SIGINT or SIGTERM; with a TLS certificate, mTLS
 /// only; plain text only on loopback, or where `--insecure-plaintext` accepts it (a warning and
-/// `brindle_insecure_plaintext 1`).
+/// `brindle_insecure_plaintext 1`); every caller held to `limits`.
 pub async fn serve(
     address: SocketAddr,
     routes: RoutesBuilder,
@@ -76,6 +91,7 @@ pub async fn serve(
     store: Arc<dyn Store>,
     metrics: &Metrics,
     tls: &ServerTlsArgs,
+    limits: &LimitArgs,
 ) -> Result<(), ServeError> {
     let transport = tls.transport(address)?;
     metrics
@@ -88,7 +104,15 @@ pub async fn serve(
     if transport == Transport::InsecurePlaintext {
         tracing::warn!(%address, "serving plain text on the network (--insecure-plaintext): anyone who reaches this address can change pools, routes and policies");
     }
-    let mut server = tonic::transport::Server::builder();
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })?;
+    let limited = metrics.counters(
+        "limited",
+        "Connections and calls refused by a per-caller limit, by limit",
+    );
+    let mut server =
+        tonic::transport::Server::builder().max_concurrent_streams(limits.max_streams_per_connection);
     if let Some(config) = tls.config()? {
         server = server
             .tls_config(config)
@@ -105,8 +129,15 @@ pub async fn serve(
     tracing::info!(%address, services = ?service_names, transport = transport.describe(), "serving gRPC");
     let served = server
         .layer(GrpcMetricsLayer::new(metrics))
+        .layer(rate_limit::RateLimitLayer::new(
+            limits.requests_per_second,
+            limited.clone(),
+        ))
+        .layer(transport_header::transport_header_layer::<tonic::body::Body>(
+            transport,
+        ))
         .add_routes(routes.routes())
-        .serve_with_shutdown(address, shutdown_signal())
+        .serve_with_incoming_shutdown(incoming::guarded(listener, limits, limited), shutdown_signal())
         .await;
     probe.abort();
     served.map_err(|source| ServeError::Transport { address, source })

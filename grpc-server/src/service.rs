@@ -48,6 +48,9 @@ pub struct ServiceArgs {
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "BRINDLE_METRICS_LISTEN")]
     pub metrics_listen: SocketAddr,
+    /// What each caller may take.
+    #[command(flatten)]
+    pub limits: crate::LimitArgs,
     /// mTLS (a client certificate is then required: node agents', administrators').
     #[command(flatten)]
     pub tls: ServerTlsArgs,
@@ -97,7 +100,16 @@ pub async fn run_service(
     brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
     let store = args.store.open().await?;
     let routes = routes(Arc::clone(&store), &metrics);
-    crate::serve(listen, routes, &[binary.service_name], store, &metrics, &args.tls).await
+    crate::serve(
+        listen,
+        routes,
+        &[binary.service_name],
+        store,
+        &metrics,
+        &args.tls,
+        &args.limits,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ pub mod tls;
 use tonic::service::RoutesBuilder;
 use tonic_health::server::HealthReporter;
 
-pub use tls::{ClientTlsArgs, ServerTlsArgs, TlsError, Transport};
+pub use tls::{ClientTlsArgs, ServerTlsArgs, TRANSPORT_HEADER, TlsError, Transport};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -51,7 +51,27 @@ pub enum Transport {
     InsecurePlaintext,
 }
 
+/// The response header in which a server names its transport (so `brindle node status` reports
+/// what the server speaks, not what the caller guesses from its address).
+pub const TRANSPORT_HEADER: &str = "brindle-transport";
+
 impl Transport {
+    /// Its value in [`TRANSPORT_HEADER`].
+    pub fn header_value(self) -> &'static str {
+        match self {
+            Self::MutualTls => "mtls",
+            Self::LoopbackPlaintext => "loopback-plaintext",
+            Self::InsecurePlaintext => "insecure-plaintext",
+        }
+    }
+
+    /// The transport a [`TRANSPORT_HEADER`] value names.
+    pub fn from_header_value(value: &str) -> Option<Self> {
+        [Self::MutualTls, Self::LoopbackPlaintext, Self::InsecurePlaintext]
+            .into_iter()
+            .find(|t| t.header_value() == value)
+    }
+
     /// How it is named in logs and by `brindle node status`.
     pub fn describe(self) -> &'static str {
         match self {
@@ -93,7 +113,7 @@ impl ServerTlsArgs {
     /// Where to listen: `given`, or on `port` every address with TLS and loopback without.
     pub fn listen_address(&self, given: Option<SocketAddr>, port: u16) -> SocketAddr {
         given.unwrap_or_else(|| {
-            let ip = if self.tls_cert.is_some() {
+            let ip = if self.mutual_tls() {
                 Ipv4Addr::UNSPECIFIED
             } else {
                 Ipv4Addr::LOCALHOST
@@ -105,7 +125,7 @@ impl ServerTlsArgs {
     /// How callers reach a server listening on `address`; plain text on an address other hosts
     /// can reach is refused unless `--insecure-plaintext` says otherwise.
     pub fn transport(&self, address: SocketAddr) -> Result<Transport, TlsError> {
-        if self.tls_cert.is_some() {
+        if self.mutual_tls() {
             Ok(Transport::MutualTls)
         } else if address.ip().is_loopback() {
             Ok(Transport::LoopbackPlaintext)
@@ -115,6 +135,11 @@ impl ServerTlsArgs {
             Err(TlsError::PlaintextOnNetwork { address })
         }
     }
+    /// Whether certificate, key and client CA are all given (clap requires them together).
+    fn mutual_tls(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some() && self.tls_client_ca.is_some()
+    }
+
     /// The server's TLS configuration; `None` without a certificate.
     pub fn config(&self) -> Result<Option<ServerTlsConfig>, TlsError> {
         let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_client_ca) else {
@@ -157,8 +182,14 @@ impl ClientTlsArgs {
     }
 }
 
+/// How often a client pings its connection over HTTP/2, idle or not (well inside servers' default
+/// 300 s idle timeout).
+const CLIENT_KEEPALIVE: Duration = Duration::from_secs(60);
+/// How long a client waits for a ping's answer before it drops the connection.
+const CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// An endpoint for `address` (`host:port` or a URL) that connects within `connect_timeout`, over
-/// TLS when `tls` is given (then `http://` means `https://`).
+/// TLS when `tls` is given (then `http://` means `https://`), and keeps its connection alive.
 pub fn endpoint(
     address: &str,
     tls: Option<&ClientTlsConfig>,
@@ -181,7 +212,12 @@ pub fn endpoint(
     };
     let endpoint = Endpoint::from_shared(url)
         .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(connect_timeout);
+        .connect_timeout(connect_timeout)
+        // Pings keep an idle connection open through servers' idle timeout (and find a dead
+        // server before the next call does).
+        .http2_keep_alive_interval(CLIENT_KEEPALIVE)
+        .keep_alive_timeout(CLIENT_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     match tls {
         Some(tls) => endpoint.tls_config(tls.clone()).map_err(|e| bad(e.to_string())),
         None => Ok(endpoint),
@@ -222,6 +258,8 @@ mod tests {
         );
         let tls = ServerTlsArgs {
             tls_cert: Some("server.pem".into()),
+            tls_key: Some("server-key.pem".into()),
+            tls_client_ca: Some("ca.pem".into()),
             ..ServerTlsArgs::default()
         };
         assert_eq!(tls.listen_address(None, 7400), on("0.0.0.0:7400"));
@@ -229,5 +267,15 @@ mod tests {
             tls.transport(on("0.0.0.0:7400")).expect("mTLS"),
             Transport::MutualTls
         );
+        for transport in [
+            Transport::MutualTls,
+            Transport::LoopbackPlaintext,
+            Transport::InsecurePlaintext,
+        ] {
+            assert_eq!(
+                Transport::from_header_value(transport.header_value()),
+                Some(transport)
+            );
+        }
     }
 }

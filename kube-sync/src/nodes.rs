@@ -133,6 +133,7 @@ impl Target<Node> for Nodes {
                     .into_iter()
                     .collect(),
                 origin: ORIGIN.into(),
+                if_revision: None,
             };
             match self.routes.set_node_labels(request).await {
                 Ok(_) => {}

@@ -486,6 +486,7 @@ async fn a_deleted_node_has_its_addresses_released_and_nothing_of_another_node_i
             name: "admin-node".into(),
             labels: [("zone".to_owned(), "x".to_owned())].into(),
             origin: String::new(),
+            if_revision: None,
         })
         .await
         .expect("an administrator's labels");

@@ -28,6 +28,7 @@ use crate::grpc::route_client::RouteFollower;
 use crate::grpc::sync_client::SyncMetrics;
 use brindle_grpc::{ClientTlsArgs, LogArgs, tls};
 use brindle_metrics::{GrpcMetricsLayer, Metrics};
+use brindle_selector::labels;
 use route_api::Node;
 
 /// brindle's per-node agent.
@@ -71,7 +72,7 @@ pub struct Args {
     /// This node's labels, `key=value` separated by commas (a pool's `nodeSelector` matches them;
     /// a change affects only later allocations). Labels an administrator or Kubernetes gave the
     /// node take their place; with mTLS, route-svc accepts only labels it was given.
-    #[arg(long, env = "BRINDLE_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    #[arg(long, env = "BRINDLE_NODE_LABELS", value_delimiter = ',', value_parser = labels::parse_label)]
     pub node_labels: Vec<(String, String)>,
     /// This node's underlay IPv4 subnet (decides CrossSubnet encapsulation).
     #[arg(long, env = "BRINDLE_NODE_SUBNET")]
@@ -92,18 +93,6 @@ pub struct Args {
     /// How logs look.
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-/// One `key=value` label of `--node-labels`.
-fn parse_label(text: &str) -> Result<(String, String), String> {
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not key=value"))?;
-    let key = key.trim();
-    if key.is_empty() {
-        return Err(format!("{text:?} has an empty key"));
-    }
-    Ok((key.to_owned(), value.trim().to_owned()))
 }
 
 /// How long a connection to a service may take to set up.

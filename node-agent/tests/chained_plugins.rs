@@ -247,7 +247,7 @@ fn the_shipped_chain_maps_a_host_port_caps_bandwidth_and_del_leaves_nothing() {
     });
 
     // The bandwidth limit caps an iperf3 stream into the pod (unshaped, a veth carries Gbit/s).
-    let _iperf = Background::start(&pod.netns, &["iperf3", "-s", "-1", "-B", &pod_ip]);
+    let _iperf = Background::start(&pod.netns, &["iperf3", "-s", "-B", &pod_ip]);
     let mut measured = None;
     support::eventually("iperf3 runs", || {
         let out = Command::new("ip")
@@ -292,10 +292,12 @@ fn the_shipped_chain_maps_a_host_port_caps_bandwidth_and_del_leaves_nothing() {
         !nat.contains("8080") && !nat.contains(&format!("{pod_ip}:80")),
         "DNAT rules left:\n{nat}"
     );
-    // ...and forgets them once the pod is gone (the agent sweeps them right after DEL).
-    support::eventually("no tracked connection of the pod is left", || {
-        tracked_flows(&node, &pod_ip) == 0
-    });
+    // ...and has forgotten them when DEL returns (before its address could be handed out again).
+    assert_eq!(
+        tracked_flows(&node, &pod_ip),
+        0,
+        "tracked connections of {pod_ip} outlived DEL"
+    );
     // The host veth DEL retired goes in the reaper's next bulk delete, its qdiscs with it.
     support::eventually("no qdisc of the pod is left", || {
         !node.netns.exec(&["tc", "qdisc", "show"]).contains("tbf")

@@ -1,6 +1,6 @@
-//! The labels given to nodes carry their origin: an administrator's and kube-sync's never
-//! replace or delete each other's; labels stored before origins existed still read; DeleteNode
-//! removes a node's labels and registration and is idempotent.
+//! The labels given to nodes carry their origin and must be Kubernetes labels: an administrator's
+//! and kube-sync's never replace or delete each other's; labels stored before origins existed still
+//! read; DeleteNode removes a node's labels and registration and is idempotent.
 
 use std::sync::Arc;
 
@@ -20,6 +20,7 @@ fn labels(name: &str, pairs: &[(&str, &str)], origin: &str) -> pb::SetNodeLabels
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
         origin: origin.into(),
+        if_revision: None,
     }
 }
 
@@ -47,6 +48,18 @@ async fn one_origin_never_replaces_or_deletes_the_others_node_labels() {
         .set_node_labels(labels("admin", &[("zone", "b")], ""))
         .await
         .expect("an administrator's");
+    // A label Kubernetes would not accept is refused, named.
+    for (key, value) in [("bad key", "x"), ("zone", "a b"), ("-zone", "a")] {
+        let refused = client
+            .set_node_labels(labels("admin", &[(key, value)], ""))
+            .await
+            .expect_err("not a label");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(
+            refused.message().contains(&format!("{key}={value}")),
+            "{refused:?}"
+        );
+    }
     let refused = client
         .set_node_labels(labels("k8s", &[("zone", "z")], ""))
         .await
@@ -130,4 +143,40 @@ async fn one_origin_never_replaces_or_deletes_the_others_node_labels() {
         left.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
         ["admin", "old"]
     );
+
+    // A read-modify-write that lost a race is refused, and the winner's labels stay.
+    let read = client
+        .list_node_labels(pb::ListNodeLabelsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .nodes
+        .into_iter()
+        .find(|n| n.name == "admin")
+        .expect("admin's labels")
+        .revision;
+    client
+        .set_node_labels(pb::SetNodeLabelsRequest {
+            if_revision: Some(read),
+            ..labels("admin", &[("zone", "b"), ("rack", "1")], "")
+        })
+        .await
+        .expect("the first writer");
+    let lost = client
+        .set_node_labels(pb::SetNodeLabelsRequest {
+            if_revision: Some(read),
+            ..labels("admin", &[("zone", "b"), ("row", "2")], "")
+        })
+        .await
+        .expect_err("the second writer read before the first wrote");
+    assert_eq!(lost.code(), Code::Aborted, "{lost:?}");
+    assert!(lost.message().contains("read them again"), "{lost:?}");
+    let fresh = client
+        .set_node_labels(pb::SetNodeLabelsRequest {
+            if_revision: Some(0),
+            ..labels("fresh", &[("zone", "c")], "")
+        })
+        .await
+        .expect("0: none given yet");
+    assert_eq!(fresh.into_inner().labels.len(), 1);
 }

@@ -3,7 +3,9 @@
 //! position of the first problem; `Display` prints text that parses back to the same tree, and
 //! [`Selector::canonical`] normalises a tree so that selectors written differently but meaning the
 //! same print (and [`Selector::id`] hash) the same — the id names the selector's ipset.
+//! [`labels`] says which label keys and values exist.
 
+pub mod labels;
 mod parser;
 
 use std::collections::BTreeMap;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use brindle_grpc::{Transport, tls};
+use brindle_grpc::tls;
 use brindle_proto::ipam::v1::ipam_client::IpamClient;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
 use brindle_proto::route::v1::routes_client::RoutesClient;
@@ -82,29 +82,6 @@ impl Clients {
 
     pub async fn policy(&self) -> anyhow::Result<PolicyClient<Channel>> {
         Ok(PolicyClient::new(self.channel(Service::Policy).await?))
-    }
-
-    /// How the CLI reaches `service` (which, reached at all, is how the server serves it): mTLS
-    /// with the `--tls-*` flags, else plain text on loopback or on the network.
-    pub fn transport(&self, service: Service) -> Transport {
-        if self.args.tls.tls_ca.is_some() {
-            return Transport::MutualTls;
-        }
-        let address = self.address(service);
-        let authority = address.split_once("://").map_or(address, |(_, rest)| rest);
-        let authority = authority.split('/').next().unwrap_or_default();
-        let host = match authority.rsplit_once(':') {
-            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
-            _ => authority,
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let loopback =
-            host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        if loopback {
-            Transport::LoopbackPlaintext
-        } else {
-            Transport::InsecurePlaintext
-        }
     }
 
     /// The error of a failed call: the service, its address, the status code and message.

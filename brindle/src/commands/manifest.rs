@@ -1,8 +1,7 @@
 //! Manifests as operators write them: YAML (or JSON) documents, sorted into the objects ipam-svc
 //! takes as typed messages (IPPool, IPAMConfig, IPReservation — also in Calico's
-//! `projectcalico.org/v3` form) and
-//! the objects policy-svc takes as manifests (Namespace, NetworkPolicy, GlobalNetworkPolicy,
-//! Kubernetes NetworkPolicy). A `List` (what `get -o json|yaml` prints for several objects)
+//! `projectcalico.org/v3` form) and the objects policy-svc takes as manifests (Namespace,
+//! NetworkPolicy, GlobalNetworkPolicy, Kubernetes NetworkPolicy). A `List` (what `get -o json|yaml` prints for several objects)
 //! stands for its items; "document N" in errors counts objects from 0 in that order.
 
 use std::collections::BTreeMap;

@@ -4,9 +4,13 @@
 
 use std::collections::BTreeMap;
 
+use brindle_grpc::{TRANSPORT_HEADER, Transport};
 use brindle_proto::policy::v1 as policy;
 use brindle_proto::route::v1 as route;
+use brindle_proto::route::v1::routes_client::RoutesClient;
+use brindle_selector::labels;
 use serde_json::json;
+use tonic::transport::Channel;
 
 use super::connect::{Clients, Service};
 use super::output::{self, Table, age_since};
@@ -20,12 +24,12 @@ enum LabelChange {
 }
 
 fn label_change(text: &str) -> anyhow::Result<LabelChange> {
-    if let Some((key, value)) = text.split_once('=') {
-        anyhow::ensure!(!key.is_empty(), "{text:?}: the key is empty");
-        return Ok(LabelChange::Set(key.to_owned(), value.to_owned()));
+    if text.contains('=') {
+        let (key, value) = labels::parse_label(text).map_err(anyhow::Error::msg)?;
+        return Ok(LabelChange::Set(key, value));
     }
     match text.strip_suffix('-') {
-        Some(key) if !key.is_empty() => Ok(LabelChange::Remove(key.to_owned())),
+        Some(key) if labels::is_label_key(key) => Ok(LabelChange::Remove(key.to_owned())),
         _ => anyhow::bail!("{text:?} is neither key=value (set) nor key- (remove)"),
     }
 }
@@ -39,52 +43,80 @@ pub async fn label(args: NodeLabelArgs) -> anyhow::Result<()> {
     let clients = Clients::new(args.client);
     let mut client = clients.route().await?;
     let failed = |s| clients.failed(Service::Route, s);
-    // The labels given so far; a node never labelled keeps what its agent registered.
-    let given = client
-        .list_node_labels(route::ListNodeLabelsRequest::default())
-        .await
-        .map_err(failed)?
-        .into_inner()
-        .nodes
-        .into_iter()
-        .find(|n| n.name == args.node);
-    let mut labels: BTreeMap<String, String> = match given {
-        Some(given) => given.labels.into_iter().collect(),
-        None => client
-            .list_nodes(route::ListNodesRequest {})
-            .await
-            .map_err(failed)?
-            .into_inner()
-            .nodes
-            .into_iter()
-            .filter_map(|status| status.node)
-            .find(|node| node.name == args.node)
-            .map(|node| node.labels.into_iter().collect())
-            .unwrap_or_default(),
-    };
-    for change in changes {
-        match change {
-            LabelChange::Set(key, value) => {
-                labels.insert(key, value);
+    // Read, change, write only if nobody wrote meanwhile; read again when somebody did.
+    let mut attempts = 0;
+    let set = loop {
+        let (labels, revision) = given_labels(&mut client, &args.node).await.map_err(failed)?;
+        let labels = changed(labels, &changes);
+        let written = client
+            .set_node_labels(route::SetNodeLabelsRequest {
+                name: args.node.clone(),
+                labels: labels.into_iter().collect(),
+                origin: String::new(),
+                if_revision: Some(revision),
+            })
+            .await;
+        match written {
+            Ok(set) => break set.into_inner(),
+            Err(status) if status.code() == tonic::Code::Aborted && attempts < LABEL_ATTEMPTS => {
+                attempts += 1
             }
-            LabelChange::Remove(key) => {
-                labels.remove(&key);
-            }
+            Err(status) => return Err(failed(status)),
         }
-    }
-    let set = client
-        .set_node_labels(route::SetNodeLabelsRequest {
-            name: args.node.clone(),
-            labels: labels.into_iter().collect(),
-            origin: String::new(),
-        })
-        .await
-        .map_err(failed)?
-        .into_inner();
+    };
     let mut labels: Vec<String> = set.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();
     println!("node/{} labeled: {}", args.node, labels.join(","));
     Ok(())
+}
+
+/// How often `brindle node label` reads again after losing a race with another writer.
+const LABEL_ATTEMPTS: usize = 5;
+
+/// `node`'s labels and the revision of what was given (0: never labelled, so what its agent
+/// registered, if anything).
+async fn given_labels(
+    client: &mut RoutesClient<Channel>,
+    node: &str,
+) -> Result<(BTreeMap<String, String>, u64), tonic::Status> {
+    let given = client
+        .list_node_labels(route::ListNodeLabelsRequest::default())
+        .await?
+        .into_inner()
+        .nodes
+        .into_iter()
+        .find(|n| n.name == node);
+    Ok(match given {
+        Some(given) => (given.labels.into_iter().collect(), given.revision),
+        None => (
+            client
+                .list_nodes(route::ListNodesRequest {})
+                .await?
+                .into_inner()
+                .nodes
+                .into_iter()
+                .filter_map(|status| status.node)
+                .find(|registered| registered.name == node)
+                .map(|registered| registered.labels.into_iter().collect())
+                .unwrap_or_default(),
+            0,
+        ),
+    })
+}
+
+/// `labels` with `changes` made.
+fn changed(mut labels: BTreeMap<String, String>, changes: &[LabelChange]) -> BTreeMap<String, String> {
+    for change in changes {
+        match change {
+            LabelChange::Set(key, value) => {
+                labels.insert(key.clone(), value.clone());
+            }
+            LabelChange::Remove(key) => {
+                labels.remove(key);
+            }
+        }
+    }
+    labels
 }
 
 /// How far an agent follows one service.
@@ -104,8 +136,15 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
         .await?
         .list_nodes(route::ListNodesRequest {})
         .await
-        .map_err(|s| clients.failed(Service::Route, s))?
-        .into_inner();
+        .map_err(|s| clients.failed(Service::Route, s))?;
+    // What route-svc says it speaks (an older server says nothing).
+    let transport = routes
+        .metadata()
+        .get(TRANSPORT_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(Transport::from_header_value)
+        .map_or("not reported by the server", Transport::describe);
+    let routes = routes.into_inner();
     let policies = clients
         .policy()
         .await?
@@ -188,7 +227,6 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
             },
         }));
     }
-    let transport = clients.transport(Service::Route).describe();
     match args.output.output {
         OutputFormat::Table => {
             output::print(args.output.output, &table, &json!({}))?;

@@ -1,6 +1,5 @@
 //! `brindle apply`, `get` and `delete`: objects of ipam-svc (IP pools, the IPAM configuration, IP
-//! reservations) and
-//! of policy-svc (namespaces, policies) behind one set of verbs.
+//! reservations) and of policy-svc (namespaces, policies) behind one set of verbs.
 
 use std::io::Read;
 use std::path::Path;

@@ -1,6 +1,7 @@
 //! `brindle server`: opens the datastore and serves the control plane's services on one port.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use brindle_fanout::FanoutConfig;
 use brindle_metrics::Metrics;
@@ -33,7 +34,8 @@ async fn start_kube_sync(
     if own.ip().is_unspecified() {
         own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{own}"))?.connect_lazy();
+    let channel =
+        brindle_grpc::tls::endpoint(&format!("http://{own}"), None, Duration::from_secs(2))?.connect_lazy();
     let services = kube_sync::runtime::Services {
         policy: brindle_proto::policy::v1::policy_client::PolicyClient::new(channel.clone()),
         routes: brindle_proto::route::v1::routes_client::RoutesClient::new(channel.clone()),
@@ -76,7 +78,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if args.kubeconfig.is_some() || args.kube_sync {
         start_kube_sync(&args, listen, &metrics).await?;
     }
-    brindle_grpc_server::serve(listen, routes, &names, store, &metrics, &args.tls).await?;
+    brindle_grpc_server::serve(listen, routes, &names, store, &metrics, &args.tls, &args.limits).await?;
     tracing::info!("brindle server stopped");
     Ok(())
 }

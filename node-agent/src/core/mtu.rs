@@ -16,12 +16,10 @@ use crate::core::tunnels::{IPIP_DEVICE, VXLAN_DEVICE, VXLAN_OVERHEAD};
 use crate::core::wiring::HOST_PREFIX;
 use crate::dataplane::{LinkState, Netlink};
 
-/// Bytes VXLAN adds over an IPv6 underlay (outer IPv6 40 + UDP 8 + VXLAN 8 + Ethernet 14).
-pub const VXLAN_V6_OVERHEAD: u32 = 70;
 /// Bytes IP-in-IP adds (outer IPv4 header).
 pub const IPIP_OVERHEAD: u32 = 20;
-/// The pod MTU when no uplink can be found.
-pub const FALLBACK_MTU: u32 = 1500;
+/// The uplink MTU assumed when no uplink can be found (Ethernet's).
+pub const ASSUMED_UPLINK_MTU: u32 = 1500;
 /// How long an ADD waits for the routing state (which tells the encapsulation) after a start.
 const ROUTING_STATE_WAIT: Duration = Duration::from_secs(10);
 /// How long a detected MTU is used before the uplinks are read again (ADDs stay cheap; an uplink
@@ -61,14 +59,16 @@ impl EncapsulationInUse {
         in_use
     }
 
-    /// The largest overhead in use and why (VXLAN 50 over an IPv4 underlay, 70 over an IPv6
-    /// one; IP-in-IP 20; none 0).
-    pub fn overhead(self, ipv6_underlay: bool) -> (u32, &'static str) {
-        match (self.vxlan, ipv6_underlay) {
-            (true, false) => (VXLAN_OVERHEAD, "VXLAN over IPv4"),
-            (true, true) => (VXLAN_V6_OVERHEAD, "VXLAN over IPv6"),
-            (false, _) if self.ipip => (IPIP_OVERHEAD, "IP-in-IP"),
-            (false, _) => (0, "no encapsulation"),
+    /// The largest overhead in use and why: VXLAN 50 (brindle's VXLAN always rides the IPv4
+    /// underlay, IPv6 pods included, so Calico's 70 for an IPv6 underlay never applies),
+    /// IP-in-IP 20, none 0.
+    pub fn overhead(self) -> (u32, &'static str) {
+        if self.vxlan {
+            (VXLAN_OVERHEAD, "VXLAN over IPv4")
+        } else if self.ipip {
+            (IPIP_OVERHEAD, "IP-in-IP")
+        } else {
+            (0, "no encapsulation")
         }
     }
 }
@@ -171,20 +171,18 @@ impl MtuDetector {
             return Ok(detected.mtu);
         }
         let uplinks = self.uplinks().await?;
-        let ipv6_underlay =
-            !self.node_addresses.is_empty() && self.node_addresses.iter().all(IpAddr::is_ipv6);
-        let (overhead, encapsulation) = in_use.overhead(ipv6_underlay);
-        let (mtu, uplink) = match uplinks.iter().min_by_key(|link| link.mtu) {
-            Some(link) => (link.mtu.saturating_sub(overhead), link.name.as_str()),
-            None => (FALLBACK_MTU, "none found"),
+        let (overhead, encapsulation) = in_use.overhead();
+        let (uplink_mtu, uplink) = match uplinks.iter().min_by_key(|link| link.mtu) {
+            Some(link) => (link.mtu, link.name.as_str()),
+            None => (ASSUMED_UPLINK_MTU, "none found: Ethernet's assumed"),
         };
+        let mtu = uplink_mtu.saturating_sub(overhead);
         let mut chosen = self.chosen.lock().unwrap_or_else(|p| p.into_inner());
         if chosen.is_none_or(|before| before.mtu != mtu) {
-            let uplink_mtu = uplinks.iter().map(|link| link.mtu).min();
             tracing::info!(
                 mtu,
                 uplink,
-                ?uplink_mtu,
+                uplink_mtu,
                 overhead,
                 encapsulation,
                 "pod MTU (no mtu in the network configuration): the smallest uplink MTU minus the encapsulation's overhead"
@@ -224,16 +222,14 @@ mod tests {
             pool("b", Encapsulation::IpipCrossSubnet),
         ]
         .into();
-        assert_eq!(EncapsulationInUse::of(&items).overhead(false), (20, "IP-in-IP"));
+        assert_eq!(EncapsulationInUse::of(&items).overhead(), (20, "IP-in-IP"));
         let items: BTreeMap<_, _> = [
             pool("b", Encapsulation::Ipip),
             pool("c", Encapsulation::VxlanCrossSubnet),
         ]
         .into();
-        let in_use = EncapsulationInUse::of(&items);
-        assert_eq!(in_use.overhead(false).0, 50);
-        assert_eq!(in_use.overhead(true).0, 70);
-        assert_eq!(EncapsulationInUse::default().overhead(false).0, 0);
+        assert_eq!(EncapsulationInUse::of(&items).overhead().0, 50);
+        assert_eq!(EncapsulationInUse::default().overhead().0, 0);
     }
 
     #[tokio::test]
@@ -252,6 +248,16 @@ mod tests {
         assert_eq!(detector.pod_mtu().await.expect("known"), 1350);
         sender.send_replace(Some(EncapsulationInUse::default()));
         assert_eq!(detector.pod_mtu().await.expect("known"), 1400);
+    }
+
+    #[tokio::test]
+    async fn without_an_uplink_ethernet_is_assumed_and_the_overhead_still_counts() {
+        let kernel = Arc::new(RecordingKernel::default());
+        let gone = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9));
+        let (detector, sender) = MtuDetector::following_routes(kernel, vec![gone]);
+        let items: BTreeMap<_, _> = [pool("v", Encapsulation::Vxlan)].into();
+        sender.send_replace(Some(EncapsulationInUse::of(&items)));
+        assert_eq!(detector.pod_mtu().await.expect("known"), 1450);
     }
 
     #[tokio::test]

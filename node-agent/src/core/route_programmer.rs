@@ -1,6 +1,7 @@
 //! The routing state programmed into the kernel: tunnel devices, remote tunnel endpoints, remote
 //! routes and the natOutgoing chain, each step regardless of the others' failures, with the
-//! node's VXLAN endpoint handed back for its registration.
+//! node's VXLAN endpoint handed back for its registration and the pools' encapsulation published
+//! for the pod MTU.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -88,9 +88,9 @@ fn send(
     Ok(())
 }
 
-/// Reads replies until the kernel's DONE (a dump) or its acknowledgement; the messages before.
-fn receive(socket: &Socket) -> Result<Vec<NetfilterMessage>, DataplaneError> {
-    let mut messages = Vec::new();
+/// Reads replies until the kernel's DONE (a dump) or its acknowledgement, handing each message
+/// before to `each` as it comes (a dump is never held whole).
+fn receive(socket: &Socket, mut each: impl FnMut(NetfilterMessage)) -> Result<(), DataplaneError> {
     loop {
         let mut datagram = Vec::with_capacity(1 << 16);
         socket
@@ -107,14 +107,14 @@ fn receive(socket: &Socket) -> Result<Vec<NetfilterMessage>, DataplaneError> {
                 })?;
             let length = message.header.length as usize;
             match message.payload {
-                NetlinkPayload::Done(_) => return Ok(messages),
+                NetlinkPayload::Done(_) => return Ok(()),
                 NetlinkPayload::Error(error) => match error.code {
-                    None => return Ok(messages),
+                    None => return Ok(()),
                     // The entry went away on its own meanwhile.
-                    Some(code) if -code.get() == nix::errno::Errno::ENOENT as i32 => return Ok(messages),
+                    Some(code) if -code.get() == nix::errno::Errno::ENOENT as i32 => return Ok(()),
                     Some(_) => return Err(io("ctnetlink", error.to_io())),
                 },
-                NetlinkPayload::InnerMessage(inner) => messages.push(inner),
+                NetlinkPayload::InnerMessage(inner) => each(inner),
                 _ => {}
             }
             if length == 0 {
@@ -162,8 +162,12 @@ fn connection(message: NetfilterMessage) -> Option<TrackedConnection> {
     })
 }
 
-impl Conntrack for NetlinkConntrack {
-    fn connections(&self) -> Result<Vec<TrackedConnection>, DataplaneError> {
+impl NetlinkConntrack {
+    /// The tracked connections `keep` accepts, filtered as the dump arrives.
+    fn dump(
+        &self,
+        keep: impl Fn(&TrackedConnection) -> bool,
+    ) -> Result<Vec<TrackedConnection>, DataplaneError> {
         let socket = open()?;
         send(
             &socket,
@@ -171,16 +175,26 @@ impl Conntrack for NetlinkConntrack {
             ConntrackMessage::Get(Vec::new()),
             NLM_F_DUMP,
         )?;
-        Ok(receive(&socket)?.into_iter().filter_map(connection).collect())
+        let mut kept = Vec::new();
+        receive(&socket, |message| {
+            if let Some(connection) = connection(message).filter(&keep) {
+                kept.push(connection);
+            }
+        })?;
+        Ok(kept)
+    }
+}
+
+impl Conntrack for NetlinkConntrack {
+    fn connections(&self) -> Result<Vec<TrackedConnection>, DataplaneError> {
+        self.dump(|_| true)
     }
 
+    /// Tries every doomed connection even when one fails; the first failure is returned after.
     fn delete_touching(&self, addresses: &BTreeSet<IpAddr>) -> Result<usize, DataplaneError> {
-        let doomed: Vec<TrackedConnection> = self
-            .connections()?
-            .into_iter()
-            .filter(|c| c.touches(addresses))
-            .collect();
+        let doomed = self.dump(|c| c.touches(addresses))?;
         let socket = open()?;
+        let mut first_failure = None;
         for connection in &doomed {
             let family = match connection.original.0 {
                 Some(IpAddr::V6(_)) => NetfilterProtoFamily::IPv6,
@@ -188,9 +202,14 @@ impl Conntrack for NetlinkConntrack {
             };
             let message =
                 ConntrackMessage::Delete(vec![ConntrackAttribute::CtaTupleOrig(connection.tuple.clone())]);
-            send(&socket, family, message, NLM_F_ACK)?;
-            receive(&socket)?;
+            let deleted = send(&socket, family, message, NLM_F_ACK).and_then(|()| receive(&socket, drop));
+            if let Err(error) = deleted {
+                first_failure.get_or_insert(error);
+            }
         }
-        Ok(doomed.len())
+        match first_failure {
+            Some(error) => Err(error),
+            None => Ok(doomed.len()),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Kernel access behind small traits: [`Netlink`] (links, addresses, routes, neighbours, in the
-//! agent's namespace or a pod's), [`Iptables`], [`Ipsets`] and [`Sysctl`]. [`RtNetlink`],
-//! [`IptablesCommands`], [`IpsetCommands`] and [`ProcSysctl`] talk to the kernel;
+//! agent's namespace or a pod's), [`Iptables`], [`Ipsets`], [`Sysctl`] and [`Conntrack`].
+//! [`RtNetlink`], [`IptablesCommands`], [`IpsetCommands`], [`ProcSysctl`] and
+//! [`NetlinkConntrack`] talk to the kernel;
 //! [`RecordingKernel`] is an in-memory kernel that records every call, for unit tests.
 
 mod conntrack;

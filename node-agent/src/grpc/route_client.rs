@@ -109,7 +109,19 @@ async fn keep_registered(mut client: RoutesClient<Channel>, mut registration: wa
                     ttl_seconds: REGISTRATION_TTL_SECONDS,
                 })
                 .await
-                .map(|_| tracing::info!(node = node.name, "registered with route-svc"))
+                .map(|response| {
+                    let given = response.into_inner().node.map(|n| n.labels).unwrap_or_default();
+                    let ours = node.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    if !node.labels.is_empty() && given != ours {
+                        tracing::warn!(
+                            node = node.name,
+                            ?given,
+                            "the node's labels were given by an administrator or Kubernetes; \
+                             --node-labels are not used"
+                        );
+                    }
+                    tracing::info!(node = node.name, "registered with route-svc");
+                })
         };
         match result {
             Ok(()) => {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use brindle_selector::Selector;
+use brindle_selector::{Selector, labels};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -435,15 +435,7 @@ fn net(field: &str, text: &str) -> Result<IpNet, PolicyError> {
 
 /// A label key as Kubernetes allows it: `[prefix/]name`, name ≤ 63 alphanumerics, `-_.`.
 pub(crate) fn label_key(field: &str, key: &str) -> Result<(), PolicyError> {
-    let (prefix, name) = key.rsplit_once('/').map_or((None, key), |(p, n)| (Some(p), n));
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if name_ok && prefix.is_none_or(validate::is_dns_subdomain) {
+    if labels::is_label_key(key) {
         Ok(())
     } else {
         Err(invalid(
@@ -455,14 +447,7 @@ pub(crate) fn label_key(field: &str, key: &str) -> Result<(), PolicyError> {
 
 /// A label value as Kubernetes allows it: empty, or ≤ 63 alphanumerics and `-_.`.
 fn label_value(field: &str, value: &str) -> Result<(), PolicyError> {
-    let ok = value.is_empty()
-        || (value.len() <= 63
-            && value
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
-    if ok {
+    if labels::is_label_value(value) {
         Ok(())
     } else {
         Err(invalid(field, format!("{value:?} is not a label value")))

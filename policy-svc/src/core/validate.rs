@@ -9,21 +9,7 @@ use policy_api::model::{EntityRule, PortMatch, Rule};
 /// Longest named port (Kubernetes' IANA_SVC_NAME).
 const MAX_PORT_NAME_LEN: usize = 15;
 
-/// Whether `name` is a DNS-1123 label (what namespace and policy names are).
-pub fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-/// Whether `name` is a DNS-1123 subdomain (what pod and object names may be).
-pub fn is_dns_subdomain(name: &str) -> bool {
-    name.len() <= 253 && name.split('.').all(is_dns_label)
-}
+pub use brindle_selector::labels::{is_dns_label, is_dns_subdomain};
 
 /// Checks a name field.
 pub fn name(field: &str, value: &str, subdomain: bool) -> Result<(), PolicyError> {

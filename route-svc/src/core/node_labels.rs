@@ -9,7 +9,7 @@ use brindle_datastore::{StoreError, Txn};
 use ipam_api::keys;
 use route_api::model::valid_node_name;
 
-use super::registry::{Registry, RegistryError, decode_node, invalid};
+use super::registry::{Registry, RegistryError, check_labels, decode_node, invalid};
 
 /// Attempts of a compare-and-swap write before giving up.
 const CAS_ATTEMPTS: usize = 8;
@@ -85,17 +85,20 @@ impl Registry {
 
     /// Gives `name` its labels on behalf of `origin` (an administrator's empty labels remove
     /// them; kube-sync's are kept, empty, as its mark) and puts them into its registration when
-    /// it is registered; labels another origin owns are not replaced. Returns them.
+    /// it is registered; labels another origin owns are not replaced; with `if_revision`, only
+    /// if they are still at that revision (0: none given). Returns them.
     pub async fn set_labels(
         &self,
         name: &str,
         labels: BTreeMap<String, String>,
         origin: &str,
+        if_revision: Option<u64>,
     ) -> Result<BTreeMap<String, String>, RegistryError> {
         if !valid_node_name(name) {
             return Err(invalid("name", format!("{name:?} is not a DNS-1123 subdomain")));
         }
         check_origin(origin)?;
+        check_labels("labels", &labels)?;
         let key = keys::node_labels(name);
         let given = NodeLabels {
             labels,
@@ -113,6 +116,15 @@ impl Registry {
                 });
             }
             let revision = current.as_ref().map_or(0, |(_, revision)| *revision);
+            if let Some(read) = if_revision
+                && read != revision
+            {
+                return Err(RegistryError::Changed {
+                    node: name.to_owned(),
+                    read,
+                    now: revision,
+                });
+            }
             let txn = Txn::new().if_mod_revision(&key, revision);
             let txn = if given.labels.is_empty() && origin.is_empty() {
                 txn.delete(&key)
@@ -150,11 +162,11 @@ impl Registry {
         Ok(given.labels)
     }
 
-    /// Every node's given labels (only those of `origin` when given), by name.
+    /// Every node's given labels (only those of `origin` when given) and their revision, by name.
     pub async fn list_labels(
         &self,
         origin: Option<&str>,
-    ) -> Result<BTreeMap<String, NodeLabels>, RegistryError> {
+    ) -> Result<BTreeMap<String, (NodeLabels, u64)>, RegistryError> {
         if let Some(origin) = origin {
             check_origin(origin)?;
         }
@@ -162,10 +174,10 @@ impl Registry {
         let mut found = BTreeMap::new();
         for kv in listed.kvs {
             let name = kv.key.trim_start_matches(&keys::node_labels("")).to_owned();
-            if let Some((given, _)) = self.given(&name).await?
+            if let Some((given, revision)) = self.given(&name).await?
                 && origin.is_none_or(|origin| given.origin == origin)
             {
-                found.insert(name, given);
+                found.insert(name, (given, revision));
             }
         }
         Ok(found)

@@ -1,12 +1,13 @@
 //! The node registry: an agent registers its node (addresses, subnets, labels, tunnel endpoints)
 //! under a lease it renews, so the entry of a node that died expires on its own.
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::IpAddr;
-
 use brindle_datastore::{Store, StoreError, Txn};
+use brindle_selector::labels;
 use ipam_api::handles::TunnelKind;
 use ipam_api::keys;
 use ipam_api::model::{Handle, PoolSet};
@@ -44,7 +45,7 @@ pub enum RegistryError {
         holder: String,
     },
     /// A node asked for what only IPAM or an administrator decides (a tunnel address IPAM did not
-    /// give it, another node's MAC, labels an administrator did not set).
+    /// give it, another node's MAC, labels when nobody gave the node any).
     #[error("node {node:?} may not register {field} {value}: {reason}")]
     Forbidden {
         /// The node.
@@ -68,6 +69,18 @@ pub enum RegistryError {
         /// Who owns them.
         owner: &'static str,
     },
+    /// A conditional write found the record changed since its writer read it.
+    #[error(
+        "the labels of node {node:?} changed since they were read (revision {read}, now {now}); read them again"
+    )]
+    Changed {
+        /// The node.
+        node: String,
+        /// The revision the writer read.
+        read: u64,
+        /// The revision now.
+        now: u64,
+    },
     /// Other writers kept changing the record; given up after retries.
     #[error("{0} kept changing under concurrent writers; try again")]
     Contended(String),
@@ -88,6 +101,25 @@ pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> Registr
     RegistryError::Invalid {
         field,
         reason: reason.into(),
+    }
+}
+
+/// Refuses a label key or value Kubernetes would not accept, naming `field` and the label.
+pub(super) fn check_labels(
+    field: &'static str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), RegistryError> {
+    match labels
+        .iter()
+        .find(|(key, value)| !labels::is_label_key(key) || !labels::is_label_value(value))
+    {
+        Some((key, value)) => Err(invalid(
+            field,
+            format!(
+                "{key}={value} is not a Kubernetes label ([prefix/]name=value, each ≤ 63 of [A-Za-z0-9-_.])"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -148,6 +180,7 @@ pub fn validate(node: &Node) -> Result<(), RegistryError> {
             format!("tunnel address {address} is not a unicast address"),
         ));
     }
+    check_labels("node.labels", &node.labels)?;
     if let Some(mac) = node.vtep_mac
         && (mac[0] & 1 == 1 || mac == [0; 6])
     {
@@ -214,8 +247,8 @@ impl Registry {
     /// one address at the same moment can both pass) holds. When
     /// the node registers itself (`by_the_node`, its agent's identity), also that each tunnel
     /// address is the one IPAM holds for the node's tunnel handle of that kind, that its VTEP MAC
-    /// is the one derived from its name, and that it claims no label an administrator did not
-    /// set ([`Registry::set_labels`]).
+    /// is the one derived from its name, and that it claims no labels unless some were given
+    /// ([`Registry::set_labels`]; those then replace the registration's).
     pub async fn check_claims(
         &self,
         node: &Node,
@@ -303,8 +336,12 @@ impl Registry {
                 ));
             }
         }
-        let granted = self.labels(&node.name).await?.unwrap_or_default();
-        if let Some((key, value)) = node.labels.iter().find(|(k, v)| granted.get(*k) != Some(*v)) {
+        // Labels given by an administrator or Kubernetes replace the registration's in
+        // [`Registry::register`], so an agent's stale `--node-labels` do not lock it out; a node
+        // nobody labelled may not label itself.
+        if self.labels(&node.name).await?.is_none()
+            && let Some((key, value)) = node.labels.iter().next()
+        {
             return Err(forbidden(
                 "node.labels",
                 format!("{key}={value}"),
@@ -365,7 +402,17 @@ impl Registry {
             let labels = self.store.get(&labels_key).await?;
             let revision = labels.as_ref().map_or(0, |kv| kv.mod_revision);
             if let Some(kv) = labels {
-                node.labels = decode_labels(&node.name, &kv.value)?.labels;
+                let given = decode_labels(&node.name, &kv.value)?;
+                if attempts == 0 && !node.labels.is_empty() && node.labels != given.labels {
+                    tracing::warn!(
+                        node = node.name,
+                        registered = ?node.labels,
+                        given = ?given.labels,
+                        origin = given.origin,
+                        "the node's labels were given by its origin; the registration's are not used"
+                    );
+                }
+                node.labels = given.labels;
             }
             let value = serde_json::to_vec(&node).unwrap_or_default();
             let txn = Txn::new()

@@ -32,7 +32,7 @@ pub fn status(error: RegistryError) -> Status {
         RegistryError::Forbidden { .. } => Status::permission_denied(message),
         RegistryError::Corrupt { .. } => Status::data_loss(message),
         RegistryError::OwnedElsewhere { .. } => Status::failed_precondition(message),
-        RegistryError::Contended(_) => Status::aborted(message),
+        RegistryError::Contended(_) | RegistryError::Changed { .. } => Status::aborted(message),
         RegistryError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
 }
@@ -184,6 +184,7 @@ impl Routes for RoutesService {
                 &request.name,
                 request.labels.into_iter().collect(),
                 &request.origin,
+                request.if_revision,
             )
             .await
             .map_err(status)?;
@@ -206,10 +207,11 @@ impl Routes for RoutesService {
         Ok(Response::new(pb::ListNodeLabelsResponse {
             nodes: listed
                 .into_iter()
-                .map(|(name, given)| pb::NodeLabels {
+                .map(|(name, (given, revision))| pb::NodeLabels {
                     name,
                     labels: given.labels.into_iter().collect(),
                     origin: given.origin,
+                    revision,
                 })
                 .collect(),
         }))

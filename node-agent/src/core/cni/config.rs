@@ -29,6 +29,7 @@ const HONOURED_KEYS: &[&str] = &[
     "dns",
     "args",
     "runtimeConfig",
+    "nodename",
 ];
 /// `ipam` keys brindle honours.
 const HONOURED_IPAM_KEYS: &[&str] = &["type", "assign_ipv4", "assign_ipv6", "ipv4_pools", "ipv6_pools"];
@@ -71,7 +72,6 @@ pub const ACCEPTED_CALICO_KEYS: &[(&str, &str)] = &[
         "pods are read from Kubernetes by kube-sync, not by the plugin",
     ),
     ("policy", "policy is always enforced by the node agent"),
-    ("nodename", "the agent's --node-name decides"),
     ("nodename_file", "the agent's --node-name decides"),
     ("nodename_file_optional", "the agent's --node-name decides"),
 ];
@@ -108,6 +108,8 @@ pub struct NetworkConfig {
     pub ports: Vec<NamedPort>,
     /// DNS settings for the result (`dns`).
     pub dns: Option<Dns>,
+    /// The node the configuration was written for (`nodename`): it must be the agent's.
+    pub nodename: Option<String>,
 }
 
 fn invalid(message: impl Into<String>) -> CniError {
@@ -131,7 +133,26 @@ impl NetworkConfig {
             labels,
             ports,
             dns: config.get("dns").map(dns),
+            nodename: nodename(config)?,
         })
+    }
+
+    /// Refuses a configuration written for another node than `node` (the agent's `--node-name`).
+    pub fn check_node(&self, node: &str) -> Result<(), CniError> {
+        match &self.nodename {
+            Some(nodename) if nodename != node => Err(invalid(format!(
+                "nodename {nodename:?} in the network configuration is not this node: its agent runs as --node-name {node:?}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn nodename(config: &Value) -> Result<Option<String>, CniError> {
+    match config.get("nodename") {
+        None => Ok(None),
+        Some(Value::String(name)) if !name.is_empty() => Ok(Some(name.clone())),
+        Some(other) => Err(invalid(format!("nodename must be a node's name, not {other}"))),
     }
 }
 
@@ -154,6 +175,7 @@ fn check_keys(config: &Value) -> Result<Vec<&'static str>, CniError> {
             }
         }
     }
+    ignored.sort_unstable();
     let Some(ipam) = object.get("ipam") else {
         return Ok(ignored);
     };
@@ -366,6 +388,20 @@ mod tests {
         assert_eq!(config.labels["app"], "web");
         assert_eq!(config.ports[0].protocol, Protocol::Tcp);
         assert_eq!(config.dns.expect("dns").nameservers, ["10.96.0.10"]);
+    }
+
+    #[test]
+    fn a_configuration_for_another_node_is_refused() {
+        let config = NetworkConfig::parse(&json!({"nodename": "n1"}), &BTreeMap::new()).expect("valid");
+        assert!(config.check_node("n1").is_ok());
+        let error = config.check_node("n2").expect_err("another node");
+        assert_eq!(error.code, INVALID_CONFIG);
+        assert!(
+            error.msg.contains("nodename \"n1\"") && error.msg.contains("\"n2\""),
+            "{error}"
+        );
+        let error = NetworkConfig::parse(&json!({"nodename": 7}), &BTreeMap::new()).expect_err("a number");
+        assert!(error.msg.contains("nodename"), "{error}");
     }
 
     #[test]

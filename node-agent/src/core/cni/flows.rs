@@ -1,62 +1,87 @@
-//! The flow sweeper: after DEL, the connection-tracking entries of the pod's addresses are
-//! deleted in the background (a scan of the whole table per batch of deleted pods, off the DEL
-//! path), so an address handed out again inherits no flow and no port mapping's NAT.
+//! The flow sweeper: DEL deletes the connection-tracking entries of the pod's addresses before it
+//! releases them, so an address handed out again inherits no flow and no port mapping's NAT. DELs
+//! that arrive while a sweep runs share the next one (one scan of the table for many pods).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::dataplane::Conntrack;
 
-/// How long the sweeper gathers deleted pods before one scan of the table (churn: one scan for
-/// many pods, and none competing with each DEL).
-const GATHER: std::time::Duration = std::time::Duration::from_millis(200);
+/// How long a DEL waits for its sweep; past it the DEL goes on (the sweep still runs) and says so.
+const SWEEP_WAIT: Duration = Duration::from_secs(2);
+
+/// One DEL's addresses and who to tell when their flows are gone.
+type Request = (Vec<IpAddr>, oneshot::Sender<()>);
 
 /// Deletes the tracked connections of deleted pods' addresses.
 pub struct FlowSweeper {
-    queue: mpsc::UnboundedSender<Vec<IpAddr>>,
+    queue: mpsc::UnboundedSender<Request>,
 }
 
 impl FlowSweeper {
     /// Starts the background sweeper over `conntrack` (inside a tokio runtime).
     pub fn start(conntrack: Arc<dyn Conntrack>) -> Self {
-        let (queue, mut deleted) = mpsc::unbounded_channel::<Vec<IpAddr>>();
+        let (queue, mut requests) = mpsc::unbounded_channel::<Request>();
         tokio::spawn(async move {
-            while let Some(first) = deleted.recv().await {
-                tokio::time::sleep(GATHER).await;
-                let mut batch: BTreeSet<IpAddr> = first.into_iter().collect();
-                while let Ok(more) = deleted.try_recv() {
-                    batch.extend(more);
+            while let Some(first) = requests.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = requests.try_recv() {
+                    batch.push(more);
                 }
+                let addresses: BTreeSet<IpAddr> = batch
+                    .iter()
+                    .flat_map(|(addresses, _)| addresses.iter().copied())
+                    .collect();
                 let conntrack = Arc::clone(&conntrack);
                 // A netlink dump and deletes: blocking calls, off the async workers.
                 let swept = tokio::task::spawn_blocking(move || {
-                    let swept = conntrack.delete_touching(&batch);
-                    (batch, swept)
+                    let swept = conntrack.delete_touching(&addresses);
+                    (addresses, swept)
                 })
                 .await;
                 match swept {
-                    Ok((batch, Ok(count))) if count > 0 => {
-                        tracing::debug!(?batch, count, "deleted the tracked connections of deleted pods");
+                    Ok((addresses, Ok(count))) if count > 0 => {
+                        tracing::debug!(
+                            ?addresses,
+                            count,
+                            "deleted the tracked connections of deleted pods"
+                        );
                     }
                     Ok((_, Ok(_))) => {}
-                    Ok((batch, Err(error))) => {
-                        tracing::warn!(?batch, %error, "deleting the tracked connections of deleted pods");
+                    Ok((addresses, Err(error))) => {
+                        tracing::warn!(?addresses, %error, "deleting the tracked connections of deleted pods");
                     }
                     Err(error) => tracing::warn!(%error, "the connection sweep task failed"),
+                }
+                for (_, done) in batch {
+                    // The DEL may have stopped waiting.
+                    let _ = done.send(());
                 }
             }
         });
         Self { queue }
     }
 
-    /// Queues the tracked connections of `addresses` for deletion.
-    pub fn forget(&self, addresses: Vec<IpAddr>) {
-        if !addresses.is_empty() {
-            // The receiver lives as long as the runtime.
-            let _ = self.queue.send(addresses);
+    /// Deletes the tracked connections of `addresses`; returns when they are gone, or after
+    /// [`SWEEP_WAIT`] with a warning (the sweep goes on without the caller).
+    pub async fn forget(&self, addresses: Vec<IpAddr>) {
+        if addresses.is_empty() {
+            return;
+        }
+        let (done, swept) = oneshot::channel();
+        if self.queue.send((addresses.clone(), done)).is_err() {
+            return;
+        }
+        if tokio::time::timeout(SWEEP_WAIT, swept).await.is_err() {
+            tracing::warn!(
+                ?addresses,
+                "the tracked connections of a deleted pod are not gone after {SWEEP_WAIT:?}; \
+                 releasing its addresses anyway"
+            );
         }
     }
 }

@@ -222,6 +222,7 @@ impl CniOps {
 
     /// ADD: allocate, wire, record. A failure undoes everything it did.
     pub async fn add(&self, request: &CniRequest, config: &NetworkConfig) -> Result<Added, CniError> {
+        config.check_node(&self.node)?;
         let _serialised = self.locks.lock(&request.key.container_id).await;
         let _running = self.links.add_running();
         if let Some(existing) = self
@@ -457,7 +458,9 @@ impl CniOps {
             }
         }
         if let Some(flows) = &self.flows {
-            flows.forget(attachment.addresses.iter().map(IpNet::addr).collect());
+            flows
+                .forget(attachment.addresses.iter().map(IpNet::addr).collect())
+                .await;
         }
         self.ipam.release(&attachment.handle_id).await?;
         self.on_disk({
@@ -523,6 +526,7 @@ impl CniOps {
     /// CHECK: the pod interface, its addresses and routes, the host veth and route, and that IPAM
     /// still holds the handle; the error names what is missing.
     pub async fn check(&self, request: &CniRequest, config: &NetworkConfig) -> Result<(), CniError> {
+        config.check_node(&self.node)?;
         let _serialised = self.locks.lock(&request.key.container_id).await;
         let attachment = self
             .on_disk({
