@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/brindle/route/v1/route.proto",
     "proto/brindle/policy/v1/policy.proto",
     "proto/brindle/agent/v1/cni.proto",
+    "proto/brindle/identity/v1/identity.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

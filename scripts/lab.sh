@@ -8,8 +8,9 @@
 # Kubernetes NetworkPolicy enforced by the agents (the matrix again, and policy trace explaining a
 # denied pair), and everything is torn down. The underlay MTU is 1400 and the network
 # configuration sets none: the agents detect the pod MTU (1350 over VXLAN) and the demo prints it.
-# The control plane speaks mTLS with certificates the lab makes (a CA, the server's, one per node,
-# an administrator's).
+# The control plane speaks mTLS: the lab makes a CA, the server's and an administrator's
+# certificates and a join token per node; each agent trades its token for its node's certificate on
+# the server's bootstrap port and renews it on its own.
 # Run as root on Debian.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

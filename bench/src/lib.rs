@@ -103,9 +103,9 @@ impl Drop for BenchNamespace {
 /// revision once the kernel holds it.
 pub fn spawn_policy_agent(url: &str, node: &str) -> anyhow::Result<()> {
     use node_agent::dataplane::{IpsetCommands, Iptables, IptablesBackend, IptablesCommands};
-    let agent = node_agent::grpc::policy_client::GrpcPolicy::new(tonic::transport::Endpoint::from_shared(
-        url.to_owned(),
-    )?);
+    let agent = node_agent::grpc::policy_client::GrpcPolicy::new(
+        tonic::transport::Endpoint::from_shared(url.to_owned())?.into(),
+    );
     let iptables: std::sync::Arc<dyn Iptables> =
         std::sync::Arc::new(IptablesCommands::new(IptablesBackend::detect()));
     tokio::spawn(agent.follow(

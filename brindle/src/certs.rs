@@ -99,6 +99,11 @@ impl Pki {
         self.dir.join("ca.crt")
     }
 
+    /// The CA key's path.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
     fn issue(
         &self,
         stem: &str,

@@ -203,6 +203,21 @@ pub enum NodeCommand {
     /// nodeSelectors match them for the node's next allocations (its addresses stay). Labels
     /// Kubernetes owns (kube-sync) are changed in Kubernetes, not here.
     Label(NodeLabelArgs),
+    /// Makes a join token for a node: its agent (`--join-token-file`, `--bootstrap-endpoint`,
+    /// `--cert-dir`) trades it for the node's certificate and renews that on its own. Prints the
+    /// token (shown once; administrators only).
+    JoinToken(NodeJoinTokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeJoinTokenArgs {
+    /// The node the token is for.
+    pub node: String,
+    /// Seconds the token may be used (at most 7 days).
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u32,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
@@ -322,6 +337,10 @@ pub struct LabUpArgs {
     /// makes for the control plane, every node and its administrator).
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// Seconds node certificates live (with mTLS, agents trade a join token for their node's
+    /// certificate on the server's bootstrap port and renew it at two thirds of this).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..))]
+    pub node_cert_lifetime: Option<u64>,
     /// Tear the lab down right after printing the matrix.
     #[arg(long)]
     pub once: bool,
@@ -341,6 +360,22 @@ pub struct ServerArgs {
     /// mTLS (a client certificate is then required: node agents', administrators').
     #[command(flatten)]
     pub tls: ServerTlsArgs,
+    /// The CA that signs node certificates (`ca.crt` as `brindle certs` writes it): with it the
+    /// server renews nodes' certificates and, on --bootstrap-listen, issues them for join tokens
+    /// (`brindle node join-token`). Needs the TLS flags.
+    #[arg(long, env = "BRINDLE_SIGNING_CA_CERT", requires_all = ["signing_ca_key", "tls_cert"])]
+    pub signing_ca_cert: Option<std::path::PathBuf>,
+    /// The signing CA's key (`ca.key`).
+    #[arg(long, env = "BRINDLE_SIGNING_CA_KEY", requires = "signing_ca_cert")]
+    pub signing_ca_key: Option<std::path::PathBuf>,
+    /// Where the bootstrap port listens with --signing-ca-cert: TLS without client certificates,
+    /// serving only the exchange of a join token for a node certificate.
+    #[arg(long, env = "BRINDLE_BOOTSTRAP_LISTEN", default_value = "0.0.0.0:7409")]
+    pub bootstrap_listen: SocketAddr,
+    /// Seconds node certificates are valid (agents renew them at two thirds; at least 10).
+    #[arg(long, env = "BRINDLE_NODE_CERT_LIFETIME", default_value_t = 6 * 3600,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub node_cert_lifetime: u64,
     /// What each caller may take.
     #[command(flatten)]
     pub limits: LimitArgs,

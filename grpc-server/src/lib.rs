@@ -60,6 +60,9 @@ pub enum ServeError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A bootstrap port was asked for without a server certificate.
+    #[error("the bootstrap port needs the server's certificate (--tls-cert, --tls-key)")]
+    BootstrapWithoutTls,
     /// The TLS flags name files that cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
@@ -104,9 +107,7 @@ pub async fn serve(
     if transport == Transport::InsecurePlaintext {
         tracing::warn!(%address, "serving plain text on the network (--insecure-plaintext): anyone who reaches this address can change pools, routes and policies");
     }
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|source| ServeError::Bind { address, source })?;
+    let listener = bind(address).await?;
     let limited = metrics.counters(
         "limited",
         "Connections and calls refused by a per-caller limit, by limit",
@@ -141,6 +142,44 @@ pub async fn serve(
         .await;
     probe.abort();
     served.map_err(|source| ServeError::Transport { address, source })
+}
+
+async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind { address, source })
+}
+
+/// Serves `routes` on `address` over TLS that asks callers for no certificate — the bootstrap
+/// port, for services that authenticate callers themselves (a join token) — until SIGINT or
+/// SIGTERM, every caller held to `limits` (refusals in `brindle_bootstrap_limited_total`).
+pub async fn serve_bootstrap(
+    address: SocketAddr,
+    routes: RoutesBuilder,
+    metrics: &Metrics,
+    tls: &ServerTlsArgs,
+    limits: &LimitArgs,
+) -> Result<(), ServeError> {
+    let config = tls.server_only_config()?.ok_or(ServeError::BootstrapWithoutTls)?;
+    let listener = bind(address).await?;
+    let limited = metrics.counters(
+        "bootstrap_limited",
+        "Connections and calls to the bootstrap port refused by a per-caller limit, by limit",
+    );
+    let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .tls_config(config)
+        .map_err(|source| ServeError::Transport { address, source })?;
+    tracing::info!(%address, "serving the bootstrap port (TLS, no client certificates)");
+    server
+        .layer(rate_limit::RateLimitLayer::new(
+            limits.requests_per_second,
+            limited.clone(),
+        ))
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming::guarded(listener, limits, limited), shutdown_signal())
+        .await
+        .map_err(|source| ServeError::Transport { address, source })
 }
 
 /// Reports SERVING (overall and per service, and ready on `/healthz`) while the datastore answers,

@@ -1,13 +1,18 @@
 //! What every brindle process that speaks gRPC shares, server or client: the logging flag, TLS
 //! flags and configuration (servers' and clients'), `grpc.health.v1` and server reflection for a
-//! server's routes, and shutdown on SIGINT/SIGTERM. No datastore: the node agent and the CLI use
-//! it as the services do.
+//! server's routes, shutdown on SIGINT/SIGTERM, and client certificates that rotate under running
+//! channels ([`Dialer`], [`ClientIdentity`]). No datastore: the node agent and the CLI use it as
+//! the services do.
 
+pub mod client_identity;
+mod dialer;
 pub mod tls;
 
 use tonic::service::RoutesBuilder;
 use tonic_health::server::HealthReporter;
 
+pub use client_identity::{ClientIdentity, IdentityConnector};
+pub use dialer::Dialer;
 pub use tls::{ClientTlsArgs, ServerTlsArgs, TRANSPORT_HEADER, TlsError, Transport};
 
 /// How log lines look.

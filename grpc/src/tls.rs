@@ -20,6 +20,9 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
+    /// A certificate, key or CA in PEM text is unusable.
+    #[error("TLS identity: {0}")]
+    Identity(String),
     /// The address is not a URL tonic can connect to.
     #[error("address {address:?}: {reason}")]
     Address {
@@ -138,6 +141,17 @@ impl ServerTlsArgs {
     /// Whether certificate, key and client CA are all given (clap requires them together).
     fn mutual_tls(&self) -> bool {
         self.tls_cert.is_some() && self.tls_key.is_some() && self.tls_client_ca.is_some()
+    }
+
+    /// TLS that authenticates the server only (its certificate and key; no client certificate is
+    /// asked for): the bootstrap port's. `None` without a certificate.
+    pub fn server_only_config(&self) -> Result<Option<ServerTlsConfig>, TlsError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        Ok(Some(
+            ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)),
+        ))
     }
 
     /// The server's TLS configuration; `None` without a certificate.

@@ -23,10 +23,11 @@ use crate::dataplane::{
 };
 use crate::grpc::cni_service::{CniService, SERVICE_NAME};
 use crate::grpc::ipam_client::GrpcIpam;
+use crate::grpc::node_certificate::{CertificateSource, NodeCertificate};
 use crate::grpc::policy_client::GrpcPolicy;
 use crate::grpc::route_client::RouteFollower;
 use crate::grpc::sync_client::SyncMetrics;
-use brindle_grpc::{ClientTlsArgs, LogArgs, tls};
+use brindle_grpc::{ClientTlsArgs, Dialer, LogArgs, tls};
 use brindle_metrics::{GrpcMetricsLayer, Metrics};
 use brindle_selector::labels;
 use route_api::Node;
@@ -80,6 +81,18 @@ pub struct Args {
     /// TLS to the services: this node's certificate (CN brindle:node:<node name>).
     #[command(flatten)]
     pub tls: ClientTlsArgs,
+    /// Keep the node's certificate here instead of --tls-cert/--tls-key: obtained with
+    /// --join-token-file through --bootstrap-endpoint when missing or expired, renewed through
+    /// the control plane before it expires (needs --tls-ca).
+    #[arg(long, env = "BRINDLE_CERT_DIR", requires = "tls_ca", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub cert_dir: Option<PathBuf>,
+    /// A join token for this node (`brindle node join-token NODE`), in a file.
+    #[arg(long, env = "BRINDLE_JOIN_TOKEN_FILE", requires_all = ["cert_dir", "bootstrap_endpoint"])]
+    pub join_token_file: Option<PathBuf>,
+    /// The control plane's bootstrap port (`https://host:7409`), where a join token buys the
+    /// first certificate.
+    #[arg(long, env = "BRINDLE_BOOTSTRAP_ENDPOINT", requires = "cert_dir")]
+    pub bootstrap_endpoint: Option<String>,
     /// Address of the Prometheus `/metrics` endpoint.
     #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9404")]
     pub metrics_listen: std::net::SocketAddr,
@@ -126,7 +139,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let resync_every = std::time::Duration::from_secs(args.resync_interval);
     let tls = args.tls.config()?;
-    let endpoint = |address: &str| tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT);
+    let certificate = match &args.cert_dir {
+        Some(dir) => {
+            let ca = args.tls.tls_ca.as_ref().context("--cert-dir needs --tls-ca")?;
+            let source = CertificateSource {
+                node: node.clone(),
+                dir: dir.clone(),
+                ca_pem: std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?,
+                join_token_file: args.join_token_file.clone(),
+                bootstrap_endpoint: args.bootstrap_endpoint.clone(),
+            };
+            Some(NodeCertificate::obtain(source).await?)
+        }
+        None => None,
+    };
+    let connector = certificate.as_ref().map(NodeCertificate::connector).transpose()?;
+    let endpoint = |address: &str| -> anyhow::Result<Dialer> {
+        Ok(match &connector {
+            Some(connector) => Dialer::through(address, connector.clone(), CONNECT_TIMEOUT)?,
+            None => tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT)?.into(),
+        })
+    };
+    if let Some(certificate) = certificate {
+        tokio::spawn(certificate.keep_renewed(endpoint(&args.ipam_endpoint)?));
+    }
     let ipam = Arc::new(GrpcIpam::new(endpoint(&args.ipam_endpoint)?));
     // Runs iptables-save: off the async workers.
     let commands = tokio::task::spawn_blocking(IptablesCommands::detect)

@@ -47,7 +47,11 @@ async fn setup(wait: Duration) -> Setup {
     let mut routes = tonic::service::RoutesBuilder::default();
     routes.add_service(service.into_server());
     let url = format!("http://{}", serve_on_loopback(routes, &[SERVICE_NAME]).await);
-    let grpc = GrpcPolicy::new(tonic::transport::Endpoint::from_shared(url.clone()).expect("url"));
+    let grpc = GrpcPolicy::new(
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .expect("url")
+            .into(),
+    );
     let kernel = Arc::new(RecordingKernel::default());
     let records = AttachmentStore::open(&dir.path().join("records")).expect("records");
     let ops = CniOps::new(

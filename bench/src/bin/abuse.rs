@@ -100,16 +100,15 @@ impl Seen {
 }
 
 /// Holds one connection open without sending a byte until the server closes it, then opens the
-/// next, until `stop`.
+/// next a second later (a thousand idle connections, not a connection flood), until `stop`.
 async fn idle_connection(seen: Arc<Seen>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok(mut stream) = tokio::net::TcpStream::connect((SERVER_IP, PORT)).await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let mut sink = [0; 4096];
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-        seen.closed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut stream) = tokio::net::TcpStream::connect((SERVER_IP, PORT)).await {
+            let mut sink = [0; 4096];
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+            seen.closed.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -162,8 +161,39 @@ async fn bad_calls(
     }
 }
 
-/// Runs the whole abuse from the abuser's namespace until `stop`.
-async fn abuse(abuser: ClientTlsArgs, seen: Arc<Seen>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+/// The abuser's process (`--abuse-with CA CERT KEY`, started niced in the abuser's namespace, as
+/// another host would not share the server's CPUs): abuses until its standard input closes, then
+/// prints what it saw.
+fn abuser_main(files: &[String]) -> anyhow::Result<()> {
+    let [ca, cert, key] = files else {
+        bail!("--abuse-with CA CERT KEY");
+    };
+    let abuser = ClientTlsArgs {
+        tls_ca: Some(ca.into()),
+        tls_cert: Some(cert.into()),
+        tls_key: Some(key.into()),
+    };
+    let (seen, stop) = (Arc::new(Seen::default()), Arc::new(AtomicBool::new(false)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(start_abuse(abuser, Arc::clone(&seen), Arc::clone(&stop)))?;
+    // Until the benchmark closes our standard input.
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    stop.store(true, Ordering::Relaxed);
+    println!(
+        "{} connections closed by the server; calls by answer: {:?}",
+        seen.closed.load(Ordering::Relaxed),
+        seen.calls.lock().unwrap_or_else(|p| p.into_inner())
+    );
+    std::io::stdout().flush()?;
+    // The abuse tasks are not waited for (some wait on connections the server holds).
+    std::process::exit(0)
+}
+
+/// Starts every abuse task on the current runtime; they run until `stop`.
+async fn start_abuse(abuser: ClientTlsArgs, seen: Arc<Seen>, stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let tls_config = abuser.config()?;
     let channel = tls::endpoint(
         &format!("{SERVER_IP}:{PORT}"),
@@ -172,17 +202,16 @@ async fn abuse(abuser: ClientTlsArgs, seen: Arc<Seen>, stop: Arc<AtomicBool>) ->
     )?
     .connect()
     .await?;
-    let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..IDLE_CONNECTIONS {
-        tasks.spawn(idle_connection(Arc::clone(&seen), Arc::clone(&stop)));
+        tokio::spawn(idle_connection(Arc::clone(&seen), Arc::clone(&stop)));
     }
     for _ in 0..BAD_CALLERS {
-        tasks.spawn(garbage_connection(Arc::clone(&seen), Arc::clone(&stop)));
+        tokio::spawn(garbage_connection(Arc::clone(&seen), Arc::clone(&stop)));
     }
     let oversized = Arc::new(vec![0x0a; OVERSIZED]);
     let malformed = Arc::new(vec![0xff; 64]);
     for _ in 0..BAD_CALLERS {
-        tasks.spawn(bad_calls(
+        tokio::spawn(bad_calls(
             channel.clone(),
             "oversized",
             "/brindle.ipam.v1.Ipam/CreatePool",
@@ -190,7 +219,7 @@ async fn abuse(abuser: ClientTlsArgs, seen: Arc<Seen>, stop: Arc<AtomicBool>) ->
             Arc::clone(&seen),
             Arc::clone(&stop),
         ));
-        tasks.spawn(bad_calls(
+        tokio::spawn(bad_calls(
             channel.clone(),
             "malformed",
             "/brindle.ipam.v1.Ipam/ListPools",
@@ -199,7 +228,6 @@ async fn abuse(abuser: ClientTlsArgs, seen: Arc<Seen>, stop: Arc<AtomicBool>) ->
             Arc::clone(&stop),
         ));
     }
-    while tasks.join_next().await.is_some() {}
     Ok(())
 }
 
@@ -262,6 +290,10 @@ fn shim_binary() -> anyhow::Result<PathBuf> {
 }
 
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--abuse-with") {
+        return abuser_main(&args[2..]);
+    }
     let shim = shim_binary()?;
     let prefix = format!("brda{}", std::process::id());
     let work = tempfile::Builder::new()
@@ -381,18 +413,16 @@ fn main() -> anyhow::Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("quiet phase panicked"))??;
 
-    let (seen, stop) = (Arc::new(Seen::default()), Arc::new(AtomicBool::new(false)));
-    let abuser_tls = client_tls(&pki, &abuser);
-    let abusing = outside.spawn({
-        let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
-        move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?
-                .block_on(abuse(abuser_tls, seen, stop))
-        }
-    });
+    let mut abusing = outside
+        .command(Path::new("nice"))
+        .args(["-n", "19"])
+        .arg(std::env::current_exe()?)
+        .arg("--abuse-with")
+        .args([pki.ca(), abuser.cert.clone(), abuser.key.clone()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the abuser")?;
     // Let the connections pile up and the bad calls get going.
     std::thread::sleep(Duration::from_secs(3));
     let attacked = node.spawn({
@@ -405,16 +435,9 @@ fn main() -> anyhow::Result<()> {
     let attacked = attacked
         .join()
         .map_err(|_| anyhow::anyhow!("attacked phase panicked"));
-    stop.store(true, Ordering::Relaxed);
+    drop(abusing.stdin.take());
+    let seen = abusing.wait_with_output().context("the abuser")?;
     let (attacked, counters) = attacked??;
-    // The abuser's tasks end as their connections close (at most the server's 10 s first-bytes
-    // deadline); their outcome only matters when they failed to start.
-    if abusing.is_finished() {
-        abusing
-            .join()
-            .map_err(|_| anyhow::anyhow!("abuser panicked"))?
-            .context("the abuser")?;
-    }
 
     println!(
         "bench-abuse: {PODS} sequential CNI ADD+DEL (ADD measured) through node-agent → ipam-svc (mTLS), quiet, then while another host abuses ipam-svc"
@@ -431,11 +454,7 @@ fn main() -> anyhow::Result<()> {
         "abuse: {IDLE_CONNECTIONS} silent connections held (reopened when closed), {BAD_CALLERS} garbage senders, {BAD_CALLERS}+{BAD_CALLERS} callers with a node certificate sending {} MiB and undecodable messages",
         OVERSIZED >> 20
     );
-    println!(
-        "abuser saw: {} connections closed by the server; calls by answer: {:?}",
-        seen.closed.load(Ordering::Relaxed),
-        seen.calls.lock().unwrap_or_else(|p| p.into_inner())
-    );
+    println!("abuser saw: {}", String::from_utf8_lossy(&seen.stdout).trim());
     println!("server's limit counters:\n{counters}");
     println!("(quiet ADD p50 {} ms)", ms(quiet.percentile(50.0)));
     Ok(())

@@ -17,6 +17,8 @@ pub enum Service {
     Ipam,
     Route,
     Policy,
+    /// Node identities: `brindle server`'s, at `--server`.
+    Identity,
 }
 
 impl Service {
@@ -25,6 +27,7 @@ impl Service {
             Self::Ipam => "ipam-svc",
             Self::Route => "route-svc",
             Self::Policy => "policy-svc",
+            Self::Identity => "brindle server (identity)",
         }
     }
 }
@@ -49,11 +52,12 @@ impl Clients {
             Service::Ipam => self.args.ipam_server.as_ref(),
             Service::Route => self.args.route_server.as_ref(),
             Service::Policy => self.args.policy_server.as_ref(),
+            Service::Identity => None,
         }
         .unwrap_or(&self.args.server)
     }
 
-    async fn channel(&self, service: Service) -> anyhow::Result<Channel> {
+    pub async fn channel(&self, service: Service) -> anyhow::Result<Channel> {
         let address = self.address(service);
         let mut channels = self.channels.lock().await;
         if let Some(channel) = channels.get(address) {

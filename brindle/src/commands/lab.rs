@@ -36,6 +36,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 underlay_mtu: args.underlay_mtu,
                 insecure_plaintext: args.insecure_plaintext,
                 node_labels: Vec::new(),
+                node_cert_lifetime: args.node_cert_lifetime,
             };
             let lab = tokio::task::spawn_blocking(move || Lab::up(spec)).await??;
             let lab = tokio::task::spawn_blocking(move || {
@@ -93,6 +94,14 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             } else {
                 lab
             };
+            for node in 0..lab.nodes.len() {
+                if let Some((subject, not_after)) = lab.node_certificate(node)? {
+                    println!(
+                        "node {}: certificate {subject} (obtained with a join token, renewed at two thirds of its life), valid until {not_after}",
+                        lab.nodes[node].name
+                    );
+                }
+            }
             println!("\n$ brindle node status   (in the control plane's namespace)");
             let status = lab
                 .cli(&["node", "status"])

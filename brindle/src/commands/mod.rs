@@ -31,6 +31,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Ipam(IpamCommand::Release(args)) => ipam::release(args).await,
         Command::Node(NodeCommand::Status(args)) => node::status(args).await,
         Command::Node(NodeCommand::Label(args)) => node::label(args).await,
+        Command::Node(NodeCommand::JoinToken(args)) => node::join_token(args).await,
         Command::Policy(PolicyCommand::Trace(args)) => trace::trace(args).await,
         Command::Certs(args) => certs(args),
         Command::Completions { shell } => {

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use brindle_grpc::{TRANSPORT_HEADER, Transport};
+use brindle_proto::identity::v1 as identity;
+use brindle_proto::identity::v1::identity_client::IdentityClient;
 use brindle_proto::policy::v1 as policy;
 use brindle_proto::route::v1 as route;
 use brindle_proto::route::v1::routes_client::RoutesClient;
@@ -14,7 +16,7 @@ use tonic::transport::Channel;
 
 use super::connect::{Clients, Service};
 use super::output::{self, Table, age_since};
-use crate::cli::{NodeLabelArgs, NodeStatusArgs, OutputFormat};
+use crate::cli::{NodeJoinTokenArgs, NodeLabelArgs, NodeStatusArgs, OutputFormat};
 
 /// One change of `brindle node label`: set a value, or remove the key.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +69,24 @@ pub async fn label(args: NodeLabelArgs) -> anyhow::Result<()> {
     let mut labels: Vec<String> = set.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();
     println!("node/{} labeled: {}", args.node, labels.join(","));
+    Ok(())
+}
+
+pub async fn join_token(args: NodeJoinTokenArgs) -> anyhow::Result<()> {
+    let clients = Clients::new(args.client);
+    let made = IdentityClient::new(clients.channel(Service::Identity).await?)
+        .create_join_token(identity::CreateJoinTokenRequest {
+            node: args.node.clone(),
+            ttl_seconds: args.ttl,
+        })
+        .await
+        .map_err(|s| clients.failed(Service::Identity, s))?
+        .into_inner();
+    eprintln!(
+        "join token for node {} (expires at Unix time {}; shown once):",
+        args.node, made.expires_unix
+    );
+    println!("{}", made.token);
     Ok(())
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_fanout::FanoutConfig;
+use brindle_identity::{self as identity, JoinTokens, NodeSigner};
 use brindle_metrics::Metrics;
 use ipam_svc::core::Ipam;
 use ipam_svc::grpc::IpamService;
@@ -75,10 +76,37 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         route_svc::grpc::SERVICE_NAME,
         policy_svc::grpc::SERVICE_NAME,
     ];
+    let mut names = names.to_vec();
+    let bootstrap = match (&args.signing_ca_cert, &args.signing_ca_key) {
+        (Some(cert), Some(key)) => {
+            let lifetime = Duration::from_secs(args.node_cert_lifetime);
+            let signer = NodeSigner::open(cert, key, lifetime)?;
+            let (identity, bootstrap) = identity::grpc::services(signer, JoinTokens::new(Arc::clone(&store)));
+            routes.add_service(identity.into_server());
+            names.push(identity::grpc::IDENTITY_SERVICE);
+            let mut bootstrap_routes = RoutesBuilder::default();
+            bootstrap_routes.add_service(bootstrap.into_server());
+            Some(bootstrap_routes)
+        }
+        _ => None,
+    };
     if args.kubeconfig.is_some() || args.kube_sync {
         start_kube_sync(&args, listen, &metrics).await?;
     }
-    brindle_grpc_server::serve(listen, routes, &names, store, &metrics, &args.tls, &args.limits).await?;
+    let main = brindle_grpc_server::serve(listen, routes, &names, store, &metrics, &args.tls, &args.limits);
+    match bootstrap {
+        Some(bootstrap_routes) => {
+            let bootstrap = brindle_grpc_server::serve_bootstrap(
+                args.bootstrap_listen,
+                bootstrap_routes,
+                &metrics,
+                &args.tls,
+                &args.limits,
+            );
+            tokio::try_join!(main, bootstrap)?;
+        }
+        None => main.await?,
+    }
     tracing::info!("brindle server stopped");
     Ok(())
 }

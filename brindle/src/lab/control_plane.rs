@@ -147,6 +147,7 @@ impl Lab {
             ControlPlane::AllInOne => {
                 let mut args = vec![OsString::from("server")];
                 args.extend(serve(CONTROL_PORT, SERVER_METRICS_PORT));
+                args.extend(self.signing_flags());
                 let brindle = self.spec.binaries.join("brindle");
                 self.launch("server", Role::Service, &self.control, &brindle, args)
             }

@@ -1,16 +1,18 @@
 //! Who is who in the lab: with mTLS (the default) a CA in the lab's directory, the control plane's
 //! certificate for its underlay address, an administrator's for the lab's own calls and the CLI,
-//! and one per node for its agent — the flags each process takes, and the endpoints the lab's
-//! calls connect to.
+//! and for each agent a join token it trades for its node's certificate on the all-in-one
+//! server's bootstrap port (a certificate the lab issues, with separate services) — the flags
+//! each process takes, and the endpoints the lab's calls connect to.
 
 use std::ffi::OsString;
 use std::path::Path;
 use std::time::Duration;
 
+use anyhow::{Context, bail};
 use brindle_grpc::{ClientTlsArgs, tls};
 use tonic::transport::Endpoint;
 
-use super::{Lab, Service, UNDERLAY};
+use super::{BOOTSTRAP_PORT, ControlPlane, Lab, Service, UNDERLAY};
 use crate::certs::{Issued, Pki};
 
 /// How long one of the lab's calls may take to connect.
@@ -55,6 +57,11 @@ impl LabTls {
 }
 
 impl Lab {
+    /// Whether agents bootstrap their certificates with join tokens (mTLS, all-in-one server).
+    fn bootstrapped(&self) -> bool {
+        self.tls.is_some() && self.spec.control_plane == ControlPlane::AllInOne
+    }
+
     /// A server's flags: its certificate and the client CA, or the opt-in to plain text.
     pub(super) fn server_transport_flags(&self) -> Vec<OsString> {
         match &self.tls {
@@ -71,6 +78,26 @@ impl Lab {
         }
     }
 
+    /// The all-in-one server's signing flags when agents bootstrap: the CA, the bootstrap port,
+    /// the certificates' lifetime.
+    pub(super) fn signing_flags(&self) -> Vec<OsString> {
+        let Some(tls) = self.tls.as_ref().filter(|_| self.bootstrapped()) else {
+            return Vec::new();
+        };
+        let mut flags: Vec<OsString> = vec![
+            "--signing-ca-cert".into(),
+            tls.pki.ca().into(),
+            "--signing-ca-key".into(),
+            tls.pki.ca_key().into(),
+            "--bootstrap-listen".into(),
+            format!("{UNDERLAY}.1:{BOOTSTRAP_PORT}").into(),
+        ];
+        if let Some(lifetime) = self.spec.node_cert_lifetime {
+            flags.extend(["--node-cert-lifetime".into(), lifetime.to_string().into()]);
+        }
+        flags
+    }
+
     /// The client flags of the lab's administrator (none in plain text).
     pub(super) fn admin_flags(&self) -> Vec<OsString> {
         self.tls
@@ -79,12 +106,38 @@ impl Lab {
             .unwrap_or_default()
     }
 
-    /// The client flags of node `node`'s agent, its certificate issued first (none in plain text).
+    /// The client flags of node `node`'s agent (none in plain text): a join token made for it
+    /// and where to keep the certificate it buys, or with separate services a certificate the
+    /// lab issues.
     pub(super) fn node_flags(&self, node: &str) -> anyhow::Result<Vec<OsString>> {
-        match &self.tls {
-            Some(tls) => Ok(tls.client_flags(&tls.pki.node(node)?)),
-            None => Ok(Vec::new()),
+        let Some(tls) = &self.tls else {
+            return Ok(Vec::new());
+        };
+        if !self.bootstrapped() {
+            return Ok(tls.client_flags(&tls.pki.node(node)?));
         }
+        let made = self
+            .cli(&["node", "join-token", node, "--ttl", "3600"])
+            .output()
+            .context("brindle node join-token")?;
+        if !made.status.success() {
+            bail!(
+                "a join token for {node}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        let token_file = self.dir.path().join(format!("{node}.token"));
+        std::fs::write(&token_file, &made.stdout).context("writing the join token")?;
+        Ok(vec![
+            "--tls-ca".into(),
+            tls.pki.ca().into(),
+            "--cert-dir".into(),
+            self.dir.path().join(format!("{node}-pki")).into(),
+            "--join-token-file".into(),
+            token_file.into(),
+            "--bootstrap-endpoint".into(),
+            format!("https://{UNDERLAY}.1:{BOOTSTRAP_PORT}").into(),
+        ])
     }
 
     /// An endpoint of `service` for the lab's administrator.
@@ -98,6 +151,23 @@ impl Lab {
             config.as_ref(),
             CONNECT_TIMEOUT,
         )?)
+    }
+
+    /// The subject and expiry of the certificate node `node`'s agent obtained with its join token
+    /// and keeps renewing (`None` when the lab issued it, or without mTLS).
+    pub fn node_certificate(&self, node: usize) -> anyhow::Result<Option<(String, String)>> {
+        if !self.bootstrapped() {
+            return Ok(None);
+        }
+        let name = &self.nodes.get(node).context("no such node")?.name;
+        let path = self.dir.path().join(format!("{name}-pki")).join("node.crt");
+        let pem = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).context("the node certificate is not PEM")?;
+        let certificate = pem.parse_x509().context("the node certificate does not parse")?;
+        Ok(Some((
+            certificate.subject().to_string(),
+            certificate.validity().not_after.to_string(),
+        )))
     }
 
     /// Whether the lab's control plane speaks mTLS.

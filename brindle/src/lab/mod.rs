@@ -43,6 +43,8 @@ const ROUTER_HOST: u8 = 253;
 const CONTROL_PORT: u16 = 7400;
 /// Port of `brindle server`'s `/metrics`, inside its namespace.
 const SERVER_METRICS_PORT: u16 = 9400;
+/// Port of the all-in-one server's bootstrap port (join tokens for node certificates).
+const BOOTSTRAP_PORT: u16 = 7409;
 /// Port of every agent's `/metrics`, inside its node's namespace.
 const AGENT_METRICS_PORT: u16 = 9404;
 /// The first etcd member's client port on the control plane's loopback; member `i` (from 0)
@@ -98,6 +100,10 @@ pub struct LabSpec {
     pub insecure_plaintext: bool,
     /// Labels of each node (`key=value,…`, by node index: `--node-labels` of its agent).
     pub node_labels: Vec<String>,
+    /// Seconds node certificates live. With mTLS and the all-in-one control plane, agents get no
+    /// certificate from the lab: each trades a join token for its own on the server's bootstrap
+    /// port and renews it at two thirds of this (`None`: the server's default, 6 h).
+    pub node_cert_lifetime: Option<u64>,
 }
 
 /// How long a lab agent's ADD waits for its Pod object with [`LabSpec::kubernetes_pods`].
@@ -124,6 +130,7 @@ impl LabSpec {
             underlay_mtu: None,
             insecure_plaintext: false,
             node_labels: Vec::new(),
+            node_cert_lifetime: None,
         }
     }
 }

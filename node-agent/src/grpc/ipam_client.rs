@@ -3,9 +3,10 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use brindle_grpc::Dialer;
 use brindle_proto::ipam::v1 as pb;
 use pb::ipam_client::IpamClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::core::calls::{CallError, Service};
 use crate::core::ipam::{Families, IpamApi, Lease, Owner, PoolChoice};
@@ -18,7 +19,7 @@ pub struct GrpcIpam {
 
 impl GrpcIpam {
     /// A client for `endpoint` (with its TLS, if any); connects on first use and reconnects.
-    pub fn new(endpoint: Endpoint) -> Self {
+    pub fn new(endpoint: Dialer) -> Self {
         Self {
             client: IpamClient::new(endpoint.timeout(Duration::from_secs(20)).connect_lazy()),
         }

@@ -34,7 +34,7 @@ pub struct GrpcPolicy {
 
 impl GrpcPolicy {
     /// A client of policy-svc at `endpoint` (with its TLS, if any); connects lazily.
-    pub fn new(endpoint: tonic::transport::Endpoint) -> Self {
+    pub fn new(endpoint: brindle_grpc::Dialer) -> Self {
         let waiting = endpoint
             .clone()
             .timeout(MAX_POD_WAIT + Duration::from_secs(10))

@@ -13,7 +13,7 @@ use pb::routes_client::RoutesClient;
 use route_api::Node;
 use route_api::convert::{self, RouteWire};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::core::ipam::IpamApi;
 use crate::core::mtu::EncapsulationSender;
@@ -37,7 +37,7 @@ impl RouteFollower {
     /// come from `ipam`; the kernel is re-read every `resync_every`; the encapsulation the pools
     /// use goes to `encapsulation`.
     pub fn new(
-        endpoint: Endpoint,
+        endpoint: brindle_grpc::Dialer,
         node: Node,
         netlink: Arc<dyn Netlink>,
         iptables: Arc<dyn Iptables>,

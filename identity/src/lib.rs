@@ -1,0 +1,42 @@
+//! Node identities without hand-issued certificates: an administrator makes a join token for a
+//! node ([`JoinTokens`]); the node's agent trades it once for a short-lived client certificate
+//! signed from its own key's CSR ([`NodeSigner`]), and renews that certificate with itself before
+//! it expires. [`grpc`] serves both: `Identity` on the main port, `Bootstrap` alone on a port
+//! that takes callers without certificates.
+
+pub mod grpc;
+mod join_tokens;
+mod signer;
+
+pub use join_tokens::{JoinTokens, MAX_TOKEN_TTL};
+pub use signer::{NodeSigner, SignedCertificate};
+
+/// Why an identity could not be given.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// A request field is malformed.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The join token is unknown, expired, wrong, or made for another node.
+    #[error("join token refused: {0}")]
+    TokenRefused(String),
+    /// The CA could not be read or could not sign.
+    #[error("the signing CA: {0}")]
+    Signing(String),
+    /// The datastore failed.
+    #[error(transparent)]
+    Store(#[from] brindle_datastore::StoreError),
+    /// A stored join token does not decode.
+    #[error("join token {id:?} is corrupt: {reason}")]
+    Corrupt {
+        /// The token's id.
+        id: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+}
