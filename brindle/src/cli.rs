@@ -372,6 +372,19 @@ pub struct ServerArgs {
     /// serving only the exchange of a join token for a node certificate.
     #[arg(long, env = "BRINDLE_BOOTSTRAP_LISTEN", default_value = "0.0.0.0:7409")]
     pub bootstrap_listen: SocketAddr,
+    /// Take agents' projected ServiceAccount tokens (audience `brindle`) on the bootstrap port:
+    /// tokens of this service account (`NAMESPACE/NAME`), bound to a pod running on the node asked
+    /// for, checked with TokenReviews through the Kubernetes API.
+    #[arg(long, env = "BRINDLE_BOOTSTRAP_SERVICE_ACCOUNT", requires = "signing_ca_cert")]
+    pub bootstrap_service_account: Option<String>,
+    /// The Kubernetes API for --bootstrap-service-account (default: in a pod its service
+    /// account, else `$KUBECONFIG` or `~/.kube/config`).
+    #[arg(
+        long,
+        env = "BRINDLE_BOOTSTRAP_KUBECONFIG",
+        requires = "bootstrap_service_account"
+    )]
+    pub bootstrap_kubeconfig: Option<std::path::PathBuf>,
     /// Seconds node certificates are valid (agents renew them at two thirds; at least 10).
     #[arg(long, env = "BRINDLE_NODE_CERT_LIFETIME", default_value_t = 6 * 3600,
           value_parser = clap::value_parser!(u64).range(10..))]

@@ -2,7 +2,9 @@
 //! an administrator's join token for node A buys A's certificate on the bootstrap port and
 //! nothing else (not B's, not with a wrong or unknown token); A renews it with itself, the CSR's
 //! subject ignored; A's certificate cannot act for B; the bootstrap port serves nothing but the
-//! bootstrap.
+//! bootstrap. On Kubernetes (kube-standin, the tests' stand-in API server: no API server can be
+//! installed here), an agent pod's ServiceAccount token buys the certificate of the node its pod
+//! runs on, and nothing for another node, service account, audience or pod.
 
 mod support;
 
@@ -41,21 +43,50 @@ fn common_name(pem: &str) -> String {
         .to_owned()
 }
 
+async fn issue_with(
+    bootstrap: &Dialer,
+    request: pb::IssueNodeCertificateRequest,
+) -> Result<pb::NodeCertificate, tonic::Status> {
+    let channel = bootstrap.connect().await.expect("bootstrap port");
+    pb::bootstrap_client::BootstrapClient::new(channel)
+        .issue_node_certificate(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 async fn issue(
     bootstrap: &Dialer,
     node: &str,
     token: &str,
     csr_pem: String,
 ) -> Result<pb::NodeCertificate, tonic::Status> {
-    let channel = bootstrap.connect().await.expect("bootstrap port");
-    pb::bootstrap_client::BootstrapClient::new(channel)
-        .issue_node_certificate(pb::IssueNodeCertificateRequest {
-            node: node.to_owned(),
-            join_token: token.to_owned(),
-            csr_pem,
-        })
-        .await
-        .map(tonic::Response::into_inner)
+    let request = pb::IssueNodeCertificateRequest {
+        node: node.to_owned(),
+        join_token: token.to_owned(),
+        csr_pem,
+        ..Default::default()
+    };
+    issue_with(bootstrap, request).await
+}
+
+/// The CA, the server's certificate and the administrator `admin`'s in `<dir>/certs`.
+fn certificates(dir: &Path) -> std::path::PathBuf {
+    let certs = dir.join("certs");
+    let made = support::brindle(
+        "",
+        &[
+            "certs",
+            "--dir",
+            &certs.display().to_string(),
+            "--server",
+            "127.0.0.1",
+            "--admin",
+            "admin",
+        ],
+        "",
+    );
+    assert!(made.status.success(), "{made:?}");
+    certs
 }
 
 fn join_token(server: &Server, certs: &Path, node: &str) -> String {
@@ -84,21 +115,7 @@ fn join_token(server: &Server, certs: &Path, node: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_token_buys_its_own_nodes_certificate_and_nothing_else() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let certs = dir.path().join("certs");
-    let made = support::brindle(
-        "",
-        &[
-            "certs",
-            "--dir",
-            &certs.display().to_string(),
-            "--server",
-            "127.0.0.1",
-            "--admin",
-            "admin",
-        ],
-        "",
-    );
-    assert!(made.status.success(), "{made:?}");
+    let certs = certificates(dir.path());
     let bootstrap_address = format!("127.0.0.1:{}", free_port().expect("free port"));
     let file = |name: &str| certs.join(name).display().to_string();
     let server = Server::start_tls(
@@ -207,4 +224,117 @@ async fn a_join_token_buys_its_own_nodes_certificate_and_nothing_else() {
             .await
             .expect_err("route-svc on the bootstrap port");
     assert_eq!(elsewhere.code(), Code::Unimplemented, "{elsewhere:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_account_token_buys_the_certificate_of_its_pods_node_only() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube_standin::{BoundToken, StandIn, objects};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certificates(dir.path());
+    let api = StandIn::start(Duration::from_secs(60)).await.expect("stand-in");
+    let kubeconfig = api.write_kubeconfig(dir.path()).expect("kubeconfig");
+    for (pod, node) in [("agent-a", "node-a"), ("agent-b", "node-b")] {
+        api.put(&objects::pod(
+            "brindle-system",
+            pod,
+            node,
+            &[("app", "brindle-node")],
+        ));
+    }
+    let uid_a = api
+        .uid::<Pod>(Some("brindle-system"), "agent-a")
+        .expect("agent-a's uid");
+    let token = |service_account: &str, pod: &str, uid: &str, audience: &str| {
+        api.issue_token(BoundToken {
+            namespace: "brindle-system".into(),
+            service_account: service_account.into(),
+            pod: pod.into(),
+            pod_uid: uid.into(),
+            audiences: vec![audience.into()],
+        })
+    };
+    let agent_a = token("brindle-node", "agent-a", &uid_a, "brindle");
+
+    let bootstrap_address = format!("127.0.0.1:{}", free_port().expect("free port"));
+    let file = |name: &str| certs.join(name).display().to_string();
+    let _server = Server::start_tls(
+        &[
+            "--store-path",
+            &dir.path().join("store.redb").display().to_string(),
+            "--signing-ca-cert",
+            &file("ca.crt"),
+            "--signing-ca-key",
+            &file("ca.key"),
+            "--bootstrap-listen",
+            &bootstrap_address,
+            "--bootstrap-service-account",
+            "brindle-system/brindle-node",
+            "--bootstrap-kubeconfig",
+            &kubeconfig.display().to_string(),
+        ],
+        &dir.path().join("server.log"),
+        &certs,
+    );
+    let ca_pem = std::fs::read_to_string(certs.join("ca.crt")).expect("CA");
+    let bootstrap = Dialer::through(
+        &bootstrap_address,
+        IdentityConnector::new(&ca_pem, None).expect("connector"),
+        Duration::from_secs(5),
+    )
+    .expect("dialer");
+    let ask = |node: &str, service_account_token: &str| pb::IssueNodeCertificateRequest {
+        node: node.to_owned(),
+        csr_pem: key_and_csr("brindle:node:anything").1,
+        service_account_token: service_account_token.to_owned(),
+        ..Default::default()
+    };
+
+    let issued = issue_with(&bootstrap, ask("node-a", &agent_a))
+        .await
+        .expect("A's certificate");
+    assert_eq!(common_name(&issued.certificate_pem), "brindle:node:node-a");
+
+    let refusals = [
+        (ask("node-b", &agent_a), "runs on node \"node-a\", not \"node-b\""),
+        (
+            ask("node-a", &token("default", "agent-a", &uid_a, "brindle")),
+            "not the agents'",
+        ),
+        (
+            ask(
+                "node-a",
+                &token(
+                    "brindle-node",
+                    "agent-a",
+                    &uid_a,
+                    "https://kubernetes.default.svc",
+                ),
+            ),
+            "not authenticated",
+        ),
+        (
+            ask("node-b", &token("brindle-node", "agent-b", "uid-old", "brindle")),
+            "not the one the token was bound to",
+        ),
+        (ask("node-a", "made-up"), "not authenticated"),
+    ];
+    for (request, why) in refusals {
+        let refused = issue_with(&bootstrap, request).await.expect_err(why);
+        assert_eq!(refused.code(), Code::Unauthenticated, "{why}: {refused:?}");
+        assert!(refused.message().contains(why), "{why}: {refused:?}");
+    }
+    // Its pod gone, the token buys nothing; and one proof at a time.
+    api.delete::<Pod>(Some("brindle-system"), "agent-a");
+    let refused = issue_with(&bootstrap, ask("node-a", &agent_a))
+        .await
+        .expect_err("pod gone");
+    assert!(refused.message().contains("is gone"), "{refused:?}");
+    let both = pb::IssueNodeCertificateRequest {
+        join_token: "abcdef.0123456789abcdef".into(),
+        ..ask("node-a", &agent_a)
+    };
+    let refused = issue_with(&bootstrap, both).await.expect_err("two proofs");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
 }

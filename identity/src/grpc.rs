@@ -1,6 +1,7 @@
 //! The identity services: `Identity` (administrators make join tokens; a node renews its own
-//! certificate, named by the certificate it calls with) and `Bootstrap` (a join token and a CSR
-//! for the first certificate — served alone on a port that takes callers without certificates).
+//! certificate, named by the certificate it calls with) and `Bootstrap` (a join token or the agent
+//! pod's ServiceAccount token, and a CSR, for the first certificate — served alone on a port that
+//! takes callers without certificates).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use pb::bootstrap_server::{Bootstrap, BootstrapServer};
 use pb::identity_server::{Identity, IdentityServer};
 use tonic::{Request, Response, Status};
 
-use crate::{IdentityError, JoinTokens, NodeSigner, SignedCertificate};
+use crate::{IdentityError, JoinTokens, NodeSigner, ServiceAccountTokens, SignedCertificate};
 
 /// Fully qualified name of the `Identity` service.
 pub const IDENTITY_SERVICE: &str = "brindle.identity.v1.Identity";
@@ -26,6 +27,7 @@ pub fn status(error: IdentityError) -> Status {
         IdentityError::TokenRefused(_) => Status::unauthenticated(message),
         IdentityError::Signing(_) => Status::internal(message),
         IdentityError::Corrupt { .. } => Status::data_loss(message),
+        IdentityError::Kubernetes(_) => Status::unavailable(message),
         IdentityError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
 }
@@ -43,6 +45,7 @@ fn certificate(signed: SignedCertificate) -> pb::NodeCertificate {
 struct Shared {
     signer: Arc<NodeSigner>,
     tokens: JoinTokens,
+    service_accounts: Option<ServiceAccountTokens>,
 }
 
 /// The `Identity` service.
@@ -53,11 +56,17 @@ pub struct IdentityService(Shared);
 #[derive(Clone)]
 pub struct BootstrapService(Shared);
 
-/// Both services over one signer and one token store.
-pub fn services(signer: NodeSigner, tokens: JoinTokens) -> (IdentityService, BootstrapService) {
+/// Both services over one signer and one token store; with `service_accounts`, the bootstrap
+/// also takes agents' ServiceAccount tokens.
+pub fn services(
+    signer: NodeSigner,
+    tokens: JoinTokens,
+    service_accounts: Option<ServiceAccountTokens>,
+) -> (IdentityService, BootstrapService) {
     let shared = Shared {
         signer: Arc::new(signer),
         tokens,
+        service_accounts,
     };
     (IdentityService(shared.clone()), BootstrapService(shared))
 }
@@ -120,11 +129,27 @@ impl Bootstrap for BootstrapService {
         request: Request<pb::IssueNodeCertificateRequest>,
     ) -> Result<Response<pb::NodeCertificate>, Status> {
         let request = request.into_inner();
-        self.0
-            .tokens
-            .redeem(&request.join_token, &request.node)
-            .await
-            .map_err(status)?;
+        match (request.join_token.is_empty(), request.service_account_token.is_empty()) {
+            (false, true) => self.0.tokens.redeem(&request.join_token, &request.node).await,
+            (true, false) => match &self.0.service_accounts {
+                Some(service_accounts) => {
+                    service_accounts
+                        .redeem(&request.service_account_token, &request.node)
+                        .await
+                }
+                None => {
+                    return Err(Status::failed_precondition(
+                        "this server takes no ServiceAccount tokens (brindle server --bootstrap-service-account)",
+                    ));
+                }
+            },
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of join_token and service_account_token",
+                ));
+            }
+        }
+        .map_err(status)?;
         let signed = self
             .0
             .signer

@@ -1,14 +1,17 @@
 //! Node identities without hand-issued certificates: an administrator makes a join token for a
-//! node ([`JoinTokens`]); the node's agent trades it once for a short-lived client certificate
-//! signed from its own key's CSR ([`NodeSigner`]), and renews that certificate with itself before
-//! it expires. [`grpc`] serves both: `Identity` on the main port, `Bootstrap` alone on a port
+//! node ([`JoinTokens`]), or on Kubernetes the agent pod's ServiceAccount token proves its node
+//! ([`ServiceAccountTokens`]); the agent trades it for a short-lived client certificate signed
+//! from its own key's CSR ([`NodeSigner`]), and renews that certificate with itself before it
+//! expires. [`grpc`] serves both: `Identity` on the main port, `Bootstrap` alone on a port
 //! that takes callers without certificates.
 
 pub mod grpc;
 mod join_tokens;
+mod service_account;
 mod signer;
 
 pub use join_tokens::{JoinTokens, MAX_TOKEN_TTL};
+pub use service_account::{AUDIENCE, ServiceAccountTokens};
 pub use signer::{NodeSigner, SignedCertificate};
 
 /// Why an identity could not be given.
@@ -22,12 +25,15 @@ pub enum IdentityError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The join token is unknown, expired, wrong, or made for another node.
-    #[error("join token refused: {0}")]
+    /// The join token or ServiceAccount token is unknown, expired, wrong, or another node's.
+    #[error("token refused: {0}")]
     TokenRefused(String),
     /// The CA could not be read or could not sign.
     #[error("the signing CA: {0}")]
     Signing(String),
+    /// The Kubernetes API could not be asked (a TokenReview, the pod).
+    #[error("the Kubernetes API: {0}")]
+    Kubernetes(#[source] kube::Error),
     /// The datastore failed.
     #[error(transparent)]
     Store(#[from] brindle_datastore::StoreError),

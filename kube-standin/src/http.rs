@@ -17,22 +17,41 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use k8s_openapi::api::authentication::v1::TokenReview;
+
 use crate::store::{Kind, Objects, Watch, WatchStart, status};
+use crate::token_review::Tokens;
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// Where TokenReviews are created.
+const TOKEN_REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
 /// Serves requests until the task is aborted.
-pub async fn serve(listener: TcpListener, objects: Arc<Mutex<Objects>>, bookmark_every: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    objects: Arc<Mutex<Objects>>,
+    tokens: Arc<Mutex<Tokens>>,
+    bookmark_every: Duration,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let objects = objects.clone();
+        let (objects, tokens) = (objects.clone(), tokens.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = respond(&objects, &request, bookmark_every);
-                async move { Ok::<_, Infallible>(response) }
+                let (objects, tokens) = (objects.clone(), tokens.clone());
+                async move {
+                    let response =
+                        if request.method() == Method::POST && request.uri().path() == TOKEN_REVIEWS {
+                            token_review(&tokens, request).await
+                        } else {
+                            respond(&objects, &request, bookmark_every)
+                        };
+                    Ok::<_, Infallible>(response)
+                }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -44,8 +63,30 @@ pub async fn serve(listener: TcpListener, objects: Arc<Mutex<Objects>>, bookmark
     }
 }
 
-fn lock(objects: &Mutex<Objects>) -> MutexGuard<'_, Objects> {
-    objects.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock<T>(shared: &Mutex<T>) -> MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Creates a TokenReview: answers it (201 Created, as the API server does).
+async fn token_review(tokens: &Mutex<Tokens>, request: Request<Incoming>) -> Response<Body> {
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => return failure(StatusCode::BAD_REQUEST, "BadRequest", error.to_string()),
+    };
+    match serde_json::from_slice::<TokenReview>(&body) {
+        Ok(review) => {
+            let reviewed = lock(tokens).review(review);
+            json_response(
+                StatusCode::CREATED,
+                serde_json::to_string(&reviewed).unwrap_or_default(),
+            )
+        }
+        Err(error) => failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("not a TokenReview: {error}"),
+        ),
+    }
 }
 
 fn json_response(code: StatusCode, body: String) -> Response<Body> {
@@ -107,7 +148,7 @@ fn respond(
         return failure(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            "the stand-in serves only GET (list, get, watch)".into(),
+            "the stand-in serves only GET (list, get, watch) and the creation of TokenReviews".into(),
         );
     }
     let path = request.uri().path();

@@ -11,12 +11,19 @@
 //! change objects through [`StandIn::put`] and [`StandIn::delete`] and force the failures a
 //! client must survive with [`StandIn::hold_watches`] and [`StandIn::compact`].
 //!
-//! Not covered: authentication, field and label selectors, writes over HTTP, server-side apply,
-//! streaming lists (`sendInitialEvents`), and protobuf encoding.
+//! It also reviews the ServiceAccount tokens a test issues ([`StandIn::issue_token`]): `POST`
+//! of an `authentication.k8s.io/v1` TokenReview answers as the API server does for a bound,
+//! projected token (service account, pod name and uid, audiences).
+//!
+//! Not covered: authenticating its own clients, field and label selectors, other writes over
+//! HTTP, server-side apply, streaming lists (`sendInitialEvents`), and protobuf encoding.
 
 mod http;
 pub mod objects;
 mod store;
+mod token_review;
+
+pub use token_review::BoundToken;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +50,7 @@ pub struct Requests {
 pub struct StandIn {
     address: SocketAddr,
     objects: Arc<Mutex<Objects>>,
+    tokens: Arc<Mutex<token_review::Tokens>>,
     server: tokio::task::JoinHandle<()>,
 }
 
@@ -62,10 +70,17 @@ impl StandIn {
         let listener = TcpListener::from_std(listener)?;
         let address = listener.local_addr()?;
         let objects = Arc::new(Mutex::new(Objects::new()));
-        let server = tokio::spawn(http::serve(listener, objects.clone(), bookmark_every));
+        let tokens = Arc::new(Mutex::new(token_review::Tokens::default()));
+        let server = tokio::spawn(http::serve(
+            listener,
+            objects.clone(),
+            tokens.clone(),
+            bookmark_every,
+        ));
         Ok(Self {
             address,
             objects,
+            tokens,
             server,
         })
     }
@@ -100,6 +115,13 @@ impl StandIn {
         self.objects().put(store::Kind::of::<K>(), value)
     }
 
+    /// The uid the stand-in gave an object when it was created (as the API server does).
+    pub fn uid<K: ListableResource>(&self, namespace: Option<&str>, name: &str) -> Option<String> {
+        self.objects()
+            .get(&store::Kind::of::<K>(), namespace.unwrap_or_default(), name)
+            .and_then(|object| object["metadata"]["uid"].as_str().map(str::to_owned))
+    }
+
     /// Deletes an object (DELETED); `false` when there was none.
     pub fn delete<K: ListableResource>(&self, namespace: Option<&str>, name: &str) -> bool {
         self.objects()
@@ -115,6 +137,23 @@ impl StandIn {
     /// older resource version gets `410 Gone` and must re-list. Releases held watches.
     pub fn compact(&self) {
         self.objects().compact();
+    }
+
+    /// Issues a ServiceAccount token bound to a pod, for `bound.audiences` (what the kubelet
+    /// projects into the pod); TokenReviews then authenticate it.
+    pub fn issue_token(&self, bound: BoundToken) -> String {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .issue(bound)
+    }
+
+    /// Revokes a token issued before.
+    pub fn revoke_token(&self, token: &str) {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .revoke(token);
     }
 
     /// What clients asked so far.

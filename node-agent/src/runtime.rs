@@ -89,6 +89,11 @@ pub struct Args {
     /// A join token for this node (`brindle node join-token NODE`), in a file.
     #[arg(long, env = "BRINDLE_JOIN_TOKEN_FILE", requires_all = ["cert_dir", "bootstrap_endpoint"])]
     pub join_token_file: Option<PathBuf>,
+    /// The agent pod's projected ServiceAccount token (audience `brindle`), in a file: proves to
+    /// the bootstrap port which node the pod runs on (instead of a join token).
+    #[arg(long, env = "BRINDLE_SERVICE_ACCOUNT_TOKEN_FILE", conflicts_with = "join_token_file",
+          requires_all = ["cert_dir", "bootstrap_endpoint"])]
+    pub service_account_token_file: Option<PathBuf>,
     /// The control plane's bootstrap port (`https://host:7409`), where a join token buys the
     /// first certificate.
     #[arg(long, env = "BRINDLE_BOOTSTRAP_ENDPOINT", requires = "cert_dir")]
@@ -147,6 +152,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 dir: dir.clone(),
                 ca_pem: std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?,
                 join_token_file: args.join_token_file.clone(),
+                service_account_token_file: args.service_account_token_file.clone(),
                 bootstrap_endpoint: args.bootstrap_endpoint.clone(),
             };
             Some(NodeCertificate::obtain(source).await?)

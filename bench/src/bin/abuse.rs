@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// ADD+DEL pairs per phase.
-const PODS: usize = 200;
+const PODS: usize = 500;
 /// Connections the abuser keeps open without sending anything.
 const IDLE_CONNECTIONS: usize = 1_000;
 /// Concurrent callers of each bad-message kind.

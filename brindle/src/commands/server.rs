@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_fanout::FanoutConfig;
-use brindle_identity::{self as identity, JoinTokens, NodeSigner};
+use brindle_identity::{self as identity, JoinTokens, NodeSigner, ServiceAccountTokens};
 use brindle_metrics::Metrics;
 use ipam_svc::core::Ipam;
 use ipam_svc::grpc::IpamService;
@@ -81,7 +81,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => {
             let lifetime = Duration::from_secs(args.node_cert_lifetime);
             let signer = NodeSigner::open(cert, key, lifetime)?;
-            let (identity, bootstrap) = identity::grpc::services(signer, JoinTokens::new(Arc::clone(&store)));
+            let service_accounts = match &args.bootstrap_service_account {
+                Some(service_account) => {
+                    let client =
+                        kube_sync::runtime::kubernetes_client(args.bootstrap_kubeconfig.as_deref()).await?;
+                    Some(ServiceAccountTokens::new(client, service_account)?)
+                }
+                None => None,
+            };
+            let (identity, bootstrap) =
+                identity::grpc::services(signer, JoinTokens::new(Arc::clone(&store)), service_accounts);
             routes.add_service(identity.into_server());
             names.push(identity::grpc::IDENTITY_SERVICE);
             let mut bootstrap_routes = RoutesBuilder::default();

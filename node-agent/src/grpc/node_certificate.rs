@@ -1,5 +1,6 @@
 //! The node's own certificate when nobody hands it one: kept in `--cert-dir`, obtained with the
-//! join token (`--join-token-file`) through the bootstrap port when missing or expired, and
+//! join token (`--join-token-file`) or the pod's ServiceAccount token
+//! (`--service-account-token-file`) through the bootstrap port when missing or expired, and
 //! renewed through the `Identity` service at two thirds of its lifetime, each time with a fresh
 //! key. Every certificate goes into the [`ClientIdentity`] the agent's channels present, so new
 //! connections use it while open ones (and their Sync streams) carry on.
@@ -95,6 +96,9 @@ pub struct CertificateSource {
     pub ca_pem: String,
     /// The join token's file, when the agent has one.
     pub join_token_file: Option<PathBuf>,
+    /// The projected ServiceAccount token's file (read at each bootstrap: the kubelet rotates
+    /// it), when the agent runs in a pod.
+    pub service_account_token_file: Option<PathBuf>,
     /// The bootstrap port's address (`https://host:7409`).
     pub bootstrap_endpoint: Option<String>,
 }
@@ -175,16 +179,31 @@ impl NodeCertificate {
         })
     }
 
-    /// A certificate through the bootstrap port, for the join token.
+    /// A certificate through the bootstrap port, for the join token or the ServiceAccount token.
     async fn bootstrap(source: &CertificateSource) -> anyhow::Result<Held> {
-        let (Some(token_file), Some(endpoint)) = (&source.join_token_file, &source.bootstrap_endpoint) else {
+        let read = |file: &Option<PathBuf>| -> anyhow::Result<String> {
+            match file {
+                Some(file) => Ok(std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?
+                    .trim()
+                    .to_owned()),
+                None => Ok(String::new()),
+            }
+        };
+        let (join_token, service_account_token) = (
+            read(&source.join_token_file)?,
+            read(&source.service_account_token_file)?,
+        );
+        let Some(endpoint) = source
+            .bootstrap_endpoint
+            .as_ref()
+            .filter(|_| !join_token.is_empty() || !service_account_token.is_empty())
+        else {
             bail!(
-                "no valid node certificate in {} and no --join-token-file and --bootstrap-endpoint to obtain one",
+                "no valid node certificate in {} and no token (--join-token-file or --service-account-token-file) and --bootstrap-endpoint to obtain one",
                 source.dir.display()
             );
         };
-        let token = std::fs::read_to_string(token_file)
-            .with_context(|| format!("reading the join token {}", token_file.display()))?;
         let (key_pem, csr_pem) = key_and_csr()?;
         let connector = IdentityConnector::new(&source.ca_pem, None)?;
         let channel = Dialer::through(endpoint, connector, CALL_TIMEOUT)?
@@ -195,15 +214,16 @@ impl NodeCertificate {
         let certificate = BootstrapClient::new(channel)
             .issue_node_certificate(pb::IssueNodeCertificateRequest {
                 node: source.node.clone(),
-                join_token: token.trim().to_owned(),
+                join_token,
                 csr_pem,
+                service_account_token,
             })
             .await
             .map_err(|status| anyhow::anyhow!("bootstrap: {:?}: {}", status.code(), status.message()))?
             .into_inner();
         tracing::info!(
             node = source.node,
-            "node certificate obtained with the join token"
+            "node certificate obtained through the bootstrap port"
         );
         Self::keep(&source.dir, &certificate, key_pem)
     }
