@@ -4,7 +4,9 @@
 //! subject ignored; A's certificate cannot act for B; the bootstrap port serves nothing but the
 //! bootstrap. On Kubernetes (kube-standin, the tests' stand-in API server: no API server can be
 //! installed here), an agent pod's ServiceAccount token buys the certificate of the node its pod
-//! runs on, and nothing for another node, service account, audience or pod.
+//! runs on, and nothing for another node, service account, audience or pod; the real agent,
+//! started before its control plane, waits for the bootstrap port and keeps its certificate
+//! (key mode 0600).
 
 mod support;
 
@@ -12,7 +14,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_datastore::testing::free_port;
 use brindle_grpc::{ClientIdentity, Dialer, IdentityConnector};
 use brindle_proto::identity::v1 as pb;
 use brindle_proto::route::v1 as route;
@@ -116,9 +117,8 @@ fn join_token(server: &Server, certs: &Path, node: &str) -> String {
 async fn a_join_token_buys_its_own_nodes_certificate_and_nothing_else() {
     let dir = tempfile::tempdir().expect("tempdir");
     let certs = certificates(dir.path());
-    let bootstrap_address = format!("127.0.0.1:{}", free_port().expect("free port"));
     let file = |name: &str| certs.join(name).display().to_string();
-    let server = Server::start_tls(
+    let mut server = Server::start_tls(
         &[
             "--store-path",
             &dir.path().join("store.redb").display().to_string(),
@@ -127,13 +127,14 @@ async fn a_join_token_buys_its_own_nodes_certificate_and_nothing_else() {
             "--signing-ca-key",
             &file("ca.key"),
             "--bootstrap-listen",
-            &bootstrap_address,
+            "127.0.0.1:0",
             "--node-cert-lifetime",
             "60",
         ],
         &dir.path().join("server.log"),
         &certs,
     );
+    let bootstrap_address = server.logged_address("serving the bootstrap port");
     let ca_pem = std::fs::read_to_string(certs.join("ca.crt")).expect("CA");
     let server_only = IdentityConnector::new(&ca_pem, None).expect("connector");
     let bootstrap =
@@ -257,9 +258,8 @@ async fn a_service_account_token_buys_the_certificate_of_its_pods_node_only() {
     };
     let agent_a = token("brindle-node", "agent-a", &uid_a, "brindle");
 
-    let bootstrap_address = format!("127.0.0.1:{}", free_port().expect("free port"));
     let file = |name: &str| certs.join(name).display().to_string();
-    let _server = Server::start_tls(
+    let mut server = Server::start_tls(
         &[
             "--store-path",
             &dir.path().join("store.redb").display().to_string(),
@@ -268,7 +268,7 @@ async fn a_service_account_token_buys_the_certificate_of_its_pods_node_only() {
             "--signing-ca-key",
             &file("ca.key"),
             "--bootstrap-listen",
-            &bootstrap_address,
+            "127.0.0.1:0",
             "--bootstrap-service-account",
             "brindle-system/brindle-node",
             "--bootstrap-kubeconfig",
@@ -277,6 +277,7 @@ async fn a_service_account_token_buys_the_certificate_of_its_pods_node_only() {
         &dir.path().join("server.log"),
         &certs,
     );
+    let bootstrap_address = server.logged_address("serving the bootstrap port");
     let ca_pem = std::fs::read_to_string(certs.join("ca.crt")).expect("CA");
     let bootstrap = Dialer::through(
         &bootstrap_address,
@@ -337,4 +338,128 @@ async fn a_service_account_token_buys_the_certificate_of_its_pods_node_only() {
     };
     let refused = issue_with(&bootstrap, both).await.expect_err("two proofs");
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+}
+
+/// A child process killed on drop.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_in_a_pod_gets_its_nodes_certificate_with_its_service_account_token() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube_standin::{BoundToken, StandIn, objects};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certs = certificates(dir.path());
+    // Everything in a namespace of its own: the agent sets its namespace's sysctls.
+    let namespace = brindle::lab::Namespace::create(format!("brdk{}", std::process::id())).expect("netns");
+    let listener = namespace
+        .spawn(|| Ok(std::net::TcpListener::bind("127.0.0.1:6443")?))
+        .join()
+        .expect("bind thread")
+        .expect("bind the stand-in");
+    let api = StandIn::start_on(listener, Duration::from_secs(60)).expect("stand-in");
+    let kubeconfig = api.write_kubeconfig(dir.path()).expect("kubeconfig");
+    api.put(&objects::pod("brindle-system", "agent-x", "node-a", &[]));
+    let token = api.issue_token(BoundToken {
+        namespace: "brindle-system".into(),
+        service_account: "brindle-node".into(),
+        pod: "agent-x".into(),
+        pod_uid: api.uid::<Pod>(Some("brindle-system"), "agent-x").expect("uid"),
+        audiences: vec!["brindle".into()],
+    });
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).expect("token file");
+
+    let binaries = brindle::lab::test_binaries();
+    let file = |name: &str| certs.join(name).display().to_string();
+    let log = |name: &str| std::fs::File::create(dir.path().join(name)).expect("log");
+    let _server = Daemon(
+        namespace
+            .command(&binaries.join("brindle"))
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:7400",
+                "--metrics-listen",
+                "127.0.0.1:9400",
+            ])
+            .args([
+                "--store-path",
+                &dir.path().join("store.redb").display().to_string(),
+            ])
+            .args([
+                "--tls-cert",
+                &file("server.crt"),
+                "--tls-key",
+                &file("server.key"),
+            ])
+            .args([
+                "--tls-client-ca",
+                &file("ca.crt"),
+                "--signing-ca-cert",
+                &file("ca.crt"),
+            ])
+            .args([
+                "--signing-ca-key",
+                &file("ca.key"),
+                "--bootstrap-listen",
+                "127.0.0.1:7409",
+            ])
+            .args(["--bootstrap-service-account", "brindle-system/brindle-node"])
+            .args(["--bootstrap-kubeconfig", &kubeconfig.display().to_string()])
+            .stderr(log("server.log"))
+            .spawn()
+            .expect("brindle server"),
+    );
+    let pki = dir.path().join("pki");
+    let socket = dir.path().join("cni.sock");
+    let _agent = Daemon(
+        namespace
+            .command(&binaries.join("node-agent"))
+            .args(["--node-name", "node-a", "--metrics-listen", "127.0.0.1:9404"])
+            .args(["--cni-socket", &socket.display().to_string()])
+            .args(["--state-dir", &dir.path().join("state").display().to_string()])
+            .args([
+                "--ipam-endpoint",
+                "https://127.0.0.1:7400",
+                "--tls-ca",
+                &file("ca.crt"),
+            ])
+            .args(["--cert-dir", &pki.display().to_string()])
+            .args(["--service-account-token-file", &token_file.display().to_string()])
+            .args(["--bootstrap-endpoint", "https://127.0.0.1:7409"])
+            .stderr(log("agent.log"))
+            .spawn()
+            .expect("node-agent"),
+    );
+    // The agent serves CNI only once it has its certificate.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        let logs = || {
+            ["server.log", "agent.log"]
+                .map(|name| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default())
+                .join("\n")
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never started\n{}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let certificate = std::fs::read_to_string(pki.join("node.crt")).expect("the node's certificate");
+    assert_eq!(common_name(&certificate), "brindle:node:node-a");
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(pki.join("node.key"))
+            .expect("key")
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
 }

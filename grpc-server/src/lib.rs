@@ -108,6 +108,8 @@ pub async fn serve(
         tracing::warn!(%address, "serving plain text on the network (--insecure-plaintext): anyone who reaches this address can change pools, routes and policies");
     }
     let listener = bind(address).await?;
+    // The port bound (the one asked for, or the kernel's choice for port 0).
+    let address = listener.local_addr().unwrap_or(address);
     let limited = metrics.counters(
         "limited",
         "Connections and calls refused by a per-caller limit, by limit",
@@ -162,6 +164,7 @@ pub async fn serve_bootstrap(
 ) -> Result<(), ServeError> {
     let config = tls.server_only_config()?.ok_or(ServeError::BootstrapWithoutTls)?;
     let listener = bind(address).await?;
+    let address = listener.local_addr().unwrap_or(address);
     let limited = metrics.counters(
         "bootstrap_limited",
         "Connections and calls to the bootstrap port refused by a per-caller limit, by limit",

@@ -8,12 +8,11 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use brindle_datastore::testing::free_port;
-
 /// A `brindle server` child process, killed on drop.
 pub struct Server {
     child: Child,
     pub address: String,
+    log: std::path::PathBuf,
     /// How grpcurl reaches it: `-plaintext`, or TLS flags with an administrator's certificate.
     grpcurl_flags: Vec<String>,
 }
@@ -41,28 +40,39 @@ impl Server {
     }
 
     fn start_with(extra_args: &[&str], log: &Path, grpcurl_flags: Vec<String>) -> Self {
-        // A port found free may be taken before the server binds it: then it exits, and another
-        // port is tried.
-        for _ in 0..5 {
-            let address = format!("127.0.0.1:{}", free_port().expect("free port"));
-            let log = std::fs::File::create(log).expect("log file");
-            let child = Command::new(env!("CARGO_BIN_EXE_brindle"))
-                .args(["server", "--listen", &address, "--metrics-listen", "127.0.0.1:0"])
-                .args(extra_args)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start brindle server");
-            let mut server = Self {
-                child,
-                address,
-                grpcurl_flags: grpcurl_flags.clone(),
-            };
-            if server.wait_until_serving() {
-                return server;
-            }
-        }
-        panic!("brindle server exited at start five times; see {}", log.display());
+        // Port 0: the server binds a port no other process holds and logs which.
+        let log_file = std::fs::File::create(log).expect("log file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_brindle"))
+            .args([
+                "server",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra_args)
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start brindle server");
+        let address = logged_address(&mut child, log, "serving gRPC");
+        let mut server = Self {
+            child,
+            address,
+            log: log.to_owned(),
+            grpcurl_flags,
+        };
+        assert!(
+            server.wait_until_serving(),
+            "brindle server exited; see {}",
+            log.display()
+        );
+        server
+    }
+
+    /// The address the server logged with `message` (a port it bound, e.g. the bootstrap port's).
+    pub fn logged_address(&mut self, message: &str) -> String {
+        logged_address(&mut self.child, &self.log, message)
     }
 
     /// Waits for SERVING; `false` if the server exited first.
@@ -115,6 +125,37 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// Waits for the log line with `message` and returns its `address=` (panics if `child` exits or
+/// 30 s pass first).
+fn logged_address(child: &mut Child, log: &Path, message: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let bound = text
+            .lines()
+            .filter(|line| line.contains(message))
+            .find_map(|line| {
+                line.split("address=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            });
+        if let Some(address) = bound {
+            return address;
+        }
+        assert!(
+            child.try_wait().expect("child status").is_none(),
+            "brindle server exited:\n{text}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "brindle server never logged {message:?}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use brindle_backoff::Backoff;
 use brindle_grpc::{ClientIdentity, Dialer, IdentityConnector};
 use brindle_proto::identity::v1 as pb;
@@ -85,6 +85,22 @@ fn write_atomically(dir: &Path, name: &str, contents: &str, mode: u32) -> anyhow
     Ok(())
 }
 
+/// Why a bootstrap gave no certificate.
+enum BootstrapFailure {
+    /// The bootstrap port did not answer (or was unavailable): worth trying again.
+    Unreachable(anyhow::Error),
+    /// It refused, or the agent has nothing to offer it: trying again would not help.
+    Refused(anyhow::Error),
+}
+
+impl BootstrapFailure {
+    fn error(self) -> anyhow::Error {
+        match self {
+            Self::Unreachable(error) | Self::Refused(error) => error,
+        }
+    }
+}
+
 /// Where the node's certificate comes from.
 #[derive(Debug, Clone)]
 pub struct CertificateSource {
@@ -120,16 +136,17 @@ impl NodeCertificate {
         let now = now_unix();
         let held = match kept {
             Some(held) if held.renew_at() > now => held,
-            kept => match Self::bootstrap(&source).await {
-                Ok(held) => held,
-                Err(error) => match kept {
-                    Some(held) if held.not_after > now => {
-                        tracing::warn!(%error, "no new certificate through the bootstrap port; renewing the kept one soon");
-                        held
-                    }
-                    _ => return Err(error),
-                },
+            Some(held) if held.not_after > now => match Self::bootstrap(&source).await {
+                Ok(renewed) => renewed,
+                Err(failure) => {
+                    tracing::warn!(
+                        error = format!("{:#}", failure.error()),
+                        "no new certificate through the bootstrap port; renewing the kept one soon"
+                    );
+                    held
+                }
             },
+            _ => Self::bootstrap_until_answered(&source).await?,
         };
         let identity = ClientIdentity::from_pem(&held.cert_pem, &held.key_pem)?;
         tracing::info!(
@@ -179,8 +196,28 @@ impl NodeCertificate {
         })
     }
 
+    /// A certificate through the bootstrap port, waiting (with backoff) while it cannot be
+    /// reached — the control plane may start after the agent; a refusal is final.
+    async fn bootstrap_until_answered(source: &CertificateSource) -> anyhow::Result<Held> {
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            match Self::bootstrap(source).await {
+                Ok(held) => return Ok(held),
+                Err(BootstrapFailure::Refused(error)) => return Err(error),
+                Err(BootstrapFailure::Unreachable(error)) => {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "the bootstrap port does not answer; retrying"
+                    );
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
     /// A certificate through the bootstrap port, for the join token or the ServiceAccount token.
-    async fn bootstrap(source: &CertificateSource) -> anyhow::Result<Held> {
+    async fn bootstrap(source: &CertificateSource) -> Result<Held, BootstrapFailure> {
+        use BootstrapFailure::{Refused, Unreachable};
         let read = |file: &Option<PathBuf>| -> anyhow::Result<String> {
             match file {
                 Some(file) => Ok(std::fs::read_to_string(file)
@@ -191,26 +228,28 @@ impl NodeCertificate {
             }
         };
         let (join_token, service_account_token) = (
-            read(&source.join_token_file)?,
-            read(&source.service_account_token_file)?,
+            read(&source.join_token_file).map_err(Refused)?,
+            read(&source.service_account_token_file).map_err(Refused)?,
         );
         let Some(endpoint) = source
             .bootstrap_endpoint
             .as_ref()
             .filter(|_| !join_token.is_empty() || !service_account_token.is_empty())
         else {
-            bail!(
+            return Err(Refused(anyhow::anyhow!(
                 "no valid node certificate in {} and no token (--join-token-file or --service-account-token-file) and --bootstrap-endpoint to obtain one",
                 source.dir.display()
-            );
+            )));
         };
-        let (key_pem, csr_pem) = key_and_csr()?;
-        let connector = IdentityConnector::new(&source.ca_pem, None)?;
-        let channel = Dialer::through(endpoint, connector, CALL_TIMEOUT)?
+        let (key_pem, csr_pem) = key_and_csr().map_err(Refused)?;
+        let connector = IdentityConnector::new(&source.ca_pem, None).map_err(|e| Refused(e.into()))?;
+        let channel = Dialer::through(endpoint, connector, CALL_TIMEOUT)
+            .map_err(|e| Refused(e.into()))?
             .timeout(CALL_TIMEOUT)
             .connect()
             .await
-            .with_context(|| format!("reaching the bootstrap port {endpoint}"))?;
+            .with_context(|| format!("reaching the bootstrap port {endpoint}"))
+            .map_err(Unreachable)?;
         let certificate = BootstrapClient::new(channel)
             .issue_node_certificate(pb::IssueNodeCertificateRequest {
                 node: source.node.clone(),
@@ -219,13 +258,21 @@ impl NodeCertificate {
                 service_account_token,
             })
             .await
-            .map_err(|status| anyhow::anyhow!("bootstrap: {:?}: {}", status.code(), status.message()))?
+            .map_err(|status| {
+                let error = anyhow::anyhow!("bootstrap: {:?}: {}", status.code(), status.message());
+                match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                        Unreachable(error)
+                    }
+                    _ => Refused(error),
+                }
+            })?
             .into_inner();
         tracing::info!(
             node = source.node,
             "node certificate obtained through the bootstrap port"
         );
-        Self::keep(&source.dir, &certificate, key_pem)
+        Self::keep(&source.dir, &certificate, key_pem).map_err(Refused)
     }
 
     /// Renews the certificate two thirds into its life, through the `Identity` service that
@@ -240,7 +287,9 @@ impl NodeCertificate {
             let renewed = if self.held.not_after > now_unix() {
                 self.renew(client.clone()).await
             } else {
-                Self::bootstrap(&self.source).await
+                Self::bootstrap(&self.source)
+                    .await
+                    .map_err(BootstrapFailure::error)
             };
             match renewed.and_then(|held| {
                 self.identity.replace(&held.cert_pem, &held.key_pem)?;
