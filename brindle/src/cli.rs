@@ -280,6 +280,17 @@ pub struct CertsArgs {
     /// An administrator (repeatable): admin-NAME.crt, allowed to change pools and policies.
     #[arg(long = "admin", value_name = "NAME")]
     pub admins: Vec<String>,
+    /// Keep the CA and certificates as Secrets in this Kubernetes namespace instead of --dir (what
+    /// deploy/kubernetes' bootstrap Job runs): `brindle-ca` (CA and key, for the signer),
+    /// `brindle-services-tls` (--server's), `brindle-admin-NAME-tls` per --admin, and the
+    /// ConfigMap `brindle-ca` (the CA certificate, for agents). Secrets that exist are kept.
+    /// Nodes need none: their agents bootstrap with their ServiceAccount tokens.
+    #[arg(long, env = "BRINDLE_KUBERNETES_NAMESPACE", conflicts_with_all = ["dir", "nodes"])]
+    pub kubernetes_namespace: Option<String>,
+    /// The Kubernetes API for --kubernetes-namespace (default: in a pod its service account, else
+    /// `$KUBECONFIG` or `~/.kube/config`).
+    #[arg(long, requires = "kubernetes_namespace")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,35 +371,9 @@ pub struct ServerArgs {
     /// mTLS (a client certificate is then required: node agents', administrators').
     #[command(flatten)]
     pub tls: ServerTlsArgs,
-    /// The CA that signs node certificates (`ca.crt` as `brindle certs` writes it): with it the
-    /// server renews nodes' certificates and, on --bootstrap-listen, issues them for join tokens
-    /// (`brindle node join-token`). Needs the TLS flags.
-    #[arg(long, env = "BRINDLE_SIGNING_CA_CERT", requires_all = ["signing_ca_key", "tls_cert"])]
-    pub signing_ca_cert: Option<std::path::PathBuf>,
-    /// The signing CA's key (`ca.key`).
-    #[arg(long, env = "BRINDLE_SIGNING_CA_KEY", requires = "signing_ca_cert")]
-    pub signing_ca_key: Option<std::path::PathBuf>,
-    /// Where the bootstrap port listens with --signing-ca-cert: TLS without client certificates,
-    /// serving only the exchange of a join token for a node certificate.
-    #[arg(long, env = "BRINDLE_BOOTSTRAP_LISTEN", default_value = "0.0.0.0:7409")]
-    pub bootstrap_listen: SocketAddr,
-    /// Take agents' projected ServiceAccount tokens (audience `brindle`) on the bootstrap port:
-    /// tokens of this service account (`NAMESPACE/NAME`), bound to a pod running on the node asked
-    /// for, checked with TokenReviews through the Kubernetes API.
-    #[arg(long, env = "BRINDLE_BOOTSTRAP_SERVICE_ACCOUNT", requires = "signing_ca_cert")]
-    pub bootstrap_service_account: Option<String>,
-    /// The Kubernetes API for --bootstrap-service-account (default: in a pod its service
-    /// account, else `$KUBECONFIG` or `~/.kube/config`).
-    #[arg(
-        long,
-        env = "BRINDLE_BOOTSTRAP_KUBECONFIG",
-        requires = "bootstrap_service_account"
-    )]
-    pub bootstrap_kubeconfig: Option<std::path::PathBuf>,
-    /// Seconds node certificates are valid (agents renew them at two thirds; at least 10).
-    #[arg(long, env = "BRINDLE_NODE_CERT_LIFETIME", default_value_t = 6 * 3600,
-          value_parser = clap::value_parser!(u64).range(10..))]
-    pub node_cert_lifetime: u64,
+    /// Node certificates: signing, renewal, the bootstrap port.
+    #[command(flatten)]
+    pub signing: brindle_identity::SigningArgs,
     /// What each caller may take.
     #[command(flatten)]
     pub limits: LimitArgs,

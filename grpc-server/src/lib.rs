@@ -29,7 +29,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 pub use limits::{FIRST_BYTES_WITHIN, LimitArgs};
-pub use service::{ServiceArgs, ServiceBinary, run_service};
+pub use service::{BootstrapPort, ServiceArgs, ServiceBinary, ServiceRoutes, run_service};
 pub use store_args::StoreArgs;
 pub use store_status::store_status;
 
@@ -144,6 +144,26 @@ pub async fn serve(
         .await;
     probe.abort();
     served.map_err(|source| ServeError::Transport { address, source })
+}
+
+/// Serves `served` — its main port on `address` as [`serve`] does, and its bootstrap port, if
+/// any, as [`serve_bootstrap`] does — until SIGINT or SIGTERM.
+pub async fn serve_routes(
+    address: SocketAddr,
+    served: ServiceRoutes,
+    store: Arc<dyn Store>,
+    metrics: &Metrics,
+    tls: &ServerTlsArgs,
+    limits: &LimitArgs,
+) -> Result<(), ServeError> {
+    let main = serve(address, served.routes, &served.names, store, metrics, tls, limits);
+    match served.bootstrap {
+        Some(bootstrap) => {
+            let bootstrap = serve_bootstrap(bootstrap.listen, bootstrap.routes, metrics, tls, limits);
+            tokio::try_join!(main, bootstrap).map(|_| ())
+        }
+        None => main.await,
+    }
 }
 
 async fn bind(address: SocketAddr) -> Result<tokio::net::TcpListener, ServeError> {

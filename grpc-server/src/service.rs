@@ -29,8 +29,6 @@ pub struct ServiceBinary {
     pub port: u16,
     /// Default of `--metrics-listen`.
     pub metrics_listen: &'static str,
-    /// The fully qualified name of the gRPC service it serves.
-    pub service_name: &'static str,
 }
 
 // The flags of a service binary. (A plain comment: clap would make a doc comment every binary's
@@ -80,8 +78,50 @@ impl ServiceArgs {
 
     /// Parses this process's command line as `binary`'s (exits with clap's message on errors).
     pub fn parse(binary: &ServiceBinary) -> Self {
-        let matches = Self::command(binary).get_matches();
-        Self::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+        Self::parse_with::<NoMoreArgs>(binary).0
+    }
+
+    /// Parses this process's command line as `binary`'s with the further flags of `More` (exits
+    /// with clap's message on errors).
+    pub fn parse_with<More: Args + FromArgMatches>(binary: &ServiceBinary) -> (Self, More) {
+        let matches = More::augment_args(Self::command(binary)).get_matches();
+        let parsed =
+            Self::from_arg_matches(&matches).and_then(|args| Ok((args, More::from_arg_matches(&matches)?)));
+        parsed.unwrap_or_else(|error| error.exit())
+    }
+}
+
+/// No further flags.
+#[derive(Debug, Args)]
+struct NoMoreArgs {}
+
+/// What a server serves: its routes and their fully qualified names, and — where node
+/// certificates are signed — the bootstrap port.
+pub struct ServiceRoutes {
+    /// The services of the main port.
+    pub routes: RoutesBuilder,
+    /// Their fully qualified names (health and reflection name them).
+    pub names: Vec<&'static str>,
+    /// The bootstrap port, if this server has one.
+    pub bootstrap: Option<BootstrapPort>,
+}
+
+/// The bootstrap port: where it listens and what it serves (TLS without client certificates).
+pub struct BootstrapPort {
+    /// Its address.
+    pub listen: SocketAddr,
+    /// Its services.
+    pub routes: RoutesBuilder,
+}
+
+impl ServiceRoutes {
+    /// One service, `name`, in `routes`; no bootstrap port.
+    pub fn new(routes: RoutesBuilder, name: &'static str) -> Self {
+        Self {
+            routes,
+            names: vec![name],
+            bootstrap: None,
+        }
     }
 }
 
@@ -90,7 +130,7 @@ impl ServiceArgs {
 pub async fn run_service(
     binary: &ServiceBinary,
     args: ServiceArgs,
-    routes: impl FnOnce(Arc<dyn Store>, &Metrics) -> RoutesBuilder,
+    routes: impl FnOnce(Arc<dyn Store>, &Metrics) -> ServiceRoutes,
 ) -> Result<(), ServeError> {
     args.log.init().map_err(ServeError::Logging)?;
     let listen = args.tls.listen_address(args.listen, binary.port);
@@ -100,16 +140,7 @@ pub async fn run_service(
     brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;
     let store = args.store.open().await?;
     let routes = routes(Arc::clone(&store), &metrics);
-    crate::serve(
-        listen,
-        routes,
-        &[binary.service_name],
-        store,
-        &metrics,
-        &args.tls,
-        &args.limits,
-    )
-    .await
+    crate::serve_routes(listen, routes, store, &metrics, &args.tls, &args.limits).await
 }
 
 #[cfg(test)]
@@ -123,7 +154,6 @@ mod tests {
         listen_env: "TEST_SVC_LISTEN",
         port: 7499,
         metrics_listen: "0.0.0.0:9499",
-        service_name: "brindle.test.v1.Test",
     };
 
     #[test]

@@ -75,6 +75,7 @@ impl ResolvesClientCert for ClientIdentity {
 #[derive(Clone)]
 pub struct IdentityConnector {
     config: Arc<ClientConfig>,
+    server_name: Option<String>,
 }
 
 impl std::fmt::Debug for IdentityConnector {
@@ -106,7 +107,15 @@ impl IdentityConnector {
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Self {
             config: Arc::new(config),
+            server_name: None,
         })
+    }
+
+    /// Verifies servers' certificates for `name` instead of the host dialled (`--tls-server-name`).
+    #[must_use]
+    pub fn with_server_name(mut self, name: Option<String>) -> Self {
+        self.server_name = name;
+        self
     }
 }
 
@@ -123,6 +132,7 @@ impl tower::Service<Uri> for IdentityConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let config = Arc::clone(&self.config);
+        let server_name = self.server_name.clone();
         Box::pin(async move {
             let bad = |reason: &str| {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {reason}"))
@@ -133,7 +143,8 @@ impl tower::Service<Uri> for IdentityConnector {
                 .trim_matches(['[', ']'])
                 .to_owned();
             let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
-            let name = ServerName::try_from(host.clone()).map_err(|_| bad("not a host name or address"))?;
+            let name = ServerName::try_from(server_name.unwrap_or_else(|| host.clone()))
+                .map_err(|_| bad("not a host name or address"))?;
             let tcp = TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let tls = tokio_rustls::TlsConnector::from(config)

@@ -180,6 +180,10 @@ pub struct ClientTlsArgs {
     /// Private key (PEM) of --tls-cert.
     #[arg(long, env = "BRINDLE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Verify every server's certificate for this name instead of the host in its address (as
+    /// kubectl's flag of that name): for servers dialled by address, e.g. Kubernetes ClusterIPs.
+    #[arg(long, env = "BRINDLE_TLS_SERVER_NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }
 
 impl ClientTlsArgs {
@@ -189,6 +193,9 @@ impl ClientTlsArgs {
             return Ok(None);
         };
         let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some(name) = &self.tls_server_name {
+            config = config.domain_name(name);
+        }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
         }

@@ -27,7 +27,7 @@ pub fn status(error: IdentityError) -> Status {
         IdentityError::TokenRefused(_) => Status::unauthenticated(message),
         IdentityError::Signing(_) => Status::internal(message),
         IdentityError::Corrupt { .. } => Status::data_loss(message),
-        IdentityError::Kubernetes(_) => Status::unavailable(message),
+        IdentityError::Kubernetes(_) | IdentityError::KubernetesApi { .. } => Status::unavailable(message),
         IdentityError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
 }
@@ -139,7 +139,7 @@ impl Bootstrap for BootstrapService {
                 }
                 None => {
                     return Err(Status::failed_precondition(
-                        "this server takes no ServiceAccount tokens (brindle server --bootstrap-service-account)",
+                        "this server takes no ServiceAccount tokens (its --bootstrap-service-account is not set)",
                     ));
                 }
             },

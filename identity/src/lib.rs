@@ -9,10 +9,12 @@ pub mod grpc;
 mod join_tokens;
 mod service_account;
 mod signer;
+mod signing_args;
 
 pub use join_tokens::{JoinTokens, MAX_TOKEN_TTL};
 pub use service_account::{AUDIENCE, ServiceAccountTokens};
 pub use signer::{NodeSigner, SignedCertificate};
+pub use signing_args::{Signing, SigningArgs};
 
 /// Why an identity could not be given.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,15 @@ pub enum IdentityError {
     /// The Kubernetes API could not be asked (a TokenReview, the pod).
     #[error("the Kubernetes API: {0}")]
     Kubernetes(#[source] kube::Error),
+    /// The Kubernetes API could not be found (no kubeconfig, not in a pod).
+    #[error("finding the Kubernetes API: {what}")]
+    KubernetesApi {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The datastore failed.
     #[error(transparent)]
     Store(#[from] brindle_datastore::StoreError),

@@ -44,12 +44,13 @@ pub async fn serve(
             let service = service_fn(move |request: Request<Incoming>| {
                 let (objects, tokens) = (objects.clone(), tokens.clone());
                 async move {
-                    let response =
-                        if request.method() == Method::POST && request.uri().path() == TOKEN_REVIEWS {
+                    let response = match request.method() {
+                        &Method::POST if request.uri().path() == TOKEN_REVIEWS => {
                             token_review(&tokens, request).await
-                        } else {
-                            respond(&objects, &request, bookmark_every)
-                        };
+                        }
+                        &Method::POST | &Method::PUT => write(&objects, request).await,
+                        _ => respond(&objects, &request, bookmark_every),
+                    };
                     Ok::<_, Infallible>(response)
                 }
             });
@@ -139,6 +140,74 @@ fn query(request: &Request<Incoming>, name: &str) -> Option<String> {
     })
 }
 
+/// Creates (`POST` to a collection: 201, or 409 when the name is taken) or replaces (`PUT` to
+/// an object: 200, or 404 when there is none) an object, as the API server does.
+async fn write(objects: &Mutex<Objects>, request: Request<Incoming>) -> Response<Body> {
+    let creating = request.method() == Method::POST;
+    let Some(target) = target(&lock(objects), request.uri().path()) else {
+        let path = request.uri().path().to_owned();
+        return failure(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the stand-in serves no {path}"),
+        );
+    };
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => return failure(StatusCode::BAD_REQUEST, "BadRequest", error.to_string()),
+    };
+    let mut object: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(object) => object,
+        Err(error) => {
+            return failure(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("not JSON: {error}"),
+            );
+        }
+    };
+    let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    if name.is_empty()
+        || target.name.as_ref().is_some_and(|n| *n != name)
+        || creating == target.name.is_some()
+    {
+        return failure(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "POST to a collection or PUT to the object's own name, with metadata.name".into(),
+        );
+    }
+    if !target.namespace.is_empty() {
+        object["metadata"]["namespace"] = json!(target.namespace);
+    }
+    let mut locked = lock(objects);
+    let exists = locked.get(&target.kind, &target.namespace, &name).is_some();
+    if creating && exists {
+        return failure(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} {name:?} already exists", target.kind.plural),
+        );
+    }
+    if !creating && !exists {
+        return failure(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} {name:?} not found", target.kind.plural),
+        );
+    }
+    locked.put(target.kind.clone(), object);
+    let stored = locked
+        .get(&target.kind, &target.namespace, &name)
+        .unwrap_or_default();
+    let code = if creating {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    json_response(code, stored.to_string())
+}
+
 fn respond(
     objects: &Arc<Mutex<Objects>>,
     request: &Request<Incoming>,
@@ -148,7 +217,8 @@ fn respond(
         return failure(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            "the stand-in serves only GET (list, get, watch) and the creation of TokenReviews".into(),
+            "the stand-in serves GET (list, get, watch), POST (create), PUT (replace) and the creation of TokenReviews"
+                .into(),
         );
     }
     let path = request.uri().path();

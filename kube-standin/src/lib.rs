@@ -15,8 +15,12 @@
 //! of an `authentication.k8s.io/v1` TokenReview answers as the API server does for a bound,
 //! projected token (service account, pod name and uid, audiences).
 //!
-//! Not covered: authenticating its own clients, field and label selectors, other writes over
-//! HTTP, server-side apply, streaming lists (`sendInitialEvents`), and protobuf encoding.
+//! Clients may create (`POST`, 409 `AlreadyExists` when the name is taken) and replace (`PUT`)
+//! objects of the kinds it serves, as `brindle certs --kubernetes-namespace` does with Secrets.
+//!
+//! Not covered: authenticating its own clients, field and label selectors, patches and deletes
+//! over HTTP, server-side apply, optimistic concurrency on replace, streaming lists
+//! (`sendInitialEvents`), and protobuf encoding.
 
 mod http;
 pub mod objects;
@@ -113,6 +117,17 @@ impl StandIn {
     pub fn put<K: ListableResource + Serialize>(&self, object: &K) -> u64 {
         let value = serde_json::to_value(object).unwrap_or_default();
         self.objects().put(store::Kind::of::<K>(), value)
+    }
+
+    /// An object as stored, if there is one.
+    pub fn get<K: ListableResource + serde::de::DeserializeOwned>(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<K> {
+        self.objects()
+            .get(&store::Kind::of::<K>(), namespace.unwrap_or_default(), name)
+            .and_then(|object| serde_json::from_value(object).ok())
     }
 
     /// The uid the stand-in gave an object when it was created (as the API server does).

@@ -103,8 +103,8 @@ fn namespace_of(object: &Value) -> String {
 }
 
 impl Objects {
-    /// Objects of the kinds kube-sync follows (Namespaces, Pods, Nodes, NetworkPolicies); others
-    /// are served once a test puts one.
+    /// Objects of the kinds kube-sync follows (Namespaces, Pods, Nodes, NetworkPolicies) and
+    /// `brindle certs` writes (Secrets, ConfigMaps); others are served once a test puts one.
     pub fn new() -> Self {
         use k8s_openapi::api::{core::v1, networking::v1 as networking};
         Self {
@@ -113,6 +113,8 @@ impl Objects {
                 Kind::of::<v1::Pod>(),
                 Kind::of::<v1::Node>(),
                 Kind::of::<networking::NetworkPolicy>(),
+                Kind::of::<v1::Secret>(),
+                Kind::of::<v1::ConfigMap>(),
             ],
             ..Self::default()
         }

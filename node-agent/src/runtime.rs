@@ -154,6 +154,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 join_token_file: args.join_token_file.clone(),
                 service_account_token_file: args.service_account_token_file.clone(),
                 bootstrap_endpoint: args.bootstrap_endpoint.clone(),
+                server_name: args.tls.tls_server_name.clone(),
             };
             Some(NodeCertificate::obtain(source).await?)
         }

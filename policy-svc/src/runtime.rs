@@ -2,7 +2,7 @@
 //! calculation that follows the datastore.
 
 use brindle_fanout::FanoutConfig;
-use brindle_grpc_server::{ServeError, ServiceArgs, ServiceBinary, run_service};
+use brindle_grpc_server::{ServeError, ServiceArgs, ServiceBinary, ServiceRoutes, run_service};
 use tonic::service::RoutesBuilder;
 
 use crate::grpc::{PolicyService, SERVICE_NAME};
@@ -15,7 +15,6 @@ pub const BINARY: ServiceBinary = ServiceBinary {
     listen_env: "POLICY_SVC_LISTEN",
     port: 7403,
     metrics_listen: "0.0.0.0:9403",
-    service_name: SERVICE_NAME,
 };
 
 /// Runs the service until SIGINT or SIGTERM.
@@ -27,7 +26,7 @@ pub async fn run(args: ServiceArgs) -> Result<(), ServeError> {
                 .with_metrics(metrics)
                 .into_server(),
         );
-        routes
+        ServiceRoutes::new(routes, SERVICE_NAME)
     })
     .await
 }

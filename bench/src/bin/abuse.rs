@@ -172,6 +172,7 @@ fn abuser_main(files: &[String]) -> anyhow::Result<()> {
         tls_ca: Some(ca.into()),
         tls_cert: Some(cert.into()),
         tls_key: Some(key.into()),
+        tls_server_name: None,
     };
     let (seen, stop) = (Arc::new(Seen::default()), Arc::new(AtomicBool::new(false)));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -264,6 +265,7 @@ fn client_tls(pki: &Pki, issued: &Issued) -> ClientTlsArgs {
         tls_ca: Some(pki.ca()),
         tls_cert: Some(issued.cert.clone()),
         tls_key: Some(issued.key.clone()),
+        tls_server_name: None,
     }
 }
 

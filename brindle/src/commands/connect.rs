@@ -17,7 +17,8 @@ pub enum Service {
     Ipam,
     Route,
     Policy,
-    /// Node identities: `brindle server`'s, at `--server`.
+    /// Node identities: served beside IPAM (`brindle server`, or ipam-svc with
+    /// `--signing-ca-cert`).
     Identity,
 }
 
@@ -27,7 +28,7 @@ impl Service {
             Self::Ipam => "ipam-svc",
             Self::Route => "route-svc",
             Self::Policy => "policy-svc",
-            Self::Identity => "brindle server (identity)",
+            Self::Identity => "ipam-svc (identity)",
         }
     }
 }
@@ -49,10 +50,9 @@ impl Clients {
 
     fn address(&self, service: Service) -> &str {
         match service {
-            Service::Ipam => self.args.ipam_server.as_ref(),
+            Service::Ipam | Service::Identity => self.args.ipam_server.as_ref(),
             Service::Route => self.args.route_server.as_ref(),
             Service::Policy => self.args.policy_server.as_ref(),
-            Service::Identity => None,
         }
         .unwrap_or(&self.args.server)
     }

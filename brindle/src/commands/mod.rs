@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 
-use brindle::certs::Pki;
+use brindle::certs::{self, Pki};
 
 use crate::cli::{CertsArgs, Cli, Command, IpamCommand, NodeCommand, PolicyCommand};
 
@@ -33,7 +33,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Node(NodeCommand::Label(args)) => node::label(args).await,
         Command::Node(NodeCommand::JoinToken(args)) => node::join_token(args).await,
         Command::Policy(PolicyCommand::Trace(args)) => trace::trace(args).await,
-        Command::Certs(args) => certs(args),
+        Command::Certs(args) => certs(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "brindle", &mut std::io::stdout());
             Ok(())
@@ -54,8 +54,17 @@ pub async fn run(command: Command) -> ExitCode {
     }
 }
 
-/// `brindle certs`: the CA, then each certificate asked for; prints what it wrote.
-fn certs(args: CertsArgs) -> anyhow::Result<()> {
+/// `brindle certs`: the CA, then each certificate asked for; prints what it wrote (or, with
+/// --kubernetes-namespace, which Secrets it made and kept).
+async fn certs(args: CertsArgs) -> anyhow::Result<()> {
+    if let Some(namespace) = &args.kubernetes_namespace {
+        let client = kube_sync::runtime::kubernetes_client(args.kubeconfig.as_deref()).await?;
+        let done = certs::kubernetes::issue(client, namespace, &args.servers, &args.admins).await?;
+        for (object, outcome) in done {
+            println!("{object:<36} {outcome:?}");
+        }
+        return Ok(());
+    }
     let pki = Pki::open_or_create(&args.dir)?;
     println!("CA          {}", pki.ca().display());
     let mut issued = Vec::new();

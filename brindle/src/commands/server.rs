@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_fanout::FanoutConfig;
-use brindle_identity::{self as identity, JoinTokens, NodeSigner, ServiceAccountTokens};
+use brindle_grpc_server::ServiceRoutes;
 use brindle_metrics::Metrics;
 use ipam_svc::core::Ipam;
 use ipam_svc::grpc::IpamService;
@@ -71,51 +71,22 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .with_metrics(&metrics)
             .into_server(),
     );
-    let names = [
-        ipam_svc::grpc::SERVICE_NAME,
-        route_svc::grpc::SERVICE_NAME,
-        policy_svc::grpc::SERVICE_NAME,
-    ];
-    let mut names = names.to_vec();
-    let bootstrap = match (&args.signing_ca_cert, &args.signing_ca_key) {
-        (Some(cert), Some(key)) => {
-            let lifetime = Duration::from_secs(args.node_cert_lifetime);
-            let signer = NodeSigner::open(cert, key, lifetime)?;
-            let service_accounts = match &args.bootstrap_service_account {
-                Some(service_account) => {
-                    let client =
-                        kube_sync::runtime::kubernetes_client(args.bootstrap_kubeconfig.as_deref()).await?;
-                    Some(ServiceAccountTokens::new(client, service_account)?)
-                }
-                None => None,
-            };
-            let (identity, bootstrap) =
-                identity::grpc::services(signer, JoinTokens::new(Arc::clone(&store)), service_accounts);
-            routes.add_service(identity.into_server());
-            names.push(identity::grpc::IDENTITY_SERVICE);
-            let mut bootstrap_routes = RoutesBuilder::default();
-            bootstrap_routes.add_service(bootstrap.into_server());
-            Some(bootstrap_routes)
-        }
-        _ => None,
+    let mut served = ServiceRoutes {
+        routes,
+        names: vec![
+            ipam_svc::grpc::SERVICE_NAME,
+            route_svc::grpc::SERVICE_NAME,
+            policy_svc::grpc::SERVICE_NAME,
+        ],
+        bootstrap: None,
     };
+    if let Some(signing) = args.signing.open().await? {
+        signing.serve_in(&mut served, Arc::clone(&store));
+    }
     if args.kubeconfig.is_some() || args.kube_sync {
         start_kube_sync(&args, listen, &metrics).await?;
     }
-    let main = brindle_grpc_server::serve(listen, routes, &names, store, &metrics, &args.tls, &args.limits);
-    match bootstrap {
-        Some(bootstrap_routes) => {
-            let bootstrap = brindle_grpc_server::serve_bootstrap(
-                args.bootstrap_listen,
-                bootstrap_routes,
-                &metrics,
-                &args.tls,
-                &args.limits,
-            );
-            tokio::try_join!(main, bootstrap)?;
-        }
-        None => main.await?,
-    }
+    brindle_grpc_server::serve_routes(listen, served, store, &metrics, &args.tls, &args.limits).await?;
     tracing::info!("brindle server stopped");
     Ok(())
 }

@@ -153,7 +153,10 @@ impl Lab {
             }
             ControlPlane::Separate => Service::ALL.iter().try_for_each(|service| {
                 let binary = self.spec.binaries.join(service.binary());
-                let args = serve(service.port(), service.port() + 2000);
+                let mut args = serve(service.port(), service.port() + 2000);
+                if *service == Service::Ipam {
+                    args.extend(self.signing_flags());
+                }
                 self.launch(service.binary(), Role::Service, &self.control, &binary, args)
             }),
         }

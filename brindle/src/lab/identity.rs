@@ -1,8 +1,8 @@
 //! Who is who in the lab: with mTLS (the default) a CA in the lab's directory, the control plane's
 //! certificate for its underlay address, an administrator's for the lab's own calls and the CLI,
-//! and for each agent a join token it trades for its node's certificate on the all-in-one
-//! server's bootstrap port (a certificate the lab issues, with separate services) — the flags
-//! each process takes, and the endpoints the lab's calls connect to.
+//! and for each agent a join token it trades for its node's certificate on the bootstrap port of
+//! the all-in-one server or of ipam-svc — the flags each process takes, and the endpoints the
+//! lab's calls connect to.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use brindle_grpc::{ClientTlsArgs, tls};
 use tonic::transport::Endpoint;
 
-use super::{BOOTSTRAP_PORT, ControlPlane, Lab, Service, UNDERLAY};
+use super::{BOOTSTRAP_PORT, Lab, Service, UNDERLAY};
 use crate::certs::{Issued, Pki};
 
 /// How long one of the lab's calls may take to connect.
@@ -41,6 +41,7 @@ impl LabTls {
             tls_ca: Some(self.pki.ca()),
             tls_cert: Some(issued.cert.clone()),
             tls_key: Some(issued.key.clone()),
+            tls_server_name: None,
         }
     }
 
@@ -57,11 +58,6 @@ impl LabTls {
 }
 
 impl Lab {
-    /// Whether agents bootstrap their certificates with join tokens (mTLS, all-in-one server).
-    fn bootstrapped(&self) -> bool {
-        self.tls.is_some() && self.spec.control_plane == ControlPlane::AllInOne
-    }
-
     /// A server's flags: its certificate and the client CA, or the opt-in to plain text.
     pub(super) fn server_transport_flags(&self) -> Vec<OsString> {
         match &self.tls {
@@ -78,10 +74,10 @@ impl Lab {
         }
     }
 
-    /// The all-in-one server's signing flags when agents bootstrap: the CA, the bootstrap port,
-    /// the certificates' lifetime.
+    /// The signing flags of the server agents bootstrap from (the all-in-one server, or
+    /// ipam-svc): the CA, the bootstrap port, the certificates' lifetime; none in plain text.
     pub(super) fn signing_flags(&self) -> Vec<OsString> {
-        let Some(tls) = self.tls.as_ref().filter(|_| self.bootstrapped()) else {
+        let Some(tls) = self.tls.as_ref() else {
             return Vec::new();
         };
         let mut flags: Vec<OsString> = vec![
@@ -107,15 +103,11 @@ impl Lab {
     }
 
     /// The client flags of node `node`'s agent (none in plain text): a join token made for it
-    /// and where to keep the certificate it buys, or with separate services a certificate the
-    /// lab issues.
+    /// and where to keep the certificate it buys.
     pub(super) fn node_flags(&self, node: &str) -> anyhow::Result<Vec<OsString>> {
         let Some(tls) = &self.tls else {
             return Ok(Vec::new());
         };
-        if !self.bootstrapped() {
-            return Ok(tls.client_flags(&tls.pki.node(node)?));
-        }
         let made = self
             .cli(&["node", "join-token", node, "--ttl", "3600"])
             .output()
@@ -154,9 +146,9 @@ impl Lab {
     }
 
     /// The subject and expiry of the certificate node `node`'s agent obtained with its join token
-    /// and keeps renewing (`None` when the lab issued it, or without mTLS).
+    /// and keeps renewing (`None` without mTLS).
     pub fn node_certificate(&self, node: usize) -> anyhow::Result<Option<(String, String)>> {
-        if !self.bootstrapped() {
+        if self.tls.is_none() {
             return Ok(None);
         }
         let name = &self.nodes.get(node).context("no such node")?.name;

@@ -117,6 +117,9 @@ pub struct CertificateSource {
     pub service_account_token_file: Option<PathBuf>,
     /// The bootstrap port's address (`https://host:7409`).
     pub bootstrap_endpoint: Option<String>,
+    /// The name servers' certificates are verified for, when not the host dialled
+    /// (`--tls-server-name`).
+    pub server_name: Option<String>,
 }
 
 /// Holds the node's certificate and renews it.
@@ -163,10 +166,10 @@ impl NodeCertificate {
 
     /// The connector presenting the node's current certificate.
     pub fn connector(&self) -> anyhow::Result<IdentityConnector> {
-        Ok(IdentityConnector::new(
-            &self.source.ca_pem,
-            Some(Arc::clone(&self.identity)),
-        )?)
+        Ok(
+            IdentityConnector::new(&self.source.ca_pem, Some(Arc::clone(&self.identity)))?
+                .with_server_name(self.source.server_name.clone()),
+        )
     }
 
     fn read(dir: &Path) -> anyhow::Result<Held> {
@@ -242,7 +245,9 @@ impl NodeCertificate {
             )));
         };
         let (key_pem, csr_pem) = key_and_csr().map_err(Refused)?;
-        let connector = IdentityConnector::new(&source.ca_pem, None).map_err(|e| Refused(e.into()))?;
+        let connector = IdentityConnector::new(&source.ca_pem, None)
+            .map_err(|e| Refused(e.into()))?
+            .with_server_name(source.server_name.clone());
         let channel = Dialer::through(endpoint, connector, CALL_TIMEOUT)
             .map_err(|e| Refused(e.into()))?
             .timeout(CALL_TIMEOUT)

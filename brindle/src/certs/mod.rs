@@ -1,6 +1,9 @@
 //! A small PKI for a lab or a small cluster: a CA, and certificates for the services (server
 //! certificates for their host names and addresses), for nodes (`CN=brindle:node:<name>`) and for
-//! administrators (`O=brindle:admins`), written as PEM files; private keys are mode 0600.
+//! administrators (`O=brindle:admins`), written as PEM files; private keys are mode 0600. On
+//! Kubernetes, [`kubernetes`] keeps them as Secrets.
+
+pub mod kubernetes;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
