@@ -14,6 +14,8 @@ DEBIAN_PACKAGES=(
   containernetworking-plugins  # ptp + host-local: the peer in benchmarks
   iperf3               # bench-dataplane throughput
   systemd              # systemd-analyze verifies deploy/systemd
+  bird2                # the BGP daemon beside each agent (tests start their own, never the service)
+  frr                  # the lab router's BGP (zebra + bgpd, started by tests in a namespace)
 )
 
 missing=()
@@ -24,7 +26,18 @@ if ((${#missing[@]})); then
   echo "brindle: installing Debian packages: ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # bird2 and frr would start their daemons in this host's network namespace: brindle's tests
+  # start their own inside namespaces, so no service starts now, and none at boot.
+  own_policy=""
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ -n "$own_policy" ]]; then rm -f /usr/sbin/policy-rc.d; fi
+  if command -v systemctl >/dev/null && [[ -d /run/systemd/system ]]; then
+    systemctl disable --now bird.service frr.service >/dev/null 2>&1 || true
+  fi
 fi
 
 export PATH="$HOME/.cargo/bin:$TOOLS_DIR/venv/bin:$PATH"

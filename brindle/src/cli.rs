@@ -352,6 +352,11 @@ pub struct LabUpArgs {
     /// certificate on the server's bootstrap port and renew it at two thirds of this).
     #[arg(long, value_parser = clap::value_parser!(u64).range(10..))]
     pub node_cert_lifetime: Option<u64>,
+    /// Nodes announce their pod blocks over BGP (BIRD beside each agent) to FRR on the router
+    /// joining the two subnets, their default gateway: with --subnets 2 a pool with
+    /// --encapsulation never crosses subnets unencapsulated.
+    #[arg(long)]
+    pub bgp: bool,
     /// Tear the lab down right after printing the matrix.
     #[arg(long)]
     pub once: bool,

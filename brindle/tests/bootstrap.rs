@@ -194,6 +194,7 @@ async fn a_join_token_buys_its_own_nodes_certificate_and_nothing_else() {
     let denied = route::routes_client::RoutesClient::new(main)
         .renew_node(route::RenewNodeRequest {
             name: "node-b".into(),
+            bgp_sessions: Vec::new(),
         })
         .await
         .expect_err("A for B");

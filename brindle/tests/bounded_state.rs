@@ -134,6 +134,7 @@ async fn made_up_node_names_leave_nothing_behind() {
         disabled: true,
         node_selector: Default::default(),
         allowed_uses: vec![ipam_api::model::AllowedUse::Workload],
+        disable_bgp_export: false,
     };
     ipam.create_pool(pool).await.expect("pool");
     PolicyClient::new(channel.clone())

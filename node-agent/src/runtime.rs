@@ -13,6 +13,7 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 
 use crate::core::attachments::AttachmentStore;
+use crate::core::bgp::{BgpSpeaker, Bird, LocalBgp};
 use crate::core::cni::{CniOps, FlowSweeper};
 use crate::core::follow::DEFAULT_RESYNC_EVERY;
 use crate::core::mtu::MtuDetector;
@@ -108,6 +109,21 @@ pub struct Args {
     #[arg(long, env = "BRINDLE_RESYNC_INTERVAL", default_value_t = DEFAULT_RESYNC_EVERY.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_interval: u64,
+    /// The configuration file of the node's BIRD 2 daemon (run beside the agent, e.g.
+    /// `bird -c FILE -s SOCKET`): with it and --bird-socket the agent writes it from the cluster's
+    /// BGP configuration and peers and the node's blocks, and reloads BIRD when it changes.
+    #[arg(long, env = "BRINDLE_BIRD_CONFIG", requires_all = ["bird_socket", "route_endpoint"])]
+    pub bird_config: Option<PathBuf>,
+    /// BIRD's control socket (`birdc -s`).
+    #[arg(long, env = "BRINDLE_BIRD_SOCKET", requires = "bird_config")]
+    pub bird_socket: Option<PathBuf>,
+    /// The node's BGP router id (default: its first IPv4 --node-address).
+    #[arg(long, env = "BRINDLE_BGP_ROUTER_ID", requires = "bird_config")]
+    pub bgp_router_id: Option<std::net::Ipv4Addr>,
+    /// The node's own AS number, instead of the cluster's (BGPConfiguration asNumber).
+    #[arg(long, env = "BRINDLE_BGP_AS_NUMBER", requires = "bird_config",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub bgp_as_number: Option<u32>,
     /// How logs look.
     #[command(flatten)]
     pub log: LogArgs,
@@ -227,6 +243,30 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ipip_tunnel_ipv4: None,
             lease: 0,
         };
+        let bgp = match (&args.bird_config, &args.bird_socket) {
+            (Some(config), Some(socket)) => {
+                let router_id = args
+                    .bgp_router_id
+                    .or_else(|| {
+                        registration.addresses.iter().find_map(|a| match a {
+                            std::net::IpAddr::V4(v4) => Some(*v4),
+                            std::net::IpAddr::V6(_) => None,
+                        })
+                    })
+                    .context("BGP needs a router id: --bgp-router-id or an IPv4 --node-address")?;
+                let local = LocalBgp {
+                    node: node.clone(),
+                    router_id,
+                    as_number: args.bgp_as_number,
+                };
+                Some(BgpSpeaker::new(
+                    Bird::new(config.clone(), socket.clone()),
+                    local,
+                    &metrics,
+                ))
+            }
+            _ => None,
+        };
         let follower = RouteFollower::new(
             endpoint(route_endpoint)?,
             registration,
@@ -235,7 +275,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ipam.clone(),
             resync_every,
             encapsulation,
-        );
+        )
+        .with_bgp(bgp);
         tokio::spawn(follower.run(sync_metrics.clone()));
     }
 

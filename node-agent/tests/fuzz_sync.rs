@@ -70,6 +70,7 @@ fn route_messages() -> Vec<route_pb::SyncResponse> {
                 encapsulation: 2,
                 nat_outgoing: true,
                 disabled: false,
+                disable_bgp_export: false,
             }),
         ),
     ];

@@ -62,6 +62,7 @@ fn pool(cidr: &str, encapsulation: Encapsulation) -> (String, RouteItem) {
             encapsulation,
             nat_outgoing: false,
             disabled: false,
+            disable_bgp_export: false,
         }),
     )
 }

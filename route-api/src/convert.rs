@@ -142,7 +142,12 @@ pub fn entry_to_proto(key: &str, item: &RouteItem) -> pb::RouteEntry {
             encapsulation: encapsulation_to_proto(pool.encapsulation).into(),
             nat_outgoing: pool.nat_outgoing,
             disabled: pool.disabled,
+            disable_bgp_export: pool.disable_bgp_export,
         }),
+        RouteItem::BgpConfiguration(configuration) => {
+            pb::route_entry::Value::BgpConfiguration(crate::bgp::configuration_to_proto(configuration))
+        }
+        RouteItem::BgpPeer(peer) => pb::route_entry::Value::BgpPeer(crate::bgp::peer_to_proto(peer)),
     };
     pb::RouteEntry {
         key: key.to_owned(),
@@ -175,8 +180,13 @@ pub fn entry_from_proto(entry: pb::RouteEntry) -> Result<(String, RouteItem), In
             encapsulation: encapsulation_from_proto(pool.encapsulation)?,
             nat_outgoing: pool.nat_outgoing,
             disabled: pool.disabled,
+            disable_bgp_export: pool.disable_bgp_export,
             name: pool.name,
         }),
+        Some(pb::route_entry::Value::BgpConfiguration(configuration)) => {
+            RouteItem::BgpConfiguration(crate::bgp::configuration_from_proto(configuration)?)
+        }
+        Some(pb::route_entry::Value::BgpPeer(peer)) => RouteItem::BgpPeer(crate::bgp::peer_from_proto(peer)?),
     };
     Ok((entry.key, item))
 }

@@ -107,6 +107,8 @@ pub struct PoolRoute {
     pub nat_outgoing: bool,
     /// No new allocations (routes to existing blocks stay).
     pub disabled: bool,
+    /// Its blocks are not announced over BGP.
+    pub disable_bgp_export: bool,
 }
 
 /// One item of routing state.
@@ -134,6 +136,10 @@ pub enum RouteItem {
     },
     /// A pool.
     Pool(PoolRoute),
+    /// The cluster's BGP configuration.
+    BgpConfiguration(crate::bgp::BgpConfiguration),
+    /// A BGP peer.
+    BgpPeer(crate::bgp::BgpPeer),
 }
 
 /// Key of a node item.
@@ -154,4 +160,12 @@ pub fn borrowed_key(ip: &IpAddr) -> String {
 /// Key of a pool item.
 pub fn pool_key(name: &str) -> String {
     format!("pool/{name}")
+}
+
+/// Key of the BGP configuration item.
+pub const BGP_CONFIGURATION_KEY: &str = "bgp/configuration";
+
+/// Key of a BGP peer item.
+pub fn bgp_peer_key(name: &str) -> String {
+    format!("bgp-peer/{name}")
 }

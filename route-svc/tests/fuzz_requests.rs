@@ -31,7 +31,7 @@ fn call() -> impl Strategy<Value = Call> {
     };
     prop_oneof![
         3 => damaged(vec![pb::RegisterNodeRequest { node: Some(node), ttl_seconds: 30 }]).prop_map(Call::Register),
-        1 => damaged(vec![pb::RenewNodeRequest { name: "n1".into() }]).prop_map(Call::Renew),
+        1 => damaged(vec![pb::RenewNodeRequest { name: "n1".into(), bgp_sessions: Vec::new() }]).prop_map(Call::Renew),
         1 => damaged(vec![pb::DeregisterNodeRequest { name: "n1".into() }]).prop_map(Call::Deregister),
     ]
 }

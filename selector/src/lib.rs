@@ -6,11 +6,13 @@
 //! [`labels`] says which label keys and values exist.
 
 pub mod labels;
+mod node_selector;
 mod parser;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+pub use node_selector::NodeSelector;
 pub use parser::ParseError;
 
 /// Longest selector accepted, in bytes.

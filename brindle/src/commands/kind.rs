@@ -20,6 +20,8 @@ pub enum Kind {
     Namespace,
     NetworkPolicy(Flavor),
     GlobalNetworkPolicy,
+    BgpConfiguration,
+    BgpPeer,
 }
 
 impl Kind {
@@ -38,10 +40,12 @@ impl Kind {
                 _ => Flavor::Any,
             }),
             "globalnetworkpolicy" | "globalnetworkpolicies" | "gnp" => Self::GlobalNetworkPolicy,
+            "bgpconfiguration" | "bgpconfigurations" | "bgpconfig" => Self::BgpConfiguration,
+            "bgppeer" | "bgppeers" => Self::BgpPeer,
             _ => anyhow::bail!(
                 "{text:?} is not a kind brindle knows: ippool, ipamconfig, ipreservation, namespace (ns), networkpolicy \
                  (netpol; networkpolicy.brindle.io or networkpolicy.networking.k8s.io for one of the two), \
-                 globalnetworkpolicy (gnp)"
+                 globalnetworkpolicy (gnp), bgpconfiguration, bgppeer"
             ),
         };
         let qualified_ok = group.is_empty() || matches!(kind, Self::NetworkPolicy(f) if f != Flavor::Any);
@@ -77,6 +81,8 @@ impl Kind {
             Self::NetworkPolicy(Flavor::Kubernetes) => "networkpolicy.networking.k8s.io",
             Self::NetworkPolicy(_) => "networkpolicy",
             Self::GlobalNetworkPolicy => "globalnetworkpolicy",
+            Self::BgpConfiguration => "bgpconfiguration",
+            Self::BgpPeer => "bgppeer",
         }
     }
 
@@ -88,7 +94,11 @@ impl Kind {
             Self::NetworkPolicy(Flavor::Brindle) => &["NetworkPolicy"],
             Self::NetworkPolicy(Flavor::Kubernetes) => &["KubernetesNetworkPolicy"],
             Self::GlobalNetworkPolicy => &["GlobalNetworkPolicy"],
-            Self::IpPool | Self::IpamConfig | Self::IpReservation => &[],
+            Self::IpPool
+            | Self::IpamConfig
+            | Self::IpReservation
+            | Self::BgpConfiguration
+            | Self::BgpPeer => &[],
         }
     }
 

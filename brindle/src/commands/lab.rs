@@ -37,6 +37,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 insecure_plaintext: args.insecure_plaintext,
                 node_labels: Vec::new(),
                 node_cert_lifetime: args.node_cert_lifetime,
+                bgp: args.bgp,
             };
             let lab = tokio::task::spawn_blocking(move || Lab::up(spec)).await??;
             let lab = tokio::task::spawn_blocking(move || {
@@ -94,6 +95,11 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
             } else {
                 lab
             };
+            let lab = if args.bgp {
+                tokio::task::spawn_blocking(move || bgp_demo(lab)).await??
+            } else {
+                lab
+            };
             for node in 0..lab.nodes.len() {
                 if let Some((subject, not_after)) = lab.node_certificate(node)? {
                     println!(
@@ -122,6 +128,26 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
 /// With policy enforced: the pods of the first node admit only each other (a Kubernetes
 /// NetworkPolicy on the `node` label every lab pod carries); prints the matrix again and what
 /// policy trace says of one pair it now denies.
+/// What BGP shows: the router's table (every node's blocks, next hop the node), and a host
+/// outside the cluster reaching every pod.
+fn bgp_demo(mut lab: Lab) -> anyhow::Result<Lab> {
+    println!("\n$ vtysh -c 'show ip bgp'   (FRR on the router, every node's BGP peer)");
+    print!("{}", lab.vtysh("show ip bgp")?);
+    let outside = lab.add_outside()?;
+    let namespace = lab.outside.as_ref().context("the outside namespace")?;
+    println!("\nfrom {outside}, outside the cluster behind the router:");
+    for pod in &lab.pods {
+        let reached = namespace.succeeds(&["ping", "-c", "1", "-W", "2", &pod.ip.to_string()]);
+        println!(
+            "  ping {} {:<15} {}",
+            pod.name,
+            pod.ip,
+            if reached { "✓" } else { "✗" }
+        );
+    }
+    Ok(lab)
+}
+
 fn policy_demo(lab: &Lab) -> anyhow::Result<()> {
     let first = &lab.nodes.first().context("a node")?.name;
     let manifest = format!(

@@ -1,6 +1,6 @@
 //! Manifests as operators write them: YAML (or JSON) documents, sorted into the objects ipam-svc
 //! takes as typed messages (IPPool, IPAMConfig, IPReservation — also in Calico's
-//! `projectcalico.org/v3` form) and the objects policy-svc takes as manifests (Namespace,
+//! `projectcalico.org/v3` form), route-svc's BGP objects (BGPConfiguration, BGPPeer: `bgp`) and the objects policy-svc takes as manifests (Namespace,
 //! NetworkPolicy, GlobalNetworkPolicy, Kubernetes NetworkPolicy). A `List` (what `get -o json|yaml` prints for several objects)
 //! stands for its items; "document N" in errors counts objects from 0 in that order.
 
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 /// The API version brindle writes.
 pub const API_VERSION: &str = "brindle.io/v1";
-/// Calico's API version, accepted for IPPool, IPAMConfiguration and IPReservation.
+/// Calico's API version, accepted for IPPool, IPAMConfiguration, IPReservation and BGP objects.
 const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 
 /// One object of a manifest.
@@ -22,6 +22,8 @@ pub enum Document {
     IpPool(ipam::IpPool),
     IpamConfig(ipam::IpamConfig),
     IpReservation(ipam::Reservation),
+    BgpConfiguration(brindle_proto::route::v1::BgpConfiguration),
+    BgpPeer(brindle_proto::route::v1::BgpPeer),
     /// An object of policy-svc, kept as written.
     Policy(PolicyDocument),
 }
@@ -86,6 +88,8 @@ struct IpPoolSpec {
     node_selector: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     allowed_uses: Vec<AllowedUseName>,
+    #[serde(default, rename = "disableBGPExport", skip_serializing_if = "is_false")]
+    disable_bgp_export: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -115,6 +119,10 @@ struct Typed<S> {
     #[serde(default)]
     metadata: Metadata,
     spec: S,
+}
+
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 fn is_zero(value: &u32) -> bool {
@@ -156,15 +164,19 @@ fn document(value: yaml_serde::Value) -> anyhow::Result<Document> {
             ipam_config(value).map(Document::IpamConfig)
         }
         (_, "IPReservation") if brindle_or_calico => ip_reservation(value).map(Document::IpReservation),
+        (_, "BGPConfiguration") if brindle_or_calico => {
+            super::bgp::configuration(value).map(Document::BgpConfiguration)
+        }
+        (_, "BGPPeer") if brindle_or_calico => super::bgp::peer(value).map(Document::BgpPeer),
         ("v1" | API_VERSION, "Namespace") => policy_document("Namespace", value),
         (API_VERSION, "NetworkPolicy") => policy_document("NetworkPolicy", value),
         (API_VERSION, "GlobalNetworkPolicy") => policy_document("GlobalNetworkPolicy", value),
         ("networking.k8s.io/v1", "NetworkPolicy") => policy_document("KubernetesNetworkPolicy", value),
         (version, kind) => anyhow::bail!(
             "kind: {kind:?} of apiVersion {version:?} is not a kind brindle knows ({API_VERSION} IPPool, \
-             IPAMConfig, IPReservation, Namespace, NetworkPolicy, GlobalNetworkPolicy; \
-             networking.k8s.io/v1 NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} IPPool, \
-             IPAMConfiguration, IPReservation)"
+             IPAMConfig, IPReservation, BGPConfiguration, BGPPeer, Namespace, NetworkPolicy, \
+             GlobalNetworkPolicy; networking.k8s.io/v1 NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} \
+             IPPool, IPAMConfiguration, IPReservation, BGPConfiguration, BGPPeer)"
         ),
     }
 }
@@ -212,6 +224,7 @@ fn ip_pool(value: yaml_serde::Value) -> anyhow::Result<ipam::IpPool> {
             } as i32)
             .collect(),
         revision: 0,
+        disable_bgp_export: spec.disable_bgp_export,
     })
 }
 
@@ -313,6 +326,7 @@ pub fn ip_pool_manifest(pool: &ipam::IpPool) -> serde_json::Value {
                     _ => None,
                 })
                 .collect(),
+            disable_bgp_export: pool.disable_bgp_export,
         },
     };
     serde_json::to_value(typed).unwrap_or_default()

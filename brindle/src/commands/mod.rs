@@ -1,6 +1,7 @@
 //! What each `brindle` subcommand does, and how failures become exit statuses: 1 for an error
 //! (printed as `error: …`), 2 for bad usage (clap), 3 when `ipam check` finds problems.
 
+mod bgp;
 mod connect;
 mod ipam;
 mod kind;

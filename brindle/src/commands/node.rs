@@ -194,7 +194,33 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
         "LAST-ACK",
     ]);
     let mut values = Vec::new();
+    let mut sessions = Table::new(&[
+        "NODE",
+        "PEER",
+        "PEER-ADDRESS",
+        "AS",
+        "STATE",
+        "SINCE",
+        "ROUTES-SENT",
+        "INFO",
+    ]);
     for (name, (route_status, policy_status)) in &by_node {
+        let bgp = route_status
+            .as_ref()
+            .map(|s| s.bgp_sessions.clone())
+            .unwrap_or_default();
+        for session in &bgp {
+            sessions.row(vec![
+                name.clone(),
+                session.peer.clone(),
+                session.address.clone(),
+                session.as_number.to_string(),
+                session.state.clone(),
+                session.since.clone(),
+                session.routes_exported.to_string(),
+                session.last_error.clone(),
+            ]);
+        }
         let addresses = route_status
             .as_ref()
             .and_then(|s| s.node.as_ref())
@@ -245,11 +271,24 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
                 "programmed": policy_status.as_ref().map_or(0, |s| s.programmed),
                 "endpoints": policy_status.as_ref().map_or(0, |s| s.endpoints),
             },
+            "bgpSessions": bgp.iter().map(|s| json!({
+                "peer": s.peer,
+                "address": s.address,
+                "asNumber": s.as_number,
+                "state": s.state,
+                "since": s.since,
+                "routesSent": s.routes_exported,
+                "info": s.last_error,
+            })).collect::<Vec<_>>(),
         }));
     }
     match args.output.output {
         OutputFormat::Table => {
             output::print(args.output.output, &table, &json!({}))?;
+            if !sessions.is_empty() {
+                println!("\nBGP sessions:");
+                output::print(args.output.output, &sessions, &json!({}))?;
+            }
             println!("\ncontrol plane: {transport}");
             Ok(())
         }

@@ -9,6 +9,7 @@ use brindle_proto::ipam::v1 as ipam;
 use brindle_proto::policy::v1 as policy;
 use tonic::Code;
 
+use super::bgp;
 use super::connect::{Clients, Service};
 use super::kind::{Flavor, Kind};
 use super::manifest::{self, Document};
@@ -78,6 +79,10 @@ pub async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
             Document::IpReservation(reservation) => {
                 println!("{}", apply_reservation(&clients, reservation).await?);
             }
+            Document::BgpConfiguration(configuration) => {
+                println!("{}", bgp::apply_configuration(&clients, configuration).await?);
+            }
+            Document::BgpPeer(peer) => println!("{}", bgp::apply_peer(&clients, peer).await?),
             Document::Policy(_) => {}
         }
     }
@@ -180,6 +185,8 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     match kind {
         Kind::IpPool => get_pools(&clients, args.name, format).await,
         Kind::IpReservation => get_reservations(&clients, args.name, format).await,
+        Kind::BgpConfiguration => bgp::get_configuration(&clients, format).await,
+        Kind::BgpPeer => bgp::get_peers(&clients, args.name, format).await,
         Kind::IpamConfig => {
             let config = clients
                 .ipam()
@@ -401,6 +408,11 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
                     eprintln!("ipamconfig/default left as it is: it always exists");
                     None
                 }
+                Document::BgpConfiguration(_) => {
+                    eprintln!("bgpconfiguration/default left as it is: it always exists");
+                    None
+                }
+                Document::BgpPeer(peer) => Some((Kind::BgpPeer, String::new(), peer.name)),
                 Document::Policy(object) => {
                     let kind = Kind::of_policy_kind(object.kind);
                     let namespace = kind.namespace_for(if object.namespace.is_empty() {
@@ -415,8 +427,9 @@ pub async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
         (None, Some(kind)) => {
             let kind = Kind::parse(kind)?;
             anyhow::ensure!(
-                kind != Kind::IpamConfig,
-                "ipamconfig/default cannot be deleted: it always exists; apply the settings you want"
+                !matches!(kind, Kind::IpamConfig | Kind::BgpConfiguration),
+                "{}/default cannot be deleted: it always exists; apply the settings you want",
+                kind.short()
             );
             args.names
                 .iter()
@@ -457,6 +470,9 @@ async fn delete_one(
             .await
             .map_err(|s| clients.failed(Service::Ipam, s))?;
         return Ok(format!("ippool/{name} deleted"));
+    }
+    if kind == Kind::BgpPeer {
+        return bgp::delete_peer(clients, name).await;
     }
     if kind == Kind::IpReservation {
         clients

@@ -139,6 +139,24 @@ impl Lab {
         self.add_workload(node, &workload)
     }
 
+    /// Removes pod `pod` through the CNI shim (DEL, as the runtime does when a pod goes) and
+    /// deletes its namespace; later pods' indices shift down by one.
+    pub fn remove_pod(&mut self, pod: usize) -> anyhow::Result<()> {
+        let placed = self.pods.get(pod).context("no such pod")?;
+        let (ok, result) = self.cni(
+            placed.node,
+            "DEL",
+            &placed.name,
+            &placed.namespace.path(),
+            &Workload::default(),
+        )?;
+        if !ok {
+            bail!("CNI DEL of {}: {result}", placed.name);
+        }
+        self.pods.remove(pod);
+        Ok(())
+    }
+
     /// Adds a pod with a Kubernetes identity, labels and named ports on node `node` through the
     /// CNI shim, as the CRI path of containerd would.
     pub fn add_workload(&mut self, node: usize, workload: &Workload) -> anyhow::Result<usize> {

@@ -11,6 +11,7 @@
 //! (`calls`), pods through the CNI shim (`cni`) and what reaches what (`reachability`, with the
 //! probes of `probe`).
 
+mod bgp;
 mod calls;
 mod cni;
 mod control_plane;
@@ -29,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use brindle_proto::ipam::v1 as ipam;
 
+pub use bgp::{OUTSIDE_ADDRESS, ROUTER_AS, RouterRoute, router_address};
 pub use netns::{Namespace, Underlay, run};
 pub use probe::{EchoServers, Target, Transport, probe, serve};
 use process::{Process, Role};
@@ -100,10 +102,13 @@ pub struct LabSpec {
     pub insecure_plaintext: bool,
     /// Labels of each node (`key=value,…`, by node index: `--node-labels` of its agent).
     pub node_labels: Vec<String>,
-    /// Seconds node certificates live. With mTLS and the all-in-one control plane, agents get no
-    /// certificate from the lab: each trades a join token for its own on the server's bootstrap
-    /// port and renews it at two thirds of this (`None`: the server's default, 6 h).
+    /// Seconds node certificates live. With mTLS, agents get no certificate from the lab: each
+    /// trades a join token for its own on the bootstrap port (the all-in-one server's or
+    /// ipam-svc's) and renews it at two thirds of this (`None`: the server's default, 6 h).
     pub node_cert_lifetime: Option<u64>,
+    /// Nodes announce their blocks over BGP (a BIRD beside each agent) to FRR on the router,
+    /// every node's default gateway. Needs 2 subnets.
+    pub bgp: bool,
 }
 
 /// How long a lab agent's ADD waits for its Pod object with [`LabSpec::kubernetes_pods`].
@@ -131,6 +136,7 @@ impl LabSpec {
             insecure_plaintext: false,
             node_labels: Vec::new(),
             node_cert_lifetime: None,
+            bgp: false,
         }
     }
 }
@@ -263,6 +269,8 @@ pub struct Lab {
     pub nodes: Vec<LabNode>,
     /// A namespace standing in for "the internet", once added.
     pub external: Option<Namespace>,
+    /// A host outside the cluster behind the router (a BGP lab), once added.
+    pub outside: Option<Namespace>,
     control: Namespace,
     /// etcd members, services and agents, in start order (stopped in reverse).
     processes: Mutex<Vec<Process>>,
@@ -341,11 +349,14 @@ impl Lab {
                  --control-plane separate (the embedded store is one process's file)"
             );
         }
-        if spec.subnets == 2 && spec.encapsulation == Encapsulation::Never {
+        if spec.subnets == 2 && spec.encapsulation == Encapsulation::Never && !spec.bgp {
             bail!(
-                "direct routing cannot cross subnets: with 2 subnets use --encapsulation \
-                 vxlan-cross-subnet (or vxlan)"
+                "direct routing cannot cross subnets: with 2 subnets use --bgp (the router learns \
+                 the blocks) or --encapsulation vxlan-cross-subnet (or vxlan)"
             );
+        }
+        if spec.bgp && spec.subnets != 2 {
+            bail!("BGP peers the nodes with the router joining the two subnets: give --subnets 2");
         }
         let dir = tempfile::Builder::new().prefix("brindle-lab-").tempdir()?;
         let underlays = (1..=spec.subnets)
@@ -381,6 +392,7 @@ impl Lab {
             pods: Vec::new(),
             nodes: Vec::new(),
             external: None,
+            outside: None,
             control,
             processes: Mutex::new(Vec::new()),
             router,
@@ -388,6 +400,9 @@ impl Lab {
         };
         lab.start_control_plane()?;
         lab.create_pool()?;
+        if lab.spec.bgp {
+            lab.start_router_bgp()?;
+        }
         for _ in 0..lab.spec.nodes {
             lab.add_node()?;
         }
@@ -537,6 +552,10 @@ impl Lab {
                 "--pod-wait".into(),
                 POD_WAIT_SECONDS.to_string().into(),
             ]);
+        }
+        if self.spec.bgp {
+            args.extend(self.start_bird(&name, &namespace, address)?);
+            self.peer_with_router(&name, &namespace, subnet)?;
         }
         let agent = self.spec.binaries.join("node-agent");
         self.launch(&name, Role::Agent, &namespace, &agent, args)?;

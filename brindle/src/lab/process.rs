@@ -19,6 +19,8 @@ pub enum Role {
     Service,
     /// A node's agent.
     Agent,
+    /// A routing daemon: a node's BIRD, the router's FRR.
+    Router,
 }
 
 /// A daemon inside one of the lab's namespaces, restartable with the command it was started with.

@@ -192,6 +192,7 @@ mod tests {
             disabled: false,
             node_selector: Default::default(),
             allowed_uses: vec![AllowedUse::Workload],
+            disable_bgp_export: false,
         }
     }
 

@@ -80,6 +80,7 @@ pub(super) fn pool_from(pool: Option<pb::IpPool>) -> Result<Pool, IpamError> {
         node_selector: NodeSelector::parse(&pool.node_selector)
             .map_err(|e| IpamError::invalid("pool.node_selector", e.to_string()))?,
         allowed_uses,
+        disable_bgp_export: pool.disable_bgp_export,
     })
 }
 
@@ -95,6 +96,7 @@ pub(super) fn pool_to(pool: Pool, revision: u64) -> pb::IpPool {
         node_selector: pool.node_selector.as_str().to_owned(),
         allowed_uses: pool.allowed_uses.into_iter().map(use_to).collect(),
         revision,
+        disable_bgp_export: pool.disable_bgp_export,
     }
 }
 

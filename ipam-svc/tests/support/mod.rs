@@ -65,6 +65,7 @@ pub fn pool(name: &str, cidr: &str, block_size: u8) -> Pool {
         disabled: false,
         node_selector: Default::default(),
         allowed_uses: vec![AllowedUse::Workload, AllowedUse::Tunnel],
+        disable_bgp_export: false,
     }
 }
 

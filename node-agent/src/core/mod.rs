@@ -3,6 +3,7 @@
 //! operations built from them.
 
 pub mod attachments;
+pub mod bgp;
 pub mod calls;
 pub mod cni;
 pub mod endpoints;

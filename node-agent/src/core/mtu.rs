@@ -211,6 +211,7 @@ mod tests {
             encapsulation,
             nat_outgoing: false,
             disabled: false,
+            disable_bgp_export: false,
         });
         (name.to_owned(), item)
     }

@@ -80,6 +80,7 @@ mod tests {
                 encapsulation: Encapsulation::None,
                 nat_outgoing,
                 disabled: false,
+                disable_bgp_export: false,
             }),
         )
     }

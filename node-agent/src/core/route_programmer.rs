@@ -10,6 +10,7 @@ use brindle_fanout::Mirror;
 use route_api::{Node, RouteItem};
 use tokio::sync::watch;
 
+use crate::core::bgp::BgpSpeaker;
 use crate::core::follow::{ResyncClock, SyncTarget};
 use crate::core::ipam::IpamApi;
 use crate::core::mtu::{EncapsulationInUse, EncapsulationSender};
@@ -35,6 +36,8 @@ pub struct RouteProgrammer {
     registration: watch::Sender<Node>,
     /// The encapsulation the pools use (the pod MTU depends on it).
     encapsulation: EncapsulationSender,
+    /// The node's BGP daemon, when it runs one.
+    bgp: Option<BgpSpeaker>,
 }
 
 impl RouteProgrammer {
@@ -62,7 +65,15 @@ impl RouteProgrammer {
             resync: ResyncClock::new(resync_every),
             registration,
             encapsulation,
+            bgp: None,
         }
+    }
+
+    /// Also keeps the node's BGP daemon announcing what the state asks.
+    #[must_use]
+    pub fn with_bgp(mut self, bgp: Option<BgpSpeaker>) -> Self {
+        self.bgp = bgp;
+        self
     }
 }
 
@@ -75,7 +86,8 @@ impl SyncTarget<RouteItem> for RouteProgrammer {
     /// next keepalive tick; when the resync clock is due, a tick first forgets what was
     /// programmed, so the kernel is read again and anything removed behind its back comes back.
     async fn program(&mut self, mirror: &Mirror<RouteItem>, tick: bool) -> Option<u64> {
-        if tick && self.resync.due() {
+        let resync = tick && self.resync.due();
+        if resync {
             self.vteps.resync();
             self.routes.resync();
             self.nat.resync();
@@ -125,6 +137,16 @@ impl SyncTarget<RouteItem> for RouteProgrammer {
         for error in &failures {
             tracing::error!(%error, "programming the routing state; retrying");
         }
-        failures.is_empty().then_some(programmed as u64)
+        let mut announced = true;
+        if let Some(bgp) = &mut self.bgp {
+            if let Err(error) = bgp.program(state, resync).await {
+                tracing::error!(%error, "configuring BGP; retrying");
+                announced = false;
+            }
+            if tick {
+                bgp.refresh_sessions().await;
+            }
+        }
+        (failures.is_empty() && announced).then_some(programmed as u64)
     }
 }

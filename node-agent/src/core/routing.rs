@@ -1,6 +1,7 @@
 //! Routes toward other nodes' pods: what the routing state asks for (a route per remote block via
 //! its node — directly, or through the VXLAN or IP-in-IP device as the block's pool says — and a
-//! host route per address borrowed by another node) and a reconciler that programs only the
+//! host route per address borrowed by another node; none where a direct route's next hop is in
+//! another subnet: that traffic follows the default gateway, which learns the blocks over BGP) and a reconciler that programs only the
 //! differences and removes stale routes it owns — never anything else, and nothing until it has
 //! seen a full state.
 
@@ -43,6 +44,14 @@ pub fn desired_routes(
             .map_or(Encapsulation::None, |pool| pool.encapsulation)
     };
     let my_subnet = nodes.get(me).and_then(|node| node.ipv4_subnet);
+    // Without brindle's node-to-node mesh, unencapsulated traffic follows the default gateway.
+    let mesh = items
+        .values()
+        .find_map(|item| match item {
+            RouteItem::BgpConfiguration(configuration) => Some(configuration.node_to_node_mesh_enabled),
+            _ => None,
+        })
+        .unwrap_or(true);
     // Unknown subnets count as different: a tunnel works across subnets, a direct route does not.
     let same_subnet =
         |via: IpAddr| matches!((my_subnet, via), (Some(subnet), IpAddr::V4(v4)) if subnet.contains(&v4));
@@ -75,6 +84,14 @@ pub fn desired_routes(
             })
         };
         match encapsulation_of(&destination) {
+            Encapsulation::None if !mesh => None,
+            // A next hop in another subnet is not on link: no route (the default gateway's BGP
+            // routes carry that traffic). IPv6 and unknown subnets are not compared.
+            Encapsulation::None
+                if destination.addr().is_ipv4() && my_subnet.is_some() && !same_subnet(address) =>
+            {
+                None
+            }
             Encapsulation::None => direct(),
             Encapsulation::Vxlan => vxlan(),
             // (CrossSubnet compares IPv4 subnets: IPv6 blocks of such pools always go over VXLAN.)
@@ -251,6 +268,7 @@ mod tests {
                 encapsulation,
                 nat_outgoing: false,
                 disabled: false,
+                disable_bgp_export: false,
             }),
         )
     }
@@ -325,6 +343,48 @@ mod tests {
             block("10.4.0.0/26", "b"),
             block("10.4.0.64/26", "d"),
         ])
+    }
+
+    #[test]
+    fn unencapsulated_pools_get_no_route_whose_next_hop_is_in_another_subnet() {
+        let mut state = encapsulated_state();
+        let (key, unencapsulated) = pool("10.5.0.0/16", Encapsulation::None);
+        state.insert(key, unencapsulated);
+        state.extend([block("10.5.0.0/26", "b"), block("10.5.0.64/26", "d")]);
+        let desired = desired_routes(&state, "me", &Tunnels::default());
+        assert!(
+            desired.contains(&remote("10.5.0.0/26", "192.168.1.2")),
+            "{desired:?}"
+        );
+        assert!(
+            !desired
+                .iter()
+                .any(|r| r.destination == "10.5.0.64/26".parse::<IpNet>().expect("net")),
+            "{desired:?}"
+        );
+        // Without the node-to-node mesh, none at all; encapsulated pools keep theirs.
+        let configuration = route_api::bgp::BgpConfiguration {
+            node_to_node_mesh_enabled: false,
+            ..route_api::bgp::BgpConfiguration::default()
+        };
+        state.insert(
+            "bgp/configuration".into(),
+            RouteItem::BgpConfiguration(configuration),
+        );
+        let tunnels = Tunnels {
+            vxlan: Some("vxlan.brindle".into()),
+            ipip: None,
+        };
+        let desired = desired_routes(&state, "me", &tunnels);
+        let unencapsulated: IpNet = "10.5.0.0/16".parse().expect("net");
+        assert!(
+            !desired.iter().any(|r| unencapsulated.contains(&r.destination)),
+            "{desired:?}"
+        );
+        assert!(
+            desired.contains(&tunnelled("10.1.0.0/26", "10.99.255.2", "vxlan.brindle")),
+            "{desired:?}"
+        );
     }
 
     #[test]

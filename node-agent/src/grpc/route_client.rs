@@ -15,6 +15,7 @@ use route_api::convert::{self, RouteWire};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
+use crate::core::bgp::BgpSession;
 use crate::core::ipam::IpamApi;
 use crate::core::mtu::EncapsulationSender;
 use crate::core::route_programmer::RouteProgrammer;
@@ -30,6 +31,8 @@ pub struct RouteFollower {
     client: RoutesClient<Channel>,
     registration: watch::Receiver<Node>,
     programmer: RouteProgrammer,
+    /// The BGP sessions reported with each renewal.
+    sessions: Option<watch::Receiver<Vec<BgpSession>>>,
 }
 
 impl RouteFollower {
@@ -59,17 +62,38 @@ impl RouteFollower {
                 registration,
                 encapsulation,
             ),
+            sessions: None,
         }
+    }
+
+    /// Also keeps the node's BGP daemon announcing what the routing state asks.
+    #[must_use]
+    pub fn with_bgp(mut self, bgp: Option<crate::core::bgp::BgpSpeaker>) -> Self {
+        self.sessions = bgp.as_ref().map(crate::core::bgp::BgpSpeaker::sessions);
+        self.programmer = self.programmer.with_bgp(bgp);
+        self
     }
 
     /// Runs registration and sync until the task is dropped.
     pub async fn run(self, metrics: SyncMetrics) {
         let name = self.registration.borrow().name.clone();
-        let registration = keep_registered(self.client.clone(), self.registration);
+        let registration = keep_registered(self.client.clone(), self.registration, self.sessions);
         tokio::join!(
             registration,
             follow(RouteSync(self.client), name, self.programmer, metrics)
         );
+    }
+}
+
+fn session_to_proto(session: &BgpSession) -> pb::BgpSession {
+    pb::BgpSession {
+        peer: session.peer.clone(),
+        address: session.address.clone(),
+        as_number: session.as_number,
+        state: session.bgp_state.clone(),
+        since: session.since.clone(),
+        routes_exported: session.routes_exported,
+        last_error: session.last_error.clone(),
     }
 }
 
@@ -90,7 +114,11 @@ impl SyncService for RouteSync {
 
 /// Registers the node, renews its lease, and registers again when the registration changed or
 /// expired.
-async fn keep_registered(mut client: RoutesClient<Channel>, mut registration: watch::Receiver<Node>) {
+async fn keep_registered(
+    mut client: RoutesClient<Channel>,
+    mut registration: watch::Receiver<Node>,
+    sessions: Option<watch::Receiver<Vec<BgpSession>>>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut registered = false;
     loop {
@@ -99,6 +127,10 @@ async fn keep_registered(mut client: RoutesClient<Channel>, mut registration: wa
             client
                 .renew_node(pb::RenewNodeRequest {
                     name: node.name.clone(),
+                    bgp_sessions: sessions
+                        .as_ref()
+                        .map(|s| s.borrow().iter().map(session_to_proto).collect())
+                        .unwrap_or_default(),
                 })
                 .await
                 .map(|_| ())

@@ -310,5 +310,6 @@ pub fn workload_pool(name: &str, cidr: &str) -> Pool {
         disabled: false,
         node_selector: Default::default(),
         allowed_uses: vec![AllowedUse::Workload],
+        disable_bgp_export: false,
     }
 }

@@ -5,8 +5,10 @@
 use ipam_api::keys;
 use ipam_api::model::{Block, EncapMode, PoolSet};
 
+use route_api::bgp;
 use route_api::model::{
-    Encapsulation, Node, PoolRoute, RouteItem, block_key, borrowed_key, node_key, pool_key,
+    BGP_CONFIGURATION_KEY, Encapsulation, Node, PoolRoute, RouteItem, bgp_peer_key, block_key, borrowed_key,
+    node_key, pool_key,
 };
 
 /// The datastore prefix route-svc watches (everything it derives from lives below it).
@@ -31,7 +33,11 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, 
 
 /// Whether the record at `key` contributes routing items.
 pub fn is_routing_record(key: &str) -> bool {
-    key == keys::POOLS || key.starts_with(keys::BLOCKS) || key.starts_with(keys::NODES)
+    key == keys::POOLS
+        || key.starts_with(keys::BLOCKS)
+        || key.starts_with(keys::NODES)
+        || key == bgp::CONFIGURATION_KEY
+        || key.starts_with(bgp::PEERS_PREFIX)
 }
 
 fn encapsulation(vxlan: EncapMode, ipip: EncapMode) -> Encapsulation {
@@ -58,6 +64,7 @@ pub fn items(key: &str, value: &[u8]) -> Result<Vec<(String, RouteItem)>, Corrup
                     encapsulation: encapsulation(pool.vxlan_mode, pool.ipip_mode),
                     nat_outgoing: pool.nat_outgoing,
                     disabled: pool.disabled,
+                    disable_bgp_export: pool.disable_bgp_export,
                 });
                 (pool_key(&pool.name), item)
             })
@@ -90,6 +97,23 @@ pub fn items(key: &str, value: &[u8]) -> Result<Vec<(String, RouteItem)>, Corrup
             }
         }
         return Ok(items);
+    }
+    if key == bgp::CONFIGURATION_KEY {
+        let configuration: bgp::BgpConfiguration = decode(key, value)?;
+        return Ok(vec![(
+            BGP_CONFIGURATION_KEY.to_owned(),
+            RouteItem::BgpConfiguration(configuration),
+        )]);
+    }
+    if let Some(name) = key.strip_prefix(bgp::PEERS_PREFIX) {
+        let peer: bgp::BgpPeer = decode(key, value)?;
+        if peer.name != name {
+            return Err(CorruptRecord {
+                key: key.to_owned(),
+                reason: format!("it names peer {:?}", peer.name),
+            });
+        }
+        return Ok(vec![(bgp_peer_key(name), RouteItem::BgpPeer(peer))]);
     }
     if let Some(name) = key.strip_prefix(keys::NODES) {
         let node: Node = decode(key, value)?;

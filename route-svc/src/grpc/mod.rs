@@ -14,7 +14,8 @@ use brindle_proto::route::v1::routes_server::{Routes, RoutesServer};
 use brindle_sync::unix_ms;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::core::{Registry, RegistryError, watcher};
+use crate::core::{BgpError, BgpObjects, Registry, RegistryError, watcher};
+use route_api::bgp;
 use route_api::convert::{self, RouteWire};
 use route_api::model::node_key;
 use route_api::{Node, RouteItem};
@@ -37,10 +38,26 @@ pub fn status(error: RegistryError) -> Status {
     }
 }
 
-/// The Routes service: the registry plus the routing state fan-out.
+/// Most BGP sessions kept per node.
+const MAX_SESSIONS: usize = 64;
+
+/// The status for a BGP error.
+fn bgp_status(error: BgpError) -> Status {
+    let message = error.to_string();
+    match error {
+        BgpError::Corrupt { .. } => Status::data_loss(message),
+        BgpError::NoPeer(_) => Status::not_found(message),
+        BgpError::Store(error) => brindle_grpc_server::store_status(&error, message),
+    }
+}
+
+/// The Routes service: the registry, the BGP objects, and the routing state fan-out.
 #[derive(Clone)]
 pub struct RoutesService {
     registry: Registry,
+    bgp: BgpObjects,
+    /// Each node's BGP sessions as it last reported them (this replica's view, like acks).
+    sessions: Arc<std::sync::Mutex<std::collections::BTreeMap<String, Vec<pb::BgpSession>>>>,
     fanout: Fanout<RouteItem>,
 }
 
@@ -51,7 +68,9 @@ impl RoutesService {
         tokio::spawn(watcher::follow(Arc::clone(&store), fanout.clone()));
         tokio::spawn(forget_strangers(fanout.downgrade()));
         Self {
-            registry: Registry::new(store),
+            registry: Registry::new(Arc::clone(&store)),
+            bgp: BgpObjects::new(store),
+            sessions: Arc::default(),
             fanout,
         }
     }
@@ -75,6 +94,12 @@ impl RoutesService {
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         });
         self
+    }
+
+    fn sessions_of(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, Vec<pb::BgpSession>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The fan-out this service streams.
@@ -153,9 +178,14 @@ impl Routes for RoutesService {
         request: Request<pb::RenewNodeRequest>,
     ) -> Result<Response<pb::RenewNodeResponse>, Status> {
         let caller = Caller::of(&request)?;
-        let name = request.into_inner().name;
+        let request = request.into_inner();
+        let name = request.name;
         caller.require_node(&name, "renew a node's registration")?;
         let ttl = self.registry.renew(&name).await.map_err(status)?;
+        self.sessions_of().insert(
+            name,
+            request.bgp_sessions.into_iter().take(MAX_SESSIONS).collect(),
+        );
         Ok(Response::new(pb::RenewNodeResponse {
             ttl_seconds: u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX),
         }))
@@ -169,7 +199,62 @@ impl Routes for RoutesService {
         let name = request.into_inner().name;
         caller.require_node(&name, "deregister a node")?;
         self.registry.deregister(&name).await.map_err(status)?;
+        self.sessions_of().remove(&name);
         Ok(Response::new(pb::DeregisterNodeResponse {}))
+    }
+
+    async fn set_bgp_configuration(
+        &self,
+        request: Request<pb::BgpConfiguration>,
+    ) -> Result<Response<pb::BgpConfiguration>, Status> {
+        Caller::of(&request)?.require_admin("configure BGP")?;
+        let configuration = bgp::configuration_from_proto(request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.bgp
+            .set_configuration(&configuration)
+            .await
+            .map_err(bgp_status)?;
+        Ok(Response::new(bgp::configuration_to_proto(&configuration)))
+    }
+
+    async fn get_bgp_configuration(
+        &self,
+        request: Request<pb::GetBgpConfigurationRequest>,
+    ) -> Result<Response<pb::BgpConfiguration>, Status> {
+        Caller::of(&request)?;
+        let configuration = self.bgp.configuration().await.map_err(bgp_status)?;
+        Ok(Response::new(bgp::configuration_to_proto(&configuration)))
+    }
+
+    async fn apply_bgp_peer(&self, request: Request<pb::BgpPeer>) -> Result<Response<pb::BgpPeer>, Status> {
+        Caller::of(&request)?.require_admin("configure BGP peers")?;
+        let peer = bgp::peer_from_proto(request.into_inner())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.bgp.apply_peer(&peer).await.map_err(bgp_status)?;
+        Ok(Response::new(bgp::peer_to_proto(&peer)))
+    }
+
+    async fn list_bgp_peers(
+        &self,
+        request: Request<pb::ListBgpPeersRequest>,
+    ) -> Result<Response<pb::ListBgpPeersResponse>, Status> {
+        Caller::of(&request)?;
+        let peers = self.bgp.peers().await.map_err(bgp_status)?;
+        Ok(Response::new(pb::ListBgpPeersResponse {
+            peers: peers.iter().map(bgp::peer_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_bgp_peer(
+        &self,
+        request: Request<pb::DeleteBgpPeerRequest>,
+    ) -> Result<Response<pb::DeleteBgpPeerResponse>, Status> {
+        Caller::of(&request)?.require_admin("delete BGP peers")?;
+        self.bgp
+            .delete_peer(&request.into_inner().name)
+            .await
+            .map_err(bgp_status)?;
+        Ok(Response::new(pb::DeleteBgpPeerResponse {}))
     }
 
     async fn set_node_labels(
@@ -240,6 +325,7 @@ impl Routes for RoutesService {
         Caller::of(&request)?;
         let revision = self.fanout.revision();
         let subscribers = self.fanout.subscribers();
+        let mut sessions = self.sessions_of();
         let nodes = self
             .fanout
             .state()
@@ -250,6 +336,7 @@ impl Routes for RoutesService {
             })
             .map(|node| {
                 let subscriber = subscribers.iter().find(|s| s.node == node.name);
+                let bgp_sessions = sessions.get(&node.name).cloned().unwrap_or_default();
                 pb::NodeStatus {
                     node: Some(convert::node_to_proto(&node)),
                     acked_revision: subscriber.map_or(0, |s| s.acked_revision),
@@ -257,9 +344,16 @@ impl Routes for RoutesService {
                     programmed_routes: subscriber.map_or(0, |s| s.programmed),
                     connected: subscriber.is_some_and(|s| s.connected),
                     sent_revision: subscriber.map_or(0, |s| s.sent_revision),
+                    bgp_sessions,
                 }
             })
-            .collect();
+            .collect::<Vec<_>>();
+        // Nodes no longer registered leave nothing behind.
+        sessions.retain(|name, _| {
+            nodes
+                .iter()
+                .any(|n| n.node.as_ref().is_some_and(|n| n.name == *name))
+        });
         Ok(Response::new(pb::ListNodesResponse { nodes, revision }))
     }
 

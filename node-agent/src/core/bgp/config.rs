@@ -1,0 +1,386 @@
+//! The BIRD configuration one node needs, derived from the routing state: a static protocol
+//! holding a blackhole route per block affine to the node and per address it borrowed (pools
+//! with `disableBGPExport` left out), exported — and nothing else — to every peer that applies to
+//! the node, with the cluster's AS number (or the node's own), port, log level and graceful
+//! restart. Rendered as text; the same state always renders the same text.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::IpNet;
+use route_api::RouteItem;
+use route_api::bgp::{BgpConfiguration, BgpPeer, LogSeverity};
+
+/// What the node itself says about its BGP (its agent's flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalBgp {
+    /// The node.
+    pub node: String,
+    /// Its router id.
+    pub router_id: Ipv4Addr,
+    /// Its own AS number, instead of the cluster's.
+    pub as_number: Option<u32>,
+}
+
+/// One peer as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// The BGPPeer it comes from.
+    pub peer: BgpPeer,
+    /// Reached through another router (not in the node's subnet).
+    pub multihop: bool,
+}
+
+/// The node's BIRD configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BirdConfig {
+    /// Router id.
+    pub router_id: Ipv4Addr,
+    /// Local AS number.
+    pub as_number: u32,
+    /// The cluster's configuration.
+    pub configuration: BgpConfiguration,
+    /// What the node announces: its blocks and borrowed addresses.
+    pub announced: Vec<IpNet>,
+    /// Its peers, by name.
+    pub peers: Vec<PeerConfig>,
+}
+
+/// The configuration the state `items` asks of the node `local` describes.
+pub fn desired_config(items: &BTreeMap<String, RouteItem>, local: &LocalBgp) -> BirdConfig {
+    let mut configuration = BgpConfiguration::default();
+    let mut pools = Vec::new();
+    let mut me = None;
+    let mut peers = Vec::new();
+    for item in items.values() {
+        match item {
+            RouteItem::BgpConfiguration(c) => configuration = c.clone(),
+            RouteItem::Pool(pool) => pools.push(pool),
+            RouteItem::Node(node) if node.name == local.node => me = Some(node),
+            RouteItem::BgpPeer(peer) => peers.push(peer),
+            _ => {}
+        }
+    }
+    let exported = |net: &IpNet| {
+        !pools
+            .iter()
+            .any(|pool| pool.disable_bgp_export && pool.cidr.contains(net))
+    };
+    let mut announced: Vec<IpNet> = items
+        .values()
+        .filter_map(|item| match item {
+            RouteItem::Block { cidr, node, .. } if *node == local.node => Some(*cidr),
+            RouteItem::Borrowed { ip, node, .. } if *node == local.node => Some(IpNet::from(*ip)),
+            _ => None,
+        })
+        .filter(exported)
+        .collect();
+    announced.sort();
+    let labels = me.map(|node| node.labels.clone()).unwrap_or_default();
+    let subnet = me.and_then(|node| node.ipv4_subnet);
+    let peers = peers
+        .into_iter()
+        .filter(|peer| peer.applies_to(&local.node, &labels))
+        .map(|peer| PeerConfig {
+            multihop: match peer.peer_ip {
+                IpAddr::V4(ip) => !subnet.is_some_and(|subnet| subnet.contains(&ip)),
+                IpAddr::V6(_) => false,
+            },
+            peer: peer.clone(),
+        })
+        .collect();
+    BirdConfig {
+        router_id: local.router_id,
+        as_number: local.as_number.unwrap_or(configuration.as_number),
+        configuration,
+        announced,
+        peers,
+    }
+}
+
+/// A BIRD symbol for peer `name` (a DNS-1123 subdomain): stable, so a reload keeps its session,
+/// and unambiguous (`-` and `.` spelled out).
+pub fn protocol_name(name: &str) -> String {
+    let mut symbol = String::from("peer_");
+    for c in name.chars() {
+        match c {
+            '-' => symbol.push_str("_2d"),
+            '.' => symbol.push_str("_2e"),
+            c => symbol.push(c),
+        }
+    }
+    symbol
+}
+
+/// The peer a BIRD protocol name stands for, if it is one of ours.
+pub fn peer_name(protocol: &str) -> Option<String> {
+    Some(
+        protocol
+            .strip_prefix("peer_")?
+            .replace("_2d", "-")
+            .replace("_2e", "."),
+    )
+}
+
+/// BIRD's log classes for a severity.
+fn log_classes(severity: LogSeverity) -> &'static str {
+    match severity {
+        LogSeverity::Debug => "all",
+        LogSeverity::Info => "{ info, remote, warning, error, auth, fatal, bug }",
+        LogSeverity::Warning => "{ warning, error, auth, fatal, bug }",
+        LogSeverity::Error => "{ error, fatal, bug }",
+        LogSeverity::Fatal => "{ fatal, bug }",
+    }
+}
+
+impl BirdConfig {
+    /// The configuration file's text.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let mut line = |l: String| {
+            text.push_str(&l);
+            text.push('\n');
+        };
+        line(
+            "# Written by brindle's node agent from the cluster's routing state; rewritten on every change."
+                .into(),
+        );
+        line(format!("router id {};", self.router_id));
+        line(format!(
+            "log stderr {};",
+            log_classes(self.configuration.log_severity_screen)
+        ));
+        if self.configuration.log_severity_screen == LogSeverity::Debug {
+            line("debug protocols all;".into());
+        }
+        line("protocol device { scan time 10; }".into());
+        for (family, v4) in [("ipv4", true), ("ipv6", false)] {
+            line(format!("protocol static brindle_{family} {{"));
+            line(format!("  {family};"));
+            for net in self.announced.iter().filter(|n| matches!(n, IpNet::V4(_)) == v4) {
+                line(format!("  route {net} blackhole;"));
+            }
+            line("}".into());
+        }
+        line("template bgp brindle_peer {".into());
+        line(format!(
+            "  local port {} as {};",
+            self.configuration.listen_port, self.as_number
+        ));
+        line("  graceful restart on;".into());
+        line("  connect delay time 2;".into());
+        line("  connect retry time 5;".into());
+        line("  error wait time 5, 30;".into());
+        line("}".into());
+        for peer in &self.peers {
+            let family = if peer.peer.peer_ip.is_ipv4() {
+                "ipv4"
+            } else {
+                "ipv6"
+            };
+            line(format!(
+                "protocol bgp {} from brindle_peer {{",
+                protocol_name(&peer.peer.name)
+            ));
+            line(format!("  description \"BGPPeer {}\";", peer.peer.name));
+            line(format!(
+                "  neighbor {} as {};",
+                peer.peer.peer_ip, peer.peer.as_number
+            ));
+            if peer.multihop {
+                line("  multihop;".into());
+            }
+            if let Some(password) = &peer.peer.password {
+                line(format!("  password \"{password}\";"));
+            }
+            let next_hop = if peer.peer.keep_original_next_hop {
+                "keep"
+            } else {
+                "self"
+            };
+            line(format!(
+                "  {family} {{ import none; export where proto = \"brindle_{family}\"; next hop {next_hop}; }};"
+            ));
+            line("}".into());
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use route_api::model::{Node, PoolRoute};
+    use route_api::{Encapsulation, bgp};
+
+    use super::*;
+
+    fn node(name: &str, address: &str, labels: &[(&str, &str)]) -> (String, RouteItem) {
+        let ip: Ipv4Addr = address.parse().expect("ip");
+        let node = Node {
+            name: name.into(),
+            addresses: vec![ip.into()],
+            ipv4_subnet: Some(ipnet::Ipv4Net::new(ip, 24).expect("net").trunc()),
+            ipv6_subnet: None,
+            labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            vtep_mac: None,
+            vtep_ipv4: None,
+            vtep_ipv6: None,
+            ipip_tunnel_ipv4: None,
+            lease: 0,
+        };
+        (format!("node/{name}"), RouteItem::Node(node))
+    }
+
+    fn pool(cidr: &str, disable_bgp_export: bool) -> (String, RouteItem) {
+        let pool = PoolRoute {
+            name: cidr.into(),
+            cidr: cidr.parse().expect("cidr"),
+            encapsulation: Encapsulation::None,
+            nat_outgoing: false,
+            disabled: false,
+            disable_bgp_export,
+        };
+        (format!("pool/{cidr}"), RouteItem::Pool(pool))
+    }
+
+    fn block(cidr: &str, node: &str) -> (String, RouteItem) {
+        let cidr: IpNet = cidr.parse().expect("cidr");
+        let item = RouteItem::Block {
+            cidr,
+            node: node.into(),
+            pool: "p".into(),
+        };
+        (format!("block/{cidr}"), item)
+    }
+
+    fn peer(name: &str, ip: &str, node: &str, selector: &str) -> (String, RouteItem) {
+        let peer = bgp::peer_from_proto(brindle_proto::route::v1::BgpPeer {
+            name: name.into(),
+            peer_ip: ip.into(),
+            as_number: 64513,
+            node: node.into(),
+            node_selector: selector.into(),
+            ..Default::default()
+        })
+        .expect("peer");
+        (format!("bgp-peer/{name}"), RouteItem::BgpPeer(peer))
+    }
+
+    fn local() -> LocalBgp {
+        LocalBgp {
+            node: "me".into(),
+            router_id: Ipv4Addr::new(192, 168, 1, 1),
+            as_number: None,
+        }
+    }
+
+    fn state() -> BTreeMap<String, RouteItem> {
+        let borrowed: IpAddr = "10.244.0.70".parse().expect("ip");
+        BTreeMap::from([
+            node("me", "192.168.1.1", &[("rack", "a")]),
+            node("other", "192.168.2.1", &[]),
+            pool("10.244.0.0/16", false),
+            pool("10.250.0.0/16", true),
+            block("10.244.0.0/26", "me"),
+            block("10.244.0.64/26", "other"),
+            block("10.250.0.0/26", "me"),
+            (
+                format!("borrowed/{borrowed}"),
+                RouteItem::Borrowed {
+                    ip: borrowed,
+                    node: "me".into(),
+                    block: "10.244.0.64/26".parse().expect("net"),
+                },
+            ),
+            peer("tor.rack-a", "192.168.1.253", "", "rack == 'a'"),
+            peer("rr", "10.0.0.1", "", ""),
+            peer("only-other", "192.168.2.253", "other", ""),
+        ])
+    }
+
+    #[test]
+    fn the_node_announces_its_blocks_and_borrowed_addresses_to_the_peers_that_apply_to_it() {
+        let config = desired_config(&state(), &local());
+        assert_eq!(
+            config.announced,
+            vec![
+                "10.244.0.0/26".parse::<IpNet>().expect("net"),
+                "10.244.0.70/32".parse().expect("net")
+            ],
+            "not another node's block, not a disableBGPExport pool's"
+        );
+        let names: Vec<(&str, bool)> = config
+            .peers
+            .iter()
+            .map(|p| (p.peer.name.as_str(), p.multihop))
+            .collect();
+        assert_eq!(names, [("rr", true), ("tor.rack-a", false)]);
+        assert_eq!(config.as_number, 64512, "Calico's default AS");
+        let text = config.render();
+        assert!(text.contains("route 10.244.0.0/26 blackhole;"), "{text}");
+        assert!(text.contains("route 10.244.0.70/32 blackhole;"), "{text}");
+        assert!(!text.contains("10.250.0.0"), "{text}");
+        assert!(
+            text.contains("protocol bgp peer_tor_2erack_2da from brindle_peer"),
+            "{text}"
+        );
+        assert!(
+            text.contains("neighbor 10.0.0.1 as 64513;\n  multihop;"),
+            "{text}"
+        );
+        assert!(text.contains("graceful restart on;"), "{text}");
+        assert_eq!(text, desired_config(&state(), &local()).render(), "stable");
+    }
+
+    #[test]
+    fn the_nodes_own_as_number_and_the_clusters_settings_are_used() {
+        let mut items = state();
+        let configuration = bgp::BgpConfiguration {
+            as_number: 65000,
+            listen_port: 1790,
+            log_severity_screen: LogSeverity::Debug,
+            node_to_node_mesh_enabled: false,
+        };
+        items.insert(
+            "bgp/configuration".into(),
+            RouteItem::BgpConfiguration(configuration),
+        );
+        let text = desired_config(&items, &local()).render();
+        assert!(text.contains("local port 1790 as 65000;"), "{text}");
+        assert!(text.contains("debug protocols all;"), "{text}");
+        let own = LocalBgp {
+            as_number: Some(65010),
+            ..local()
+        };
+        assert!(desired_config(&items, &own).render().contains("as 65010;"));
+    }
+
+    #[test]
+    fn protocol_names_are_unambiguous_and_read_back() {
+        for name in ["a-b", "a.b", "a--b", "tor.rack-a"] {
+            assert_eq!(peer_name(&protocol_name(name)).as_deref(), Some(name));
+        }
+        assert_ne!(protocol_name("a-b"), protocol_name("a.b"));
+    }
+
+    /// BIRD itself accepts what is rendered (`bird -p` parses a configuration and exits).
+    #[test]
+    fn bird_parses_the_rendered_configuration() {
+        let mut items = state();
+        if let RouteItem::BgpPeer(peer) = items.get_mut("bgp-peer/rr").expect("rr") {
+            peer.password = Some("s3cret".into());
+            peer.keep_original_next_hop = true;
+        }
+        let text = desired_config(&items, &local()).render();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bird.conf");
+        std::fs::write(&file, &text).expect("write");
+        let parsed = std::process::Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&file)
+            .output()
+            .expect("bird (Debian package bird2)");
+        assert!(parsed.status.success(), "{parsed:?}\n{text}");
+    }
+}
