@@ -90,13 +90,13 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 eprintln!("{}", lab.logs());
                 return Err(error);
             }
-            let lab = if args.policy {
-                tokio::task::spawn_blocking(move || policy_demo(&lab).map(|()| lab)).await??
+            let lab = if args.bgp {
+                tokio::task::spawn_blocking(move || bgp_demo(lab)).await??
             } else {
                 lab
             };
-            let lab = if args.bgp {
-                tokio::task::spawn_blocking(move || bgp_demo(lab)).await??
+            let lab = if args.policy {
+                tokio::task::spawn_blocking(move || policy_demo(&lab).map(|()| lab)).await??
             } else {
                 lab
             };
@@ -131,6 +131,7 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
 /// What BGP shows: the router's table (every node's blocks, next hop the node), and a host
 /// outside the cluster reaching every pod.
 fn bgp_demo(mut lab: Lab) -> anyhow::Result<Lab> {
+    lab.wait_bgp_established(Duration::from_secs(30))?;
     println!("\n$ vtysh -c 'show ip bgp'   (FRR on the router, every node's BGP peer)");
     print!("{}", lab.vtysh("show ip bgp")?);
     let outside = lab.add_outside()?;
