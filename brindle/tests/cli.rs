@@ -107,7 +107,10 @@ async fn every_command_against_a_running_server() {
     std::fs::write(&manifest, MANIFEST).expect("write manifest");
     let manifest = manifest.to_str().expect("utf-8 path");
 
-    tokio::task::block_in_place(|| apply_get_delete_round_trip(&cli, manifest));
+    tokio::task::block_in_place(|| {
+        apply_get_delete_round_trip(&cli, manifest);
+        bgp_objects(&cli);
+    });
     let (kept, released) = allocate(&server).await;
     for ip in [&kept, &released] {
         let octets = ip
@@ -243,6 +246,63 @@ fn apply_get_delete_round_trip(cli: &Cli<'_>, manifest: &str) {
             .contains("not found")
     );
     cli.ok(&["apply", "-f", manifest, "-n", "shop"]);
+}
+
+/// BGPConfiguration and BGPPeer in both shapes: applied, read back in every format, applied again
+/// from what `get` printed; each bad field named; the configuration cannot be deleted, a peer can.
+fn bgp_objects(cli: &Cli<'_>) {
+    let manifest = "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata: {name: default}\n\
+                    spec: {asNumber: 65000, logSeverityScreen: Warning, nodeToNodeMeshEnabled: false}\n---\n\
+                    apiVersion: brindle.io/v1\nkind: BGPPeer\nmetadata: {name: tor-a}\n\
+                    spec: {peerIP: 192.0.2.1, asNumber: 64513, nodeSelector: \"rack == 'a'\", \
+                    password: {value: s3cret}, keepOriginalNextHop: true}\n";
+    let out = cli.run_with_stdin(&["apply", "-f", "-"], manifest);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains("bgpconfiguration/default configured")
+            && stdout.contains("bgppeer/tor-a applied"),
+        "{out:?}"
+    );
+    let peers = cli.ok(&["get", "bgppeers"]);
+    assert!(
+        peers.contains("tor-a") && peers.contains("192.0.2.1") && peers.contains("rack == 'a'") && peers.contains("set"),
+        "{peers}"
+    );
+    let configuration = cli.json(&["get", "bgpconfiguration"]);
+    assert_eq!(configuration["spec"]["asNumber"], 65000);
+    assert_eq!(configuration["spec"]["listenPort"], 179);
+    assert_eq!(configuration["spec"]["logSeverityScreen"], "Warning");
+    assert_eq!(configuration["spec"]["nodeToNodeMeshEnabled"], false);
+    let peer = cli.json(&["get", "bgppeer", "tor-a"]);
+    assert_eq!(peer["spec"]["keepOriginalNextHop"], true);
+    assert_eq!(peer["spec"]["password"]["value"], "s3cret");
+    let yaml = cli.ok(&["get", "bgppeer", "tor-a", "-o", "yaml"]);
+    let out = cli.run_with_stdin(&["apply", "-f", "-"], &yaml);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(cli.json(&["get", "bgppeer", "tor-a"]), peer);
+
+    let refused = |spec: &str, named: &str| {
+        let bad = format!("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: bad}}\nspec: {spec}\n");
+        let out = cli.run_with_stdin(&["apply", "-f", "-"], &bad);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code() == Some(1) && stderr.contains(named), "{spec}: {stderr}");
+    };
+    refused("{peerIP: \"192.0.2.1:179\", asNumber: 64513}", "peerIP");
+    refused("{peerIP: 192.0.2.1, asNumber: 0}", "asNumber");
+    refused("{peerIP: 192.0.2.1, asNumber: 64513, peerSelector: all()}", "peerSelector");
+    refused(
+        "{peerIP: 192.0.2.1, asNumber: 64513, password: {secretKeyRef: {name: s, key: k}}}",
+        "secretKeyRef",
+    );
+    refused("{peerIP: 192.0.2.1, asNumber: 64513, node: n1, nodeSelector: all()}", "not both");
+    assert!(
+        cli.fails(&["delete", "bgpconfiguration", "default"], 1)
+            .contains("cannot be deleted")
+    );
+    assert_eq!(cli.ok(&["delete", "bgppeer", "tor-a"]), "bgppeer/tor-a deleted\n");
+    assert!(cli.fails(&["get", "bgppeer", "tor-a"], 1).contains("not found"));
+    assert!(cli.fails(&["delete", "bgppeer", "tor-a"], 1).contains("no BGP peer"));
 }
 
 /// Two addresses of node n1 from the pool (handles net.kept and net.released); the kept one.

@@ -152,6 +152,14 @@ impl Lab {
             .collect())
     }
 
+    /// Node `name`'s BIRD configuration file (its agent writes it) and control socket.
+    pub fn bird_files(&self, name: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join(format!("{name}-bird.conf")),
+            self.dir.path().join(format!("{name}-bird.ctl")),
+        )
+    }
+
     /// Starts node `name`'s BIRD in its namespace (with a configuration naming only its router
     /// id until the agent writes its own) and returns the agent's flags that drive it.
     pub(super) fn start_bird(
@@ -160,8 +168,7 @@ impl Lab {
         namespace: &Namespace,
         router_id: Ipv4Addr,
     ) -> anyhow::Result<Vec<OsString>> {
-        let config = self.dir.path().join(format!("{name}-bird.conf"));
-        let socket = self.dir.path().join(format!("{name}-bird.ctl"));
+        let (config, socket) = self.bird_files(name);
         std::fs::write(&config, format!("router id {router_id};\nprotocol device {{}}\n"))?;
         let args: Vec<OsString> = vec![
             "-f".into(),
