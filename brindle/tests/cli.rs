@@ -266,7 +266,10 @@ fn bgp_objects(cli: &Cli<'_>) {
     );
     let peers = cli.ok(&["get", "bgppeers"]);
     assert!(
-        peers.contains("tor-a") && peers.contains("192.0.2.1") && peers.contains("rack == 'a'") && peers.contains("set"),
+        peers.contains("tor-a")
+            && peers.contains("192.0.2.1")
+            && peers.contains("rack == 'a'")
+            && peers.contains("set"),
         "{peers}"
     );
     let configuration = cli.json(&["get", "bgpconfiguration"]);
@@ -283,26 +286,40 @@ fn bgp_objects(cli: &Cli<'_>) {
     assert_eq!(cli.json(&["get", "bgppeer", "tor-a"]), peer);
 
     let refused = |spec: &str, named: &str| {
-        let bad = format!("apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: bad}}\nspec: {spec}\n");
+        let bad = format!(
+            "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: bad}}\nspec: {spec}\n"
+        );
         let out = cli.run_with_stdin(&["apply", "-f", "-"], &bad);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.code() == Some(1) && stderr.contains(named), "{spec}: {stderr}");
+        assert!(
+            out.status.code() == Some(1) && stderr.contains(named),
+            "{spec}: {stderr}"
+        );
     };
     refused("{peerIP: \"192.0.2.1:179\", asNumber: 64513}", "peerIP");
     refused("{peerIP: 192.0.2.1, asNumber: 0}", "asNumber");
-    refused("{peerIP: 192.0.2.1, asNumber: 64513, peerSelector: all()}", "peerSelector");
+    refused(
+        "{peerIP: 192.0.2.1, asNumber: 64513, peerSelector: all()}",
+        "peerSelector",
+    );
     refused(
         "{peerIP: 192.0.2.1, asNumber: 64513, password: {secretKeyRef: {name: s, key: k}}}",
         "secretKeyRef",
     );
-    refused("{peerIP: 192.0.2.1, asNumber: 64513, node: n1, nodeSelector: all()}", "not both");
+    refused(
+        "{peerIP: 192.0.2.1, asNumber: 64513, node: n1, nodeSelector: all()}",
+        "not both",
+    );
     assert!(
         cli.fails(&["delete", "bgpconfiguration", "default"], 1)
             .contains("cannot be deleted")
     );
     assert_eq!(cli.ok(&["delete", "bgppeer", "tor-a"]), "bgppeer/tor-a deleted\n");
     assert!(cli.fails(&["get", "bgppeer", "tor-a"], 1).contains("not found"));
-    assert!(cli.fails(&["delete", "bgppeer", "tor-a"], 1).contains("no BGP peer"));
+    assert!(
+        cli.fails(&["delete", "bgppeer", "tor-a"], 1)
+            .contains("no BGP peer")
+    );
 }
 
 /// Two addresses of node n1 from the pool (handles net.kept and net.released); the kept one.

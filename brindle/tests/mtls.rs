@@ -237,6 +237,42 @@ fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
         "administrators only",
     );
 
+    // BGP objects: administrators write, anyone reads.
+    for (method, body) in [
+        ("SetBgpConfiguration", r#"{"as_number": 65000}"#),
+        (
+            "ApplyBgpPeer",
+            r#"{"name": "tor", "peer_ip": "192.0.2.9", "as_number": 64513}"#,
+        ),
+        ("DeleteBgpPeer", r#"{"name": "tor"}"#),
+    ] {
+        denied(
+            call(
+                &server,
+                &certs,
+                "node-a",
+                &format!("brindle.route.v1.Routes/{method}"),
+                body,
+            ),
+            "administrators only",
+        );
+    }
+    allowed(call(
+        &server,
+        &certs,
+        "admin-admin",
+        "brindle.route.v1.Routes/ApplyBgpPeer",
+        r#"{"name": "tor", "peer_ip": "192.0.2.9", "as_number": 64513}"#,
+    ));
+    let peers = allowed(call(
+        &server,
+        &certs,
+        "node-a",
+        "brindle.route.v1.Routes/ListBgpPeers",
+        "{}",
+    ));
+    assert!(peers.contains("192.0.2.9"), "{peers}");
+
     // Node registrations and workload endpoints: for the node itself only.
     let register = |node: &str| format!(r#"{{"node": {{"name": "{node}", "addresses": ["192.0.2.1"]}}}}"#);
     allowed(call(
