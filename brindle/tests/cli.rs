@@ -255,7 +255,7 @@ fn bgp_objects(cli: &Cli<'_>) {
                     spec: {asNumber: 65000, logSeverityScreen: Warning, nodeToNodeMeshEnabled: false}\n---\n\
                     apiVersion: brindle.io/v1\nkind: BGPPeer\nmetadata: {name: tor-a}\n\
                     spec: {peerIP: 192.0.2.1, asNumber: 64513, nodeSelector: \"rack == 'a'\", \
-                    password: {value: s3cret}, keepOriginalNextHop: true}\n";
+                    password: {value: s3cret}}\n";
     let out = cli.run_with_stdin(&["apply", "-f", "-"], manifest);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -278,7 +278,6 @@ fn bgp_objects(cli: &Cli<'_>) {
     assert_eq!(configuration["spec"]["logSeverityScreen"], "Warning");
     assert_eq!(configuration["spec"]["nodeToNodeMeshEnabled"], false);
     let peer = cli.json(&["get", "bgppeer", "tor-a"]);
-    assert_eq!(peer["spec"]["keepOriginalNextHop"], true);
     assert_eq!(peer["spec"]["password"]["value"], "s3cret");
     let yaml = cli.ok(&["get", "bgppeer", "tor-a", "-o", "yaml"]);
     let out = cli.run_with_stdin(&["apply", "-f", "-"], &yaml);
@@ -298,6 +297,11 @@ fn bgp_objects(cli: &Cli<'_>) {
     };
     refused("{peerIP: \"192.0.2.1:179\", asNumber: 64513}", "peerIP");
     refused("{peerIP: 192.0.2.1, asNumber: 0}", "asNumber");
+    refused("{peerIP: fe80::1, asNumber: 64513}", "peerIP");
+    refused(
+        "{peerIP: 192.0.2.1, asNumber: 64513, keepOriginalNextHop: true}",
+        "keepOriginalNextHop",
+    );
     refused(
         "{peerIP: 192.0.2.1, asNumber: 64513, peerSelector: all()}",
         "peerSelector",

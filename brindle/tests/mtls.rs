@@ -262,16 +262,24 @@ fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
         &certs,
         "admin-admin",
         "brindle.route.v1.Routes/ApplyBgpPeer",
-        r#"{"name": "tor", "peer_ip": "192.0.2.9", "as_number": 64513}"#,
+        r#"{"name": "tor", "peer_ip": "192.0.2.9", "as_number": 64513, "password": "s3cret"}"#,
     ));
-    let peers = allowed(call(
-        &server,
-        &certs,
-        "node-a",
-        "brindle.route.v1.Routes/ListBgpPeers",
-        "{}",
-    ));
-    assert!(peers.contains("192.0.2.9"), "{peers}");
+    // Anyone reads the peers; only administrators their passwords.
+    let list = |who: &str| {
+        allowed(call(
+            &server,
+            &certs,
+            who,
+            "brindle.route.v1.Routes/ListBgpPeers",
+            "{}",
+        ))
+    };
+    let peers = list("node-a");
+    assert!(
+        peers.contains("192.0.2.9") && !peers.contains("s3cret") && peers.contains("redacted"),
+        "{peers}"
+    );
+    assert!(list("admin-admin").contains("s3cret"));
 
     // Node registrations and workload endpoints: for the node itself only.
     let register = |node: &str| format!(r#"{{"node": {{"name": "{node}", "addresses": ["192.0.2.1"]}}}}"#);

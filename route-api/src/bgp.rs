@@ -178,7 +178,7 @@ pub fn peer_from_proto(message: pb::BgpPeer) -> Result<BgpPeer, InvalidField> {
             format!("{:?} is not a DNS-1123 subdomain", message.name),
         ));
     }
-    let peer_ip = message.peer_ip.parse().map_err(|_| {
+    let peer_ip: IpAddr = message.peer_ip.parse().map_err(|_| {
         invalid(
             "peerIP",
             format!(
@@ -187,6 +187,33 @@ pub fn peer_from_proto(message: pb::BgpPeer) -> Result<BgpPeer, InvalidField> {
             ),
         )
     })?;
+    let unusable = match peer_ip {
+        IpAddr::V4(ip) => {
+            ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_multicast()
+                || ip.is_link_local()
+                || ip.is_broadcast()
+        }
+        IpAddr::V6(ip) => {
+            ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_unicast_link_local()
+        }
+    };
+    if unusable {
+        return Err(invalid(
+            "peerIP",
+            format!(
+                "{peer_ip} is not a peer a node can reach (unspecified, loopback, multicast or link-local)"
+            ),
+        ));
+    }
+    if message.keep_original_next_hop {
+        return Err(invalid(
+            "keepOriginalNextHop",
+            "brindle's nodes announce only routes they originate (their blocks), whose next hop is the \
+             node itself: there is no original next hop to keep",
+        ));
+    }
     let node = Some(message.node).filter(|n| !n.is_empty());
     if let Some(node) = &node
         && !crate::model::valid_node_name(node)
@@ -248,6 +275,25 @@ mod tests {
     #[test]
     fn every_bad_field_is_named() {
         let refused = |message: pb::BgpPeer| peer_from_proto(message).expect_err("refused").to_string();
+        for unusable in [
+            "0.0.0.0",
+            "::",
+            "127.0.0.1",
+            "fe80::1",
+            "169.254.0.1",
+            "224.0.0.5",
+        ] {
+            let message = pb::BgpPeer {
+                peer_ip: unusable.into(),
+                ..peer()
+            };
+            assert!(refused(message).contains("peerIP"), "{unusable}");
+        }
+        let keep = pb::BgpPeer {
+            keep_original_next_hop: true,
+            ..peer()
+        };
+        assert!(refused(keep).contains("keepOriginalNextHop"));
         assert!(
             refused(pb::BgpPeer {
                 peer_ip: "192.0.2.1:179".into(),

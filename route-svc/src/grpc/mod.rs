@@ -38,6 +38,9 @@ pub fn status(error: RegistryError) -> Status {
     }
 }
 
+/// What a BGP password reads as to callers other than administrators.
+const REDACTED: &str = "(redacted)";
+
 /// Most BGP sessions kept per node.
 const MAX_SESSIONS: usize = 64;
 
@@ -238,10 +241,20 @@ impl Routes for RoutesService {
         &self,
         request: Request<pb::ListBgpPeersRequest>,
     ) -> Result<Response<pb::ListBgpPeersResponse>, Status> {
-        Caller::of(&request)?;
+        // Passwords for administrators only (nodes get their peers' through Sync).
+        let admin = Caller::of(&request)?.require_admin("read BGP passwords").is_ok();
         let peers = self.bgp.peers().await.map_err(bgp_status)?;
         Ok(Response::new(pb::ListBgpPeersResponse {
-            peers: peers.iter().map(bgp::peer_to_proto).collect(),
+            peers: peers
+                .iter()
+                .map(bgp::peer_to_proto)
+                .map(|mut peer| {
+                    if !admin && !peer.password.is_empty() {
+                        peer.password = REDACTED.to_owned();
+                    }
+                    peer
+                })
+                .collect(),
         }))
     }
 

@@ -7,8 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::config::peer_name;
-
 /// How long one `birdc` call may take.
 const BIRDC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,7 +43,7 @@ pub enum BirdError {
 /// One BGP session as BIRD reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BgpSession {
-    /// The BGPPeer's name.
+    /// The BGPPeer's name (as read: BIRD's protocol symbol, which the speaker names).
     pub peer: String,
     /// The neighbour's address.
     pub address: String,
@@ -75,36 +73,86 @@ impl BgpSession {
 pub struct Bird {
     config: PathBuf,
     socket: PathBuf,
+    /// The text BIRD last accepted (`None`: unknown, the next apply reloads).
+    applied: Option<String>,
 }
 
 impl Bird {
     /// The daemon that reads `config` and answers on `socket`.
     pub fn new(config: PathBuf, socket: PathBuf) -> Self {
-        Self { config, socket }
+        Self {
+            config,
+            socket,
+            applied: None,
+        }
     }
 
-    /// Makes `text` BIRD's configuration: writes it (when it differs from the file's) and has
-    /// BIRD reload it. `true` when it changed.
-    pub async fn apply(&self, text: &str) -> Result<bool, BirdError> {
-        let current = tokio::fs::read_to_string(&self.config).await.ok();
-        if current.as_deref() == Some(text) {
+    /// Makes `text` BIRD's configuration: checked with `bird -p` first (a text BIRD would refuse
+    /// never replaces the file, so a restarted BIRD still starts with the last good one), written
+    /// (mode 0600: it holds TCP MD5 passwords) and reloaded, unless it is what BIRD last accepted.
+    /// `true` when BIRD reloaded.
+    pub async fn apply(&mut self, text: &str) -> Result<bool, BirdError> {
+        if self.applied.as_deref() == Some(text) {
             return Ok(false);
         }
-        write_atomically(&self.config, text).await?;
+        self.applied = None;
+        let candidate = self.config.with_extension("brindle-tmp");
+        write_private(&candidate, text).await?;
+        if let Err(error) = self.check(&candidate).await {
+            let _ = tokio::fs::remove_file(&candidate).await;
+            return Err(error);
+        }
+        tokio::fs::rename(&candidate, &self.config)
+            .await
+            .map_err(|source| BirdError::Write {
+                path: self.config.clone(),
+                source,
+            })?;
         let answer = self.birdc(&["configure"]).await?;
-        if !answer.contains("Reconfigured") && !answer.contains("Reconfiguration in progress") {
+        let accepted = [
+            "Reconfigured",
+            "Reconfiguration in progress",
+            "queueing new config",
+        ];
+        if !accepted.iter().any(|a| answer.contains(a)) {
             return Err(BirdError::Refused {
                 socket: self.socket.clone(),
                 answer,
             });
         }
+        self.applied = Some(text.to_owned());
         Ok(true)
     }
 
-    /// Forgets the file's content, so the next [`Self::apply`] reloads BIRD even with the same
-    /// text (BIRD may have been restarted with another file).
-    pub async fn forget(&self) {
-        let _ = tokio::fs::remove_file(&self.config).await;
+    /// Forgets what BIRD accepted, so the next [`Self::apply`] reloads it even with the same
+    /// text (BIRD may have been restarted meanwhile); the file stays.
+    pub fn forget(&mut self) {
+        self.applied = None;
+    }
+
+    /// `bird -p -c file`: whether BIRD would take the file.
+    async fn check(&self, file: &Path) -> Result<(), BirdError> {
+        let out = tokio::process::Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(file)
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|e| BirdError::Birdc {
+                socket: self.socket.clone(),
+                reason: format!("checking the configuration with `bird -p` (Debian package bird2): {e}"),
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(BirdError::Refused {
+            socket: self.socket.clone(),
+            answer: format!(
+                "the configuration does not parse: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
     }
 
     /// The BGP sessions BIRD runs for brindle's peers.
@@ -139,17 +187,27 @@ impl Bird {
     }
 }
 
-async fn write_atomically(path: &Path, text: &str) -> Result<(), BirdError> {
+/// Writes `text` to `path`, readable by its owner only.
+async fn write_private(path: &Path, text: &str) -> Result<(), BirdError> {
+    use tokio::io::AsyncWriteExt;
     let failed = |source| BirdError::Write {
         path: path.to_owned(),
         source,
     };
-    let temporary = path.with_extension("brindle-tmp");
-    tokio::fs::write(&temporary, text).await.map_err(failed)?;
-    tokio::fs::rename(&temporary, path).await.map_err(failed)
+    let _ = tokio::fs::remove_file(path).await;
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await
+        .map_err(failed)?;
+    file.write_all(text.as_bytes()).await.map_err(failed)?;
+    file.sync_all().await.map_err(failed)
 }
 
-/// The BGP sessions of brindle's peers in `birdc show protocols all` output.
+/// The BGP sessions of brindle's peers (protocols `peer_…`) in `birdc show protocols all`
+/// output, each named by its protocol symbol.
 pub fn parse_protocols(text: &str) -> Vec<BgpSession> {
     let mut sessions = Vec::new();
     let mut current: Option<BgpSession> = None;
@@ -158,10 +216,10 @@ pub fn parse_protocols(text: &str) -> Vec<BgpSession> {
             sessions.extend(current.take());
             let fields: Vec<&str> = line.split_whitespace().collect();
             if let [name, "BGP", _table, state, since, ..] = fields.as_slice()
-                && let Some(peer) = peer_name(name)
+                && name.starts_with("peer_")
             {
                 current = Some(BgpSession {
-                    peer,
+                    peer: (*name).to_owned(),
                     state: (*state).to_owned(),
                     since: (*since).to_owned(),
                     ..BgpSession::default()
@@ -212,7 +270,7 @@ peer_tor   BGP        ---        up     16:56:42.331  Established
   Channel ipv4
     State:          UP
     Routes:         0 imported, 2 exported, 0 preferred
-peer_rr_2ea BGP       ---        start  16:56:51.276  Active        Socket: Connection refused
+peer_00000000000000aa BGP ---        start  16:56:51.276  Active        Socket: Connection refused
   BGP state:          Active
     Neighbor address: 10.0.0.1
     Neighbor AS:      64513
@@ -223,11 +281,11 @@ other      BGP        ---        up     16:56:42.331  Established
 ";
         let sessions = parse_protocols(text);
         assert_eq!(sessions.len(), 2, "{sessions:?}");
-        assert_eq!(sessions[0].peer, "tor");
+        assert_eq!(sessions[0].peer, "peer_tor");
         assert!(sessions[0].established());
         assert_eq!(sessions[0].routes_exported, 2);
         assert_eq!(sessions[0].as_number, 64513);
-        assert_eq!(sessions[1].peer, "rr.a");
+        assert_eq!(sessions[1].peer, "peer_00000000000000aa");
         assert_eq!(sessions[1].last_error, "Socket: Connection refused");
         assert!(!sessions[1].established());
     }

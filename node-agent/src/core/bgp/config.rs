@@ -46,8 +46,10 @@ pub struct BirdConfig {
     pub peers: Vec<PeerConfig>,
 }
 
-/// The configuration the state `items` asks of the node `local` describes.
-pub fn desired_config(items: &BTreeMap<String, RouteItem>, local: &LocalBgp) -> BirdConfig {
+/// The configuration the state `items` asks of the node `local` describes; `None` while the
+/// state does not hold the node's own registration (its labels choose its peers and its subnets
+/// their multihop: without them BIRD is better left as it is than given a wrong peer set).
+pub fn desired_config(items: &BTreeMap<String, RouteItem>, local: &LocalBgp) -> Option<BirdConfig> {
     let mut configuration = BgpConfiguration::default();
     let mut pools = Vec::new();
     let mut me = None;
@@ -76,50 +78,36 @@ pub fn desired_config(items: &BTreeMap<String, RouteItem>, local: &LocalBgp) -> 
         .filter(exported)
         .collect();
     announced.sort();
-    let labels = me.map(|node| node.labels.clone()).unwrap_or_default();
-    let subnet = me.and_then(|node| node.ipv4_subnet);
+    let me = me?;
     let peers = peers
         .into_iter()
-        .filter(|peer| peer.applies_to(&local.node, &labels))
+        // Never a session with itself (a peer at one of the node's own addresses).
+        .filter(|peer| peer.applies_to(&local.node, &me.labels) && !me.addresses.contains(&peer.peer_ip))
         .map(|peer| PeerConfig {
             multihop: match peer.peer_ip {
-                IpAddr::V4(ip) => !subnet.is_some_and(|subnet| subnet.contains(&ip)),
-                IpAddr::V6(_) => false,
+                IpAddr::V4(ip) => !me.ipv4_subnet.is_some_and(|subnet| subnet.contains(&ip)),
+                IpAddr::V6(ip) => !me.ipv6_subnet.is_some_and(|subnet| subnet.contains(&ip)),
             },
             peer: peer.clone(),
         })
         .collect();
-    BirdConfig {
+    Some(BirdConfig {
         router_id: local.router_id,
         as_number: local.as_number.unwrap_or(configuration.as_number),
         configuration,
         announced,
         peers,
-    }
+    })
 }
 
-/// A BIRD symbol for peer `name` (a DNS-1123 subdomain): stable, so a reload keeps its session,
-/// and unambiguous (`-` and `.` spelled out).
+/// A BIRD symbol for peer `name`: stable, so a reload keeps its session, and short whatever the
+/// name (BIRD's symbols have at most 64 characters; peer names up to 253): `peer_` and a 64-bit
+/// FNV-1a hash of the name. The peer's name is in the protocol's description.
 pub fn protocol_name(name: &str) -> String {
-    let mut symbol = String::from("peer_");
-    for c in name.chars() {
-        match c {
-            '-' => symbol.push_str("_2d"),
-            '.' => symbol.push_str("_2e"),
-            c => symbol.push(c),
-        }
-    }
-    symbol
-}
-
-/// The peer a BIRD protocol name stands for, if it is one of ours.
-pub fn peer_name(protocol: &str) -> Option<String> {
-    Some(
-        protocol
-            .strip_prefix("peer_")?
-            .replace("_2d", "-")
-            .replace("_2e", "."),
-    )
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("peer_{hash:016x}")
 }
 
 /// BIRD's log classes for a severity.
@@ -134,6 +122,14 @@ fn log_classes(severity: LogSeverity) -> &'static str {
 }
 
 impl BirdConfig {
+    /// Each peer's BIRD protocol, by symbol: the peer's name.
+    pub fn protocols(&self) -> BTreeMap<String, String> {
+        self.peers
+            .iter()
+            .map(|p| (protocol_name(&p.peer.name), p.peer.name.clone()))
+            .collect()
+    }
+
     /// The configuration file's text.
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -193,13 +189,8 @@ impl BirdConfig {
             if let Some(password) = &peer.peer.password {
                 line(format!("  password \"{password}\";"));
             }
-            let next_hop = if peer.peer.keep_original_next_hop {
-                "keep"
-            } else {
-                "self"
-            };
             line(format!(
-                "  {family} {{ import none; export where proto = \"brindle_{family}\"; next hop {next_hop}; }};"
+                "  {family} {{ import none; export where proto = \"brindle_{family}\"; next hop self; }};"
             ));
             line("}".into());
         }
@@ -300,7 +291,7 @@ mod tests {
 
     #[test]
     fn the_node_announces_its_blocks_and_borrowed_addresses_to_the_peers_that_apply_to_it() {
-        let config = desired_config(&state(), &local());
+        let config = desired_config(&state(), &local()).expect("config");
         assert_eq!(
             config.announced,
             vec![
@@ -321,7 +312,10 @@ mod tests {
         assert!(text.contains("route 10.244.0.70/32 blackhole;"), "{text}");
         assert!(!text.contains("10.250.0.0"), "{text}");
         assert!(
-            text.contains("protocol bgp peer_tor_2erack_2da from brindle_peer"),
+            text.contains(&format!(
+                "protocol bgp {} from brindle_peer",
+                protocol_name("tor.rack-a")
+            )),
             "{text}"
         );
         assert!(
@@ -329,7 +323,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("graceful restart on;"), "{text}");
-        assert_eq!(text, desired_config(&state(), &local()).render(), "stable");
+        assert_eq!(
+            text,
+            desired_config(&state(), &local()).expect("config").render(),
+            "stable"
+        );
     }
 
     #[test]
@@ -345,22 +343,40 @@ mod tests {
             "bgp/configuration".into(),
             RouteItem::BgpConfiguration(configuration),
         );
-        let text = desired_config(&items, &local()).render();
+        let text = desired_config(&items, &local()).expect("config").render();
         assert!(text.contains("local port 1790 as 65000;"), "{text}");
         assert!(text.contains("debug protocols all;"), "{text}");
         let own = LocalBgp {
             as_number: Some(65010),
             ..local()
         };
-        assert!(desired_config(&items, &own).render().contains("as 65010;"));
+        assert!(
+            desired_config(&items, &own)
+                .expect("config")
+                .render()
+                .contains("as 65010;")
+        );
     }
 
     #[test]
-    fn protocol_names_are_unambiguous_and_read_back() {
-        for name in ["a-b", "a.b", "a--b", "tor.rack-a"] {
-            assert_eq!(peer_name(&protocol_name(name)).as_deref(), Some(name));
-        }
-        assert_ne!(protocol_name("a-b"), protocol_name("a.b"));
+    fn protocol_names_are_short_distinct_and_stable() {
+        let long = "a-".repeat(120) + "z";
+        let names = ["a-b", "a.b", "a--b", "tor.rack-a", long.as_str()];
+        let symbols: std::collections::BTreeSet<String> = names.iter().map(|n| protocol_name(n)).collect();
+        assert_eq!(symbols.len(), names.len());
+        assert!(symbols.iter().all(|s| s.len() <= 64));
+        assert_eq!(protocol_name("tor"), protocol_name("tor"));
+    }
+
+    #[test]
+    fn without_its_own_registration_the_node_leaves_bird_alone_and_never_peers_with_itself() {
+        let mut items = state();
+        items.remove("node/me");
+        assert!(desired_config(&items, &local()).is_none());
+        let mut items = state();
+        items.extend([peer("myself", "192.168.1.1", "", "")]);
+        let config = desired_config(&items, &local()).expect("config");
+        assert!(!config.peers.iter().any(|p| p.peer.name == "myself"));
     }
 
     /// BIRD itself accepts what is rendered (`bird -p` parses a configuration and exits).
@@ -369,9 +385,8 @@ mod tests {
         let mut items = state();
         if let RouteItem::BgpPeer(peer) = items.get_mut("bgp-peer/rr").expect("rr") {
             peer.password = Some("s3cret".into());
-            peer.keep_original_next_hop = true;
         }
-        let text = desired_config(&items, &local()).render();
+        let text = desired_config(&items, &local()).expect("config").render();
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("bird.conf");
         std::fs::write(&file, &text).expect("write");

@@ -39,8 +39,12 @@ fn explain_silence(sessions: &mut [BgpSession], with_password: &[String]) {
 pub struct BgpSpeaker {
     bird: Bird,
     local: LocalBgp,
+    /// Each configured peer's protocol symbol: its name.
+    protocols: BTreeMap<String, String>,
     /// The peers with a TCP MD5 password, as last configured.
     with_password: Vec<String>,
+    /// Why BIRD did not take the last configuration, if it did not.
+    refused: Option<String>,
     sessions: watch::Sender<Vec<BgpSession>>,
     established: Gauges,
     exported: Gauges,
@@ -52,7 +56,9 @@ impl BgpSpeaker {
         Self {
             bird,
             local,
+            protocols: BTreeMap::new(),
             with_password: Vec::new(),
+            refused: None,
             sessions: watch::channel(Vec::new()).0,
             established: metrics.gauges(
                 "bgp_session_established",
@@ -67,49 +73,90 @@ impl BgpSpeaker {
         self.sessions.subscribe()
     }
 
-    /// Makes BIRD announce what `state` asks of the node (`resync`: reload even if the file
-    /// already says so — BIRD may have been restarted meanwhile).
+    /// Makes BIRD announce what `state` asks of the node (`resync`: reload even if BIRD took
+    /// this text already — it may have been restarted meanwhile). Without the node's own
+    /// registration in the state, BIRD is left as it is.
     pub async fn program(
         &mut self,
         state: &BTreeMap<String, RouteItem>,
         resync: bool,
     ) -> Result<(), BirdError> {
         if resync {
-            self.bird.forget().await;
+            self.bird.forget();
         }
-        let config = desired_config(state, &self.local);
+        let Some(config) = desired_config(state, &self.local) else {
+            return Ok(());
+        };
+        self.protocols = config.protocols();
         self.with_password = config
             .peers
             .iter()
             .filter(|p| p.peer.password.is_some())
             .map(|p| p.peer.name.clone())
             .collect();
-        if self.bird.apply(&config.render()).await? {
-            tracing::info!("BIRD reconfigured");
+        match self.bird.apply(&config.render()).await {
+            Ok(reloaded) => {
+                self.refused = None;
+                if reloaded {
+                    tracing::info!("BIRD reconfigured");
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.refused = Some(error.to_string());
+                Err(error)
+            }
         }
-        Ok(())
     }
 
-    /// Reads the sessions back from BIRD.
+    /// Reads the sessions back from BIRD, each named by its BGPPeer; when BIRD cannot be read
+    /// or refused the configuration, a session `bird` says so (and the gauges are emptied rather
+    /// than left at their last values).
     pub async fn refresh_sessions(&self) {
-        match self.bird.sessions().await {
-            Ok(mut sessions) => {
-                explain_silence(&mut sessions, &self.with_password);
-                self.established.clear();
-                self.exported.clear();
-                for session in &sessions {
-                    let labels = vec![("peer", session.peer.clone())];
-                    self.established
-                        .get_or_create(&labels)
-                        .set(i64::from(session.established()));
-                    self.exported
-                        .get_or_create(&labels)
-                        .set(i64::try_from(session.routes_exported).unwrap_or(i64::MAX));
-                }
-                self.sessions.send_replace(sessions);
+        let mut sessions = match self.bird.sessions().await {
+            Ok(read) => read
+                .into_iter()
+                .filter_map(|mut session| {
+                    session.peer = self.protocols.get(&session.peer)?.clone();
+                    Some(session)
+                })
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "reading the BGP sessions from BIRD");
+                vec![daemon_problem(format!("BIRD does not answer: {error}"))]
             }
-            Err(error) => tracing::warn!(%error, "reading the BGP sessions from BIRD"),
+        };
+        if let Some(refused) = &self.refused {
+            sessions.push(daemon_problem(format!(
+                "BIRD refused brindle's configuration: {refused}"
+            )));
         }
+        explain_silence(&mut sessions, &self.with_password);
+        self.established.clear();
+        self.exported.clear();
+        for session in sessions.iter().filter(|s| s.peer != DAEMON) {
+            let labels = vec![("peer", session.peer.clone())];
+            self.established
+                .get_or_create(&labels)
+                .set(i64::from(session.established()));
+            self.exported
+                .get_or_create(&labels)
+                .set(i64::try_from(session.routes_exported).unwrap_or(i64::MAX));
+        }
+        self.sessions.send_replace(sessions);
+    }
+}
+
+/// The name of the pseudo-session that reports the daemon's own trouble.
+const DAEMON: &str = "(bird)";
+
+fn daemon_problem(why: String) -> BgpSession {
+    BgpSession {
+        peer: DAEMON.to_owned(),
+        state: "down".to_owned(),
+        bgp_state: "-".to_owned(),
+        last_error: why,
+        ..BgpSession::default()
     }
 }
 
