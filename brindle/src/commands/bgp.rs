@@ -6,25 +6,9 @@ use brindle_proto::route::v1 as route;
 use serde::{Deserialize, Serialize};
 
 use super::connect::{Clients, Service};
-use super::manifest::API_VERSION;
+use super::manifest::{API_VERSION, Metadata, Typed};
 use super::output::{self, Table};
 use crate::cli::OutputFormat;
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Metadata {
-    #[serde(default)]
-    name: String,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Typed<S> {
-    api_version: String,
-    kind: String,
-    #[serde(default)]
-    metadata: Metadata,
-    spec: S,
-}
 
 /// Calico's BGPConfiguration spec, as far as brindle implements it (any other field is refused).
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -104,6 +88,7 @@ fn configuration_manifest(configuration: &route::BgpConfiguration) -> serde_json
         kind: "BGPConfiguration".into(),
         metadata: Metadata {
             name: "default".into(),
+            ..Metadata::default()
         },
         spec: ConfigurationSpec {
             as_number: Some(configuration.as_number),
@@ -121,6 +106,7 @@ fn peer_manifest(peer: &route::BgpPeer) -> serde_json::Value {
         kind: "BGPPeer".into(),
         metadata: Metadata {
             name: peer.name.clone(),
+            ..Metadata::default()
         },
         spec: PeerSpec {
             peer_ip: peer.peer_ip.clone(),

@@ -39,14 +39,15 @@ pub struct PolicyDocument {
     pub value: yaml_serde::Value,
 }
 
+/// An object's metadata as manifests carry it.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Metadata {
+pub(super) struct Metadata {
     #[serde(default)]
-    name: String,
+    pub(super) name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    namespace: String,
+    pub(super) namespace: String,
     #[serde(default, rename = "resourceVersion", skip_serializing_if = "String::is_empty")]
-    resource_version: String,
+    pub(super) resource_version: String,
 }
 
 #[derive(Deserialize)]
@@ -111,14 +112,15 @@ struct IpReservationSpec {
     reserved_cidrs: Vec<String>,
 }
 
+/// A typed object of a manifest: kind, metadata and its kind's spec.
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Typed<S> {
-    api_version: String,
-    kind: String,
+pub(super) struct Typed<S> {
+    pub(super) api_version: String,
+    pub(super) kind: String,
     #[serde(default)]
-    metadata: Metadata,
-    spec: S,
+    pub(super) metadata: Metadata,
+    pub(super) spec: S,
 }
 
 fn is_false(value: &bool) -> bool {

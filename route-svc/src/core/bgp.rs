@@ -6,17 +6,14 @@ use std::sync::Arc;
 use brindle_datastore::{Store, StoreError, Txn};
 use route_api::bgp::{self, BgpConfiguration, BgpPeer};
 
+use super::derive::{CorruptRecord, decode};
+
 /// Why a BGP object could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum BgpError {
     /// A stored object does not decode.
-    #[error("record {key} does not decode: {reason}")]
-    Corrupt {
-        /// Its key.
-        key: String,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
     /// The peer is not there.
     #[error("no BGP peer {0:?}")]
     NoPeer(String),
@@ -29,13 +26,6 @@ pub enum BgpError {
 #[derive(Clone)]
 pub struct BgpObjects {
     store: Arc<dyn Store>,
-}
-
-fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, BgpError> {
-    serde_json::from_slice(value).map_err(|e| BgpError::Corrupt {
-        key: key.to_owned(),
-        reason: e.to_string(),
-    })
 }
 
 impl BgpObjects {
@@ -58,7 +48,7 @@ impl BgpObjects {
     /// The configuration (the defaults when none was set).
     pub async fn configuration(&self) -> Result<BgpConfiguration, BgpError> {
         match self.store.get(bgp::CONFIGURATION_KEY).await? {
-            Some(kv) => decode(bgp::CONFIGURATION_KEY, &kv.value),
+            Some(kv) => Ok(decode(bgp::CONFIGURATION_KEY, &kv.value)?),
             None => Ok(BgpConfiguration::default()),
         }
     }
@@ -71,7 +61,11 @@ impl BgpObjects {
     /// Every peer, by name.
     pub async fn peers(&self) -> Result<Vec<BgpPeer>, BgpError> {
         let listed = self.store.list(bgp::PEERS_PREFIX).await?;
-        listed.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
+        Ok(listed
+            .kvs
+            .iter()
+            .map(|kv| decode(&kv.key, &kv.value))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Deletes a peer (NoPeer when there is none).

@@ -24,7 +24,8 @@ pub struct CorruptRecord {
     pub reason: String,
 }
 
-fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, CorruptRecord> {
+/// The record at `key` decoded.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, CorruptRecord> {
     serde_json::from_slice(value).map_err(|e| CorruptRecord {
         key: key.to_owned(),
         reason: e.to_string(),

@@ -48,7 +48,7 @@ const MAX_SESSIONS: usize = 64;
 fn bgp_status(error: BgpError) -> Status {
     let message = error.to_string();
     match error {
-        BgpError::Corrupt { .. } => Status::data_loss(message),
+        BgpError::Corrupt(_) => Status::data_loss(message),
         BgpError::NoPeer(_) => Status::not_found(message),
         BgpError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
