@@ -207,6 +207,20 @@ pub enum NodeCommand {
     /// `--cert-dir`) trades it for the node's certificate and renews that on its own. Prints the
     /// token (shown once; administrators only).
     JoinToken(NodeJoinTokenArgs),
+    /// Deletes a node that left the cluster, as `calicoctl delete node` does: releases its
+    /// addresses and blocks (their routes withdrawn from every node and BGP peer), removes its
+    /// workload endpoints, its registration and its labels. A Kubernetes Node is deleted in
+    /// Kubernetes (kube-sync then deletes it here). An agent still running registers its node
+    /// again, without the released addresses.
+    Delete(NodeDeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeDeleteArgs {
+    /// The node.
+    pub node: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]

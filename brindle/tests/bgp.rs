@@ -6,7 +6,8 @@
 //! node's blocks, next hop the node; a block claimed later is announced and withdrawn with its
 //! pool; an agent SIGKILLed and restarted withdraws nothing and loses no ping; a wrong peer AS and
 //! a TCP MD5 password the router does not share keep the session down and `brindle node status`
-//! says why.
+//! says why; a node deleted has its routes withdrawn — at once while its agent runs, after its
+//! peer's `maxRestartTime` when the node died with its daemon.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -273,4 +274,81 @@ fn nodes_announce_their_blocks_and_pods_cross_subnets_unencapsulated_through_the
         text.contains("BGP sessions") && text.contains("Bad peer AS") && text.contains("TCP MD5 password"),
         "{text}"
     );
+
+    // A node deleted while its agent and BIRD run: its block is withdrawn from the router and
+    // from the other nodes at once.
+    node_deleted(&lab, 1);
+    // A node that died with its BIRD, then deleted: the router keeps its routes only for its
+    // peer's maxRestartTime (graceful restart), then withdraws them.
+    let (name, router) = (lab.nodes[0].name.clone(), router_address(lab.nodes[0].subnet));
+    lab.apply_with_cli(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: {name}}}\n\
+         spec: {{peerIP: {router}, asNumber: {ROUTER_AS}, node: {name}, maxRestartTime: 5s}}\n"
+    ))
+    .expect("maxRestartTime");
+    let (config, _) = lab.bird_files(&name);
+    wait_for(
+        "BIRD given the restart time",
+        &lab,
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&config).is_ok_and(|c| c.contains("graceful restart time 5;")),
+    );
+    wait_for(
+        "its session established again",
+        &lab,
+        Duration::from_secs(60),
+        || {
+            lab.node_status().is_ok_and(|nodes| {
+                nodes.iter().any(|n| {
+                    n.node.as_ref().is_some_and(|m| m.name == name)
+                        && n.bgp_sessions.iter().any(|s| s.state == "Established")
+                })
+            })
+        },
+    );
+    lab.kill(&name).expect("SIGKILL the agent");
+    lab.kill(&format!("{name}-bird")).expect("SIGKILL BIRD");
+    node_deleted(&lab, 0);
+}
+
+/// Deletes node `node` with `brindle node delete` and waits until neither the router nor any
+/// other node has a route to the blocks it had.
+fn node_deleted(lab: &Lab, node: usize) {
+    let (name, address) = (lab.nodes[node].name.clone(), lab.nodes[node].address.to_string());
+    let blocks: Vec<String> = expected_table(lab)
+        .into_iter()
+        .filter(|(_, hop)| *hop == address)
+        .map(|(prefix, _)| prefix)
+        .collect();
+    assert!(!blocks.is_empty(), "{name} has no block");
+    let deleted = lab.cli(&["node", "delete", &name]).output().expect("node delete");
+    assert!(deleted.status.success(), "{deleted:?}");
+    let said = String::from_utf8_lossy(&deleted.stdout);
+    assert!(
+        said.contains(&format!("{} blocks released", blocks.len())),
+        "{said}"
+    );
+    wait_for(
+        &format!("{name}'s blocks {blocks:?} withdrawn from the router"),
+        lab,
+        Duration::from_secs(30),
+        || {
+            !router_table(lab)
+                .iter()
+                .any(|(prefix, _)| blocks.contains(prefix))
+        },
+    );
+    for other in lab.nodes.iter().filter(|n| n.name != name) {
+        wait_for(
+            &format!("{}'s route to {name}'s blocks removed", other.name),
+            lab,
+            Duration::from_secs(30),
+            || {
+                other
+                    .namespace
+                    .ip(&["route", "show"])
+                    .is_ok_and(|routes| !blocks.iter().any(|b| routes.contains(b.as_str())))
+            },
+        );
+    }
 }

@@ -127,6 +127,7 @@ async fn every_command_against_a_running_server() {
     tokio::task::block_in_place(|| {
         node_status_and_trace(&cli, &kept);
         error_cases(&cli, manifest);
+        node_delete(&cli);
         // `delete -f` removes what the manifest created (the IPAM configuration stays).
         let deleted = cli.ok(&["delete", "-f", manifest, "-n", "shop", "--force"]);
         assert_eq!(deleted.lines().count(), 6, "{deleted}");
@@ -255,7 +256,7 @@ fn bgp_objects(cli: &Cli<'_>) {
                     spec: {asNumber: 65000, logSeverityScreen: Warning, nodeToNodeMeshEnabled: false}\n---\n\
                     apiVersion: brindle.io/v1\nkind: BGPPeer\nmetadata: {name: tor-a}\n\
                     spec: {peerIP: 192.0.2.1, asNumber: 64513, nodeSelector: \"rack == 'a'\", \
-                    password: {value: s3cret}}\n";
+                    password: {value: s3cret}, maxRestartTime: 2m}\n";
     let out = cli.run_with_stdin(&["apply", "-f", "-"], manifest);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -279,6 +280,7 @@ fn bgp_objects(cli: &Cli<'_>) {
     assert_eq!(configuration["spec"]["nodeToNodeMeshEnabled"], false);
     let peer = cli.json(&["get", "bgppeer", "tor-a"]);
     assert_eq!(peer["spec"]["password"]["value"], "s3cret");
+    assert_eq!(peer["spec"]["maxRestartTime"], "120s");
     let yaml = cli.ok(&["get", "bgppeer", "tor-a", "-o", "yaml"]);
     let out = cli.run_with_stdin(&["apply", "-f", "-"], &yaml);
     assert!(out.status.success(), "{out:?}");
@@ -301,6 +303,14 @@ fn bgp_objects(cli: &Cli<'_>) {
     refused(
         "{peerIP: 192.0.2.1, asNumber: 64513, keepOriginalNextHop: true}",
         "keepOriginalNextHop",
+    );
+    refused(
+        "{peerIP: 192.0.2.1, asNumber: 64513, maxRestartTime: 2h}",
+        "maxRestartTime",
+    );
+    refused(
+        "{peerIP: 192.0.2.1, asNumber: 64513, maxRestartTime: 500ms}",
+        "maxRestartTime",
     );
     refused(
         "{peerIP: 192.0.2.1, asNumber: 64513, peerSelector: all()}",
@@ -434,6 +444,16 @@ async fn register_node_and_endpoint(server: &Server, ip: &str) {
         })
         .await
         .expect("register node");
+    // A node Kubernetes owns (kube-sync gave its labels).
+    routes
+        .set_node_labels(route::SetNodeLabelsRequest {
+            name: "k8s-node".into(),
+            labels: [("rack".to_owned(), "a".to_owned())].into(),
+            origin: "kubernetes".into(),
+            if_revision: None,
+        })
+        .await
+        .expect("Kubernetes labels");
     let mut policies = policy::policy_client::PolicyClient::connect(address)
         .await
         .expect("connect policy");
@@ -508,6 +528,33 @@ fn node_status_and_trace(cli: &Cli<'_>, ip: &str) {
         "80",
     ]);
     assert_eq!(traced["verdict"], "allow", "{traced}");
+}
+
+/// `node delete`: a node that left releases its addresses and endpoints and leaves the status;
+/// a second time it is not found; a Kubernetes Node is deleted in Kubernetes.
+fn node_delete(cli: &Cli<'_>) {
+    let refused = cli.fails(&["node", "delete", "k8s-node"], 1);
+    assert!(refused.contains("kubectl delete node k8s-node"), "{refused}");
+    let said = cli.ok(&["node", "delete", "n1"]);
+    assert!(
+        said.starts_with("node/n1 deleted:")
+            && said.contains("1 blocks released")
+            && said.contains("1 endpoints removed"),
+        "{said}"
+    );
+    // route-svc learns of the deletion through its datastore watch.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let status = cli.json(&["node", "status"]);
+        let listed = status["nodes"].as_array().expect("nodes").iter().any(|n| n["node"] == "n1");
+        if !listed {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "n1 still listed: {status}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let missing = cli.fails(&["node", "delete", "n1"], 1);
+    assert!(missing.contains("node/n1 not found"), "{missing}");
 }
 
 fn error_cases(cli: &Cli<'_>, manifest: &str) {

@@ -21,45 +21,39 @@ use crate::follow::{FollowMetrics, Target, WriteError};
 use crate::targets::ORIGIN;
 use crate::translate::ObjectKey;
 
-/// The services a Node touches.
-pub struct Nodes {
-    routes: RoutesClient<Channel>,
-    ipam: IpamClient<Channel>,
-    policy: PolicyClient<Channel>,
-    metrics: FollowMetrics,
+/// The services that hold something of a node: what deleting it touches.
+#[derive(Clone)]
+pub struct NodeServices {
+    /// route-svc: its registration and labels.
+    pub routes: RoutesClient<Channel>,
+    /// ipam-svc: its addresses and blocks.
+    pub ipam: IpamClient<Channel>,
+    /// policy-svc: its workload endpoints.
+    pub policy: PolicyClient<Channel>,
 }
 
-impl Nodes {
-    /// Nodes written through these clients.
-    pub fn new(
-        routes: RoutesClient<Channel>,
-        ipam: IpamClient<Channel>,
-        policy: PolicyClient<Channel>,
-        metrics: FollowMetrics,
-    ) -> Self {
-        Self {
-            routes,
-            ipam,
-            policy,
-            metrics,
-        }
-    }
+/// What deleting a node released.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NodeDeleted {
+    /// Addresses released.
+    pub released_ips: u64,
+    /// Blocks deleted (their routes withdrawn from every node and BGP peer).
+    pub released_blocks: u32,
+    /// Workload endpoints removed.
+    pub endpoints: usize,
+    /// Whether route-svc kept the registration because another origin owns the node's labels.
+    pub registration_kept: bool,
+}
 
-    /// Deletes everything brindle holds of node `name` when kube-sync owns its labels (a node
-    /// an administrator labelled is left alone); the route-svc record (kube-sync's mark) goes
-    /// last, so an interrupted cleanup is finished at the next list.
-    async fn delete(&mut self, name: &str) -> Result<(), WriteError> {
+impl NodeServices {
+    /// Deletes everything brindle holds of node `name` — its addresses and blocks, its workload
+    /// endpoints, then its registration and labels (with `origin`, only when that origin owns
+    /// them). The registration goes last, so an interrupted deletion is finished by the next.
+    pub async fn delete_node(&mut self, name: &str, origin: Option<&str>) -> Result<NodeDeleted, WriteError> {
         let failed = |what: &str, status| WriteError {
             what: format!("{what} of deleted node {name}"),
             status,
         };
-        if !self.owned().await?.contains(&(String::new(), name.to_owned())) {
-            tracing::info!(
-                node = name,
-                "Kubernetes deleted the Node, but kube-sync does not own it in brindle: left alone"
-            );
-            return Ok(());
-        }
         let released = self
             .ipam
             .delete_node(ipam::DeleteNodeRequest {
@@ -86,28 +80,61 @@ impl Nodes {
                 .await
                 .map_err(|s| failed("removing an endpoint", s))?;
         }
-        match self
+        let registration_kept = match self
             .routes
             .delete_node(route::DeleteNodeRequest {
                 name: name.to_owned(),
-                origin: ORIGIN.into(),
+                origin: origin.unwrap_or_default().to_owned(),
             })
             .await
         {
-            Ok(_) => {}
-            Err(status) if status.code() == Code::FailedPrecondition => {
-                tracing::info!(
-                    node = name,
-                    "route-svc record kept: an administrator owns its labels"
-                );
-            }
+            Ok(_) => false,
+            Err(status) if origin.is_some() && status.code() == Code::FailedPrecondition => true,
             Err(status) => return Err(failed("deleting the registration", status)),
+        };
+        Ok(NodeDeleted {
+            released_ips: released.released_ips,
+            released_blocks: released.released_blocks,
+            endpoints: endpoints.len(),
+            registration_kept,
+        })
+    }
+}
+
+/// Kubernetes Nodes written into brindle's services.
+pub struct Nodes {
+    services: NodeServices,
+    metrics: FollowMetrics,
+}
+
+impl Nodes {
+    /// Nodes written through these services.
+    pub fn new(services: NodeServices, metrics: FollowMetrics) -> Self {
+        Self { services, metrics }
+    }
+
+    /// Deletes everything brindle holds of node `name` when kube-sync owns its labels (a node
+    /// an administrator labelled is left alone).
+    async fn delete(&mut self, name: &str) -> Result<(), WriteError> {
+        if !self.owned().await?.contains(&(String::new(), name.to_owned())) {
+            tracing::info!(
+                node = name,
+                "Kubernetes deleted the Node, but kube-sync does not own it in brindle: left alone"
+            );
+            return Ok(());
+        }
+        let deleted = self.services.delete_node(name, Some(ORIGIN)).await?;
+        if deleted.registration_kept {
+            tracing::info!(
+                node = name,
+                "route-svc record kept: an administrator owns its labels"
+            );
         }
         tracing::info!(
             node = name,
-            released_ips = released.released_ips,
-            released_blocks = released.released_blocks,
-            endpoints = endpoints.len(),
+            released_ips = deleted.released_ips,
+            released_blocks = deleted.released_blocks,
+            endpoints = deleted.endpoints,
             "deleted a node that Kubernetes no longer has"
         );
         Ok(())
@@ -135,7 +162,7 @@ impl Target<Node> for Nodes {
                 origin: ORIGIN.into(),
                 if_revision: None,
             };
-            match self.routes.set_node_labels(request).await {
+            match self.services.routes.set_node_labels(request).await {
                 Ok(_) => {}
                 Err(status) if matches!(status.code(), Code::InvalidArgument | Code::FailedPrecondition) => {
                     self.metrics.rejected("Node");
@@ -165,6 +192,7 @@ impl Target<Node> for Nodes {
 
     async fn owned(&mut self) -> Result<BTreeSet<ObjectKey>, WriteError> {
         let listed = self
+            .services
             .routes
             .list_node_labels(route::ListNodeLabelsRequest {
                 origin: ORIGIN.into(),

@@ -17,7 +17,7 @@ use kube::Api;
 use tonic::transport::Channel;
 
 use crate::follow::{FollowMetrics, follow};
-use crate::nodes::Nodes;
+use crate::nodes::{NodeServices, Nodes};
 use crate::targets::{NamespaceAnnotations, Pods, PolicyObjects};
 
 /// Mirrors the Kubernetes API into brindle's services.
@@ -106,7 +106,7 @@ pub async fn mirror(client: kube::Client, services: Services, metrics: &Metrics)
     );
     let nodes = follow(
         Api::<Node>::all(client),
-        Nodes::new(routes, ipam, policy, follow_metrics.clone()),
+        Nodes::new(NodeServices { routes, ipam, policy }, follow_metrics.clone()),
         follow_metrics,
     );
     tokio::join!(namespaces, policies, pods, nodes);

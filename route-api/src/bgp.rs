@@ -112,6 +112,9 @@ pub struct BgpPeer {
     pub password: Option<String>,
     /// Announce routes with their original next hop.
     pub keep_original_next_hop: bool,
+    /// Seconds the peer keeps the node's routes while the node's daemon restarts (`None`: the
+    /// daemon's default).
+    pub max_restart_time: Option<u16>,
 }
 
 impl BgpPeer {
@@ -235,6 +238,17 @@ pub fn peer_from_proto(message: pb::BgpPeer) -> Result<BgpPeer, InvalidField> {
             "at most 80 bytes, without quotes, backslashes or control characters",
         ));
     }
+    // RFC 4724's restart time is a 12-bit field.
+    let max_restart_time = match message.max_restart_time_seconds {
+        0 => None,
+        seconds @ 1..=4095 => u16::try_from(seconds).ok(),
+        seconds => {
+            return Err(invalid(
+                "maxRestartTime",
+                format!("{seconds}s: graceful restart allows at most 4095s"),
+            ));
+        }
+    };
     Ok(BgpPeer {
         name: message.name,
         peer_ip,
@@ -243,6 +257,7 @@ pub fn peer_from_proto(message: pb::BgpPeer) -> Result<BgpPeer, InvalidField> {
         node_selector,
         password,
         keep_original_next_hop: message.keep_original_next_hop,
+        max_restart_time,
     })
 }
 
@@ -256,6 +271,7 @@ pub fn peer_to_proto(peer: &BgpPeer) -> pb::BgpPeer {
         node_selector: peer.node_selector.as_str().to_owned(),
         password: peer.password.clone().unwrap_or_default(),
         keep_original_next_hop: peer.keep_original_next_hop,
+        max_restart_time_seconds: peer.max_restart_time.map_or(0, u32::from),
     }
 }
 
@@ -294,6 +310,15 @@ mod tests {
             ..peer()
         };
         assert!(refused(keep).contains("keepOriginalNextHop"));
+        let restart = |seconds| pb::BgpPeer {
+            max_restart_time_seconds: seconds,
+            ..peer()
+        };
+        assert!(refused(restart(4096)).contains("maxRestartTime"));
+        assert_eq!(
+            peer_from_proto(restart(4095)).expect("peer").max_restart_time,
+            Some(4095)
+        );
         assert!(
             refused(pb::BgpPeer {
                 peer_ip: "192.0.2.1:179".into(),

@@ -39,6 +39,9 @@ struct PeerSpec {
     password: Option<Password>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     keep_original_next_hop: bool,
+    /// A Go duration, as Calico writes it (`120s`, `2m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_restart_time: Option<String>,
 }
 
 /// A password as written inline. (Calico reads it from a Secret, `secretKeyRef`; brindle keeps
@@ -47,6 +50,45 @@ struct PeerSpec {
 #[serde(deny_unknown_fields)]
 struct Password {
     value: String,
+}
+
+/// Whole seconds of a Go duration (`90s`, `1m30s`, `1.5m`, `1h`), as Calico's durations are
+/// written.
+fn duration_seconds(field: &str, text: &str) -> anyhow::Result<u32> {
+    let bad = |why: &str| anyhow::anyhow!("{field}: {text:?}: {why}");
+    let mut rest = text.trim();
+    anyhow::ensure!(!rest.is_empty(), bad("empty"));
+    let mut nanos = 0_f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| bad("a number needs a unit (h, m, s, ms)"))?;
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|_| bad("not a duration such as 120s or 2m"))?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "h" => 3.6e12,
+            "m" => 6e10,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "us" | "µs" => 1e3,
+            "ns" => 1.0,
+            other => return Err(bad(&format!("unknown unit {other:?}"))),
+        };
+        nanos += number * unit;
+        rest = &rest[unit_len..];
+    }
+    let seconds = nanos / 1e9;
+    anyhow::ensure!(
+        seconds.fract() == 0.0 && seconds <= f64::from(u32::MAX),
+        bad("brindle needs whole seconds")
+    );
+    // Whole and in range, checked just above.
+    Ok(seconds as u32)
 }
 
 /// The configuration a manifest asks for.
@@ -79,6 +121,11 @@ pub fn peer(value: yaml_serde::Value) -> anyhow::Result<route::BgpPeer> {
         node_selector: spec.node_selector,
         password: spec.password.map(|p| p.value).unwrap_or_default(),
         keep_original_next_hop: spec.keep_original_next_hop,
+        max_restart_time_seconds: spec
+            .max_restart_time
+            .map(|text| duration_seconds("spec.maxRestartTime", &text))
+            .transpose()?
+            .unwrap_or(0),
     })
 }
 
@@ -117,6 +164,9 @@ fn peer_manifest(peer: &route::BgpPeer) -> serde_json::Value {
                 .filter(|p| !p.is_empty())
                 .map(|p| Password { value: p.clone() }),
             keep_original_next_hop: peer.keep_original_next_hop,
+            max_restart_time: Some(peer.max_restart_time_seconds)
+                .filter(|s| *s > 0)
+                .map(|s| format!("{s}s")),
         },
     };
     serde_json::to_value(typed).unwrap_or_default()
@@ -215,4 +265,28 @@ pub async fn delete_peer(clients: &Clients, name: &str) -> anyhow::Result<String
         .await
         .map_err(|s| clients.failed(Service::Route, s))?;
     Ok(format!("bgppeer/{name} deleted"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duration_seconds;
+
+    #[test]
+    fn go_durations_become_whole_seconds_and_anything_else_is_named() {
+        for (text, seconds) in [
+            ("120s", 120),
+            ("2m", 120),
+            ("1m30s", 90),
+            ("1.5m", 90),
+            ("1h", 3600),
+        ] {
+            assert_eq!(duration_seconds("maxRestartTime", text).expect(text), seconds);
+        }
+        for bad in ["", "120", "2x", "500ms", "s", "1..5s"] {
+            let error = duration_seconds("maxRestartTime", bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(error.contains("maxRestartTime"), "{error}");
+        }
+    }
 }

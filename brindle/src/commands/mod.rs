@@ -33,6 +33,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Node(NodeCommand::Status(args)) => node::status(args).await,
         Command::Node(NodeCommand::Label(args)) => node::label(args).await,
         Command::Node(NodeCommand::JoinToken(args)) => node::join_token(args).await,
+        Command::Node(NodeCommand::Delete(args)) => node::delete(args).await,
         Command::Policy(PolicyCommand::Trace(args)) => trace::trace(args).await,
         Command::Certs(args) => certs(args).await,
         Command::Completions { shell } => {

@@ -1,6 +1,7 @@
 //! `brindle node status`: every node as route-svc and policy-svc see it — Calico's BGP-peer table,
 //! for a control plane that streams state instead of peering; `brindle node label`: a node's
-//! labels (what pools' nodeSelectors match), as `calicoctl label nodes` sets them.
+//! labels (what pools' nodeSelectors match), as `calicoctl label nodes` sets them; `brindle node
+//! delete`: everything of a node that left, as `calicoctl delete node` removes it.
 
 use std::collections::BTreeMap;
 
@@ -16,7 +17,7 @@ use tonic::transport::Channel;
 
 use super::connect::{Clients, Service};
 use super::output::{self, Table, age_since};
-use crate::cli::{NodeJoinTokenArgs, NodeLabelArgs, NodeStatusArgs, OutputFormat};
+use crate::cli::{NodeDeleteArgs, NodeJoinTokenArgs, NodeLabelArgs, NodeStatusArgs, OutputFormat};
 
 /// One change of `brindle node label`: set a value, or remove the key.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,6 +70,53 @@ pub async fn label(args: NodeLabelArgs) -> anyhow::Result<()> {
     let mut labels: Vec<String> = set.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     labels.sort();
     println!("node/{} labeled: {}", args.node, labels.join(","));
+    Ok(())
+}
+
+pub async fn delete(args: NodeDeleteArgs) -> anyhow::Result<()> {
+    let clients = Clients::new(args.client);
+    let mut routes = clients.route().await?;
+    let failed = |s| clients.failed(Service::Route, s);
+    let kubernetes = routes
+        .list_node_labels(route::ListNodeLabelsRequest {
+            origin: kube_sync::targets::ORIGIN.into(),
+        })
+        .await
+        .map_err(failed)?
+        .into_inner()
+        .nodes;
+    anyhow::ensure!(
+        !kubernetes.iter().any(|n| n.name == args.node),
+        "node/{0} is a Kubernetes Node: delete it in Kubernetes (kubectl delete node {0}); kube-sync \
+         then deletes it here",
+        args.node
+    );
+    let registered = routes
+        .list_nodes(route::ListNodesRequest {})
+        .await
+        .map_err(failed)?
+        .into_inner()
+        .nodes
+        .iter()
+        .any(|n| n.node.as_ref().is_some_and(|n| n.name == args.node));
+    let mut services = kube_sync::nodes::NodeServices {
+        routes,
+        ipam: clients.ipam().await?,
+        policy: clients.policy().await?,
+    };
+    let deleted = services
+        .delete_node(&args.node, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {:?}: {}", e.what, e.status.code(), e.status.message()))?;
+    anyhow::ensure!(
+        registered || deleted != kube_sync::nodes::NodeDeleted::default(),
+        "node/{} not found: not registered, and holding no address, block or endpoint",
+        args.node
+    );
+    println!(
+        "node/{} deleted: {} addresses and {} blocks released, {} endpoints removed",
+        args.node, deleted.released_ips, deleted.released_blocks, deleted.endpoints
+    );
     Ok(())
 }
 

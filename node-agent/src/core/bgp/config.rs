@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::IpNet;
 use route_api::RouteItem;
 use route_api::bgp::{BgpConfiguration, BgpPeer, LogSeverity};
+use route_api::model::Node;
 
 /// What the node itself says about its BGP (its agent's flags).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,19 +47,24 @@ pub struct BirdConfig {
     pub peers: Vec<PeerConfig>,
 }
 
-/// The configuration the state `items` asks of the node `local` describes; `None` while the
-/// state does not hold the node's own registration (its labels choose its peers and its subnets
-/// their multihop: without them BIRD is better left as it is than given a wrong peer set).
-pub fn desired_config(items: &BTreeMap<String, RouteItem>, local: &LocalBgp) -> Option<BirdConfig> {
+/// The node's own registration in the state `items`, if there.
+pub fn own_registration<'a>(items: &'a BTreeMap<String, RouteItem>, local: &LocalBgp) -> Option<&'a Node> {
+    items.values().find_map(|item| match item {
+        RouteItem::Node(node) if node.name == local.node => Some(node),
+        _ => None,
+    })
+}
+
+/// The configuration the state `items` asks of the node `local` describes, registered as `me`
+/// (its labels choose its peers, its subnets their multihop).
+pub fn desired_config(items: &BTreeMap<String, RouteItem>, local: &LocalBgp, me: &Node) -> BirdConfig {
     let mut configuration = BgpConfiguration::default();
     let mut pools = Vec::new();
-    let mut me = None;
     let mut peers = Vec::new();
     for item in items.values() {
         match item {
             RouteItem::BgpConfiguration(c) => configuration = c.clone(),
             RouteItem::Pool(pool) => pools.push(pool),
-            RouteItem::Node(node) if node.name == local.node => me = Some(node),
             RouteItem::BgpPeer(peer) => peers.push(peer),
             _ => {}
         }
@@ -78,7 +84,6 @@ pub fn desired_config(items: &BTreeMap<String, RouteItem>, local: &LocalBgp) -> 
         .filter(exported)
         .collect();
     announced.sort();
-    let me = me?;
     let peers = peers
         .into_iter()
         // Never a session with itself (a peer at one of the node's own addresses).
@@ -91,13 +96,13 @@ pub fn desired_config(items: &BTreeMap<String, RouteItem>, local: &LocalBgp) -> 
             peer: peer.clone(),
         })
         .collect();
-    Some(BirdConfig {
+    BirdConfig {
         router_id: local.router_id,
         as_number: local.as_number.unwrap_or(configuration.as_number),
         configuration,
         announced,
         peers,
-    })
+    }
 }
 
 /// A BIRD symbol for peer `name`: stable, so a reload keeps its session, and short whatever the
@@ -186,6 +191,9 @@ impl BirdConfig {
             if peer.multihop {
                 line("  multihop;".into());
             }
+            if let Some(seconds) = peer.peer.max_restart_time {
+                line(format!("  graceful restart time {seconds};"));
+            }
             if let Some(password) = &peer.peer.password {
                 line(format!("  password \"{password}\";"));
             }
@@ -200,7 +208,7 @@ impl BirdConfig {
 
 #[cfg(test)]
 mod tests {
-    use route_api::model::{Node, PoolRoute};
+    use route_api::model::PoolRoute;
     use route_api::{Encapsulation, bgp};
 
     use super::*;
@@ -265,6 +273,11 @@ mod tests {
         }
     }
 
+    fn config_of(items: &BTreeMap<String, RouteItem>, local: &LocalBgp) -> BirdConfig {
+        let me = own_registration(items, local).expect("registered");
+        desired_config(items, local, me)
+    }
+
     fn state() -> BTreeMap<String, RouteItem> {
         let borrowed: IpAddr = "10.244.0.70".parse().expect("ip");
         BTreeMap::from([
@@ -291,7 +304,7 @@ mod tests {
 
     #[test]
     fn the_node_announces_its_blocks_and_borrowed_addresses_to_the_peers_that_apply_to_it() {
-        let config = desired_config(&state(), &local()).expect("config");
+        let config = config_of(&state(), &local());
         assert_eq!(
             config.announced,
             vec![
@@ -323,11 +336,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("graceful restart on;"), "{text}");
-        assert_eq!(
-            text,
-            desired_config(&state(), &local()).expect("config").render(),
-            "stable"
-        );
+        assert_eq!(text, config_of(&state(), &local()).render(), "stable");
     }
 
     #[test]
@@ -343,19 +352,14 @@ mod tests {
             "bgp/configuration".into(),
             RouteItem::BgpConfiguration(configuration),
         );
-        let text = desired_config(&items, &local()).expect("config").render();
+        let text = config_of(&items, &local()).render();
         assert!(text.contains("local port 1790 as 65000;"), "{text}");
         assert!(text.contains("debug protocols all;"), "{text}");
         let own = LocalBgp {
             as_number: Some(65010),
             ..local()
         };
-        assert!(
-            desired_config(&items, &own)
-                .expect("config")
-                .render()
-                .contains("as 65010;")
-        );
+        assert!(config_of(&items, &own).render().contains("as 65010;"));
     }
 
     #[test]
@@ -369,13 +373,10 @@ mod tests {
     }
 
     #[test]
-    fn without_its_own_registration_the_node_leaves_bird_alone_and_never_peers_with_itself() {
-        let mut items = state();
-        items.remove("node/me");
-        assert!(desired_config(&items, &local()).is_none());
+    fn the_node_never_peers_with_itself() {
         let mut items = state();
         items.extend([peer("myself", "192.168.1.1", "", "")]);
-        let config = desired_config(&items, &local()).expect("config");
+        let config = config_of(&items, &local());
         assert!(!config.peers.iter().any(|p| p.peer.name == "myself"));
     }
 
@@ -385,8 +386,10 @@ mod tests {
         let mut items = state();
         if let RouteItem::BgpPeer(peer) = items.get_mut("bgp-peer/rr").expect("rr") {
             peer.password = Some("s3cret".into());
+            peer.max_restart_time = Some(5);
         }
-        let text = desired_config(&items, &local()).expect("config").render();
+        let text = config_of(&items, &local()).render();
+        assert!(text.contains("graceful restart time 5;"), "{text}");
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("bird.conf");
         std::fs::write(&file, &text).expect("write");

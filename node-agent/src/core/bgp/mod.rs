@@ -9,12 +9,13 @@ pub mod bird;
 pub mod config;
 
 pub use bird::{BgpSession, Bird, BirdError};
-pub use config::{LocalBgp, desired_config};
+pub use config::{LocalBgp, desired_config, own_registration};
 
 use std::collections::BTreeMap;
 
 use brindle_metrics::{Gauges, Metrics};
 use route_api::RouteItem;
+use route_api::model::Node;
 use tokio::sync::watch;
 
 /// What a session that never connects, with BIRD saying nothing, means when its peer has a
@@ -39,6 +40,8 @@ fn explain_silence(sessions: &mut [BgpSession], with_password: &[String]) {
 pub struct BgpSpeaker {
     bird: Bird,
     local: LocalBgp,
+    /// The node's registration as last seen in the state.
+    registration: Option<Node>,
     /// Each configured peer's protocol symbol: its name.
     protocols: BTreeMap<String, String>,
     /// The peers with a TCP MD5 password, as last configured.
@@ -56,6 +59,7 @@ impl BgpSpeaker {
         Self {
             bird,
             local,
+            registration: None,
             protocols: BTreeMap::new(),
             with_password: Vec::new(),
             refused: None,
@@ -74,8 +78,11 @@ impl BgpSpeaker {
     }
 
     /// Makes BIRD announce what `state` asks of the node (`resync`: reload even if BIRD took
-    /// this text already — it may have been restarted meanwhile). Without the node's own
-    /// registration in the state, BIRD is left as it is.
+    /// this text already — it may have been restarted meanwhile). Until the node's registration
+    /// is first in the state, BIRD is left as it is (its labels choose the peers: better no change
+    /// than a wrong peer set); when it leaves the state (the node deleted while its agent runs),
+    /// its last registration keeps choosing the peers, so what the deletion released (its
+    /// blocks) is withdrawn at once.
     pub async fn program(
         &mut self,
         state: &BTreeMap<String, RouteItem>,
@@ -84,9 +91,13 @@ impl BgpSpeaker {
         if resync {
             self.bird.forget();
         }
-        let Some(config) = desired_config(state, &self.local) else {
+        if let Some(registration) = own_registration(state, &self.local) {
+            self.registration = Some(registration.clone());
+        }
+        let Some(registration) = &self.registration else {
             return Ok(());
         };
+        let config = desired_config(state, &self.local, registration);
         self.protocols = config.protocols();
         self.with_password = config
             .peers
