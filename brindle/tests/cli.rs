@@ -546,7 +546,11 @@ fn node_delete(cli: &Cli<'_>) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let status = cli.json(&["node", "status"]);
-        let listed = status["nodes"].as_array().expect("nodes").iter().any(|n| n["node"] == "n1");
+        let listed = status["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .any(|n| n["node"] == "n1");
         if !listed {
             break;
         }

@@ -254,9 +254,10 @@ async fn subscribe(
         let mut mirror = Mirror::default();
         let mut pieces = SnapshotAssembler::default();
         while let Some(Ok(message)) = stream.next().await {
-            if brindle_sync::apply_response::<PolicyWire>(&mut mirror, &mut pieces, message).expect("usable")
-                && updates.send(mirror.clone()).await.is_err()
-            {
+            let applied = brindle_sync::apply_response::<PolicyWire>(&mut mirror, &mut pieces, message)
+                .expect("usable");
+            assert!(applied.skipped.is_empty(), "{:?}", applied.skipped);
+            if applied.changed && updates.send(mirror.clone()).await.is_err() {
                 return;
             }
         }

@@ -157,8 +157,9 @@ async fn sync_until(
             Some(pb::sync_response::Payload::Delta(_)) => kinds.push("delta"),
             _ => {}
         }
-        brindle_sync::apply_response::<convert::RouteWire>(mirror, &mut pieces, message)
+        let applied = brindle_sync::apply_response::<convert::RouteWire>(mirror, &mut pieces, message)
             .expect("a usable message");
+        assert!(applied.skipped.is_empty(), "{:?}", applied.skipped);
         hello
             .send(common::SyncClientMessage {
                 message: Some(common::sync_client_message::Message::Ack(common::SyncAck {

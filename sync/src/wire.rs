@@ -39,6 +39,8 @@ pub trait Wire: 'static {
     fn entry_to_proto(key: &str, value: &Self::Value) -> Self::Entry;
     /// A message as an entry; the error names the field that does not convert.
     fn entry_from_proto(entry: Self::Entry) -> Result<(String, Self::Value), InvalidField>;
+    /// An entry message's key.
+    fn entry_key(entry: &Self::Entry) -> String;
     /// The state message of `entries`.
     fn state(entries: Vec<Self::Entry>) -> Self::State;
     /// The entries of a state message.
@@ -58,13 +60,51 @@ pub fn encode_state<W: Wire>(state: &BTreeMap<String, W::Value>) -> Vec<u8> {
     W::state(state.iter().map(|(k, v)| W::entry_to_proto(k, v)).collect()).encode_to_vec()
 }
 
-/// A decoded (uncompressed) state message.
-pub fn decode_state<W: Wire>(bytes: &[u8]) -> Result<BTreeMap<String, W::Value>, InvalidField> {
-    let state = W::State::decode(bytes).map_err(|e| InvalidField::new("snapshot", e))?;
-    W::state_entries(state)
+/// An entry a subscriber cannot convert — of a kind newer than it, or with a value it refuses:
+/// left out of its mirror (a value it held under that key is removed) and reported, so one entry
+/// never stops the rest of the state from applying.
+#[derive(Debug)]
+pub struct SkippedEntry {
+    /// The entry's key.
+    pub key: String,
+    /// Why it does not convert.
+    pub error: InvalidField,
+}
+
+/// What one response did to a subscriber's mirror.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Whether the mirror changed (`false`: a keepalive, a piece of a snapshot).
+    pub changed: bool,
+    /// The entries left out.
+    pub skipped: Vec<SkippedEntry>,
+}
+
+/// Converts entry messages; those that do not convert go to `skipped`.
+fn convert_entries<W: Wire>(
+    entries: Vec<W::Entry>,
+    skipped: &mut Vec<SkippedEntry>,
+) -> Vec<(String, W::Value)> {
+    entries
         .into_iter()
-        .map(W::entry_from_proto)
+        .filter_map(|entry| {
+            let key = W::entry_key(&entry);
+            W::entry_from_proto(entry)
+                .map_err(|error| skipped.push(SkippedEntry { key, error }))
+                .ok()
+        })
         .collect()
+}
+
+/// A decoded (uncompressed) state message; entries that do not convert go to `skipped`.
+pub fn decode_state<W: Wire>(
+    bytes: &[u8],
+    skipped: &mut Vec<SkippedEntry>,
+) -> Result<BTreeMap<String, W::Value>, InvalidField> {
+    let state = W::State::decode(bytes).map_err(|e| InvalidField::new("snapshot", e))?;
+    Ok(convert_entries::<W>(W::state_entries(state), skipped)
+        .into_iter()
+        .collect())
 }
 
 /// A batch as a delta message.
@@ -80,31 +120,35 @@ pub fn delta_to_proto<W: Wire>(batch: &Batch<W::Value>) -> W::Delta {
 }
 
 /// Applies one `Sync` response to a subscriber's mirror: a snapshot (once `pieces` has all of
-/// it) replaces it, a delta updates it; `false` when there is nothing to apply yet (a keepalive,
-/// a piece of a snapshot).
+/// it) replaces it, a delta updates it (nothing changes for a keepalive or a piece of a
+/// snapshot); entries that do not convert are skipped and reported. An error is a message that
+/// cannot be used at all.
 pub fn apply_response<W: Wire>(
     mirror: &mut Mirror<W::Value>,
     pieces: &mut SnapshotAssembler,
     response: W::Response,
-) -> Result<bool, InvalidField> {
+) -> Result<Applied, InvalidField> {
     let (revision, payload) = W::response_parts(response);
+    let mut skipped = Vec::new();
     let received = match payload {
         Some(Payload::Snapshot(piece)) => Received::SnapshotPiece(piece),
         Some(Payload::Delta(delta)) => {
-            let (upserts, removed) = W::delta_parts(delta);
+            let (upserts, mut removed) = W::delta_parts(delta);
+            let upserts = convert_entries::<W>(upserts, &mut skipped);
+            removed.extend(skipped.iter().map(|s| s.key.clone()));
             Received::Delta(Batch {
                 from: 0,
                 to: revision,
-                upserts: upserts
-                    .into_iter()
-                    .map(W::entry_from_proto)
-                    .collect::<Result<_, _>>()?,
+                upserts,
                 removed,
             })
         }
         Some(Payload::Keepalive(_)) | None => Received::Nothing,
     };
-    apply_received(mirror, pieces, revision, received, decode_state::<W>)
+    let changed = apply_received(mirror, pieces, revision, received, |bytes| {
+        decode_state::<W>(bytes, &mut skipped)
+    })?;
+    Ok(Applied { changed, skipped })
 }
 
 /// Implements [`Wire`] for `$wire`, a service whose generated messages have the Sync shape every
@@ -137,6 +181,10 @@ macro_rules! impl_wire {
 
             fn entry_from_proto(entry: $entry) -> Result<(String, $value), ::brindle_proto::InvalidField> {
                 $from(entry)
+            }
+
+            fn entry_key(entry: &$entry) -> String {
+                entry.key.clone()
             }
 
             fn state(entries: Vec<$entry>) -> $state {

@@ -77,6 +77,7 @@ pub struct SyncMetrics {
     program_durations: Histograms,
     program_failures: Counters,
     reconnects: Counters,
+    skipped: Counters,
 }
 
 impl Default for SyncMetrics {
@@ -89,6 +90,7 @@ impl Default for SyncMetrics {
             program_durations: unregistered_histograms(LATENCY_BUCKETS),
             program_failures: Counters::default(),
             reconnects: Counters::default(),
+            skipped: Counters::default(),
         }
     }
 }
@@ -118,6 +120,10 @@ impl SyncMetrics {
             reconnects: metrics.counters(
                 "agent_sync_reconnects",
                 "Sync streams that ended and were reopened",
+            ),
+            skipped: metrics.counters(
+                "agent_sync_entries_skipped",
+                "State entries the agent could not use (a kind newer than it, or a value it refuses), left out",
             ),
         }
     }
@@ -234,7 +240,18 @@ async fn sync_once<S: SyncService, T: SyncTarget<ValueOf<S>>>(
                 };
                 backoff.reset();
                 match brindle_sync::apply_response::<S::Wire>(mirror, &mut pieces, message) {
-                    Ok(changed) => pending |= changed,
+                    Ok(applied) => {
+                        pending |= applied.changed;
+                        for skipped in applied.skipped {
+                            metrics.skipped.get_or_create(&labels([("service", S::NAME)])).inc();
+                            tracing::warn!(
+                                service = S::NAME,
+                                key = skipped.key,
+                                error = %skipped.error,
+                                "state entry left out: this agent cannot use it (is it older than the service?)"
+                            );
+                        }
+                    }
                     Err(error) => return SyncEnded::Unusable(error.to_string()),
                 }
             }

@@ -1,0 +1,88 @@
+//! An agent older than its service keeps following it: a state entry it cannot use — of a kind
+//! added after it was built (its oneof field unknown here), or with a value it refuses — is left
+//! out and reported, and every other entry still applies, in a snapshot and in a delta.
+
+use brindle_fanout::Mirror;
+use brindle_proto::common::v1 as common;
+use brindle_proto::route::v1 as pb;
+use brindle_sync::{SnapshotAssembler, apply_response};
+use prost::Message;
+use route_api::convert::RouteWire;
+
+fn block(cidr: &str) -> pb::RouteEntry {
+    pb::RouteEntry {
+        key: format!("block/{cidr}"),
+        value: Some(pb::route_entry::Value::Block(pb::BlockRoute {
+            cidr: cidr.into(),
+            node: "n2".into(),
+            pool: "pods".into(),
+        })),
+    }
+}
+
+/// A RouteEntry as a newer service encodes one of a kind this build does not know: its key, and
+/// its value in oneof field 99.
+fn newer_kind_entry(key: &str) -> Vec<u8> {
+    let mut entry = Vec::new();
+    prost::encoding::string::encode(1, &key.to_owned(), &mut entry);
+    prost::encoding::bytes::encode(99, &b"\x0a\x03new".to_vec(), &mut entry);
+    entry
+}
+
+#[test]
+fn entries_an_agent_cannot_use_are_left_out_and_the_rest_applies() {
+    // A snapshot: two blocks, an entry of a newer kind between them, a block with a bad CIDR.
+    let mut state = Vec::new();
+    prost::encoding::message::encode(1, &block("10.244.1.0/26"), &mut state);
+    prost::encoding::bytes::encode(1, &newer_kind_entry("future/x"), &mut state);
+    prost::encoding::message::encode(1, &block("10.244.2.0/26"), &mut state);
+    let mut bad = block("10.244.3.0/26");
+    if let Some(pb::route_entry::Value::Block(b)) = &mut bad.value {
+        b.cidr = "not-a-cidr".into();
+    }
+    prost::encoding::message::encode(1, &bad, &mut state);
+    let snapshot = pb::SyncResponse {
+        revision: 5,
+        payload: Some(pb::sync_response::Payload::Snapshot(common::EncodedSnapshot {
+            codec: common::Codec::None.into(),
+            entries: 4,
+            raw_bytes: state.len() as u64,
+            data: state.into(),
+            ..Default::default()
+        })),
+    };
+    let snapshot = pb::SyncResponse::decode(snapshot.encode_to_vec().as_slice()).expect("decodes");
+    let mut mirror = Mirror::default();
+    let mut pieces = SnapshotAssembler::default();
+    let applied = apply_response::<RouteWire>(&mut mirror, &mut pieces, snapshot).expect("usable");
+    assert!(applied.changed);
+    let skipped: Vec<&str> = applied.skipped.iter().map(|s| s.key.as_str()).collect();
+    assert_eq!(skipped, ["future/x", "block/10.244.3.0/26"]);
+    assert!(
+        applied.skipped[1].error.to_string().contains("cidr"),
+        "{:?}",
+        applied.skipped[1]
+    );
+    let keys: Vec<&String> = mirror.state().keys().collect();
+    assert_eq!(keys, ["block/10.244.1.0/26", "block/10.244.2.0/26"]);
+    assert_eq!(mirror.revision(), 5);
+
+    // A delta: a known block upserted, one turned into something this agent cannot use (its old
+    // value must not linger), and a removal.
+    let mut unusable = block("10.244.2.0/26");
+    unusable.value = None;
+    let delta = pb::SyncResponse {
+        revision: 6,
+        payload: Some(pb::sync_response::Payload::Delta(pb::RouteDelta {
+            upserts: vec![block("10.244.4.0/26"), unusable],
+            removed_keys: vec!["block/10.244.1.0/26".into()],
+        })),
+    };
+    let applied = apply_response::<RouteWire>(&mut mirror, &mut pieces, delta).expect("usable");
+    assert!(applied.changed);
+    assert_eq!(applied.skipped.len(), 1);
+    assert_eq!(applied.skipped[0].key, "block/10.244.2.0/26");
+    let keys: Vec<&String> = mirror.state().keys().collect();
+    assert_eq!(keys, ["block/10.244.4.0/26"]);
+    assert_eq!(mirror.revision(), 6);
+}
