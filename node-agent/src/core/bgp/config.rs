@@ -388,8 +388,14 @@ mod tests {
             peer.password = Some("s3cret".into());
             peer.max_restart_time = Some(5);
         }
+        items.extend([peer("v6", "2001:db8::1", "", "")]);
         let text = config_of(&items, &local()).render();
         assert!(text.contains("graceful restart time 5;"), "{text}");
+        assert!(
+            text.contains("neighbor 2001:db8::1 as 64513;\n  multihop;")
+                && text.contains("ipv6 { import none; export where proto = \"brindle_ipv6\"; next hop self; };"),
+            "an IPv6 peer, outside the node's (IPv4-only) subnets: {text}"
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("bird.conf");
         std::fs::write(&file, &text).expect("write");
