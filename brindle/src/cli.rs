@@ -273,6 +273,12 @@ pub struct PolicyTraceArgs {
     /// Destination port.
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+    /// ICMP type of the packet (protocol ICMP or ICMPv6), e.g. 8 for an echo request.
+    #[arg(long)]
+    pub icmp_type: Option<u8>,
+    /// ICMP code of the packet (with --icmp-type).
+    #[arg(long, requires = "icmp_type")]
+    pub icmp_code: Option<u8>,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]

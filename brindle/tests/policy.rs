@@ -186,6 +186,7 @@ impl World {
                         protocol: probe.protocol.to_string(),
                         port: u32::from(probe.port),
                         source_port: 0,
+                        ..Default::default()
                     };
                     let verdict = client.trace(request).await?.into_inner().verdict;
                     verdicts.push((from, to, probe, verdict == pb::Verdict::Allow as i32));

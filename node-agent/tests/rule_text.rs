@@ -33,6 +33,8 @@ fn policy(id: &str, set: &str) -> ViewEntry {
             action: Action::Allow,
             protocol: None,
             not_protocol: None,
+            icmp: None,
+            not_icmp: None,
             source: CompiledSide {
                 sets: vec![set.into()],
                 ..CompiledSide::default()

@@ -6,7 +6,7 @@
 use brindle_proto::InvalidField;
 use brindle_proto::policy::v1 as pb;
 
-use crate::model::{Action, Endpoint, EndpointKey, NamedPort, Pod, Protocol};
+use crate::model::{Action, Endpoint, EndpointKey, IcmpMatch, NamedPort, Pod, Protocol};
 use crate::rule_text;
 use crate::view::{
     CompiledRule, CompiledSide, EndpointView, IpSetKind, IpSetView, MemberView, PolicyView, ViewEntry,
@@ -101,7 +101,41 @@ fn rule_to_proto(rule: &CompiledRule) -> pb::CompiledRule {
         source: Some(side_to_proto(&rule.source)),
         destination: Some(side_to_proto(&rule.destination)),
         origin: rule.origin.clone(),
+        icmp: rule.icmp.map(icmp_to_proto),
+        not_icmp: rule.not_icmp.map(icmp_to_proto),
     }
+}
+
+fn icmp_to_proto(icmp: IcmpMatch) -> pb::IcmpMatch {
+    pb::IcmpMatch {
+        r#type: u32::from(icmp.icmp_type),
+        code: icmp.code.map(u32::from),
+    }
+}
+
+fn icmp_from_proto(field: &str, icmp: Option<pb::IcmpMatch>) -> Result<Option<IcmpMatch>, InvalidField> {
+    let Some(icmp) = icmp else { return Ok(None) };
+    let icmp_type = u8::try_from(icmp.r#type)
+        .ok()
+        .filter(|t| *t < 255)
+        .ok_or_else(|| {
+            InvalidField::new(
+                format!("{field}.type"),
+                format!("{} is not an ICMP type (0-254)", icmp.r#type),
+            )
+        })?;
+    let code = icmp
+        .code
+        .map(|code| {
+            u8::try_from(code).map_err(|_| {
+                InvalidField::new(
+                    format!("{field}.code"),
+                    format!("{code} is not an ICMP code (0-255)"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(Some(IcmpMatch { icmp_type, code }))
 }
 
 fn rule_from_proto(field: &str, rule: pb::CompiledRule) -> Result<CompiledRule, InvalidField> {
@@ -112,6 +146,8 @@ fn rule_from_proto(field: &str, rule: pb::CompiledRule) -> Result<CompiledRule, 
         source: side_from_proto(&format!("{field}.source"), rule.source)?,
         destination: side_from_proto(&format!("{field}.destination"), rule.destination)?,
         origin: rule.origin,
+        icmp: icmp_from_proto(&format!("{field}.icmp"), rule.icmp)?,
+        not_icmp: icmp_from_proto(&format!("{field}.not_icmp"), rule.not_icmp)?,
     })
 }
 

@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 
 /// Label every endpoint carries with the name of its namespace.
 pub const NAMESPACE_LABEL: &str = "brindle.io/namespace";
+/// The same, under Calico's name, so Calico's policies select by namespace as written.
+pub const CALICO_NAMESPACE_LABEL: &str = "projectcalico.org/namespace";
 /// Prefix under which an endpoint carries its namespace's labels (`brindle.io/ns.<key>`), so one
 /// selector can test pod and namespace labels together.
 pub const NAMESPACE_LABELS_PREFIX: &str = "brindle.io/ns.";
@@ -279,11 +281,12 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The labels selectors see: the pod's own, its namespace's name and its namespace's labels
-    /// (under [`NAMESPACE_LABELS_PREFIX`]).
+    /// The labels selectors see: the pod's own, its namespace's name (under brindle's and
+    /// Calico's key) and its namespace's labels (under [`NAMESPACE_LABELS_PREFIX`]).
     pub fn selector_labels(&self, namespace: Option<&Namespace>) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();
         labels.insert(NAMESPACE_LABEL.to_owned(), self.namespace.clone());
+        labels.insert(CALICO_NAMESPACE_LABEL.to_owned(), self.namespace.clone());
         let mut namespace_labels = namespace.map(|n| n.labels.clone()).unwrap_or_default();
         namespace_labels.insert(NAMESPACE_NAME_LABEL.to_owned(), self.namespace.clone());
         for (key, value) in namespace_labels {
@@ -369,6 +372,22 @@ pub struct EntityRule {
     /// Ports this side must not use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ports: Vec<PortMatch>,
+    /// Service accounts (by name) this side's endpoint must run as, any of them; scoped like
+    /// `selector`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service_accounts: Vec<String>,
+}
+
+/// An ICMP type, and optionally code, a rule matches (ICMP or ICMPv6 numbering, after the
+/// rule's protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IcmpMatch {
+    /// The type (0-254).
+    #[serde(rename = "type")]
+    pub icmp_type: u8,
+    /// The code; `None`: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u8>,
 }
 
 /// A rule: when the packet matches, `action` applies.
@@ -383,12 +402,21 @@ pub struct Rule {
     /// Protocol the packet must not have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_protocol: Option<Protocol>,
+    /// ICMP type (and code) the packet must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpMatch>,
+    /// ICMP type (and code) the packet must not have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_icmp: Option<IcmpMatch>,
     /// The sender.
     #[serde(default)]
     pub source: EntityRule,
     /// The receiver.
     #[serde(default)]
     pub destination: EntityRule,
+    /// The rule's annotations (Calico's `metadata.annotations`): kept, never matched.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Which kind of object a policy came from, and so how it is named and scoped.
@@ -492,17 +520,22 @@ impl Policy {
         Selector::And(parts).canonical()
     }
 
-    /// The selector (over [`Endpoint::selector_labels`]) of the endpoints `side` is limited to,
-    /// `None` when it is not limited by identity.
-    pub fn entity_selector(&self, side: &EntityRule) -> Option<Selector> {
-        self.scoped(side, side.selector.as_ref())
-    }
-
     /// The selector of the endpoints `side` must not be, `None` when it has no `notSelector`.
     pub fn entity_not_selector(&self, side: &EntityRule) -> Option<Selector> {
         side.not_selector
             .as_ref()
             .and_then(|not| self.scoped(side, Some(not)))
+    }
+
+    /// The selector of the endpoints `side` is limited to, `None` when it is not limited by
+    /// identity: its `selector` and service accounts, within the namespaces it names or the
+    /// policy's own.
+    pub fn entity_selector(&self, side: &EntityRule) -> Option<Selector> {
+        let accounts = (!side.service_accounts.is_empty())
+            .then(|| Selector::In(SERVICE_ACCOUNT_LABEL.to_owned(), side.service_accounts.clone()));
+        let identity: Vec<Selector> = side.selector.iter().cloned().chain(accounts).collect();
+        let identity = (!identity.is_empty()).then(|| Selector::And(identity));
+        self.scoped(side, identity.as_ref())
     }
 
     /// `selector` limited to the namespaces `side` names, or to the policy's own namespace.

@@ -2,7 +2,7 @@
 //! endpoint the policies that apply (ordered), each such policy compiled to rules that refer to
 //! ipsets instead of selectors, and those ipsets with their members.
 
-use crate::model::{Action, Protocol};
+use crate::model::{Action, IcmpMatch, Protocol};
 
 /// Key prefixes of a view's entries.
 pub mod keys {
@@ -64,6 +64,10 @@ pub struct CompiledRule {
     pub protocol: Option<Protocol>,
     /// Protocol the packet must not have.
     pub not_protocol: Option<Protocol>,
+    /// ICMP type (and code) the packet must have.
+    pub icmp: Option<IcmpMatch>,
+    /// ICMP type (and code) the packet must not have.
+    pub not_icmp: Option<IcmpMatch>,
     /// Conditions on the sender.
     pub source: CompiledSide,
     /// Conditions on the receiver.

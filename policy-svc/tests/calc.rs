@@ -74,11 +74,14 @@ fn rule() -> impl Strategy<Value = Rule> {
                 action,
                 protocol,
                 not_protocol: None,
+                icmp: None,
+                not_icmp: None,
                 source: EntityRule {
                     ports: Vec::new(),
                     ..source
                 },
                 destination,
+                annotations: Default::default(),
             }
         })
 }

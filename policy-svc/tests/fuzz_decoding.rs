@@ -215,6 +215,7 @@ proptest! {
                     protocol: Protocol::Tcp,
                     source_port: None,
                     destination_port: Some(80),
+                    icmp: None,
                 };
                 trace(state, &flow);
             }

@@ -76,6 +76,7 @@ fn call() -> impl Strategy<Value = Call> {
             protocol: "TCP".into(),
             port: 9005,
             source_port: 0,
+            ..Default::default()
         }])
         .prop_map(Call::Trace),
     ]

@@ -48,6 +48,7 @@ fn observed(world: &World) -> Matrix {
                 protocol: probe.protocol,
                 source_port: None,
                 destination_port: Some(probe.port),
+                icmp: None,
             };
             let verdict = trace(world.calc.state(), &flow).verdict;
             matrix.set(&from, &to, probe, verdict == Verdict::Allow);

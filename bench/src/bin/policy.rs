@@ -100,11 +100,14 @@ fn policy(p: usize, first_port: u16) -> Policy {
         action: Action::Allow,
         protocol: Some(Protocol::Tcp),
         not_protocol: None,
+        icmp: None,
+        not_icmp: None,
         source,
         destination: EntityRule {
             ports: ports.clone(),
             ..EntityRule::default()
         },
+        annotations: Default::default(),
     };
     Policy {
         id: PolicyId::Namespaced {

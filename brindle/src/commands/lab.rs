@@ -190,6 +190,7 @@ fn policy_demo(lab: &Lab) -> anyhow::Result<()> {
                 protocol: "ICMP".into(),
                 port: 0,
                 source_port: 0,
+                ..Default::default()
             };
             Ok(client.trace(request).await?.into_inner())
         })?;

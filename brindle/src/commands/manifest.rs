@@ -171,14 +171,15 @@ fn document(value: yaml_serde::Value) -> anyhow::Result<Document> {
         }
         (_, "BGPPeer") if brindle_or_calico => super::bgp::peer(value).map(Document::BgpPeer),
         ("v1" | API_VERSION, "Namespace") => policy_document("Namespace", value),
-        (API_VERSION, "NetworkPolicy") => policy_document("NetworkPolicy", value),
-        (API_VERSION, "GlobalNetworkPolicy") => policy_document("GlobalNetworkPolicy", value),
+        (_, "NetworkPolicy") if brindle_or_calico => policy_document("NetworkPolicy", value),
+        (_, "GlobalNetworkPolicy") if brindle_or_calico => policy_document("GlobalNetworkPolicy", value),
         ("networking.k8s.io/v1", "NetworkPolicy") => policy_document("KubernetesNetworkPolicy", value),
         (version, kind) => anyhow::bail!(
             "kind: {kind:?} of apiVersion {version:?} is not a kind brindle knows ({API_VERSION} IPPool, \
              IPAMConfig, IPReservation, BGPConfiguration, BGPPeer, Namespace, NetworkPolicy, \
              GlobalNetworkPolicy; networking.k8s.io/v1 NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} \
-             IPPool, IPAMConfiguration, IPReservation, BGPConfiguration, BGPPeer)"
+             IPPool, IPAMConfiguration, IPReservation, BGPConfiguration, BGPPeer, NetworkPolicy, \
+             GlobalNetworkPolicy)"
         ),
     }
 }

@@ -37,6 +37,8 @@ pub async fn trace(args: PolicyTraceArgs) -> anyhow::Result<()> {
         protocol: args.protocol.clone(),
         port: args.port.into(),
         source_port: 0,
+        icmp_type: args.icmp_type.map(u32::from),
+        icmp_code: args.icmp_code.map(u32::from),
     };
     let traced = clients
         .policy()

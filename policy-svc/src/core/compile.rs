@@ -143,6 +143,8 @@ pub fn compile(policy: &Policy) -> CompiledPolicy {
                     action: rule.action,
                     protocol: rule.protocol,
                     not_protocol: rule.not_protocol,
+                    icmp: rule.icmp,
+                    not_icmp: rule.not_icmp,
                     source: side(&rule.source, source_scope),
                     destination: side(&rule.destination, destination_scope),
                     origin: format!("{}/{direction}/{index}", policy.id),

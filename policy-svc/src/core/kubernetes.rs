@@ -294,8 +294,11 @@ fn rules(
                 action: Action::Allow,
                 protocol,
                 not_protocol: None,
+                icmp: None,
+                not_icmp: None,
                 source,
                 destination,
+                annotations: BTreeMap::new(),
             });
         }
     }

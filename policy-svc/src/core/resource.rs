@@ -1,6 +1,7 @@
 //! The objects operators write (`brindle apply -f`): a stream of YAML (or JSON) documents, each a
-//! Namespace, a brindle NetworkPolicy or GlobalNetworkPolicy (`brindle.io/v1`) or a Kubernetes
-//! NetworkPolicy (`networking.k8s.io/v1`), validated into the model with errors naming the field.
+//! Namespace, a brindle NetworkPolicy or GlobalNetworkPolicy (`brindle.io/v1`, or Calico's
+//! `projectcalico.org/v3` as written — the same fields) or a Kubernetes NetworkPolicy
+//! (`networking.k8s.io/v1`), validated into the model with errors naming the field.
 
 use std::collections::BTreeMap;
 
@@ -9,10 +10,14 @@ use serde::{Deserialize, Serialize};
 use super::error::{PolicyError, invalid};
 use super::kubernetes::{self, DEFAULT_NAMESPACE};
 use super::validate;
-use policy_api::model::{Action, EntityRule, Namespace, Policy, PolicyId, PortMatch, Protocol, Rule};
+use policy_api::model::{
+    Action, EntityRule, IcmpMatch, Namespace, Policy, PolicyId, PortMatch, Protocol, Rule,
+};
 
 /// API version of brindle's own kinds.
 pub const API_VERSION: &str = "brindle.io/v1";
+/// Calico's API version, whose policies brindle's share their fields with.
+pub const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 
 /// One object.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +83,10 @@ pub struct PolicySpec {
     /// GlobalNetworkPolicy only: namespaces whose endpoints it applies to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace_selector: String,
+    /// Calico's selector over service accounts' labels: refused (brindle knows service
+    /// accounts by name only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account_selector: String,
     /// `Ingress`, `Egress`; omitted: Ingress when there are ingress rules or no rules at all,
     /// Egress when there are egress rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,12 +111,55 @@ pub struct RuleSpec {
     /// Protocol the packet must not have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_protocol: Option<PortOrName>,
+    /// ICMP type (and code) the packet must have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp: Option<IcmpSpec>,
+    /// ICMP type (and code) the packet must not have.
+    #[serde(default, rename = "notICMP", skip_serializing_if = "Option::is_none")]
+    pub not_icmp: Option<IcmpSpec>,
+    /// The rule's metadata (annotations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<RuleMetadata>,
     /// The sender.
     #[serde(default)]
     pub source: EntitySpec,
     /// The receiver.
     #[serde(default)]
     pub destination: EntitySpec,
+}
+
+/// An ICMP match as written.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcmpSpec {
+    /// Type (0-254).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u32>,
+    /// Code (0-255); needs a type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u32>,
+}
+
+/// A rule's metadata.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleMetadata {
+    /// Annotations: kept with the rule, never matched.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Calico's `serviceAccounts` of a rule side.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountsSpec {
+    /// Service account names, any of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// A selector over service accounts' labels: refused (brindle knows service accounts by
+    /// name only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
 }
 
 /// A number or a string (ports: `80`, `"80:90"`, `"http"`; protocols: `6`, `"TCP"`).
@@ -145,6 +197,9 @@ pub struct EntitySpec {
     /// Ports excluded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_ports: Vec<PortOrName>,
+    /// Service accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_accounts: Option<ServiceAccountsSpec>,
 }
 
 /// A Namespace document.
@@ -199,7 +254,7 @@ fn parse_value(value: yaml_serde::Value, namespace: &str) -> Result<Resource, Po
                 document.metadata.labels,
             )))
         }
-        (API_VERSION, "NetworkPolicy" | "GlobalNetworkPolicy") => {
+        (API_VERSION | CALICO_API_VERSION, "NetworkPolicy" | "GlobalNetworkPolicy") => {
             let mut document: PolicyDocument = yaml_serde::from_value(value).map_err(decode)?;
             if document.kind == "NetworkPolicy" {
                 document
@@ -212,8 +267,8 @@ fn parse_value(value: yaml_serde::Value, namespace: &str) -> Result<Resource, Po
         (version, kind) => Err(invalid(
             "kind",
             format!(
-                "{kind:?} of {version:?} is not a kind brindle knows (Namespace; {API_VERSION} NetworkPolicy, \
-                 GlobalNetworkPolicy; networking.k8s.io/v1 NetworkPolicy)"
+                "{kind:?} of {version:?} is not a kind brindle knows (Namespace; {API_VERSION} or \
+                 {CALICO_API_VERSION} NetworkPolicy, GlobalNetworkPolicy; networking.k8s.io/v1 NetworkPolicy)"
             ),
         )),
     }
@@ -262,6 +317,13 @@ impl PolicyDocument {
             }
         };
         let spec = &self.spec;
+        if !spec.service_account_selector.trim().is_empty() {
+            return Err(invalid(
+                "spec.serviceAccountSelector",
+                "brindle knows service accounts by name only, not their labels: select the pods \
+                 (selector), or name the accounts in a rule's serviceAccounts.names",
+            ));
+        }
         if let Some(order) = spec.order
             && !order.is_finite()
         {
@@ -334,6 +396,7 @@ impl PolicyDocument {
                     .map(ToString::to_string)
                     .unwrap_or_default(),
                 types: Some(types),
+                service_account_selector: String::new(),
                 ingress: policy.ingress.iter().map(RuleSpec::from_rule).collect(),
                 egress: policy.egress.iter().map(RuleSpec::from_rule).collect(),
             },
@@ -348,6 +411,11 @@ impl RuleSpec {
             action: rule.action.to_string(),
             protocol: protocol(rule.protocol),
             not_protocol: protocol(rule.not_protocol),
+            icmp: rule.icmp.map(IcmpSpec::from_match),
+            not_icmp: rule.not_icmp.map(IcmpSpec::from_match),
+            metadata: (!rule.annotations.is_empty()).then(|| RuleMetadata {
+                annotations: rule.annotations.clone(),
+            }),
             source: EntitySpec::from_entity(&rule.source),
             destination: EntitySpec::from_entity(&rule.destination),
         }
@@ -378,7 +446,44 @@ impl EntitySpec {
             not_nets: entity.not_nets.iter().map(ToString::to_string).collect(),
             ports: ports(&entity.ports),
             not_ports: ports(&entity.not_ports),
+            service_accounts: (!entity.service_accounts.is_empty()).then(|| ServiceAccountsSpec {
+                names: entity.service_accounts.clone(),
+                selector: String::new(),
+            }),
         }
+    }
+}
+
+impl IcmpSpec {
+    fn from_match(icmp: IcmpMatch) -> Self {
+        Self {
+            icmp_type: Some(u32::from(icmp.icmp_type)),
+            code: icmp.code.map(u32::from),
+        }
+    }
+
+    fn to_match(self, field: &str) -> Result<IcmpMatch, PolicyError> {
+        let Some(icmp_type) = self.icmp_type else {
+            return Err(invalid(format!("{field}.type"), "required (a code needs a type)"));
+        };
+        let icmp_type = u8::try_from(icmp_type).ok().filter(|t| *t < 255).ok_or_else(|| {
+            invalid(
+                format!("{field}.type"),
+                format!("{icmp_type} is not an ICMP type (0-254)"),
+            )
+        })?;
+        let code = self
+            .code
+            .map(|code| {
+                u8::try_from(code).map_err(|_| {
+                    invalid(
+                        format!("{field}.code"),
+                        format!("{code} is not an ICMP code (0-255)"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(IcmpMatch { icmp_type, code })
     }
 }
 
@@ -410,8 +515,21 @@ fn rules(field: &str, specs: &[RuleSpec]) -> Result<Vec<Rule>, PolicyError> {
             action,
             protocol: protocol(&format!("{field}.protocol"), spec.protocol.as_ref())?,
             not_protocol: protocol(&format!("{field}.notProtocol"), spec.not_protocol.as_ref())?,
+            icmp: spec
+                .icmp
+                .map(|i| i.to_match(&format!("{field}.icmp")))
+                .transpose()?,
+            not_icmp: spec
+                .not_icmp
+                .map(|i| i.to_match(&format!("{field}.notICMP")))
+                .transpose()?,
             source: entity(&format!("{field}.source"), &spec.source)?,
             destination: entity(&format!("{field}.destination"), &spec.destination)?,
+            annotations: spec
+                .metadata
+                .as_ref()
+                .map(|m| m.annotations.clone())
+                .unwrap_or_default(),
         });
     }
     validate::rules(field, &rules)?;
@@ -466,7 +584,32 @@ fn entity(field: &str, spec: &EntitySpec) -> Result<EntityRule, PolicyError> {
         not_nets: nets("notNets", &spec.not_nets)?,
         ports: ports("ports", &spec.ports)?,
         not_ports: ports("notPorts", &spec.not_ports)?,
+        service_accounts: service_accounts(
+            &format!("{field}.serviceAccounts"),
+            spec.service_accounts.as_ref(),
+        )?,
     })
+}
+
+/// The service account names of a side (each a DNS-1123 subdomain).
+fn service_accounts(field: &str, spec: Option<&ServiceAccountsSpec>) -> Result<Vec<String>, PolicyError> {
+    let Some(spec) = spec else { return Ok(Vec::new()) };
+    if !spec.selector.trim().is_empty() {
+        return Err(invalid(
+            format!("{field}.selector"),
+            "brindle knows service accounts by name only, not their labels: use serviceAccounts.names",
+        ));
+    }
+    if spec.names.is_empty() {
+        return Err(invalid(
+            format!("{field}.names"),
+            "name at least one service account",
+        ));
+    }
+    for (index, name) in spec.names.iter().enumerate() {
+        validate::name(&format!("{field}.names[{index}]"), name, true)?;
+    }
+    Ok(spec.names.clone())
 }
 
 /// `80`, `"80"`, `"80:90"` or a port name.

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::state::ClusterState;
 use policy_api::model::{
-    Action, Direction, Endpoint, EntityRule, Policy, PolicyId, PortMatch, Protocol, Rule,
+    Action, Direction, Endpoint, EntityRule, IcmpMatch, Policy, PolicyId, PortMatch, Protocol, Rule,
 };
 
 /// A flow to trace.
@@ -22,6 +22,8 @@ pub struct Flow {
     pub source_port: Option<u16>,
     /// Receiver's port (for protocols with ports).
     pub destination_port: Option<u16>,
+    /// ICMP type and code (code `None`: 0), for ICMP and ICMPv6.
+    pub icmp: Option<IcmpMatch>,
 }
 
 /// The outcome for a flow.
@@ -212,8 +214,15 @@ fn rule_matches(
     source: &Party<'_>,
     destination: &Party<'_>,
 ) -> bool {
+    let icmp_is = |m: &IcmpMatch| {
+        flow.icmp.is_some_and(|packet| {
+            packet.icmp_type == m.icmp_type && m.code.is_none_or(|code| packet.code.unwrap_or(0) == code)
+        })
+    };
     rule.protocol.is_none_or(|p| p == flow.protocol)
         && rule.not_protocol.is_none_or(|p| p != flow.protocol)
+        && rule.icmp.is_none_or(|m| icmp_is(&m))
+        && rule.not_icmp.is_none_or(|m| !icmp_is(&m))
         && side_matches(state, policy, &rule.source, flow.protocol, source)
         && side_matches(state, policy, &rule.destination, flow.protocol, destination)
 }

@@ -4,7 +4,7 @@
 use brindle_selector::Selector;
 
 use super::error::{PolicyError, invalid};
-use policy_api::model::{EntityRule, PortMatch, Rule};
+use policy_api::model::{EntityRule, PortMatch, Protocol, Rule};
 
 /// Longest named port (Kubernetes' IANA_SVC_NAME).
 const MAX_PORT_NAME_LEN: usize = 15;
@@ -71,6 +71,20 @@ pub fn rules(field: &str, rules: &[Rule]) -> Result<(), PolicyError> {
                 format!("{field}.notProtocol"),
                 format!("equals protocol {protocol}: the rule could never match"),
             ));
+        }
+        for (name, icmp) in [("icmp", rule.icmp), ("notICMP", rule.not_icmp)] {
+            if icmp.is_some() && !matches!(rule.protocol, Some(Protocol::Icmp | Protocol::Icmpv6)) {
+                return Err(invalid(
+                    format!("{field}.{name}"),
+                    "needs protocol ICMP or ICMPv6 on the rule",
+                ));
+            }
+            if icmp.is_some_and(|i| i.icmp_type == 255) {
+                return Err(invalid(
+                    format!("{field}.{name}.type"),
+                    "255 is not an ICMP type (0-254)",
+                ));
+            }
         }
         for (name, side) in [("source", &rule.source), ("destination", &rule.destination)] {
             entity(&format!("{field}.{name}"), rule, side)?;

@@ -23,7 +23,7 @@ use crate::core::hub::{PolicyHub, drop_idle_fanouts, follow};
 use crate::core::objects::{Kind, Objects};
 use crate::core::state::ClusterState;
 use crate::core::trace::{Flow, trace};
-use policy_api::model::{EndpointKey, Origin, Protocol};
+use policy_api::model::{EndpointKey, IcmpMatch, Origin, Protocol};
 
 /// Fully-qualified service name (health and reflection).
 pub const SERVICE_NAME: &str = "brindle.policy.v1.Policy";
@@ -148,6 +148,32 @@ fn port(field: &str, value: u32) -> Result<Option<u16>, Status> {
             .map(Some)
             .map_err(|_| Status::invalid_argument(format!("{field}: {n} is not a port (1-65535)"))),
     }
+}
+
+/// The ICMP type and code a traced packet has: only for ICMP and ICMPv6, a code only with a type.
+fn icmp_of(
+    protocol: Protocol,
+    icmp_type: Option<u32>,
+    code: Option<u32>,
+) -> Result<Option<IcmpMatch>, Status> {
+    let Some(icmp_type) = icmp_type else {
+        return match code {
+            Some(_) => Err(Status::invalid_argument("icmp_code: needs icmp_type")),
+            None => Ok(None),
+        };
+    };
+    if !matches!(protocol, Protocol::Icmp | Protocol::Icmpv6) {
+        return Err(Status::invalid_argument(format!(
+            "icmp_type: protocol {protocol} is not ICMP or ICMPv6"
+        )));
+    }
+    let byte = |field: &str, value: u32| {
+        u8::try_from(value).map_err(|_| Status::invalid_argument(format!("{field}: {value} is not 0-255")))
+    };
+    Ok(Some(IcmpMatch {
+        icmp_type: byte("icmp_type", icmp_type)?,
+        code: code.map(|c| byte("icmp_code", c)).transpose()?,
+    }))
 }
 
 #[tonic::async_trait]
@@ -448,6 +474,7 @@ impl Policy for PolicyService {
         if destination_port.is_none() && protocol.has_ports() {
             return Err(Status::invalid_argument(format!("port: required for {protocol}")));
         }
+        let icmp = icmp_of(protocol, request.icmp_type, request.icmp_code)?;
         self.hub.with_state(|state, _| {
             let source_ip = peer_address(state, "source", request.source)?;
             let destination_ip = peer_address(state, "destination", request.destination)?;
@@ -457,6 +484,7 @@ impl Policy for PolicyService {
                 protocol,
                 source_port,
                 destination_port,
+                icmp,
             };
             let traced = trace(state, &flow);
             Ok(Response::new(convert::trace_to_proto(

@@ -393,7 +393,8 @@ mod tests {
         assert!(text.contains("graceful restart time 5;"), "{text}");
         assert!(
             text.contains("neighbor 2001:db8::1 as 64513;\n  multihop;")
-                && text.contains("ipv6 { import none; export where proto = \"brindle_ipv6\"; next hop self; };"),
+                && text
+                    .contains("ipv6 { import none; export where proto = \"brindle_ipv6\"; next hop self; };"),
             "an IPv6 peer, outside the node's (IPv4-only) subnets: {text}"
         );
         let dir = tempfile::tempdir().expect("tempdir");

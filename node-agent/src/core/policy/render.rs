@@ -264,6 +264,23 @@ fn rule_matches(rule: &CompiledRule, family: Family, sets: &mut BTreeMap<String,
     if let (None, Some(protocol)) = (rule.protocol, rule.not_protocol) {
         common.push_str(&format!("! -p {} ", protocol_name(protocol, family)));
     }
+    if rule.icmp.is_some() || rule.not_icmp.is_some() {
+        // ICMP types are numbered per family: a rule matching them exists in its protocol's.
+        let (module, option) = match (rule.protocol, family) {
+            (Some(Protocol::Icmp), Family::V4) => ("icmp", "--icmp-type"),
+            (Some(Protocol::Icmpv6), Family::V6) => ("icmp6", "--icmpv6-type"),
+            _ => return Vec::new(),
+        };
+        for (icmp, negated) in [(rule.icmp, ""), (rule.not_icmp, "! ")] {
+            if let Some(icmp) = icmp {
+                let code = icmp.code.map(|c| format!("/{c}")).unwrap_or_default();
+                common.push_str(&format!(
+                    "-m {module} {negated}{option} {}{code} ",
+                    icmp.icmp_type
+                ));
+            }
+        }
+    }
     let Some(source) = side_matches(&rule.source, "src", "-s", "--sports", family, sets) else {
         return Vec::new();
     };

@@ -212,6 +212,63 @@ spec:
 }
 
 #[test]
+fn icmp_types_render_in_their_own_family_only() {
+    let mut calc = world();
+    // Calico's documented "allow ping" policy, as written.
+    let ping = "apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: allow-ping-in-cluster}
+spec:
+  selector: all()
+  types: [Ingress]
+  ingress:
+    - action: Allow
+      protocol: ICMP
+      source: {selector: all()}
+      icmp: {type: 8}
+    - action: Allow
+      protocol: ICMPv6
+      source: {selector: all()}
+      icmp: {type: 128}
+    - action: Deny
+      protocol: ICMP
+      notICMP: {type: 3, code: 4}
+";
+    for resource in parse_documents(ping, "").expect("valid") {
+        if let Resource::Policy(policy) = resource {
+            calc.put_policy(policy);
+        }
+    }
+    let rules = |family| -> Vec<String> {
+        render(&calc.view("n1"), family)
+            .chains
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("brd-pi-") || name.starts_with("brd6-pi-"))
+            .flat_map(|(_, rules)| rules)
+            .collect()
+    };
+    let (v4, v6) = (rules(Family::V4), rules(Family::V6));
+    assert!(
+        v4.iter().any(|r| r.contains("-p icmp -m icmp --icmp-type 8 ")),
+        "{v4:?}"
+    );
+    assert!(
+        v4.iter()
+            .any(|r| r.contains("-p icmp -m icmp ! --icmp-type 3/4 ") && r.ends_with("-j DROP")),
+        "{v4:?}"
+    );
+    assert!(
+        !v4.iter().any(|r| r.contains("icmpv6") || r.contains("ipv6-icmp")),
+        "{v4:?}"
+    );
+    assert!(
+        v6.iter().any(|r| r.contains("-p 58 -m icmp6 --icmpv6-type 128 ")),
+        "{v6:?}"
+    );
+    assert!(!v6.iter().any(|r| r.contains("--icmp-type")), "{v6:?}");
+}
+
+#[test]
 fn applies_only_differences_and_repairs_after_resync() {
     let kernel = RecordingKernel::default();
     let mut calc = world();

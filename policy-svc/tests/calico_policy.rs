@@ -1,0 +1,169 @@
+//! Calico's `projectcalico.org/v3` NetworkPolicy and GlobalNetworkPolicy as written: the fields
+//! brindle enforces become the same policy as brindle's own form; every field it cannot enforce
+//! is an error naming it; `serviceAccounts.names` selects endpoints by their pod's service
+//! account, within the policy's namespace; rule annotations are kept.
+
+use std::collections::BTreeMap;
+
+use policy_api::model::{Endpoint, EndpointKey, IcmpMatch, Namespace, Policy};
+use policy_svc::core::resource::{PolicyDocument, Resource, parse_documents};
+
+fn policy(text: &str) -> Policy {
+    match parse_documents(text, "shop").expect("valid").pop() {
+        Some(Resource::Policy(policy)) => policy,
+        other => panic!("not a policy: {other:?}"),
+    }
+}
+
+fn refused(spec: &str) -> String {
+    let text = format!(
+        "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: p}}\nspec:\n{spec}"
+    );
+    parse_documents(&text, "").expect_err(spec).to_string()
+}
+
+#[test]
+fn calicos_form_is_brindles_policy() {
+    let rules = "spec:
+  order: 100
+  selector: role == 'database'
+  types: [Ingress]
+  ingress:
+    - action: Allow
+      protocol: TCP
+      source: {selector: role == 'frontend', notNets: [10.0.0.0/8]}
+      destination: {ports: [6379, '7000:7010'], notPorts: [7005]}
+    - action: Allow
+      protocol: ICMP
+      icmp: {type: 8, code: 0}
+    - action: Deny
+      notProtocol: UDP
+";
+    let calico = policy(&format!(
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: db, namespace: shop}}\n{rules}"
+    ));
+    let brindle = policy(&format!(
+        "apiVersion: brindle.io/v1\nkind: NetworkPolicy\nmetadata: {{name: db, namespace: shop}}\n{rules}"
+    ));
+    assert_eq!(calico, brindle);
+    assert_eq!(
+        calico.ingress[1].icmp,
+        Some(IcmpMatch {
+            icmp_type: 8,
+            code: Some(0)
+        })
+    );
+    // What `get -o yaml` prints reads back as the same policy.
+    let printed = yaml_serde::to_string(&PolicyDocument::from_policy(&calico)).expect("yaml");
+    assert_eq!(policy(&printed), calico, "{printed}");
+}
+
+#[test]
+fn service_accounts_by_name_select_pods_of_the_policys_namespace_and_annotations_are_kept() {
+    let p = policy(
+        "apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  selector: all()
+  ingress:
+    - action: Allow
+      metadata: {annotations: {owner: team-a}}
+      source:
+        serviceAccounts: {names: [frontend, batch]}
+        selector: tier == 'web'
+",
+    );
+    let rule = &p.ingress[0];
+    assert_eq!(
+        rule.annotations,
+        BTreeMap::from([("owner".to_owned(), "team-a".to_owned())])
+    );
+    let printed = yaml_serde::to_string(&PolicyDocument::from_policy(&p)).expect("yaml");
+    assert!(
+        printed.contains("owner: team-a") && printed.contains("- frontend"),
+        "{printed}"
+    );
+    let selector = p.entity_selector(&rule.source).expect("limited by identity");
+    let endpoint = |namespace: &str, account: &str, tier: &str| {
+        let endpoint = Endpoint {
+            key: EndpointKey {
+                node: "n1".into(),
+                interface: "brd1".into(),
+            },
+            namespace: namespace.into(),
+            pod: "p".into(),
+            container_id: "c".into(),
+            ips: Vec::new(),
+            labels: BTreeMap::from([
+                ("tier".to_owned(), tier.to_owned()),
+                ("projectcalico.org/serviceaccount".to_owned(), account.to_owned()),
+            ]),
+            ports: Vec::new(),
+        };
+        endpoint.selector_labels(Some(&Namespace::new(namespace, BTreeMap::new())))
+    };
+    assert!(selector.matches(&endpoint("shop", "frontend", "web")));
+    assert!(selector.matches(&endpoint("shop", "batch", "web")));
+    assert!(
+        !selector.matches(&endpoint("shop", "other", "web")),
+        "another account"
+    );
+    assert!(
+        !selector.matches(&endpoint("shop", "frontend", "db")),
+        "both must hold"
+    );
+    assert!(
+        !selector.matches(&endpoint("bank", "frontend", "web")),
+        "another namespace"
+    );
+    // Calico's namespace label is on every endpoint.
+    assert_eq!(endpoint("shop", "x", "y")["projectcalico.org/namespace"], "shop");
+}
+
+#[test]
+fn every_field_brindle_cannot_enforce_is_named() {
+    for (spec, named) in [
+        (
+            "  serviceAccountSelector: role == 'x'\n",
+            "spec.serviceAccountSelector",
+        ),
+        (
+            "  ingress: [{action: Allow, source: {serviceAccounts: {selector: role == 'x'}}}]\n",
+            "spec.ingress[0].source.serviceAccounts.selector",
+        ),
+        (
+            "  ingress: [{action: Allow, source: {serviceAccounts: {names: [Bad_Name]}}}]\n",
+            "spec.ingress[0].source.serviceAccounts.names[0]",
+        ),
+        (
+            "  ingress: [{action: Allow, icmp: {type: 8}}]\n",
+            "spec.ingress[0].icmp",
+        ),
+        (
+            "  ingress: [{action: Allow, protocol: TCP, notICMP: {type: 8}}]\n",
+            "spec.ingress[0].notICMP",
+        ),
+        (
+            "  ingress: [{action: Allow, protocol: ICMP, icmp: {code: 1}}]\n",
+            "spec.ingress[0].icmp.type",
+        ),
+        (
+            "  ingress: [{action: Allow, protocol: ICMP, icmp: {type: 255}}]\n",
+            "spec.ingress[0].icmp.type",
+        ),
+        (
+            "  ingress: [{action: Allow, protocol: ICMP, icmp: {type: 8, code: 256}}]\n",
+            "spec.ingress[0].icmp.code",
+        ),
+        ("  doNotTrack: true\n", "doNotTrack"),
+        ("  preDNAT: true\n", "preDNAT"),
+        ("  applyOnForward: true\n", "applyOnForward"),
+        ("  tier: security\n", "tier"),
+        ("  ingress: [{action: Allow, ipVersion: 4}]\n", "ipVersion"),
+        ("  ingress: [{action: Allow, http: {methods: [GET]}}]\n", "http"),
+    ] {
+        let error = refused(spec);
+        assert!(error.contains(named), "{spec}: {error}");
+    }
+}
