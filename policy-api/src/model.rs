@@ -534,7 +534,7 @@ impl Policy {
         let accounts = (!side.service_accounts.is_empty())
             .then(|| Selector::In(SERVICE_ACCOUNT_LABEL.to_owned(), side.service_accounts.clone()));
         let identity: Vec<Selector> = side.selector.iter().cloned().chain(accounts).collect();
-        let identity = (!identity.is_empty()).then(|| Selector::And(identity));
+        let identity = (!identity.is_empty()).then_some(Selector::And(identity));
         self.scoped(side, identity.as_ref())
     }
 
