@@ -528,6 +528,44 @@ fn node_status_and_trace(cli: &Cli<'_>, ip: &str) {
         "80",
     ]);
     assert_eq!(traced["verdict"], "allow", "{traced}");
+
+    // A staged deny: nothing enforced changes, trace shows both verdicts.
+    let staged = "apiVersion: projectcalico.org/v3\nkind: StagedGlobalNetworkPolicy\nmetadata: {name: no-80}\n\
+                  spec: {order: 10, selector: all(), types: [Ingress], ingress: [{action: Deny, protocol: TCP, \
+                  destination: {ports: [80]}}]}\n";
+    let out = cli.run_with_stdin(&["apply", "-f", "-"], staged);
+    assert!(out.status.success(), "{out:?}");
+    let yaml = cli.ok(&["get", "sgnp", "no-80", "-o", "yaml"]);
+    assert!(
+        yaml.contains("kind: StagedGlobalNetworkPolicy") && yaml.contains("stagedAction: Set"),
+        "{yaml}"
+    );
+    let args = [
+        "policy",
+        "trace",
+        "--from",
+        "shop/web-1",
+        "--to",
+        "shop/web-1",
+        "--port",
+        "80",
+    ];
+    let table = cli.ok(&args);
+    assert!(
+        table.starts_with(&format!(
+            "{ip} → {ip} TCP/80: ALLOW (with the staged policies: DENY)"
+        )) && table.contains("staged")
+            && table.contains("global/no-80"),
+        "{table}"
+    );
+    let traced = cli.json(&args);
+    assert_eq!(traced["verdict"], "allow", "{traced}");
+    assert_eq!(traced["staged"]["verdict"], "deny", "{traced}");
+    assert_eq!(
+        cli.ok(&["delete", "sgnp", "no-80"]).trim(),
+        "stagedglobalnetworkpolicy/no-80 deleted"
+    );
+    assert!(cli.json(&args).get("staged").is_none());
 }
 
 /// `node delete`: a node that left releases its addresses and endpoints and leaves the status;

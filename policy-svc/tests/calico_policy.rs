@@ -1,12 +1,19 @@
 //! Calico's `projectcalico.org/v3` NetworkPolicy and GlobalNetworkPolicy as written: the fields
 //! brindle enforces become the same policy as brindle's own form; every field it cannot enforce
 //! is an error naming it; `serviceAccounts.names` selects endpoints by their pod's service
-//! account, within the policy's namespace; rule annotations are kept.
+//! account, within the policy's namespace; rule annotations are kept. Staged policies change no
+//! node's view, and trace shows what they would decide beside what is enforced.
+
+mod support;
 
 use std::collections::BTreeMap;
 
 use policy_api::model::{Endpoint, EndpointKey, IcmpMatch, Namespace, Policy};
-use policy_svc::core::resource::{PolicyDocument, Resource, parse_documents};
+use policy_svc::core::policy_document::PolicyDocument;
+use policy_svc::core::resource::{Resource, parse_documents};
+use policy_svc::core::staged::StagedAction;
+use policy_svc::core::trace::{Flow, Verdict, trace};
+use support::{World, address};
 
 fn policy(text: &str) -> Policy {
     match parse_documents(text, "shop").expect("valid").pop() {
@@ -165,5 +172,128 @@ fn every_field_brindle_cannot_enforce_is_named() {
     ] {
         let error = refused(spec);
         assert!(error.contains(named), "{spec}: {error}");
+    }
+}
+
+fn put(world: &mut World, text: &str) {
+    for resource in parse_documents(text, "").expect("valid") {
+        let changes = match resource {
+            Resource::Policy(policy) => world.calc.put_policy(policy),
+            Resource::KubernetesPolicy(policy) => world.calc.put_policy(policy.to_policy().expect("valid")),
+            Resource::Staged(staged) => world.calc.put_staged(*staged),
+            Resource::Namespace(namespace) => world.calc.put_namespace(namespace),
+        };
+        world.absorb(changes);
+    }
+}
+
+#[test]
+fn staged_policies_change_no_view_and_trace_shows_both_verdicts() {
+    let mut world = World::new();
+    put(
+        &mut world,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-y, namespace: y}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+",
+    );
+    let views: Vec<_> = ["node-0", "node-1", "node-2"]
+        .iter()
+        .map(|n| world.calc.view(n))
+        .collect();
+    put(
+        &mut world,
+        "apiVersion: projectcalico.org/v3
+kind: StagedGlobalNetworkPolicy
+metadata: {name: no-tcp-81}
+spec:
+  selector: all()
+  types: [Ingress]
+  ingress:
+    - {action: Deny, protocol: TCP, destination: {ports: [81]}}
+    - {action: Allow}
+---
+apiVersion: projectcalico.org/v3
+kind: StagedKubernetesNetworkPolicy
+metadata: {name: deny-y, namespace: y}
+spec: {stagedAction: Delete}
+",
+    );
+    let after: Vec<_> = ["node-0", "node-1", "node-2"]
+        .iter()
+        .map(|n| world.calc.view(n))
+        .collect();
+    assert_eq!(views, after, "staged policies reach no view");
+    world.check_views("staged");
+    let state = world.calc.state();
+    assert!(state.has_staged());
+    let staged = state.with_staged_enforced();
+    let flow = |to: &str, port: u16| Flow {
+        source_ip: address("x/a").expect("pod"),
+        destination_ip: address(to).expect("pod"),
+        protocol: policy_api::model::Protocol::Tcp,
+        source_port: None,
+        destination_port: Some(port),
+        icmp: None,
+    };
+    // Enforced: y is closed, the rest open. Staged: y's deny deleted, TCP 81 denied everywhere.
+    assert_eq!(trace(state, &flow("y/b", 80)).verdict, Verdict::Deny);
+    assert_eq!(trace(&staged, &flow("y/b", 80)).verdict, Verdict::Allow);
+    assert_eq!(trace(state, &flow("z/b", 81)).verdict, Verdict::Allow);
+    let staged_deny = trace(&staged, &flow("z/b", 81));
+    assert_eq!(staged_deny.verdict, Verdict::Deny);
+    assert!(
+        staged_deny.steps.iter().any(|s| s
+            .policy
+            .as_ref()
+            .is_some_and(|p| p.to_string() == "global/no-tcp-81")),
+        "{staged_deny:?}"
+    );
+}
+
+fn staged_of(text: &str) -> policy_svc::core::staged::StagedPolicy {
+    match parse_documents(text, "").expect("valid").pop() {
+        Some(Resource::Staged(staged)) => *staged,
+        other => panic!("not staged: {other:?}"),
+    }
+}
+
+#[test]
+fn staged_kinds_parse_and_print_back() {
+    let text = "apiVersion: projectcalico.org/v3
+kind: StagedNetworkPolicy
+metadata: {name: web, namespace: shop}
+spec:
+  stagedAction: Set
+  selector: app == 'web'
+  ingress: [{action: Deny}]
+";
+    let staged = staged_of(text);
+    assert_eq!(staged.action, StagedAction::Set);
+    assert_eq!(staged.policy.id.to_string(), "shop/web");
+    let printed = staged.manifest().expect("yaml");
+    assert!(
+        printed.contains("kind: StagedNetworkPolicy") && printed.contains("stagedAction: Set"),
+        "{printed}"
+    );
+    let again = staged_of(&printed);
+    assert_eq!(again, staged);
+    for (document, named) in [
+        (
+            "apiVersion: projectcalico.org/v3\nkind: StagedGlobalNetworkPolicy\nmetadata: {name: p}\nspec: {stagedAction: Later}\n",
+            "spec.stagedAction",
+        ),
+        (
+            "apiVersion: brindle.io/v1\nkind: StagedKubernetesNetworkPolicy\nmetadata: {name: p}\nspec: {podSelector: {}}\n",
+            "apiVersion",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: StagedNetworkPolicy\nmetadata: {name: p}\nspec: {stagedAction: Set, preDNAT: true}\n",
+            "preDNAT",
+        ),
+    ] {
+        let error = parse_documents(document, "").expect_err(document).to_string();
+        assert!(error.contains(named), "{document}: {error}");
     }
 }

@@ -199,6 +199,7 @@ proptest! {
                     Ok(policy) => world.calc.put_policy(policy),
                     Err(_) => continue,
                 },
+                Resource::Staged(staged) => world.calc.put_staged(*staged),
             };
             world.absorb(changes);
         }

@@ -16,6 +16,7 @@ fn apply_step(world: &mut World, step: &Step) {
             Resource::Namespace(namespace) => world.calc.put_namespace(namespace),
             Resource::Policy(policy) => world.calc.put_policy(policy),
             Resource::KubernetesPolicy(policy) => world.calc.put_policy(policy.to_policy().expect("valid")),
+            Resource::Staged(staged) => world.calc.put_staged(*staged),
         };
         world.absorb(changes);
     }
@@ -115,4 +116,43 @@ apply:
     assert!(key.starts_with("member/s") && key.ends_with("/10.0.1.3"), "{key}");
     world.absorb(changes);
     world.check_views("after relabel");
+}
+
+#[test]
+fn icmp_rules_decide_by_type_and_code() {
+    let case = load_cases()
+        .expect("cases")
+        .into_iter()
+        .find(|c| c.name == "42-calico-icmp")
+        .expect("case 42");
+    let mut world = World::new();
+    apply_step(&mut world, &case.steps[0]);
+    let ping = |from: &str, to: &str, icmp_type: u8, code: Option<u8>| {
+        let flow = Flow {
+            source_ip: address(from).expect("pod"),
+            destination_ip: address(to).expect("pod"),
+            protocol: policy_api::model::Protocol::Icmp,
+            source_port: None,
+            destination_port: None,
+            icmp: Some(policy_api::model::IcmpMatch { icmp_type, code }),
+        };
+        trace(world.calc.state(), &flow).verdict
+    };
+    assert_eq!(ping("x/a", "y/c", 8, None), Verdict::Allow, "echo request");
+    assert_eq!(
+        ping("x/a", "y/c", 0, None),
+        Verdict::Deny,
+        "notICMP 3/4: anything else denied"
+    );
+    assert_eq!(
+        ping("z/a", "y/c", 3, Some(4)),
+        Verdict::Allow,
+        "3/4 passes the deny, z's rule allows"
+    );
+    assert_eq!(
+        ping("z/a", "y/c", 3, Some(1)),
+        Verdict::Deny,
+        "denied before z's rule"
+    );
+    assert_eq!(ping("x/a", "y/b", 0, None), Verdict::Allow, "b is not selected");
 }

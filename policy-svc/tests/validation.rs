@@ -2,7 +2,8 @@
 
 use policy_api::model::{PolicyId, PortMatch, Protocol};
 use policy_svc::core::PolicyError;
-use policy_svc::core::resource::{PolicyDocument, Resource, parse_documents};
+use policy_svc::core::policy_document::PolicyDocument;
+use policy_svc::core::resource::{Resource, parse_documents};
 
 fn error_of(text: &str) -> (String, String) {
     match parse_documents(text, "") {

@@ -165,12 +165,7 @@ fn full_apply(
 ) -> anyhow::Result<(Duration, Duration, usize, Vec<usize>)> {
     let mut calc = Calculator::new();
     for record in records(sizes) {
-        match record {
-            Record::Namespace(n) => calc.put_namespace(n),
-            Record::Endpoint(e) => calc.put_endpoint(e),
-            Record::Policy(p, _) => calc.put_policy(p),
-            Record::Pod(pod) => calc.put_pod(pod),
-        };
+        calc.put_record(record);
     }
     clear(iptables, ipsets)?;
     let started = Instant::now();

@@ -20,6 +20,9 @@ pub enum Kind {
     Namespace,
     NetworkPolicy(Flavor),
     GlobalNetworkPolicy,
+    StagedNetworkPolicy,
+    StagedGlobalNetworkPolicy,
+    StagedKubernetesNetworkPolicy,
     BgpConfiguration,
     BgpPeer,
 }
@@ -40,12 +43,20 @@ impl Kind {
                 _ => Flavor::Any,
             }),
             "globalnetworkpolicy" | "globalnetworkpolicies" | "gnp" => Self::GlobalNetworkPolicy,
+            "stagednetworkpolicy" | "stagednetworkpolicies" | "snp" => Self::StagedNetworkPolicy,
+            "stagedglobalnetworkpolicy" | "stagedglobalnetworkpolicies" | "sgnp" => {
+                Self::StagedGlobalNetworkPolicy
+            }
+            "stagedkubernetesnetworkpolicy" | "stagedkubernetesnetworkpolicies" | "sknp" => {
+                Self::StagedKubernetesNetworkPolicy
+            }
             "bgpconfiguration" | "bgpconfigurations" | "bgpconfig" => Self::BgpConfiguration,
             "bgppeer" | "bgppeers" => Self::BgpPeer,
             _ => anyhow::bail!(
                 "{text:?} is not a kind brindle knows: ippool, ipamconfig, ipreservation, namespace (ns), networkpolicy \
                  (netpol; networkpolicy.brindle.io or networkpolicy.networking.k8s.io for one of the two), \
-                 globalnetworkpolicy (gnp), bgpconfiguration, bgppeer"
+                 globalnetworkpolicy (gnp), stagednetworkpolicy (snp), stagedglobalnetworkpolicy (sgnp), \
+                 stagedkubernetesnetworkpolicy (sknp), bgpconfiguration, bgppeer"
             ),
         };
         let qualified_ok = group.is_empty() || matches!(kind, Self::NetworkPolicy(f) if f != Flavor::Any);
@@ -58,7 +69,10 @@ impl Kind {
 
     /// Whether objects of the kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        matches!(self, Self::NetworkPolicy(_))
+        matches!(
+            self,
+            Self::NetworkPolicy(_) | Self::StagedNetworkPolicy | Self::StagedKubernetesNetworkPolicy
+        )
     }
 
     /// The namespace an object of the kind named in `namespace` lives in: `namespace` for
@@ -81,6 +95,9 @@ impl Kind {
             Self::NetworkPolicy(Flavor::Kubernetes) => "networkpolicy.networking.k8s.io",
             Self::NetworkPolicy(_) => "networkpolicy",
             Self::GlobalNetworkPolicy => "globalnetworkpolicy",
+            Self::StagedNetworkPolicy => "stagednetworkpolicy",
+            Self::StagedGlobalNetworkPolicy => "stagedglobalnetworkpolicy",
+            Self::StagedKubernetesNetworkPolicy => "stagedkubernetesnetworkpolicy",
             Self::BgpConfiguration => "bgpconfiguration",
             Self::BgpPeer => "bgppeer",
         }
@@ -94,6 +111,9 @@ impl Kind {
             Self::NetworkPolicy(Flavor::Brindle) => &["NetworkPolicy"],
             Self::NetworkPolicy(Flavor::Kubernetes) => &["KubernetesNetworkPolicy"],
             Self::GlobalNetworkPolicy => &["GlobalNetworkPolicy"],
+            Self::StagedNetworkPolicy => &["StagedNetworkPolicy"],
+            Self::StagedGlobalNetworkPolicy => &["StagedGlobalNetworkPolicy"],
+            Self::StagedKubernetesNetworkPolicy => &["StagedKubernetesNetworkPolicy"],
             Self::IpPool
             | Self::IpamConfig
             | Self::IpReservation
@@ -108,6 +128,9 @@ impl Kind {
             "Namespace" => Self::Namespace,
             "GlobalNetworkPolicy" => Self::GlobalNetworkPolicy,
             "KubernetesNetworkPolicy" => Self::NetworkPolicy(Flavor::Kubernetes),
+            "StagedNetworkPolicy" => Self::StagedNetworkPolicy,
+            "StagedGlobalNetworkPolicy" => Self::StagedGlobalNetworkPolicy,
+            "StagedKubernetesNetworkPolicy" => Self::StagedKubernetesNetworkPolicy,
             _ => Self::NetworkPolicy(Flavor::Brindle),
         }
     }

@@ -173,13 +173,21 @@ fn document(value: yaml_serde::Value) -> anyhow::Result<Document> {
         ("v1" | API_VERSION, "Namespace") => policy_document("Namespace", value),
         (_, "NetworkPolicy") if brindle_or_calico => policy_document("NetworkPolicy", value),
         (_, "GlobalNetworkPolicy") if brindle_or_calico => policy_document("GlobalNetworkPolicy", value),
+        (_, "StagedNetworkPolicy") if brindle_or_calico => policy_document("StagedNetworkPolicy", value),
+        (_, "StagedGlobalNetworkPolicy") if brindle_or_calico => {
+            policy_document("StagedGlobalNetworkPolicy", value)
+        }
+        (CALICO_API_VERSION, "StagedKubernetesNetworkPolicy") => {
+            policy_document("StagedKubernetesNetworkPolicy", value)
+        }
         ("networking.k8s.io/v1", "NetworkPolicy") => policy_document("KubernetesNetworkPolicy", value),
         (version, kind) => anyhow::bail!(
             "kind: {kind:?} of apiVersion {version:?} is not a kind brindle knows ({API_VERSION} IPPool, \
              IPAMConfig, IPReservation, BGPConfiguration, BGPPeer, Namespace, NetworkPolicy, \
              GlobalNetworkPolicy; networking.k8s.io/v1 NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} \
              IPPool, IPAMConfiguration, IPReservation, BGPConfiguration, BGPPeer, NetworkPolicy, \
-             GlobalNetworkPolicy)"
+             GlobalNetworkPolicy, StagedNetworkPolicy, StagedGlobalNetworkPolicy, \
+             StagedKubernetesNetworkPolicy)"
         ),
     }
 }

@@ -47,14 +47,46 @@ pub async fn trace(args: PolicyTraceArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| clients.failed(Service::Policy, s))?
         .into_inner();
-    let mut table = Table::new(&["DIRECTION", "ENDPOINT", "POLICY", "RULE", "VERDICT", "WHY"]);
-    let mut steps = Vec::new();
-    for step in &traced.steps {
+    let staged = traced.staged_verdict.is_some();
+    let mut table = Table::new(if staged {
+        &["AS", "DIRECTION", "ENDPOINT", "POLICY", "RULE", "VERDICT", "WHY"][..]
+    } else {
+        &["DIRECTION", "ENDPOINT", "POLICY", "RULE", "VERDICT", "WHY"][..]
+    });
+    let steps = add_steps(&mut table, staged.then_some("enforced"), &traced.steps);
+    let mut value = json!({"verdict": verdict(traced.verdict), "source": traced.source_ip,
+        "destination": traced.destination_ip, "protocol": args.protocol, "port": args.port, "steps": steps});
+    if let Some(staged_verdict) = traced.staged_verdict {
+        let steps = add_steps(&mut table, Some("staged"), &traced.staged_steps);
+        value["staged"] = json!({"verdict": verdict(staged_verdict), "steps": steps});
+    }
+    if args.output.output == crate::cli::OutputFormat::Table {
+        let staged = traced
+            .staged_verdict
+            .map(|v| format!(" (with the staged policies: {})", verdict(v).to_uppercase()))
+            .unwrap_or_default();
+        println!(
+            "{} → {} {}/{}: {}{staged}",
+            traced.source_ip,
+            traced.destination_ip,
+            args.protocol,
+            args.port,
+            verdict(traced.verdict).to_uppercase()
+        );
+    }
+    output::print(args.output.output, &table, &value)
+}
+
+/// Adds `steps` to `table` (first column `label` when given); their JSON.
+fn add_steps(table: &mut Table, label: Option<&str>, steps: &[policy::TraceStep]) -> Vec<serde_json::Value> {
+    let mut json_steps = Vec::new();
+    for step in steps {
         let direction = match policy::Direction::try_from(step.direction) {
             Ok(policy::Direction::Egress) => "egress",
             _ => "ingress",
         };
-        table.row(vec![
+        let mut row: Vec<String> = label.map(str::to_owned).into_iter().collect();
+        row.extend([
             direction.into(),
             step.endpoint.clone(),
             if step.policy.is_empty() {
@@ -70,23 +102,12 @@ pub async fn trace(args: PolicyTraceArgs) -> anyhow::Result<()> {
             verdict(step.verdict).into(),
             step.explanation.clone(),
         ]);
-        steps.push(
+        table.row(row);
+        json_steps.push(
             json!({"direction": direction, "endpoint": step.endpoint, "policy": step.policy,
             "rule": step.rule_index, "verdict": verdict(step.verdict), "explanation": step.explanation,
             "logged": step.logged}),
         );
     }
-    let value = json!({"verdict": verdict(traced.verdict), "source": traced.source_ip,
-        "destination": traced.destination_ip, "protocol": args.protocol, "port": args.port, "steps": steps});
-    if args.output.output == crate::cli::OutputFormat::Table {
-        println!(
-            "{} → {} {}/{}: {}",
-            traced.source_ip,
-            traced.destination_ip,
-            args.protocol,
-            args.port,
-            verdict(traced.verdict).to_uppercase()
-        );
-    }
-    output::print(args.output.output, &table, &value)
+    json_steps
 }

@@ -10,6 +10,8 @@ use brindle_fanout::Change;
 use brindle_selector::Selector;
 
 use super::compile::{CompiledPolicy, SetDefinition, compile};
+use super::records::Record;
+use super::staged::StagedPolicy;
 use super::state::ClusterState;
 use policy_api::model::{
     Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Pod, Policy, PolicyId, evaluation_order,
@@ -140,6 +142,29 @@ impl Calculator {
         self.state.put_policy(policy);
         self.policy_changed(&id);
         self.commit()
+    }
+
+    /// Stores what a datastore record holds.
+    pub fn put_record(&mut self, record: Record) -> NodeChanges {
+        match record {
+            Record::Namespace(namespace) => self.put_namespace(namespace),
+            Record::Endpoint(endpoint) => self.put_endpoint(endpoint),
+            Record::Policy(policy, _) => self.put_policy(policy),
+            Record::Pod(pod) => self.put_pod(pod),
+            Record::Staged(staged) => self.put_staged(*staged),
+        }
+    }
+
+    /// Stores a staged policy: it changes no view (staged policies are never enforced).
+    pub fn put_staged(&mut self, staged: StagedPolicy) -> NodeChanges {
+        self.state.put_staged(staged);
+        NodeChanges::new()
+    }
+
+    /// Removes the staged policy standing for `id`; no view changes.
+    pub fn remove_staged(&mut self, id: &PolicyId) -> NodeChanges {
+        self.state.remove_staged(id);
+        NodeChanges::new()
     }
 
     /// Removes a policy.

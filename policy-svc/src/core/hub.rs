@@ -130,7 +130,7 @@ impl PolicyHub {
     fn reset(&self, revision: u64, records: Vec<Record>) {
         let mut calc = Calculator::new();
         for record in records {
-            apply(&mut calc, record);
+            calc.put_record(record);
         }
         let mut inner = self.lock();
         if revision < inner.revision {
@@ -157,7 +157,7 @@ impl PolicyHub {
             let node_changes = match (event.kind, subject(&event.key)) {
                 (_, None) => continue,
                 (EventKind::Put, Some(_)) => match decode(&event.key, &event.value) {
-                    Ok(record) => apply(&mut inner.calc, record),
+                    Ok(record) => inner.calc.put_record(record),
                     Err(error) => {
                         tracing::error!(%error, "keeping what the record said before");
                         continue;
@@ -166,6 +166,7 @@ impl PolicyHub {
                 (EventKind::Delete, Some(Subject::Namespace(name))) => inner.calc.remove_namespace(&name),
                 (EventKind::Delete, Some(Subject::Endpoint(key))) => inner.calc.remove_endpoint(&key),
                 (EventKind::Delete, Some(Subject::Policy(id))) => inner.calc.remove_policy(&id),
+                (EventKind::Delete, Some(Subject::Staged(id))) => inner.calc.remove_staged(&id),
                 (EventKind::Delete, Some(Subject::Pod(namespace, name))) => {
                     inner.calc.remove_pod(&namespace, &name)
                 }
@@ -201,15 +202,6 @@ pub fn drop_idle_fanouts(hub: &PolicyHub, every: Duration) -> impl Future<Output
             };
             drop_idle(&mut inner.lock().unwrap_or_else(|p| p.into_inner()));
         }
-    }
-}
-
-fn apply(calc: &mut Calculator, record: Record) -> NodeChanges {
-    match record {
-        Record::Namespace(namespace) => calc.put_namespace(namespace),
-        Record::Endpoint(endpoint) => calc.put_endpoint(endpoint),
-        Record::Policy(policy, _) => calc.put_policy(policy),
-        Record::Pod(pod) => calc.put_pod(pod),
     }
 }
 

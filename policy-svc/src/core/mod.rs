@@ -3,13 +3,16 @@
 
 pub mod calc;
 pub mod compile;
+pub mod endpoints;
 pub mod error;
 pub mod hub;
 pub mod kubernetes;
 pub mod objects;
 pub mod pods;
+pub mod policy_document;
 pub mod records;
 pub mod resource;
+pub mod staged;
 pub mod state;
 pub mod trace;
 pub mod validate;

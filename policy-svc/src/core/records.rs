@@ -3,6 +3,7 @@
 
 use super::error::PolicyError;
 use super::kubernetes;
+use super::staged::StagedPolicy;
 use policy_api::model::{Endpoint, EndpointKey, Namespace, Origin, Pod, Policy, PolicyId};
 
 /// Everything policy-svc stores.
@@ -13,6 +14,7 @@ const POLICIES: &str = "/brindle/v1/policy/policies/";
 const KUBERNETES_POLICIES: &str = "/brindle/v1/policy/k8s-policies/";
 const GLOBAL_POLICIES: &str = "/brindle/v1/policy/global-policies/";
 const PODS: &str = "/brindle/v1/policy/pods/";
+const STAGED: &str = "/brindle/v1/policy/staged/";
 
 /// Prefix of every Kubernetes pod.
 pub fn pods_prefix() -> &'static str {
@@ -51,6 +53,12 @@ pub fn policy_key(id: &PolicyId) -> String {
     }
 }
 
+/// Key of the staged policy standing for the enforced policy `id`.
+pub fn staged_key(id: &PolicyId) -> String {
+    let enforced = policy_key(id);
+    format!("{STAGED}{}", enforced.trim_start_matches(PREFIX))
+}
+
 /// What a key names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
@@ -62,10 +70,18 @@ pub enum Subject {
     Policy(PolicyId),
     /// A Kubernetes pod (namespace, name).
     Pod(String, String),
+    /// A staged policy, by the enforced policy it stands for.
+    Staged(PolicyId),
 }
 
 /// What a key names; `None` for keys policy-svc does not own.
 pub fn subject(key: &str) -> Option<Subject> {
+    if let Some(rest) = key.strip_prefix(STAGED) {
+        return match subject(&format!("{PREFIX}{rest}")) {
+            Some(Subject::Policy(id)) => Some(Subject::Staged(id)),
+            _ => None,
+        };
+    }
     let two = |rest: &str| rest.split_once('/').map(|(a, b)| (a.to_owned(), b.to_owned()));
     if let Some(name) = key.strip_prefix(NAMESPACES) {
         Some(Subject::Namespace(name.to_owned()))
@@ -97,6 +113,8 @@ pub enum Record {
     Policy(Policy, Option<Box<kubernetes::NetworkPolicy>>),
     /// A Kubernetes pod.
     Pod(Pod),
+    /// A staged policy.
+    Staged(Box<StagedPolicy>),
 }
 
 fn corrupt(key: &str, reason: impl ToString) -> PolicyError {
@@ -126,6 +144,9 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
         }
         Some(Subject::Policy(_)) => serde_json::from_slice(value)
             .map(|policy| Record::Policy(policy, None))
+            .map_err(|e| corrupt(key, e)),
+        Some(Subject::Staged(_)) => serde_json::from_slice(value)
+            .map(|staged| Record::Staged(Box::new(staged)))
             .map_err(|e| corrupt(key, e)),
         None => Err(corrupt(key, "not a policy-svc key")),
     }
@@ -191,6 +212,7 @@ pub fn encode(record: &Record) -> (String, Vec<u8>) {
         Record::Endpoint(endpoint) => (endpoint_key(&endpoint.key), serde_json::to_vec(endpoint)),
         Record::Policy(policy, Some(object)) => (policy_key(&policy.id), serde_json::to_vec(object)),
         Record::Policy(policy, None) => (policy_key(&policy.id), serde_json::to_vec(policy)),
+        Record::Staged(staged) => (staged_key(&staged.policy.id), serde_json::to_vec(staged)),
     };
     // Serialising these plain structures to JSON cannot fail.
     (encoded.0, encoded.1.unwrap_or_default())

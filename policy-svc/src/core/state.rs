@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
+use super::staged::{StagedAction, StagedPolicy};
 use policy_api::model::{
     Direction, Endpoint, EndpointKey, Namespace, Pod, Policy, PolicyId, evaluation_order,
 };
@@ -18,9 +19,39 @@ pub struct ClusterState {
     by_ip: HashMap<IpAddr, EndpointKey>,
     by_pod: HashMap<(String, String), BTreeSet<EndpointKey>>,
     pods: HashMap<(String, String), Pod>,
+    /// Staged policies, by the enforced policy they stand for.
+    staged: BTreeMap<PolicyId, StagedPolicy>,
 }
 
 impl ClusterState {
+    /// Stores a staged policy (replacing the one standing for the same policy).
+    pub fn put_staged(&mut self, staged: StagedPolicy) {
+        self.staged.insert(staged.policy.id.clone(), staged);
+    }
+
+    /// Removes the staged policy standing for `id`.
+    pub fn remove_staged(&mut self, id: &PolicyId) -> Option<StagedPolicy> {
+        self.staged.remove(id)
+    }
+
+    /// Whether any policy is staged.
+    pub fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
+    }
+
+    /// The state as it would be with every staged policy enforced: `Set` ones put, `Delete` ones'
+    /// policies removed.
+    pub fn with_staged_enforced(&self) -> Self {
+        let mut state = self.clone();
+        for staged in self.staged.values() {
+            match staged.action {
+                StagedAction::Set => state.put_policy(staged.policy.clone()),
+                StagedAction::Delete => state.remove_policy(&staged.policy.id),
+            };
+        }
+        state
+    }
+
     /// Number of namespaces.
     pub fn namespace_count(&self) -> usize {
         self.namespaces.len()

@@ -47,11 +47,20 @@ fn step_to_proto(step: &Step) -> pb::TraceStep {
 }
 
 /// A trace as a message.
-pub fn trace_to_proto(trace: &Trace, source_ip: String, destination_ip: String) -> pb::TraceResponse {
+pub fn trace_to_proto(
+    trace: &Trace,
+    staged: Option<&Trace>,
+    source_ip: String,
+    destination_ip: String,
+) -> pb::TraceResponse {
     pb::TraceResponse {
         verdict: verdict_to_proto(trace.verdict).into(),
         steps: trace.steps.iter().map(step_to_proto).collect(),
         source_ip,
         destination_ip,
+        staged_verdict: staged.map(|s| verdict_to_proto(s.verdict).into()),
+        staged_steps: staged
+            .map(|s| s.steps.iter().map(step_to_proto).collect())
+            .unwrap_or_default(),
     }
 }

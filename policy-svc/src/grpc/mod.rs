@@ -487,8 +487,12 @@ impl Policy for PolicyService {
                 icmp,
             };
             let traced = trace(state, &flow);
+            let staged = state
+                .has_staged()
+                .then(|| trace(&state.with_staged_enforced(), &flow));
             Ok(Response::new(convert::trace_to_proto(
                 &traced,
+                staged.as_ref(),
                 source_ip.to_string(),
                 destination_ip.to_string(),
             )))
