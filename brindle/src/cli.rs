@@ -273,7 +273,7 @@ pub struct PolicyTraceArgs {
     /// Destination port.
     #[arg(long, default_value_t = 0)]
     pub port: u16,
-    /// ICMP type of the packet (protocol ICMP or ICMPv6), e.g. 8 for an echo request.
+    /// ICMP type of the packet (protocol ICMP or ICMPv6; default: an echo request, 8 or 128).
     #[arg(long)]
     pub icmp_type: Option<u8>,
     /// ICMP code of the packet (with --icmp-type).

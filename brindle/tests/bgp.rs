@@ -6,8 +6,9 @@
 //! node's blocks, next hop the node; a block claimed later is announced and withdrawn with its
 //! pool; an agent SIGKILLed and restarted withdraws nothing and loses no ping; a wrong peer AS and
 //! a TCP MD5 password the router does not share keep the session down and `brindle node status`
-//! says why; a node deleted has its routes withdrawn — at once while its agent runs, after its
-//! peer's `maxRestartTime` when the node died with its daemon.
+//! says why; a node deleted while its agent runs has its routes withdrawn; one that died with its
+//! daemon loses them at the router after its peer's `maxRestartTime`, and its deletion removes
+//! them from every other node.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -278,8 +279,9 @@ fn nodes_announce_their_blocks_and_pods_cross_subnets_unencapsulated_through_the
     // A node deleted while its agent and BIRD run: its block is withdrawn from the router and
     // from the other nodes at once.
     node_deleted(&lab, 1);
-    // A node that died with its BIRD, then deleted: the router keeps its routes only for its
-    // peer's maxRestartTime (graceful restart), then withdraws them.
+    // A node that died with its BIRD, then deleted: the router drops its routes once the peer's
+    // maxRestartTime (5 s instead of BIRD's 120 s: graceful restart) has passed — the death does
+    // that, not the deletion — and the deletion takes its blocks from every other node.
     let (name, router) = (lab.nodes[0].name.clone(), router_address(lab.nodes[0].subnet));
     lab.apply_with_cli(&format!(
         "apiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata: {{name: {name}}}\n\

@@ -2,8 +2,9 @@
 //! `kubernetes`, so pool `nodeSelector`s match them); a Node deleted from Kubernetes is deleted
 //! from brindle — its IPAM blocks and handles released (ipam-svc), its workload endpoints
 //! removed (policy-svc), its registration and labels removed (route-svc) — the cleanup Calico's
-//! kube-controllers does. Only nodes whose labels kube-sync owns are ever deleted: a node that
-//! registered with brindle but was never a Kubernetes Node is left alone.
+//! kube-controllers does (`NodeServices::delete_node`, which `brindle node delete` shares). kube-sync
+//! deletes only nodes whose labels it owns: a node that registered with brindle but was never a
+//! Kubernetes Node is left alone.
 
 use std::collections::BTreeSet;
 

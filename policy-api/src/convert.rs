@@ -115,27 +115,9 @@ fn icmp_to_proto(icmp: IcmpMatch) -> pb::IcmpMatch {
 
 fn icmp_from_proto(field: &str, icmp: Option<pb::IcmpMatch>) -> Result<Option<IcmpMatch>, InvalidField> {
     let Some(icmp) = icmp else { return Ok(None) };
-    let icmp_type = u8::try_from(icmp.r#type)
-        .ok()
-        .filter(|t| *t < 255)
-        .ok_or_else(|| {
-            InvalidField::new(
-                format!("{field}.type"),
-                format!("{} is not an ICMP type (0-254)", icmp.r#type),
-            )
-        })?;
-    let code = icmp
-        .code
-        .map(|code| {
-            u8::try_from(code).map_err(|_| {
-                InvalidField::new(
-                    format!("{field}.code"),
-                    format!("{code} is not an ICMP code (0-255)"),
-                )
-            })
-        })
-        .transpose()?;
-    Ok(Some(IcmpMatch { icmp_type, code }))
+    IcmpMatch::new(icmp.r#type, icmp.code)
+        .map(Some)
+        .map_err(|(part, reason)| InvalidField::new(format!("{field}.{part}"), reason))
 }
 
 fn rule_from_proto(field: &str, rule: pb::CompiledRule) -> Result<CompiledRule, InvalidField> {

@@ -251,9 +251,12 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// The labels its endpoints carry: its own and its service account's.
+    /// The labels its endpoints carry: its own and its service account's — which only
+    /// `spec.serviceAccountName` gives (a pod label of that key is dropped: policies match service
+    /// accounts by it).
     pub fn endpoint_labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();
+        labels.remove(SERVICE_ACCOUNT_LABEL);
         if !self.service_account.is_empty() {
             labels.insert(SERVICE_ACCOUNT_LABEL.to_owned(), self.service_account.clone());
         }
@@ -388,6 +391,23 @@ pub struct IcmpMatch {
     /// The code; `None`: any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<u8>,
+}
+
+impl IcmpMatch {
+    /// A type (0-254; 255 is reserved) and optional code (0-255); the error names the part that
+    /// is out of range (`type` or `code`) and why.
+    pub fn new(icmp_type: u32, code: Option<u32>) -> Result<Self, (&'static str, String)> {
+        let icmp_type = u8::try_from(icmp_type)
+            .ok()
+            .filter(|t| *t < 255)
+            .ok_or_else(|| ("type", format!("{icmp_type} is not an ICMP type (0-254)")))?;
+        let code = code
+            .map(|code| {
+                u8::try_from(code).map_err(|_| ("code", format!("{code} is not an ICMP code (0-255)")))
+            })
+            .transpose()?;
+        Ok(Self { icmp_type, code })
+    }
 }
 
 /// A rule: when the packet matches, `action` applies.

@@ -12,7 +12,7 @@ use policy_api::model::{Endpoint, EndpointKey, IcmpMatch, Namespace, Policy};
 use policy_svc::core::policy_document::PolicyDocument;
 use policy_svc::core::resource::{Resource, parse_documents};
 use policy_svc::core::staged::StagedAction;
-use policy_svc::core::trace::{Flow, Verdict, trace};
+use policy_svc::core::trace::{Flow, Verdict, trace, trace_staged};
 use support::{World, address};
 
 fn policy(text: &str) -> Policy {
@@ -47,7 +47,8 @@ fn calicos_form_is_brindles_policy() {
       notProtocol: UDP
 ";
     let calico = policy(&format!(
-        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: db, namespace: shop}}\n{rules}"
+        "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: db, namespace: shop}}\n{}",
+        rules.replacen("spec:\n", "spec:\n  tier: default\n", 1)
     ));
     let brindle = policy(&format!(
         "apiVersion: brindle.io/v1\nkind: NetworkPolicy\nmetadata: {{name: db, namespace: shop}}\n{rules}"
@@ -124,6 +125,29 @@ spec:
         !selector.matches(&endpoint("bank", "frontend", "web")),
         "another namespace"
     );
+    // Only the pod's spec names its account: a label of that key cannot claim one.
+    let pod = |account: &str| policy_api::model::Pod {
+        namespace: "shop".into(),
+        name: "p".into(),
+        uid: "u".into(),
+        node: "n1".into(),
+        labels: BTreeMap::from([(
+            "projectcalico.org/serviceaccount".to_owned(),
+            "frontend".to_owned(),
+        )]),
+        service_account: account.into(),
+        ports: Vec::new(),
+        ipam_annotations: BTreeMap::new(),
+    };
+    assert!(
+        !pod("")
+            .endpoint_labels()
+            .contains_key("projectcalico.org/serviceaccount")
+    );
+    assert_eq!(
+        pod("batch").endpoint_labels()["projectcalico.org/serviceaccount"],
+        "batch"
+    );
     // Calico's namespace label is on every endpoint.
     assert_eq!(endpoint("shop", "x", "y")["projectcalico.org/namespace"], "shop");
 }
@@ -166,7 +190,7 @@ fn every_field_brindle_cannot_enforce_is_named() {
         ("  doNotTrack: true\n", "doNotTrack"),
         ("  preDNAT: true\n", "preDNAT"),
         ("  applyOnForward: true\n", "applyOnForward"),
-        ("  tier: security\n", "tier"),
+        ("  tier: security\n", "spec.tier"),
         ("  ingress: [{action: Allow, ipVersion: 4}]\n", "ipVersion"),
         ("  ingress: [{action: Allow, http: {methods: [GET]}}]\n", "http"),
     ] {
@@ -228,7 +252,6 @@ spec: {stagedAction: Delete}
     world.check_views("staged");
     let state = world.calc.state();
     assert!(state.has_staged());
-    let staged = state.with_staged_enforced();
     let flow = |to: &str, port: u16| Flow {
         source_ip: address("x/a").expect("pod"),
         destination_ip: address(to).expect("pod"),
@@ -239,9 +262,9 @@ spec: {stagedAction: Delete}
     };
     // Enforced: y is closed, the rest open. Staged: y's deny deleted, TCP 81 denied everywhere.
     assert_eq!(trace(state, &flow("y/b", 80)).verdict, Verdict::Deny);
-    assert_eq!(trace(&staged, &flow("y/b", 80)).verdict, Verdict::Allow);
+    assert_eq!(trace_staged(state, &flow("y/b", 80)).verdict, Verdict::Allow);
     assert_eq!(trace(state, &flow("z/b", 81)).verdict, Verdict::Allow);
-    let staged_deny = trace(&staged, &flow("z/b", 81));
+    let staged_deny = trace_staged(state, &flow("z/b", 81));
     assert_eq!(staged_deny.verdict, Verdict::Deny);
     assert!(
         staged_deny.steps.iter().any(|s| s
@@ -279,6 +302,20 @@ spec:
     );
     let again = staged_of(&printed);
     assert_eq!(again, staged);
+    let delete = staged_of(
+        "apiVersion: projectcalico.org/v3\nkind: StagedKubernetesNetworkPolicy\nmetadata: {name: web, namespace: shop}\n\
+         spec: {stagedAction: Delete}\n",
+    );
+    assert_eq!(
+        (delete.action, delete.policy.id.to_string()),
+        (StagedAction::Delete, "shop/knp.web".to_owned())
+    );
+    let printed = delete.manifest().expect("yaml");
+    assert!(
+        !printed.contains("podSelector") && printed.contains("stagedAction: Delete"),
+        "{printed}"
+    );
+    assert_eq!(staged_of(&printed), delete);
     for (document, named) in [
         (
             "apiVersion: projectcalico.org/v3\nkind: StagedGlobalNetworkPolicy\nmetadata: {name: p}\nspec: {stagedAction: Later}\n",
@@ -291,6 +328,10 @@ spec:
         (
             "apiVersion: projectcalico.org/v3\nkind: StagedNetworkPolicy\nmetadata: {name: p}\nspec: {stagedAction: Set, preDNAT: true}\n",
             "preDNAT",
+        ),
+        (
+            "apiVersion: projectcalico.org/v3\nkind: StagedNetworkPolicy\nmetadata: {name: p}\nspec: {stagedAction: Delete, selector: all()}\n",
+            "spec.selector",
         ),
     ] {
         let error = parse_documents(document, "").expect_err(document).to_string();

@@ -41,6 +41,8 @@ pub trait Wire: 'static {
     fn entry_from_proto(entry: Self::Entry) -> Result<(String, Self::Value), InvalidField>;
     /// An entry message's key.
     fn entry_key(entry: &Self::Entry) -> String;
+    /// Whether an entry message holds no value this end knows (a kind added after it was built).
+    fn entry_is_unknown(entry: &Self::Entry) -> bool;
     /// The state message of `entries`.
     fn state(entries: Vec<Self::Entry>) -> Self::State;
     /// The entries of a state message.
@@ -60,15 +62,14 @@ pub fn encode_state<W: Wire>(state: &BTreeMap<String, W::Value>) -> Vec<u8> {
     W::state(state.iter().map(|(k, v)| W::entry_to_proto(k, v)).collect()).encode_to_vec()
 }
 
-/// An entry a subscriber cannot convert — of a kind newer than it, or with a value it refuses:
-/// left out of its mirror (a value it held under that key is removed) and reported, so one entry
-/// never stops the rest of the state from applying.
+/// An entry of a kind the subscriber does not know (added after it was built): left out of its
+/// mirror (a value it held under that key is removed) and reported, so a newer service's state
+/// still applies. (An entry of a known kind that does not convert makes the message unusable:
+/// leaving it out could widen what a policy allows.)
 #[derive(Debug)]
 pub struct SkippedEntry {
     /// The entry's key.
     pub key: String,
-    /// Why it does not convert.
-    pub error: InvalidField,
 }
 
 /// What one response did to a subscriber's mirror.
@@ -80,29 +81,32 @@ pub struct Applied {
     pub skipped: Vec<SkippedEntry>,
 }
 
-/// Converts entry messages; those that do not convert go to `skipped`.
+/// Converts entry messages; those of unknown kinds go to `skipped`, one of a known kind that
+/// does not convert is an error.
 fn convert_entries<W: Wire>(
     entries: Vec<W::Entry>,
     skipped: &mut Vec<SkippedEntry>,
-) -> Vec<(String, W::Value)> {
-    entries
-        .into_iter()
-        .filter_map(|entry| {
-            let key = W::entry_key(&entry);
-            W::entry_from_proto(entry)
-                .map_err(|error| skipped.push(SkippedEntry { key, error }))
-                .ok()
-        })
-        .collect()
+) -> Result<Vec<(String, W::Value)>, InvalidField> {
+    let mut converted = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if W::entry_is_unknown(&entry) {
+            skipped.push(SkippedEntry {
+                key: W::entry_key(&entry),
+            });
+        } else {
+            converted.push(W::entry_from_proto(entry)?);
+        }
+    }
+    Ok(converted)
 }
 
-/// A decoded (uncompressed) state message; entries that do not convert go to `skipped`.
+/// A decoded (uncompressed) state message; entries of unknown kinds go to `skipped`.
 pub fn decode_state<W: Wire>(
     bytes: &[u8],
     skipped: &mut Vec<SkippedEntry>,
 ) -> Result<BTreeMap<String, W::Value>, InvalidField> {
     let state = W::State::decode(bytes).map_err(|e| InvalidField::new("snapshot", e))?;
-    Ok(convert_entries::<W>(W::state_entries(state), skipped)
+    Ok(convert_entries::<W>(W::state_entries(state), skipped)?
         .into_iter()
         .collect())
 }
@@ -134,7 +138,7 @@ pub fn apply_response<W: Wire>(
         Some(Payload::Snapshot(piece)) => Received::SnapshotPiece(piece),
         Some(Payload::Delta(delta)) => {
             let (upserts, mut removed) = W::delta_parts(delta);
-            let upserts = convert_entries::<W>(upserts, &mut skipped);
+            let upserts = convert_entries::<W>(upserts, &mut skipped)?;
             removed.extend(skipped.iter().map(|s| s.key.clone()));
             Received::Delta(Batch {
                 from: 0,
@@ -185,6 +189,10 @@ macro_rules! impl_wire {
 
             fn entry_key(entry: &$entry) -> String {
                 entry.key.clone()
+            }
+
+            fn entry_is_unknown(entry: &$entry) -> bool {
+                entry.value.is_none()
             }
 
             fn state(entries: Vec<$entry>) -> $state {

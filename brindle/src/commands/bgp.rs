@@ -52,43 +52,61 @@ struct Password {
     value: String,
 }
 
-/// Whole seconds of a Go duration (`90s`, `1m30s`, `1.5m`, `1h`), as Calico's durations are
-/// written.
-fn duration_seconds(field: &str, text: &str) -> anyhow::Result<u32> {
+/// Whole seconds of a Go duration (`90s`, `1m30s`, `1.5m`, `1h`, `0`), as Calico's durations are
+/// written: added up in integer nanoseconds, as Go does.
+fn duration_seconds(field: &str, text: &str) -> anyhow::Result<u64> {
     let bad = |why: &str| anyhow::anyhow!("{field}: {text:?}: {why}");
-    let mut rest = text.trim();
+    let mut rest = text.trim().strip_prefix('+').unwrap_or(text.trim());
     anyhow::ensure!(!rest.is_empty(), bad("empty"));
-    let mut nanos = 0_f64;
+    if rest == "0" {
+        return Ok(0);
+    }
+    let mut nanos: u128 = 0;
     while !rest.is_empty() {
         let number_len = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| bad("a number needs a unit (h, m, s, ms)"))?;
-        let number: f64 = rest[..number_len]
-            .parse()
-            .map_err(|_| bad("not a duration such as 120s or 2m"))?;
+            .ok_or_else(|| bad("a number needs a unit (h, m, s, ms, us, ns)"))?;
+        let (whole, fraction) = rest[..number_len]
+            .split_once('.')
+            .unwrap_or((&rest[..number_len], ""));
+        anyhow::ensure!(
+            !(fraction.contains('.') || whole.is_empty() && fraction.is_empty()),
+            bad("not a duration such as 120s or 2m")
+        );
         rest = &rest[number_len..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
             .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "h" => 3.6e12,
-            "m" => 6e10,
-            "s" => 1e9,
-            "ms" => 1e6,
-            "us" | "µs" => 1e3,
-            "ns" => 1.0,
+        let unit: u128 = match &rest[..unit_len] {
+            "h" => 3_600_000_000_000,
+            "m" => 60_000_000_000,
+            "s" => 1_000_000_000,
+            "ms" => 1_000_000,
+            "us" | "µs" | "μs" => 1_000,
+            "ns" => 1,
             other => return Err(bad(&format!("unknown unit {other:?}"))),
         };
-        nanos += number * unit;
         rest = &rest[unit_len..];
+        let digits = |text: &str| -> anyhow::Result<u128> {
+            if text.is_empty() {
+                return Ok(0);
+            }
+            text.parse().map_err(|_| bad("too large"))
+        };
+        let scale = 10_u128
+            .checked_pow(u32::try_from(fraction.len()).unwrap_or(u32::MAX))
+            .ok_or_else(|| bad("too many decimals"))?;
+        let part = digits(whole)?
+            .checked_mul(unit)
+            .and_then(|n| n.checked_add(digits(fraction).ok()?.checked_mul(unit)? / scale))
+            .ok_or_else(|| bad("too large"))?;
+        nanos = nanos.checked_add(part).ok_or_else(|| bad("too large"))?;
     }
-    let seconds = nanos / 1e9;
     anyhow::ensure!(
-        seconds.fract() == 0.0 && seconds <= f64::from(u32::MAX),
+        nanos.is_multiple_of(1_000_000_000),
         bad("brindle needs whole seconds")
     );
-    // Whole and in range, checked just above.
-    Ok(seconds as u32)
+    u64::try_from(nanos / 1_000_000_000).map_err(|_| bad("too large"))
 }
 
 /// The configuration a manifest asks for.
@@ -121,11 +139,14 @@ pub fn peer(value: yaml_serde::Value) -> anyhow::Result<route::BgpPeer> {
         node_selector: spec.node_selector,
         password: spec.password.map(|p| p.value).unwrap_or_default(),
         keep_original_next_hop: spec.keep_original_next_hop,
-        max_restart_time_seconds: spec
-            .max_restart_time
-            .map(|text| duration_seconds("spec.maxRestartTime", &text))
-            .transpose()?
-            .unwrap_or(0),
+        max_restart_time_seconds: match spec.max_restart_time {
+            None => 0,
+            Some(text) => match duration_seconds("spec.maxRestartTime", &text)? {
+                0 => anyhow::bail!("spec.maxRestartTime: {text:?}: at least 1s (omit it for BIRD's 120s)"),
+                seconds => u32::try_from(seconds)
+                    .map_err(|_| anyhow::anyhow!("spec.maxRestartTime: {text:?}: at most 4095s"))?,
+            },
+        },
     })
 }
 
@@ -278,11 +299,17 @@ mod tests {
             ("2m", 120),
             ("1m30s", 90),
             ("1.5m", 90),
+            ("1.1m", 66),
+            ("8.2m", 492),
+            ("1.1h", 3960),
             ("1h", 3600),
+            ("+5s", 5),
+            ("1500ms500ms", 2),
+            ("0", 0),
         ] {
             assert_eq!(duration_seconds("maxRestartTime", text).expect(text), seconds);
         }
-        for bad in ["", "120", "2x", "500ms", "s", "1..5s"] {
+        for bad in ["", "120", "2x", "500ms", "s", "1..5s", ".s", "-5s"] {
             let error = duration_seconds("maxRestartTime", bad)
                 .expect_err(bad)
                 .to_string();

@@ -184,7 +184,8 @@ fn document(value: yaml_serde::Value) -> anyhow::Result<Document> {
         (version, kind) => anyhow::bail!(
             "kind: {kind:?} of apiVersion {version:?} is not a kind brindle knows ({API_VERSION} IPPool, \
              IPAMConfig, IPReservation, BGPConfiguration, BGPPeer, Namespace, NetworkPolicy, \
-             GlobalNetworkPolicy; networking.k8s.io/v1 NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} \
+             GlobalNetworkPolicy, StagedNetworkPolicy, StagedGlobalNetworkPolicy; networking.k8s.io/v1 \
+             NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} \
              IPPool, IPAMConfiguration, IPReservation, BGPConfiguration, BGPPeer, NetworkPolicy, \
              GlobalNetworkPolicy, StagedNetworkPolicy, StagedGlobalNetworkPolicy, \
              StagedKubernetesNetworkPolicy)"

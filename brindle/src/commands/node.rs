@@ -77,16 +77,20 @@ pub async fn delete(args: NodeDeleteArgs) -> anyhow::Result<()> {
     let clients = Clients::new(args.client);
     let mut routes = clients.route().await?;
     let failed = |s| clients.failed(Service::Route, s);
-    let kubernetes = routes
+    let labelled = routes
         .list_node_labels(route::ListNodeLabelsRequest {
-            origin: kube_sync::targets::ORIGIN.into(),
+            origin: String::new(),
         })
         .await
         .map_err(failed)?
         .into_inner()
-        .nodes;
+        .nodes
+        .into_iter()
+        .find(|n| n.name == args.node);
     anyhow::ensure!(
-        !kubernetes.iter().any(|n| n.name == args.node),
+        labelled
+            .as_ref()
+            .is_none_or(|n| n.origin != kube_sync::targets::ORIGIN),
         "node/{0} is a Kubernetes Node: delete it in Kubernetes (kubectl delete node {0}); kube-sync \
          then deletes it here",
         args.node
@@ -109,8 +113,8 @@ pub async fn delete(args: NodeDeleteArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{}: {:?}: {}", e.what, e.status.code(), e.status.message()))?;
     anyhow::ensure!(
-        registered || deleted != kube_sync::nodes::NodeDeleted::default(),
-        "node/{} not found: not registered, and holding no address, block or endpoint",
+        registered || labelled.is_some() || deleted != kube_sync::nodes::NodeDeleted::default(),
+        "node/{} not found: not registered, not labelled, and holding no address, block or endpoint",
         args.node
     );
     println!(

@@ -123,7 +123,7 @@ impl SyncMetrics {
             ),
             skipped: metrics.counters(
                 "agent_sync_entries_skipped",
-                "State entries the agent could not use (a kind newer than it, or a value it refuses), left out",
+                "State entries of a kind newer than the agent, left out",
             ),
         }
     }
@@ -247,8 +247,7 @@ async fn sync_once<S: SyncService, T: SyncTarget<ValueOf<S>>>(
                             tracing::warn!(
                                 service = S::NAME,
                                 key = skipped.key,
-                                error = %skipped.error,
-                                "state entry left out: this agent cannot use it (is it older than the service?)"
+                                "state entry of a kind this agent does not know left out: is it older than the service?"
                             );
                         }
                     }

@@ -410,7 +410,7 @@ fn owner_name(origin: Origin) -> &'static str {
 
 fn display_name(namespace: &str, name: &str, kind: Kind) -> String {
     match kind {
-        Kind::Namespace | Kind::GlobalNetworkPolicy => name.to_owned(),
+        Kind::Namespace | Kind::GlobalNetworkPolicy | Kind::StagedGlobalNetworkPolicy => name.to_owned(),
         _ if namespace.is_empty() => format!("{}/{name}", kubernetes::DEFAULT_NAMESPACE),
         _ => format!("{namespace}/{name}"),
     }

@@ -43,6 +43,9 @@ pub struct PolicySpec {
     /// accounts by name only).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_account_selector: String,
+    /// Calico's tier: brindle has one, `default`; any other is refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tier: String,
     /// `Ingress`, `Egress`; omitted: Ingress when there are ingress rules or no rules at all,
     /// Egress when there are egress rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -208,6 +211,12 @@ impl PolicyDocument {
                  (selector), or name the accounts in a rule's serviceAccounts.names",
             ));
         }
+        if !matches!(spec.tier.as_str(), "" | "default") {
+            return Err(invalid(
+                "spec.tier",
+                format!("{:?}: brindle has one tier, \"default\"", spec.tier),
+            ));
+        }
         if let Some(order) = spec.order
             && !order.is_finite()
         {
@@ -281,6 +290,7 @@ impl PolicyDocument {
                     .unwrap_or_default(),
                 types: Some(types),
                 service_account_selector: String::new(),
+                tier: String::new(),
                 ingress: policy.ingress.iter().map(RuleSpec::from_rule).collect(),
                 egress: policy.egress.iter().map(RuleSpec::from_rule).collect(),
             },
@@ -350,24 +360,8 @@ impl IcmpSpec {
         let Some(icmp_type) = self.icmp_type else {
             return Err(invalid(format!("{field}.type"), "required (a code needs a type)"));
         };
-        let icmp_type = u8::try_from(icmp_type).ok().filter(|t| *t < 255).ok_or_else(|| {
-            invalid(
-                format!("{field}.type"),
-                format!("{icmp_type} is not an ICMP type (0-254)"),
-            )
-        })?;
-        let code = self
-            .code
-            .map(|code| {
-                u8::try_from(code).map_err(|_| {
-                    invalid(
-                        format!("{field}.code"),
-                        format!("{code} is not an ICMP code (0-255)"),
-                    )
-                })
-            })
-            .transpose()?;
-        Ok(IcmpMatch { icmp_type, code })
+        IcmpMatch::new(icmp_type, self.code)
+            .map_err(|(part, reason)| invalid(format!("{field}.{part}"), reason))
     }
 }
 

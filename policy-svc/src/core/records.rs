@@ -145,9 +145,11 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
         Some(Subject::Policy(_)) => serde_json::from_slice(value)
             .map(|policy| Record::Policy(policy, None))
             .map_err(|e| corrupt(key, e)),
-        Some(Subject::Staged(_)) => serde_json::from_slice(value)
-            .map(|staged| Record::Staged(Box::new(staged)))
-            .map_err(|e| corrupt(key, e)),
+        Some(Subject::Staged(id)) => {
+            let staged: StagedPolicy = serde_json::from_slice(value).map_err(|e| corrupt(key, e))?;
+            let staged = staged.stored_as(&id).map_err(|e| corrupt(key, e))?;
+            Ok(Record::Staged(Box::new(staged)))
+        }
         None => Err(corrupt(key, "not a policy-svc key")),
     }
 }

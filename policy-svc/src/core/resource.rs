@@ -111,7 +111,17 @@ fn parse_value(value: yaml_serde::Value, namespace: &str) -> Result<Resource, Po
             )))
         }
         (API_VERSION | CALICO_API_VERSION, kind) if staged::enforced_kind(kind).is_some() => {
-            staged::parse(&meta.api_version, kind, value, namespace).map(|s| Resource::Staged(Box::new(s)))
+            let (action, value) = staged::unstage(&meta.api_version, kind, value)?;
+            let (policy, kubernetes) = match parse_value(value, namespace)? {
+                Resource::Policy(policy) => (policy, None),
+                Resource::KubernetesPolicy(object) => (object.to_policy()?, Some(Box::new(object))),
+                other => return Err(invalid("kind", format!("{kind:?} stands for {other:?}"))),
+            };
+            Ok(Resource::Staged(Box::new(staged::StagedPolicy {
+                action,
+                policy,
+                kubernetes,
+            })))
         }
         (API_VERSION | CALICO_API_VERSION, "NetworkPolicy" | "GlobalNetworkPolicy") => {
             let mut document: PolicyDocument = yaml_serde::from_value(value).map_err(decode)?;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{PolicyError, invalid};
 use super::kubernetes;
 use super::policy_document::PolicyDocument;
-use super::resource::{API_VERSION, CALICO_API_VERSION};
+use super::resource::CALICO_API_VERSION;
 use policy_api::model::{Policy, PolicyId};
 
 /// What enforcing a staged policy would do.
@@ -82,19 +82,34 @@ fn take_action(value: &mut yaml_serde::Value) -> Result<StagedAction, PolicyErro
     }
 }
 
-/// Parses a staged document of `kind` (`namespace` for namespaced kinds naming none).
-pub fn parse(
+/// A staged document of `kind` as the document of the kind it stands for, and its action. A
+/// `Delete` names a policy and nothing else: any other spec field is refused.
+pub fn unstage(
     api_version: &str,
     kind: &str,
     mut value: yaml_serde::Value,
-    namespace: &str,
-) -> Result<StagedPolicy, PolicyError> {
-    let decode = |e: yaml_serde::Error| invalid(kind, e.to_string());
+) -> Result<(StagedAction, yaml_serde::Value), PolicyError> {
+    let enforced =
+        enforced_kind(kind).ok_or_else(|| invalid("kind", format!("{kind:?} is not a staged kind")))?;
     let action = take_action(&mut value)?;
+    let kubernetes = enforced == "KubernetesNetworkPolicy";
+    if kubernetes && api_version != CALICO_API_VERSION {
+        return Err(invalid(
+            "apiVersion",
+            format!("{api_version:?}: StagedKubernetesNetworkPolicy is {CALICO_API_VERSION}"),
+        ));
+    }
     if action == StagedAction::Delete {
-        // Only the name counts: whatever the spec says stands for nothing.
-        let spec: yaml_serde::Value = if kind == "StagedKubernetesNetworkPolicy" {
-            yaml_serde::from_str("{podSelector: {}}").map_err(decode)?
+        let spec = value.get("spec").and_then(yaml_serde::Value::as_mapping);
+        if let Some(field) = spec.and_then(|spec| spec.keys().next()) {
+            return Err(invalid(
+                format!("spec.{}", field.as_str().unwrap_or("?")),
+                "a staged Delete names the policy to delete and takes no spec besides stagedAction",
+            ));
+        }
+        // What the enforced kind needs to be valid, and no more.
+        let spec = if kubernetes {
+            yaml_serde::from_str("{podSelector: {}}").map_err(|e| invalid("spec", e.to_string()))?
         } else {
             yaml_serde::Value::Mapping(yaml_serde::Mapping::new())
         };
@@ -102,53 +117,34 @@ pub fn parse(
             mapping.insert("spec".into(), spec);
         }
     }
-    let set = |value: &mut yaml_serde::Value, field: &str, text: &str| {
-        if let Some(mapping) = value.as_mapping_mut() {
-            mapping.insert(field.into(), text.into());
-        }
-    };
-    match enforced_kind(kind) {
-        Some("KubernetesNetworkPolicy") => {
-            if api_version != CALICO_API_VERSION {
-                return Err(invalid(
-                    "apiVersion",
-                    format!("{api_version:?}: StagedKubernetesNetworkPolicy is {CALICO_API_VERSION}"),
-                ));
-            }
-            set(&mut value, "apiVersion", "networking.k8s.io/v1");
-            set(&mut value, "kind", "NetworkPolicy");
-            let mut object: kubernetes::NetworkPolicy = yaml_serde::from_value(value).map_err(decode)?;
-            object
-                .metadata
-                .namespace
-                .get_or_insert_with(|| namespace.to_owned());
-            Ok(StagedPolicy {
-                action,
-                policy: object.to_policy()?,
-                kubernetes: Some(Box::new(object)),
-            })
-        }
-        Some(enforced) => {
-            set(&mut value, "apiVersion", API_VERSION);
-            set(&mut value, "kind", enforced);
-            let mut document: PolicyDocument = yaml_serde::from_value(value).map_err(decode)?;
-            if enforced == "NetworkPolicy" {
-                document
-                    .metadata
-                    .namespace
-                    .get_or_insert_with(|| namespace.to_owned());
-            }
-            Ok(StagedPolicy {
-                action,
-                policy: document.to_policy()?,
-                kubernetes: None,
-            })
-        }
-        None => Err(invalid("kind", format!("{kind:?} is not a staged kind"))),
+    if let Some(mapping) = value.as_mapping_mut() {
+        let (api_version, kind) = if kubernetes {
+            ("networking.k8s.io/v1", "NetworkPolicy")
+        } else {
+            (api_version, enforced)
+        };
+        mapping.insert("apiVersion".into(), api_version.into());
+        mapping.insert("kind".into(), kind.into());
     }
+    Ok((action, value))
 }
 
 impl StagedPolicy {
+    /// The staged policy as read back from under the key of `id`: a Kubernetes one translated
+    /// again from the object as written (as enforced ones are); the policy must be `id`'s.
+    pub fn stored_as(mut self, id: &PolicyId) -> Result<Self, PolicyError> {
+        if let Some(object) = &self.kubernetes {
+            self.policy = object.to_policy()?;
+        }
+        if self.policy.id != *id {
+            return Err(invalid(
+                "policy.id",
+                format!("{} is stored under the key of {id}", self.policy.id),
+            ));
+        }
+        Ok(self)
+    }
+
     /// Its kind's name.
     pub fn kind(&self) -> &'static str {
         match (&self.policy.id, &self.kubernetes) {
@@ -160,6 +156,27 @@ impl StagedPolicy {
 
     /// The document `apply` takes back.
     pub fn manifest(&self) -> Result<String, yaml_serde::Error> {
+        if self.action == StagedAction::Delete {
+            let (namespace, name) = match &self.policy.id {
+                PolicyId::Global { name } => (None, name),
+                PolicyId::Namespaced { namespace, name } | PolicyId::Kubernetes { namespace, name } => {
+                    (Some(namespace), name)
+                }
+            };
+            let mut metadata = yaml_serde::Mapping::new();
+            metadata.insert("name".into(), name.as_str().into());
+            if let Some(namespace) = namespace {
+                metadata.insert("namespace".into(), namespace.as_str().into());
+            }
+            let mut spec = yaml_serde::Mapping::new();
+            spec.insert("stagedAction".into(), self.action.name().into());
+            let mut document = yaml_serde::Mapping::new();
+            document.insert("apiVersion".into(), CALICO_API_VERSION.into());
+            document.insert("kind".into(), self.kind().into());
+            document.insert("metadata".into(), metadata.into());
+            document.insert("spec".into(), spec.into());
+            return yaml_serde::to_string(&document);
+        }
         let mut value = match &self.kubernetes {
             Some(object) => yaml_serde::to_value(object)?,
             None => yaml_serde::to_value(PolicyDocument::from_policy(&self.policy))?,

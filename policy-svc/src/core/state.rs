@@ -39,19 +39,6 @@ impl ClusterState {
         !self.staged.is_empty()
     }
 
-    /// The state as it would be with every staged policy enforced: `Set` ones put, `Delete` ones'
-    /// policies removed.
-    pub fn with_staged_enforced(&self) -> Self {
-        let mut state = self.clone();
-        for staged in self.staged.values() {
-            match staged.action {
-                StagedAction::Set => state.put_policy(staged.policy.clone()),
-                StagedAction::Delete => state.remove_policy(&staged.policy.id),
-            };
-        }
-        state
-    }
-
     /// Number of namespaces.
     pub fn namespace_count(&self) -> usize {
         self.namespaces.len()
@@ -128,12 +115,22 @@ impl ClusterState {
         endpoint.selector_labels(self.namespaces.get(&endpoint.namespace))
     }
 
-    /// Policies that apply to `endpoint` for `direction`, in evaluation order.
-    pub fn policies_for(&self, endpoint: &Endpoint, direction: Direction) -> Vec<&Policy> {
+    /// The policies that apply to `endpoint` in `direction`, in evaluation order; with
+    /// `with_staged`, as they would be with every staged policy enforced (a `Set` one in place of
+    /// the policy of its name, a `Delete` one's policy gone).
+    pub fn policies_for(&self, endpoint: &Endpoint, direction: Direction, with_staged: bool) -> Vec<&Policy> {
         let labels = self.selector_labels(endpoint);
-        let mut applying: Vec<&Policy> = self
+        let enforced = self
             .policies
             .values()
+            .filter(|p| !(with_staged && self.staged.contains_key(&p.id)));
+        let staged = self
+            .staged
+            .values()
+            .filter(|s| with_staged && s.action == StagedAction::Set)
+            .map(|s| &s.policy);
+        let mut applying: Vec<&Policy> = enforced
+            .chain(staged)
             .filter(|p| p.governs(direction) && p.applies_to().matches(&labels))
             .collect();
         applying.sort_by(|a, b| evaluation_order((&a.id, a.order), (&b.id, b.order)));

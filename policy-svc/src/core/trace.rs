@@ -22,7 +22,8 @@ pub struct Flow {
     pub source_port: Option<u16>,
     /// Receiver's port (for protocols with ports).
     pub destination_port: Option<u16>,
-    /// ICMP type and code (code `None`: 0), for ICMP and ICMPv6.
+    /// ICMP type and code (code `None`: 0), for ICMP and ICMPv6; `None`: unknown, so no rule
+    /// with `icmp` or `notICMP` matches.
     pub icmp: Option<IcmpMatch>,
 }
 
@@ -81,6 +82,15 @@ struct Party<'a> {
 
 /// Traces `flow` through the policies of its sender (egress) and receiver (ingress).
 pub fn trace(state: &ClusterState, flow: &Flow) -> Trace {
+    trace_with(state, flow, false)
+}
+
+/// Traces `flow` as it would go with every staged policy enforced.
+pub fn trace_staged(state: &ClusterState, flow: &Flow) -> Trace {
+    trace_with(state, flow, true)
+}
+
+fn trace_with(state: &ClusterState, flow: &Flow, with_staged: bool) -> Trace {
     let source = Party {
         ip: flow.source_ip,
         endpoint: state.endpoint_by_ip(flow.source_ip),
@@ -100,6 +110,7 @@ pub fn trace(state: &ClusterState, flow: &Flow) -> Trace {
             Direction::Egress,
             &source,
             &destination,
+            with_staged,
         ));
     }
     if let Some(receiver) = destination.endpoint {
@@ -110,6 +121,7 @@ pub fn trace(state: &ClusterState, flow: &Flow) -> Trace {
             Direction::Ingress,
             &source,
             &destination,
+            with_staged,
         ));
     }
     let verdict = if steps.iter().all(|s| s.verdict == Verdict::Allow) {
@@ -127,9 +139,10 @@ fn direction(
     direction: Direction,
     source: &Party<'_>,
     destination: &Party<'_>,
+    with_staged: bool,
 ) -> Step {
     let name = format!("{}/{}", endpoint.namespace, endpoint.pod);
-    let policies = state.policies_for(endpoint, direction);
+    let policies = state.policies_for(endpoint, direction, with_staged);
     let mut logged = Vec::new();
     let step = |policy: Option<&Policy>, rule: Option<usize>, verdict, explanation: String, logged| Step {
         direction,
@@ -222,7 +235,7 @@ fn rule_matches(
     rule.protocol.is_none_or(|p| p == flow.protocol)
         && rule.not_protocol.is_none_or(|p| p != flow.protocol)
         && rule.icmp.is_none_or(|m| icmp_is(&m))
-        && rule.not_icmp.is_none_or(|m| !icmp_is(&m))
+        && rule.not_icmp.is_none_or(|m| flow.icmp.is_some() && !icmp_is(&m))
         && side_matches(state, policy, &rule.source, flow.protocol, source)
         && side_matches(state, policy, &rule.destination, flow.protocol, destination)
 }

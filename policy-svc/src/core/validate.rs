@@ -79,12 +79,6 @@ pub fn rules(field: &str, rules: &[Rule]) -> Result<(), PolicyError> {
                     "needs protocol ICMP or ICMPv6 on the rule",
                 ));
             }
-            if icmp.is_some_and(|i| i.icmp_type == 255) {
-                return Err(invalid(
-                    format!("{field}.{name}.type"),
-                    "255 is not an ICMP type (0-254)",
-                ));
-            }
         }
         for (name, side) in [("source", &rule.source), ("destination", &rule.destination)] {
             entity(&format!("{field}.{name}"), rule, side)?;

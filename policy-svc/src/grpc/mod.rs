@@ -22,7 +22,7 @@ use crate::core::PolicyError;
 use crate::core::hub::{PolicyHub, drop_idle_fanouts, follow};
 use crate::core::objects::{Kind, Objects};
 use crate::core::state::ClusterState;
-use crate::core::trace::{Flow, trace};
+use crate::core::trace::{Flow, trace, trace_staged};
 use policy_api::model::{EndpointKey, IcmpMatch, Origin, Protocol};
 
 /// Fully-qualified service name (health and reflection).
@@ -150,30 +150,29 @@ fn port(field: &str, value: u32) -> Result<Option<u16>, Status> {
     }
 }
 
-/// The ICMP type and code a traced packet has: only for ICMP and ICMPv6, a code only with a type.
+/// The ICMP type and code a traced packet has: only for ICMP and ICMPv6 (an echo request — 8 or
+/// 128 — when the request names none), a code only with a type.
 fn icmp_of(
     protocol: Protocol,
     icmp_type: Option<u32>,
     code: Option<u32>,
 ) -> Result<Option<IcmpMatch>, Status> {
-    let Some(icmp_type) = icmp_type else {
-        return match code {
-            Some(_) => Err(Status::invalid_argument("icmp_code: needs icmp_type")),
-            None => Ok(None),
-        };
+    let echo_request = match protocol {
+        Protocol::Icmp => 8,
+        Protocol::Icmpv6 => 128,
+        _ if icmp_type.is_some() || code.is_some() => {
+            return Err(Status::invalid_argument(format!(
+                "icmp_type: protocol {protocol} is not ICMP or ICMPv6"
+            )));
+        }
+        _ => return Ok(None),
     };
-    if !matches!(protocol, Protocol::Icmp | Protocol::Icmpv6) {
-        return Err(Status::invalid_argument(format!(
-            "icmp_type: protocol {protocol} is not ICMP or ICMPv6"
-        )));
+    if icmp_type.is_none() && code.is_some() {
+        return Err(Status::invalid_argument("icmp_code: needs icmp_type"));
     }
-    let byte = |field: &str, value: u32| {
-        u8::try_from(value).map_err(|_| Status::invalid_argument(format!("{field}: {value} is not 0-255")))
-    };
-    Ok(Some(IcmpMatch {
-        icmp_type: byte("icmp_type", icmp_type)?,
-        code: code.map(|c| byte("icmp_code", c)).transpose()?,
-    }))
+    IcmpMatch::new(icmp_type.unwrap_or(echo_request), code)
+        .map(Some)
+        .map_err(|(part, reason)| Status::invalid_argument(format!("icmp_{part}: {reason}")))
 }
 
 #[tonic::async_trait]
@@ -487,9 +486,7 @@ impl Policy for PolicyService {
                 icmp,
             };
             let traced = trace(state, &flow);
-            let staged = state
-                .has_staged()
-                .then(|| trace(&state.with_staged_enforced(), &flow));
+            let staged = state.has_staged().then(|| trace_staged(state, &flow));
             Ok(Response::new(convert::trace_to_proto(
                 &traced,
                 staged.as_ref(),

@@ -117,7 +117,7 @@ pub fn reference_view(state: &ClusterState, node: &str) -> BTreeMap<String, View
     for endpoint in state.endpoints().filter(|e| e.key.node == node) {
         let ids = |direction| -> Vec<String> {
             state
-                .policies_for(endpoint, direction)
+                .policies_for(endpoint, direction, false)
                 .into_iter()
                 .map(|p| policy_view_id(&p.id))
                 .collect()
