@@ -125,9 +125,6 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
     }
 }
 
-/// With policy enforced: the pods of the first node admit only each other (a Kubernetes
-/// NetworkPolicy on the `node` label every lab pod carries); prints the matrix again and what
-/// policy trace says of one pair it now denies.
 /// What BGP shows: the router's table (every node's blocks, next hop the node), and a host
 /// outside the cluster reaching every pod.
 fn bgp_demo(mut lab: Lab) -> anyhow::Result<Lab> {
@@ -149,6 +146,10 @@ fn bgp_demo(mut lab: Lab) -> anyhow::Result<Lab> {
     Ok(lab)
 }
 
+/// With policy enforced: the pods of the first node admit only each other (a Kubernetes
+/// NetworkPolicy on the `node` label every lab pod carries); prints the matrix again and what
+/// policy trace says of one pair it now denies; then stages a Calico policy and shows it changes
+/// nothing in the kernel while trace tells what it would do.
 fn policy_demo(lab: &Lab) -> anyhow::Result<()> {
     let first = &lab.nodes.first().context("a node")?.name;
     let manifest = format!(
@@ -176,24 +177,7 @@ fn policy_demo(lab: &Lab) -> anyhow::Result<()> {
         .flat_map(|f| (0..lab.pods.len()).map(move |t| (f, t)))
         .find(|(f, t)| !expected(*f, *t));
     if let Some((from, to)) = denied {
-        let (source, destination) = (lab.pods[from].ip.to_string(), lab.pods[to].ip.to_string());
-        let traced = lab.policy(move |mut client| async move {
-            use brindle_proto::policy::v1 as pb;
-            let peer = |ip: String| {
-                Some(pb::TracePeer {
-                    peer: Some(pb::trace_peer::Peer::Ip(ip)),
-                })
-            };
-            let request = pb::TraceRequest {
-                source: peer(source),
-                destination: peer(destination),
-                protocol: "ICMP".into(),
-                port: 0,
-                source_port: 0,
-                ..Default::default()
-            };
-            Ok(client.trace(request).await?.into_inner())
-        })?;
+        let traced = trace_ping(lab, from, to)?;
         println!(
             "policy trace {} → {} (ICMP):",
             lab.pods[from].name, lab.pods[to].name
@@ -211,5 +195,68 @@ fn policy_demo(lab: &Lab) -> anyhow::Result<()> {
         "{wrong} pod pairs do not match the policy\n{}",
         lab.logs()
     );
+    staged_demo(lab)
+}
+
+/// A Calico `projectcalico.org/v3` StagedGlobalNetworkPolicy denying ping to the last node's
+/// pods: computed, never enforced — the ping still passes, and trace shows both verdicts.
+fn staged_demo(lab: &Lab) -> anyhow::Result<()> {
+    let last = lab.nodes.len() - 1;
+    let (Some(from), Some(to)) = (
+        lab.pods.iter().position(|p| p.node == 0),
+        lab.pods.iter().position(|p| p.node == last),
+    ) else {
+        return Ok(());
+    };
+    let manifest = format!(
+        "apiVersion: projectcalico.org/v3\nkind: StagedGlobalNetworkPolicy\nmetadata: {{name: no-ping-to-{node}}}\n\
+         spec:\n  order: 10\n  selector: node == '{node}'\n  types: [Ingress]\n  ingress:\n    \
+         - {{action: Deny, protocol: ICMP, icmp: {{type: 8}}}}\n",
+        node = lab.nodes[last].name
+    );
+    println!("\nstaging a Calico policy (projectcalico.org/v3, never enforced):\n{manifest}");
+    lab.apply(&manifest)?;
+    let traced = trace_ping(lab, from, to)?;
+    let verdict = |v: i32| match brindle_proto::policy::v1::Verdict::try_from(v) {
+        Ok(brindle_proto::policy::v1::Verdict::Allow) => "ALLOW",
+        _ => "DENY",
+    };
+    let staged = traced.staged_verdict.map_or("-", verdict);
+    let pinged =
+        lab.pods[from]
+            .namespace
+            .succeeds(&["ping", "-c", "1", "-W", "2", &lab.pods[to].ip.to_string()]);
+    println!(
+        "policy trace {} → {} (ICMP echo): enforced {}, with the staged policies {staged}; ping {}",
+        lab.pods[from].name,
+        lab.pods[to].name,
+        verdict(traced.verdict),
+        if pinged { "passes ✓" } else { "fails ✗" }
+    );
+    anyhow::ensure!(
+        pinged && staged == "DENY",
+        "a staged policy must change nothing and be traced as a deny\n{}",
+        lab.logs()
+    );
     Ok(())
+}
+
+/// What policy trace says of a ping (ICMP echo request) between two pods.
+fn trace_ping(lab: &Lab, from: usize, to: usize) -> anyhow::Result<brindle_proto::policy::v1::TraceResponse> {
+    let (source, destination) = (lab.pods[from].ip.to_string(), lab.pods[to].ip.to_string());
+    lab.policy(move |mut client| async move {
+        use brindle_proto::policy::v1 as pb;
+        let peer = |ip: String| {
+            Some(pb::TracePeer {
+                peer: Some(pb::trace_peer::Peer::Ip(ip)),
+            })
+        };
+        let request = pb::TraceRequest {
+            source: peer(source),
+            destination: peer(destination),
+            protocol: "ICMP".into(),
+            ..Default::default()
+        };
+        Ok(client.trace(request).await?.into_inner())
+    })
 }
