@@ -183,6 +183,26 @@ fn nodes_announce_their_blocks_and_pods_cross_subnets_unencapsulated_through_the
         || router_table(&lab) == expected,
     );
 
+    // Every node's own BGP identity is in its registration: router id its address, the cluster's AS.
+    let out = lab
+        .cli(&["node", "status", "-o", "json"])
+        .output()
+        .expect("node status");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    for node in &lab.nodes {
+        let shown = status["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["node"] == node.name.as_str())
+            .unwrap_or_else(|| panic!("{} in {status}", node.name));
+        assert_eq!(
+            shown["bgp"],
+            serde_json::json!({"routerId": node.address.to_string(), "asNumber": 64512}),
+            "{shown}"
+        );
+    }
+
     // A host outside the cluster reaches every pod.
     lab.add_outside().expect("outside");
     let outside = lab.outside.as_ref().expect("outside");

@@ -32,6 +32,7 @@ use brindle_grpc::{ClientTlsArgs, Dialer, LogArgs, tls};
 use brindle_metrics::{GrpcMetricsLayer, Metrics};
 use brindle_selector::labels;
 use route_api::Node;
+use route_api::model::NodeBgp;
 
 /// brindle's per-node agent.
 #[derive(Debug, Parser)]
@@ -231,7 +232,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!(?failure, "start-up reconciliation incomplete; GC will finish it");
     }
     if let (Some(route_endpoint), Some(encapsulation)) = (&args.route_endpoint, encapsulation) {
-        let registration = Node {
+        let mut registration = Node {
             name: node.clone(),
             addresses: args.node_address.clone(),
             ipv4_subnet: args.node_subnet,
@@ -241,6 +242,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             vtep_ipv4: None,
             vtep_ipv6: None,
             ipip_tunnel_ipv4: None,
+            bgp: None,
             lease: 0,
         };
         let bgp = match (&args.bird_config, &args.bird_socket) {
@@ -259,6 +261,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     router_id,
                     as_number: args.bgp_as_number,
                 };
+                registration.bgp = Some(NodeBgp {
+                    router_id,
+                    as_number: args.bgp_as_number,
+                });
                 Some(BgpSpeaker::new(
                     Bird::new(config.clone(), socket.clone()),
                     local,

@@ -48,6 +48,7 @@ fn remote_node(name: &str, address: Ipv4Addr, vtep: Option<Ipv4Addr>) -> (String
         vtep_ipv4: vtep,
         vtep_ipv6: None,
         ipip_tunnel_ipv4: None,
+        bgp: None,
         lease: 0,
     };
     (format!("node/{name}"), RouteItem::Node(node))

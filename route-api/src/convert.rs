@@ -1,13 +1,13 @@
 //! Between the routing model and `brindle.route.v1` messages, both ways (route-svc encodes, the
 //! node agent decodes).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_proto::InvalidField;
 use brindle_proto::route::v1 as pb;
 use ipnet::IpNet;
 
-use crate::model::{Encapsulation, Node, PoolRoute, RouteItem};
+use crate::model::{Encapsulation, Node, NodeBgp, PoolRoute, RouteItem};
 
 fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> InvalidField {
     InvalidField::new(field, reason)
@@ -78,6 +78,8 @@ pub fn node_to_proto(node: &Node) -> pb::Node {
         vtep_ipv6: text(node.vtep_ipv6),
         ipip_tunnel_ipv4: text(node.ipip_tunnel_ipv4),
         revision: 0,
+        bgp_router_id: text(node.bgp.map(|b| b.router_id)),
+        bgp_as_number: node.bgp.and_then(|b| b.as_number),
     }
 }
 
@@ -96,9 +98,24 @@ pub fn node_from_proto(node: pb::Node, field: &str) -> Result<Node, InvalidField
         vtep_ipv4: parse_optional(&format!("{field}.vtep_ipv4"), &node.vtep_ipv4)?,
         vtep_ipv6: parse_optional(&format!("{field}.vtep_ipv6"), &node.vtep_ipv6)?,
         ipip_tunnel_ipv4: parse_optional(&format!("{field}.ipip_tunnel_ipv4"), &node.ipip_tunnel_ipv4)?,
+        bgp: node_bgp(field, &node.bgp_router_id, node.bgp_as_number)?,
         name: node.name,
         lease: 0,
     })
+}
+
+/// A node's BGP identity: a router id, and an AS number only with one (never 0).
+fn node_bgp(field: &str, router_id: &str, as_number: Option<u32>) -> Result<Option<NodeBgp>, InvalidField> {
+    let router_id = parse_optional::<Ipv4Addr>(&format!("{field}.bgp_router_id"), router_id)?;
+    match (router_id, as_number) {
+        (_, Some(0)) => Err(invalid(format!("{field}.bgp_as_number"), "0 is not an AS number")),
+        (None, Some(_)) => Err(invalid(
+            format!("{field}.bgp_as_number"),
+            "given without bgp_router_id",
+        )),
+        (None, None) => Ok(None),
+        (Some(router_id), as_number) => Ok(Some(NodeBgp { router_id, as_number })),
+    }
 }
 
 fn encapsulation_to_proto(encapsulation: Encapsulation) -> pb::Encapsulation {
@@ -205,3 +222,54 @@ brindle_sync::impl_wire!(
     entry_to_proto: entry_to_proto,
     entry_from_proto: entry_from_proto,
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nodes_bgp_identity_round_trips_and_bad_ones_are_named() {
+        let message = pb::Node {
+            name: "n1".into(),
+            addresses: vec!["192.0.2.1".into()],
+            bgp_router_id: "192.0.2.1".into(),
+            bgp_as_number: Some(65010),
+            ..pb::Node::default()
+        };
+        let node = node_from_proto(message.clone(), "node").expect("valid");
+        assert_eq!(
+            node.bgp,
+            Some(NodeBgp {
+                router_id: Ipv4Addr::new(192, 0, 2, 1),
+                as_number: Some(65010)
+            })
+        );
+        assert_eq!(node_to_proto(&node).bgp_as_number, Some(65010));
+        for (bad, named) in [
+            (
+                pb::Node {
+                    bgp_as_number: Some(0),
+                    ..message.clone()
+                },
+                "node.bgp_as_number",
+            ),
+            (
+                pb::Node {
+                    bgp_router_id: String::new(),
+                    ..message.clone()
+                },
+                "node.bgp_as_number",
+            ),
+            (
+                pb::Node {
+                    bgp_router_id: "fd00::1".into(),
+                    ..message
+                },
+                "node.bgp_router_id",
+            ),
+        ] {
+            let error = node_from_proto(bad, "node").expect_err(named).to_string();
+            assert!(error.contains(named), "{error}");
+        }
+    }
+}

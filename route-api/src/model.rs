@@ -36,9 +36,23 @@ pub struct Node {
     /// IP-in-IP tunnel address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipip_tunnel_ipv4: Option<Ipv4Addr>,
+    /// Its BGP identity, when its agent drives a BGP daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<NodeBgp>,
     /// Lease that keeps the registration alive (0: none).
     #[serde(default)]
     pub lease: u64,
+}
+
+/// A node's BGP identity (Calico's Node `spec.bgp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeBgp {
+    /// Its router id.
+    pub router_id: Ipv4Addr,
+    /// Its own AS number; `None`: the cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_number: Option<u32>,
 }
 
 /// The MAC of a node's VXLAN device: derived from the node's name, so it survives agent restarts

@@ -242,6 +242,7 @@ async fn a_snapshot_larger_than_one_piece_arrives_in_pieces_and_is_applied_whole
             vtep_ipv4: None,
             vtep_ipv6: None,
             ipip_tunnel_ipv4: None,
+            bgp: None,
             lease: 0,
         };
         registry

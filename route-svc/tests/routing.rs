@@ -46,6 +46,7 @@ fn node(name: &str, address: &str) -> Node {
         vtep_ipv4: None,
         vtep_ipv6: None,
         ipip_tunnel_ipv4: None,
+        bgp: None,
         lease: 0,
     }
 }

@@ -79,6 +79,7 @@ async fn seed(store: &dyn Store) -> anyhow::Result<()> {
             vtep_ipv4: None,
             vtep_ipv6: None,
             ipip_tunnel_ipv4: None,
+            bgp: None,
             lease: 0,
         };
         txn = txn.put(keys::node(&node.name), serde_json::to_vec(&node)?);

@@ -217,6 +217,23 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
         .and_then(Transport::from_header_value)
         .map_or("not reported by the server", Transport::describe);
     let routes = routes.into_inner();
+    // The cluster's AS, for the nodes that use it (asked only when a node speaks BGP).
+    let speaks_bgp = routes
+        .nodes
+        .iter()
+        .any(|s| s.node.as_ref().is_some_and(|n| !n.bgp_router_id.is_empty()));
+    let cluster_as = if speaks_bgp {
+        clients
+            .route()
+            .await?
+            .get_bgp_configuration(route::GetBgpConfigurationRequest {})
+            .await
+            .map_err(|s| clients.failed(Service::Route, s))?
+            .into_inner()
+            .as_number
+    } else {
+        0
+    };
     let policies = clients
         .policy()
         .await?
@@ -248,6 +265,8 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
     let mut values = Vec::new();
     let mut sessions = Table::new(&[
         "NODE",
+        "LOCAL-AS",
+        "ROUTER-ID",
         "PEER",
         "PEER-ADDRESS",
         "AS",
@@ -261,9 +280,16 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
             .as_ref()
             .map(|s| s.bgp_sessions.clone())
             .unwrap_or_default();
+        let registered = route_status.as_ref().and_then(|s| s.node.as_ref());
+        let router_id = registered.map(|n| n.bgp_router_id.clone()).unwrap_or_default();
+        let local_as = registered
+            .filter(|_| !router_id.is_empty())
+            .map(|n| n.bgp_as_number.unwrap_or(cluster_as));
         for session in &bgp {
             sessions.row(vec![
                 name.clone(),
+                local_as.map(|a| a.to_string()).unwrap_or_default(),
+                router_id.clone(),
                 session.peer.clone(),
                 session.address.clone(),
                 session.as_number.to_string(),
@@ -323,6 +349,7 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
                 "programmed": policy_status.as_ref().map_or(0, |s| s.programmed),
                 "endpoints": policy_status.as_ref().map_or(0, |s| s.endpoints),
             },
+            "bgp": local_as.map(|a| json!({"routerId": router_id, "asNumber": a})),
             "bgpSessions": bgp.iter().map(|s| json!({
                 "peer": s.peer,
                 "address": s.address,

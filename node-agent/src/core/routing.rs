@@ -242,6 +242,7 @@ mod tests {
             vtep_ipv4: Some(std::net::Ipv4Addr::new(10, 99, 255, last)),
             vtep_ipv6: None,
             ipip_tunnel_ipv4: None,
+            bgp: None,
             lease: 0,
         };
         (format!("node/{name}"), RouteItem::Node(node))

@@ -225,6 +225,7 @@ mod tests {
             vtep_ipv4: None,
             vtep_ipv6: None,
             ipip_tunnel_ipv4: None,
+            bgp: None,
             lease: 0,
         };
         (format!("node/{name}"), RouteItem::Node(node))
