@@ -177,3 +177,157 @@ fn the_backend_is_the_one_holding_the_hosts_rules() {
     ]);
     nft.run(|| async { assert_eq!(IptablesBackend::detect(), IptablesBackend::Nft) });
 }
+
+/// Wires pod namespace `pod` (address `ip`) to `node` through host interface `interface`, Calico
+/// style: a /32 behind 169.254.1.1 (a permanent neighbour: the host side's MAC), a route to the pod.
+fn wire_pod(node: &Netns, pod: &Netns, interface: &str, ip: &str) {
+    const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
+    node.exec(&[
+        "ip", "link", "add", interface, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+    ]);
+    node.exec(&["ip", "link", "set", interface, "address", HOST_MAC, "up"]);
+    node.exec(&["ip", "route", "add", &format!("{ip}/32"), "dev", interface]);
+    pod.exec(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
+    pod.exec(&["ip", "link", "set", "eth0", "up"]);
+    pod.exec(&["ip", "route", "add", "169.254.1.1", "dev", "eth0"]);
+    pod.exec(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
+    pod.exec(&[
+        "ip",
+        "neigh",
+        "add",
+        "169.254.1.1",
+        "lladdr",
+        HOST_MAC,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+}
+
+/// Subscribes to NFLOG group `group` for IPv4 in the calling thread's namespace.
+fn nflog_socket(group: u16) -> netlink_sys::Socket {
+    use netlink_packet_netfilter::NetfilterProtoFamily;
+    use netlink_packet_netfilter::nflog::{ConfigCmd, ConfigMode, Timeout, config_request};
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).expect("socket");
+    socket.bind_auto().expect("bind");
+    for request in [
+        config_request(NetfilterProtoFamily::IPv4, 0, vec![ConfigCmd::PfBind.into()]),
+        config_request(
+            NetfilterProtoFamily::IPv4,
+            group,
+            vec![
+                ConfigCmd::Bind.into(),
+                ConfigMode::PACKET_MAX.into(),
+                Timeout::from(std::time::Duration::from_millis(50)).into(),
+            ],
+        ),
+    ] {
+        let mut buffer = vec![0; request.header.length as usize];
+        request.serialize(&mut buffer);
+        socket.send(&buffer, 0).expect("send");
+    }
+    socket.set_non_blocking(true).expect("non-blocking");
+    socket
+}
+
+/// The (prefix, IPv4 payload) of every NFLOG packet message queued on the socket (the kernel's
+/// configuration answers are skipped).
+fn nflog_packets(socket: &netlink_sys::Socket) -> Vec<(String, Vec<u8>)> {
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    use netlink_packet_netfilter::nflog::{PacketNla, ULogMessage};
+    use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
+    let mut packets = Vec::new();
+    let mut buffer = vec![0; 65536];
+    while let Ok(size) = socket.recv(&mut &mut buffer[..], 0) {
+        let mut offset = 0;
+        while offset < size {
+            let Ok(message) = NetlinkMessage::<NetfilterMessage>::deserialize(&buffer[offset..size]) else {
+                break;
+            };
+            let length = message.header.length as usize;
+            if let NetlinkPayload::InnerMessage(NetfilterMessage {
+                inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
+                ..
+            }) = message.payload
+            {
+                let mut prefix = String::new();
+                let mut payload = Vec::new();
+                for nla in nlas {
+                    match nla {
+                        PacketNla::Prefix(text) => prefix = text.to_string_lossy().into_owned(),
+                        PacketNla::Payload(bytes) => payload = bytes,
+                        _ => {}
+                    }
+                }
+                packets.push((prefix, payload));
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length;
+        }
+    }
+    packets
+}
+
+/// A packet a policy drops is first sent to NFLOG group 1 with a prefix naming what denied it:
+/// here the end of web's ingress policies (`DX brdaaaa i`) for a ping from the client, which the
+/// policy (TCP http and UDP 9000-9010 only) does not admit.
+#[test]
+fn denied_packets_reach_nflog_naming_what_denied_them() {
+    let node = Netns::new("nflog");
+    let (web, client) = (Netns::new("web"), Netns::new("client"));
+    wire_pod(&node, &web, "brdaaaa", "10.0.0.2");
+    wire_pod(&node, &client, "brdbbbb", "10.0.0.3");
+    node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let client_name = client.name.clone();
+    node.run(move || async move {
+        let iptables = IptablesCommands::new(IptablesBackend::detect());
+        let desired = render(&calculation().view("n1"), Family::V4);
+        PolicyApplier::new(Family::V4)
+            .apply(&iptables, &IpsetCommands, &desired)
+            .expect("apply");
+        let socket = nflog_socket(node_agent::core::policy::DENIED_NFLOG_GROUP);
+        let pinged = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client_name,
+                "ping",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "10.0.0.2",
+            ])
+            .status()
+            .expect("ping");
+        assert!(!pinged.success(), "the policy admits no ping");
+        // NFLOG flushes its queue every 50 ms (the Timeout above).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let packets = nflog_packets(&socket);
+        let denied: Vec<&(String, Vec<u8>)> = packets
+            .iter()
+            .filter(|(prefix, payload)| {
+                prefix == "DX brdaaaa i"
+                    && payload.len() >= 20
+                    && payload[9] == 1
+                    && payload[12..16] == [10, 0, 0, 3]
+                    && payload[16..20] == [10, 0, 0, 2]
+            })
+            .collect();
+        assert_eq!(denied.len(), 3, "one per echo request: {packets:?}");
+    });
+}

@@ -34,6 +34,10 @@ const ACCEPT_MARK: u32 = 0x10000;
 const PASS_MARK: u32 = 0x20000;
 /// Most ports (a range counts two) one multiport match takes.
 const MULTIPORT_SLOTS: usize = 15;
+/// The NFLOG group denied packets are sent to (`tcpdump -i nflog:1` reads it).
+pub const DENIED_NFLOG_GROUP: u16 = 1;
+/// Denied packets sent to NFLOG per second, per rule (a token bucket: bursts of as many).
+const DENIED_NFLOG_PER_SECOND: u32 = 1000;
 
 /// The address family a renderer and an applier work on: IPv4 (iptables, `inet` sets named
 /// `brd-…`) or IPv6 (ip6tables, `inet6` sets named `brd6-…`; the two share the ipset namespace).

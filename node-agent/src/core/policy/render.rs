@@ -10,8 +10,8 @@ use policy_api::rule_text;
 use policy_api::view::{CompiledRule, CompiledSide, IpSetKind, PolicyView, ViewEntry};
 
 use super::{
-    ACCEPT_MARK, FORWARD_CHAIN, FROM_WORKLOADS, Family, MULTIPORT_SLOTS, PASS_MARK, TO_WORKLOADS,
-    WORKLOAD_INTERFACES,
+    ACCEPT_MARK, DENIED_NFLOG_GROUP, DENIED_NFLOG_PER_SECOND, FORWARD_CHAIN, FROM_WORKLOADS, Family,
+    MULTIPORT_SLOTS, PASS_MARK, TO_WORKLOADS, WORKLOAD_INTERFACES,
 };
 
 /// An ipset to hold.
@@ -146,11 +146,11 @@ impl Renderer {
             to.push(format!("-o {interface} -g brd-tw-{interface}"));
             chains.insert(
                 format!("brd-fw-{interface}"),
-                endpoint_chain(&endpoint.egress, "po", &policies),
+                endpoint_chain(&endpoint.egress, "po", &policies, interface),
             );
             chains.insert(
                 format!("brd-tw-{interface}"),
-                endpoint_chain(&endpoint.ingress, "pi", &policies),
+                endpoint_chain(&endpoint.ingress, "pi", &policies, interface),
             );
         }
         // A workload interface the view does not know yet (or any more) gets nothing through.
@@ -201,9 +201,25 @@ impl Renderer {
     }
 }
 
+/// The rule that sends a packet about to be denied to NFLOG ([`DENIED_NFLOG_GROUP`], rate
+/// limited) with `prefix` saying what denied it: `DR <policy id> <i|e><rule index>` for a Deny
+/// rule, `DX <interface> <i|e>` for the end of an endpoint's policies. (Ids and interface names
+/// are plain text: [`rule_text`] checked them.)
+fn denied_log(prefix: &str) -> String {
+    format!(
+        "-m limit --limit {DENIED_NFLOG_PER_SECOND}/second --limit-burst {DENIED_NFLOG_PER_SECOND} \
+         -j NFLOG --nflog-group {DENIED_NFLOG_GROUP} --nflog-prefix \"{prefix}\""
+    )
+}
+
 /// An endpoint's chain for one direction: each policy in order, returning (allowed) as soon as
-/// one allows or passes; dropped at the end when any policy applies.
-fn endpoint_chain(ids: &[String], kind: &str, policies: &BTreeMap<String, &PolicyView>) -> Vec<String> {
+/// one allows or passes; logged and dropped at the end when any policy applies.
+fn endpoint_chain(
+    ids: &[String],
+    kind: &str,
+    policies: &BTreeMap<String, &PolicyView>,
+    interface: &str,
+) -> Vec<String> {
     let mut rules = vec![format!("-j MARK --set-xmark 0x0/{:#x}", ACCEPT_MARK | PASS_MARK)];
     let known: Vec<&String> = ids.iter().filter(|id| policies.contains_key(*id)).collect();
     for id in &known {
@@ -214,6 +230,8 @@ fn endpoint_chain(ids: &[String], kind: &str, policies: &BTreeMap<String, &Polic
         rules.push(format!("-m mark --mark {PASS_MARK:#x}/{PASS_MARK:#x} -j RETURN"));
     }
     if !ids.is_empty() {
+        let direction = if kind == "pi" { 'i' } else { 'e' };
+        rules.push(denied_log(&format!("DX {interface} {direction}")));
         rules.push("-j DROP".to_owned());
     }
     rules
@@ -228,7 +246,7 @@ fn policy_chain(
 ) -> Vec<String> {
     let rules = if ingress { &policy.ingress } else { &policy.egress };
     let mut lines = Vec::new();
-    for rule in rules {
+    for (index, rule) in rules.iter().enumerate() {
         let matches = rule_matches(rule, family, sets);
         let (target, mark) = match rule.action {
             Action::Allow => (
@@ -243,6 +261,14 @@ fn policy_chain(
             Action::Log => (format!("-j LOG --log-prefix \"brd {} \"", policy.id), None),
         };
         for matched in &matches {
+            if rule.action == Action::Deny {
+                let denied = format!("DR {} {}{index}", policy.id, if ingress { 'i' } else { 'e' });
+                lines.push(
+                    format!("{matched}{}", denied_log(&denied))
+                        .trim_start()
+                        .to_owned(),
+                );
+            }
             lines.push(format!("{matched}{target}").trim_start().to_owned());
         }
         if let (Some(mark), false) = (mark, matches.is_empty()) {

@@ -209,6 +209,12 @@ spec:
         rules.iter().all(|r| r.matches("-p ").count() <= 1),
         "iptables accepts one protocol match per rule: {rules:?}"
     );
+    // The Deny rule's packets go to NFLOG first, rate limited, named by policy, direction, rule.
+    let logged = rules
+        .iter()
+        .position(|r| r.contains("-m limit --limit 1000/second --limit-burst 1000 -j NFLOG --nflog-group 1 --nflog-prefix \"DR ") && r.ends_with(" i0\""))
+        .expect("an NFLOG rule before the drop");
+    assert!(rules[logged + 1].ends_with("\" -p tcp -j DROP"), "{rules:?}");
 }
 
 #[test]
