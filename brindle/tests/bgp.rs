@@ -83,6 +83,19 @@ fn counted(lab: &Lab, comment: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether `brindle node status` reports a BGP session of node `name` that `matches`.
+fn has_session(
+    lab: &Lab,
+    name: &str,
+    matches: impl Fn(&brindle_proto::route::v1::BgpSession) -> bool,
+) -> bool {
+    lab.node_status().is_ok_and(|nodes| {
+        nodes
+            .iter()
+            .any(|n| n.node.as_ref().is_some_and(|m| m.name == name) && n.bgp_sessions.iter().any(&matches))
+    })
+}
+
 /// Gives node `node` a BGPPeer toward its router with `as_number` and `password`, and waits until
 /// `brindle node status` reports that session down with `why` in its info.
 fn refused_session_explained(lab: &Lab, node: usize, as_number: u32, password: Option<&str>, why: &str) {
@@ -97,13 +110,8 @@ fn refused_session_explained(lab: &Lab, node: usize, as_number: u32, password: O
         lab,
         Duration::from_secs(60),
         || {
-            lab.node_status().is_ok_and(|nodes| {
-                nodes.iter().any(|n| {
-                    n.node.as_ref().is_some_and(|m| m.name == name)
-                        && n.bgp_sessions
-                            .iter()
-                            .any(|s| s.state != "Established" && s.last_error.contains(why))
-                })
+            has_session(lab, &name, |s| {
+                s.state != "Established" && s.last_error.contains(why)
             })
         },
     );
@@ -319,14 +327,7 @@ fn nodes_announce_their_blocks_and_pods_cross_subnets_unencapsulated_through_the
         "its session established again",
         &lab,
         Duration::from_secs(60),
-        || {
-            lab.node_status().is_ok_and(|nodes| {
-                nodes.iter().any(|n| {
-                    n.node.as_ref().is_some_and(|m| m.name == name)
-                        && n.bgp_sessions.iter().any(|s| s.state == "Established")
-                })
-            })
-        },
+        || has_session(&lab, &name, |s| s.state == "Established"),
     );
     lab.kill(&name).expect("SIGKILL the agent");
     lab.kill(&format!("{name}-bird")).expect("SIGKILL BIRD");

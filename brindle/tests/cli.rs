@@ -517,7 +517,7 @@ fn node_status_and_trace(cli: &Cli<'_>, ip: &str) {
         "{traced}"
     );
     assert!(traced.contains("shop/knp.web"), "the deciding policy: {traced}");
-    let traced = cli.json(&[
+    let args = [
         "policy",
         "trace",
         "--from",
@@ -526,7 +526,8 @@ fn node_status_and_trace(cli: &Cli<'_>, ip: &str) {
         "shop/web-1",
         "--port",
         "80",
-    ]);
+    ];
+    let traced = cli.json(&args);
     assert_eq!(traced["verdict"], "allow", "{traced}");
 
     // A staged deny: nothing enforced changes, trace shows both verdicts.
@@ -540,16 +541,6 @@ fn node_status_and_trace(cli: &Cli<'_>, ip: &str) {
         yaml.contains("kind: StagedGlobalNetworkPolicy") && yaml.contains("stagedAction: Set"),
         "{yaml}"
     );
-    let args = [
-        "policy",
-        "trace",
-        "--from",
-        "shop/web-1",
-        "--to",
-        "shop/web-1",
-        "--port",
-        "80",
-    ];
     let table = cli.ok(&args);
     assert!(
         table.starts_with(&format!(

@@ -62,37 +62,28 @@ pub fn encode_state<W: Wire>(state: &BTreeMap<String, W::Value>) -> Vec<u8> {
     W::state(state.iter().map(|(k, v)| W::entry_to_proto(k, v)).collect()).encode_to_vec()
 }
 
-/// An entry of a kind the subscriber does not know (added after it was built): left out of its
-/// mirror (a value it held under that key is removed) and reported, so a newer service's state
-/// still applies. (An entry of a known kind that does not convert makes the message unusable:
-/// leaving it out could widen what a policy allows.)
-#[derive(Debug)]
-pub struct SkippedEntry {
-    /// The entry's key.
-    pub key: String,
-}
-
 /// What one response did to a subscriber's mirror.
 #[derive(Debug, Default)]
 pub struct Applied {
     /// Whether the mirror changed (`false`: a keepalive, a piece of a snapshot).
     pub changed: bool,
-    /// The entries left out.
-    pub skipped: Vec<SkippedEntry>,
+    /// The keys of entries of a kind the subscriber does not know (added after it was built):
+    /// left out of its mirror (a value it held under such a key is removed), so a newer
+    /// service's state still applies. (An entry of a known kind that does not convert makes the
+    /// message unusable: leaving it out could widen what a policy allows.)
+    pub skipped: Vec<String>,
 }
 
 /// Converts entry messages; those of unknown kinds go to `skipped`, one of a known kind that
 /// does not convert is an error.
 fn convert_entries<W: Wire>(
     entries: Vec<W::Entry>,
-    skipped: &mut Vec<SkippedEntry>,
+    skipped: &mut Vec<String>,
 ) -> Result<Vec<(String, W::Value)>, InvalidField> {
     let mut converted = Vec::with_capacity(entries.len());
     for entry in entries {
         if W::entry_is_unknown(&entry) {
-            skipped.push(SkippedEntry {
-                key: W::entry_key(&entry),
-            });
+            skipped.push(W::entry_key(&entry));
         } else {
             converted.push(W::entry_from_proto(entry)?);
         }
@@ -103,7 +94,7 @@ fn convert_entries<W: Wire>(
 /// A decoded (uncompressed) state message; entries of unknown kinds go to `skipped`.
 pub fn decode_state<W: Wire>(
     bytes: &[u8],
-    skipped: &mut Vec<SkippedEntry>,
+    skipped: &mut Vec<String>,
 ) -> Result<BTreeMap<String, W::Value>, InvalidField> {
     let state = W::State::decode(bytes).map_err(|e| InvalidField::new("snapshot", e))?;
     Ok(convert_entries::<W>(W::state_entries(state), skipped)?
@@ -139,7 +130,7 @@ pub fn apply_response<W: Wire>(
         Some(Payload::Delta(delta)) => {
             let (upserts, mut removed) = W::delta_parts(delta);
             let upserts = convert_entries::<W>(upserts, &mut skipped)?;
-            removed.extend(skipped.iter().map(|s| s.key.clone()));
+            removed.extend(skipped.iter().cloned());
             Received::Delta(Batch {
                 from: 0,
                 to: revision,

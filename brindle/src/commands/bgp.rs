@@ -219,15 +219,20 @@ pub async fn apply_peer(clients: &Clients, peer: route::BgpPeer) -> anyhow::Resu
     Ok(format!("bgppeer/{name} applied"))
 }
 
-/// Prints the configuration.
-pub async fn get_configuration(clients: &Clients, format: OutputFormat) -> anyhow::Result<()> {
-    let configuration = clients
+/// The cluster's BGP configuration, as route-svc holds it.
+pub async fn configuration_of(clients: &Clients) -> anyhow::Result<route::BgpConfiguration> {
+    Ok(clients
         .route()
         .await?
         .get_bgp_configuration(route::GetBgpConfigurationRequest {})
         .await
         .map_err(|s| clients.failed(Service::Route, s))?
-        .into_inner();
+        .into_inner())
+}
+
+/// Prints the configuration.
+pub async fn get_configuration(clients: &Clients, format: OutputFormat) -> anyhow::Result<()> {
+    let configuration = configuration_of(clients).await?;
     let mut table = Table::new(&["NAME", "AS", "LISTEN-PORT", "LOG", "NODE-TO-NODE-MESH"]);
     table.row(vec![
         "default".into(),

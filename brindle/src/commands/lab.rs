@@ -217,11 +217,8 @@ fn staged_demo(lab: &Lab) -> anyhow::Result<()> {
     println!("\nstaging a Calico policy (projectcalico.org/v3, never enforced):\n{manifest}");
     lab.apply(&manifest)?;
     let traced = trace_ping(lab, from, to)?;
-    let verdict = |v: i32| match brindle_proto::policy::v1::Verdict::try_from(v) {
-        Ok(brindle_proto::policy::v1::Verdict::Allow) => "ALLOW",
-        _ => "DENY",
-    };
-    let staged = traced.staged_verdict.map_or("-", verdict);
+    let verdict = |v: i32| super::trace::verdict(v).to_uppercase();
+    let staged = traced.staged_verdict.map_or_else(|| "-".to_owned(), verdict);
     let pinged =
         lab.pods[from]
             .namespace

@@ -108,10 +108,7 @@ pub async fn delete(args: NodeDeleteArgs) -> anyhow::Result<()> {
         ipam: clients.ipam().await?,
         policy: clients.policy().await?,
     };
-    let deleted = services
-        .delete_node(&args.node, None)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}: {:?}: {}", e.what, e.status.code(), e.status.message()))?;
+    let deleted = services.delete_node(&args.node, None).await?;
     anyhow::ensure!(
         registered || labelled.is_some() || deleted != kube_sync::nodes::NodeDeleted::default(),
         "node/{} not found: not registered, not labelled, and holding no address, block or endpoint",
@@ -223,14 +220,7 @@ pub async fn status(args: NodeStatusArgs) -> anyhow::Result<()> {
         .iter()
         .any(|s| s.node.as_ref().is_some_and(|n| !n.bgp_router_id.is_empty()));
     let cluster_as = if speaks_bgp {
-        clients
-            .route()
-            .await?
-            .get_bgp_configuration(route::GetBgpConfigurationRequest {})
-            .await
-            .map_err(|s| clients.failed(Service::Route, s))?
-            .into_inner()
-            .as_number
+        super::bgp::configuration_of(&clients).await?.as_number
     } else {
         0
     };

@@ -21,7 +21,8 @@ fn peer(text: &str) -> policy::TracePeer {
     policy::TracePeer { peer: Some(peer) }
 }
 
-fn verdict(value: i32) -> &'static str {
+/// A verdict's name (`allow`, `deny`).
+pub(super) fn verdict(value: i32) -> &'static str {
     match policy::Verdict::try_from(value) {
         Ok(policy::Verdict::Allow) => "allow",
         Ok(policy::Verdict::Deny) => "deny",

@@ -242,11 +242,11 @@ async fn sync_once<S: SyncService, T: SyncTarget<ValueOf<S>>>(
                 match brindle_sync::apply_response::<S::Wire>(mirror, &mut pieces, message) {
                     Ok(applied) => {
                         pending |= applied.changed;
-                        for skipped in applied.skipped {
+                        for key in applied.skipped {
                             metrics.skipped.get_or_create(&labels([("service", S::NAME)])).inc();
                             tracing::warn!(
                                 service = S::NAME,
-                                key = skipped.key,
+                                key,
                                 "state entry of a kind this agent does not know left out: is it older than the service?"
                             );
                         }

@@ -188,22 +188,7 @@ impl NetworkPolicy {
         let egress_rules = spec.egress.as_deref().unwrap_or_default();
         let (ingress_enabled, egress_enabled) = match &spec.policy_types {
             None => (true, !egress_rules.is_empty()),
-            Some(types) => {
-                let mut enabled = (false, false);
-                for (index, kind) in types.iter().enumerate() {
-                    match kind.as_str() {
-                        "Ingress" => enabled.0 = true,
-                        "Egress" => enabled.1 = true,
-                        other => {
-                            return Err(invalid(
-                                format!("spec.policyTypes[{index}]"),
-                                format!("{other:?}: expected Ingress or Egress"),
-                            ));
-                        }
-                    }
-                }
-                enabled
-            }
+            Some(types) => validate::policy_types("spec.policyTypes", types)?,
         };
         let mut ingress = Vec::new();
         for (index, rule) in ingress_rules.iter().enumerate() {

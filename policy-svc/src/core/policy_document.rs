@@ -226,22 +226,7 @@ impl PolicyDocument {
         let egress = rules("spec.egress", &spec.egress)?;
         let (ingress_enabled, egress_enabled) = match &spec.types {
             None => (!ingress.is_empty() || egress.is_empty(), !egress.is_empty()),
-            Some(types) => {
-                let mut enabled = (false, false);
-                for (index, kind) in types.iter().enumerate() {
-                    match kind.as_str() {
-                        "Ingress" => enabled.0 = true,
-                        "Egress" => enabled.1 = true,
-                        other => {
-                            return Err(invalid(
-                                format!("spec.types[{index}]"),
-                                format!("{other:?}: expected Ingress or Egress"),
-                            ));
-                        }
-                    }
-                }
-                enabled
-            }
+            Some(types) => validate::policy_types("spec.types", types)?,
         };
         Ok(Policy {
             id,

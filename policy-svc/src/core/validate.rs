@@ -60,6 +60,25 @@ pub fn selector(field: &str, text: &str) -> Result<Selector, PolicyError> {
     Selector::parse(text).map_err(|e| invalid(field, e.to_string()))
 }
 
+/// The directions a policy's `types` (`field`: `spec.types`, or Kubernetes' `spec.policyTypes`)
+/// name: (ingress, egress).
+pub fn policy_types(field: &str, types: &[String]) -> Result<(bool, bool), PolicyError> {
+    let mut enabled = (false, false);
+    for (index, kind) in types.iter().enumerate() {
+        match kind.as_str() {
+            "Ingress" => enabled.0 = true,
+            "Egress" => enabled.1 = true,
+            other => {
+                return Err(invalid(
+                    format!("{field}[{index}]"),
+                    format!("{other:?}: expected Ingress or Egress"),
+                ));
+            }
+        }
+    }
+    Ok(enabled)
+}
+
 /// Checks the rules of one direction (`field` is e.g. `spec.ingress`).
 pub fn rules(field: &str, rules: &[Rule]) -> Result<(), PolicyError> {
     for (index, rule) in rules.iter().enumerate() {
