@@ -108,11 +108,14 @@ pub fn spawn_policy_agent(url: &str, node: &str) -> anyhow::Result<()> {
     );
     let iptables: std::sync::Arc<dyn Iptables> =
         std::sync::Arc::new(IptablesCommands::new(IptablesBackend::detect()));
-    tokio::spawn(agent.follow(
-        node.to_owned(),
+    let programmer = node_agent::core::policy::programmer::PolicyProgrammer::new(
         vec![(node_agent::core::policy::Family::V4, iptables)],
         std::sync::Arc::new(IpsetCommands),
         node_agent::core::follow::DEFAULT_RESYNC_EVERY,
+    );
+    tokio::spawn(agent.follow(
+        node.to_owned(),
+        programmer,
         node_agent::grpc::sync_client::SyncMetrics::default(),
     ));
     Ok(())

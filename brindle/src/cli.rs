@@ -36,6 +36,9 @@ pub enum Command {
     /// Network policy tools.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Flows the nodes' policies allowed or denied (every node's, as their agents report them),
+    /// naming the deciding policy and rule as `policy trace` does.
+    Flows(FlowsArgs),
     /// Create a CA (once) and certificates for the services, nodes and administrators (mTLS).
     Certs(CertsArgs),
     /// Print a shell completion script (e.g. `brindle completions bash > /etc/bash_completion.d/brindle`).
@@ -279,6 +282,26 @@ pub struct PolicyTraceArgs {
     /// ICMP code of the packet (with --icmp-type).
     #[arg(long, requires = "icmp_type")]
     pub icmp_code: Option<u8>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    /// Only denied flows.
+    #[arg(long)]
+    pub denied: bool,
+    /// Only flows with a pod of this namespace at either end.
+    #[arg(long, short)]
+    pub namespace: Option<String>,
+    /// Keep printing flows as nodes report them (each line holds the flow's totals so far).
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Show the most recently seen this many flows (at most 10000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub limit: u32,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]

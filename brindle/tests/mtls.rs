@@ -332,6 +332,50 @@ fn node_identity_from_client_certificates_limits_what_each_caller_may_do() {
         ),
         "administrators only",
     );
+    // Flow logs: a node reports only its own flows; only administrators read them.
+    let flow = |node: &str| {
+        format!(
+            r#"{{"node": "{node}", "flows": [{{"sourceIp": "{a1}", "destinationIp": "10.9.9.9", "protocol": 6, "sourcePort": 4000, "destinationPort": 80, "direction": "DIRECTION_INGRESS", "verdict": "VERDICT_DENY", "ruleIndex": -1, "packets": 1, "bytes": 60}}]}}"#
+        )
+    };
+    allowed(call(
+        &server,
+        &certs,
+        "node-a",
+        "brindle.policy.v1.Policy/ReportFlows",
+        &flow("a"),
+    ));
+    denied(
+        call(
+            &server,
+            &certs,
+            "node-a",
+            "brindle.policy.v1.Policy/ReportFlows",
+            &flow("b"),
+        ),
+        "may not report flows",
+    );
+    denied(
+        call(
+            &server,
+            &certs,
+            "node-a",
+            "brindle.policy.v1.Policy/ListFlows",
+            "{}",
+        ),
+        "administrators only",
+    );
+    let listed = allowed(call(
+        &server,
+        &certs,
+        "admin-admin",
+        "brindle.policy.v1.Policy/ListFlows",
+        "{}",
+    ));
+    assert!(
+        listed.contains("\"source\": \"default/p\""),
+        "completed with the pod: {listed}"
+    );
 
     // No secrets in the logs: nothing of the private keys.
     let log = std::fs::read_to_string(dir.path().join("server.log")).expect("server log");

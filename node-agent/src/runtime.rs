@@ -15,10 +15,12 @@ use tonic_health::ServingStatus;
 use crate::core::attachments::AttachmentStore;
 use crate::core::bgp::{BgpSpeaker, Bird, LocalBgp};
 use crate::core::cni::{CniOps, FlowSweeper};
+use crate::core::flow_log::{DEFAULT_FLOW_TABLE_SIZE, FlowCollector};
 use crate::core::follow::DEFAULT_RESYNC_EVERY;
 use crate::core::mtu::MtuDetector;
 use crate::core::pods::KubernetesPods;
-use crate::core::policy::Family;
+use crate::core::policy::programmer::PolicyProgrammer;
+use crate::core::policy::{DEFAULT_FLOW_LOG_RATE, FLOW_LOG_NFLOG_GROUP, Family, FlowLogRules};
 use crate::dataplane::{
     IpsetCommands, Iptables, IptablesCommands, NetlinkConntrack, ProcSysctl, RtNetlink, Sysctl,
 };
@@ -125,6 +127,21 @@ pub struct Args {
     #[arg(long, env = "BRINDLE_BGP_AS_NUMBER", requires = "bird_config",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub bgp_as_number: Option<u32>,
+    /// Flow logs also count allowed connections (their first packet), not only denied packets
+    /// (with --policy-endpoint; Calico Enterprise's flow logs of allowed traffic).
+    #[arg(long, env = "BRINDLE_FLOW_LOG_ALLOWED", requires = "policy_endpoint")]
+    pub flow_log_allowed: bool,
+    /// Packets per second each policy rule sends to the flow log at most (a token bucket with
+    /// bursts of as many; iptables' limit match takes at most 10000): what the agent's CPU spends
+    /// on flow logs is bounded by it.
+    #[arg(long, env = "BRINDLE_FLOW_LOG_RATE", default_value_t = DEFAULT_FLOW_LOG_RATE,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub flow_log_rate: u32,
+    /// Flows the agent counts between two reports to policy-svc (every 0.5 s) at most; packets of
+    /// further flows are counted as unrecorded (`brindle_flow_log_unrecorded_packets_total`).
+    #[arg(long, env = "BRINDLE_FLOW_LOG_MAX_FLOWS", default_value_t = DEFAULT_FLOW_TABLE_SIZE,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub flow_log_max_flows: usize,
     /// How logs look.
     #[command(flatten)]
     pub log: LogArgs,
@@ -217,13 +234,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         if std::path::Path::new("/proc/sys/net/ipv6").exists() {
             families.push((Family::V6, ipv6_tables as Arc<dyn Iptables>));
         }
-        tokio::spawn(policy.follow(
-            node.clone(),
-            families,
-            Arc::new(IpsetCommands),
-            resync_every,
-            sync_metrics.clone(),
-        ));
+        let flows = FlowCollector::new(args.flow_log_max_flows, &metrics);
+        flows.start_reading(FLOW_LOG_NFLOG_GROUP);
+        let logging = FlowLogRules {
+            allowed: args.flow_log_allowed,
+            per_second: args.flow_log_rate,
+        };
+        let programmer = PolicyProgrammer::new(families, Arc::new(IpsetCommands), resync_every)
+            .with_flow_log(logging, flows.names());
+        tokio::spawn(flows.report_to(node.clone(), Arc::new(policy.clone())));
+        tokio::spawn(policy.follow(node.clone(), programmer, sync_metrics.clone()));
     }
     let ops = Arc::new(ops);
     // Before anything allocates (the route follower's tunnel addresses): the sweep releases the

@@ -9,7 +9,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use node_agent::core::policy::{FORWARD_CHAIN, Family, PolicyApplier, render};
-use node_agent::dataplane::{IpsetCommands, IptablesBackend, IptablesCommands};
+use node_agent::dataplane::{IpsetCommands, IptablesBackend, IptablesCommands, LoggedPacket, NflogSocket};
 use policy_api::model::{Endpoint, EndpointKey, NamedPort, Namespace, Protocol};
 use policy_svc::core::Calculator;
 use policy_svc::core::resource::{Resource, parse_documents};
@@ -214,72 +214,6 @@ fn wire_pod(node: &Netns, pod: &Netns, interface: &str, ip: &str) {
     ]);
 }
 
-/// Subscribes to NFLOG group `group` for IPv4 in the calling thread's namespace.
-fn nflog_socket(group: u16) -> netlink_sys::Socket {
-    use netlink_packet_netfilter::NetfilterProtoFamily;
-    use netlink_packet_netfilter::nflog::{ConfigCmd, ConfigMode, Timeout, config_request};
-    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER).expect("socket");
-    socket.bind_auto().expect("bind");
-    for request in [
-        config_request(NetfilterProtoFamily::IPv4, 0, vec![ConfigCmd::PfBind.into()]),
-        config_request(
-            NetfilterProtoFamily::IPv4,
-            group,
-            vec![
-                ConfigCmd::Bind.into(),
-                ConfigMode::PACKET_MAX.into(),
-                Timeout::from(std::time::Duration::from_millis(50)).into(),
-            ],
-        ),
-    ] {
-        let mut buffer = vec![0; request.header.length as usize];
-        request.serialize(&mut buffer);
-        socket.send(&buffer, 0).expect("send");
-    }
-    socket.set_non_blocking(true).expect("non-blocking");
-    socket
-}
-
-/// The (prefix, IPv4 payload) of every NFLOG packet message queued on the socket (the kernel's
-/// configuration answers are skipped).
-fn nflog_packets(socket: &netlink_sys::Socket) -> Vec<(String, Vec<u8>)> {
-    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
-    use netlink_packet_netfilter::nflog::{PacketNla, ULogMessage};
-    use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
-    let mut packets = Vec::new();
-    let mut buffer = vec![0; 65536];
-    while let Ok(size) = socket.recv(&mut &mut buffer[..], 0) {
-        let mut offset = 0;
-        while offset < size {
-            let Ok(message) = NetlinkMessage::<NetfilterMessage>::deserialize(&buffer[offset..size]) else {
-                break;
-            };
-            let length = message.header.length as usize;
-            if let NetlinkPayload::InnerMessage(NetfilterMessage {
-                inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
-                ..
-            }) = message.payload
-            {
-                let mut prefix = String::new();
-                let mut payload = Vec::new();
-                for nla in nlas {
-                    match nla {
-                        PacketNla::Prefix(text) => prefix = text.to_string_lossy().into_owned(),
-                        PacketNla::Payload(bytes) => payload = bytes,
-                        _ => {}
-                    }
-                }
-                packets.push((prefix, payload));
-            }
-            if length == 0 {
-                break;
-            }
-            offset += length;
-        }
-    }
-    packets
-}
-
 /// A packet a policy drops is first sent to NFLOG group 1 with a prefix naming what denied it:
 /// here the end of web's ingress policies (`DX brdaaaa i`) for a ping from the client, which the
 /// policy (TCP http and UDP 9000-9010 only) does not admit.
@@ -297,7 +231,8 @@ fn denied_packets_reach_nflog_naming_what_denied_them() {
         PolicyApplier::new(Family::V4)
             .apply(&iptables, &IpsetCommands, &desired)
             .expect("apply");
-        let socket = nflog_socket(node_agent::core::policy::DENIED_NFLOG_GROUP);
+        let mut socket = NflogSocket::bind(node_agent::core::policy::FLOW_LOG_NFLOG_GROUP).expect("bind");
+        socket.set_non_blocking().expect("non-blocking");
         let pinged = std::process::Command::new("ip")
             .args([
                 "netns",
@@ -315,12 +250,19 @@ fn denied_packets_reach_nflog_naming_what_denied_them() {
             .status()
             .expect("ping");
         assert!(!pinged.success(), "the policy admits no ping");
-        // NFLOG flushes its queue every 50 ms (the Timeout above).
+        // NFLOG flushes its queue every 100 ms.
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        let packets = nflog_packets(&socket);
-        let denied: Vec<&(String, Vec<u8>)> = packets
+        let mut packets = Vec::new();
+        loop {
+            let batch = socket.receive().expect("receive");
+            if batch.packets.is_empty() {
+                break;
+            }
+            packets.extend(batch.packets);
+        }
+        let denied: Vec<&LoggedPacket> = packets
             .iter()
-            .filter(|(prefix, payload)| {
+            .filter(|LoggedPacket { prefix, payload }| {
                 prefix == "DX brdaaaa i"
                     && payload.len() >= 20
                     && payload[9] == 1

@@ -38,6 +38,12 @@ pub async fn run(command: LabCommand) -> anyhow::Result<()> {
                 node_labels: Vec::new(),
                 node_cert_lifetime: args.node_cert_lifetime,
                 bgp: args.bgp,
+                // Flow logs of allowed connections too, so that staged verdicts show in them.
+                agent_flags: if args.policy {
+                    vec!["--flow-log-allowed".into()]
+                } else {
+                    Vec::new()
+                },
             };
             let lab = tokio::task::spawn_blocking(move || Lab::up(spec)).await??;
             let lab = tokio::task::spawn_blocking(move || {
@@ -235,6 +241,14 @@ fn staged_demo(lab: &Lab) -> anyhow::Result<()> {
         "a staged policy must change nothing and be traced as a deny\n{}",
         lab.logs()
     );
+    // Agents report every half second.
+    std::thread::sleep(Duration::from_secs(1));
+    println!("\n$ brindle flows --denied   (what the policy dropped, as the nodes logged it)");
+    let status = lab
+        .cli(&["flows", "--denied"])
+        .status()
+        .context("running brindle flows")?;
+    anyhow::ensure!(status.success(), "brindle flows failed\n{}", lab.logs());
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 mod bgp;
 mod connect;
+mod flows;
 mod ipam;
 mod kind;
 mod lab;
@@ -35,6 +36,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Node(NodeCommand::JoinToken(args)) => node::join_token(args).await,
         Command::Node(NodeCommand::Delete(args)) => node::delete(args).await,
         Command::Policy(PolicyCommand::Trace(args)) => trace::trace(args).await,
+        Command::Flows(args) => flows::flows(args).await,
         Command::Certs(args) => certs(args).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "brindle", &mut std::io::stdout());

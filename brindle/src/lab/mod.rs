@@ -109,6 +109,8 @@ pub struct LabSpec {
     /// Nodes announce their blocks over BGP (a BIRD beside each agent) to FRR on the router,
     /// every node's default gateway. Needs 2 subnets.
     pub bgp: bool,
+    /// More flags for every agent (e.g. `--flow-log-allowed`).
+    pub agent_flags: Vec<String>,
 }
 
 /// How long a lab agent's ADD waits for its Pod object with [`LabSpec::kubernetes_pods`].
@@ -137,6 +139,7 @@ impl LabSpec {
             node_labels: Vec::new(),
             node_cert_lifetime: None,
             bgp: false,
+            agent_flags: Vec::new(),
         }
     }
 }
@@ -535,6 +538,7 @@ impl Lab {
         if self.spec.policy {
             args.extend(["--policy-endpoint".into(), self.endpoint(Service::Policy).into()]);
         }
+        args.extend(self.spec.agent_flags.iter().map(OsString::from));
         args.extend(self.node_flags(&name)?);
         if let Some(labels) = self.spec.node_labels.get(index - 1).filter(|l| !l.is_empty()) {
             // A node may register only the labels an administrator gave it (with mTLS).

@@ -7,6 +7,7 @@ pub mod bgp;
 pub mod calls;
 pub mod cni;
 pub mod endpoints;
+pub mod flow_log;
 pub mod follow;
 pub mod ipam;
 pub mod mtu;

@@ -9,6 +9,7 @@ mod error;
 mod ipset;
 mod iptables;
 mod netlink;
+mod nflog;
 mod recording;
 mod sysctl;
 
@@ -22,6 +23,7 @@ pub use error::DataplaneError;
 pub use ipset::IpsetCommands;
 pub use iptables::{IptablesBackend, IptablesCommands};
 pub use netlink::RtNetlink;
+pub use nflog::{LoggedPacket, NflogBatch, NflogSocket};
 pub use recording::{Call, RecordingKernel};
 pub use sysctl::ProcSysctl;
 

@@ -1,24 +1,23 @@
-//! The agent's side of policy-svc: registers its workload endpoints and follows its node's
+//! The agent's side of policy-svc: registers its workload endpoints, reports its flows and follows its node's
 //! policy view (`Sync`), rendering it into iptables chains and ipsets after every change
 //! (coalesced, at most one apply per [`APPLY_INTERVAL`]), retrying a failed apply at the next
 //! keepalive tick and re-reading the kernel when its [`ResyncClock`] is due to repair what changed
 //! behind its back. Nothing is written before the first full view.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_proto::policy::v1 as pb;
 use pb::policy_client::PolicyClient;
 use policy_api::convert::{self, PolicyWire};
+use policy_api::flow::{FlowRecord, flow_to_proto};
 use policy_api::model::{Endpoint, EndpointKey, Pod};
 use tonic::transport::Channel;
 
 use crate::core::calls::{CallError, Service};
 use crate::core::endpoints::EndpointRegistry;
+use crate::core::flow_log::FlowSink;
 use crate::core::pods::PodDirectory;
-use crate::core::policy::Family;
 use crate::core::policy::programmer::PolicyProgrammer;
-use crate::dataplane::{Ipsets, Iptables};
 use crate::grpc::sync_client::{Outgoing, SyncMetrics, SyncService, follow};
 
 /// Shortest time between two applies: changes arriving meanwhile are applied together.
@@ -46,19 +45,10 @@ impl GrpcPolicy {
         }
     }
 
-    /// Follows `node`'s policy view into the kernel until the task is dropped: into each family's
-    /// tables (`families`: IPv4's iptables, and ip6tables where the node has IPv6), re-reading
-    /// them every `resync_every`.
-    pub async fn follow(
-        self,
-        node: String,
-        families: Vec<(Family, Arc<dyn Iptables>)>,
-        ipsets: Arc<dyn Ipsets>,
-        resync_every: Duration,
-        metrics: SyncMetrics,
-    ) {
-        let target = PolicyProgrammer::new(families, ipsets, resync_every);
-        follow(PolicySync(self.client), node, target, metrics).await;
+    /// Follows `node`'s policy view into the kernel through `programmer` until the task is
+    /// dropped.
+    pub async fn follow(self, node: String, programmer: PolicyProgrammer, metrics: SyncMetrics) {
+        follow(PolicySync(self.client), node, programmer, metrics).await;
     }
 }
 
@@ -137,6 +127,23 @@ impl EndpointRegistry for GrpcPolicy {
             .into_iter()
             .map(|e| e.interface)
             .collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl FlowSink for GrpcPolicy {
+    async fn report(&self, node: &str, flows: Vec<FlowRecord>, unrecorded: u64) -> Result<(), CallError> {
+        let request = pb::ReportFlowsRequest {
+            node: node.to_owned(),
+            flows: flows.iter().map(flow_to_proto).collect(),
+            unrecorded_packets: unrecorded,
+        };
+        self.client
+            .clone()
+            .report_flows(request)
+            .await
+            .map(drop)
+            .map_err(call_error)
     }
 }
 

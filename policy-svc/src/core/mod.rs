@@ -1,10 +1,11 @@
 //! policy-svc's logic, free of gRPC and kernels: the policy model and its validation, Kubernetes
-//! NetworkPolicy translation, the per-node calculation and the trace evaluator.
+//! NetworkPolicy translation, the per-node calculation, the trace evaluator and the flow logs nodes report.
 
 pub mod calc;
 pub mod compile;
 pub mod endpoints;
 pub mod error;
+pub mod flows;
 pub mod hub;
 pub mod kubernetes;
 pub mod objects;

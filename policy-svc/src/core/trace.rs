@@ -1,7 +1,6 @@
 //! Policy trace: the verdict a flow gets under the current policies, and the policy and rule that
 //! decided each direction — evaluated on the model, the reference the data plane must agree with.
 
-use std::fmt;
 use std::net::IpAddr;
 
 use super::state::ClusterState;
@@ -27,14 +26,7 @@ pub struct Flow {
     pub icmp: Option<IcmpMatch>,
 }
 
-/// The outcome for a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Delivered.
-    Allow,
-    /// Dropped.
-    Deny,
-}
+pub use policy_api::flow::Verdict;
 
 /// How one direction was decided.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,15 +54,6 @@ pub struct Trace {
     pub verdict: Verdict,
     /// Egress of the sender (when it is an endpoint), then ingress of the receiver (same).
     pub steps: Vec<Step>,
-}
-
-impl fmt::Display for Verdict {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        })
-    }
 }
 
 /// One side of a flow as rules see it.

@@ -1,6 +1,7 @@
 //! `brindle.policy.v1.Policy` over the core: thin conversions and status codes.
 
 pub mod convert;
+mod flows;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,7 +19,10 @@ use brindle_sync::unix_ms;
 use policy_api::convert::{self as endpoints, PolicyWire};
 use tonic::{Request, Response, Status, Streaming};
 
+use self::flows::FlowLog;
+
 use crate::core::PolicyError;
+use crate::core::flows::DEFAULT_FLOW_CAPACITY;
 use crate::core::hub::{PolicyHub, drop_idle_fanouts, follow};
 use crate::core::objects::{Kind, Objects};
 use crate::core::state::ClusterState;
@@ -55,6 +59,7 @@ fn invalid_field(error: brindle_proto::InvalidField) -> Status {
 pub struct PolicyService {
     objects: Objects,
     hub: PolicyHub,
+    flows: FlowLog,
 }
 
 impl PolicyService {
@@ -66,6 +71,7 @@ impl PolicyService {
         Self {
             objects: Objects::new(store),
             hub,
+            flows: FlowLog::new(DEFAULT_FLOW_CAPACITY),
         }
     }
 
@@ -73,6 +79,7 @@ impl PolicyService {
     pub fn with_metrics(self, metrics: &Metrics) -> Self {
         let hub = self.hub.clone();
         register_fanout_metrics(metrics, "policy-svc", move || (hub.revision(), hub.subscribers()));
+        self.flows.register_metrics(metrics);
         let inputs = metrics.gauges("policy_objects", "Policy inputs by kind");
         let hub = self.hub.clone();
         metrics.on_scrape(move || {
@@ -494,5 +501,33 @@ impl Policy for PolicyService {
                 destination_ip.to_string(),
             )))
         })
+    }
+
+    async fn report_flows(
+        &self,
+        request: Request<pb::ReportFlowsRequest>,
+    ) -> Result<Response<pb::ReportFlowsResponse>, Status> {
+        let caller = Caller::of(&request)?;
+        self.flows
+            .report(&self.hub, &caller, request.into_inner())
+            .map(Response::new)
+    }
+
+    async fn list_flows(
+        &self,
+        request: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<pb::ListFlowsResponse>, Status> {
+        Caller::of(&request)?.require_admin("read flows")?;
+        self.flows.list(request.get_ref()).map(Response::new)
+    }
+
+    type WatchFlowsStream = ResponseStream<pb::FlowRecord>;
+
+    async fn watch_flows(
+        &self,
+        request: Request<pb::ListFlowsRequest>,
+    ) -> Result<Response<Self::WatchFlowsStream>, Status> {
+        Caller::of(&request)?.require_admin("read flows")?;
+        Ok(Response::new(self.flows.watch(request.get_ref())))
     }
 }

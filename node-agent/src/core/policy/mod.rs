@@ -34,10 +34,29 @@ const ACCEPT_MARK: u32 = 0x10000;
 const PASS_MARK: u32 = 0x20000;
 /// Most ports (a range counts two) one multiport match takes.
 const MULTIPORT_SLOTS: usize = 15;
-/// The NFLOG group denied packets are sent to (`tcpdump -i nflog:1` reads it).
-pub const DENIED_NFLOG_GROUP: u16 = 1;
-/// Denied packets sent to NFLOG per second, per rule (a token bucket: bursts of as many).
-const DENIED_NFLOG_PER_SECOND: u32 = 1000;
+/// The NFLOG group policy decisions are logged to (`tcpdump -i nflog:1` reads it).
+pub const FLOW_LOG_NFLOG_GROUP: u16 = 1;
+/// Packets a rule sends to NFLOG per second by default (a token bucket: bursts of as many).
+pub const DEFAULT_FLOW_LOG_RATE: u32 = 1000;
+
+/// What the policy chains send to NFLOG ([`FLOW_LOG_NFLOG_GROUP`]), each packet with a prefix
+/// naming the decision: denied packets always, the first packet of allowed connections when asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLogRules {
+    /// Also the first packet of every allowed connection.
+    pub allowed: bool,
+    /// Packets per second each logging rule sends at most.
+    pub per_second: u32,
+}
+
+impl Default for FlowLogRules {
+    fn default() -> Self {
+        Self {
+            allowed: false,
+            per_second: DEFAULT_FLOW_LOG_RATE,
+        }
+    }
+}
 
 /// The address family a renderer and an applier work on: IPv4 (iptables, `inet` sets named
 /// `brd-…`) or IPv6 (ip6tables, `inet6` sets named `brd6-…`; the two share the ipset namespace).

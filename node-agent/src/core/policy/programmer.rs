@@ -8,7 +8,8 @@ use std::time::Duration;
 use brindle_fanout::Mirror;
 use policy_api::view::ViewEntry;
 
-use super::{Family, PolicyApplier, Renderer};
+use super::{Family, FlowLogRules, PolicyApplier, Renderer};
+use crate::core::flow_log::PolicyNames;
 use crate::core::follow::{ResyncClock, SyncTarget};
 use crate::dataplane::{DataplaneError, Ipsets, Iptables};
 
@@ -27,6 +28,8 @@ pub struct PolicyProgrammer {
     applied: Option<u64>,
     /// When the kernel is re-read next.
     resync: ResyncClock,
+    /// Where the names of the view's policies go, for flow logs.
+    names: Option<Arc<std::sync::RwLock<PolicyNames>>>,
 }
 
 impl PolicyProgrammer {
@@ -42,14 +45,28 @@ impl PolicyProgrammer {
                 .into_iter()
                 .map(|(family, iptables)| FamilyPlane {
                     iptables,
-                    renderer: Renderer::new(family),
+                    renderer: Renderer::new(family, FlowLogRules::default()),
                     applier: PolicyApplier::new(family),
                 })
                 .collect(),
             ipsets,
             applied: None,
             resync: ResyncClock::new(resync_every),
+            names: None,
         }
+    }
+
+    /// Logs what `logging` asks for and keeps `names` up to date with the view.
+    pub fn with_flow_log(
+        mut self,
+        logging: FlowLogRules,
+        names: Arc<std::sync::RwLock<PolicyNames>>,
+    ) -> Self {
+        for plane in &mut self.planes {
+            plane.renderer = Renderer::new(plane.renderer.family(), logging);
+        }
+        self.names = Some(names);
+        self
     }
 }
 
@@ -65,6 +82,12 @@ impl SyncTarget<ViewEntry> for PolicyProgrammer {
                 // Nothing failed since the last apply and no re-read is due.
                 return self.applied;
             }
+        }
+        if let Some(names) = &self.names
+            && !tick
+        {
+            *names.write().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                PolicyNames::of(mirror.state());
         }
         let started = std::time::Instant::now();
         let ipsets = Arc::clone(&self.ipsets);

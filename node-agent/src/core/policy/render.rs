@@ -10,8 +10,8 @@ use policy_api::rule_text;
 use policy_api::view::{CompiledRule, CompiledSide, IpSetKind, PolicyView, ViewEntry};
 
 use super::{
-    ACCEPT_MARK, DENIED_NFLOG_GROUP, DENIED_NFLOG_PER_SECOND, FORWARD_CHAIN, FROM_WORKLOADS, Family,
-    MULTIPORT_SLOTS, PASS_MARK, TO_WORKLOADS, WORKLOAD_INTERFACES,
+    ACCEPT_MARK, FLOW_LOG_NFLOG_GROUP, FORWARD_CHAIN, FROM_WORKLOADS, Family, FlowLogRules, MULTIPORT_SLOTS,
+    PASS_MARK, TO_WORKLOADS, WORKLOAD_INTERFACES,
 };
 
 /// An ipset to hold.
@@ -50,9 +50,10 @@ fn commented(rule: &str) -> String {
     format!("-m comment --comment \"brd:{}\" {rule}", short_hash(rule))
 }
 
-/// Renders a node's view for `family` (without a cache; see [`Renderer`]).
+/// Renders a node's view for `family`, logging denied packets (without a cache; see
+/// [`Renderer`]).
 pub fn render(view: &BTreeMap<String, ViewEntry>, family: Family) -> Rendered {
-    Renderer::new(family).render(view)
+    Renderer::new(family, FlowLogRules::default()).render(view)
 }
 
 /// A policy's chains as last rendered, with the agent-local sets they use.
@@ -69,16 +70,23 @@ struct RenderedPolicy {
 #[derive(Debug)]
 pub struct Renderer {
     family: Family,
+    logging: FlowLogRules,
     policies: BTreeMap<String, RenderedPolicy>,
 }
 
 impl Renderer {
-    /// A renderer for `family`.
-    pub fn new(family: Family) -> Self {
+    /// A renderer for `family`, sending to NFLOG what `logging` asks for.
+    pub fn new(family: Family, logging: FlowLogRules) -> Self {
         Self {
             family,
+            logging,
             policies: BTreeMap::new(),
         }
+    }
+
+    /// The family rendered.
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// Renders a node's view. An entry whose names or addresses are not in the form the
@@ -146,11 +154,11 @@ impl Renderer {
             to.push(format!("-o {interface} -g brd-tw-{interface}"));
             chains.insert(
                 format!("brd-fw-{interface}"),
-                endpoint_chain(&endpoint.egress, "po", &policies, interface),
+                endpoint_chain(&endpoint.egress, "po", &policies, interface, self.logging),
             );
             chains.insert(
                 format!("brd-tw-{interface}"),
-                endpoint_chain(&endpoint.ingress, "pi", &policies, interface),
+                endpoint_chain(&endpoint.ingress, "pi", &policies, interface, self.logging),
             );
         }
         // A workload interface the view does not know yet (or any more) gets nothing through.
@@ -173,11 +181,11 @@ impl Renderer {
                     let mut sets = BTreeMap::new();
                     RenderedPolicy {
                         view: (*policy).clone(),
-                        ingress: policy_chain(policy, true, self.family, &mut sets)
+                        ingress: policy_chain(policy, true, self.family, self.logging, &mut sets)
                             .iter()
                             .map(|r| commented(r))
                             .collect(),
-                        egress: policy_chain(policy, false, self.family, &mut sets)
+                        egress: policy_chain(policy, false, self.family, self.logging, &mut sets)
                             .iter()
                             .map(|r| commented(r))
                             .collect(),
@@ -201,14 +209,21 @@ impl Renderer {
     }
 }
 
-/// The rule that sends a packet about to be denied to NFLOG ([`DENIED_NFLOG_GROUP`], rate
-/// limited) with `prefix` saying what denied it: `DR <policy id> <i|e><rule index>` for a Deny
-/// rule, `DX <interface> <i|e>` for the end of an endpoint's policies. (Ids and interface names
-/// are plain text: [`rule_text`] checked them.)
-fn denied_log(prefix: &str) -> String {
+/// The rule that sends a packet to NFLOG ([`FLOW_LOG_NFLOG_GROUP`], rate limited) with `prefix`
+/// saying what decided: `DR <policy id> <i|e><rule index>` for a Deny rule, `DX <interface>
+/// <i|e>` for the end of an endpoint's policies; `AR …` for an Allow or Pass rule and `AX …` for
+/// an endpoint no policy selects (first packets only). (Ids and interface names are plain text:
+/// [`rule_text`] checked them.)
+fn flow_log(logging: FlowLogRules, prefix: &str) -> String {
+    let rate = logging.per_second;
+    let first_packet = if prefix.starts_with('A') {
+        "-m conntrack --ctstate NEW "
+    } else {
+        ""
+    };
     format!(
-        "-m limit --limit {DENIED_NFLOG_PER_SECOND}/second --limit-burst {DENIED_NFLOG_PER_SECOND} \
-         -j NFLOG --nflog-group {DENIED_NFLOG_GROUP} --nflog-prefix \"{prefix}\""
+        "{first_packet}-m limit --limit {rate}/second --limit-burst {rate} \
+         -j NFLOG --nflog-group {FLOW_LOG_NFLOG_GROUP} --nflog-prefix \"{prefix}\""
     )
 }
 
@@ -219,6 +234,7 @@ fn endpoint_chain(
     kind: &str,
     policies: &BTreeMap<String, &PolicyView>,
     interface: &str,
+    logging: FlowLogRules,
 ) -> Vec<String> {
     let mut rules = vec![format!("-j MARK --set-xmark 0x0/{:#x}", ACCEPT_MARK | PASS_MARK)];
     let known: Vec<&String> = ids.iter().filter(|id| policies.contains_key(*id)).collect();
@@ -229,10 +245,12 @@ fn endpoint_chain(
         ));
         rules.push(format!("-m mark --mark {PASS_MARK:#x}/{PASS_MARK:#x} -j RETURN"));
     }
+    let direction = if kind == "pi" { 'i' } else { 'e' };
     if !ids.is_empty() {
-        let direction = if kind == "pi" { 'i' } else { 'e' };
-        rules.push(denied_log(&format!("DX {interface} {direction}")));
+        rules.push(flow_log(logging, &format!("DX {interface} {direction}")));
         rules.push("-j DROP".to_owned());
+    } else if logging.allowed {
+        rules.push(flow_log(logging, &format!("AX {interface} {direction}")));
     }
     rules
 }
@@ -242,6 +260,7 @@ fn policy_chain(
     policy: &PolicyView,
     ingress: bool,
     family: Family,
+    logging: FlowLogRules,
     sets: &mut BTreeMap<String, SetSpec>,
 ) -> Vec<String> {
     let rules = if ingress { &policy.ingress } else { &policy.egress };
@@ -260,11 +279,18 @@ fn policy_chain(
             Action::Deny => ("-j DROP".to_owned(), None),
             Action::Log => (format!("-j LOG --log-prefix \"brd {} \"", policy.id), None),
         };
+        let direction = if ingress { 'i' } else { 'e' };
+        let logged = match rule.action {
+            Action::Deny => Some(format!("DR {} {direction}{index}", policy.id)),
+            Action::Allow | Action::Pass if logging.allowed => {
+                Some(format!("AR {} {direction}{index}", policy.id))
+            }
+            _ => None,
+        };
         for matched in &matches {
-            if rule.action == Action::Deny {
-                let denied = format!("DR {} {}{index}", policy.id, if ingress { 'i' } else { 'e' });
+            if let Some(prefix) = &logged {
                 lines.push(
-                    format!("{matched}{}", denied_log(&denied))
+                    format!("{matched}{}", flow_log(logging, prefix))
                         .trim_start()
                         .to_owned(),
                 );

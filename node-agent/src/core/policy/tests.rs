@@ -356,3 +356,46 @@ fn a_failed_write_is_retried_from_what_the_kernel_holds() {
     assert!(applier.apply(&kernel, &kernel, &desired).expect("retry") >= 1);
     assert_eq!(applier.apply(&kernel, &kernel, &desired).expect("settled"), 0);
 }
+
+/// Denied packets are always logged; with allowed flows asked for, the first packet of a
+/// connection an Allow rule admits, or that no policy governs, is logged too — rate limited.
+#[test]
+fn allowed_first_packets_are_logged_only_when_asked() {
+    let view = world().view("n1");
+    let logging_rules = |rendered: &Rendered| -> Vec<String> {
+        rendered
+            .chains
+            .values()
+            .flatten()
+            .filter(|r| r.contains("-j NFLOG"))
+            .cloned()
+            .collect()
+    };
+    let denied_only = logging_rules(&render(&view, Family::V4));
+    assert!(!denied_only.is_empty());
+    assert!(
+        denied_only.iter().all(|r| r.contains("--nflog-prefix \"D")),
+        "{denied_only:#?}"
+    );
+    let logging = FlowLogRules {
+        allowed: true,
+        per_second: 250,
+    };
+    let all = logging_rules(&Renderer::new(Family::V4, logging).render(&view));
+    let allowed: Vec<&String> = all.iter().filter(|r| r.contains("--nflog-prefix \"A")).collect();
+    assert!(
+        allowed
+            .iter()
+            .any(|r| r.contains("--nflog-prefix \"AX brdbbbb i\"")),
+        "other has no policy: {all:#?}"
+    );
+    assert!(
+        allowed.iter().any(|r| r.contains("--nflog-prefix \"AR ")),
+        "{all:#?}"
+    );
+    assert!(allowed.iter().all(|r| r.contains("-m conntrack --ctstate NEW")));
+    assert!(
+        all.iter()
+            .all(|r| r.contains("--limit 250/second --limit-burst 250"))
+    );
+}
