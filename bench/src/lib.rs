@@ -1,7 +1,8 @@
 //! Shared pieces of brindle's benchmarks: latency percentiles, table printing, a network
-//! namespace of their own, a loopback gRPC server, and running CNI plugins as a runtime does.
+//! namespace of their own, a loopback gRPC server, running CNI plugins as a runtime does, and iperf3.
 
 pub mod cni;
+pub mod iperf;
 
 use std::time::Duration;
 
