@@ -65,6 +65,9 @@ fn lab(args: &Args, name: &str, agent_flags: &[&str]) -> anyhow::Result<(Lab, us
         agent_flags: agent_flags.iter().map(|f| (*f).to_owned()).collect(),
         ..LabSpec::new(format!("brdl{}{name}", std::process::id()), args.binaries.clone())
     })?;
+    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
+        bail!("{error}\n{}", lab.logs());
+    }
     let sink = lab.add_workload(
         1,
         &Workload {
@@ -78,9 +81,6 @@ fn lab(args: &Args, name: &str, agent_flags: &[&str]) -> anyhow::Result<(Lab, us
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: sink-deny-all, namespace: default}\n\
          spec: {podSelector: {matchLabels: {app: sink}}, policyTypes: [Ingress]}\n",
     )?;
-    if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
-        bail!("{error}\n{}", lab.logs());
-    }
     Ok((lab, sink))
 }
 
