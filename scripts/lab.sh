@@ -9,7 +9,8 @@
 # policy-svc — then each node's path to every remote pod, the pod-to-pod reachability matrix, the
 # router's BGP table and a host outside the cluster pinging every pod, a Kubernetes NetworkPolicy
 # enforced by the agents (the matrix again, and policy trace explaining a denied pair), a Calico
-# StagedGlobalNetworkPolicy that changes nothing in the kernel while trace gives both verdicts, every
+# StagedGlobalNetworkPolicy that changes nothing in the kernel while trace gives both verdicts, the
+# flows the policy denied as the nodes logged them (`brindle flows --denied`), every
 # node's BGP session in `brindle node status`, and everything is torn down. The underlay MTU is
 # 1400 and the network configuration sets none: the agents detect the pod MTU and the demo prints it.
 # The control plane speaks mTLS: the lab makes a CA, the server's and an administrator's

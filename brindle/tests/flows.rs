@@ -5,6 +5,7 @@
 //! agent's table or policy-svc's growing past their bounds; a staged deny leaves traffic flowing
 //! while its flows say what it would do.
 
+use std::io::BufRead;
 use std::net::{IpAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -219,6 +220,40 @@ fn flow_logs_name_what_denied_and_what_staged_policies_would_do() {
     assert!(
         flows(lab, &["--namespace", "kube-system"]).is_empty(),
         "no flow of another namespace"
+    );
+
+    // --follow prints flows as nodes report them.
+    let mut follower = lab
+        .cli(&["flows", "--follow", "--denied", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("brindle flows --follow");
+    let lines = std::io::BufReader::new(follower.stdout.take().expect("stdout"));
+    let reading = std::thread::spawn(move || {
+        lines
+            .lines()
+            .map_while(Result::ok)
+            .map(|line| serde_json::from_str::<Value>(&line).expect("a JSON line"))
+            .find(|f| f["destination"]["port"] == 8081)
+    });
+    // The follower's watch may start after a first connect: connect until it prints one.
+    let followed = loop {
+        assert!(!world.connects(world.client, world.web, 8081));
+        if reading.is_finished() {
+            break reading.join().expect("reader");
+        }
+        assert!(
+            connected.elapsed() < Duration::from_secs(30),
+            "--follow printed nothing"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let followed = followed.expect("a followed flow");
+    assert_eq!(
+        (&followed["verdict"], &followed["policy"]),
+        (&"deny".into(), &policy.as_str().into())
     );
 
     // 1,000 denied datagrams of one connection → one flow of 1,000 packets.

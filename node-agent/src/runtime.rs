@@ -20,7 +20,10 @@ use crate::core::follow::DEFAULT_RESYNC_EVERY;
 use crate::core::mtu::MtuDetector;
 use crate::core::pods::KubernetesPods;
 use crate::core::policy::programmer::PolicyProgrammer;
-use crate::core::policy::{DEFAULT_FLOW_LOG_RATE, FLOW_LOG_NFLOG_GROUP, Family, FlowLogRules};
+use crate::core::policy::{
+    DEFAULT_FAILSAFE_INBOUND, DEFAULT_FAILSAFE_OUTBOUND, DEFAULT_FLOW_LOG_RATE, EndpointToHost,
+    FLOW_LOG_NFLOG_GROUP, FailsafePorts, Family, FlowLogRules, HostRules, RenderOptions,
+};
 use crate::dataplane::{
     IpsetCommands, Iptables, IptablesCommands, NetlinkConntrack, ProcSysctl, RtNetlink, Sysctl,
 };
@@ -142,6 +145,19 @@ pub struct Args {
     #[arg(long, env = "BRINDLE_FLOW_LOG_MAX_FLOWS", default_value_t = DEFAULT_FLOW_TABLE_SIZE,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub flow_log_max_flows: usize,
+    /// What happens to a pod's traffic to its own node once its egress policies allowed it:
+    /// Drop, Accept or Return (to the host's own INPUT rules) — Calico's
+    /// `defaultEndpointToHostAction` (Calico's Kubernetes manifests set Accept).
+    #[arg(long, env = "BRINDLE_DEFAULT_ENDPOINT_TO_HOST_ACTION", default_value_t = EndpointToHost::Accept)]
+    pub default_endpoint_to_host_action: EndpointToHost,
+    /// Ports open to the node whatever host endpoint policies say (`tcp:22,udp:68,…`; `none`) —
+    /// Calico's `failsafeInboundHostPorts`, with brindle's services' ports.
+    #[arg(long, env = "BRINDLE_FAILSAFE_INBOUND_HOST_PORTS", default_value = DEFAULT_FAILSAFE_INBOUND)]
+    pub failsafe_inbound_host_ports: FailsafePorts,
+    /// Ports the node reaches whatever host endpoint policies say — Calico's
+    /// `failsafeOutboundHostPorts`, with brindle's services' ports.
+    #[arg(long, env = "BRINDLE_FAILSAFE_OUTBOUND_HOST_PORTS", default_value = DEFAULT_FAILSAFE_OUTBOUND)]
+    pub failsafe_outbound_host_ports: FailsafePorts,
     /// How logs look.
     #[command(flatten)]
     pub log: LogArgs,
@@ -236,12 +252,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         let flows = FlowCollector::new(args.flow_log_max_flows, &metrics);
         flows.start_reading(FLOW_LOG_NFLOG_GROUP);
-        let logging = FlowLogRules {
-            allowed: args.flow_log_allowed,
-            per_second: args.flow_log_rate,
+        let options = RenderOptions {
+            flow_log: FlowLogRules {
+                allowed: args.flow_log_allowed,
+                per_second: args.flow_log_rate,
+            },
+            host: HostRules {
+                endpoint_to_host: args.default_endpoint_to_host_action,
+                failsafe_inbound: args.failsafe_inbound_host_ports.0.clone(),
+                failsafe_outbound: args.failsafe_outbound_host_ports.0.clone(),
+            },
         };
         let programmer = PolicyProgrammer::new(families, Arc::new(IpsetCommands), resync_every)
-            .with_flow_log(logging, flows.names());
+            .with_options(&options, flows.names());
         tokio::spawn(flows.report_to(node.clone(), Arc::new(policy.clone())));
         tokio::spawn(policy.follow(node.clone(), programmer, sync_metrics.clone()));
     }

@@ -9,7 +9,8 @@ use brindle_proto::policy::v1 as pb;
 use crate::model::{Action, Endpoint, EndpointKey, IcmpMatch, NamedPort, Pod, Protocol};
 use crate::rule_text;
 use crate::view::{
-    CompiledRule, CompiledSide, EndpointView, IpSetKind, IpSetView, MemberView, PolicyView, ViewEntry,
+    CompiledRule, CompiledSide, EndpointView, HostEndpointView, IpSetKind, IpSetView, MemberView, PolicyView,
+    ViewEntry,
 };
 
 fn invalid(field: impl Into<String>, reason: impl std::fmt::Display) -> InvalidField {
@@ -162,6 +163,12 @@ pub fn entry_to_proto(key: &str, entry: &ViewEntry) -> pb::PolicyEntry {
             set: m.set.clone(),
             member: m.member.clone(),
         }),
+        ViewEntry::HostEndpoint(h) => Value::HostEndpoint(pb::EndpointPolicies {
+            interface: h.interface.clone().unwrap_or_default(),
+            name: h.name.clone(),
+            ingress: h.ingress.clone(),
+            egress: h.egress.clone(),
+        }),
     };
     pb::PolicyEntry {
         key: key.to_owned(),
@@ -179,6 +186,12 @@ pub fn entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, ViewEntry), I
             name: e.name,
             ingress: e.ingress,
             egress: e.egress,
+        }),
+        Some(Value::HostEndpoint(h)) => ViewEntry::HostEndpoint(HostEndpointView {
+            interface: Some(h.interface).filter(|i| !i.is_empty()),
+            name: h.name,
+            ingress: h.ingress,
+            egress: h.egress,
         }),
         Some(Value::Policy(p)) => ViewEntry::Policy(PolicyView {
             id: p.id,

@@ -26,8 +26,8 @@ pub fn plain(text: &str, max: usize, dots: bool) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || (dots && c == '.'))
 }
 
-/// A workload interface name: 1–15 letters, digits, `.`, `_`, `-` (never iptables' `+`
-/// wildcard, a quote, `!`, white space or a line break).
+/// An interface name (a workload's or a host endpoint's): 1–15 letters, digits, `.`, `_`, `-`
+/// (never iptables' `+` wildcard, a quote, `!`, white space or a line break).
 pub fn is_interface_name(text: &str) -> bool {
     plain(text, MAX_INTERFACE_LEN, true)
 }
@@ -92,6 +92,20 @@ pub fn check(entry: &ViewEntry) -> Result<(), String> {
                 return Err(format!(
                     "endpoint {:?}: policy id {id:?} is not an id",
                     endpoint.interface
+                ));
+            }
+        }
+        ViewEntry::HostEndpoint(host) => {
+            if let Some(interface) = host.interface.as_ref().filter(|i| !is_interface_name(i)) {
+                return Err(format!(
+                    "host endpoint {:?}: interface {interface:?} is not an interface name",
+                    host.name
+                ));
+            }
+            if let Some(id) = host.ingress.iter().chain(&host.egress).find(|id| !is_id(id)) {
+                return Err(format!(
+                    "host endpoint {:?}: policy id {id:?} is not an id",
+                    host.name
                 ));
             }
         }

@@ -14,6 +14,8 @@ pub mod keys {
     pub const IPSET: &str = "ipset/";
     /// `member/<set id>/<member>`.
     pub const MEMBER: &str = "member/";
+    /// `hostendpoint/<name>`.
+    pub const HOST_ENDPOINT: &str = "hostendpoint/";
 }
 
 /// One entry of a node's view.
@@ -27,6 +29,22 @@ pub enum ViewEntry {
     IpSet(IpSetView),
     /// One member of an ipset.
     Member(MemberView),
+    /// The policies of one of the node's host endpoints.
+    HostEndpoint(HostEndpointView),
+}
+
+/// Which policies govern traffic to and from the node itself through one interface (or all of
+/// them), in evaluation order (policy view ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEndpointView {
+    /// The HostEndpoint's name.
+    pub name: String,
+    /// The interface; `None`: every interface of the node.
+    pub interface: Option<String>,
+    /// Policies governing traffic to the node.
+    pub ingress: Vec<String>,
+    /// Policies governing traffic from the node.
+    pub egress: Vec<String>,
 }
 
 /// Which policies apply to a local endpoint, in evaluation order (policy view ids).

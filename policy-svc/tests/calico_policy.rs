@@ -201,12 +201,7 @@ fn every_field_brindle_cannot_enforce_is_named() {
 
 fn put(world: &mut World, text: &str) {
     for resource in parse_documents(text, "").expect("valid") {
-        let changes = match resource {
-            Resource::Policy(policy) => world.calc.put_policy(policy),
-            Resource::KubernetesPolicy(policy) => world.calc.put_policy(policy.to_policy().expect("valid")),
-            Resource::Staged(staged) => world.calc.put_staged(*staged),
-            Resource::Namespace(namespace) => world.calc.put_namespace(namespace),
-        };
+        let changes = world.calc.put_record(resource.into_record().expect("valid"));
         world.absorb(changes);
     }
 }

@@ -8,7 +8,7 @@
 mod support;
 
 use policy_api::model::Protocol;
-use policy_svc::core::resource::{Resource, parse_documents};
+use policy_svc::core::resource::parse_documents;
 use policy_svc::core::trace::{Flow, trace};
 use policy_svc::truth_table::{load_cases, pods};
 use proptest::prelude::*;
@@ -192,15 +192,10 @@ proptest! {
         };
         let mut world = World::new();
         for resource in resources {
-            let changes = match resource {
-                Resource::Namespace(namespace) => world.calc.put_namespace(namespace),
-                Resource::Policy(policy) => world.calc.put_policy(policy),
-                Resource::KubernetesPolicy(policy) => match policy.to_policy() {
-                    Ok(policy) => world.calc.put_policy(policy),
-                    Err(_) => continue,
-                },
-                Resource::Staged(staged) => world.calc.put_staged(*staged),
+            let Ok(record) = resource.into_record() else {
+                continue;
             };
+            let changes = world.calc.put_record(record);
             world.absorb(changes);
         }
         world.check_views(&text);

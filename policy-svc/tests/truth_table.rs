@@ -5,19 +5,13 @@ mod support;
 
 use brindle_fanout::Change;
 use policy_api::model::{Endpoint, Namespace};
-use policy_svc::core::resource::Resource;
 use policy_svc::core::trace::{Flow, Verdict, trace};
 use policy_svc::truth_table::{Matrix, PROBES, Step, load_cases, pairs};
 use support::{World, address};
 
 fn apply_step(world: &mut World, step: &Step) {
     for resource in step.resources(&address).expect("case resources") {
-        let changes = match resource {
-            Resource::Namespace(namespace) => world.calc.put_namespace(namespace),
-            Resource::Policy(policy) => world.calc.put_policy(policy),
-            Resource::KubernetesPolicy(policy) => world.calc.put_policy(policy.to_policy().expect("valid")),
-            Resource::Staged(staged) => world.calc.put_staged(*staged),
-        };
+        let changes = world.calc.put_record(resource.into_record().expect("valid"));
         world.absorb(changes);
     }
     for reference in &step.delete {

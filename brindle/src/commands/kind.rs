@@ -23,6 +23,7 @@ pub enum Kind {
     StagedNetworkPolicy,
     StagedGlobalNetworkPolicy,
     StagedKubernetesNetworkPolicy,
+    HostEndpoint,
     BgpConfiguration,
     BgpPeer,
 }
@@ -50,13 +51,14 @@ impl Kind {
             "stagedkubernetesnetworkpolicy" | "stagedkubernetesnetworkpolicies" | "sknp" => {
                 Self::StagedKubernetesNetworkPolicy
             }
+            "hostendpoint" | "hostendpoints" | "hep" => Self::HostEndpoint,
             "bgpconfiguration" | "bgpconfigurations" | "bgpconfig" => Self::BgpConfiguration,
             "bgppeer" | "bgppeers" => Self::BgpPeer,
             _ => anyhow::bail!(
                 "{text:?} is not a kind brindle knows: ippool, ipamconfig, ipreservation, namespace (ns), networkpolicy \
                  (netpol; networkpolicy.brindle.io or networkpolicy.networking.k8s.io for one of the two), \
                  globalnetworkpolicy (gnp), stagednetworkpolicy (snp), stagedglobalnetworkpolicy (sgnp), \
-                 stagedkubernetesnetworkpolicy (sknp), bgpconfiguration, bgppeer"
+                 stagedkubernetesnetworkpolicy (sknp), hostendpoint (hep), bgpconfiguration, bgppeer"
             ),
         };
         let qualified_ok = group.is_empty() || matches!(kind, Self::NetworkPolicy(f) if f != Flavor::Any);
@@ -98,6 +100,7 @@ impl Kind {
             Self::StagedNetworkPolicy => "stagednetworkpolicy",
             Self::StagedGlobalNetworkPolicy => "stagedglobalnetworkpolicy",
             Self::StagedKubernetesNetworkPolicy => "stagedkubernetesnetworkpolicy",
+            Self::HostEndpoint => "hostendpoint",
             Self::BgpConfiguration => "bgpconfiguration",
             Self::BgpPeer => "bgppeer",
         }
@@ -114,6 +117,7 @@ impl Kind {
             Self::StagedNetworkPolicy => &["StagedNetworkPolicy"],
             Self::StagedGlobalNetworkPolicy => &["StagedGlobalNetworkPolicy"],
             Self::StagedKubernetesNetworkPolicy => &["StagedKubernetesNetworkPolicy"],
+            Self::HostEndpoint => &["HostEndpoint"],
             Self::IpPool
             | Self::IpamConfig
             | Self::IpReservation
@@ -131,6 +135,7 @@ impl Kind {
             "StagedNetworkPolicy" => Self::StagedNetworkPolicy,
             "StagedGlobalNetworkPolicy" => Self::StagedGlobalNetworkPolicy,
             "StagedKubernetesNetworkPolicy" => Self::StagedKubernetesNetworkPolicy,
+            "HostEndpoint" => Self::HostEndpoint,
             _ => Self::NetworkPolicy(Flavor::Brindle),
         }
     }

@@ -177,6 +177,7 @@ fn document(value: yaml_serde::Value) -> anyhow::Result<Document> {
         (_, "StagedGlobalNetworkPolicy") if brindle_or_calico => {
             policy_document("StagedGlobalNetworkPolicy", value)
         }
+        (_, "HostEndpoint") if brindle_or_calico => policy_document("HostEndpoint", value),
         (CALICO_API_VERSION, "StagedKubernetesNetworkPolicy") => {
             policy_document("StagedKubernetesNetworkPolicy", value)
         }
@@ -184,11 +185,11 @@ fn document(value: yaml_serde::Value) -> anyhow::Result<Document> {
         (version, kind) => anyhow::bail!(
             "kind: {kind:?} of apiVersion {version:?} is not a kind brindle knows ({API_VERSION} IPPool, \
              IPAMConfig, IPReservation, BGPConfiguration, BGPPeer, Namespace, NetworkPolicy, \
-             GlobalNetworkPolicy, StagedNetworkPolicy, StagedGlobalNetworkPolicy; networking.k8s.io/v1 \
+             GlobalNetworkPolicy, StagedNetworkPolicy, StagedGlobalNetworkPolicy, HostEndpoint; networking.k8s.io/v1 \
              NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} \
              IPPool, IPAMConfiguration, IPReservation, BGPConfiguration, BGPPeer, NetworkPolicy, \
              GlobalNetworkPolicy, StagedNetworkPolicy, StagedGlobalNetworkPolicy, \
-             StagedKubernetesNetworkPolicy)"
+             StagedKubernetesNetworkPolicy, HostEndpoint)"
         ),
     }
 }

@@ -13,10 +13,11 @@ use super::compile::{CompiledPolicy, SetDefinition, compile};
 use super::records::Record;
 use super::staged::StagedPolicy;
 use super::state::ClusterState;
+use policy_api::host_endpoint::{HostEndpoint, endpoint_name, host_endpoint_name};
 use policy_api::model::{
     Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Pod, Policy, PolicyId, evaluation_order,
 };
-use policy_api::view::{EndpointView, MemberView, ViewEntry, keys};
+use policy_api::view::{EndpointView, HostEndpointView, MemberView, ViewEntry, keys};
 
 /// Changes per node.
 pub type NodeChanges = BTreeMap<String, Vec<Change<ViewEntry>>>;
@@ -49,6 +50,9 @@ pub struct Calculator {
     node_policies: BTreeMap<String, BTreeMap<PolicyId, usize>>,
     sets: BTreeMap<String, SetState>,
     views: BTreeMap<String, BTreeMap<String, ViewEntry>>,
+    /// Host endpoints by name (each also an endpoint of the state, keyed by
+    /// [`HostEndpoint::endpoint_key`]).
+    host_endpoints: BTreeMap<String, HostEndpoint>,
     /// Entries touched by the change in progress, with their value before it.
     touched: BTreeMap<(String, String), Option<ViewEntry>>,
 }
@@ -152,6 +156,37 @@ impl Calculator {
             Record::Policy(policy, _) => self.put_policy(policy),
             Record::Pod(pod) => self.put_pod(pod),
             Record::Staged(staged) => self.put_staged(*staged),
+            Record::HostEndpoint(host) => self.put_host_endpoint(&host),
+        }
+    }
+
+    /// Sets a host endpoint: evaluated as an endpoint without a namespace (global policies select
+    /// it; rule selectors matching it match its expected IPs), its view entry a host endpoint's.
+    pub fn put_host_endpoint(&mut self, host: &HostEndpoint) -> NodeChanges {
+        let key = host.endpoint_key();
+        let mut changes = NodeChanges::new();
+        if let Some(moved) = self.host_endpoints.insert(host.name.clone(), host.clone())
+            && moved.node != host.node
+        {
+            // Moved to another node: gone from the first.
+            changes = self.remove_endpoint(&moved.endpoint_key());
+        }
+        let endpoint = host.as_endpoint();
+        if self.state.endpoint(&key) != Some(&endpoint) {
+            self.state.put_endpoint(endpoint);
+            self.endpoint_changed(&key);
+        }
+        for (node, entries) in self.commit() {
+            changes.entry(node).or_default().extend(entries);
+        }
+        changes
+    }
+
+    /// Removes a host endpoint.
+    pub fn remove_host_endpoint(&mut self, name: &str) -> NodeChanges {
+        match self.host_endpoints.remove(name) {
+            Some(host) => self.remove_endpoint(&host.endpoint_key()),
+            None => NodeChanges::new(),
         }
     }
 
@@ -318,14 +353,27 @@ impl Calculator {
                 .insert(key.clone());
             self.ref_policy(&node, id);
         }
-        let entry_key = format!("{}{}", keys::ENDPOINT, key.interface);
+        let host = host_endpoint_name(key);
+        let entry_key = match host {
+            Some(name) => format!("{}{name}", keys::HOST_ENDPOINT),
+            None => format!("{}{}", keys::ENDPOINT, key.interface),
+        };
         if !exists {
             self.set_entry(&node, &entry_key, None);
             return;
         }
         let entry = self.endpoint_entry(key, &applying);
         self.endpoint_policies.insert(key.clone(), applying);
-        self.set_entry(&node, &entry_key, Some(ViewEntry::Endpoint(entry)));
+        let entry = match host.and_then(|name| self.host_endpoints.get(name)) {
+            Some(host) => ViewEntry::HostEndpoint(HostEndpointView {
+                name: host.name.clone(),
+                interface: host.interface.clone(),
+                ingress: entry.ingress,
+                egress: entry.egress,
+            }),
+            None => ViewEntry::Endpoint(entry),
+        };
+        self.set_entry(&node, &entry_key, Some(entry));
     }
 
     fn endpoint_entry(&self, key: &EndpointKey, applying: &BTreeSet<PolicyId>) -> EndpointView {
@@ -334,11 +382,7 @@ impl Calculator {
             .filter_map(|id| self.compiled.get(id).map(|c| (id, c)))
             .collect();
         ordered.sort_by(|a, b| evaluation_order((a.0, a.1.order), (b.0, b.1.order)));
-        let name = self
-            .state
-            .endpoint(key)
-            .map(|e| format!("{}/{}", e.namespace, e.pod))
-            .unwrap_or_default();
+        let name = self.state.endpoint(key).map(endpoint_name).unwrap_or_default();
         EndpointView {
             interface: key.interface.clone(),
             name,

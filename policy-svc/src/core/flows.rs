@@ -133,7 +133,7 @@ pub fn complete(state: &ClusterState, flow: &mut FlowRecord) {
     let pod = |ip| {
         state
             .endpoint_by_ip(ip)
-            .map(|e| format!("{}/{}", e.namespace, e.pod))
+            .map(policy_api::host_endpoint::endpoint_name)
     };
     flow.source = pod(flow.key.source_ip);
     flow.destination = pod(flow.key.destination_ip);

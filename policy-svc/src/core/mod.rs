@@ -6,6 +6,7 @@ pub mod compile;
 pub mod endpoints;
 pub mod error;
 pub mod flows;
+pub mod host_endpoints;
 pub mod hub;
 pub mod kubernetes;
 pub mod objects;

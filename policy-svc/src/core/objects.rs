@@ -10,13 +10,14 @@ use brindle_datastore::{MAX_TXN_OPS, Store, StoreError, Txn};
 use serde::Serialize;
 
 use super::error::{PolicyError, invalid};
+use super::host_endpoints::HostEndpointDocument;
 use super::kubernetes;
 use super::policy_document::PolicyDocument;
 use super::records::{
-    PREFIX, Record, Subject, decode, encode_owned, namespace_key, policy_key, staged_key, stored_origin,
-    subject,
+    PREFIX, Record, Subject, decode, encode_owned, host_endpoint_key, namespace_key, policy_key, staged_key,
+    stored_origin, subject,
 };
-use super::resource::{Resource, parse_documents};
+use super::resource::parse_documents;
 use super::validate;
 use policy_api::model::{Origin, PolicyId};
 
@@ -40,6 +41,8 @@ pub enum Kind {
     StagedGlobalNetworkPolicy,
     /// A staged Kubernetes NetworkPolicy.
     StagedKubernetesNetworkPolicy,
+    /// A host endpoint.
+    HostEndpoint,
 }
 
 impl Kind {
@@ -53,6 +56,7 @@ impl Kind {
             Self::StagedNetworkPolicy => "StagedNetworkPolicy",
             Self::StagedGlobalNetworkPolicy => "StagedGlobalNetworkPolicy",
             Self::StagedKubernetesNetworkPolicy => "StagedKubernetesNetworkPolicy",
+            Self::HostEndpoint => "HostEndpoint",
         }
     }
 
@@ -66,11 +70,12 @@ impl Kind {
             "stagednetworkpolicy" => Ok(Self::StagedNetworkPolicy),
             "stagedglobalnetworkpolicy" => Ok(Self::StagedGlobalNetworkPolicy),
             "stagedkubernetesnetworkpolicy" => Ok(Self::StagedKubernetesNetworkPolicy),
+            "hostendpoint" => Ok(Self::HostEndpoint),
             _ => Err(invalid(
                 field,
                 format!(
                     "{text:?}: expected Namespace, NetworkPolicy, GlobalNetworkPolicy, KubernetesNetworkPolicy, \
-                     StagedNetworkPolicy, StagedGlobalNetworkPolicy or StagedKubernetesNetworkPolicy"
+                     StagedNetworkPolicy, StagedGlobalNetworkPolicy, StagedKubernetesNetworkPolicy or HostEndpoint"
                 ),
             )),
         }
@@ -121,6 +126,7 @@ fn object_key(kind: Kind, namespace: &str, name: &str) -> String {
             name: name.into(),
         }),
         Kind::StagedGlobalNetworkPolicy => staged_key(&PolicyId::Global { name: name.into() }),
+        Kind::HostEndpoint => host_endpoint_key(name),
     }
 }
 
@@ -198,6 +204,14 @@ fn object(record: &Record, revision: u64, origin: Origin) -> Option<Object> {
                 origin,
             })
         }
+        Record::HostEndpoint(host) => Some(Object {
+            kind: Kind::HostEndpoint,
+            namespace: String::new(),
+            name: host.name.clone(),
+            manifest: yaml(yaml_serde::to_string(&HostEndpointDocument::of(host))),
+            revision,
+            origin,
+        }),
         Record::Endpoint(_) | Record::Pod(_) => None,
     }
 }
@@ -237,14 +251,7 @@ impl Objects {
         }
         let mut records = Vec::new();
         for resource in resources {
-            records.push(match resource {
-                Resource::Namespace(namespace) => Record::Namespace(namespace),
-                Resource::Policy(policy) => Record::Policy(policy, None),
-                Resource::KubernetesPolicy(object) => {
-                    Record::Policy(object.to_policy()?, Some(Box::new(object)))
-                }
-                Resource::Staged(staged) => Record::Staged(staged),
-            });
+            records.push(resource.into_record()?);
         }
         if records.len() > MAX_TXN_OPS {
             return Err(invalid(
@@ -410,7 +417,10 @@ fn owner_name(origin: Origin) -> &'static str {
 
 fn display_name(namespace: &str, name: &str, kind: Kind) -> String {
     match kind {
-        Kind::Namespace | Kind::GlobalNetworkPolicy | Kind::StagedGlobalNetworkPolicy => name.to_owned(),
+        Kind::Namespace
+        | Kind::GlobalNetworkPolicy
+        | Kind::StagedGlobalNetworkPolicy
+        | Kind::HostEndpoint => name.to_owned(),
         _ if namespace.is_empty() => format!("{}/{name}", kubernetes::DEFAULT_NAMESPACE),
         _ => format!("{namespace}/{name}"),
     }

@@ -4,6 +4,7 @@
 use super::error::PolicyError;
 use super::kubernetes;
 use super::staged::StagedPolicy;
+use policy_api::host_endpoint::HostEndpoint;
 use policy_api::model::{Endpoint, EndpointKey, Namespace, Origin, Pod, Policy, PolicyId};
 
 /// Everything policy-svc stores.
@@ -15,6 +16,12 @@ const KUBERNETES_POLICIES: &str = "/brindle/v1/policy/k8s-policies/";
 const GLOBAL_POLICIES: &str = "/brindle/v1/policy/global-policies/";
 const PODS: &str = "/brindle/v1/policy/pods/";
 const STAGED: &str = "/brindle/v1/policy/staged/";
+const HOST_ENDPOINTS: &str = "/brindle/v1/policy/host-endpoints/";
+
+/// Key of a host endpoint.
+pub fn host_endpoint_key(name: &str) -> String {
+    format!("{HOST_ENDPOINTS}{name}")
+}
 
 /// Prefix of every Kubernetes pod.
 pub fn pods_prefix() -> &'static str {
@@ -72,6 +79,8 @@ pub enum Subject {
     Pod(String, String),
     /// A staged policy, by the enforced policy it stands for.
     Staged(PolicyId),
+    /// A host endpoint, by name.
+    HostEndpoint(String),
 }
 
 /// What a key names; `None` for keys policy-svc does not own.
@@ -85,6 +94,8 @@ pub fn subject(key: &str) -> Option<Subject> {
     let two = |rest: &str| rest.split_once('/').map(|(a, b)| (a.to_owned(), b.to_owned()));
     if let Some(name) = key.strip_prefix(NAMESPACES) {
         Some(Subject::Namespace(name.to_owned()))
+    } else if let Some(name) = key.strip_prefix(HOST_ENDPOINTS) {
+        Some(Subject::HostEndpoint(name.to_owned()))
     } else if let Some(rest) = key.strip_prefix(ENDPOINTS) {
         two(rest).map(|(node, interface)| Subject::Endpoint(EndpointKey { node, interface }))
     } else if let Some(rest) = key.strip_prefix(POLICIES) {
@@ -115,6 +126,8 @@ pub enum Record {
     Pod(Pod),
     /// A staged policy.
     Staged(Box<StagedPolicy>),
+    /// A host endpoint.
+    HostEndpoint(HostEndpoint),
 }
 
 fn corrupt(key: &str, reason: impl ToString) -> PolicyError {
@@ -135,6 +148,9 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
             .map_err(|e| corrupt(key, e)),
         Some(Subject::Pod(..)) => serde_json::from_slice(value)
             .map(Record::Pod)
+            .map_err(|e| corrupt(key, e)),
+        Some(Subject::HostEndpoint(_)) => serde_json::from_slice(value)
+            .map(Record::HostEndpoint)
             .map_err(|e| corrupt(key, e)),
         Some(Subject::Policy(PolicyId::Kubernetes { .. })) => {
             let object: kubernetes::NetworkPolicy =
@@ -215,6 +231,7 @@ pub fn encode(record: &Record) -> (String, Vec<u8>) {
         Record::Policy(policy, Some(object)) => (policy_key(&policy.id), serde_json::to_vec(object)),
         Record::Policy(policy, None) => (policy_key(&policy.id), serde_json::to_vec(policy)),
         Record::Staged(staged) => (staged_key(&staged.policy.id), serde_json::to_vec(staged)),
+        Record::HostEndpoint(host) => (host_endpoint_key(&host.name), serde_json::to_vec(host)),
     };
     // Serialising these plain structures to JSON cannot fail.
     (encoded.0, encoded.1.unwrap_or_default())

@@ -1,17 +1,21 @@
 //! The objects operators write (`brindle apply -f`): a stream of YAML (or JSON) documents, each a
 //! Namespace, a brindle NetworkPolicy or GlobalNetworkPolicy (`brindle.io/v1`, or Calico's
 //! `projectcalico.org/v3` as written — the same fields: `policy_document`), a staged policy
-//! (`staged`) or a Kubernetes NetworkPolicy (`networking.k8s.io/v1`), each parsed by its kind.
+//! (`staged`), a HostEndpoint (`host_endpoints`) or a Kubernetes NetworkPolicy
+//! (`networking.k8s.io/v1`), each parsed by its kind.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{PolicyError, invalid};
+use super::host_endpoints::HostEndpointDocument;
 use super::kubernetes::{self, DEFAULT_NAMESPACE};
 use super::policy_document::PolicyDocument;
+use super::records::Record;
 use super::staged;
 use super::validate;
+use policy_api::host_endpoint::HostEndpoint;
 use policy_api::model::{Namespace, Policy};
 
 /// API version of brindle's own kinds.
@@ -30,6 +34,21 @@ pub enum Resource {
     KubernetesPolicy(kubernetes::NetworkPolicy),
     /// A staged policy (computed, never enforced).
     Staged(Box<staged::StagedPolicy>),
+    /// A host endpoint.
+    HostEndpoint(HostEndpoint),
+}
+
+impl Resource {
+    /// What is stored of it (a Kubernetes policy with its translation).
+    pub fn into_record(self) -> Result<Record, PolicyError> {
+        Ok(match self {
+            Self::Namespace(namespace) => Record::Namespace(namespace),
+            Self::Policy(policy) => Record::Policy(policy, None),
+            Self::KubernetesPolicy(object) => Record::Policy(object.to_policy()?, Some(Box::new(object))),
+            Self::Staged(staged) => Record::Staged(staged),
+            Self::HostEndpoint(host) => Record::HostEndpoint(host),
+        })
+    }
 }
 
 /// The fields every document has.
@@ -123,6 +142,9 @@ fn parse_value(value: yaml_serde::Value, namespace: &str) -> Result<Resource, Po
                 kubernetes,
             })))
         }
+        (API_VERSION | CALICO_API_VERSION, "HostEndpoint") => {
+            HostEndpointDocument::parse(value).map(Resource::HostEndpoint)
+        }
         (API_VERSION | CALICO_API_VERSION, "NetworkPolicy" | "GlobalNetworkPolicy") => {
             let mut document: PolicyDocument = yaml_serde::from_value(value).map_err(decode)?;
             if document.kind == "NetworkPolicy" {
@@ -138,7 +160,7 @@ fn parse_value(value: yaml_serde::Value, namespace: &str) -> Result<Resource, Po
             format!(
                 "{kind:?} of {version:?} is not a kind brindle knows (Namespace; {API_VERSION} or \
                  {CALICO_API_VERSION} NetworkPolicy, GlobalNetworkPolicy, StagedNetworkPolicy, \
-                 StagedGlobalNetworkPolicy; {CALICO_API_VERSION} StagedKubernetesNetworkPolicy; \
+                 StagedGlobalNetworkPolicy, HostEndpoint; {CALICO_API_VERSION} StagedKubernetesNetworkPolicy; \
                  networking.k8s.io/v1 NetworkPolicy)"
             ),
         )),

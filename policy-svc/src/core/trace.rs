@@ -124,7 +124,7 @@ fn direction(
     destination: &Party<'_>,
     with_staged: bool,
 ) -> Step {
-    let name = format!("{}/{}", endpoint.namespace, endpoint.pod);
+    let name = policy_api::host_endpoint::endpoint_name(endpoint);
     let policies = state.policies_for(endpoint, direction, with_staged);
     let mut logged = Vec::new();
     let step = |policy: Option<&Policy>, rule: Option<usize>, verdict, explanation: String, logged| Step {

@@ -14,7 +14,8 @@ use super::{Decider, LoggedDecision};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyNames {
     policies: HashMap<String, String>,
-    /// Interface → (ingress policy ids, egress policy ids).
+    /// Interface (`*`: a host endpoint of every interface) → (ingress policy ids, egress policy
+    /// ids).
     endpoints: HashMap<String, (Vec<String>, Vec<String>)>,
 }
 
@@ -32,6 +33,12 @@ impl PolicyNames {
                         endpoint.interface.clone(),
                         (endpoint.ingress.clone(), endpoint.egress.clone()),
                     );
+                }
+                ViewEntry::HostEndpoint(host) => {
+                    let subject = host.interface.clone().unwrap_or_else(|| "*".into());
+                    names
+                        .endpoints
+                        .insert(subject, (host.ingress.clone(), host.egress.clone()));
                 }
                 ViewEntry::IpSet(_) | ViewEntry::Member(_) => {}
             }

@@ -2,10 +2,10 @@
 //! by member), then one `iptables-restore --noflush` for the chains whose rules changed, then
 //! stale sets destroyed — only differences from what was last applied or read back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::kernel_text::{Held, parse_chains, parse_sets, rule_hash};
-use super::{FORWARD_CHAIN, Family, Rendered};
+use super::{Family, HOOKS, Rendered};
 use crate::dataplane::{DataplaneError, Ipsets, Iptables};
 
 /// Applies rendered policy of one family, writing only differences from what it last applied
@@ -51,11 +51,18 @@ impl PolicyApplier {
             Some(held) => held,
             None => {
                 let saved = iptables.save("filter")?;
-                let jump = format!("-A FORWARD -j {FORWARD_CHAIN}");
+                let hooked = HOOKS
+                    .iter()
+                    .filter(|(base, chain)| {
+                        let jump = format!("-A {base} -j {chain}");
+                        saved.lines().any(|line| line.trim() == jump)
+                    })
+                    .map(|(base, _)| *base)
+                    .collect();
                 Held {
                     chains: parse_chains(&saved),
                     sets: parse_sets(&ipsets.save()?, self.family.set_prefix()),
-                    hooked: saved.lines().any(|line| line.trim() == jump),
+                    hooked,
                 }
             }
         };
@@ -129,17 +136,27 @@ impl PolicyApplier {
         let changed = declarations.len() > "*filter\n".len();
         let mut restore = declarations + &appends;
         restore.push_str("COMMIT\n");
-        let hooked = desired.chains.contains_key(FORWARD_CHAIN);
-        if !hooked && held.hooked {
-            // Nothing to enforce any more: unhook before the chains go.
-            iptables.remove_jump("filter", "FORWARD", FORWARD_CHAIN)?;
+        let hooked: BTreeSet<&'static str> = HOOKS
+            .iter()
+            .filter(|(_, chain)| desired.chains.contains_key(*chain))
+            .map(|(base, _)| *base)
+            .collect();
+        for (base, chain) in HOOKS
+            .iter()
+            .filter(|(base, _)| held.hooked.contains(base) && !hooked.contains(base))
+        {
+            // Nothing to enforce there any more: unhook before the chain goes.
+            iptables.remove_jump("filter", base, chain)?;
         }
         if changed {
             iptables.restore("filter", &restore)?;
             writes += 1;
         }
-        if hooked && !held.hooked {
-            iptables.ensure_jump("filter", "FORWARD", FORWARD_CHAIN)?;
+        for (base, chain) in HOOKS
+            .iter()
+            .filter(|(base, _)| hooked.contains(base) && !held.hooked.contains(base))
+        {
+            iptables.ensure_jump("filter", base, chain)?;
         }
         // Sets no rule uses any more go last.
         let mut destroy = String::new();

@@ -16,8 +16,8 @@ pub(super) fn rule_hash(rule: &str) -> Option<&str> {
 pub(super) struct Held {
     pub(super) chains: BTreeMap<String, Vec<String>>,
     pub(super) sets: BTreeMap<String, SetSpec>,
-    /// Whether FORWARD jumps to brindle's chain.
-    pub(super) hooked: bool,
+    /// The built-in chains that jump to brindle's ([`HOOKS`](super::HOOKS)).
+    pub(super) hooked: BTreeSet<&'static str>,
 }
 
 /// Reads brindle's chains (rule hashes) from `iptables-save` output.

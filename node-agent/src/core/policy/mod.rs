@@ -11,6 +11,7 @@
 //! policy-svc follower drives.
 
 mod apply;
+mod host;
 mod kernel_text;
 pub mod programmer;
 mod render;
@@ -18,10 +19,24 @@ mod render;
 mod tests;
 
 pub use apply::PolicyApplier;
+pub use host::{
+    DEFAULT_FAILSAFE_INBOUND, DEFAULT_FAILSAFE_OUTBOUND, EndpointToHost, FailsafePort, FailsafePorts,
+    HostRules,
+};
 pub use render::{Rendered, Renderer, SetSpec, render};
 
 /// The chain hooked from FORWARD.
 pub const FORWARD_CHAIN: &str = "brd-FORWARD";
+/// The chain hooked from INPUT: traffic to the node (from its pods, and through host endpoints).
+pub const INPUT_CHAIN: &str = "brd-INPUT";
+/// The chain hooked from OUTPUT: traffic from the node through host endpoints.
+pub const OUTPUT_CHAIN: &str = "brd-OUTPUT";
+/// Built-in chains and the chain of brindle's each jumps to (when rendered).
+const HOOKS: [(&str, &str); 3] = [
+    ("FORWARD", FORWARD_CHAIN),
+    ("INPUT", INPUT_CHAIN),
+    ("OUTPUT", OUTPUT_CHAIN),
+];
 const FROM_WORKLOADS: &str = "brd-from-wl";
 const TO_WORKLOADS: &str = "brd-to-wl";
 /// Prefix of every chain and ipset brindle owns.
@@ -47,6 +62,16 @@ pub struct FlowLogRules {
     pub allowed: bool,
     /// Packets per second each logging rule sends at most.
     pub per_second: u32,
+}
+
+/// What a renderer makes of a view besides its policies: flow logging, and how traffic to and
+/// from the node itself is treated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// What goes to NFLOG.
+    pub flow_log: FlowLogRules,
+    /// Traffic to and from the node itself.
+    pub host: HostRules,
 }
 
 impl Default for FlowLogRules {

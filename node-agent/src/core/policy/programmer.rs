@@ -8,7 +8,7 @@ use std::time::Duration;
 use brindle_fanout::Mirror;
 use policy_api::view::ViewEntry;
 
-use super::{Family, FlowLogRules, PolicyApplier, Renderer};
+use super::{Family, PolicyApplier, RenderOptions, Renderer};
 use crate::core::flow_log::PolicyNames;
 use crate::core::follow::{ResyncClock, SyncTarget};
 use crate::dataplane::{DataplaneError, Ipsets, Iptables};
@@ -45,7 +45,7 @@ impl PolicyProgrammer {
                 .into_iter()
                 .map(|(family, iptables)| FamilyPlane {
                     iptables,
-                    renderer: Renderer::new(family, FlowLogRules::default()),
+                    renderer: Renderer::new(family, RenderOptions::default()),
                     applier: PolicyApplier::new(family),
                 })
                 .collect(),
@@ -56,14 +56,14 @@ impl PolicyProgrammer {
         }
     }
 
-    /// Logs what `logging` asks for and keeps `names` up to date with the view.
-    pub fn with_flow_log(
+    /// Renders with `options` and keeps `names` up to date with the view (for flow logs).
+    pub fn with_options(
         mut self,
-        logging: FlowLogRules,
+        options: &RenderOptions,
         names: Arc<std::sync::RwLock<PolicyNames>>,
     ) -> Self {
         for plane in &mut self.planes {
-            plane.renderer = Renderer::new(plane.renderer.family(), logging);
+            plane.renderer = Renderer::new(plane.renderer.family(), options.clone());
         }
         self.names = Some(names);
         self

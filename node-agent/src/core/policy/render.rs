@@ -9,9 +9,10 @@ use policy_api::model::{Action, Protocol};
 use policy_api::rule_text;
 use policy_api::view::{CompiledRule, CompiledSide, IpSetKind, PolicyView, ViewEntry};
 
+use super::host::host_chains;
 use super::{
     ACCEPT_MARK, FLOW_LOG_NFLOG_GROUP, FORWARD_CHAIN, FROM_WORKLOADS, Family, FlowLogRules, MULTIPORT_SLOTS,
-    PASS_MARK, TO_WORKLOADS, WORKLOAD_INTERFACES,
+    PASS_MARK, RenderOptions, TO_WORKLOADS, WORKLOAD_INTERFACES,
 };
 
 /// An ipset to hold.
@@ -50,10 +51,10 @@ fn commented(rule: &str) -> String {
     format!("-m comment --comment \"brd:{}\" {rule}", short_hash(rule))
 }
 
-/// Renders a node's view for `family`, logging denied packets (without a cache; see
+/// Renders a node's view for `family` with the default options (without a cache; see
 /// [`Renderer`]).
 pub fn render(view: &BTreeMap<String, ViewEntry>, family: Family) -> Rendered {
-    Renderer::new(family, FlowLogRules::default()).render(view)
+    Renderer::new(family, RenderOptions::default()).render(view)
 }
 
 /// A policy's chains as last rendered, with the agent-local sets they use.
@@ -70,16 +71,18 @@ struct RenderedPolicy {
 #[derive(Debug)]
 pub struct Renderer {
     family: Family,
+    options: RenderOptions,
     logging: FlowLogRules,
     policies: BTreeMap<String, RenderedPolicy>,
 }
 
 impl Renderer {
-    /// A renderer for `family`, sending to NFLOG what `logging` asks for.
-    pub fn new(family: Family, logging: FlowLogRules) -> Self {
+    /// A renderer for `family` with `options`.
+    pub fn new(family: Family, options: RenderOptions) -> Self {
         Self {
             family,
-            logging,
+            logging: options.flow_log,
+            options,
             policies: BTreeMap::new(),
         }
     }
@@ -97,8 +100,10 @@ impl Renderer {
         let mut rendered = Rendered::default();
         let mut policies = BTreeMap::new();
         let mut endpoints = Vec::new();
+        let mut hosts = Vec::new();
         for entry in entries.iter().copied() {
             match entry {
+                ViewEntry::HostEndpoint(host) => hosts.push(host),
                 ViewEntry::Policy(policy) => {
                     policies.insert(policy.id.clone(), policy);
                 }
@@ -154,11 +159,11 @@ impl Renderer {
             to.push(format!("-o {interface} -g brd-tw-{interface}"));
             chains.insert(
                 format!("brd-fw-{interface}"),
-                endpoint_chain(&endpoint.egress, "po", &policies, interface, self.logging),
+                endpoint_chain(&endpoint.egress, "po", &policies, interface, self.logging, false),
             );
             chains.insert(
                 format!("brd-tw-{interface}"),
-                endpoint_chain(&endpoint.ingress, "pi", &policies, interface, self.logging),
+                endpoint_chain(&endpoint.ingress, "pi", &policies, interface, self.logging, false),
             );
         }
         // A workload interface the view does not know yet (or any more) gets nothing through.
@@ -166,9 +171,18 @@ impl Renderer {
         to.push("-j DROP".to_owned());
         chains.insert(FROM_WORKLOADS.to_owned(), from);
         chains.insert(TO_WORKLOADS.to_owned(), to);
+        host_chains(
+            self.family,
+            &hosts,
+            &policies,
+            &self.options.host,
+            self.logging,
+            &mut chains,
+        );
         let used: BTreeSet<&String> = endpoints
             .iter()
             .flat_map(|e| e.ingress.iter().chain(&e.egress))
+            .chain(hosts.iter().flat_map(|h| h.ingress.iter().chain(&h.egress)))
             .collect();
         let mut policy_chains = BTreeMap::new();
         for (id, policy) in &policies {
@@ -228,13 +242,15 @@ fn flow_log(logging: FlowLogRules, prefix: &str) -> String {
 }
 
 /// An endpoint's chain for one direction: each policy in order, returning (allowed) as soon as
-/// one allows or passes; logged and dropped at the end when any policy applies.
-fn endpoint_chain(
+/// one allows or passes; logged and dropped at the end when any policy applies, or always
+/// (`deny_at_end`: a host endpoint's).
+pub(super) fn endpoint_chain(
     ids: &[String],
     kind: &str,
     policies: &BTreeMap<String, &PolicyView>,
     interface: &str,
     logging: FlowLogRules,
+    deny_at_end: bool,
 ) -> Vec<String> {
     let mut rules = vec![format!("-j MARK --set-xmark 0x0/{:#x}", ACCEPT_MARK | PASS_MARK)];
     let known: Vec<&String> = ids.iter().filter(|id| policies.contains_key(*id)).collect();
@@ -246,7 +262,7 @@ fn endpoint_chain(
         rules.push(format!("-m mark --mark {PASS_MARK:#x}/{PASS_MARK:#x} -j RETURN"));
     }
     let direction = if kind == "pi" { 'i' } else { 'e' };
-    if !ids.is_empty() {
+    if !ids.is_empty() || deny_at_end {
         rules.push(flow_log(logging, &format!("DX {interface} {direction}")));
         rules.push("-j DROP".to_owned());
     } else if logging.allowed {
@@ -459,7 +475,7 @@ fn side_matches(
 }
 
 /// Ports as multiport lists of at most [`MULTIPORT_SLOTS`] slots.
-fn port_chunks(ports: &[(u16, u16)]) -> Vec<String> {
+pub(super) fn port_chunks(ports: &[(u16, u16)]) -> Vec<String> {
     let mut chunks = Vec::new();
     let mut current: Vec<String> = Vec::new();
     let mut slots = 0;

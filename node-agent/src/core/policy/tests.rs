@@ -381,7 +381,11 @@ fn allowed_first_packets_are_logged_only_when_asked() {
         allowed: true,
         per_second: 250,
     };
-    let all = logging_rules(&Renderer::new(Family::V4, logging).render(&view));
+    let options = RenderOptions {
+        flow_log: logging,
+        ..RenderOptions::default()
+    };
+    let all = logging_rules(&Renderer::new(Family::V4, options).render(&view));
     let allowed: Vec<&String> = all.iter().filter(|r| r.contains("--nflog-prefix \"A")).collect();
     assert!(
         allowed
@@ -397,5 +401,70 @@ fn allowed_first_packets_are_logged_only_when_asked() {
     assert!(
         all.iter()
             .all(|r| r.contains("--limit 250/second --limit-burst 250"))
+    );
+}
+
+/// A host endpoint's traffic goes through the global policies selecting it, behind the failsafe
+/// ports, and is dropped when none allows it; pods' traffic to the node meets their egress
+/// policies, then the endpoint-to-host action.
+#[test]
+fn host_endpoints_get_input_and_output_chains_behind_failsafe_ports() {
+    let mut calc = world();
+    calc.put_host_endpoint(&policy_api::host_endpoint::HostEndpoint {
+        name: "n1-eth0".into(),
+        node: "n1".into(),
+        interface: Some("eth0".into()),
+        expected_ips: vec!["192.168.0.1".parse().expect("ip")],
+        labels: BTreeMap::from([("role".to_owned(), "worker".to_owned())]),
+    });
+    let policy = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: hosts}\n\
+                  spec:\n  selector: role == 'worker'\n  types: [Ingress]\n  ingress:\n    \
+                  - {action: Deny, protocol: TCP, destination: {ports: [9400]}}\n";
+    for resource in parse_documents(policy, "").expect("valid") {
+        if let Resource::Policy(policy) = resource {
+            calc.put_policy(policy);
+        }
+    }
+    let options = RenderOptions {
+        host: HostRules {
+            endpoint_to_host: EndpointToHost::Drop,
+            ..HostRules::default()
+        },
+        ..RenderOptions::default()
+    };
+    let rendered = Renderer::new(Family::V4, options).render(&calc.view("n1"));
+    let text = |chain: &str| {
+        rendered
+            .chains
+            .get(chain)
+            .map(|rules| rules.join("\n"))
+            .unwrap_or_default()
+    };
+    let input = text(INPUT_CHAIN);
+    let failsafe = input.find("--dports 22,").expect("failsafe ports");
+    let dispatch = input
+        .find("-i eth0 -g brd-hi-eth0")
+        .expect("the host endpoint's chain");
+    assert!(failsafe < dispatch, "failsafe ports first: {input}");
+    assert!(
+        input.contains("-i brd+ -j brd-from-wl") && input.contains("-i brd+ -j DROP"),
+        "{input}"
+    );
+    let to_host = text("brd-hi-eth0");
+    assert!(to_host.contains("-j brd-pi-"), "{to_host}");
+    assert!(
+        to_host.contains("--nflog-prefix \"DX eth0 i\"") && to_host.ends_with("-j DROP"),
+        "{to_host}"
+    );
+    let from_host = text("brd-ho-eth0");
+    assert!(
+        from_host.ends_with("-j DROP"),
+        "no egress policy: nothing leaves but failsafe: {from_host}"
+    );
+    assert!(text(OUTPUT_CHAIN).contains("-o eth0 -g brd-ho-eth0"));
+    let sets: Vec<&String> = rendered.sets.values().flat_map(|s| s.members.iter()).collect();
+    assert!(
+        !sets.iter().any(|m| m.starts_with("192.168.0.1")),
+        "no selector here names the host"
     );
 }
