@@ -10,7 +10,9 @@
 # router's BGP table and a host outside the cluster pinging every pod, a Kubernetes NetworkPolicy
 # enforced by the agents (the matrix again, and policy trace explaining a denied pair), a Calico
 # StagedGlobalNetworkPolicy that changes nothing in the kernel while trace gives both verdicts, the
-# flows the policy denied as the nodes logged them (`brindle flows --denied`), every
+# first node's eth0 put under policy by a Calico HostEndpoint (its port 9400 closed to the second
+# node, SSH's failsafe port still open), the flows the policies denied as the nodes logged them
+# (`brindle flows --denied`), every
 # node's BGP session in `brindle node status`, and everything is torn down. The underlay MTU is
 # 1400 and the network configuration sets none: the agents detect the pod MTU and the demo prints it.
 # The control plane speaks mTLS: the lab makes a CA, the server's and an administrator's

@@ -241,14 +241,69 @@ fn staged_demo(lab: &Lab) -> anyhow::Result<()> {
         "a staged policy must change nothing and be traced as a deny\n{}",
         lab.logs()
     );
+    host_endpoint_demo(lab)?;
     // Agents report every half second.
     std::thread::sleep(Duration::from_secs(1));
-    println!("\n$ brindle flows --denied   (what the policy dropped, as the nodes logged it)");
+    println!("\n$ brindle flows --denied   (what the policies dropped, as the nodes logged it)");
     let status = lab
         .cli(&["flows", "--denied"])
         .status()
         .context("running brindle flows")?;
     anyhow::ensure!(status.success(), "brindle flows failed\n{}", lab.logs());
+    Ok(())
+}
+
+/// A Calico HostEndpoint for the first node's eth0 and a GlobalNetworkPolicy denying TCP 22 and
+/// 9400 from the other nodes: the second node then reaches the first's port 9400 no more, while
+/// 22 stays reachable (a failsafe port) — the node's own traffic under policy.
+fn host_endpoint_demo(lab: &Lab) -> anyhow::Result<()> {
+    let (first, second) = (&lab.nodes[0], lab.nodes.get(1).context("a second node")?);
+    let servers = lab::serve(&first.namespace, &[22, 9400])?;
+    let manifest = format!(
+        "apiVersion: projectcalico.org/v3\nkind: HostEndpoint\n\
+         metadata: {{name: {node}-eth0, labels: {{host-endpoint: 'true'}}}}\n\
+         spec: {{node: {node}, interfaceName: eth0, expectedIPs: ['{address}']}}\n---\n\
+         apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {{name: no-admin-from-nodes}}\n\
+         spec:\n  order: 10\n  selector: has(host-endpoint)\n  types: [Ingress, Egress]\n  ingress:\n    \
+         - {{action: Deny, protocol: TCP, source: {{nets: ['{second}/32']}}, destination: {{ports: [22, 9400]}}}}\n    \
+         - {{action: Allow}}\n  egress:\n    - {{action: Allow}}\n",
+        node = first.name,
+        address = first.address,
+        second = second.address,
+    );
+    println!(
+        "\nputting {}'s eth0 under policy (a Calico HostEndpoint):\n{manifest}",
+        first.name
+    );
+    lab.apply(&manifest)?;
+    let reaches = |port: u16| -> anyhow::Result<bool> {
+        let target = lab::Target {
+            ip: first.address.into(),
+            transport: lab::Transport::Tcp,
+            port,
+        };
+        Ok(lab::probe(&second.namespace, vec![target], Duration::from_millis(700))?[0])
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while reaches(9400)? && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (metrics, ssh) = (reaches(9400)?, reaches(22)?);
+    let mark = |reached: bool| if reached { "reachable ✓" } else { "dropped ✗" };
+    println!(
+        "from {}: {}:9400 {} (denied by the policy), {}:22 {} (failsafe: no policy closes it)",
+        second.name,
+        first.address,
+        mark(metrics),
+        first.address,
+        mark(ssh)
+    );
+    drop(servers);
+    anyhow::ensure!(
+        !metrics && ssh,
+        "the host endpoint's policy must close 9400 and leave 22 open\n{}",
+        lab.logs()
+    );
     Ok(())
 }
 

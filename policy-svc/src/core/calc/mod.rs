@@ -1,7 +1,10 @@
 //! Incremental per-node calculation: from namespaces, endpoints and policies, every node's
 //! [`ViewEntry`] map, kept up to date change by change. An endpoint change re-evaluates only that
 //! endpoint against the policies and sets; a policy change only that policy against the
-//! endpoints; the result is the entries that really changed, per node.
+//! endpoints; the result is the entries that really changed, per node. Host endpoints are
+//! evaluated as endpoints (`host_endpoints`).
+
+mod host_endpoints;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -157,36 +160,6 @@ impl Calculator {
             Record::Pod(pod) => self.put_pod(pod),
             Record::Staged(staged) => self.put_staged(*staged),
             Record::HostEndpoint(host) => self.put_host_endpoint(&host),
-        }
-    }
-
-    /// Sets a host endpoint: evaluated as an endpoint without a namespace (global policies select
-    /// it; rule selectors matching it match its expected IPs), its view entry a host endpoint's.
-    pub fn put_host_endpoint(&mut self, host: &HostEndpoint) -> NodeChanges {
-        let key = host.endpoint_key();
-        let mut changes = NodeChanges::new();
-        if let Some(moved) = self.host_endpoints.insert(host.name.clone(), host.clone())
-            && moved.node != host.node
-        {
-            // Moved to another node: gone from the first.
-            changes = self.remove_endpoint(&moved.endpoint_key());
-        }
-        let endpoint = host.as_endpoint();
-        if self.state.endpoint(&key) != Some(&endpoint) {
-            self.state.put_endpoint(endpoint);
-            self.endpoint_changed(&key);
-        }
-        for (node, entries) in self.commit() {
-            changes.entry(node).or_default().extend(entries);
-        }
-        changes
-    }
-
-    /// Removes a host endpoint.
-    pub fn remove_host_endpoint(&mut self, name: &str) -> NodeChanges {
-        match self.host_endpoints.remove(name) {
-            Some(host) => self.remove_endpoint(&host.endpoint_key()),
-            None => NodeChanges::new(),
         }
     }
 
