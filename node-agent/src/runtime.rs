@@ -136,27 +136,30 @@ pub struct Args {
     pub flow_log_allowed: bool,
     /// Packets per second each policy rule sends to the flow log at most (a token bucket with
     /// bursts of as many; iptables' limit match takes at most 10000): what the agent's CPU spends
-    /// on flow logs is bounded by it.
+    /// on flow logs is bounded by it times the logging rules a flood hits.
     #[arg(long, env = "BRINDLE_FLOW_LOG_RATE", default_value_t = DEFAULT_FLOW_LOG_RATE,
-          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+          value_parser = clap::value_parser!(u32).range(1..=10_000), requires = "policy_endpoint")]
     pub flow_log_rate: u32,
     /// Flows the agent counts between two reports to policy-svc (every 0.5 s) at most; packets of
     /// further flows are counted as unrecorded (`brindle_flow_log_unrecorded_packets_total`).
     #[arg(long, env = "BRINDLE_FLOW_LOG_MAX_FLOWS", default_value_t = DEFAULT_FLOW_TABLE_SIZE,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub flow_log_max_flows: usize,
     /// What happens to a pod's traffic to its own node once its egress policies allowed it:
-    /// Drop, Accept or Return (to the host's own INPUT rules) — Calico's
+    /// Drop, Accept or Return (to the host's own INPUT rules, the default) — Calico's
     /// `defaultEndpointToHostAction` (Calico's Kubernetes manifests set Accept).
-    #[arg(long, env = "BRINDLE_DEFAULT_ENDPOINT_TO_HOST_ACTION", default_value_t = EndpointToHost::Accept)]
+    #[arg(long, env = "BRINDLE_DEFAULT_ENDPOINT_TO_HOST_ACTION", default_value_t = EndpointToHost::Return,
+          requires = "policy_endpoint")]
     pub default_endpoint_to_host_action: EndpointToHost,
     /// Ports open to the node whatever host endpoint policies say (`tcp:22,udp:68,…`; `none`) —
     /// Calico's `failsafeInboundHostPorts`, with brindle's services' ports.
-    #[arg(long, env = "BRINDLE_FAILSAFE_INBOUND_HOST_PORTS", default_value = DEFAULT_FAILSAFE_INBOUND)]
+    #[arg(long, env = "BRINDLE_FAILSAFE_INBOUND_HOST_PORTS", default_value = DEFAULT_FAILSAFE_INBOUND,
+          requires = "policy_endpoint")]
     pub failsafe_inbound_host_ports: FailsafePorts,
     /// Ports the node reaches whatever host endpoint policies say — Calico's
     /// `failsafeOutboundHostPorts`, with brindle's services' ports.
-    #[arg(long, env = "BRINDLE_FAILSAFE_OUTBOUND_HOST_PORTS", default_value = DEFAULT_FAILSAFE_OUTBOUND)]
+    #[arg(long, env = "BRINDLE_FAILSAFE_OUTBOUND_HOST_PORTS", default_value = DEFAULT_FAILSAFE_OUTBOUND,
+          requires = "policy_endpoint")]
     pub failsafe_outbound_host_ports: FailsafePorts,
     /// How logs look.
     #[command(flatten)]

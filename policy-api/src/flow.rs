@@ -59,7 +59,8 @@ pub struct Decision {
     pub direction: Direction,
     /// What happened to the packets.
     pub verdict: Verdict,
-    /// The deciding policy; `None` when no policy selects the endpoint (the default allowed).
+    /// The deciding policy; `None` when no policy selects the endpoint (the default decided:
+    /// allow for a pod, deny for a host endpoint).
     pub policy: Option<String>,
     /// The deciding rule; `None` when the end of the policies decided.
     pub rule: Option<usize>,
@@ -91,8 +92,8 @@ impl FlowCounts {
 
     /// Adds `other` (counted later or elsewhere) to these counts.
     pub fn add(&mut self, other: &Self) {
-        self.packets += other.packets;
-        self.bytes += other.bytes;
+        self.packets = self.packets.saturating_add(other.packets);
+        self.bytes = self.bytes.saturating_add(other.bytes);
         self.first_seen_ms = self.first_seen_ms.min(other.first_seen_ms);
         self.last_seen_ms = self.last_seen_ms.max(other.last_seen_ms);
     }

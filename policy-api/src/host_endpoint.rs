@@ -26,6 +26,9 @@ pub struct HostEndpoint {
     pub expected_ips: Vec<IpAddr>,
     /// Labels policies select it by.
     pub labels: BTreeMap<String, String>,
+    /// Annotations, kept as written (never matched).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl HostEndpoint {

@@ -285,9 +285,14 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// The labels selectors see: the pod's own, its namespace's name (under brindle's and
-    /// Calico's key) and its namespace's labels (under [`NAMESPACE_LABELS_PREFIX`]).
+    /// Calico's key) and its namespace's labels (under [`NAMESPACE_LABELS_PREFIX`]). An endpoint
+    /// without a namespace (a host endpoint) has its own labels only, so no namespace selector
+    /// matches it.
     pub fn selector_labels(&self, namespace: Option<&Namespace>) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();
+        if self.namespace.is_empty() {
+            return labels;
+        }
         labels.insert(NAMESPACE_LABEL.to_owned(), self.namespace.clone());
         labels.insert(CALICO_NAMESPACE_LABEL.to_owned(), self.namespace.clone());
         let mut namespace_labels = namespace.map(|n| n.labels.clone()).unwrap_or_default();
@@ -572,9 +577,13 @@ impl Policy {
     }
 }
 
-/// Rewrites a namespace selector to test the namespace labels endpoints carry.
+/// Rewrites a namespace selector to test the namespace labels endpoints carry; only endpoints in
+/// a namespace match it (`all()` included), never a host endpoint.
 fn namespace_scoped(namespaces: &Selector) -> Selector {
-    namespaces.map_keys(&|key| format!("{NAMESPACE_LABELS_PREFIX}{key}"))
+    Selector::And(vec![
+        Selector::Has(NAMESPACE_LABEL.to_owned()),
+        namespaces.map_keys(&|key| format!("{NAMESPACE_LABELS_PREFIX}{key}")),
+    ])
 }
 
 /// Orders policies the way they are evaluated: by `order` (unset last), then by id.

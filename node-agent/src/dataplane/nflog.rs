@@ -53,7 +53,7 @@ fn io(what: String, source: std::io::Error) -> DataplaneError {
 }
 
 impl NflogSocket {
-    /// Binds `group` for IPv4 and IPv6; fails when another process holds it.
+    /// Binds `group` (IPv4 and IPv6 packets); fails when another process holds it.
     pub fn bind(group: u16) -> Result<Self, DataplaneError> {
         let what = |step: &str| format!("NFLOG group {group}: {step}");
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(|e| io(what("opening a socket"), e))?;
@@ -63,11 +63,9 @@ impl NflogSocket {
         socket
             .set_rx_buf_sz(RECEIVE_BUFFER)
             .map_err(|e| io(what("sizing the receive buffer"), e))?;
-        let mut requests = Vec::new();
-        for family in [NetfilterProtoFamily::IPv4, NetfilterProtoFamily::IPv6] {
-            requests.push(config_request(family, 0, vec![ConfigCmd::PfBind.into()]));
-        }
-        requests.push(config_request(
+        // No PfBind: since Linux 3.17 binding the group suffices, and binding the protocol
+        // families would make nfnetlink_log the namespace's default packet logger.
+        let requests = [config_request(
             NetfilterProtoFamily::Unspec,
             group,
             vec![
@@ -77,7 +75,7 @@ impl NflogSocket {
                 ConfigNla::QThresh(BATCH_PACKETS),
                 ConfigNla::NlBufSiz(BATCH_BYTES),
             ],
-        ));
+        )];
         for request in requests {
             let mut bytes = vec![0; request.header.length as usize];
             request.serialize(&mut bytes);
@@ -117,16 +115,25 @@ impl NflogSocket {
             Err(e) => return Err(io("reading NFLOG".into(), e)),
         };
         let mut offset = 0;
-        while offset < size {
-            let Ok(message) = NetlinkMessage::<NetfilterMessage>::deserialize(&self.buffer[offset..size])
-            else {
+        while offset + 4 <= size {
+            // The message's length, from its header, also when the rest does not parse: one
+            // message the crate cannot read is skipped, not the batch.
+            let mut length_bytes = [0u8; 4];
+            length_bytes.copy_from_slice(&self.buffer[offset..offset + 4]);
+            let length = u32::from_ne_bytes(length_bytes) as usize;
+            if length == 0 {
                 break;
-            };
-            let length = message.header.length as usize;
-            if let NetlinkPayload::InnerMessage(NetfilterMessage {
-                inner: NetfilterMessageInner::ULog(ULogMessage::Packet(attributes)),
+            }
+            let end = (offset + length).min(size);
+            let parsed = NetlinkMessage::<NetfilterMessage>::deserialize(&self.buffer[offset..end]);
+            if let Ok(NetlinkMessage {
+                payload:
+                    NetlinkPayload::InnerMessage(NetfilterMessage {
+                        inner: NetfilterMessageInner::ULog(ULogMessage::Packet(attributes)),
+                        ..
+                    }),
                 ..
-            }) = message.payload
+            }) = parsed
             {
                 let mut packet = LoggedPacket {
                     prefix: String::new(),
@@ -140,9 +147,6 @@ impl NflogSocket {
                     }
                 }
                 batch.packets.push(packet);
-            }
-            if length == 0 {
-                break;
             }
             offset += length.next_multiple_of(4);
         }

@@ -34,11 +34,13 @@ impl FlowFilter {
 
 type FlowId = (String, FlowKey, Decision);
 
-/// Flows by node, 5-tuple and decision, at most `capacity` of them.
+/// Flows by node, 5-tuple and decision, at most `capacity` of them; each with when it was last
+/// reported here (a sequence number: nodes' clocks decide nothing of what is kept).
 #[derive(Debug)]
 pub struct FlowStore {
     capacity: usize,
-    flows: HashMap<FlowId, FlowRecord>,
+    flows: HashMap<FlowId, (u64, FlowRecord)>,
+    reports: u64,
     evicted: u64,
 }
 
@@ -48,6 +50,7 @@ impl FlowStore {
         Self {
             capacity: capacity.max(1),
             flows: HashMap::new(),
+            reports: 0,
             evicted: 0,
         }
     }
@@ -56,8 +59,10 @@ impl FlowStore {
     /// are the report's, the newer), and returns the record.
     pub fn record(&mut self, flow: FlowRecord) -> FlowRecord {
         let id = (flow.node.clone(), flow.key, flow.decision.clone());
+        self.reports += 1;
         let held = match self.flows.get_mut(&id) {
-            Some(held) => {
+            Some((reported, held)) => {
+                *reported = self.reports;
                 held.counts.add(&flow.counts);
                 held.source = flow.source;
                 held.destination = flow.destination;
@@ -65,7 +70,7 @@ impl FlowStore {
                 held.clone()
             }
             None => {
-                self.flows.insert(id, flow.clone());
+                self.flows.insert(id, (self.reports, flow.clone()));
                 flow
             }
         };
@@ -75,15 +80,15 @@ impl FlowStore {
         held
     }
 
-    /// Forgets the least recently seen eighth of the flows (so that evicting is rare: its cost,
-    /// linear in the table, is spread over the reports that fill it again).
+    /// Forgets the least recently reported eighth of the flows (so that evicting is rare: its
+    /// cost, linear in the table, is spread over the reports that fill it again).
     fn evict(&mut self) {
         let excess = self.flows.len() - self.capacity;
         let count = excess.max(self.capacity / 8).min(self.flows.len());
-        let mut ages: Vec<(i64, &FlowId)> = self
+        let mut ages: Vec<(u64, &FlowId)> = self
             .flows
             .iter()
-            .map(|(id, flow)| (flow.counts.last_seen_ms, id))
+            .map(|(id, (reported, _))| (*reported, id))
             .collect();
         ages.select_nth_unstable_by_key(count - 1, |(seen, _)| *seen);
         let oldest: Vec<FlowId> = ages[..count].iter().map(|(_, id)| (*id).clone()).collect();
@@ -98,6 +103,7 @@ impl FlowStore {
         let mut flows: Vec<FlowRecord> = self
             .flows
             .values()
+            .map(|(_, flow)| flow)
             .filter(|f| filter.admits(f))
             .cloned()
             .collect();

@@ -13,6 +13,9 @@ use super::validate;
 use policy_api::host_endpoint::HostEndpoint;
 use policy_api::rule_text::is_interface_name;
 
+/// What every pod's host-side interface is named after.
+const WORKLOAD_INTERFACE_PREFIX: &str = "brd";
+
 /// `metadata` of a HostEndpoint.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +82,15 @@ impl HostEndpointDocument {
         validate::name("spec.node", &spec.node, true)?;
         let interface = match spec.interface_name.as_deref() {
             Some("*") => None,
+            Some(name) if name == "lo" || name.starts_with(WORKLOAD_INTERFACE_PREFIX) => {
+                return Err(invalid(
+                    "spec.interfaceName",
+                    format!(
+                        "{name:?}: loopback and pods' interfaces ({WORKLOAD_INTERFACE_PREFIX}…) are never a host endpoint's \
+                         (pods' traffic to the node: the agent's --default-endpoint-to-host-action)"
+                    ),
+                ));
+            }
             Some(name) if is_interface_name(name) => Some(name.to_owned()),
             Some(name) => {
                 return Err(invalid(
@@ -112,6 +124,7 @@ impl HostEndpointDocument {
             interface,
             expected_ips,
             labels: self.metadata.labels.clone(),
+            annotations: self.metadata.annotations.clone(),
         })
     }
 
@@ -123,7 +136,7 @@ impl HostEndpointDocument {
             metadata: Metadata {
                 name: host.name.clone(),
                 labels: host.labels.clone(),
-                annotations: BTreeMap::new(),
+                annotations: host.annotations.clone(),
             },
             spec: Spec {
                 node: host.node.clone(),
@@ -184,6 +197,8 @@ mod tests {
                 "spec.expectedIPs[0]",
             ),
             (", interfaceName: eth0, bogus: 1}", "bogus"),
+            (", interfaceName: lo}", "spec.interfaceName"),
+            (", interfaceName: brd12ab}", "spec.interfaceName"),
         ] {
             let error = parse(&format!("{base}{spec}\n")).expect_err(field).to_string();
             assert!(error.contains(field), "{field}: {error}");

@@ -136,14 +136,27 @@ fn direction(
         logged,
         explanation,
     };
+    // A host endpoint denies what no policy allows, also with no policy (Calico's semantics);
+    // its failsafe ports and the agent's exemptions are the data plane's, not modelled here.
+    let host = policy_api::host_endpoint::host_endpoint_name(&endpoint.key).is_some();
     if policies.is_empty() {
-        return step(
-            None,
-            None,
-            Verdict::Allow,
-            format!("no policy selects {name} for {direction}: allowed (default)"),
-            logged,
-        );
+        return if host {
+            step(
+                None,
+                None,
+                Verdict::Deny,
+                format!("no policy selects {name} for {direction}: denied (a host endpoint's default)"),
+                logged,
+            )
+        } else {
+            step(
+                None,
+                None,
+                Verdict::Allow,
+                format!("no policy selects {name} for {direction}: allowed (default)"),
+                logged,
+            )
+        };
     }
     for policy in &policies {
         for (index, rule) in policy.rules(direction).iter().enumerate() {
@@ -168,6 +181,15 @@ fn direction(
                         Some(index),
                         Verdict::Deny,
                         format!("denied by {at}"),
+                        logged,
+                    );
+                }
+                Action::Pass if host => {
+                    return step(
+                        Some(policy),
+                        Some(index),
+                        Verdict::Deny,
+                        format!("{at} passes, and a host endpoint has nothing after its policies: denied"),
                         logged,
                     );
                 }

@@ -16,6 +16,8 @@ use crate::core::hub::PolicyHub;
 
 /// The most flows one report may hold (an agent reports at most its table's capacity).
 const MAX_REPORTED_FLOWS: usize = 100_000;
+/// Flows completed under one hold of the calculation's lock.
+const COMPLETE_AT_ONCE: usize = 256;
 /// Flows a list returns when the request names no limit.
 const DEFAULT_LIST_LIMIT: usize = 1000;
 /// The most flows a list returns (a flow is about 150 bytes: under gRPC's 4 MiB).
@@ -66,8 +68,10 @@ impl FlowLog {
         });
     }
 
-    /// Takes a node's report: only its own flows, each checked, completed and added.
-    pub fn report(
+    /// Takes a node's report: only its own flows, each checked, completed and added. Completing
+    /// (pods, staged verdicts) runs off the async workers, holding the calculation's lock for
+    /// [`COMPLETE_AT_ONCE`] flows at a time so that the views keep flowing meanwhile.
+    pub async fn report(
         &self,
         hub: &PolicyHub,
         caller: &Caller,
@@ -87,11 +91,19 @@ impl FlowLog {
             flow.node.clone_from(&request.node);
             flows.push(flow);
         }
-        hub.with_state(|state, _| {
-            for flow in &mut flows {
-                complete(state, flow);
+        let hub = hub.clone();
+        let flows = tokio::task::spawn_blocking(move || {
+            for batch in flows.chunks_mut(COMPLETE_AT_ONCE) {
+                hub.with_state(|state, _| {
+                    for flow in batch {
+                        complete(state, flow);
+                    }
+                });
             }
-        });
+            flows
+        })
+        .await
+        .map_err(|e| Status::internal(format!("completing flows: {e}")))?;
         let held: Vec<FlowRecord> = {
             let mut store = self.store();
             flows.into_iter().map(|flow| store.record(flow)).collect()

@@ -510,6 +510,7 @@ impl Policy for PolicyService {
         let caller = Caller::of(&request)?;
         self.flows
             .report(&self.hub, &caller, request.into_inner())
+            .await
             .map(Response::new)
     }
 

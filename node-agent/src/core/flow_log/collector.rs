@@ -17,6 +17,9 @@ use crate::dataplane::{NflogBatch, NflogSocket};
 /// and NFLOG's own batching, 100 ms).
 pub const REPORT_EVERY: Duration = Duration::from_millis(500);
 
+/// Flows sent in one report at most (a message well under gRPC's 4 MiB).
+pub const REPORT_CHUNK: usize = 5_000;
+
 /// Where flows are reported.
 #[async_trait::async_trait]
 pub trait FlowSink: Send + Sync {
@@ -59,7 +62,7 @@ impl FlowCollector {
                 ),
                 overruns: metrics.counters(
                     "flow_log_overruns",
-                    "Times the kernel dropped logged packets: the agent's socket buffer was full",
+                    "Times logged packets were lost: the agent's socket buffer was full, or reading failed",
                 ),
             },
         };
@@ -101,7 +104,8 @@ impl FlowCollector {
         }
     }
 
-    /// Reads `socket` into the table from a thread of its own, until reading fails.
+    /// Reads `socket` into the table from a thread of its own, forever (a failed read is counted
+    /// in `brindle_flow_log_overruns_total` and retried a second later).
     pub fn read_from(&self, mut socket: NflogSocket) -> std::thread::JoinHandle<()> {
         let collector = self.clone();
         std::thread::spawn(move || {
@@ -109,8 +113,10 @@ impl FlowCollector {
                 match socket.receive() {
                     Ok(batch) => collector.take(batch),
                     Err(error) => {
-                        tracing::error!(%error, "reading flow logs stopped");
-                        return;
+                        // Counted and retried: flow logs never stop for good on one failure.
+                        collector.metrics.overruns.get_or_create(&Labels::new()).inc();
+                        tracing::warn!(%error, "reading flow logs; retrying in a second");
+                        std::thread::sleep(Duration::from_secs(1));
                     }
                 }
             }
@@ -127,10 +133,11 @@ impl FlowCollector {
         }
     }
 
-    /// Reports what was counted since the last report; on failure counts it again (to be
-    /// reported next time, within the table's bound).
+    /// Reports what was counted since the last report, in messages of at most [`REPORT_CHUNK`]
+    /// flows. A report policy-svc could not take now is counted again (to be reported next time,
+    /// within the table's bound); one it refuses is dropped, said in the log.
     pub async fn report_once(&self, node: &str, sink: &dyn FlowSink) {
-        let (drained, unrecorded) = {
+        let (drained, mut unrecorded) = {
             let mut table = self.table();
             if table.is_empty() {
                 return;
@@ -143,40 +150,52 @@ impl FlowCollector {
                 .get_or_create(&Labels::new())
                 .inc_by(unrecorded);
         }
-        let flows: Vec<FlowRecord> = {
-            let names = self.names.read().unwrap_or_else(PoisonError::into_inner);
-            drained
-                .iter()
-                .map(|(key, logged, counts)| FlowRecord {
-                    node: node.to_owned(),
-                    key: *key,
-                    decision: names.name(logged),
-                    counts: *counts,
-                    source: None,
-                    destination: None,
-                    staged: None,
-                })
-                .collect()
-        };
-        let mut packets: BTreeMap<(String, Verdict), u64> = BTreeMap::new();
-        for flow in &flows {
-            let policy = flow.decision.policy.clone().unwrap_or_else(|| "none".into());
-            *packets.entry((policy, flow.decision.verdict)).or_default() += flow.counts.packets;
+        let mut chunks = drained.chunks(REPORT_CHUNK).peekable();
+        if chunks.peek().is_none() {
+            // Only unrecorded packets: said once, with no flow.
+            let _ = sink.report(node, Vec::new(), unrecorded).await;
+            return;
         }
-        match sink.report(node, flows, unrecorded).await {
-            Ok(()) => {
-                for ((policy, verdict), count) in packets {
-                    self.metrics
-                        .packets
-                        .get_or_create(&labels([("policy", &policy), ("verdict", &verdict.to_string())]))
-                        .inc_by(count);
-                }
+        while let Some(chunk) = chunks.next() {
+            let flows: Vec<FlowRecord> = {
+                let names = self.names.read().unwrap_or_else(PoisonError::into_inner);
+                chunk
+                    .iter()
+                    .map(|(key, logged, counts)| FlowRecord {
+                        node: node.to_owned(),
+                        key: *key,
+                        decision: names.name(logged),
+                        counts: *counts,
+                        source: None,
+                        destination: None,
+                        staged: None,
+                    })
+                    .collect()
+            };
+            let mut packets: BTreeMap<(String, Verdict), u64> = BTreeMap::new();
+            for flow in &flows {
+                let policy = flow.decision.policy.clone().unwrap_or_else(|| "none".into());
+                *packets.entry((policy, flow.decision.verdict)).or_default() += flow.counts.packets;
             }
-            Err(error) => {
-                tracing::warn!(%error, "reporting flows; retrying with the next report");
-                let mut table = self.table();
-                for (key, logged, counts) in drained {
-                    table.count(key, logged, counts);
+            match sink.report(node, flows, std::mem::take(&mut unrecorded)).await {
+                Ok(()) => {
+                    for ((policy, verdict), count) in packets {
+                        self.metrics
+                            .packets
+                            .get_or_create(&labels([("policy", &policy), ("verdict", &verdict.to_string())]))
+                            .inc_by(count);
+                    }
+                }
+                Err(error) if error.is_refused() => {
+                    tracing::warn!(%error, flows = chunk.len(), "policy-svc refused a flow report; dropped");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reporting flows; retrying with the next report");
+                    let mut table = self.table();
+                    for (key, logged, counts) in chunk.iter().chain(chunks.flatten()) {
+                        table.count(*key, logged.clone(), *counts);
+                    }
+                    return;
                 }
             }
         }

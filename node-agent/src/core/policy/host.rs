@@ -1,10 +1,11 @@
 //! Traffic to and from the node itself: `brd-INPUT` (hooked from INPUT) and `brd-OUTPUT` (from
-//! OUTPUT). Established traffic is accepted; a pod's traffic to its own node goes through the
-//! pod's egress policies, then the endpoint-to-host action (Calico's
-//! `defaultEndpointToHostAction`); failsafe ports stay open whatever the policies say; then each
-//! host endpoint's policies decide — a host endpoint whose policies allow nothing drops it (as in
-//! Calico, also with no policy at all). Interfaces without a host endpoint are not governed, nor
-//! are the tunnels between nodes and IPv6 neighbour discovery.
+//! OUTPUT). A pod's traffic to its own node goes through the pod's egress policies, then the
+//! endpoint-to-host action (Calico's `defaultEndpointToHostAction`). Traffic through an interface
+//! with a host endpoint: established traffic, the tunnels between nodes, IPv6 neighbour discovery
+//! and the failsafe ports are accepted whatever the policies say; then the host endpoint's
+//! policies decide — allowed is accepted, and a host endpoint whose policies allow nothing drops
+//! (as in Calico, also with no policy at all). Interfaces without a host endpoint, loopback and
+//! the tunnel devices fall through to the host's own rules.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,8 +14,12 @@ use std::str::FromStr;
 use policy_api::model::Protocol;
 use policy_api::view::{HostEndpointView, PolicyView};
 
-use super::render::{endpoint_chain, port_chunks};
+use super::render::{EndpointKind, endpoint_chain, port_chunks};
 use super::{FROM_WORKLOADS, Family, FlowLogRules, INPUT_CHAIN, OUTPUT_CHAIN, WORKLOAD_INTERFACES};
+use crate::core::tunnels::{IPIP_DEVICE, VXLAN_DEVICE, VXLAN_PORT};
+
+/// Pods' traffic to their own node: their egress policies, then the endpoint-to-host action.
+const WORKLOADS_TO_HOST: &str = "brd-wl-to-host";
 
 /// Calico's failsafe inbound ports, and brindle's services (7400–7403) and bootstrap port (7409).
 pub const DEFAULT_FAILSAFE_INBOUND: &str = "tcp:22,udp:68,tcp:179,tcp:2379,tcp:2380,tcp:6443,tcp:6666,tcp:6667,tcp:7400,tcp:7401,tcp:7402,tcp:7403,tcp:7409";
@@ -28,9 +33,9 @@ pub enum EndpointToHost {
     /// Dropped.
     Drop,
     /// Accepted (Calico's Kubernetes manifests' setting).
-    #[default]
     Accept,
-    /// Left to the host's own INPUT rules.
+    /// Left to the host's own INPUT rules (the default: a host firewall keeps its say).
+    #[default]
     Return,
 }
 
@@ -167,25 +172,35 @@ fn host_chain_name(kind: &str, host: &HostEndpointView) -> String {
     }
 }
 
-/// What host endpoint policies never govern: the tunnels between nodes (VXLAN on UDP 4789,
-/// IP-in-IP) and, for IPv6, neighbour discovery and router messages (ICMPv6 133–136).
-fn node_plumbing(family: Family) -> Vec<String> {
+/// What a host endpoint's chain accepts before its policies: established traffic, the tunnels
+/// between nodes (VXLAN on UDP 4789, IP-in-IP), IPv6 neighbour discovery and router messages
+/// (ICMPv6 133–136), and the failsafe ports of its direction.
+fn host_endpoint_preamble(family: Family, failsafe: &[FailsafePort]) -> Vec<String> {
     let mut rules = vec![
-        "-p udp -m udp --dport 4789 -j ACCEPT".to_owned(),
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_owned(),
+        format!("-p udp -m udp --dport {VXLAN_PORT} -j ACCEPT"),
         "-p 4 -j ACCEPT".to_owned(),
     ];
-    if family == Family::V6 {
-        for icmp_type in 133..=136 {
-            rules.push(format!(
-                "-p ipv6-icmp -m icmp6 --icmpv6-type {icmp_type} -j ACCEPT"
-            ));
-        }
-    }
+    rules.extend(neighbour_discovery(family));
+    rules.extend(failsafe_rules(failsafe));
     rules
 }
 
-/// Adds `brd-INPUT`, `brd-OUTPUT` and a chain per host endpoint and direction to `chains`.
-/// `hosts` are the node's host endpoints (one per interface; the first by name wins).
+/// IPv6 neighbour discovery and router messages accepted (none for IPv4): untracked by
+/// conntrack, and never a policy's to drop.
+fn neighbour_discovery(family: Family) -> Vec<String> {
+    match family {
+        Family::V4 => Vec::new(),
+        Family::V6 => (133..=136)
+            .map(|icmp_type| format!("-p ipv6-icmp -m icmp6 --icmpv6-type {icmp_type} -j ACCEPT"))
+            .collect(),
+    }
+}
+
+/// Adds `brd-INPUT`, `brd-OUTPUT`, the pods-to-host chain and a chain per host endpoint and
+/// direction to `chains`. `hosts` are the node's host endpoints (one per interface; the first by
+/// name wins). Traffic of interfaces without a host endpoint falls through to the host's own
+/// rules: a node without host endpoints only has its pods' traffic to it governed.
 pub(super) fn host_chains(
     family: Family,
     hosts: &[&HostEndpointView],
@@ -194,21 +209,19 @@ pub(super) fn host_chains(
     logging: FlowLogRules,
     chains: &mut BTreeMap<String, Vec<String>>,
 ) {
-    let mut input = vec![
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_owned(),
-        format!("-i {WORKLOAD_INTERFACES} -j {FROM_WORKLOADS}"),
-        format!("-i {WORKLOAD_INTERFACES} -j {}", rules.endpoint_to_host.target()),
-        "-i lo -j RETURN".to_owned(),
-    ];
-    input.extend(node_plumbing(family));
-    input.extend(failsafe_rules(&rules.failsafe_inbound));
-    let mut output = vec![
-        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".to_owned(),
-        format!("-o {WORKLOAD_INTERFACES} -j RETURN"),
-        "-o lo -j RETURN".to_owned(),
-    ];
-    output.extend(node_plumbing(family));
-    output.extend(failsafe_rules(&rules.failsafe_outbound));
+    let mut to_host = neighbour_discovery(family);
+    to_host.push(format!("-j {FROM_WORKLOADS}"));
+    to_host.push(format!("-j {}", rules.endpoint_to_host.target()));
+    chains.insert(WORKLOADS_TO_HOST.to_owned(), to_host);
+    let mut input = vec![format!("-i {WORKLOAD_INTERFACES} -g {WORKLOADS_TO_HOST}")];
+    let mut output = vec![format!("-o {WORKLOAD_INTERFACES} -j RETURN")];
+    if !hosts.is_empty() {
+        // Loopback and what the tunnels decapsulate are never a host endpoint's.
+        for device in ["lo", VXLAN_DEVICE, IPIP_DEVICE] {
+            input.push(format!("-i {device} -j RETURN"));
+            output.push(format!("-o {device} -j RETURN"));
+        }
+    }
     let mut seen = std::collections::BTreeSet::new();
     let mut sorted: Vec<&&HostEndpointView> = hosts.iter().collect();
     // Interface-specific endpoints before the one for every interface, which matches the rest.
@@ -218,25 +231,35 @@ pub(super) fn host_chains(
             continue;
         }
         let subject = host.interface.as_deref().unwrap_or("*");
-        let (to_host, from_host) = (host_chain_name("hi", host), host_chain_name("ho", host));
-        match &host.interface {
-            Some(interface) => {
-                input.push(format!("-i {interface} -g {to_host}"));
-                output.push(format!("-o {interface} -g {from_host}"));
-            }
-            None => {
-                input.push(format!("-g {to_host}"));
-                output.push(format!("-g {from_host}"));
-            }
-        }
-        chains.insert(
-            to_host,
-            endpoint_chain(&host.ingress, "pi", policies, subject, logging, true),
-        );
-        chains.insert(
-            from_host,
-            endpoint_chain(&host.egress, "po", policies, subject, logging, true),
-        );
+        let (in_chain, out_chain) = (host_chain_name("hi", host), host_chain_name("ho", host));
+        let interface = |flag: &str| {
+            host.interface
+                .as_ref()
+                .map(|name| format!("{flag} {name} "))
+                .unwrap_or_default()
+        };
+        input.push(format!("{}-g {in_chain}", interface("-i")));
+        output.push(format!("{}-g {out_chain}", interface("-o")));
+        let mut inbound = host_endpoint_preamble(family, &rules.failsafe_inbound);
+        inbound.extend(endpoint_chain(
+            &host.ingress,
+            "pi",
+            policies,
+            subject,
+            logging,
+            EndpointKind::Host,
+        ));
+        let mut outbound = host_endpoint_preamble(family, &rules.failsafe_outbound);
+        outbound.extend(endpoint_chain(
+            &host.egress,
+            "po",
+            policies,
+            subject,
+            logging,
+            EndpointKind::Host,
+        ));
+        chains.insert(in_chain, inbound);
+        chains.insert(out_chain, outbound);
     }
     chains.insert(INPUT_CHAIN.to_owned(), input);
     chains.insert(OUTPUT_CHAIN.to_owned(), output);

@@ -1,5 +1,5 @@
 //! The policy data plane: a node's policy view rendered into brindle's own iptables chains
-//! (filter table, hooked from FORWARD) and ipsets, and applied so that only what changed is
+//! (filter table, hooked from FORWARD, INPUT and OUTPUT) and ipsets, and applied so that only what changed is
 //! written — ipsets first (new sets swapped in whole, changed ones by member), then one
 //! `iptables-restore --noflush` for the chains whose rules changed, then stale sets destroyed.
 //!
@@ -49,7 +49,8 @@ const ACCEPT_MARK: u32 = 0x10000;
 const PASS_MARK: u32 = 0x20000;
 /// Most ports (a range counts two) one multiport match takes.
 const MULTIPORT_SLOTS: usize = 15;
-/// The NFLOG group policy decisions are logged to (`tcpdump -i nflog:1` reads it).
+/// The NFLOG group policy decisions are logged to (the agent holds it; with the agent stopped,
+/// `tcpdump -i nflog:1` reads it).
 pub const FLOW_LOG_NFLOG_GROUP: u16 = 1;
 /// Packets a rule sends to NFLOG per second by default (a token bucket: bursts of as many).
 pub const DEFAULT_FLOW_LOG_RATE: u32 = 1000;

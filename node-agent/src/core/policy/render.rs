@@ -72,7 +72,6 @@ struct RenderedPolicy {
 pub struct Renderer {
     family: Family,
     options: RenderOptions,
-    logging: FlowLogRules,
     policies: BTreeMap<String, RenderedPolicy>,
 }
 
@@ -81,7 +80,6 @@ impl Renderer {
     pub fn new(family: Family, options: RenderOptions) -> Self {
         Self {
             family,
-            logging: options.flow_log,
             options,
             policies: BTreeMap::new(),
         }
@@ -159,11 +157,25 @@ impl Renderer {
             to.push(format!("-o {interface} -g brd-tw-{interface}"));
             chains.insert(
                 format!("brd-fw-{interface}"),
-                endpoint_chain(&endpoint.egress, "po", &policies, interface, self.logging, false),
+                endpoint_chain(
+                    &endpoint.egress,
+                    "po",
+                    &policies,
+                    interface,
+                    self.options.flow_log,
+                    EndpointKind::Workload,
+                ),
             );
             chains.insert(
                 format!("brd-tw-{interface}"),
-                endpoint_chain(&endpoint.ingress, "pi", &policies, interface, self.logging, false),
+                endpoint_chain(
+                    &endpoint.ingress,
+                    "pi",
+                    &policies,
+                    interface,
+                    self.options.flow_log,
+                    EndpointKind::Workload,
+                ),
             );
         }
         // A workload interface the view does not know yet (or any more) gets nothing through.
@@ -176,7 +188,7 @@ impl Renderer {
             &hosts,
             &policies,
             &self.options.host,
-            self.logging,
+            self.options.flow_log,
             &mut chains,
         );
         let used: BTreeSet<&String> = endpoints
@@ -195,11 +207,11 @@ impl Renderer {
                     let mut sets = BTreeMap::new();
                     RenderedPolicy {
                         view: (*policy).clone(),
-                        ingress: policy_chain(policy, true, self.family, self.logging, &mut sets)
+                        ingress: policy_chain(policy, true, self.family, self.options.flow_log, &mut sets)
                             .iter()
                             .map(|r| commented(r))
                             .collect(),
-                        egress: policy_chain(policy, false, self.family, self.logging, &mut sets)
+                        egress: policy_chain(policy, false, self.family, self.options.flow_log, &mut sets)
                             .iter()
                             .map(|r| commented(r))
                             .collect(),
@@ -241,29 +253,49 @@ fn flow_log(logging: FlowLogRules, prefix: &str) -> String {
     )
 }
 
-/// An endpoint's chain for one direction: each policy in order, returning (allowed) as soon as
-/// one allows or passes; logged and dropped at the end when any policy applies, or always
-/// (`deny_at_end`: a host endpoint's).
+/// Whose chain [`endpoint_chain`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EndpointKind {
+    /// A pod's: allowed (or passed) packets return to the dispatch, which goes on to the other
+    /// direction; nothing is dropped when no policy applies.
+    Workload,
+    /// A host endpoint's (Calico's semantics): allowed packets are accepted; a Pass, with no
+    /// profiles after it, and the end of the policies drop — also when no policy applies.
+    Host,
+}
+
+/// An endpoint's chain for one direction: each policy in order until one allows or passes;
+/// logged and dropped at the end when any policy applies (always for a host endpoint).
 pub(super) fn endpoint_chain(
     ids: &[String],
     kind: &str,
     policies: &BTreeMap<String, &PolicyView>,
     interface: &str,
     logging: FlowLogRules,
-    deny_at_end: bool,
+    endpoint: EndpointKind,
 ) -> Vec<String> {
     let mut rules = vec![format!("-j MARK --set-xmark 0x0/{:#x}", ACCEPT_MARK | PASS_MARK)];
     let known: Vec<&String> = ids.iter().filter(|id| policies.contains_key(*id)).collect();
+    let direction = if kind == "pi" { 'i' } else { 'e' };
+    let denied = flow_log(logging, &format!("DX {interface} {direction}"));
+    let accepted = format!("-m mark --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}");
+    let passed = format!("-m mark --mark {PASS_MARK:#x}/{PASS_MARK:#x}");
     for id in &known {
         rules.push(format!("-j brd-{kind}-{id}"));
-        rules.push(format!(
-            "-m mark --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x} -j RETURN"
-        ));
-        rules.push(format!("-m mark --mark {PASS_MARK:#x}/{PASS_MARK:#x} -j RETURN"));
+        match endpoint {
+            EndpointKind::Workload => {
+                rules.push(format!("{accepted} -j RETURN"));
+                rules.push(format!("{passed} -j RETURN"));
+            }
+            EndpointKind::Host => {
+                rules.push(format!("{accepted} -j ACCEPT"));
+                rules.push(format!("{passed} {denied}"));
+                rules.push(format!("{passed} -j DROP"));
+            }
+        }
     }
-    let direction = if kind == "pi" { 'i' } else { 'e' };
-    if !ids.is_empty() || deny_at_end {
-        rules.push(flow_log(logging, &format!("DX {interface} {direction}")));
+    if !ids.is_empty() || endpoint == EndpointKind::Host {
+        rules.push(denied);
         rules.push("-j DROP".to_owned());
     } else if logging.allowed {
         rules.push(flow_log(logging, &format!("AX {interface} {direction}")));

@@ -416,6 +416,7 @@ fn host_endpoints_get_input_and_output_chains_behind_failsafe_ports() {
         interface: Some("eth0".into()),
         expected_ips: vec!["192.168.0.1".parse().expect("ip")],
         labels: BTreeMap::from([("role".to_owned(), "worker".to_owned())]),
+        annotations: BTreeMap::new(),
     });
     let policy = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: hosts}\n\
                   spec:\n  selector: role == 'worker'\n  types: [Ingress]\n  ingress:\n    \
@@ -441,17 +442,21 @@ fn host_endpoints_get_input_and_output_chains_behind_failsafe_ports() {
             .unwrap_or_default()
     };
     let input = text(INPUT_CHAIN);
-    let failsafe = input.find("--dports 22,").expect("failsafe ports");
-    let dispatch = input
-        .find("-i eth0 -g brd-hi-eth0")
-        .expect("the host endpoint's chain");
-    assert!(failsafe < dispatch, "failsafe ports first: {input}");
     assert!(
-        input.contains("-i brd+ -j brd-from-wl") && input.contains("-i brd+ -j DROP"),
-        "{input}"
+        input.contains("-i eth0 -g brd-hi-eth0"),
+        "the host endpoint's chain: {input}"
+    );
+    assert!(input.contains("-i brd+ -g brd-wl-to-host"), "{input}");
+    let pods = text("brd-wl-to-host");
+    assert!(
+        pods.contains("-j brd-from-wl") && pods.ends_with("-j DROP"),
+        "{pods}"
     );
     let to_host = text("brd-hi-eth0");
-    assert!(to_host.contains("-j brd-pi-"), "{to_host}");
+    let failsafe = to_host.find("--dports 22,").expect("failsafe ports");
+    let policy = to_host.find("-j brd-pi-").expect("the policy");
+    assert!(failsafe < policy, "failsafe ports first: {to_host}");
+    assert!(to_host.contains("-j ACCEPT"), "allowed is accepted: {to_host}");
     assert!(
         to_host.contains("--nflog-prefix \"DX eth0 i\"") && to_host.ends_with("-j DROP"),
         "{to_host}"
@@ -467,4 +472,37 @@ fn host_endpoints_get_input_and_output_chains_behind_failsafe_ports() {
         !sets.iter().any(|m| m.starts_with("192.168.0.1")),
         "no selector here names the host"
     );
+}
+
+/// Without host endpoints only pods' traffic to their node is governed: nothing else of the
+/// host's own traffic meets a rule of brindle's (its firewall keeps its say), and an IPv6 pod's
+/// neighbour discovery is never a policy's to drop.
+#[test]
+fn without_host_endpoints_only_pods_traffic_to_the_node_is_governed() {
+    for family in [Family::V4, Family::V6] {
+        let rendered = render(&world().view("n1"), family);
+        let text = |chain: &str| {
+            rendered
+                .chains
+                .get(chain)
+                .map(|rules| rules.join("\n"))
+                .unwrap_or_default()
+        };
+        let input = text(INPUT_CHAIN);
+        assert_eq!(input.lines().count(), 1, "{input}");
+        assert!(input.contains("-i brd+ -g brd-wl-to-host"));
+        let output = text(OUTPUT_CHAIN);
+        assert!(output.lines().all(|rule| rule.ends_with("-j RETURN")), "{output}");
+        let pods = text("brd-wl-to-host");
+        assert!(
+            pods.ends_with("-j RETURN"),
+            "the default leaves the rest to the host: {pods}"
+        );
+        let discovery = pods.find("--icmpv6-type 135");
+        let policies = pods.find("-j brd-from-wl").expect("egress policies");
+        match family {
+            Family::V4 => assert!(discovery.is_none()),
+            Family::V6 => assert!(discovery.is_some_and(|at| at < policies), "{pods}"),
+        }
+    }
 }

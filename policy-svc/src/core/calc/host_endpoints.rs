@@ -50,6 +50,7 @@ mod tests {
             interface: interface.map(str::to_owned),
             expected_ips: vec!["192.168.0.1".parse().expect("ip")],
             labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
         }
     }
 
@@ -58,6 +59,60 @@ mod tests {
             ViewEntry::HostEndpoint(view) => Some(view.interface.clone()),
             _ => None,
         })
+    }
+
+    /// A rule selector that matches a host endpoint's labels matches its expected IPs; the
+    /// policy selecting pods does not select the host endpoint.
+    #[test]
+    fn rule_selectors_matching_a_host_endpoint_match_its_expected_ips() {
+        let mut calc = Calculator::new();
+        let mut labelled = host("n1", Some("eth0"));
+        labelled.labels.insert("host-endpoint".into(), "true".into());
+        calc.put_host_endpoint(&labelled);
+        calc.put_endpoint(policy_api::model::Endpoint {
+            key: policy_api::model::EndpointKey {
+                node: "n1".into(),
+                interface: "brdweb".into(),
+            },
+            namespace: "shop".into(),
+            pod: "web".into(),
+            container_id: "c1".into(),
+            ips: vec!["10.0.0.2".parse().expect("ip")],
+            labels: BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+            ports: Vec::new(),
+        });
+        let manifest = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: from-hosts}\n\
+                        spec:\n  selector: app == 'web'\n  ingress:\n    - {action: Allow, source: {selector: has(host-endpoint)}}\n---\n\
+                        apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: every-namespace}\n\
+                        spec:\n  namespaceSelector: all()\n  selector: all()\n  ingress:\n    - {action: Allow, source: {namespaceSelector: all()}}\n---\n\
+                        apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: any-namespace, namespace: shop}\n\
+                        spec: {podSelector: {}, ingress: [{from: [{namespaceSelector: {}}]}]}\n";
+        for resource in crate::core::resource::parse_documents(manifest, "").expect("valid") {
+            calc.put_record(resource.into_record().expect("valid"));
+        }
+        let view = calc.view("n1");
+        let members: Vec<&str> = view
+            .values()
+            .filter_map(|entry| match entry {
+                ViewEntry::Member(member) => Some(member.member.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(members.contains(&"192.168.0.1"), "the host endpoint's expected IP: {members:?}");
+        let in_namespaces = members.iter().filter(|m| **m == "10.0.0.2").count();
+        assert_eq!(
+            members.len(),
+            1 + in_namespaces,
+            "namespace selectors (all() and Kubernetes' {{}}) match the pod, never the host: {members:?}"
+        );
+        let host_view = view.values().find_map(|entry| match entry {
+            ViewEntry::HostEndpoint(host) => Some(host),
+            _ => None,
+        });
+        assert!(
+            host_view.is_some_and(|h| h.ingress.is_empty()),
+            "neither the pods' policy nor a namespaceSelector: all() policy is the host's"
+        );
     }
 
     #[test]
