@@ -11,7 +11,7 @@ use brindle_metrics::Metrics;
 use brindle_proto::ipam::v1::ipam_client::IpamClient;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
 use brindle_proto::route::v1::routes_client::RoutesClient;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::Api;
 use tonic::transport::Channel;
@@ -83,7 +83,7 @@ pub struct Services {
     pub ipam: IpamClient<Channel>,
 }
 
-/// Follows Namespaces, NetworkPolicies, Pods and Nodes of `client` into `services` until the
+/// Follows Namespaces, NetworkPolicies, ServiceAccounts, Pods and Nodes of `client` into `services` until the
 /// returned future is dropped.
 pub async fn mirror(client: kube::Client, services: Services, metrics: &Metrics) {
     let Services { policy, routes, ipam } = services;
@@ -99,6 +99,11 @@ pub async fn mirror(client: kube::Client, services: Services, metrics: &Metrics)
         PolicyObjects::network_policies(policy.clone(), follow_metrics.clone()),
         follow_metrics.clone(),
     );
+    let accounts = follow(
+        Api::<ServiceAccount>::all(client.clone()),
+        PolicyObjects::service_accounts(policy.clone(), follow_metrics.clone()),
+        follow_metrics.clone(),
+    );
     let pods = follow(
         Api::<Pod>::all(client.clone()),
         Pods::new(policy.clone(), follow_metrics.clone(), annotations),
@@ -109,7 +114,7 @@ pub async fn mirror(client: kube::Client, services: Services, metrics: &Metrics)
         Nodes::new(NodeServices { routes, ipam, policy }, follow_metrics.clone()),
         follow_metrics,
     );
-    tokio::join!(namespaces, policies, pods, nodes);
+    tokio::join!(namespaces, policies, accounts, pods, nodes);
 }
 
 /// Runs kube-sync until SIGINT or SIGTERM.

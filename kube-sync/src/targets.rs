@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -72,6 +72,20 @@ impl PolicyObjects<Namespace> {
                     map.insert(name, found);
                 }
             })),
+        }
+    }
+}
+
+impl PolicyObjects<ServiceAccount> {
+    /// ServiceAccounts (their labels, which `serviceAccountSelector`s select by).
+    pub fn service_accounts(client: PolicyClient<Channel>, metrics: FollowMetrics) -> Self {
+        Self {
+            client,
+            kind: "ServiceAccount",
+            stored_kind: "ServiceAccount",
+            manifest: translate::service_account_manifest,
+            metrics,
+            observe: None,
         }
     }
 }

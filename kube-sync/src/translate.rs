@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use brindle_proto::policy::v1 as pb;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 
@@ -35,6 +35,20 @@ pub fn namespace_manifest(namespace: &Namespace) -> String {
         "metadata": {
             "name": namespace.metadata.name,
             "labels": namespace.metadata.labels.clone().unwrap_or_default(),
+        },
+    })
+    .to_string()
+}
+
+/// A ServiceAccount as policy-svc's manifest: its namespace, name and labels (what policies see).
+pub fn service_account_manifest(account: &ServiceAccount) -> String {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": account.metadata.name,
+            "namespace": account.metadata.namespace,
+            "labels": account.metadata.labels.clone().unwrap_or_default(),
         },
     })
     .to_string()

@@ -1,5 +1,5 @@
 //! kube-sync against the Kubernetes API stand-in (the real kube-rs client, unmodified) and a
-//! real policy-svc: Namespaces, NetworkPolicies and Pods are mirrored with origin `kubernetes`;
+//! real policy-svc: Namespaces, NetworkPolicies, ServiceAccounts and Pods are mirrored with origin `kubernetes`;
 //! what was deleted while kube-sync was away, or while its watch had expired (`410 Gone`), is
 //! removed after it comes back; objects made with `brindle apply` are never touched; bookmarks
 //! keep a quiet watch current; a Node deleted from Kubernetes has its addresses released and its
@@ -19,7 +19,7 @@ use brindle_proto::route::v1 as route;
 use brindle_proto::route::v1::routes_client::RoutesClient;
 use ipam_svc::core::Ipam;
 use ipam_svc::grpc::IpamService;
-use k8s_openapi::api::core::v1::{Container, ContainerPort, Node, Pod};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Node, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use kube_standin::StandIn;
 use kube_standin::objects::{self, meta, namespace, node, selector};
@@ -36,6 +36,13 @@ fn policy(namespace: &str, name: &str) -> NetworkPolicy {
             policy_types: Some(vec!["Ingress".into()]),
             ..NetworkPolicySpec::default()
         }),
+    }
+}
+
+fn account(namespace: &str, name: &str, labels: &[(&str, &str)]) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(Some(namespace), name, labels),
+        ..ServiceAccount::default()
     }
 }
 
@@ -208,11 +215,15 @@ async fn kubernetes_objects_are_mirrored_and_what_vanished_while_kube_sync_was_a
     api.put(&pod("shop", "web-1", &[("app", "web")], false));
     api.put(&pod("shop", "gone-1", &[("app", "gone")], false));
     api.put(&pod("kube-system", "proxy", &[], true));
+    api.put(&account("shop", "api", &[("tier", "backend")]));
+    api.put(&account("shop", "old-sa", &[]));
 
     let mirror = cluster.start_mirror().await;
     cluster
         .until("the first sync", |objects, pods| {
             has(objects, "Namespace /shop kubernetes")
+                && has(objects, "ServiceAccount shop/api kubernetes")
+                && has(objects, "ServiceAccount shop/old-sa kubernetes")
                 && has(objects, "KubernetesNetworkPolicy shop/web kubernetes")
                 && has(objects, "KubernetesNetworkPolicy shop/old kubernetes")
                 && pods
@@ -254,12 +265,14 @@ async fn kubernetes_objects_are_mirrored_and_what_vanished_while_kube_sync_was_a
     let _ = mirror.await;
     api.delete::<NetworkPolicy>(Some("shop"), "old");
     api.delete::<Pod>(Some("shop"), "gone-1");
+    api.delete::<ServiceAccount>(Some("shop"), "old-sa");
     api.put(&policy("shop", "new"));
 
     let mirror = cluster.start_mirror().await;
     cluster
         .until("the re-list after a restart", |objects, pods| {
             !has(objects, "KubernetesNetworkPolicy shop/old kubernetes")
+                && !has(objects, "ServiceAccount shop/old-sa kubernetes")
                 && has(objects, "KubernetesNetworkPolicy shop/new kubernetes")
                 && !pods.contains_key("shop/gone-1")
                 && pods.contains_key("shop/web-1")

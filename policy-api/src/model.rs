@@ -10,6 +10,8 @@ use brindle_selector::Selector;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::service_account::{SERVICE_ACCOUNT_LABELS_PREFIX, service_account_scoped};
+
 /// Label every endpoint carries with the name of its namespace.
 pub const NAMESPACE_LABEL: &str = "brindle.io/namespace";
 /// The same, under Calico's name, so Calico's policies select by namespace as written.
@@ -287,11 +289,19 @@ impl Endpoint {
     /// The labels selectors see: the pod's own, its namespace's name (under brindle's and
     /// Calico's key) and its namespace's labels (under [`NAMESPACE_LABELS_PREFIX`]). An endpoint
     /// without a namespace (a host endpoint) has its own labels only, so no namespace selector
-    /// matches it.
-    pub fn selector_labels(&self, namespace: Option<&Namespace>) -> BTreeMap<String, String> {
+    /// matches it. `account` is the labels of its service account (under
+    /// [`SERVICE_ACCOUNT_LABELS_PREFIX`]).
+    pub fn selector_labels(
+        &self,
+        namespace: Option<&Namespace>,
+        account: Option<&BTreeMap<String, String>>,
+    ) -> BTreeMap<String, String> {
         let mut labels = self.labels.clone();
         if self.namespace.is_empty() {
             return labels;
+        }
+        for (key, value) in account.into_iter().flatten() {
+            labels.insert(format!("{SERVICE_ACCOUNT_LABELS_PREFIX}{key}"), value.clone());
         }
         labels.insert(NAMESPACE_LABEL.to_owned(), self.namespace.clone());
         labels.insert(CALICO_NAMESPACE_LABEL.to_owned(), self.namespace.clone());
@@ -384,6 +394,10 @@ pub struct EntityRule {
     /// `selector`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub service_accounts: Vec<String>,
+    /// Service accounts (by their labels) this side's endpoint must run as; scoped like
+    /// `selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_selector")]
+    pub service_account_selector: Option<Selector>,
 }
 
 /// An ICMP type, and optionally code, a rule matches (ICMP or ICMPv6 numbering, after the
@@ -503,6 +517,9 @@ pub struct Policy {
     /// For a global policy: namespaces whose endpoints it applies to.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_selector")]
     pub namespace_selector: Option<Selector>,
+    /// Service accounts (by their labels) whose endpoints it applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "optional_selector")]
+    pub service_account_selector: Option<Selector>,
     /// Whether it governs ingress.
     pub ingress_enabled: bool,
     /// Whether it governs egress.
@@ -541,6 +558,9 @@ impl Policy {
         if let Some(namespaces) = &self.namespace_selector {
             parts.push(namespace_scoped(namespaces));
         }
+        if let Some(accounts) = &self.service_account_selector {
+            parts.push(service_account_scoped(accounts));
+        }
         parts.push(self.selector.clone());
         Selector::And(parts).canonical()
     }
@@ -553,12 +573,19 @@ impl Policy {
     }
 
     /// The selector of the endpoints `side` is limited to, `None` when it is not limited by
-    /// identity: its `selector` and service accounts, within the namespaces it names or the
-    /// policy's own.
+    /// identity: its `selector` and service accounts (by name and by labels), within the
+    /// namespaces it names or the policy's own.
     pub fn entity_selector(&self, side: &EntityRule) -> Option<Selector> {
         let accounts = (!side.service_accounts.is_empty())
             .then(|| Selector::In(SERVICE_ACCOUNT_LABEL.to_owned(), side.service_accounts.clone()));
-        let identity: Vec<Selector> = side.selector.iter().cloned().chain(accounts).collect();
+        let labelled = side.service_account_selector.as_ref().map(service_account_scoped);
+        let identity: Vec<Selector> = side
+            .selector
+            .iter()
+            .cloned()
+            .chain(accounts)
+            .chain(labelled)
+            .collect();
         let identity = (!identity.is_empty()).then_some(Selector::And(identity));
         self.scoped(side, identity.as_ref())
     }

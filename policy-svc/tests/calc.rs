@@ -108,6 +108,7 @@ fn policy() -> impl Strategy<Value = Policy> {
                 order,
                 selector,
                 namespace_selector: None,
+                service_account_selector: None,
                 ingress_enabled,
                 egress_enabled,
                 ingress,

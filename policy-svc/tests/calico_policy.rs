@@ -109,7 +109,7 @@ spec:
             ]),
             ports: Vec::new(),
         };
-        endpoint.selector_labels(Some(&Namespace::new(namespace, BTreeMap::new())))
+        endpoint.selector_labels(Some(&Namespace::new(namespace, BTreeMap::new())), None)
     };
     assert!(selector.matches(&endpoint("shop", "frontend", "web")));
     assert!(selector.matches(&endpoint("shop", "batch", "web")));
@@ -156,11 +156,11 @@ spec:
 fn every_field_brindle_cannot_enforce_is_named() {
     for (spec, named) in [
         (
-            "  serviceAccountSelector: role == 'x'\n",
+            "  serviceAccountSelector: role ==\n",
             "spec.serviceAccountSelector",
         ),
         (
-            "  ingress: [{action: Allow, source: {serviceAccounts: {selector: role == 'x'}}}]\n",
+            "  ingress: [{action: Allow, source: {serviceAccounts: {selector: 'role in'}}}]\n",
             "spec.ingress[0].source.serviceAccounts.selector",
         ),
         (

@@ -117,6 +117,7 @@ fn policy(p: usize, first_port: u16) -> Policy {
         order: None,
         selector: equals("app", format!("app-{}", (p / NAMESPACES) % APPS)),
         namespace_selector: None,
+        service_account_selector: None,
         ingress_enabled: true,
         egress_enabled: false,
         ingress: vec![

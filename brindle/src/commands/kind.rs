@@ -24,6 +24,7 @@ pub enum Kind {
     StagedGlobalNetworkPolicy,
     StagedKubernetesNetworkPolicy,
     HostEndpoint,
+    ServiceAccount,
     BgpConfiguration,
     BgpPeer,
 }
@@ -52,13 +53,15 @@ impl Kind {
                 Self::StagedKubernetesNetworkPolicy
             }
             "hostendpoint" | "hostendpoints" | "hep" => Self::HostEndpoint,
+            "serviceaccount" | "serviceaccounts" | "sa" => Self::ServiceAccount,
             "bgpconfiguration" | "bgpconfigurations" | "bgpconfig" => Self::BgpConfiguration,
             "bgppeer" | "bgppeers" => Self::BgpPeer,
             _ => anyhow::bail!(
                 "{text:?} is not a kind brindle knows: ippool, ipamconfig, ipreservation, namespace (ns), networkpolicy \
                  (netpol; networkpolicy.brindle.io or networkpolicy.networking.k8s.io for one of the two), \
                  globalnetworkpolicy (gnp), stagednetworkpolicy (snp), stagedglobalnetworkpolicy (sgnp), \
-                 stagedkubernetesnetworkpolicy (sknp), hostendpoint (hep), bgpconfiguration, bgppeer"
+                 stagedkubernetesnetworkpolicy (sknp), hostendpoint (hep), serviceaccount (sa), bgpconfiguration, \
+                 bgppeer"
             ),
         };
         let qualified_ok = group.is_empty() || matches!(kind, Self::NetworkPolicy(f) if f != Flavor::Any);
@@ -73,7 +76,10 @@ impl Kind {
     pub fn namespaced(self) -> bool {
         matches!(
             self,
-            Self::NetworkPolicy(_) | Self::StagedNetworkPolicy | Self::StagedKubernetesNetworkPolicy
+            Self::NetworkPolicy(_)
+                | Self::StagedNetworkPolicy
+                | Self::StagedKubernetesNetworkPolicy
+                | Self::ServiceAccount
         )
     }
 
@@ -101,6 +107,7 @@ impl Kind {
             Self::StagedGlobalNetworkPolicy => "stagedglobalnetworkpolicy",
             Self::StagedKubernetesNetworkPolicy => "stagedkubernetesnetworkpolicy",
             Self::HostEndpoint => "hostendpoint",
+            Self::ServiceAccount => "serviceaccount",
             Self::BgpConfiguration => "bgpconfiguration",
             Self::BgpPeer => "bgppeer",
         }
@@ -118,6 +125,7 @@ impl Kind {
             Self::StagedGlobalNetworkPolicy => &["StagedGlobalNetworkPolicy"],
             Self::StagedKubernetesNetworkPolicy => &["StagedKubernetesNetworkPolicy"],
             Self::HostEndpoint => &["HostEndpoint"],
+            Self::ServiceAccount => &["ServiceAccount"],
             Self::IpPool
             | Self::IpamConfig
             | Self::IpReservation
@@ -136,6 +144,7 @@ impl Kind {
             "StagedGlobalNetworkPolicy" => Self::StagedGlobalNetworkPolicy,
             "StagedKubernetesNetworkPolicy" => Self::StagedKubernetesNetworkPolicy,
             "HostEndpoint" => Self::HostEndpoint,
+            "ServiceAccount" => Self::ServiceAccount,
             _ => Self::NetworkPolicy(Flavor::Brindle),
         }
     }

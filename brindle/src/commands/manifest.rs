@@ -171,6 +171,7 @@ fn document(value: yaml_serde::Value) -> anyhow::Result<Document> {
         }
         (_, "BGPPeer") if brindle_or_calico => super::bgp::peer(value).map(Document::BgpPeer),
         ("v1" | API_VERSION, "Namespace") => policy_document("Namespace", value),
+        ("v1", "ServiceAccount") => policy_document("ServiceAccount", value),
         (_, "NetworkPolicy") if brindle_or_calico => policy_document("NetworkPolicy", value),
         (_, "GlobalNetworkPolicy") if brindle_or_calico => policy_document("GlobalNetworkPolicy", value),
         (_, "StagedNetworkPolicy") if brindle_or_calico => policy_document("StagedNetworkPolicy", value),
@@ -186,7 +187,7 @@ fn document(value: yaml_serde::Value) -> anyhow::Result<Document> {
             "kind: {kind:?} of apiVersion {version:?} is not a kind brindle knows ({API_VERSION} IPPool, \
              IPAMConfig, IPReservation, BGPConfiguration, BGPPeer, Namespace, NetworkPolicy, \
              GlobalNetworkPolicy, StagedNetworkPolicy, StagedGlobalNetworkPolicy, HostEndpoint; networking.k8s.io/v1 \
-             NetworkPolicy; v1 Namespace; {CALICO_API_VERSION} \
+             NetworkPolicy; v1 Namespace, ServiceAccount; {CALICO_API_VERSION} \
              IPPool, IPAMConfiguration, IPReservation, BGPConfiguration, BGPPeer, NetworkPolicy, \
              GlobalNetworkPolicy, StagedNetworkPolicy, StagedGlobalNetworkPolicy, \
              StagedKubernetesNetworkPolicy, HostEndpoint)"

@@ -167,6 +167,9 @@ impl PolicyHub {
                 (EventKind::Delete, Some(Subject::Endpoint(key))) => inner.calc.remove_endpoint(&key),
                 (EventKind::Delete, Some(Subject::Policy(id))) => inner.calc.remove_policy(&id),
                 (EventKind::Delete, Some(Subject::Staged(id))) => inner.calc.remove_staged(&id),
+                (EventKind::Delete, Some(Subject::ServiceAccount(namespace, name))) => {
+                    inner.calc.remove_service_account(&namespace, &name)
+                }
                 (EventKind::Delete, Some(Subject::HostEndpoint(name))) => {
                     inner.calc.remove_host_endpoint(&name)
                 }

@@ -220,6 +220,7 @@ impl NetworkPolicy {
             order: Some(KUBERNETES_POLICY_ORDER),
             selector,
             namespace_selector: None,
+            service_account_selector: None,
             ingress_enabled,
             egress_enabled,
             ingress,

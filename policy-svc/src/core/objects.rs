@@ -14,10 +14,10 @@ use super::host_endpoints::HostEndpointDocument;
 use super::kubernetes;
 use super::policy_document::PolicyDocument;
 use super::records::{
-    PREFIX, Record, Subject, decode, encode_owned, host_endpoint_key, namespace_key, policy_key, staged_key,
-    stored_origin, subject,
+    PREFIX, Record, Subject, decode, encode_owned, host_endpoint_key, namespace_key, policy_key,
+    service_account_key, staged_key, stored_origin, subject,
 };
-use super::resource::parse_documents;
+use super::resource::{ServiceAccountDocument, parse_documents};
 use super::validate;
 use policy_api::model::{Origin, PolicyId};
 
@@ -43,6 +43,8 @@ pub enum Kind {
     StagedKubernetesNetworkPolicy,
     /// A host endpoint.
     HostEndpoint,
+    /// A service account (its labels).
+    ServiceAccount,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
             Self::StagedGlobalNetworkPolicy => "StagedGlobalNetworkPolicy",
             Self::StagedKubernetesNetworkPolicy => "StagedKubernetesNetworkPolicy",
             Self::HostEndpoint => "HostEndpoint",
+            Self::ServiceAccount => "ServiceAccount",
         }
     }
 
@@ -71,11 +74,12 @@ impl Kind {
             "stagedglobalnetworkpolicy" => Ok(Self::StagedGlobalNetworkPolicy),
             "stagedkubernetesnetworkpolicy" => Ok(Self::StagedKubernetesNetworkPolicy),
             "hostendpoint" => Ok(Self::HostEndpoint),
+            "serviceaccount" => Ok(Self::ServiceAccount),
             _ => Err(invalid(
                 field,
                 format!(
                     "{text:?}: expected Namespace, NetworkPolicy, GlobalNetworkPolicy, KubernetesNetworkPolicy, \
-                     StagedNetworkPolicy, StagedGlobalNetworkPolicy, StagedKubernetesNetworkPolicy or HostEndpoint"
+                     StagedNetworkPolicy, StagedGlobalNetworkPolicy, StagedKubernetesNetworkPolicy, HostEndpoint or ServiceAccount"
                 ),
             )),
         }
@@ -127,6 +131,7 @@ fn object_key(kind: Kind, namespace: &str, name: &str) -> String {
         }),
         Kind::StagedGlobalNetworkPolicy => staged_key(&PolicyId::Global { name: name.into() }),
         Kind::HostEndpoint => host_endpoint_key(name),
+        Kind::ServiceAccount => service_account_key(namespace, name),
     }
 }
 
@@ -209,6 +214,14 @@ fn object(record: &Record, revision: u64, origin: Origin) -> Option<Object> {
             namespace: String::new(),
             name: host.name.clone(),
             manifest: yaml(yaml_serde::to_string(&HostEndpointDocument::of(host))),
+            revision,
+            origin,
+        }),
+        Record::ServiceAccount(account) => Some(Object {
+            kind: Kind::ServiceAccount,
+            namespace: account.namespace.clone(),
+            name: account.name.clone(),
+            manifest: yaml(yaml_serde::to_string(&ServiceAccountDocument::of(account))),
             revision,
             origin,
         }),

@@ -39,8 +39,7 @@ pub struct PolicySpec {
     /// GlobalNetworkPolicy only: namespaces whose endpoints it applies to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace_selector: String,
-    /// Calico's selector over service accounts' labels: refused (brindle knows service
-    /// accounts by name only).
+    /// Service accounts (by their labels) whose pods it applies to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub service_account_selector: String,
     /// Calico's tier: brindle has one, `default`; any other is refused.
@@ -115,8 +114,7 @@ pub struct ServiceAccountsSpec {
     /// Service account names, any of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
-    /// A selector over service accounts' labels: refused (brindle knows service accounts by
-    /// name only).
+    /// A selector over service accounts' labels.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub selector: String,
 }
@@ -204,13 +202,6 @@ impl PolicyDocument {
             }
         };
         let spec = &self.spec;
-        if !spec.service_account_selector.trim().is_empty() {
-            return Err(invalid(
-                "spec.serviceAccountSelector",
-                "brindle knows service accounts by name only, not their labels: select the pods \
-                 (selector), or name the accounts in a rule's serviceAccounts.names",
-            ));
-        }
         if !matches!(spec.tier.as_str(), "" | "default") {
             return Err(invalid(
                 "spec.tier",
@@ -233,6 +224,10 @@ impl PolicyDocument {
             order: spec.order,
             selector: validate::selector("spec.selector", &spec.selector)?,
             namespace_selector: optional_selector("spec.namespaceSelector", &spec.namespace_selector)?,
+            service_account_selector: optional_selector(
+                "spec.serviceAccountSelector",
+                &spec.service_account_selector,
+            )?,
             ingress_enabled,
             egress_enabled,
             ingress,
@@ -274,7 +269,11 @@ impl PolicyDocument {
                     .map(ToString::to_string)
                     .unwrap_or_default(),
                 types: Some(types),
-                service_account_selector: String::new(),
+                service_account_selector: policy
+                    .service_account_selector
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 tier: String::new(),
                 ingress: policy.ingress.iter().map(RuleSpec::from_rule).collect(),
                 egress: policy.egress.iter().map(RuleSpec::from_rule).collect(),
@@ -325,9 +324,11 @@ impl EntitySpec {
             not_nets: entity.not_nets.iter().map(ToString::to_string).collect(),
             ports: ports(&entity.ports),
             not_ports: ports(&entity.not_ports),
-            service_accounts: (!entity.service_accounts.is_empty()).then(|| ServiceAccountsSpec {
+            service_accounts: (!entity.service_accounts.is_empty()
+                || entity.service_account_selector.is_some())
+            .then(|| ServiceAccountsSpec {
                 names: entity.service_accounts.clone(),
-                selector: String::new(),
+                selector: text(&entity.service_account_selector),
             }),
         }
     }
@@ -451,22 +452,22 @@ fn entity(field: &str, spec: &EntitySpec) -> Result<EntityRule, PolicyError> {
             &format!("{field}.serviceAccounts"),
             spec.service_accounts.as_ref(),
         )?,
+        service_account_selector: match &spec.service_accounts {
+            Some(accounts) => {
+                optional_selector(&format!("{field}.serviceAccounts.selector"), &accounts.selector)?
+            }
+            None => None,
+        },
     })
 }
 
 /// The service account names of a side (each a DNS-1123 subdomain).
 fn service_accounts(field: &str, spec: Option<&ServiceAccountsSpec>) -> Result<Vec<String>, PolicyError> {
     let Some(spec) = spec else { return Ok(Vec::new()) };
-    if !spec.selector.trim().is_empty() {
-        return Err(invalid(
-            format!("{field}.selector"),
-            "brindle knows service accounts by name only, not their labels: use serviceAccounts.names",
-        ));
-    }
-    if spec.names.is_empty() {
+    if spec.names.is_empty() && spec.selector.trim().is_empty() {
         return Err(invalid(
             format!("{field}.names"),
-            "name at least one service account",
+            "name at least one service account, or select them (selector)",
         ));
     }
     for (index, name) in spec.names.iter().enumerate() {

@@ -6,6 +6,7 @@ use super::kubernetes;
 use super::staged::StagedPolicy;
 use policy_api::host_endpoint::HostEndpoint;
 use policy_api::model::{Endpoint, EndpointKey, Namespace, Origin, Pod, Policy, PolicyId};
+use policy_api::service_account::ServiceAccount;
 
 /// Everything policy-svc stores.
 pub const PREFIX: &str = "/brindle/v1/policy/";
@@ -17,6 +18,12 @@ const GLOBAL_POLICIES: &str = "/brindle/v1/policy/global-policies/";
 const PODS: &str = "/brindle/v1/policy/pods/";
 const STAGED: &str = "/brindle/v1/policy/staged/";
 const HOST_ENDPOINTS: &str = "/brindle/v1/policy/host-endpoints/";
+const SERVICE_ACCOUNTS: &str = "/brindle/v1/policy/service-accounts/";
+
+/// Key of a service account.
+pub fn service_account_key(namespace: &str, name: &str) -> String {
+    format!("{SERVICE_ACCOUNTS}{namespace}/{name}")
+}
 
 /// Key of a host endpoint.
 pub fn host_endpoint_key(name: &str) -> String {
@@ -81,6 +88,8 @@ pub enum Subject {
     Staged(PolicyId),
     /// A host endpoint, by name.
     HostEndpoint(String),
+    /// A service account (namespace, name).
+    ServiceAccount(String, String),
 }
 
 /// What a key names; `None` for keys policy-svc does not own.
@@ -96,6 +105,8 @@ pub fn subject(key: &str) -> Option<Subject> {
         Some(Subject::Namespace(name.to_owned()))
     } else if let Some(name) = key.strip_prefix(HOST_ENDPOINTS) {
         Some(Subject::HostEndpoint(name.to_owned()))
+    } else if let Some(rest) = key.strip_prefix(SERVICE_ACCOUNTS) {
+        two(rest).map(|(namespace, name)| Subject::ServiceAccount(namespace, name))
     } else if let Some(rest) = key.strip_prefix(ENDPOINTS) {
         two(rest).map(|(node, interface)| Subject::Endpoint(EndpointKey { node, interface }))
     } else if let Some(rest) = key.strip_prefix(POLICIES) {
@@ -128,6 +139,8 @@ pub enum Record {
     Staged(Box<StagedPolicy>),
     /// A host endpoint.
     HostEndpoint(HostEndpoint),
+    /// A service account's labels.
+    ServiceAccount(ServiceAccount),
 }
 
 fn corrupt(key: &str, reason: impl ToString) -> PolicyError {
@@ -151,6 +164,9 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
             .map_err(|e| corrupt(key, e)),
         Some(Subject::HostEndpoint(_)) => serde_json::from_slice(value)
             .map(Record::HostEndpoint)
+            .map_err(|e| corrupt(key, e)),
+        Some(Subject::ServiceAccount(..)) => serde_json::from_slice(value)
+            .map(Record::ServiceAccount)
             .map_err(|e| corrupt(key, e)),
         Some(Subject::Policy(PolicyId::Kubernetes { .. })) => {
             let object: kubernetes::NetworkPolicy =
@@ -232,6 +248,10 @@ pub fn encode(record: &Record) -> (String, Vec<u8>) {
         Record::Policy(policy, None) => (policy_key(&policy.id), serde_json::to_vec(policy)),
         Record::Staged(staged) => (staged_key(&staged.policy.id), serde_json::to_vec(staged)),
         Record::HostEndpoint(host) => (host_endpoint_key(&host.name), serde_json::to_vec(host)),
+        Record::ServiceAccount(account) => (
+            service_account_key(&account.namespace, &account.name),
+            serde_json::to_vec(account),
+        ),
     };
     // Serialising these plain structures to JSON cannot fail.
     (encoded.0, encoded.1.unwrap_or_default())

@@ -17,6 +17,7 @@ use super::staged;
 use super::validate;
 use policy_api::host_endpoint::HostEndpoint;
 use policy_api::model::{Namespace, Policy};
+use policy_api::service_account::ServiceAccount;
 
 /// API version of brindle's own kinds.
 pub const API_VERSION: &str = "brindle.io/v1";
@@ -36,6 +37,8 @@ pub enum Resource {
     Staged(Box<staged::StagedPolicy>),
     /// A host endpoint.
     HostEndpoint(HostEndpoint),
+    /// A service account's labels.
+    ServiceAccount(ServiceAccount),
 }
 
 impl Resource {
@@ -47,6 +50,7 @@ impl Resource {
             Self::KubernetesPolicy(object) => Record::Policy(object.to_policy()?, Some(Box::new(object))),
             Self::Staged(staged) => Record::Staged(staged),
             Self::HostEndpoint(host) => Record::HostEndpoint(host),
+            Self::ServiceAccount(account) => Record::ServiceAccount(account),
         })
     }
 }
@@ -82,6 +86,40 @@ pub struct Metadata {
 #[serde(rename_all = "camelCase")]
 struct NamespaceDocument {
     metadata: Metadata,
+}
+
+/// A ServiceAccount document: what policies see of it (its labels), nothing else.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountDocument {
+    api_version: String,
+    kind: String,
+    metadata: ServiceAccountMetadata,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceAccountMetadata {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+}
+
+impl ServiceAccountDocument {
+    /// The document of a service account.
+    pub fn of(account: &ServiceAccount) -> Self {
+        Self {
+            api_version: "v1".into(),
+            kind: "ServiceAccount".into(),
+            metadata: ServiceAccountMetadata {
+                name: account.name.clone(),
+                namespace: Some(account.namespace.clone()),
+                labels: account.labels.clone(),
+            },
+        }
+    }
 }
 
 /// Parses every document of `text`; namespaced objects that name no namespace go to `namespace`
@@ -142,6 +180,18 @@ fn parse_value(value: yaml_serde::Value, namespace: &str) -> Result<Resource, Po
                 kubernetes,
             })))
         }
+        ("v1", "ServiceAccount") => {
+            let document: ServiceAccountDocument = yaml_serde::from_value(value).map_err(decode)?;
+            let metadata = document.metadata;
+            let namespace = metadata.namespace.unwrap_or_else(|| namespace.to_owned());
+            validate::name("metadata.namespace", &namespace, false)?;
+            validate::name("metadata.name", &metadata.name, true)?;
+            Ok(Resource::ServiceAccount(ServiceAccount {
+                namespace,
+                name: metadata.name,
+                labels: metadata.labels,
+            }))
+        }
         (API_VERSION | CALICO_API_VERSION, "HostEndpoint") => {
             HostEndpointDocument::parse(value).map(Resource::HostEndpoint)
         }
@@ -161,7 +211,7 @@ fn parse_value(value: yaml_serde::Value, namespace: &str) -> Result<Resource, Po
                 "{kind:?} of {version:?} is not a kind brindle knows (Namespace; {API_VERSION} or \
                  {CALICO_API_VERSION} NetworkPolicy, GlobalNetworkPolicy, StagedNetworkPolicy, \
                  StagedGlobalNetworkPolicy, HostEndpoint; {CALICO_API_VERSION} StagedKubernetesNetworkPolicy; \
-                 networking.k8s.io/v1 NetworkPolicy)"
+                 networking.k8s.io/v1 NetworkPolicy; v1 ServiceAccount)"
             ),
         )),
     }

@@ -1,5 +1,6 @@
-//! The cluster's policy inputs in memory — namespaces, endpoints, policies and the Kubernetes
-//! pods whose labels their endpoints take — as the watcher keeps them, with the lookups
+//! The cluster's policy inputs in memory — namespaces, endpoints, policies, the Kubernetes pods
+//! whose labels their endpoints take and the service accounts whose labels they carry — as the
+//! watcher keeps them, with the lookups
 //! evaluation and calculation need.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -7,8 +8,10 @@ use std::net::IpAddr;
 
 use super::staged::{StagedAction, StagedPolicy};
 use policy_api::model::{
-    Direction, Endpoint, EndpointKey, Namespace, Pod, Policy, PolicyId, evaluation_order,
+    Direction, Endpoint, EndpointKey, Namespace, Pod, Policy, PolicyId, SERVICE_ACCOUNT_LABEL,
+    evaluation_order,
 };
+use policy_api::service_account::ServiceAccount;
 
 /// Namespaces, endpoints and policies.
 #[derive(Debug, Clone, Default)]
@@ -21,9 +24,31 @@ pub struct ClusterState {
     pods: HashMap<(String, String), Pod>,
     /// Staged policies, by the enforced policy they stand for.
     staged: BTreeMap<PolicyId, StagedPolicy>,
+    /// Service accounts' labels, by (namespace, name).
+    service_accounts: HashMap<(String, String), ServiceAccount>,
 }
 
 impl ClusterState {
+    /// Stores a service account; the one it replaced.
+    pub fn put_service_account(&mut self, account: ServiceAccount) -> Option<ServiceAccount> {
+        self.service_accounts
+            .insert((account.namespace.clone(), account.name.clone()), account)
+    }
+
+    /// Removes a service account.
+    pub fn remove_service_account(&mut self, namespace: &str, name: &str) -> Option<ServiceAccount> {
+        self.service_accounts
+            .remove(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// The labels of the service account `endpoint` runs as, when known.
+    fn account_labels(&self, endpoint: &Endpoint) -> Option<&BTreeMap<String, String>> {
+        let name = endpoint.labels.get(SERVICE_ACCOUNT_LABEL)?;
+        self.service_accounts
+            .get(&(endpoint.namespace.clone(), name.clone()))
+            .map(|account| &account.labels)
+    }
+
     /// Stores a staged policy (replacing the one standing for the same policy).
     pub fn put_staged(&mut self, staged: StagedPolicy) {
         self.staged.insert(staged.policy.id.clone(), staged);
@@ -112,7 +137,10 @@ impl ClusterState {
 
     /// The labels selectors see for `endpoint`.
     pub fn selector_labels(&self, endpoint: &Endpoint) -> BTreeMap<String, String> {
-        endpoint.selector_labels(self.namespaces.get(&endpoint.namespace))
+        endpoint.selector_labels(
+            self.namespaces.get(&endpoint.namespace),
+            self.account_labels(endpoint),
+        )
     }
 
     /// The policies that apply to `endpoint` in `direction`, in evaluation order; with

@@ -98,7 +98,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(members.contains(&"192.168.0.1"), "the host endpoint's expected IP: {members:?}");
+        assert!(
+            members.contains(&"192.168.0.1"),
+            "the host endpoint's expected IP: {members:?}"
+        );
         let in_namespaces = members.iter().filter(|m| **m == "10.0.0.2").count();
         assert_eq!(
             members.len(),

@@ -2,9 +2,11 @@
 //! [`ViewEntry`] map, kept up to date change by change. An endpoint change re-evaluates only that
 //! endpoint against the policies and sets; a policy change only that policy against the
 //! endpoints; the result is the entries that really changed, per node. Host endpoints are
-//! evaluated as endpoints (`host_endpoints`).
+//! evaluated as endpoints (`host_endpoints`); service accounts' labels are their endpoints'
+//! (`service_accounts`).
 
 mod host_endpoints;
+mod service_accounts;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -160,6 +162,7 @@ impl Calculator {
             Record::Pod(pod) => self.put_pod(pod),
             Record::Staged(staged) => self.put_staged(*staged),
             Record::HostEndpoint(host) => self.put_host_endpoint(&host),
+            Record::ServiceAccount(account) => self.put_service_account(account),
         }
     }
 
