@@ -1,12 +1,56 @@
-//! Throughput between two lab pods with Debian's iperf3, and the median the benchmarks report.
+//! Throughput between two lab pods with Debian's iperf3, the flags of the benchmarks that
+//! measure it, and the median they report.
 
 use std::io::BufRead;
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use anyhow::{Context, bail};
 use brindle::lab::Namespace;
 
 const PORT: &str = "5201";
+
+/// The flags of the iperf3 benchmarks: where the binaries are, seconds per run, rounds.
+pub struct IperfArgs {
+    /// Directory of the `brindle`, `node-agent` and `brindle-cni` binaries (default: the
+    /// benchmark's own).
+    pub binaries: PathBuf,
+    /// Seconds of each iperf3 run.
+    pub seconds: u32,
+    /// Rounds (each a run of every path measured).
+    pub rounds: usize,
+}
+
+impl IperfArgs {
+    /// `--binaries DIR --seconds N --rounds N` from the command line (defaults: 5 s, 5 rounds).
+    pub fn parse() -> anyhow::Result<Self> {
+        let mut parsed = Self {
+            binaries: std::env::current_exe()?
+                .parent()
+                .context("the benchmark's directory")?
+                .to_owned(),
+            seconds: 5,
+            rounds: 5,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+            match flag.as_str() {
+                "--binaries" => parsed.binaries = value.into(),
+                "--seconds" => parsed.seconds = value.parse().context("--seconds")?,
+                "--rounds" => {
+                    parsed.rounds = value
+                        .parse()
+                        .ok()
+                        .filter(|r| *r > 0)
+                        .context("--rounds: at least 1")?
+                }
+                other => bail!("unknown flag {other} (--binaries DIR, --seconds N, --rounds N)"),
+            }
+        }
+        Ok(parsed)
+    }
+}
 
 /// One iperf3 run from `client` to `server_ip` inside `server`: received bits per second.
 pub fn iperf3(client: &Namespace, server: &Namespace, server_ip: &str, seconds: u32) -> anyhow::Result<f64> {

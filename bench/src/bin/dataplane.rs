@@ -7,47 +7,12 @@
 //! Needs root, iperf3 and the workspace's release binaries:
 //! `cargo build --release --workspace --bins && target/release/bench-dataplane`.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use brindle::lab::{Encapsulation, Lab, LabSpec, Underlay};
-use brindle_bench::iperf::{iperf3, median};
-
-struct Args {
-    binaries: PathBuf,
-    seconds: u32,
-    rounds: usize,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut parsed = Args {
-        binaries: std::env::current_exe()?
-            .parent()
-            .context("the benchmark's directory")?
-            .to_owned(),
-        seconds: 5,
-        rounds: 5,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--binaries" => parsed.binaries = value.into(),
-            "--seconds" => parsed.seconds = value.parse().context("--seconds")?,
-            "--rounds" => {
-                parsed.rounds = value
-                    .parse()
-                    .ok()
-                    .filter(|r| *r > 0)
-                    .context("--rounds: at least 1")?
-            }
-            other => bail!("unknown flag {other} (--binaries DIR, --seconds N, --rounds N)"),
-        }
-    }
-    Ok(parsed)
-}
+use brindle_bench::iperf::{IperfArgs, iperf3, median};
 
 /// Connects the two pods of `lab` with a bare path (a veth from each into one bridge, the pods'
 /// MTU) and returns it with the second pod's address on it.
@@ -69,7 +34,7 @@ fn bare_path(lab: &Lab, prefix: &str, mtu: &str) -> anyhow::Result<(Underlay, &'
 
 /// Medians of brindle's and the bare path's throughput, and of the ratio within each round (the
 /// two runs of a round are back to back, so the machine's drift cancels out).
-fn measure(args: &Args, encapsulation: Encapsulation) -> anyhow::Result<(f64, f64, f64)> {
+fn measure(args: &IperfArgs, encapsulation: Encapsulation) -> anyhow::Result<(f64, f64, f64)> {
     let prefix = format!("brdb{}", std::process::id());
     let lab = Lab::up(LabSpec {
         nodes: 2,
@@ -100,7 +65,7 @@ fn measure(args: &Args, encapsulation: Encapsulation) -> anyhow::Result<(f64, f6
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = args()?;
+    let args = IperfArgs::parse()?;
     if !Command::new("iperf3")
         .arg("--version")
         .output()

@@ -12,52 +12,17 @@
 //! `cargo build --release --workspace --bins && target/release/bench-flow-log`.
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use brindle::lab::{Lab, LabSpec, Workload};
-use brindle_bench::iperf::{iperf3, median};
+use brindle_bench::iperf::{IperfArgs, iperf3, median};
 
 /// Denied packets a second sent at the node.
 const DENIED_PER_SECOND: u32 = 10_000;
 
-struct Args {
-    binaries: PathBuf,
-    seconds: u32,
-    rounds: usize,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut parsed = Args {
-        binaries: std::env::current_exe()?
-            .parent()
-            .context("the benchmark's directory")?
-            .to_owned(),
-        seconds: 5,
-        rounds: 5,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--binaries" => parsed.binaries = value.into(),
-            "--seconds" => parsed.seconds = value.parse().context("--seconds")?,
-            "--rounds" => {
-                parsed.rounds = value
-                    .parse()
-                    .ok()
-                    .filter(|r| *r > 0)
-                    .context("--rounds: at least 1")?
-            }
-            other => bail!("unknown flag {other} (--binaries DIR, --seconds N, --rounds N)"),
-        }
-    }
-    Ok(parsed)
-}
-
 /// A lab of two nodes, a pod on each, and a pod `sink` on the second behind a deny-all policy.
-fn lab(args: &Args, name: &str, agent_flags: &[&str]) -> anyhow::Result<(Lab, usize)> {
+fn lab(args: &IperfArgs, name: &str, agent_flags: &[&str]) -> anyhow::Result<(Lab, usize)> {
     let mut lab = Lab::up(LabSpec {
         nodes: 2,
         pods_per_node: 1,
@@ -132,7 +97,7 @@ fn agent_cpu(lab: &Lab, sink: usize, denied_per_second: u32, seconds: u32) -> an
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = args()?;
+    let args = IperfArgs::parse()?;
     let (off, off_sink) = lab(&args, "o", &[])?;
     let (on, on_sink) = lab(&args, "a", &["--flow-log-allowed", "--flow-log-rate", "10000"])?;
     println!(

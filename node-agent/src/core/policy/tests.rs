@@ -404,6 +404,15 @@ fn allowed_first_packets_are_logged_only_when_asked() {
     );
 }
 
+/// A rendered chain's rules, a line each (empty when it is not rendered).
+fn chain_text(rendered: &Rendered, chain: &str) -> String {
+    rendered
+        .chains
+        .get(chain)
+        .map(|rules| rules.join("\n"))
+        .unwrap_or_default()
+}
+
 /// A host endpoint's traffic goes through the global policies selecting it, behind the failsafe
 /// ports, and is dropped when none allows it; pods' traffic to the node meets their egress
 /// policies, then the endpoint-to-host action.
@@ -434,13 +443,7 @@ fn host_endpoints_get_input_and_output_chains_behind_failsafe_ports() {
         ..RenderOptions::default()
     };
     let rendered = Renderer::new(Family::V4, options).render(&calc.view("n1"));
-    let text = |chain: &str| {
-        rendered
-            .chains
-            .get(chain)
-            .map(|rules| rules.join("\n"))
-            .unwrap_or_default()
-    };
+    let text = |chain: &str| chain_text(&rendered, chain);
     let input = text(INPUT_CHAIN);
     assert!(
         input.contains("-i eth0 -g brd-hi-eth0"),
@@ -481,13 +484,7 @@ fn host_endpoints_get_input_and_output_chains_behind_failsafe_ports() {
 fn without_host_endpoints_only_pods_traffic_to_the_node_is_governed() {
     for family in [Family::V4, Family::V6] {
         let rendered = render(&world().view("n1"), family);
-        let text = |chain: &str| {
-            rendered
-                .chains
-                .get(chain)
-                .map(|rules| rules.join("\n"))
-                .unwrap_or_default()
-        };
+        let text = |chain: &str| chain_text(&rendered, chain);
         let input = text(INPUT_CHAIN);
         assert_eq!(input.lines().count(), 1, "{input}");
         assert!(input.contains("-i brd+ -g brd-wl-to-host"));
