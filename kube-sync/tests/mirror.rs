@@ -330,13 +330,20 @@ async fn an_expired_watch_relists_with_nothing_lost_or_left_over() {
         after.lists > before.lists,
         "and re-listed: {before:?} → {after:?}"
     );
-    let scraped = metrics.encode();
-    for expected in [
+    // The gauges are set once a write is acknowledged, just after policy-svc shows it.
+    let expected = [
         "brindle_kube_sync_relists_total{kind=\"Pod\"} 2",
         "brindle_kube_sync_objects{kind=\"Pod\"} 2",
         "brindle_kube_sync_objects{kind=\"NetworkPolicy\"} 1",
         "brindle_kube_sync_write_lag_seconds_count{kind=\"Pod\"}",
-    ] {
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut scraped = metrics.encode();
+    while !expected.iter().all(|e| scraped.contains(e)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        scraped = metrics.encode();
+    }
+    for expected in expected {
         assert!(scraped.contains(expected), "{expected} in\n{scraped}");
     }
     mirror.abort();
