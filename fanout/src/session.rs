@@ -133,6 +133,9 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Session<'_, V> {
                 }
             }
         }
+        // Nothing was read while the first state was being prepared (a service still loading a
+        // large cluster takes longer than the keepalive timeout): silence counts from here.
+        self.last_heard = Instant::now();
         loop {
             let keepalive_due = self.last_sent + config.keepalive_interval;
             let silence_limit = self.last_heard + config.keepalive_timeout;

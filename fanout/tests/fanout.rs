@@ -375,6 +375,28 @@ async fn keepalives_flow_and_a_silent_subscriber_times_out() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_subscriber_waiting_longer_than_the_keepalive_timeout_for_the_first_state_stays() {
+    let fanout = fanout(FanoutConfig {
+        keepalive_interval: Duration::from_secs(10),
+        keepalive_timeout: Duration::from_secs(30),
+        ..config()
+    });
+    let (to_server, mut received, server) = start_session(&fanout, 16).await;
+    // The service is still loading (a large cluster) for twice the keepalive timeout; the
+    // subscriber keeps saying it is alive, but nobody reads it until the state is there.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let _ = to_server.try_send(Ok(ClientMessage::Keepalive));
+    }
+    assert!(fanout.reset(1, BTreeMap::new()));
+    assert!(matches!(received.recv().await, Some(ServerMessage::Snapshot(_))));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!server.is_finished(), "{:?}", server.await);
+    assert!(fanout.subscribers()[0].connected);
+    drop(to_server);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_session_must_start_with_hello() {
     let fanout = fanout(config());
     let (to_server, from_client) = mpsc::channel(4);

@@ -90,6 +90,11 @@ impl EtcdServer {
         format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
+    /// The data directory (its `member/snap/db` is the database file).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// Client configuration for this server, with short timeouts suited to tests.
     pub fn config(&self) -> EtcdConfig {
         let mut config = EtcdConfig::new(vec![self.endpoint()]);
