@@ -450,16 +450,21 @@ async fn claim_block(plan: &mut Plan, pools: &[Pool]) -> Result<bool, IpamError>
     if max > 0 && plan.node_blocks().len() >= max as usize {
         return Ok(false);
     }
-    let all = plan.all_blocks().await?;
     let node = plan.node.clone();
+    // A few point reads of the node's first candidates usually find a free CIDR: every block is
+    // read only when they are all taken (a dense pool), so a claim costs the same at any size.
+    for pool in pools {
+        for cidr in candidates(pool, &node).take(PROBED_CANDIDATES) {
+            if plan.block(cidr).await?.is_none() {
+                claim_free(plan, pool, cidr).await?;
+                return Ok(true);
+            }
+        }
+    }
+    let all = plan.all_blocks().await?;
     for pool in pools {
         if let Some(cidr) = free_block(pool, &all, &node) {
-            let first_sequence = plan.first_sequence().await?;
-            plan.set_block(
-                cidr,
-                Some(Block::new(cidr, &pool.name, Some(&node), first_sequence)),
-            );
-            plan.set_affinity(&node, cidr, true).await?;
+            claim_free(plan, pool, cidr).await?;
             return Ok(true);
         }
     }
@@ -488,16 +493,37 @@ async fn claim_block(plan: &mut Plan, pools: &[Pool]) -> Result<bool, IpamError>
     Ok(false)
 }
 
-/// A block CIDR of `pool` no block uses; the search starts at an offset derived from the node
-/// name so that nodes claiming at once rarely pick the same block.
-fn free_block(pool: &Pool, blocks: &[Block], node: &str) -> Option<IpNet> {
-    let used: std::collections::HashSet<IpNet> = blocks.iter().map(|b| b.cidr).collect();
+/// Candidates probed with point reads before every block is read.
+const PROBED_CANDIDATES: usize = 4;
+
+/// Claims the free CIDR `cidr` of `pool` for the node (the transaction fails, and the job is
+/// retried, if another node claimed it meanwhile: it compares the block as absent).
+async fn claim_free(plan: &mut Plan, pool: &Pool, cidr: IpNet) -> Result<(), IpamError> {
+    let node = plan.node.clone();
+    let first_sequence = plan.first_sequence().await?;
+    plan.set_block(
+        cidr,
+        Some(Block::new(cidr, &pool.name, Some(&node), first_sequence)),
+    );
+    plan.set_affinity(&node, cidr, true).await
+}
+
+/// Every block CIDR of `pool` in the order `node` tries them: from an offset derived from the
+/// node name, so that nodes claiming at once rarely pick the same block.
+fn candidates(pool: &Pool, node: &str) -> impl Iterator<Item = IpNet> {
     let bits = u32::from(pool.block_size - pool.cidr.prefix_len());
     let count: u128 = 1u128.checked_shl(bits).unwrap_or(u128::MAX);
-    let in_pool = blocks.iter().filter(|b| pool.cidr.contains(&b.cidr)).count() as u128;
     let start = u128::from(fnv1a(node)) % count;
-    (0..count.min(in_pool + 1))
-        .map(|i| nth_block(pool, (start + i) % count))
+    let pool = pool.clone();
+    (0..count).map(move |i| nth_block(&pool, (start + i) % count))
+}
+
+/// A block CIDR of `pool` no block uses, in `node`'s order.
+fn free_block(pool: &Pool, blocks: &[Block], node: &str) -> Option<IpNet> {
+    let used: std::collections::HashSet<IpNet> = blocks.iter().map(|b| b.cidr).collect();
+    let in_pool = blocks.iter().filter(|b| pool.cidr.contains(&b.cidr)).count();
+    candidates(pool, node)
+        .take(in_pool.saturating_add(1))
         .find(|cidr| !used.contains(cidr))
 }
 

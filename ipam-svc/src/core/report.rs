@@ -99,7 +99,7 @@ pub struct Show {
     pub ip: Option<IpInfo>,
 }
 
-/// Everything IPAM stores, read at one revision.
+/// What IPAM stores, read at one revision (a usage report leaves out handles and affinities).
 struct Snapshot {
     pools: PoolSet,
     reservations: ReservationSet,
@@ -144,9 +144,34 @@ fn addresses(net: &IpNet) -> u64 {
     1u64.checked_shl(bits).unwrap_or(u64::MAX)
 }
 
+/// What a usage report needs, without the handles (one per pod: the bulk of IPAM's records),
+/// which it reads only for `--ip`'s holder. Blocks are read at one revision; pools and
+/// reservations just after.
+async fn usage_snapshot(store: &dyn Store) -> Result<Snapshot, IpamError> {
+    let listed = store.list(keys::BLOCKS).await?;
+    let mut snapshot = Snapshot {
+        pools: PoolSet::default(),
+        reservations: ReservationSet::default(),
+        blocks: Vec::with_capacity(listed.kvs.len()),
+        handles: Vec::new(),
+        affinities: Vec::new(),
+        revision: listed.revision,
+    };
+    for kv in &listed.kvs {
+        snapshot.blocks.push(decode(&kv.key, &kv.value)?);
+    }
+    if let Some(kv) = store.get(keys::POOLS).await? {
+        snapshot.pools = decode(&kv.key, &kv.value)?;
+    }
+    if let Some(kv) = store.get(keys::RESERVATIONS).await? {
+        snapshot.reservations = decode(&kv.key, &kv.value)?;
+    }
+    Ok(snapshot)
+}
+
 /// Usage report.
 pub async fn show(store: &dyn Store, options: &ShowOptions, now_ms: u64) -> Result<Show, IpamError> {
-    let snapshot = snapshot(store).await?;
+    let snapshot = usage_snapshot(store).await?;
     let mut show = Show::default();
     for pool in &snapshot.pools.pools {
         let blocks: Vec<&Block> = snapshot.blocks.iter().filter(|b| b.pool == pool.name).collect();
@@ -216,11 +241,10 @@ pub async fn show(store: &dyn Store, options: &ShowOptions, now_ms: u64) -> Resu
             info.cooling_down = block.cooldown.get(&ordinal).is_some_and(|until| *until > now_ms);
             if let Some(a) = block.allocations.get(&ordinal) {
                 info.allocation = Some((block.cidr, a.sequence, a.handle_id.clone()));
-                info.attributes = snapshot
-                    .handles
-                    .iter()
-                    .find(|h| h.id == a.handle_id)
-                    .map(|h| h.attributes.clone());
+                info.attributes = match store.get(&keys::handle(&a.handle_id)).await? {
+                    Some(kv) => Some(decode::<Handle>(&kv.key, &kv.value)?.attributes),
+                    None => None,
+                };
             }
         }
         show.ip = Some(info);
@@ -304,6 +328,12 @@ pub async fn check(
         handle_id,
     };
     let handles: HashMap<&str, &Handle> = snapshot.handles.iter().map(|h| (h.id.as_str(), h)).collect();
+    let blocks: HashMap<IpNet, &Block> = snapshot.blocks.iter().map(|b| (b.cidr, b)).collect();
+    let affinities: HashSet<(&str, IpNet)> = snapshot
+        .affinities
+        .iter()
+        .map(|(node, block)| (node.as_str(), *block))
+        .collect();
     let mut owners: BTreeMap<IpAddr, IpNet> = BTreeMap::new();
     for block in &snapshot.blocks {
         if !snapshot
@@ -341,7 +371,7 @@ pub async fn check(
             ));
         }
         match &block.affinity {
-            Some(node) if !snapshot.affinities.contains(&(node.clone(), block.cidr)) => {
+            Some(node) if !affinities.contains(&(node.as_str(), block.cidr)) => {
                 report.problems.push(problem(
                     ProblemKind::AffinityMismatch,
                     format!(
@@ -387,10 +417,9 @@ pub async fn check(
         }
     }
     for (node, cidr) in &snapshot.affinities {
-        let agrees = snapshot
-            .blocks
-            .iter()
-            .any(|b| b.cidr == *cidr && b.affinity.as_deref() == Some(node.as_str()));
+        let agrees = blocks
+            .get(cidr)
+            .is_some_and(|b| b.affinity.as_deref() == Some(node.as_str()));
         if !agrees {
             report.problems.push(problem(
                 ProblemKind::AffinityMismatch,
@@ -403,11 +432,10 @@ pub async fn check(
     }
     for handle in &snapshot.handles {
         for hip in &handle.ips {
-            let held = snapshot.blocks.iter().any(|b| {
-                b.cidr == hip.block
-                    && b.ordinal_of(hip.ip)
-                        .and_then(|o| b.allocations.get(&o))
-                        .is_some_and(|a| a.handle_id == handle.id && a.sequence == hip.sequence)
+            let held = blocks.get(&hip.block).is_some_and(|b| {
+                b.ordinal_of(hip.ip)
+                    .and_then(|o| b.allocations.get(&o))
+                    .is_some_and(|a| a.handle_id == handle.id && a.sequence == hip.sequence)
             });
             if !held {
                 report.problems.push(problem(
