@@ -27,6 +27,55 @@ use policy_api::view::{EndpointView, HostEndpointView, MemberView, ViewEntry, ke
 /// Changes per node.
 pub type NodeChanges = BTreeMap<String, Vec<Change<ViewEntry>>>;
 
+/// How much of the views one change went through: every node and entry it set, whether or not
+/// the entry ended up different.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeWork {
+    /// Nodes.
+    pub nodes: usize,
+    /// View entries.
+    pub entries: usize,
+}
+
+/// Ids by the namespace their selector requires (`None`: it can match in any namespace), so an
+/// endpoint is evaluated only against the selectors that can match it.
+#[derive(Debug)]
+struct NamespaceIndex<T>(BTreeMap<Option<String>, BTreeSet<T>>);
+
+impl<T> Default for NamespaceIndex<T> {
+    fn default() -> Self {
+        Self(BTreeMap::new())
+    }
+}
+
+impl<T: Ord + Clone> NamespaceIndex<T> {
+    fn insert(&mut self, selector: &Selector, id: T) {
+        let namespace = required_namespace(selector).map(str::to_owned);
+        self.0.entry(namespace).or_default().insert(id);
+    }
+
+    fn remove(&mut self, selector: &Selector, id: &T) {
+        let namespace = required_namespace(selector).map(str::to_owned);
+        if let Some(ids) = self.0.get_mut(&namespace) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.0.remove(&namespace);
+            }
+        }
+    }
+
+    /// The ids whose selectors can match an endpoint of any of `namespaces`.
+    fn candidates(&self, namespaces: &[Option<&str>]) -> BTreeSet<T> {
+        let mut ids: BTreeSet<T> = self.0.get(&None).cloned().unwrap_or_default();
+        for namespace in namespaces.iter().flatten() {
+            if let Some(more) = self.0.get(&Some((*namespace).to_owned())) {
+                ids.extend(more.iter().cloned());
+            }
+        }
+        ids
+    }
+}
+
 /// An ipset every policy that uses it shares.
 #[derive(Debug)]
 struct SetState {
@@ -47,6 +96,8 @@ pub struct Calculator {
     /// Endpoints by namespace: most selectors are limited to one, and are evaluated only there.
     by_namespace: BTreeMap<String, BTreeSet<EndpointKey>>,
     compiled: BTreeMap<PolicyId, CompiledPolicy>,
+    /// Compiled policies by the namespace they are limited to.
+    policies_by_namespace: NamespaceIndex<PolicyId>,
     /// Policies applying to each endpoint (either direction).
     endpoint_policies: BTreeMap<EndpointKey, BTreeSet<PolicyId>>,
     /// Endpoints each policy applies to.
@@ -54,12 +105,16 @@ pub struct Calculator {
     /// Per node: policies its endpoints use, with how many endpoints use each.
     node_policies: BTreeMap<String, BTreeMap<PolicyId, usize>>,
     sets: BTreeMap<String, SetState>,
+    /// Sets by the namespace their members are limited to.
+    sets_by_namespace: NamespaceIndex<String>,
     views: BTreeMap<String, BTreeMap<String, ViewEntry>>,
     /// Host endpoints by name (each also an endpoint of the state, keyed by
     /// [`HostEndpoint::endpoint_key`]).
     host_endpoints: BTreeMap<String, HostEndpoint>,
     /// Entries touched by the change in progress, with their value before it.
     touched: BTreeMap<(String, String), Option<ViewEntry>>,
+    /// What the last change went through.
+    last_work: ChangeWork,
 }
 
 impl Calculator {
@@ -76,6 +131,11 @@ impl Calculator {
     /// A node's view (empty when it has no endpoints).
     pub fn view(&self, node: &str) -> BTreeMap<String, ViewEntry> {
         self.views.get(node).cloned().unwrap_or_default()
+    }
+
+    /// What the last change went through (its nodes and entries, changed or not).
+    pub fn last_change_work(&self) -> ChangeWork {
+        self.last_work
     }
 
     /// Sets a namespace (its labels change what namespace selectors match).
@@ -237,17 +297,19 @@ impl Calculator {
                 .or_default()
                 .insert(key.clone());
         }
+        let old_namespace = previous.as_ref().and_then(|l| l.get(NAMESPACE_LABEL)).map(String::as_str);
+        let new_namespace = labels.as_ref().and_then(|l| l.get(NAMESPACE_LABEL)).map(String::as_str);
         let applying: BTreeSet<PolicyId> = match &labels {
             Some(labels) => self
-                .compiled
-                .iter()
-                .filter(|(_, c)| c.applies_to.matches(labels))
-                .map(|(id, _)| id.clone())
+                .policies_by_namespace
+                .candidates(&[new_namespace])
+                .into_iter()
+                .filter(|id| self.compiled.get(id).is_some_and(|c| c.applies_to.matches(labels)))
                 .collect(),
             None => BTreeSet::new(),
         };
+        let set_ids = self.sets_by_namespace.candidates(&[old_namespace, new_namespace]);
         self.set_endpoint_policies(key, endpoint.is_some(), applying);
-        let set_ids: Vec<String> = self.sets.keys().cloned().collect();
         for id in set_ids {
             let members = match (&endpoint, &labels) {
                 (Some(endpoint), Some(labels)) => self.sets[&id].definition.members(endpoint, labels),
@@ -260,6 +322,9 @@ impl Calculator {
     /// Re-evaluates one policy (added, changed or removed) against every endpoint.
     fn policy_changed(&mut self, id: &PolicyId) {
         let old = self.compiled.remove(id);
+        if let Some(old) = &old {
+            self.policies_by_namespace.remove(&old.applies_to, id);
+        }
         let new = self.state.policy(id).map(compile);
         // The new form's sets first, so sets both forms use keep their members.
         for set in new.iter().flat_map(|n| n.sets.values()) {
@@ -285,14 +350,15 @@ impl Calculator {
         let old_endpoints = self.policy_endpoints.get(id).cloned().unwrap_or_default();
         let new_endpoints: BTreeSet<EndpointKey> = match &new {
             Some(new) => self
-                .labels
-                .iter()
+                .candidates(&new.applies_to)
+                .into_iter()
                 .filter(|(_, labels)| new.applies_to.matches(labels))
                 .map(|(key, _)| key.clone())
                 .collect(),
             None => BTreeSet::new(),
         };
         if let Some(new) = new {
+            self.policies_by_namespace.insert(&new.applies_to, id.clone());
             self.compiled.insert(id.clone(), new);
         }
         // Endpoints that gained or lost the policy, and every endpoint that has it (its order
@@ -487,6 +553,7 @@ impl Calculator {
                 }
             }
         }
+        self.sets_by_namespace.insert(definition.selector(), id.clone());
         self.sets.insert(
             id,
             SetState {
@@ -503,7 +570,9 @@ impl Calculator {
         if let Some(set) = self.sets.get_mut(id) {
             set.policies -= 1;
             if set.policies == 0 && set.nodes.is_empty() {
+                let selector = set.definition.selector().clone();
                 self.sets.remove(id);
+                self.sets_by_namespace.remove(&selector, &id.to_owned());
             }
         }
     }
@@ -551,8 +620,17 @@ impl Calculator {
 
     /// The entries that differ from before the change in progress, per node.
     fn commit(&mut self) -> NodeChanges {
+        let touched = std::mem::take(&mut self.touched);
+        self.last_work = ChangeWork {
+            nodes: touched
+                .keys()
+                .map(|(node, _)| node)
+                .collect::<BTreeSet<_>>()
+                .len(),
+            entries: touched.len(),
+        };
         let mut changes = NodeChanges::new();
-        for ((node, key), before) in std::mem::take(&mut self.touched) {
+        for ((node, key), before) in touched {
             let now = self.views.get(&node).and_then(|v| v.get(&key));
             if now == before.as_ref() {
                 continue;
