@@ -3,6 +3,7 @@
 
 pub mod cni;
 pub mod iperf;
+pub mod scale;
 
 use std::time::Duration;
 

@@ -1,0 +1,96 @@
+//! ipam-svc, route-svc and policy-svc as child processes on one etcd, each on its own loopback
+//! port, with their memory read from `/proc`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context;
+use brindle_datastore::testing::free_port;
+
+/// One running service, killed on drop.
+pub struct ServiceProcess {
+    name: &'static str,
+    child: Child,
+    address: SocketAddr,
+}
+
+impl ServiceProcess {
+    /// Starts the binary `name` (beside this benchmark's own) on `etcd`, logging to `logs`.
+    pub fn spawn(name: &'static str, etcd: &str, logs: &Path) -> anyhow::Result<Self> {
+        let binary = sibling(name)?;
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        let child = Command::new(&binary)
+            .arg(format!("--listen={address}"))
+            .arg(format!("--metrics-listen={metrics}"))
+            .arg(format!("--etcd-endpoints={etcd}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        Ok(Self { name, child, address })
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Where it serves gRPC.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Resident memory now, in bytes.
+    pub fn rss(&self) -> u64 {
+        status_bytes(self.child.id(), "VmRSS:")
+    }
+
+    /// The most resident memory it ever had, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        status_bytes(self.child.id(), "VmHWM:")
+    }
+
+    /// Fails when the process has exited.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => anyhow::bail!("{} exited: {status}", self.name),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary built beside the running one (`target/release/<name>`).
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build it with `cargo build --release -p {name}`",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A `/proc/<pid>/status` field in bytes (0 when unreadable).
+fn status_bytes(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}

@@ -1,0 +1,100 @@
+//! bench-scale's cluster at 200 nodes in policy-svc's calculation: a pod relabelled and a policy
+//! added change the views of only the nodes they affect. The changes sent are exactly the
+//! differences between each node's view before and after, they reach only nodes hosting pods of
+//! the namespace concerned, and the calculation went through no other node. Counts, not timings.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use brindle_bench::scale::cluster::{Cluster, NAMESPACES};
+use brindle_fanout::Change;
+use policy_api::view::ViewEntry;
+use policy_svc::core::records::decode;
+use policy_svc::core::{Calculator, NodeChanges};
+
+const NODES: usize = 200;
+
+type Views = Vec<BTreeMap<String, ViewEntry>>;
+
+fn views(calc: &Calculator) -> Views {
+    (0..NODES).map(|n| calc.view(&Cluster::node_name(n))).collect()
+}
+
+fn put(calc: &mut Calculator, (key, value): &(String, Vec<u8>)) -> NodeChanges {
+    calc.put_record(decode(key, value).expect("a record policy-svc reads"))
+}
+
+/// Nodes hosting a pod of namespace `namespace`.
+fn hosts(cluster: &Cluster, namespace: usize) -> BTreeSet<String> {
+    (0..cluster.pods())
+        .filter(|k| k % NAMESPACES == namespace)
+        .map(|k| cluster.endpoint(k, false).key.node)
+        .collect()
+}
+
+/// Applies `record`; checks the changes against the views and returns the nodes they reached.
+/// The calculation may go through `also` more nodes than it changes (a relabelled pod's own
+/// node: its entry is recomputed whether or not it ends up different).
+fn change(calc: &mut Calculator, record: &(String, Vec<u8>), also: usize) -> BTreeSet<String> {
+    let before = views(calc);
+    let changes = put(calc, record);
+    let after = views(calc);
+    let differing: BTreeSet<String> = (0..NODES)
+        .filter(|&n| before[n] != after[n])
+        .map(Cluster::node_name)
+        .collect();
+    let reached: BTreeSet<String> = changes.keys().cloned().collect();
+    assert_eq!(reached, differing, "changes sent to nodes whose views did not change, or missing");
+    for (node, list) in &changes {
+        let index: usize = node.trim_start_matches("node-").parse().expect("a node of the cluster");
+        let mut view = before[index].clone();
+        for change in list {
+            match change {
+                Change::Upsert(key, value) => {
+                    view.insert(key.clone(), value.clone());
+                }
+                Change::Remove(key) => {
+                    view.remove(key);
+                }
+            }
+        }
+        assert_eq!(view, after[index], "{node}: the changes are not the difference");
+    }
+    let work = calc.last_change_work();
+    assert!(
+        work.nodes <= reached.len() + also,
+        "the calculation went through {} nodes and changed {}",
+        work.nodes,
+        reached.len()
+    );
+    reached
+}
+
+#[test]
+fn relabels_and_new_policies_reach_only_the_nodes_they_affect() {
+    let cluster = Cluster::new(NODES);
+    let mut calc = Calculator::new();
+    for record in cluster.policy_records().expect("the cluster") {
+        put(&mut calc, &record);
+    }
+    let mut reached = 0;
+    for i in 0..20 {
+        let k = (i * 1_499 + 7) % cluster.pods();
+        let nodes = change(&mut calc, &cluster.endpoint_record(k, true), 1);
+        assert!(
+            nodes.is_subset(&hosts(&cluster, k % NAMESPACES)),
+            "pod {k}'s relabel reached {nodes:?}"
+        );
+        assert!(!nodes.is_empty(), "pod {k}'s relabel changed nothing");
+        reached += nodes.len();
+    }
+    assert!(reached < 20 * NODES / 10, "relabels reached {reached} nodes in all");
+    for n in 0..20 {
+        let record = Cluster::added_policy(n).expect("a policy");
+        let nodes = change(&mut calc, &record, 0);
+        assert!(
+            nodes.is_subset(&hosts(&cluster, Cluster::added_policy_namespace(n))),
+            "policy {n} reached {nodes:?}"
+        );
+        assert!(!nodes.is_empty(), "policy {n} changed nothing");
+    }
+}
