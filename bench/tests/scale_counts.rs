@@ -50,7 +50,7 @@ fn change(calc: &mut Calculator, record: &(String, Vec<u8>), also: usize) -> BTr
         for change in list {
             match change {
                 Change::Upsert(key, value) => {
-                    view.insert(key.clone(), value.clone());
+                    view.insert(key.clone(), ViewEntry::clone(value));
                 }
                 Change::Remove(key) => {
                     view.remove(key);

@@ -3,6 +3,8 @@
 //! workload endpoints (policy-svc encodes views, the node agent decodes them and encodes its
 //! endpoints).
 
+use std::sync::Arc;
+
 use brindle_proto::InvalidField;
 use brindle_proto::policy::v1 as pb;
 
@@ -350,3 +352,24 @@ brindle_sync::impl_wire!(
     entry_to_proto: entry_to_proto,
     entry_from_proto: entry_from_proto,
 );
+
+/// The same messages as [`PolicyWire`], on policy-svc's side: each value is shared by every
+/// node's view that holds it.
+pub struct SharedPolicyWire;
+
+brindle_sync::impl_wire!(
+    SharedPolicyWire,
+    value: Arc<ViewEntry>,
+    entry: pb::PolicyEntry,
+    state: pb::PolicyState,
+    delta: pb::PolicyDelta,
+    response: pb::SyncResponse,
+    payload: pb::sync_response::Payload,
+    entry_to_proto: entry_to_proto,
+    entry_from_proto: shared_entry_from_proto,
+);
+
+/// A message as a shared entry.
+fn shared_entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, Arc<ViewEntry>), InvalidField> {
+    entry_from_proto(entry).map(|(key, value)| (key, Arc::new(value)))
+}

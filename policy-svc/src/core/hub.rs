@@ -11,17 +11,16 @@ use brindle_datastore::{EventKind, Store, StoreError, WatchEvent};
 use brindle_fanout::{Fanout, FanoutConfig, SnapshotEncoder, SubscriberStatus};
 use futures_util::StreamExt;
 
-use super::calc::{Calculator, NodeChanges};
+use super::calc::{Calculator, NodeChanges, SharedEntry};
 use super::records::{PREFIX, Record, Subject, decode, subject};
 use super::state::ClusterState;
 use policy_api::model::Pod;
-use policy_api::view::ViewEntry;
 
 struct Inner {
     calc: Calculator,
     /// Revision of the datastore the calculation reflects; 0 before the first list.
     revision: u64,
-    fanouts: BTreeMap<String, Fanout<ViewEntry>>,
+    fanouts: BTreeMap<String, Fanout<SharedEntry>>,
 }
 
 /// The calculation and the per-node fan-outs. Cloning shares them.
@@ -31,12 +30,12 @@ pub struct PolicyHub {
     /// The revision the calculation reflects, for callers waiting for something to arrive.
     revisions: tokio::sync::watch::Sender<u64>,
     config: FanoutConfig,
-    encoder: SnapshotEncoder<ViewEntry>,
+    encoder: SnapshotEncoder<SharedEntry>,
 }
 
 impl PolicyHub {
     /// An empty hub; `encoder` turns a view into the wire snapshot.
-    pub fn new(config: FanoutConfig, encoder: SnapshotEncoder<ViewEntry>) -> Self {
+    pub fn new(config: FanoutConfig, encoder: SnapshotEncoder<SharedEntry>) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 calc: Calculator::new(),
@@ -55,7 +54,7 @@ impl PolicyHub {
 
     /// The fan-out of `node`'s view, created (with the current view) on first use. Fan-outs
     /// nobody follows any more are dropped first (see [`PolicyHub::drop_idle`]).
-    pub fn fanout(&self, node: &str) -> Fanout<ViewEntry> {
+    pub fn fanout(&self, node: &str) -> Fanout<SharedEntry> {
         let mut inner = self.lock();
         if let Some(fanout) = inner.fanouts.get(node) {
             return fanout.clone();
@@ -63,7 +62,7 @@ impl PolicyHub {
         drop_idle(&mut inner);
         let fanout = Fanout::new(self.config.clone(), Arc::clone(&self.encoder));
         if inner.revision > 0 {
-            fanout.reset(inner.revision, inner.calc.view(node));
+            fanout.reset(inner.revision, inner.calc.shared_view(node));
         }
         inner.fanouts.insert(node.to_owned(), fanout.clone());
         fanout
@@ -90,7 +89,7 @@ impl PolicyHub {
 
     /// The sync status of every node that has (or had) a subscriber.
     pub fn subscribers(&self) -> Vec<SubscriberStatus> {
-        let fanouts: Vec<Fanout<ViewEntry>> = self.lock().fanouts.values().cloned().collect();
+        let fanouts: Vec<Fanout<SharedEntry>> = self.lock().fanouts.values().cloned().collect();
         fanouts.iter().flat_map(Fanout::subscribers).collect()
     }
 
@@ -143,7 +142,7 @@ impl PolicyHub {
         inner.calc = calc;
         inner.revision = revision;
         for (node, fanout) in &inner.fanouts {
-            fanout.reset(revision, inner.calc.view(node));
+            fanout.reset(revision, inner.calc.shared_view(node));
         }
         drop(inner);
         self.revisions.send_replace(revision);

@@ -19,6 +19,6 @@ pub mod state;
 pub mod trace;
 pub mod validate;
 
-pub use calc::{Calculator, NodeChanges};
+pub use calc::{Calculator, NodeChanges, SharedEntry, SharedView};
 pub use error::PolicyError;
 pub use state::ClusterState;

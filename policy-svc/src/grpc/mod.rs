@@ -16,7 +16,7 @@ use brindle_proto::common::v1 as common;
 use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_server::{Policy, PolicyServer};
 use brindle_sync::unix_ms;
-use policy_api::convert::{self as endpoints, PolicyWire};
+use policy_api::convert::{self as endpoints, SharedPolicyWire};
 use tonic::{Request, Response, Status, Streaming};
 
 use self::flows::FlowLog;
@@ -65,7 +65,7 @@ pub struct PolicyService {
 impl PolicyService {
     /// Starts following `store` into the calculation (call inside a tokio runtime) and serves it.
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
-        let hub = PolicyHub::new(config, Arc::new(brindle_sync::encode_state::<PolicyWire>));
+        let hub = PolicyHub::new(config, Arc::new(brindle_sync::encode_state::<SharedPolicyWire>));
         tokio::spawn(follow(Arc::clone(&store), hub.clone()));
         tokio::spawn(drop_idle_fanouts(&hub, IDLE_SWEEP));
         Self {
@@ -462,7 +462,7 @@ impl Policy for PolicyService {
         let caller = Caller::of(&request)?;
         let (node, incoming) = read_hello(request.into_inner()).await?;
         caller.require_node(&node, "follow the policy view")?;
-        Ok(Response::new(serve_sync::<PolicyWire, _>(
+        Ok(Response::new(serve_sync::<SharedPolicyWire, _>(
             self.hub.fanout(&node),
             incoming,
         )))

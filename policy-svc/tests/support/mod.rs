@@ -76,7 +76,7 @@ impl World {
             for change in changes {
                 match change {
                     Change::Upsert(key, value) => {
-                        mirror.insert(key, value);
+                        mirror.insert(key, ViewEntry::clone(&value));
                     }
                     Change::Remove(key) => {
                         mirror.remove(&key);

@@ -3,12 +3,14 @@
 //! endpoint against the policies and sets; a policy change only that policy against the
 //! endpoints; the result is the entries that really changed, per node. Host endpoints are
 //! evaluated as endpoints (`host_endpoints`); service accounts' labels are their endpoints'
-//! (`service_accounts`).
+//! (`service_accounts`). Entries every node holds alike (a policy, a set's header and members)
+//! are built once and shared by every view that holds them.
 
 mod host_endpoints;
 mod service_accounts;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use brindle_fanout::Change;
 
@@ -24,8 +26,14 @@ use policy_api::model::{
 };
 use policy_api::view::{EndpointView, HostEndpointView, MemberView, ViewEntry, keys};
 
+/// One entry of a node's view, shared with every other view holding the same entry.
+pub type SharedEntry = Arc<ViewEntry>;
+
+/// A node's view with shared entries (what its fan-out holds).
+pub type SharedView = BTreeMap<String, SharedEntry>;
+
 /// Changes per node.
-pub type NodeChanges = BTreeMap<String, Vec<Change<ViewEntry>>>;
+pub type NodeChanges = BTreeMap<String, Vec<Change<SharedEntry>>>;
 
 /// How much of the views one change went through: every node and entry it set, whether or not
 /// the entry ended up different.
@@ -80,8 +88,12 @@ impl<T: Ord + Clone> NamespaceIndex<T> {
 #[derive(Debug)]
 struct SetState {
     definition: SetDefinition,
+    /// Its header entry.
+    header: SharedEntry,
     /// Members per endpoint that contributes any.
     members: BTreeMap<EndpointKey, Vec<String>>,
+    /// Each member's entry, with how many endpoints contribute it.
+    entries: BTreeMap<String, (usize, SharedEntry)>,
     /// Policies using it.
     policies: usize,
     /// Nodes whose view holds it, with how many of their policies use it.
@@ -96,6 +108,8 @@ pub struct Calculator {
     /// Endpoints by namespace: most selectors are limited to one, and are evaluated only there.
     by_namespace: BTreeMap<String, BTreeSet<EndpointKey>>,
     compiled: BTreeMap<PolicyId, CompiledPolicy>,
+    /// Each compiled policy's entry.
+    policy_entries: BTreeMap<PolicyId, SharedEntry>,
     /// Compiled policies by the namespace they are limited to.
     policies_by_namespace: NamespaceIndex<PolicyId>,
     /// Policies applying to each endpoint (either direction).
@@ -107,12 +121,12 @@ pub struct Calculator {
     sets: BTreeMap<String, SetState>,
     /// Sets by the namespace their members are limited to.
     sets_by_namespace: NamespaceIndex<String>,
-    views: BTreeMap<String, BTreeMap<String, ViewEntry>>,
+    views: BTreeMap<String, SharedView>,
     /// Host endpoints by name (each also an endpoint of the state, keyed by
     /// [`HostEndpoint::endpoint_key`]).
     host_endpoints: BTreeMap<String, HostEndpoint>,
     /// Entries touched by the change in progress, with their value before it.
-    touched: BTreeMap<(String, String), Option<ViewEntry>>,
+    touched: BTreeMap<(String, String), Option<SharedEntry>>,
     /// What the last change went through.
     last_work: ChangeWork,
 }
@@ -130,6 +144,16 @@ impl Calculator {
 
     /// A node's view (empty when it has no endpoints).
     pub fn view(&self, node: &str) -> BTreeMap<String, ViewEntry> {
+        self.views
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(|(key, entry)| (key.clone(), ViewEntry::clone(entry)))
+            .collect()
+    }
+
+    /// A node's view, its entries shared with the calculation.
+    pub fn shared_view(&self, node: &str) -> SharedView {
         self.views.get(node).cloned().unwrap_or_default()
     }
 
@@ -326,6 +350,7 @@ impl Calculator {
             self.policies_by_namespace.remove(&old.applies_to, id);
         }
         let new = self.state.policy(id).map(compile);
+        let new_entry = new.as_ref().map(|new| Arc::new(ViewEntry::Policy(new.view.clone())));
         // The new form's sets first, so sets both forms use keep their members.
         for set in new.iter().flat_map(|n| n.sets.values()) {
             self.acquire_set(set);
@@ -340,8 +365,8 @@ impl Calculator {
             if let Some(old) = &old {
                 self.detach_policy(node, old);
             }
-            if let Some(new) = &new {
-                self.attach_policy(node, new);
+            if let (Some(new), Some(entry)) = (&new, &new_entry) {
+                self.attach_policy(node, new, entry);
             }
         }
         for set in old.iter().flat_map(|o| o.sets.keys()) {
@@ -357,9 +382,15 @@ impl Calculator {
                 .collect(),
             None => BTreeSet::new(),
         };
-        if let Some(new) = new {
-            self.policies_by_namespace.insert(&new.applies_to, id.clone());
-            self.compiled.insert(id.clone(), new);
+        match (new, new_entry) {
+            (Some(new), Some(entry)) => {
+                self.policies_by_namespace.insert(&new.applies_to, id.clone());
+                self.compiled.insert(id.clone(), new);
+                self.policy_entries.insert(id.clone(), entry);
+            }
+            _ => {
+                self.policy_entries.remove(id);
+            }
         }
         // Endpoints that gained or lost the policy, and every endpoint that has it (its order
         // may have changed), get their entries recomputed.
@@ -415,7 +446,7 @@ impl Calculator {
             }),
             None => ViewEntry::Endpoint(entry),
         };
-        self.set_entry(&node, &entry_key, Some(entry));
+        self.set_entry(&node, &entry_key, Some(Arc::new(entry)));
     }
 
     fn endpoint_entry(&self, key: &EndpointKey, applying: &BTreeSet<PolicyId>) -> EndpointView {
@@ -451,8 +482,9 @@ impl Calculator {
         *count += 1;
         if *count == 1
             && let Some(compiled) = self.compiled.get(id).cloned()
+            && let Some(entry) = self.policy_entries.get(id).cloned()
         {
-            self.attach_policy(node, &compiled);
+            self.attach_policy(node, &compiled, &entry);
         }
     }
 
@@ -475,10 +507,10 @@ impl Calculator {
         }
     }
 
-    /// Puts a compiled policy and its sets into a node's view.
-    fn attach_policy(&mut self, node: &str, compiled: &CompiledPolicy) {
+    /// Puts a compiled policy (its entry: `entry`) and its sets into a node's view.
+    fn attach_policy(&mut self, node: &str, compiled: &CompiledPolicy, entry: &SharedEntry) {
         let key = format!("{}{}", keys::POLICY, compiled.view.id);
-        self.set_entry(node, &key, Some(ViewEntry::Policy(compiled.view.clone())));
+        self.set_entry(node, &key, Some(Arc::clone(entry)));
         for set in compiled.sets.keys() {
             self.node_uses_set(node, set, true);
         }
@@ -508,7 +540,7 @@ impl Calculator {
         if after == 0 {
             set.nodes.remove(node);
         }
-        let entries: Vec<(String, Option<ViewEntry>)> = match (before, after) {
+        let entries: Vec<(String, Option<SharedEntry>)> = match (before, after) {
             (0, 1) => self
                 .set_entries(id)
                 .into_iter()
@@ -523,16 +555,13 @@ impl Calculator {
     }
 
     /// A set's header and member entries.
-    fn set_entries(&self, id: &str) -> Vec<(String, ViewEntry)> {
+    fn set_entries(&self, id: &str) -> Vec<(String, SharedEntry)> {
         let Some(set) = self.sets.get(id) else {
             return Vec::new();
         };
-        let mut entries = vec![(
-            format!("{}{id}", keys::IPSET),
-            ViewEntry::IpSet(set.definition.view()),
-        )];
-        for member in set.members.values().flatten() {
-            entries.push(member_entry(id, member));
+        let mut entries = vec![(format!("{}{id}", keys::IPSET), Arc::clone(&set.header))];
+        for (member, (_, entry)) in &set.entries {
+            entries.push((member_key(id, member), Arc::clone(entry)));
         }
         entries
     }
@@ -545,9 +574,16 @@ impl Calculator {
             return;
         }
         let mut members = BTreeMap::new();
+        let mut entries: BTreeMap<String, (usize, SharedEntry)> = BTreeMap::new();
         for (key, labels) in self.candidates(definition.selector()) {
             if let Some(endpoint) = self.state.endpoint(key) {
                 let contributed = definition.members(endpoint, labels);
+                for member in &contributed {
+                    entries
+                        .entry(member.clone())
+                        .or_insert_with(|| (0, member_entry(&id, member)))
+                        .0 += 1;
+                }
                 if !contributed.is_empty() {
                     members.insert(key.clone(), contributed);
                 }
@@ -557,8 +593,10 @@ impl Calculator {
         self.sets.insert(
             id,
             SetState {
+                header: Arc::new(ViewEntry::IpSet(definition.view())),
                 definition: definition.clone(),
                 members,
+                entries,
                 policies: 1,
                 nodes: BTreeMap::new(),
             },
@@ -592,22 +630,38 @@ impl Calculator {
         if old == members {
             return;
         }
-        let nodes: Vec<String> = set.nodes.keys().cloned().collect();
-        let still: BTreeSet<&String> = set.members.values().flatten().collect();
-        let removed: Vec<String> = old.iter().filter(|m| !still.contains(m)).cloned().collect();
-        for node in nodes {
-            for member in &removed {
-                self.set_entry(&node, &member_key(id, member), None);
+        let mut removed = Vec::new();
+        for member in &old {
+            if let Some((count, _)) = set.entries.get_mut(member) {
+                *count -= 1;
+                if *count == 0 {
+                    set.entries.remove(member);
+                    removed.push(member_key(id, member));
+                }
             }
-            for member in &members {
-                let (key, value) = member_entry(id, member);
-                self.set_entry(&node, &key, Some(value));
+        }
+        let mut added = Vec::new();
+        for member in &members {
+            let (count, entry) = set
+                .entries
+                .entry(member.clone())
+                .or_insert_with(|| (0, member_entry(id, member)));
+            *count += 1;
+            added.push((member_key(id, member), Arc::clone(entry)));
+        }
+        let nodes: Vec<String> = set.nodes.keys().cloned().collect();
+        for node in nodes {
+            for key in &removed {
+                self.set_entry(&node, key, None);
+            }
+            for (key, entry) in &added {
+                self.set_entry(&node, key, Some(Arc::clone(entry)));
             }
         }
     }
 
     /// Sets one entry of a node's view, remembering its value before the change in progress.
-    fn set_entry(&mut self, node: &str, key: &str, value: Option<ViewEntry>) {
+    fn set_entry(&mut self, node: &str, key: &str, value: Option<SharedEntry>) {
         let view = self.views.entry(node.to_owned()).or_default();
         let before = match value {
             Some(value) => view.insert(key.to_owned(), value),
@@ -636,7 +690,7 @@ impl Calculator {
                 continue;
             }
             let change = match now {
-                Some(value) => Change::Upsert(key, value.clone()),
+                Some(value) => Change::Upsert(key, Arc::clone(value)),
                 None => Change::Remove(key),
             };
             changes.entry(node).or_default().push(change);
@@ -671,12 +725,9 @@ fn member_key(set: &str, member: &str) -> String {
     format!("{}{set}/{member}", keys::MEMBER)
 }
 
-fn member_entry(set: &str, member: &str) -> (String, ViewEntry) {
-    (
-        member_key(set, member),
-        ViewEntry::Member(MemberView {
-            set: set.to_owned(),
-            member: member.to_owned(),
-        }),
-    )
+fn member_entry(set: &str, member: &str) -> SharedEntry {
+    Arc::new(ViewEntry::Member(MemberView {
+        set: set.to_owned(),
+        member: member.to_owned(),
+    }))
 }
