@@ -2,6 +2,8 @@
 //! added change the views of only the nodes they affect. The changes sent are exactly the
 //! differences between each node's view before and after, they reach only nodes hosting pods of
 //! the namespace concerned, and the calculation went through no other node. Counts, not timings.
+//! The cluster loaded at once (as policy-svc does after a list) gives the same views as record by
+//! record in another order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -97,4 +99,22 @@ fn relabels_and_new_policies_reach_only_the_nodes_they_affect() {
         );
         assert!(!nodes.is_empty(), "policy {n} changed nothing");
     }
+}
+
+#[test]
+fn a_list_loaded_at_once_gives_the_views_of_its_records_put_one_by_one() {
+    let cluster = Cluster::new(NODES);
+    let records = cluster.policy_records().expect("the cluster");
+    let mut one_by_one = Calculator::new();
+    for record in records.iter().rev() {
+        put(&mut one_by_one, record);
+    }
+    let decoded = records
+        .iter()
+        .map(|(key, value)| decode(key, value).expect("a record policy-svc reads"))
+        .collect();
+    let at_once = Calculator::from_records(decoded);
+    let loaded = views(&at_once);
+    assert!(loaded.iter().all(|view| !view.is_empty()), "a node without a view");
+    assert_eq!(loaded, views(&one_by_one), "loading at once changed a view");
 }

@@ -8,8 +8,8 @@
 //! block claimed until every subscriber has it; etcd's size. The last table gives each figure's
 //! growth from the smallest size to the largest.
 //!
-//! `cargo build --release -p brindle-bench --bin bench-scale -p ipam-svc -p route-svc -p policy-svc
-//! && target/release/bench-scale [--sizes 1000,2000,5000]`
+//! `cargo build --release -p brindle-bench --bin bench-scale && cargo build --release -p ipam-svc
+//! -p route-svc -p policy-svc && target/release/bench-scale [--sizes 1000,2000,5000]`
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;

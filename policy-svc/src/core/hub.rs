@@ -12,7 +12,7 @@ use brindle_fanout::{Fanout, FanoutConfig, SnapshotEncoder, SubscriberStatus};
 use futures_util::StreamExt;
 
 use super::calc::{Calculator, NodeChanges, SharedEntry};
-use super::records::{PREFIX, Record, Subject, decode, subject};
+use super::records::{PREFIX, Subject, decode, subject};
 use super::state::ClusterState;
 use policy_api::model::Pod;
 
@@ -125,12 +125,8 @@ impl PolicyHub {
         }
     }
 
-    /// Replaces everything with `records` read at `revision`.
-    fn reset(&self, revision: u64, records: Vec<Record>) {
-        let mut calc = Calculator::new();
-        for record in records {
-            calc.put_record(record);
-        }
+    /// Replaces everything with `calc`, the calculation of what was read at `revision`.
+    fn install(&self, revision: u64, calc: Calculator) {
         let mut inner = self.lock();
         if revision < inner.revision {
             tracing::warn!(
@@ -237,7 +233,12 @@ async fn follow_once(store: &dyn Store, hub: &PolicyHub, backoff: &mut Backoff) 
             Err(error) => tracing::error!(%error, "skipping a record that does not decode"),
         }
     }
-    hub.reset(listed.revision, records);
+    // Computing every node's view of a large cluster takes seconds: off the async workers.
+    let calc = match tokio::task::spawn_blocking(move || Calculator::from_records(records)).await {
+        Ok(calc) => calc,
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    };
+    hub.install(listed.revision, calc);
     backoff.reset();
     let mut watch = store.watch(PREFIX, listed.revision);
     while let Some(batch) = watch.next().await {

@@ -129,12 +129,30 @@ pub struct Calculator {
     touched: BTreeMap<(String, String), Option<SharedEntry>>,
     /// What the last change went through.
     last_work: ChangeWork,
+    /// Loading a full list: changes are not collected (nobody reads them).
+    loading: bool,
 }
 
 impl Calculator {
     /// An empty calculation.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The calculation of a full list of records, loaded in the order that evaluates each
+    /// selector once: namespaces, pods and service accounts before the endpoints they label,
+    /// endpoints before the policies that select them; the changes are not collected.
+    pub fn from_records(mut records: Vec<Record>) -> Self {
+        records.sort_by_key(load_rank);
+        let mut calc = Self {
+            loading: true,
+            ..Self::default()
+        };
+        for record in records {
+            calc.put_record(record);
+        }
+        calc.loading = false;
+        calc
     }
 
     /// The inputs.
@@ -287,12 +305,7 @@ impl Calculator {
     }
 
     fn relabel_namespace(&mut self, name: &str) -> NodeChanges {
-        let keys: Vec<EndpointKey> = self
-            .state
-            .endpoints()
-            .filter(|e| e.namespace == name)
-            .map(|e| e.key.clone())
-            .collect();
+        let keys: Vec<EndpointKey> = self.by_namespace.get(name).into_iter().flatten().cloned().collect();
         for key in keys {
             self.endpoint_changed(&key);
         }
@@ -660,16 +673,30 @@ impl Calculator {
         }
     }
 
-    /// Sets one entry of a node's view, remembering its value before the change in progress.
+    /// Sets one entry of a node's view (a view left empty goes), remembering its value before
+    /// the change in progress.
     fn set_entry(&mut self, node: &str, key: &str, value: Option<SharedEntry>) {
-        let view = self.views.entry(node.to_owned()).or_default();
-        let before = match value {
-            Some(value) => view.insert(key.to_owned(), value),
-            None => view.remove(key),
+        let before = match (value, self.views.get_mut(node)) {
+            (Some(value), Some(view)) => view.insert(key.to_owned(), value),
+            (Some(value), None) => {
+                self.views
+                    .insert(node.to_owned(), BTreeMap::from([(key.to_owned(), value)]));
+                None
+            }
+            (None, Some(view)) => {
+                let before = view.remove(key);
+                if view.is_empty() {
+                    self.views.remove(node);
+                }
+                before
+            }
+            (None, None) => None,
         };
-        self.touched
-            .entry((node.to_owned(), key.to_owned()))
-            .or_insert(before);
+        if !self.loading {
+            self.touched
+                .entry((node.to_owned(), key.to_owned()))
+                .or_insert(before);
+        }
     }
 
     /// The entries that differ from before the change in progress, per node.
@@ -695,8 +722,16 @@ impl Calculator {
             };
             changes.entry(node).or_default().push(change);
         }
-        self.views.retain(|_, view| !view.is_empty());
         changes
+    }
+}
+
+/// Where a record goes in [`Calculator::from_records`]' order.
+fn load_rank(record: &Record) -> u8 {
+    match record {
+        Record::Namespace(_) | Record::Pod(_) | Record::ServiceAccount(_) => 0,
+        Record::Endpoint(_) | Record::HostEndpoint(_) => 1,
+        Record::Policy(..) | Record::Staged(_) => 2,
     }
 }
 
