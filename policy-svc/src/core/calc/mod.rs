@@ -368,11 +368,13 @@ impl Calculator {
         for set in new.iter().flat_map(|n| n.sets.values()) {
             self.acquire_set(set);
         }
-        let holders: Vec<String> = self
-            .node_policies
-            .iter()
-            .filter(|(_, policies)| policies.contains_key(id))
-            .map(|(node, _)| node.clone())
+        // The nodes holding the policy: those of the endpoints it applies to.
+        let holders: BTreeSet<String> = self
+            .policy_endpoints
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|key| key.node.clone())
             .collect();
         for node in &holders {
             if let Some(old) = &old {
