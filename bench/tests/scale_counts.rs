@@ -45,9 +45,15 @@ fn change(calc: &mut Calculator, record: &(String, Vec<u8>), also: usize) -> BTr
         .map(Cluster::node_name)
         .collect();
     let reached: BTreeSet<String> = changes.keys().cloned().collect();
-    assert_eq!(reached, differing, "changes sent to nodes whose views did not change, or missing");
+    assert_eq!(
+        reached, differing,
+        "changes sent to nodes whose views did not change, or missing"
+    );
     for (node, list) in &changes {
-        let index: usize = node.trim_start_matches("node-").parse().expect("a node of the cluster");
+        let index: usize = node
+            .trim_start_matches("node-")
+            .parse()
+            .expect("a node of the cluster");
         let mut view = before[index].clone();
         for change in list {
             match change {
@@ -89,7 +95,10 @@ fn relabels_and_new_policies_reach_only_the_nodes_they_affect() {
         assert!(!nodes.is_empty(), "pod {k}'s relabel changed nothing");
         reached += nodes.len();
     }
-    assert!(reached < 20 * NODES / 10, "relabels reached {reached} nodes in all");
+    assert!(
+        reached < 20 * NODES / 10,
+        "relabels reached {reached} nodes in all"
+    );
     for n in 0..20 {
         let record = Cluster::added_policy(n).expect("a policy");
         let nodes = change(&mut calc, &record, 0);
@@ -115,6 +124,9 @@ fn a_list_loaded_at_once_gives_the_views_of_its_records_put_one_by_one() {
         .collect();
     let at_once = Calculator::from_records(decoded);
     let loaded = views(&at_once);
-    assert!(loaded.iter().all(|view| !view.is_empty()), "a node without a view");
+    assert!(
+        loaded.iter().all(|view| !view.is_empty()),
+        "a node without a view"
+    );
     assert_eq!(loaded, views(&one_by_one), "loading at once changed a view");
 }

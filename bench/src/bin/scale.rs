@@ -194,7 +194,10 @@ async fn measure_ipam(figures: &mut Figures, ipam: &ServiceProcess, cluster: Clu
         })
         .await
     {
-        anyhow::ensure!(started.elapsed() < START_LIMIT, "ipam-svc never answered: {status}");
+        anyhow::ensure!(
+            started.elapsed() < START_LIMIT,
+            "ipam-svc never answered: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     figures.add("ipam-svc: start → first answer", "ms", millis(started.elapsed()));
@@ -259,8 +262,16 @@ async fn start_up(
     };
     figures.add("start-up: every node has its routes", "s", route_s);
     figures.add("start-up: every node has its policy view", "s", policy_s);
-    figures.add("route snapshot per node", "KiB", route_bytes / nodes as f64 / 1024.0);
-    figures.add("policy view per node", "KiB", policy_bytes / nodes as f64 / 1024.0);
+    figures.add(
+        "route snapshot per node",
+        "KiB",
+        route_bytes / nodes as f64 / 1024.0,
+    );
+    figures.add(
+        "policy view per node",
+        "KiB",
+        policy_bytes / nodes as f64 / 1024.0,
+    );
     figures.add("policy view per node", "entries", policy_entries / nodes as f64);
     for service in services.iter() {
         let label = match service.name() {
@@ -269,7 +280,11 @@ async fn start_up(
         };
         figures.add(label, "MiB", mib(service.rss()));
         if service.name() == "policy-svc" {
-            figures.add("policy-svc RSS per view entry", "bytes", service.rss() as f64 / policy_entries);
+            figures.add(
+                "policy-svc RSS per view entry",
+                "bytes",
+                service.rss() as f64 / policy_entries,
+            );
         }
     }
     Ok(())
@@ -287,7 +302,9 @@ async fn changes(
     for (key, value) in records {
         let t0 = now_nanos();
         let revision = store.txn(Txn::new().put(key, value)).await?;
-        subscribers.ask(&format!("wait policy {revision} some"), "waited").await?;
+        subscribers
+            .ask(&format!("wait policy {revision} some"), "waited")
+            .await?;
         written.push((revision, t0));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -307,7 +324,11 @@ async fn changes(
     figures.add(label[0], "ms", millis(every.percentile(50.0)));
     figures.add(label[1], "ms", millis(every.percentile(99.0)));
     figures.add(label[2], "nodes", nodes.iter().sum::<f64>() / nodes.len() as f64);
-    figures.add(label[3], "KiB", bytes.iter().sum::<f64>() / bytes.len() as f64 / 1024.0);
+    figures.add(
+        label[3],
+        "KiB",
+        bytes.iter().sum::<f64>() / bytes.len() as f64 / 1024.0,
+    );
     Ok(())
 }
 
@@ -323,14 +344,31 @@ async fn claims(
         let (key, value) = Cluster::claimed_block(probe, probe * 37 % nodes)?;
         let t0 = now_nanos();
         let revision = store.txn(Txn::new().put(key, value)).await?;
-        let count = subscribers.ask(&format!("wait route {revision} all"), "waited").await?;
-        anyhow::ensure!(count.first() == Some(&(nodes as f64)), "claim {probe} reached {count:?}");
-        let stats = subscribers.ask(&format!("stats route {revision} {t0}"), "stats").await?;
-        every.push(Duration::from_secs_f64(stats.get(3).copied().unwrap_or(0.0) / 1000.0));
+        let count = subscribers
+            .ask(&format!("wait route {revision} all"), "waited")
+            .await?;
+        anyhow::ensure!(
+            count.first() == Some(&(nodes as f64)),
+            "claim {probe} reached {count:?}"
+        );
+        let stats = subscribers
+            .ask(&format!("stats route {revision} {t0}"), "stats")
+            .await?;
+        every.push(Duration::from_secs_f64(
+            stats.get(3).copied().unwrap_or(0.0) / 1000.0,
+        ));
     }
     let every = Latencies::new(every, Duration::from_secs(1));
-    figures.add("block claim → every node p50", "ms", millis(every.percentile(50.0)));
-    figures.add("block claim → every node p99", "ms", millis(every.percentile(99.0)));
+    figures.add(
+        "block claim → every node p50",
+        "ms",
+        millis(every.percentile(50.0)),
+    );
+    figures.add(
+        "block claim → every node p99",
+        "ms",
+        millis(every.percentile(99.0)),
+    );
     Ok(())
 }
 
@@ -358,7 +396,13 @@ async fn measure(nodes: usize) -> anyhow::Result<Figures> {
     let mut policy = ServiceProcess::spawn("policy-svc", &etcd.endpoint(), logs.path())?;
     let mut subscribers = Subscribers::spawn(nodes, route.address(), policy.address())?;
     let outcome = async {
-        start_up(&mut figures, &mut subscribers, &mut [&mut route, &mut policy], nodes).await?;
+        start_up(
+            &mut figures,
+            &mut subscribers,
+            &mut [&mut route, &mut policy],
+            nodes,
+        )
+        .await?;
         let relabels = (0..CHANGES)
             .map(|i| cluster.endpoint_record((i * 1_499 + 7) % cluster.pods(), true))
             .collect();
@@ -375,7 +419,9 @@ async fn measure(nodes: usize) -> anyhow::Result<Figures> {
             relabels,
         )
         .await?;
-        let added = (0..CHANGES).map(Cluster::added_policy).collect::<anyhow::Result<_>>()?;
+        let added = (0..CHANGES)
+            .map(Cluster::added_policy)
+            .collect::<anyhow::Result<_>>()?;
         changes(
             &mut figures,
             &store,
@@ -430,7 +476,11 @@ fn growth(sizes: &[usize], results: &[Figures]) {
         sizes[results.len() - 1]
     );
     for (from, to) in first.0.iter().zip(&last.0) {
-        let factor = if from.value > 0.0 { to.value / from.value } else { f64::NAN };
+        let factor = if from.value > 0.0 {
+            to.value / from.value
+        } else {
+            f64::NAN
+        };
         println!(
             "  {:<52} {:>12.2} → {:>12.2} {:<6} ×{factor:.2}",
             from.label, from.value, to.value, from.unit
@@ -466,11 +516,9 @@ fn main() -> anyhow::Result<()> {
             let sizes = sizes.split(',').map(str::parse).collect::<Result<_, _>>()?;
             runtime.block_on(orchestrate(sizes))
         }
-        [flag, nodes, route, policy] if flag == "--subscribers" => runtime.block_on(subscribers::run(
-            nodes.parse()?,
-            route.parse()?,
-            policy.parse()?,
-        )),
+        [flag, nodes, route, policy] if flag == "--subscribers" => {
+            runtime.block_on(subscribers::run(nodes.parse()?, route.parse()?, policy.parse()?))
+        }
         _ => bail!("usage: bench-scale [--sizes 1000,2000,5000]"),
     }
 }

@@ -66,7 +66,12 @@ impl Cluster {
 
     /// The loopback address node `index`'s subscribers connect from (`127.1.0.1` onwards).
     pub fn node_source(index: usize) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(127, 1, (index / 250) as u8, (index % 250 + 1) as u8))
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            1,
+            (index / 250) as u8,
+            (index % 250 + 1) as u8,
+        ))
     }
 
     /// Node `index` as route-svc stores it.
@@ -117,7 +122,7 @@ impl Cluster {
             ("app".to_owned(), format!("a-{}", within % APPS)),
             ("tier".to_owned(), TIERS[tier].to_owned()),
         ]);
-        if namespace == DNS_NAMESPACE && within % APPS == 0 {
+        if namespace == DNS_NAMESPACE && within.is_multiple_of(APPS) {
             labels.insert("k8s-app".to_owned(), "kube-dns".to_owned());
         }
         Endpoint {
@@ -215,7 +220,11 @@ fn namespace_name(index: usize) -> String {
 }
 
 /// A Kubernetes NetworkPolicy record, validated as policy-svc will read it.
-fn kubernetes_policy(namespace: usize, name: &str, spec: serde_json::Value) -> anyhow::Result<(String, Vec<u8>)> {
+fn kubernetes_policy(
+    namespace: usize,
+    name: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<(String, Vec<u8>)> {
     let object = json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -332,7 +341,10 @@ fn global(g: usize) -> anyhow::Result<Policy> {
         )
     } else {
         let blocked = EntityRule {
-            nets: vec![format!("198.51.{}.0/24", g).parse()?, format!("203.0.{g}.0/24").parse()?],
+            nets: vec![
+                format!("198.51.{}.0/24", g).parse()?,
+                format!("203.0.{g}.0/24").parse()?,
+            ],
             ..EntityRule::default()
         };
         let deny = Rule {

@@ -21,8 +21,8 @@ use brindle_proto::policy::v1 as policy_pb;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
 use brindle_proto::route::v1 as route_pb;
 use brindle_proto::route::v1::routes_client::RoutesClient;
-use futures_util::{FutureExt, StreamExt};
 use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 
@@ -99,11 +99,14 @@ fn policy_item(message: Result<policy_pb::SyncResponse, tonic::Status>) -> Item 
 /// (revision, encoded bytes, what it was) of each message of one stream.
 type Messages = BoxStream<'static, Item>;
 
+/// Deltas that arrived, per (service, revision): when (nanoseconds since the epoch) and their bytes.
+type Arrivals = HashMap<(Service, u64), Vec<(u128, u64)>>;
+
 /// What every stream saw.
 struct Recorder {
     started: Instant,
-    /// Delta arrivals per (service, revision): when, and its bytes.
-    arrivals: Mutex<HashMap<(Service, u64), Vec<(u128, u64)>>>,
+    /// Delta arrivals.
+    arrivals: Mutex<Arrivals>,
     /// Streams with their first state, per service.
     synced: [AtomicUsize; 2],
     /// Bytes of the first states, per service.
@@ -152,9 +155,11 @@ fn ack(revision: u64) -> common::SyncClientMessage {
 
 fn keepalive() -> common::SyncClientMessage {
     common::SyncClientMessage {
-        message: Some(common::sync_client_message::Message::Keepalive(common::Keepalive {
-            sent_unix_ms: (now_nanos() / 1_000_000) as i64,
-        })),
+        message: Some(common::sync_client_message::Message::Keepalive(
+            common::Keepalive {
+                sent_unix_ms: (now_nanos() / 1_000_000) as i64,
+            },
+        )),
     }
 }
 
@@ -360,4 +365,3 @@ fn stats(recorder: &Recorder, service: Service, revision: u64, t0: u128) -> Stri
     let max = millis.last().copied().unwrap_or(0.0);
     format!("stats {} {bytes} {p50:.3} {max:.3}", arrivals.len())
 }
-

@@ -305,7 +305,13 @@ impl Calculator {
     }
 
     fn relabel_namespace(&mut self, name: &str) -> NodeChanges {
-        let keys: Vec<EndpointKey> = self.by_namespace.get(name).into_iter().flatten().cloned().collect();
+        let keys: Vec<EndpointKey> = self
+            .by_namespace
+            .get(name)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         for key in keys {
             self.endpoint_changed(&key);
         }
@@ -334,14 +340,24 @@ impl Calculator {
                 .or_default()
                 .insert(key.clone());
         }
-        let old_namespace = previous.as_ref().and_then(|l| l.get(NAMESPACE_LABEL)).map(String::as_str);
-        let new_namespace = labels.as_ref().and_then(|l| l.get(NAMESPACE_LABEL)).map(String::as_str);
+        let old_namespace = previous
+            .as_ref()
+            .and_then(|l| l.get(NAMESPACE_LABEL))
+            .map(String::as_str);
+        let new_namespace = labels
+            .as_ref()
+            .and_then(|l| l.get(NAMESPACE_LABEL))
+            .map(String::as_str);
         let applying: BTreeSet<PolicyId> = match &labels {
             Some(labels) => self
                 .policies_by_namespace
                 .candidates(&[new_namespace])
                 .into_iter()
-                .filter(|id| self.compiled.get(id).is_some_and(|c| c.applies_to.matches(labels)))
+                .filter(|id| {
+                    self.compiled
+                        .get(id)
+                        .is_some_and(|c| c.applies_to.matches(labels))
+                })
                 .collect(),
             None => BTreeSet::new(),
         };
@@ -363,7 +379,9 @@ impl Calculator {
             self.policies_by_namespace.remove(&old.applies_to, id);
         }
         let new = self.state.policy(id).map(compile);
-        let new_entry = new.as_ref().map(|new| Arc::new(ViewEntry::Policy(new.view.clone())));
+        let new_entry = new
+            .as_ref()
+            .map(|new| Arc::new(ViewEntry::Policy(new.view.clone())));
         // The new form's sets first, so sets both forms use keep their members.
         for set in new.iter().flat_map(|n| n.sets.values()) {
             self.acquire_set(set);
