@@ -84,6 +84,9 @@ impl<T: Ord + Clone> NamespaceIndex<T> {
     }
 }
 
+/// A set's member entries, each with how many endpoints contribute it.
+type MemberEntries = BTreeMap<String, (usize, SharedEntry)>;
+
 /// An ipset every policy that uses it shares.
 #[derive(Debug)]
 struct SetState {
@@ -92,8 +95,8 @@ struct SetState {
     header: SharedEntry,
     /// Members per endpoint that contributes any.
     members: BTreeMap<EndpointKey, Vec<String>>,
-    /// Each member's entry, with how many endpoints contribute it.
-    entries: BTreeMap<String, (usize, SharedEntry)>,
+    /// Each member's entry.
+    entries: MemberEntries,
     /// Policies using it.
     policies: usize,
     /// Nodes whose view holds it, with how many of their policies use it.
@@ -386,14 +389,9 @@ impl Calculator {
         for set in new.iter().flat_map(|n| n.sets.values()) {
             self.acquire_set(set);
         }
+        let old_endpoints = self.policy_endpoints.get(id).cloned().unwrap_or_default();
         // The nodes holding the policy: those of the endpoints it applies to.
-        let holders: BTreeSet<String> = self
-            .policy_endpoints
-            .get(id)
-            .into_iter()
-            .flatten()
-            .map(|key| key.node.clone())
-            .collect();
+        let holders: BTreeSet<String> = old_endpoints.iter().map(|key| key.node.clone()).collect();
         for node in &holders {
             if let Some(old) = &old {
                 self.detach_policy(node, old);
@@ -405,7 +403,6 @@ impl Calculator {
         for set in old.iter().flat_map(|o| o.sets.keys()) {
             self.release_set(set);
         }
-        let old_endpoints = self.policy_endpoints.get(id).cloned().unwrap_or_default();
         let new_endpoints: BTreeSet<EndpointKey> = match &new {
             Some(new) => self
                 .candidates(&new.applies_to)
@@ -607,15 +604,12 @@ impl Calculator {
             return;
         }
         let mut members = BTreeMap::new();
-        let mut entries: BTreeMap<String, (usize, SharedEntry)> = BTreeMap::new();
+        let mut entries = MemberEntries::new();
         for (key, labels) in self.candidates(definition.selector()) {
             if let Some(endpoint) = self.state.endpoint(key) {
                 let contributed = definition.members(endpoint, labels);
                 for member in &contributed {
-                    entries
-                        .entry(member.clone())
-                        .or_insert_with(|| (0, member_entry(&id, member)))
-                        .0 += 1;
+                    count_member(&mut entries, &id, member);
                 }
                 if !contributed.is_empty() {
                     members.insert(key.clone(), contributed);
@@ -663,25 +657,17 @@ impl Calculator {
         if old == members {
             return;
         }
-        let mut removed = Vec::new();
-        for member in &old {
-            if let Some((count, _)) = set.entries.get_mut(member) {
-                *count -= 1;
-                if *count == 0 {
-                    set.entries.remove(member);
-                    removed.push(member_key(id, member));
-                }
-            }
-        }
-        let mut added = Vec::new();
-        for member in &members {
-            let (count, entry) = set
-                .entries
-                .entry(member.clone())
-                .or_insert_with(|| (0, member_entry(id, member)));
-            *count += 1;
-            added.push((member_key(id, member), Arc::clone(entry)));
-        }
+        // Counted in before the old ones are counted out, so a member the endpoint keeps keeps
+        // its entry.
+        let added: Vec<(String, SharedEntry)> = members
+            .iter()
+            .map(|member| (member_key(id, member), count_member(&mut set.entries, id, member)))
+            .collect();
+        let removed: Vec<String> = old
+            .iter()
+            .filter(|member| uncount_member(&mut set.entries, member))
+            .map(|member| member_key(id, member))
+            .collect();
         let nodes: Vec<String> = set.nodes.keys().cloned().collect();
         for node in nodes {
             for key in &removed {
@@ -778,6 +764,28 @@ fn with_pod(mut endpoint: Endpoint, pod: &Pod) -> Endpoint {
 
 fn member_key(set: &str, member: &str) -> String {
     format!("{}{set}/{member}", keys::MEMBER)
+}
+
+/// Counts one more endpoint contributing `member` to set `set`; the member's entry.
+fn count_member(entries: &mut MemberEntries, set: &str, member: &str) -> SharedEntry {
+    let (count, entry) = entries
+        .entry(member.to_owned())
+        .or_insert_with(|| (0, member_entry(set, member)));
+    *count += 1;
+    Arc::clone(entry)
+}
+
+/// Counts one endpoint fewer contributing `member`; whether no endpoint contributes it any more.
+fn uncount_member(entries: &mut MemberEntries, member: &str) -> bool {
+    let Some((count, _)) = entries.get_mut(member) else {
+        return false;
+    };
+    *count -= 1;
+    if *count > 0 {
+        return false;
+    }
+    entries.remove(member);
+    true
 }
 
 fn member_entry(set: &str, member: &str) -> SharedEntry {
