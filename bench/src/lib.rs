@@ -7,6 +7,19 @@ pub mod scale;
 
 use std::time::Duration;
 
+/// A `/proc/<pid>/status` memory field (`VmRSS:`, `VmHWM:`) in KiB; 0 when unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Latencies of one measured phase.
 #[derive(Debug, Clone)]
 pub struct Latencies {

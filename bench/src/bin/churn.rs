@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use brindle::lab::{Lab, LabSpec, Namespace};
 use brindle_bench::cni::{PEER_DIR, Plugin, invoke, release_binary};
-use brindle_bench::{Latencies, ms, row};
+use brindle_bench::{Latencies, ms, proc_status_kib, row};
 
 const NODES: usize = 3;
 const WORKERS_PER_NODE: usize = 4;
@@ -32,19 +32,6 @@ fn cycles() -> anyhow::Result<usize> {
         (Some("--cycles"), Some(n)) => n.parse().context("--cycles takes a number"),
         _ => bail!("usage: bench-churn [--cycles N]"),
     }
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Runs `cycles` ADD/DEL cycles spread over `workers` (plugin, pod namespace) pairs.
@@ -165,9 +152,17 @@ fn main() -> anyhow::Result<()> {
     }
     invoke(&workers[0].0, "DEL", "warm-up", &workers[0].1.path())?;
 
-    let before: Vec<(String, u64)> = lab.pids().into_iter().map(|(n, pid)| (n, rss_kib(pid))).collect();
+    let before: Vec<(String, u64)> = lab
+        .pids()
+        .into_iter()
+        .map(|(n, pid)| (n, proc_status_kib(pid, "VmRSS:")))
+        .collect();
     let samples = churn(&workers, cycles, &format!("{prefix}-churn"))?;
-    let after: Vec<(String, u64)> = lab.pids().into_iter().map(|(n, pid)| (n, rss_kib(pid))).collect();
+    let after: Vec<(String, u64)> = lab
+        .pids()
+        .into_iter()
+        .map(|(n, pid)| (n, proc_status_kib(pid, "VmRSS:")))
+        .collect();
     let (leaked, clean) = (lab.addresses_in_use()?, lab.ipam_problems()?.is_none());
     report(&format!("brindle ({} workers)", workers.len()), &samples);
     println!("  RSS (KiB)            start        end");

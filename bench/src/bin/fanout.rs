@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use brindle_bench::proc_status_kib;
 use brindle_datastore::{EmbeddedStore, Store, Txn};
 use brindle_fanout::FanoutConfig;
 use brindle_proto::common::v1 as common;
@@ -33,18 +34,6 @@ fn now_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
-        .unwrap_or(0)
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
         .unwrap_or(0)
 }
 
@@ -120,7 +109,7 @@ async fn orchestrate() -> anyhow::Result<()> {
     );
     let mut probe = 0;
     for subscribers in [1_000usize, 5_000] {
-        let before = rss_kib();
+        let before = proc_status_kib(std::process::id(), "VmRSS:");
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .args([
@@ -145,7 +134,9 @@ async fn orchestrate() -> anyhow::Result<()> {
         expect("synced")?;
         let synced_in = started.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let per_subscriber = (rss_kib().saturating_sub(before)) as f64 * 1024.0 / subscribers as f64;
+        let per_subscriber = (proc_status_kib(std::process::id(), "VmRSS:").saturating_sub(before)) as f64
+            * 1024.0
+            / subscribers as f64;
         println!(
             "\n{subscribers} subscribers: all synced (snapshot each) in {:.2} s; server memory per subscriber {:.1} KB",
             synced_in.as_secs_f64(),

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use brindle_bench::{Latencies, ms, row};
+use brindle_bench::{Latencies, ms, proc_status_kib, row};
 use brindle_fanout::FanoutConfig;
 use brindle_proto::common::v1 as common;
 use brindle_proto::policy::v1 as pb;
@@ -108,18 +108,6 @@ fn start_kube_sync(kubeconfig: &std::path::Path, services: &str) -> anyhow::Resu
         })
 }
 
-/// Peak resident memory of process `pid`, in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
-}
-
 async fn counts(policy: &mut PolicyClient<Channel>) -> anyhow::Result<(usize, usize)> {
     let pods = policy
         .list_pods(pb::ListPodsRequest {})
@@ -188,7 +176,7 @@ async fn initial_sync(pods: usize, policies: usize, nodes: usize, namespaces: us
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let synced = started.elapsed();
-    let rss = peak_rss_mib(child.id());
+    let rss = proc_status_kib(child.id(), "VmHWM:") as f64 / 1024.0;
     child.kill()?;
     child.wait()?;
     println!("initial sync: {pods} pods, {policies} policies, {namespaces} namespaces, {nodes} nodes");
@@ -433,7 +421,7 @@ async fn label_changes(pods: usize, policies: usize, nodes: usize, changes: usiz
         }
         reached.push(arrived.len() + usize::from(in_kernel.is_some()));
     }
-    let rss = peak_rss_mib(child.id());
+    let rss = proc_status_kib(child.id(), "VmHWM:") as f64 / 1024.0;
     child.kill()?;
     child.wait()?;
     let wall = wall.elapsed();

@@ -2,11 +2,14 @@
 //! port, with their memory read from `/proc`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context;
 use brindle_datastore::testing::free_port;
+
+use crate::cni::release_binary;
+use crate::proc_status_kib;
 
 /// One running service, killed on drop.
 pub struct ServiceProcess {
@@ -18,7 +21,7 @@ pub struct ServiceProcess {
 impl ServiceProcess {
     /// Starts the binary `name` (beside this benchmark's own) on `etcd`, logging to `logs`.
     pub fn spawn(name: &'static str, etcd: &str, logs: &Path) -> anyhow::Result<Self> {
-        let binary = sibling(name)?;
+        let binary = release_binary(name)?;
         let address = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
@@ -46,12 +49,12 @@ impl ServiceProcess {
 
     /// Resident memory now, in bytes.
     pub fn rss(&self) -> u64 {
-        status_bytes(self.child.id(), "VmRSS:")
+        proc_status_kib(self.child.id(), "VmRSS:") * 1024
     }
 
     /// The most resident memory it ever had, in bytes.
     pub fn peak_rss(&self) -> u64 {
-        status_bytes(self.child.id(), "VmHWM:")
+        proc_status_kib(self.child.id(), "VmHWM:") * 1024
     }
 
     /// Fails when the process has exited.
@@ -68,29 +71,4 @@ impl Drop for ServiceProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A binary built beside the running one (`target/release/<name>`).
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} not found: build it with `cargo build --release -p {name}`",
-        path.display()
-    );
-    Ok(path)
-}
-
-/// A `/proc/<pid>/status` field in bytes (0 when unreadable).
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024)
 }

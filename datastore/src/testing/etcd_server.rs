@@ -77,7 +77,7 @@ impl EtcdServer {
                     attempts += 1;
                     server.client_port = free_port()?;
                     server.peer_port = free_port()?;
-                    let _ = std::fs::remove_dir_all(server.dir.path().join("data"));
+                    let _ = std::fs::remove_dir_all(server.data_dir());
                 }
                 Err(error) => return Err(error),
             }
@@ -137,7 +137,7 @@ impl EtcdServer {
         }
         let child = command
             .arg("--name=brindle-test")
-            .arg(format!("--data-dir={}", self.dir.path().join("data").display()))
+            .arg(format!("--data-dir={}", self.data_dir().display()))
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
