@@ -9,13 +9,17 @@ use tokio::sync::{Notify, watch};
 
 use crate::{EncodedSnapshot, FanoutConfig, FanoutError, SnapshotEncoder};
 
+/// A key of the state: shared, so a publisher that puts the same entry into many fan-outs (one
+/// per node) keeps one copy of its key.
+pub type Key = Arc<str>;
+
 /// One change to the state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change<V> {
     /// `key` now has this value.
-    Upsert(String, V),
+    Upsert(Key, V),
     /// `key` is gone.
-    Remove(String),
+    Remove(Key),
 }
 
 /// The changes that took the state from revision `from` to revision `to`, one final value per key.
@@ -26,9 +30,9 @@ pub struct Batch<V> {
     /// Revision after it.
     pub to: u64,
     /// Keys set, with their values at `to`.
-    pub upserts: Vec<(String, V)>,
+    pub upserts: Vec<(Key, V)>,
     /// Keys removed.
-    pub removed: Vec<String>,
+    pub removed: Vec<Key>,
 }
 
 impl<V> Batch<V> {
@@ -61,13 +65,13 @@ pub struct SubscriberStatus {
 }
 
 pub(crate) struct Inner<V> {
-    pub(crate) state: BTreeMap<String, V>,
+    pub(crate) state: BTreeMap<Key, V>,
     pub(crate) revision: u64,
     /// Revision from which the history is complete: any position at or after it can resume.
     pub(crate) floor: u64,
     pub(crate) history: VecDeque<Arc<Batch<V>>>,
     history_keys: usize,
-    pending: BTreeMap<String, Option<V>>,
+    pending: BTreeMap<Key, Option<V>>,
     pending_revision: u64,
 }
 
@@ -182,12 +186,22 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
 
     /// Replaces the whole state with `entries` at `revision` (after re-reading the source): only
     /// the differences are published, at once.
-    pub fn reset(&self, revision: u64, entries: BTreeMap<String, V>) -> bool {
+    pub fn reset(&self, revision: u64, entries: BTreeMap<Key, V>) -> bool {
         let mut inner = self.write();
         if revision <= inner.revision.max(inner.pending_revision) {
             return false;
         }
-        let removed: Vec<String> = inner
+        if inner.state.is_empty() && inner.pending.is_empty() {
+            // Built at once from the ordered entries: packed, without one insertion per key.
+            inner.pending = entries
+                .into_iter()
+                .map(|(key, value)| (key, Some(value)))
+                .collect();
+            inner.pending_revision = revision;
+            self.flush_locked(&mut inner);
+            return true;
+        }
+        let removed: Vec<Key> = inner
             .state
             .keys()
             .chain(inner.pending.keys())
@@ -217,6 +231,21 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         if inner.pending_revision == 0 {
             return;
         }
+        if inner.revision == 0 {
+            // The first state: what happened before it is unknown here, so nobody resumes from
+            // an earlier revision (a subscriber of a previous process or of another replica may
+            // hold keys deleted since): they get a snapshot, and no batch is kept.
+            let pending = std::mem::take(&mut inner.pending);
+            inner.state = pending
+                .into_iter()
+                .filter_map(|(key, value)| value.map(|value| (key, value)))
+                .collect();
+            inner.revision = inner.pending_revision;
+            inner.floor = inner.revision;
+            inner.pending_revision = 0;
+            self.shared.flushed.send_replace(inner.revision);
+            return;
+        }
         let mut batch = Batch {
             from: inner.revision,
             to: inner.pending_revision,
@@ -237,12 +266,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         }
         inner.revision = batch.to;
         inner.pending_revision = 0;
-        if batch.from == 0 {
-            // The first state: what happened before it is unknown here, so nobody resumes from
-            // an earlier revision (a subscriber of a previous process or of another replica may
-            // hold keys deleted since): they get a snapshot.
-            inner.floor = batch.to;
-        } else if !batch.is_empty() {
+        if !batch.is_empty() {
             inner.history_keys += batch.len();
             inner.history.push_back(Arc::new(batch));
             while inner.history_keys > self.shared.config.history_entries {
@@ -267,12 +291,12 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     }
 
     /// A copy of the flushed state.
-    pub fn state(&self) -> BTreeMap<String, V> {
+    pub fn state(&self) -> BTreeMap<Key, V> {
         self.read().state.clone()
     }
 
     /// Runs `read` on the flushed state without copying it.
-    pub fn with_state<R>(&self, read: impl FnOnce(&BTreeMap<String, V>) -> R) -> R {
+    pub fn with_state<R>(&self, read: impl FnOnce(&BTreeMap<Key, V>) -> R) -> R {
         read(&self.read().state)
     }
 

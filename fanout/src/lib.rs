@@ -20,7 +20,7 @@ mod subscription;
 
 pub use config::FanoutConfig;
 pub use error::FanoutError;
-pub use hub::{Batch, Change, Fanout, SubscriberStatus, WeakFanout};
+pub use hub::{Batch, Change, Fanout, Key, SubscriberStatus, WeakFanout};
 pub use mirror::Mirror;
 pub use snapshot::{Codec, EncodedSnapshot, MAX_SNAPSHOT_BYTES, SnapshotEncoder};
 pub use subscription::{Start, Subscription};

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Batch, Change};
+use crate::{Batch, Change, Key};
 
 /// A subscriber's copy of the state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mirror<V> {
-    state: BTreeMap<String, V>,
+    state: BTreeMap<Key, V>,
     revision: u64,
 }
 
@@ -23,7 +23,7 @@ impl<V> Default for Mirror<V> {
 
 impl<V: Clone + PartialEq> Mirror<V> {
     /// Replaces the state with a snapshot's entries; returns what actually changed.
-    pub fn apply_snapshot(&mut self, revision: u64, entries: BTreeMap<String, V>) -> Vec<Change<V>> {
+    pub fn apply_snapshot(&mut self, revision: u64, entries: BTreeMap<Key, V>) -> Vec<Change<V>> {
         let mut changes: Vec<Change<V>> = self
             .state
             .keys()
@@ -60,7 +60,7 @@ impl<V: Clone + PartialEq> Mirror<V> {
     }
 
     /// The state.
-    pub fn state(&self) -> &BTreeMap<String, V> {
+    pub fn state(&self) -> &BTreeMap<Key, V> {
         &self.state
     }
 

@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::Key;
+
 /// Turns the whole state into the service's wire encoding (e.g. a protobuf `RouteState`).
-pub type SnapshotEncoder<V> = Arc<dyn Fn(&BTreeMap<String, V>) -> Vec<u8> + Send + Sync>;
+pub type SnapshotEncoder<V> = Arc<dyn Fn(&BTreeMap<Key, V>) -> Vec<u8> + Send + Sync>;
 
 /// How [`EncodedSnapshot::data`] is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +45,7 @@ impl EncodedSnapshot {
     /// Encodes `state` with `encoder`, compressing when it is at least `compress_from` bytes.
     pub(crate) fn encode<V>(
         revision: u64,
-        state: &BTreeMap<String, V>,
+        state: &BTreeMap<Key, V>,
         encoder: &SnapshotEncoder<V>,
         compress_from: usize,
     ) -> Self {

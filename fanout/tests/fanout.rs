@@ -6,13 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_fanout::session::{ClientMessage, ServerMessage, serve};
-use brindle_fanout::{Change, Codec, EncodedSnapshot, Fanout, FanoutConfig, FanoutError, Mirror, Start};
+use brindle_fanout::{Change, Codec, EncodedSnapshot, Fanout, FanoutConfig, FanoutError, Key, Mirror, Start};
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream_free::ChannelStream;
 
 /// `key=value` lines: the test service's snapshot encoding.
-fn encode(state: &BTreeMap<String, String>) -> Vec<u8> {
+fn encode(state: &BTreeMap<Key, String>) -> Vec<u8> {
     state
         .iter()
         .map(|(k, v)| format!("{k}={v}\n"))
@@ -20,13 +20,13 @@ fn encode(state: &BTreeMap<String, String>) -> Vec<u8> {
         .into_bytes()
 }
 
-fn decode(snapshot: &EncodedSnapshot) -> BTreeMap<String, String> {
+fn decode(snapshot: &EncodedSnapshot) -> BTreeMap<Key, String> {
     let raw = snapshot.decompress().expect("decompress");
     String::from_utf8(raw)
         .expect("utf8")
         .lines()
         .filter_map(|line| line.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .map(|(k, v)| (k.into(), v.to_owned()))
         .collect()
 }
 
@@ -120,7 +120,7 @@ async fn subscribers_get_batches_in_revision_order_and_end_equal_to_the_source()
     for revision in 2..=50u64 {
         let key = format!("k{}", revision % 7);
         let change = if revision % 5 == 0 {
-            Change::Remove(key)
+            Change::Remove(key.into())
         } else {
             upsert(&key, &format!("v{revision}"))
         };
@@ -165,7 +165,7 @@ async fn changes_are_batched_by_count_and_time_and_coalesced_per_key() {
     assert_eq!((batches[0].from, batches[0].to), (1, 3));
     assert_eq!(
         batches[0].upserts,
-        vec![("a".to_owned(), "2".to_owned())],
+        vec![("a".into(), "2".to_owned())],
         "coalesced"
     );
 
@@ -197,7 +197,7 @@ async fn nobody_is_started_before_the_fan_out_has_loaded_a_state() {
         !waiting.is_finished(),
         "an empty snapshot at revision 0 must never be handed out"
     );
-    fanout.reset(4, [("a".to_owned(), "1".to_owned())].into());
+    fanout.reset(4, [("a".into(), "1".to_owned())].into());
     let Start::Snapshot(snapshot) = waiting.await.expect("task") else {
         panic!("expected a snapshot");
     };
@@ -427,7 +427,7 @@ async fn two_replicas_fed_the_same_source_converge_and_a_subscriber_can_move_bet
         .map(|revision| {
             let changes = vec![
                 upsert(&format!("k{}", revision % 9), &format!("v{revision}")),
-                Change::Remove(format!("k{}", (revision + 4) % 9)),
+                Change::Remove(format!("k{}", (revision + 4) % 9).into()),
             ];
             (revision * 3, changes)
         })
@@ -489,7 +489,7 @@ async fn resuming_from_a_revision_the_replica_has_not_reached_waits_for_it() {
 #[test]
 fn a_mirror_reports_only_real_changes() {
     let mut mirror = Mirror::default();
-    let state: BTreeMap<String, String> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
+    let state: BTreeMap<Key, String> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
     assert_eq!(mirror.apply_snapshot(4, state.clone()).len(), 2);
     assert!(
         mirror.apply_snapshot(9, state.clone()).is_empty(),
@@ -535,12 +535,12 @@ async fn a_reset_after_re_reading_the_source_publishes_only_the_differences() {
     fanout.publish(1, [upsert("a", "1"), upsert("b", "1"), upsert("c", "1")]);
     fanout.flush();
     let (mut subscription, _) = fanout.subscribe(0).await;
-    let relisted: BTreeMap<String, String> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
+    let relisted: BTreeMap<Key, String> = [("a".into(), "1".into()), ("b".into(), "2".into())].into();
     assert!(fanout.reset(8, relisted.clone()));
     let batches = subscription.next().await.expect("diff");
     assert_eq!(batches.len(), 1);
     assert_eq!((batches[0].from, batches[0].to), (1, 8));
-    assert_eq!(batches[0].upserts, vec![("b".to_owned(), "2".to_owned())]);
-    assert_eq!(batches[0].removed, vec!["c".to_owned()]);
+    assert_eq!(batches[0].upserts, vec![("b".into(), "2".to_owned())]);
+    assert_eq!(batches[0].removed, vec![Key::from("c")]);
     assert_eq!(fanout.state(), relisted);
 }

@@ -78,6 +78,7 @@ fn route_messages() -> Vec<route_pb::SyncResponse> {
         .iter()
         .cloned()
         .map(|e| route_api::convert::entry_from_proto(e).expect("valid entry"))
+        .map(|(key, item)| (key.into(), item))
         .collect();
     let snapshot = runtime().block_on(async {
         let fanout = Fanout::new(
@@ -162,7 +163,7 @@ spec:
                 .iter()
                 .map(|(key, entry)| policy_api::convert::entry_to_proto(key, entry))
                 .collect(),
-            removed_keys: view.keys().take(2).cloned().collect(),
+            removed_keys: view.keys().take(2).map(|key| key.to_string()).collect(),
         })),
     });
     messages

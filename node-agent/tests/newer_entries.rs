@@ -56,7 +56,7 @@ fn entries_of_newer_kinds_are_left_out_and_the_rest_applies() {
     let applied = apply_response::<RouteWire>(&mut mirror, &mut pieces, snapshot(5, state)).expect("usable");
     assert!(applied.changed);
     assert_eq!(applied.skipped, ["future/x"]);
-    let keys: Vec<&String> = mirror.state().keys().collect();
+    let keys: Vec<&str> = mirror.state().keys().map(|key| &**key).collect();
     assert_eq!(keys, ["block/10.244.1.0/26", "block/10.244.2.0/26"]);
     assert_eq!(mirror.revision(), 5);
 
@@ -74,7 +74,7 @@ fn entries_of_newer_kinds_are_left_out_and_the_rest_applies() {
     let applied = apply_response::<RouteWire>(&mut mirror, &mut pieces, delta).expect("usable");
     assert!(applied.changed);
     assert_eq!(applied.skipped, ["block/10.244.2.0/26"]);
-    let keys: Vec<&String> = mirror.state().keys().collect();
+    let keys: Vec<&str> = mirror.state().keys().map(|key| &**key).collect();
     assert_eq!(keys, ["block/10.244.4.0/26"]);
     assert_eq!(mirror.revision(), 6);
 }
@@ -99,7 +99,7 @@ fn a_refused_value_of_a_known_kind_makes_the_message_unusable_and_the_mirror_sta
     };
     let error = apply_response::<RouteWire>(&mut mirror, &mut pieces, delta).expect_err("unusable");
     assert!(error.to_string().contains("cidr"), "{error}");
-    let keys: Vec<&String> = mirror.state().keys().collect();
+    let keys: Vec<&str> = mirror.state().keys().map(|key| &**key).collect();
     assert_eq!(keys, ["block/10.244.1.0/26"], "nothing of the message applied");
     assert_eq!(mirror.revision(), 5);
 }

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use brindle_fanout::Key;
 use node_agent::core::policy::{Family, PolicyApplier, render};
 use node_agent::dataplane::RecordingKernel;
 use policy_api::convert::{entry_from_proto, entry_to_proto};
@@ -62,7 +63,7 @@ fn member(set: &str, member: &str) -> ViewEntry {
 }
 
 /// A view with one well-formed endpoint, policy and set, and rogue entries beside them.
-fn view() -> BTreeMap<String, ViewEntry> {
+fn view() -> BTreeMap<Key, ViewEntry> {
     let evil_interface = format!("x\n{INJECTED}");
     let evil_set = format!("s2\n{INJECTED}");
     let entries = [
@@ -85,7 +86,7 @@ fn view() -> BTreeMap<String, ViewEntry> {
     ];
     entries
         .into_iter()
-        .map(|(key, entry)| (key.to_owned(), entry))
+        .map(|(key, entry)| (Key::from(key), entry))
         .collect()
 }
 
@@ -94,7 +95,7 @@ fn rogue_entries_are_refused_when_the_view_is_decoded() {
     for (key, entry) in view() {
         let decoded = entry_from_proto(entry_to_proto(&key, &entry));
         let well_formed =
-            ["endpoint/brdgood", "policy/p1", "ipset/s1", "member/s1/10.0.0.1"].contains(&key.as_str());
+            ["endpoint/brdgood", "policy/p1", "ipset/s1", "member/s1/10.0.0.1"].contains(&&*key);
         assert_eq!(decoded.is_ok(), well_formed, "{key}: {decoded:?}");
     }
 }

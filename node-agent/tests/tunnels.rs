@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use brindle_datastore::EmbeddedStore;
+use brindle_fanout::Key;
 use ipam_api::model::{AllowedUse, EncapMode, Pool};
 use ipam_svc::core::Ipam;
 use node_agent::core::ipam::IpamApi;
@@ -37,7 +38,7 @@ async fn ipam(dir: &tempfile::TempDir) -> Arc<Ipam> {
     ipam
 }
 
-fn remote_node(name: &str, address: Ipv4Addr, vtep: Option<Ipv4Addr>) -> (String, RouteItem) {
+fn remote_node(name: &str, address: Ipv4Addr, vtep: Option<Ipv4Addr>) -> (Key, RouteItem) {
     let node = Node {
         name: name.into(),
         addresses: vec![address.into()],
@@ -51,12 +52,12 @@ fn remote_node(name: &str, address: Ipv4Addr, vtep: Option<Ipv4Addr>) -> (String
         bgp: None,
         lease: 0,
     };
-    (format!("node/{name}"), RouteItem::Node(node))
+    (format!("node/{name}").into(), RouteItem::Node(node))
 }
 
-fn pool(cidr: &str, encapsulation: Encapsulation) -> (String, RouteItem) {
+fn pool(cidr: &str, encapsulation: Encapsulation) -> (Key, RouteItem) {
     (
-        format!("pool/{cidr}"),
+        format!("pool/{cidr}").into(),
         RouteItem::Pool(PoolRoute {
             name: "vx".into(),
             cidr: cidr.parse().expect("cidr"),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use brindle_fanout::{FanoutConfig, Mirror};
+use brindle_fanout::{FanoutConfig, Key, Mirror};
 use brindle_grpc_server::testing::{embedded_store, grpcurl, serve_on_loopback};
 use brindle_proto::common::v1 as common;
 use brindle_proto::policy::v1 as pb;
@@ -268,7 +268,7 @@ async fn subscribe(
 /// Waits until the mirror satisfies `done`.
 async fn until(
     received: &mut mpsc::Receiver<Mirror<ViewEntry>>,
-    done: impl Fn(&std::collections::BTreeMap<String, ViewEntry>) -> bool,
+    done: impl Fn(&std::collections::BTreeMap<Key, ViewEntry>) -> bool,
 ) -> Mirror<ViewEntry> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -282,7 +282,7 @@ async fn until(
     }
 }
 
-fn policies(state: &std::collections::BTreeMap<String, ViewEntry>) -> usize {
+fn policies(state: &std::collections::BTreeMap<Key, ViewEntry>) -> usize {
     state
         .values()
         .filter(|v| matches!(v, ViewEntry::Policy(_)))
@@ -388,7 +388,7 @@ async fn a_node_streams_exactly_its_view_and_follows_changes() {
         .await
         .expect("delete");
     let mirror = until(&mut received, |state| policies(state) == 1).await;
-    let view: std::collections::BTreeMap<String, ViewEntry> = service
+    let view: std::collections::BTreeMap<Key, ViewEntry> = service
         .hub()
         .fanout("node-1")
         .state()

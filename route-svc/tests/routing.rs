@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use brindle_datastore::testing::{CompactedAfterFirstList, EtcdServer};
 use brindle_datastore::{EmbeddedStore, EtcdStore, Store};
-use brindle_fanout::{Fanout, FanoutConfig};
+use brindle_fanout::{Fanout, FanoutConfig, Key};
 use ipam_api::model::{AllowedUse, EncapMode, HandleAttributes, IpamConfig, Pool};
 use ipam_svc::core::{AssignRequest, Ipam};
 use route_api::{Encapsulation, Node, RouteItem};
@@ -83,7 +83,7 @@ fn request(handle: &str, node: &str, count: u32) -> AssignRequest {
 async fn settle(
     fanout: &Fanout<RouteItem>,
     what: &str,
-    condition: impl Fn(&BTreeMap<String, RouteItem>) -> bool,
+    condition: impl Fn(&BTreeMap<Key, RouteItem>) -> bool,
 ) {
     for _ in 0..400 {
         if condition(&fanout.state()) {
@@ -134,9 +134,9 @@ async fn routing_state_follows_ipam_and_the_registry(store: Arc<dyn Store>) {
             && state.contains_key("node/n2")
             && matches!(state.get("pool/tiny"), Some(RouteItem::Pool(p))
                 if p.encapsulation == Encapsulation::Vxlan && p.nat_outgoing)
-            && matches!(state.get(&format!("block/{n1_block}")), Some(RouteItem::Block { node, .. }) if node == "n1")
-            && matches!(state.get(&format!("block/{n2_block}")), Some(RouteItem::Block { node, .. }) if node == "n2")
-            && matches!(state.get(&format!("borrowed/{borrowed_ip}")),
+            && matches!(state.get(format!("block/{n1_block}").as_str()), Some(RouteItem::Block { node, .. }) if node == "n1")
+            && matches!(state.get(format!("block/{n2_block}").as_str()), Some(RouteItem::Block { node, .. }) if node == "n2")
+            && matches!(state.get(format!("borrowed/{borrowed_ip}").as_str()),
                 Some(RouteItem::Borrowed { node, block, .. }) if node == "n1" && *block == n2_block)
     })
     .await;
@@ -144,7 +144,7 @@ async fn routing_state_follows_ipam_and_the_registry(store: Arc<dyn Store>) {
     ipam.release_handle("net.n1b").await.expect("release");
     registry.deregister("n2").await.expect("deregister");
     settle(fanout, "borrowed address and n2 gone", |state| {
-        !state.contains_key(&format!("borrowed/{borrowed_ip}")) && !state.contains_key("node/n2")
+        !state.contains_key(format!("borrowed/{borrowed_ip}").as_str()) && !state.contains_key("node/n2")
     })
     .await;
     assert!(matches!(

@@ -8,7 +8,7 @@ mod wire;
 
 use std::collections::BTreeMap;
 
-use brindle_fanout::{Batch, Mirror};
+use brindle_fanout::{Batch, Key, Mirror};
 use brindle_proto::InvalidField;
 use brindle_proto::common::v1 as pb;
 
@@ -34,7 +34,7 @@ fn apply_received<V: Clone + PartialEq>(
     pieces: &mut SnapshotAssembler,
     revision: u64,
     received: Received<V>,
-    decode_state: impl FnOnce(&[u8]) -> Result<BTreeMap<String, V>, InvalidField>,
+    decode_state: impl FnOnce(&[u8]) -> Result<BTreeMap<Key, V>, InvalidField>,
 ) -> Result<bool, InvalidField> {
     match received {
         Received::SnapshotPiece(piece) => {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use brindle_fanout::{Batch, Mirror};
+use brindle_fanout::{Batch, Key, Mirror};
 use brindle_proto::InvalidField;
 use brindle_proto::common::v1 as pb;
 use prost::Message;
@@ -58,7 +58,7 @@ pub trait Wire: 'static {
 }
 
 /// The whole state as an encoded state message (the fan-out's snapshot encoder).
-pub fn encode_state<W: Wire>(state: &BTreeMap<String, W::Value>) -> Vec<u8> {
+pub fn encode_state<W: Wire>(state: &BTreeMap<Key, W::Value>) -> Vec<u8> {
     W::state(state.iter().map(|(k, v)| W::entry_to_proto(k, v)).collect()).encode_to_vec()
 }
 
@@ -79,13 +79,14 @@ pub struct Applied {
 fn convert_entries<W: Wire>(
     entries: Vec<W::Entry>,
     skipped: &mut Vec<String>,
-) -> Result<Vec<(String, W::Value)>, InvalidField> {
+) -> Result<Vec<(Key, W::Value)>, InvalidField> {
     let mut converted = Vec::with_capacity(entries.len());
     for entry in entries {
         if W::entry_is_unknown(&entry) {
             skipped.push(W::entry_key(&entry));
         } else {
-            converted.push(W::entry_from_proto(entry)?);
+            let (key, value) = W::entry_from_proto(entry)?;
+            converted.push((key.into(), value));
         }
     }
     Ok(converted)
@@ -95,7 +96,7 @@ fn convert_entries<W: Wire>(
 pub fn decode_state<W: Wire>(
     bytes: &[u8],
     skipped: &mut Vec<String>,
-) -> Result<BTreeMap<String, W::Value>, InvalidField> {
+) -> Result<BTreeMap<Key, W::Value>, InvalidField> {
     let state = W::State::decode(bytes).map_err(|e| InvalidField::new("snapshot", e))?;
     Ok(convert_entries::<W>(W::state_entries(state), skipped)?
         .into_iter()
@@ -110,7 +111,7 @@ pub fn delta_to_proto<W: Wire>(batch: &Batch<W::Value>) -> W::Delta {
             .iter()
             .map(|(k, v)| W::entry_to_proto(k, v))
             .collect(),
-        batch.removed.clone(),
+        batch.removed.iter().map(|key| key.to_string()).collect(),
     )
 }
 
@@ -135,7 +136,7 @@ pub fn apply_response<W: Wire>(
                 from: 0,
                 to: revision,
                 upserts,
-                removed,
+                removed: removed.into_iter().map(Key::from).collect(),
             })
         }
         Some(Payload::Keepalive(_)) | None => Received::Nothing,

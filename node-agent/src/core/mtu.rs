@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use brindle_fanout::Key;
 use brindle_proto::CniError;
 use brindle_proto::cni_codes::{DATAPLANE_FAILED, TRY_AGAIN_LATER};
 use route_api::{Encapsulation, RouteItem};
@@ -45,7 +46,7 @@ pub struct EncapsulationInUse {
 
 impl EncapsulationInUse {
     /// The encapsulations the pools of the routing state `items` use.
-    pub fn of(items: &BTreeMap<String, RouteItem>) -> Self {
+    pub fn of(items: &BTreeMap<Key, RouteItem>) -> Self {
         let mut in_use = Self::default();
         for item in items.values() {
             if let RouteItem::Pool(pool) = item {
@@ -204,7 +205,7 @@ mod tests {
     use super::*;
     use crate::dataplane::RecordingKernel;
 
-    fn pool(name: &str, encapsulation: Encapsulation) -> (String, RouteItem) {
+    fn pool(name: &str, encapsulation: Encapsulation) -> (Key, RouteItem) {
         let item = RouteItem::Pool(route_api::model::PoolRoute {
             name: name.to_owned(),
             cidr: "10.0.0.0/16".parse().expect("cidr"),
@@ -213,7 +214,7 @@ mod tests {
             disabled: false,
             disable_bgp_export: false,
         });
-        (name.to_owned(), item)
+        (name.into(), item)
     }
 
     #[test]

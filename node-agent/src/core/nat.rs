@@ -2,6 +2,7 @@
 //! leaves masqueraded as the node's address (pod-to-pod traffic never is). One chain brindle owns,
 //! `brd-nat-outgoing`, hooked from nat POSTROUTING and replaced whole when the pools change.
 
+use brindle_fanout::Key;
 use route_api::RouteItem;
 use std::collections::BTreeMap;
 
@@ -11,7 +12,7 @@ use crate::dataplane::{DataplaneError, Iptables};
 pub const CHAIN: &str = "brd-nat-outgoing";
 
 /// The `iptables-restore` payload for the nat table the pools in `items` ask for.
-pub fn nat_payload(items: &BTreeMap<String, RouteItem>) -> String {
+pub fn nat_payload(items: &BTreeMap<Key, RouteItem>) -> String {
     let pools: Vec<_> = items
         .values()
         .filter_map(|item| match item {
@@ -49,7 +50,7 @@ impl NatReconciler {
     pub fn apply(
         &mut self,
         iptables: &dyn Iptables,
-        items: &BTreeMap<String, RouteItem>,
+        items: &BTreeMap<Key, RouteItem>,
     ) -> Result<(), DataplaneError> {
         let payload = nat_payload(items);
         if self.applied.as_ref() == Some(&payload) {
@@ -71,9 +72,9 @@ mod tests {
     use super::*;
     use crate::dataplane::{Call, RecordingKernel};
 
-    fn pool(name: &str, cidr: &str, nat_outgoing: bool) -> (String, RouteItem) {
+    fn pool(name: &str, cidr: &str, nat_outgoing: bool) -> (Key, RouteItem) {
         (
-            format!("pool/{name}"),
+            format!("pool/{name}").into(),
             RouteItem::Pool(PoolRoute {
                 name: name.into(),
                 cidr: cidr.parse().expect("cidr"),

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use brindle_fanout::Key;
 use ipnet::IpNet;
 use route_api::{Encapsulation, Node, RouteItem};
 
@@ -19,7 +20,7 @@ use crate::dataplane::{DataplaneError, Netlink, Route, RouteKind};
 /// A route that needs a device that is not ready (or a remote endpoint not registered yet) is
 /// left out until it is.
 pub fn desired_routes(
-    items: &BTreeMap<String, RouteItem>,
+    items: &BTreeMap<Key, RouteItem>,
     me: &str,
     tunnels: &Tunnels,
 ) -> BTreeSet<RemoteRoute> {
@@ -229,7 +230,7 @@ mod tests {
     use crate::dataplane::{Call, RecordingKernel};
 
     /// A node at `address` in its /24, with a VXLAN endpoint `10.99.255.<last octet>`.
-    fn node(name: &str, address: &str) -> (String, RouteItem) {
+    fn node(name: &str, address: &str) -> (Key, RouteItem) {
         let address: std::net::Ipv4Addr = address.parse().expect("ip");
         let last = address.octets()[3];
         let node = Node {
@@ -245,13 +246,13 @@ mod tests {
             bgp: None,
             lease: 0,
         };
-        (format!("node/{name}"), RouteItem::Node(node))
+        (format!("node/{name}").into(), RouteItem::Node(node))
     }
 
-    fn block(cidr: &str, node: &str) -> (String, RouteItem) {
+    fn block(cidr: &str, node: &str) -> (Key, RouteItem) {
         let cidr: IpNet = cidr.parse().expect("cidr");
         (
-            format!("block/{cidr}"),
+            format!("block/{cidr}").into(),
             RouteItem::Block {
                 cidr,
                 node: node.into(),
@@ -260,9 +261,9 @@ mod tests {
         )
     }
 
-    fn pool(cidr: &str, encapsulation: Encapsulation) -> (String, RouteItem) {
+    fn pool(cidr: &str, encapsulation: Encapsulation) -> (Key, RouteItem) {
         (
-            format!("pool/{cidr}"),
+            format!("pool/{cidr}").into(),
             RouteItem::Pool(PoolRoute {
                 name: cidr.into(),
                 cidr: cidr.parse().expect("cidr"),
@@ -289,7 +290,7 @@ mod tests {
         }
     }
 
-    fn state() -> BTreeMap<String, RouteItem> {
+    fn state() -> BTreeMap<Key, RouteItem> {
         let borrowed_ip: IpAddr = "10.244.0.70".parse().expect("ip");
         BTreeMap::from([
             node("me", "192.168.1.1"),
@@ -303,7 +304,7 @@ mod tests {
             block("10.244.0.192/26", "gone"),
             block("10.99.0.0/26", "b"),
             (
-                format!("borrowed/{borrowed_ip}"),
+                format!("borrowed/{borrowed_ip}").into(),
                 RouteItem::Borrowed {
                     ip: borrowed_ip,
                     node: "c".into(),
@@ -328,7 +329,7 @@ mod tests {
     }
 
     /// Pools of every encapsulation, nodes b (same subnet as me) and d (another subnet).
-    fn encapsulated_state() -> BTreeMap<String, RouteItem> {
+    fn encapsulated_state() -> BTreeMap<Key, RouteItem> {
         BTreeMap::from([
             node("me", "192.168.1.1"),
             node("b", "192.168.1.2"),

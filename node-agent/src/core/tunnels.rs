@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use brindle_fanout::Key;
 use ipam_api::handles::TunnelKind;
 use route_api::{Encapsulation, RouteItem};
 
@@ -114,7 +115,7 @@ pub struct TunnelSetup {
 /// Names of the pools of `items` of one family (IPv6 when `ipv6`) whose encapsulation `uses`
 /// accepts.
 fn pools_using(
-    items: &BTreeMap<String, RouteItem>,
+    items: &BTreeMap<Key, RouteItem>,
     ipv6: bool,
     uses: impl Fn(Encapsulation) -> bool,
 ) -> Vec<String> {
@@ -157,7 +158,7 @@ impl TunnelSetup {
 
     /// Sets up the devices `items` needs that are not set up yet. A device stays once made
     /// (removing it would cut traffic while pools change).
-    pub async fn ensure(&mut self, netlink: &dyn Netlink, items: &BTreeMap<String, RouteItem>) -> Prepared {
+    pub async fn ensure(&mut self, netlink: &dyn Netlink, items: &BTreeMap<Key, RouteItem>) -> Prepared {
         let mut prepared = Prepared::default();
         self.notice_vanished_devices(netlink, &mut prepared).await;
         let vxlan_pools = pools_using(items, false, is_vxlan);
@@ -288,7 +289,7 @@ impl TunnelSetup {
 
 /// The remote tunnel endpoints the state asks node `me` to program: every other node that
 /// registered a VXLAN endpoint, when the local VXLAN device is ready.
-pub fn desired_vteps(items: &BTreeMap<String, RouteItem>, me: &str, tunnels: &Tunnels) -> BTreeSet<Vtep> {
+pub fn desired_vteps(items: &BTreeMap<Key, RouteItem>, me: &str, tunnels: &Tunnels) -> BTreeSet<Vtep> {
     if tunnels.vxlan.is_none() {
         return BTreeSet::new();
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use brindle_fanout::Change;
+use brindle_fanout::{Change, Key};
 use policy_api::model::{Direction, Endpoint, EndpointKey};
 use policy_api::view::{MemberView, ViewEntry, keys};
 use policy_svc::core::compile::{compile, policy_view_id};
@@ -46,7 +46,7 @@ pub struct World {
     /// The calculation.
     pub calc: Calculator,
     /// Every node's view as rebuilt from the changes alone.
-    pub mirrors: BTreeMap<String, BTreeMap<String, ViewEntry>>,
+    pub mirrors: BTreeMap<String, BTreeMap<Key, ViewEntry>>,
 }
 
 impl World {
@@ -111,7 +111,7 @@ impl World {
 }
 
 /// A node's view computed from scratch.
-pub fn reference_view(state: &ClusterState, node: &str) -> BTreeMap<String, ViewEntry> {
+pub fn reference_view(state: &ClusterState, node: &str) -> BTreeMap<Key, ViewEntry> {
     let mut view = BTreeMap::new();
     let mut used = BTreeMap::new();
     for endpoint in state.endpoints().filter(|e| e.key.node == node) {
@@ -131,7 +131,7 @@ pub fn reference_view(state: &ClusterState, node: &str) -> BTreeMap<String, View
             }
         }
         view.insert(
-            format!("{}{}", keys::ENDPOINT, endpoint.key.interface),
+            Key::from(format!("{}{}", keys::ENDPOINT, endpoint.key.interface)),
             ViewEntry::Endpoint(policy_api::view::EndpointView {
                 interface: endpoint.key.interface.clone(),
                 name: format!("{}/{}", endpoint.namespace, endpoint.pod),
@@ -143,18 +143,18 @@ pub fn reference_view(state: &ClusterState, node: &str) -> BTreeMap<String, View
     for policy in used.values() {
         let compiled = compile(policy);
         view.insert(
-            format!("{}{}", keys::POLICY, compiled.view.id),
+            Key::from(format!("{}{}", keys::POLICY, compiled.view.id)),
             ViewEntry::Policy(compiled.view.clone()),
         );
         for (id, definition) in &compiled.sets {
             view.insert(
-                format!("{}{id}", keys::IPSET),
+                Key::from(format!("{}{id}", keys::IPSET)),
                 ViewEntry::IpSet(definition.view()),
             );
             for endpoint in state.endpoints() {
                 for member in definition.members(endpoint, &state.selector_labels(endpoint)) {
                     view.insert(
-                        format!("{}{id}/{member}", keys::MEMBER),
+                        Key::from(format!("{}{id}/{member}", keys::MEMBER)),
                         ViewEntry::Member(MemberView {
                             set: id.clone(),
                             member,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use brindle_backoff::Backoff;
 use brindle_datastore::{EventKind, Store, StoreError, WatchEvent};
-use brindle_fanout::{Change, Fanout};
+use brindle_fanout::{Change, Fanout, Key};
 use futures_util::StreamExt;
 
 use super::derive::{WATCHED_PREFIX, is_routing_record, items};
@@ -17,7 +17,7 @@ use route_api::model::RouteItem;
 
 /// Item keys each datastore record contributed, so an update or delete can retract them.
 #[derive(Default)]
-struct Sources(HashMap<String, Vec<String>>);
+struct Sources(HashMap<String, Vec<Key>>);
 
 impl Sources {
     /// The changes that replace what `event.key` contributed with what it contributes now. A
@@ -26,7 +26,10 @@ impl Sources {
         let new = match event.kind {
             EventKind::Delete => Vec::new(),
             EventKind::Put => match items(&event.key, &event.value) {
-                Ok(items) => items,
+                Ok(items) => items
+                    .into_iter()
+                    .map(|(key, item)| (Key::from(key), item))
+                    .collect::<Vec<_>>(),
                 Err(error) => {
                     tracing::error!(%error, "keeping the routes it gave before");
                     return Vec::new();

@@ -1,5 +1,6 @@
 //! `brindle.route.v1.Routes` over the core: thin conversions and status codes.
 
+use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,9 +156,10 @@ impl Routes for RoutesService {
         caller.require_node(&node.name, "register a node")?;
         let node =
             convert::node_from_proto(node, "node").map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let first_node = node_key("");
         let others: Vec<Node> = self.fanout.with_state(|state| {
             state
-                .range(node_key("")..)
+                .range::<str, _>((Bound::Included(first_node.as_str()), Bound::Unbounded))
                 .map_while(|(_, item)| match item {
                     RouteItem::Node(node) => Some(node.clone()),
                     _ => None,

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use brindle_fanout::Key;
 use ipnet::IpNet;
 use route_api::RouteItem;
 use route_api::bgp::{BgpConfiguration, BgpPeer, LogSeverity};
@@ -48,7 +49,7 @@ pub struct BirdConfig {
 }
 
 /// The node's own registration in the state `items`, if there.
-pub fn own_registration<'a>(items: &'a BTreeMap<String, RouteItem>, local: &LocalBgp) -> Option<&'a Node> {
+pub fn own_registration<'a>(items: &'a BTreeMap<Key, RouteItem>, local: &LocalBgp) -> Option<&'a Node> {
     items.values().find_map(|item| match item {
         RouteItem::Node(node) if node.name == local.node => Some(node),
         _ => None,
@@ -57,7 +58,7 @@ pub fn own_registration<'a>(items: &'a BTreeMap<String, RouteItem>, local: &Loca
 
 /// The configuration the state `items` asks of the node `local` describes, registered as `me`
 /// (its labels choose its peers, its subnets their multihop).
-pub fn desired_config(items: &BTreeMap<String, RouteItem>, local: &LocalBgp, me: &Node) -> BirdConfig {
+pub fn desired_config(items: &BTreeMap<Key, RouteItem>, local: &LocalBgp, me: &Node) -> BirdConfig {
     let mut configuration = BgpConfiguration::default();
     let mut pools = Vec::new();
     let mut peers = Vec::new();
@@ -213,7 +214,7 @@ mod tests {
 
     use super::*;
 
-    fn node(name: &str, address: &str, labels: &[(&str, &str)]) -> (String, RouteItem) {
+    fn node(name: &str, address: &str, labels: &[(&str, &str)]) -> (Key, RouteItem) {
         let ip: Ipv4Addr = address.parse().expect("ip");
         let node = Node {
             name: name.into(),
@@ -228,10 +229,10 @@ mod tests {
             bgp: None,
             lease: 0,
         };
-        (format!("node/{name}"), RouteItem::Node(node))
+        (format!("node/{name}").into(), RouteItem::Node(node))
     }
 
-    fn pool(cidr: &str, disable_bgp_export: bool) -> (String, RouteItem) {
+    fn pool(cidr: &str, disable_bgp_export: bool) -> (Key, RouteItem) {
         let pool = PoolRoute {
             name: cidr.into(),
             cidr: cidr.parse().expect("cidr"),
@@ -240,20 +241,20 @@ mod tests {
             disabled: false,
             disable_bgp_export,
         };
-        (format!("pool/{cidr}"), RouteItem::Pool(pool))
+        (format!("pool/{cidr}").into(), RouteItem::Pool(pool))
     }
 
-    fn block(cidr: &str, node: &str) -> (String, RouteItem) {
+    fn block(cidr: &str, node: &str) -> (Key, RouteItem) {
         let cidr: IpNet = cidr.parse().expect("cidr");
         let item = RouteItem::Block {
             cidr,
             node: node.into(),
             pool: "p".into(),
         };
-        (format!("block/{cidr}"), item)
+        (format!("block/{cidr}").into(), item)
     }
 
-    fn peer(name: &str, ip: &str, node: &str, selector: &str) -> (String, RouteItem) {
+    fn peer(name: &str, ip: &str, node: &str, selector: &str) -> (Key, RouteItem) {
         let peer = bgp::peer_from_proto(brindle_proto::route::v1::BgpPeer {
             name: name.into(),
             peer_ip: ip.into(),
@@ -263,7 +264,7 @@ mod tests {
             ..Default::default()
         })
         .expect("peer");
-        (format!("bgp-peer/{name}"), RouteItem::BgpPeer(peer))
+        (format!("bgp-peer/{name}").into(), RouteItem::BgpPeer(peer))
     }
 
     fn local() -> LocalBgp {
@@ -274,12 +275,12 @@ mod tests {
         }
     }
 
-    fn config_of(items: &BTreeMap<String, RouteItem>, local: &LocalBgp) -> BirdConfig {
+    fn config_of(items: &BTreeMap<Key, RouteItem>, local: &LocalBgp) -> BirdConfig {
         let me = own_registration(items, local).expect("registered");
         desired_config(items, local, me)
     }
 
-    fn state() -> BTreeMap<String, RouteItem> {
+    fn state() -> BTreeMap<Key, RouteItem> {
         let borrowed: IpAddr = "10.244.0.70".parse().expect("ip");
         BTreeMap::from([
             node("me", "192.168.1.1", &[("rack", "a")]),
@@ -290,7 +291,7 @@ mod tests {
             block("10.244.0.64/26", "other"),
             block("10.250.0.0/26", "me"),
             (
-                format!("borrowed/{borrowed}"),
+                format!("borrowed/{borrowed}").into(),
                 RouteItem::Borrowed {
                     ip: borrowed,
                     node: "me".into(),

@@ -13,6 +13,7 @@ pub use config::{LocalBgp, desired_config, own_registration};
 
 use std::collections::BTreeMap;
 
+use brindle_fanout::Key;
 use brindle_metrics::{Gauges, Metrics};
 use route_api::RouteItem;
 use route_api::model::Node;
@@ -83,11 +84,7 @@ impl BgpSpeaker {
     /// than a wrong peer set); when it leaves the state (the node deleted while its agent runs),
     /// its last registration keeps choosing the peers, so what the deletion released (its
     /// blocks) is withdrawn at once.
-    pub async fn program(
-        &mut self,
-        state: &BTreeMap<String, RouteItem>,
-        resync: bool,
-    ) -> Result<(), BirdError> {
+    pub async fn program(&mut self, state: &BTreeMap<Key, RouteItem>, resync: bool) -> Result<(), BirdError> {
         if resync {
             self.bird.forget();
         }

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use brindle_fanout::Key;
 use policy_api::flow::Decision;
 use policy_api::model::Direction;
 use policy_api::view::ViewEntry;
@@ -21,7 +22,7 @@ pub struct PolicyNames {
 
 impl PolicyNames {
     /// The names in `view`.
-    pub fn of(view: &BTreeMap<String, ViewEntry>) -> Self {
+    pub fn of(view: &BTreeMap<Key, ViewEntry>) -> Self {
         let mut names = Self::default();
         for entry in view.values() {
             match entry {
@@ -90,10 +91,10 @@ mod tests {
             })
         };
         let view = BTreeMap::from([
-            ("p/a".to_owned(), policy("aaaa", "default/knp.first")),
-            ("p/b".to_owned(), policy("bbbb", "global/last")),
+            (Key::from("p/a"), policy("aaaa", "default/knp.first")),
+            (Key::from("p/b"), policy("bbbb", "global/last")),
             (
-                "e/web".to_owned(),
+                Key::from("e/web"),
                 ViewEntry::Endpoint(EndpointView {
                     interface: "brdweb".into(),
                     name: "default/web".into(),

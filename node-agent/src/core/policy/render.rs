@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use brindle_fanout::Key;
 use ipnet::IpNet;
 use policy_api::model::{Action, Protocol};
 use policy_api::rule_text;
@@ -53,7 +54,7 @@ fn commented(rule: &str) -> String {
 
 /// Renders a node's view for `family` with the default options (without a cache; see
 /// [`Renderer`]).
-pub fn render(view: &BTreeMap<String, ViewEntry>, family: Family) -> Rendered {
+pub fn render(view: &BTreeMap<Key, ViewEntry>, family: Family) -> Rendered {
     Renderer::new(family, RenderOptions::default()).render(view)
 }
 
@@ -93,7 +94,7 @@ impl Renderer {
     /// Renders a node's view. An entry whose names or addresses are not in the form the
     /// calculation makes ([`rule_text::check`]) is left out: its text never reaches the kernel,
     /// and an endpoint whose policy is left out drops its traffic.
-    pub fn render(&mut self, view: &BTreeMap<String, ViewEntry>) -> Rendered {
+    pub fn render(&mut self, view: &BTreeMap<Key, ViewEntry>) -> Rendered {
         let entries: Vec<&ViewEntry> = view.values().filter(|e| rule_text::check(e).is_ok()).collect();
         let mut rendered = Rendered::default();
         let mut policies = BTreeMap::new();

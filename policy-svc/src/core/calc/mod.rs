@@ -1,36 +1,46 @@
-//! Incremental per-node calculation: from namespaces, endpoints and policies, every node's
-//! [`ViewEntry`] map, kept up to date change by change. An endpoint change re-evaluates only that
-//! endpoint against the policies and sets; a policy change only that policy against the
-//! endpoints; the result is the entries that really changed, per node. Host endpoints are
+//! Incremental per-node calculation: from namespaces, endpoints and policies, what every
+//! node's view holds, kept up to date change by change. An endpoint change re-evaluates only
+//! that endpoint against the policies and sets; a policy change only that policy against the
+//! endpoints; the result is the entries each change set, per node. Views are not stored: a node's
+//! view is derived from its endpoints, their policies and those policies' sets (`views`).
+//! Entries every node holds alike (a policy, a set's header and members) are built once, with
+//! their keys, and shared by every view and fan-out that holds them (`sets`). Host endpoints are
 //! evaluated as endpoints (`host_endpoints`); service accounts' labels are their endpoints'
-//! (`service_accounts`). Entries every node holds alike (a policy, a set's header and members)
-//! are built once and shared by every view that holds them.
+//! (`service_accounts`).
 
 mod host_endpoints;
+mod index;
 mod service_accounts;
+mod sets;
+mod views;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use brindle_fanout::Change;
+use brindle_fanout::{Change, Key};
 
 use brindle_selector::Selector;
 
-use super::compile::{CompiledPolicy, SetDefinition, compile};
+use super::compile::{CompiledPolicy, compile};
 use super::records::Record;
 use super::staged::StagedPolicy;
 use super::state::ClusterState;
+use index::{NamespaceIndex, required_namespace};
 use policy_api::host_endpoint::{HostEndpoint, endpoint_name, host_endpoint_name};
 use policy_api::model::{
     Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Pod, Policy, PolicyId, evaluation_order,
 };
-use policy_api::view::{EndpointView, HostEndpointView, MemberView, ViewEntry, keys};
+use policy_api::view::{EndpointView, HostEndpointView, ViewEntry, keys};
+use sets::SetState;
 
 /// One entry of a node's view, shared with every other view holding the same entry.
 pub type SharedEntry = Arc<ViewEntry>;
 
-/// A node's view with shared entries (what its fan-out holds).
-pub type SharedView = BTreeMap<String, SharedEntry>;
+/// An entry with its key, both shared.
+type Keyed = (Key, SharedEntry);
+
+/// A node's view with shared keys and entries (what its fan-out holds).
+pub type SharedView = BTreeMap<Key, SharedEntry>;
 
 /// Changes per node.
 pub type NodeChanges = BTreeMap<String, Vec<Change<SharedEntry>>>;
@@ -45,64 +55,6 @@ pub struct ChangeWork {
     pub entries: usize,
 }
 
-/// Ids by the namespace their selector requires (`None`: it can match in any namespace), so an
-/// endpoint is evaluated only against the selectors that can match it.
-#[derive(Debug)]
-struct NamespaceIndex<T>(BTreeMap<Option<String>, BTreeSet<T>>);
-
-impl<T> Default for NamespaceIndex<T> {
-    fn default() -> Self {
-        Self(BTreeMap::new())
-    }
-}
-
-impl<T: Ord + Clone> NamespaceIndex<T> {
-    fn insert(&mut self, selector: &Selector, id: T) {
-        let namespace = required_namespace(selector).map(str::to_owned);
-        self.0.entry(namespace).or_default().insert(id);
-    }
-
-    fn remove(&mut self, selector: &Selector, id: &T) {
-        let namespace = required_namespace(selector).map(str::to_owned);
-        if let Some(ids) = self.0.get_mut(&namespace) {
-            ids.remove(id);
-            if ids.is_empty() {
-                self.0.remove(&namespace);
-            }
-        }
-    }
-
-    /// The ids whose selectors can match an endpoint of any of `namespaces`.
-    fn candidates(&self, namespaces: &[Option<&str>]) -> BTreeSet<T> {
-        let mut ids: BTreeSet<T> = self.0.get(&None).cloned().unwrap_or_default();
-        for namespace in namespaces.iter().flatten() {
-            if let Some(more) = self.0.get(&Some((*namespace).to_owned())) {
-                ids.extend(more.iter().cloned());
-            }
-        }
-        ids
-    }
-}
-
-/// A set's member entries, each with how many endpoints contribute it.
-type MemberEntries = BTreeMap<String, (usize, SharedEntry)>;
-
-/// An ipset every policy that uses it shares.
-#[derive(Debug)]
-struct SetState {
-    definition: SetDefinition,
-    /// Its header entry.
-    header: SharedEntry,
-    /// Members per endpoint that contributes any.
-    members: BTreeMap<EndpointKey, Vec<String>>,
-    /// Each member's entry.
-    entries: MemberEntries,
-    /// Policies using it.
-    policies: usize,
-    /// Nodes whose view holds it, with how many of their policies use it.
-    nodes: BTreeMap<String, usize>,
-}
-
 /// The calculation's state.
 #[derive(Debug, Default)]
 pub struct Calculator {
@@ -112,7 +64,7 @@ pub struct Calculator {
     by_namespace: BTreeMap<String, BTreeSet<EndpointKey>>,
     compiled: BTreeMap<PolicyId, CompiledPolicy>,
     /// Each compiled policy's entry.
-    policy_entries: BTreeMap<PolicyId, SharedEntry>,
+    policy_entries: BTreeMap<PolicyId, Keyed>,
     /// Compiled policies by the namespace they are limited to.
     policies_by_namespace: NamespaceIndex<PolicyId>,
     /// Policies applying to each endpoint (either direction).
@@ -124,12 +76,13 @@ pub struct Calculator {
     sets: BTreeMap<String, SetState>,
     /// Sets by the namespace their members are limited to.
     sets_by_namespace: NamespaceIndex<String>,
-    views: BTreeMap<String, SharedView>,
+    /// Per node: the entries of its endpoints and host endpoints.
+    node_endpoints: BTreeMap<String, BTreeMap<Key, SharedEntry>>,
     /// Host endpoints by name (each also an endpoint of the state, keyed by
     /// [`HostEndpoint::endpoint_key`]).
     host_endpoints: BTreeMap<String, HostEndpoint>,
-    /// Entries touched by the change in progress, with their value before it.
-    touched: BTreeMap<(String, String), Option<SharedEntry>>,
+    /// Entries set by the change in progress, with their value now (`None`: removed), per node.
+    touched: BTreeMap<String, BTreeMap<Key, Option<SharedEntry>>>,
     /// What the last change went through.
     last_work: ChangeWork,
     /// Loading a full list: changes are not collected (nobody reads them).
@@ -161,26 +114,6 @@ impl Calculator {
     /// The inputs.
     pub fn state(&self) -> &ClusterState {
         &self.state
-    }
-
-    /// A node's view (empty when it has no endpoints).
-    pub fn view(&self, node: &str) -> BTreeMap<String, ViewEntry> {
-        self.views
-            .get(node)
-            .into_iter()
-            .flatten()
-            .map(|(key, entry)| (key.clone(), ViewEntry::clone(entry)))
-            .collect()
-    }
-
-    /// A node's view, its entries shared with the calculation.
-    pub fn shared_view(&self, node: &str) -> SharedView {
-        self.views.get(node).cloned().unwrap_or_default()
-    }
-
-    /// What the last change went through (its nodes and entries, changed or not).
-    pub fn last_change_work(&self) -> ChangeWork {
-        self.last_work
     }
 
     /// Sets a namespace (its labels change what namespace selectors match).
@@ -382,9 +315,17 @@ impl Calculator {
             self.policies_by_namespace.remove(&old.applies_to, id);
         }
         let new = self.state.policy(id).map(compile);
-        let new_entry = new
+        let Some(key) = self
+            .policy_entries
+            .get(id)
+            .map(|(key, _)| key.clone())
+            .or_else(|| new.as_ref().or(old.as_ref()).map(policy_key))
+        else {
+            return;
+        };
+        let new_entry: Option<Keyed> = new
             .as_ref()
-            .map(|new| Arc::new(ViewEntry::Policy(new.view.clone())));
+            .map(|new| (key.clone(), Arc::new(ViewEntry::Policy(new.view.clone()))));
         // The new form's sets first, so sets both forms use keep their members.
         for set in new.iter().flat_map(|n| n.sets.values()) {
             self.acquire_set(set);
@@ -394,7 +335,7 @@ impl Calculator {
         let holders: BTreeSet<String> = old_endpoints.iter().map(|key| key.node.clone()).collect();
         for node in &holders {
             if let Some(old) = &old {
-                self.detach_policy(node, old);
+                self.detach_policy(node, &key, old);
             }
             if let (Some(new), Some(entry)) = (&new, &new_entry) {
                 self.attach_policy(node, new, entry);
@@ -457,11 +398,17 @@ impl Calculator {
             self.ref_policy(&node, id);
         }
         let host = host_endpoint_name(key);
-        let entry_key = match host {
+        let entry_key = Key::from(match host {
             Some(name) => format!("{}{name}", keys::HOST_ENDPOINT),
             None => format!("{}{}", keys::ENDPOINT, key.interface),
-        };
+        });
         if !exists {
+            if let Some(entries) = self.node_endpoints.get_mut(&node) {
+                entries.remove(&entry_key);
+                if entries.is_empty() {
+                    self.node_endpoints.remove(&node);
+                }
+            }
             self.set_entry(&node, &entry_key, None);
             return;
         }
@@ -476,7 +423,13 @@ impl Calculator {
             }),
             None => ViewEntry::Endpoint(entry),
         };
-        self.set_entry(&node, &entry_key, Some(Arc::new(entry)));
+        let entries = self.node_endpoints.entry(node.clone()).or_default();
+        if entries.get(&entry_key).is_some_and(|before| **before == entry) {
+            return;
+        }
+        let entry = Arc::new(entry);
+        entries.insert(entry_key.clone(), Arc::clone(&entry));
+        self.set_entry(&node, &entry_key, Some(entry));
     }
 
     fn endpoint_entry(&self, key: &EndpointKey, applying: &BTreeSet<PolicyId>) -> EndpointView {
@@ -512,9 +465,9 @@ impl Calculator {
         *count += 1;
         if *count == 1
             && let Some(compiled) = self.compiled.get(id).cloned()
-            && let Some(entry) = self.policy_entries.get(id).cloned()
+            && let Some(keyed) = self.policy_entries.get(id).cloned()
         {
-            self.attach_policy(node, &compiled, &entry);
+            self.attach_policy(node, &compiled, &keyed);
         }
     }
 
@@ -531,204 +484,30 @@ impl Calculator {
             if policies.is_empty() {
                 self.node_policies.remove(node);
             }
-            if let Some(compiled) = self.compiled.get(id).cloned() {
-                self.detach_policy(node, &compiled);
+            if let (Some(compiled), Some((key, _))) = (
+                self.compiled.get(id).cloned(),
+                self.policy_entries.get(id).cloned(),
+            ) {
+                self.detach_policy(node, &key, &compiled);
             }
         }
     }
 
-    /// Puts a compiled policy (its entry: `entry`) and its sets into a node's view.
-    fn attach_policy(&mut self, node: &str, compiled: &CompiledPolicy, entry: &SharedEntry) {
-        let key = format!("{}{}", keys::POLICY, compiled.view.id);
-        self.set_entry(node, &key, Some(Arc::clone(entry)));
+    /// Puts a compiled policy (its entry: `keyed`) and its sets into a node's view.
+    fn attach_policy(&mut self, node: &str, compiled: &CompiledPolicy, keyed: &Keyed) {
+        self.set_entry(node, &keyed.0, Some(Arc::clone(&keyed.1)));
         for set in compiled.sets.keys() {
             self.node_uses_set(node, set, true);
         }
     }
 
-    /// Takes a compiled policy and the sets only it used out of a node's view.
-    fn detach_policy(&mut self, node: &str, compiled: &CompiledPolicy) {
-        let key = format!("{}{}", keys::POLICY, compiled.view.id);
-        self.set_entry(node, &key, None);
+    /// Takes a compiled policy (its entry's key: `key`) and the sets only it used out of a
+    /// node's view.
+    fn detach_policy(&mut self, node: &str, key: &Key, compiled: &CompiledPolicy) {
+        self.set_entry(node, key, None);
         for set in compiled.sets.keys() {
             self.node_uses_set(node, set, false);
         }
-    }
-
-    fn node_uses_set(&mut self, node: &str, id: &str, uses: bool) {
-        let Some(set) = self.sets.get_mut(id) else {
-            return;
-        };
-        let count = set.nodes.entry(node.to_owned()).or_default();
-        let before = *count;
-        if uses {
-            *count += 1;
-        } else {
-            *count = count.saturating_sub(1);
-        }
-        let after = *count;
-        if after == 0 {
-            set.nodes.remove(node);
-        }
-        let entries: Vec<(String, Option<SharedEntry>)> = match (before, after) {
-            (0, 1) => self
-                .set_entries(id)
-                .into_iter()
-                .map(|(k, v)| (k, Some(v)))
-                .collect(),
-            (1, 0) => self.set_entries(id).into_iter().map(|(k, _)| (k, None)).collect(),
-            _ => Vec::new(),
-        };
-        for (key, value) in entries {
-            self.set_entry(node, &key, value);
-        }
-    }
-
-    /// A set's header and member entries.
-    fn set_entries(&self, id: &str) -> Vec<(String, SharedEntry)> {
-        let Some(set) = self.sets.get(id) else {
-            return Vec::new();
-        };
-        let mut entries = vec![(format!("{}{id}", keys::IPSET), Arc::clone(&set.header))];
-        for (member, (_, entry)) in &set.entries {
-            entries.push((member_key(id, member), Arc::clone(entry)));
-        }
-        entries
-    }
-
-    /// A policy starts using a set: create it (computing its members) if it is new.
-    fn acquire_set(&mut self, definition: &SetDefinition) {
-        let id = definition.id();
-        if let Some(set) = self.sets.get_mut(&id) {
-            set.policies += 1;
-            return;
-        }
-        let mut members = BTreeMap::new();
-        let mut entries = MemberEntries::new();
-        for (key, labels) in self.candidates(definition.selector()) {
-            if let Some(endpoint) = self.state.endpoint(key) {
-                let contributed = definition.members(endpoint, labels);
-                for member in &contributed {
-                    count_member(&mut entries, &id, member);
-                }
-                if !contributed.is_empty() {
-                    members.insert(key.clone(), contributed);
-                }
-            }
-        }
-        self.sets_by_namespace.insert(definition.selector(), id.clone());
-        self.sets.insert(
-            id,
-            SetState {
-                header: Arc::new(ViewEntry::IpSet(definition.view())),
-                definition: definition.clone(),
-                members,
-                entries,
-                policies: 1,
-                nodes: BTreeMap::new(),
-            },
-        );
-    }
-
-    /// A policy stops using a set: drop it once no policy does.
-    fn release_set(&mut self, id: &str) {
-        if let Some(set) = self.sets.get_mut(id) {
-            set.policies -= 1;
-            if set.policies == 0 && set.nodes.is_empty() {
-                let selector = set.definition.selector().clone();
-                self.sets.remove(id);
-                self.sets_by_namespace.remove(&selector, &id.to_owned());
-            }
-        }
-    }
-
-    /// Sets what one endpoint contributes to a set, updating every node that holds the set.
-    fn set_members(&mut self, id: &str, key: &EndpointKey, members: Vec<String>) {
-        let Some(set) = self.sets.get_mut(id) else {
-            return;
-        };
-        let old = if members.is_empty() {
-            set.members.remove(key).unwrap_or_default()
-        } else {
-            set.members
-                .insert(key.clone(), members.clone())
-                .unwrap_or_default()
-        };
-        if old == members {
-            return;
-        }
-        // Counted in before the old ones are counted out, so a member the endpoint keeps keeps
-        // its entry.
-        let added: Vec<(String, SharedEntry)> = members
-            .iter()
-            .map(|member| (member_key(id, member), count_member(&mut set.entries, id, member)))
-            .collect();
-        let removed: Vec<String> = old
-            .iter()
-            .filter(|member| uncount_member(&mut set.entries, member))
-            .map(|member| member_key(id, member))
-            .collect();
-        let nodes: Vec<String> = set.nodes.keys().cloned().collect();
-        for node in nodes {
-            for key in &removed {
-                self.set_entry(&node, key, None);
-            }
-            for (key, entry) in &added {
-                self.set_entry(&node, key, Some(Arc::clone(entry)));
-            }
-        }
-    }
-
-    /// Sets one entry of a node's view (a view left empty goes), remembering its value before
-    /// the change in progress.
-    fn set_entry(&mut self, node: &str, key: &str, value: Option<SharedEntry>) {
-        let before = match (value, self.views.get_mut(node)) {
-            (Some(value), Some(view)) => view.insert(key.to_owned(), value),
-            (Some(value), None) => {
-                self.views
-                    .insert(node.to_owned(), BTreeMap::from([(key.to_owned(), value)]));
-                None
-            }
-            (None, Some(view)) => {
-                let before = view.remove(key);
-                if view.is_empty() {
-                    self.views.remove(node);
-                }
-                before
-            }
-            (None, None) => None,
-        };
-        if !self.loading {
-            self.touched
-                .entry((node.to_owned(), key.to_owned()))
-                .or_insert(before);
-        }
-    }
-
-    /// The entries that differ from before the change in progress, per node.
-    fn commit(&mut self) -> NodeChanges {
-        let touched = std::mem::take(&mut self.touched);
-        self.last_work = ChangeWork {
-            nodes: touched
-                .keys()
-                .map(|(node, _)| node)
-                .collect::<BTreeSet<_>>()
-                .len(),
-            entries: touched.len(),
-        };
-        let mut changes = NodeChanges::new();
-        for ((node, key), before) in touched {
-            let now = self.views.get(&node).and_then(|v| v.get(&key));
-            if now == before.as_ref() {
-                continue;
-            }
-            let change = match now {
-                Some(value) => Change::Upsert(key, Arc::clone(value)),
-                None => Change::Remove(key),
-            };
-            changes.entry(node).or_default().push(change);
-        }
-        changes
     }
 }
 
@@ -741,20 +520,6 @@ fn load_rank(record: &Record) -> u8 {
     }
 }
 
-/// The namespace `selector` requires (`brindle.io/namespace == 'x'`, alone or in a top-level `&&`).
-fn required_namespace(selector: &Selector) -> Option<&str> {
-    fn namespace(part: &Selector) -> Option<&str> {
-        match part {
-            Selector::Equals(key, value) if key == NAMESPACE_LABEL => Some(value.as_str()),
-            _ => None,
-        }
-    }
-    match selector {
-        Selector::And(parts) => parts.iter().find_map(namespace),
-        other => namespace(other),
-    }
-}
-
 /// `endpoint` with the labels and named ports of its Kubernetes pod.
 fn with_pod(mut endpoint: Endpoint, pod: &Pod) -> Endpoint {
     endpoint.labels = pod.endpoint_labels();
@@ -762,35 +527,7 @@ fn with_pod(mut endpoint: Endpoint, pod: &Pod) -> Endpoint {
     endpoint
 }
 
-fn member_key(set: &str, member: &str) -> String {
-    format!("{}{set}/{member}", keys::MEMBER)
-}
-
-/// Counts one more endpoint contributing `member` to set `set`; the member's entry.
-fn count_member(entries: &mut MemberEntries, set: &str, member: &str) -> SharedEntry {
-    let (count, entry) = entries
-        .entry(member.to_owned())
-        .or_insert_with(|| (0, member_entry(set, member)));
-    *count += 1;
-    Arc::clone(entry)
-}
-
-/// Counts one endpoint fewer contributing `member`; whether no endpoint contributes it any more.
-fn uncount_member(entries: &mut MemberEntries, member: &str) -> bool {
-    let Some((count, _)) = entries.get_mut(member) else {
-        return false;
-    };
-    *count -= 1;
-    if *count > 0 {
-        return false;
-    }
-    entries.remove(member);
-    true
-}
-
-fn member_entry(set: &str, member: &str) -> SharedEntry {
-    Arc::new(ViewEntry::Member(MemberView {
-        set: set.to_owned(),
-        member: member.to_owned(),
-    }))
+/// The key of a policy's entry.
+fn policy_key(compiled: &CompiledPolicy) -> Key {
+    Key::from(format!("{}{}", keys::POLICY, compiled.view.id))
 }

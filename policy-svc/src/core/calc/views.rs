@@ -1,0 +1,87 @@
+//! Nodes' views: derived on demand from the calculation's state (a node's endpoints, the
+//! policies they use and those policies' sets), and the entries each change sets, per node.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use brindle_fanout::{Change, Key};
+use policy_api::view::ViewEntry;
+
+use super::{Calculator, ChangeWork, Keyed, NodeChanges, SharedEntry, SharedView};
+
+impl Calculator {
+    /// A node's view (empty when it has no endpoints).
+    pub fn view(&self, node: &str) -> BTreeMap<Key, ViewEntry> {
+        self.shared_view(node)
+            .into_iter()
+            .map(|(key, entry)| (key, ViewEntry::clone(&entry)))
+            .collect()
+    }
+
+    /// A node's view, its keys and entries shared with the calculation.
+    pub fn shared_view(&self, node: &str) -> SharedView {
+        let mut entries: Vec<Keyed> = self
+            .node_endpoints
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(|(key, entry)| (key.clone(), entry.clone()))
+            .collect();
+        let mut sets = BTreeSet::new();
+        for id in self.node_policies.get(node).into_iter().flat_map(BTreeMap::keys) {
+            if let (Some(keyed), Some(compiled)) = (self.policy_entries.get(id), self.compiled.get(id)) {
+                entries.push(keyed.clone());
+                sets.extend(compiled.sets.keys());
+            }
+        }
+        for set in sets {
+            entries.extend(self.set_entries(set));
+        }
+        // Collected at once: sorted, and the map built packed.
+        entries.into_iter().collect()
+    }
+
+    /// What the last change went through (its nodes and entries, changed or not).
+    pub fn last_change_work(&self) -> ChangeWork {
+        self.last_work
+    }
+
+    /// Sets one entry of a node's view in the change in progress (`None`: removed).
+    pub(super) fn set_entry(&mut self, node: &str, key: &Key, value: Option<SharedEntry>) {
+        if self.loading {
+            return;
+        }
+        match self.touched.get_mut(node) {
+            Some(entries) => {
+                entries.insert(key.clone(), value);
+            }
+            None => {
+                self.touched
+                    .insert(node.to_owned(), BTreeMap::from([(key.clone(), value)]));
+            }
+        }
+    }
+
+    /// Every entry the change in progress set, with its final value, per node. An entry set
+    /// back to what it was is among them: the node's fan-out, which holds what the node has,
+    /// drops it.
+    pub(super) fn commit(&mut self) -> NodeChanges {
+        let touched = std::mem::take(&mut self.touched);
+        self.last_work = ChangeWork {
+            nodes: touched.len(),
+            entries: touched.values().map(BTreeMap::len).sum(),
+        };
+        touched
+            .into_iter()
+            .map(|(node, entries)| {
+                let changes = entries
+                    .into_iter()
+                    .map(|(key, value)| match value {
+                        Some(value) => Change::Upsert(key, value),
+                        None => Change::Remove(key),
+                    })
+                    .collect();
+                (node, changes)
+            })
+            .collect()
+    }
+}
