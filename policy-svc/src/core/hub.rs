@@ -226,8 +226,10 @@ async fn follow_once(store: &dyn Store, hub: &PolicyHub, backoff: &mut Backoff) 
         Ok(listed) => listed,
         Err(error) => return error,
     };
-    let mut records = Vec::new();
-    for kv in &listed.kvs {
+    let revision = listed.revision;
+    let mut records = Vec::with_capacity(listed.kvs.len());
+    // The raw list goes as it is decoded (it is as large as the cluster).
+    for kv in listed.kvs {
         match decode(&kv.key, &kv.value) {
             Ok(record) => records.push(record),
             Err(error) => tracing::error!(%error, "skipping a record that does not decode"),
@@ -238,9 +240,9 @@ async fn follow_once(store: &dyn Store, hub: &PolicyHub, backoff: &mut Backoff) 
         Ok(calc) => calc,
         Err(error) => std::panic::resume_unwind(error.into_panic()),
     };
-    hub.install(listed.revision, calc);
+    hub.install(revision, calc);
     backoff.reset();
-    let mut watch = store.watch(PREFIX, listed.revision);
+    let mut watch = store.watch(PREFIX, revision);
     while let Some(batch) = watch.next().await {
         match batch {
             Ok(batch) => hub.apply_events(batch.revision, &batch.events),

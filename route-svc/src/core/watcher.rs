@@ -73,11 +73,12 @@ async fn follow_once(store: &dyn Store, fanout: &Fanout<RouteItem>, backoff: &mu
     };
     let mut sources = Sources::default();
     let mut state = BTreeMap::new();
-    for kv in listed.kvs.iter().filter(|kv| is_routing_record(&kv.key)) {
+    let revision = listed.revision;
+    for kv in listed.kvs.into_iter().filter(|kv| is_routing_record(&kv.key)) {
         let event = WatchEvent {
             kind: EventKind::Put,
-            key: kv.key.clone(),
-            value: kv.value.clone(),
+            key: kv.key,
+            value: kv.value,
         };
         for change in sources.apply(&event) {
             if let Change::Upsert(key, item) = change {
@@ -85,15 +86,15 @@ async fn follow_once(store: &dyn Store, fanout: &Fanout<RouteItem>, backoff: &mu
             }
         }
     }
-    if !fanout.reset(listed.revision, state) && listed.revision < fanout.revision() {
+    if !fanout.reset(revision, state) && revision < fanout.revision() {
         tracing::warn!(
-            listed = listed.revision,
+            listed = revision,
             published = fanout.revision(),
             "the datastore's revision went backwards (restored from a backup?); keeping the newer state"
         );
     }
     backoff.reset();
-    let mut watch = store.watch(WATCHED_PREFIX, listed.revision);
+    let mut watch = store.watch(WATCHED_PREFIX, revision);
     while let Some(batch) = watch.next().await {
         let batch = match batch {
             Ok(batch) => batch,

@@ -107,6 +107,11 @@ impl Calculator {
         for record in records {
             calc.put_record(record);
         }
+        // Each endpoint's entry once, now that every policy applying to it is known.
+        let endpoints: Vec<EndpointKey> = calc.endpoint_policies.keys().cloned().collect();
+        for key in &endpoints {
+            calc.refresh_endpoint_entry(key);
+        }
         calc.loading = false;
         calc
     }
@@ -397,23 +402,33 @@ impl Calculator {
                 .insert(key.clone());
             self.ref_policy(&node, id);
         }
+        if exists {
+            self.endpoint_policies.insert(key.clone(), applying);
+        }
+        if !self.loading || !exists {
+            self.refresh_endpoint_entry(key);
+        }
+    }
+
+    /// Recomputes an endpoint's entry in its node's view (gone with the endpoint).
+    fn refresh_endpoint_entry(&mut self, key: &EndpointKey) {
+        let node = &key.node;
         let host = host_endpoint_name(key);
         let entry_key = Key::from(match host {
             Some(name) => format!("{}{name}", keys::HOST_ENDPOINT),
             None => format!("{}{}", keys::ENDPOINT, key.interface),
         });
-        if !exists {
-            if let Some(entries) = self.node_endpoints.get_mut(&node) {
+        let Some(applying) = self.endpoint_policies.get(key) else {
+            if let Some(entries) = self.node_endpoints.get_mut(node) {
                 entries.remove(&entry_key);
                 if entries.is_empty() {
-                    self.node_endpoints.remove(&node);
+                    self.node_endpoints.remove(node);
                 }
             }
-            self.set_entry(&node, &entry_key, None);
+            self.set_entry(node, &entry_key, None);
             return;
-        }
-        let entry = self.endpoint_entry(key, &applying);
-        self.endpoint_policies.insert(key.clone(), applying);
+        };
+        let entry = self.endpoint_entry(key, applying);
         let entry = match host.and_then(|name| self.host_endpoints.get(name)) {
             Some(host) => ViewEntry::HostEndpoint(HostEndpointView {
                 name: host.name.clone(),
@@ -429,7 +444,7 @@ impl Calculator {
         }
         let entry = Arc::new(entry);
         entries.insert(entry_key.clone(), Arc::clone(&entry));
-        self.set_entry(&node, &entry_key, Some(entry));
+        self.set_entry(node, &entry_key, Some(entry));
     }
 
     fn endpoint_entry(&self, key: &EndpointKey, applying: &BTreeSet<PolicyId>) -> EndpointView {
