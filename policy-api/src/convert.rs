@@ -10,6 +10,7 @@ use brindle_proto::policy::v1 as pb;
 
 use crate::model::{Action, Endpoint, EndpointKey, IcmpMatch, NamedPort, Pod, Protocol};
 use crate::rule_text;
+use crate::shared::SharedViewEntry;
 use crate::view::{
     CompiledRule, CompiledSide, EndpointView, HostEndpointView, IpSetKind, IpSetView, MemberView, PolicyView,
     ViewEntry,
@@ -354,12 +355,13 @@ brindle_sync::impl_wire!(
 );
 
 /// The same messages as [`PolicyWire`], on policy-svc's side: each value is shared by every
-/// node's view that holds it.
+/// node's view that holds it (and its snapshots are encoded by
+/// [`encode_shared_state`](crate::shared::encode_shared_state)).
 pub struct SharedPolicyWire;
 
 brindle_sync::impl_wire!(
     SharedPolicyWire,
-    value: Arc<ViewEntry>,
+    value: Arc<SharedViewEntry>,
     entry: pb::PolicyEntry,
     state: pb::PolicyState,
     delta: pb::PolicyDelta,
@@ -370,6 +372,6 @@ brindle_sync::impl_wire!(
 );
 
 /// A message as a shared entry.
-fn shared_entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, Arc<ViewEntry>), InvalidField> {
-    entry_from_proto(entry).map(|(key, value)| (key, Arc::new(value)))
+fn shared_entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, Arc<SharedViewEntry>), InvalidField> {
+    entry_from_proto(entry).map(|(key, value)| (key, Arc::new(SharedViewEntry::new(value))))
 }

@@ -1,10 +1,13 @@
 //! Every truth-table case evaluated by the policy trace (the reference the data plane is held to),
-//! with the incremental per-node views checked against a from-scratch computation at every step.
+//! with the incremental per-node views checked against a from-scratch computation at every step,
+//! and each node's snapshot, encoded from shared entries, equal to its messages' encoding.
 
 mod support;
 
 use brindle_fanout::Change;
+use policy_api::convert::PolicyWire;
 use policy_api::model::{Endpoint, Namespace};
+use policy_api::shared::encode_shared_state;
 use policy_svc::core::trace::{Flow, Verdict, trace};
 use policy_svc::truth_table::{Matrix, PROBES, Step, load_cases, pairs};
 use support::{World, address};
@@ -69,6 +72,27 @@ fn trace_agrees_with_every_truth_table_case() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn snapshots_encoded_from_shared_entries_are_the_messages_encoding() {
+    for case in load_cases().expect("cases") {
+        let mut world = World::new();
+        for step in &case.steps {
+            apply_step(&mut world, step);
+        }
+        for node in ["node-1", "node-2", "node-3"] {
+            let encoded = encode_shared_state(&world.calc.shared_view(node));
+            assert_eq!(
+                encoded,
+                brindle_sync::encode_state::<PolicyWire>(&world.calc.view(node)),
+                "{}: {node}",
+                case.name
+            );
+            // A second encoding (from the encodings made by the first) is the same.
+            assert_eq!(encoded, encode_shared_state(&world.calc.shared_view(node)));
+        }
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use brindle_datastore::Store;
-use brindle_fanout::FanoutConfig;
+use brindle_fanout::{FanoutConfig, Key};
 use brindle_grpc_server::auth::Caller;
 use brindle_grpc_server::sync::{ResponseStream, read_hello, register_fanout_metrics, serve_sync};
 use brindle_metrics::{Metrics, labels};
@@ -17,6 +17,7 @@ use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_server::{Policy, PolicyServer};
 use brindle_sync::unix_ms;
 use policy_api::convert::{self as endpoints, SharedPolicyWire};
+use policy_api::shared::encode_shared_state;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::flows::FlowLog;
@@ -65,7 +66,7 @@ pub struct PolicyService {
 impl PolicyService {
     /// Starts following `store` into the calculation (call inside a tokio runtime) and serves it.
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
-        let hub = PolicyHub::new(config, Arc::new(brindle_sync::encode_state::<SharedPolicyWire>));
+        let hub = PolicyHub::new(config, Arc::new(encode_shared_state::<Key>));
         tokio::spawn(follow(Arc::clone(&store), hub.clone()));
         tokio::spawn(drop_idle_fanouts(&hub, IDLE_SWEEP));
         Self {

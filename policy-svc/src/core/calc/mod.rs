@@ -30,11 +30,12 @@ use policy_api::host_endpoint::{HostEndpoint, endpoint_name, host_endpoint_name}
 use policy_api::model::{
     Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Pod, Policy, PolicyId, evaluation_order,
 };
+use policy_api::shared::SharedViewEntry;
 use policy_api::view::{EndpointView, HostEndpointView, ViewEntry, keys};
 use sets::SetState;
 
 /// One entry of a node's view, shared with every other view holding the same entry.
-pub type SharedEntry = Arc<ViewEntry>;
+pub type SharedEntry = Arc<SharedViewEntry>;
 
 /// An entry with its key, both shared.
 type Keyed = (Key, SharedEntry);
@@ -328,9 +329,12 @@ impl Calculator {
         else {
             return;
         };
-        let new_entry: Option<Keyed> = new
-            .as_ref()
-            .map(|new| (key.clone(), Arc::new(ViewEntry::Policy(new.view.clone()))));
+        let new_entry: Option<Keyed> = new.as_ref().map(|new| {
+            (
+                key.clone(),
+                Arc::new(SharedViewEntry::new(ViewEntry::Policy(new.view.clone()))),
+            )
+        });
         // The new form's sets first, so sets both forms use keep their members.
         for set in new.iter().flat_map(|n| n.sets.values()) {
             self.acquire_set(set);
@@ -439,10 +443,10 @@ impl Calculator {
             None => ViewEntry::Endpoint(entry),
         };
         let entries = self.node_endpoints.entry(node.clone()).or_default();
-        if entries.get(&entry_key).is_some_and(|before| **before == entry) {
+        if entries.get(&entry_key).is_some_and(|before| ***before == entry) {
             return;
         }
-        let entry = Arc::new(entry);
+        let entry = Arc::new(SharedViewEntry::new(entry));
         entries.insert(entry_key.clone(), Arc::clone(&entry));
         self.set_entry(node, &entry_key, Some(entry));
     }

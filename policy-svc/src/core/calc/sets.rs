@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use brindle_fanout::Key;
 use policy_api::model::EndpointKey;
+use policy_api::shared::SharedViewEntry;
 use policy_api::view::{MemberView, ViewEntry, keys};
 
 use super::super::compile::SetDefinition;
@@ -90,7 +91,7 @@ impl Calculator {
         self.sets_by_namespace.insert(definition.selector(), id.clone());
         let header = (
             Key::from(format!("{}{id}", keys::IPSET)),
-            Arc::new(ViewEntry::IpSet(definition.view())),
+            Arc::new(SharedViewEntry::new(ViewEntry::IpSet(definition.view()))),
         );
         self.sets.insert(
             id,
@@ -162,10 +163,10 @@ impl Calculator {
 fn count_member(entries: &mut MemberEntries, set: &str, member: &str) -> Option<Keyed> {
     let (count, keyed) = entries.entry(member.to_owned()).or_insert_with(|| {
         let key = Key::from(format!("{}{set}/{member}", keys::MEMBER));
-        let entry = Arc::new(ViewEntry::Member(MemberView {
+        let entry = Arc::new(SharedViewEntry::new(ViewEntry::Member(MemberView {
             set: set.to_owned(),
             member: member.to_owned(),
-        }));
+        })));
         (0, (key, entry))
     });
     *count += 1;
