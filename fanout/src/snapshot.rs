@@ -53,7 +53,12 @@ impl EncodedSnapshot {
         let raw_bytes = raw.len() as u64;
         let (codec, data) = if raw.len() >= compress_from {
             match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
-                Ok(compressed) => (Codec::Zstd, compressed),
+                Ok(mut compressed) => {
+                    // Allocated for the worst case (about the raw size); kept as long as the
+                    // snapshot is, so only what it holds stays.
+                    compressed.shrink_to_fit();
+                    (Codec::Zstd, compressed)
+                }
                 Err(error) => {
                     tracing::warn!(%error, "compressing a snapshot failed; sending it uncompressed");
                     (Codec::None, raw)
