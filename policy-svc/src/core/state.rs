@@ -3,7 +3,7 @@
 //! watcher keeps them, with the lookups
 //! evaluation and calculation need.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use super::staged::{StagedAction, StagedPolicy};
@@ -20,7 +20,8 @@ pub struct ClusterState {
     endpoints: BTreeMap<EndpointKey, Endpoint>,
     policies: BTreeMap<PolicyId, Policy>,
     by_ip: HashMap<IpAddr, EndpointKey>,
-    by_pod: HashMap<(String, String), BTreeSet<EndpointKey>>,
+    /// Each pod's endpoints, in order (usually one: a set would cost a B-tree node each).
+    by_pod: HashMap<(String, String), Vec<EndpointKey>>,
     pods: HashMap<(String, String), Pod>,
     /// Staged policies, by the enforced policy they stand for.
     staged: BTreeMap<PolicyId, StagedPolicy>,
@@ -181,10 +182,13 @@ impl ClusterState {
         for ip in &endpoint.ips {
             self.by_ip.insert(*ip, endpoint.key.clone());
         }
-        self.by_pod
+        let keys = self
+            .by_pod
             .entry((endpoint.namespace.clone(), endpoint.pod.clone()))
-            .or_default()
-            .insert(endpoint.key.clone());
+            .or_default();
+        if let Err(at) = keys.binary_search(&endpoint.key) {
+            keys.insert(at, endpoint.key.clone());
+        }
         self.endpoints.insert(endpoint.key.clone(), endpoint);
         previous
     }
@@ -199,7 +203,7 @@ impl ClusterState {
         }
         let pod = (previous.namespace.clone(), previous.pod.clone());
         if let Some(keys) = self.by_pod.get_mut(&pod) {
-            keys.remove(key);
+            keys.retain(|k| k != key);
             if keys.is_empty() {
                 self.by_pod.remove(&pod);
             }

@@ -43,6 +43,10 @@ type Keyed = (Key, SharedEntry);
 /// A node's view with shared keys and entries (what its fan-out holds).
 pub type SharedView = BTreeMap<Key, SharedEntry>;
 
+/// Policy ids, in order, without repeats (a boxed slice: most endpoints have a few, and a set
+/// would cost a B-tree node each).
+type PolicyIds = Box<[PolicyId]>;
+
 /// Changes per node.
 pub type NodeChanges = BTreeMap<String, Vec<Change<SharedEntry>>>;
 
@@ -69,7 +73,7 @@ pub struct Calculator {
     /// Compiled policies by the namespace they are limited to.
     policies_by_namespace: NamespaceIndex<PolicyId>,
     /// Policies applying to each endpoint (either direction).
-    endpoint_policies: BTreeMap<EndpointKey, BTreeSet<PolicyId>>,
+    endpoint_policies: BTreeMap<EndpointKey, PolicyIds>,
     /// Endpoints each policy applies to.
     policy_endpoints: BTreeMap<PolicyId, BTreeSet<EndpointKey>>,
     /// Per node: policies its endpoints use, with how many endpoints use each.
@@ -375,7 +379,11 @@ impl Calculator {
         // Endpoints that gained or lost the policy, and every endpoint that has it (its order
         // may have changed), get their entries recomputed.
         for key in old_endpoints.union(&new_endpoints) {
-            let mut policies = self.endpoint_policies.get(key).cloned().unwrap_or_default();
+            let mut policies: BTreeSet<PolicyId> = self
+                .endpoint_policies
+                .get(key)
+                .map(|ids| ids.iter().cloned().collect())
+                .unwrap_or_default();
             if new_endpoints.contains(key) {
                 policies.insert(id.clone());
             } else {
@@ -389,7 +397,11 @@ impl Calculator {
     /// node's view: the endpoint entry, policies the node now needs or no longer needs.
     fn set_endpoint_policies(&mut self, key: &EndpointKey, exists: bool, applying: BTreeSet<PolicyId>) {
         let node = key.node.clone();
-        let old = self.endpoint_policies.remove(key).unwrap_or_default();
+        let old: BTreeSet<PolicyId> = self
+            .endpoint_policies
+            .remove(key)
+            .map(|ids| ids.into_vec().into_iter().collect())
+            .unwrap_or_default();
         for id in old.difference(&applying) {
             if let Some(endpoints) = self.policy_endpoints.get_mut(id) {
                 endpoints.remove(key);
@@ -407,7 +419,8 @@ impl Calculator {
             self.ref_policy(&node, id);
         }
         if exists {
-            self.endpoint_policies.insert(key.clone(), applying);
+            self.endpoint_policies
+                .insert(key.clone(), applying.into_iter().collect());
         }
         if !self.loading || !exists {
             self.refresh_endpoint_entry(key);
@@ -451,7 +464,7 @@ impl Calculator {
         self.set_entry(node, &entry_key, Some(entry));
     }
 
-    fn endpoint_entry(&self, key: &EndpointKey, applying: &BTreeSet<PolicyId>) -> EndpointView {
+    fn endpoint_entry(&self, key: &EndpointKey, applying: &[PolicyId]) -> EndpointView {
         let mut ordered: Vec<(&PolicyId, &CompiledPolicy)> = applying
             .iter()
             .filter_map(|id| self.compiled.get(id).map(|c| (id, c)))
