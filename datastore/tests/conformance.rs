@@ -162,16 +162,17 @@ async fn list_is_sorted_prefix_scoped_and_paginated(h: &mut dyn Harness) {
         txn = txn.put(format!("/other/{n}"), "x");
     }
     store.txn(txn).await.expect("other keys");
-    // More keys than one etcd page (500) so pagination at one revision is exercised.
-    for chunk in 0..12 {
+    // More keys than one etcd page (10,000) so a list of a page and the rest, at one revision,
+    // is exercised.
+    for chunk in 0..100 {
         let mut txn = Txn::new();
-        for n in 0..100 {
-            txn = txn.put(format!("/list/{:05}", chunk * 100 + n), vec![b'v'; 10]);
+        for n in 0..120 {
+            txn = txn.put(format!("/list/{:05}", chunk * 120 + n), vec![b'v'; 10]);
         }
         store.txn(txn).await.expect("list keys");
     }
     let listed = store.list("/list/").await.expect("list");
-    assert_eq!(listed.kvs.len(), 1200);
+    assert_eq!(listed.kvs.len(), 12_000);
     assert!(
         listed.kvs.windows(2).all(|w| w[0].key < w[1].key),
         "sorted by key"

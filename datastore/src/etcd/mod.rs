@@ -16,11 +16,14 @@ use crate::store::{Store, WatchStream};
 use crate::types::{Compare, KeyValue, LeaseId, ListResult, Op, Revision, Txn, prefix_end};
 
 /// Keys per page of a list; pages are read at one revision. etcd 3.4 walks every key left in
-/// the range to count them for each page, so a list costs pages × keys: with pages of 500 a
-/// 150,000-pod cluster's list walks the index ~300 times; pages of 10,000 keep that to a few.
+/// the range to count them for each page, so a list costs pages × keys: after the first page,
+/// the rest is read at once when it fits well within [`MAX_RESPONSE_BYTES`] (judged by the
+/// first page's sizes), so a list usually walks the range twice whatever its length.
 const LIST_PAGE: i64 = 10_000;
 /// Largest response accepted from etcd (a page of large values, a watch response).
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
+/// The rest of a list is read at once when its estimated size is at most this.
+const LIST_REST_BYTES: usize = MAX_RESPONSE_BYTES / 4;
 
 /// TLS material for an etcd cluster with client authentication (PEM files).
 #[derive(Debug, Clone, Default)]
@@ -225,25 +228,42 @@ impl Store for EtcdStore {
         let end = prefix_end(prefix).unwrap_or_else(|| vec![0]);
         let mut start = prefix.as_bytes().to_vec();
         let mut result = ListResult::default();
+        let mut rest_at_once = false;
         loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            let mut options = GetOptions::new().with_range(end.clone());
+            if !rest_at_once {
+                options = options.with_limit(LIST_PAGE);
+            }
             if result.revision > 0 {
                 options = options.with_revision(to_etcd_revision(result.revision)?);
             }
-            let response = client
-                .get(start.clone(), Some(options))
-                .await
-                .map_err(map_error)?;
+            let response = match client.get(start.clone(), Some(options)).await {
+                Ok(response) => response,
+                Err(error) if rest_at_once => {
+                    // Larger than estimated: back to pages.
+                    tracing::debug!(%error, "reading the rest of a list at once; paging instead");
+                    rest_at_once = false;
+                    continue;
+                }
+                Err(error) => return Err(map_error(error)),
+            };
             if result.revision == 0 {
                 result.revision = to_revision(response.header().map_or(0, |h| h.revision()));
             }
+            let mut bytes = 0;
             for kv in response.kvs() {
+                bytes += kv.key().len() + kv.value().len();
                 result.kvs.push(convert_kv(kv)?);
             }
             match response.kvs().last() {
                 Some(last) if response.more() => {
                     start = last.key().to_vec();
                     start.push(0);
+                    let read = response.kvs().len();
+                    let rest = usize::try_from(response.count())
+                        .unwrap_or(usize::MAX)
+                        .saturating_sub(read);
+                    rest_at_once = rest.saturating_mul(bytes / read + 1) <= LIST_REST_BYTES;
                 }
                 _ => return Ok(result),
             }
