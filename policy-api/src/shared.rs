@@ -51,8 +51,9 @@ impl PartialEq for SharedViewEntry {
 
 impl Eq for SharedViewEntry {}
 
-/// `PolicyState.entries` and `PolicyEntry.key`.
+/// The field number of `PolicyState.entries`.
 const ENTRIES_FIELD: u32 = 1;
+/// The field number of `PolicyEntry.key`.
 const KEY_FIELD: u32 = 1;
 
 /// A node's view as an encoded `PolicyState` (the fan-out's snapshot encoder): the same bytes as
