@@ -191,8 +191,9 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         if revision <= inner.revision.max(inner.pending_revision) {
             return false;
         }
-        if inner.state.is_empty() && inner.pending.is_empty() {
-            // Built at once from the ordered entries: packed, without one insertion per key.
+        if inner.revision == 0 && inner.pending.is_empty() {
+            // The first state, built at once from the ordered entries: packed, without one
+            // insertion per key.
             inner.pending = entries
                 .into_iter()
                 .map(|(key, value)| (key, Some(value)))

@@ -2,17 +2,17 @@
 //! its wire form encoded once, so a snapshot of a node's view is its entries' encodings copied.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
 use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use crate::convert::entry_to_proto;
 use crate::view::ViewEntry;
 
 /// A view entry shared by every view that holds it, with its encoding made on first use.
-#[derive(Debug)]
 pub struct SharedViewEntry {
     entry: ViewEntry,
     /// The entry's value fields of a `PolicyEntry` message (everything but its key).
@@ -43,6 +43,12 @@ impl Deref for SharedViewEntry {
     }
 }
 
+impl fmt::Debug for SharedViewEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.entry.fmt(f)
+    }
+}
+
 impl PartialEq for SharedViewEntry {
     fn eq(&self, other: &Self) -> bool {
         self.entry == other.entry
@@ -60,23 +66,29 @@ const KEY_FIELD: u32 = 1;
 /// encoding the messages (fields in number order), with each entry's value copied from its
 /// encoding made once.
 pub fn encode_shared_state<K: AsRef<str>>(state: &BTreeMap<K, Arc<SharedViewEntry>>) -> Vec<u8> {
-    let mut out = Vec::new();
+    let key_field_len = |key: &str| match key.len() {
+        0 => 0,
+        len => key_len(KEY_FIELD) + encoded_len_varint(len as u64) + len,
+    };
+    let entry_len = |key: &str, value: &SharedViewEntry| key_field_len(key) + value.encoded().len();
+    let total: usize = state
+        .iter()
+        .map(|(key, value)| {
+            let len = entry_len(key.as_ref(), value);
+            key_len(ENTRIES_FIELD) + encoded_len_varint(len as u64) + len
+        })
+        .sum();
+    let mut out = Vec::with_capacity(total);
     for (key, value) in state {
         let key = key.as_ref();
-        let body = value.encoded();
-        let key_len = if key.is_empty() {
-            0
-        } else {
-            1 + encoded_len_varint(key.len() as u64) + key.len()
-        };
         encode_key(ENTRIES_FIELD, WireType::LengthDelimited, &mut out);
-        encode_varint((key_len + body.len()) as u64, &mut out);
+        encode_varint(entry_len(key, value) as u64, &mut out);
         if !key.is_empty() {
             encode_key(KEY_FIELD, WireType::LengthDelimited, &mut out);
             encode_varint(key.len() as u64, &mut out);
             out.extend_from_slice(key.as_bytes());
         }
-        out.extend_from_slice(body);
+        out.extend_from_slice(value.encoded());
     }
     out
 }

@@ -18,7 +18,7 @@ use crate::types::{Compare, KeyValue, LeaseId, ListResult, Op, Revision, Txn, pr
 /// Keys per page of a list; pages are read at one revision. etcd 3.4 walks every key left in
 /// the range to count them for each page, so a list costs pages × keys: after the first page,
 /// the rest is read at once when it fits well within [`MAX_RESPONSE_BYTES`] (judged by the
-/// first page's sizes), so a list usually walks the range twice whatever its length.
+/// page's sizes), so a list usually walks the range twice whatever its length.
 const LIST_PAGE: i64 = 10_000;
 /// Largest response accepted from etcd (a page of large values, a watch response).
 const MAX_RESPONSE_BYTES: usize = 256 << 20;
@@ -229,6 +229,8 @@ impl Store for EtcdStore {
         let mut start = prefix.as_bytes().to_vec();
         let mut result = ListResult::default();
         let mut rest_at_once = false;
+        // Set when reading the rest at once failed: pages only from then on.
+        let mut paged_only = false;
         loop {
             let mut options = GetOptions::new().with_range(end.clone());
             if !rest_at_once {
@@ -243,6 +245,7 @@ impl Store for EtcdStore {
                     // Larger than estimated: back to pages.
                     tracing::debug!(%error, "reading the rest of a list at once; paging instead");
                     rest_at_once = false;
+                    paged_only = true;
                     continue;
                 }
                 Err(error) => return Err(map_error(error)),
@@ -263,7 +266,7 @@ impl Store for EtcdStore {
                     let rest = usize::try_from(response.count())
                         .unwrap_or(usize::MAX)
                         .saturating_sub(read);
-                    rest_at_once = rest.saturating_mul(bytes / read + 1) <= LIST_REST_BYTES;
+                    rest_at_once = !paged_only && rest.saturating_mul(bytes / read + 1) <= LIST_REST_BYTES;
                 }
                 _ => return Ok(result),
             }

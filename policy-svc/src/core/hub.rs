@@ -235,7 +235,7 @@ async fn follow_once(store: &dyn Store, hub: &PolicyHub, backoff: &mut Backoff) 
             Err(error) => tracing::error!(%error, "skipping a record that does not decode"),
         }
     }
-    // Computing every node's view of a large cluster takes seconds: off the async workers.
+    // Loading the calculation of a large cluster takes seconds: off the async workers.
     let calc = match tokio::task::spawn_blocking(move || Calculator::from_records(records)).await {
         Ok(calc) => calc,
         Err(error) => std::panic::resume_unwind(error.into_panic()),

@@ -4,7 +4,8 @@
 //! endpoints; the result is the entries each change set, per node. Views are not stored: a node's
 //! view is derived from its endpoints, their policies and those policies' sets (`views`).
 //! Entries every node holds alike (a policy, a set's header and members) are built once, with
-//! their keys, and shared by every view and fan-out that holds them (`sets`). Host endpoints are
+//! their keys, and shared by every view and fan-out that holds them (sets and their members:
+//! `sets`). Host endpoints are
 //! evaluated as endpoints (`host_endpoints`); service accounts' labels are their endpoints'
 //! (`service_accounts`).
 
@@ -81,8 +82,8 @@ pub struct Calculator {
     sets: BTreeMap<String, SetState>,
     /// Sets by the namespace their members are limited to.
     sets_by_namespace: NamespaceIndex<String>,
-    /// Per node: the entries of its endpoints and host endpoints.
-    node_endpoints: BTreeMap<String, BTreeMap<Key, SharedEntry>>,
+    /// Per node: the entries of its endpoints and host endpoints, by key.
+    endpoint_entries: BTreeMap<String, BTreeMap<Key, SharedEntry>>,
     /// Host endpoints by name (each also an endpoint of the state, keyed by
     /// [`HostEndpoint::endpoint_key`]).
     host_endpoints: BTreeMap<String, HostEndpoint>,
@@ -90,7 +91,8 @@ pub struct Calculator {
     touched: BTreeMap<String, BTreeMap<Key, Option<SharedEntry>>>,
     /// What the last change went through.
     last_work: ChangeWork,
-    /// Loading a full list: changes are not collected (nobody reads them).
+    /// Loading a full list: changes are not collected (nobody reads them) and endpoints' entries
+    /// wait until every record is in (then each is computed once).
     loading: bool,
 }
 
@@ -393,8 +395,9 @@ impl Calculator {
         }
     }
 
-    /// Sets the policies applying to an endpoint (`exists` false: it is gone) and updates its
-    /// node's view: the endpoint entry, policies the node now needs or no longer needs.
+    /// Sets the policies applying to an endpoint (`exists` false: it is gone) and records what
+    /// changes for its node: the policies (and their sets) the node now needs or no longer
+    /// needs, and the endpoint's entry (not while loading: computed once at the end).
     fn set_endpoint_policies(&mut self, key: &EndpointKey, exists: bool, applying: BTreeSet<PolicyId>) {
         let node = key.node.clone();
         let old: BTreeSet<PolicyId> = self
@@ -436,13 +439,13 @@ impl Calculator {
             None => format!("{}{}", keys::ENDPOINT, key.interface),
         });
         let Some(applying) = self.endpoint_policies.get(key) else {
-            if let Some(entries) = self.node_endpoints.get_mut(node) {
+            if let Some(entries) = self.endpoint_entries.get_mut(node) {
                 entries.remove(&entry_key);
                 if entries.is_empty() {
-                    self.node_endpoints.remove(node);
+                    self.endpoint_entries.remove(node);
                 }
             }
-            self.set_entry(node, &entry_key, None);
+            self.record_change(node, &entry_key, None);
             return;
         };
         let entry = self.endpoint_entry(key, applying);
@@ -455,13 +458,13 @@ impl Calculator {
             }),
             None => ViewEntry::Endpoint(entry),
         };
-        let entries = self.node_endpoints.entry(node.clone()).or_default();
+        let entries = self.endpoint_entries.entry(node.clone()).or_default();
         if entries.get(&entry_key).is_some_and(|before| ***before == entry) {
             return;
         }
         let entry = Arc::new(SharedViewEntry::new(entry));
         entries.insert(entry_key.clone(), Arc::clone(&entry));
-        self.set_entry(node, &entry_key, Some(entry));
+        self.record_change(node, &entry_key, Some(entry));
     }
 
     fn endpoint_entry(&self, key: &EndpointKey, applying: &[PolicyId]) -> EndpointView {
@@ -527,7 +530,7 @@ impl Calculator {
 
     /// Puts a compiled policy (its entry: `keyed`) and its sets into a node's view.
     fn attach_policy(&mut self, node: &str, compiled: &CompiledPolicy, keyed: &Keyed) {
-        self.set_entry(node, &keyed.0, Some(Arc::clone(&keyed.1)));
+        self.record_change(node, &keyed.0, Some(Arc::clone(&keyed.1)));
         for set in compiled.sets.keys() {
             self.node_uses_set(node, set, true);
         }
@@ -536,7 +539,7 @@ impl Calculator {
     /// Takes a compiled policy (its entry's key: `key`) and the sets only it used out of a
     /// node's view.
     fn detach_policy(&mut self, node: &str, key: &Key, compiled: &CompiledPolicy) {
-        self.set_entry(node, key, None);
+        self.record_change(node, key, None);
         for set in compiled.sets.keys() {
             self.node_uses_set(node, set, false);
         }

@@ -53,7 +53,7 @@ impl Calculator {
             return;
         }
         for (key, entry) in self.set_entries(id) {
-            self.set_entry(node, &key, (after > 0).then_some(entry));
+            self.record_change(node, &key, (after > 0).then_some(entry));
         }
     }
 
@@ -149,10 +149,10 @@ impl Calculator {
         let nodes: Vec<String> = set.nodes.keys().cloned().collect();
         for node in nodes {
             for key in &removed {
-                self.set_entry(&node, key, None);
+                self.record_change(&node, key, None);
             }
             for (key, entry) in &added {
-                self.set_entry(&node, key, Some(Arc::clone(entry)));
+                self.record_change(&node, key, Some(Arc::clone(entry)));
             }
         }
     }

@@ -20,7 +20,7 @@ impl Calculator {
     /// A node's view, its keys and entries shared with the calculation.
     pub fn shared_view(&self, node: &str) -> SharedView {
         let mut entries: Vec<Keyed> = self
-            .node_endpoints
+            .endpoint_entries
             .get(node)
             .into_iter()
             .flatten()
@@ -45,8 +45,9 @@ impl Calculator {
         self.last_work
     }
 
-    /// Sets one entry of a node's view in the change in progress (`None`: removed).
-    pub(super) fn set_entry(&mut self, node: &str, key: &Key, value: Option<SharedEntry>) {
+    /// Records the value one entry of a node's view has after the change in progress (`None`:
+    /// removed); nothing while loading.
+    pub(super) fn record_change(&mut self, node: &str, key: &Key, value: Option<SharedEntry>) {
         if self.loading {
             return;
         }
