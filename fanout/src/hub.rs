@@ -192,14 +192,8 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
             return false;
         }
         if inner.revision == 0 && inner.pending.is_empty() {
-            // The first state, built at once from the ordered entries: packed, without one
-            // insertion per key.
-            inner.pending = entries
-                .into_iter()
-                .map(|(key, value)| (key, Some(value)))
-                .collect();
-            inner.pending_revision = revision;
-            self.flush_locked(&mut inner);
+            // The first state: `entries` is it, as it is.
+            self.install_first_state(&mut inner, revision, entries);
             return true;
         }
         let removed: Vec<Key> = inner
@@ -233,18 +227,13 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
             return;
         }
         if inner.revision == 0 {
-            // The first state: what happened before it is unknown here, so nobody resumes from
-            // an earlier revision (a subscriber of a previous process or of another replica may
-            // hold keys deleted since): they get a snapshot, and no batch is kept.
-            let pending = std::mem::take(&mut inner.pending);
-            inner.state = pending
+            // Built at once from the ordered keys: packed, without one insertion per key.
+            let state = std::mem::take(&mut inner.pending)
                 .into_iter()
                 .filter_map(|(key, value)| value.map(|value| (key, value)))
                 .collect();
-            inner.revision = inner.pending_revision;
-            inner.floor = inner.revision;
-            inner.pending_revision = 0;
-            self.shared.flushed.send_replace(inner.revision);
+            let revision = inner.pending_revision;
+            self.install_first_state(inner, revision, state);
             return;
         }
         let mut batch = Batch {
@@ -279,6 +268,18 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
             }
         }
         self.shared.flushed.send_replace(inner.revision);
+    }
+
+    /// Makes `state` the first state, at `revision`. What happened before it is unknown here, so
+    /// nobody resumes from an earlier revision (a subscriber of a previous process or of another
+    /// replica may hold keys deleted since): they get a snapshot, and no batch is kept.
+    fn install_first_state(&self, inner: &mut Inner<V>, revision: u64, state: BTreeMap<Key, V>) {
+        inner.state = state;
+        inner.pending.clear();
+        inner.revision = revision;
+        inner.floor = revision;
+        inner.pending_revision = 0;
+        self.shared.flushed.send_replace(revision);
     }
 
     /// The fan-out's settings.
