@@ -1,6 +1,6 @@
 //! policy-svc's calculation follows the datastore through a compaction: when its watch fell behind
-//! one, it re-lists, and an endpoint deleted meanwhile leaves the calculation while one added
-//! meanwhile joins it (on the embedded store and on etcd).
+//! one, it re-lists, and an endpoint deleted meanwhile leaves the calculation and the view of a
+//! node already followed while one added meanwhile joins them (on the embedded store and on etcd).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,7 @@ async fn a_watch_behind_a_compaction_re_lists(store: Arc<dyn Store>) {
             .expect("register");
     }));
     let service = PolicyService::start(Arc::clone(&compacting) as Arc<dyn Store>, FanoutConfig::default());
+    let followed = service.hub().fanout("n1");
     let interfaces = || {
         service.hub().with_state(|state, _| {
             let mut interfaces: Vec<String> = state.endpoints().map(|e| e.key.interface.clone()).collect();
@@ -54,13 +55,23 @@ async fn a_watch_behind_a_compaction_re_lists(store: Arc<dyn Store>) {
             interfaces
         })
     };
+    let viewed = || {
+        followed.flush();
+        followed.with_state(|view| view.keys().map(|key| key.to_string()).collect::<Vec<_>>())
+    };
+    let expected_view = ["endpoint/brdkept", "endpoint/brdnew"];
     for _ in 0..400 {
-        if interfaces() == ["brdkept", "brdnew"] {
+        if interfaces() == ["brdkept", "brdnew"] && viewed() == expected_view {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(interfaces(), ["brdkept", "brdnew"]);
+    assert_eq!(
+        viewed(),
+        expected_view,
+        "the followed node's view after the re-list"
+    );
     compacting.assert_relisted();
 }
 

@@ -125,8 +125,21 @@ impl PolicyHub {
         }
     }
 
-    /// Replaces everything with `calc`, the calculation of what was read at `revision`.
+    /// Replaces everything with `calc`, the calculation of what was read at `revision`. Blocks
+    /// for as long as every node's view takes to compute (seconds at thousands of nodes): call
+    /// it off the async workers. The views are computed and reset before `calc` is installed,
+    /// without the hub's lock (which Sync, trace and pod look-ups take): each node's fan-out
+    /// moves to the new revision on its own, the calculation and the revision together after.
     fn install(&self, revision: u64, calc: Calculator) {
+        let fanouts: Vec<(String, Fanout<SharedEntry>)> = self
+            .lock()
+            .fanouts
+            .iter()
+            .map(|(node, fanout)| (node.clone(), fanout.clone()))
+            .collect();
+        for (node, fanout) in &fanouts {
+            fanout.reset(revision, calc.shared_view(node));
+        }
         let mut inner = self.lock();
         if revision < inner.revision {
             tracing::warn!(
@@ -137,8 +150,13 @@ impl PolicyHub {
         }
         inner.calc = calc;
         inner.revision = revision;
-        for (node, fanout) in &inner.fanouts {
-            fanout.reset(revision, inner.calc.shared_view(node));
+        // A fan-out created meanwhile (a node's first, or one replacing an idle one dropped)
+        // had the previous calculation's view.
+        let Inner { calc, fanouts, .. } = &*inner;
+        for (node, fanout) in fanouts {
+            if fanout.revision() < revision {
+                fanout.reset(revision, calc.shared_view(node));
+            }
         }
         drop(inner);
         self.revisions.send_replace(revision);
@@ -235,12 +253,15 @@ async fn follow_once(store: &dyn Store, hub: &PolicyHub, backoff: &mut Backoff) 
             Err(error) => tracing::error!(%error, "skipping a record that does not decode"),
         }
     }
-    // Loading the calculation of a large cluster takes seconds: off the async workers.
-    let calc = match tokio::task::spawn_blocking(move || Calculator::from_records(records)).await {
-        Ok(calc) => calc,
-        Err(error) => std::panic::resume_unwind(error.into_panic()),
-    };
-    hub.install(revision, calc);
+    // Loading the calculation of a large cluster and every node's view take seconds: off the
+    // async workers.
+    let installing = hub.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        installing.install(revision, Calculator::from_records(records));
+    });
+    if let Err(error) = loaded.await {
+        std::panic::resume_unwind(error.into_panic());
+    }
     backoff.reset();
     let mut watch = store.watch(PREFIX, revision);
     while let Some(batch) = watch.next().await {
