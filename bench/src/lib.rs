@@ -20,6 +20,25 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time a process has used (user and system), in seconds; 0 when unreadable.
+pub fn proc_cpu_seconds(pid: u32) -> f64 {
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // After the command name (in parentheses, may hold spaces): state is field 3, utime
+            // field 14 and stime field 15.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let user: u64 = fields.get(11)?.parse().ok()?;
+            let system: u64 = fields.get(12)?.parse().ok()?;
+            Some((user + system) as f64 / ticks_per_second)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Latencies of one measured phase.
 #[derive(Debug, Clone)]
 pub struct Latencies {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use brindle_datastore::testing::free_port;
 
 use crate::cni::release_binary;
-use crate::proc_status_kib;
+use crate::{proc_cpu_seconds, proc_status_kib};
 
 /// One running service, killed on drop.
 pub struct ServiceProcess {
@@ -55,6 +55,11 @@ impl ServiceProcess {
     /// The most resident memory it ever had, in bytes.
     pub fn peak_rss(&self) -> u64 {
         proc_status_kib(self.child.id(), "VmHWM:") * 1024
+    }
+
+    /// CPU time it has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        proc_cpu_seconds(self.child.id())
     }
 
     /// Fails when the process has exited.
