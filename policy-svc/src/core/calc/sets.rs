@@ -59,13 +59,24 @@ impl Calculator {
 
     /// A set's header and member entries.
     pub(super) fn set_entries(&self, id: &str) -> Vec<Keyed> {
-        let Some(set) = self.sets.get(id) else {
-            return Vec::new();
-        };
-        let mut entries = Vec::with_capacity(set.entries.len() + 1);
-        entries.push(set.header.clone());
-        entries.extend(set.entries.values().map(|(_, keyed)| keyed.clone()));
-        entries
+        self.set_header(id)
+            .into_iter()
+            .chain(self.set_member_entries(id))
+            .cloned()
+            .collect()
+    }
+
+    /// A set's header entry.
+    pub(super) fn set_header(&self, id: &str) -> Option<&Keyed> {
+        self.sets.get(id).map(|set| &set.header)
+    }
+
+    /// A set's member entries, in key order.
+    pub(super) fn set_member_entries(&self, id: &str) -> impl Iterator<Item = &Keyed> {
+        self.sets
+            .get(id)
+            .into_iter()
+            .flat_map(|set| set.entries.values().map(|(_, keyed)| keyed))
     }
 
     /// A policy starts using a set: create it (computing its members) if it is new.

@@ -19,25 +19,24 @@ impl Calculator {
 
     /// A node's view, its keys and entries shared with the calculation.
     pub fn shared_view(&self, node: &str) -> SharedView {
-        let mut entries: Vec<Keyed> = self
-            .endpoint_entries
-            .get(node)
-            .into_iter()
-            .flatten()
-            .map(|(key, entry)| (key.clone(), entry.clone()))
-            .collect();
+        let mut policies: Vec<&Keyed> = Vec::new();
         let mut sets = BTreeSet::new();
         for id in self.node_policies.get(node).into_iter().flat_map(BTreeMap::keys) {
             if let (Some(keyed), Some(compiled)) = (self.policy_entries.get(id), self.compiled.get(id)) {
-                entries.push(keyed.clone());
+                policies.push(keyed);
                 sets.extend(compiled.sets.keys());
             }
         }
-        for set in sets {
-            entries.extend(self.set_entries(set));
-        }
-        // Collected at once: sorted, and the map built packed.
-        entries.into_iter().collect()
+        policies.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // Chained in key order (endpoints and host endpoints, ipset headers, members set by set,
+        // policies: the prefixes in `keys`), so the map is collected from one sorted run.
+        let endpoints = self.endpoint_entries.get(node).into_iter().flatten();
+        let headers = sets.iter().filter_map(|set| self.set_header(set));
+        let members = sets.iter().flat_map(|set| self.set_member_entries(set));
+        endpoints
+            .map(|(key, entry)| (key.clone(), entry.clone()))
+            .chain(headers.chain(members).chain(policies).cloned())
+            .collect()
     }
 
     /// What the last change went through (its nodes and entries, changed or not).
