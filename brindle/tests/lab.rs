@@ -537,8 +537,18 @@ fn metrics_of_the_control_plane_and_an_agent_exist_and_move() {
     if let Err(error) = lab.wait_full_mesh(Duration::from_secs(30)) {
         panic!("{error}\n{}", lab.logs());
     }
+    // The full mesh needs routes only: the agent programs policy-svc's first state on its own
+    // time, and the series below count from it.
+    let policy_programmed = "brindle_agent_program_duration_seconds_count{service=\"policy-svc\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let agent = loop {
+        let agent = lab.agent_metrics(0).expect("scrape the agent");
+        if agent.contains(policy_programmed) || std::time::Instant::now() > deadline {
+            break agent;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let server = lab.server_metrics().expect("scrape the server");
-    let agent = lab.agent_metrics(0).expect("scrape the agent");
     assert_eq!(series(&server, "brindle_datastore_up{}"), 1.0);
     assert_eq!(
         series(&server, "brindle_insecure_plaintext{}"),
@@ -576,10 +586,7 @@ fn metrics_of_the_control_plane_and_an_agent_exist_and_move() {
         1.0
     );
     let assigned = series(&server, "brindle_ipam_addresses_assigned_total{}");
-    let policy_applies = series(
-        &agent,
-        "brindle_agent_program_duration_seconds_count{service=\"policy-svc\"}",
-    );
+    let policy_applies = series(&agent, policy_programmed);
 
     // A pod added on node 0 and a policy applied: the series move.
     lab.add_pod(0).expect("add a pod");
@@ -602,10 +609,7 @@ fn metrics_of_the_control_plane_and_an_agent_exist_and_move() {
             ) == 2.0
             && series(&server, "brindle_ipam_addresses_assigned_total{}") > assigned
             && series(&server, "brindle_policy_objects{kind=\"policy\"}") == 1.0
-            && series(
-                &agent,
-                "brindle_agent_program_duration_seconds_count{service=\"policy-svc\"}",
-            ) > policy_applies
+            && series(&agent, policy_programmed) > policy_applies
             && series(&agent, "brindle_agent_programmed_objects{service=\"policy-svc\"}") > 0.0;
         if moved {
             break;
