@@ -1,7 +1,9 @@
 //! Why a subscription or session ended.
 
+use std::sync::Arc;
+
 /// Why a subscriber was cut off.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FanoutError {
     /// The subscriber's position fell out of the history: it was too far behind.
     #[error("subscriber at revision {cursor} fell behind the history (oldest kept: {oldest}); resync")]
@@ -26,6 +28,9 @@ pub enum FanoutError {
     /// The subscriber broke the protocol (e.g. did not start with hello).
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The snapshot could be sent neither compressed nor uncompressed.
+    #[error("encoding the snapshot failed")]
+    Snapshot(#[source] Arc<std::io::Error>),
     /// The fan-out shut down.
     #[error("the fan-out is shutting down")]
     Closed,

@@ -303,22 +303,25 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     }
 
     /// The flushed state, encoded and compressed; built once per revision and shared.
-    pub async fn snapshot(&self) -> Arc<EncodedSnapshot> {
+    pub async fn snapshot(&self) -> Result<Arc<EncodedSnapshot>, FanoutError> {
         let mut cached = self.shared.snapshot.lock().await;
         let inner = self.read();
         if let Some(snapshot) = cached.as_ref()
             && snapshot.revision == inner.revision
         {
-            return Arc::clone(snapshot);
+            return Ok(Arc::clone(snapshot));
         }
-        let snapshot = Arc::new(EncodedSnapshot::encode(
-            inner.revision,
-            &inner.state,
-            &self.shared.encoder,
-            self.shared.config.compress_from_bytes,
-        ));
+        let snapshot = Arc::new(
+            EncodedSnapshot::encode(
+                inner.revision,
+                &inner.state,
+                &self.shared.encoder,
+                self.shared.config.compress_from_bytes,
+            )
+            .map_err(|error| FanoutError::Snapshot(Arc::new(error)))?,
+        );
         *cached = Some(Arc::clone(&snapshot));
-        snapshot
+        Ok(snapshot)
     }
 
     /// The batches after `cursor`, oldest first; an error when the history no longer reaches back

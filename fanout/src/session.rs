@@ -110,7 +110,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Session<'_, V> {
         E: std::fmt::Display,
     {
         let config = &self.fanout.shared.config;
-        let (mut subscription, start) = self.fanout.subscribe(resume_revision).await;
+        let (mut subscription, start) = self.fanout.subscribe(resume_revision).await?;
         match start {
             Start::Snapshot(snapshot) => {
                 let revision = snapshot.revision;

@@ -1,7 +1,9 @@
 //! Full-state snapshots: encoded by the service's encoder and compressed once per revision, then
-//! shared by every subscriber that needs one.
+//! shared by every subscriber that needs one. An encoder may hand over pieces it compressed once
+//! for many snapshots ([`Frame`]s): zstd decodes concatenated frames as one stream.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -9,7 +11,7 @@ use bytes::Bytes;
 use crate::Key;
 
 /// Turns the whole state into the service's wire encoding (e.g. a protobuf `RouteState`).
-pub type SnapshotEncoder<V> = Arc<dyn Fn(&BTreeMap<Key, V>) -> Vec<u8> + Send + Sync>;
+pub type SnapshotEncoder<V> = Arc<dyn Fn(&BTreeMap<Key, V>) -> EncodedState + Send + Sync>;
 
 /// How [`EncodedSnapshot::data`] is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,134 @@ pub enum Codec {
     None,
     /// zstd.
     Zstd,
+}
+
+/// Part of an encoding compressed once as one zstd frame; cloning shares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    data: Bytes,
+    raw_len: u64,
+}
+
+impl Frame {
+    /// `raw`, compressed.
+    pub fn compress(raw: &[u8]) -> io::Result<Self> {
+        let mut data = zstd::bulk::compress(raw, ZSTD_LEVEL)?;
+        // Allocated for the worst case (about the raw size); kept as long as the frame is, so
+        // only what it holds stays.
+        data.shrink_to_fit();
+        Ok(Self {
+            data: Bytes::from(data),
+            raw_len: raw.len() as u64,
+        })
+    }
+
+    /// Size of what it compresses.
+    pub fn raw_len(&self) -> u64 {
+        self.raw_len
+    }
+
+    /// Its compressed size.
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Whether it holds no byte at all.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+/// One piece of an [`EncodedState`].
+#[derive(Debug)]
+enum Piece {
+    Raw(Vec<u8>),
+    Compressed(Frame),
+}
+
+/// A state's wire encoding as the concatenation of pieces, some of them possibly compressed
+/// already.
+#[derive(Debug, Default)]
+pub struct EncodedState {
+    pieces: Vec<Piece>,
+}
+
+impl From<Vec<u8>> for EncodedState {
+    fn from(raw: Vec<u8>) -> Self {
+        let mut state = Self::default();
+        state.push_raw(raw);
+        state
+    }
+}
+
+impl EncodedState {
+    /// Appends encoded bytes.
+    pub fn push_raw(&mut self, raw: Vec<u8>) {
+        match self.pieces.last_mut() {
+            _ if raw.is_empty() => {}
+            Some(Piece::Raw(last)) => last.extend_from_slice(&raw),
+            _ => self.pieces.push(Piece::Raw(raw)),
+        }
+    }
+
+    /// Appends encoded bytes compressed already.
+    pub fn push_frame(&mut self, frame: Frame) {
+        self.pieces.push(Piece::Compressed(frame));
+    }
+
+    /// Size of the whole encoding, uncompressed.
+    pub fn raw_len(&self) -> u64 {
+        self.pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Raw(raw) => raw.len() as u64,
+                Piece::Compressed(frame) => frame.raw_len,
+            })
+            .sum()
+    }
+
+    /// The whole encoding uncompressed (frames decompressed).
+    fn into_raw(mut self) -> io::Result<Vec<u8>> {
+        if let [Piece::Raw(raw)] = self.pieces.as_mut_slice() {
+            return Ok(std::mem::take(raw));
+        }
+        let mut out = Vec::with_capacity(usize::try_from(self.raw_len()).unwrap_or(0));
+        for piece in self.pieces {
+            match piece {
+                Piece::Raw(raw) => out.extend_from_slice(&raw),
+                Piece::Compressed(frame) => out.extend_from_slice(&zstd::bulk::decompress(
+                    &frame.data,
+                    usize::try_from(frame.raw_len).unwrap_or(usize::MAX),
+                )?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole encoding compressed: raw pieces compressed, frames as they are.
+    fn compress(&self) -> io::Result<Bytes> {
+        let mut frames = Vec::with_capacity(self.pieces.len());
+        for piece in &self.pieces {
+            frames.push(match piece {
+                Piece::Raw(raw) => Frame::compress(raw)?,
+                Piece::Compressed(frame) => frame.clone(),
+            });
+        }
+        if let [frame] = frames.as_slice() {
+            return Ok(frame.data.clone());
+        }
+        let mut out = Vec::with_capacity(frames.iter().map(Frame::len).sum());
+        for frame in &frames {
+            out.extend_from_slice(&frame.data);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    fn has_frames(&self) -> bool {
+        self.pieces
+            .iter()
+            .any(|piece| matches!(piece, Piece::Compressed(_)))
+    }
 }
 
 /// The state at one revision, encoded once.
@@ -42,38 +172,37 @@ pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
 const ZSTD_LEVEL: i32 = 3;
 
 impl EncodedSnapshot {
-    /// Encodes `state` with `encoder`, compressing when it is at least `compress_from` bytes.
+    /// Encodes `state` with `encoder`, compressing when it is at least `compress_from` bytes or
+    /// the encoder compressed part of it. An error only when it can be sent neither compressed
+    /// nor uncompressed.
     pub(crate) fn encode<V>(
         revision: u64,
         state: &BTreeMap<Key, V>,
         encoder: &SnapshotEncoder<V>,
         compress_from: usize,
-    ) -> Self {
-        let raw = encoder(state);
-        let raw_bytes = raw.len() as u64;
-        let (codec, data) = if raw.len() >= compress_from {
-            match zstd::bulk::compress(&raw, ZSTD_LEVEL) {
-                Ok(mut compressed) => {
-                    // Allocated for the worst case (about the raw size); kept as long as the
-                    // snapshot is, so only what it holds stays.
-                    compressed.shrink_to_fit();
-                    (Codec::Zstd, compressed)
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "compressing a snapshot failed; sending it uncompressed");
-                    (Codec::None, raw)
-                }
+    ) -> io::Result<Self> {
+        let encoded = encoder(state);
+        let raw_bytes = encoded.raw_len();
+        let compress = encoded.has_frames() || raw_bytes >= compress_from as u64;
+        let compressed = match compress.then(|| encoded.compress()) {
+            Some(Ok(compressed)) => Some(compressed),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "compressing a snapshot failed; sending it uncompressed");
+                None
             }
-        } else {
-            (Codec::None, raw)
+            None => None,
         };
-        Self {
+        let (codec, data) = match compressed {
+            Some(compressed) => (Codec::Zstd, compressed),
+            None => (Codec::None, Bytes::from(encoded.into_raw()?)),
+        };
+        Ok(Self {
             revision,
             codec,
-            data: Bytes::from(data),
+            data,
             entries: state.len() as u64,
             raw_bytes,
-        }
+        })
     }
 
     /// The uncompressed encoding (what the service's decoder reads).

@@ -35,7 +35,8 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     ///
     /// Nobody is started before the fan-out has a state (revision > 0): a replica that has not
     /// loaded yet must not hand out an empty snapshot that would make subscribers drop everything.
-    pub async fn subscribe(&self, resume_revision: u64) -> (Subscription<V>, Start<V>) {
+    /// An error only when the snapshot cannot be encoded.
+    pub async fn subscribe(&self, resume_revision: u64) -> Result<(Subscription<V>, Start<V>), FanoutError> {
         let mut updates = self.shared.flushed.subscribe();
         // An error means the fan-out is gone; what follows then hands out what there is.
         let _ = updates.wait_for(|revision| *revision > 0).await;
@@ -56,15 +57,15 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
                 cursor: revision,
                 updates,
             };
-            return (subscription, Start::Resume { batches, revision });
+            return Ok((subscription, Start::Resume { batches, revision }));
         }
-        let snapshot = self.snapshot().await;
+        let snapshot = self.snapshot().await?;
         let subscription = Subscription {
             fanout: self.clone(),
             cursor: snapshot.revision,
             updates,
         };
-        (subscription, Start::Snapshot(snapshot))
+        Ok((subscription, Start::Snapshot(snapshot)))
     }
 }
 

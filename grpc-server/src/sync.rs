@@ -93,6 +93,7 @@ pub fn status(error: &FanoutError) -> Status {
         }
         FanoutError::KeepaliveTimeout { .. } => Status::deadline_exceeded(message),
         FanoutError::Protocol(_) => Status::invalid_argument(message),
+        FanoutError::Snapshot(_) => Status::internal(message),
         FanoutError::Closed => Status::unavailable(message),
     }
 }

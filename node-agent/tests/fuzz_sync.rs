@@ -83,10 +83,10 @@ fn route_messages() -> Vec<route_pb::SyncResponse> {
     let snapshot = runtime().block_on(async {
         let fanout = Fanout::new(
             FanoutConfig::default(),
-            Arc::new(brindle_sync::encode_state::<route_api::convert::RouteWire>),
+            Arc::new(|state| brindle_sync::encode_state::<route_api::convert::RouteWire>(state).into()),
         );
         fanout.reset(7, state);
-        fanout.snapshot().await
+        fanout.snapshot().await.expect("encoded")
     });
     let mut messages: Vec<route_pb::SyncResponse> = snapshot_pieces(snapshot)
         .map(|piece| route_pb::SyncResponse {
@@ -145,10 +145,10 @@ spec:
     let snapshot = runtime().block_on(async {
         let fanout = Fanout::new(
             FanoutConfig::default(),
-            Arc::new(brindle_sync::encode_state::<policy_api::convert::PolicyWire>),
+            Arc::new(|state| brindle_sync::encode_state::<policy_api::convert::PolicyWire>(state).into()),
         );
         fanout.reset(9, view.clone());
-        fanout.snapshot().await
+        fanout.snapshot().await.expect("encoded")
     });
     let mut messages: Vec<policy_pb::SyncResponse> = snapshot_pieces(snapshot)
         .map(|piece| policy_pb::SyncResponse {

@@ -66,29 +66,41 @@ const KEY_FIELD: u32 = 1;
 /// encoding the messages (fields in number order), with each entry's value copied from its
 /// encoding made once.
 pub fn encode_shared_state<K: AsRef<str>>(state: &BTreeMap<K, Arc<SharedViewEntry>>) -> Vec<u8> {
-    let key_field_len = |key: &str| match key.len() {
-        0 => 0,
-        len => key_len(KEY_FIELD) + encoded_len_varint(len as u64) + len,
-    };
-    let entry_len = |key: &str, value: &SharedViewEntry| key_field_len(key) + value.encoded().len();
-    let total: usize = state
+    let total = state
         .iter()
-        .map(|(key, value)| {
-            let len = entry_len(key.as_ref(), value);
-            key_len(ENTRIES_FIELD) + encoded_len_varint(len as u64) + len
-        })
+        .map(|(key, value)| encoded_entry_len(key.as_ref(), value))
         .sum();
     let mut out = Vec::with_capacity(total);
     for (key, value) in state {
-        let key = key.as_ref();
-        encode_key(ENTRIES_FIELD, WireType::LengthDelimited, &mut out);
-        encode_varint(entry_len(key, value) as u64, &mut out);
-        if !key.is_empty() {
-            encode_key(KEY_FIELD, WireType::LengthDelimited, &mut out);
-            encode_varint(key.len() as u64, &mut out);
-            out.extend_from_slice(key.as_bytes());
-        }
-        out.extend_from_slice(value.encoded());
+        encode_entry(key.as_ref(), value, &mut out);
     }
     out
+}
+
+/// Length of [`encode_entry`]'s output for one entry.
+pub fn encoded_entry_len(key: &str, value: &SharedViewEntry) -> usize {
+    let len = entry_message_len(key, value);
+    key_len(ENTRIES_FIELD) + encoded_len_varint(len as u64) + len
+}
+
+/// Appends one entry to `out` as a field of a `PolicyState`: a state's encoding is its entries'
+/// in key order.
+pub fn encode_entry(key: &str, value: &SharedViewEntry, out: &mut Vec<u8>) {
+    encode_key(ENTRIES_FIELD, WireType::LengthDelimited, out);
+    encode_varint(entry_message_len(key, value) as u64, out);
+    if !key.is_empty() {
+        encode_key(KEY_FIELD, WireType::LengthDelimited, out);
+        encode_varint(key.len() as u64, out);
+        out.extend_from_slice(key.as_bytes());
+    }
+    out.extend_from_slice(value.encoded());
+}
+
+/// Length of one entry's `PolicyEntry` message.
+fn entry_message_len(key: &str, value: &SharedViewEntry) -> usize {
+    let key_field_len = match key.len() {
+        0 => 0,
+        len => key_len(KEY_FIELD) + encoded_len_varint(len as u64) + len,
+    };
+    key_field_len + value.encoded().len()
 }

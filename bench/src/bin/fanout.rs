@@ -96,7 +96,7 @@ async fn orchestrate() -> anyhow::Result<()> {
     while fanout.state().len() < 2 * NODES {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let snapshot = fanout.snapshot().await;
+    let snapshot = fanout.snapshot().await?;
     println!("bench-fanout: route-svc on loopback, embedded store, {NODES} nodes + {NODES} blocks");
     println!(
         "snapshot of {} entries: {} KiB raw, {} KiB zstd ({:.1}×); {:.0} bytes/entry raw, {:.0} compressed",

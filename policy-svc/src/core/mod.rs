@@ -14,6 +14,7 @@ pub mod pods;
 pub mod policy_document;
 pub mod records;
 pub mod resource;
+pub mod snapshot;
 pub mod staged;
 pub mod state;
 pub mod trace;

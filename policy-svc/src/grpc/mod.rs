@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use brindle_datastore::Store;
-use brindle_fanout::{FanoutConfig, Key};
+use brindle_fanout::FanoutConfig;
 use brindle_grpc_server::auth::Caller;
 use brindle_grpc_server::sync::{ResponseStream, read_hello, register_fanout_metrics, serve_sync};
 use brindle_metrics::{Metrics, labels};
@@ -17,7 +17,6 @@ use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_server::{Policy, PolicyServer};
 use brindle_sync::unix_ms;
 use policy_api::convert::{self as endpoints, SharedPolicyWire};
-use policy_api::shared::encode_shared_state;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::flows::FlowLog;
@@ -26,6 +25,7 @@ use crate::core::PolicyError;
 use crate::core::flows::DEFAULT_FLOW_CAPACITY;
 use crate::core::hub::{PolicyHub, drop_idle_fanouts, follow};
 use crate::core::objects::{Kind, Objects};
+use crate::core::snapshot::ViewEncoder;
 use crate::core::state::ClusterState;
 use crate::core::trace::{Flow, trace, trace_staged};
 use policy_api::model::{EndpointKey, IcmpMatch, Origin, Protocol};
@@ -66,7 +66,8 @@ pub struct PolicyService {
 impl PolicyService {
     /// Starts following `store` into the calculation (call inside a tokio runtime) and serves it.
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
-        let hub = PolicyHub::new(config, Arc::new(encode_shared_state::<Key>));
+        let views = ViewEncoder::default();
+        let hub = PolicyHub::new(config, Arc::new(move |view| views.encode(view)));
         tokio::spawn(follow(Arc::clone(&store), hub.clone()));
         tokio::spawn(drop_idle_fanouts(&hub, IDLE_SWEEP));
         Self {

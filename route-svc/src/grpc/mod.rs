@@ -68,7 +68,10 @@ pub struct RoutesService {
 impl RoutesService {
     /// Starts following `store` into a fan-out (call inside a tokio runtime) and serves it.
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
-        let fanout = Fanout::new(config, Arc::new(brindle_sync::encode_state::<RouteWire>));
+        let fanout = Fanout::new(
+            config,
+            Arc::new(|state| brindle_sync::encode_state::<RouteWire>(state).into()),
+        );
         tokio::spawn(watcher::follow(Arc::clone(&store), fanout.clone()));
         tokio::spawn(forget_strangers(fanout.downgrade()));
         Self {
