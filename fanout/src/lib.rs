@@ -22,5 +22,7 @@ pub use config::FanoutConfig;
 pub use error::FanoutError;
 pub use hub::{Batch, Change, Fanout, Key, SubscriberStatus, WeakFanout};
 pub use mirror::Mirror;
-pub use snapshot::{Codec, EncodedSnapshot, EncodedState, Frame, MAX_SNAPSHOT_BYTES, SnapshotEncoder};
+pub use snapshot::{
+    Codec, EncodedSnapshot, EncodedState, Frame, MAX_SNAPSHOT_BYTES, SnapshotData, SnapshotEncoder,
+};
 pub use subscription::{Start, Subscription};

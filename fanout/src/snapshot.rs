@@ -1,12 +1,14 @@
 //! Full-state snapshots: encoded by the service's encoder and compressed once per revision, then
 //! shared by every subscriber that needs one. An encoder may hand over pieces it compressed once
-//! for many snapshots ([`Frame`]s): zstd decodes concatenated frames as one stream.
+//! for many snapshots ([`Frame`]s): zstd decodes concatenated frames as one stream, and each
+//! snapshot holds such a frame without copying it ([`SnapshotData`]).
 
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::Key;
 
@@ -124,23 +126,16 @@ impl EncodedState {
         Ok(out)
     }
 
-    /// The whole encoding compressed: raw pieces compressed, frames as they are.
-    fn compress(&self) -> io::Result<Bytes> {
-        let mut frames = Vec::with_capacity(self.pieces.len());
+    /// The whole encoding compressed: raw pieces compressed, frames as they are (shared).
+    fn compress(&self) -> io::Result<SnapshotData> {
+        let mut data = SnapshotData::default();
         for piece in &self.pieces {
-            frames.push(match piece {
-                Piece::Raw(raw) => Frame::compress(raw)?,
-                Piece::Compressed(frame) => frame.clone(),
-            });
+            match piece {
+                Piece::Raw(raw) => data.push(Frame::compress(raw)?.data),
+                Piece::Compressed(frame) => data.push(frame.data.clone()),
+            }
         }
-        if let [frame] = frames.as_slice() {
-            return Ok(frame.data.clone());
-        }
-        let mut out = Vec::with_capacity(frames.iter().map(Frame::len).sum());
-        for frame in &frames {
-            out.extend_from_slice(&frame.data);
-        }
-        Ok(Bytes::from(out))
+        Ok(data)
     }
 
     fn has_frames(&self) -> bool {
@@ -150,6 +145,99 @@ impl EncodedState {
     }
 }
 
+/// A snapshot's bytes in order, held as segments: a frame shared by many snapshots is held once,
+/// not copied into each. Cloning shares them.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotData {
+    segments: Vec<Bytes>,
+    len: usize,
+}
+
+impl SnapshotData {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The bytes in `range` (cut to the data's end): shared when they lie in one segment, copied
+    /// when they span several.
+    pub fn slice(&self, range: Range<usize>) -> Bytes {
+        let end = range.end.min(self.len);
+        let start = range.start.min(end);
+        let mut parts = Vec::new();
+        let mut segment_start = 0;
+        for segment in &self.segments {
+            let segment_end = segment_start + segment.len();
+            if segment_end > start && segment_start < end {
+                parts.push(
+                    segment.slice(
+                        start.max(segment_start) - segment_start..end.min(segment_end) - segment_start,
+                    ),
+                );
+            }
+            segment_start = segment_end;
+        }
+        match parts.as_slice() {
+            [] => Bytes::new(),
+            [part] => part.clone(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(end - start);
+                for part in &parts {
+                    joined.extend_from_slice(part);
+                }
+                joined.freeze()
+            }
+        }
+    }
+
+    /// All of it in one buffer (shared when it is one segment).
+    pub fn contiguous(&self) -> Bytes {
+        self.slice(0..self.len)
+    }
+
+    fn push(&mut self, segment: Bytes) {
+        if !segment.is_empty() {
+            self.len += segment.len();
+            self.segments.push(segment);
+        }
+    }
+}
+
+impl From<Bytes> for SnapshotData {
+    fn from(bytes: Bytes) -> Self {
+        let mut data = Self::default();
+        data.push(bytes);
+        data
+    }
+}
+
+impl From<Vec<u8>> for SnapshotData {
+    fn from(bytes: Vec<u8>) -> Self {
+        Bytes::from(bytes).into()
+    }
+}
+
+impl PartialEq for SnapshotData {
+    /// Equal bytes, however they are segmented.
+    fn eq(&self, other: &Self) -> bool {
+        let bytes = |data: &Self| {
+            data.segments
+                .iter()
+                .flat_map(|segment| segment.iter())
+                .copied()
+                .collect::<Vec<u8>>()
+        };
+        self.len == other.len && bytes(self) == bytes(other)
+    }
+}
+
+impl Eq for SnapshotData {}
+
 /// The state at one revision, encoded once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedSnapshot {
@@ -158,7 +246,7 @@ pub struct EncodedSnapshot {
     /// Compression of `data`.
     pub codec: Codec,
     /// The (possibly compressed) encoding; cloning shares it.
-    pub data: Bytes,
+    pub data: SnapshotData,
     /// Keys in the state.
     pub entries: u64,
     /// Size of the uncompressed encoding.
@@ -194,7 +282,7 @@ impl EncodedSnapshot {
         };
         let (codec, data) = match compressed {
             Some(compressed) => (Codec::Zstd, compressed),
-            None => (Codec::None, Bytes::from(encoded.into_raw()?)),
+            None => (Codec::None, SnapshotData::from(encoded.into_raw()?)),
         };
         Ok(Self {
             revision,
@@ -208,7 +296,7 @@ impl EncodedSnapshot {
     /// The uncompressed encoding (what the service's decoder reads).
     pub fn decompress(&self) -> std::io::Result<Vec<u8>> {
         match self.codec {
-            Codec::None => Ok(self.data.to_vec()),
+            Codec::None => Ok(self.data.contiguous().to_vec()),
             Codec::Zstd if self.raw_bytes > MAX_SNAPSHOT_BYTES => Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!(
@@ -216,7 +304,38 @@ impl EncodedSnapshot {
                     self.raw_bytes
                 ),
             )),
-            Codec::Zstd => zstd::bulk::decompress(&self.data, self.raw_bytes as usize),
+            Codec::Zstd => zstd::bulk::decompress(&self.data.contiguous(), self.raw_bytes as usize),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_in_segments_slices_like_one_buffer_and_shares_what_lies_in_one_segment() {
+        let segments = [&b"abc"[..], b"defgh", b"", b"ij"].map(Bytes::from_static);
+        let mut data = SnapshotData::default();
+        for segment in &segments {
+            data.push(segment.clone());
+        }
+        assert_eq!(data.len(), 10);
+        assert_eq!(data.contiguous(), Bytes::from_static(b"abcdefghij"));
+        assert_eq!(
+            data.slice(2..9),
+            Bytes::from_static(b"cdefghi"),
+            "across segments"
+        );
+        assert_eq!(data.slice(8..100), Bytes::from_static(b"ij"), "cut at the end");
+        assert!(data.slice(4..4).is_empty());
+        let inside = data.slice(4..7);
+        assert_eq!(inside, Bytes::from_static(b"efg"));
+        assert_eq!(inside.as_ptr(), segments[1][1..].as_ptr(), "shared, not copied");
+        assert_eq!(
+            data,
+            SnapshotData::from(b"abcdefghij".to_vec()),
+            "equal bytes, other segments"
+        );
     }
 }

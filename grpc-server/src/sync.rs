@@ -119,8 +119,8 @@ enum SyncReply<V> {
 }
 
 /// A shared snapshot as messages of at most [`SNAPSHOT_PIECE_BYTES`] of data each (the bytes
-/// are shared, not copied), made one at a time as the stream sends them. An empty snapshot is one
-/// empty piece.
+/// are shared, not copied, except where a piece spans two of the snapshot's segments), made one
+/// at a time as the stream sends them. An empty snapshot is one empty piece.
 pub fn snapshot_pieces(snapshot: Arc<EncodedSnapshot>) -> impl Iterator<Item = pb::EncodedSnapshot> {
     let codec = match snapshot.codec {
         Codec::None => pb::Codec::None,
@@ -268,7 +268,7 @@ mod tests {
         assert_eq!(assembler.add(7, pieces[0].clone()).expect("empty"), Some(empty));
         let whole = snapshot(10 * SNAPSHOT_PIECE_BYTES);
         let mut unsplit = snapshot_pieces(Arc::new(whole.clone())).next().expect("a piece");
-        unsplit.data = whole.data.clone();
+        unsplit.data = whole.data.contiguous();
         unsplit.total_bytes = 0;
         assert_eq!(assembler.add(7, unsplit).expect("whole"), Some(whole));
     }
