@@ -168,14 +168,24 @@ impl Node {
 
     fn run_shim(&self, mut command: Command, env: &[(&str, &str)], config: &str) -> Run {
         let config = config.replace("SOCKET", &self.socket().display().to_string());
-        let mut child = command
+        command
             .env_clear()
             .envs(env.iter().copied())
             .env("CNI_PATH", "/opt/cni/bin")
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn brindle-cni");
+            .stdout(Stdio::piped());
+        // A shim just copied (`cni_as`) is "busy" while a child another test forks in between
+        // still holds the copy's write descriptor, until that child execs: wait it out.
+        let mut attempts = 0;
+        let mut child = loop {
+            match command.spawn() {
+                Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                spawned => break spawned.expect("spawn brindle-cni"),
+            }
+        };
         child
             .stdin
             .take()
