@@ -200,6 +200,11 @@ impl SnapshotData {
         self.slice(0..self.len)
     }
 
+    /// Its bytes in order, across segments.
+    fn bytes(&self) -> impl Iterator<Item = &u8> {
+        self.segments.iter().flat_map(|segment| segment.iter())
+    }
+
     fn push(&mut self, segment: Bytes) {
         if !segment.is_empty() {
             self.len += segment.len();
@@ -225,14 +230,7 @@ impl From<Vec<u8>> for SnapshotData {
 impl PartialEq for SnapshotData {
     /// Equal bytes, however they are segmented.
     fn eq(&self, other: &Self) -> bool {
-        let bytes = |data: &Self| {
-            data.segments
-                .iter()
-                .flat_map(|segment| segment.iter())
-                .copied()
-                .collect::<Vec<u8>>()
-        };
-        self.len == other.len && bytes(self) == bytes(other)
+        self.len == other.len && self.bytes().eq(other.bytes())
     }
 }
 
