@@ -1,59 +1,157 @@
-//! Selectors by the namespace they require, so an endpoint is evaluated only against the
-//! selectors that can match it.
+//! Selectors by one label they require, so an endpoint is evaluated only against the selectors
+//! that can match it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use brindle_selector::Selector;
 use policy_api::model::NAMESPACE_LABEL;
 
-/// Ids by the namespace their selector requires (`None`: it can match in any namespace).
-#[derive(Debug)]
-pub(super) struct NamespaceIndex<T>(BTreeMap<Option<String>, BTreeSet<T>>);
+/// Labels as selectors read them.
+type Labels = BTreeMap<String, String>;
 
-impl<T> Default for NamespaceIndex<T> {
+/// Ids by one `key == 'value'` their selector requires: an endpoint without that label cannot
+/// match, so it is never evaluated against them.
+#[derive(Debug)]
+pub(super) struct LabelIndex<T> {
+    /// Ids whose selector requires no label value.
+    unscoped: BTreeSet<T>,
+    /// Ids by the label their selector requires: key, then value.
+    scoped: BTreeMap<String, BTreeMap<String, BTreeSet<T>>>,
+}
+
+impl<T> Default for LabelIndex<T> {
     fn default() -> Self {
-        Self(BTreeMap::new())
+        Self {
+            unscoped: BTreeSet::new(),
+            scoped: BTreeMap::new(),
+        }
     }
 }
 
-impl<T: Ord + Clone> NamespaceIndex<T> {
+impl<T: Ord + Clone> LabelIndex<T> {
     pub(super) fn insert(&mut self, selector: &Selector, id: T) {
-        let namespace = required_namespace(selector).map(str::to_owned);
-        self.0.entry(namespace).or_default().insert(id);
+        match required_label(selector) {
+            Some((key, value)) => {
+                self.scoped
+                    .entry(key.to_owned())
+                    .or_default()
+                    .entry(value.to_owned())
+                    .or_default()
+                    .insert(id);
+            }
+            None => {
+                self.unscoped.insert(id);
+            }
+        }
     }
 
     pub(super) fn remove(&mut self, selector: &Selector, id: &T) {
-        let namespace = required_namespace(selector).map(str::to_owned);
-        if let Some(ids) = self.0.get_mut(&namespace) {
+        let Some((key, value)) = required_label(selector) else {
+            self.unscoped.remove(id);
+            return;
+        };
+        let Some(values) = self.scoped.get_mut(key) else {
+            return;
+        };
+        if let Some(ids) = values.get_mut(value) {
             ids.remove(id);
             if ids.is_empty() {
-                self.0.remove(&namespace);
+                values.remove(value);
             }
+        }
+        if values.is_empty() {
+            self.scoped.remove(key);
         }
     }
 
-    /// The ids whose selectors can match an endpoint of any of `namespaces`.
-    pub(super) fn candidates(&self, namespaces: &[Option<&str>]) -> BTreeSet<T> {
-        let mut ids: BTreeSet<T> = self.0.get(&None).cloned().unwrap_or_default();
-        for namespace in namespaces.iter().flatten() {
-            if let Some(more) = self.0.get(&Some((*namespace).to_owned())) {
-                ids.extend(more.iter().cloned());
-            }
-        }
-        ids
+    /// The ids whose selectors can match `labels`, each once, borrowed.
+    pub(super) fn candidates_of<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a T> {
+        let scoped = labels
+            .iter()
+            .filter_map(|(key, value)| self.scoped.get(key)?.get(value));
+        self.unscoped.iter().chain(scoped.flatten())
     }
+
+    /// The ids whose selectors can match any of `labels`.
+    pub(super) fn candidates(&self, labels: &[Option<&Labels>]) -> BTreeSet<T> {
+        labels
+            .iter()
+            .flatten()
+            .flat_map(|labels| self.candidates_of(labels))
+            .chain(&self.unscoped)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The label every label set `selector` matches has: the namespace's when it requires one,
+/// else its first `key == 'value'` (alone or in a top-level `&&`).
+fn required_label(selector: &Selector) -> Option<(&str, &str)> {
+    let parts = match selector {
+        Selector::And(parts) => parts.as_slice(),
+        other => std::slice::from_ref(other),
+    };
+    fn equality(part: &Selector) -> Option<(&str, &str)> {
+        match part {
+            Selector::Equals(key, value) => Some((key.as_str(), value.as_str())),
+            _ => None,
+        }
+    }
+    parts
+        .iter()
+        .filter_map(equality)
+        .find(|(key, _)| *key == NAMESPACE_LABEL)
+        .or_else(|| parts.iter().find_map(equality))
 }
 
 /// The namespace `selector` requires (`brindle.io/namespace == 'x'`, alone or in a top-level `&&`).
 pub(super) fn required_namespace(selector: &Selector) -> Option<&str> {
-    fn namespace(part: &Selector) -> Option<&str> {
-        match part {
-            Selector::Equals(key, value) if key == NAMESPACE_LABEL => Some(value.as_str()),
-            _ => None,
-        }
+    required_label(selector)
+        .filter(|(key, _)| *key == NAMESPACE_LABEL)
+        .map(|(_, value)| value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
-    match selector {
-        Selector::And(parts) => parts.iter().find_map(namespace),
-        other => namespace(other),
+
+    fn selector(text: &str) -> Selector {
+        Selector::parse(text).expect("a selector").canonical()
+    }
+
+    #[test]
+    fn a_selector_is_a_candidate_only_where_its_required_label_is() {
+        let mut index = LabelIndex::default();
+        index.insert(&selector("app == 'web' && tier != 'db'"), 1);
+        index.insert(&selector(&format!("{NAMESPACE_LABEL} == 'a' && app == 'db'")), 2);
+        index.insert(&selector("has(app) || tier == 'x'"), 3);
+        index.insert(&selector("app == 'web'"), 4);
+        let web = labels(&[(NAMESPACE_LABEL, "b"), ("app", "web")]);
+        let db_in_a = labels(&[(NAMESPACE_LABEL, "a"), ("app", "db")]);
+        fn found(index: &LabelIndex<i32>, labels: &Labels) -> Vec<i32> {
+            let mut ids: Vec<i32> = index.candidates_of(labels).copied().collect();
+            ids.sort_unstable();
+            ids
+        }
+        assert_eq!(found(&index, &web), [1, 3, 4]);
+        // Indexed by its namespace, not by `app`.
+        assert_eq!(found(&index, &db_in_a), [2, 3]);
+        assert_eq!(
+            index.candidates(&[Some(&web), Some(&db_in_a)]),
+            BTreeSet::from([1, 2, 3, 4])
+        );
+        assert_eq!(index.candidates(&[None]), BTreeSet::from([3]));
+        index.remove(&selector("app == 'web'"), &4);
+        index.remove(&selector(&format!("{NAMESPACE_LABEL} == 'a' && app == 'db'")), &2);
+        assert_eq!(found(&index, &web), [1, 3]);
+        assert_eq!(found(&index, &db_in_a), [3]);
+        assert_eq!(index.scoped.len(), 1, "emptied keys are dropped");
     }
 }

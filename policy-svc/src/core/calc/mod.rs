@@ -1,7 +1,8 @@
 //! Incremental per-node calculation: from namespaces, endpoints and policies, what every
 //! node's view holds, kept up to date change by change. An endpoint change re-evaluates only
-//! that endpoint against the policies and sets; a policy change only that policy against the
-//! endpoints; the result is the entries each change set, per node. Views are not stored: a node's
+//! that endpoint against the policies and sets that can match it (indexed by a label their
+//! selectors require: `index`); a policy change only that policy against the endpoints; the
+//! result is the entries each change set, per node. Views are not stored: a node's
 //! view is derived from its endpoints, their policies and those policies' sets (`views`).
 //! Entries every node holds alike (a policy, a set's header and members) are built once, with
 //! their keys, and shared by every view and fan-out that holds them (sets and their members:
@@ -26,7 +27,7 @@ use super::compile::{CompiledPolicy, compile};
 use super::records::Record;
 use super::staged::StagedPolicy;
 use super::state::ClusterState;
-use index::{NamespaceIndex, required_namespace};
+use index::{LabelIndex, required_namespace};
 use policy_api::host_endpoint::{HostEndpoint, endpoint_name, host_endpoint_name};
 use policy_api::model::{
     Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Pod, Policy, PolicyId, evaluation_order,
@@ -71,8 +72,8 @@ pub struct Calculator {
     compiled: BTreeMap<PolicyId, CompiledPolicy>,
     /// Each compiled policy's entry.
     policy_entries: BTreeMap<PolicyId, Keyed>,
-    /// Compiled policies by the namespace they are limited to.
-    policies_by_namespace: NamespaceIndex<PolicyId>,
+    /// Compiled policies by a label they require.
+    policies_by_label: LabelIndex<PolicyId>,
     /// Policies applying to each endpoint (either direction).
     endpoint_policies: BTreeMap<EndpointKey, PolicyIds>,
     /// Endpoints each policy applies to.
@@ -80,8 +81,8 @@ pub struct Calculator {
     /// Per node: policies its endpoints use, with how many endpoints use each.
     node_policies: BTreeMap<String, BTreeMap<PolicyId, usize>>,
     sets: BTreeMap<String, SetState>,
-    /// Sets by the namespace their members are limited to.
-    sets_by_namespace: NamespaceIndex<String>,
+    /// Sets by a label their members require.
+    sets_by_label: LabelIndex<String>,
     /// Per node: the entries of its endpoints and host endpoints, by key.
     endpoint_entries: BTreeMap<String, BTreeMap<Key, SharedEntry>>,
     /// Host endpoints by name (each also an endpoint of the state, keyed by
@@ -104,7 +105,8 @@ impl Calculator {
 
     /// The calculation of a full list of records, loaded in the order that evaluates each
     /// selector once: namespaces, pods and service accounts before the endpoints they label,
-    /// endpoints before the policies that select them; the changes are not collected.
+    /// policies before the endpoints they select (each endpoint then takes all its policies and
+    /// set memberships at once, instead of once per policy); the changes are not collected.
     pub fn from_records(mut records: Vec<Record>) -> Self {
         records.sort_by_key(load_rank);
         let mut calc = Self {
@@ -288,28 +290,22 @@ impl Calculator {
                 .or_default()
                 .insert(key.clone());
         }
-        let old_namespace = previous
-            .as_ref()
-            .and_then(|l| l.get(NAMESPACE_LABEL))
-            .map(String::as_str);
-        let new_namespace = labels
-            .as_ref()
-            .and_then(|l| l.get(NAMESPACE_LABEL))
-            .map(String::as_str);
         let applying: BTreeSet<PolicyId> = match &labels {
             Some(labels) => self
-                .policies_by_namespace
-                .candidates(&[new_namespace])
-                .into_iter()
+                .policies_by_label
+                .candidates_of(labels)
                 .filter(|id| {
                     self.compiled
-                        .get(id)
+                        .get(*id)
                         .is_some_and(|c| c.applies_to.matches(labels))
                 })
+                .cloned()
                 .collect(),
             None => BTreeSet::new(),
         };
-        let set_ids = self.sets_by_namespace.candidates(&[old_namespace, new_namespace]);
+        let set_ids = self
+            .sets_by_label
+            .candidates(&[previous.as_ref(), labels.as_ref()]);
         self.set_endpoint_policies(key, endpoint.is_some(), applying);
         for id in set_ids {
             let members = match (&endpoint, &labels) {
@@ -324,7 +320,7 @@ impl Calculator {
     fn policy_changed(&mut self, id: &PolicyId) {
         let old = self.compiled.remove(id);
         if let Some(old) = &old {
-            self.policies_by_namespace.remove(&old.applies_to, id);
+            self.policies_by_label.remove(&old.applies_to, id);
         }
         let new = self.state.policy(id).map(compile);
         let Some(key) = self
@@ -370,7 +366,7 @@ impl Calculator {
         };
         match (new, new_entry) {
             (Some(new), Some(entry)) => {
-                self.policies_by_namespace.insert(&new.applies_to, id.clone());
+                self.policies_by_label.insert(&new.applies_to, id.clone());
                 self.compiled.insert(id.clone(), new);
                 self.policy_entries.insert(id.clone(), entry);
             }
@@ -550,8 +546,8 @@ impl Calculator {
 fn load_rank(record: &Record) -> u8 {
     match record {
         Record::Namespace(_) | Record::Pod(_) | Record::ServiceAccount(_) => 0,
-        Record::Endpoint(_) | Record::HostEndpoint(_) => 1,
-        Record::Policy(..) | Record::Staged(_) => 2,
+        Record::Policy(..) | Record::Staged(_) => 1,
+        Record::Endpoint(_) | Record::HostEndpoint(_) => 2,
     }
 }
 

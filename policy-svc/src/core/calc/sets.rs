@@ -99,7 +99,7 @@ impl Calculator {
                 }
             }
         }
-        self.sets_by_namespace.insert(definition.selector(), id.clone());
+        self.sets_by_label.insert(definition.selector(), id.clone());
         let header = (
             Key::from(format!("{}{id}", keys::IPSET)),
             Arc::new(SharedViewEntry::new(ViewEntry::IpSet(definition.view()))),
@@ -124,7 +124,7 @@ impl Calculator {
             if set.policies == 0 && set.nodes.is_empty() {
                 let selector = set.definition.selector().clone();
                 self.sets.remove(id);
-                self.sets_by_namespace.remove(&selector, &id.to_owned());
+                self.sets_by_label.remove(&selector, &id.to_owned());
             }
         }
     }
