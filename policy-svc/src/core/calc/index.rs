@@ -66,21 +66,24 @@ impl<T: Ord + Clone> LabelIndex<T> {
 
     /// The ids whose selectors can match `labels`, each once, borrowed.
     pub(super) fn candidates_of<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a T> {
-        let scoped = labels
-            .iter()
-            .filter_map(|(key, value)| self.scoped.get(key)?.get(value));
-        self.unscoped.iter().chain(scoped.flatten())
+        self.unscoped.iter().chain(self.requiring_one_of(labels))
     }
 
     /// The ids whose selectors can match any of `labels`.
     pub(super) fn candidates(&self, labels: &[Option<&Labels>]) -> BTreeSet<T> {
-        labels
+        let scoped = labels
             .iter()
             .flatten()
-            .flat_map(|labels| self.candidates_of(labels))
-            .chain(&self.unscoped)
-            .cloned()
-            .collect()
+            .flat_map(|labels| self.requiring_one_of(labels));
+        self.unscoped.iter().chain(scoped).cloned().collect()
+    }
+
+    /// The ids whose selector requires one of `labels` (each once: a label set has a key once).
+    fn requiring_one_of<'a>(&'a self, labels: &'a Labels) -> impl Iterator<Item = &'a T> {
+        labels
+            .iter()
+            .filter_map(|(key, value)| self.scoped.get(key)?.get(value))
+            .flatten()
     }
 }
 
