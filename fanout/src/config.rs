@@ -9,9 +9,13 @@ pub struct FanoutConfig {
     pub max_batch_entries: usize,
     /// ... or this long after its first change.
     pub max_batch_delay: Duration,
-    /// Keys kept in the history of batches; a subscriber whose position falls out of it is
+    /// Most keys kept in the history of batches; a subscriber whose position falls out of it is
     /// evicted and must resync, and a resume from before it gets a snapshot.
     pub history_entries: usize,
+    /// Keys the history may hold whatever the state's size. Beyond this, the history holds no
+    /// more keys than the state (replaying a longer history would cost more than a snapshot), so
+    /// many small fan-outs — one per node — cannot each fill `history_entries` under churn.
+    pub history_floor_entries: usize,
     /// Snapshots at least this big (raw bytes) are zstd-compressed.
     pub compress_from_bytes: usize,
     /// A session sends a keepalive after this long without sending anything.
@@ -34,6 +38,7 @@ impl Default for FanoutConfig {
             max_batch_entries: 100,
             max_batch_delay: Duration::from_millis(10),
             history_entries: 100_000,
+            history_floor_entries: 1024,
             compress_from_bytes: 4096,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(30),
@@ -41,5 +46,13 @@ impl Default for FanoutConfig {
             send_timeout: Duration::from_secs(30),
             resume_wait: Duration::from_secs(5),
         }
+    }
+}
+
+impl FanoutConfig {
+    /// Most keys the history keeps beside a state of `state_keys` keys.
+    pub(crate) fn history_limit(&self, state_keys: usize) -> usize {
+        self.history_entries
+            .min(state_keys.max(self.history_floor_entries))
     }
 }

@@ -259,7 +259,8 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         if !batch.is_empty() {
             inner.history_keys += batch.len();
             inner.history.push_back(Arc::new(batch));
-            while inner.history_keys > self.shared.config.history_entries {
+            let limit = self.shared.config.history_limit(inner.state.len());
+            while inner.history_keys > limit {
                 let Some(oldest) = inner.history.pop_front() else {
                     break;
                 };

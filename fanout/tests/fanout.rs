@@ -297,6 +297,42 @@ async fn resume_falls_back_to_a_shared_compressed_snapshot_when_history_is_gone(
 }
 
 #[tokio::test(start_paused = true)]
+async fn churn_keeps_no_more_history_than_the_state_holds() {
+    // Ten keys changed a hundred times: replaying more than ten keys of history would cost more
+    // than a snapshot of the ten, so no more is kept, however large `history_entries` is.
+    let fanout = fanout(FanoutConfig {
+        history_entries: 100_000,
+        history_floor_entries: 8,
+        ..config()
+    });
+    let state: BTreeMap<Key, String> = (0..10)
+        .map(|i| (format!("k{i}").into(), "v".to_owned()))
+        .collect();
+    assert!(fanout.reset(1, state));
+    for revision in 2..=101_u64 {
+        fanout.publish(
+            revision,
+            [upsert(&format!("k{}", revision % 10), &format!("v{revision}"))],
+        );
+        fanout.flush();
+    }
+    let (_, start) = fanout.subscribe(91).await.expect("subscribed");
+    let Start::Resume {
+        batches,
+        revision: 101,
+    } = &start
+    else {
+        panic!("the last ten keys of history are kept: expected a resume, got {start:?}");
+    };
+    assert_eq!(batches.iter().map(|batch| batch.len()).sum::<usize>(), 10);
+    let (_, start) = fanout.subscribe(90).await.expect("subscribed");
+    assert!(
+        matches!(start, Start::Snapshot(ref snapshot) if snapshot.entries == 10),
+        "an eleventh key of history is not kept: expected a snapshot, got {start:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_snapshot_carries_frames_the_encoder_compressed_once_among_the_rest() {
     // Every key under `shared/` is encoded as one frame, compressed once for all snapshots.
     let shared = Arc::new(std::sync::Mutex::new(None::<Frame>));
