@@ -11,6 +11,11 @@ use tonic::transport::Channel;
 
 use crate::cli::ClientArgs;
 
+/// Largest answer the CLI reads. Reports grow with the cluster and, for `ipam check`, with what is
+/// broken: one of a 150,000-pod cluster whose handles were lost runs to tens of MiB, far past
+/// gRPC's default 4 MiB, and must still be readable when it is needed most.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
 /// A service the CLI talks to.
 #[derive(Debug, Clone, Copy)]
 pub enum Service {
@@ -77,15 +82,17 @@ impl Clients {
     }
 
     pub async fn ipam(&self) -> anyhow::Result<IpamClient<Channel>> {
-        Ok(IpamClient::new(self.channel(Service::Ipam).await?))
+        Ok(IpamClient::new(self.channel(Service::Ipam).await?).max_decoding_message_size(MAX_RESPONSE_BYTES))
     }
 
     pub async fn route(&self) -> anyhow::Result<RoutesClient<Channel>> {
-        Ok(RoutesClient::new(self.channel(Service::Route).await?))
+        Ok(RoutesClient::new(self.channel(Service::Route).await?)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES))
     }
 
     pub async fn policy(&self) -> anyhow::Result<PolicyClient<Channel>> {
-        Ok(PolicyClient::new(self.channel(Service::Policy).await?))
+        Ok(PolicyClient::new(self.channel(Service::Policy).await?)
+            .max_decoding_message_size(MAX_RESPONSE_BYTES))
     }
 
     /// The error of a failed call: the service, its address, the status code and message.
