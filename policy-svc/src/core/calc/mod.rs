@@ -45,9 +45,13 @@ type Keyed = (Key, SharedEntry);
 /// A node's view with shared keys and entries (what its fan-out holds).
 pub type SharedView = BTreeMap<Key, SharedEntry>;
 
+/// A policy's id as the calculation holds it: one allocation per policy, which every endpoint,
+/// node and index naming the policy shares (an owned id is two strings).
+type SharedPolicyId = Arc<PolicyId>;
+
 /// Policy ids, in order, without repeats (a boxed slice: most endpoints have a few, and a set
 /// would cost a B-tree node each).
-type PolicyIds = Box<[PolicyId]>;
+type PolicyIds = Box<[SharedPolicyId]>;
 
 /// Changes per node.
 pub type NodeChanges = BTreeMap<String, Vec<Change<SharedEntry>>>;
@@ -69,17 +73,18 @@ pub struct Calculator {
     labels: BTreeMap<EndpointKey, BTreeMap<String, String>>,
     /// Endpoints by namespace: most selectors are limited to one, and are evaluated only there.
     by_namespace: BTreeMap<String, BTreeSet<EndpointKey>>,
-    compiled: BTreeMap<PolicyId, CompiledPolicy>,
+    /// Compiled policies, shared so that a node taking one up need not copy it.
+    compiled: BTreeMap<SharedPolicyId, Arc<CompiledPolicy>>,
     /// Each compiled policy's entry.
-    policy_entries: BTreeMap<PolicyId, Keyed>,
+    policy_entries: BTreeMap<SharedPolicyId, Keyed>,
     /// Compiled policies by a label they require.
-    policies_by_label: LabelIndex<PolicyId>,
+    policies_by_label: LabelIndex<SharedPolicyId>,
     /// Policies applying to each endpoint (either direction).
     endpoint_policies: BTreeMap<EndpointKey, PolicyIds>,
     /// Endpoints each policy applies to.
-    policy_endpoints: BTreeMap<PolicyId, BTreeSet<EndpointKey>>,
+    policy_endpoints: BTreeMap<SharedPolicyId, BTreeSet<EndpointKey>>,
     /// Per node: policies its endpoints use, with how many endpoints use each.
-    node_policies: BTreeMap<String, BTreeMap<PolicyId, usize>>,
+    node_policies: BTreeMap<String, BTreeMap<SharedPolicyId, usize>>,
     sets: BTreeMap<String, SetState>,
     /// Sets by a label their members require.
     sets_by_label: LabelIndex<String>,
@@ -290,7 +295,7 @@ impl Calculator {
                 .or_default()
                 .insert(key.clone());
         }
-        let applying: BTreeSet<PolicyId> = match &labels {
+        let applying: BTreeSet<SharedPolicyId> = match &labels {
             Some(labels) => self
                 .policies_by_label
                 .candidates_of(labels)
@@ -318,16 +323,21 @@ impl Calculator {
 
     /// Re-evaluates one policy (added, changed or removed) against every endpoint.
     fn policy_changed(&mut self, id: &PolicyId) {
-        let old = self.compiled.remove(id);
+        // The id every map shares: the one held already, else a new one.
+        let id: SharedPolicyId = self
+            .compiled
+            .get_key_value(id)
+            .map_or_else(|| Arc::new(id.clone()), |(held, _)| Arc::clone(held));
+        let old = self.compiled.remove(&id);
         if let Some(old) = &old {
-            self.policies_by_label.remove(&old.applies_to, id);
+            self.policies_by_label.remove(&old.applies_to, &id);
         }
-        let new = self.state.policy(id).map(compile);
+        let new = self.state.policy(&id).map(compile).map(Arc::new);
         let Some(key) = self
             .policy_entries
-            .get(id)
+            .get(&id)
             .map(|(key, _)| key.clone())
-            .or_else(|| new.as_ref().or(old.as_ref()).map(policy_key))
+            .or_else(|| new.as_deref().or(old.as_deref()).map(policy_key))
         else {
             return;
         };
@@ -341,7 +351,7 @@ impl Calculator {
         for set in new.iter().flat_map(|n| n.sets.values()) {
             self.acquire_set(set);
         }
-        let old_endpoints = self.policy_endpoints.get(id).cloned().unwrap_or_default();
+        let old_endpoints = self.policy_endpoints.get(&id).cloned().unwrap_or_default();
         // The nodes holding the policy: those of the endpoints it applies to.
         let holders: BTreeSet<String> = old_endpoints.iter().map(|key| key.node.clone()).collect();
         for node in &holders {
@@ -366,26 +376,26 @@ impl Calculator {
         };
         match (new, new_entry) {
             (Some(new), Some(entry)) => {
-                self.policies_by_label.insert(&new.applies_to, id.clone());
-                self.compiled.insert(id.clone(), new);
-                self.policy_entries.insert(id.clone(), entry);
+                self.policies_by_label.insert(&new.applies_to, Arc::clone(&id));
+                self.compiled.insert(Arc::clone(&id), new);
+                self.policy_entries.insert(Arc::clone(&id), entry);
             }
             _ => {
-                self.policy_entries.remove(id);
+                self.policy_entries.remove(&id);
             }
         }
         // Endpoints that gained or lost the policy, and every endpoint that has it (its order
         // may have changed), get their entries recomputed.
         for key in old_endpoints.union(&new_endpoints) {
-            let mut policies: BTreeSet<PolicyId> = self
+            let mut policies: BTreeSet<SharedPolicyId> = self
                 .endpoint_policies
                 .get(key)
                 .map(|ids| ids.iter().cloned().collect())
                 .unwrap_or_default();
             if new_endpoints.contains(key) {
-                policies.insert(id.clone());
+                policies.insert(Arc::clone(&id));
             } else {
-                policies.remove(id);
+                policies.remove(&id);
             }
             self.set_endpoint_policies(key, true, policies);
         }
@@ -394,9 +404,9 @@ impl Calculator {
     /// Sets the policies applying to an endpoint (`exists` false: it is gone) and records what
     /// changes for its node: the policies (and their sets) the node now needs or no longer
     /// needs, and the endpoint's entry (not while loading: computed once at the end).
-    fn set_endpoint_policies(&mut self, key: &EndpointKey, exists: bool, applying: BTreeSet<PolicyId>) {
-        let node = key.node.clone();
-        let old: BTreeSet<PolicyId> = self
+    fn set_endpoint_policies(&mut self, key: &EndpointKey, exists: bool, applying: BTreeSet<SharedPolicyId>) {
+        let node = key.node.as_str();
+        let old: BTreeSet<SharedPolicyId> = self
             .endpoint_policies
             .remove(key)
             .map(|ids| ids.into_vec().into_iter().collect())
@@ -408,14 +418,14 @@ impl Calculator {
                     self.policy_endpoints.remove(id);
                 }
             }
-            self.unref_policy(&node, id);
+            self.unref_policy(node, id);
         }
         for id in applying.difference(&old) {
             self.policy_endpoints
-                .entry(id.clone())
+                .entry(Arc::clone(id))
                 .or_default()
                 .insert(key.clone());
-            self.ref_policy(&node, id);
+            self.ref_policy(node, id);
         }
         if exists {
             self.endpoint_policies
@@ -463,10 +473,10 @@ impl Calculator {
         self.record_change(node, &entry_key, Some(entry));
     }
 
-    fn endpoint_entry(&self, key: &EndpointKey, applying: &[PolicyId]) -> EndpointView {
+    fn endpoint_entry(&self, key: &EndpointKey, applying: &[SharedPolicyId]) -> EndpointView {
         let mut ordered: Vec<(&PolicyId, &CompiledPolicy)> = applying
             .iter()
-            .filter_map(|id| self.compiled.get(id).map(|c| (id, c)))
+            .filter_map(|id| self.compiled.get(id).map(|c| (&**id, &**c)))
             .collect();
         ordered.sort_by(|a, b| evaluation_order((a.0, a.1.order), (b.0, b.1.order)));
         let name = self.state.endpoint(key).map(endpoint_name).unwrap_or_default();
@@ -486,13 +496,13 @@ impl Calculator {
         }
     }
 
-    fn ref_policy(&mut self, node: &str, id: &PolicyId) {
-        let count = self
-            .node_policies
-            .entry(node.to_owned())
-            .or_default()
-            .entry(id.clone())
-            .or_default();
+    fn ref_policy(&mut self, node: &str, id: &SharedPolicyId) {
+        // Looked up first: the node's name is copied only for its first policy.
+        let policies = match self.node_policies.get_mut(node) {
+            Some(policies) => policies,
+            None => self.node_policies.entry(node.to_owned()).or_default(),
+        };
+        let count = policies.entry(Arc::clone(id)).or_default();
         *count += 1;
         if *count == 1
             && let Some(compiled) = self.compiled.get(id).cloned()
@@ -502,7 +512,7 @@ impl Calculator {
         }
     }
 
-    fn unref_policy(&mut self, node: &str, id: &PolicyId) {
+    fn unref_policy(&mut self, node: &str, id: &SharedPolicyId) {
         let Some(policies) = self.node_policies.get_mut(node) else {
             return;
         };
