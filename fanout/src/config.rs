@@ -14,7 +14,8 @@ pub struct FanoutConfig {
     pub history_entries: usize,
     /// Keys the history may hold whatever the state's size. Beyond this, the history holds no
     /// more keys than the state (replaying a longer history would cost more than a snapshot), so
-    /// many small fan-outs — one per node — cannot each fill `history_entries` under churn.
+    /// many small fan-outs — one per node — cannot each fill `history_entries` under churn. The
+    /// newest batch is kept whatever its size.
     pub history_floor_entries: usize,
     /// Snapshots at least this big (raw bytes) are zstd-compressed.
     pub compress_from_bytes: usize,

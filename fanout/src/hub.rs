@@ -259,8 +259,10 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         if !batch.is_empty() {
             inner.history_keys += batch.len();
             inner.history.push_back(Arc::new(batch));
+            // The newest batch always stays: a subscriber that was current follows it, however
+            // large it is beside the state (a node whose endpoints all went).
             let limit = self.shared.config.history_limit(inner.state.len());
-            while inner.history_keys > limit {
+            while inner.history_keys > limit && inner.history.len() > 1 {
                 let Some(oldest) = inner.history.pop_front() else {
                     break;
                 };

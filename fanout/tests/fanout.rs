@@ -296,13 +296,12 @@ async fn resume_falls_back_to_a_shared_compressed_snapshot_when_history_is_gone(
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn churn_keeps_no_more_history_than_the_state_holds() {
-    // Ten keys changed a hundred times: replaying more than ten keys of history would cost more
-    // than a snapshot of the ten, so no more is kept, however large `history_entries` is.
+/// A fan-out of ten keys, each changed ten times in revisions 2 to 101 (one key a revision),
+/// keeping at least `floor` keys of history (and at most 100,000).
+fn churned(floor: usize) -> Fanout<String> {
     let fanout = fanout(FanoutConfig {
         history_entries: 100_000,
-        history_floor_entries: 8,
+        history_floor_entries: floor,
         ..config()
     });
     let state: BTreeMap<Key, String> = (0..10)
@@ -316,6 +315,14 @@ async fn churn_keeps_no_more_history_than_the_state_holds() {
         );
         fanout.flush();
     }
+    fanout
+}
+
+#[tokio::test(start_paused = true)]
+async fn churn_keeps_no_more_history_than_the_state_holds() {
+    // Ten keys changed a hundred times: replaying more than ten keys of history would cost more
+    // than a snapshot of the ten, so no more is kept, however large `history_entries` is.
+    let fanout = churned(8);
     let (_, start) = fanout.subscribe(91).await.expect("subscribed");
     let Start::Resume {
         batches,
@@ -330,6 +337,33 @@ async fn churn_keeps_no_more_history_than_the_state_holds() {
         matches!(start, Start::Snapshot(ref snapshot) if snapshot.entries == 10),
         "an eleventh key of history is not kept: expected a snapshot, got {start:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_small_state_keeps_the_floor_of_history_and_its_newest_batch_whatever_its_size() {
+    let fanout = churned(20);
+    // Ten keys of state, but the floor: twenty keys of history.
+    assert!(matches!(
+        fanout.subscribe(81).await.expect("subscribed").1,
+        Start::Resume { revision: 101, .. }
+    ));
+    assert!(matches!(
+        fanout.subscribe(80).await.expect("subscribed").1,
+        Start::Snapshot(_)
+    ));
+    // A current subscriber follows a batch larger than the floor and the state left after it:
+    // every key removed at once (a node whose endpoints all went).
+    let (mut current, _) = fanout.subscribe(101).await.expect("subscribed");
+    let grown: Vec<Change<String>> = (10..40).map(|i| upsert(&format!("k{i}"), "v")).collect();
+    fanout.publish(102, grown);
+    fanout.flush();
+    assert_eq!(current.next().await.expect("the growth").len(), 1);
+    let emptied: Vec<Change<String>> = (0..40).map(|i| Change::Remove(format!("k{i}").into())).collect();
+    fanout.publish(103, emptied);
+    fanout.flush();
+    let batches = current.next().await.expect("the newest batch is kept");
+    assert_eq!(batches.iter().map(|batch| batch.len()).sum::<usize>(), 40);
+    assert!(fanout.state().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
