@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use brindle_grpc::{ClientTlsArgs, LogArgs, tls};
+use brindle_grpc::{ClientTlsArgs, LogArgs, MAX_RESPONSE_BYTES, tls};
 use brindle_metrics::Metrics;
 use brindle_proto::ipam::v1::ipam_client::IpamClient;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
@@ -75,12 +75,21 @@ pub async fn kubernetes_client(kubeconfig: Option<&std::path::Path>) -> anyhow::
 /// The services kube-sync writes into.
 #[derive(Clone)]
 pub struct Services {
-    /// policy-svc.
-    pub policy: PolicyClient<Channel>,
-    /// route-svc.
-    pub routes: RoutesClient<Channel>,
-    /// ipam-svc.
-    pub ipam: IpamClient<Channel>,
+    policy: PolicyClient<Channel>,
+    routes: RoutesClient<Channel>,
+    ipam: IpamClient<Channel>,
+}
+
+impl Services {
+    /// Clients of policy-svc, route-svc and ipam-svc over these channels, reading answers up to
+    /// [`MAX_RESPONSE_BYTES`] (every pod listed at 150,000 pods is tens of MiB).
+    pub fn new(policy: Channel, routes: Channel, ipam: Channel) -> Self {
+        Self {
+            policy: PolicyClient::new(policy).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            routes: RoutesClient::new(routes).max_decoding_message_size(MAX_RESPONSE_BYTES),
+            ipam: IpamClient::new(ipam).max_decoding_message_size(MAX_RESPONSE_BYTES),
+        }
+    }
 }
 
 /// Follows Namespaces, NetworkPolicies, ServiceAccounts, Pods and Nodes of `client` into `services` until the
@@ -124,11 +133,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let channel = |address: &str| {
         tls::endpoint(address, tls.as_ref(), CONNECT_TIMEOUT).map(|endpoint| endpoint.connect_lazy())
     };
-    let services = Services {
-        policy: PolicyClient::new(channel(&args.policy_endpoint)?),
-        routes: RoutesClient::new(channel(&args.route_endpoint)?),
-        ipam: IpamClient::new(channel(&args.ipam_endpoint)?),
-    };
+    let services = Services::new(
+        channel(&args.policy_endpoint)?,
+        channel(&args.route_endpoint)?,
+        channel(&args.ipam_endpoint)?,
+    );
     let client = kubernetes_client(args.kubeconfig.as_deref()).await?;
     let metrics = Metrics::new();
     brindle_metrics::serve(args.metrics_listen, metrics.clone()).await?;

@@ -67,6 +67,8 @@ struct Cluster {
     api: StandIn,
     dir: tempfile::TempDir,
     policy: PolicyClient<Channel>,
+    routes: RoutesClient<Channel>,
+    ipam: IpamClient<Channel>,
     services: Services,
 }
 
@@ -87,16 +89,15 @@ impl Cluster {
         let channel = tonic::transport::Endpoint::from_shared(url)
             .expect("url")
             .connect_lazy();
-        let services = Services {
-            policy: PolicyClient::new(channel.clone()),
-            routes: RoutesClient::new(channel.clone()),
-            ipam: IpamClient::new(channel),
-        };
+        let services = Services::new(channel.clone(), channel.clone(), channel.clone());
         let api = StandIn::start(bookmark_every).await.expect("stand-in");
         Self {
             api,
             dir,
-            policy: services.policy.clone(),
+            policy: PolicyClient::new(channel.clone())
+                .max_decoding_message_size(brindle_grpc::MAX_RESPONSE_BYTES),
+            routes: RoutesClient::new(channel.clone()),
+            ipam: IpamClient::new(channel),
             services,
         }
     }
@@ -394,7 +395,6 @@ impl Cluster {
     /// Gives `node` a pod address in IPAM and a workload endpoint in policy-svc.
     async fn pod_on(&self, node: &str, pod: &str) {
         let assigned = self
-            .services
             .ipam
             .clone()
             .auto_assign(ipam::AutoAssignRequest {
@@ -426,7 +426,6 @@ impl Cluster {
     /// A node's (addresses in use, endpoints).
     async fn node_holdings(&self, node: &str) -> (u64, usize) {
         let shown = self
-            .services
             .ipam
             .clone()
             .show(ipam::ShowRequest {
@@ -457,7 +456,6 @@ impl Cluster {
     /// Every node's given labels: (origin, labels).
     async fn node_labels(&self) -> BTreeMap<String, (String, BTreeMap<String, String>)> {
         let listed = self
-            .services
             .routes
             .clone()
             .list_node_labels(route::ListNodeLabelsRequest::default())
@@ -482,7 +480,6 @@ async fn a_deleted_node_has_its_addresses_released_and_nothing_of_another_node_i
         ..Default::default()
     };
     cluster
-        .services
         .ipam
         .clone()
         .create_pool(ipam::CreatePoolRequest { pool: Some(pool) })
@@ -499,7 +496,6 @@ async fn a_deleted_node_has_its_addresses_released_and_nothing_of_another_node_i
     }
     // An administrator labelled this node before kube-sync saw it: brindle apply's, not Kubernetes'.
     cluster
-        .services
         .routes
         .clone()
         .set_node_labels(route::SetNodeLabelsRequest {
@@ -566,7 +562,6 @@ async fn a_deleted_node_has_its_addresses_released_and_nothing_of_another_node_i
         "its labels stay the administrator's"
     );
     let report = cluster
-        .services
         .ipam
         .clone()
         .check(ipam::CheckRequest::default())
@@ -574,5 +569,48 @@ async fn a_deleted_node_has_its_addresses_released_and_nothing_of_another_node_i
         .expect("check")
         .into_inner();
     assert!(report.clean, "ipam check is clean: {report:?}");
+    mirror.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_pods_than_one_default_sized_answer_holds_are_listed_and_reconciled() {
+    // Mirrored pods Kubernetes no longer has, more than gRPC's default 4 MiB answer holds (as at
+    // 150,000 pods): kube-sync's re-list must read them all to remove them.
+    const PODS: usize = 20_000;
+    let cluster = Cluster::start(Duration::from_secs(60)).await;
+    let mut policy = cluster.policy.clone();
+    let pod = |i: usize| pb::Pod {
+        namespace: "crowd".into(),
+        name: format!("pod-{i:05}"),
+        uid: format!("uid-{i:05}"),
+        node: "node-1".into(),
+        labels: (0..6)
+            .map(|l| (format!("example.com/label-{l}"), format!("value-{i:05}-{l}")))
+            .collect(),
+        ..pb::Pod::default()
+    };
+    let indexes: Vec<usize> = (0..PODS).collect();
+    for chunk in indexes.chunks(kube_sync::follow::BATCH) {
+        policy
+            .apply_pods(pb::ApplyPodsRequest {
+                pods: chunk.iter().map(|&i| pod(i)).collect(),
+            })
+            .await
+            .expect("apply pods");
+    }
+    assert_eq!(cluster.pods().await.len(), PODS);
+    let mirror = cluster.start_mirror().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = cluster.pods().await.len();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} of {PODS} pods Kubernetes does not have are still mirrored"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     mirror.abort();
 }

@@ -3,18 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use brindle_grpc::tls;
+use brindle_grpc::{MAX_RESPONSE_BYTES, tls};
 use brindle_proto::ipam::v1::ipam_client::IpamClient;
 use brindle_proto::policy::v1::policy_client::PolicyClient;
 use brindle_proto::route::v1::routes_client::RoutesClient;
 use tonic::transport::Channel;
 
 use crate::cli::ClientArgs;
-
-/// Largest answer the CLI reads. Reports grow with the cluster and, for `ipam check`, with what is
-/// broken: one of a 150,000-pod cluster whose handles were lost runs to tens of MiB, far past
-/// gRPC's default 4 MiB, and must still be readable when it is needed most.
-const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
 /// A service the CLI talks to.
 #[derive(Debug, Clone, Copy)]

@@ -37,11 +37,7 @@ async fn start_kube_sync(
     }
     let channel =
         brindle_grpc::tls::endpoint(&format!("http://{own}"), None, Duration::from_secs(2))?.connect_lazy();
-    let services = kube_sync::runtime::Services {
-        policy: brindle_proto::policy::v1::policy_client::PolicyClient::new(channel.clone()),
-        routes: brindle_proto::route::v1::routes_client::RoutesClient::new(channel.clone()),
-        ipam: brindle_proto::ipam::v1::ipam_client::IpamClient::new(channel),
-    };
+    let services = kube_sync::runtime::Services::new(channel.clone(), channel.clone(), channel);
     let metrics = metrics.clone();
     tokio::spawn(async move { kube_sync::runtime::mirror(client, services, &metrics).await });
     tracing::info!("following the Kubernetes API (kube-sync)");

@@ -40,7 +40,7 @@ impl GrpcPolicy {
             .connect_lazy();
         let channel = endpoint.timeout(Duration::from_secs(10)).connect_lazy();
         Self {
-            client: PolicyClient::new(channel).max_decoding_message_size(256 << 20),
+            client: PolicyClient::new(channel).max_decoding_message_size(brindle_grpc::MAX_RESPONSE_BYTES),
             waiting: PolicyClient::new(waiting),
         }
     }

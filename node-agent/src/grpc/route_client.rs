@@ -51,7 +51,7 @@ impl RouteFollower {
         let channel = endpoint.connect_lazy();
         let (registration, registered) = watch::channel(node.clone());
         Self {
-            client: RoutesClient::new(channel).max_decoding_message_size(256 << 20),
+            client: RoutesClient::new(channel).max_decoding_message_size(brindle_grpc::MAX_RESPONSE_BYTES),
             registration: registered,
             programmer: RouteProgrammer::new(
                 &node,
