@@ -102,7 +102,7 @@ impl SetDefinition {
 }
 
 /// A policy compiled once for every node: its view, the sets its rules use, whom it applies to.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CompiledPolicy {
     /// The policy's order.
     pub order: Option<f64>,

@@ -46,7 +46,7 @@ type Keyed = (Key, SharedEntry);
 pub type SharedView = BTreeMap<Key, SharedEntry>;
 
 /// A policy's id as the calculation holds it: one allocation per policy, which every endpoint,
-/// node and index naming the policy shares (an owned id is two strings).
+/// node and index naming the policy shares (an owned id is one or two strings).
 type SharedPolicyId = Arc<PolicyId>;
 
 /// Policy ids, in order, without repeats (a boxed slice: most endpoints have a few, and a set
