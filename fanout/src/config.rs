@@ -9,8 +9,9 @@ pub struct FanoutConfig {
     pub max_batch_entries: usize,
     /// ... or this long after its first change.
     pub max_batch_delay: Duration,
-    /// Most keys kept in the history of batches; a subscriber whose position falls out of it is
-    /// evicted and must resync, and a resume from before it gets a snapshot.
+    /// Most keys kept in the history of batches, besides the newest batch; a subscriber whose
+    /// position falls out of it is evicted and must resync, and a resume from before it gets a
+    /// snapshot.
     pub history_entries: usize,
     /// Keys the history may hold whatever the state's size. Beyond this, the history holds no
     /// more keys than the state (replaying a longer history would cost more than a snapshot), so
@@ -51,7 +52,7 @@ impl Default for FanoutConfig {
 }
 
 impl FanoutConfig {
-    /// Most keys the history keeps beside a state of `state_keys` keys.
+    /// Most keys the history keeps next to a state of `state_keys` keys, its newest batch aside.
     pub(crate) fn history_limit(&self, state_keys: usize) -> usize {
         self.history_entries
             .min(state_keys.max(self.history_floor_entries))

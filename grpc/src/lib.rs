@@ -17,7 +17,7 @@ pub use tls::{ClientTlsArgs, ServerTlsArgs, TRANSPORT_HEADER, TlsError, Transpor
 
 /// Largest answer brindle's clients read (tonic's default is 4 MiB). Answers grow with the
 /// cluster: a node's first policy view, every pod kube-sync lists at 150,000 pods, an `ipam check`
-/// of a cluster whose handles were lost — each past 4 MiB, and each needed most when it is large.
+/// of a cluster whose handles were lost — each can pass 4 MiB, and each is needed most when large.
 pub const MAX_RESPONSE_BYTES: usize = 256 << 20;
 
 /// How log lines look.

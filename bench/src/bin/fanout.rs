@@ -253,7 +253,7 @@ async fn clients(count: usize, address: String) -> anyhow::Result<()> {
     let mut channels = Vec::with_capacity(count);
     for _ in 0..count {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.connect_lazy();
-        channels.push(RoutesClient::new(channel).max_decoding_message_size(256 << 20));
+        channels.push(RoutesClient::new(channel).max_decoding_message_size(brindle_grpc::MAX_RESPONSE_BYTES));
     }
     let start_all = |resume: Vec<u64>| -> Vec<tokio::task::JoinHandle<()>> {
         channels

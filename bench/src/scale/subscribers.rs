@@ -172,7 +172,7 @@ fn open(
     match service {
         Service::Route => async move {
             let response = RoutesClient::new(channel)
-                .max_decoding_message_size(256 << 20)
+                .max_decoding_message_size(brindle_grpc::MAX_RESPONSE_BYTES)
                 .sync(requests(node, sent))
                 .await?;
             Ok(response.into_inner().map(route_item as fn(_) -> _).boxed())
@@ -180,7 +180,7 @@ fn open(
         .boxed(),
         Service::Policy => async move {
             let response = PolicyClient::new(channel)
-                .max_decoding_message_size(256 << 20)
+                .max_decoding_message_size(brindle_grpc::MAX_RESPONSE_BYTES)
                 .sync(requests(node, sent))
                 .await?;
             Ok(response.into_inner().map(policy_item as fn(_) -> _).boxed())
