@@ -433,8 +433,9 @@ fn ipam_commands(cli: &Cli<'_>, etcd: &EtcdServer, kept: &str, released: &str) {
 fn a_report_past_grpcs_default_message_size_is_read_whole(cli: &Cli<'_>, etcd: &EtcdServer) {
     const HANDLES: usize = 40;
     const ADDRESSES: usize = 1_000;
+    let id = |h: usize| format!("net.cli-lost-{h:02}");
     let handle = |h: usize| ipam_api::model::Handle {
-        id: format!("net.cli-lost-{h:02}"),
+        id: id(h),
         attributes: ipam_api::model::HandleAttributes::default(),
         ips: (0..ADDRESSES)
             .map(|a| {
@@ -450,20 +451,18 @@ fn a_report_past_grpcs_default_message_size_is_read_whole(cli: &Cli<'_>, etcd: &
             .collect(),
         created_unix_ms: 1,
     };
-    let keys: Vec<String> = (0..HANDLES)
-        .map(|h| ipam_api::keys::handle(&handle(h).id))
-        .collect();
-    tokio::runtime::Handle::current().block_on(async {
+    let store = tokio::runtime::Handle::current().block_on(async {
         let store = brindle_datastore::open(&brindle_datastore::StoreConfig::Etcd(etcd.config()))
             .await
             .expect("open etcd");
-        for (h, key) in keys.iter().enumerate() {
-            let value = serde_json::to_vec(&handle(h)).expect("JSON");
+        for handle in (0..HANDLES).map(handle) {
+            let value = serde_json::to_vec(&handle).expect("JSON");
             store
-                .txn(Txn::new().put(key.clone(), value))
+                .txn(Txn::new().put(ipam_api::keys::handle(&handle.id), value))
                 .await
                 .expect("put handle");
         }
+        store
     });
     let report = tempfile::NamedTempFile::new().expect("report file");
     let report_path = report.path().to_str().expect("utf-8 path");
@@ -482,10 +481,8 @@ fn a_report_past_grpcs_default_message_size_is_read_whole(cli: &Cli<'_>, etcd: &
     let written: serde_json::Value = serde_json::from_str(&written).expect("JSON");
     assert_eq!(written["problems"].as_array().map(Vec::len), Some(problems));
     tokio::runtime::Handle::current().block_on(async {
-        let store = brindle_datastore::open(&brindle_datastore::StoreConfig::Etcd(etcd.config()))
-            .await
-            .expect("open etcd");
-        for key in keys {
+        for h in 0..HANDLES {
+            let key = ipam_api::keys::handle(&id(h));
             store.txn(Txn::new().delete(key)).await.expect("delete handle");
         }
     });
