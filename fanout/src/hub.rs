@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use tokio::sync::{Notify, watch};
 
+use crate::state::{Paired, State, Storage};
 use crate::{EncodedSnapshot, FanoutConfig, FanoutError, SnapshotEncoder};
 
 /// A key of the state: shared, so a publisher that puts the same entry into many fan-outs (one
@@ -64,8 +65,8 @@ pub struct SubscriberStatus {
     pub programmed: u64,
 }
 
-pub(crate) struct Inner<V> {
-    pub(crate) state: BTreeMap<Key, V>,
+pub(crate) struct Inner<V, S: Storage<V>> {
+    pub(crate) state: State<V, S>,
     pub(crate) revision: u64,
     /// Revision from which the history is complete: any position at or after it can resume.
     pub(crate) floor: u64,
@@ -75,10 +76,10 @@ pub(crate) struct Inner<V> {
     pending_revision: u64,
 }
 
-pub(crate) struct Shared<V> {
+pub(crate) struct Shared<V, S: Storage<V>> {
     pub(crate) config: FanoutConfig,
-    encoder: SnapshotEncoder<V>,
-    inner: RwLock<Inner<V>>,
+    encoder: SnapshotEncoder<V, S>,
+    inner: RwLock<Inner<V, S>>,
     /// The flushed revision; subscribers wait on it.
     pub(crate) flushed: watch::Sender<u64>,
     /// Wakes the flusher when a batch starts.
@@ -87,7 +88,7 @@ pub(crate) struct Shared<V> {
     subscribers: Mutex<BTreeMap<String, SubscriberStatus>>,
 }
 
-impl<V> Drop for Shared<V> {
+impl<V, S: Storage<V>> Drop for Shared<V, S> {
     fn drop(&mut self) {
         // Lets the flusher notice that the fan-out is gone.
         self.batch_started.notify_one();
@@ -95,23 +96,24 @@ impl<V> Drop for Shared<V> {
 }
 
 /// A fan-out that is not kept alive by this handle (for tasks that should end with it).
-pub struct WeakFanout<V> {
-    shared: Weak<Shared<V>>,
+pub struct WeakFanout<V, S: Storage<V> = Paired> {
+    shared: Weak<Shared<V, S>>,
 }
 
-impl<V> WeakFanout<V> {
+impl<V, S: Storage<V>> WeakFanout<V, S> {
     /// The fan-out, while something else keeps it alive.
-    pub fn upgrade(&self) -> Option<Fanout<V>> {
+    pub fn upgrade(&self) -> Option<Fanout<V, S>> {
         self.shared.upgrade().map(|shared| Fanout { shared })
     }
 }
 
-/// Keyed state streamed to subscribers. Cloning shares it.
-pub struct Fanout<V> {
-    pub(crate) shared: Arc<Shared<V>>,
+/// Keyed state streamed to subscribers; `S` says how the state stores a value under its key.
+/// Cloning shares it.
+pub struct Fanout<V, S: Storage<V> = Paired> {
+    pub(crate) shared: Arc<Shared<V, S>>,
 }
 
-impl<V> Clone for Fanout<V> {
+impl<V, S: Storage<V>> Clone for Fanout<V, S> {
     fn clone(&self) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
@@ -119,15 +121,15 @@ impl<V> Clone for Fanout<V> {
     }
 }
 
-impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
+impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
     /// An empty state at revision 0 (call inside a tokio runtime: it starts the batch flusher).
-    pub fn new(config: FanoutConfig, encoder: SnapshotEncoder<V>) -> Self {
+    pub fn new(config: FanoutConfig, encoder: SnapshotEncoder<V, S>) -> Self {
         let batch_started = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             config,
             encoder,
             inner: RwLock::new(Inner {
-                state: BTreeMap::new(),
+                state: State::default(),
                 revision: 0,
                 floor: 0,
                 history: VecDeque::new(),
@@ -144,11 +146,11 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         Self { shared }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Inner<V>> {
+    fn read(&self) -> RwLockReadGuard<'_, Inner<V, S>> {
         self.shared.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Inner<V>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Inner<V, S>> {
         self.shared.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -185,8 +187,9 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     }
 
     /// Replaces the whole state with `entries` at `revision` (after re-reading the source): only
-    /// the differences are published, at once.
-    pub fn reset(&self, revision: u64, entries: BTreeMap<Key, V>) -> bool {
+    /// the differences are published, at once. Entries in key order make the state packed.
+    pub fn reset(&self, revision: u64, entries: impl IntoIterator<Item = (Key, V)>) -> bool {
+        let entries: State<V, S> = entries.into_iter().collect();
         let mut inner = self.write();
         if revision <= inner.revision.max(inner.pending_revision) {
             return false;
@@ -198,17 +201,18 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         }
         let removed: Vec<Key> = inner
             .state
-            .keys()
+            .entries()
+            .map(|(key, _)| key)
             .chain(inner.pending.keys())
-            .filter(|key| !entries.contains_key(*key))
+            .filter(|key| !entries.contains_key(key))
             .cloned()
             .collect();
         for key in removed {
             inner.pending.insert(key, None);
         }
-        for (key, value) in entries {
-            if inner.pending.contains_key(&key) || inner.state.get(&key) != Some(&value) {
-                inner.pending.insert(key, Some(value));
+        for (key, value) in entries.entries() {
+            if inner.pending.contains_key(key) || inner.state.get(key) != Some(value) {
+                inner.pending.insert(Key::clone(key), Some(value.clone()));
             }
         }
         inner.pending_revision = revision;
@@ -222,7 +226,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         self.flush_locked(&mut inner);
     }
 
-    fn flush_locked(&self, inner: &mut Inner<V>) {
+    fn flush_locked(&self, inner: &mut Inner<V, S>) {
         if inner.pending_revision == 0 {
             return;
         }
@@ -245,7 +249,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
         for (key, value) in std::mem::take(&mut inner.pending) {
             match value {
                 Some(value) => {
-                    inner.state.insert(key.clone(), value.clone());
+                    inner.state.insert(Key::clone(&key), value.clone());
                     batch.upserts.push((key, value));
                 }
                 None => {
@@ -276,7 +280,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     /// Makes `state` the first state, at `revision`. What happened before it is unknown here, so
     /// nobody resumes from an earlier revision (a subscriber of a previous process or of another
     /// replica may hold keys deleted since): they get a snapshot, and no batch is kept.
-    fn install_first_state(&self, inner: &mut Inner<V>, revision: u64, state: BTreeMap<Key, V>) {
+    fn install_first_state(&self, inner: &mut Inner<V, S>, revision: u64, state: State<V, S>) {
         inner.state = state;
         inner.pending.clear();
         inner.revision = revision;
@@ -297,11 +301,15 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
 
     /// A copy of the flushed state.
     pub fn state(&self) -> BTreeMap<Key, V> {
-        self.read().state.clone()
+        self.read()
+            .state
+            .entries()
+            .map(|(key, value)| (Key::clone(key), value.clone()))
+            .collect()
     }
 
     /// Runs `read` on the flushed state without copying it.
-    pub fn with_state<R>(&self, read: impl FnOnce(&BTreeMap<Key, V>) -> R) -> R {
+    pub fn with_state<R>(&self, read: impl FnOnce(&State<V, S>) -> R) -> R {
         read(&self.read().state)
     }
 
@@ -379,7 +387,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     }
 
     /// A handle that does not keep the fan-out alive.
-    pub fn downgrade(&self) -> WeakFanout<V> {
+    pub fn downgrade(&self) -> WeakFanout<V, S> {
         WeakFanout {
             shared: Arc::downgrade(&self.shared),
         }
@@ -394,8 +402,8 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
 }
 
 /// Flushes a batch `max_batch_delay` after it started; ends when the fan-out is dropped.
-async fn flusher<V: Clone + PartialEq + Send + Sync + 'static>(
-    shared: Weak<Shared<V>>,
+async fn flusher<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>>(
+    shared: Weak<Shared<V, S>>,
     started: Arc<Notify>,
 ) {
     loop {

@@ -16,6 +16,7 @@ mod hub;
 mod mirror;
 pub mod session;
 mod snapshot;
+mod state;
 mod subscription;
 
 pub use config::FanoutConfig;
@@ -25,4 +26,5 @@ pub use mirror::Mirror;
 pub use snapshot::{
     Codec, EncodedSnapshot, EncodedState, Frame, MAX_SNAPSHOT_BYTES, SnapshotData, SnapshotEncoder,
 };
+pub use state::{KeyInValue, KeyInValueSlot, OwnKey, Paired, PairedSlot, State, Storage};
 pub use subscription::{Start, Subscription};

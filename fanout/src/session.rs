@@ -9,6 +9,7 @@ use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::state::Storage;
 use crate::{Batch, EncodedSnapshot, Fanout, FanoutError, Start};
 
 /// What a subscriber says.
@@ -46,13 +47,14 @@ pub enum ServerMessage<V> {
 /// Serves one subscriber: reads its messages from `incoming`, queues what it must receive on
 /// `outgoing`. Returns `Ok` when the subscriber goes away, the reason otherwise (the transport
 /// turns it into a status the subscriber sees).
-pub async fn serve<V, S, E>(
-    fanout: &Fanout<V>,
+pub async fn serve<V, St, S, E>(
+    fanout: &Fanout<V, St>,
     mut incoming: S,
     outgoing: mpsc::Sender<ServerMessage<V>>,
 ) -> Result<(), FanoutError>
 where
     V: Clone + PartialEq + Send + Sync + 'static,
+    St: Storage<V>,
     S: Stream<Item = Result<ClientMessage, E>> + Unpin,
     E: std::fmt::Display,
 {
@@ -95,15 +97,15 @@ where
     }
 }
 
-struct Session<'a, V> {
-    fanout: &'a Fanout<V>,
+struct Session<'a, V, St: Storage<V>> {
+    fanout: &'a Fanout<V, St>,
     node: &'a str,
     outgoing: mpsc::Sender<ServerMessage<V>>,
     last_sent: Instant,
     last_heard: Instant,
 }
 
-impl<V: Clone + PartialEq + Send + Sync + 'static> Session<'_, V> {
+impl<V: Clone + PartialEq + Send + Sync + 'static, St: Storage<V>> Session<'_, V, St> {
     async fn run<S, E>(&mut self, incoming: &mut S, resume_revision: u64) -> Result<(), FanoutError>
     where
         S: Stream<Item = Result<ClientMessage, E>> + Unpin,

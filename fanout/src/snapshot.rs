@@ -3,17 +3,16 @@
 //! for many snapshots ([`Frame`]s): zstd decodes concatenated frames as one stream, and each
 //! snapshot holds such a frame without copying it ([`SnapshotData`]).
 
-use std::collections::BTreeMap;
 use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::Key;
+use crate::state::{Paired, State, Storage};
 
 /// Turns the whole state into the service's wire encoding (e.g. a protobuf `RouteState`).
-pub type SnapshotEncoder<V> = Arc<dyn Fn(&BTreeMap<Key, V>) -> EncodedState + Send + Sync>;
+pub type SnapshotEncoder<V, S = Paired> = Arc<dyn Fn(&State<V, S>) -> EncodedState + Send + Sync>;
 
 /// How [`EncodedSnapshot::data`] is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,10 +260,10 @@ impl EncodedSnapshot {
     /// Encodes `state` with `encoder`, compressing when it is at least `compress_from` bytes or
     /// the encoder compressed part of it. An error only when it can be sent neither compressed
     /// nor uncompressed.
-    pub(crate) fn encode<V>(
+    pub(crate) fn encode<V, S: Storage<V>>(
         revision: u64,
-        state: &BTreeMap<Key, V>,
-        encoder: &SnapshotEncoder<V>,
+        state: &State<V, S>,
+        encoder: &SnapshotEncoder<V, S>,
         compress_from: usize,
     ) -> io::Result<Self> {
         let encoded = encoder(state);

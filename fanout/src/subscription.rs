@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::state::{Paired, Storage};
 use crate::{Batch, EncodedSnapshot, Fanout, FanoutError};
 
 /// How a subscription begins.
@@ -22,13 +23,13 @@ pub enum Start<V> {
 }
 
 /// A subscriber's position in the fan-out.
-pub struct Subscription<V> {
-    fanout: Fanout<V>,
+pub struct Subscription<V, S: Storage<V> = Paired> {
+    fanout: Fanout<V, S>,
     cursor: u64,
     updates: watch::Receiver<u64>,
 }
 
-impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
+impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
     /// Starts a subscriber that last applied `resume_revision` (0: it has nothing). It resumes
     /// when the history covers that revision — waiting up to `resume_wait` for this replica to
     /// reach a revision another replica gave it — and starts from a snapshot otherwise.
@@ -36,7 +37,10 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     /// Nobody is started before the fan-out has a state (revision > 0): a replica that has not
     /// loaded yet must not hand out an empty snapshot that would make subscribers drop everything.
     /// An error only when the snapshot cannot be encoded.
-    pub async fn subscribe(&self, resume_revision: u64) -> Result<(Subscription<V>, Start<V>), FanoutError> {
+    pub async fn subscribe(
+        &self,
+        resume_revision: u64,
+    ) -> Result<(Subscription<V, S>, Start<V>), FanoutError> {
         let mut updates = self.shared.flushed.subscribe();
         // An error means the fan-out is gone; what follows then hands out what there is.
         let _ = updates.wait_for(|revision| *revision > 0).await;
@@ -69,7 +73,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Fanout<V> {
     }
 }
 
-impl<V: Clone + PartialEq + Send + Sync + 'static> Subscription<V> {
+impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Subscription<V, S> {
     /// The batches after this subscriber's position, waiting until there are some; an error when
     /// it fell out of the history (it must resync) or the fan-out is gone. Cancel-safe.
     pub async fn next(&mut self) -> Result<Vec<Arc<Batch<V>>>, FanoutError> {

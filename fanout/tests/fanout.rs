@@ -7,18 +7,18 @@ use std::time::Duration;
 
 use brindle_fanout::session::{ClientMessage, ServerMessage, serve};
 use brindle_fanout::{
-    Change, Codec, EncodedSnapshot, EncodedState, Fanout, FanoutConfig, FanoutError, Frame, Key, Mirror,
-    Start,
+    Change, Codec, EncodedSnapshot, EncodedState, Fanout, FanoutConfig, FanoutError, Frame, Key, KeyInValue,
+    Mirror, OwnKey, Start, State,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream_free::ChannelStream;
 
 /// `key=value` lines: the test service's snapshot encoding.
-fn encode(state: &BTreeMap<Key, String>) -> Vec<u8> {
-    state
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
+fn encode<'a, K: AsRef<str>>(entries: impl IntoIterator<Item = (K, &'a String)>) -> Vec<u8> {
+    entries
+        .into_iter()
+        .map(|(k, v)| format!("{}={v}\n", k.as_ref()))
         .collect::<String>()
         .into_bytes()
 }
@@ -42,7 +42,7 @@ fn config() -> FanoutConfig {
 }
 
 fn fanout(config: FanoutConfig) -> Fanout<String> {
-    Fanout::new(config, Arc::new(|state| encode(state).into()))
+    Fanout::new(config, Arc::new(|state| encode(state.iter()).into()))
 }
 
 /// A fan-out that has loaded an empty state at revision 1 (subscribers wait for a loaded state).
@@ -200,7 +200,7 @@ async fn nobody_is_started_before_the_fan_out_has_loaded_a_state() {
         !waiting.is_finished(),
         "an empty snapshot at revision 0 must never be handed out"
     );
-    fanout.reset(4, [("a".into(), "1".to_owned())].into());
+    fanout.reset(4, [("a".into(), "1".to_owned())]);
     let Start::Snapshot(snapshot) = waiting.await.expect("task") else {
         panic!("expected a snapshot");
     };
@@ -371,10 +371,10 @@ async fn a_snapshot_carries_frames_the_encoder_compressed_once_among_the_rest() 
     // Every key under `shared/` is encoded as one frame, compressed once for all snapshots.
     let shared = Arc::new(std::sync::Mutex::new(None::<Frame>));
     let cache = Arc::clone(&shared);
-    let encoder = move |state: &BTreeMap<Key, String>| {
+    let encoder = move |state: &State<String>| {
         let (framed, rest): (BTreeMap<Key, String>, BTreeMap<Key, String>) = state
-            .clone()
-            .into_iter()
+            .iter()
+            .map(|(key, value)| (Key::from(key), value.clone()))
             .partition(|(key, _)| key.starts_with("shared/"));
         let mut cached = cache.lock().expect("cache");
         let frame = cached
@@ -677,4 +677,109 @@ async fn a_reset_after_re_reading_the_source_publishes_only_the_differences() {
     assert_eq!(batches[0].upserts, vec![("b".into(), "2".to_owned())]);
     assert_eq!(batches[0].removed, vec![Key::from("c")]);
     assert_eq!(fanout.state(), relisted);
+}
+
+/// A value that carries its key, as policy-svc's shared view entries do.
+#[derive(Debug, PartialEq)]
+struct Carried {
+    key: Key,
+    value: String,
+}
+
+impl OwnKey for Carried {
+    fn own_key(&self) -> &Key {
+        &self.key
+    }
+}
+
+fn carried_upsert(key: &str, value: &str) -> Change<Arc<Carried>> {
+    let key = Key::from(key);
+    let value = value.to_owned();
+    Change::Upsert(Key::clone(&key), Arc::new(Carried { key, value }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn values_stored_without_their_keys_stream_as_those_stored_beside_them() {
+    let carried: Fanout<Arc<Carried>, KeyInValue> = Fanout::new(
+        config(),
+        Arc::new(|state: &State<Arc<Carried>, KeyInValue>| {
+            encode(state.values().map(|carried| (carried.own_key(), &carried.value))).into()
+        }),
+    );
+    let paired = fanout(config());
+    let first = |key: &str| (Key::from(key), format!("{key}-first"));
+    assert!(carried.reset(
+        1,
+        ["c", "a", "b"].map(|key| {
+            let (key, value) = first(key);
+            (Key::clone(&key), Arc::new(Carried { key, value }))
+        }),
+    ));
+    assert!(paired.reset(1, ["a", "b", "c"].map(first)));
+    let (mut subscription, start) = carried.subscribe(0).await.expect("subscribed");
+    let Start::Snapshot(snapshot) = &start else {
+        panic!("expected a snapshot, got {start:?}");
+    };
+    let mut mirror = Mirror::default();
+    mirror.apply_snapshot(snapshot.revision, decode(snapshot));
+    for revision in 2..=40u64 {
+        let key = format!("k{}", revision % 6);
+        let value = format!("v{revision}");
+        if revision % 4 == 0 {
+            carried.publish(revision, [Change::Remove(Key::from(key.as_str()))]);
+            paired.publish(revision, [Change::Remove(Key::from(key.as_str()))]);
+        } else {
+            carried.publish(revision, [carried_upsert(&key, &value)]);
+            paired.publish(revision, [upsert(&key, &value)]);
+        }
+        if revision % 3 == 0 {
+            tokio::time::advance(Duration::from_millis(11)).await;
+        }
+    }
+    carried.flush();
+    paired.flush();
+    while mirror.revision() < 40 {
+        for batch in subscription.next().await.expect("next") {
+            let plain = brindle_fanout::Batch {
+                from: batch.from,
+                to: batch.to,
+                upserts: batch
+                    .upserts
+                    .iter()
+                    .map(|(key, carried)| {
+                        assert_eq!(key, carried.own_key(), "sent under its own key");
+                        (Key::clone(key), carried.value.clone())
+                    })
+                    .collect(),
+                removed: batch.removed.clone(),
+            };
+            mirror.apply_batch(&plain);
+        }
+    }
+    let values = |state: BTreeMap<Key, Arc<Carried>>| -> BTreeMap<Key, String> {
+        state
+            .into_iter()
+            .map(|(key, carried)| (key, carried.value.clone()))
+            .collect()
+    };
+    assert_eq!(values(carried.state()), paired.state());
+    assert_eq!(mirror.state(), &paired.state());
+    assert_eq!(
+        decode(&carried.snapshot().await.expect("snapshot")),
+        paired.state()
+    );
+    // A re-list that drops a key and changes another: only the differences, as beside keys.
+    let relisted = |key: &str| -> (Key, Arc<Carried>) {
+        let key = Key::from(key);
+        let value = "relisted".to_owned();
+        (Key::clone(&key), Arc::new(Carried { key, value }))
+    };
+    assert!(carried.reset(41, ["a", "k1"].map(relisted)));
+    assert_eq!(
+        values(carried.state()),
+        BTreeMap::from([
+            (Key::from("a"), "relisted".to_owned()),
+            (Key::from("k1"), "relisted".to_owned()),
+        ])
+    );
 }

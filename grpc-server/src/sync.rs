@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use brindle_fanout::session::{ClientMessage, ServerMessage, serve};
-use brindle_fanout::{Batch, Codec, EncodedSnapshot, Fanout, FanoutError, SubscriberStatus};
+use brindle_fanout::{Batch, Codec, EncodedSnapshot, Fanout, FanoutError, Storage, SubscriberStatus};
 use brindle_metrics::{Metrics, labels};
 use brindle_proto::common::v1 as pb;
 use brindle_sync::{Payload, Wire, delta_to_proto, unix_ms};
@@ -199,9 +199,10 @@ fn respond<W: Wire>(reply: SyncReply<W::Value>) -> W::Response {
 
 /// Serves one `Sync` call: runs the session on its own task and streams what it sends as the
 /// service's responses; ends with the session's reason.
-pub fn serve_sync<W, S>(fanout: Fanout<W::Value>, incoming: S) -> ResponseStream<W::Response>
+pub fn serve_sync<W, St, S>(fanout: Fanout<W::Value, St>, incoming: S) -> ResponseStream<W::Response>
 where
     W: Wire,
+    St: Storage<W::Value>,
     W::Response: Send + 'static,
     S: futures_util::Stream<Item = Result<pb::SyncClientMessage, Status>> + Send + Unpin + 'static,
 {

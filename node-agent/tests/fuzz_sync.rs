@@ -81,9 +81,11 @@ fn route_messages() -> Vec<route_pb::SyncResponse> {
         .map(|(key, item)| (key.into(), item))
         .collect();
     let snapshot = runtime().block_on(async {
-        let fanout = Fanout::new(
+        let fanout: Fanout<route_api::RouteItem> = Fanout::new(
             FanoutConfig::default(),
-            Arc::new(|state| brindle_sync::encode_state::<route_api::convert::RouteWire>(state).into()),
+            Arc::new(|state| {
+                brindle_sync::encode_state::<route_api::convert::RouteWire>(state.iter()).into()
+            }),
         );
         fanout.reset(7, state);
         fanout.snapshot().await.expect("encoded")
@@ -143,9 +145,11 @@ spec:
     }
     let view = calc.view("n1");
     let snapshot = runtime().block_on(async {
-        let fanout = Fanout::new(
+        let fanout: Fanout<policy_api::view::ViewEntry> = Fanout::new(
             FanoutConfig::default(),
-            Arc::new(|state| brindle_sync::encode_state::<policy_api::convert::PolicyWire>(state).into()),
+            Arc::new(|state| {
+                brindle_sync::encode_state::<policy_api::convert::PolicyWire>(state.iter()).into()
+            }),
         );
         fanout.reset(9, view.clone());
         fanout.snapshot().await.expect("encoded")

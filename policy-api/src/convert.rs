@@ -373,5 +373,8 @@ brindle_sync::impl_wire!(
 
 /// A message as a shared entry.
 fn shared_entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, Arc<SharedViewEntry>), InvalidField> {
-    entry_from_proto(entry).map(|(key, value)| (key, Arc::new(SharedViewEntry::new(value))))
+    entry_from_proto(entry).map(|(key, value)| {
+        let shared = Arc::new(SharedViewEntry::new(key.as_str(), value));
+        (key, shared)
+    })
 }

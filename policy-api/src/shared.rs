@@ -1,31 +1,41 @@
-//! A view entry as policy-svc holds it: one value shared by every node's view that holds it,
-//! its wire form encoded once, so a snapshot of a node's view is its entries' encodings copied.
+//! A view entry as policy-svc holds it: one value, with its key, shared by every node's view
+//! that holds it, its wire form encoded once, so a snapshot of a node's view is its entries'
+//! encodings copied.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::{Arc, OnceLock};
 
+use brindle_fanout::{Key, OwnKey};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use crate::convert::entry_to_proto;
 use crate::view::ViewEntry;
 
-/// A view entry shared by every view that holds it, with its encoding made on first use.
+/// A view entry and its key, shared by every view that holds it (a fan-out stores it alone:
+/// [`brindle_fanout::KeyInValue`]), with its encoding made on first use.
 pub struct SharedViewEntry {
+    key: Key,
     entry: ViewEntry,
     /// The entry's value fields of a `PolicyEntry` message (everything but its key).
     encoded: OnceLock<Vec<u8>>,
 }
 
 impl SharedViewEntry {
-    /// `entry`, not encoded yet.
-    pub fn new(entry: ViewEntry) -> Self {
+    /// `entry` under `key`, not encoded yet.
+    pub fn new(key: impl Into<Key>, entry: ViewEntry) -> Self {
         Self {
+            key: key.into(),
             entry,
             encoded: OnceLock::new(),
         }
+    }
+
+    /// Its key.
+    pub fn key(&self) -> &Key {
+        &self.key
     }
 
     /// The value fields of the entry's `PolicyEntry` message, encoded once.
@@ -43,6 +53,12 @@ impl Deref for SharedViewEntry {
     }
 }
 
+impl OwnKey for SharedViewEntry {
+    fn own_key(&self) -> &Key {
+        &self.key
+    }
+}
+
 impl fmt::Debug for SharedViewEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.entry.fmt(f)
@@ -51,7 +67,7 @@ impl fmt::Debug for SharedViewEntry {
 
 impl PartialEq for SharedViewEntry {
     fn eq(&self, other: &Self) -> bool {
-        self.entry == other.entry
+        self.key == other.key && self.entry == other.entry
     }
 }
 

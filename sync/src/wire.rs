@@ -57,9 +57,19 @@ pub trait Wire: 'static {
     fn response_parts(response: Self::Response) -> (u64, Option<Payload<Self::Delta>>);
 }
 
-/// The whole state as an encoded state message (the fan-out's snapshot encoder).
-pub fn encode_state<W: Wire>(state: &BTreeMap<Key, W::Value>) -> Vec<u8> {
-    W::state(state.iter().map(|(k, v)| W::entry_to_proto(k, v)).collect()).encode_to_vec()
+/// The whole state, its entries in key order, as an encoded state message (the fan-out's
+/// snapshot encoder).
+pub fn encode_state<'a, W: Wire>(entries: impl IntoIterator<Item = (&'a str, &'a W::Value)>) -> Vec<u8>
+where
+    W::Value: 'a,
+{
+    W::state(
+        entries
+            .into_iter()
+            .map(|(k, v)| W::entry_to_proto(k, v))
+            .collect(),
+    )
+    .encode_to_vec()
 }
 
 /// What one response did to a subscriber's mirror.

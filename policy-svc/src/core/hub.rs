@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use brindle_backoff::Backoff;
 use brindle_datastore::{EventKind, Store, StoreError, WatchEvent};
-use brindle_fanout::{Fanout, FanoutConfig, SnapshotEncoder, SubscriberStatus};
+use brindle_fanout::{Fanout, FanoutConfig, KeyInValue, SnapshotEncoder, SubscriberStatus};
 use futures_util::StreamExt;
 
 use super::calc::{Calculator, NodeChanges, SharedEntry};
@@ -16,11 +16,17 @@ use super::records::{PREFIX, Subject, decode, subject};
 use super::state::ClusterState;
 use policy_api::model::Pod;
 
+/// A node's view as streamed to it: each shared entry stored alone, one pointer per entry.
+pub type NodeFanout = Fanout<SharedEntry, KeyInValue>;
+
+/// Turns a node's view into its snapshot's encoding.
+pub type ViewSnapshotEncoder = SnapshotEncoder<SharedEntry, KeyInValue>;
+
 struct Inner {
     calc: Calculator,
     /// Revision of the datastore the calculation reflects; 0 before the first list.
     revision: u64,
-    fanouts: BTreeMap<String, Fanout<SharedEntry>>,
+    fanouts: BTreeMap<String, NodeFanout>,
 }
 
 /// The calculation and the per-node fan-outs. Cloning shares them.
@@ -30,12 +36,12 @@ pub struct PolicyHub {
     /// The revision the calculation reflects, for callers waiting for something to arrive.
     revisions: tokio::sync::watch::Sender<u64>,
     config: FanoutConfig,
-    encoder: SnapshotEncoder<SharedEntry>,
+    encoder: ViewSnapshotEncoder,
 }
 
 impl PolicyHub {
     /// An empty hub; `encoder` turns a view into the wire snapshot.
-    pub fn new(config: FanoutConfig, encoder: SnapshotEncoder<SharedEntry>) -> Self {
+    pub fn new(config: FanoutConfig, encoder: ViewSnapshotEncoder) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 calc: Calculator::new(),
@@ -54,13 +60,13 @@ impl PolicyHub {
 
     /// The fan-out of `node`'s view, created (with the current view) on first use. Fan-outs
     /// nobody follows any more are dropped first (see [`PolicyHub::drop_idle`]).
-    pub fn fanout(&self, node: &str) -> Fanout<SharedEntry> {
+    pub fn fanout(&self, node: &str) -> NodeFanout {
         let mut inner = self.lock();
         if let Some(fanout) = inner.fanouts.get(node) {
             return fanout.clone();
         }
         drop_idle(&mut inner);
-        let fanout = Fanout::new(self.config.clone(), Arc::clone(&self.encoder));
+        let fanout = NodeFanout::new(self.config.clone(), Arc::clone(&self.encoder));
         if inner.revision > 0 {
             fanout.reset(inner.revision, inner.calc.shared_view(node));
         }
@@ -89,8 +95,8 @@ impl PolicyHub {
 
     /// The sync status of every node that has (or had) a subscriber.
     pub fn subscribers(&self) -> Vec<SubscriberStatus> {
-        let fanouts: Vec<Fanout<SharedEntry>> = self.lock().fanouts.values().cloned().collect();
-        fanouts.iter().flat_map(Fanout::subscribers).collect()
+        let fanouts: Vec<NodeFanout> = self.lock().fanouts.values().cloned().collect();
+        fanouts.iter().flat_map(NodeFanout::subscribers).collect()
     }
 
     /// Revision the calculation reflects (0 before the datastore was first read).
@@ -131,7 +137,7 @@ impl PolicyHub {
     /// without the hub's lock (which Sync, trace and pod look-ups take): each node's fan-out
     /// moves to the new revision on its own, the calculation and the revision together after.
     fn install(&self, revision: u64, calc: Calculator) {
-        let fanouts: Vec<(String, Fanout<SharedEntry>)> = self
+        let fanouts: Vec<(String, NodeFanout)> = self
             .lock()
             .fanouts
             .iter()

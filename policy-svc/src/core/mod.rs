@@ -20,6 +20,6 @@ pub mod state;
 pub mod trace;
 pub mod validate;
 
-pub use calc::{Calculator, NodeChanges, SharedEntry, SharedView};
+pub use calc::{Calculator, NodeChanges, SharedEntry};
 pub use error::PolicyError;
 pub use state::ClusterState;

@@ -1,10 +1,10 @@
 //! A node's view as its snapshot's encoding, each large ipset's members compressed once and
 //! shared by every node's snapshot that holds the same members.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use brindle_fanout::{EncodedState, Frame, Key};
+use brindle_fanout::{EncodedState, Frame, KeyInValue, State};
 use policy_api::shared::{SharedViewEntry, encode_entry, encoded_entry_len};
 use policy_api::view::ViewEntry;
 
@@ -19,29 +19,26 @@ const MIN_SWEEP: usize = 1024;
 
 /// The members of one set as a snapshot held them, compressed.
 struct MemberFrame {
-    /// The entries compressed, held weakly and compared by address with a view's: an address
-    /// is not reused while a weak reference holds its allocation.
-    entries: Vec<(Weak<str>, Weak<SharedViewEntry>)>,
+    /// The entries compressed (each with its key), held weakly and compared by address with a
+    /// view's: an address is not reused while a weak reference holds its allocation.
+    entries: Vec<Weak<SharedViewEntry>>,
     frame: Frame,
 }
 
 impl MemberFrame {
     /// Whether `run` holds exactly the entries compressed.
-    fn matches(&self, run: &[(&Key, &SharedEntry)]) -> bool {
+    fn matches(&self, run: &[&SharedEntry]) -> bool {
         self.entries.len() == run.len()
             && self
                 .entries
                 .iter()
                 .zip(run)
-                .all(|((key, value), (run_key, run_value))| {
-                    std::ptr::addr_eq(key.as_ptr(), Arc::as_ptr(run_key))
-                        && std::ptr::addr_eq(value.as_ptr(), Arc::as_ptr(run_value))
-                })
+                .all(|(entry, in_run)| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(in_run)))
     }
 
     /// Whether nothing but the cache holds its entries any more.
     fn is_gone(&self) -> bool {
-        self.entries.iter().all(|(_, value)| value.strong_count() == 0)
+        self.entries.iter().all(|entry| entry.strong_count() == 0)
     }
 }
 
@@ -62,19 +59,19 @@ pub struct ViewEncoder {
 
 impl ViewEncoder {
     /// `view` as an encoded `PolicyState`, the members of its large sets as shared frames.
-    pub fn encode(&self, view: &BTreeMap<Key, SharedEntry>) -> EncodedState {
+    pub fn encode(&self, view: &State<SharedEntry, KeyInValue>) -> EncodedState {
         let mut encoded = EncodedState::default();
         let mut raw = Vec::new();
-        let mut run: Vec<(&Key, &SharedEntry)> = Vec::new();
-        let mut entries = view.iter().peekable();
-        while let Some((key, value)) = entries.next() {
-            let Some(set) = member_set(value) else {
-                encode_entry(key, value, &mut raw);
+        let mut run: Vec<&SharedEntry> = Vec::new();
+        let mut entries = view.values().peekable();
+        while let Some(entry) = entries.next() {
+            let Some(set) = member_set(entry) else {
+                encode_entry(entry.key(), entry, &mut raw);
                 continue;
             };
             run.clear();
-            run.push((key, value));
-            while let Some(next) = entries.next_if(|(_, value)| member_set(value) == Some(set)) {
+            run.push(entry);
+            while let Some(next) = entries.next_if(|entry| member_set(entry) == Some(set)) {
                 run.push(next);
             }
             match (run.len() >= MIN_SHARED_MEMBERS)
@@ -86,8 +83,8 @@ impl ViewEncoder {
                     encoded.push_frame(frame);
                 }
                 None => {
-                    for (key, value) in &run {
-                        encode_entry(key, value, &mut raw);
+                    for entry in &run {
+                        encode_entry(entry.key(), entry, &mut raw);
                     }
                 }
             }
@@ -113,16 +110,20 @@ impl ViewEncoder {
 
     /// The members of `set` in `run`, compressed: the cached frame when it holds exactly them,
     /// a new one (cached) otherwise; `None` when compressing fails.
-    fn frame(&self, set: &str, run: &[(&Key, &SharedEntry)]) -> Option<Frame> {
+    fn frame(&self, set: &str, run: &[&SharedEntry]) -> Option<Frame> {
         let cached = self.lock().by_set.get(set).cloned();
         if let Some(cached) = cached
             && cached.matches(run)
         {
             return Some(cached.frame.clone());
         }
-        let mut raw = Vec::with_capacity(run.iter().map(|(key, value)| encoded_entry_len(key, value)).sum());
-        for (key, value) in run {
-            encode_entry(key, value, &mut raw);
+        let mut raw = Vec::with_capacity(
+            run.iter()
+                .map(|entry| encoded_entry_len(entry.key(), entry))
+                .sum(),
+        );
+        for entry in run {
+            encode_entry(entry.key(), entry, &mut raw);
         }
         let frame = match Frame::compress(&raw) {
             Ok(frame) => frame,
@@ -131,10 +132,7 @@ impl ViewEncoder {
                 return None;
             }
         };
-        let entries = run
-            .iter()
-            .map(|(key, value)| (Arc::downgrade(key), Arc::downgrade(value)))
-            .collect();
+        let entries = run.iter().map(|entry| Arc::downgrade(entry)).collect();
         self.lock().insert(
             set,
             MemberFrame {
@@ -169,14 +167,17 @@ fn member_set(value: &SharedViewEntry) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use brindle_fanout::{Fanout, FanoutConfig};
+    use std::collections::BTreeMap;
+
+    use brindle_fanout::{FanoutConfig, Key};
     use policy_api::convert::PolicyWire;
     use policy_api::view::{IpSetKind, IpSetView, MemberView, keys};
 
     use super::*;
 
     fn shared(key: String, entry: ViewEntry) -> (Key, SharedEntry) {
-        (Key::from(key), Arc::new(SharedViewEntry::new(entry)))
+        let entry = Arc::new(SharedViewEntry::new(key, entry));
+        (Key::clone(entry.key()), entry)
     }
 
     fn header(set: &str) -> (Key, SharedEntry) {
@@ -202,7 +203,7 @@ mod tests {
     /// What a subscriber decodes from `view`'s snapshot, encoded by `encoder`.
     async fn decoded(encoder: &Arc<ViewEncoder>, view: &SharedViewMap) -> BTreeMap<Key, ViewEntry> {
         let encoder = Arc::clone(encoder);
-        let fanout = Fanout::new(
+        let fanout = crate::core::hub::NodeFanout::new(
             FanoutConfig::default(),
             Arc::new(move |view| encoder.encode(view)),
         );
@@ -258,7 +259,10 @@ mod tests {
         // identity, so compressed again (the cache never trusts a look-alike).
         web[0] = (
             web[0].0.clone(),
-            Arc::new(SharedViewEntry::new(ViewEntry::clone(&web[0].1))),
+            Arc::new(SharedViewEntry::new(
+                web[0].0.clone(),
+                ViewEntry::clone(&web[0].1),
+            )),
         );
         assert_eq!(decoded(&encoder, &view(&web)).await, plain(&view(&web)));
         assert_eq!(encoder.frames_compressed(), 3);

@@ -464,7 +464,7 @@ impl Policy for PolicyService {
         let caller = Caller::of(&request)?;
         let (node, incoming) = read_hello(request.into_inner()).await?;
         caller.require_node(&node, "follow the policy view")?;
-        Ok(Response::new(serve_sync::<SharedPolicyWire, _>(
+        Ok(Response::new(serve_sync::<SharedPolicyWire, _, _>(
             self.hub.fanout(&node),
             incoming,
         )))

@@ -1,6 +1,5 @@
 //! `brindle.route.v1.Routes` over the core: thin conversions and status codes.
 
-use std::ops::Bound;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +69,7 @@ impl RoutesService {
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
         let fanout = Fanout::new(
             config,
-            Arc::new(|state| brindle_sync::encode_state::<RouteWire>(state).into()),
+            Arc::new(|state| brindle_sync::encode_state::<RouteWire>(state.iter()).into()),
         );
         tokio::spawn(watcher::follow(Arc::clone(&store), fanout.clone()));
         tokio::spawn(forget_strangers(fanout.downgrade()));
@@ -162,7 +161,7 @@ impl Routes for RoutesService {
         let first_node = node_key("");
         let others: Vec<Node> = self.fanout.with_state(|state| {
             state
-                .range::<str, _>((Bound::Included(first_node.as_str()), Bound::Unbounded))
+                .iter_from(&first_node)
                 .map_while(|(_, item)| match item {
                     RouteItem::Node(node) => Some(node.clone()),
                     _ => None,
@@ -384,7 +383,7 @@ impl Routes for RoutesService {
         let caller = Caller::of(&request)?;
         let (node, incoming) = read_hello(request.into_inner()).await?;
         caller.require_node(&node, "follow the routing state")?;
-        Ok(Response::new(serve_sync::<RouteWire, _>(
+        Ok(Response::new(serve_sync::<RouteWire, _, _>(
             self.fanout.clone(),
             incoming,
         )))

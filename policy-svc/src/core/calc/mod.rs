@@ -39,12 +39,6 @@ use sets::SetState;
 /// One entry of a node's view, shared with every other view holding the same entry.
 pub type SharedEntry = Arc<SharedViewEntry>;
 
-/// An entry with its key, both shared.
-type Keyed = (Key, SharedEntry);
-
-/// A node's view with shared keys and entries (what its fan-out holds).
-pub type SharedView = BTreeMap<Key, SharedEntry>;
-
 /// A policy's id as the calculation holds it: one allocation per policy, which every endpoint,
 /// node and index naming the policy shares (an owned id is one or two strings).
 type SharedPolicyId = Arc<PolicyId>;
@@ -76,7 +70,7 @@ pub struct Calculator {
     /// Compiled policies, shared so that a node taking one up need not copy it.
     compiled: BTreeMap<SharedPolicyId, Arc<CompiledPolicy>>,
     /// Each compiled policy's entry.
-    policy_entries: BTreeMap<SharedPolicyId, Keyed>,
+    policy_entries: BTreeMap<SharedPolicyId, SharedEntry>,
     /// Compiled policies by a label they require.
     policies_by_label: LabelIndex<SharedPolicyId>,
     /// Policies applying to each endpoint (either direction).
@@ -336,16 +330,16 @@ impl Calculator {
         let Some(key) = self
             .policy_entries
             .get(&id)
-            .map(|(key, _)| key.clone())
+            .map(|entry| Key::clone(entry.key()))
             .or_else(|| new.as_deref().or(old.as_deref()).map(policy_key))
         else {
             return;
         };
-        let new_entry: Option<Keyed> = new.as_ref().map(|new| {
-            (
-                key.clone(),
-                Arc::new(SharedViewEntry::new(ViewEntry::Policy(new.view.clone()))),
-            )
+        let new_entry: Option<SharedEntry> = new.as_ref().map(|new| {
+            Arc::new(SharedViewEntry::new(
+                Key::clone(&key),
+                ViewEntry::Policy(new.view.clone()),
+            ))
         });
         // The new form's sets first, so sets both forms use keep their members.
         for set in new.iter().flat_map(|n| n.sets.values()) {
@@ -468,7 +462,7 @@ impl Calculator {
         if entries.get(&entry_key).is_some_and(|before| ***before == entry) {
             return;
         }
-        let entry = Arc::new(SharedViewEntry::new(entry));
+        let entry = Arc::new(SharedViewEntry::new(Key::clone(&entry_key), entry));
         entries.insert(entry_key.clone(), Arc::clone(&entry));
         self.record_change(node, &entry_key, Some(entry));
     }
@@ -506,9 +500,9 @@ impl Calculator {
         *count += 1;
         if *count == 1
             && let Some(compiled) = self.compiled.get(id).cloned()
-            && let Some(keyed) = self.policy_entries.get(id).cloned()
+            && let Some(entry) = self.policy_entries.get(id).cloned()
         {
-            self.attach_policy(node, &compiled, &keyed);
+            self.attach_policy(node, &compiled, &entry);
         }
     }
 
@@ -525,18 +519,18 @@ impl Calculator {
             if policies.is_empty() {
                 self.node_policies.remove(node);
             }
-            if let (Some(compiled), Some((key, _))) = (
+            if let (Some(compiled), Some(entry)) = (
                 self.compiled.get(id).cloned(),
                 self.policy_entries.get(id).cloned(),
             ) {
-                self.detach_policy(node, &key, &compiled);
+                self.detach_policy(node, entry.key(), &compiled);
             }
         }
     }
 
-    /// Puts a compiled policy (its entry: `keyed`) and its sets into a node's view.
-    fn attach_policy(&mut self, node: &str, compiled: &CompiledPolicy, keyed: &Keyed) {
-        self.record_change(node, &keyed.0, Some(Arc::clone(&keyed.1)));
+    /// Puts a compiled policy (its entry: `entry`) and its sets into a node's view.
+    fn attach_policy(&mut self, node: &str, compiled: &CompiledPolicy, entry: &SharedEntry) {
+        self.record_change(node, entry.key(), Some(Arc::clone(entry)));
         for set in compiled.sets.keys() {
             self.node_uses_set(node, set, true);
         }

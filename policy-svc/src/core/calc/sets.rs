@@ -10,17 +10,17 @@ use policy_api::shared::SharedViewEntry;
 use policy_api::view::{MemberView, ViewEntry, keys};
 
 use super::super::compile::SetDefinition;
-use super::{Calculator, Keyed};
+use super::{Calculator, SharedEntry};
 
 /// A set's member entries, each with how many endpoints contribute it.
-type MemberEntries = BTreeMap<String, (usize, Keyed)>;
+type MemberEntries = BTreeMap<String, (usize, SharedEntry)>;
 
 /// An ipset every policy that uses it shares.
 #[derive(Debug)]
 pub(super) struct SetState {
     pub(super) definition: SetDefinition,
     /// Its header entry.
-    header: Keyed,
+    header: SharedEntry,
     /// Members per endpoint that contributes any.
     members: BTreeMap<EndpointKey, Vec<String>>,
     /// Each member's entry.
@@ -52,13 +52,14 @@ impl Calculator {
         if self.loading || (before > 0) == (after > 0) {
             return;
         }
-        for (key, entry) in self.set_entries(id) {
+        for entry in self.set_entries(id) {
+            let key = Key::clone(entry.key());
             self.record_change(node, &key, (after > 0).then_some(entry));
         }
     }
 
     /// A set's header and member entries.
-    pub(super) fn set_entries(&self, id: &str) -> Vec<Keyed> {
+    pub(super) fn set_entries(&self, id: &str) -> Vec<SharedEntry> {
         self.set_header(id)
             .into_iter()
             .chain(self.set_member_entries(id))
@@ -67,16 +68,16 @@ impl Calculator {
     }
 
     /// A set's header entry.
-    pub(super) fn set_header(&self, id: &str) -> Option<&Keyed> {
+    pub(super) fn set_header(&self, id: &str) -> Option<&SharedEntry> {
         self.sets.get(id).map(|set| &set.header)
     }
 
     /// A set's member entries, in key order.
-    pub(super) fn set_member_entries(&self, id: &str) -> impl Iterator<Item = &Keyed> {
+    pub(super) fn set_member_entries(&self, id: &str) -> impl Iterator<Item = &SharedEntry> {
         self.sets
             .get(id)
             .into_iter()
-            .flat_map(|set| set.entries.values().map(|(_, keyed)| keyed))
+            .flat_map(|set| set.entries.values().map(|(_, entry)| entry))
     }
 
     /// A policy starts using a set: create it (computing its members) if it is new.
@@ -100,10 +101,10 @@ impl Calculator {
             }
         }
         self.sets_by_label.insert(definition.selector(), id.clone());
-        let header = (
-            Key::from(format!("{}{id}", keys::IPSET)),
-            Arc::new(SharedViewEntry::new(ViewEntry::IpSet(definition.view()))),
-        );
+        let header = Arc::new(SharedViewEntry::new(
+            format!("{}{id}", keys::IPSET),
+            ViewEntry::IpSet(definition.view()),
+        ));
         self.sets.insert(
             id,
             SetState {
@@ -146,7 +147,7 @@ impl Calculator {
         }
         // Counted in before the old ones are counted out, so a member the endpoint keeps keeps
         // its entry; only members no other endpoint contributed are new to the nodes.
-        let added: Vec<Keyed> = members
+        let added: Vec<SharedEntry> = members
             .iter()
             .filter_map(|member| count_member(&mut set.entries, id, member))
             .collect();
@@ -162,8 +163,8 @@ impl Calculator {
             for key in &removed {
                 self.record_change(&node, key, None);
             }
-            for (key, entry) in &added {
-                self.record_change(&node, key, Some(Arc::clone(entry)));
+            for entry in &added {
+                self.record_change(&node, entry.key(), Some(Arc::clone(entry)));
             }
         }
     }
@@ -171,17 +172,19 @@ impl Calculator {
 
 /// Counts one more endpoint contributing `member` to set `set`; the member's entry when it is
 /// new to the set.
-fn count_member(entries: &mut MemberEntries, set: &str, member: &str) -> Option<Keyed> {
-    let (count, keyed) = entries.entry(member.to_owned()).or_insert_with(|| {
-        let key = Key::from(format!("{}{set}/{member}", keys::MEMBER));
-        let entry = Arc::new(SharedViewEntry::new(ViewEntry::Member(MemberView {
-            set: set.to_owned(),
-            member: member.to_owned(),
-        })));
-        (0, (key, entry))
+fn count_member(entries: &mut MemberEntries, set: &str, member: &str) -> Option<SharedEntry> {
+    let (count, entry) = entries.entry(member.to_owned()).or_insert_with(|| {
+        let entry = SharedViewEntry::new(
+            format!("{}{set}/{member}", keys::MEMBER),
+            ViewEntry::Member(MemberView {
+                set: set.to_owned(),
+                member: member.to_owned(),
+            }),
+        );
+        (0, Arc::new(entry))
     });
     *count += 1;
-    (*count == 1).then(|| keyed.clone())
+    (*count == 1).then(|| Arc::clone(entry))
 }
 
 /// Counts one endpoint fewer contributing `member`; its key when no endpoint contributes it any
@@ -192,5 +195,5 @@ fn uncount_member(entries: &mut MemberEntries, member: &str) -> Option<Key> {
     if *count > 0 {
         return None;
     }
-    entries.remove(member).map(|(_, (key, _))| key)
+    entries.remove(member).map(|(_, entry)| Key::clone(entry.key()))
 }

@@ -2,41 +2,45 @@
 //! policies they use and those policies' sets), and the entries each change sets, per node.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use brindle_fanout::{Change, Key};
 use policy_api::view::ViewEntry;
 
-use super::{Calculator, ChangeWork, Keyed, NodeChanges, SharedEntry, SharedView};
+use super::{Calculator, ChangeWork, NodeChanges, SharedEntry};
 
 impl Calculator {
     /// A node's view (empty when it has no endpoints).
     pub fn view(&self, node: &str) -> BTreeMap<Key, ViewEntry> {
         self.shared_view(node)
-            .into_iter()
             .map(|(key, entry)| (key, ViewEntry::clone(&entry)))
             .collect()
     }
 
-    /// A node's view, its keys and entries shared with the calculation.
-    pub fn shared_view(&self, node: &str) -> SharedView {
-        let mut policies: Vec<&Keyed> = Vec::new();
+    /// A node's view, its keys and entries shared with the calculation, in key order (from
+    /// which a fan-out's state is built packed).
+    pub fn shared_view(&self, node: &str) -> impl Iterator<Item = (Key, SharedEntry)> + '_ {
+        let mut policies: Vec<&SharedEntry> = Vec::new();
         let mut sets = BTreeSet::new();
         for id in self.node_policies.get(node).into_iter().flat_map(BTreeMap::keys) {
-            if let (Some(keyed), Some(compiled)) = (self.policy_entries.get(id), self.compiled.get(id)) {
-                policies.push(keyed);
+            if let (Some(entry), Some(compiled)) = (self.policy_entries.get(id), self.compiled.get(id)) {
+                policies.push(entry);
                 sets.extend(compiled.sets.keys());
             }
         }
-        policies.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        policies.sort_unstable_by(|a, b| a.key().cmp(b.key()));
         // Chained in key order (endpoints and host endpoints, ipset headers, members set by set,
-        // policies: the prefixes in `keys`), so the map is collected from one sorted run.
+        // policies: the prefixes in `keys`).
         let endpoints = self.endpoint_entries.get(node).into_iter().flatten();
-        let headers = sets.iter().filter_map(|set| self.set_header(set));
-        let members = sets.iter().flat_map(|set| self.set_member_entries(set));
-        endpoints
-            .map(|(key, entry)| (key.clone(), entry.clone()))
-            .chain(headers.chain(members).chain(policies).cloned())
-            .collect()
+        let sets: Vec<&String> = sets.into_iter().collect();
+        let headers = sets.clone().into_iter().filter_map(|set| self.set_header(set));
+        let members = sets.into_iter().flat_map(|set| self.set_member_entries(set));
+        endpoints.map(|(key, entry)| (key.clone(), entry.clone())).chain(
+            headers
+                .chain(members)
+                .chain(policies)
+                .map(|entry| (Key::clone(entry.key()), Arc::clone(entry))),
+        )
     }
 
     /// What the last change went through (its nodes and entries, changed or not).
