@@ -187,7 +187,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
     }
 
     /// Replaces the whole state with `entries` at `revision` (after re-reading the source): only
-    /// the differences are published, at once. Entries in key order make the state packed.
+    /// the differences are published, at once. Cheapest with the entries in key order.
     pub fn reset(&self, revision: u64, entries: impl IntoIterator<Item = (Key, V)>) -> bool {
         let entries: State<V, S> = entries.into_iter().collect();
         let mut inner = self.write();
@@ -210,9 +210,9 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
         for key in removed {
             inner.pending.insert(key, None);
         }
-        for (key, value) in entries.entries() {
-            if inner.pending.contains_key(key) || inner.state.get(key) != Some(value) {
-                inner.pending.insert(Key::clone(key), Some(value.clone()));
+        for (key, value) in entries {
+            if inner.pending.contains_key(&key) || inner.state.get(&key) != Some(&value) {
+                inner.pending.insert(key, Some(value));
             }
         }
         inner.pending_revision = revision;

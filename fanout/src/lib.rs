@@ -2,7 +2,8 @@
 //! policy-svc.
 //!
 //! A [`Fanout`] holds keyed state at a revision (the datastore revision it was built from, so
-//! replicas watching the same datastore agree). Changes are published with their revision,
+//! replicas watching the same datastore agree); each value beside its key or, when it is shared
+//! and carries its key, alone ([`Storage`]). Changes are published with their revision,
 //! coalesced per key and flushed as [`Batch`]es (bounded count and time) into a bounded history
 //! every subscriber walks at its own pace. A subscriber starts with the snapshot (encoded and
 //! compressed once per revision, shared by all) or, when it names a revision still covered by the
@@ -26,5 +27,5 @@ pub use mirror::Mirror;
 pub use snapshot::{
     Codec, EncodedSnapshot, EncodedState, Frame, MAX_SNAPSHOT_BYTES, SnapshotData, SnapshotEncoder,
 };
-pub use state::{KeyInValue, KeyInValueSlot, OwnKey, Paired, PairedSlot, State, Storage};
+pub use state::{KeyInValue, OwnKey, Paired, State, Storage};
 pub use subscription::{Start, Subscription};

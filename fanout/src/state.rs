@@ -22,6 +22,9 @@ pub trait Storage<V>: Send + Sync + 'static {
     /// The key of a slot.
     fn key(slot: &Self::Slot) -> &Key;
 
+    /// A slot's key and value.
+    fn into_parts(slot: Self::Slot) -> (Key, V);
+
     /// The value a slot holds.
     fn value(slot: &Self::Slot) -> &V;
 }
@@ -46,6 +49,10 @@ impl<V: Send + Sync + 'static> Storage<V> for Paired {
 
     fn key(slot: &PairedSlot<V>) -> &Key {
         &slot.key
+    }
+
+    fn into_parts(slot: PairedSlot<V>) -> (Key, V) {
+        (slot.key, slot.value)
     }
 
     fn value(slot: &PairedSlot<V>) -> &V {
@@ -86,7 +93,8 @@ pub trait OwnKey {
 }
 
 /// Stores a shared value (`Arc<T>`) that carries its key alone: a publisher putting the same
-/// value into many fan-outs (one per node) pays one pointer per fan-out for it.
+/// value into many fan-outs (one per node) pays one pointer per fan-out for it. A value must be
+/// published under its own key: the state files it there whatever key it came with.
 #[derive(Debug)]
 pub struct KeyInValue;
 
@@ -108,6 +116,10 @@ impl<T: OwnKey + Send + Sync + 'static> Storage<Arc<T>> for KeyInValue {
 
     fn key(slot: &KeyInValueSlot<T>) -> &Key {
         slot.0.own_key()
+    }
+
+    fn into_parts(slot: KeyInValueSlot<T>) -> (Key, Arc<T>) {
+        (Key::clone(slot.0.own_key()), slot.0)
     }
 
     fn value(slot: &KeyInValueSlot<T>) -> &Arc<T> {
@@ -144,14 +156,14 @@ impl<T: OwnKey> Ord for KeyInValueSlot<T> {
 /// Keyed state: one value per key, in key order.
 pub struct State<V, S: Storage<V> = Paired> {
     slots: BTreeSet<S::Slot>,
-    values: PhantomData<V>,
+    value_type: PhantomData<V>,
 }
 
 impl<V, S: Storage<V>> Default for State<V, S> {
     fn default() -> Self {
         Self {
             slots: BTreeSet::new(),
-            values: PhantomData,
+            value_type: PhantomData,
         }
     }
 }
@@ -216,16 +228,25 @@ impl<V, S: Storage<V>> State<V, S> {
 }
 
 impl<V, S: Storage<V>> FromIterator<(Key, V)> for State<V, S> {
-    /// The state of these entries (the last value of a key repeated); built packed when they come
-    /// in key order.
+    /// The state of these entries (the last value of a key repeated); cheapest in key order.
     fn from_iter<I: IntoIterator<Item = (Key, V)>>(entries: I) -> Self {
         Self {
             slots: entries
                 .into_iter()
                 .map(|(key, value)| S::slot(key, value))
                 .collect(),
-            values: PhantomData,
+            value_type: PhantomData,
         }
+    }
+}
+
+impl<V, S: Storage<V>> IntoIterator for State<V, S> {
+    type Item = (Key, V);
+    type IntoIter = std::iter::Map<std::collections::btree_set::IntoIter<S::Slot>, fn(S::Slot) -> (Key, V)>;
+
+    /// Keys and values, in key order.
+    fn into_iter(self) -> Self::IntoIter {
+        self.slots.into_iter().map(S::into_parts)
     }
 }
 
@@ -272,6 +293,16 @@ mod tests {
         assert_eq!(alone.keys().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(alone.get("a").map(|c| c.1), Some(3));
         assert!(!alone.contains_key("b") && alone.len() == 1);
+        let parts: Vec<(Key, u32)> = alone.into_iter().map(|(key, value)| (key, value.1)).collect();
+        assert_eq!(parts, vec![(Key::from("a"), 3)]);
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "another key than its own")]
+    fn a_value_that_carries_another_key_is_refused_in_debug_builds() {
+        let (_, value) = carried("a", 1);
+        let _: State<Arc<Carried>, KeyInValue> = [(Key::from("b"), value)].into_iter().collect();
     }
 
     #[test]
@@ -282,5 +313,7 @@ mod tests {
             .collect();
         let from: Vec<&str> = state.iter_from("node/").map(|(key, _)| key).collect();
         assert_eq!(from, vec!["node/a", "node/b", "other"]);
+        let from: Vec<&str> = state.iter_from("node/b").map(|(key, _)| key).collect();
+        assert_eq!(from, vec!["node/b", "other"], "the key itself included");
     }
 }

@@ -768,17 +768,32 @@ async fn values_stored_without_their_keys_stream_as_those_stored_beside_them() {
         decode(&carried.snapshot().await.expect("snapshot")),
         paired.state()
     );
-    // A re-list that drops a key and changes another: only the differences, as beside keys.
-    let relisted = |key: &str| -> (Key, Arc<Carried>) {
+    // A re-list that keeps a key (an equal value, another allocation), changes another and drops
+    // the rest: only the differences are published, as beside keys.
+    let before: Vec<Key> = carried.state().into_keys().collect();
+    let relisted = |(key, value): (&str, &str)| -> (Key, Arc<Carried>) {
         let key = Key::from(key);
-        let value = "relisted".to_owned();
+        let value = value.to_owned();
         (Key::clone(&key), Arc::new(Carried { key, value }))
     };
-    assert!(carried.reset(41, ["a", "k1"].map(relisted)));
+    assert!(carried.reset(41, [("a", "a-first"), ("k1", "relisted")].map(relisted)));
+    let batches = subscription.next().await.expect("next");
+    let [batch] = batches.as_slice() else {
+        panic!("one batch, got {batches:?}");
+    };
+    let upserted: Vec<&str> = batch.upserts.iter().map(|(key, _)| &**key).collect();
+    assert_eq!(upserted, vec!["k1"]);
+    let mut removed: Vec<Key> = batch.removed.clone();
+    removed.sort();
+    let expected: Vec<Key> = before
+        .into_iter()
+        .filter(|key| !["a", "k1"].contains(&&**key))
+        .collect();
+    assert_eq!(removed, expected);
     assert_eq!(
         values(carried.state()),
         BTreeMap::from([
-            (Key::from("a"), "relisted".to_owned()),
+            (Key::from("a"), "a-first".to_owned()),
             (Key::from("k1"), "relisted".to_owned()),
         ])
     );

@@ -61,7 +61,7 @@ impl OwnKey for SharedViewEntry {
 
 impl fmt::Debug for SharedViewEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.entry.fmt(f)
+        write!(f, "{}: {:?}", self.key, self.entry)
     }
 }
 

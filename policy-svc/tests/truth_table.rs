@@ -82,6 +82,15 @@ fn snapshots_encoded_from_shared_entries_are_the_messages_encoding() {
             apply_step(&mut world, step);
         }
         for node in ["node-1", "node-2", "node-3"] {
+            assert!(
+                world
+                    .calc
+                    .shared_view(node)
+                    .map(|(key, _)| key)
+                    .is_sorted_by(|a, b| a < b),
+                "{}: {node}'s view in strictly ascending key order",
+                case.name
+            );
             let encoded = encode_shared_state(&world.calc.shared_view(node).collect());
             assert_eq!(
                 encoded,

@@ -17,8 +17,8 @@ impl Calculator {
             .collect()
     }
 
-    /// A node's view, its keys and entries shared with the calculation, in key order (from
-    /// which a fan-out's state is built packed).
+    /// A node's view, its keys and entries shared with the calculation, in key order (the
+    /// cheapest order to build a fan-out's state from).
     pub fn shared_view(&self, node: &str) -> impl Iterator<Item = (Key, SharedEntry)> + '_ {
         let mut policies: Vec<&SharedEntry> = Vec::new();
         let mut sets = BTreeSet::new();
@@ -30,7 +30,8 @@ impl Calculator {
         }
         policies.sort_unstable_by(|a, b| a.key().cmp(b.key()));
         // Chained in key order (endpoints and host endpoints, ipset headers, members set by set,
-        // policies: the prefixes in `keys`).
+        // policies: the prefixes in `keys`); members stay in order set by set because every set
+        // id has the same length (a kind letter and 16 hex digits).
         let endpoints = self.endpoint_entries.get(node).into_iter().flatten();
         let sets: Vec<&String> = sets.into_iter().collect();
         let headers = sets.clone().into_iter().filter_map(|set| self.set_header(set));
