@@ -492,12 +492,21 @@ impl PolicyId {
     }
 }
 
+/// What a Kubernetes NetworkPolicy's name is prefixed with in its id (`namespace/knp.name`): a
+/// brindle policy's name may not start with it, or two policies would share an id.
+pub const KUBERNETES_NAME_PREFIX: &str = "knp.";
+
+/// What stands for the namespace in a global policy's id (`global/name`): a brindle
+/// NetworkPolicy may not live in a namespace of that name, or it would share the id of the
+/// GlobalNetworkPolicy of its name.
+pub const GLOBAL_ID_NAMESPACE: &str = "global";
+
 impl fmt::Display for PolicyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Namespaced { namespace, name } => write!(f, "{namespace}/{name}"),
-            Self::Kubernetes { namespace, name } => write!(f, "{namespace}/knp.{name}"),
-            Self::Global { name } => write!(f, "global/{name}"),
+            Self::Kubernetes { namespace, name } => write!(f, "{namespace}/{KUBERNETES_NAME_PREFIX}{name}"),
+            Self::Global { name } => write!(f, "{GLOBAL_ID_NAMESPACE}/{name}"),
         }
     }
 }

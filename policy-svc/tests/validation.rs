@@ -208,6 +208,57 @@ fn kubernetes_translation_follows_kubernetes_semantics() {
 }
 
 #[test]
+fn a_brindle_policy_that_would_share_an_id_with_another_kind_of_policy_is_refused() {
+    // Kubernetes NetworkPolicy `x` in `team` is `team/knp.x`; GlobalNetworkPolicy `x` is
+    // `global/x`: the ids name every node's view entry and kernel objects of a policy.
+    let cases = [
+        (
+            "NetworkPolicy",
+            "{name: knp.x, namespace: team}",
+            "metadata.name",
+            "reserved for Kubernetes",
+        ),
+        (
+            "GlobalNetworkPolicy",
+            "{name: knp.x}",
+            "metadata.name",
+            "reserved for Kubernetes",
+        ),
+        (
+            "StagedNetworkPolicy",
+            "{name: knp.x, namespace: team}",
+            "metadata.name",
+            "reserved for Kubernetes",
+        ),
+        (
+            "NetworkPolicy",
+            "{name: x, namespace: global}",
+            "metadata.namespace",
+            "GlobalNetworkPolicy of that name",
+        ),
+    ];
+    for (kind, metadata, field, reason) in cases {
+        let text = format!("apiVersion: brindle.io/v1\nkind: {kind}\nmetadata: {metadata}\nspec: {{}}");
+        let (got_field, got_reason) = error_of(&text);
+        assert_eq!(
+            got_field,
+            format!("document 0: {field}"),
+            "{kind} {metadata}: {got_reason}"
+        );
+        assert!(got_reason.contains(reason), "{kind} {metadata}: {got_reason}");
+    }
+    // What stays allowed: the prefix elsewhere in a name, a Kubernetes NetworkPolicy named so or
+    // in a namespace named `global`, a GlobalNetworkPolicy of any other name.
+    for text in [
+        "apiVersion: brindle.io/v1\nkind: NetworkPolicy\nmetadata: {name: not-knp.x, namespace: team}\nspec: {}",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: knp.x, namespace: global}\nspec: {podSelector: {}}",
+        "apiVersion: brindle.io/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: global}\nspec: {}",
+    ] {
+        parse_documents(text, "").unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+}
+
+#[test]
 fn brindle_documents_read_back_as_written() {
     let text = "apiVersion: brindle.io/v1
 kind: GlobalNetworkPolicy

@@ -10,7 +10,10 @@ use super::error::{PolicyError, invalid};
 use super::kubernetes::DEFAULT_NAMESPACE;
 use super::resource::{API_VERSION, Metadata};
 use super::validate;
-use policy_api::model::{Action, EntityRule, IcmpMatch, Policy, PolicyId, PortMatch, Protocol, Rule};
+use policy_api::model::{
+    Action, EntityRule, GLOBAL_ID_NAMESPACE, IcmpMatch, KUBERNETES_NAME_PREFIX, Policy, PolicyId, PortMatch,
+    Protocol, Rule,
+};
 
 /// A brindle policy document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +176,17 @@ impl PolicyDocument {
             }
         };
         validate::name("metadata.name", &self.metadata.name, true)?;
+        if let Some(rest) = self.metadata.name.strip_prefix(KUBERNETES_NAME_PREFIX) {
+            return Err(invalid(
+                "metadata.name",
+                format!(
+                    "{:?}: the prefix {KUBERNETES_NAME_PREFIX:?} is reserved for Kubernetes \
+                     NetworkPolicies (this {} would share its id with the Kubernetes \
+                     NetworkPolicy {rest:?}, and one's rules would replace the other's)",
+                    self.metadata.name, self.kind
+                ),
+            ));
+        }
         let id = if global {
             if self.metadata.namespace.is_some() {
                 return Err(invalid(
@@ -190,6 +204,18 @@ impl PolicyDocument {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
             validate::name("metadata.namespace", &namespace, false)?;
+            if namespace == GLOBAL_ID_NAMESPACE {
+                return Err(invalid(
+                    "metadata.namespace",
+                    format!(
+                        "{namespace:?}: a brindle NetworkPolicy there would share its id \
+                         ({GLOBAL_ID_NAMESPACE}/{}) with the GlobalNetworkPolicy of that name, and \
+                         one's rules would replace the other's; use a GlobalNetworkPolicy, or a \
+                         Kubernetes NetworkPolicy in that namespace",
+                        self.metadata.name
+                    ),
+                ));
+            }
             if !self.spec.namespace_selector.is_empty() {
                 return Err(invalid(
                     "spec.namespaceSelector",
