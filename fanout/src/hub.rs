@@ -187,8 +187,13 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
     }
 
     /// Replaces the whole state with `entries` at `revision` (after re-reading the source): only
-    /// the differences are published, at once. Cheapest with the entries in key order.
-    pub fn reset(&self, revision: u64, entries: impl IntoIterator<Item = (Key, V)>) -> bool {
+    /// the differences are published, at once. `entries` are what a [`State`] is built from:
+    /// keys and values, or, for [`KeyInValue`](crate::KeyInValue), the values alone; cheapest
+    /// in key order.
+    pub fn reset<E>(&self, revision: u64, entries: impl IntoIterator<Item = E>) -> bool
+    where
+        State<V, S>: FromIterator<E>,
+    {
         let entries: State<V, S> = entries.into_iter().collect();
         let mut inner = self.write();
         if revision <= inner.revision.max(inner.pending_revision) {
@@ -201,7 +206,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
         }
         let removed: Vec<Key> = inner
             .state
-            .entries()
+            .iter()
             .map(|(key, _)| key)
             .chain(inner.pending.keys())
             .filter(|key| !entries.contains_key(key))
@@ -303,7 +308,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
     pub fn state(&self) -> BTreeMap<Key, V> {
         self.read()
             .state
-            .entries()
+            .iter()
             .map(|(key, value)| (Key::clone(key), value.clone()))
             .collect()
     }

@@ -11,85 +11,57 @@ use std::sync::Arc;
 
 use crate::Key;
 
+/// A value that carries the key it is stored under.
+pub trait OwnKey {
+    /// The key.
+    fn own_key(&self) -> &Key;
+}
+
+impl<V> OwnKey for (Key, V) {
+    fn own_key(&self) -> &Key {
+        &self.0
+    }
+}
+
+impl<T: OwnKey> OwnKey for Arc<T> {
+    fn own_key(&self) -> &Key {
+        T::own_key(self)
+    }
+}
+
 /// How a state stores one value under its key.
 pub trait Storage<V>: Send + Sync + 'static {
-    /// What the state holds per key, ordered and looked up by the key.
-    type Slot: Ord + Borrow<str> + Send + Sync;
+    /// What the state holds per key: the value and, in it or beside it, the key.
+    type Held: OwnKey + Send + Sync;
 
-    /// The slot of `value` under `key`.
-    fn slot(key: Key, value: V) -> Self::Slot;
+    /// What holds `value` under `key`.
+    fn hold(key: Key, value: V) -> Self::Held;
 
-    /// The key of a slot.
-    fn key(slot: &Self::Slot) -> &Key;
+    /// The value held.
+    fn value(held: &Self::Held) -> &V;
 
-    /// A slot's key and value.
-    fn into_parts(slot: Self::Slot) -> (Key, V);
-
-    /// The value a slot holds.
-    fn value(slot: &Self::Slot) -> &V;
+    /// The key and value held.
+    fn into_parts(held: Self::Held) -> (Key, V);
 }
 
 /// Stores the key beside the value: for any value.
 #[derive(Debug)]
 pub struct Paired;
 
-/// A key and its value, ordered by the key.
-#[derive(Debug, Clone)]
-pub struct PairedSlot<V> {
-    key: Key,
-    value: V,
-}
-
 impl<V: Send + Sync + 'static> Storage<V> for Paired {
-    type Slot = PairedSlot<V>;
+    type Held = (Key, V);
 
-    fn slot(key: Key, value: V) -> PairedSlot<V> {
-        PairedSlot { key, value }
+    fn hold(key: Key, value: V) -> (Key, V) {
+        (key, value)
     }
 
-    fn key(slot: &PairedSlot<V>) -> &Key {
-        &slot.key
+    fn value(held: &(Key, V)) -> &V {
+        &held.1
     }
 
-    fn into_parts(slot: PairedSlot<V>) -> (Key, V) {
-        (slot.key, slot.value)
+    fn into_parts(held: (Key, V)) -> (Key, V) {
+        held
     }
-
-    fn value(slot: &PairedSlot<V>) -> &V {
-        &slot.value
-    }
-}
-
-impl<V> Borrow<str> for PairedSlot<V> {
-    fn borrow(&self) -> &str {
-        &self.key
-    }
-}
-
-impl<V> PartialEq for PairedSlot<V> {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-
-impl<V> Eq for PairedSlot<V> {}
-
-impl<V> PartialOrd for PairedSlot<V> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<V> Ord for PairedSlot<V> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.key.cmp(&other.key)
-    }
-}
-
-/// A value that carries the key it is stored under.
-pub trait OwnKey {
-    /// The key.
-    fn own_key(&self) -> &Key;
 }
 
 /// Stores a shared value (`Arc<T>`) that carries its key alone: a publisher putting the same
@@ -98,56 +70,52 @@ pub trait OwnKey {
 #[derive(Debug)]
 pub struct KeyInValue;
 
-/// A shared value ordered by the key it carries.
-#[derive(Debug, Clone)]
-pub struct KeyInValueSlot<T>(Arc<T>);
-
 impl<T: OwnKey + Send + Sync + 'static> Storage<Arc<T>> for KeyInValue {
-    type Slot = KeyInValueSlot<T>;
+    type Held = Arc<T>;
 
-    fn slot(key: Key, value: Arc<T>) -> KeyInValueSlot<T> {
+    fn hold(key: Key, value: Arc<T>) -> Arc<T> {
         debug_assert_eq!(
             &key,
             value.own_key(),
             "a value stored under another key than its own"
         );
-        KeyInValueSlot(value)
+        value
     }
 
-    fn key(slot: &KeyInValueSlot<T>) -> &Key {
-        slot.0.own_key()
+    fn value(held: &Arc<T>) -> &Arc<T> {
+        held
     }
 
-    fn into_parts(slot: KeyInValueSlot<T>) -> (Key, Arc<T>) {
-        (Key::clone(slot.0.own_key()), slot.0)
-    }
-
-    fn value(slot: &KeyInValueSlot<T>) -> &Arc<T> {
-        &slot.0
+    fn into_parts(held: Arc<T>) -> (Key, Arc<T>) {
+        (Key::clone(held.own_key()), held)
     }
 }
 
-impl<T: OwnKey> Borrow<str> for KeyInValueSlot<T> {
+/// What a state holds under one key, ordered and looked up by the key.
+#[derive(Debug, Clone)]
+pub struct Slot<H>(H);
+
+impl<H: OwnKey> Borrow<str> for Slot<H> {
     fn borrow(&self) -> &str {
         self.0.own_key()
     }
 }
 
-impl<T: OwnKey> PartialEq for KeyInValueSlot<T> {
+impl<H: OwnKey> PartialEq for Slot<H> {
     fn eq(&self, other: &Self) -> bool {
         self.0.own_key() == other.0.own_key()
     }
 }
 
-impl<T: OwnKey> Eq for KeyInValueSlot<T> {}
+impl<H: OwnKey> Eq for Slot<H> {}
 
-impl<T: OwnKey> PartialOrd for KeyInValueSlot<T> {
+impl<H: OwnKey> PartialOrd for Slot<H> {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl<T: OwnKey> Ord for KeyInValueSlot<T> {
+impl<H: OwnKey> Ord for Slot<H> {
     fn cmp(&self, other: &Self) -> Ordering {
         self.0.own_key().cmp(other.0.own_key())
     }
@@ -155,7 +123,7 @@ impl<T: OwnKey> Ord for KeyInValueSlot<T> {
 
 /// Keyed state: one value per key, in key order.
 pub struct State<V, S: Storage<V> = Paired> {
-    slots: BTreeSet<S::Slot>,
+    slots: BTreeSet<Slot<S::Held>>,
     value_type: PhantomData<V>,
 }
 
@@ -181,7 +149,7 @@ impl<V, S: Storage<V>> State<V, S> {
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.slots.get(key).map(S::value)
+        self.slots.get(key).map(|slot| S::value(&slot.0))
     }
 
     /// Whether `key` has a value.
@@ -190,35 +158,30 @@ impl<V, S: Storage<V>> State<V, S> {
     }
 
     /// Keys and values, in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> {
-        self.slots.iter().map(|slot| (slot.borrow(), S::value(slot)))
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &V)> {
+        self.slots.iter().map(parts::<V, S>)
     }
 
     /// Keys and values from `first` on, in key order.
-    pub fn iter_from(&self, first: &str) -> impl Iterator<Item = (&str, &V)> {
+    pub fn iter_from(&self, first: &str) -> impl Iterator<Item = (&Key, &V)> {
         self.slots
             .range::<str, _>((Bound::Included(first), Bound::Unbounded))
-            .map(|slot| (slot.borrow(), S::value(slot)))
+            .map(parts::<V, S>)
     }
 
     /// Keys, in order.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.slots.iter().map(Borrow::borrow)
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.slots.iter().map(|slot| slot.0.own_key())
     }
 
     /// Values, in key order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.slots.iter().map(S::value)
-    }
-
-    /// Keys (shared) and values, in key order.
-    pub(crate) fn entries(&self) -> impl Iterator<Item = (&Key, &V)> {
-        self.slots.iter().map(|slot| (S::key(slot), S::value(slot)))
+        self.slots.iter().map(|slot| S::value(&slot.0))
     }
 
     /// Sets `key` to `value`.
     pub(crate) fn insert(&mut self, key: Key, value: V) {
-        self.slots.replace(S::slot(key, value));
+        self.slots.replace(Slot(S::hold(key, value)));
     }
 
     /// Removes `key`.
@@ -227,14 +190,30 @@ impl<V, S: Storage<V>> State<V, S> {
     }
 }
 
+/// The key and value a slot holds.
+fn parts<V, S: Storage<V>>(slot: &Slot<S::Held>) -> (&Key, &V) {
+    (slot.0.own_key(), S::value(&slot.0))
+}
+
 impl<V, S: Storage<V>> FromIterator<(Key, V)> for State<V, S> {
     /// The state of these entries (the last value of a key repeated); cheapest in key order.
     fn from_iter<I: IntoIterator<Item = (Key, V)>>(entries: I) -> Self {
         Self {
             slots: entries
                 .into_iter()
-                .map(|(key, value)| S::slot(key, value))
+                .map(|(key, value)| Slot(S::hold(key, value)))
                 .collect(),
+            value_type: PhantomData,
+        }
+    }
+}
+
+impl<T: OwnKey + Send + Sync + 'static> FromIterator<Arc<T>> for State<Arc<T>, KeyInValue> {
+    /// The state of these values, each under its own key (the last value of a key repeated);
+    /// cheapest in key order.
+    fn from_iter<I: IntoIterator<Item = Arc<T>>>(values: I) -> Self {
+        Self {
+            slots: values.into_iter().map(Slot).collect(),
             value_type: PhantomData,
         }
     }
@@ -242,11 +221,12 @@ impl<V, S: Storage<V>> FromIterator<(Key, V)> for State<V, S> {
 
 impl<V, S: Storage<V>> IntoIterator for State<V, S> {
     type Item = (Key, V);
-    type IntoIter = std::iter::Map<std::collections::btree_set::IntoIter<S::Slot>, fn(S::Slot) -> (Key, V)>;
+    type IntoIter =
+        std::iter::Map<std::collections::btree_set::IntoIter<Slot<S::Held>>, fn(Slot<S::Held>) -> (Key, V)>;
 
     /// Keys and values, in key order.
     fn into_iter(self) -> Self::IntoIter {
-        self.slots.into_iter().map(S::into_parts)
+        self.slots.into_iter().map(|slot| S::into_parts(slot.0))
     }
 }
 
@@ -289,12 +269,28 @@ mod tests {
         alone.insert(key, value);
         paired.remove("b");
         alone.remove("b");
-        assert_eq!(paired.iter().collect::<Vec<_>>(), vec![("a", &3)]);
-        assert_eq!(alone.keys().collect::<Vec<_>>(), vec!["a"]);
+        assert_eq!(paired.iter().collect::<Vec<_>>(), vec![(&Key::from("a"), &3)]);
+        assert_eq!(alone.keys().map(|key| &**key).collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(alone.get("a").map(|c| c.1), Some(3));
         assert!(!alone.contains_key("b") && alone.len() == 1);
         let parts: Vec<(Key, u32)> = alone.into_iter().map(|(key, value)| (key, value.1)).collect();
         assert_eq!(parts, vec![(Key::from("a"), 3)]);
+    }
+
+    #[test]
+    fn values_that_carry_their_keys_build_the_state_of_the_same_entries_alone() {
+        let entries = [carried("b", 1), carried("a", 1), carried("c", 1), carried("b", 2)];
+        let paired: State<Arc<Carried>, KeyInValue> = entries.iter().cloned().collect();
+        let alone: State<Arc<Carried>, KeyInValue> = entries.into_iter().map(|(_, value)| value).collect();
+        let pairs = |state: State<Arc<Carried>, KeyInValue>| state.into_iter().collect::<Vec<_>>();
+        let alone = pairs(alone);
+        assert_eq!(alone, pairs(paired));
+        let values: Vec<(&str, u32)> = alone.iter().map(|(key, value)| (&**key, value.1)).collect();
+        assert_eq!(
+            values,
+            vec![("a", 1), ("b", 2), ("c", 1)],
+            "in key order, the last of a key"
+        );
     }
 
     #[cfg(debug_assertions)]
@@ -311,9 +307,9 @@ mod tests {
             .into_iter()
             .map(|key| (Key::from(key), 0))
             .collect();
-        let from: Vec<&str> = state.iter_from("node/").map(|(key, _)| key).collect();
+        let from: Vec<&str> = state.iter_from("node/").map(|(key, _)| &**key).collect();
         assert_eq!(from, vec!["node/a", "node/b", "other"]);
-        let from: Vec<&str> = state.iter_from("node/b").map(|(key, _)| key).collect();
+        let from: Vec<&str> = state.iter_from("node/b").map(|(key, _)| &**key).collect();
         assert_eq!(from, vec!["node/b", "other"], "the key itself included");
     }
 }

@@ -374,7 +374,7 @@ async fn a_snapshot_carries_frames_the_encoder_compressed_once_among_the_rest() 
     let encoder = move |state: &State<String>| {
         let (framed, rest): (BTreeMap<Key, String>, BTreeMap<Key, String>) = state
             .iter()
-            .map(|(key, value)| (Key::from(key), value.clone()))
+            .map(|(key, value)| (Key::clone(key), value.clone()))
             .partition(|(key, _)| key.starts_with("shared/"));
         let mut cached = cache.lock().expect("cache");
         let frame = cached

@@ -355,8 +355,8 @@ brindle_sync::impl_wire!(
 );
 
 /// The same messages as [`PolicyWire`], on policy-svc's side: each value is shared by every
-/// node's view that holds it (and its snapshots are encoded by
-/// [`encode_shared_state`](crate::shared::encode_shared_state)).
+/// node's view that holds it (and its snapshots are encoded entry by entry:
+/// [`SharedViewEntry::encode_field`](crate::shared::SharedViewEntry::encode_field)).
 pub struct SharedPolicyWire;
 
 brindle_sync::impl_wire!(

@@ -2,10 +2,9 @@
 //! that holds it, its wire form encoded once, so a snapshot of a node's view is its entries'
 //! encodings copied.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use brindle_fanout::{Key, OwnKey};
 use prost::Message;
@@ -78,45 +77,33 @@ const ENTRIES_FIELD: u32 = 1;
 /// The field number of `PolicyEntry.key`.
 const KEY_FIELD: u32 = 1;
 
-/// A node's view as an encoded `PolicyState` (the fan-out's snapshot encoder): the same bytes as
-/// encoding the messages (fields in number order), with each entry's value copied from its
-/// encoding made once.
-pub fn encode_shared_state<K: AsRef<str>>(state: &BTreeMap<K, Arc<SharedViewEntry>>) -> Vec<u8> {
-    let total = state
-        .iter()
-        .map(|(key, value)| encoded_entry_len(key.as_ref(), value))
-        .sum();
-    let mut out = Vec::with_capacity(total);
-    for (key, value) in state {
-        encode_entry(key.as_ref(), value, &mut out);
+impl SharedViewEntry {
+    /// Length of [`encode_field`](Self::encode_field)'s output.
+    pub fn encoded_field_len(&self) -> usize {
+        let len = self.message_len();
+        key_len(ENTRIES_FIELD) + encoded_len_varint(len as u64) + len
     }
-    out
-}
 
-/// Length of [`encode_entry`]'s output for one entry.
-pub fn encoded_entry_len(key: &str, value: &SharedViewEntry) -> usize {
-    let len = entry_message_len(key, value);
-    key_len(ENTRIES_FIELD) + encoded_len_varint(len as u64) + len
-}
-
-/// Appends one entry to `out` as a field of a `PolicyState`: a state's encoding is its entries'
-/// in key order.
-pub fn encode_entry(key: &str, value: &SharedViewEntry, out: &mut Vec<u8>) {
-    encode_key(ENTRIES_FIELD, WireType::LengthDelimited, out);
-    encode_varint(entry_message_len(key, value) as u64, out);
-    if !key.is_empty() {
-        encode_key(KEY_FIELD, WireType::LengthDelimited, out);
-        encode_varint(key.len() as u64, out);
-        out.extend_from_slice(key.as_bytes());
+    /// Appends the entry, with its key, to `out` as a field of a `PolicyState`: a state's
+    /// encoding is its entries' in key order, the same bytes as encoding the messages (fields in
+    /// number order), the value copied from its encoding made once.
+    pub fn encode_field(&self, out: &mut Vec<u8>) {
+        encode_key(ENTRIES_FIELD, WireType::LengthDelimited, out);
+        encode_varint(self.message_len() as u64, out);
+        if !self.key.is_empty() {
+            encode_key(KEY_FIELD, WireType::LengthDelimited, out);
+            encode_varint(self.key.len() as u64, out);
+            out.extend_from_slice(self.key.as_bytes());
+        }
+        out.extend_from_slice(self.encoded());
     }
-    out.extend_from_slice(value.encoded());
-}
 
-/// Length of one entry's `PolicyEntry` message.
-fn entry_message_len(key: &str, value: &SharedViewEntry) -> usize {
-    let key_field_len = match key.len() {
-        0 => 0,
-        len => key_len(KEY_FIELD) + encoded_len_varint(len as u64) + len,
-    };
-    key_field_len + value.encoded().len()
+    /// Length of the entry's `PolicyEntry` message.
+    fn message_len(&self) -> usize {
+        let key_field_len = match self.key.len() {
+            0 => 0,
+            len => key_len(KEY_FIELD) + encoded_len_varint(len as u64) + len,
+        };
+        key_field_len + self.encoded().len()
+    }
 }

@@ -59,14 +59,16 @@ pub trait Wire: 'static {
 
 /// The whole state, its entries in key order, as an encoded state message (the fan-out's
 /// snapshot encoder).
-pub fn encode_state<'a, W: Wire>(entries: impl IntoIterator<Item = (&'a str, &'a W::Value)>) -> Vec<u8>
+pub fn encode_state<'a, W: Wire>(
+    entries: impl IntoIterator<Item = (impl AsRef<str>, &'a W::Value)>,
+) -> Vec<u8>
 where
     W::Value: 'a,
 {
     W::state(
         entries
             .into_iter()
-            .map(|(k, v)| W::entry_to_proto(k, v))
+            .map(|(k, v)| W::entry_to_proto(k.as_ref(), v))
             .collect(),
     )
     .encode_to_vec()

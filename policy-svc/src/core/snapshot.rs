@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use brindle_fanout::{EncodedState, Frame, KeyInValue, State};
-use policy_api::shared::{SharedViewEntry, encode_entry, encoded_entry_len};
+use policy_api::shared::SharedViewEntry;
 use policy_api::view::ViewEntry;
 
 use super::calc::SharedEntry;
@@ -66,7 +66,7 @@ impl ViewEncoder {
         let mut entries = view.values().peekable();
         while let Some(entry) = entries.next() {
             let Some(set) = member_set(entry) else {
-                encode_entry(entry.key(), entry, &mut raw);
+                entry.encode_field(&mut raw);
                 continue;
             };
             run.clear();
@@ -84,7 +84,7 @@ impl ViewEncoder {
                 }
                 None => {
                     for entry in &run {
-                        encode_entry(entry.key(), entry, &mut raw);
+                        entry.encode_field(&mut raw);
                     }
                 }
             }
@@ -117,13 +117,9 @@ impl ViewEncoder {
         {
             return Some(cached.frame.clone());
         }
-        let mut raw = Vec::with_capacity(
-            run.iter()
-                .map(|entry| encoded_entry_len(entry.key(), entry))
-                .sum(),
-        );
+        let mut raw = Vec::with_capacity(run.iter().map(|entry| entry.encoded_field_len()).sum());
         for entry in run {
-            encode_entry(entry.key(), entry, &mut raw);
+            entry.encode_field(&mut raw);
         }
         let frame = match Frame::compress(&raw) {
             Ok(frame) => frame,

@@ -13,13 +13,13 @@ impl Calculator {
     /// A node's view (empty when it has no endpoints).
     pub fn view(&self, node: &str) -> BTreeMap<Key, ViewEntry> {
         self.shared_view(node)
-            .map(|(key, entry)| (key, ViewEntry::clone(&entry)))
+            .map(|entry| (Key::clone(entry.key()), ViewEntry::clone(&entry)))
             .collect()
     }
 
-    /// A node's view, its keys and entries shared with the calculation, in key order (the
-    /// cheapest order to build a fan-out's state from).
-    pub fn shared_view(&self, node: &str) -> impl Iterator<Item = (Key, SharedEntry)> + '_ {
+    /// A node's view, its entries (with their keys) shared with the calculation, in key order
+    /// (the cheapest order to build a fan-out's state from).
+    pub fn shared_view(&self, node: &str) -> impl Iterator<Item = SharedEntry> + '_ {
         let mut policies: Vec<&SharedEntry> = Vec::new();
         let mut sets = BTreeSet::new();
         for id in self.node_policies.get(node).into_iter().flat_map(BTreeMap::keys) {
@@ -36,12 +36,10 @@ impl Calculator {
         let sets: Vec<&String> = sets.into_iter().collect();
         let headers = sets.clone().into_iter().filter_map(|set| self.set_header(set));
         let members = sets.into_iter().flat_map(|set| self.set_member_entries(set));
-        endpoints.map(|(key, entry)| (key.clone(), entry.clone())).chain(
-            headers
-                .chain(members)
-                .chain(policies)
-                .map(|entry| (Key::clone(entry.key()), Arc::clone(entry))),
-        )
+        endpoints
+            .map(|(_, entry)| entry)
+            .chain(headers.chain(members).chain(policies))
+            .map(Arc::clone)
     }
 
     /// What the last change went through (its nodes and entries, changed or not).
