@@ -92,7 +92,6 @@ impl<T: OwnKey + Send + Sync + 'static> Storage<Arc<T>> for KeyInValue {
 }
 
 /// What a state holds under one key, ordered and looked up by the key.
-#[derive(Debug, Clone)]
 pub struct Slot<H>(H);
 
 impl<H: OwnKey> Borrow<str> for Slot<H> {
@@ -129,14 +128,19 @@ pub struct State<V, S: Storage<V> = Paired> {
 
 impl<V, S: Storage<V>> Default for State<V, S> {
     fn default() -> Self {
-        Self {
-            slots: BTreeSet::new(),
-            value_type: PhantomData,
-        }
+        Self::from_slots(BTreeSet::new())
     }
 }
 
 impl<V, S: Storage<V>> State<V, S> {
+    /// The state holding these slots.
+    fn from_slots(slots: BTreeSet<Slot<S::Held>>) -> Self {
+        Self {
+            slots,
+            value_type: PhantomData,
+        }
+    }
+
     /// Keys held.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -149,7 +153,7 @@ impl<V, S: Storage<V>> State<V, S> {
 
     /// The value of `key`.
     pub fn get(&self, key: &str) -> Option<&V> {
-        self.slots.get(key).map(|slot| S::value(&slot.0))
+        self.slots.get(key).map(|slot| parts::<V, S>(slot).1)
     }
 
     /// Whether `key` has a value.
@@ -176,7 +180,7 @@ impl<V, S: Storage<V>> State<V, S> {
 
     /// Values, in key order.
     pub fn values(&self) -> impl Iterator<Item = &V> {
-        self.slots.iter().map(|slot| S::value(&slot.0))
+        self.iter().map(|(_, value)| value)
     }
 
     /// Sets `key` to `value`.
@@ -198,13 +202,12 @@ fn parts<V, S: Storage<V>>(slot: &Slot<S::Held>) -> (&Key, &V) {
 impl<V, S: Storage<V>> FromIterator<(Key, V)> for State<V, S> {
     /// The state of these entries (the last value of a key repeated); cheapest in key order.
     fn from_iter<I: IntoIterator<Item = (Key, V)>>(entries: I) -> Self {
-        Self {
-            slots: entries
+        Self::from_slots(
+            entries
                 .into_iter()
                 .map(|(key, value)| Slot(S::hold(key, value)))
                 .collect(),
-            value_type: PhantomData,
-        }
+        )
     }
 }
 
@@ -212,10 +215,7 @@ impl<T: OwnKey + Send + Sync + 'static> FromIterator<Arc<T>> for State<Arc<T>, K
     /// The state of these values, each under its own key (the last value of a key repeated);
     /// cheapest in key order.
     fn from_iter<I: IntoIterator<Item = Arc<T>>>(values: I) -> Self {
-        Self {
-            slots: values.into_iter().map(Slot).collect(),
-            value_type: PhantomData,
-        }
+        Self::from_slots(values.into_iter().map(Slot).collect())
     }
 }
 
@@ -280,12 +280,13 @@ mod tests {
     #[test]
     fn values_that_carry_their_keys_build_the_state_of_the_same_entries_alone() {
         let entries = [carried("b", 1), carried("a", 1), carried("c", 1), carried("b", 2)];
-        let paired: State<Arc<Carried>, KeyInValue> = entries.iter().cloned().collect();
-        let alone: State<Arc<Carried>, KeyInValue> = entries.into_iter().map(|(_, value)| value).collect();
+        let from_pairs: State<Arc<Carried>, KeyInValue> = entries.iter().cloned().collect();
+        let from_values: State<Arc<Carried>, KeyInValue> =
+            entries.into_iter().map(|(_, value)| value).collect();
         let pairs = |state: State<Arc<Carried>, KeyInValue>| state.into_iter().collect::<Vec<_>>();
-        let alone = pairs(alone);
-        assert_eq!(alone, pairs(paired));
-        let values: Vec<(&str, u32)> = alone.iter().map(|(key, value)| (&**key, value.1)).collect();
+        let from_values = pairs(from_values);
+        assert_eq!(from_values, pairs(from_pairs));
+        let values: Vec<(&str, u32)> = from_values.iter().map(|(key, value)| (&**key, value.1)).collect();
         assert_eq!(
             values,
             vec![("a", 1), ("b", 2), ("c", 1)],

@@ -22,6 +22,11 @@ pub struct SharedViewEntry {
     encoded: OnceLock<Vec<u8>>,
 }
 
+/// The field number of `PolicyState.entries`.
+const ENTRIES_FIELD: u32 = 1;
+/// The field number of `PolicyEntry.key`.
+const KEY_FIELD: u32 = 1;
+
 impl SharedViewEntry {
     /// `entry` under `key`, not encoded yet.
     pub fn new(key: impl Into<Key>, entry: ViewEntry) -> Self {
@@ -41,6 +46,35 @@ impl SharedViewEntry {
     fn encoded(&self) -> &[u8] {
         self.encoded
             .get_or_init(|| entry_to_proto("", &self.entry).encode_to_vec())
+    }
+
+    /// Length of [`encode_field`](Self::encode_field)'s output.
+    pub fn encoded_field_len(&self) -> usize {
+        let len = self.message_len();
+        key_len(ENTRIES_FIELD) + encoded_len_varint(len as u64) + len
+    }
+
+    /// Appends the entry, with its key, to `out` as a field of a `PolicyState`: a state's
+    /// encoding is its entries' in key order, the same bytes as encoding the messages (fields in
+    /// number order), the value copied from its encoding made once.
+    pub fn encode_field(&self, out: &mut Vec<u8>) {
+        encode_key(ENTRIES_FIELD, WireType::LengthDelimited, out);
+        encode_varint(self.message_len() as u64, out);
+        if !self.key.is_empty() {
+            encode_key(KEY_FIELD, WireType::LengthDelimited, out);
+            encode_varint(self.key.len() as u64, out);
+            out.extend_from_slice(self.key.as_bytes());
+        }
+        out.extend_from_slice(self.encoded());
+    }
+
+    /// Length of the entry's `PolicyEntry` message.
+    fn message_len(&self) -> usize {
+        let key_field_len = match self.key.len() {
+            0 => 0,
+            len => key_len(KEY_FIELD) + encoded_len_varint(len as u64) + len,
+        };
+        key_field_len + self.encoded().len()
     }
 }
 
@@ -71,39 +105,3 @@ impl PartialEq for SharedViewEntry {
 }
 
 impl Eq for SharedViewEntry {}
-
-/// The field number of `PolicyState.entries`.
-const ENTRIES_FIELD: u32 = 1;
-/// The field number of `PolicyEntry.key`.
-const KEY_FIELD: u32 = 1;
-
-impl SharedViewEntry {
-    /// Length of [`encode_field`](Self::encode_field)'s output.
-    pub fn encoded_field_len(&self) -> usize {
-        let len = self.message_len();
-        key_len(ENTRIES_FIELD) + encoded_len_varint(len as u64) + len
-    }
-
-    /// Appends the entry, with its key, to `out` as a field of a `PolicyState`: a state's
-    /// encoding is its entries' in key order, the same bytes as encoding the messages (fields in
-    /// number order), the value copied from its encoding made once.
-    pub fn encode_field(&self, out: &mut Vec<u8>) {
-        encode_key(ENTRIES_FIELD, WireType::LengthDelimited, out);
-        encode_varint(self.message_len() as u64, out);
-        if !self.key.is_empty() {
-            encode_key(KEY_FIELD, WireType::LengthDelimited, out);
-            encode_varint(self.key.len() as u64, out);
-            out.extend_from_slice(self.key.as_bytes());
-        }
-        out.extend_from_slice(self.encoded());
-    }
-
-    /// Length of the entry's `PolicyEntry` message.
-    fn message_len(&self) -> usize {
-        let key_field_len = match self.key.len() {
-            0 => 0,
-            len => key_len(KEY_FIELD) + encoded_len_varint(len as u64) + len,
-        };
-        key_field_len + self.encoded().len()
-    }
-}

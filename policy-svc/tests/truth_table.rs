@@ -73,11 +73,19 @@ fn trace_agrees_with_every_truth_table_case() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// `node`'s view encoded entry by entry, as its snapshots are.
+/// `node`'s view encoded entry by entry from its shared entries (as a snapshot's parts are), of
+/// the length the entries announce.
 fn encode_fields(calc: &policy_svc::core::calc::Calculator, node: &str) -> Vec<u8> {
     let mut encoded = Vec::new();
     for entry in calc.shared_view(node) {
+        let before = encoded.len();
         entry.encode_field(&mut encoded);
+        assert_eq!(
+            encoded.len() - before,
+            entry.encoded_field_len(),
+            "{:?}",
+            entry.key()
+        );
     }
     encoded
 }
