@@ -490,6 +490,20 @@ impl PolicyId {
             Self::Global { .. } => None,
         }
     }
+
+    /// Whether this brindle policy's id reads as another kind's: a name starting with
+    /// [`KUBERNETES_NAME_PREFIX`] (a Kubernetes NetworkPolicy's), or a NetworkPolicy in the
+    /// namespace [`GLOBAL_ID_NAMESPACE`] (a GlobalNetworkPolicy's). Such a policy is refused when
+    /// written and not enforced when found stored (written before it was refused).
+    pub fn reads_as_another_kind(&self) -> bool {
+        match self {
+            Self::Namespaced { namespace, name } => {
+                namespace == GLOBAL_ID_NAMESPACE || name.starts_with(KUBERNETES_NAME_PREFIX)
+            }
+            Self::Global { name } => name.starts_with(KUBERNETES_NAME_PREFIX),
+            Self::Kubernetes { .. } => false,
+        }
+    }
 }
 
 /// What a Kubernetes NetworkPolicy's name is prefixed with in its id (`namespace/knp.name`): a

@@ -12,7 +12,7 @@ use brindle_fanout::{Fanout, FanoutConfig, KeyInValue, SnapshotEncoder, Subscrib
 use futures_util::StreamExt;
 
 use super::calc::{Calculator, NodeChanges, SharedEntry};
-use super::records::{PREFIX, Subject, decode, subject};
+use super::records::{PREFIX, Subject, decode_enforced, subject};
 use super::state::ClusterState;
 use policy_api::model::Pod;
 
@@ -175,7 +175,7 @@ impl PolicyHub {
         for event in events {
             let node_changes = match (event.kind, subject(&event.key)) {
                 (_, None) => continue,
-                (EventKind::Put, Some(_)) => match decode(&event.key, &event.value) {
+                (EventKind::Put, Some(_)) => match decode_enforced(&event.key, &event.value) {
                     Ok(record) => inner.calc.put_record(record),
                     Err(error) => {
                         tracing::error!(%error, "keeping what the record said before");
@@ -254,9 +254,9 @@ async fn follow_once(store: &dyn Store, hub: &PolicyHub, backoff: &mut Backoff) 
     let mut records = Vec::with_capacity(listed.kvs.len());
     // The raw list goes as it is decoded (it is as large as the cluster).
     for kv in listed.kvs {
-        match decode(&kv.key, &kv.value) {
+        match decode_enforced(&kv.key, &kv.value) {
             Ok(record) => records.push(record),
-            Err(error) => tracing::error!(%error, "skipping a record that does not decode"),
+            Err(error) => tracing::error!(%error, "skipping a record"),
         }
     }
     // Loading the calculation of a large cluster and every node's view take seconds: off the

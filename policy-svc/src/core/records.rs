@@ -5,7 +5,10 @@ use super::error::PolicyError;
 use super::kubernetes;
 use super::staged::StagedPolicy;
 use policy_api::host_endpoint::HostEndpoint;
-use policy_api::model::{Endpoint, EndpointKey, Namespace, Origin, Pod, Policy, PolicyId};
+use policy_api::model::{
+    Endpoint, EndpointKey, GLOBAL_ID_NAMESPACE, KUBERNETES_NAME_PREFIX, Namespace, Origin, Pod, Policy,
+    PolicyId,
+};
 use policy_api::service_account::ServiceAccount;
 
 /// Everything policy-svc stores.
@@ -183,6 +186,26 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
             Ok(Record::Staged(Box::new(staged)))
         }
         None => Err(corrupt(key, "not a policy-svc key")),
+    }
+}
+
+/// Decodes the record stored under `key` for the calculation: a brindle policy whose id reads as
+/// another kind's ([`PolicyId::reads_as_another_kind`], stored before such names were refused)
+/// is refused, since enforcing it would replace the other policy's rules in every view holding
+/// both; it stays readable and deletable through the API.
+pub fn decode_enforced(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
+    let record = decode(key, value)?;
+    match &record {
+        Record::Policy(policy, None) if policy.id.reads_as_another_kind() => Err(corrupt(
+            key,
+            format!(
+                "not enforced: its id {} is also another kind of policy's (a name starting \
+                 with {KUBERNETES_NAME_PREFIX:?}, or a NetworkPolicy in the namespace \
+                 {GLOBAL_ID_NAMESPACE:?}); delete it and create it under another name",
+                policy.id
+            ),
+        )),
+        _ => Ok(record),
     }
 }
 
