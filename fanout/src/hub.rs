@@ -169,7 +169,10 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
             // sent with its final value, so a batch applies to the state at ANY revision it spans
             // (a subscriber resuming on a replica that batched differently lands mid-batch).
             let (key, value) = match change {
-                Change::Upsert(key, value) => (key, Some(value)),
+                Change::Upsert(key, value) => {
+                    S::check_key(&key, &value);
+                    (key, Some(value))
+                }
                 Change::Remove(key) => (key, None),
             };
             if !inner.pending.contains_key(&key) && inner.state.get(&key) == value.as_ref() {

@@ -37,6 +37,10 @@ pub trait Storage<V>: Send + Sync + 'static {
     /// What holds `value` under `key`.
     fn hold(key: Key, value: V) -> Self::Held;
 
+    /// Refuses, in debug builds, `value` under a `key` it could not be held under (checked when
+    /// it is published, before it reaches a batch).
+    fn check_key(_key: &Key, _value: &V) {}
+
     /// The value held.
     fn value(held: &Self::Held) -> &V;
 
@@ -74,12 +78,16 @@ impl<T: OwnKey + Send + Sync + 'static> Storage<Arc<T>> for KeyInValue {
     type Held = Arc<T>;
 
     fn hold(key: Key, value: Arc<T>) -> Arc<T> {
+        Self::check_key(&key, &value);
+        value
+    }
+
+    fn check_key(key: &Key, value: &Arc<T>) {
         debug_assert_eq!(
-            &key,
+            key,
             value.own_key(),
             "a value stored under another key than its own"
         );
-        value
     }
 
     fn value(held: &Arc<T>) -> &Arc<T> {

@@ -698,6 +698,26 @@ fn carried_upsert(key: &str, value: &str) -> Change<Arc<Carried>> {
     Change::Upsert(Key::clone(&key), Arc::new(Carried { key, value }))
 }
 
+#[cfg(debug_assertions)]
+#[test]
+#[should_panic(expected = "another key than its own")]
+fn a_value_published_under_another_key_than_its_own_is_refused_at_once_in_debug_builds() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _entered = runtime.enter();
+    let carried: Fanout<Arc<Carried>, KeyInValue> = Fanout::new(
+        config(),
+        Arc::new(|_: &State<Arc<Carried>, KeyInValue>| Vec::new().into()),
+    );
+    let Change::Upsert(_, value) = carried_upsert("a", "1") else {
+        unreachable!("an upsert");
+    };
+    // Refused as it is published, before any batch (which would carry it under "b") is flushed.
+    carried.publish(1, [Change::Upsert(Key::from("b"), value)]);
+}
+
 #[tokio::test(start_paused = true)]
 async fn values_stored_without_their_keys_stream_as_those_stored_beside_them() {
     let carried: Fanout<Arc<Carried>, KeyInValue> = Fanout::new(
