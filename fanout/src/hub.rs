@@ -218,10 +218,11 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
         for key in removed {
             inner.pending.insert(key, None);
         }
-        for (key, value) in entries {
-            if inner.pending.contains_key(&key) || inner.state.get(&key) != Some(&value) {
-                inner.pending.insert(key, Some(value));
-            }
+        let changed: Vec<(Key, V)> = entries
+            .into_picked(|key, value| inner.pending.contains_key(key) || inner.state.get(key) != Some(value))
+            .collect();
+        for (key, value) in changed {
+            inner.pending.insert(key, Some(value));
         }
         inner.pending_revision = revision;
         self.flush_locked(&mut inner);

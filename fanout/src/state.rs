@@ -191,6 +191,21 @@ impl<V, S: Storage<V>> State<V, S> {
         self.iter().map(|(_, value)| value)
     }
 
+    /// The entries `pick` takes, moved out in key order; the others are not taken apart (a value
+    /// that carries its key gives up a copy of it only when picked).
+    pub(crate) fn into_picked(
+        self,
+        mut pick: impl FnMut(&Key, &V) -> bool,
+    ) -> impl Iterator<Item = (Key, V)> {
+        self.slots
+            .into_iter()
+            .filter(move |slot| {
+                let (key, value) = parts::<V, S>(slot);
+                pick(key, value)
+            })
+            .map(|slot| S::into_parts(slot.0))
+    }
+
     /// Sets `key` to `value`.
     pub(crate) fn insert(&mut self, key: Key, value: V) {
         self.slots.replace(Slot(S::hold(key, value)));
