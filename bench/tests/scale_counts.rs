@@ -1,15 +1,20 @@
 //! bench-scale's cluster at 200 nodes in policy-svc's calculation: a pod relabelled and a policy
-//! added change the views of only the nodes they affect. The changes, less entries set to what
-//! they already were (which each node's fan-out drops), are exactly the differences between each
-//! node's view before and after, they reach only nodes hosting pods of the namespace concerned,
-//! and the calculation went through no other node. Counts, not timings.
+//! added change the views of only the nodes they affect. The changes, less values set to what
+//! they already were (which each node's fan-out drops), sent as the wire's deltas (a set's
+//! members as what changed of them), are exactly the differences between each node's view before
+//! and after, they reach only nodes hosting pods of the namespace concerned, and the calculation
+//! went through no other node. Counts, not timings.
 //! The cluster loaded at once (as policy-svc does after a list) gives the same views as record by
 //! record in another order.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use brindle_bench::scale::cluster::{Cluster, NAMESPACES};
-use brindle_fanout::{Change, Key};
+use brindle_fanout::{Batch, Change, Key, OwnKey};
+use brindle_proto::policy::v1::PolicyDelta;
+use brindle_sync::Outgoing;
+use policy_api::convert::entry_from_proto;
+use policy_api::slot::{SlotWire, ViewSlot};
 use policy_api::view::ViewEntry;
 use policy_svc::core::records::decode;
 use policy_svc::core::{Calculator, NodeChanges};
@@ -20,6 +25,46 @@ type Views = Vec<BTreeMap<Key, ViewEntry>>;
 
 fn views(calc: &Calculator) -> Views {
     (0..NODES).map(|n| calc.view(&Cluster::node_name(n))).collect()
+}
+
+/// Every node's view as its fan-out holds it.
+fn slots(calc: &Calculator) -> Vec<BTreeMap<Key, ViewSlot>> {
+    (0..NODES)
+        .map(|n| {
+            calc.shared_view(&Cluster::node_name(n))
+                .map(|slot| (Key::clone(slot.own_key()), slot))
+                .collect()
+        })
+        .collect()
+}
+
+/// What `list` sends a node whose fan-out holds `slots`: the changes the fan-out keeps (not those
+/// setting what it has) as one batch's delta; `None` when it keeps none.
+fn sent(slots: &BTreeMap<Key, ViewSlot>, list: &[Change<ViewSlot>]) -> Option<PolicyDelta> {
+    let mut batch = Batch {
+        from: 1,
+        to: 2,
+        upserts: Vec::new(),
+        removed: Vec::new(),
+        replaced: Vec::new(),
+    };
+    for change in list {
+        match change {
+            Change::Upsert(key, value) if slots.get(key) != Some(value) => {
+                batch.upserts.push((key.clone(), value.clone()));
+            }
+            Change::Remove(key) if slots.contains_key(key) => batch.removed.push(key.clone()),
+            Change::Upsert(..) | Change::Remove(_) => continue,
+        }
+        let key = match change {
+            Change::Upsert(key, _) | Change::Remove(key) => key,
+        };
+        batch
+            .replaced
+            .extend(slots.get(key).map(|value| (key.clone(), value.clone())));
+    }
+    batch.replaced.sort_by(|a, b| a.0.cmp(&b.0));
+    (!batch.is_empty()).then(|| SlotWire::delta(&batch))
 }
 
 fn put(calc: &mut Calculator, (key, value): &(String, Vec<u8>)) -> NodeChanges {
@@ -38,6 +83,7 @@ fn hosts(cluster: &Cluster, namespace: usize) -> BTreeSet<String> {
 /// through no node whose view did not change; returns the nodes the changes reached.
 fn change(calc: &mut Calculator, record: &(String, Vec<u8>)) -> BTreeSet<String> {
     let before = views(calc);
+    let held = slots(calc);
     let changes = put(calc, record);
     let after = views(calc);
     let differing: BTreeSet<String> = (0..NODES)
@@ -49,33 +95,24 @@ fn change(calc: &mut Calculator, record: &(String, Vec<u8>)) -> BTreeSet<String>
             .parse()
             .expect("a node of the cluster")
     };
-    let reached: BTreeSet<String> = changes
+    let deltas: BTreeMap<&String, PolicyDelta> = changes
         .iter()
-        .filter(|(node, list)| {
-            let view = &before[index(node)];
-            list.iter().any(|change| match change {
-                Change::Upsert(key, value) => view.get(key) != Some(&**value),
-                Change::Remove(key) => view.contains_key(key),
-            })
-        })
-        .map(|(node, _)| node.clone())
+        .filter_map(|(node, list)| sent(&held[index(node)], list).map(|delta| (node, delta)))
         .collect();
+    let reached: BTreeSet<String> = deltas.keys().map(|node| (*node).clone()).collect();
     assert_eq!(
         reached, differing,
         "changes sent to nodes whose views did not change, or missing"
     );
-    for (node, list) in &changes {
+    for (node, delta) in deltas {
         let index = index(node);
         let mut view = before[index].clone();
-        for change in list {
-            match change {
-                Change::Upsert(key, value) => {
-                    view.insert(key.clone(), ViewEntry::clone(value));
-                }
-                Change::Remove(key) => {
-                    view.remove(key);
-                }
-            }
+        for key in &delta.removed_keys {
+            view.remove(key.as_str());
+        }
+        for entry in delta.upserts {
+            let (key, value) = entry_from_proto(entry).expect("an entry that converts");
+            view.insert(key.into(), value);
         }
         assert_eq!(view, after[index], "{node}: the changes are not the difference");
     }

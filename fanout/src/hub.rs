@@ -34,6 +34,10 @@ pub struct Batch<V> {
     pub upserts: Vec<(Key, V)>,
     /// Keys removed.
     pub removed: Vec<Key>,
+    /// The values at `from` of the keys the batch sets or removes that had one, in key order: a
+    /// value that stands for many entries of the service's wire (a set's members) is sent as
+    /// what changed since them.
+    pub replaced: Vec<(Key, V)>,
 }
 
 impl<V> Batch<V> {
@@ -254,17 +258,23 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
             to: inner.pending_revision,
             upserts: Vec::new(),
             removed: Vec::new(),
+            replaced: Vec::new(),
         };
         for (key, value) in std::mem::take(&mut inner.pending) {
-            match value {
+            let replaced = match value {
                 Some(value) => {
-                    inner.state.insert(Key::clone(&key), value.clone());
-                    batch.upserts.push((key, value));
+                    let replaced = inner.state.insert(Key::clone(&key), value.clone());
+                    batch.upserts.push((Key::clone(&key), value));
+                    replaced
                 }
                 None => {
-                    inner.state.remove(&key);
-                    batch.removed.push(key);
+                    let replaced = inner.state.remove(&key);
+                    batch.removed.push(Key::clone(&key));
+                    replaced
                 }
+            };
+            if let Some(replaced) = replaced {
+                batch.replaced.push((key, replaced));
             }
         }
         inner.revision = batch.to;

@@ -124,6 +124,7 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, St: Storage<V>> Session<'_, V
                     to: revision,
                     upserts: Vec::new(),
                     removed: Vec::new(),
+                    replaced: Vec::new(),
                 };
                 self.send(ServerMessage::Delta(Arc::new(current)), revision)
                     .await?;

@@ -71,6 +71,8 @@ enum Piece {
 #[derive(Debug, Default)]
 pub struct EncodedState {
     pieces: Vec<Piece>,
+    /// Entries of the encoding, when not one per key of the state.
+    entries: Option<u64>,
 }
 
 impl From<Vec<u8>> for EncodedState {
@@ -89,6 +91,12 @@ impl EncodedState {
             Some(Piece::Raw(last)) => last.extend_from_slice(&raw),
             _ => self.pieces.push(Piece::Raw(raw)),
         }
+    }
+
+    /// Says how many entries the encoding holds, when the state holds values that stand for
+    /// several entries each (or none): a snapshot announces its encoding's entries.
+    pub fn set_entries(&mut self, entries: u64) {
+        self.entries = Some(entries);
     }
 
     /// Appends encoded bytes compressed already.
@@ -244,7 +252,7 @@ pub struct EncodedSnapshot {
     pub codec: Codec,
     /// The (possibly compressed) encoding; cloning shares it.
     pub data: SnapshotData,
-    /// Keys in the state.
+    /// Entries in the encoding (the state's keys unless its encoder said otherwise).
     pub entries: u64,
     /// Size of the uncompressed encoding.
     pub raw_bytes: u64,
@@ -268,6 +276,7 @@ impl EncodedSnapshot {
     ) -> io::Result<Self> {
         let encoded = encoder(state);
         let raw_bytes = encoded.raw_len();
+        let entries = encoded.entries.unwrap_or(state.len() as u64);
         let compress = encoded.has_frames() || raw_bytes >= compress_from as u64;
         let compressed = match compress.then(|| encoded.compress()) {
             Some(Ok(compressed)) => Some(compressed),
@@ -285,7 +294,7 @@ impl EncodedSnapshot {
             revision,
             codec,
             data,
-            entries: state.len() as u64,
+            entries,
             raw_bytes,
         })
     }

@@ -68,21 +68,22 @@ impl<V: Send + Sync + 'static> Storage<V> for Paired {
     }
 }
 
-/// Stores a shared value (`Arc<T>`) that carries its key alone: a publisher putting the same
-/// value into many fan-outs (one per node) pays one pointer per fan-out for it. A value must be
-/// published under its own key: the state files it there whatever key it came with.
+/// Stores a value that carries its key alone — typically shared (`Arc<T>`, or an enum of such):
+/// a publisher putting the same value into many fan-outs (one per node) pays one pointer per
+/// fan-out for it. A value must be published under its own key: the state files it there
+/// whatever key it came with.
 #[derive(Debug)]
 pub struct KeyInValue;
 
-impl<T: OwnKey + Send + Sync + 'static> Storage<Arc<T>> for KeyInValue {
-    type Held = Arc<T>;
+impl<V: OwnKey + Send + Sync + 'static> Storage<V> for KeyInValue {
+    type Held = V;
 
-    fn hold(key: Key, value: Arc<T>) -> Arc<T> {
+    fn hold(key: Key, value: V) -> V {
         Self::check_key(&key, &value);
         value
     }
 
-    fn check_key(key: &Key, value: &Arc<T>) {
+    fn check_key(key: &Key, value: &V) {
         debug_assert_eq!(
             key,
             value.own_key(),
@@ -90,11 +91,11 @@ impl<T: OwnKey + Send + Sync + 'static> Storage<Arc<T>> for KeyInValue {
         );
     }
 
-    fn value(held: &Arc<T>) -> &Arc<T> {
+    fn value(held: &V) -> &V {
         held
     }
 
-    fn into_parts(held: Arc<T>) -> (Key, Arc<T>) {
+    fn into_parts(held: V) -> (Key, V) {
         (Key::clone(held.own_key()), held)
     }
 }
@@ -206,14 +207,16 @@ impl<V, S: Storage<V>> State<V, S> {
             .map(|slot| S::into_parts(slot.0))
     }
 
-    /// Sets `key` to `value`.
-    pub(crate) fn insert(&mut self, key: Key, value: V) {
-        self.slots.replace(Slot(S::hold(key, value)));
+    /// Sets `key` to `value`; the value it replaced.
+    pub(crate) fn insert(&mut self, key: Key, value: V) -> Option<V> {
+        self.slots
+            .replace(Slot(S::hold(key, value)))
+            .map(|slot| S::into_parts(slot.0).1)
     }
 
-    /// Removes `key`.
-    pub(crate) fn remove(&mut self, key: &str) {
-        self.slots.remove(key);
+    /// Removes `key`; the value it had.
+    pub(crate) fn remove(&mut self, key: &str) -> Option<V> {
+        self.slots.take(key).map(|slot| S::into_parts(slot.0).1)
     }
 }
 
@@ -234,10 +237,10 @@ impl<V, S: Storage<V>> FromIterator<(Key, V)> for State<V, S> {
     }
 }
 
-impl<T: OwnKey + Send + Sync + 'static> FromIterator<Arc<T>> for State<Arc<T>, KeyInValue> {
+impl<V: OwnKey + Send + Sync + 'static> FromIterator<V> for State<V, KeyInValue> {
     /// The state of these values, each under its own key (the last value of a key repeated);
     /// cheapest in key order.
-    fn from_iter<I: IntoIterator<Item = Arc<T>>>(values: I) -> Self {
+    fn from_iter<I: IntoIterator<Item = V>>(values: I) -> Self {
         Self::from_slots(values.into_iter().map(Slot).collect())
     }
 }

@@ -676,7 +676,36 @@ async fn a_reset_after_re_reading_the_source_publishes_only_the_differences() {
     assert_eq!((batches[0].from, batches[0].to), (1, 8));
     assert_eq!(batches[0].upserts, vec![("b".into(), "2".to_owned())]);
     assert_eq!(batches[0].removed, vec![Key::from("c")]);
+    assert_eq!(
+        batches[0].replaced,
+        vec![("b".into(), "1".to_owned()), ("c".into(), "1".to_owned())]
+    );
     assert_eq!(fanout.state(), relisted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_holds_the_values_it_replaced_as_they_were_at_its_start() {
+    let fanout = fanout(config());
+    fanout.publish(1, [upsert("a", "1"), upsert("b", "1")]);
+    fanout.flush();
+    let (mut subscription, _) = fanout.subscribe(1).await.expect("subscribed");
+    // Within one batch: `a` changes twice, `b` goes, `c` comes and goes, `d` is new.
+    fanout.publish(
+        2,
+        [upsert("a", "2"), Change::Remove("b".into()), upsert("c", "1")],
+    );
+    fanout.publish(
+        3,
+        [upsert("a", "3"), Change::Remove("c".into()), upsert("d", "1")],
+    );
+    fanout.flush();
+    let batches = subscription.next().await.expect("batch");
+    assert_eq!(batches.len(), 1);
+    assert_eq!(
+        batches[0].replaced,
+        vec![("a".into(), "1".to_owned()), ("b".into(), "1".to_owned())],
+        "the values at revision 1, not those set within the batch"
+    );
 }
 
 /// A value that carries its key, as policy-svc's shared view entries do.
@@ -772,6 +801,7 @@ async fn values_stored_without_their_keys_stream_as_those_stored_beside_them() {
                     })
                     .collect(),
                 removed: batch.removed.clone(),
+                replaced: Vec::new(),
             };
             mirror.apply_batch(&plain);
         }

@@ -1,7 +1,7 @@
 //! The server's side of a fan-out `Sync` stream, shared by route-svc and policy-svc: client
 //! messages from `brindle.common.v1`, a [`session`](brindle_fanout::session) per subscriber,
 //! snapshots sent in small pieces (subscribers put them together with `brindle-sync`), responses
-//! in the service's [`Wire`] format, and the reason a session ended as the stream's final status.
+//! in the service's format ([`Outgoing`]), and the reason a session ended as the stream's final status.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use brindle_fanout::session::{ClientMessage, ServerMessage, serve};
 use brindle_fanout::{Batch, Codec, EncodedSnapshot, Fanout, FanoutError, Storage, SubscriberStatus};
 use brindle_metrics::{Metrics, labels};
 use brindle_proto::common::v1 as pb;
-use brindle_sync::{Payload, Wire, delta_to_proto, unix_ms};
+use brindle_sync::{Outgoing, Payload, unix_ms};
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
@@ -189,10 +189,10 @@ pub async fn read_hello(
 }
 
 /// A reply as the service's response message.
-fn respond<W: Wire>(reply: SyncReply<W::Value>) -> W::Response {
+fn respond<W: Outgoing>(reply: SyncReply<W::Value>) -> W::Response {
     match reply {
         SyncReply::SnapshotPiece { revision, piece } => W::response(revision, Payload::Snapshot(piece)),
-        SyncReply::Delta(batch) => W::response(batch.to, Payload::Delta(delta_to_proto::<W>(&batch))),
+        SyncReply::Delta(batch) => W::response(batch.to, Payload::Delta(W::delta(&batch))),
         SyncReply::Keepalive => W::response(0, Payload::Keepalive(keepalive_now())),
     }
 }
@@ -201,7 +201,7 @@ fn respond<W: Wire>(reply: SyncReply<W::Value>) -> W::Response {
 /// service's responses; ends with the session's reason.
 pub fn serve_sync<W, St, S>(fanout: Fanout<W::Value, St>, incoming: S) -> ResponseStream<W::Response>
 where
-    W: Wire,
+    W: Outgoing,
     St: Storage<W::Value>,
     W::Response: Send + 'static,
     S: futures_util::Stream<Item = Result<pb::SyncClientMessage, Status>> + Send + Unpin + 'static,

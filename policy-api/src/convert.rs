@@ -3,14 +3,11 @@
 //! workload endpoints (policy-svc encodes views, the node agent decodes them and encodes its
 //! endpoints).
 
-use std::sync::Arc;
-
 use brindle_proto::InvalidField;
 use brindle_proto::policy::v1 as pb;
 
 use crate::model::{Action, Endpoint, EndpointKey, IcmpMatch, NamedPort, Pod, Protocol};
 use crate::rule_text;
-use crate::shared::SharedViewEntry;
 use crate::view::{
     CompiledRule, CompiledSide, EndpointView, HostEndpointView, IpSetKind, IpSetView, MemberView, PolicyView,
     ViewEntry,
@@ -353,28 +350,3 @@ brindle_sync::impl_wire!(
     entry_to_proto: entry_to_proto,
     entry_from_proto: entry_from_proto,
 );
-
-/// The same messages as [`PolicyWire`], on policy-svc's side: each value is shared by every
-/// node's view that holds it (and its snapshots are encoded entry by entry:
-/// [`SharedViewEntry::encode_field`](crate::shared::SharedViewEntry::encode_field)).
-pub struct SharedPolicyWire;
-
-brindle_sync::impl_wire!(
-    SharedPolicyWire,
-    value: Arc<SharedViewEntry>,
-    entry: pb::PolicyEntry,
-    state: pb::PolicyState,
-    delta: pb::PolicyDelta,
-    response: pb::SyncResponse,
-    payload: pb::sync_response::Payload,
-    entry_to_proto: entry_to_proto,
-    entry_from_proto: shared_entry_from_proto,
-);
-
-/// A message as a shared entry.
-fn shared_entry_from_proto(entry: pb::PolicyEntry) -> Result<(String, Arc<SharedViewEntry>), InvalidField> {
-    entry_from_proto(entry).map(|(key, value)| {
-        let shared = Arc::new(SharedViewEntry::new(key.as_str(), value));
-        (key, shared)
-    })
-}

@@ -392,8 +392,12 @@ async fn a_node_streams_exactly_its_view_and_follows_changes() {
         .hub()
         .fanout("node-1")
         .state()
-        .into_iter()
-        .map(|(key, entry)| (key, ViewEntry::clone(&entry)))
+        .into_values()
+        .flat_map(|slot| {
+            slot.entries()
+                .map(|entry| (Key::clone(entry.key()), ViewEntry::clone(entry)))
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert_eq!(mirror.state(), &view, "the mirror is the node's view");
     let gone = client

@@ -4,7 +4,7 @@
 
 mod support;
 
-use brindle_fanout::Change;
+use brindle_fanout::{Change, OwnKey};
 use policy_api::convert::PolicyWire;
 use policy_api::model::{Endpoint, Namespace};
 use policy_svc::core::trace::{Flow, Verdict, trace};
@@ -73,19 +73,21 @@ fn trace_agrees_with_every_truth_table_case() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// `node`'s view encoded entry by entry from its shared entries (as a snapshot's parts are), of
-/// the length the entries announce.
+/// `node`'s view encoded entry by entry from its shared entries (as a snapshot's parts are, a
+/// set's members as their entries), of the length the entries announce.
 fn encode_fields(calc: &policy_svc::core::calc::Calculator, node: &str) -> Vec<u8> {
     let mut encoded = Vec::new();
-    for entry in calc.shared_view(node) {
-        let before = encoded.len();
-        entry.encode_field(&mut encoded);
-        assert_eq!(
-            encoded.len() - before,
-            entry.encoded_field_len(),
-            "{:?}",
-            entry.key()
-        );
+    for slot in calc.shared_view(node) {
+        for entry in slot.entries() {
+            let before = encoded.len();
+            entry.encode_field(&mut encoded);
+            assert_eq!(
+                encoded.len() - before,
+                entry.encoded_field_len(),
+                "{:?}",
+                entry.key()
+            );
+        }
     }
     encoded
 }
@@ -102,7 +104,7 @@ fn snapshots_encoded_from_shared_entries_are_the_messages_encoding() {
                 world
                     .calc
                     .shared_view(node)
-                    .is_sorted_by(|a, b| a.key() < b.key()),
+                    .is_sorted_by(|a, b| a.own_key() < b.own_key()),
                 "{}: {node}'s view in strictly ascending key order",
                 case.name
             );
@@ -141,7 +143,8 @@ apply:
     endpoint.labels.insert("tier".into(), "web".into());
     let changes = world.calc.put_endpoint(endpoint);
     assert!(changes.values().all(Vec::is_empty), "{changes:?}");
-    // x/c becoming a client adds exactly its address to the client set on node-1 (where x/a is).
+    // x/c becoming a client adds exactly its address to the client set on node-1 (where x/a
+    // is): one new version of the set's members in that node's view, sent as that address.
     let ip = address("x/c").expect("pod");
     let mut endpoint = world.calc.state().endpoint_by_ip(ip).expect("endpoint").clone();
     endpoint.labels.insert("role".into(), "client".into());
@@ -155,8 +158,16 @@ apply:
         panic!("{flat:?}")
     };
     assert_eq!(node, "node-1");
-    assert!(key.starts_with("member/s") && key.ends_with("/10.0.1.3"), "{key}");
-    world.absorb(changes);
+    assert!(key.starts_with("member/s") && key.ends_with('/'), "{key}");
+    let key = key.clone();
+    let sent = world.absorb(changes);
+    let delta = &sent["node-1"];
+    let upserted: Vec<&str> = delta.upserts.iter().map(|entry| entry.key.as_str()).collect();
+    assert!(
+        matches!(upserted.as_slice(), [member] if member.starts_with(key.as_ref()) && member.ends_with("/10.0.1.3")),
+        "{upserted:?}"
+    );
+    assert!(delta.removed_keys.is_empty(), "{:?}", delta.removed_keys);
     world.check_views("after relabel");
 }
 

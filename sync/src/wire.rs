@@ -57,6 +57,37 @@ pub trait Wire: 'static {
     fn response_parts(response: Self::Response) -> (u64, Option<Payload<Self::Delta>>);
 }
 
+/// What a server sends on a `Sync` stream: its deltas and responses. Every [`Wire`] sends a batch
+/// as one message entry per key; a server whose state holds values standing for several entries
+/// each implements it itself.
+pub trait Outgoing: 'static {
+    /// A value of the server's state.
+    type Value: Clone + PartialEq + Send + Sync + 'static;
+    /// Changes as a message.
+    type Delta;
+    /// The stream's response message.
+    type Response;
+
+    /// A batch as a delta message.
+    fn delta(batch: &Batch<Self::Value>) -> Self::Delta;
+    /// The response at `revision` carrying `payload`.
+    fn response(revision: u64, payload: Payload<Self::Delta>) -> Self::Response;
+}
+
+impl<W: Wire> Outgoing for W {
+    type Value = W::Value;
+    type Delta = W::Delta;
+    type Response = W::Response;
+
+    fn delta(batch: &Batch<W::Value>) -> W::Delta {
+        delta_to_proto::<W>(batch)
+    }
+
+    fn response(revision: u64, payload: Payload<W::Delta>) -> W::Response {
+        W::response(revision, payload)
+    }
+}
+
 /// The whole state, its entries in key order, as an encoded state message (the fan-out's
 /// snapshot encoder).
 pub fn encode_state<'a, W: Wire>(
@@ -149,6 +180,7 @@ pub fn apply_response<W: Wire>(
                 to: revision,
                 upserts,
                 removed: removed.into_iter().map(Key::from).collect(),
+                replaced: Vec::new(),
             })
         }
         Some(Payload::Keepalive(_)) | None => Received::Nothing,

@@ -8,19 +8,19 @@ use std::time::Duration;
 
 use brindle_backoff::Backoff;
 use brindle_datastore::{EventKind, Store, StoreError, WatchEvent};
-use brindle_fanout::{Fanout, FanoutConfig, KeyInValue, SnapshotEncoder, SubscriberStatus};
+use brindle_fanout::{Fanout, FanoutConfig, KeyInValue, SubscriberStatus};
 use futures_util::StreamExt;
 
-use super::calc::{Calculator, NodeChanges, SharedEntry};
+use super::calc::{Calculator, NodeChanges};
 use super::records::{PREFIX, Subject, decode_enforced, subject};
+use super::snapshot::encode_view;
 use super::state::ClusterState;
 use policy_api::model::Pod;
+use policy_api::slot::ViewSlot;
 
-/// A node's view as streamed to it: each shared entry stored alone, one pointer per entry.
-pub type NodeFanout = Fanout<SharedEntry, KeyInValue>;
-
-/// Turns a node's view into its snapshot's encoding.
-pub type ViewSnapshotEncoder = SnapshotEncoder<SharedEntry, KeyInValue>;
+/// A node's view as streamed to it: each shared entry, and each set's members as one value,
+/// stored alone (one pointer per slot).
+pub type NodeFanout = Fanout<ViewSlot, KeyInValue>;
 
 struct Inner {
     calc: Calculator,
@@ -36,12 +36,11 @@ pub struct PolicyHub {
     /// The revision the calculation reflects, for callers waiting for something to arrive.
     revisions: tokio::sync::watch::Sender<u64>,
     config: FanoutConfig,
-    encoder: ViewSnapshotEncoder,
 }
 
 impl PolicyHub {
-    /// An empty hub; `encoder` turns a view into the wire snapshot.
-    pub fn new(config: FanoutConfig, encoder: ViewSnapshotEncoder) -> Self {
+    /// An empty hub.
+    pub fn new(config: FanoutConfig) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 calc: Calculator::new(),
@@ -50,7 +49,6 @@ impl PolicyHub {
             })),
             revisions: tokio::sync::watch::Sender::new(0),
             config,
-            encoder,
         }
     }
 
@@ -66,7 +64,7 @@ impl PolicyHub {
             return fanout.clone();
         }
         drop_idle(&mut inner);
-        let fanout = NodeFanout::new(self.config.clone(), Arc::clone(&self.encoder));
+        let fanout = NodeFanout::new(self.config.clone(), Arc::new(encode_view));
         if inner.revision > 0 {
             fanout.reset(inner.revision, inner.calc.shared_view(node));
         }

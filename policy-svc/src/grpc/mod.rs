@@ -16,7 +16,8 @@ use brindle_proto::common::v1 as common;
 use brindle_proto::policy::v1 as pb;
 use brindle_proto::policy::v1::policy_server::{Policy, PolicyServer};
 use brindle_sync::unix_ms;
-use policy_api::convert::{self as endpoints, SharedPolicyWire};
+use policy_api::convert as endpoints;
+use policy_api::slot::SlotWire;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::flows::FlowLog;
@@ -25,7 +26,6 @@ use crate::core::PolicyError;
 use crate::core::flows::DEFAULT_FLOW_CAPACITY;
 use crate::core::hub::{PolicyHub, drop_idle_fanouts, follow};
 use crate::core::objects::{Kind, Objects};
-use crate::core::snapshot::ViewEncoder;
 use crate::core::state::ClusterState;
 use crate::core::trace::{Flow, trace, trace_staged};
 use policy_api::model::{EndpointKey, IcmpMatch, Origin, Protocol};
@@ -66,8 +66,7 @@ pub struct PolicyService {
 impl PolicyService {
     /// Starts following `store` into the calculation (call inside a tokio runtime) and serves it.
     pub fn start(store: Arc<dyn Store>, config: FanoutConfig) -> Self {
-        let views = ViewEncoder::default();
-        let hub = PolicyHub::new(config, Arc::new(move |view| views.encode(view)));
+        let hub = PolicyHub::new(config);
         tokio::spawn(follow(Arc::clone(&store), hub.clone()));
         tokio::spawn(drop_idle_fanouts(&hub, IDLE_SWEEP));
         Self {
@@ -464,7 +463,7 @@ impl Policy for PolicyService {
         let caller = Caller::of(&request)?;
         let (node, incoming) = read_hello(request.into_inner()).await?;
         caller.require_node(&node, "follow the policy view")?;
-        Ok(Response::new(serve_sync::<SharedPolicyWire, _, _>(
+        Ok(Response::new(serve_sync::<SlotWire, _, _>(
             self.hub.fanout(&node),
             incoming,
         )))

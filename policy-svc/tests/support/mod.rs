@@ -4,8 +4,12 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use brindle_fanout::{Change, Key};
+use brindle_fanout::{Batch, Change, Key};
+use brindle_proto::policy::v1::PolicyDelta;
+use brindle_sync::Outgoing;
+use policy_api::convert::entry_from_proto;
 use policy_api::model::{Direction, Endpoint, EndpointKey};
+use policy_api::slot::{SlotWire, ViewSlot};
 use policy_api::view::{MemberView, ViewEntry, keys};
 use policy_svc::core::compile::{compile, policy_view_id};
 use policy_svc::core::{Calculator, ClusterState, NodeChanges};
@@ -45,8 +49,10 @@ pub fn endpoint(ns: &str, pod: &str, labels: BTreeMap<String, String>) -> Endpoi
 pub struct World {
     /// The calculation.
     pub calc: Calculator,
-    /// Every node's view as rebuilt from the changes alone.
+    /// Every node's view as rebuilt from the changes alone, as its agent applies them.
     pub mirrors: BTreeMap<String, BTreeMap<Key, ViewEntry>>,
+    /// Every node's view as its fan-out holds it.
+    slots: BTreeMap<String, BTreeMap<Key, ViewSlot>>,
 }
 
 impl World {
@@ -55,6 +61,7 @@ impl World {
         let mut world = Self {
             calc: Calculator::new(),
             mirrors: BTreeMap::new(),
+            slots: BTreeMap::new(),
         };
         for namespace in namespaces() {
             let changes = world.calc.put_namespace(namespace);
@@ -69,22 +76,48 @@ impl World {
         world
     }
 
-    /// Applies changes to the mirrors.
-    pub fn absorb(&mut self, changes: NodeChanges) {
+    /// Applies changes to the mirrors as they travel: each node's changes as one batch of its
+    /// fan-out, sent as the wire's delta (a set's members as what changed since the version the
+    /// node had) and applied as the node's agent applies it; the deltas sent, per node.
+    pub fn absorb(&mut self, changes: NodeChanges) -> BTreeMap<String, PolicyDelta> {
+        let mut sent = BTreeMap::new();
         for (node, changes) in changes {
-            let mirror = self.mirrors.entry(node).or_default();
+            let slots = self.slots.entry(node.clone()).or_default();
+            let mut batch = Batch {
+                from: 0,
+                to: 0,
+                upserts: Vec::new(),
+                removed: Vec::new(),
+                replaced: Vec::new(),
+            };
             for change in changes {
-                match change {
+                let (key, replaced) = match change {
                     Change::Upsert(key, value) => {
-                        mirror.insert(key, ViewEntry::clone(&value));
+                        batch.upserts.push((key.clone(), value.clone()));
+                        (key.clone(), slots.insert(key, value))
                     }
                     Change::Remove(key) => {
-                        mirror.remove(&key);
+                        batch.removed.push(key.clone());
+                        (key.clone(), slots.remove(&key))
                     }
-                }
+                };
+                batch.replaced.extend(replaced.map(|value| (key, value)));
             }
+            batch.replaced.sort_by(|a, b| a.0.cmp(&b.0));
+            let delta = SlotWire::delta(&batch);
+            let mirror = self.mirrors.entry(node.clone()).or_default();
+            for key in &delta.removed_keys {
+                mirror.remove(key.as_str());
+            }
+            for entry in delta.upserts.iter().cloned() {
+                let (key, value) = entry_from_proto(entry).expect("a delta's entry converts");
+                mirror.insert(key.into(), value);
+            }
+            sent.insert(node, delta);
         }
         self.mirrors.retain(|_, m| !m.is_empty());
+        self.slots.retain(|_, s| !s.is_empty());
+        sent
     }
 
     /// Panics unless every node's incremental view, its mirror and the reference agree.

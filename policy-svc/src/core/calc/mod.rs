@@ -33,6 +33,7 @@ use policy_api::model::{
     Endpoint, EndpointKey, NAMESPACE_LABEL, Namespace, Pod, Policy, PolicyId, evaluation_order,
 };
 use policy_api::shared::SharedViewEntry;
+use policy_api::slot::ViewSlot;
 use policy_api::view::{EndpointView, HostEndpointView, ViewEntry, keys};
 use sets::SetState;
 
@@ -48,7 +49,7 @@ type SharedPolicyId = Arc<PolicyId>;
 type PolicyIds = Box<[SharedPolicyId]>;
 
 /// Changes per node.
-pub type NodeChanges = BTreeMap<String, Vec<Change<SharedEntry>>>;
+pub type NodeChanges = BTreeMap<String, Vec<Change<ViewSlot>>>;
 
 /// How much of the views one change went through: every node and entry it set, whether or not
 /// the entry ended up different.
@@ -80,6 +81,8 @@ pub struct Calculator {
     /// Per node: policies its endpoints use, with how many endpoints use each.
     node_policies: BTreeMap<String, BTreeMap<SharedPolicyId, usize>>,
     sets: BTreeMap<String, SetState>,
+    /// Sets whose members the change in progress changed.
+    changed_sets: BTreeSet<String>,
     /// Sets by a label their members require.
     sets_by_label: LabelIndex<String>,
     /// Per node: the entries of its endpoints and host endpoints, by key.
@@ -88,7 +91,7 @@ pub struct Calculator {
     /// [`HostEndpoint::endpoint_key`]).
     host_endpoints: BTreeMap<String, HostEndpoint>,
     /// Entries set by the change in progress, with their value now (`None`: removed), per node.
-    touched: BTreeMap<String, BTreeMap<Key, Option<SharedEntry>>>,
+    touched: BTreeMap<String, BTreeMap<Key, Option<ViewSlot>>>,
     /// What the last change went through.
     last_work: ChangeWork,
     /// Loading a full list: changes are not collected (nobody reads them) and endpoints' entries
@@ -120,6 +123,7 @@ impl Calculator {
         for key in &endpoints {
             calc.refresh_endpoint_entry(key);
         }
+        calc.publish_set_changes();
         calc.loading = false;
         calc
     }
@@ -464,7 +468,7 @@ impl Calculator {
         }
         let entry = Arc::new(SharedViewEntry::new(Key::clone(&entry_key), entry));
         entries.insert(entry_key.clone(), Arc::clone(&entry));
-        self.record_change(node, &entry_key, Some(entry));
+        self.record_change(node, &entry_key, Some(ViewSlot::Entry(entry)));
     }
 
     fn endpoint_entry(&self, key: &EndpointKey, applying: &[SharedPolicyId]) -> EndpointView {
@@ -530,7 +534,7 @@ impl Calculator {
 
     /// Puts a compiled policy (its entry: `entry`) and its sets into a node's view.
     fn attach_policy(&mut self, node: &str, compiled: &CompiledPolicy, entry: &SharedEntry) {
-        self.record_change(node, entry.key(), Some(Arc::clone(entry)));
+        self.record_change(node, entry.key(), Some(ViewSlot::Entry(Arc::clone(entry))));
         for set in compiled.sets.keys() {
             self.node_uses_set(node, set, true);
         }

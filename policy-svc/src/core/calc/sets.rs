@@ -1,12 +1,15 @@
 //! The ipsets policies use: each set's members (counted per contributing endpoint) and the nodes
-//! holding it; a member's entry is built once and shared by every node's view.
+//! holding it; a member's entry is built once, and the members as one value ([`SetMembers`])
+//! shared by every node's view: a change to them makes a new version, put into each view
+//! holding the set once per change, however many members it touched.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use brindle_fanout::Key;
+use brindle_fanout::{Key, OwnKey};
 use policy_api::model::EndpointKey;
 use policy_api::shared::SharedViewEntry;
+use policy_api::slot::{SetMembers, ViewSlot};
 use policy_api::view::{MemberView, ViewEntry, keys};
 
 use super::super::compile::SetDefinition;
@@ -25,6 +28,10 @@ pub(super) struct SetState {
     members: BTreeMap<EndpointKey, Vec<String>>,
     /// Each member's entry.
     entries: MemberEntries,
+    /// The members as nodes' views hold them.
+    version: Arc<SetMembers>,
+    /// Members touched since `version`, each with its entry now (`None`: gone).
+    touched: BTreeMap<Key, Option<SharedEntry>>,
     /// Policies using it.
     policies: usize,
     /// Nodes whose view holds it, with how many of their policies use it.
@@ -52,19 +59,14 @@ impl Calculator {
         if self.loading || (before > 0) == (after > 0) {
             return;
         }
-        for entry in self.set_entries(id) {
-            let key = Key::clone(entry.key());
-            self.record_change(node, &key, (after > 0).then_some(entry));
+        let slots = [
+            ViewSlot::Entry(Arc::clone(&set.header)),
+            ViewSlot::Members(Arc::clone(&set.version)),
+        ];
+        for slot in slots {
+            let key = Key::clone(slot.own_key());
+            self.record_change(node, &key, (after > 0).then_some(slot));
         }
-    }
-
-    /// A set's header and member entries.
-    pub(super) fn set_entries(&self, id: &str) -> Vec<SharedEntry> {
-        self.set_header(id)
-            .into_iter()
-            .chain(self.set_member_entries(id))
-            .cloned()
-            .collect()
     }
 
     /// A set's header entry.
@@ -72,12 +74,42 @@ impl Calculator {
         self.sets.get(id).map(|set| &set.header)
     }
 
-    /// A set's member entries, in key order.
-    pub(super) fn set_member_entries(&self, id: &str) -> impl Iterator<Item = &SharedEntry> {
-        self.sets
-            .get(id)
-            .into_iter()
-            .flat_map(|set| set.entries.values().map(|(_, entry)| entry))
+    /// A set's members, as nodes' views hold them.
+    pub(super) fn set_members_version(&self, id: &str) -> Option<&Arc<SetMembers>> {
+        self.sets.get(id).map(|set| &set.version)
+    }
+
+    /// Makes the next version of the members of every set they changed in, and puts it into
+    /// the view of every node holding the set; while loading, each changed set's members
+    /// become a first version (nobody holds an earlier one).
+    pub(super) fn publish_set_changes(&mut self) {
+        for id in std::mem::take(&mut self.changed_sets) {
+            let Some(set) = self.sets.get_mut(&id) else {
+                continue;
+            };
+            let version = if self.loading {
+                SetMembers::new(&id, set.entries.values().map(|(_, entry)| Arc::clone(entry)))
+            } else {
+                set.version.changed(std::mem::take(&mut set.touched))
+            };
+            debug_assert!(
+                version
+                    .members()
+                    .map(|entry| entry.key())
+                    .eq(set.entries.values().map(|(_, entry)| entry.key())),
+                "set {id}: the new version's members are not the set's"
+            );
+            set.version = Arc::new(version);
+            if self.loading {
+                continue;
+            }
+            let slot = ViewSlot::Members(Arc::clone(&set.version));
+            let key = Key::clone(slot.own_key());
+            let nodes: Vec<String> = set.nodes.keys().cloned().collect();
+            for node in nodes {
+                self.record_change(&node, &key, Some(slot.clone()));
+            }
+        }
     }
 
     /// A policy starts using a set: create it (computing its members) if it is new.
@@ -105,6 +137,10 @@ impl Calculator {
             format!("{}{id}", keys::IPSET),
             ViewEntry::IpSet(definition.view()),
         ));
+        let version = Arc::new(SetMembers::new(
+            &id,
+            entries.values().map(|(_, entry)| Arc::clone(entry)),
+        ));
         self.sets.insert(
             id,
             SetState {
@@ -112,6 +148,8 @@ impl Calculator {
                 definition: definition.clone(),
                 members,
                 entries,
+                version,
+                touched: BTreeMap::new(),
                 policies: 1,
                 nodes: BTreeMap::new(),
             },
@@ -155,18 +193,18 @@ impl Calculator {
             .iter()
             .filter_map(|member| uncount_member(&mut set.entries, member))
             .collect();
-        if self.loading {
+        if added.is_empty() && removed.is_empty() {
             return;
         }
-        let nodes: Vec<String> = set.nodes.keys().cloned().collect();
-        for node in nodes {
-            for key in &removed {
-                self.record_change(&node, key, None);
+        if !self.loading {
+            for entry in added {
+                set.touched.insert(Key::clone(entry.key()), Some(entry));
             }
-            for entry in &added {
-                self.record_change(&node, entry.key(), Some(Arc::clone(entry)));
+            for key in removed {
+                set.touched.insert(key, None);
             }
         }
+        self.changed_sets.insert(id.to_owned());
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use brindle_fanout::{Change, Key};
+use policy_api::slot::ViewSlot;
 use policy_api::view::ViewEntry;
 
 use super::{Calculator, ChangeWork, NodeChanges, SharedEntry};
@@ -13,13 +14,18 @@ impl Calculator {
     /// A node's view (empty when it has no endpoints).
     pub fn view(&self, node: &str) -> BTreeMap<Key, ViewEntry> {
         self.shared_view(node)
-            .map(|entry| (Key::clone(entry.key()), ViewEntry::clone(&entry)))
+            .flat_map(|slot| {
+                slot.entries()
+                    .map(|entry| (Key::clone(entry.key()), ViewEntry::clone(entry)))
+                    .collect::<Vec<_>>()
+            })
             .collect()
     }
 
-    /// A node's view, its entries (with their keys) shared with the calculation, in key order
-    /// (the cheapest order to build a fan-out's state from).
-    pub fn shared_view(&self, node: &str) -> impl Iterator<Item = SharedEntry> + '_ {
+    /// A node's view as its fan-out holds it: its entries (with their keys) and each set's
+    /// members as one value, shared with the calculation, in key order (the cheapest order to
+    /// build a fan-out's state from).
+    pub fn shared_view(&self, node: &str) -> impl Iterator<Item = ViewSlot> + '_ {
         let mut policies: Vec<&SharedEntry> = Vec::new();
         let mut sets = BTreeSet::new();
         for id in self.node_policies.get(node).into_iter().flat_map(BTreeMap::keys) {
@@ -35,11 +41,20 @@ impl Calculator {
         let endpoints = self.endpoint_entries.get(node).into_iter().flatten();
         let sets: Vec<&String> = sets.into_iter().collect();
         let headers = sets.clone().into_iter().filter_map(|set| self.set_header(set));
-        let members = sets.into_iter().flat_map(|set| self.set_member_entries(set));
+        let members = sets
+            .into_iter()
+            .filter_map(|set| self.set_members_version(set))
+            .map(|members| ViewSlot::Members(Arc::clone(members)));
         endpoints
             .map(|(_, entry)| entry)
-            .chain(headers.chain(members).chain(policies))
-            .map(Arc::clone)
+            .chain(headers)
+            .map(|entry| ViewSlot::Entry(Arc::clone(entry)))
+            .chain(members)
+            .chain(
+                policies
+                    .into_iter()
+                    .map(|entry| ViewSlot::Entry(Arc::clone(entry))),
+            )
     }
 
     /// What the last change went through (its nodes and entries, changed or not).
@@ -49,7 +64,7 @@ impl Calculator {
 
     /// Records the value one entry of a node's view has after the change in progress (`None`:
     /// removed); nothing while loading.
-    pub(super) fn record_change(&mut self, node: &str, key: &Key, value: Option<SharedEntry>) {
+    pub(super) fn record_change(&mut self, node: &str, key: &Key, value: Option<ViewSlot>) {
         if self.loading {
             return;
         }
@@ -68,6 +83,7 @@ impl Calculator {
     /// back to what it was is among them: the node's fan-out, which holds what the node has,
     /// drops it.
     pub(super) fn commit(&mut self) -> NodeChanges {
+        self.publish_set_changes();
         let touched = std::mem::take(&mut self.touched);
         self.last_work = ChangeWork {
             nodes: touched.len(),
