@@ -18,6 +18,12 @@ pub struct FanoutConfig {
     /// many small fan-outs — one per node — cannot each fill `history_entries` under churn. The
     /// newest batch is kept whatever its size.
     pub history_floor_entries: usize,
+    /// The service sends a batch's values as what changed of the values they replaced (a value
+    /// standing for many entries on the wire: policy-svc's set members): batches keep the values
+    /// they replaced ([`Batch::replaced`](crate::Batch::replaced)), and a subscriber resumes only
+    /// from a revision where a batch starts or ends, where what it holds is what they replaced —
+    /// from inside a batch (another replica batched differently) it gets a snapshot.
+    pub deltas_from_replaced: bool,
     /// Snapshots at least this big (raw bytes) are zstd-compressed.
     pub compress_from_bytes: usize,
     /// A session sends a keepalive after this long without sending anything.
@@ -41,6 +47,7 @@ impl Default for FanoutConfig {
             max_batch_delay: Duration::from_millis(10),
             history_entries: 100_000,
             history_floor_entries: 1024,
+            deltas_from_replaced: false,
             compress_from_bytes: 4096,
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(30),

@@ -34,9 +34,9 @@ pub struct Batch<V> {
     pub upserts: Vec<(Key, V)>,
     /// Keys removed.
     pub removed: Vec<Key>,
-    /// The values at `from` of the keys the batch sets or removes that had one, in key order: a
-    /// value that stands for many entries of the service's wire (a set's members) is sent as
-    /// what changed since them.
+    /// The values at `from` of the keys the batch sets or removes that had one, in key order,
+    /// when the fan-out keeps them ([`FanoutConfig::deltas_from_replaced`]): a value that stands
+    /// for many entries on the service's wire (a set's members) is sent as what changed of them.
     pub replaced: Vec<(Key, V)>,
 }
 
@@ -273,7 +273,9 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
                     replaced
                 }
             };
-            if let Some(replaced) = replaced {
+            if let Some(replaced) = replaced
+                && self.shared.config.deltas_from_replaced
+            {
                 batch.replaced.push((key, replaced));
             }
         }
@@ -371,10 +373,18 @@ impl<V: Clone + PartialEq + Send + Sync + 'static, S: Storage<V>> Fanout<V, S> {
         Ok(inner.history.range(first..).cloned().collect())
     }
 
-    /// Whether a subscriber at `cursor` can resume from the history.
+    /// Whether a subscriber at `cursor` can resume from the history: the history covers it and,
+    /// when batches are sent as changes of what they replaced, no batch starts before it and ends
+    /// after it.
     pub(crate) fn can_resume(&self, cursor: u64) -> bool {
         let inner = self.read();
-        cursor >= inner.floor && cursor <= inner.revision
+        let inside_batch = || {
+            let first = inner.history.partition_point(|batch| batch.to <= cursor);
+            inner.history.get(first).is_some_and(|batch| batch.from < cursor)
+        };
+        cursor >= inner.floor
+            && cursor <= inner.revision
+            && !(self.shared.config.deltas_from_replaced && inside_batch())
     }
 
     /// Updates (or creates) the status of `node`'s subscriber.

@@ -665,7 +665,10 @@ async fn sessions_stream_deltas_after_the_start() {
 
 #[tokio::test(start_paused = true)]
 async fn a_reset_after_re_reading_the_source_publishes_only_the_differences() {
-    let fanout = fanout(config());
+    let fanout = fanout(FanoutConfig {
+        deltas_from_replaced: true,
+        ..config()
+    });
     fanout.publish(1, [upsert("a", "1"), upsert("b", "1"), upsert("c", "1")]);
     fanout.flush();
     let (mut subscription, _) = fanout.subscribe(0).await.expect("subscribed");
@@ -685,20 +688,23 @@ async fn a_reset_after_re_reading_the_source_publishes_only_the_differences() {
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_holds_the_values_it_replaced_as_they_were_at_its_start() {
-    let fanout = fanout(config());
-    fanout.publish(1, [upsert("a", "1"), upsert("b", "1")]);
-    fanout.flush();
-    let (mut subscription, _) = fanout.subscribe(1).await.expect("subscribed");
+    let replacing = fanout(FanoutConfig {
+        deltas_from_replaced: true,
+        ..config()
+    });
+    replacing.publish(1, [upsert("a", "1"), upsert("b", "1")]);
+    replacing.flush();
+    let (mut subscription, _) = replacing.subscribe(1).await.expect("subscribed");
     // Within one batch: `a` changes twice, `b` goes, `c` comes and goes, `d` is new.
-    fanout.publish(
+    replacing.publish(
         2,
         [upsert("a", "2"), Change::Remove("b".into()), upsert("c", "1")],
     );
-    fanout.publish(
+    replacing.publish(
         3,
         [upsert("a", "3"), Change::Remove("c".into()), upsert("d", "1")],
     );
-    fanout.flush();
+    replacing.flush();
     let batches = subscription.next().await.expect("batch");
     assert_eq!(batches.len(), 1);
     assert_eq!(
@@ -706,6 +712,31 @@ async fn a_batch_holds_the_values_it_replaced_as_they_were_at_its_start() {
         vec![("a".into(), "1".to_owned()), ("b".into(), "1".to_owned())],
         "the values at revision 1, not those set within the batch"
     );
+    // A subscriber resumes at a batch's edges, not inside it (where it may hold what the batch
+    // did not replace: another replica's batches).
+    replacing.publish(4, [upsert("a", "4")]);
+    replacing.flush();
+    for (cursor, resumes) in [(1, true), (2, false), (3, true), (4, true)] {
+        let (_, start) = replacing.subscribe(cursor).await.expect("subscribed");
+        assert_eq!(
+            matches!(start, Start::Resume { .. }),
+            resumes,
+            "from revision {cursor}"
+        );
+    }
+    // Without values sent as changes of what they replaced, batches keep none and apply from
+    // inside.
+    let plain = fanout(config());
+    plain.publish(1, [upsert("a", "1")]);
+    plain.flush();
+    plain.publish(2, [upsert("a", "2")]);
+    plain.publish(3, [upsert("a", "3")]);
+    plain.flush();
+    let (_, start) = plain.subscribe(2).await.expect("subscribed");
+    let Start::Resume { batches, .. } = start else {
+        panic!("a snapshot from inside a batch")
+    };
+    assert!(batches.iter().all(|batch| batch.replaced.is_empty()));
 }
 
 /// A value that carries its key, as policy-svc's shared view entries do.

@@ -54,6 +54,8 @@ pub struct SetMembers {
     chunks: Box<[Chunk]>,
     len: usize,
     version: u64,
+    /// Members touched by the changes since the first version of its lineage.
+    touched_in_lineage: usize,
     next: NextStep,
     /// The members' `PolicyState` fields, compressed (`None`: compressing failed, they are
     /// encoded with the rest of a snapshot).
@@ -77,15 +79,17 @@ impl SetMembers {
         Self::version_of(
             Self::key_of(set),
             members.chunks(CHUNK).map(Chunk::from).collect(),
+            0,
         )
     }
 
-    fn version_of(key: Key, chunks: Box<[Chunk]>) -> Self {
+    fn version_of(key: Key, chunks: Box<[Chunk]>, touched_in_lineage: usize) -> Self {
         let version = Self {
             len: chunks.iter().map(|chunk| chunk.len()).sum(),
             key,
             chunks,
             version: VERSIONS.fetch_add(1, Ordering::Relaxed),
+            touched_in_lineage,
             next: NextStep::default(),
             frame: OnceLock::new(),
         };
@@ -106,7 +110,11 @@ impl SetMembers {
 
     /// The version after this one, made by touching the members in `touched` (each with its
     /// entry after; `None`: removed): the chunks the change touched are copied, the others
-    /// shared.
+    /// shared. It is linked to this one (so a node holding this one is sent what the change
+    /// touched) until the changes since the lineage's first version have touched more members
+    /// than the set holds: then it starts a lineage of its own, and what the versions before
+    /// hold of the changes after them is bounded (a node holding one is sent the difference,
+    /// which costs no more than the changes would).
     pub fn changed(&self, touched: Touched) -> Self {
         let mut chunks: Vec<Chunk> = Vec::with_capacity(self.chunks.len() + 1);
         let mut changes = touched.iter().peekable();
@@ -126,15 +134,24 @@ impl SetMembers {
         if self.chunks.is_empty() {
             push_split(&mut chunks, merge(&[], changes.collect()));
         }
-        let after = Self::version_of(Key::clone(&self.key), chunks.into_boxed_slice());
-        let step = Step {
-            touched,
-            version: after.version,
-            next: NextStep::clone(&after.next),
-        };
-        // A version changed twice (never by the calculation, which changes the latest) leaves
-        // the second one unreachable from it: a node holding it is sent the difference instead.
-        let _ = self.next.set(Arc::new(step));
+        let touched_in_lineage = self.touched_in_lineage + touched.len();
+        let linked = touched_in_lineage <= self.len.max(CHUNK);
+        let after = Self::version_of(
+            Key::clone(&self.key),
+            chunks.into_boxed_slice(),
+            if linked { touched_in_lineage } else { 0 },
+        );
+        if linked {
+            let step = Step {
+                touched,
+                version: after.version,
+                next: NextStep::clone(&after.next),
+            };
+            let first = self.next.set(Arc::new(step)).is_ok();
+            // Changed twice, the second version would be unreachable from this one (a node
+            // holding this one would be sent the difference): the calculation changes the latest.
+            debug_assert!(first, "version {} of {} changed twice", self.version, self.key);
+        }
         after
     }
 
@@ -186,22 +203,23 @@ impl SetMembers {
     }
 
     /// The member entries this version has and `old` has not (or has another value of), and
-    /// the keys of those `old` has and this one has not.
+    /// the keys of those `old` has and this one has not: one walk through both, in key order.
     fn difference<'a>(&'a self, old: &'a SetMembers) -> (Vec<&'a Arc<SharedViewEntry>>, Vec<Key>) {
-        let before: BTreeMap<&Key, &Arc<SharedViewEntry>> =
-            old.members().map(|entry| (entry.key(), entry)).collect();
-        let now: BTreeMap<&Key, &Arc<SharedViewEntry>> =
-            self.members().map(|entry| (entry.key(), entry)).collect();
-        let set = now
-            .iter()
-            .filter(|(key, entry)| before.get(*key).is_none_or(|was| was != *entry))
-            .map(|(_, entry)| *entry)
-            .collect();
-        let removed = before
-            .keys()
-            .filter(|key| !now.contains_key(*key))
-            .map(|key| Key::clone(key))
-            .collect();
+        let mut set = Vec::new();
+        let mut removed = Vec::new();
+        let mut before = old.members().peekable();
+        for entry in self.members() {
+            while let Some(gone) = before.next_if(|was| was.key() < entry.key()) {
+                removed.push(Key::clone(gone.key()));
+            }
+            if before
+                .next_if(|was| was.key() == entry.key())
+                .is_none_or(|was| was != entry)
+            {
+                set.push(entry);
+            }
+        }
+        removed.extend(before.map(|gone| Key::clone(gone.key())));
         (set, removed)
     }
 
@@ -227,7 +245,11 @@ impl SetMembers {
             .get_or_init(|| {
                 let mut raw = Vec::with_capacity(self.members().map(|entry| entry.encoded_field_len()).sum());
                 self.encode_fields(&mut raw);
-                Frame::compress(&raw).ok()
+                Frame::compress(&raw)
+                    .inspect_err(|error| {
+                        tracing::warn!(%error, set = %self.key, "compressing a set's members failed; they travel with the view");
+                    })
+                    .ok()
             })
             .as_ref()
     }
@@ -278,10 +300,19 @@ impl fmt::Debug for SetMembers {
 }
 
 impl PartialEq for SetMembers {
-    /// The same members, whatever the version.
+    /// The same members, whatever the version: chunks shared by both are not looked into.
     fn eq(&self, other: &Self) -> bool {
-        self.version == other.version
-            || (self.key == other.key && self.len == other.len && self.members().eq(other.members()))
+        if self.version == other.version {
+            return true;
+        }
+        if self.key != other.key || self.len != other.len {
+            return false;
+        }
+        let pairs = || self.chunks.iter().zip(other.chunks.iter());
+        if self.chunks.len() == other.chunks.len() && pairs().all(|(a, b)| a.len() == b.len()) {
+            return pairs().all(|(a, b)| Arc::ptr_eq(a, b) || a == b);
+        }
+        self.members().eq(other.members())
     }
 }
 
@@ -502,6 +533,35 @@ mod tests {
             );
             version = next;
         }
+    }
+
+    #[test]
+    fn the_changes_an_old_version_reaches_are_bounded_by_the_sets_size() {
+        let first = SetMembers::new("s", members(&[1, 2, 3]));
+        let mut version = next(&first, &[1, 2, 3, 10], &[10]);
+        let mut now: Vec<u8> = vec![1, 2, 3, 10];
+        for n in 11..=200u8 {
+            // One member in, the one before out: two touched per change.
+            now.retain(|m| *m != n - 1);
+            now.push(n);
+            version = next(&version, &now, &[n - 1, n]);
+        }
+        let mut reached = 0;
+        let mut step = first.next.get();
+        while let Some(linked) = step {
+            reached += linked.touched.len();
+            step = linked.next.get();
+        }
+        assert!(
+            reached <= CHUNK,
+            "{reached} changed members reachable from the first version"
+        );
+        let (set, removed) = version.changes_since(&first);
+        assert_eq!(
+            (keys_of(&set), removed),
+            (vec![key(200)], vec![]),
+            "past the lineage, the difference"
+        );
     }
 
     #[test]

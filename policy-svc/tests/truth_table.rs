@@ -137,6 +137,7 @@ apply:
     )
     .expect("step");
     apply_step(&mut world, &step);
+    world.check_views("the policy applied");
     // y/b is in no set and selected by no policy: relabelling it changes nothing anywhere.
     let ip = address("y/b").expect("pod");
     let mut endpoint = world.calc.state().endpoint_by_ip(ip).expect("endpoint").clone();
@@ -160,8 +161,12 @@ apply:
     assert_eq!(node, "node-1");
     assert!(key.starts_with("member/s") && key.ends_with('/'), "{key}");
     let key = key.clone();
-    let sent = world.absorb(changes);
-    let delta = &sent["node-1"];
+    world.absorb(changes);
+    let sent = world.flush();
+    assert_eq!(sent.keys().collect::<Vec<_>>(), ["node-1"]);
+    let [delta] = sent["node-1"].as_slice() else {
+        panic!("one batch: {sent:?}")
+    };
     let upserted: Vec<&str> = delta.upserts.iter().map(|entry| entry.key.as_str()).collect();
     assert!(
         matches!(upserted.as_slice(), [member] if member.starts_with(key.as_ref()) && member.ends_with("/10.0.1.3")),

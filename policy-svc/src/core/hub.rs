@@ -39,8 +39,13 @@ pub struct PolicyHub {
 }
 
 impl PolicyHub {
-    /// An empty hub.
+    /// An empty hub. Its fan-outs send a set's members as what changed of the version a node
+    /// has, so they keep what each batch replaced (and resume only at a batch's edges).
     pub fn new(config: FanoutConfig) -> Self {
+        let config = FanoutConfig {
+            deltas_from_replaced: true,
+            ..config
+        };
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 calc: Calculator::new(),

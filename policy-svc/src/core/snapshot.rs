@@ -89,4 +89,20 @@ mod tests {
         );
         assert_eq!(web.own_key().as_ref(), "member/web/");
     }
+
+    #[tokio::test]
+    async fn a_large_sets_members_are_compressed_once_for_every_snapshot_holding_them() {
+        let web = members("web", 40);
+        let mut snapshots = Vec::new();
+        for node in 0..2 {
+            let fanout = NodeFanout::new(FanoutConfig::default(), Arc::new(encode_view));
+            fanout.reset(1 + node, [web.clone()]);
+            snapshots.push(fanout.snapshot().await.expect("encoded"));
+        }
+        assert_eq!(
+            snapshots[0].data.contiguous().as_ptr(),
+            snapshots[1].data.contiguous().as_ptr(),
+            "both snapshots hold the same frame, not a copy"
+        );
+    }
 }

@@ -1,17 +1,23 @@
-//! Shared by policy-svc's tests: the truth-table world in a [`Calculator`] and the from-scratch
-//! reference view the incremental calculation must equal.
+//! Shared by policy-svc's tests: the truth-table world in a [`Calculator`], its changes sent
+//! through each node's real fan-out, and the from-scratch reference view the incremental
+//! calculation must equal.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
 
-use brindle_fanout::{Batch, Change, Key};
+use brindle_fanout::{FanoutConfig, Key, KeyInValue, Subscription};
 use brindle_proto::policy::v1::PolicyDelta;
 use brindle_sync::Outgoing;
+use futures_util::FutureExt;
 use policy_api::convert::entry_from_proto;
 use policy_api::model::{Direction, Endpoint, EndpointKey};
 use policy_api::slot::{SlotWire, ViewSlot};
 use policy_api::view::{MemberView, ViewEntry, keys};
 use policy_svc::core::compile::{compile, policy_view_id};
+use policy_svc::core::hub::NodeFanout;
+use policy_svc::core::snapshot::encode_view;
 use policy_svc::core::{Calculator, ClusterState, NodeChanges};
 use policy_svc::truth_table::{NAMESPACES, PODS, named_ports, namespaces, pod_labels};
 
@@ -49,10 +55,13 @@ pub fn endpoint(ns: &str, pod: &str, labels: BTreeMap<String, String>) -> Endpoi
 pub struct World {
     /// The calculation.
     pub calc: Calculator,
-    /// Every node's view as rebuilt from the changes alone, as its agent applies them.
-    pub mirrors: BTreeMap<String, BTreeMap<Key, ViewEntry>>,
-    /// Every node's view as its fan-out holds it.
-    slots: BTreeMap<String, BTreeMap<Key, ViewSlot>>,
+    /// Every node's view as its agent rebuilt it from what its fan-out sent.
+    mirrors: BTreeMap<String, BTreeMap<Key, ViewEntry>>,
+    /// Every node's fan-out and its subscriber.
+    followers: BTreeMap<String, (NodeFanout, Subscription<ViewSlot, KeyInValue>)>,
+    /// The revision of the last change.
+    revision: u64,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl World {
@@ -61,7 +70,12 @@ impl World {
         let mut world = Self {
             calc: Calculator::new(),
             mirrors: BTreeMap::new(),
-            slots: BTreeMap::new(),
+            followers: BTreeMap::new(),
+            revision: 1,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a runtime"),
         };
         for namespace in namespaces() {
             let changes = world.calc.put_namespace(namespace);
@@ -76,70 +90,100 @@ impl World {
         world
     }
 
-    /// Applies changes to the mirrors as they travel: each node's changes as one batch of its
-    /// fan-out, sent as the wire's delta (a set's members as what changed since the version the
-    /// node had) and applied as the node's agent applies it; the deltas sent, per node.
-    pub fn absorb(&mut self, changes: NodeChanges) -> BTreeMap<String, PolicyDelta> {
-        let mut sent = BTreeMap::new();
-        for (node, changes) in changes {
-            let slots = self.slots.entry(node.clone()).or_default();
-            let mut batch = Batch {
-                from: 0,
-                to: 0,
-                upserts: Vec::new(),
-                removed: Vec::new(),
-                replaced: Vec::new(),
-            };
-            for change in changes {
-                let (key, replaced) = match change {
-                    Change::Upsert(key, value) => {
-                        batch.upserts.push((key.clone(), value.clone()));
-                        (key.clone(), slots.insert(key, value))
-                    }
-                    Change::Remove(key) => {
-                        batch.removed.push(key.clone());
-                        (key.clone(), slots.remove(&key))
-                    }
+    /// Publishes one change's changes, at a revision of their own, to each node's fan-out (a
+    /// node's first made then, empty); they are flushed, as one batch per node, by
+    /// [`World::flush`].
+    pub fn absorb(&mut self, changes: NodeChanges) {
+        self.revision += 1;
+        let before = self.revision - 1;
+        for (node, list) in changes {
+            let (fanout, _) = self.followers.entry(node).or_insert_with(|| {
+                let _runtime = self.runtime.enter();
+                let config = FanoutConfig {
+                    deltas_from_replaced: true,
+                    max_batch_entries: usize::MAX,
+                    max_batch_delay: Duration::from_secs(3600),
+                    ..FanoutConfig::default()
                 };
-                batch.replaced.extend(replaced.map(|value| (key, value)));
+                let fanout = NodeFanout::new(config, Arc::new(encode_view));
+                fanout.reset(before, std::iter::empty::<ViewSlot>());
+                let (subscription, _) = self
+                    .runtime
+                    .block_on(fanout.subscribe(before))
+                    .expect("subscribed");
+                (fanout, subscription)
+            });
+            fanout.publish(self.revision, list);
+        }
+    }
+
+    /// Flushes every node's fan-out and applies what each sends to the node's mirror, as its
+    /// agent does: the wire's deltas (a set's members as what changed since the version the node
+    /// had, over every change in the batch); the deltas, per node.
+    pub fn flush(&mut self) -> BTreeMap<String, Vec<PolicyDelta>> {
+        let mut sent = BTreeMap::new();
+        for (node, (fanout, subscription)) in &mut self.followers {
+            fanout.flush();
+            // Flushed batches are there at once (a flush that changed nothing made none).
+            while let Some(batches) = subscription.next().now_or_never() {
+                for batch in batches.expect("batches") {
+                    let delta = SlotWire::delta(&batch);
+                    let mirror = self.mirrors.entry(node.clone()).or_default();
+                    for key in &delta.removed_keys {
+                        mirror.remove(key.as_str());
+                    }
+                    for entry in delta.upserts.iter().cloned() {
+                        let (key, value) = entry_from_proto(entry).expect("a delta's entry converts");
+                        mirror.insert(key.into(), value);
+                    }
+                    sent.entry(node.clone()).or_insert_with(Vec::new).push(delta);
+                }
             }
-            batch.replaced.sort_by(|a, b| a.0.cmp(&b.0));
-            let delta = SlotWire::delta(&batch);
-            let mirror = self.mirrors.entry(node.clone()).or_default();
-            for key in &delta.removed_keys {
-                mirror.remove(key.as_str());
-            }
-            for entry in delta.upserts.iter().cloned() {
-                let (key, value) = entry_from_proto(entry).expect("a delta's entry converts");
-                mirror.insert(key.into(), value);
-            }
-            sent.insert(node, delta);
         }
         self.mirrors.retain(|_, m| !m.is_empty());
-        self.slots.retain(|_, s| !s.is_empty());
         sent
     }
 
-    /// Panics unless every node's incremental view, its mirror and the reference agree.
-    pub fn check_views(&self, context: &str) {
+    /// Panics unless every node's incremental view is the reference.
+    pub fn check_calculation(&self, context: &str) {
         let state = self.calc.state();
-        let mut nodes: Vec<String> = state.endpoints().map(|e| e.key.node.clone()).collect();
-        nodes.extend(self.mirrors.keys().cloned());
-        nodes.sort();
-        nodes.dedup();
-        for node in nodes {
-            let want = reference_view(state, &node);
-            let got = self.calc.view(&node);
+        for node in self.nodes() {
             assert_eq!(
-                got, want,
+                self.calc.view(&node),
+                reference_view(state, &node),
                 "{context}: incremental view of {node} differs from the reference"
             );
+        }
+    }
+
+    /// Flushes, then panics unless every node's incremental view, its mirror and the reference
+    /// agree.
+    pub fn check_views(&mut self, context: &str) {
+        self.flush();
+        self.check_calculation(context);
+        let state = self.calc.state();
+        for node in self.nodes() {
             let mirrored = self.mirrors.get(&node).cloned().unwrap_or_default();
             assert_eq!(
-                mirrored, want,
+                mirrored,
+                reference_view(state, &node),
                 "{context}: the changes sent to {node} do not add up to its view"
             );
         }
+    }
+
+    /// Nodes with endpoints or a mirror.
+    fn nodes(&self) -> Vec<String> {
+        let mut nodes: Vec<String> = self
+            .calc
+            .state()
+            .endpoints()
+            .map(|e| e.key.node.clone())
+            .collect();
+        nodes.extend(self.mirrors.keys().cloned());
+        nodes.sort();
+        nodes.dedup();
+        nodes
     }
 }
 

@@ -5,9 +5,9 @@
 //! result is the entries each change set, per node. Views are not stored: a node's
 //! view is derived from its endpoints, their policies and those policies' sets (`views`).
 //! Entries every node holds alike (a policy, a set's header and members) are built once, with
-//! their keys, and shared by every view and fan-out that holds them (sets and their members:
-//! `sets`). Host endpoints are
-//! evaluated as endpoints (`host_endpoints`); service accounts' labels are their endpoints'
+//! their keys, and shared by every view and fan-out that holds them; a set's members go into a
+//! view as one value, a new version of it per change (`sets`). Host endpoints are evaluated as
+//! endpoints (`host_endpoints`); service accounts' labels are their endpoints'
 //! (`service_accounts`).
 
 mod host_endpoints;
@@ -57,7 +57,7 @@ pub type NodeChanges = BTreeMap<String, Vec<Change<ViewSlot>>>;
 pub struct ChangeWork {
     /// Nodes.
     pub nodes: usize,
-    /// View entries.
+    /// Values of the views' fan-outs: entries, and sets' members (one value per set).
     pub entries: usize,
 }
 

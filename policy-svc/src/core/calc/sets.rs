@@ -9,7 +9,7 @@ use std::sync::Arc;
 use brindle_fanout::{Key, OwnKey};
 use policy_api::model::EndpointKey;
 use policy_api::shared::SharedViewEntry;
-use policy_api::slot::{SetMembers, ViewSlot};
+use policy_api::slot::{SetMembers, Touched, ViewSlot};
 use policy_api::view::{MemberView, ViewEntry, keys};
 
 use super::super::compile::SetDefinition;
@@ -31,7 +31,7 @@ pub(super) struct SetState {
     /// The members as nodes' views hold them.
     version: Arc<SetMembers>,
     /// Members touched since `version`, each with its entry now (`None`: gone).
-    touched: BTreeMap<Key, Option<SharedEntry>>,
+    touched: Touched,
     /// Policies using it.
     policies: usize,
     /// Nodes whose view holds it, with how many of their policies use it.
@@ -149,7 +149,7 @@ impl Calculator {
                 members,
                 entries,
                 version,
-                touched: BTreeMap::new(),
+                touched: Touched::new(),
                 policies: 1,
                 nodes: BTreeMap::new(),
             },
