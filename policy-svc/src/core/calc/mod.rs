@@ -123,7 +123,7 @@ impl Calculator {
         for key in &endpoints {
             calc.refresh_endpoint_entry(key);
         }
-        calc.publish_set_changes();
+        calc.version_loaded_sets();
         calc.loading = false;
         calc
     }

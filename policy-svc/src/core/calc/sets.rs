@@ -80,18 +80,17 @@ impl Calculator {
     }
 
     /// Makes the next version of the members of every set they changed in, and puts it into
-    /// the view of every node holding the set; while loading, each changed set's members
-    /// become a first version (nobody holds an earlier one).
+    /// the view of every node holding the set (nothing while loading: each set's members become
+    /// a version once, at the end — [`Calculator::version_loaded_sets`]).
     pub(super) fn publish_set_changes(&mut self) {
+        if self.loading {
+            return;
+        }
         for id in std::mem::take(&mut self.changed_sets) {
             let Some(set) = self.sets.get_mut(&id) else {
                 continue;
             };
-            let version = if self.loading {
-                SetMembers::new(&id, set.entries.values().map(|(_, entry)| Arc::clone(entry)))
-            } else {
-                set.version.changed(std::mem::take(&mut set.touched))
-            };
+            let version = set.version.changed(std::mem::take(&mut set.touched));
             debug_assert!(
                 version
                     .members()
@@ -100,14 +99,22 @@ impl Calculator {
                 "set {id}: the new version's members are not the set's"
             );
             set.version = Arc::new(version);
-            if self.loading {
-                continue;
-            }
             let slot = ViewSlot::Members(Arc::clone(&set.version));
             let key = Key::clone(slot.own_key());
             let nodes: Vec<String> = set.nodes.keys().cloned().collect();
             for node in nodes {
                 self.record_change(&node, &key, Some(slot.clone()));
+            }
+        }
+    }
+
+    /// After a load, makes the members of every set they changed in a first version (nobody
+    /// holds an earlier one).
+    pub(super) fn version_loaded_sets(&mut self) {
+        for id in std::mem::take(&mut self.changed_sets) {
+            if let Some(set) = self.sets.get_mut(&id) {
+                let members = set.entries.values().map(|(_, entry)| Arc::clone(entry));
+                set.version = Arc::new(SetMembers::new(&id, members));
             }
         }
     }
@@ -204,7 +211,9 @@ impl Calculator {
                 set.touched.insert(key, None);
             }
         }
-        self.changed_sets.insert(id.to_owned());
+        if !self.changed_sets.contains(id) {
+            self.changed_sets.insert(id.to_owned());
+        }
     }
 }
 
