@@ -22,11 +22,16 @@ use policy_api::slot::ViewSlot;
 /// stored alone (one pointer per slot).
 pub type NodeFanout = Fanout<ViewSlot, KeyInValue>;
 
+/// Fan-outs the hub may hold before it first sweeps the idle ones as it creates one.
+const MIN_SWEEP: usize = 1024;
+
 struct Inner {
     calc: Calculator,
     /// Revision of the datastore the calculation reflects; 0 before the first list.
     revision: u64,
     fanouts: BTreeMap<String, NodeFanout>,
+    /// Fan-outs at which creating one first drops the idle ones.
+    sweep_at: usize,
 }
 
 /// The calculation and the per-node fan-outs. Cloning shares them.
@@ -51,6 +56,7 @@ impl PolicyHub {
                 calc: Calculator::new(),
                 revision: 0,
                 fanouts: BTreeMap::new(),
+                sweep_at: MIN_SWEEP,
             })),
             revisions: tokio::sync::watch::Sender::new(0),
             config,
@@ -61,14 +67,19 @@ impl PolicyHub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The fan-out of `node`'s view, created (with the current view) on first use. Fan-outs
-    /// nobody follows any more are dropped first (see [`PolicyHub::drop_idle`]).
+    /// The fan-out of `node`'s view, created (with the current view) on first use. Once the hub
+    /// holds twice as many fan-outs as after its last sweep (at least [`MIN_SWEEP`]), those
+    /// nobody follows any more are dropped first (see [`PolicyHub::drop_idle`]): what Sync
+    /// sessions naming made-up nodes leave stays bounded, and a creation costs a constant share
+    /// of a sweep (not a sweep each: thousands of nodes connecting at once).
     pub fn fanout(&self, node: &str) -> NodeFanout {
         let mut inner = self.lock();
         if let Some(fanout) = inner.fanouts.get(node) {
             return fanout.clone();
         }
-        drop_idle(&mut inner);
+        if inner.fanouts.len() >= inner.sweep_at {
+            drop_idle(&mut inner);
+        }
         let fanout = NodeFanout::new(self.config.clone(), Arc::new(encode_view));
         if inner.revision > 0 {
             fanout.reset(inner.revision, inner.calc.shared_view(node));
@@ -217,6 +228,7 @@ impl PolicyHub {
 fn drop_idle(inner: &mut Inner) {
     let Inner { calc, fanouts, .. } = inner;
     fanouts.retain(|node, fanout| fanout.in_use() || calc.state().has_endpoints_on(node));
+    inner.sweep_at = (2 * inner.fanouts.len()).max(MIN_SWEEP);
 }
 
 /// Drops idle fan-outs of `hub` every `every`; ends when the hub is dropped.
@@ -280,4 +292,21 @@ async fn follow_once(store: &dyn Store, hub: &PolicyHub, backoff: &mut Backoff) 
         }
     }
     StoreError::Unavailable("the watch stream ended".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fan_outs_nobody_follows_stay_bounded_as_new_nodes_come_and_a_followed_one_stays() {
+        let hub = PolicyHub::new(FanoutConfig::default());
+        let followed = hub.fanout("followed");
+        for n in 0..3 * MIN_SWEEP {
+            drop(hub.fanout(&format!("made-up-{n}")));
+            assert!(hub.fanout_count() <= MIN_SWEEP, "{} fan-outs", hub.fanout_count());
+        }
+        assert!(hub.lock().fanouts.contains_key("followed"));
+        drop(followed);
+    }
 }
