@@ -329,11 +329,14 @@ pub enum ViewSlot {
 
 impl ViewSlot {
     /// The view entries it stands for, in key order.
-    pub fn entries(&self) -> Box<dyn Iterator<Item = &Arc<SharedViewEntry>> + '_> {
-        match self {
-            ViewSlot::Entry(entry) => Box::new(std::iter::once(entry)),
-            ViewSlot::Members(members) => Box::new(members.members()),
-        }
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<SharedViewEntry>> {
+        let (entry, members) = match self {
+            ViewSlot::Entry(entry) => (Some(entry), None),
+            ViewSlot::Members(members) => (None, Some(members)),
+        };
+        entry
+            .into_iter()
+            .chain(members.into_iter().flat_map(|members| members.members()))
     }
 
     /// How many view entries it stands for.
