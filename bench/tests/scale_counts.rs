@@ -10,10 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use brindle_bench::scale::cluster::{Cluster, NAMESPACES};
-use brindle_fanout::{Batch, Change, Key, OwnKey};
+use brindle_fanout::{Batch, Change, Key, Mirror, OwnKey};
 use brindle_proto::policy::v1::PolicyDelta;
-use brindle_sync::Outgoing;
-use policy_api::convert::entry_from_proto;
+use brindle_sync::{Outgoing, delta_from_proto};
+use policy_api::convert::PolicyWire;
 use policy_api::slot::{SlotWire, ViewSlot};
 use policy_api::view::ViewEntry;
 use policy_svc::core::records::decode;
@@ -106,15 +106,16 @@ fn change(calc: &mut Calculator, record: &(String, Vec<u8>)) -> BTreeSet<String>
     );
     for (node, delta) in deltas {
         let index = index(node);
-        let mut view = before[index].clone();
-        for key in &delta.removed_keys {
-            view.remove(key.as_str());
-        }
-        for entry in delta.upserts {
-            let (key, value) = entry_from_proto(entry).expect("an entry that converts");
-            view.insert(key.into(), value);
-        }
-        assert_eq!(view, after[index], "{node}: the changes are not the difference");
+        let mut view = Mirror::default();
+        view.apply_snapshot(1, before[index].clone());
+        view.apply_batch(
+            &delta_from_proto::<PolicyWire>(2, delta, &mut Vec::new()).expect("entries that convert"),
+        );
+        assert_eq!(
+            view.state(),
+            &after[index],
+            "{node}: the changes are not the difference"
+        );
     }
     let work = calc.last_change_work();
     assert!(

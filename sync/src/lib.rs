@@ -14,7 +14,8 @@ use brindle_proto::common::v1 as pb;
 
 pub use assembler::{PieceError, SnapshotAssembler};
 pub use wire::{
-    Applied, Outgoing, Payload, Wire, apply_response, decode_state, delta_to_proto, encode_state,
+    Applied, Outgoing, Payload, Wire, apply_response, decode_state, delta_from_proto, delta_to_proto,
+    encode_state,
 };
 
 /// What a subscriber received on a `Sync` stream, with the service's delta already converted.

@@ -158,6 +158,27 @@ pub fn delta_to_proto<W: Wire>(batch: &Batch<W::Value>) -> W::Delta {
     )
 }
 
+/// A delta message as the batch a subscriber applies, ending at `revision`: entries of kinds this
+/// end does not know go to `skipped` and are removed (a value held under such a key is stale); an
+/// entry of a known kind that does not convert is an error.
+pub fn delta_from_proto<W: Wire>(
+    revision: u64,
+    delta: W::Delta,
+    skipped: &mut Vec<String>,
+) -> Result<Batch<W::Value>, InvalidField> {
+    let (upserts, mut removed) = W::delta_parts(delta);
+    let known = skipped.len();
+    let upserts = convert_entries::<W>(upserts, skipped)?;
+    removed.extend(skipped[known..].iter().cloned());
+    Ok(Batch {
+        from: 0,
+        to: revision,
+        upserts,
+        removed: removed.into_iter().map(Key::from).collect(),
+        replaced: Vec::new(),
+    })
+}
+
 /// Applies one `Sync` response to a subscriber's mirror: a snapshot (once `pieces` has all of
 /// it) replaces it, a delta updates it (nothing changes for a keepalive or a piece of a
 /// snapshot); entries that do not convert are skipped and reported. An error is a message that
@@ -171,18 +192,7 @@ pub fn apply_response<W: Wire>(
     let mut skipped = Vec::new();
     let received = match payload {
         Some(Payload::Snapshot(piece)) => Received::SnapshotPiece(piece),
-        Some(Payload::Delta(delta)) => {
-            let (upserts, mut removed) = W::delta_parts(delta);
-            let upserts = convert_entries::<W>(upserts, &mut skipped)?;
-            removed.extend(skipped.iter().cloned());
-            Received::Delta(Batch {
-                from: 0,
-                to: revision,
-                upserts,
-                removed: removed.into_iter().map(Key::from).collect(),
-                replaced: Vec::new(),
-            })
-        }
+        Some(Payload::Delta(delta)) => Received::Delta(delta_from_proto::<W>(revision, delta, &mut skipped)?),
         Some(Payload::Keepalive(_)) | None => Received::Nothing,
     };
     let changed = apply_received(mirror, pieces, revision, received, |bytes| {

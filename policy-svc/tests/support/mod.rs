@@ -7,11 +7,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use brindle_fanout::{FanoutConfig, Key, KeyInValue, Subscription};
+use brindle_fanout::{FanoutConfig, Key, KeyInValue, Mirror, Subscription};
 use brindle_proto::policy::v1::PolicyDelta;
-use brindle_sync::Outgoing;
+use brindle_sync::{Outgoing, delta_from_proto};
 use futures_util::FutureExt;
-use policy_api::convert::entry_from_proto;
+use policy_api::convert::PolicyWire;
 use policy_api::model::{Direction, Endpoint, EndpointKey};
 use policy_api::slot::{SlotWire, ViewSlot};
 use policy_api::view::{MemberView, ViewEntry, keys};
@@ -56,7 +56,7 @@ pub struct World {
     /// The calculation.
     pub calc: Calculator,
     /// Every node's view as its agent rebuilt it from what its fan-out sent.
-    mirrors: BTreeMap<String, BTreeMap<Key, ViewEntry>>,
+    mirrors: BTreeMap<String, Mirror<ViewEntry>>,
     /// Every node's fan-out and its subscriber.
     followers: BTreeMap<String, (NodeFanout, Subscription<ViewSlot, KeyInValue>)>,
     /// The revision of the last change.
@@ -128,19 +128,17 @@ impl World {
             while let Some(batches) = subscription.next().now_or_never() {
                 for batch in batches.expect("batches") {
                     let delta = SlotWire::delta(&batch);
-                    let mirror = self.mirrors.entry(node.clone()).or_default();
-                    for key in &delta.removed_keys {
-                        mirror.remove(key.as_str());
-                    }
-                    for entry in delta.upserts.iter().cloned() {
-                        let (key, value) = entry_from_proto(entry).expect("a delta's entry converts");
-                        mirror.insert(key.into(), value);
-                    }
+                    let received = delta_from_proto::<PolicyWire>(batch.to, delta.clone(), &mut Vec::new())
+                        .expect("a delta's entries convert");
+                    self.mirrors
+                        .entry(node.clone())
+                        .or_default()
+                        .apply_batch(&received);
                     sent.entry(node.clone()).or_insert_with(Vec::new).push(delta);
                 }
             }
         }
-        self.mirrors.retain(|_, m| !m.is_empty());
+        self.mirrors.retain(|_, m| !m.state().is_empty());
         sent
     }
 
@@ -163,9 +161,9 @@ impl World {
         self.check_calculation(context);
         let state = self.calc.state();
         for node in self.nodes() {
-            let mirrored = self.mirrors.get(&node).cloned().unwrap_or_default();
+            let mirrored = self.mirrors.get(&node).map(Mirror::state);
             assert_eq!(
-                mirrored,
+                mirrored.cloned().unwrap_or_default(),
                 reference_view(state, &node),
                 "{context}: the changes sent to {node} do not add up to its view"
             );
