@@ -256,6 +256,23 @@ fn a_brindle_policy_that_would_share_an_id_with_another_kind_of_policy_is_refuse
     ] {
         parse_documents(text, "").unwrap_or_else(|e| panic!("{text}: {e}"));
     }
+    // The ids refused above are those a stored policy is not enforced under (the rule read back
+    // from the datastore), and the allowed ones are not.
+    let id = |namespace: &str, name: &str| PolicyId::Namespaced {
+        namespace: namespace.into(),
+        name: name.into(),
+    };
+    let global = |name: &str| PolicyId::Global { name: name.into() };
+    for refused in [id("team", "knp.x"), global("knp.x"), id("global", "x")] {
+        assert!(refused.reads_as_another_kind(), "{refused}");
+    }
+    let kubernetes = PolicyId::Kubernetes {
+        namespace: "global".into(),
+        name: "x".into(),
+    };
+    for allowed in [id("team", "not-knp.x"), global("global"), kubernetes] {
+        assert!(!allowed.reads_as_another_kind(), "{allowed}");
+    }
 }
 
 #[test]

@@ -29,6 +29,15 @@ pub enum PolicyError {
         /// What is wrong.
         reason: String,
     },
+    /// A stored policy decodes but is not enforced: its id reads as another kind of policy's
+    /// (stored before such ids were refused).
+    #[error("stored policy {key:?} is not enforced: {reason}")]
+    NotEnforced {
+        /// Datastore key.
+        key: String,
+        /// Why, and what to do.
+        reason: String,
+    },
     /// The object belongs to another origin (Kubernetes or `brindle apply`), which alone changes it.
     #[error("{object} is owned by {owner}; change it there")]
     OwnedElsewhere {

@@ -196,15 +196,15 @@ pub fn decode(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
 pub fn decode_enforced(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
     let record = decode(key, value)?;
     match &record {
-        Record::Policy(policy, None) if policy.id.reads_as_another_kind() => Err(corrupt(
-            key,
-            format!(
-                "not enforced: its id {} is also another kind of policy's (a name starting \
-                 with {KUBERNETES_NAME_PREFIX:?}, or a NetworkPolicy in the namespace \
-                 {GLOBAL_ID_NAMESPACE:?}); delete it and create it under another name",
+        Record::Policy(policy, None) if policy.id.reads_as_another_kind() => Err(PolicyError::NotEnforced {
+            key: key.to_owned(),
+            reason: format!(
+                "its id {} is also another kind of policy's (a name starting with \
+                     {KUBERNETES_NAME_PREFIX:?}, or a NetworkPolicy in the namespace \
+                     {GLOBAL_ID_NAMESPACE:?}); delete it and create it under another name",
                 policy.id
             ),
-        )),
+        }),
         _ => Ok(record),
     }
 }

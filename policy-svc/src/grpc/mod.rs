@@ -46,7 +46,9 @@ pub fn status(error: PolicyError) -> Status {
         PolicyError::Corrupt { .. } => Status::data_loss(message),
         PolicyError::Contended(_) => Status::aborted(message),
         PolicyError::Forbidden(_) => Status::permission_denied(message),
-        PolicyError::OwnedElsewhere { .. } => Status::failed_precondition(message),
+        PolicyError::OwnedElsewhere { .. } | PolicyError::NotEnforced { .. } => {
+            Status::failed_precondition(message)
+        }
         PolicyError::Store(error) => brindle_grpc_server::store_status(&error, message),
     }
 }
