@@ -20,23 +20,40 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU time a process has used (user and system), in seconds; 0 when unreadable.
-pub fn proc_cpu_seconds(pid: u32) -> f64 {
-    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            // After the command name (in parentheses, may hold spaces): state is field 3, utime
-            // field 14 and stime field 15.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            let user: u64 = fields.get(11)?.parse().ok()?;
-            let system: u64 = fields.get(12)?.parse().ok()?;
-            Some((user + system) as f64 / ticks_per_second)
-        })
-        .unwrap_or(0.0)
+/// CPU time a process has used, in seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CpuTime {
+    /// In the process itself.
+    pub user: f64,
+    /// In the kernel on its behalf (system calls, page faults; on loopback, also the receiving
+    /// end's network processing, which runs in the sender's context).
+    pub system: f64,
+}
+
+impl CpuTime {
+    /// User and system time together.
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+/// CPU time process `pid` has used so far.
+pub fn proc_cpu_time(pid: u32) -> anyhow::Result<CpuTime> {
+    use anyhow::Context;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // After the command name (in parentheses, may hold spaces): state is field 3, utime field 14
+    // and stime field 15.
+    let after = stat.rsplit_once(')').context("/proc/<pid>/stat format")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |index: usize| -> anyhow::Result<f64> {
+        let field = fields.get(index).context("/proc/<pid>/stat fields")?;
+        Ok(field.parse::<u64>()? as f64)
+    };
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("CLK_TCK")? as f64;
+    Ok(CpuTime {
+        user: ticks(11)? / per_second,
+        system: ticks(12)? / per_second,
+    })
 }
 
 /// Latencies of one measured phase.

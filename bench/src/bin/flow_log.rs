@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use brindle::lab::{Lab, LabSpec, Workload};
 use brindle_bench::iperf::{IperfArgs, iperf3, median};
+use brindle_bench::proc_cpu_time;
 
 /// Denied packets a second sent at the node.
 const DENIED_PER_SECOND: u32 = 10_000;
@@ -49,18 +50,6 @@ fn lab(args: &IperfArgs, name: &str, agent_flags: &[&str]) -> anyhow::Result<(La
     Ok((lab, sink))
 }
 
-/// CPU seconds a process has used.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command (which may hold spaces), from the 3rd: utime and stime are the
-    // 14th and 15th.
-    let after = stat.rsplit_once(')').context("stat format")?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("CLK_TCK")?;
-    Ok(ticks as f64 / per_second as f64)
-}
-
 /// The agent of the lab's second node: its CPU share (1.0: one core) over `seconds` while
 /// `denied_per_second` datagrams (0: none) go from the first pod to the sink.
 fn agent_cpu(lab: &Lab, sink: usize, denied_per_second: u32, seconds: u32) -> anyhow::Result<f64> {
@@ -86,14 +75,14 @@ fn agent_cpu(lab: &Lab, sink: usize, denied_per_second: u32, seconds: u32) -> an
         }
         anyhow::Ok(())
     });
-    let (before, started) = (cpu_seconds(agent)?, Instant::now());
+    let (before, started) = (proc_cpu_time(agent)?.total(), Instant::now());
     if denied_per_second == 0 {
         std::thread::sleep(Duration::from_secs(seconds.into()));
     }
     sender
         .join()
         .map_err(|_| anyhow::anyhow!("the sender panicked"))??;
-    Ok((cpu_seconds(agent)? - before) / started.elapsed().as_secs_f64())
+    Ok((proc_cpu_time(agent)?.total() - before) / started.elapsed().as_secs_f64())
 }
 
 fn main() -> anyhow::Result<()> {

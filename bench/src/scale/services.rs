@@ -9,7 +9,7 @@ use anyhow::Context;
 use brindle_datastore::testing::free_port;
 
 use crate::cni::release_binary;
-use crate::{proc_cpu_seconds, proc_status_kib};
+use crate::{CpuTime, proc_cpu_time, proc_status_kib};
 
 /// One running service, killed on drop.
 pub struct ServiceProcess {
@@ -57,9 +57,9 @@ impl ServiceProcess {
         proc_status_kib(self.child.id(), "VmHWM:") * 1024
     }
 
-    /// CPU time it has used so far, in seconds.
-    pub fn cpu_seconds(&self) -> f64 {
-        proc_cpu_seconds(self.child.id())
+    /// CPU time it has used so far (zero once it has exited).
+    pub fn cpu_time(&self) -> CpuTime {
+        proc_cpu_time(self.child.id()).unwrap_or_default()
     }
 
     /// Fails when the process has exited.
