@@ -9,8 +9,9 @@ use brindle_datastore::Txn;
 use brindle_fanout::FanoutConfig;
 use brindle_grpc_server::testing::embedded_store;
 use policy_api::model::{Origin, PolicyId};
+use policy_svc::core::PolicyError;
 use policy_svc::core::objects::{Kind, Objects};
-use policy_svc::core::records::{Record, encode};
+use policy_svc::core::records::{Record, decode_enforced, encode};
 use policy_svc::core::resource::{Resource, parse_documents};
 use policy_svc::grpc::PolicyService;
 
@@ -37,6 +38,13 @@ async fn a_stored_brindle_policy_with_another_kinds_id_is_not_enforced_but_stays
     legacy.order = Some(7.0);
     let legacy_id = legacy.id.clone();
     let (key, value) = encode(&Record::Policy(legacy, None));
+    // Read back for the calculation, it is refused as not enforced (it decodes: not corrupt).
+    match decode_enforced(&key, &value) {
+        Err(error @ PolicyError::NotEnforced { .. }) => {
+            assert!(error.to_string().contains("is not enforced"), "{error}");
+        }
+        other => panic!("expected NotEnforced, got {other:?}"),
+    }
     store.txn(Txn::new().put(key, value)).await.expect("stored");
 
     // On start-up (a full list) and when written again (a watch event), the global policy keeps

@@ -210,34 +210,45 @@ fn kubernetes_translation_follows_kubernetes_semantics() {
 #[test]
 fn a_brindle_policy_that_would_share_an_id_with_another_kind_of_policy_is_refused() {
     // Kubernetes NetworkPolicy `x` in `team` is `team/knp.x`; GlobalNetworkPolicy `x` is
-    // `global/x`: the ids name every node's view entry and kernel objects of a policy.
+    // `global/x`: the ids name every node's view entry and kernel objects of a policy. Each case
+    // holds the id the document would have had: one a stored policy is not enforced under (the
+    // same rule, applied when read back from the datastore).
+    let namespaced = |namespace: &str, name: &str| PolicyId::Namespaced {
+        namespace: namespace.into(),
+        name: name.into(),
+    };
     let cases = [
         (
             "NetworkPolicy",
             "{name: knp.x, namespace: team}",
             "metadata.name",
             "reserved for Kubernetes",
+            namespaced("team", "knp.x"),
         ),
         (
             "GlobalNetworkPolicy",
             "{name: knp.x}",
             "metadata.name",
             "reserved for Kubernetes",
+            PolicyId::Global { name: "knp.x".into() },
         ),
+        // Refused when written like the others; never enforced, staged or not.
         (
             "StagedNetworkPolicy",
             "{name: knp.x, namespace: team}",
             "metadata.name",
             "reserved for Kubernetes",
+            namespaced("team", "knp.x"),
         ),
         (
             "NetworkPolicy",
             "{name: x, namespace: global}",
             "metadata.namespace",
             "GlobalNetworkPolicy of that name",
+            namespaced("global", "x"),
         ),
     ];
-    for (kind, metadata, field, reason) in cases {
+    for (kind, metadata, field, reason, id) in cases {
         let text = format!("apiVersion: brindle.io/v1\nkind: {kind}\nmetadata: {metadata}\nspec: {{}}");
         let (got_field, got_reason) = error_of(&text);
         assert_eq!(
@@ -246,32 +257,23 @@ fn a_brindle_policy_that_would_share_an_id_with_another_kind_of_policy_is_refuse
             "{kind} {metadata}: {got_reason}"
         );
         assert!(got_reason.contains(reason), "{kind} {metadata}: {got_reason}");
+        assert!(id.reads_as_another_kind(), "{kind} {metadata}: {id}");
     }
     // What stays allowed: the prefix elsewhere in a name, a Kubernetes NetworkPolicy named so or
-    // in a namespace named `global`, a GlobalNetworkPolicy of any other name.
+    // in a namespace named `global`, a GlobalNetworkPolicy of any other name — and their ids are
+    // enforced when read back.
     for text in [
         "apiVersion: brindle.io/v1\nkind: NetworkPolicy\nmetadata: {name: not-knp.x, namespace: team}\nspec: {}",
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: knp.x, namespace: global}\nspec: {podSelector: {}}",
         "apiVersion: brindle.io/v1\nkind: GlobalNetworkPolicy\nmetadata: {name: global}\nspec: {}",
     ] {
-        parse_documents(text, "").unwrap_or_else(|e| panic!("{text}: {e}"));
-    }
-    // The ids refused above are those a stored policy is not enforced under (the rule read back
-    // from the datastore), and the allowed ones are not.
-    let id = |namespace: &str, name: &str| PolicyId::Namespaced {
-        namespace: namespace.into(),
-        name: name.into(),
-    };
-    let global = |name: &str| PolicyId::Global { name: name.into() };
-    for refused in [id("team", "knp.x"), global("knp.x"), id("global", "x")] {
-        assert!(refused.reads_as_another_kind(), "{refused}");
-    }
-    let kubernetes = PolicyId::Kubernetes {
-        namespace: "global".into(),
-        name: "x".into(),
-    };
-    for allowed in [id("team", "not-knp.x"), global("global"), kubernetes] {
-        assert!(!allowed.reads_as_another_kind(), "{allowed}");
+        let resources = parse_documents(text, "").unwrap_or_else(|e| panic!("{text}: {e}"));
+        let id = match resources.as_slice() {
+            [Resource::Policy(policy)] => policy.id.clone(),
+            [Resource::KubernetesPolicy(policy)] => policy.to_policy().expect("translates").id,
+            other => panic!("{text}: {other:?}"),
+        };
+        assert!(!id.reads_as_another_kind(), "{text}: {id}");
     }
 }
 

@@ -57,7 +57,7 @@ impl ServiceProcess {
         proc_status_kib(self.child.id(), "VmHWM:") * 1024
     }
 
-    /// CPU time it has used so far (zero once it has exited).
+    /// CPU time it has used so far (zero when `/proc` cannot tell).
     pub fn cpu_time(&self) -> CpuTime {
         proc_cpu_time(self.child.id()).unwrap_or_default()
     }

@@ -128,8 +128,10 @@ impl World {
             while let Some(batches) = subscription.next().now_or_never() {
                 for batch in batches.expect("batches") {
                     let delta = SlotWire::delta(&batch);
-                    let received = delta_from_proto::<PolicyWire>(batch.to, delta.clone(), &mut Vec::new())
+                    let mut skipped = Vec::new();
+                    let received = delta_from_proto::<PolicyWire>(batch.to, delta.clone(), &mut skipped)
                         .expect("a delta's entries convert");
+                    assert!(skipped.is_empty(), "entries of no known kind: {skipped:?}");
                     self.mirrors
                         .entry(node.clone())
                         .or_default()
