@@ -200,8 +200,8 @@ pub fn decode_enforced(key: &str, value: &[u8]) -> Result<Record, PolicyError> {
             key: key.to_owned(),
             reason: format!(
                 "its id {} is also another kind of policy's (a name starting with \
-                     {KUBERNETES_NAME_PREFIX:?}, or a NetworkPolicy in the namespace \
-                     {GLOBAL_ID_NAMESPACE:?}); delete it and create it under another name",
+                 {KUBERNETES_NAME_PREFIX:?}, or a NetworkPolicy in the namespace \
+                 {GLOBAL_ID_NAMESPACE:?}); delete it and create it under another name",
                 policy.id
             ),
         }),
